@@ -1,0 +1,124 @@
+//! Human durations in config: `500ms`, `30s`, `5m`, `6h`, `1d`, and sums such as `1h30m`.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, de};
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// A duration written with a unit. Bare numbers are refused: `30` could mean seconds or
+/// milliseconds, and a wrong guess is a silent misconfiguration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration; write it with a unit, such as 500ms, 30s, 5m or 6h".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after_number) = rest.split_at(digits_end);
+        let unit_end = after_number
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after_number.len());
+        let (unit, after_unit) = after_number.split_at(unit_end);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration; write it like 500ms, 30s, 5m or 6h"))?;
+        let unit_secs = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3_600.0,
+            "d" => 86_400.0,
+            "" => {
+                return Err(format!(
+                    "{text:?} has no unit; write it like {number}s or {number}ms"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "{text:?} has an unknown unit {other:?}; use ms, s, m, h or d"
+                ));
+            }
+        };
+        total += Duration::from_secs_f64(value * unit_secs);
+        rest = after_unit;
+    }
+    Ok(total)
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration with a unit, such as 500ms, 30s, 5m or 6h")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<HumanDuration, E> {
+                parse_duration(value).map(HumanDuration).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<HumanDuration, E> {
+                if value == 0 {
+                    return Ok(HumanDuration(Duration::ZERO));
+                }
+                Err(E::custom(format!(
+                    "{value} has no unit; write it like {value}s or {value}ms"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<HumanDuration, E> {
+                if value == 0 {
+                    return Ok(HumanDuration(Duration::ZERO));
+                }
+                Err(E::custom(format!(
+                    "{value} has no unit; write it like {value}s or {value}ms"
+                )))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+$",
+            "description": "a duration with a unit: 500ms, 30s, 5m, 6h, 1d, or a sum such as 1h30m"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_and_sums_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(21_600)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn missing_or_unknown_units_are_refused_with_a_hint() {
+        assert!(parse_duration("30").unwrap_err().contains("30s"));
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+    }
+}

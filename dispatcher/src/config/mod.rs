@@ -1,0 +1,657 @@
+//! Configuration: parsed raw → validated → built.
+//!
+//! [`load`] reads the file, expands `${VAR}` and `${VAR:-default}` from the environment inside
+//! scalar values, parses it into [`raw`] structs that reject unknown keys, then validates every
+//! rule and builds the typed [`Config`]. Every error names the file, line, column and key path
+//! (`mappings[0].source.sqs.batch_size: ...`); all validation errors are reported at once.
+
+pub mod duration;
+pub mod expand;
+pub mod locate;
+pub mod raw;
+
+use locate::{KeyIndex, Position};
+use raw::*;
+use sluice_policies::Backoff;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9797";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub position: Option<Position>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some(Position { line, column }) => write!(f, "{}:{line}:{column}: ", self.file)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a config file, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub shutdown_timeout: Duration,
+    pub admin: AdminConfig,
+    pub aws: AwsSettings,
+    pub targets: BTreeMap<String, TargetConfig>,
+    pub mappings: Vec<MappingConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub stall_after: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetConfig {
+    Http(HttpTargetConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpTargetConfig {
+    pub url: reqwest::Url,
+    pub timeout: Duration,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MappingConfig {
+    pub name: String,
+    pub target: String,
+    pub enabled: bool,
+    pub source: SourceConfig,
+    pub report_batch_item_failures: bool,
+    pub retry: RetryConfig,
+    pub on_failure: Option<DestinationConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Sqs(SqsSourceConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct SqsSourceConfig {
+    pub queue_url: String,
+    pub fifo: bool,
+    pub batch_size: usize,
+    pub max_batching_window: Duration,
+    pub max_concurrency: usize,
+    pub wait_time: Duration,
+    /// `None` when the heartbeat is off; else the longest a message is held.
+    pub heartbeat_max: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RetryConfig {
+    pub max_receive_count: Option<u32>,
+    pub backoff: Option<Backoff>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DestinationConfig {
+    Sqs { queue_url: String },
+}
+
+/// Reads, expands, parses and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            position: None,
+            path: String::new(),
+            message: format!("cannot read the config file: {error}"),
+        }])
+    })?;
+    let environment: HashMap<String, String> = std::env::vars().collect();
+    parse(&file, &text, environment)
+}
+
+/// Parses and validates config `text`; `file` names it in errors.
+pub fn parse(
+    file: &str,
+    text: &str,
+    environment: HashMap<String, String>,
+) -> Result<Config, ConfigErrors> {
+    let index = KeyIndex::build(text);
+    let expanded = expand::expand(text, &environment).map_err(|error| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            position: Some(error.position),
+            path: index.path_at(error.position).unwrap_or_default().to_owned(),
+            message: error.message,
+        }])
+    })?;
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    let raw: RawConfig = serde_saphyr::from_str_with_options(&expanded, options)
+        .map_err(|error| ConfigErrors(vec![parse_error(file, &index, &error)]))?;
+    let mut validator = Validator {
+        file,
+        index: &index,
+        errors: Vec::new(),
+    };
+    let config = validator.build(raw, file);
+    if validator.errors.is_empty() {
+        Ok(config)
+    } else {
+        validator.errors.sort_by_key(|e| e.position);
+        Err(ConfigErrors(validator.errors))
+    }
+}
+
+fn parse_error(file: &str, index: &KeyIndex, error: &serde_saphyr::Error) -> ConfigError {
+    let error = error.without_snippet();
+    let position = error.location().map(|location| Position {
+        line: location.line(),
+        column: location.column(),
+    });
+    let path = position
+        .and_then(|p| index.path_at(p))
+        .unwrap_or_default()
+        .to_owned();
+    let mut message = error.to_string();
+    // The location is shown in front already; drop serde-saphyr's own suffix.
+    if let Some(cut) = message.rfind(" at line ") {
+        message.truncate(cut);
+    }
+    ConfigError {
+        file: file.to_owned(),
+        position,
+        path,
+        message,
+    }
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    index: &'a KeyIndex,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            position: self.index.position_of(&path),
+            path,
+            message: message.into(),
+        });
+    }
+
+    fn build(&mut self, raw: RawConfig, file: &str) -> Config {
+        if raw.version != 1 {
+            self.error(
+                "version",
+                format!("unsupported version {}; this sluice reads version 1", raw.version),
+            );
+        }
+        let admin_raw = raw.admin.unwrap_or(RawAdmin {
+            listen: None,
+            stall_after: None,
+        });
+        let listen_text = admin_raw
+            .listen
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            self.error(
+                "admin.listen",
+                format!("{listen_text:?} is not an address; write it as host:port, e.g. 127.0.0.1:9797"),
+            );
+            DEFAULT_ADMIN_LISTEN.parse().expect("default address parses")
+        });
+        let stall_after = admin_raw
+            .stall_after
+            .map_or(Duration::from_secs(120), |d| d.0);
+        if stall_after < Duration::from_secs(1) {
+            self.error("admin.stall_after", "must be at least 1s");
+        }
+        let shutdown_timeout = raw.shutdown_timeout.map_or(Duration::from_secs(30), |d| d.0);
+        let aws = raw.aws.map_or_else(AwsSettings::default, |aws| AwsSettings {
+            region: aws.region.filter(|r| !r.is_empty()),
+            endpoint_url: aws.endpoint_url.filter(|u| !u.is_empty()),
+        });
+        if let Some(endpoint) = &aws.endpoint_url
+            && reqwest::Url::parse(endpoint).is_err()
+        {
+            self.error("aws.endpoint_url", format!("{endpoint:?} is not a URL"));
+        }
+
+        let mut targets = BTreeMap::new();
+        for (name, target) in raw.targets {
+            let path = format!("targets.{name}");
+            if let Some(built) = self.build_target(&path, target) {
+                targets.insert(name, built);
+            }
+        }
+
+        let mut names = HashSet::new();
+        let mut mappings = Vec::new();
+        for (position, mapping) in raw.mappings.into_iter().enumerate() {
+            let path = format!("mappings[{position}]");
+            if mapping.name.trim().is_empty() {
+                self.error(format!("{path}.name"), "must not be empty");
+            } else if !names.insert(mapping.name.clone()) {
+                self.error(
+                    format!("{path}.name"),
+                    format!("{:?} is used by an earlier mapping; names must be unique", mapping.name),
+                );
+            }
+            if !targets.contains_key(&mapping.target) {
+                let known: Vec<&str> = targets.keys().map(String::as_str).collect();
+                self.error(
+                    format!("{path}.target"),
+                    format!(
+                        "no target named {:?}; defined targets: [{}]",
+                        mapping.target,
+                        known.join(", ")
+                    ),
+                );
+            }
+            mappings.push(self.build_mapping(&path, mapping));
+        }
+        if mappings.is_empty() {
+            self.error("mappings", "at least one mapping is needed");
+        }
+
+        Config {
+            file: PathBuf::from(file),
+            state_dir: PathBuf::from(raw.state_dir.unwrap_or_else(|| "./sluice-state".into())),
+            shutdown_timeout,
+            admin: AdminConfig {
+                listen,
+                stall_after,
+            },
+            aws,
+            targets,
+            mappings,
+        }
+    }
+
+    fn build_target(&mut self, path: &str, target: RawTarget) -> Option<TargetConfig> {
+        match target {
+            RawTarget::Http(http) => {
+                let url = match reqwest::Url::parse(&http.url) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+                    Ok(url) => {
+                        self.error(
+                            format!("{path}.http.url"),
+                            format!("scheme {:?} is not supported; use http or https", url.scheme()),
+                        );
+                        return None;
+                    }
+                    Err(error) => {
+                        self.error(
+                            format!("{path}.http.url"),
+                            format!("{:?} is not a URL: {error}", http.url),
+                        );
+                        return None;
+                    }
+                };
+                let timeout = http.timeout.map_or(Duration::from_secs(30), |d| d.0);
+                if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
+                    self.error(format!("{path}.http.timeout"), "must be between 1ms and 12h");
+                }
+                let mut headers = Vec::new();
+                for (name, value) in http.headers {
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                        || reqwest::header::HeaderValue::from_str(&value).is_err()
+                    {
+                        self.error(
+                            format!("{path}.http.headers.{name}"),
+                            "is not a valid HTTP header name and value",
+                        );
+                    }
+                    headers.push((name, value));
+                }
+                Some(TargetConfig::Http(HttpTargetConfig {
+                    url,
+                    timeout,
+                    headers,
+                }))
+            }
+        }
+    }
+
+    fn build_mapping(&mut self, path: &str, mapping: RawMapping) -> MappingConfig {
+        let RawSource::Sqs(sqs) = mapping.source;
+        let source_path = format!("{path}.source.sqs");
+        let source = self.build_sqs_source(&source_path, sqs);
+        let retry_raw = mapping.retry.unwrap_or(RawRetry {
+            max_receive_count: None,
+            backoff: None,
+        });
+        if let Some(count) = retry_raw.max_receive_count
+            && !(1..=1000).contains(&count)
+        {
+            self.error(
+                format!("{path}.retry.max_receive_count"),
+                format!("must be 1..=1000 (got {count})"),
+            );
+        }
+        let backoff = retry_raw
+            .backoff
+            .and_then(|b| self.build_backoff(&format!("{path}.retry.backoff"), b));
+        let on_failure = mapping.on_failure.map(|destination| match destination {
+            RawDestination::Sqs(sqs) => {
+                if reqwest::Url::parse(&sqs.queue_url).is_err() {
+                    self.error(
+                        format!("{path}.on_failure.sqs.queue_url"),
+                        format!("{:?} is not a queue URL", sqs.queue_url),
+                    );
+                }
+                if sqs.queue_url == source.queue_url {
+                    self.error(
+                        format!("{path}.on_failure.sqs.queue_url"),
+                        "is the mapping's own source queue; dead letters would be consumed again",
+                    );
+                }
+                DestinationConfig::Sqs {
+                    queue_url: sqs.queue_url,
+                }
+            }
+        });
+        if retry_raw.max_receive_count.is_some() && on_failure.is_none() {
+            self.error(
+                format!("{path}.retry.max_receive_count"),
+                "needs an on_failure destination to send exhausted messages to",
+            );
+        }
+        if on_failure.is_some() && retry_raw.max_receive_count.is_none() {
+            self.error(
+                format!("{path}.on_failure"),
+                "an sqs source dead-letters only with retry.max_receive_count; set it, or remove on_failure to leave failures to the queue's redrive policy",
+            );
+        }
+        MappingConfig {
+            name: mapping.name,
+            target: mapping.target,
+            enabled: mapping.enabled.unwrap_or(true),
+            source: SourceConfig::Sqs(source),
+            report_batch_item_failures: mapping.report_batch_item_failures.unwrap_or(false),
+            retry: RetryConfig {
+                max_receive_count: retry_raw.max_receive_count,
+                backoff,
+            },
+            on_failure,
+        }
+    }
+
+    fn build_sqs_source(&mut self, path: &str, sqs: RawSqsSource) -> SqsSourceConfig {
+        let fifo = sqs.queue_url.ends_with(".fifo");
+        if reqwest::Url::parse(&sqs.queue_url).is_err() {
+            self.error(
+                format!("{path}.queue_url"),
+                format!(
+                    "{:?} is not a queue URL; write it like https://sqs.us-east-1.amazonaws.com/123456789012/orders",
+                    sqs.queue_url
+                ),
+            );
+        }
+        let batch_size = sqs.batch_size.unwrap_or(10);
+        let window = sqs.max_batching_window.map_or(Duration::ZERO, |d| d.0);
+        if fifo && !(1..=10).contains(&batch_size) {
+            self.error(
+                format!("{path}.batch_size"),
+                format!("must be 1..=10 for FIFO queues (got {batch_size})"),
+            );
+        } else if !(1..=10_000).contains(&batch_size) {
+            self.error(
+                format!("{path}.batch_size"),
+                format!("must be 1..=10000 (got {batch_size})"),
+            );
+        }
+        if window > Duration::from_secs(300) {
+            self.error(
+                format!("{path}.max_batching_window"),
+                format!("must be 0s..=300s (got {window:?})"),
+            );
+        }
+        if fifo && !window.is_zero() {
+            self.error(
+                format!("{path}.max_batching_window"),
+                "is not supported on FIFO queues (as in Lambda); remove it",
+            );
+        }
+        if !fifo && batch_size > 10 && window < Duration::from_secs(1) {
+            self.error(
+                format!("{path}.max_batching_window"),
+                format!("must be at least 1s when batch_size is greater than 10 (batch_size is {batch_size})"),
+            );
+        }
+        let max_concurrency = sqs.max_concurrency.unwrap_or(5);
+        if !(1..=1000).contains(&max_concurrency) {
+            self.error(
+                format!("{path}.max_concurrency"),
+                format!("must be 1..=1000 (got {max_concurrency})"),
+            );
+        }
+        let wait_time = sqs.wait_time.map_or(Duration::from_secs(20), |d| d.0);
+        if wait_time > Duration::from_secs(20) {
+            self.error(format!("{path}.wait_time"), "must be 0s..=20s (SQS's longest long poll)");
+        }
+        let heartbeat_max = match sqs.visibility_heartbeat {
+            Some(RawHeartbeat {
+                enabled: Some(false),
+                ..
+            }) => None,
+            Some(RawHeartbeat { max, .. }) => {
+                let max = max.map_or(Duration::from_secs(43_200), |d| d.0);
+                if max.is_zero() || max > Duration::from_secs(43_200) {
+                    self.error(
+                        format!("{path}.visibility_heartbeat.max"),
+                        "must be between 1s and 12h (SQS's longest visibility)",
+                    );
+                }
+                Some(max)
+            }
+            None => Some(Duration::from_secs(43_200)),
+        };
+        SqsSourceConfig {
+            queue_url: sqs.queue_url,
+            fifo,
+            batch_size: batch_size as usize,
+            max_batching_window: window,
+            max_concurrency: max_concurrency as usize,
+            wait_time,
+            heartbeat_max,
+        }
+    }
+
+    fn build_backoff(&mut self, path: &str, raw: RawBackoff) -> Option<Backoff> {
+        let initial = raw.initial.map_or(Duration::from_secs(1), |d| d.0);
+        let max = raw.max.map_or(Duration::from_secs(300), |d| d.0);
+        if max > Duration::from_secs(43_200) {
+            self.error(
+                format!("{path}.max"),
+                "must be at most 12h (SQS's longest visibility)",
+            );
+        }
+        match Backoff::new(
+            initial,
+            max,
+            raw.multiplier.unwrap_or(2.0),
+            raw.jitter.unwrap_or(true),
+        ) {
+            Ok(backoff) => Some(backoff),
+            Err(error) => {
+                self.error(path, error.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// The JSON Schema of the config file.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RawConfig)).expect("a schema serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+version: 1
+targets:
+  api:
+    http: { url: "http://127.0.0.1:8080/events" }
+mappings:
+  - name: orders
+    target: api
+    source:
+      sqs:
+        queue_url: "${QUEUE_URL:-http://127.0.0.1:5000/123456789012/orders}"
+        batch_size: 10
+"#;
+
+    fn parse_text(text: &str) -> Result<Config, ConfigErrors> {
+        parse("sluice.yaml", text, HashMap::new())
+    }
+
+    #[test]
+    fn a_minimal_file_builds_with_defaults() {
+        let config = parse_text(BASE).unwrap();
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(config.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        let SourceConfig::Sqs(sqs) = &config.mappings[0].source;
+        assert_eq!(sqs.queue_url, "http://127.0.0.1:5000/123456789012/orders");
+        assert_eq!(sqs.max_concurrency, 5);
+        assert!(!sqs.fifo);
+    }
+
+    #[test]
+    fn environment_variables_are_expanded_in_values() {
+        let environment = HashMap::from([(
+            "QUEUE_URL".to_owned(),
+            "http://127.0.0.1:1/1/q.fifo".to_owned(),
+        )]);
+        let config = parse("f.yaml", BASE, environment).unwrap();
+        let SourceConfig::Sqs(sqs) = &config.mappings[0].source;
+        assert!(sqs.fifo);
+    }
+
+    #[test]
+    fn an_unset_variable_without_default_is_an_error_with_a_position() {
+        let text = BASE.replace("${QUEUE_URL:-http://127.0.0.1:5000/123456789012/orders}", "${NOPE}");
+        let errors = parse_text(&text).unwrap_err();
+        let rendered = errors.to_string();
+        assert!(rendered.starts_with("sluice.yaml:11:"), "{rendered}");
+        assert!(rendered.contains("NOPE"), "{rendered}");
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_column_and_path() {
+        let text = BASE.replace("batch_size: 10", "batch_sise: 10");
+        let error = parse_text(&text).unwrap_err().0.remove(0);
+        assert_eq!(error.position, Some(Position { line: 12, column: 9 }));
+        assert_eq!(error.path, "mappings[0].source.sqs.batch_sise");
+        assert!(error.message.contains("batch_sise"), "{}", error.message);
+    }
+
+    #[test]
+    fn fifo_batch_size_over_ten_is_refused_at_its_value() {
+        let text = BASE
+            .replace("orders}", "orders.fifo}")
+            .replace("batch_size: 10", "batch_size: 20");
+        let errors = parse_text(&text).unwrap_err();
+        assert_eq!(
+            errors.to_string(),
+            "sluice.yaml:12:21: mappings[0].source.sqs.batch_size: must be 1..=10 for FIFO queues (got 20)"
+        );
+    }
+
+    #[test]
+    fn large_batches_need_a_batching_window() {
+        let text = BASE.replace("batch_size: 10", "batch_size: 100");
+        let errors = parse_text(&text).unwrap_err();
+        assert!(errors.to_string().contains("max_batching_window: must be at least 1s"));
+        let fixed = BASE.replace("batch_size: 10", "batch_size: 100\n        max_batching_window: 1s");
+        assert!(parse_text(&fixed).is_ok());
+    }
+
+    #[test]
+    fn all_validation_errors_are_reported_together() {
+        let text = BASE
+            .replace("target: api", "target: nope")
+            .replace("batch_size: 10", "batch_size: 0\n        max_concurrency: 0");
+        let errors = parse_text(&text).unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "mappings[0].target",
+                "mappings[0].source.sqs.batch_size",
+                "mappings[0].source.sqs.max_concurrency"
+            ]
+        );
+    }
+
+    #[test]
+    fn max_receive_count_and_on_failure_go_together() {
+        let text = format!("{BASE}    retry: {{ max_receive_count: 3 }}\n");
+        assert!(parse_text(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("needs an on_failure destination"));
+    }
+
+    #[test]
+    fn durations_need_units() {
+        let text = format!("{BASE}shutdown_timeout: 30\n");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(rendered.contains("shutdown_timeout"), "{rendered}");
+        assert!(rendered.contains("30s"), "{rendered}");
+    }
+
+    #[test]
+    fn the_schema_names_every_top_level_key() {
+        let schema = json_schema();
+        let properties = schema["properties"].as_object().unwrap();
+        for key in ["version", "targets", "mappings", "admin", "aws", "shutdown_timeout"] {
+            assert!(properties.contains_key(key), "{key}");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The config file as written: serde structs that reject unknown keys. Their doc comments are the
+//! descriptions in `sluice schema`. Nothing here is checked beyond types; see `validate`.
+
+use super::duration::HumanDuration;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A sluice configuration file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Config format version; must be 1.
+    pub version: u32,
+    /// Directory for embedded state (checkpoints, leases, the async queue). Default ./sluice-state.
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// How long in-flight batches may run after SIGTERM/SIGINT before sluice exits. Default 30s.
+    #[serde(default)]
+    pub shutdown_timeout: Option<HumanDuration>,
+    /// The admin HTTP server: /healthz, /readyz, /metrics.
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    /// Defaults for every AWS client. Absent values come from AWS_REGION / AWS_ENDPOINT_URL and
+    /// the standard credential chain.
+    #[serde(default)]
+    pub aws: Option<RawAws>,
+    /// Named handlers that mappings invoke.
+    pub targets: BTreeMap<String, RawTarget>,
+    /// Event source mappings: a source, the target it feeds, and the policy between them.
+    pub mappings: Vec<RawMapping>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address of the admin server. Default 127.0.0.1:9797.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// A mapping with no successful poll for this long is reported stalled by /readyz. Default 2m.
+    #[serde(default)]
+    pub stall_after: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAws {
+    /// AWS region, e.g. us-east-1.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override for every AWS service (e.g. a local moto or LocalStack).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+/// A target: exactly one kind.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawTarget {
+    /// POST the event JSON to a URL.
+    Http(RawHttpTarget),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpTarget {
+    /// http:// or https:// URL that receives the event as a POST.
+    pub url: String,
+    /// How long one invocation may take. Default 30s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMapping {
+    /// Unique name; used in metrics, logs and dead-letter envelopes.
+    pub name: String,
+    /// The name of a target in `targets`.
+    pub target: String,
+    /// false: the mapping is not run. Default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    pub source: RawSource,
+    /// Read `batchItemFailures` from the handler's response (Lambda's ReportBatchItemFailures).
+    #[serde(default)]
+    pub report_batch_item_failures: Option<bool>,
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    /// Where records that exhaust the policy go.
+    #[serde(default)]
+    pub on_failure: Option<RawDestination>,
+}
+
+/// A source: exactly one kind.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawSource {
+    /// An SQS queue (standard or FIFO).
+    Sqs(RawSqsSource),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqsSource {
+    pub queue_url: String,
+    /// Records per invocation: 1..=10000 (FIFO 1..=10). Default 10.
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    /// How long to gather records before invoking: 0s..=300s. Needed (>= 1s) when batch_size > 10.
+    #[serde(default)]
+    pub max_batching_window: Option<HumanDuration>,
+    /// Batches in flight at once for this mapping: 1..=1000. Default 5.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Long-poll wait per receive: 0s..=20s. Default 20s.
+    #[serde(default)]
+    pub wait_time: Option<HumanDuration>,
+    /// Keep extending the visibility of messages while they are being handled.
+    #[serde(default)]
+    pub visibility_heartbeat: Option<RawHeartbeat>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeartbeat {
+    /// Default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Stop extending once a message has been held this long (at most 12h). Default 12h.
+    #[serde(default)]
+    pub max: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// SQS: after this many receives a failing message goes to on_failure with its error, then is
+    /// deleted. Omit it to leave dead-lettering to the queue's redrive policy.
+    #[serde(default)]
+    pub max_receive_count: Option<u32>,
+    /// Delay failed messages by their receive count instead of the queue's visibility timeout.
+    #[serde(default)]
+    pub backoff: Option<RawBackoff>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    /// Default 1s.
+    #[serde(default)]
+    pub initial: Option<HumanDuration>,
+    /// Default 5m.
+    #[serde(default)]
+    pub max: Option<HumanDuration>,
+    /// Default 2.0.
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Full jitter. Default true.
+    #[serde(default)]
+    pub jitter: Option<bool>,
+}
+
+/// A destination: exactly one kind.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawDestination {
+    /// An SQS queue that receives the dead-letter envelope as the message body.
+    Sqs(RawSqsDestination),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqsDestination {
+    pub queue_url: String,
+}

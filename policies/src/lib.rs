@@ -1,0 +1,26 @@
+//! sluice-policies: the pure decision logic of sluice.
+//!
+//! Everything here is a function of its inputs: no I/O, no async runtime, no AWS SDK and no clock
+//! reads. Callers pass the current time (as a [`std::time::Duration`] since the Unix epoch) and any
+//! randomness (jitter) in as arguments, and receive decisions as data that the dispatcher executes.
+//! That is what lets every rule of `semantics.md` be unit- and property-tested here.
+//!
+//! - [`batcher`]: when a batch is complete (count, bytes, window), with the 6 MB invocation cap.
+//! - [`response`]: the handler's response, parsed as Lambda parses it (`batchItemFailures`).
+//! - [`outcome`]: what one invocation produced, as the policies see it.
+//! - [`backoff`]: exponential backoff with optional full jitter.
+//! - [`queue`]: Lambda's SQS semantics (semantics.md §3 and §12) as a decision per batch.
+
+pub mod backoff;
+pub mod batcher;
+pub mod outcome;
+pub mod queue;
+pub mod response;
+
+pub use backoff::Backoff;
+pub use batcher::{BatchLimits, Batcher, MAX_INVOCATION_PAYLOAD_BYTES};
+pub use outcome::{ErrorInfo, Outcome};
+pub use queue::{
+    DeadLetterCondition, QueueDecision, QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
+};
+pub use response::{ItemIdentifier, ResponseError, parse_batch_item_failures};

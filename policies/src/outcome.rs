@@ -1,0 +1,76 @@
+//! What one invocation of a target produced, as the policies see it.
+//!
+//! Targets (in the dispatcher) classify transport-level results into an [`Outcome`]; the
+//! policies never look at HTTP statuses or processes. `Throttled` and `Unavailable` mean the
+//! handler did not run (or refused to), which AWS never counts against retry attempts.
+
+use serde_json::Value;
+
+/// An error as the handler (or sluice on its behalf) described it: Lambda's `errorType` and
+/// `errorMessage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub error_type: String,
+    pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error_type: error_type.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The result of invoking a target with one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The function returned normally; `response` is its body, `None` when it was empty.
+    /// Whether that body reports partial failures is decided by the policy (only when the
+    /// mapping enables `report_batch_item_failures`).
+    Returned { response: Option<Value> },
+    /// The function returned a body that is not JSON. Success unless the mapping reports batch
+    /// item failures, in which case AWS fails the whole batch.
+    ReturnedNonJson { body_prefix: String },
+    /// The function ran and failed (`X-Amz-Function-Error`, a 5xx, a non-zero exit).
+    FunctionError(ErrorInfo),
+    /// The function did not answer within the target's timeout.
+    Timeout { after_ms: u64 },
+    /// The target refused the invocation for now (HTTP 429): the function did not run.
+    Throttled { message: String },
+    /// The target could not be reached (connection refused, DNS failure): the function did not run.
+    Unavailable { message: String },
+}
+
+impl Outcome {
+    /// A short, stable name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => "returned",
+            Outcome::FunctionError(_) => "function_error",
+            Outcome::Timeout { .. } => "timeout",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    /// Whether the handler did not get to run, so the attempt must not count (semantics.md §2, §3).
+    pub fn handler_did_not_run(&self) -> bool {
+        matches!(self, Outcome::Throttled { .. } | Outcome::Unavailable { .. })
+    }
+
+    /// The error a whole-batch failure of this outcome carries, if it is a failure at all.
+    pub fn error(&self) -> Option<ErrorInfo> {
+        match self {
+            Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => None,
+            Outcome::FunctionError(error) => Some(error.clone()),
+            Outcome::Timeout { after_ms } => Some(ErrorInfo::new(
+                "Sandbox.Timedout",
+                format!("task timed out after {:.2} seconds", *after_ms as f64 / 1000.0),
+            )),
+            Outcome::Throttled { message } => Some(ErrorInfo::new("TooManyRequests", message)),
+            Outcome::Unavailable { message } => Some(ErrorInfo::new("TargetUnavailable", message)),
+        }
+    }
+}

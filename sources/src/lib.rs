@@ -1,0 +1,12 @@
+//! sluice-sources: each module turns a remote system into [`Record`]s and executes the
+//! acknowledgements the policies decide (delete, change visibility, checkpoint).
+//!
+//! Sources know nothing of targets or of the dispatcher; they depend only on `sluice-policies`.
+//! Delivery is at-least-once: a source never acknowledges a record on its own initiative.
+
+pub mod queue;
+pub mod record;
+pub mod sqs;
+
+pub use queue::{DeleteReport, Queue, QueueDescription, SourceError};
+pub use record::{AckToken, Record};

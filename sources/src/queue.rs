@@ -1,0 +1,60 @@
+//! The narrow contract every queue-shaped source (SQS, S3 notifications through SQS) offers.
+//!
+//! - `receive` returns at most `max_messages` records, waiting up to `wait` for the first one; the
+//!   records are hidden from other consumers until acknowledged or their visibility runs out.
+//! - `delete` is idempotent per record and retries entries that fail transiently; an empty list is
+//!   a no-op. A record it could not delete comes back later (at-least-once), never silently lost.
+//! - `change_visibility` sets how long from now each record stays hidden (0 = visible at once);
+//!   the caller owns visibility: the source never extends or releases on its own.
+
+use crate::record::Record;
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Facts about a queue that the dispatcher plans with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDescription {
+    pub url: String,
+    pub arn: String,
+    pub region: String,
+    pub fifo: bool,
+    /// The queue's default visibility timeout.
+    pub visibility_timeout: Duration,
+}
+
+/// Per-record result of a delete.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeleteReport {
+    pub deleted: usize,
+    /// Message id and reason of every record that could not be deleted.
+    pub failed: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{operation} on queue {queue_url} failed: {message}")]
+    Queue {
+        queue_url: String,
+        operation: &'static str,
+        message: String,
+    },
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    fn description(&self) -> &QueueDescription;
+
+    async fn receive(
+        &self,
+        max_messages: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, SourceError>;
+
+    async fn delete(&self, records: &[&Record]) -> Result<DeleteReport, SourceError>;
+
+    /// Returns the message ids whose visibility could not be changed, with the reason.
+    async fn change_visibility(
+        &self,
+        changes: &[(&Record, Duration)],
+    ) -> Result<Vec<(String, String)>, SourceError>;
+}
