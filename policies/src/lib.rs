@@ -23,4 +23,4 @@ pub use outcome::{ErrorInfo, Outcome};
 pub use queue::{
     DeadLetterCondition, QueueDecision, QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
 };
-pub use response::{ItemIdentifier, ResponseError, parse_batch_item_failures};
+pub use response::{ItemFailures, ItemIdentifier, ResponseError, parse_batch_item_failures};

@@ -20,8 +20,10 @@
 
 use crate::backoff::Backoff;
 use crate::outcome::{ErrorInfo, Outcome};
-use crate::response::{IdentifierKind, ItemIdentifier, ResponseError, parse_batch_item_failures};
-use std::collections::{BTreeSet, HashSet};
+use crate::response::{
+    IdentifierKind, ItemFailures, ItemIdentifier, ResponseError, parse_batch_item_failures,
+};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// What the policy needs to know about one message of the batch.
@@ -113,7 +115,7 @@ pub const PARTIAL_FAILURE_ERROR_TYPE: &str = "BatchItemFailure";
 enum Failed {
     Nothing,
     Whole(ErrorInfo),
-    Some(HashSet<String>),
+    Some(HashMap<String, Option<ErrorInfo>>),
 }
 
 impl QueuePolicy {
@@ -145,13 +147,14 @@ impl QueuePolicy {
                 let error = match &failed {
                     Failed::Nothing => return RecordDisposition::Delete,
                     Failed::Whole(error) => error.clone(),
-                    Failed::Some(ids) if !ids.contains(&message.message_id) => {
-                        return RecordDisposition::Delete;
-                    }
-                    Failed::Some(_) => ErrorInfo::new(
-                        PARTIAL_FAILURE_ERROR_TYPE,
-                        "the handler reported this message in batchItemFailures",
-                    ),
+                    Failed::Some(ids) => match ids.get(&message.message_id) {
+                        None => return RecordDisposition::Delete,
+                        Some(Some(error)) => error.clone(),
+                        Some(None) => ErrorInfo::new(
+                            PARTIAL_FAILURE_ERROR_TYPE,
+                            "the handler reported this message in batchItemFailures",
+                        ),
+                    },
                 };
                 if let Some(group) = group {
                     failed_groups.insert(group);
@@ -232,10 +235,11 @@ impl QueuePolicy {
     }
 }
 
-fn text_ids(ids: BTreeSet<ItemIdentifier>) -> HashSet<String> {
-    ids.into_iter()
-        .filter_map(|id| match id {
-            ItemIdentifier::Text(text) => Some(text),
+fn text_ids(failures: ItemFailures) -> HashMap<String, Option<ErrorInfo>> {
+    failures
+        .into_iter()
+        .filter_map(|(id, error)| match id {
+            ItemIdentifier::Text(text) => Some((text, error)),
             ItemIdentifier::KafkaOffset { .. } => None,
         })
         .collect()

@@ -7,12 +7,15 @@
 //! - success, no failures: an empty body, `null`, `""`, `[]`, `{}`, `{"batchItemFailures": null}`
 //!   and `{"batchItemFailures": []}`;
 //! - partial failure: a non-empty list whose every `itemIdentifier` names a record of the batch;
+//!   an entry may also carry `errorType` / `errorMessage` (a sluice extension; AWS ignores extra
+//!   keys), which then travel with the record into its dead-letter envelope;
 //! - whole-batch failure ([`ResponseError`]): anything else, including an identifier that is empty,
 //!   null, unknown or under the wrong key, an object without `batchItemFailures`, and a non-empty
 //!   array or any other scalar.
 
+use crate::outcome::ErrorInfo;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// The identity a handler uses to name a failed record.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,21 +70,24 @@ fn json_type_name(value: &Value) -> &'static str {
     }
 }
 
-/// Parses a response into the set of failed item identifiers (empty = the batch succeeded).
+/// The failed records of a partial response, each with the error its entry described, if any.
+pub type ItemFailures = BTreeMap<ItemIdentifier, Option<ErrorInfo>>;
+
+/// Parses a response into the failed item identifiers (empty = the batch succeeded).
 ///
 /// `is_known` says whether an identifier names a record of the invoked batch.
 pub fn parse_batch_item_failures(
     response: Option<&Value>,
     kind: IdentifierKind,
     is_known: impl Fn(&ItemIdentifier) -> bool,
-) -> Result<BTreeSet<ItemIdentifier>, ResponseError> {
+) -> Result<ItemFailures, ResponseError> {
     let Some(response) = response else {
-        return Ok(BTreeSet::new());
+        return Ok(ItemFailures::new());
     };
     let object = match response {
-        Value::Null => return Ok(BTreeSet::new()),
-        Value::String(text) if text.is_empty() => return Ok(BTreeSet::new()),
-        Value::Array(items) if items.is_empty() => return Ok(BTreeSet::new()),
+        Value::Null => return Ok(ItemFailures::new()),
+        Value::String(text) if text.is_empty() => return Ok(ItemFailures::new()),
+        Value::Array(items) if items.is_empty() => return Ok(ItemFailures::new()),
         Value::Object(object) => object,
         other => {
             return Err(ResponseError::UnexpectedShape {
@@ -90,7 +96,7 @@ pub fn parse_batch_item_failures(
         }
     };
     if object.is_empty() {
-        return Ok(BTreeSet::new());
+        return Ok(ItemFailures::new());
     }
     let Some(failures) = object.get("batchItemFailures") else {
         let keys: Vec<&str> = object.keys().map(String::as_str).collect();
@@ -99,7 +105,7 @@ pub fn parse_batch_item_failures(
         });
     };
     let entries = match failures {
-        Value::Null => return Ok(BTreeSet::new()),
+        Value::Null => return Ok(ItemFailures::new()),
         Value::Array(entries) => entries,
         other => {
             return Err(ResponseError::NotAList {
@@ -107,10 +113,21 @@ pub fn parse_batch_item_failures(
             });
         }
     };
-    let mut failed = BTreeSet::new();
+    let mut failed = ItemFailures::new();
     for (index, entry) in entries.iter().enumerate() {
-        let Some(raw_identifier) = entry.as_object().and_then(|e| e.get("itemIdentifier")) else {
+        let Some(fields) = entry.as_object() else {
             return Err(ResponseError::MissingIdentifier { index });
+        };
+        let Some(raw_identifier) = fields.get("itemIdentifier") else {
+            return Err(ResponseError::MissingIdentifier { index });
+        };
+        let text = |name: &str| fields.get(name).and_then(Value::as_str).map(str::to_owned);
+        let error = match (text("errorType"), text("errorMessage")) {
+            (None, None) => None,
+            (error_type, message) => Some(ErrorInfo::new(
+                error_type.unwrap_or_else(|| "BatchItemFailure".to_owned()),
+                message.unwrap_or_default(),
+            )),
         };
         let identifier = parse_identifier(index, raw_identifier, kind)?;
         if !is_known(&identifier) {
@@ -119,7 +136,7 @@ pub fn parse_batch_item_failures(
                 identifier: display_identifier(&identifier),
             });
         }
-        failed.insert(identifier);
+        failed.insert(identifier, error);
     }
     Ok(failed)
 }
@@ -184,7 +201,7 @@ mod tests {
             ItemIdentifier::KafkaOffset { .. } => false,
         })
         .map(|set| {
-            set.into_iter()
+            set.into_keys()
                 .map(|id| match id {
                     ItemIdentifier::Text(text) => text,
                     ItemIdentifier::KafkaOffset { .. } => unreachable!(),
@@ -260,13 +277,28 @@ mod tests {
     }
 
     #[test]
+    fn entries_may_carry_the_error_of_their_record() {
+        let response = json!({"batchItemFailures": [
+            {"itemIdentifier": "a", "errorType": "ValueError", "errorMessage": "bad total"},
+            {"itemIdentifier": "b"}
+        ]});
+        let parsed =
+            parse_batch_item_failures(Some(&response), IdentifierKind::Text, |_| true).unwrap();
+        assert_eq!(
+            parsed[&ItemIdentifier::Text("a".into())],
+            Some(ErrorInfo::new("ValueError", "bad total"))
+        );
+        assert_eq!(parsed[&ItemIdentifier::Text("b".into())], None);
+    }
+
+    #[test]
     fn kafka_identifiers_are_partition_and_offset() {
         let response = json!({"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 7}}]});
         let parsed =
             parse_batch_item_failures(Some(&response), IdentifierKind::KafkaOffset, |_| true)
                 .unwrap();
         assert_eq!(
-            parsed.into_iter().collect::<Vec<_>>(),
+            parsed.into_keys().collect::<Vec<_>>(),
             vec![ItemIdentifier::KafkaOffset {
                 partition: "t-0".into(),
                 offset: 7

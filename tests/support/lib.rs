@@ -1,1 +1,530 @@
+//! Support for sluice's end-to-end tests: a moto server, an HTTP handler, the real `sluice`
+//! binary, and helpers to wait for what they do.
+//!
+//! moto is started through `moto_launcher.py` (beside this file), which patches moto 5.2.5 before
+//! it serves: `Queue.pending_message_groups` counts only invisible messages (moto otherwise lets a
+//! FIFO group's later messages overtake a timed-out earlier one), and three slow paths are
+//! replaced (see the launcher's docstring). Each test starts its own moto on a free port and
+//! creates its own queues, so tests run in parallel without sharing state.
 
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python that has moto installed: `SLUICE_TEST_PYTHON`, else `.venv/bin/python`.
+pub fn python() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+// === impl Moto ===
+
+/// A moto server process; killed on drop.
+pub struct Moto {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        Self::start_on(0)
+    }
+
+    /// Starts moto on `port` (0 = any free port).
+    pub fn start_on(port: u16) -> Self {
+        let python = python();
+        assert!(
+            python.exists(),
+            "no Python with moto at {}; run scripts/test (it creates .venv) or set SLUICE_TEST_PYTHON",
+            python.display()
+        );
+        let mut child = Command::new(&python)
+            .arg(workspace_root().join("tests/support/moto_launcher.py"))
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto");
+        let stdout = child.stdout.take().expect("moto stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading moto's first line");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("moto did not start: {line:?}"));
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        sqs_client(&self.endpoint()).await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+/// Creates a queue with the given attributes (e.g. `("VisibilityTimeout", "2")`); returns its URL.
+pub async fn create_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    attributes: &[(&str, &str)],
+) -> String {
+    let mut request = client.create_queue().queue_name(name);
+    if name.ends_with(".fifo") {
+        request = request.attributes(QueueAttributeName::FifoQueue, "true");
+    }
+    for (key, value) in attributes {
+        request = request.attributes(QueueAttributeName::from(*key), *value);
+    }
+    request
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url()
+        .expect("queue url")
+        .to_owned()
+}
+
+/// Sends bodies in batches of ten; FIFO queues get `group_of(body)` as the message group.
+pub async fn send_bodies(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    bodies: &[String],
+    group_of: Option<&dyn Fn(&str) -> String>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, body)| {
+                let mut entry = SendMessageBatchRequestEntry::builder()
+                    .id(format!("e{index}"))
+                    .message_body(body);
+                if let Some(group_of) = group_of {
+                    entry = entry
+                        .message_group_id(group_of(body))
+                        .message_deduplication_id(body.replace(|c: char| !c.is_ascii_alphanumeric(), "-"));
+                }
+                entry.build().expect("entry")
+            })
+            .collect::<Vec<_>>();
+        let output = client
+            .send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("send batch");
+        assert!(output.failed().is_empty(), "{:?}", output.failed());
+        let mut sent: Vec<_> = output.successful().to_vec();
+        sent.sort_by_key(|e| e.id()[1..].parse::<usize>().unwrap_or(0));
+        ids.extend(sent.iter().map(|e| e.message_id().to_owned()));
+    }
+    ids
+}
+
+/// Visible + in-flight + delayed messages of a queue.
+pub async fn queue_depth(client: &aws_sdk_sqs::Client, queue_url: &str) -> u64 {
+    let output = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .expect("queue attributes");
+    let attributes = output.attributes().cloned().unwrap_or_default();
+    [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+    ]
+    .iter()
+    .map(|name| {
+        attributes
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
+}
+
+/// Receives every message visible right now (without waiting), leaving them in flight for `hold`.
+pub async fn receive_all(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    hold_seconds: i32,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut messages = Vec::new();
+    loop {
+        let output = client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(0)
+            .visibility_timeout(hold_seconds)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive");
+        if output.messages().is_empty() {
+            return messages;
+        }
+        messages.extend(output.messages().iter().cloned());
+    }
+}
+
+// === impl Handler ===
+
+/// What the test handler answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<String>) -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn json(value: Value) -> Self {
+        Self::ok(value.to_string())
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// One request the handler received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub event: Value,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn records(&self) -> Vec<Value> {
+        self.event["Records"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+type Behaviour = dyn Fn(&str, &Value) -> Reply + Send + Sync;
+
+/// An HTTP server standing in for a Lambda function; records every request.
+pub struct Handler {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    completed: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Handler {
+    pub async fn start(behaviour: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static) -> Self {
+        let behaviour: Arc<Behaviour> = Arc::new(behaviour);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let completed = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = (behaviour, received.clone(), completed.clone());
+        let app = axum::Router::new()
+            .fallback(
+                |axum::extract::State((behaviour, received, completed)): axum::extract::State<(
+                    Arc<Behaviour>,
+                    Arc<Mutex<Vec<Received>>>,
+                    Arc<Mutex<Vec<Received>>>,
+                )>,
+                 uri: axum::http::Uri,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let request = Received {
+                        path: uri.path().to_owned(),
+                        headers,
+                        event,
+                        at: Instant::now(),
+                    };
+                    received.lock().unwrap().push(request.clone());
+                    let reply = behaviour(&request.path, &request.event);
+                    if !reply.delay.is_zero() {
+                        tokio::time::sleep(reply.delay).await;
+                    }
+                    completed.lock().unwrap().push(request);
+                    let mut response = axum::http::Response::builder()
+                        .status(StatusCode::from_u16(reply.status).unwrap());
+                    for (name, value) in &reply.headers {
+                        response = response.header(name, value);
+                    }
+                    response.body(axum::body::Body::from(reply.body)).unwrap()
+                },
+            )
+            .with_state(state);
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        Self {
+            addr,
+            received,
+            completed,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Requests whose response has been sent.
+    pub fn completed(&self) -> Vec<Received> {
+        self.completed.lock().unwrap().clone()
+    }
+
+    /// Every record delivered so far, in delivery order.
+    pub fn records(&self) -> Vec<Value> {
+        self.received().iter().flat_map(Received::records).collect()
+    }
+
+    /// How many times each body was delivered.
+    pub fn deliveries_by_body(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for record in self.records() {
+            *counts
+                .entry(record["body"].as_str().unwrap_or_default().to_owned())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+// === impl Sluice ===
+
+/// The `sluice` binary, built once per test process so a plain `cargo test` uses fresh code.
+pub fn sluice_binary() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let root = workspace_root();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building sluice failed");
+    });
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target_dir.join("debug/sluice")
+}
+
+/// A running `sluice run` process with its config in a temporary directory; killed on drop.
+pub struct Sluice {
+    child: Child,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    log_path: PathBuf,
+}
+
+/// Environment that points the AWS SDK at moto with dummy credentials.
+pub fn moto_env(moto: &Moto) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ENDPOINT_URL".into(), moto.endpoint()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}
+
+impl Sluice {
+    /// Writes `config` (where `{admin}` is replaced by a free admin address) and starts sluice.
+    pub fn start(config: &str, env: &[(String, String)]) -> Self {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("sluice.yaml");
+        let config = config.replace("{admin}", &admin.to_string());
+        std::fs::File::create(&config_path)
+            .and_then(|mut f| f.write_all(config.as_bytes()))
+            .expect("writing config");
+        Self::start_file(&config_path, admin, dir, env)
+    }
+
+    pub fn start_file(
+        config_path: &Path,
+        admin: SocketAddr,
+        dir: tempfile::TempDir,
+        env: &[(String, String)],
+    ) -> Self {
+        let log_path = dir.path().join("sluice.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(sluice_binary())
+            .args(["run", "-c"])
+            .arg(config_path)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info,sluice=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting sluice");
+        Self {
+            child,
+            admin,
+            dir,
+            log_path,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{}", self.admin, path);
+        match reqwest::get(&url).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// The value of one Prometheus sample, e.g. `sluice_records_received_total{mapping="m"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        metric_value(&text, series)
+    }
+}
+
+/// Reads one sample from Prometheus text; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- sluice log ----\n{}", self.logs());
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

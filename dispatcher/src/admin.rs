@@ -1,0 +1,65 @@
+//! The admin server: `GET /healthz` (the process is up), `/readyz` (every mapping is polling; 503
+//! with a per-mapping report otherwise) and `/metrics` (Prometheus text).
+
+use crate::health::Health;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+struct AdminState {
+    health: Health,
+    metrics: PrometheusHandle,
+}
+
+/// Binds the admin address now (so a busy port fails start-up) and serves until `shutdown`.
+pub async fn serve(
+    listen: SocketAddr,
+    health: Health,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on admin address {listen}: {e}"))?;
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AdminState { health, metrics });
+    tracing::info!(address = %listen, "admin server listening");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "admin server failed");
+        }
+    }))
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let (ready, report) = state.health.readiness();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{report}\n"),
+    )
+}
+
+async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,126 @@
+//! The command line (architecture.md "CLI"). Exit status: 0 success, 1 runtime failure, 2 bad
+//! usage or bad config.
+
+use crate::config;
+use crate::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "AWS Lambda event source mapping semantics for any service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every enabled mapping until SIGTERM/SIGINT, then drain.
+    Run {
+        /// The config file.
+        #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Log format: auto (JSON when stdout is not a terminal), json or text.
+        #[arg(long, value_enum, default_value = "auto")]
+        log_format: LogFormat,
+    },
+    /// Check a config file and report every problem with its file:line:column and key path.
+    Validate {
+        #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the JSON Schema of the config file.
+    Schema,
+}
+
+pub const EXIT_RUNTIME_FAILURE: u8 = 1;
+pub const EXIT_BAD_CONFIG: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config::json_schema()).expect("schema serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Validate { config: path } => match config::load(&path) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} targets, {} mappings)",
+                    path.display(),
+                    config.targets.len(),
+                    config.mappings.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Run {
+            config: path,
+            log_format,
+        } => {
+            let config = match config::load(&path) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            telemetry::init_logging(log_format);
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "sluice failed");
+                    eprintln!("sluice: {error:#}");
+                    ExitCode::from(EXIT_RUNTIME_FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn run(config: config::Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let metrics = telemetry::init_metrics()?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tracing::info!(config = %config.file.display(), version = env!("CARGO_PKG_VERSION"), "sluice starting");
+        crate::runtime::run(config, metrics, shutdown).await
+    })
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for round in 0..2 {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        if round == 0 {
+            tracing::info!(signal = name, "stopping: no new polls, draining in-flight batches");
+            shutdown.cancel();
+        } else {
+            tracing::warn!(signal = name, "second stop signal; exiting without finishing the drain");
+            std::process::exit(i32::from(EXIT_RUNTIME_FAILURE));
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The dead-letter envelope: the AWS-compatible fields of Lambda's on-failure record plus a
+//! `sluice` object with the full records, the last error and the attempt history, so a person can
+//! read it and `sluice dlq replay` can re-drive it.
+
+use serde_json::{Value, json};
+use sluice_policies::{DeadLetterCondition, ErrorInfo};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where the records came from.
+#[derive(Debug, Clone)]
+pub enum EnvelopeSource {
+    Sqs {
+        queue_url: String,
+        queue_arn: String,
+        message_ids: Vec<String>,
+    },
+}
+
+/// Everything a dead letter says.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub mapping: String,
+    pub target: String,
+    pub region: String,
+    pub condition: DeadLetterCondition,
+    /// Invocations that included these records.
+    pub attempts: u32,
+    pub error: ErrorInfo,
+    /// `"Unhandled"` when the function threw; `None` when it returned but the records counted as
+    /// failed (a partial or invalid response), as AWS records it.
+    pub function_error: Option<String>,
+    pub source: EnvelopeSource,
+    /// The records exactly as they were in the event.
+    pub records: Vec<Value>,
+    /// Since the Unix epoch.
+    pub first_attempt_at: Duration,
+    pub last_attempt_at: Duration,
+}
+
+pub fn iso8601_millis(since_epoch: Duration) -> String {
+    let datetime = time::OffsetDateTime::UNIX_EPOCH + since_epoch;
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    datetime
+        .format(&format)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+}
+
+pub fn now_since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl DeadLetter {
+    /// The envelope document.
+    pub fn to_json(&self, request_id: &str) -> Value {
+        let source = match &self.source {
+            EnvelopeSource::Sqs {
+                queue_url,
+                queue_arn,
+                message_ids,
+            } => json!({
+                "kind": "sqs",
+                "queue_url": queue_url,
+                "queue_arn": queue_arn,
+                "message_ids": message_ids,
+            }),
+        };
+        json!({
+            "version": "1.0",
+            "timestamp": iso8601_millis(now_since_epoch()),
+            "requestContext": {
+                "requestId": request_id,
+                // sluice targets are not Lambda functions; account 000000000000 marks a sluice target.
+                "functionArn": format!("arn:aws:lambda:{}:000000000000:function:{}", self.region, self.target),
+                "condition": self.condition.as_str(),
+                "approximateInvokeCount": self.attempts,
+            },
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": self.function_error,
+            },
+            "sluice": {
+                "mapping": self.mapping,
+                "source": source,
+                "records": self.records,
+                "error": { "type": self.error.error_type, "message": self.error.message },
+                "attempts": self.attempts,
+                "first_attempt_at": iso8601_millis(self.first_attempt_at),
+                "last_attempt_at": iso8601_millis(self.last_attempt_at),
+                "replay_count": 0,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_iso8601_utc_with_milliseconds() {
+        assert_eq!(
+            iso8601_millis(Duration::from_millis(1_573_691_886_021)),
+            "2019-11-14T00:38:06.021Z"
+        );
+    }
+
+    #[test]
+    fn the_envelope_carries_aws_fields_and_the_full_records() {
+        let dead_letter = DeadLetter {
+            mapping: "orders".into(),
+            target: "api".into(),
+            region: "us-east-1".into(),
+            condition: DeadLetterCondition::RetryAttemptsExhausted,
+            attempts: 3,
+            error: ErrorInfo::new("ValueError", "bad"),
+            function_error: Some("Unhandled".into()),
+            source: EnvelopeSource::Sqs {
+                queue_url: "http://q".into(),
+                queue_arn: "arn:aws:sqs:us-east-1:1:q".into(),
+                message_ids: vec!["m1".into()],
+            },
+            records: vec![json!({"messageId": "m1", "body": "x"})],
+            first_attempt_at: Duration::from_secs(1),
+            last_attempt_at: Duration::from_secs(2),
+        };
+        let envelope = dead_letter.to_json("req-1");
+        assert_eq!(envelope["requestContext"]["condition"], "RetryAttemptsExhausted");
+        assert_eq!(envelope["requestContext"]["approximateInvokeCount"], 3);
+        assert_eq!(envelope["responseContext"]["functionError"], "Unhandled");
+        assert_eq!(envelope["sluice"]["records"][0]["body"], "x");
+        assert_eq!(envelope["sluice"]["error"]["type"], "ValueError");
+        assert_eq!(envelope["sluice"]["source"]["message_ids"][0], "m1");
+    }
+}

@@ -1,0 +1,168 @@
+//! Liveness and readiness of mappings, as `/readyz` reports them.
+//!
+//! A mapping is ready once it has polled its source successfully, as long as its last poll did not
+//! fail and it has not gone `stall_after` without a successful poll while it was trying to poll
+//! (a mapping waiting for its own in-flight batches to finish is busy, not stalled).
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+struct MappingHealth {
+    registered_at: Instant,
+    last_success: Option<Instant>,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+    waiting_for_capacity: bool,
+}
+
+#[derive(Clone)]
+pub struct Health {
+    stall_after: Duration,
+    mappings: Arc<Mutex<BTreeMap<String, MappingHealth>>>,
+}
+
+/// One mapping's handle on the registry.
+#[derive(Clone)]
+pub struct MappingHealthHandle {
+    name: String,
+    health: Health,
+}
+
+impl Health {
+    pub fn new(stall_after: Duration) -> Self {
+        Self {
+            stall_after,
+            mappings: Arc::default(),
+        }
+    }
+
+    pub fn register(&self, name: &str) -> MappingHealthHandle {
+        self.mappings.lock().expect("health lock").insert(
+            name.to_owned(),
+            MappingHealth {
+                registered_at: Instant::now(),
+                last_success: None,
+                last_error: None,
+                consecutive_failures: 0,
+                waiting_for_capacity: false,
+            },
+        );
+        MappingHealthHandle {
+            name: name.to_owned(),
+            health: self.clone(),
+        }
+    }
+
+    /// Whether every mapping is ready, and a JSON report per mapping.
+    pub fn readiness(&self) -> (bool, Value) {
+        let now = Instant::now();
+        let mappings = self.mappings.lock().expect("health lock");
+        let mut all_ready = true;
+        let mut report = serde_json::Map::new();
+        for (name, health) in mappings.iter() {
+            let (ready, status) = match (health.last_success, health.consecutive_failures) {
+                (_, failures) if failures > 0 => (false, "failing"),
+                (None, _) => (false, "starting"),
+                (Some(last), _)
+                    if !health.waiting_for_capacity
+                        && now.duration_since(last) > self.stall_after =>
+                {
+                    (false, "stalled")
+                }
+                (Some(_), _) => (true, "ready"),
+            };
+            all_ready &= ready;
+            report.insert(
+                name.clone(),
+                json!({
+                    "status": status,
+                    "seconds_since_last_poll": health.last_success.map(|t| now.duration_since(t).as_secs_f64()),
+                    "seconds_since_start": now.duration_since(health.registered_at).as_secs_f64(),
+                    "consecutive_failures": health.consecutive_failures,
+                    "last_error": health.last_error,
+                }),
+            );
+        }
+        (
+            all_ready,
+            json!({ "ready": all_ready, "mappings": report }),
+        )
+    }
+}
+
+impl MappingHealthHandle {
+    fn update(&self, change: impl FnOnce(&mut MappingHealth)) {
+        if let Some(health) = self
+            .health
+            .mappings
+            .lock()
+            .expect("health lock")
+            .get_mut(&self.name)
+        {
+            change(health);
+        }
+    }
+
+    pub fn poll_succeeded(&self) {
+        self.update(|h| {
+            h.last_success = Some(Instant::now());
+            h.consecutive_failures = 0;
+            h.last_error = None;
+        });
+    }
+
+    pub fn poll_failed(&self, error: &str) {
+        let error = error.to_owned();
+        self.update(|h| {
+            h.consecutive_failures += 1;
+            h.last_error = Some(error);
+        });
+    }
+
+    pub fn waiting_for_capacity(&self, waiting: bool) {
+        self.update(|h| {
+            h.waiting_for_capacity = waiting;
+            if !waiting {
+                // Time spent waiting on our own batches is not time without polls.
+                h.last_success = h.last_success.map(|_| Instant::now());
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_after_a_successful_poll_and_not_while_failing() {
+        let health = Health::new(Duration::from_secs(60));
+        let orders = health.register("orders");
+        assert!(!health.readiness().0);
+        orders.poll_succeeded();
+        assert!(health.readiness().0);
+        orders.poll_failed("connection refused");
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert_eq!(report["mappings"]["orders"]["status"], "failing");
+        assert_eq!(report["mappings"]["orders"]["last_error"], "connection refused");
+        orders.poll_succeeded();
+        assert!(health.readiness().0);
+    }
+
+    #[test]
+    fn a_mapping_without_recent_polls_is_stalled() {
+        let health = Health::new(Duration::from_millis(1));
+        let orders = health.register("orders");
+        orders.poll_succeeded();
+        std::thread::sleep(Duration::from_millis(5));
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert_eq!(report["mappings"]["orders"]["status"], "stalled");
+        orders.waiting_for_capacity(true);
+        assert!(health.readiness().0);
+    }
+}

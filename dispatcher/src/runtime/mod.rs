@@ -1,0 +1,114 @@
+//! The running daemon: one worker per enabled mapping, the admin server, and the drain on
+//! shutdown (stop polling → return unstarted records → finish in-flight batches until
+//! `shutdown_timeout` → exit).
+
+pub mod heartbeat;
+pub mod sqs;
+
+use crate::config::{AwsSettings, Config, DestinationConfig, SourceConfig};
+use crate::destinations::Destination;
+use crate::destinations::sqs::SqsDestination;
+use crate::health::Health;
+use crate::targets::{self, Target};
+use crate::telemetry::MappingMetrics;
+use anyhow::Context;
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The AWS configuration every client is built from: config values first, then the standard
+/// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ECS and instance credentials).
+pub async fn aws_config(settings: &AwsSettings) -> anyhow::Result<aws_config::SdkConfig> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build(),
+    );
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &settings.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        anyhow::bail!(
+            "no AWS region: set aws.region in the config file, or AWS_REGION in the environment"
+        );
+    }
+    Ok(config)
+}
+
+/// Runs every enabled mapping until `shutdown`, then drains and returns.
+pub async fn run(
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let sdk_config = aws_config(&config.aws).await?;
+    let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
+    let health = Health::new(config.admin.stall_after);
+
+    let mut built_targets: BTreeMap<String, Arc<dyn Target>> = BTreeMap::new();
+    for (name, target) in &config.targets {
+        let built = targets::build(target).with_context(|| format!("building target {name}"))?;
+        built_targets.insert(name.clone(), built);
+    }
+
+    let admin_stop = CancellationToken::new();
+    let admin = crate::admin::serve(
+        config.admin.listen,
+        health.clone(),
+        metrics,
+        admin_stop.clone(),
+    )
+    .await?;
+
+    let mut workers = tokio::task::JoinSet::new();
+    for mapping in config.mappings.iter().filter(|m| m.enabled) {
+        let target = built_targets
+            .get(&mapping.target)
+            .cloned()
+            .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
+        let on_failure: Option<Arc<dyn Destination>> =
+            mapping.on_failure.as_ref().map(|destination| match destination {
+                DestinationConfig::Sqs { queue_url } => Arc::new(SqsDestination::new(
+                    sqs_client.clone(),
+                    queue_url.clone(),
+                )) as Arc<dyn Destination>,
+            });
+        let SourceConfig::Sqs(source) = &mapping.source;
+        let worker = sqs::SqsMapping {
+            config: mapping.clone(),
+            source: source.clone(),
+            client: sqs_client.clone(),
+            target,
+            on_failure,
+            health: health.register(&mapping.name),
+            metrics: MappingMetrics::new(&mapping.name),
+        };
+        workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+    }
+    if workers.is_empty() {
+        tracing::warn!("no enabled mappings; waiting for a stop signal");
+    }
+    tracing::info!(mappings = workers.len(), "sluice running");
+    shutdown.cancelled().await;
+    tracing::info!(
+        shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
+        "stop signal received; draining"
+    );
+    while let Some(result) = workers.join_next().await {
+        if let Err(error) = result {
+            tracing::error!(%error, "a mapping worker failed");
+        }
+    }
+    admin_stop.cancel();
+    let _ = admin.await;
+    tracing::info!("drained; exiting");
+    Ok(())
+}

@@ -1,0 +1,482 @@
+//! The worker of one SQS mapping: receive → batch → invoke → decide (queue policy) → execute.
+//!
+//! Guarantees:
+//! - at most `max_concurrency` batches are in flight, and nothing is received for a batch that
+//!   could not start (the poller waits for capacity first);
+//! - every received record is held by the heartbeat until its batch is decided, so it does not
+//!   reappear while its handler is still running;
+//! - a record is deleted only after the policy says so, and a dead letter only after the
+//!   destination stored it;
+//! - on shutdown, records received but not yet started are made visible again at once; batches in
+//!   flight finish until the drain deadline.
+
+use super::heartbeat::Heartbeat;
+use crate::config::{MappingConfig, SqsSourceConfig};
+use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
+use crate::health::MappingHealthHandle;
+use crate::targets::{Invocation, Target};
+use crate::telemetry::MappingMetrics;
+use serde_json::json;
+use sluice_policies::batcher::PushResult;
+use sluice_policies::{
+    BatchLimits, Batcher, DeadLetterCondition, ErrorInfo, Outcome, QueueDecision, QueueMessage,
+    QueuePolicy, RecordDisposition, RetryDelay,
+};
+use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
+use sluice_sources::{Queue, Record};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything a batch task needs, shared by all batches of the mapping.
+struct MappingContext {
+    name: String,
+    target_name: String,
+    queue: Arc<dyn Queue>,
+    target: Arc<dyn Target>,
+    policy: QueuePolicy,
+    on_failure: Option<Arc<dyn Destination>>,
+    heartbeat: Arc<Heartbeat>,
+    metrics: MappingMetrics,
+}
+
+pub struct SqsMapping {
+    pub config: MappingConfig,
+    pub source: SqsSourceConfig,
+    pub client: aws_sdk_sqs::Client,
+    pub target: Arc<dyn Target>,
+    pub on_failure: Option<Arc<dyn Destination>>,
+    pub health: MappingHealthHandle,
+    pub metrics: MappingMetrics,
+}
+
+/// Backoff between failed polls: short, so readiness recovers quickly once the source is back.
+fn poll_retry_delay(consecutive_failures: u32) -> Duration {
+    let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
+    Duration::from_millis(millis.min(5_000))
+}
+
+impl SqsMapping {
+    /// Runs until `shutdown` is cancelled, then drains for at most `shutdown_timeout`.
+    pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
+        let name = self.config.name.clone();
+        let Some(queue) = self.connect(&shutdown).await else {
+            return;
+        };
+        let queue: Arc<dyn Queue> = Arc::new(queue);
+        let description = queue.description().clone();
+        tracing::info!(
+            mapping = %name,
+            queue_url = %description.url,
+            fifo = description.fifo,
+            visibility_timeout_s = description.visibility_timeout.as_secs(),
+            batch_size = self.source.batch_size,
+            max_concurrency = self.source.max_concurrency,
+            "mapping started"
+        );
+        let heartbeat = Heartbeat::new(
+            queue.clone(),
+            self.source.heartbeat_max,
+            self.metrics.clone(),
+            &name,
+        );
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat_task = tokio::spawn(heartbeat.clone().run(heartbeat_stop.clone()));
+        let context = Arc::new(MappingContext {
+            name: name.clone(),
+            target_name: self.config.target.clone(),
+            queue: queue.clone(),
+            target: self.target.clone(),
+            policy: QueuePolicy {
+                report_batch_item_failures: self.config.report_batch_item_failures,
+                max_receive_count: self.config.retry.max_receive_count,
+                backoff: self.config.retry.backoff,
+            },
+            on_failure: self.on_failure.clone(),
+            heartbeat: heartbeat.clone(),
+            metrics: self.metrics.clone(),
+        });
+
+        let tracker = TaskTracker::new();
+        let unstarted = self.poll_loop(&context, &shutdown, &tracker).await;
+
+        // Shutdown: give back what never started, then let in-flight batches finish.
+        let drain_deadline = Instant::now() + shutdown_timeout;
+        if !unstarted.is_empty() {
+            heartbeat.release(&unstarted).await;
+            release_now(&context, &unstarted, "shutdown").await;
+        }
+        tracker.close();
+        let remaining = drain_deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(remaining, tracker.wait()).await.is_err() {
+            tracing::warn!(mapping = %name, in_flight = tracker.len(), "drain deadline reached; in-flight batches abandoned, their messages return after the visibility timeout");
+        }
+        heartbeat_stop.cancel();
+        let _ = heartbeat_task.await;
+        tracing::info!(mapping = %name, "mapping stopped");
+    }
+
+    async fn connect(&self, shutdown: &CancellationToken) -> Option<SqsQueue> {
+        let mut failures = 0u32;
+        loop {
+            let attempt = SqsQueue::connect(self.client.clone(), &self.source.queue_url);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                result = attempt => result,
+            };
+            match result {
+                Ok(queue) => return Some(queue),
+                Err(error) => {
+                    failures += 1;
+                    self.metrics.poll_errors.increment(1);
+                    self.health.poll_failed(&error.to_string());
+                    tracing::warn!(mapping = %self.config.name, %error, "cannot reach the source queue; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(poll_retry_delay(failures)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Receives and dispatches until shutdown; returns the records received but never started.
+    async fn poll_loop(
+        &self,
+        context: &Arc<MappingContext>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Vec<Record> {
+        let started = Instant::now();
+        let clock = || started.elapsed();
+        let limits = BatchLimits::new(self.source.batch_size, self.source.max_batching_window);
+        let mut batcher: Batcher<Record> = Batcher::new(limits);
+        let mut ready: VecDeque<Vec<Record>> = VecDeque::new();
+        let capacity = Arc::new(Semaphore::new(self.source.max_concurrency));
+        let mut failures = 0u32;
+
+        'poll: loop {
+            self.health.waiting_for_capacity(capacity.available_permits() == 0);
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'poll,
+                permit = capacity.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            };
+            self.health.waiting_for_capacity(false);
+            // Fill one batch (or take one that is already complete).
+            let batch = loop {
+                if let Some(batch) = ready.pop_front() {
+                    break batch;
+                }
+                if let Some(batch) = batcher.poll(clock()) {
+                    break batch;
+                }
+                let wait = match batcher.deadline() {
+                    None => self.source.wait_time,
+                    Some(deadline) => deadline.saturating_sub(clock()).min(self.source.wait_time),
+                };
+                let max_messages = batcher.remaining_capacity().min(MAX_BATCH_ENTRIES);
+                let requested_at = Instant::now();
+                let received = tokio::select! {
+                    _ = shutdown.cancelled() => break 'poll,
+                    received = context.queue.receive(max_messages, wait) => received,
+                };
+                let records = match received {
+                    Ok(records) => {
+                        failures = 0;
+                        self.health.poll_succeeded();
+                        records
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        self.metrics.poll_errors.increment(1);
+                        self.health.poll_failed(&error.to_string());
+                        tracing::warn!(mapping = %context.name, %error, "receive failed; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'poll,
+                            _ = tokio::time::sleep(poll_retry_delay(failures)) => {}
+                        }
+                        continue;
+                    }
+                };
+                if records.is_empty() {
+                    continue;
+                }
+                context.heartbeat.hold(&records, requested_at).await;
+                self.metrics.records_received.increment(records.len() as u64);
+                let bytes: usize = records.iter().map(|r| r.size_bytes).sum();
+                self.metrics.in_flight_records.increment(records.len() as f64);
+                self.metrics.in_flight_bytes.increment(bytes as f64);
+                for record in records {
+                    let size = record.size_bytes;
+                    let PushResult { ready: complete, too_large } = batcher.push(record, size, clock());
+                    ready.extend(complete);
+                    if let Some(record) = too_large {
+                        let context = context.clone();
+                        tracker.spawn(async move { dead_letter_oversized(&context, record).await });
+                    }
+                }
+            };
+            let context = context.clone();
+            tracker.spawn(async move {
+                handle_batch(&context, batch).await;
+                drop(permit);
+            });
+        }
+        let mut unstarted: Vec<Record> = ready.into_iter().flatten().collect();
+        unstarted.extend(batcher.take().unwrap_or_default());
+        unstarted
+    }
+}
+
+fn queue_messages(batch: &[Record]) -> Vec<QueueMessage> {
+    batch
+        .iter()
+        .map(|record| QueueMessage {
+            message_id: record.id.clone(),
+            receive_count: record.attempt,
+            group_id: record.ordering_key.clone(),
+        })
+        .collect()
+}
+
+fn outcome_label(outcome: &Outcome, decision: &QueueDecision) -> &'static str {
+    match outcome {
+        Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => {
+            if decision.batch_error.is_some() {
+                "invalid_response"
+            } else if decision.reported_failures > 0 {
+                "partial_failure"
+            } else {
+                "success"
+            }
+        }
+        Outcome::FunctionError(_) => "function_error",
+        Outcome::Timeout { .. } => "timeout",
+        Outcome::Throttled { .. } => "throttled",
+        Outcome::Unavailable { .. } => "unavailable",
+    }
+}
+
+async fn handle_batch(context: &MappingContext, batch: Vec<Record>) {
+    let events: Vec<&serde_json::Value> = batch.iter().map(|r| &r.event).collect();
+    let payload = serde_json::to_vec(&json!({ "Records": events })).unwrap_or_default();
+    let invocation = Invocation::new(&context.name, payload);
+    context.metrics.batches_invoked.increment(1);
+    let started = Instant::now();
+    let outcome = context.target.invoke(&invocation).await;
+    let elapsed = started.elapsed();
+    context.metrics.invoke_duration.record(elapsed.as_secs_f64());
+
+    let decision = context
+        .policy
+        .decide(&queue_messages(&batch), &outcome, rand::random::<f64>());
+    let label = outcome_label(&outcome, &decision);
+    context.metrics.outcome(label);
+    match &decision.batch_error {
+        Some(error) => tracing::warn!(
+            mapping = %context.name,
+            request_id = %invocation.request_id,
+            records = batch.len(),
+            outcome = label,
+            error_type = %error.error_type,
+            error = %error.message,
+            duration_ms = elapsed.as_millis() as u64,
+            "batch failed"
+        ),
+        None => tracing::debug!(
+            mapping = %context.name,
+            request_id = %invocation.request_id,
+            records = batch.len(),
+            outcome = label,
+            failed = decision.reported_failures,
+            duration_ms = elapsed.as_millis() as u64,
+            "batch handled"
+        ),
+    }
+    // From here on sluice's own visibility changes are the last word.
+    context.heartbeat.release(&batch).await;
+    execute(context, &batch, &decision, &outcome).await;
+}
+
+/// Carries out a decision: dead letters first (deleted only once stored), then deletes, then
+/// visibility changes for retries and for FIFO followers.
+async fn execute(
+    context: &MappingContext,
+    batch: &[Record],
+    decision: &QueueDecision,
+    outcome: &Outcome,
+) {
+    let mut delete: Vec<&Record> = Vec::new();
+    let mut delayed: Vec<(&Record, Duration)> = Vec::new();
+    let mut untouched: Vec<&Record> = Vec::new();
+    let mut retried = 0u64;
+    let function_error = match outcome {
+        Outcome::FunctionError(_) | Outcome::Timeout { .. } => Some("Unhandled".to_owned()),
+        _ => None,
+    };
+    for (record, disposition) in batch.iter().zip(&decision.dispositions) {
+        match disposition {
+            RecordDisposition::Delete => delete.push(record),
+            RecordDisposition::Retry { delay, .. } => {
+                retried += 1;
+                if let RetryDelay::After(delay) = delay {
+                    delayed.push((record, *delay));
+                }
+            }
+            RecordDisposition::ReturnUntouched => untouched.push(record),
+            RecordDisposition::DeadLetter { condition, error } => {
+                if send_dead_letter(context, record, *condition, error, function_error.clone())
+                    .await
+                {
+                    delete.push(record);
+                }
+            }
+        }
+    }
+    context.metrics.records_retried.increment(retried);
+    let acknowledged = decision
+        .dispositions
+        .iter()
+        .filter(|d| d.is_delete())
+        .count();
+    delete_records(context, &delete).await;
+    context.metrics.records_acknowledged.increment(acknowledged as u64);
+    if !delayed.is_empty() {
+        change_visibility(context, &delayed, "retry backoff").await;
+    }
+    if !untouched.is_empty() {
+        let changes: Vec<(&Record, Duration)> =
+            untouched.iter().map(|r| (*r, Duration::ZERO)).collect();
+        change_visibility(context, &changes, "fifo follower").await;
+        context.metrics.records_released.increment(untouched.len() as u64);
+    }
+    let bytes: usize = batch.iter().map(|r| r.size_bytes).sum();
+    context.metrics.in_flight_records.decrement(batch.len() as f64);
+    context.metrics.in_flight_bytes.decrement(bytes as f64);
+}
+
+async fn delete_records(context: &MappingContext, records: &[&Record]) {
+    if records.is_empty() {
+        return;
+    }
+    match context.queue.delete(records).await {
+        Ok(report) => {
+            for (message_id, reason) in &report.failed {
+                context.metrics.ack_errors.increment(1);
+                tracing::warn!(mapping = %context.name, queue_url = %context.queue.description().url, %message_id, %reason, "delete failed; the message will be delivered again");
+            }
+        }
+        Err(error) => {
+            context.metrics.ack_errors.increment(1);
+            tracing::error!(mapping = %context.name, %error, records = records.len(), "delete failed; the messages will be delivered again");
+        }
+    }
+}
+
+async fn change_visibility(context: &MappingContext, changes: &[(&Record, Duration)], why: &str) {
+    match context.queue.change_visibility(changes).await {
+        Ok(failed) => {
+            for (message_id, reason) in failed {
+                context.metrics.ack_errors.increment(1);
+                tracing::warn!(mapping = %context.name, %message_id, %reason, why, "visibility change failed");
+            }
+        }
+        Err(error) => {
+            context.metrics.ack_errors.increment(1);
+            tracing::warn!(mapping = %context.name, %error, why, "visibility change failed");
+        }
+    }
+}
+
+/// Makes records visible again at once (unstarted at shutdown).
+async fn release_now(context: &MappingContext, records: &[Record], why: &str) {
+    let changes: Vec<(&Record, Duration)> = records.iter().map(|r| (r, Duration::ZERO)).collect();
+    change_visibility(context, &changes, why).await;
+    context.metrics.records_released.increment(records.len() as u64);
+    let bytes: usize = records.iter().map(|r| r.size_bytes).sum();
+    context.metrics.in_flight_records.decrement(records.len() as f64);
+    context.metrics.in_flight_bytes.decrement(bytes as f64);
+    tracing::info!(mapping = %context.name, records = records.len(), why, "returned unstarted messages to the queue");
+}
+
+/// Sends one record to the on-failure destination; true when it was stored.
+async fn send_dead_letter(
+    context: &MappingContext,
+    record: &Record,
+    condition: DeadLetterCondition,
+    error: &ErrorInfo,
+    function_error: Option<String>,
+) -> bool {
+    let description = context.queue.description();
+    let Some(destination) = &context.on_failure else {
+        tracing::error!(mapping = %context.name, message_id = %record.id, "no on_failure destination; the message stays in the queue");
+        return false;
+    };
+    let dead_letter = DeadLetter {
+        mapping: context.name.clone(),
+        target: context.target_name.clone(),
+        region: description.region.clone(),
+        condition,
+        attempts: record.attempt,
+        error: error.clone(),
+        function_error,
+        source: EnvelopeSource::Sqs {
+            queue_url: description.url.clone(),
+            queue_arn: description.arn.clone(),
+            message_ids: vec![record.id.clone()],
+        },
+        records: vec![record.event.clone()],
+        first_attempt_at: record.first_received_at,
+        last_attempt_at: now_since_epoch(),
+    };
+    let group = record.ordering_key.as_deref().unwrap_or(&context.name);
+    let dedup = format!("{}-{}", record.id, record.attempt);
+    match destination.send(&dead_letter, group, &dedup).await {
+        Ok(()) => {
+            context.metrics.dead_lettered(condition.as_str(), 1);
+            tracing::warn!(
+                mapping = %context.name,
+                message_id = %record.id,
+                condition = condition.as_str(),
+                attempts = record.attempt,
+                error_type = %error.error_type,
+                error = %error.message,
+                destination = destination.describe(),
+                "message dead-lettered"
+            );
+            true
+        }
+        Err(send_error) => {
+            context.metrics.ack_errors.increment(1);
+            tracing::error!(mapping = %context.name, message_id = %record.id, error = %send_error, "dead-lettering failed; the message stays in the queue and will be retried");
+            false
+        }
+    }
+}
+
+/// A record that cannot fit one invocation goes straight to the on-failure destination.
+async fn dead_letter_oversized(context: &MappingContext, record: Record) {
+    context
+        .heartbeat
+        .release(std::slice::from_ref(&record))
+        .await;
+    let error = ErrorInfo::new(
+        "PayloadTooLarge",
+        format!(
+            "the record is {} bytes; an invocation holds at most 6 MB",
+            record.size_bytes
+        ),
+    );
+    if send_dead_letter(context, &record, DeadLetterCondition::PayloadTooLarge, &error, None).await
+    {
+        delete_records(context, &[&record]).await;
+    }
+    context.metrics.in_flight_records.decrement(1.0);
+    context
+        .metrics
+        .in_flight_bytes
+        .decrement(record.size_bytes as f64);
+}

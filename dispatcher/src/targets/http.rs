@@ -1,0 +1,194 @@
+//! The `http` target: POST the event to a URL over a pooled keep-alive client.
+//!
+//! Classification (architecture.md "Targets", semantics.md §6): 2xx is a normal return whose body
+//! is the function's response, unless it carries `X-Amz-Function-Error`; 5xx and other non-2xx
+//! statuses are function errors; 429 is a throttle; a connection that cannot be made is an
+//! unavailable target; no complete answer within the timeout is a timeout. Responses larger than
+//! Lambda's 6 MB synchronous limit are function errors (`Function.ResponseSizeTooLarge`).
+
+use super::{Invocation, Target, deadline_ms};
+use crate::config::HttpTargetConfig;
+use async_trait::async_trait;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use sluice_policies::{ErrorInfo, Outcome};
+use std::time::{Duration, Instant};
+
+/// Lambda's synchronous response limit.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+pub struct HttpTarget {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    timeout: Duration,
+}
+
+impl HttpTarget {
+    pub fn new(config: &HttpTargetConfig) -> anyhow::Result<Self> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes())?,
+                HeaderValue::from_str(value)?,
+            );
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_secs(5).min(config.timeout))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            // A redirect would turn the POST into a GET and lose the event.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            client,
+            url: config.url.clone(),
+            timeout: config.timeout,
+        })
+    }
+
+    async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, Outcome> {
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                        return Err(Outcome::FunctionError(ErrorInfo::new(
+                            "Function.ResponseSizeTooLarge",
+                            format!("response is larger than {MAX_RESPONSE_BYTES} bytes"),
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(error) => return Err(classify_transport_error(&error, Duration::ZERO)),
+            }
+        }
+    }
+}
+
+fn classify_transport_error(error: &reqwest::Error, timeout: Duration) -> Outcome {
+    if error.is_timeout() {
+        return Outcome::Timeout {
+            after_ms: timeout.as_millis() as u64,
+        };
+    }
+    if error.is_connect() {
+        return Outcome::Unavailable {
+            message: error_chain(error),
+        };
+    }
+    Outcome::FunctionError(ErrorInfo::new("Sluice.TargetRequestFailed", error_chain(error)))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Reads Lambda's error shape (`errorType`, `errorMessage`) from a body, with fallbacks.
+fn error_from_body(body: &[u8], default_type: &str) -> ErrorInfo {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let error_type = field("errorType").unwrap_or_else(|| default_type.to_owned());
+    let message = field("errorMessage").unwrap_or_else(|| body_prefix(body));
+    ErrorInfo::new(error_type, message)
+}
+
+fn body_prefix(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(1024)]);
+    text.trim().to_owned()
+}
+
+#[async_trait]
+impl Target for HttpTarget {
+    async fn invoke(&self, invocation: &Invocation) -> Outcome {
+        let started = Instant::now();
+        let request = self
+            .client
+            .post(self.url.clone())
+            .timeout(self.timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .header("x-sluice-request-id", &invocation.request_id)
+            .header("x-sluice-mapping", &invocation.mapping)
+            .header(
+                "x-sluice-deadline-ms",
+                deadline_ms(self.timeout).to_string(),
+            )
+            .header("traceparent", &invocation.traceparent)
+            .body(invocation.payload.clone());
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return classify_transport_error(&error, self.timeout),
+        };
+        let status = response.status();
+        let function_error = response
+            .headers()
+            .get("x-amz-function-error")
+            .map(|v| v.to_str().unwrap_or("Unhandled").to_owned());
+        let body = match Self::read_body(&mut response).await {
+            Ok(body) => body,
+            Err(Outcome::Timeout { .. }) => {
+                return Outcome::Timeout {
+                    after_ms: started.elapsed().as_millis() as u64,
+                };
+            }
+            Err(outcome) => return outcome,
+        };
+        if status.as_u16() == 429 {
+            return Outcome::Throttled {
+                message: format!("HTTP 429: {}", body_prefix(&body)),
+            };
+        }
+        if let Some(function_error) = function_error {
+            return Outcome::FunctionError(error_from_body(&body, &function_error));
+        }
+        if !status.is_success() {
+            let default_type = format!("HTTP {}", status.as_u16());
+            return Outcome::FunctionError(error_from_body(&body, &default_type));
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Outcome::Returned { response: None };
+        }
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(value) => Outcome::Returned {
+                response: Some(value),
+            },
+            Err(_) => Outcome::ReturnedNonJson {
+                body_prefix: body_prefix(&body),
+            },
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lambda_error_bodies_give_type_and_message() {
+        let error = error_from_body(
+            br#"{"errorType":"ValueError","errorMessage":"bad order"}"#,
+            "Unhandled",
+        );
+        assert_eq!(error, ErrorInfo::new("ValueError", "bad order"));
+        let plain = error_from_body(b"internal failure\n", "HTTP 500");
+        assert_eq!(plain, ErrorInfo::new("HTTP 500", "internal failure"));
+    }
+}

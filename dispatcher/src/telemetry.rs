@@ -1,0 +1,118 @@
+//! Logs and metrics.
+//!
+//! Logs are JSON lines when stdout is not a terminal (or with `--log-format json`), text
+//! otherwise; `RUST_LOG` sets the filter (default `info`). Metrics are exported in Prometheus text
+//! on the admin server; every name is listed in [`MappingMetrics`] and in the README.
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::io::IsTerminal;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let result = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+    if let Err(error) = result {
+        eprintln!("sluice: logging was already initialised: {error}");
+    }
+}
+
+/// Installs the global Prometheus recorder and returns the handle that renders it.
+pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+        900.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("sluice_invoke_duration_seconds".into()),
+            &buckets,
+        )?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+/// Every per-mapping metric, with its `mapping` label bound.
+#[derive(Clone)]
+pub struct MappingMetrics {
+    mapping: String,
+    /// `sluice_records_received_total`: records read from the source.
+    pub records_received: Counter,
+    /// `sluice_batches_invoked_total`: invocations of the target.
+    pub batches_invoked: Counter,
+    /// `sluice_records_acknowledged_total`: records deleted or checkpointed after success.
+    pub records_acknowledged: Counter,
+    /// `sluice_records_retried_total`: records that failed and will be delivered again.
+    pub records_retried: Counter,
+    /// `sluice_records_released_total`: records returned unhandled (FIFO followers, shutdown).
+    pub records_released: Counter,
+    /// `sluice_invoke_duration_seconds`: time from request to complete response.
+    pub invoke_duration: Histogram,
+    /// `sluice_in_flight_records`: records received and not yet acknowledged or returned.
+    pub in_flight_records: Gauge,
+    /// `sluice_in_flight_bytes`: payload bytes of those records.
+    pub in_flight_bytes: Gauge,
+    /// `sluice_poll_errors_total`: failed receives/polls of the source.
+    pub poll_errors: Counter,
+    /// `sluice_visibility_extensions_total`: heartbeat visibility extensions.
+    pub visibility_extensions: Counter,
+    /// `sluice_ack_errors_total`: deletes or visibility changes that failed.
+    pub ack_errors: Counter,
+}
+
+impl MappingMetrics {
+    pub fn new(mapping: &str) -> Self {
+        let label = mapping.to_owned();
+        Self {
+            mapping: label.clone(),
+            records_received: metrics::counter!("sluice_records_received_total", "mapping" => label.clone()),
+            batches_invoked: metrics::counter!("sluice_batches_invoked_total", "mapping" => label.clone()),
+            records_acknowledged: metrics::counter!("sluice_records_acknowledged_total", "mapping" => label.clone()),
+            records_retried: metrics::counter!("sluice_records_retried_total", "mapping" => label.clone()),
+            records_released: metrics::counter!("sluice_records_released_total", "mapping" => label.clone()),
+            invoke_duration: metrics::histogram!("sluice_invoke_duration_seconds", "mapping" => label.clone()),
+            in_flight_records: metrics::gauge!("sluice_in_flight_records", "mapping" => label.clone()),
+            in_flight_bytes: metrics::gauge!("sluice_in_flight_bytes", "mapping" => label.clone()),
+            poll_errors: metrics::counter!("sluice_poll_errors_total", "mapping" => label.clone()),
+            visibility_extensions: metrics::counter!("sluice_visibility_extensions_total", "mapping" => label.clone()),
+            ack_errors: metrics::counter!("sluice_ack_errors_total", "mapping" => label),
+        }
+    }
+
+    /// `sluice_invocation_outcomes_total{mapping, outcome}`: success, partial_failure,
+    /// function_error, invalid_response, timeout, throttled, unavailable.
+    pub fn outcome(&self, outcome: &'static str) {
+        metrics::counter!("sluice_invocation_outcomes_total", "mapping" => self.mapping.clone(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// `sluice_records_dead_lettered_total{mapping, condition}`.
+    pub fn dead_lettered(&self, condition: &'static str, count: u64) {
+        metrics::counter!("sluice_records_dead_lettered_total", "mapping" => self.mapping.clone(), "condition" => condition)
+            .increment(count);
+    }
+}

@@ -1,0 +1,88 @@
+"""Starts moto server for sluice's tests, with three fixes applied before it serves.
+
+1. FIFO ordering (moto bug): after an in-flight FIFO message's visibility times out, moto still
+   counts it as pending during its group check, and can hand out a later message of that group
+   first. `Queue.pending_message_groups` here counts only messages that are still invisible, which
+   is how SQS locks a message group.
+2. Speed: stock moto reads a datetime-based clock many times per message; the SQS models here use
+   `time.time()` instead.
+3. Speed: the retention check recomputed every queue attribute (counting all messages) once per
+   returned message; here it reads `MessageRetentionPeriod` directly. Deletes scan for the one
+   message and stop, instead of rebuilding the message list.
+
+Usage: python moto_launcher.py [--port N]
+Prints "moto listening on 127.0.0.1:<port>" once ready, then serves until stdin closes (so it dies
+with the test process that started it) or it is killed.
+"""
+
+import argparse
+import sys
+import time
+
+import moto.sqs.models as sqs_models
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+_original_unix_time = sqs_models.unix_time
+_original_unix_time_millis = sqs_models.unix_time_millis
+
+
+def _unix_time(dt=None):
+    return time.time() if dt is None else _original_unix_time(dt)
+
+
+def _unix_time_millis(dt=None):
+    return time.time() * 1000.0 if dt is None else _original_unix_time_millis(dt)
+
+
+def _pending_message_groups(self):
+    return {
+        message.group_id
+        for message in self._pending_messages
+        if message.group_id is not None and not message.visible
+    }
+
+
+def _is_message_valid_based_on_retention_period(self, queue_name, message):
+    queue = self.get_queue(queue_name)
+    retention_period = int(queue.message_retention_period)
+    return retention_period + message.sent_timestamp / 1000 > time.time()
+
+
+def _delete_message(self, receipt_handle):
+    if receipt_handle in self.deleted_messages:
+        return
+    for index, message in enumerate(self._messages):
+        if message.had_receipt_handle(receipt_handle):
+            self.pending_messages.discard(message)
+            self.deleted_messages.update(message.all_receipt_handles)
+            del self._messages[index]
+            return
+    raise sqs_models.ReceiptHandleIsInvalid()
+
+
+sqs_models.unix_time = _unix_time
+sqs_models.unix_time_millis = _unix_time_millis
+sqs_models.Queue.pending_message_groups = property(_pending_message_groups)
+sqs_models.Queue.delete_message = _delete_message
+sqs_models.SQSBackend.is_message_valid_based_on_retention_period = (
+    _is_message_valid_based_on_retention_period
+)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    print(f"moto listening on {host}:{port}", flush=True)
+    try:
+        sys.stdin.read()
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
