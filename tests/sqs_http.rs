@@ -3,7 +3,9 @@
 
 use serde_json::{Value, json};
 use sluice_testkit::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn config(handler_url: &str, mapping: &str) -> String {
@@ -75,7 +77,12 @@ async fn a_thousand_messages_are_each_handled_and_deleted() {
     }
     assert_eq!(record["eventSource"], "aws:sqs");
     assert_eq!(record["awsRegion"], "us-east-1");
-    assert!(record["eventSourceARN"].as_str().unwrap().ends_with(":bulk"));
+    assert!(
+        record["eventSourceARN"]
+            .as_str()
+            .unwrap()
+            .ends_with(":bulk")
+    );
     assert_eq!(record["attributes"]["ApproximateReceiveCount"], "1");
     let request = &handler.received()[0];
     for header in ["x-sluice-request-id", "x-sluice-deadline-ms", "traceparent"] {
@@ -92,4 +99,569 @@ async fn a_thousand_messages_are_each_handled_and_deleted() {
             .await,
         1000.0
     );
+}
+
+// semantics.md §3 "Partial batch" and §12 "SQS dead-lettering": only the listed messages stay;
+// at max_receive_count they go to on_failure in the envelope, with the handler's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_failures_are_retried_then_dead_lettered_with_the_handler_error() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "orders", &[("VisibilityTimeout", "30")]).await;
+    let dlq = create_queue(&sqs, "orders-dlq", &[]).await;
+    let failing: HashSet<String> = ["order-3", "order-11", "order-17"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let failing_in_handler = failing.clone();
+    let handler = Handler::start(move |_, event| {
+        let failures: Vec<Value> = event["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| failing_in_handler.contains(r["body"].as_str().unwrap()))
+            .map(|r| {
+                json!({
+                    "itemIdentifier": r["messageId"],
+                    "errorType": "OrderRejected",
+                    "errorMessage": format!("cannot ship {}", r["body"].as_str().unwrap()),
+                })
+            })
+            .collect();
+        Reply::json(json!({ "batchItemFailures": failures }))
+    })
+    .await;
+    let bodies: Vec<String> = (0..20).map(|i| format!("order-{i}")).collect();
+    send_bodies(&sqs, &queue, &bodies, None).await;
+    let sluice = Sluice::start(
+        &config(
+            &handler.url("/orders"),
+            &format!(
+                r#"
+  - name: orders
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 10, wait_time: 1s }}
+    report_batch_item_failures: true
+    retry:
+      max_receive_count: 3
+      backoff: {{ initial: 100ms, max: 300ms, jitter: false }}
+    on_failure:
+      sqs: {{ queue_url: "{dlq}" }}
+"#
+            ),
+        ),
+        &moto_env(&moto),
+    );
+
+    eventually(Duration::from_secs(60), "3 dead letters", || async {
+        let depth = queue_depth(&sqs, &dlq).await;
+        (depth == 3).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the source queue to be empty",
+        || async { (queue_depth(&sqs, &queue).await == 0).then_some(()) },
+    )
+    .await;
+
+    let deliveries = handler.deliveries_by_body();
+    for body in &bodies {
+        let expected = if failing.contains(body) { 3 } else { 1 };
+        assert_eq!(deliveries.get(body), Some(&expected), "{body}");
+    }
+    let mut dead_bodies = HashSet::new();
+    for message in receive_all(&sqs, &dlq, 60).await {
+        let envelope: Value = serde_json::from_str(message.body().unwrap()).unwrap();
+        assert_eq!(envelope["version"], "1.0");
+        assert_eq!(
+            envelope["requestContext"]["condition"],
+            "RetryAttemptsExhausted"
+        );
+        assert_eq!(envelope["requestContext"]["approximateInvokeCount"], 3);
+        assert_eq!(envelope["responseContext"]["functionError"], Value::Null);
+        let sluice_part = &envelope["sluice"];
+        assert_eq!(sluice_part["mapping"], "orders");
+        assert_eq!(sluice_part["source"]["kind"], "sqs");
+        assert_eq!(sluice_part["error"]["type"], "OrderRejected");
+        let body = sluice_part["records"][0]["body"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            sluice_part["error"]["message"],
+            format!("cannot ship {body}")
+        );
+        assert_eq!(
+            sluice_part["records"][0]["messageId"],
+            sluice_part["source"]["message_ids"][0]
+        );
+        dead_bodies.insert(body);
+    }
+    assert_eq!(dead_bodies, failing);
+    assert_eq!(
+        sluice
+            .metric(r#"sluice_records_dead_lettered_total{mapping="orders",condition="RetryAttemptsExhausted"}"#)
+            .await,
+        3.0
+    );
+}
+
+// semantics.md §3 "Partial batch" / §13.6: invalid partial responses fail the whole batch;
+// `{}`, `null`, an empty body and `{"batchItemFailures":[]}` succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_shapes_decide_between_success_and_whole_batch_failure() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let cases: Vec<(&str, &str, bool)> = vec![
+        (
+            "unknown-id",
+            r#"{"batchItemFailures":[{"itemIdentifier":"no-such-id"}]}"#,
+            false,
+        ),
+        (
+            "empty-id",
+            r#"{"batchItemFailures":[{"itemIdentifier":""}]}"#,
+            false,
+        ),
+        (
+            "null-id",
+            r#"{"batchItemFailures":[{"itemIdentifier":null}]}"#,
+            false,
+        ),
+        ("wrong-key", r#"{"foo":1}"#, false),
+        ("not-json", "this is not json", false),
+        ("empty-object", "{}", true),
+        ("null-response", "null", true),
+        ("empty-body", "", true),
+        ("empty-list", r#"{"batchItemFailures":[]}"#, true),
+    ];
+    let responses: HashMap<String, String> = cases
+        .iter()
+        .map(|(name, body, _)| (format!("/{name}"), body.to_string()))
+        .collect();
+    let handler = Handler::start(move |path, _| Reply::ok(responses[path].clone())).await;
+    let mut mappings = String::new();
+    let mut targets = String::new();
+    let mut queues = Vec::new();
+    for (name, _, _) in &cases {
+        let queue = create_queue(&sqs, name, &[("VisibilityTimeout", "1")]).await;
+        send_bodies(
+            &sqs,
+            &queue,
+            &[format!("{name}-a"), format!("{name}-b")],
+            None,
+        )
+        .await;
+        targets.push_str(&format!(
+            "  {name}:\n    http: {{ url: \"{}\" }}\n",
+            handler.url(&format!("/{name}"))
+        ));
+        mappings.push_str(&format!(
+            "  - name: {name}\n    target: {name}\n    report_batch_item_failures: true\n    source:\n      sqs: {{ queue_url: \"{queue}\", max_batching_window: 1s, wait_time: 1s }}\n"
+        ));
+        queues.push(queue);
+    }
+    let config = format!(
+        "version: 1\nadmin: {{ listen: \"{{admin}}\" }}\ntargets:\n{targets}mappings:\n{mappings}"
+    );
+    let _sluice = Sluice::start(&config, &moto_env(&moto));
+
+    // Failing shapes: the whole batch (both messages) comes back after the 1 s visibility timeout.
+    eventually(
+        Duration::from_secs(30),
+        "failing batches to be redelivered",
+        || async {
+            let deliveries = handler.deliveries_by_body();
+            cases
+                .iter()
+                .filter(|(_, _, succeeds)| !succeeds)
+                .all(|(name, _, _)| {
+                    deliveries.get(&format!("{name}-a")).copied().unwrap_or(0) >= 2
+                        && deliveries.get(&format!("{name}-b")).copied().unwrap_or(0) >= 2
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    for ((name, _, succeeds), queue) in cases.iter().zip(&queues) {
+        if *succeeds {
+            eventually(
+                Duration::from_secs(10),
+                "successful queue to be empty",
+                || async { (queue_depth(&sqs, queue).await == 0).then_some(()) },
+            )
+            .await;
+            let deliveries = handler.deliveries_by_body();
+            assert_eq!(deliveries.get(&format!("{name}-a")), Some(&1), "{name}");
+            assert_eq!(deliveries.get(&format!("{name}-b")), Some(&1), "{name}");
+        } else {
+            assert_eq!(
+                queue_depth(&sqs, queue).await,
+                2,
+                "{name} keeps both messages"
+            );
+        }
+    }
+}
+
+fn bodies_of(handler: &Handler, group: &str) -> Vec<String> {
+    handler
+        .records()
+        .iter()
+        .map(|r| r["body"].as_str().unwrap().to_owned())
+        .filter(|b| b.starts_with(group))
+        .collect()
+}
+
+// semantics.md §3 "FIFO": order within a group; a failure returns it and every later message of
+// its group; other groups carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_groups_stay_in_order_and_a_failure_holds_back_only_its_group() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "events.fifo", &[("VisibilityTimeout", "30")]).await;
+    let failures_left = Arc::new(AtomicUsize::new(2));
+    let failures_in_handler = failures_left.clone();
+    let handler = Handler::start(move |_, event| {
+        let records = event["Records"].as_array().unwrap();
+        let poisoned = records.iter().find(|r| r["body"] == "B-04");
+        if let Some(record) = poisoned
+            && failures_in_handler
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Reply::json(
+                json!({"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}),
+            );
+        }
+        Reply::json(json!({"batchItemFailures": []}))
+    })
+    .await;
+    let mut bodies = Vec::new();
+    for index in 0..20 {
+        for group in ["A", "B", "C"] {
+            bodies.push(format!("{group}-{index:02}"));
+        }
+    }
+    let group_of = |body: &str| body[..1].to_owned();
+    send_bodies(&sqs, &queue, &bodies, Some(&group_of)).await;
+    let _sluice = Sluice::start(
+        &config(
+            &handler.url("/events"),
+            &format!(
+                r#"
+  - name: events
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 10, max_concurrency: 3, wait_time: 1s }}
+    report_batch_item_failures: true
+    retry:
+      backoff: {{ initial: 100ms, max: 100ms, jitter: false }}
+"#
+            ),
+        ),
+        &moto_env(&moto),
+    );
+
+    eventually(Duration::from_secs(60), "the queue to drain", || async {
+        (queue_depth(&sqs, &queue).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(failures_left.load(Ordering::SeqCst), 0, "B-04 failed twice");
+    let expected = |group: &str, from: usize| -> Vec<String> {
+        (from..20).map(|i| format!("{group}-{i:02}")).collect()
+    };
+    assert_eq!(bodies_of(&handler, "A"), expected("A", 0));
+    assert_eq!(bodies_of(&handler, "C"), expected("C", 0));
+    let group_b = bodies_of(&handler, "B");
+    let last_retry = group_b.iter().rposition(|b| b == "B-04").unwrap();
+    assert_eq!(
+        group_b[last_retry..].to_vec(),
+        expected("B", 4),
+        "{group_b:?}"
+    );
+    assert_eq!(
+        group_b.iter().filter(|b| *b == "B-04").count(),
+        3,
+        "{group_b:?}"
+    );
+    let before: Vec<&String> = group_b[..last_retry]
+        .iter()
+        .filter(|b| b.as_str() < "B-04")
+        .collect();
+    assert_eq!(before, vec!["B-00", "B-01", "B-02", "B-03"]);
+}
+
+// semantics.md §12 "Visibility heartbeat": a handler slower than the visibility timeout does not
+// cause a duplicate delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_three_visibility_timeouts_sees_its_message_once() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "slow", &[("VisibilityTimeout", "2")]).await;
+    let handler = Handler::start(|_, _| Reply::ok("").after(Duration::from_secs(7))).await;
+    send_bodies(&sqs, &queue, &["slow-work".to_owned()], None).await;
+    let _sluice = Sluice::start(
+        &config(
+            &handler.url("/slow"),
+            &format!(
+                r#"
+  - name: slow
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", max_concurrency: 4, wait_time: 1s }}
+"#
+            ),
+        ),
+        &moto_env(&moto),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the slow batch to complete",
+        || async { (handler.completed().len() == 1).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the message to be deleted",
+        || async { (queue_depth(&sqs, &queue).await == 0).then_some(()) },
+    )
+    .await;
+    // Give a redelivery every chance to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(handler.deliveries_by_body().get("slow-work"), Some(&1));
+}
+
+// architecture.md "Operating on ECS": SIGTERM stops polling, lets in-flight batches finish,
+// returns unstarted messages at once and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_batches_and_returns_unstarted_messages() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "drain", &[("VisibilityTimeout", "60")]).await;
+    let handler = Handler::start(|_, _| Reply::ok("{}").after(Duration::from_secs(3))).await;
+    let first: Vec<String> = (0..5).map(|i| format!("first-{i}")).collect();
+    send_bodies(&sqs, &queue, &first, None).await;
+    let mut sluice = Sluice::start(
+        &config(
+            &handler.url("/drain"),
+            &format!(
+                r#"
+  - name: drain
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 5, max_batching_window: 30s, max_concurrency: 2 }}
+"#
+            ),
+        ),
+        &moto_env(&moto),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the first batch to start",
+        || async { (handler.received().len() == 1).then_some(()) },
+    )
+    .await;
+    send_bodies(
+        &sqs,
+        &queue,
+        &["late-0".to_owned(), "late-1".to_owned()],
+        None,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "sluice to hold the late messages",
+        || async {
+            let received = sluice
+                .metric(r#"sluice_records_received_total{mapping="drain"}"#)
+                .await;
+            (received == 7.0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        handler.completed().is_empty(),
+        "the first batch is still running"
+    );
+
+    let stopped_at = Instant::now();
+    sluice.signal("TERM");
+    let status = sluice
+        .wait_exit(Duration::from_secs(10))
+        .expect("sluice exits within shutdown_timeout");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(stopped_at.elapsed() < Duration::from_secs(10));
+    assert_eq!(handler.completed().len(), 1, "the in-flight batch finished");
+    assert_eq!(
+        handler.received().len(),
+        1,
+        "the late messages never started"
+    );
+
+    let visible = receive_all(&sqs, &queue, 60).await;
+    let mut bodies: Vec<&str> = visible.iter().map(|m| m.body().unwrap()).collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec!["late-0", "late-1"],
+        "only the unstarted messages remain, visible at once"
+    );
+    assert!(
+        sluice
+            .logs()
+            .contains("returned unstarted messages to the queue")
+    );
+}
+
+// architecture.md "Configuration": errors name file:line:column and the key path; exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configs_exit_2_naming_file_line_column_and_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let misspelt = dir.path().join("misspelt.yaml");
+    std::fs::write(
+        &misspelt,
+        "version: 1\ntargets:\n  api:\n    http: { url: \"http://127.0.0.1:1/\" }\nmappings:\n  - name: m\n    target: api\n    source:\n      sqs:\n        queue_url: http://127.0.0.1:1/1/q\n        batch_sise: 10\n",
+    )
+    .unwrap();
+    let fifo = dir.path().join("fifo.yaml");
+    std::fs::write(
+        &fifo,
+        "version: 1\ntargets:\n  api:\n    http: { url: \"http://127.0.0.1:1/\" }\nmappings:\n  - name: m\n    target: api\n    source:\n      sqs:\n        queue_url: http://127.0.0.1:1/1/q.fifo\n        batch_size: 20\n",
+    )
+    .unwrap();
+    let cases = [
+        (
+            &misspelt,
+            format!(
+                "{}:11:9: mappings[0].source.sqs.batch_sise: unknown field `batch_sise`",
+                misspelt.display()
+            ),
+        ),
+        (
+            &fifo,
+            format!(
+                "{}:11:21: mappings[0].source.sqs.batch_size: must be 1..=10 for FIFO queues (got 20)",
+                fifo.display()
+            ),
+        ),
+    ];
+    for (path, expected) in &cases {
+        for command in ["validate", "run"] {
+            let output = std::process::Command::new(sluice_binary())
+                .args([command, "-c"])
+                .arg(path)
+                .output()
+                .unwrap();
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{command} {}",
+                path.display()
+            );
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains(expected.as_str()), "{command}: {stderr}");
+        }
+    }
+}
+
+// /readyz follows the source's health; /metrics counts what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_source_and_metrics_match_the_traffic() {
+    let mut moto = Moto::start();
+    let port = moto.port;
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "watched", &[]).await;
+    let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
+    let bodies: Vec<String> = (0..25).map(|i| format!("m-{i}")).collect();
+    send_bodies(&sqs, &queue, &bodies, None).await;
+    let sluice = Sluice::start(
+        &config(
+            &handler.url("/watched"),
+            &format!(
+                r#"
+  - name: watched
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", wait_time: 1s }}
+"#
+            ),
+        ),
+        &moto_env(&moto),
+    );
+    eventually(Duration::from_secs(20), "ready", || async {
+        (sluice.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(sluice.get("/healthz").await.0, 200);
+    eventually(Duration::from_secs(20), "25 messages handled", || async {
+        (handler.deliveries_by_body().len() == 25 && queue_depth(&sqs, &queue).await == 0)
+            .then_some(())
+    })
+    .await;
+    let invocations = handler.received().len() as f64;
+    let metric = |name: &str| format!(r#"{name}{{mapping="watched"}}"#);
+    assert_eq!(
+        sluice
+            .metric(&metric("sluice_records_received_total"))
+            .await,
+        25.0
+    );
+    assert_eq!(
+        sluice
+            .metric(&metric("sluice_records_acknowledged_total"))
+            .await,
+        25.0
+    );
+    assert_eq!(
+        sluice.metric(&metric("sluice_batches_invoked_total")).await,
+        invocations
+    );
+    assert_eq!(
+        sluice
+            .metric(r#"sluice_invocation_outcomes_total{mapping="watched",outcome="success"}"#)
+            .await,
+        invocations
+    );
+    assert_eq!(
+        sluice.metric(&metric("sluice_in_flight_records")).await,
+        0.0
+    );
+    assert_eq!(
+        sluice
+            .metric(&metric("sluice_invoke_duration_seconds_count"))
+            .await,
+        invocations
+    );
+
+    moto.stop();
+    let body = eventually(
+        Duration::from_secs(30),
+        "not ready while moto is down",
+        || async {
+            let (status, body) = sluice.get("/readyz").await;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["mappings"]["watched"]["status"], "failing");
+    assert!(
+        report["mappings"]["watched"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("ReceiveMessage")
+    );
+
+    let moto = Moto::start_on(port);
+    create_queue(&moto.sqs().await, "watched", &[]).await;
+    eventually(
+        Duration::from_secs(30),
+        "ready again once moto is back",
+        || async { (sluice.get("/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    assert!(sluice.metric(&metric("sluice_poll_errors_total")).await >= 1.0);
 }

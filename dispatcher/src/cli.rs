@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "AWS Lambda event source mapping semantics for any service")]
+#[command(
+    name = "sluice",
+    version,
+    about = "AWS Lambda event source mapping semantics for any service"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -116,10 +120,16 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             _ = interrupt.recv() => "SIGINT",
         };
         if round == 0 {
-            tracing::info!(signal = name, "stopping: no new polls, draining in-flight batches");
+            tracing::info!(
+                signal = name,
+                "stopping: no new polls, draining in-flight batches"
+            );
             shutdown.cancel();
         } else {
-            tracing::warn!(signal = name, "second stop signal; exiting without finishing the drain");
+            tracing::warn!(
+                signal = name,
+                "second stop signal; exiting without finishing the drain"
+            );
             std::process::exit(i32::from(EXIT_RUNTIME_FAILURE));
         }
     }

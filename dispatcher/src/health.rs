@@ -86,10 +86,7 @@ impl Health {
                 }),
             );
         }
-        (
-            all_ready,
-            json!({ "ready": all_ready, "mappings": report }),
-        )
+        (all_ready, json!({ "ready": all_ready, "mappings": report }))
     }
 }
 
@@ -148,7 +145,10 @@ mod tests {
         let (ready, report) = health.readiness();
         assert!(!ready);
         assert_eq!(report["mappings"]["orders"]["status"], "failing");
-        assert_eq!(report["mappings"]["orders"]["last_error"], "connection refused");
+        assert_eq!(
+            report["mappings"]["orders"]["last_error"],
+            "connection refused"
+        );
         orders.poll_succeeded();
         assert!(health.readiness().0);
     }

@@ -57,7 +57,10 @@ impl Outcome {
 
     /// Whether the handler did not get to run, so the attempt must not count (semantics.md §2, §3).
     pub fn handler_did_not_run(&self) -> bool {
-        matches!(self, Outcome::Throttled { .. } | Outcome::Unavailable { .. })
+        matches!(
+            self,
+            Outcome::Throttled { .. } | Outcome::Unavailable { .. }
+        )
     }
 
     /// The error a whole-batch failure of this outcome carries, if it is a failure at all.
@@ -67,7 +70,10 @@ impl Outcome {
             Outcome::FunctionError(error) => Some(error.clone()),
             Outcome::Timeout { after_ms } => Some(ErrorInfo::new(
                 "Sandbox.Timedout",
-                format!("task timed out after {:.2} seconds", *after_ms as f64 / 1000.0),
+                format!(
+                    "task timed out after {:.2} seconds",
+                    *after_ms as f64 / 1000.0
+                ),
             )),
             Outcome::Throttled { message } => Some(ErrorInfo::new("TooManyRequests", message)),
             Outcome::Unavailable { message } => Some(ErrorInfo::new("TargetUnavailable", message)),

@@ -210,10 +210,9 @@ impl QueuePolicy {
                 match parsed {
                     Ok(ids) if ids.is_empty() => Failed::Nothing,
                     Ok(ids) => Failed::Some(text_ids(ids)),
-                    Err(error) => Failed::Whole(ErrorInfo::new(
-                        ResponseError::ERROR_TYPE,
-                        error.to_string(),
-                    )),
+                    Err(error) => {
+                        Failed::Whole(ErrorInfo::new(ResponseError::ERROR_TYPE, error.to_string()))
+                    }
                 }
             }
             Outcome::ReturnedNonJson { body_prefix } => {
@@ -223,10 +222,7 @@ impl QueuePolicy {
                 let error = ResponseError::NotJson {
                     body_prefix: body_prefix.clone(),
                 };
-                Failed::Whole(ErrorInfo::new(
-                    ResponseError::ERROR_TYPE,
-                    error.to_string(),
-                ))
+                Failed::Whole(ErrorInfo::new(ResponseError::ERROR_TYPE, error.to_string()))
             }
             other => Failed::Whole(other.error().unwrap_or_else(|| {
                 ErrorInfo::new("Unknown", "the invocation failed without an error")
@@ -326,11 +322,8 @@ mod tests {
     // semantics.md §2/§3: the response is ignored unless ReportBatchItemFailures is on.
     #[test]
     fn partial_response_is_ignored_without_report_batch_item_failures() {
-        let decision = policy(false).decide(
-            &standard(&["a", "b"], 1),
-            &returned(failures(&["b"])),
-            0.5,
-        );
+        let decision =
+            policy(false).decide(&standard(&["a", "b"], 1), &returned(failures(&["b"])), 0.5);
         assert_eq!(kinds(&decision), "DD");
         let non_json = Outcome::ReturnedNonJson {
             body_prefix: "ok".into(),

@@ -293,7 +293,8 @@ mod tests {
 
     #[test]
     fn kafka_identifiers_are_partition_and_offset() {
-        let response = json!({"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 7}}]});
+        let response =
+            json!({"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 7}}]});
         let parsed =
             parse_batch_item_failures(Some(&response), IdentifierKind::KafkaOffset, |_| true)
                 .unwrap();

@@ -159,7 +159,9 @@ pub async fn send_bodies(
                 if let Some(group_of) = group_of {
                     entry = entry
                         .message_group_id(group_of(body))
-                        .message_deduplication_id(body.replace(|c: char| !c.is_ascii_alphanumeric(), "-"));
+                        .message_deduplication_id(
+                            body.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+                        );
                 }
                 entry.build().expect("entry")
             })
@@ -271,11 +273,43 @@ pub struct Received {
 
 impl Received {
     pub fn records(&self) -> Vec<Value> {
-        self.event["Records"].as_array().cloned().unwrap_or_default()
+        self.event["Records"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
 type Behaviour = dyn Fn(&str, &Value) -> Reply + Send + Sync;
+type Log = Arc<Mutex<Vec<Received>>>;
+type HandlerState = (Arc<Behaviour>, Log, Log);
+
+async fn handle_request(
+    axum::extract::State((behaviour, received, completed)): axum::extract::State<HandlerState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::http::Response<axum::body::Body> {
+    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let request = Received {
+        path: uri.path().to_owned(),
+        headers,
+        event,
+        at: Instant::now(),
+    };
+    received.lock().unwrap().push(request.clone());
+    let reply = behaviour(&request.path, &request.event);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    completed.lock().unwrap().push(request);
+    let mut response =
+        axum::http::Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
+    for (name, value) in &reply.headers {
+        response = response.header(name, value);
+    }
+    response.body(axum::body::Body::from(reply.body)).unwrap()
+}
 
 /// An HTTP server standing in for a Lambda function; records every request.
 pub struct Handler {
@@ -289,40 +323,13 @@ impl Handler {
         let behaviour: Arc<Behaviour> = Arc::new(behaviour);
         let received = Arc::new(Mutex::new(Vec::new()));
         let completed = Arc::new(Mutex::new(Vec::new()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = (behaviour, received.clone(), completed.clone());
         let app = axum::Router::new()
-            .fallback(
-                |axum::extract::State((behaviour, received, completed)): axum::extract::State<(
-                    Arc<Behaviour>,
-                    Arc<Mutex<Vec<Received>>>,
-                    Arc<Mutex<Vec<Received>>>,
-                )>,
-                 uri: axum::http::Uri,
-                 headers: HeaderMap,
-                 body: Bytes| async move {
-                    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let request = Received {
-                        path: uri.path().to_owned(),
-                        headers,
-                        event,
-                        at: Instant::now(),
-                    };
-                    received.lock().unwrap().push(request.clone());
-                    let reply = behaviour(&request.path, &request.event);
-                    if !reply.delay.is_zero() {
-                        tokio::time::sleep(reply.delay).await;
-                    }
-                    completed.lock().unwrap().push(request);
-                    let mut response = axum::http::Response::builder()
-                        .status(StatusCode::from_u16(reply.status).unwrap());
-                    for (name, value) in &reply.headers {
-                        response = response.header(name, value);
-                    }
-                    response.body(axum::body::Body::from(reply.body)).unwrap()
-                },
-            )
+            .fallback(handle_request)
             .with_state(state);
         tokio::spawn(async move {
             axum::serve(listener, app).await.ok();

@@ -26,9 +26,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(after_number.len());
         let (unit, after_unit) = after_number.split_at(unit_end);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration; write it like 500ms, 30s, 5m or 6h"))?;
+        let value: f64 = number.parse().map_err(|_| {
+            format!("{text:?} is not a duration; write it like 500ms, 30s, 5m or 6h")
+        })?;
         let unit_secs = match unit {
             "ms" => 0.001,
             "s" => 1.0,

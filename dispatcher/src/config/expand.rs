@@ -56,9 +56,9 @@ fn expand_line(
         out.push_str(&rest[..start]);
         consumed_chars += rest[..start].chars().count() as u64;
         let after = &rest[start..];
-        if after.starts_with("$${") {
+        if let Some(escaped) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = escaped;
             consumed_chars += 3;
             continue;
         }
@@ -83,11 +83,7 @@ fn expand_line(
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(ExpandError {
                 position,
                 message: format!(
@@ -143,8 +139,11 @@ mod tests {
     #[test]
     fn comments_and_escapes_are_left_alone() {
         assert_eq!(
-            expand("x: 1 # uses ${UNSET}\n# ${UNSET}\ny: \"a # ${A}\"\nz: $${A} $5\n", &env())
-                .unwrap(),
+            expand(
+                "x: 1 # uses ${UNSET}\n# ${UNSET}\ny: \"a # ${A}\"\nz: $${A} $5\n",
+                &env()
+            )
+            .unwrap(),
             "x: 1 # uses ${UNSET}\n# ${UNSET}\ny: \"a # alpha\"\nz: ${A} $5\n"
         );
     }

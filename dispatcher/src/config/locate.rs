@@ -125,7 +125,11 @@ impl KeyIndex {
     pub fn position_of(&self, path: &str) -> Option<Position> {
         let mut current = path.to_owned();
         loop {
-            if let Some(position) = self.values.get(&current).or_else(|| self.keys.get(&current)) {
+            if let Some(position) = self
+                .values
+                .get(&current)
+                .or_else(|| self.keys.get(&current))
+            {
                 return Some(*position);
             }
             let cut = current.rfind(['.', '['])?;

@@ -225,7 +225,10 @@ impl Validator<'_> {
         if raw.version != 1 {
             self.error(
                 "version",
-                format!("unsupported version {}; this sluice reads version 1", raw.version),
+                format!(
+                    "unsupported version {}; this sluice reads version 1",
+                    raw.version
+                ),
             );
         }
         let admin_raw = raw.admin.unwrap_or(RawAdmin {
@@ -238,9 +241,13 @@ impl Validator<'_> {
         let listen = listen_text.parse().unwrap_or_else(|_| {
             self.error(
                 "admin.listen",
-                format!("{listen_text:?} is not an address; write it as host:port, e.g. 127.0.0.1:9797"),
+                format!(
+                    "{listen_text:?} is not an address; write it as host:port, e.g. 127.0.0.1:9797"
+                ),
             );
-            DEFAULT_ADMIN_LISTEN.parse().expect("default address parses")
+            DEFAULT_ADMIN_LISTEN
+                .parse()
+                .expect("default address parses")
         });
         let stall_after = admin_raw
             .stall_after
@@ -248,11 +255,15 @@ impl Validator<'_> {
         if stall_after < Duration::from_secs(1) {
             self.error("admin.stall_after", "must be at least 1s");
         }
-        let shutdown_timeout = raw.shutdown_timeout.map_or(Duration::from_secs(30), |d| d.0);
-        let aws = raw.aws.map_or_else(AwsSettings::default, |aws| AwsSettings {
-            region: aws.region.filter(|r| !r.is_empty()),
-            endpoint_url: aws.endpoint_url.filter(|u| !u.is_empty()),
-        });
+        let shutdown_timeout = raw
+            .shutdown_timeout
+            .map_or(Duration::from_secs(30), |d| d.0);
+        let aws = raw
+            .aws
+            .map_or_else(AwsSettings::default, |aws| AwsSettings {
+                region: aws.region.filter(|r| !r.is_empty()),
+                endpoint_url: aws.endpoint_url.filter(|u| !u.is_empty()),
+            });
         if let Some(endpoint) = &aws.endpoint_url
             && reqwest::Url::parse(endpoint).is_err()
         {
@@ -276,7 +287,10 @@ impl Validator<'_> {
             } else if !names.insert(mapping.name.clone()) {
                 self.error(
                     format!("{path}.name"),
-                    format!("{:?} is used by an earlier mapping; names must be unique", mapping.name),
+                    format!(
+                        "{:?} is used by an earlier mapping; names must be unique",
+                        mapping.name
+                    ),
                 );
             }
             if !targets.contains_key(&mapping.target) {
@@ -318,7 +332,10 @@ impl Validator<'_> {
                     Ok(url) => {
                         self.error(
                             format!("{path}.http.url"),
-                            format!("scheme {:?} is not supported; use http or https", url.scheme()),
+                            format!(
+                                "scheme {:?} is not supported; use http or https",
+                                url.scheme()
+                            ),
                         );
                         return None;
                     }
@@ -332,7 +349,10 @@ impl Validator<'_> {
                 };
                 let timeout = http.timeout.map_or(Duration::from_secs(30), |d| d.0);
                 if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
-                    self.error(format!("{path}.http.timeout"), "must be between 1ms and 12h");
+                    self.error(
+                        format!("{path}.http.timeout"),
+                        "must be between 1ms and 12h",
+                    );
                 }
                 let mut headers = Vec::new();
                 for (name, value) in http.headers {
@@ -470,7 +490,10 @@ impl Validator<'_> {
         }
         let wait_time = sqs.wait_time.map_or(Duration::from_secs(20), |d| d.0);
         if wait_time > Duration::from_secs(20) {
-            self.error(format!("{path}.wait_time"), "must be 0s..=20s (SQS's longest long poll)");
+            self.error(
+                format!("{path}.wait_time"),
+                "must be 0s..=20s (SQS's longest long poll)",
+            );
         }
         let heartbeat_max = match sqs.visibility_heartbeat {
             Some(RawHeartbeat {
@@ -575,7 +598,10 @@ mappings:
 
     #[test]
     fn an_unset_variable_without_default_is_an_error_with_a_position() {
-        let text = BASE.replace("${QUEUE_URL:-http://127.0.0.1:5000/123456789012/orders}", "${NOPE}");
+        let text = BASE.replace(
+            "${QUEUE_URL:-http://127.0.0.1:5000/123456789012/orders}",
+            "${NOPE}",
+        );
         let errors = parse_text(&text).unwrap_err();
         let rendered = errors.to_string();
         assert!(rendered.starts_with("sluice.yaml:11:"), "{rendered}");
@@ -586,7 +612,13 @@ mappings:
     fn unknown_keys_name_file_line_column_and_path() {
         let text = BASE.replace("batch_size: 10", "batch_sise: 10");
         let error = parse_text(&text).unwrap_err().0.remove(0);
-        assert_eq!(error.position, Some(Position { line: 12, column: 9 }));
+        assert_eq!(
+            error.position,
+            Some(Position {
+                line: 12,
+                column: 9
+            })
+        );
         assert_eq!(error.path, "mappings[0].source.sqs.batch_sise");
         assert!(error.message.contains("batch_sise"), "{}", error.message);
     }
@@ -607,16 +639,24 @@ mappings:
     fn large_batches_need_a_batching_window() {
         let text = BASE.replace("batch_size: 10", "batch_size: 100");
         let errors = parse_text(&text).unwrap_err();
-        assert!(errors.to_string().contains("max_batching_window: must be at least 1s"));
-        let fixed = BASE.replace("batch_size: 10", "batch_size: 100\n        max_batching_window: 1s");
+        assert!(
+            errors
+                .to_string()
+                .contains("max_batching_window: must be at least 1s")
+        );
+        let fixed = BASE.replace(
+            "batch_size: 10",
+            "batch_size: 100\n        max_batching_window: 1s",
+        );
         assert!(parse_text(&fixed).is_ok());
     }
 
     #[test]
     fn all_validation_errors_are_reported_together() {
-        let text = BASE
-            .replace("target: api", "target: nope")
-            .replace("batch_size: 10", "batch_size: 0\n        max_concurrency: 0");
+        let text = BASE.replace("target: api", "target: nope").replace(
+            "batch_size: 10",
+            "batch_size: 0\n        max_concurrency: 0",
+        );
         let errors = parse_text(&text).unwrap_err();
         let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
@@ -632,10 +672,12 @@ mappings:
     #[test]
     fn max_receive_count_and_on_failure_go_together() {
         let text = format!("{BASE}    retry: {{ max_receive_count: 3 }}\n");
-        assert!(parse_text(&text)
-            .unwrap_err()
-            .to_string()
-            .contains("needs an on_failure destination"));
+        assert!(
+            parse_text(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("needs an on_failure destination")
+        );
     }
 
     #[test]
@@ -650,7 +692,14 @@ mappings:
     fn the_schema_names_every_top_level_key() {
         let schema = json_schema();
         let properties = schema["properties"].as_object().unwrap();
-        for key in ["version", "targets", "mappings", "admin", "aws", "shutdown_timeout"] {
+        for key in [
+            "version",
+            "targets",
+            "mappings",
+            "admin",
+            "aws",
+            "shutdown_timeout",
+        ] {
             assert!(properties.contains_key(key), "{key}");
         }
     }

@@ -129,7 +129,10 @@ mod tests {
             last_attempt_at: Duration::from_secs(2),
         };
         let envelope = dead_letter.to_json("req-1");
-        assert_eq!(envelope["requestContext"]["condition"], "RetryAttemptsExhausted");
+        assert_eq!(
+            envelope["requestContext"]["condition"],
+            "RetryAttemptsExhausted"
+        );
         assert_eq!(envelope["requestContext"]["approximateInvokeCount"], 3);
         assert_eq!(envelope["responseContext"]["functionError"], "Unhandled");
         assert_eq!(envelope["sluice"]["records"][0]["body"], "x");

@@ -37,7 +37,10 @@ impl Heartbeat {
         metrics: MappingMetrics,
         mapping: &str,
     ) -> Arc<Self> {
-        let visibility_timeout = queue.description().visibility_timeout.max(Duration::from_secs(1));
+        let visibility_timeout = queue
+            .description()
+            .visibility_timeout
+            .max(Duration::from_secs(1));
         Arc::new(Self {
             queue,
             visibility_timeout,
@@ -82,8 +85,8 @@ impl Heartbeat {
         if self.max_hold.is_none() {
             return;
         }
-        let tick = (self.visibility_timeout / 4)
-            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let tick =
+            (self.visibility_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -95,7 +98,9 @@ impl Heartbeat {
     }
 
     async fn extend_due(&self) {
-        let Some(max_hold) = self.max_hold else { return };
+        let Some(max_hold) = self.max_hold else {
+            return;
+        };
         let mut held = self.held.lock().await;
         let now = Instant::now();
         let margin = self.visibility_timeout / 2;
@@ -115,7 +120,12 @@ impl Heartbeat {
             .filter_map(|key| held.get(key))
             .map(|h| {
                 let left = max_hold.saturating_sub(now.duration_since(h.held_since));
-                (&h.record, self.visibility_timeout.min(left).max(Duration::from_secs(1)))
+                (
+                    &h.record,
+                    self.visibility_timeout
+                        .min(left)
+                        .max(Duration::from_secs(1)),
+                )
             })
             .collect();
         let extended_to: Vec<Duration> = changes.iter().map(|(_, d)| *d).collect();

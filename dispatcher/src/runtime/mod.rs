@@ -75,12 +75,15 @@ pub async fn run(
             .cloned()
             .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
         let on_failure: Option<Arc<dyn Destination>> =
-            mapping.on_failure.as_ref().map(|destination| match destination {
-                DestinationConfig::Sqs { queue_url } => Arc::new(SqsDestination::new(
-                    sqs_client.clone(),
-                    queue_url.clone(),
-                )) as Arc<dyn Destination>,
-            });
+            mapping
+                .on_failure
+                .as_ref()
+                .map(|destination| match destination {
+                    DestinationConfig::Sqs { queue_url } => {
+                        Arc::new(SqsDestination::new(sqs_client.clone(), queue_url.clone()))
+                            as Arc<dyn Destination>
+                    }
+                });
         let SourceConfig::Sqs(source) = &mapping.source;
         let worker = sqs::SqsMapping {
             config: mapping.clone(),

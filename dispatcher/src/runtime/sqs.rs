@@ -31,6 +31,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+type OpenReceive = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Record>, sluice_sources::SourceError>> + Send>,
+>;
+
 /// Everything a batch task needs, shared by all batches of the mapping.
 struct MappingContext {
     name: String,
@@ -101,7 +105,7 @@ impl SqsMapping {
         });
 
         let tracker = TaskTracker::new();
-        let unstarted = self.poll_loop(&context, &shutdown, &tracker).await;
+        let (unstarted, mut open_receive) = self.poll_loop(&context, &shutdown, &tracker).await;
 
         // Shutdown: give back what never started, then let in-flight batches finish.
         let drain_deadline = Instant::now() + shutdown_timeout;
@@ -110,8 +114,29 @@ impl SqsMapping {
             release_now(&context, &unstarted, "shutdown").await;
         }
         tracker.close();
-        let remaining = drain_deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(remaining, tracker.wait()).await.is_err() {
+        // SQS keeps serving a long poll whose client went away, and would hide whatever it picks
+        // up (the messages just returned, say) for a whole visibility timeout. While batches
+        // drain anyway, the open poll is awaited and what it brings is returned at once; an idle
+        // mapping drops it and exits promptly.
+        let drained = tokio::time::timeout_at(drain_deadline.into(), async {
+            if let Some(receive) = open_receive.as_mut() {
+                tokio::select! {
+                    _ = tracker.wait() => return,
+                    received = receive => {
+                        if let Ok(records) = received && !records.is_empty() {
+                            self.metrics.records_received.increment(records.len() as u64);
+                            let bytes: usize = records.iter().map(|r| r.size_bytes).sum();
+                            self.metrics.in_flight_records.increment(records.len() as f64);
+                            self.metrics.in_flight_bytes.increment(bytes as f64);
+                            release_now(&context, &records, "shutdown").await;
+                        }
+                    }
+                }
+            }
+            tracker.wait().await;
+        })
+        .await;
+        if drained.is_err() {
             tracing::warn!(mapping = %name, in_flight = tracker.len(), "drain deadline reached; in-flight batches abandoned, their messages return after the visibility timeout");
         }
         heartbeat_stop.cancel();
@@ -143,13 +168,15 @@ impl SqsMapping {
         }
     }
 
-    /// Receives and dispatches until shutdown; returns the records received but never started.
+    /// Receives and dispatches until shutdown; returns the records received but never started,
+    /// and the receive that was open when the shutdown came, if any.
     async fn poll_loop(
         &self,
         context: &Arc<MappingContext>,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
-    ) -> Vec<Record> {
+    ) -> (Vec<Record>, Option<OpenReceive>) {
+        let mut open_receive = None;
         let started = Instant::now();
         let clock = || started.elapsed();
         let limits = BatchLimits::new(self.source.batch_size, self.source.max_batching_window);
@@ -159,7 +186,8 @@ impl SqsMapping {
         let mut failures = 0u32;
 
         'poll: loop {
-            self.health.waiting_for_capacity(capacity.available_permits() == 0);
+            self.health
+                .waiting_for_capacity(capacity.available_permits() == 0);
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'poll,
                 permit = capacity.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -179,9 +207,15 @@ impl SqsMapping {
                 };
                 let max_messages = batcher.remaining_capacity().min(MAX_BATCH_ENTRIES);
                 let requested_at = Instant::now();
+                let queue = context.queue.clone();
+                let mut receive: OpenReceive =
+                    Box::pin(async move { queue.receive(max_messages, wait).await });
                 let received = tokio::select! {
-                    _ = shutdown.cancelled() => break 'poll,
-                    received = context.queue.receive(max_messages, wait) => received,
+                    _ = shutdown.cancelled() => {
+                        open_receive = Some(receive);
+                        break 'poll;
+                    }
+                    received = &mut receive => received,
                 };
                 let records = match received {
                     Ok(records) => {
@@ -205,13 +239,20 @@ impl SqsMapping {
                     continue;
                 }
                 context.heartbeat.hold(&records, requested_at).await;
-                self.metrics.records_received.increment(records.len() as u64);
+                self.metrics
+                    .records_received
+                    .increment(records.len() as u64);
                 let bytes: usize = records.iter().map(|r| r.size_bytes).sum();
-                self.metrics.in_flight_records.increment(records.len() as f64);
+                self.metrics
+                    .in_flight_records
+                    .increment(records.len() as f64);
                 self.metrics.in_flight_bytes.increment(bytes as f64);
                 for record in records {
                     let size = record.size_bytes;
-                    let PushResult { ready: complete, too_large } = batcher.push(record, size, clock());
+                    let PushResult {
+                        ready: complete,
+                        too_large,
+                    } = batcher.push(record, size, clock());
                     ready.extend(complete);
                     if let Some(record) = too_large {
                         let context = context.clone();
@@ -227,7 +268,7 @@ impl SqsMapping {
         }
         let mut unstarted: Vec<Record> = ready.into_iter().flatten().collect();
         unstarted.extend(batcher.take().unwrap_or_default());
-        unstarted
+        (unstarted, open_receive)
     }
 }
 
@@ -268,7 +309,10 @@ async fn handle_batch(context: &MappingContext, batch: Vec<Record>) {
     let started = Instant::now();
     let outcome = context.target.invoke(&invocation).await;
     let elapsed = started.elapsed();
-    context.metrics.invoke_duration.record(elapsed.as_secs_f64());
+    context
+        .metrics
+        .invoke_duration
+        .record(elapsed.as_secs_f64());
 
     let decision = context
         .policy
@@ -343,7 +387,10 @@ async fn execute(
         .filter(|d| d.is_delete())
         .count();
     delete_records(context, &delete).await;
-    context.metrics.records_acknowledged.increment(acknowledged as u64);
+    context
+        .metrics
+        .records_acknowledged
+        .increment(acknowledged as u64);
     if !delayed.is_empty() {
         change_visibility(context, &delayed, "retry backoff").await;
     }
@@ -351,10 +398,16 @@ async fn execute(
         let changes: Vec<(&Record, Duration)> =
             untouched.iter().map(|r| (*r, Duration::ZERO)).collect();
         change_visibility(context, &changes, "fifo follower").await;
-        context.metrics.records_released.increment(untouched.len() as u64);
+        context
+            .metrics
+            .records_released
+            .increment(untouched.len() as u64);
     }
     let bytes: usize = batch.iter().map(|r| r.size_bytes).sum();
-    context.metrics.in_flight_records.decrement(batch.len() as f64);
+    context
+        .metrics
+        .in_flight_records
+        .decrement(batch.len() as f64);
     context.metrics.in_flight_bytes.decrement(bytes as f64);
 }
 
@@ -395,9 +448,15 @@ async fn change_visibility(context: &MappingContext, changes: &[(&Record, Durati
 async fn release_now(context: &MappingContext, records: &[Record], why: &str) {
     let changes: Vec<(&Record, Duration)> = records.iter().map(|r| (r, Duration::ZERO)).collect();
     change_visibility(context, &changes, why).await;
-    context.metrics.records_released.increment(records.len() as u64);
+    context
+        .metrics
+        .records_released
+        .increment(records.len() as u64);
     let bytes: usize = records.iter().map(|r| r.size_bytes).sum();
-    context.metrics.in_flight_records.decrement(records.len() as f64);
+    context
+        .metrics
+        .in_flight_records
+        .decrement(records.len() as f64);
     context.metrics.in_flight_bytes.decrement(bytes as f64);
     tracing::info!(mapping = %context.name, records = records.len(), why, "returned unstarted messages to the queue");
 }
@@ -470,7 +529,14 @@ async fn dead_letter_oversized(context: &MappingContext, record: Record) {
             record.size_bytes
         ),
     );
-    if send_dead_letter(context, &record, DeadLetterCondition::PayloadTooLarge, &error, None).await
+    if send_dead_letter(
+        context,
+        &record,
+        DeadLetterCondition::PayloadTooLarge,
+        &error,
+        None,
+    )
+    .await
     {
         delete_records(context, &[&record]).await;
     }

@@ -78,7 +78,10 @@ fn classify_transport_error(error: &reqwest::Error, timeout: Duration) -> Outcom
             message: error_chain(error),
         };
     }
-    Outcome::FunctionError(ErrorInfo::new("Sluice.TargetRequestFailed", error_chain(error)))
+    Outcome::FunctionError(ErrorInfo::new(
+        "Sluice.TargetRequestFailed",
+        error_chain(error),
+    ))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -198,7 +198,11 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| self.error("ReceiveMessage", DisplayErrorContext(&e).to_string()))?;
-        Ok(output.messages().iter().map(|m| self.to_record(m)).collect())
+        Ok(output
+            .messages()
+            .iter()
+            .map(|m| self.to_record(m))
+            .collect())
     }
 
     async fn delete(&self, records: &[&Record]) -> Result<DeleteReport, SourceError> {
