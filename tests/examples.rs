@@ -17,8 +17,14 @@ fn every_example_config_validates() {
         let output = Command::new(sluice_binary())
             .args(["validate", "-c"])
             .arg(&path)
-            .env("ORDERS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/orders")
-            .env("ORDERS_DLQ_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq")
+            .env(
+                "ORDERS_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/123456789012/orders",
+            )
+            .env(
+                "ORDERS_DLQ_URL",
+                "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq",
+            )
             .output()
             .unwrap();
         assert!(
@@ -44,8 +50,13 @@ fn the_readme_demo_runs_the_main_job_end_to_end() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("summary: 19 orders handled, 1 dead-lettered, orders queue empty, sluice exited 0"),
+        stdout.contains(
+            "summary: 19 orders handled, 1 dead-lettered, orders queue empty, sluice exited 0"
+        ),
         "{stdout}"
     );
-    assert!(stdout.contains("error: OrderRejected: cannot process order-99-poison"), "{stdout}");
+    assert!(
+        stdout.contains("error: OrderRejected: cannot process order-99-poison"),
+        "{stdout}"
+    );
 }

@@ -665,3 +665,88 @@ async fn readiness_follows_the_source_and_metrics_match_the_traffic() {
     .await;
     assert!(sluice.metric(&metric("sluice_poll_errors_total")).await >= 1.0);
 }
+
+// architecture.md "Targets" and semantics.md §6: how HTTP answers are classified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_answers_are_classified_as_lambda_outcomes() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let handler = Handler::start(|path, _| match path {
+        "/function-error" => Reply {
+            status: 200,
+            headers: vec![("X-Amz-Function-Error".into(), "Unhandled".into())],
+            body: r#"{"errorType":"KeyError","errorMessage":"sku"}"#.into(),
+            delay: Duration::ZERO,
+        },
+        "/server-error" => Reply {
+            status: 503,
+            headers: vec![],
+            body: "overloaded".into(),
+            delay: Duration::ZERO,
+        },
+        "/throttled" => Reply {
+            status: 429,
+            headers: vec![],
+            body: "slow down".into(),
+            delay: Duration::ZERO,
+        },
+        "/slow" => Reply::ok("{}").after(Duration::from_secs(3)),
+        _ => Reply::ok("{}"),
+    })
+    .await;
+    let closed_port = free_port();
+    let cases = [
+        (
+            "function-error",
+            handler.url("/function-error"),
+            "function_error",
+        ),
+        (
+            "server-error",
+            handler.url("/server-error"),
+            "function_error",
+        ),
+        ("throttled", handler.url("/throttled"), "throttled"),
+        ("slow", handler.url("/slow"), "timeout"),
+        (
+            "unavailable",
+            format!("http://127.0.0.1:{closed_port}/"),
+            "unavailable",
+        ),
+    ];
+    let mut targets = String::new();
+    let mut mappings = String::new();
+    for (name, url, _) in &cases {
+        let queue = create_queue(&sqs, name, &[("VisibilityTimeout", "30")]).await;
+        send_bodies(&sqs, &queue, &[format!("{name}-1")], None).await;
+        targets.push_str(&format!(
+            "  {name}:\n    http: {{ url: \"{url}\", timeout: 500ms }}\n"
+        ));
+        mappings.push_str(&format!(
+            "  - name: {name}\n    target: {name}\n    source:\n      sqs: {{ queue_url: \"{queue}\", wait_time: 1s }}\n"
+        ));
+    }
+    let config = format!(
+        "version: 1\nadmin: {{ listen: \"{{admin}}\" }}\ntargets:\n{targets}mappings:\n{mappings}"
+    );
+    let sluice = Sluice::start(&config, &moto_env(&moto));
+    for (name, _, outcome) in &cases {
+        let series =
+            format!(r#"sluice_invocation_outcomes_total{{mapping="{name}",outcome="{outcome}"}}"#);
+        eventually(Duration::from_secs(20), &series, || async {
+            (sluice.metric(&series).await >= 1.0).then_some(())
+        })
+        .await;
+        let acknowledged = format!(r#"sluice_records_acknowledged_total{{mapping="{name}"}}"#);
+        assert_eq!(
+            sluice.metric(&acknowledged).await,
+            0.0,
+            "{name} deletes nothing"
+        );
+    }
+    let logs = sluice.logs();
+    assert!(
+        logs.contains(r#""error_type":"KeyError""#),
+        "the handler's error type is logged"
+    );
+}

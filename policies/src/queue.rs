@@ -561,5 +561,70 @@ mod tests {
                 }
             }
         }
+
+        // A queue simulated over many receives: every message ends deleted exactly once, either
+        // after a receive whose outcome succeeded for it or after it was dead-lettered at its
+        // receive limit; nothing is acknowledged twice or lost.
+        #[test]
+        fn every_message_ends_acknowledged_or_dead_lettered_exactly_once(
+            message_count in 1usize..40,
+            rounds in proptest::collection::vec((0u8..5, any::<u16>()), 0..60),
+            max_receive_count in proptest::option::of(1u32..4),
+            fifo in any::<bool>(),
+        ) {
+            #[derive(Debug, Clone, Copy, PartialEq)]
+            enum End { Acknowledged, DeadLettered }
+            let policy = QueuePolicy { report_batch_item_failures: true, max_receive_count, backoff: None };
+            let mut receive_counts = vec![0u32; message_count];
+            let mut ends: Vec<Option<End>> = vec![None; message_count];
+            let group_of = |index: usize| fifo.then(|| format!("g{}", index % 3));
+            let success_round = (0u8, 0u16);
+            let all_rounds = rounds.iter().copied().chain(std::iter::repeat_n(success_round, 200));
+            for (kind, bits) in all_rounds {
+                // The oldest pending messages, in order: as SQS FIFO hands out a group's
+                // messages, and one valid order for a standard queue.
+                let pending: Vec<usize> = (0..message_count).filter(|&i| ends[i].is_none()).collect();
+                if pending.is_empty() { break; }
+                let batch_indexes: Vec<usize> = pending.into_iter().take(10).collect();
+                for &index in &batch_indexes { receive_counts[index] += 1; }
+                let batch: Vec<QueueMessage> = batch_indexes.iter().map(|&index| QueueMessage {
+                    message_id: format!("m{index}"),
+                    receive_count: receive_counts[index],
+                    group_id: group_of(index),
+                }).collect();
+                let failed_ids: Vec<Value> = batch.iter().enumerate()
+                    .filter(|(position, _)| bits & (1 << (position % 16)) != 0)
+                    .map(|(_, m)| json!({"itemIdentifier": m.message_id}))
+                    .collect();
+                let outcome = match kind {
+                    0 => Outcome::Returned { response: None },
+                    1 => Outcome::Returned { response: Some(json!({"batchItemFailures": failed_ids})) },
+                    2 => Outcome::FunctionError(ErrorInfo::new("E", "m")),
+                    3 => Outcome::Throttled { message: "t".into() },
+                    _ => Outcome::Timeout { after_ms: 1 },
+                };
+                let decision = policy.decide(&batch, &outcome, 0.5);
+                for (&index, disposition) in batch_indexes.iter().zip(&decision.dispositions) {
+                    match disposition {
+                        RecordDisposition::Delete => {
+                            prop_assert!(ends[index].is_none(), "m{} acknowledged twice", index);
+                            let returned = matches!(outcome, Outcome::Returned { .. });
+                            prop_assert!(returned, "deleted after {:?}", outcome);
+                            ends[index] = Some(End::Acknowledged);
+                        }
+                        RecordDisposition::DeadLetter { .. } => {
+                            prop_assert!(ends[index].is_none(), "m{} dead-lettered twice", index);
+                            prop_assert!(receive_counts[index] >= max_receive_count.unwrap());
+                            ends[index] = Some(End::DeadLettered);
+                        }
+                        RecordDisposition::Retry { .. } | RecordDisposition::ReturnUntouched => {}
+                    }
+                }
+            }
+            prop_assert!(ends.iter().all(Option::is_some), "every message ends: {:?}", ends);
+            if max_receive_count.is_none() {
+                prop_assert!(ends.iter().all(|e| *e == Some(End::Acknowledged)));
+            }
+        }
     }
 }
