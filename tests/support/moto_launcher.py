@@ -1,9 +1,13 @@
 """Starts moto server for sluice's tests, with three fixes applied before it serves.
 
-1. FIFO ordering (moto bug): after an in-flight FIFO message's visibility times out, moto still
+1. FIFO ordering (moto bugs): after an in-flight FIFO message's visibility times out, moto still
    counts it as pending during its group check, and can hand out a later message of that group
    first. `Queue.pending_message_groups` here counts only messages that are still invisible, which
-   is how SQS locks a message group.
+   is how SQS locks a message group. Second, a long poll checks each message's visibility as it
+   walks the queue, so when an earlier message of a group becomes visible mid-walk (a retry delay
+   running out), moto skips it and hands out the group's later messages. Here a FIFO queue's
+   receivable messages exclude every message behind an earlier one of its group that is in
+   flight or delayed: SQS hands a group's messages out in order.
 2. Speed: stock moto reads a datetime-based clock many times per message; the SQS models here use
    `time.time()` instead.
 3. Speed: the retention check recomputed every queue attribute (counting all messages) once per
@@ -42,6 +46,25 @@ def _pending_message_groups(self):
     }
 
 
+_original_messages = sqs_models.Queue.messages
+
+
+def _fifo_ordered_messages(self):
+    receivable = _original_messages.fget(self)
+    if not self.fifo_queue:
+        return receivable
+    receivable_ids = {id(message) for message in receivable}
+    blocked_groups = set()
+    ordered = []
+    for message in self._messages:
+        if id(message) in receivable_ids:
+            if message.group_id not in blocked_groups:
+                ordered.append(message)
+        elif message.group_id is not None:
+            blocked_groups.add(message.group_id)
+    return ordered
+
+
 def _is_message_valid_based_on_retention_period(self, queue_name, message):
     queue = self.get_queue(queue_name)
     retention_period = int(queue.message_retention_period)
@@ -63,6 +86,7 @@ def _delete_message(self, receipt_handle):
 sqs_models.unix_time = _unix_time
 sqs_models.unix_time_millis = _unix_time_millis
 sqs_models.Queue.pending_message_groups = property(_pending_message_groups)
+sqs_models.Queue.messages = property(_fifo_ordered_messages)
 sqs_models.Queue.delete_message = _delete_message
 sqs_models.SQSBackend.is_message_valid_based_on_retention_period = (
     _is_message_valid_based_on_retention_period

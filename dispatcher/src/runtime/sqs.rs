@@ -110,8 +110,7 @@ impl SqsMapping {
         // Shutdown: give back what never started, then let in-flight batches finish.
         let drain_deadline = Instant::now() + shutdown_timeout;
         if !unstarted.is_empty() {
-            heartbeat.release(&unstarted).await;
-            release_now(&context, &unstarted, "shutdown").await;
+            return_unstarted(&context, &unstarted).await;
         }
         tracker.close();
         // SQS keeps serving a long poll whose client went away, and would hide whatever it picks
@@ -125,10 +124,8 @@ impl SqsMapping {
                     received = receive => {
                         if let Ok(records) = received && !records.is_empty() {
                             self.metrics.records_received.increment(records.len() as u64);
-                            let bytes: usize = records.iter().map(|r| r.size_bytes).sum();
-                            self.metrics.in_flight_records.increment(records.len() as f64);
-                            self.metrics.in_flight_bytes.increment(bytes as f64);
-                            release_now(&context, &records, "shutdown").await;
+                            track_in_flight(&self.metrics, &records, Flight::Entering);
+                            return_unstarted(&context, &records).await;
                         }
                     }
                 }
@@ -242,11 +239,7 @@ impl SqsMapping {
                 self.metrics
                     .records_received
                     .increment(records.len() as u64);
-                let bytes: usize = records.iter().map(|r| r.size_bytes).sum();
-                self.metrics
-                    .in_flight_records
-                    .increment(records.len() as f64);
-                self.metrics.in_flight_bytes.increment(bytes as f64);
+                track_in_flight(&self.metrics, &records, Flight::Entering);
                 for record in records {
                     let size = record.size_bytes;
                     let PushResult {
@@ -394,21 +387,31 @@ async fn execute(
     if !delayed.is_empty() {
         change_visibility(context, &delayed, "retry backoff").await;
     }
-    if !untouched.is_empty() {
-        let changes: Vec<(&Record, Duration)> =
-            untouched.iter().map(|r| (*r, Duration::ZERO)).collect();
-        change_visibility(context, &changes, "fifo follower").await;
-        context
-            .metrics
-            .records_released
-            .increment(untouched.len() as u64);
-    }
-    let bytes: usize = batch.iter().map(|r| r.size_bytes).sum();
-    context
-        .metrics
-        .in_flight_records
-        .decrement(batch.len() as f64);
-    context.metrics.in_flight_bytes.decrement(bytes as f64);
+    release_now(context, &untouched, "fifo follower").await;
+    track_in_flight(&context.metrics, batch, Flight::Leaving);
+}
+
+enum Flight {
+    Entering,
+    Leaving,
+}
+
+fn track_in_flight<'a>(
+    metrics: &MappingMetrics,
+    records: impl IntoIterator<Item = &'a Record>,
+    flight: Flight,
+) {
+    let (count, bytes) = records
+        .into_iter()
+        .fold((0usize, 0usize), |(count, bytes), record| {
+            (count + 1, bytes + record.size_bytes)
+        });
+    let sign = match flight {
+        Flight::Entering => 1.0,
+        Flight::Leaving => -1.0,
+    };
+    metrics.in_flight_records.increment(sign * count as f64);
+    metrics.in_flight_bytes.increment(sign * bytes as f64);
 }
 
 async fn delete_records(context: &MappingContext, records: &[&Record]) {
@@ -444,21 +447,26 @@ async fn change_visibility(context: &MappingContext, changes: &[(&Record, Durati
     }
 }
 
-/// Makes records visible again at once (unstarted at shutdown).
-async fn release_now(context: &MappingContext, records: &[Record], why: &str) {
-    let changes: Vec<(&Record, Duration)> = records.iter().map(|r| (r, Duration::ZERO)).collect();
+/// Makes records visible again at once, unhandled (FIFO followers, unstarted at shutdown).
+async fn release_now(context: &MappingContext, records: &[&Record], why: &str) {
+    if records.is_empty() {
+        return;
+    }
+    let changes: Vec<(&Record, Duration)> = records.iter().map(|r| (*r, Duration::ZERO)).collect();
     change_visibility(context, &changes, why).await;
     context
         .metrics
         .records_released
         .increment(records.len() as u64);
-    let bytes: usize = records.iter().map(|r| r.size_bytes).sum();
-    context
-        .metrics
-        .in_flight_records
-        .decrement(records.len() as f64);
-    context.metrics.in_flight_bytes.decrement(bytes as f64);
-    tracing::info!(mapping = %context.name, records = records.len(), why, "returned unstarted messages to the queue");
+}
+
+/// Returns records that never started, at shutdown.
+async fn return_unstarted(context: &MappingContext, records: &[Record]) {
+    context.heartbeat.release(records).await;
+    let references: Vec<&Record> = records.iter().collect();
+    release_now(context, &references, "shutdown").await;
+    track_in_flight(&context.metrics, records, Flight::Leaving);
+    tracing::info!(mapping = %context.name, records = records.len(), "returned unstarted messages to the queue");
 }
 
 /// Sends one record to the on-failure destination; true when it was stored.
@@ -540,9 +548,5 @@ async fn dead_letter_oversized(context: &MappingContext, record: Record) {
     {
         delete_records(context, &[&record]).await;
     }
-    context.metrics.in_flight_records.decrement(1.0);
-    context
-        .metrics
-        .in_flight_bytes
-        .decrement(record.size_bytes as f64);
+    track_in_flight(&context.metrics, [&record], Flight::Leaving);
 }
