@@ -750,3 +750,84 @@ async fn http_answers_are_classified_as_lambda_outcomes() {
         "the handler's error type is logged"
     );
 }
+
+// semantics.md §1 and §3 "Polling and batching": batches larger than one receive are filled by
+// several receives within the batching window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_ten_are_filled_by_several_receives() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "large-batches", &[]).await;
+    let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
+    let bodies: Vec<String> = (0..60).map(|i| format!("item-{i}")).collect();
+    send_bodies(&sqs, &queue, &bodies, None).await;
+    let _sluice = Sluice::start(
+        &config(
+            &handler.url("/large"),
+            &format!(
+                r#"
+  - name: large
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 25, max_batching_window: 2s, max_concurrency: 1 }}
+"#
+            ),
+        ),
+        &moto_env(&moto),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "all 60 handled and deleted",
+        || async {
+            (handler.deliveries_by_body().len() == 60 && queue_depth(&sqs, &queue).await == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let sizes: Vec<usize> = handler
+        .received()
+        .iter()
+        .map(|r| r.records().len())
+        .collect();
+    assert!(sizes.iter().all(|&n| n <= 25), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|&n| n > 10),
+        "some batch spans receives: {sizes:?}"
+    );
+    assert_eq!(sizes.iter().sum::<usize>(), 60);
+}
+
+// architecture.md "CLI": `validate --connect` checks that every queue exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_connect_names_the_queue_that_does_not_exist() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "present", &[]).await;
+    let missing = queue.replace("present", "absent");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\ntargets:\n  api:\n    http: {{ url: \"http://127.0.0.1:1/\" }}\nmappings:\n  - name: m\n    target: api\n    source:\n      sqs: {{ queue_url: \"{queue}\" }}\n    retry: {{ max_receive_count: 3 }}\n    on_failure:\n      sqs: {{ queue_url: \"{missing}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let run = |connect: bool| {
+        let mut command = std::process::Command::new(sluice_binary());
+        command.args(["validate", "-c"]).arg(&path);
+        if connect {
+            command.arg("--connect");
+        }
+        command.envs(moto_env(&moto)).output().unwrap()
+    };
+    assert!(run(false).status.success());
+    let output = run(true);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("mappings[0].on_failure.sqs.queue_url (m)") && stderr.contains("absent"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("source.sqs.queue_url"), "{stderr}");
+}

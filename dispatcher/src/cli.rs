@@ -34,6 +34,9 @@ pub enum Command {
     Validate {
         #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
         config: PathBuf,
+        /// Also check that every source queue and on_failure destination exists and is reachable.
+        #[arg(long)]
+        connect: bool,
     },
     /// Print the JSON Schema of the config file.
     Schema,
@@ -52,13 +55,25 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Validate { config: path } => match config::load(&path) {
+        Command::Validate {
+            config: path,
+            connect,
+        } => match config::load(&path) {
             Ok(config) => {
+                if connect && let Err(problems) = check_connections(&config) {
+                    eprintln!("{problems}");
+                    return ExitCode::from(EXIT_RUNTIME_FAILURE);
+                }
                 println!(
-                    "{}: ok ({} targets, {} mappings)",
+                    "{}: ok ({} targets, {} mappings{})",
                     path.display(),
                     config.targets.len(),
-                    config.mappings.len()
+                    config.mappings.len(),
+                    if connect {
+                        ", every queue reachable"
+                    } else {
+                        ""
+                    }
                 );
                 ExitCode::SUCCESS
             }
@@ -89,6 +104,44 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `validate --connect`: looks up every queue the config names; lists every one that fails.
+fn check_connections(config: &config::Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let sdk_config = crate::runtime::aws_config(&config.aws)
+            .await
+            .map_err(|e| e.to_string())?;
+        let client = aws_sdk_sqs::Client::new(&sdk_config);
+        let mut problems = Vec::new();
+        for (index, mapping) in config.mappings.iter().enumerate() {
+            let config::SourceConfig::Sqs(source) = &mapping.source;
+            let mut queues = vec![("source.sqs.queue_url", source.queue_url.clone())];
+            if let Some(config::DestinationConfig::Sqs { queue_url }) = &mapping.on_failure {
+                queues.push(("on_failure.sqs.queue_url", queue_url.clone()));
+            }
+            for (key, queue_url) in queues {
+                if let Err(error) =
+                    sluice_sources::sqs::SqsQueue::connect(client.clone(), &queue_url).await
+                {
+                    problems.push(format!(
+                        "{}: mappings[{index}].{key} ({}): {error}",
+                        config.file.display(),
+                        mapping.name
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    })
 }
 
 fn run(config: config::Config) -> anyhow::Result<()> {
