@@ -187,21 +187,45 @@ fn parse_error(file: &str, index: &KeyIndex, error: &serde_saphyr::Error) -> Con
         line: location.line(),
         column: location.column(),
     });
-    let path = position
+    let mut path = position
         .and_then(|p| index.path_at(p))
         .unwrap_or_default()
         .to_owned();
+    let mut position = position;
     let mut message = error.to_string();
     // The location is shown in front already; drop serde-saphyr's own suffix.
     if let Some(cut) = message.rfind(" at line ") {
         message.truncate(cut);
     }
+    // A missing field is reported at some key of the mapping that lacks it; name the mapping.
+    if message.starts_with("missing field") {
+        path.truncate(path.rfind(['.', '[']).unwrap_or(0));
+        if !path.is_empty() {
+            position = index.key_position_of(&path).or(position);
+        }
+    }
     ConfigError {
         file: file.to_owned(),
         position,
         path,
-        message,
+        message: plain_type_message(message),
     }
+}
+
+/// Rewrites deserializer jargon ("invalid u32") into what the value should be.
+fn plain_type_message(message: String) -> String {
+    let expectations = [
+        ("invalid u32", "expected a whole number, 0 or more"),
+        ("invalid u64", "expected a whole number, 0 or more"),
+        ("invalid f64", "expected a number"),
+        ("invalid bool", "expected true or false"),
+    ];
+    for (jargon, plain) in expectations {
+        if message.starts_with(jargon) {
+            return plain.to_owned();
+        }
+    }
+    message
 }
 
 struct Validator<'a> {
@@ -678,6 +702,23 @@ mappings:
                 .to_string()
                 .contains("needs an on_failure destination")
         );
+    }
+
+    #[test]
+    fn a_missing_field_names_the_mapping_that_lacks_it() {
+        let text = BASE.replace("    target: api\n", "");
+        let error = parse_text(&text).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0]");
+        assert_eq!(error.message, "missing field `target`");
+        assert_eq!(error.position, Some(Position { line: 7, column: 5 }));
+    }
+
+    #[test]
+    fn type_errors_say_what_the_value_should_be() {
+        let text = BASE.replace("batch_size: 10", "batch_size: ten");
+        let error = parse_text(&text).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0].source.sqs.batch_size");
+        assert_eq!(error.message, "expected a whole number, 0 or more");
     }
 
     #[test]
