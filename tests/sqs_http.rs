@@ -831,3 +831,80 @@ async fn validate_connect_names_the_queue_that_does_not_exist() {
     );
     assert!(!stderr.contains("source.sqs.queue_url"), "{stderr}");
 }
+
+// semantics.md §13.1: message attributes appear with lower-camel keys; FIFO attributes are added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_attributes_and_fifo_attributes_reach_the_handler_as_lambda_shapes_them() {
+    use aws_sdk_sqs::primitives::Blob;
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "shaped.fifo", &[]).await;
+    let handler = Handler::start(|_, _| Reply::ok("")).await;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(r#"{"order":1}"#)
+        .message_group_id("customer-7")
+        .message_deduplication_id("dedup-1")
+        .message_attributes(
+            "tenant",
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value("acme")
+                .build()
+                .unwrap(),
+        )
+        .message_attributes(
+            "checksum",
+            MessageAttributeValue::builder()
+                .data_type("Binary")
+                .binary_value(Blob::new(b"foobar".to_vec()))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let _sluice = Sluice::start(
+        &config(
+            &handler.url("/shaped"),
+            &format!(
+                "  - name: shaped\n    target: handler\n    source:\n      sqs: {{ queue_url: \"{queue}\", wait_time: 1s }}\n"
+            ),
+        ),
+        &moto_env(&moto),
+    );
+    let record = eventually(Duration::from_secs(20), "the record", || async {
+        handler.records().first().cloned()
+    })
+    .await;
+    assert_eq!(
+        record["body"], r#"{"order":1}"#,
+        "the body is the string as sent"
+    );
+    let tenant = &record["messageAttributes"]["tenant"];
+    assert_eq!(tenant["stringValue"], "acme");
+    assert_eq!(tenant["dataType"], "String");
+    assert_eq!(tenant["stringListValues"], json!([]));
+    assert_eq!(tenant["binaryListValues"], json!([]));
+    assert_eq!(
+        record["messageAttributes"]["checksum"]["binaryValue"],
+        "Zm9vYmFy"
+    );
+    assert!(record["md5OfMessageAttributes"].is_string());
+    let attributes = &record["attributes"];
+    assert_eq!(attributes["MessageGroupId"], "customer-7");
+    assert_eq!(attributes["MessageDeduplicationId"], "dedup-1");
+    for key in [
+        "SequenceNumber",
+        "SentTimestamp",
+        "SenderId",
+        "ApproximateFirstReceiveTimestamp",
+    ] {
+        assert!(attributes[key].is_string(), "{key}: {attributes}");
+    }
+    eventually(Duration::from_secs(10), "deleted", || async {
+        (queue_depth(&sqs, &queue).await == 0).then_some(())
+    })
+    .await;
+}
