@@ -14,13 +14,21 @@
    returned message; here it reads `MessageRetentionPeriod` directly. Deletes scan for the one
    message and stop, instead of rebuilding the message list.
 
-Usage: python moto_launcher.py [--port N]
+With --count-requests (used by the benchmarks) it also counts requests per SQS action:
+GET /_sluice/requests returns {"counts": {action: n}, "first": {action: unix time}}, and DELETE
+resets them. Requests whose User-Agent contains "sluice-bench-harness" (the benchmark's own
+bookkeeping) are not counted.
+
+Usage: python moto_launcher.py [--port N] [--count-requests]
 Prints "moto listening on 127.0.0.1:<port>" once ready, then serves until stdin closes (so it dies
 with the test process that started it) or it is killed.
 """
 
 import argparse
+import collections
+import json
 import sys
+import threading
 import time
 
 import moto.sqs.models as sqs_models
@@ -93,10 +101,42 @@ sqs_models.SQSBackend.is_message_valid_based_on_retention_period = (
 )
 
 
+def count_requests():
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    counts = collections.Counter()
+    first = {}
+    lock = threading.Lock()
+    serve = DomainDispatcherApplication.__call__
+
+    def counting_call(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/_sluice/requests":
+            with lock:
+                if environ.get("REQUEST_METHOD") == "DELETE":
+                    counts.clear()
+                    first.clear()
+                body = json.dumps({"counts": counts, "first": first}).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        if "sluice-bench-harness" in environ.get("HTTP_USER_AGENT", ""):
+            return serve(self, environ, start_response)
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        action = target.rsplit(".", 1)[-1] if target else "other"
+        with lock:
+            counts[action] += 1
+            first.setdefault(action, time.time())
+        return serve(self, environ, start_response)
+
+    DomainDispatcherApplication.__call__ = counting_call
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--count-requests", action="store_true")
     args = parser.parse_args()
+    if args.count_requests:
+        count_requests()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
