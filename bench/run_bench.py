@@ -253,7 +253,7 @@ def criterion():
         name = re.match(r"^(dispatcher_core/\S+)", line)
         if name:
             current = name.group(1)
-        throughput = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) (\S+)", line)
+        throughput = re.search(r"thrpt:\s+\[\S+ \S+ ([0-9.]+) ([KMG]?elem/s)", line)
         if throughput and current:
             value, unit = float(throughput.group(1)), throughput.group(2)
             scale = {"elem/s": 1, "Kelem/s": 1e3, "Melem/s": 1e6, "Gelem/s": 1e9}[unit]

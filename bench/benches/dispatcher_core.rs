@@ -1,10 +1,13 @@
-//! The dispatcher's per-record work without any I/O: batching SQS-shaped records, building the
-//! invocation payload, parsing a handler's partial-batch response and deciding the batch with the
-//! queue policy. Reported as records per second, to find overhead that the AWS calls hide.
+//! The dispatcher's per-record work without any I/O, on the same types and functions the SQS
+//! mapping uses: batching records, building the invocation payload, parsing a handler's
+//! partial-batch response and deciding the batch with the queue policy. Reported as records per
+//! second, to find overhead that the AWS calls hide. (Filters and in-process handlers join this
+//! path when they exist.)
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use sluice_policies::{BatchLimits, Batcher, Outcome, QueueMessage, QueuePolicy};
+use sluice_sources::{AckToken, Receipt, Record, records_event};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -30,19 +33,25 @@ fn sqs_record(index: usize) -> Value {
     })
 }
 
+fn record(index: usize) -> Record {
+    let event = sqs_record(index);
+    Record::new(
+        Receipt {
+            id: event["messageId"].as_str().unwrap().to_owned(),
+            ack: AckToken::Sqs {
+                receipt_handle: event["receiptHandle"].as_str().unwrap().to_owned(),
+            },
+        },
+        None,
+        Duration::ZERO,
+        Duration::ZERO,
+        1,
+        serde_json::value::to_raw_value(&event).unwrap(),
+    )
+}
+
 fn batch_build_decide(c: &mut Criterion) {
-    let records: Vec<(Value, QueueMessage, usize)> = (0..RECORDS)
-        .map(|index| {
-            let event = sqs_record(index);
-            let size = serde_json::to_vec(&event).unwrap().len() + 1;
-            let message = QueueMessage {
-                message_id: event["messageId"].as_str().unwrap().to_owned(),
-                receive_count: 1,
-                group_id: None,
-            };
-            (event, message, size)
-        })
-        .collect();
+    let records: Vec<Record> = (0..RECORDS).map(record).collect();
     let policy = QueuePolicy {
         report_batch_item_failures: true,
         max_receive_count: Some(5),
@@ -54,13 +63,22 @@ fn batch_build_decide(c: &mut Criterion) {
         b.iter(|| {
             let mut batcher = Batcher::new(BatchLimits::new(10, Duration::ZERO));
             let mut decided = 0usize;
-            let mut run = |batch: Vec<&(Value, QueueMessage, usize)>| {
-                let events: Vec<&Value> = batch.iter().map(|(event, _, _)| event).collect();
-                let payload = serde_json::to_vec(&json!({ "Records": events })).unwrap();
+            let mut run = |batch: Vec<&Record>| {
+                let payload = records_event(batch.iter().copied());
                 black_box(&payload);
-                let messages: Vec<QueueMessage> =
-                    batch.iter().map(|(_, message, _)| message.clone()).collect();
-                let response = json!({"batchItemFailures": [{"itemIdentifier": messages[0].message_id}]});
+                let messages: Vec<QueueMessage> = batch
+                    .iter()
+                    .map(|record| QueueMessage {
+                        message_id: record.id().to_owned(),
+                        receive_count: record.attempt,
+                        group_id: record.ordering_key.clone(),
+                    })
+                    .collect();
+                let body = format!(
+                    r#"{{"batchItemFailures":[{{"itemIdentifier":"{}"}}]}}"#,
+                    messages[0].message_id
+                );
+                let response: Value = serde_json::from_str(&body).unwrap();
                 let decision = policy.decide(
                     &messages,
                     &Outcome::Returned {
@@ -71,7 +89,11 @@ fn batch_build_decide(c: &mut Criterion) {
                 decided += decision.dispositions.len();
             };
             for (index, record) in records.iter().enumerate() {
-                let result = batcher.push(record, record.2, Duration::from_micros(index as u64));
+                let result = batcher.push(
+                    record,
+                    record.size_bytes,
+                    Duration::from_micros(index as u64),
+                );
                 for batch in result.ready {
                     run(batch);
                 }
@@ -83,7 +105,14 @@ fn batch_build_decide(c: &mut Criterion) {
         })
     });
     group.bench_function("decide_only_10k_records", |b| {
-        let messages: Vec<QueueMessage> = records.iter().map(|(_, m, _)| m.clone()).collect();
+        let messages: Vec<QueueMessage> = records
+            .iter()
+            .map(|record| QueueMessage {
+                message_id: record.id().to_owned(),
+                receive_count: 1,
+                group_id: None,
+            })
+            .collect();
         b.iter(|| {
             for chunk in messages.chunks(10) {
                 black_box(policy.decide(chunk, &Outcome::Returned { response: None }, 0.5));

@@ -9,4 +9,4 @@ pub mod record;
 pub mod sqs;
 
 pub use queue::{DeleteReport, Queue, QueueDescription, SourceError};
-pub use record::{AckToken, Record};
+pub use record::{AckToken, Receipt, Record, records_event};

@@ -7,7 +7,7 @@
 //! - `change_visibility` sets how long from now each record stays hidden (0 = visible at once);
 //!   the caller owns visibility: the source never extends or releases on its own.
 
-use crate::record::Record;
+use crate::record::{Receipt, Record};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -50,11 +50,11 @@ pub trait Queue: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Vec<Record>, SourceError>;
 
-    async fn delete(&self, records: &[&Record]) -> Result<DeleteReport, SourceError>;
+    async fn delete(&self, receipts: &[&Receipt]) -> Result<DeleteReport, SourceError>;
 
     /// Returns the message ids whose visibility could not be changed, with the reason.
     async fn change_visibility(
         &self,
-        changes: &[(&Record, Duration)],
+        changes: &[(&Receipt, Duration)],
     ) -> Result<Vec<(String, String)>, SourceError>;
 }

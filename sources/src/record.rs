@@ -1,6 +1,6 @@
 //! The unit that flows from a source through the policies to a target.
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::time::Duration;
 
 /// What a source needs to acknowledge a record later.
@@ -10,11 +10,19 @@ pub enum AckToken {
     Sqs { receipt_handle: String },
 }
 
-/// One record, as received.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    /// The source's identity for it: SQS message id, stream sequence number, Kafka offset.
+/// A record's identity and acknowledgement token: all that deletes, visibility changes and
+/// checkpoints need, cheap to keep while the record itself is being handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The source's identity for the record: SQS message id, stream sequence number, Kafka offset.
     pub id: String,
+    pub ack: AckToken,
+}
+
+/// One record, as received.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub receipt: Receipt,
     /// The key order is kept within: FIFO message group, partition key, Kafka partition + key.
     pub ordering_key: Option<String>,
     /// When the record first reached the source (SQS `SentTimestamp`), since the Unix epoch.
@@ -25,32 +33,85 @@ pub struct Record {
     pub attempt: u32,
     /// The record's size in the invocation payload: its serialized JSON plus a separator.
     pub size_bytes: usize,
-    /// Exactly the element AWS would put in the event's `Records` list.
-    pub event: Value,
-    pub ack: AckToken,
+    /// Exactly the element AWS would put in the event's `Records` list, serialized once.
+    pub event: Box<RawValue>,
 }
 
 impl Record {
-    /// Builds a record, computing its payload size from `event`.
+    /// Builds a record; its payload size is that of `event`.
     pub fn new(
-        id: String,
+        receipt: Receipt,
         ordering_key: Option<String>,
         arrived_at: Duration,
         first_received_at: Duration,
         attempt: u32,
-        event: Value,
-        ack: AckToken,
+        event: Box<RawValue>,
     ) -> Self {
-        let size_bytes = serde_json::to_vec(&event).map_or(0, |bytes| bytes.len()) + 1;
         Self {
-            id,
+            size_bytes: event.get().len() + 1,
+            receipt,
             ordering_key,
             arrived_at,
             first_received_at,
             attempt,
-            size_bytes,
             event,
-            ack,
         }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.receipt.id
+    }
+}
+
+/// The invocation event for `records`: `{"Records":[...]}`, built from the already serialized
+/// records without parsing or re-serializing them.
+pub fn records_event<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(1024);
+    payload.extend_from_slice(b"{\"Records\":[");
+    for (index, record) in records.into_iter().enumerate() {
+        if index > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(record.event.get().as_bytes());
+    }
+    payload.extend_from_slice(b"]}");
+    payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: &str) -> Record {
+        Record::new(
+            Receipt {
+                id: "m".into(),
+                ack: AckToken::Sqs {
+                    receipt_handle: "h".into(),
+                },
+            },
+            None,
+            Duration::ZERO,
+            Duration::ZERO,
+            1,
+            RawValue::from_string(json.to_owned()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_event_is_valid_json_holding_every_record_in_order() {
+        let records = [record(r#"{"body":"a"}"#), record(r#"{"body":"b"}"#)];
+        let event: serde_json::Value = serde_json::from_slice(&records_event(&records)).unwrap();
+        assert_eq!(
+            event,
+            serde_json::json!({"Records": [{"body": "a"}, {"body": "b"}]})
+        );
+        let empty: serde_json::Value = serde_json::from_slice(&records_event([])).unwrap();
+        assert_eq!(empty, serde_json::json!({"Records": []}));
+    }
+
+    #[test]
+    fn the_size_counts_the_serialized_record_and_a_separator() {
+        assert_eq!(record(r#"{"body":"a"}"#).size_bytes, 13);
     }
 }

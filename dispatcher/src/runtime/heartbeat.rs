@@ -7,7 +7,7 @@
 //! change (a backoff delay, or 0) is the last word.
 
 use crate::telemetry::MappingMetrics;
-use sluice_sources::{Queue, Record};
+use sluice_sources::{Queue, Receipt, Record};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 struct Held {
-    record: Record,
+    receipt: Receipt,
     held_since: Instant,
     visible_at: Instant,
 }
@@ -51,8 +51,8 @@ impl Heartbeat {
         })
     }
 
-    fn key(record: &Record) -> String {
-        match &record.ack {
+    fn key(receipt: &Receipt) -> String {
+        match &receipt.ack {
             sluice_sources::AckToken::Sqs { receipt_handle } => receipt_handle.clone(),
         }
     }
@@ -62,9 +62,9 @@ impl Heartbeat {
         let mut held = self.held.lock().await;
         for record in records {
             held.insert(
-                Self::key(record),
+                Self::key(&record.receipt),
                 Held {
-                    record: record.clone(),
+                    receipt: record.receipt.clone(),
                     held_since: requested_at,
                     visible_at: requested_at + self.visibility_timeout,
                 },
@@ -76,7 +76,7 @@ impl Heartbeat {
     pub async fn release(&self, records: &[Record]) {
         let mut held = self.held.lock().await;
         for record in records {
-            held.remove(&Self::key(record));
+            held.remove(&Self::key(&record.receipt));
         }
     }
 
@@ -115,13 +115,13 @@ impl Heartbeat {
             return;
         }
         let sent_at = Instant::now();
-        let changes: Vec<(&Record, Duration)> = due
+        let changes: Vec<(&Receipt, Duration)> = due
             .iter()
             .filter_map(|key| held.get(key))
             .map(|h| {
                 let left = max_hold.saturating_sub(now.duration_since(h.held_since));
                 (
-                    &h.record,
+                    &h.receipt,
                     self.visibility_timeout
                         .min(left)
                         .max(Duration::from_secs(1)),
@@ -140,7 +140,7 @@ impl Heartbeat {
                 }
                 for (key, extension) in due.iter().zip(extended_to) {
                     if let Some(h) = held.get_mut(key)
-                        && !failed_ids.contains(&h.record.id.as_str())
+                        && !failed_ids.contains(&h.receipt.id.as_str())
                     {
                         h.visible_at = sent_at + extension;
                     }

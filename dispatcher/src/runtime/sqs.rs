@@ -16,14 +16,13 @@ use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now
 use crate::health::MappingHealthHandle;
 use crate::targets::{Invocation, Target};
 use crate::telemetry::MappingMetrics;
-use serde_json::json;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{
     BatchLimits, Batcher, DeadLetterCondition, ErrorInfo, Outcome, QueueDecision, QueueMessage,
     QueuePolicy, RecordDisposition, RetryDelay,
 };
 use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
-use sluice_sources::{Queue, Record};
+use sluice_sources::{Queue, Receipt, Record, records_event};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -269,7 +268,7 @@ fn queue_messages(batch: &[Record]) -> Vec<QueueMessage> {
     batch
         .iter()
         .map(|record| QueueMessage {
-            message_id: record.id.clone(),
+            message_id: record.id().to_owned(),
             receive_count: record.attempt,
             group_id: record.ordering_key.clone(),
         })
@@ -295,9 +294,7 @@ fn outcome_label(outcome: &Outcome, decision: &QueueDecision) -> &'static str {
 }
 
 async fn handle_batch(context: &MappingContext, batch: Vec<Record>) {
-    let events: Vec<&serde_json::Value> = batch.iter().map(|r| &r.event).collect();
-    let payload = serde_json::to_vec(&json!({ "Records": events })).unwrap_or_default();
-    let invocation = Invocation::new(&context.name, payload);
+    let invocation = Invocation::new(&context.name, records_event(&batch));
     context.metrics.batches_invoked.increment(1);
     let started = Instant::now();
     let outcome = context.target.invoke(&invocation).await;
@@ -418,7 +415,8 @@ async fn delete_records(context: &MappingContext, records: &[&Record]) {
     if records.is_empty() {
         return;
     }
-    match context.queue.delete(records).await {
+    let receipts: Vec<&Receipt> = records.iter().map(|r| &r.receipt).collect();
+    match context.queue.delete(&receipts).await {
         Ok(report) => {
             for (message_id, reason) in &report.failed {
                 context.metrics.ack_errors.increment(1);
@@ -433,7 +431,9 @@ async fn delete_records(context: &MappingContext, records: &[&Record]) {
 }
 
 async fn change_visibility(context: &MappingContext, changes: &[(&Record, Duration)], why: &str) {
-    match context.queue.change_visibility(changes).await {
+    let changes: Vec<(&Receipt, Duration)> =
+        changes.iter().map(|(r, d)| (&r.receipt, *d)).collect();
+    match context.queue.change_visibility(&changes).await {
         Ok(failed) => {
             for (message_id, reason) in failed {
                 context.metrics.ack_errors.increment(1);
@@ -479,7 +479,7 @@ async fn send_dead_letter(
 ) -> bool {
     let description = context.queue.description();
     let Some(destination) = &context.on_failure else {
-        tracing::error!(mapping = %context.name, message_id = %record.id, "no on_failure destination; the message stays in the queue");
+        tracing::error!(mapping = %context.name, message_id = %record.id(), "no on_failure destination; the message stays in the queue");
         return false;
     };
     let dead_letter = DeadLetter {
@@ -493,20 +493,20 @@ async fn send_dead_letter(
         source: EnvelopeSource::Sqs {
             queue_url: description.url.clone(),
             queue_arn: description.arn.clone(),
-            message_ids: vec![record.id.clone()],
+            message_ids: vec![record.id().to_owned()],
         },
-        records: vec![record.event.clone()],
+        records: vec![serde_json::from_str(record.event.get()).unwrap_or_default()],
         first_attempt_at: record.first_received_at,
         last_attempt_at: now_since_epoch(),
     };
     let group = record.ordering_key.as_deref().unwrap_or(&context.name);
-    let dedup = format!("{}-{}", record.id, record.attempt);
+    let dedup = format!("{}-{}", record.id(), record.attempt);
     match destination.send(&dead_letter, group, &dedup).await {
         Ok(()) => {
             context.metrics.dead_lettered(condition.as_str(), 1);
             tracing::warn!(
                 mapping = %context.name,
-                message_id = %record.id,
+                message_id = %record.id(),
                 condition = condition.as_str(),
                 attempts = record.attempt,
                 error_type = %error.error_type,
@@ -518,7 +518,7 @@ async fn send_dead_letter(
         }
         Err(send_error) => {
             context.metrics.ack_errors.increment(1);
-            tracing::error!(mapping = %context.name, message_id = %record.id, error = %send_error, "dead-lettering failed; the message stays in the queue and will be retried");
+            tracing::error!(mapping = %context.name, message_id = %record.id(), error = %send_error, "dead-lettering failed; the message stays in the queue and will be retried");
             false
         }
     }

@@ -5,7 +5,7 @@
 //! reasons other than an invalid receipt handle; what still fails is reported, never hidden.
 
 use crate::queue::{DeleteReport, Queue, QueueDescription, SourceError};
-use crate::record::{AckToken, Record};
+use crate::record::{AckToken, Receipt, Record};
 use async_trait::async_trait;
 use aws_lambda_events::encodings::Base64Data;
 use aws_lambda_events::sqs::{SqsMessage, SqsMessageAttribute};
@@ -134,18 +134,21 @@ impl SqsQueue {
         event.event_source = Some("aws:sqs".to_owned());
         event.event_source_arn = Some(self.description.arn.clone());
         event.aws_region = Some(self.description.region.clone());
-        let event = serde_json::to_value(&event).unwrap_or_default();
+        let event =
+            serde_json::value::to_raw_value(&event).expect("an SQS message always serializes");
 
         Record::new(
-            message.message_id().unwrap_or_default().to_owned(),
+            Receipt {
+                id: message.message_id().unwrap_or_default().to_owned(),
+                ack: AckToken::Sqs {
+                    receipt_handle: message.receipt_handle().unwrap_or_default().to_owned(),
+                },
+            },
             group_id,
             Duration::from_millis(sent_ms),
             Duration::from_millis(first_receive_ms),
             receive_count,
             event,
-            AckToken::Sqs {
-                receipt_handle: message.receipt_handle().unwrap_or_default().to_owned(),
-            },
         )
     }
 }
@@ -156,8 +159,8 @@ fn base64_data(bytes: &[u8]) -> Base64Data {
     data
 }
 
-fn receipt_handle(record: &Record) -> &str {
-    match &record.ack {
+fn receipt_handle(receipt: &Receipt) -> &str {
+    match &receipt.ack {
         AckToken::Sqs { receipt_handle } => receipt_handle,
     }
 }
@@ -205,9 +208,9 @@ impl Queue for SqsQueue {
             .collect())
     }
 
-    async fn delete(&self, records: &[&Record]) -> Result<DeleteReport, SourceError> {
+    async fn delete(&self, receipts: &[&Receipt]) -> Result<DeleteReport, SourceError> {
         let mut report = DeleteReport::default();
-        for chunk in records.chunks(MAX_BATCH_ENTRIES) {
+        for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
             let mut pending: Vec<usize> = (0..chunk.len()).collect();
             for attempt in 1..=BATCH_CALL_ATTEMPTS {
                 let entries = pending
@@ -273,7 +276,7 @@ impl Queue for SqsQueue {
 
     async fn change_visibility(
         &self,
-        changes: &[(&Record, Duration)],
+        changes: &[(&Receipt, Duration)],
     ) -> Result<Vec<(String, String)>, SourceError> {
         let mut failed = Vec::new();
         for chunk in changes.chunks(MAX_BATCH_ENTRIES) {
