@@ -11,8 +11,9 @@
 2. Speed: stock moto reads a datetime-based clock many times per message; the SQS models here use
    `time.time()` instead.
 3. Speed: the retention check recomputed every queue attribute (counting all messages) once per
-   returned message; here it reads `MessageRetentionPeriod` directly. Deletes scan for the one
-   message and stop, instead of rebuilding the message list.
+   returned message; here it reads `MessageRetentionPeriod` directly. Sending recomputed them too,
+   only to read `ContentBasedDeduplication`; here a send sees just that attribute. Deletes scan
+   for the one message and stop, instead of rebuilding the message list.
 
 With --count-requests (used by the benchmarks) it also counts requests per SQS action:
 GET /_sluice/requests returns {"counts": {action: n}, "first": {action: unix time}}, and DELETE
@@ -91,6 +92,30 @@ def _delete_message(self, receipt_handle):
     raise sqs_models.ReceiptHandleIsInvalid()
 
 
+_sending = threading.local()
+_original_attributes = sqs_models.Queue.attributes
+_original_send_message = sqs_models.SQSBackend.send_message
+
+
+def _attributes(self):
+    if getattr(_sending, "active", False):
+        value = getattr(self, "content_based_deduplication", None)
+        if isinstance(value, bool):
+            value = str(value).lower()
+        return {"ContentBasedDeduplication": value}
+    return _original_attributes.fget(self)
+
+
+def _send_message(self, *args, **kwargs):
+    _sending.active = True
+    try:
+        return _original_send_message(self, *args, **kwargs)
+    finally:
+        _sending.active = False
+
+
+sqs_models.Queue.attributes = property(_attributes)
+sqs_models.SQSBackend.send_message = _send_message
 sqs_models.unix_time = _unix_time
 sqs_models.unix_time_millis = _unix_time_millis
 sqs_models.Queue.pending_message_groups = property(_pending_message_groups)
