@@ -4,7 +4,8 @@
 //! moto is started through `moto_launcher.py` (beside this file), which patches moto 5.2.5 before
 //! it serves: `Queue.pending_message_groups` counts only invisible messages (moto otherwise lets a
 //! FIFO group's later messages overtake a timed-out earlier one), a FIFO group's messages are
-//! receivable only in order, and three slow paths are replaced (see the launcher's docstring). Each test starts its own moto on a free port and
+//! receivable only in order, concurrent receives cannot hand out the same message twice, and slow
+//! paths are replaced (see the launcher's docstring). Each test starts its own moto on a free port and
 //! creates its own queues, so tests run in parallel without sharing state.
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};

@@ -8,9 +8,12 @@
    running out), moto skips it and hands out the group's later messages. Here a FIFO queue's
    receivable messages exclude every message behind an earlier one of its group that is in
    flight or delayed: SQS hands a group's messages out in order.
-2. Speed: stock moto reads a datetime-based clock many times per message; the SQS models here use
+2. Concurrent receives (moto bug): a receive checks a message's visibility and then marks it
+   received without a lock, so two receives running at once can hand out the same message. Here
+   each pass of a receive over the queue holds one lock, released while a long poll waits.
+3. Speed: stock moto reads a datetime-based clock many times per message; the SQS models here use
    `time.time()` instead.
-3. Speed: the retention check recomputed every queue attribute (counting all messages) once per
+4. Speed: the retention check recomputed every queue attribute (counting all messages) once per
    returned message; here it reads `MessageRetentionPeriod` directly. Sending recomputed them too,
    only to read `ContentBasedDeduplication`; here a send sees just that attribute. Deletes scan
    for the one message and stop, instead of rebuilding the message list.
@@ -114,6 +117,26 @@ def _send_message(self, *args, **kwargs):
         _sending.active = False
 
 
+_receive_lock = threading.Lock()
+_original_receive_message = sqs_models.SQSBackend.receive_message
+_original_wait_for_messages = sqs_models.Queue.wait_for_messages
+
+
+def _receive_message(self, *args, **kwargs):
+    with _receive_lock:
+        return _original_receive_message(self, *args, **kwargs)
+
+
+def _wait_for_messages(self, timeout):
+    _receive_lock.release()
+    try:
+        _original_wait_for_messages(self, timeout)
+    finally:
+        _receive_lock.acquire()
+
+
+sqs_models.SQSBackend.receive_message = _receive_message
+sqs_models.Queue.wait_for_messages = _wait_for_messages
 sqs_models.Queue.attributes = property(_attributes)
 sqs_models.SQSBackend.send_message = _send_message
 sqs_models.unix_time = _unix_time

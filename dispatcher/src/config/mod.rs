@@ -117,6 +117,7 @@ pub struct SqsSourceConfig {
     pub batch_size: usize,
     pub max_batching_window: Duration,
     pub max_concurrency: usize,
+    pub pollers: usize,
     pub wait_time: Duration,
     /// `None` when the heartbeat is off; else the longest a message is held.
     pub heartbeat_max: Option<Duration>,
@@ -512,6 +513,20 @@ impl Validator<'_> {
                 format!("must be 1..=1000 (got {max_concurrency})"),
             );
         }
+        // Several loops would each gather their own batch and fill batches more slowly, so only
+        // a mapping whose every receive is a batch polls with several loops by default.
+        let default_pollers = if window.is_zero() && batch_size <= 10 {
+            max_concurrency.clamp(1, 5)
+        } else {
+            1
+        };
+        let pollers = sqs.pollers.unwrap_or(default_pollers);
+        if pollers == 0 || pollers > max_concurrency.max(1) {
+            self.error(
+                format!("{path}.pollers"),
+                format!("must be 1..=max_concurrency ({max_concurrency}) (got {pollers})"),
+            );
+        }
         let wait_time = sqs.wait_time.map_or(Duration::from_secs(20), |d| d.0);
         if wait_time > Duration::from_secs(20) {
             self.error(
@@ -542,6 +557,7 @@ impl Validator<'_> {
             batch_size: batch_size as usize,
             max_batching_window: window,
             max_concurrency: max_concurrency as usize,
+            pollers: pollers.max(1) as usize,
             wait_time,
             heartbeat_max,
         }
@@ -656,6 +672,40 @@ mappings:
         assert_eq!(
             errors.to_string(),
             "sluice.yaml:12:21: mappings[0].source.sqs.batch_size: must be 1..=10 for FIFO queues (got 20)"
+        );
+    }
+
+    #[test]
+    fn several_pollers_only_when_every_receive_is_a_batch() {
+        let pollers = |text: &str| {
+            let config = parse_text(text).unwrap();
+            let SourceConfig::Sqs(sqs) = &config.mappings[0].source;
+            sqs.pollers
+        };
+        assert_eq!(pollers(BASE), 5);
+        assert_eq!(
+            pollers(&BASE.replace(
+                "batch_size: 10",
+                "batch_size: 10\n        max_concurrency: 2"
+            )),
+            2
+        );
+        assert_eq!(
+            pollers(&BASE.replace(
+                "batch_size: 10",
+                "batch_size: 10\n        max_batching_window: 1s"
+            )),
+            1
+        );
+        let too_many = BASE.replace(
+            "batch_size: 10",
+            "batch_size: 10\n        max_concurrency: 2\n        pollers: 3",
+        );
+        assert!(
+            parse_text(&too_many)
+                .unwrap_err()
+                .to_string()
+                .contains("pollers: must be 1..=max_concurrency (2)")
         );
     }
 

@@ -116,6 +116,11 @@ pub struct RawSqsSource {
     /// Batches in flight at once for this mapping: 1..=1000. Default 5.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Receive loops running at once, so one loop's round trips do not cap throughput:
+    /// 1..=max_concurrency. Each loop fills its own batches. Default: max_concurrency (at most 5)
+    /// when every receive is a batch (batch_size <= 10, no batching window), else 1.
+    #[serde(default)]
+    pub pollers: Option<u32>,
     /// Long-poll wait per receive: 0s..=20s. Default 20s.
     #[serde(default)]
     pub wait_time: Option<HumanDuration>,

@@ -78,6 +78,7 @@ impl SqsMapping {
             visibility_timeout_s = description.visibility_timeout.as_secs(),
             batch_size = self.source.batch_size,
             max_concurrency = self.source.max_concurrency,
+            pollers = self.source.pollers,
             "mapping started"
         );
         let heartbeat = Heartbeat::new(
@@ -104,7 +105,28 @@ impl SqsMapping {
         });
 
         let tracker = TaskTracker::new();
-        let (unstarted, mut open_receive) = self.poll_loop(&context, &shutdown, &tracker).await;
+        let capacity = Arc::new(Semaphore::new(self.source.max_concurrency));
+        let mapping = Arc::new(self);
+        let mut pollers = tokio::task::JoinSet::new();
+        for _ in 0..mapping.source.pollers {
+            pollers.spawn(mapping.clone().poll_loop(
+                context.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+                capacity.clone(),
+            ));
+        }
+        let mut unstarted = Vec::new();
+        let mut open_receives = Vec::new();
+        while let Some(stopped) = pollers.join_next().await {
+            match stopped {
+                Ok((records, open_receive)) => {
+                    unstarted.extend(records);
+                    open_receives.extend(open_receive);
+                }
+                Err(error) => tracing::error!(mapping = %name, %error, "a poller failed"),
+            }
+        }
 
         // Shutdown: give back what never started, then let in-flight batches finish.
         let drain_deadline = Instant::now() + shutdown_timeout;
@@ -114,24 +136,34 @@ impl SqsMapping {
         tracker.close();
         // SQS keeps serving a long poll whose client went away, and would hide whatever it picks
         // up (the messages just returned, say) for a whole visibility timeout. While batches
-        // drain anyway, the open poll is awaited and what it brings is returned at once; an idle
-        // mapping drops it and exits promptly.
+        // drain anyway, open polls are awaited and what they bring is returned at once; an idle
+        // mapping drops them and exits promptly.
+        let mut receives = tokio::task::JoinSet::new();
+        for receive in open_receives {
+            let context = context.clone();
+            receives.spawn(async move {
+                if let Ok(records) = receive.await
+                    && !records.is_empty()
+                {
+                    context
+                        .metrics
+                        .records_received
+                        .increment(records.len() as u64);
+                    track_in_flight(&context.metrics, &records, Flight::Entering);
+                    return_unstarted(&context, &records).await;
+                }
+            });
+        }
         let drained = tokio::time::timeout_at(drain_deadline.into(), async {
-            if let Some(receive) = open_receive.as_mut() {
+            loop {
                 tokio::select! {
                     _ = tracker.wait() => return,
-                    received = receive => {
-                        if let Ok(records) = received && !records.is_empty() {
-                            self.metrics.records_received.increment(records.len() as u64);
-                            track_in_flight(&self.metrics, &records, Flight::Entering);
-                            return_unstarted(&context, &records).await;
-                        }
-                    }
+                    Some(_) = receives.join_next(), if !receives.is_empty() => {}
                 }
             }
-            tracker.wait().await;
         })
         .await;
+        receives.abort_all();
         if drained.is_err() {
             tracing::warn!(mapping = %name, in_flight = tracker.len(), "drain deadline reached; in-flight batches abandoned, their messages return after the visibility timeout");
         }
@@ -167,10 +199,11 @@ impl SqsMapping {
     /// Receives and dispatches until shutdown; returns the records received but never started,
     /// and the receive that was open when the shutdown came, if any.
     async fn poll_loop(
-        &self,
-        context: &Arc<MappingContext>,
-        shutdown: &CancellationToken,
-        tracker: &TaskTracker,
+        self: Arc<Self>,
+        context: Arc<MappingContext>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        capacity: Arc<Semaphore>,
     ) -> (Vec<Record>, Option<OpenReceive>) {
         let mut open_receive = None;
         let started = Instant::now();
@@ -178,7 +211,6 @@ impl SqsMapping {
         let limits = BatchLimits::new(self.source.batch_size, self.source.max_batching_window);
         let mut batcher: Batcher<Record> = Batcher::new(limits);
         let mut ready: VecDeque<Vec<Record>> = VecDeque::new();
-        let capacity = Arc::new(Semaphore::new(self.source.max_concurrency));
         let mut failures = 0u32;
 
         'poll: loop {
