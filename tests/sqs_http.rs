@@ -908,3 +908,72 @@ async fn message_attributes_and_fifo_attributes_reach_the_handler_as_lambda_shap
     })
     .await;
 }
+
+// "Bad input never loses a record": when the on-failure destination cannot take a dead letter,
+// the message stays in the source queue and is dead-lettered once the destination works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_in_the_source_queue() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "payments", &[("VisibilityTimeout", "30")]).await;
+    let missing_dlq = queue.replace("payments", "payments-dlq");
+    let handler = Handler::start(|_, _| Reply {
+        status: 500,
+        headers: vec![],
+        body: r#"{"errorType":"LedgerDown","errorMessage":"ledger unavailable"}"#.into(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    send_bodies(&sqs, &queue, &["payment-1".to_owned()], None).await;
+    let sluice = Sluice::start(
+        &config(
+            &handler.url("/payments"),
+            &format!(
+                r#"
+  - name: payments
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", wait_time: 1s }}
+    retry:
+      max_receive_count: 2
+      backoff: {{ initial: 100ms, max: 200ms, jitter: false }}
+    on_failure:
+      sqs: {{ queue_url: "{missing_dlq}" }}
+"#
+            ),
+        ),
+        &moto_env(&moto),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "a failed dead-letter send",
+        || async {
+            sluice
+                .logs()
+                .contains("dead-lettering failed")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        queue_depth(&sqs, &queue).await,
+        1,
+        "the message is still in the source queue"
+    );
+
+    create_queue(&sqs, "payments-dlq", &[]).await;
+    eventually(
+        Duration::from_secs(60),
+        "the dead letter once the queue exists",
+        || async {
+            (queue_depth(&sqs, &missing_dlq).await == 1 && queue_depth(&sqs, &queue).await == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let dead = receive_all(&sqs, &missing_dlq, 60).await;
+    let envelope: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
+    assert_eq!(envelope["sluice"]["error"]["type"], "LedgerDown");
+    assert_eq!(envelope["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(envelope["sluice"]["records"][0]["body"], "payment-1");
+}

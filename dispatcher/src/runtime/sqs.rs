@@ -398,6 +398,10 @@ async fn execute(
                     .await
                 {
                     delete.push(record);
+                } else if let Some(backoff) = &context.policy.backoff {
+                    // Not stored, so not deleted: it comes back like any failure and is
+                    // dead-lettered again on its next receive.
+                    delayed.push((record, backoff.delay(record.attempt, rand::random::<f64>())));
                 }
             }
         }
