@@ -755,7 +755,7 @@ async fn http_answers_are_classified_as_lambda_outcomes() {
 // several receives within the batching window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_larger_than_ten_are_filled_by_several_receives() {
-    let moto = Moto::start();
+    let moto = Moto::start_counting();
     let sqs = moto.sqs().await;
     let queue = create_queue(&sqs, "large-batches", &[]).await;
     let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
@@ -795,6 +795,12 @@ async fn batches_larger_than_ten_are_filled_by_several_receives() {
         "some batch spans receives: {sizes:?}"
     );
     assert_eq!(sizes.iter().sum::<usize>(), 60);
+    // The end of a window is waited out, not filled with back-to-back short polls.
+    let receives = moto.request_counts().await["ReceiveMessage"];
+    assert!(
+        receives <= 20,
+        "{receives} receives for 60 messages in batches of 25"
+    );
 }
 
 // architecture.md "CLI": `validate --connect` checks that every queue exists.

@@ -52,8 +52,17 @@ impl Moto {
         Self::start_on(0)
     }
 
+    /// Starts moto counting requests per SQS action (see [`Moto::request_counts`]).
+    pub fn start_counting() -> Self {
+        Self::launch(0, true)
+    }
+
     /// Starts moto on `port` (0 = any free port).
     pub fn start_on(port: u16) -> Self {
+        Self::launch(port, false)
+    }
+
+    fn launch(port: u16, count_requests: bool) -> Self {
         let python = python();
         assert!(
             python.exists(),
@@ -63,6 +72,7 @@ impl Moto {
         let mut child = Command::new(&python)
             .arg(workspace_root().join("tests/support/moto_launcher.py"))
             .args(["--port", &port.to_string()])
+            .args(count_requests.then_some("--count-requests"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -94,6 +104,26 @@ impl Moto {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Requests per SQS action since start (only with [`Moto::start_counting`]).
+    pub async fn request_counts(&self) -> std::collections::HashMap<String, u64> {
+        let url = format!("{}/_sluice/requests", self.endpoint());
+        let report: Value = reqwest::get(&url)
+            .await
+            .expect("request counts")
+            .json()
+            .await
+            .expect("request counts as JSON");
+        report["counts"]
+            .as_object()
+            .map(|counts| {
+                counts
+                    .iter()
+                    .map(|(action, n)| (action.clone(), n.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {

@@ -56,6 +56,9 @@ pub struct SqsMapping {
     pub metrics: MappingMetrics,
 }
 
+/// Pause after an empty short poll (`wait_time: 0s`), so an idle queue is not polled in a loop.
+const IDLE_SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
+
 /// Backoff between failed polls: short, so readiness recovers quickly once the source is back.
 fn poll_retry_delay(consecutive_failures: u32) -> Duration {
     let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
@@ -264,6 +267,18 @@ impl SqsMapping {
                     }
                 };
                 if records.is_empty() {
+                    // SQS long polls last whole seconds, so a shorter wait was a short poll:
+                    // pause (until the window closes, at most) rather than ask again at once.
+                    if wait < Duration::from_secs(1) {
+                        let pause = batcher
+                            .deadline()
+                            .map_or(IDLE_SHORT_POLL_PAUSE, |d| d.saturating_sub(clock()))
+                            .min(Duration::from_secs(1));
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'poll,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
                     continue;
                 }
                 context.heartbeat.hold(&records, requested_at).await;
