@@ -23,6 +23,11 @@ mappings:
     )
 }
 
+/// Starts sluice against `moto` with one target, `handler`, and the given mapping YAML.
+fn start_sluice(moto: &Moto, handler_url: &str, mapping: &str) -> Sluice {
+    Sluice::start(&config(handler_url, mapping), &moto_env(moto))
+}
+
 // semantics.md §3: success deletes the batch; §13.1: the event is Lambda's SQS event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_are_each_handled_and_deleted() {
@@ -32,19 +37,17 @@ async fn a_thousand_messages_are_each_handled_and_deleted() {
     let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
     let bodies: Vec<String> = (0..1000).map(|i| format!("message-{i}")).collect();
     send_bodies(&sqs, &queue, &bodies, None).await;
-    let sluice = Sluice::start(
-        &config(
-            &handler.url("/events"),
-            &format!(
-                r#"
+    let sluice = start_sluice(
+        &moto,
+        &handler.url("/events"),
+        &format!(
+            r#"
   - name: bulk
     target: handler
     source:
       sqs: {{ queue_url: "{queue}", batch_size: 10, max_concurrency: 4 }}
 "#
-            ),
         ),
-        &moto_env(&moto),
     );
 
     eventually(Duration::from_secs(120), "all messages handled", || async {
@@ -133,11 +136,11 @@ async fn listed_failures_are_retried_then_dead_lettered_with_the_handler_error()
     .await;
     let bodies: Vec<String> = (0..20).map(|i| format!("order-{i}")).collect();
     send_bodies(&sqs, &queue, &bodies, None).await;
-    let sluice = Sluice::start(
-        &config(
-            &handler.url("/orders"),
-            &format!(
-                r#"
+    let sluice = start_sluice(
+        &moto,
+        &handler.url("/orders"),
+        &format!(
+            r#"
   - name: orders
     target: handler
     source:
@@ -149,9 +152,7 @@ async fn listed_failures_are_retried_then_dead_lettered_with_the_handler_error()
     on_failure:
       sqs: {{ queue_url: "{dlq}" }}
 "#
-            ),
         ),
-        &moto_env(&moto),
     );
 
     eventually(Duration::from_secs(60), "3 dead letters", || async {
@@ -347,11 +348,11 @@ async fn fifo_groups_stay_in_order_and_a_failure_holds_back_only_its_group() {
     }
     let group_of = |body: &str| body[..1].to_owned();
     send_bodies(&sqs, &queue, &bodies, Some(&group_of)).await;
-    let _sluice = Sluice::start(
-        &config(
-            &handler.url("/events"),
-            &format!(
-                r#"
+    let _sluice = start_sluice(
+        &moto,
+        &handler.url("/events"),
+        &format!(
+            r#"
   - name: events
     target: handler
     source:
@@ -360,9 +361,7 @@ async fn fifo_groups_stay_in_order_and_a_failure_holds_back_only_its_group() {
     retry:
       backoff: {{ initial: 100ms, max: 100ms, jitter: false }}
 "#
-            ),
         ),
-        &moto_env(&moto),
     );
 
     eventually(Duration::from_secs(60), "the queue to drain", || async {
@@ -403,19 +402,17 @@ async fn a_handler_slower_than_three_visibility_timeouts_sees_its_message_once()
     let queue = create_queue(&sqs, "slow", &[("VisibilityTimeout", "2")]).await;
     let handler = Handler::start(|_, _| Reply::ok("").after(Duration::from_secs(7))).await;
     send_bodies(&sqs, &queue, &["slow-work".to_owned()], None).await;
-    let _sluice = Sluice::start(
-        &config(
-            &handler.url("/slow"),
-            &format!(
-                r#"
+    let _sluice = start_sluice(
+        &moto,
+        &handler.url("/slow"),
+        &format!(
+            r#"
   - name: slow
     target: handler
     source:
       sqs: {{ queue_url: "{queue}", max_concurrency: 4, wait_time: 1s }}
 "#
-            ),
         ),
-        &moto_env(&moto),
     );
     eventually(
         Duration::from_secs(30),
@@ -444,19 +441,17 @@ async fn sigterm_finishes_in_flight_batches_and_returns_unstarted_messages() {
     let handler = Handler::start(|_, _| Reply::ok("{}").after(Duration::from_secs(3))).await;
     let first: Vec<String> = (0..5).map(|i| format!("first-{i}")).collect();
     send_bodies(&sqs, &queue, &first, None).await;
-    let mut sluice = Sluice::start(
-        &config(
-            &handler.url("/drain"),
-            &format!(
-                r#"
+    let mut sluice = start_sluice(
+        &moto,
+        &handler.url("/drain"),
+        &format!(
+            r#"
   - name: drain
     target: handler
     source:
       sqs: {{ queue_url: "{queue}", batch_size: 5, max_batching_window: 30s, max_concurrency: 2 }}
 "#
-            ),
         ),
-        &moto_env(&moto),
     );
     eventually(
         Duration::from_secs(20),
@@ -577,19 +572,17 @@ async fn readiness_follows_the_source_and_metrics_match_the_traffic() {
     let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
     let bodies: Vec<String> = (0..25).map(|i| format!("m-{i}")).collect();
     send_bodies(&sqs, &queue, &bodies, None).await;
-    let sluice = Sluice::start(
-        &config(
-            &handler.url("/watched"),
-            &format!(
-                r#"
+    let sluice = start_sluice(
+        &moto,
+        &handler.url("/watched"),
+        &format!(
+            r#"
   - name: watched
     target: handler
     source:
       sqs: {{ queue_url: "{queue}", wait_time: 1s }}
 "#
-            ),
         ),
-        &moto_env(&moto),
     );
     eventually(Duration::from_secs(20), "ready", || async {
         (sluice.get("/readyz").await.0 == 200).then_some(())
@@ -761,19 +754,17 @@ async fn batches_larger_than_ten_are_filled_by_several_receives() {
     let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
     let bodies: Vec<String> = (0..60).map(|i| format!("item-{i}")).collect();
     send_bodies(&sqs, &queue, &bodies, None).await;
-    let _sluice = Sluice::start(
-        &config(
-            &handler.url("/large"),
-            &format!(
-                r#"
+    let _sluice = start_sluice(
+        &moto,
+        &handler.url("/large"),
+        &format!(
+            r#"
   - name: large
     target: handler
     source:
       sqs: {{ queue_url: "{queue}", batch_size: 25, max_batching_window: 2s, max_concurrency: 1 }}
 "#
-            ),
         ),
-        &moto_env(&moto),
     );
     eventually(
         Duration::from_secs(30),
@@ -871,14 +862,12 @@ async fn message_attributes_and_fifo_attributes_reach_the_handler_as_lambda_shap
         .send()
         .await
         .unwrap();
-    let _sluice = Sluice::start(
-        &config(
-            &handler.url("/shaped"),
-            &format!(
-                "  - name: shaped\n    target: handler\n    source:\n      sqs: {{ queue_url: \"{queue}\", wait_time: 1s }}\n"
-            ),
+    let _sluice = start_sluice(
+        &moto,
+        &handler.url("/shaped"),
+        &format!(
+            "  - name: shaped\n    target: handler\n    source:\n      sqs: {{ queue_url: \"{queue}\", wait_time: 1s }}\n"
         ),
-        &moto_env(&moto),
     );
     let record = eventually(Duration::from_secs(20), "the record", || async {
         handler.records().first().cloned()
@@ -931,11 +920,11 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_in_the_source_que
     })
     .await;
     send_bodies(&sqs, &queue, &["payment-1".to_owned()], None).await;
-    let sluice = Sluice::start(
-        &config(
-            &handler.url("/payments"),
-            &format!(
-                r#"
+    let sluice = start_sluice(
+        &moto,
+        &handler.url("/payments"),
+        &format!(
+            r#"
   - name: payments
     target: handler
     source:
@@ -946,9 +935,7 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_in_the_source_que
     on_failure:
       sqs: {{ queue_url: "{missing_dlq}" }}
 "#
-            ),
         ),
-        &moto_env(&moto),
     );
     eventually(
         Duration::from_secs(20),

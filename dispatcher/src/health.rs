@@ -121,11 +121,11 @@ impl MappingHealthHandle {
 
     pub fn waiting_for_capacity(&self, waiting: bool) {
         self.update(|h| {
-            h.waiting_for_capacity = waiting;
-            if !waiting {
+            if h.waiting_for_capacity && !waiting {
                 // Time spent waiting on our own batches is not time without polls.
                 h.last_success = h.last_success.map(|_| Instant::now());
             }
+            h.waiting_for_capacity = waiting;
         });
     }
 }
@@ -151,6 +151,22 @@ mod tests {
         );
         orders.poll_succeeded();
         assert!(health.readiness().0);
+    }
+
+    #[test]
+    fn only_time_spent_waiting_for_capacity_is_forgiven() {
+        let health = Health::new(Duration::from_millis(1));
+        let orders = health.register("orders");
+        orders.poll_succeeded();
+        std::thread::sleep(Duration::from_millis(5));
+        orders.waiting_for_capacity(false);
+        assert!(
+            !health.readiness().0,
+            "no wait happened, so the mapping is still stalled"
+        );
+        orders.waiting_for_capacity(true);
+        orders.waiting_for_capacity(false);
+        assert!(health.readiness().0, "the wait ended just now");
     }
 
     #[test]

@@ -82,7 +82,20 @@ pub struct MappingMetrics {
     pub visibility_extensions: Counter,
     /// `sluice_ack_errors_total`: deletes or visibility changes that failed.
     pub ack_errors: Counter,
+    /// `sluice_invocation_outcomes_total{outcome}`, one counter per outcome label.
+    outcomes: Vec<(&'static str, Counter)>,
 }
+
+/// Every `outcome` label of `sluice_invocation_outcomes_total`.
+pub const OUTCOMES: [&str; 7] = [
+    "success",
+    "partial_failure",
+    "function_error",
+    "invalid_response",
+    "timeout",
+    "throttled",
+    "unavailable",
+];
 
 impl MappingMetrics {
     pub fn new(mapping: &str) -> Self {
@@ -99,15 +112,24 @@ impl MappingMetrics {
             in_flight_bytes: metrics::gauge!("sluice_in_flight_bytes", "mapping" => label.clone()),
             poll_errors: metrics::counter!("sluice_poll_errors_total", "mapping" => label.clone()),
             visibility_extensions: metrics::counter!("sluice_visibility_extensions_total", "mapping" => label.clone()),
-            ack_errors: metrics::counter!("sluice_ack_errors_total", "mapping" => label),
+            ack_errors: metrics::counter!("sluice_ack_errors_total", "mapping" => label.clone()),
+            outcomes: OUTCOMES
+                .iter()
+                .map(|&outcome| {
+                    let counter = metrics::counter!("sluice_invocation_outcomes_total", "mapping" => label.clone(), "outcome" => outcome);
+                    (outcome, counter)
+                })
+                .collect(),
         }
     }
 
     /// `sluice_invocation_outcomes_total{mapping, outcome}`: success, partial_failure,
     /// function_error, invalid_response, timeout, throttled, unavailable.
     pub fn outcome(&self, outcome: &'static str) {
-        metrics::counter!("sluice_invocation_outcomes_total", "mapping" => self.mapping.clone(), "outcome" => outcome)
-            .increment(1);
+        match self.outcomes.iter().find(|(label, _)| *label == outcome) {
+            Some((_, counter)) => counter.increment(1),
+            None => debug_assert!(false, "unknown outcome label {outcome}"),
+        }
     }
 
     /// `sluice_records_dead_lettered_total{mapping, condition}`.

@@ -51,18 +51,6 @@ impl Backoff {
         })
     }
 
-    pub fn initial(&self) -> Duration {
-        self.initial
-    }
-
-    pub fn max(&self) -> Duration {
-        self.max
-    }
-
-    pub fn jitter(&self) -> bool {
-        self.jitter
-    }
-
     /// The delay before retry number `retry` (1 = the first retry). `unit_random` must lie in
     /// `[0, 1)`; it is only used when jitter is on.
     pub fn delay(&self, retry: u32, unit_random: f64) -> Duration {

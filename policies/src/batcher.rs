@@ -58,10 +58,6 @@ impl<T> Batcher<T> {
         }
     }
 
-    pub fn limits(&self) -> BatchLimits {
-        self.limits
-    }
-
     pub fn len(&self) -> usize {
         self.items.len()
     }

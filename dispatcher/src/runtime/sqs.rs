@@ -187,15 +187,31 @@ impl SqsMapping {
                 Ok(queue) => return Some(queue),
                 Err(error) => {
                     failures += 1;
-                    self.metrics.poll_errors.increment(1);
-                    self.health.poll_failed(&error.to_string());
-                    tracing::warn!(mapping = %self.config.name, %error, "cannot reach the source queue; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(poll_retry_delay(failures)) => {}
+                    if !self
+                        .back_off_after_source_error(&error, failures, shutdown)
+                        .await
+                    {
+                        return None;
                     }
                 }
             }
+        }
+    }
+
+    /// Records a failed call to the source and waits before the next one; false when shutdown
+    /// came first.
+    async fn back_off_after_source_error(
+        &self,
+        error: &sluice_sources::SourceError,
+        consecutive_failures: u32,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        self.metrics.poll_errors.increment(1);
+        self.health.poll_failed(&error.to_string());
+        tracing::warn!(mapping = %self.config.name, %error, consecutive_failures, "source call failed; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(poll_retry_delay(consecutive_failures)) => true,
         }
     }
 
@@ -217,13 +233,17 @@ impl SqsMapping {
         let mut failures = 0u32;
 
         'poll: loop {
-            self.health
-                .waiting_for_capacity(capacity.available_permits() == 0);
+            let waiting = capacity.available_permits() == 0;
+            if waiting {
+                self.health.waiting_for_capacity(true);
+            }
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'poll,
                 permit = capacity.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             };
-            self.health.waiting_for_capacity(false);
+            if waiting {
+                self.health.waiting_for_capacity(false);
+            }
             // Fill one batch (or take one that is already complete).
             let batch = loop {
                 if let Some(batch) = ready.pop_front() {
@@ -256,12 +276,11 @@ impl SqsMapping {
                     }
                     Err(error) => {
                         failures += 1;
-                        self.metrics.poll_errors.increment(1);
-                        self.health.poll_failed(&error.to_string());
-                        tracing::warn!(mapping = %context.name, %error, "receive failed; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break 'poll,
-                            _ = tokio::time::sleep(poll_retry_delay(failures)) => {}
+                        if !self
+                            .back_off_after_source_error(&error, failures, &shutdown)
+                            .await
+                        {
+                            break 'poll;
                         }
                         continue;
                     }
@@ -333,10 +352,7 @@ fn outcome_label(outcome: &Outcome, decision: &QueueDecision) -> &'static str {
                 "success"
             }
         }
-        Outcome::FunctionError(_) => "function_error",
-        Outcome::Timeout { .. } => "timeout",
-        Outcome::Throttled { .. } => "throttled",
-        Outcome::Unavailable { .. } => "unavailable",
+        failed => failed.kind(),
     }
 }
 

@@ -174,10 +174,6 @@ impl Target for HttpTarget {
             },
         }
     }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
 }
 
 #[cfg(test)]

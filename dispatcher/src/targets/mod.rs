@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Invocation {
     pub request_id: String,
     pub mapping: String,
-    /// The event document, exactly as Lambda would receive it.
-    pub payload: Vec<u8>,
+    /// The event document, exactly as Lambda would receive it (cheap to clone into a request).
+    pub payload: bytes::Bytes,
     /// W3C trace context for this invocation.
     pub traceparent: String,
 }
@@ -25,7 +25,7 @@ impl Invocation {
         Self {
             request_id: uuid::Uuid::new_v4().to_string(),
             mapping: mapping.to_owned(),
-            payload,
+            payload: payload.into(),
             traceparent: new_traceparent(),
         }
     }
@@ -51,9 +51,6 @@ pub trait Target: Send + Sync + 'static {
     /// Invokes the handler once. Never panics and never returns an error: every failure is an
     /// [`Outcome`].
     async fn invoke(&self, invocation: &Invocation) -> Outcome;
-
-    /// How long one invocation may take.
-    fn timeout(&self) -> Duration;
 }
 
 pub fn build(config: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> {
