@@ -10,12 +10,15 @@
 //! - [`outcome`]: what one invocation produced, as the policies see it.
 //! - [`backoff`]: exponential backoff with optional full jitter.
 //! - [`queue`]: Lambda's SQS semantics (semantics.md §3 and §12) as a decision per batch.
+//! - [`stream`]: Lambda's stream semantics (semantics.md §2 and §12): retries, bisect, partial
+//!   responses, record age, lanes and the shard checkpoint.
 
 pub mod backoff;
 pub mod batcher;
 pub mod outcome;
 pub mod queue;
 pub mod response;
+pub mod stream;
 
 pub use backoff::Backoff;
 pub use batcher::{BatchLimits, Batcher, MAX_INVOCATION_PAYLOAD_BYTES};
@@ -23,4 +26,9 @@ pub use outcome::{ErrorInfo, Outcome};
 pub use queue::{
     DeadLetterCondition, QueueDecision, QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
 };
-pub use response::{ItemFailures, ItemIdentifier, ResponseError, parse_batch_item_failures};
+pub use response::{
+    IdentifierKind, ItemFailures, ItemIdentifier, ResponseError, parse_batch_item_failures,
+};
+pub use stream::{
+    Applied, ShardProgress, Step, StreamBatch, StreamDeadLetter, StreamItem, StreamPolicy, lane_of,
+};
