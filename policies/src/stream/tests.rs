@@ -523,7 +523,7 @@ proptest! {
                     calls += 1;
                     let failing: Vec<usize> =
                         records.iter().copied().filter(|r| s.poison.contains(r)).collect();
-                    let outcome = if s.throttle_every.is_some_and(|n| calls % n == 0) {
+                    let outcome = if s.throttle_every.is_some_and(|n| calls.is_multiple_of(n)) {
                         Outcome::Throttled { message: "busy".into() }
                     } else if failing.is_empty() {
                         for r in &records {
