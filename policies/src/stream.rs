@@ -283,9 +283,12 @@ impl StreamBatch {
         };
         segment.invocations += 1;
         if outcome.handler_did_not_run() {
-            let error = outcome.error().expect("a handler that did not run is an error");
+            let error = outcome
+                .error()
+                .expect("a handler that did not run is an error");
             segment.not_run += 1;
-            segment.not_before = Some(now + self.policy.backoff.delay(segment.not_run, unit_random));
+            segment.not_before =
+                Some(now + self.policy.backoff.delay(segment.not_run, unit_random));
             segment.last_error = Some(error.clone());
             self.segments.push_front(segment);
             return Ok(Applied::NotRun { error });
@@ -336,8 +339,7 @@ impl StreamBatch {
             });
         }
         segment.failures += 1;
-        segment.not_before =
-            Some(now + self.policy.backoff.delay(segment.failures, unit_random));
+        segment.not_before = Some(now + self.policy.backoff.delay(segment.failures, unit_random));
         self.segments.push_front(segment);
         Ok(Applied::Failed {
             error: failure.error,
@@ -396,14 +398,17 @@ impl StreamBatch {
                 .iter()
                 .any(|&index| self.items[index].identifier == *identifier)
         };
-        let failures =
-            parse_batch_item_failures(response, self.policy.identifier_kind, is_known)
-                .map_err(Failure::invalid)?;
-        let lowest = segment.records.iter().enumerate().find_map(|(position, &index)| {
-            failures
-                .get(&self.items[index].identifier)
-                .map(|error| (position, error.clone()))
-        });
+        let failures = parse_batch_item_failures(response, self.policy.identifier_kind, is_known)
+            .map_err(Failure::invalid)?;
+        let lowest = segment
+            .records
+            .iter()
+            .enumerate()
+            .find_map(|(position, &index)| {
+                failures
+                    .get(&self.items[index].identifier)
+                    .map(|error| (position, error.clone()))
+            });
         Ok(lowest.map(|(position, error)| {
             let error = error.unwrap_or_else(|| {
                 ErrorInfo::new(

@@ -1,9 +1,14 @@
 //! sluice-sources: each module turns a remote system into [`Record`]s and executes the
 //! acknowledgements the policies decide (delete, change visibility, checkpoint).
 //!
+//! - [`sqs`]: SQS queues; [`dynamodb_streams`]: DynamoDB Streams shards and records;
+//!   [`checkpoint`]: where stream checkpoints and shard leases live.
+//!
 //! Sources know nothing of targets or of the dispatcher; they depend only on `sluice-policies`.
 //! Delivery is at-least-once: a source never acknowledges a record on its own initiative.
 
+pub mod checkpoint;
+pub mod dynamodb_streams;
 pub mod queue;
 pub mod record;
 pub mod sqs;

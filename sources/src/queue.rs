@@ -38,6 +38,12 @@ pub enum SourceError {
         operation: &'static str,
         message: String,
     },
+    #[error("{operation} on stream {stream} failed: {message}")]
+    Stream {
+        stream: String,
+        operation: &'static str,
+        message: String,
+    },
 }
 
 #[async_trait]

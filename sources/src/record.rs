@@ -8,6 +8,8 @@ use std::time::Duration;
 pub enum AckToken {
     /// SQS: the receipt handle of the receive that produced this record.
     Sqs { receipt_handle: String },
+    /// A stream record: acknowledged by moving its shard's checkpoint past `Receipt::id`.
+    Stream { shard_id: String },
 }
 
 /// A record's identity and acknowledgement token: all that deletes, visibility changes and

@@ -90,9 +90,17 @@ fn a_successful_batch_is_invoked_once_in_order() {
 fn a_failing_batch_blocks_and_is_retried_after_the_backoff() {
     // semantics.md §2 "Function error": the whole batch is retried, the shard blocked meanwhile.
     let mut batch = StreamBatch::new(policy(), items(2));
-    assert!(matches!(batch.next_step(NOW), Step::Invoke { attempt: 1, .. }));
+    assert!(matches!(
+        batch.next_step(NOW),
+        Step::Invoke { attempt: 1, .. }
+    ));
     batch.apply(&error(), NOW, 0.5).unwrap();
-    assert_eq!(batch.next_step(NOW), Step::Wait { until: NOW + SECOND });
+    assert_eq!(
+        batch.next_step(NOW),
+        Step::Wait {
+            until: NOW + SECOND
+        }
+    );
     assert_eq!(batch.finished_prefix(), 0);
     let step = batch.next_step(NOW + SECOND);
     assert_eq!(
@@ -195,7 +203,10 @@ fn bisect_halves_first_half_first_and_dead_letters_only_the_poison_record() {
     );
     assert_eq!(dead_letters.len(), 1);
     assert_eq!(dead_letters[0].records, vec![5]);
-    assert_eq!(dead_letters[0].invoke_count, 6, "every invocation that included it");
+    assert_eq!(
+        dead_letters[0].invoke_count, 6,
+        "every invocation that included it"
+    );
 }
 
 #[test]
@@ -231,7 +242,11 @@ fn a_partial_response_moves_past_the_records_before_the_lowest_failure() {
         items(3),
     );
     let (invocations, dead_letters) = run(&mut batch, |records| {
-        if records.contains(&2) { report(&[2]) } else { ok() }
+        if records.contains(&2) {
+            report(&[2])
+        } else {
+            ok()
+        }
     });
     assert_eq!(invocations[0], vec![0, 1, 2]);
     assert_eq!(&invocations[1..], &[vec![2], vec![2], vec![2], vec![2]]);
@@ -395,10 +410,7 @@ fn records_that_age_out_while_retrying_stop_the_retries() {
 #[test]
 fn reporting_out_of_turn_is_refused() {
     let mut batch = StreamBatch::new(policy(), items(1));
-    assert_eq!(
-        batch.apply(&ok(), NOW, 0.5),
-        Err(StepError::NoInvocation)
-    );
+    assert_eq!(batch.apply(&ok(), NOW, 0.5), Err(StepError::NoInvocation));
     assert_eq!(batch.dead_lettered(), Err(StepError::NoDeadLetter));
     assert!(matches!(batch.next_step(NOW), Step::Invoke { .. }));
     assert!(
@@ -428,7 +440,9 @@ fn kafka_identifiers_name_records_by_partition_and_offset() {
     );
     batch.next_step(NOW);
     let outcome = Outcome::Returned {
-        response: Some(json!({"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 1}}]})),
+        response: Some(
+            json!({"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 1}}]}),
+        ),
     };
     assert_eq!(
         batch.apply(&outcome, NOW, 0.5),

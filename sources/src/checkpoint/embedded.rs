@@ -1,0 +1,225 @@
+//! The single-instance checkpoint store: a redb file under `state_dir`.
+//!
+//! One file serves every mapping of a process (keys are `<mapping>#<shard>`). redb locks the file,
+//! so a second sluice process pointed at the same `state_dir` is refused at start instead of
+//! processing the same shards. Every checkpoint is a committed (durable) write transaction, run
+//! off the async threads.
+
+use super::{
+    Acquired, Checkpoint, CheckpointError, CheckpointStore, HeldShard, ShardSpec, eligible_shards,
+};
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, TableDefinition};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const CHECKPOINTS: TableDefinition<&str, &str> = TableDefinition::new("checkpoints");
+
+/// The open state file, shared by the mappings of one process.
+#[derive(Clone)]
+pub struct StateFile {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// Opens (or creates) `<state_dir>/checkpoints.redb`.
+    pub fn open(state_dir: &Path) -> Result<Self, CheckpointError> {
+        let path = state_dir.join("checkpoints.redb");
+        let store_error = |message: String| CheckpointError::Store {
+            store: path.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            store_error(format!(
+                "cannot create state_dir {}: {e}",
+                state_dir.display()
+            ))
+        })?;
+        let db = Database::create(&path).map_err(|error| match error {
+            redb::DatabaseError::DatabaseAlreadyOpen => store_error(
+                "another sluice process is using this state_dir; give each process its own state_dir, or share shards between instances with checkpoints.dynamodb".into(),
+            ),
+            other => store_error(other.to_string()),
+        })?;
+        let write = db.begin_write().map_err(|e| store_error(e.to_string()))?;
+        write
+            .open_table(CHECKPOINTS)
+            .map_err(|e| store_error(e.to_string()))?;
+        write.commit().map_err(|e| store_error(e.to_string()))?;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// One mapping's view of the state file.
+pub struct EmbeddedStore {
+    file: StateFile,
+    mapping: String,
+}
+
+impl EmbeddedStore {
+    pub fn new(file: StateFile, mapping: &str) -> Self {
+        Self {
+            file,
+            mapping: mapping.to_owned(),
+        }
+    }
+
+    fn error(&self, message: impl ToString) -> CheckpointError {
+        CheckpointError::Store {
+            store: self.describe(),
+            message: message.to_string(),
+        }
+    }
+
+    fn key(&self, shard_id: &str) -> String {
+        format!("{}#{shard_id}", self.mapping)
+    }
+
+    /// Every checkpoint of this mapping, by shard.
+    fn read_all(&self) -> Result<HashMap<String, Checkpoint>, CheckpointError> {
+        let read = self.file.db.begin_read().map_err(|e| self.error(e))?;
+        let table = read.open_table(CHECKPOINTS).map_err(|e| self.error(e))?;
+        let prefix = format!("{}#", self.mapping);
+        let mut checkpoints = HashMap::new();
+        for entry in table.range(prefix.as_str()..).map_err(|e| self.error(e))? {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            let Some(shard) = key.value().strip_prefix(&prefix) else {
+                break;
+            };
+            checkpoints.insert(shard.to_owned(), Checkpoint::parse(value.value()));
+        }
+        Ok(checkpoints)
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for EmbeddedStore {
+    fn describe(&self) -> String {
+        self.file.path.display().to_string()
+    }
+
+    async fn acquire(&self, shards: &[ShardSpec]) -> Result<Acquired, CheckpointError> {
+        let checkpoints = self.read_all()?;
+        let finished: HashSet<String> = checkpoints
+            .iter()
+            .filter(|(_, c)| **c == Checkpoint::ShardEnd)
+            .map(|(shard, _)| shard.clone())
+            .collect();
+        let held = eligible_shards(shards, &finished)
+            .into_iter()
+            .map(|shard_id| HeldShard {
+                checkpoint: checkpoints.get(&shard_id).cloned(),
+                shard_id,
+            })
+            .collect();
+        Ok(Acquired {
+            held,
+            handoff_requested: Vec::new(),
+            finished,
+        })
+    }
+
+    async fn checkpoint(
+        &self,
+        shard_id: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
+        let db = self.file.db.clone();
+        let key = self.key(shard_id);
+        let value = checkpoint.as_stored().to_owned();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let write = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = write.open_table(CHECKPOINTS).map_err(|e| e.to_string())?;
+                table
+                    .insert(key.as_str(), value.as_str())
+                    .map_err(|e| e.to_string())?;
+            }
+            write.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| self.error(e))?
+        .map_err(|e| self.error(e))
+    }
+
+    async fn release(&self, _shard_id: &str) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, parent: Option<&str>) -> ShardSpec {
+        ShardSpec {
+            id: id.into(),
+            parent: parent.map(Into::into),
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoints_survive_a_reopen_and_mappings_are_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = [spec("a", None), spec("b", Some("a"))];
+        {
+            let file = StateFile::open(dir.path()).unwrap();
+            let orders = EmbeddedStore::new(file.clone(), "orders");
+            let acquired = orders.acquire(&shards).await.unwrap();
+            assert_eq!(
+                acquired.held,
+                vec![HeldShard {
+                    shard_id: "a".into(),
+                    checkpoint: None
+                }]
+            );
+            orders
+                .checkpoint("a", &Checkpoint::After("17".into()))
+                .await
+                .unwrap();
+            orders.checkpoint("a", &Checkpoint::ShardEnd).await.unwrap();
+            let other = EmbeddedStore::new(file, "other");
+            other
+                .checkpoint("a", &Checkpoint::After("3".into()))
+                .await
+                .unwrap();
+        }
+        let file = StateFile::open(dir.path()).unwrap();
+        let acquired = EmbeddedStore::new(file.clone(), "orders")
+            .acquire(&shards)
+            .await
+            .unwrap();
+        assert_eq!(acquired.held.len(), 1);
+        assert_eq!(acquired.held[0].shard_id, "b", "the parent is finished");
+        let other = EmbeddedStore::new(file, "other")
+            .acquire(&shards)
+            .await
+            .unwrap();
+        assert_eq!(
+            other.held[0].checkpoint,
+            Some(Checkpoint::After("3".into()))
+        );
+    }
+
+    #[test]
+    fn a_second_opener_of_the_state_dir_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = StateFile::open(dir.path()).unwrap();
+        let Err(error) = StateFile::open(dir.path()) else {
+            panic!("a second open must fail");
+        };
+        assert!(
+            error.to_string().contains("another sluice process"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! DynamoDB Streams: the stream of a table, its shards and their records.
+//!
+//! - [`DynamoDbStream::resolve`] finds the stream (a table's latest stream, or a given ARN) and
+//!   fails with what to do when the table has no stream;
+//! - [`DynamoDbStream::list_shards`] returns every shard with its parent, following pagination;
+//! - [`DynamoDbStream::read`] turns one GetRecords page into [`Record`]s that carry exactly the
+//!   element of Lambda's DynamoDB event (see [`event`]), and tells an expired iterator and trimmed
+//!   data apart from other failures so the caller can renew or skip ahead without a restart.
+//!
+//! Sequence numbers can have more digits than any integer type holds (dependencies.md trap 5):
+//! compare them with [`compare_sequence_numbers`].
+
+pub mod event;
+
+use crate::queue::SourceError;
+use crate::record::{AckToken, Receipt, Record};
+use aws_sdk_dynamodbstreams::Client;
+use aws_sdk_dynamodbstreams::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
+use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorError;
+use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+use serde_json::value::RawValue;
+use std::cmp::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// GetRecords returns at most this many records per call.
+pub const MAX_RECORDS_PER_READ: i32 = 1000;
+
+/// Orders two sequence numbers of one shard: by length, then as text.
+pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// One shard as the stream describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub id: String,
+    pub parent: Option<String>,
+    /// Set once the shard is closed (split or stream disabled): no records after it.
+    pub ending_sequence_number: Option<String>,
+}
+
+/// Where a shard iterator starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IteratorStart {
+    TrimHorizon,
+    Latest,
+    AfterSequence(String),
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The iterator is older than 15 minutes: get a new one after the last record read.
+    #[error("the shard iterator expired")]
+    ExpiredIterator,
+    /// The iterator points before the trim horizon (records older than 24 hours are gone).
+    #[error("the records at the iterator were trimmed from the stream: {0}")]
+    Trimmed(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// One page of a shard.
+#[derive(Debug)]
+pub struct Page {
+    pub records: Vec<Record>,
+    /// `None` once the shard is closed and fully read.
+    pub next_iterator: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct DynamoDbStream {
+    client: Client,
+    pub stream_arn: String,
+    pub region: String,
+}
+
+fn since_epoch_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl DynamoDbStream {
+    /// Finds the stream: `stream_arn` as given, or the latest stream of `table`.
+    pub async fn resolve(
+        client: Client,
+        tables: &aws_sdk_dynamodb::Client,
+        table: Option<&str>,
+        stream_arn: Option<&str>,
+    ) -> Result<Self, SourceError> {
+        let stream_arn = match (stream_arn, table) {
+            (Some(arn), _) => arn.to_owned(),
+            (None, Some(table)) => {
+                let output = tables
+                    .describe_table()
+                    .table_name(table)
+                    .send()
+                    .await
+                    .map_err(|e| SourceError::Stream {
+                        stream: format!("table {table}"),
+                        operation: "DescribeTable",
+                        message: DisplayErrorContext(&e).to_string(),
+                    })?;
+                output
+                    .table()
+                    .and_then(|t| t.latest_stream_arn())
+                    .map(str::to_owned)
+                    .ok_or_else(|| SourceError::Stream {
+                        stream: format!("table {table}"),
+                        operation: "DescribeTable",
+                        message: "the table has no stream; enable one with StreamSpecification (NEW_AND_OLD_IMAGES gives handlers both images)".into(),
+                    })?
+            }
+            (None, None) => {
+                return Err(SourceError::Stream {
+                    stream: String::new(),
+                    operation: "resolve",
+                    message: "neither a table nor a stream ARN was given".into(),
+                });
+            }
+        };
+        // arn:aws:dynamodb:<region>:<account>:table/<name>/stream/<label>
+        let region = stream_arn
+            .split(':')
+            .nth(3)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .or_else(|| client.config().region().map(|r| r.to_string()))
+            .unwrap_or_default();
+        Ok(Self {
+            client,
+            stream_arn,
+            region,
+        })
+    }
+
+    fn error(&self, operation: &'static str, message: String) -> SourceError {
+        SourceError::Stream {
+            stream: self.stream_arn.clone(),
+            operation,
+            message,
+        }
+    }
+
+    /// Every shard of the stream, oldest first as DescribeStream lists them.
+    pub async fn list_shards(&self) -> Result<Vec<Shard>, SourceError> {
+        let mut shards = Vec::new();
+        let mut start_after: Option<String> = None;
+        loop {
+            let output = self
+                .client
+                .describe_stream()
+                .stream_arn(&self.stream_arn)
+                .set_exclusive_start_shard_id(start_after.clone())
+                .send()
+                .await
+                .map_err(|e| self.error("DescribeStream", DisplayErrorContext(&e).to_string()))?;
+            let Some(description) = output.stream_description() else {
+                break;
+            };
+            for shard in description.shards() {
+                let Some(id) = shard.shard_id() else { continue };
+                shards.push(Shard {
+                    id: id.to_owned(),
+                    parent: shard.parent_shard_id().map(str::to_owned),
+                    ending_sequence_number: shard
+                        .sequence_number_range()
+                        .and_then(|r| r.ending_sequence_number())
+                        .map(str::to_owned),
+                });
+            }
+            match description.last_evaluated_shard_id() {
+                Some(last) if Some(last) != start_after.as_deref() => {
+                    start_after = Some(last.to_owned());
+                }
+                _ => break,
+            }
+        }
+        Ok(shards)
+    }
+
+    /// A new iterator for `shard_id` starting at `start`.
+    pub async fn iterator(
+        &self,
+        shard_id: &str,
+        start: &IteratorStart,
+    ) -> Result<String, ReadError> {
+        let (kind, sequence) = match start {
+            IteratorStart::TrimHorizon => (ShardIteratorType::TrimHorizon, None),
+            IteratorStart::Latest => (ShardIteratorType::Latest, None),
+            IteratorStart::AfterSequence(sequence) => (
+                ShardIteratorType::AfterSequenceNumber,
+                Some(sequence.clone()),
+            ),
+        };
+        let result = self
+            .client
+            .get_shard_iterator()
+            .stream_arn(&self.stream_arn)
+            .shard_id(shard_id)
+            .shard_iterator_type(kind)
+            .set_sequence_number(sequence)
+            .send()
+            .await;
+        match result {
+            Ok(output) => output.shard_iterator().map(str::to_owned).ok_or_else(|| {
+                ReadError::Source(self.error(
+                    "GetShardIterator",
+                    format!("no iterator returned for shard {shard_id}"),
+                ))
+            }),
+            Err(SdkError::ServiceError(e))
+                if matches!(
+                    e.err(),
+                    GetShardIteratorError::TrimmedDataAccessException(_)
+                ) =>
+            {
+                Err(ReadError::Trimmed(format!("shard {shard_id}")))
+            }
+            Err(e) => Err(ReadError::Source(self.error(
+                "GetShardIterator",
+                format!("shard {shard_id}: {}", DisplayErrorContext(&e)),
+            ))),
+        }
+    }
+
+    /// Reads one page at `iterator`.
+    pub async fn read(
+        &self,
+        shard_id: &str,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<Page, ReadError> {
+        let result = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit.clamp(1, MAX_RECORDS_PER_READ))
+            .send()
+            .await;
+        let output = match result {
+            Ok(output) => output,
+            Err(SdkError::ServiceError(e)) => {
+                return Err(match e.err() {
+                    GetRecordsError::ExpiredIteratorException(_) => ReadError::ExpiredIterator,
+                    GetRecordsError::TrimmedDataAccessException(t) => {
+                        ReadError::Trimmed(format!("shard {shard_id}: {t}"))
+                    }
+                    other => ReadError::Source(self.error(
+                        "GetRecords",
+                        format!("shard {shard_id}: {}", DisplayErrorContext(other)),
+                    )),
+                });
+            }
+            Err(e) => {
+                return Err(ReadError::Source(self.error(
+                    "GetRecords",
+                    format!("shard {shard_id}: {}", DisplayErrorContext(&e)),
+                )));
+            }
+        };
+        let now = since_epoch_now();
+        let records = output
+            .records()
+            .iter()
+            .filter_map(|record| self.record(shard_id, record, now))
+            .collect();
+        Ok(Page {
+            records,
+            next_iterator: output.next_shard_iterator().map(str::to_owned),
+        })
+    }
+
+    fn record(
+        &self,
+        shard_id: &str,
+        record: &aws_sdk_dynamodbstreams::types::Record,
+        now: Duration,
+    ) -> Option<Record> {
+        let change = record.dynamodb()?;
+        let sequence = change.sequence_number()?.to_owned();
+        let arrived_at = change
+            .approximate_creation_date_time()
+            .and_then(|t| u64::try_from(t.to_millis().ok()?).ok())
+            .map_or(now, Duration::from_millis);
+        let key = change
+            .keys()
+            .map(|keys| event::item_json(keys).to_string())
+            .unwrap_or_default();
+        let json = event::lambda_record(record, &self.stream_arn, &self.region).to_string();
+        let raw = RawValue::from_string(json).ok()?;
+        Some(Record::new(
+            Receipt {
+                id: sequence,
+                ack: AckToken::Stream {
+                    shard_id: shard_id.to_owned(),
+                },
+            },
+            Some(key),
+            arrived_at,
+            now,
+            1,
+            raw,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_compare_by_length_then_text() {
+        assert_eq!(compare_sequence_numbers("9", "10"), Ordering::Less);
+        assert_eq!(
+            compare_sequence_numbers(
+                "4000000000000000000000000000000000000001",
+                "3999999999999999999999999999999999999999"
+            ),
+            Ordering::Greater
+        );
+        assert_eq!(compare_sequence_numbers("12", "12"), Ordering::Equal);
+    }
+}
