@@ -117,10 +117,36 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let client = aws_sdk_sqs::Client::new(&sdk_config);
+        let tables = aws_sdk_dynamodb::Client::new(&sdk_config);
+        let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
         let mut problems = Vec::new();
         for (index, mapping) in config.mappings.iter().enumerate() {
-            let config::SourceConfig::Sqs(source) = &mapping.source;
-            let mut queues = vec![("source.sqs.queue_url", source.queue_url.clone())];
+            let mut queues = Vec::new();
+            match &mapping.source {
+                config::SourceConfig::Sqs(source) => {
+                    queues.push(("source.sqs.queue_url", source.queue_url.clone()));
+                }
+                config::SourceConfig::DynamodbStream(source) => {
+                    let found = sluice_sources::dynamodb_streams::DynamoDbStream::resolve(
+                        streams.clone(),
+                        &tables,
+                        source.table.as_deref(),
+                        source.stream_arn.as_deref(),
+                    )
+                    .await;
+                    let listed = match found {
+                        Ok(stream) => stream.list_shards().await.map(|_| ()),
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = listed {
+                        problems.push(format!(
+                            "{}: mappings[{index}].source.dynamodb_stream ({}): {error}",
+                            config.file.display(),
+                            mapping.name
+                        ));
+                    }
+                }
+            }
             if let Some(config::DestinationConfig::Sqs { queue_url }) = &mapping.on_failure {
                 queues.push(("on_failure.sqs.queue_url", queue_url.clone()));
             }

@@ -2,7 +2,8 @@
 //!
 //! A mapping is ready once it has polled its source successfully, as long as its last poll did not
 //! fail and it has not gone `stall_after` without a successful poll while it was trying to poll
-//! (a mapping waiting for its own in-flight batches to finish is busy, not stalled).
+//! (a mapping waiting for its own in-flight batches to finish is busy, not stalled), and none of its
+//! shards has kept failing (retrying one batch) for `stuck_after`.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -16,11 +17,14 @@ struct MappingHealth {
     last_error: Option<String>,
     consecutive_failures: u32,
     waiting_for_capacity: bool,
+    /// Shards (or shard lanes) retrying a failing batch, and since when.
+    stuck: BTreeMap<String, Instant>,
 }
 
 #[derive(Clone)]
 pub struct Health {
     stall_after: Duration,
+    stuck_after: Duration,
     mappings: Arc<Mutex<BTreeMap<String, MappingHealth>>>,
 }
 
@@ -32,9 +36,10 @@ pub struct MappingHealthHandle {
 }
 
 impl Health {
-    pub fn new(stall_after: Duration) -> Self {
+    pub fn new(stall_after: Duration, stuck_after: Duration) -> Self {
         Self {
             stall_after,
+            stuck_after,
             mappings: Arc::default(),
         }
     }
@@ -48,6 +53,7 @@ impl Health {
                 last_error: None,
                 consecutive_failures: 0,
                 waiting_for_capacity: false,
+                stuck: BTreeMap::new(),
             },
         );
         MappingHealthHandle {
@@ -63,8 +69,15 @@ impl Health {
         let mut all_ready = true;
         let mut report = serde_json::Map::new();
         for (name, health) in mappings.iter() {
+            let stuck: BTreeMap<&str, f64> = health
+                .stuck
+                .iter()
+                .map(|(key, since)| (key.as_str(), now.duration_since(*since).as_secs_f64()))
+                .filter(|(_, seconds)| *seconds >= self.stuck_after.as_secs_f64())
+                .collect();
             let (ready, status) = match (health.last_success, health.consecutive_failures) {
                 (_, failures) if failures > 0 => (false, "failing"),
+                _ if !stuck.is_empty() => (false, "stuck"),
                 (None, _) => (false, "starting"),
                 (Some(last), _)
                     if !health.waiting_for_capacity
@@ -83,6 +96,7 @@ impl Health {
                     "seconds_since_start": now.duration_since(health.registered_at).as_secs_f64(),
                     "consecutive_failures": health.consecutive_failures,
                     "last_error": health.last_error,
+                    "stuck_seconds": stuck,
                 }),
             );
         }
@@ -119,6 +133,20 @@ impl MappingHealthHandle {
         });
     }
 
+    /// Marks `key` (a shard, or a shard's lane) as retrying a failing batch since `since`, or as
+    /// moving again with `None`.
+    pub fn stuck(&self, key: &str, since: Option<Instant>) {
+        let key = key.to_owned();
+        self.update(|h| match since {
+            Some(since) => {
+                h.stuck.entry(key).or_insert(since);
+            }
+            None => {
+                h.stuck.remove(&key);
+            }
+        });
+    }
+
     pub fn waiting_for_capacity(&self, waiting: bool) {
         self.update(|h| {
             if h.waiting_for_capacity && !waiting {
@@ -136,7 +164,7 @@ mod tests {
 
     #[test]
     fn ready_only_after_a_successful_poll_and_not_while_failing() {
-        let health = Health::new(Duration::from_secs(60));
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(60));
         let orders = health.register("orders");
         assert!(!health.readiness().0);
         orders.poll_succeeded();
@@ -155,7 +183,7 @@ mod tests {
 
     #[test]
     fn only_time_spent_waiting_for_capacity_is_forgiven() {
-        let health = Health::new(Duration::from_millis(1));
+        let health = Health::new(Duration::from_millis(1), Duration::from_secs(60));
         let orders = health.register("orders");
         orders.poll_succeeded();
         std::thread::sleep(Duration::from_millis(5));
@@ -171,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_mapping_without_recent_polls_is_stalled() {
-        let health = Health::new(Duration::from_millis(1));
+        let health = Health::new(Duration::from_millis(1), Duration::from_secs(60));
         let orders = health.register("orders");
         orders.poll_succeeded();
         std::thread::sleep(Duration::from_millis(5));
@@ -179,6 +207,21 @@ mod tests {
         assert!(!ready);
         assert_eq!(report["mappings"]["orders"]["status"], "stalled");
         orders.waiting_for_capacity(true);
+        assert!(health.readiness().0);
+    }
+
+    #[test]
+    fn a_shard_retrying_longer_than_stuck_after_fails_readiness_and_is_named() {
+        let health = Health::new(Duration::from_secs(60), Duration::from_millis(1));
+        let changes = health.register("changes");
+        changes.poll_succeeded();
+        changes.stuck("shardId-1", Some(Instant::now()));
+        std::thread::sleep(Duration::from_millis(5));
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert_eq!(report["mappings"]["changes"]["status"], "stuck");
+        assert!(report["mappings"]["changes"]["stuck_seconds"]["shardId-1"].is_number());
+        changes.stuck("shardId-1", None);
         assert!(health.readiness().0);
     }
 }

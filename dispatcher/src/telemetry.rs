@@ -132,6 +132,24 @@ impl MappingMetrics {
         }
     }
 
+    /// `sluice_stream_iterator_age_seconds{mapping, shard}`: how far behind the newest record read
+    /// from a shard is (0 when the shard is caught up).
+    pub fn iterator_age(&self, shard: &str) -> Gauge {
+        metrics::gauge!("sluice_stream_iterator_age_seconds", "mapping" => self.mapping.clone(), "shard" => shard.to_owned())
+    }
+
+    /// `sluice_stream_events_total{mapping, event}`: expired_iterator, trimmed_data,
+    /// checkpoint_written, checkpoint_failed, lease_lost, shard_finished, shard_started.
+    pub fn stream_event(&self, event: &'static str) {
+        metrics::counter!("sluice_stream_events_total", "mapping" => self.mapping.clone(), "event" => event)
+            .increment(1);
+    }
+
+    /// `sluice_stream_shards_held{mapping}`: shards this instance processes now.
+    pub fn shards_held(&self) -> Gauge {
+        metrics::gauge!("sluice_stream_shards_held", "mapping" => self.mapping.clone())
+    }
+
     /// `sluice_records_dead_lettered_total{mapping, condition}`.
     pub fn dead_lettered(&self, condition: &'static str, count: u64) {
         metrics::counter!("sluice_records_dead_lettered_total", "mapping" => self.mapping.clone(), "condition" => condition)

@@ -84,6 +84,60 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A limit that AWS writes as -1 for "none": `-1`, or a duration with a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationLimit(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for DurationLimit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = DurationLimit;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("-1 (no limit) or a duration with a unit, such as 1h")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<DurationLimit, E> {
+                if value.trim() == "-1" {
+                    return Ok(DurationLimit(None));
+                }
+                parse_duration(value)
+                    .map(|d| DurationLimit(Some(d)))
+                    .map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<DurationLimit, E> {
+                if value == -1 {
+                    return Ok(DurationLimit(None));
+                }
+                Err(E::custom(format!(
+                    "{value} has no unit; write -1 for no limit, or a duration like {value}s"
+                )))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<DurationLimit, E> {
+                Err(E::custom(format!(
+                    "{value} has no unit; write -1 for no limit, or a duration like {value}s"
+                )))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for DurationLimit {
+    fn schema_name() -> Cow<'static, str> {
+        "DurationLimit".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "oneOf": [
+                { "const": -1 },
+                { "type": "string", "pattern": "^(-1|([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+)$" }
+            ],
+            "description": "-1 for no limit, or a duration with a unit such as 1h"
+        })
+    }
+}
+
 impl JsonSchema for HumanDuration {
     fn schema_name() -> Cow<'static, str> {
         "Duration".into()

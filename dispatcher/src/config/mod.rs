@@ -64,6 +64,7 @@ pub struct Config {
     pub file: PathBuf,
     pub state_dir: PathBuf,
     pub shutdown_timeout: Duration,
+    pub checkpoints: CheckpointsConfig,
     pub admin: AdminConfig,
     pub aws: AwsSettings,
     pub targets: BTreeMap<String, TargetConfig>,
@@ -74,6 +75,16 @@ pub struct Config {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub stall_after: Duration,
+    pub stuck_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointsConfig {
+    Embedded,
+    DynamoDb {
+        table: String,
+        lease_duration: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -108,6 +119,35 @@ pub struct MappingConfig {
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Sqs(SqsSourceConfig),
+    DynamodbStream(StreamSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Sqs(_) => "sqs",
+            SourceConfig::DynamodbStream(_) => "dynamodb_stream",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartingPosition {
+    TrimHorizon,
+    Latest,
+    /// Records created at or after this time (since the Unix epoch).
+    AtTimestamp(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamSourceConfig {
+    pub table: Option<String>,
+    pub stream_arn: Option<String>,
+    pub starting_position: StartingPosition,
+    pub batch_size: usize,
+    pub max_batching_window: Duration,
+    pub parallelization_factor: usize,
+    pub discovery_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -127,11 +167,17 @@ pub struct SqsSourceConfig {
 pub struct RetryConfig {
     pub max_receive_count: Option<u32>,
     pub backoff: Option<Backoff>,
+    /// Streams: `None` is unlimited (-1).
+    pub max_retry_attempts: Option<u32>,
+    /// Streams: `None` is unlimited (-1).
+    pub max_record_age: Option<Duration>,
+    pub bisect_on_error: bool,
 }
 
 #[derive(Debug, Clone)]
 pub enum DestinationConfig {
     Sqs { queue_url: String },
+    S3 { bucket: String, prefix: String },
 }
 
 /// Reads, expands, parses and validates the config file at `path`.
@@ -259,6 +305,7 @@ impl Validator<'_> {
         let admin_raw = raw.admin.unwrap_or(RawAdmin {
             listen: None,
             stall_after: None,
+            stuck_after: None,
         });
         let listen_text = admin_raw
             .listen
@@ -280,6 +327,33 @@ impl Validator<'_> {
         if stall_after < Duration::from_secs(1) {
             self.error("admin.stall_after", "must be at least 1s");
         }
+        let stuck_after = admin_raw
+            .stuck_after
+            .map_or(Duration::from_secs(300), |d| d.0);
+        if stuck_after < Duration::from_secs(1) {
+            self.error("admin.stuck_after", "must be at least 1s");
+        }
+        let checkpoints = match raw.checkpoints {
+            None | Some(RawCheckpoints::Embedded(_)) => CheckpointsConfig::Embedded,
+            Some(RawCheckpoints::Dynamodb(dynamodb)) => {
+                if dynamodb.table.trim().is_empty() {
+                    self.error("checkpoints.dynamodb.table", "must not be empty");
+                }
+                let lease_duration = dynamodb
+                    .lease_duration
+                    .map_or(Duration::from_secs(10), |d| d.0);
+                if !(Duration::from_secs(3)..=Duration::from_secs(300)).contains(&lease_duration) {
+                    self.error(
+                        "checkpoints.dynamodb.lease_duration",
+                        format!("must be 3s..=5m (got {lease_duration:?})"),
+                    );
+                }
+                CheckpointsConfig::DynamoDb {
+                    table: dynamodb.table,
+                    lease_duration,
+                }
+            }
+        };
         let shutdown_timeout = raw
             .shutdown_timeout
             .map_or(Duration::from_secs(30), |d| d.0);
@@ -339,9 +413,11 @@ impl Validator<'_> {
             file: PathBuf::from(file),
             state_dir: PathBuf::from(raw.state_dir.unwrap_or_else(|| "./sluice-state".into())),
             shutdown_timeout,
+            checkpoints,
             admin: AdminConfig {
                 listen,
                 stall_after,
+                stuck_after,
             },
             aws,
             targets,
@@ -401,24 +477,24 @@ impl Validator<'_> {
     }
 
     fn build_mapping(&mut self, path: &str, mapping: RawMapping) -> MappingConfig {
-        let RawSource::Sqs(sqs) = mapping.source;
-        let source_path = format!("{path}.source.sqs");
-        let source = self.build_sqs_source(&source_path, sqs);
+        let source = match mapping.source {
+            RawSource::Sqs(sqs) => {
+                SourceConfig::Sqs(self.build_sqs_source(&format!("{path}.source.sqs"), sqs))
+            }
+            RawSource::DynamodbStream(stream) => SourceConfig::DynamodbStream(
+                self.build_stream_source(&format!("{path}.source.dynamodb_stream"), stream),
+            ),
+        };
+        let is_stream = !matches!(source, SourceConfig::Sqs(_));
         let retry_raw = mapping.retry.unwrap_or(RawRetry {
             max_receive_count: None,
             backoff: None,
+            max_retry_attempts: None,
+            max_record_age: None,
+            bisect_on_error: None,
         });
-        if let Some(count) = retry_raw.max_receive_count
-            && !(1..=1000).contains(&count)
-        {
-            self.error(
-                format!("{path}.retry.max_receive_count"),
-                format!("must be 1..=1000 (got {count})"),
-            );
-        }
-        let backoff = retry_raw
-            .backoff
-            .and_then(|b| self.build_backoff(&format!("{path}.retry.backoff"), b));
+        let retry_path = format!("{path}.retry");
+        let retry = self.build_retry(&retry_path, retry_raw, &source);
         let on_failure = mapping.on_failure.map(|destination| match destination {
             RawDestination::Sqs(sqs) => {
                 if reqwest::Url::parse(&sqs.queue_url).is_err() {
@@ -427,7 +503,9 @@ impl Validator<'_> {
                         format!("{:?} is not a queue URL", sqs.queue_url),
                     );
                 }
-                if sqs.queue_url == source.queue_url {
+                if let SourceConfig::Sqs(source) = &source
+                    && sqs.queue_url == source.queue_url
+                {
                     self.error(
                         format!("{path}.on_failure.sqs.queue_url"),
                         "is the mapping's own source queue; dead letters would be consumed again",
@@ -437,30 +515,210 @@ impl Validator<'_> {
                     queue_url: sqs.queue_url,
                 }
             }
+            RawDestination::S3(s3) => {
+                if s3.bucket.trim().is_empty() || s3.bucket.contains('/') {
+                    self.error(
+                        format!("{path}.on_failure.s3.bucket"),
+                        format!("{:?} is not a bucket name; give the name alone, without s3:// or a key", s3.bucket),
+                    );
+                }
+                DestinationConfig::S3 {
+                    bucket: s3.bucket,
+                    prefix: s3.prefix.unwrap_or_default(),
+                }
+            }
         });
-        if retry_raw.max_receive_count.is_some() && on_failure.is_none() {
-            self.error(
-                format!("{path}.retry.max_receive_count"),
-                "needs an on_failure destination to send exhausted messages to",
-            );
+        if is_stream && on_failure.is_none() {
+            let limited = [
+                ("max_retry_attempts", retry.max_retry_attempts.is_some()),
+                ("max_record_age", retry.max_record_age.is_some()),
+            ];
+            for (key, set) in limited {
+                if set {
+                    self.error(
+                        format!("{path}.retry.{key}"),
+                        "needs an on_failure destination: records that run out of retries would otherwise be dropped (Lambda drops them); add on_failure (sqs or s3), or remove the limit to retry until success",
+                    );
+                }
+            }
         }
-        if on_failure.is_some() && retry_raw.max_receive_count.is_none() {
-            self.error(
-                format!("{path}.on_failure"),
-                "an sqs source dead-letters only with retry.max_receive_count; set it, or remove on_failure to leave failures to the queue's redrive policy",
-            );
+        if !is_stream {
+            if retry.max_receive_count.is_some() && on_failure.is_none() {
+                self.error(
+                    format!("{path}.retry.max_receive_count"),
+                    "needs an on_failure destination to send exhausted messages to",
+                );
+            }
+            if on_failure.is_some() && retry.max_receive_count.is_none() {
+                self.error(
+                    format!("{path}.on_failure"),
+                    "an sqs source dead-letters only with retry.max_receive_count; set it, or remove on_failure to leave failures to the queue's redrive policy",
+                );
+            }
         }
         MappingConfig {
             name: mapping.name,
             target: mapping.target,
             enabled: mapping.enabled.unwrap_or(true),
-            source: SourceConfig::Sqs(source),
+            source,
             report_batch_item_failures: mapping.report_batch_item_failures.unwrap_or(false),
-            retry: RetryConfig {
-                max_receive_count: retry_raw.max_receive_count,
-                backoff,
-            },
+            retry,
             on_failure,
+        }
+    }
+
+    fn build_retry(&mut self, path: &str, raw: RawRetry, source: &SourceConfig) -> RetryConfig {
+        let kind = source.kind();
+        let is_stream = !matches!(source, SourceConfig::Sqs(_));
+        if let Some(count) = raw.max_receive_count {
+            if is_stream {
+                self.error(
+                    format!("{path}.max_receive_count"),
+                    format!("applies to sqs sources; a {kind} source uses max_retry_attempts and max_record_age"),
+                );
+            } else if !(1..=1000).contains(&count) {
+                self.error(
+                    format!("{path}.max_receive_count"),
+                    format!("must be 1..=1000 (got {count})"),
+                );
+            }
+        }
+        let stream_only = [
+            ("max_retry_attempts", raw.max_retry_attempts.is_some()),
+            ("max_record_age", raw.max_record_age.is_some()),
+            ("bisect_on_error", raw.bisect_on_error.is_some()),
+        ];
+        if !is_stream {
+            for (key, present) in stream_only {
+                if present {
+                    self.error(
+                        format!("{path}.{key}"),
+                        format!("applies to stream sources; an {kind} source retries through the queue (see max_receive_count)"),
+                    );
+                }
+            }
+        }
+        let max_retry_attempts = match raw.max_retry_attempts {
+            None | Some(-1) => None,
+            Some(n @ 0..=10_000) => Some(n as u32),
+            Some(n) => {
+                self.error(
+                    format!("{path}.max_retry_attempts"),
+                    format!(
+                        "must be -1 (retry until the record is too old) or 0..=10000 (got {n})"
+                    ),
+                );
+                None
+            }
+        };
+        let max_record_age = raw.max_record_age.and_then(|limit| limit.0);
+        if let Some(age) = max_record_age
+            && !(Duration::from_secs(60)..=Duration::from_secs(604_800)).contains(&age)
+        {
+            self.error(
+                format!("{path}.max_record_age"),
+                format!("must be -1 or 60s..=7d, as in Lambda (got {age:?})"),
+            );
+        }
+        let backoff = match raw.backoff {
+            Some(backoff) => self.build_backoff(&format!("{path}.backoff"), backoff),
+            None if is_stream => Some(
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 2.0, true)
+                    .expect("the default stream backoff is valid"),
+            ),
+            None => None,
+        };
+        RetryConfig {
+            max_receive_count: raw.max_receive_count,
+            backoff,
+            max_retry_attempts,
+            max_record_age,
+            bisect_on_error: raw.bisect_on_error.unwrap_or(false),
+        }
+    }
+
+    fn build_stream_source(
+        &mut self,
+        path: &str,
+        raw: RawDynamoDbStreamSource,
+    ) -> StreamSourceConfig {
+        match (&raw.table, &raw.stream_arn) {
+            (None, None) => self.error(path, "give the table (or its stream_arn) to read"),
+            (Some(_), Some(_)) => self.error(
+                format!("{path}.stream_arn"),
+                "give either table or stream_arn, not both",
+            ),
+            (_, Some(arn)) if !arn.starts_with("arn:") || !arn.contains("/stream/") => self
+                .error(
+                    format!("{path}.stream_arn"),
+                    format!("{arn:?} is not a stream ARN; it looks like arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-05-01T00:00:00.000"),
+                ),
+            _ => {}
+        }
+        let starting_position = match raw.starting_position {
+            RawStartingPosition::TrimHorizon => StartingPosition::TrimHorizon,
+            RawStartingPosition::Latest => StartingPosition::Latest,
+            RawStartingPosition::AtTimestamp => match raw.starting_timestamp.as_deref() {
+                None => {
+                    self.error(
+                        format!("{path}.starting_position"),
+                        "at_timestamp needs starting_timestamp (RFC 3339 or Unix seconds)",
+                    );
+                    StartingPosition::TrimHorizon
+                }
+                Some(text) => match parse_timestamp(text) {
+                    Ok(at) => StartingPosition::AtTimestamp(at),
+                    Err(message) => {
+                        self.error(format!("{path}.starting_timestamp"), message);
+                        StartingPosition::TrimHorizon
+                    }
+                },
+            },
+        };
+        if raw.starting_timestamp.is_some()
+            && !matches!(starting_position, StartingPosition::AtTimestamp(_))
+            && !matches!(raw.starting_position, RawStartingPosition::AtTimestamp)
+        {
+            self.error(
+                format!("{path}.starting_timestamp"),
+                "is only read with starting_position: at_timestamp",
+            );
+        }
+        let batch_size = raw.batch_size.unwrap_or(100);
+        if !(1..=10_000).contains(&batch_size) {
+            self.error(
+                format!("{path}.batch_size"),
+                format!("must be 1..=10000 (got {batch_size})"),
+            );
+        }
+        let window = raw.max_batching_window.map_or(Duration::ZERO, |d| d.0);
+        if window > Duration::from_secs(300) {
+            self.error(
+                format!("{path}.max_batching_window"),
+                format!("must be 0s..=300s (got {window:?})"),
+            );
+        }
+        let factor = raw.parallelization_factor.unwrap_or(1);
+        if !(1..=10).contains(&factor) {
+            self.error(
+                format!("{path}.parallelization_factor"),
+                format!("must be 1..=10 (got {factor})"),
+            );
+        }
+        let discovery_interval = raw
+            .discovery_interval
+            .map_or(Duration::from_secs(10), |d| d.0);
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&discovery_interval) {
+            self.error(format!("{path}.discovery_interval"), "must be 1s..=10m");
+        }
+        StreamSourceConfig {
+            table: raw.table,
+            stream_arn: raw.stream_arn,
+            starting_position,
+            batch_size: batch_size.max(1) as usize,
+            max_batching_window: window,
+            parallelization_factor: factor.clamp(1, 10) as usize,
+            discovery_interval,
         }
     }
 
@@ -587,6 +845,22 @@ impl Validator<'_> {
     }
 }
 
+/// A point in time written as RFC 3339 (`2024-05-01T12:00:00Z`) or Unix seconds.
+fn parse_timestamp(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            format!(
+                "{text:?} is not a time: {e}; write it like 2024-05-01T12:00:00Z or as Unix seconds"
+            )
+        })?;
+    let since_epoch = parsed - time::OffsetDateTime::UNIX_EPOCH;
+    Duration::try_from(since_epoch).map_err(|_| format!("{text:?} is before 1970"))
+}
+
 /// The JSON Schema of the config file.
 pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(RawConfig)).expect("a schema serializes")
@@ -619,7 +893,9 @@ mappings:
         let config = parse_text(BASE).unwrap();
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(config.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
-        let SourceConfig::Sqs(sqs) = &config.mappings[0].source;
+        let SourceConfig::Sqs(sqs) = &config.mappings[0].source else {
+            panic!("an sqs source")
+        };
         assert_eq!(sqs.queue_url, "http://127.0.0.1:5000/123456789012/orders");
         assert_eq!(sqs.max_concurrency, 5);
         assert!(!sqs.fifo);
@@ -632,7 +908,9 @@ mappings:
             "http://127.0.0.1:1/1/q.fifo".to_owned(),
         )]);
         let config = parse("f.yaml", BASE, environment).unwrap();
-        let SourceConfig::Sqs(sqs) = &config.mappings[0].source;
+        let SourceConfig::Sqs(sqs) = &config.mappings[0].source else {
+            panic!("an sqs source")
+        };
         assert!(sqs.fifo);
     }
 
@@ -679,7 +957,9 @@ mappings:
     fn several_pollers_only_when_every_receive_is_a_batch() {
         let pollers = |text: &str| {
             let config = parse_text(text).unwrap();
-            let SourceConfig::Sqs(sqs) = &config.mappings[0].source;
+            let SourceConfig::Sqs(sqs) = &config.mappings[0].source else {
+                panic!("an sqs source")
+            };
             sqs.pollers
         };
         assert_eq!(pollers(BASE), 5);

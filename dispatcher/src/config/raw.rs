@@ -1,7 +1,7 @@
 //! The config file as written: serde structs that reject unknown keys. Their doc comments are the
 //! descriptions in `sluice schema`. Nothing here is checked beyond types; see `validate`.
 
-use super::duration::HumanDuration;
+use super::duration::{DurationLimit, HumanDuration};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -18,6 +18,9 @@ pub struct RawConfig {
     /// How long in-flight batches may run after SIGTERM/SIGINT before sluice exits. Default 30s.
     #[serde(default)]
     pub shutdown_timeout: Option<HumanDuration>,
+    /// Where stream checkpoints and shard leases live. Default: embedded (a file under state_dir).
+    #[serde(default)]
+    pub checkpoints: Option<RawCheckpoints>,
     /// The admin HTTP server: /healthz, /readyz, /metrics.
     #[serde(default)]
     pub admin: Option<RawAdmin>,
@@ -40,6 +43,34 @@ pub struct RawAdmin {
     /// A mapping with no successful poll for this long is reported stalled by /readyz. Default 2m.
     #[serde(default)]
     pub stall_after: Option<HumanDuration>,
+    /// A stream shard that keeps failing (retrying one batch) for this long makes /readyz fail,
+    /// naming the shard. Default 5m.
+    #[serde(default)]
+    pub stuck_after: Option<HumanDuration>,
+}
+
+/// Where stream checkpoints live: exactly one kind.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawCheckpoints {
+    /// A redb file under state_dir; one instance owns every shard.
+    Embedded(RawEmbeddedCheckpoints),
+    /// A DynamoDB lease table shared by several instances (created if missing).
+    Dynamodb(RawDynamoDbCheckpoints),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbeddedCheckpoints {}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDynamoDbCheckpoints {
+    /// The lease table's name.
+    pub table: String,
+    /// A lease not renewed for this long is taken over by another instance: 3s..=5m. Default 10s.
+    #[serde(default)]
+    pub lease_duration: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -101,6 +132,44 @@ pub struct RawMapping {
 pub enum RawSource {
     /// An SQS queue (standard or FIFO).
     Sqs(RawSqsSource),
+    /// The stream of a DynamoDB table.
+    DynamodbStream(RawDynamoDbStreamSource),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawStartingPosition {
+    TrimHorizon,
+    Latest,
+    AtTimestamp,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDynamoDbStreamSource {
+    /// The table whose latest stream is read. Give this or stream_arn.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The stream's ARN. Give this or table.
+    #[serde(default)]
+    pub stream_arn: Option<String>,
+    /// Where a shard without a checkpoint starts: trim_horizon, latest or at_timestamp.
+    pub starting_position: RawStartingPosition,
+    /// With at_timestamp: RFC 3339 time (2024-05-01T12:00:00Z) or Unix seconds.
+    #[serde(default)]
+    pub starting_timestamp: Option<String>,
+    /// Records per invocation: 1..=10000. Default 100.
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    /// How long to gather records before invoking: 0s..=300s. Default 0s.
+    #[serde(default)]
+    pub max_batching_window: Option<HumanDuration>,
+    /// Batches in flight per shard, records spread by key: 1..=10. Default 1.
+    #[serde(default)]
+    pub parallelization_factor: Option<u32>,
+    /// How often shards are listed again to find new ones: 1s..=10m. Default 10s.
+    #[serde(default)]
+    pub discovery_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -147,9 +216,21 @@ pub struct RawRetry {
     /// deleted. Omit it to leave dead-lettering to the queue's redrive policy.
     #[serde(default)]
     pub max_receive_count: Option<u32>,
-    /// Delay failed messages by their receive count instead of the queue's visibility timeout.
+    /// SQS: delay failed messages by their receive count instead of the queue's visibility
+    /// timeout. Streams: the delay between retries of a failed batch (default 1s doubling to 60s).
     #[serde(default)]
     pub backoff: Option<RawBackoff>,
+    /// Streams: retries after the first attempt, -1 (default, until the record is too old) or
+    /// 0..=10000.
+    #[serde(default)]
+    pub max_retry_attempts: Option<i64>,
+    /// Streams: records older than this go to on_failure without an invocation: -1 (default) or
+    /// 60s..=7d.
+    #[serde(default)]
+    pub max_record_age: Option<DurationLimit>,
+    /// Streams: halve a failing batch and retry the halves, down to single records. Default false.
+    #[serde(default)]
+    pub bisect_on_error: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -175,6 +256,18 @@ pub struct RawBackoff {
 pub enum RawDestination {
     /// An SQS queue that receives the dead-letter envelope as the message body.
     Sqs(RawSqsDestination),
+    /// An S3 bucket that receives one object per dead letter (the envelope plus the event as
+    /// `payload`).
+    S3(RawS3Destination),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3Destination {
+    pub bucket: String,
+    /// Key prefix, such as sluice/. Default none.
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

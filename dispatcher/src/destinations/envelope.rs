@@ -14,6 +14,27 @@ pub enum EnvelopeSource {
         queue_arn: String,
         message_ids: Vec<String>,
     },
+    DynamodbStream {
+        stream_arn: String,
+        shard_id: String,
+        /// The dead-lettered records' sequence numbers, in stream order.
+        sequence_numbers: Vec<String>,
+        /// Approximate arrival of the first and last record, since the Unix epoch.
+        first_arrival: Duration,
+        last_arrival: Duration,
+    },
+}
+
+impl EnvelopeSource {
+    /// The part of an S3 key that says where the records came from: the shard, or the queue name.
+    pub fn key_part(&self) -> &str {
+        match self {
+            EnvelopeSource::Sqs { queue_url, .. } => {
+                queue_url.rsplit('/').next().unwrap_or(queue_url)
+            }
+            EnvelopeSource::DynamodbStream { shard_id, .. } => shard_id,
+        }
+    }
 }
 
 /// Everything a dead letter says.
@@ -47,6 +68,16 @@ pub fn iso8601_millis(since_epoch: Duration) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
+/// ISO 8601 with whole seconds, as DynamoDB's batch info writes arrival times.
+pub fn iso8601_seconds(since_epoch: Duration) -> String {
+    let datetime = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    datetime
+        .format(&format)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
 pub fn now_since_epoch() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -56,6 +87,25 @@ pub fn now_since_epoch() -> Duration {
 impl DeadLetter {
     /// The envelope document.
     pub fn to_json(&self, request_id: &str) -> Value {
+        let mut envelope = json!({
+            "version": "1.0",
+            "timestamp": iso8601_millis(now_since_epoch()),
+            "requestContext": {
+                "requestId": request_id,
+                // sluice targets are not Lambda functions; account 000000000000 marks a sluice target.
+                "functionArn": format!("arn:aws:lambda:{}:000000000000:function:{}", self.region, self.target),
+                "condition": self.condition.as_str(),
+                "approximateInvokeCount": self.attempts,
+            },
+        });
+        // A record that aged out has no response to describe (semantics.md §13.4).
+        if self.condition != DeadLetterCondition::RecordAgeExceeded {
+            envelope["responseContext"] = json!({
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": self.function_error,
+            });
+        }
         let source = match &self.source {
             EnvelopeSource::Sqs {
                 queue_url,
@@ -67,33 +117,41 @@ impl DeadLetter {
                 "queue_arn": queue_arn,
                 "message_ids": message_ids,
             }),
-        };
-        json!({
-            "version": "1.0",
-            "timestamp": iso8601_millis(now_since_epoch()),
-            "requestContext": {
-                "requestId": request_id,
-                // sluice targets are not Lambda functions; account 000000000000 marks a sluice target.
-                "functionArn": format!("arn:aws:lambda:{}:000000000000:function:{}", self.region, self.target),
-                "condition": self.condition.as_str(),
-                "approximateInvokeCount": self.attempts,
-            },
-            "responseContext": {
-                "statusCode": 200,
-                "executedVersion": "$LATEST",
-                "functionError": self.function_error,
-            },
-            "sluice": {
-                "mapping": self.mapping,
-                "source": source,
-                "records": self.records,
-                "error": { "type": self.error.error_type, "message": self.error.message },
-                "attempts": self.attempts,
-                "first_attempt_at": iso8601_millis(self.first_attempt_at),
-                "last_attempt_at": iso8601_millis(self.last_attempt_at),
-                "replay_count": 0,
+            EnvelopeSource::DynamodbStream {
+                stream_arn,
+                shard_id,
+                sequence_numbers,
+                first_arrival,
+                last_arrival,
+            } => {
+                envelope["DDBStreamBatchInfo"] = json!({
+                    "shardId": shard_id,
+                    "startSequenceNumber": sequence_numbers.first(),
+                    "endSequenceNumber": sequence_numbers.last(),
+                    "approximateArrivalOfFirstRecord": iso8601_seconds(*first_arrival),
+                    "approximateArrivalOfLastRecord": iso8601_seconds(*last_arrival),
+                    "batchSize": sequence_numbers.len(),
+                    "streamArn": stream_arn,
+                });
+                json!({
+                    "kind": "dynamodb_stream",
+                    "stream_arn": stream_arn,
+                    "shard_id": shard_id,
+                    "sequence_numbers": sequence_numbers,
+                })
             }
-        })
+        };
+        envelope["sluice"] = json!({
+            "mapping": self.mapping,
+            "source": source,
+            "records": self.records,
+            "error": { "type": self.error.error_type, "message": self.error.message },
+            "attempts": self.attempts,
+            "first_attempt_at": iso8601_millis(self.first_attempt_at),
+            "last_attempt_at": iso8601_millis(self.last_attempt_at),
+            "replay_count": 0,
+        });
+        envelope
     }
 }
 
@@ -138,5 +196,43 @@ mod tests {
         assert_eq!(envelope["sluice"]["records"][0]["body"], "x");
         assert_eq!(envelope["sluice"]["error"]["type"], "ValueError");
         assert_eq!(envelope["sluice"]["source"]["message_ids"][0], "m1");
+    }
+
+    #[test]
+    fn a_stream_envelope_has_ddb_batch_info_and_no_response_when_aged_out() {
+        let dead_letter = DeadLetter {
+            mapping: "changes".into(),
+            target: "api".into(),
+            region: "us-east-1".into(),
+            condition: DeadLetterCondition::RecordAgeExceeded,
+            attempts: 1,
+            error: ErrorInfo::new("RecordAgeExceeded", "too old"),
+            function_error: None,
+            source: EnvelopeSource::DynamodbStream {
+                stream_arn: "arn:aws:dynamodb:us-east-1:1:table/t/stream/x".into(),
+                shard_id: "shardId-1".into(),
+                sequence_numbers: vec!["100".into(), "101".into()],
+                first_arrival: Duration::from_millis(1_573_691_884_835),
+                last_arrival: Duration::from_millis(1_573_691_885_580),
+            },
+            records: vec![json!({"eventID": "a"}), json!({"eventID": "b"})],
+            first_attempt_at: Duration::from_secs(1),
+            last_attempt_at: Duration::from_secs(2),
+        };
+        let envelope = dead_letter.to_json("req-2");
+        assert!(envelope.get("responseContext").is_none());
+        assert_eq!(
+            envelope["DDBStreamBatchInfo"],
+            json!({
+                "shardId": "shardId-1",
+                "startSequenceNumber": "100",
+                "endSequenceNumber": "101",
+                "approximateArrivalOfFirstRecord": "2019-11-14T00:38:04Z",
+                "approximateArrivalOfLastRecord": "2019-11-14T00:38:05Z",
+                "batchSize": 2,
+                "streamArn": "arn:aws:dynamodb:us-east-1:1:table/t/stream/x"
+            })
+        );
+        assert_eq!(envelope["sluice"]["records"][1]["eventID"], "b");
     }
 }

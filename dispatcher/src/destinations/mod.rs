@@ -5,6 +5,7 @@
 //! checkpoints the records only after a successful send, so a failed send never loses a record.
 
 pub mod envelope;
+pub mod s3;
 pub mod sqs;
 
 pub use envelope::{DeadLetter, EnvelopeSource};
@@ -15,6 +16,12 @@ use async_trait::async_trait;
 pub enum DestinationError {
     #[error("sending the dead letter to queue {queue_url} failed: {message}")]
     Sqs { queue_url: String, message: String },
+    #[error("storing the dead letter as s3://{bucket}/{key} failed: {message}")]
+    S3 {
+        bucket: String,
+        key: String,
+        message: String,
+    },
 }
 
 #[async_trait]

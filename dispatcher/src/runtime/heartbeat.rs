@@ -54,6 +54,8 @@ impl Heartbeat {
     fn key(receipt: &Receipt) -> String {
         match &receipt.ack {
             sluice_sources::AckToken::Sqs { receipt_handle } => receipt_handle.clone(),
+            // Stream records have no visibility; they are never held.
+            sluice_sources::AckToken::Stream { .. } => receipt.id.clone(),
         }
     }
 

@@ -4,9 +4,11 @@
 
 pub mod heartbeat;
 pub mod sqs;
+pub mod stream;
 
-use crate::config::{AwsSettings, Config, DestinationConfig, SourceConfig};
+use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
 use crate::destinations::Destination;
+use crate::destinations::s3::S3Destination;
 use crate::destinations::sqs::SqsDestination;
 use crate::health::Health;
 use crate::targets::{self, Target};
@@ -51,7 +53,28 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let sdk_config = aws_config(&config.aws).await?;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
-    let health = Health::new(config.admin.stall_after);
+    let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
+    let streams_client = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
+    // moto and LocalStack serve buckets by path, not by virtual host.
+    let s3_client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(config.aws.endpoint_url.is_some())
+            .build(),
+    );
+    let health = Health::new(config.admin.stall_after, config.admin.stuck_after);
+    let uses_state_file = config.checkpoints == CheckpointsConfig::Embedded
+        && config
+            .mappings
+            .iter()
+            .any(|m| m.enabled && !matches!(m.source, SourceConfig::Sqs(_)));
+    let state_file = if uses_state_file {
+        Some(
+            sluice_sources::checkpoint::embedded::StateFile::open(&config.state_dir)
+                .context("opening the checkpoint store")?,
+        )
+    } else {
+        None
+    };
 
     let mut built_targets: BTreeMap<String, Arc<dyn Target>> = BTreeMap::new();
     for (name, target) in &config.targets {
@@ -83,18 +106,49 @@ pub async fn run(
                         Arc::new(SqsDestination::new(sqs_client.clone(), queue_url.clone()))
                             as Arc<dyn Destination>
                     }
+                    DestinationConfig::S3 { bucket, prefix } => Arc::new(S3Destination::new(
+                        s3_client.clone(),
+                        bucket.clone(),
+                        prefix.clone(),
+                    ))
+                        as Arc<dyn Destination>,
                 });
-        let SourceConfig::Sqs(source) = &mapping.source;
-        let worker = sqs::SqsMapping {
-            config: mapping.clone(),
-            source: source.clone(),
-            client: sqs_client.clone(),
-            target,
-            on_failure,
-            health: health.register(&mapping.name),
-            metrics: MappingMetrics::new(&mapping.name),
-        };
-        workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+        let health = health.register(&mapping.name);
+        let metrics = MappingMetrics::new(&mapping.name);
+        match &mapping.source {
+            SourceConfig::Sqs(source) => {
+                let worker = sqs::SqsMapping {
+                    config: mapping.clone(),
+                    source: source.clone(),
+                    client: sqs_client.clone(),
+                    target,
+                    on_failure,
+                    health,
+                    metrics,
+                };
+                workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+            }
+            SourceConfig::DynamodbStream(source) => {
+                let store = stream::StoreSetup::from_config(
+                    &config.checkpoints,
+                    state_file.as_ref(),
+                    &tables_client,
+                )
+                .context("the checkpoint store is not open")?;
+                let worker = stream::StreamMapping {
+                    config: mapping.clone(),
+                    source: source.clone(),
+                    streams: streams_client.clone(),
+                    tables: tables_client.clone(),
+                    store,
+                    target,
+                    on_failure,
+                    health,
+                    metrics,
+                };
+                workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+            }
+        }
     }
     if workers.is_empty() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");

@@ -1,0 +1,80 @@
+//! An S3 bucket as an on-failure destination: one object per dead letter, holding the envelope
+//! and, as Lambda's S3 destination does, the invocation event as `payload` (semantics.md §13.4).
+//!
+//! Keys follow Lambda's layout, with the mapping name where Lambda puts the mapping's UUID:
+//! `<prefix>aws/lambda/<mapping>/<shard or queue>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<uuid>`.
+
+use super::{DeadLetter, Destination, DestinationError};
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use serde_json::json;
+
+pub struct S3Destination {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    description: String,
+}
+
+impl S3Destination {
+    pub fn new(client: Client, bucket: String, prefix: String) -> Self {
+        let description = format!("s3://{bucket}/{prefix}");
+        Self {
+            client,
+            bucket,
+            prefix,
+            description,
+        }
+    }
+
+    /// The object key for a dead letter stored at `now` (since the Unix epoch).
+    pub fn key(&self, dead_letter: &DeadLetter, now: std::time::Duration, id: &str) -> String {
+        let datetime = time::OffsetDateTime::UNIX_EPOCH + now;
+        let day = time::macros::format_description!("[year]/[month]/[day]");
+        let stamp =
+            time::macros::format_description!("[year]-[month]-[day]T[hour].[minute].[second]");
+        format!(
+            "{}aws/lambda/{}/{}/{}/{}-{id}",
+            self.prefix,
+            dead_letter.mapping,
+            dead_letter.source.key_part(),
+            datetime.format(&day).unwrap_or_default(),
+            datetime.format(&stamp).unwrap_or_default(),
+        )
+    }
+}
+
+#[async_trait]
+impl Destination for S3Destination {
+    async fn send(
+        &self,
+        dead_letter: &DeadLetter,
+        _group_hint: &str,
+        _dedup_hint: &str,
+    ) -> Result<(), DestinationError> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut document = dead_letter.to_json(&request_id);
+        document["payload"] = json!({ "Records": dead_letter.records });
+        let key = self.key(dead_letter, super::envelope::now_since_epoch(), &request_id);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(document.to_string().into_bytes()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|error| DestinationError::S3 {
+                bucket: self.bucket.clone(),
+                key,
+                message: DisplayErrorContext(&error).to_string(),
+            })
+    }
+
+    fn describe(&self) -> &str {
+        &self.description
+    }
+}

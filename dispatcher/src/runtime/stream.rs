@@ -1,0 +1,1059 @@
+//! The worker of one DynamoDB Streams mapping: discover shards → hold leases → read each shard →
+//! spread records over lanes → batch → invoke → stream policy → checkpoint.
+//!
+//! Guarantees:
+//! - a shard is read only while this instance holds its lease, and a child shard only after its
+//!   parents were read to their end (the store's lineage rule);
+//! - within a lane (a shard when `parallelization_factor` is 1) records are handled in order and a
+//!   failing batch blocks the lane; records of one key always share a lane;
+//! - the checkpoint only moves past records that are handled, filtered out or dead-lettered, and
+//!   a dead letter counts only once the destination stored it (a failing destination is retried,
+//!   never skipped);
+//! - at most 4 GetRecords per second per shard, slower while the shard is idle; an expired
+//!   iterator is renewed after the last record read, trimmed data resumes at the trim horizon;
+//! - on shutdown (or a handoff to another instance) reading stops, batches in flight finish until
+//!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
+//!   shard at once without writing.
+
+use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
+use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
+use crate::health::MappingHealthHandle;
+use crate::targets::{Invocation, Target};
+use crate::telemetry::MappingMetrics;
+use sluice_policies::batcher::PushResult;
+use sluice_policies::{
+    Applied, BatchLimits, Batcher, DeadLetterCondition, ErrorInfo, IdentifierKind, ItemIdentifier,
+    Outcome, ShardProgress, Step, StreamBatch, StreamDeadLetter, StreamItem, StreamPolicy, lane_of,
+    stream::Position,
+};
+use sluice_sources::checkpoint::dynamodb::DynamoDbLeaseStore;
+use sluice_sources::checkpoint::embedded::{EmbeddedStore, StateFile};
+use sluice_sources::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ShardSpec};
+use sluice_sources::dynamodb_streams::{DynamoDbStream, IteratorStart, ReadError};
+use sluice_sources::{Record, records_event};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// DynamoDB Streams allows about 4 GetRecords per second per shard (semantics.md §2).
+const MIN_READ_INTERVAL: Duration = Duration::from_millis(250);
+/// The longest pause between reads of an idle shard.
+const MAX_IDLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where this mapping's checkpoints go.
+#[derive(Clone)]
+pub enum StoreSetup {
+    Embedded(StateFile),
+    DynamoDb {
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+        lease_duration: Duration,
+    },
+}
+
+impl StoreSetup {
+    pub fn from_config(
+        config: &CheckpointsConfig,
+        state: Option<&StateFile>,
+        client: &aws_sdk_dynamodb::Client,
+    ) -> Option<Self> {
+        match config {
+            CheckpointsConfig::Embedded => state.cloned().map(StoreSetup::Embedded),
+            CheckpointsConfig::DynamoDb {
+                table,
+                lease_duration,
+            } => Some(StoreSetup::DynamoDb {
+                client: client.clone(),
+                table: table.clone(),
+                lease_duration: *lease_duration,
+            }),
+        }
+    }
+}
+
+pub struct StreamMapping {
+    pub config: MappingConfig,
+    pub source: StreamSourceConfig,
+    pub streams: aws_sdk_dynamodbstreams::Client,
+    pub tables: aws_sdk_dynamodb::Client,
+    pub store: StoreSetup,
+    pub target: Arc<dyn Target>,
+    pub on_failure: Option<Arc<dyn Destination>>,
+    pub health: MappingHealthHandle,
+    pub metrics: MappingMetrics,
+}
+
+/// Everything the shard workers of a mapping share.
+struct Shared {
+    name: String,
+    target_name: String,
+    source: StreamSourceConfig,
+    stream: DynamoDbStream,
+    store: Arc<dyn CheckpointStore>,
+    target: Arc<dyn Target>,
+    on_failure: Option<Arc<dyn Destination>>,
+    policy: StreamPolicy,
+    health: MappingHealthHandle,
+    metrics: MappingMetrics,
+}
+
+/// Why a shard worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ShardExit {
+    /// Read to its end, every record finished, `SHARD_END` stored.
+    Finished,
+    /// Asked to stop (shutdown or handoff): in-flight work finished, checkpoint written.
+    Stopped,
+    /// The lease went to another instance, or the drain deadline passed: abandoned unwritten.
+    Abandoned,
+}
+
+struct RunningShard {
+    /// Stop reading, finish in-flight batches, write the checkpoint.
+    stop: CancellationToken,
+    /// Abandon at once (lease lost, drain deadline).
+    abort: CancellationToken,
+    /// Release the lease once stopped (a handoff).
+    release_after: bool,
+}
+
+/// Backoff between failed calls to the stream or store.
+fn retry_delay(consecutive_failures: u32) -> Duration {
+    let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
+    Duration::from_millis(millis.min(5_000))
+}
+
+impl StreamMapping {
+    /// Runs until `shutdown`, then drains for at most `shutdown_timeout`.
+    pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
+        let name = self.config.name.clone();
+        let Some(stream) = self.resolve(&shutdown).await else {
+            return;
+        };
+        let Some(store) = self.open_store(&stream, &shutdown).await else {
+            return;
+        };
+        let sync_interval = match &self.store {
+            StoreSetup::DynamoDb { lease_duration, .. } => *lease_duration / 3,
+            StoreSetup::Embedded(_) => self.source.discovery_interval,
+        };
+        tracing::info!(
+            mapping = %name,
+            stream_arn = %stream.stream_arn,
+            checkpoints = %store.describe(),
+            batch_size = self.source.batch_size,
+            parallelization_factor = self.source.parallelization_factor,
+            "mapping started"
+        );
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            target_name: self.config.target.clone(),
+            source: self.source.clone(),
+            stream,
+            store,
+            target: self.target.clone(),
+            on_failure: self.on_failure.clone(),
+            policy: StreamPolicy {
+                report_batch_item_failures: self.config.report_batch_item_failures,
+                bisect_on_error: self.config.retry.bisect_on_error,
+                max_retry_attempts: self.config.retry.max_retry_attempts,
+                max_record_age: self.config.retry.max_record_age,
+                backoff: self.config.retry.backoff.unwrap_or_else(|| {
+                    sluice_policies::Backoff::new(
+                        Duration::from_secs(1),
+                        Duration::from_secs(60),
+                        2.0,
+                        true,
+                    )
+                    .expect("the default backoff is valid")
+                }),
+                identifier_kind: IdentifierKind::Text,
+            },
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+        });
+        coordinate(shared, sync_interval, shutdown, shutdown_timeout).await;
+        tracing::info!(mapping = %name, "mapping stopped");
+    }
+
+    async fn resolve(&self, shutdown: &CancellationToken) -> Option<DynamoDbStream> {
+        let mut failures = 0u32;
+        loop {
+            let attempt = DynamoDbStream::resolve(
+                self.streams.clone(),
+                &self.tables,
+                self.source.table.as_deref(),
+                self.source.stream_arn.as_deref(),
+            );
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                result = attempt => result,
+            };
+            match result {
+                Ok(stream) => return Some(stream),
+                Err(error) => {
+                    failures += 1;
+                    self.metrics.poll_errors.increment(1);
+                    self.health.poll_failed(&error.to_string());
+                    tracing::warn!(mapping = %self.config.name, %error, consecutive_failures = failures, "cannot find the stream; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(retry_delay(failures)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open_store(
+        &self,
+        stream: &DynamoDbStream,
+        shutdown: &CancellationToken,
+    ) -> Option<Arc<dyn CheckpointStore>> {
+        let (client, table, lease_duration) = match &self.store {
+            StoreSetup::Embedded(file) => {
+                return Some(Arc::new(EmbeddedStore::new(
+                    file.clone(),
+                    &self.config.name,
+                )));
+            }
+            StoreSetup::DynamoDb {
+                client,
+                table,
+                lease_duration,
+            } => (client, table, *lease_duration),
+        };
+        let owner = format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice".into()),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut failures = 0u32;
+        loop {
+            let attempt = DynamoDbLeaseStore::open(
+                client.clone(),
+                table,
+                &self.config.name,
+                &stream.stream_arn,
+                owner.clone(),
+                lease_duration,
+            );
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                result = attempt => result,
+            };
+            match result {
+                Ok(store) => return Some(Arc::new(store)),
+                Err(error) => {
+                    failures += 1;
+                    self.health.poll_failed(&error.to_string());
+                    tracing::warn!(mapping = %self.config.name, %error, "cannot open the lease table; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(retry_delay(failures)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lists shards, keeps leases and runs one worker per held shard until shutdown.
+async fn coordinate(
+    shared: Arc<Shared>,
+    sync_interval: Duration,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+) {
+    let mut running: HashMap<String, RunningShard> = HashMap::new();
+    let mut workers: tokio::task::JoinSet<(String, ShardExit)> = tokio::task::JoinSet::new();
+    let mut shards: Vec<ShardSpec> = Vec::new();
+    let mut listed_at: Option<Instant> = None;
+    let mut failures = 0u32;
+    let held_gauge = shared.metrics.shards_held();
+    loop {
+        let due = listed_at.is_none_or(|at| at.elapsed() >= shared.source.discovery_interval);
+        if due {
+            match shared.stream.list_shards().await {
+                Ok(listed) => {
+                    shards = listed
+                        .into_iter()
+                        .map(|s| ShardSpec {
+                            id: s.id,
+                            parent: s.parent,
+                        })
+                        .collect();
+                    listed_at = Some(Instant::now());
+                    failures = 0;
+                    shared.health.poll_succeeded();
+                }
+                Err(error) => {
+                    failures += 1;
+                    shared.metrics.poll_errors.increment(1);
+                    shared.health.poll_failed(&error.to_string());
+                    tracing::warn!(mapping = %shared.name, %error, "listing shards failed");
+                }
+            }
+        }
+        match shared.store.acquire(&shards).await {
+            Ok(acquired) => {
+                let held: HashSet<&str> =
+                    acquired.held.iter().map(|h| h.shard_id.as_str()).collect();
+                for (shard_id, shard) in running.iter_mut() {
+                    if !held.contains(shard_id.as_str()) && !shard.release_after {
+                        tracing::warn!(mapping = %shared.name, %shard_id, "lease lost; abandoning the shard");
+                        shared.metrics.stream_event("lease_lost");
+                        shard.abort.cancel();
+                    }
+                }
+                for shard_id in &acquired.handoff_requested {
+                    if let Some(shard) = running.get_mut(shard_id)
+                        && !shard.release_after
+                    {
+                        tracing::info!(mapping = %shared.name, %shard_id, "handing the shard over to another instance");
+                        shard.release_after = true;
+                        shard.stop.cancel();
+                    }
+                }
+                for held in acquired.held {
+                    if running.contains_key(&held.shard_id)
+                        || acquired.handoff_requested.contains(&held.shard_id)
+                    {
+                        continue;
+                    }
+                    let stop = CancellationToken::new();
+                    let abort = CancellationToken::new();
+                    running.insert(
+                        held.shard_id.clone(),
+                        RunningShard {
+                            stop: stop.clone(),
+                            abort: abort.clone(),
+                            release_after: false,
+                        },
+                    );
+                    shared.metrics.stream_event("shard_started");
+                    let shared = shared.clone();
+                    workers.spawn(async move {
+                        let exit =
+                            run_shard(shared, held.shard_id.clone(), held.checkpoint, stop, abort)
+                                .await;
+                        (held.shard_id, exit)
+                    });
+                }
+                held_gauge.set(running.len() as f64);
+            }
+            Err(error) => {
+                shared.metrics.poll_errors.increment(1);
+                shared.health.poll_failed(&error.to_string());
+                tracing::warn!(mapping = %shared.name, %error, "lease sync failed");
+            }
+        }
+        let pause = if failures > 0 {
+            retry_delay(failures).min(sync_interval)
+        } else {
+            sync_interval
+        };
+        let next = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    drain(&shared, running, workers, shutdown_timeout).await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(next) => break,
+                Some(joined) = workers.join_next(), if !workers.is_empty() => {
+                    let Ok((shard_id, exit)) = joined else { continue };
+                    let shard = running.remove(&shard_id);
+                    held_gauge.set(running.len() as f64);
+                    let release = exit == ShardExit::Finished
+                        || (exit == ShardExit::Stopped && shard.is_some_and(|s| s.release_after));
+                    if release && let Err(error) = shared.store.release(&shard_id).await {
+                        tracing::warn!(mapping = %shared.name, %shard_id, %error, "releasing the lease failed; it expires instead");
+                    }
+                    if exit == ShardExit::Finished {
+                        // Its children may start now.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops every shard, waits for in-flight batches until the deadline, releases the leases.
+async fn drain(
+    shared: &Shared,
+    running: HashMap<String, RunningShard>,
+    mut workers: tokio::task::JoinSet<(String, ShardExit)>,
+    shutdown_timeout: Duration,
+) {
+    for shard in running.values() {
+        shard.stop.cancel();
+    }
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    let mut exits = Vec::new();
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => match joined {
+                Some(Ok(exit)) => exits.push(exit),
+                Some(Err(_)) => {}
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(mapping = %shared.name, shards = workers.len(), "drain deadline reached; in-flight batches abandoned, their records are delivered again from the checkpoint");
+                for shard in running.values() {
+                    shard.abort.cancel();
+                }
+                while let Some(joined) = workers.join_next().await {
+                    if let Ok(exit) = joined {
+                        exits.push(exit);
+                    }
+                }
+                break;
+            }
+        }
+    }
+    for (shard_id, _) in exits {
+        if let Err(error) = shared.store.release(&shard_id).await {
+            tracing::warn!(mapping = %shared.name, %shard_id, %error, "releasing the lease failed; it expires instead");
+        }
+    }
+}
+
+/// One shard's checkpoint: records in read order, which are finished, and the store writes.
+struct ShardCheckpoint {
+    shard_id: String,
+    progress: Mutex<ShardProgress<String>>,
+    /// The newest checkpoint not yet stored.
+    unsaved: Mutex<Option<String>>,
+    write: tokio::sync::Mutex<()>,
+    abort: CancellationToken,
+}
+
+impl ShardCheckpoint {
+    fn push(&self, sequence: String) -> Position {
+        self.progress.lock().expect("progress lock").push(sequence)
+    }
+
+    fn finish(&self, positions: impl IntoIterator<Item = Position>) {
+        let mut progress = self.progress.lock().expect("progress lock");
+        for position in positions {
+            progress.finish(position);
+        }
+        if let Some(sequence) = progress.advance() {
+            *self.unsaved.lock().expect("unsaved lock") = Some(sequence);
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.progress.lock().expect("progress lock").outstanding()
+    }
+
+    /// Stores the newest finished position; false when the lease is lost.
+    async fn save(&self, shared: &Shared) -> bool {
+        let _guard = self.write.lock().await;
+        let Some(sequence) = self.unsaved.lock().expect("unsaved lock").take() else {
+            return true;
+        };
+        match shared
+            .store
+            .checkpoint(&self.shard_id, &Checkpoint::After(sequence.clone()))
+            .await
+        {
+            Ok(()) => {
+                shared.metrics.stream_event("checkpoint_written");
+                tracing::debug!(mapping = %shared.name, shard_id = %self.shard_id, %sequence, "checkpoint stored");
+                true
+            }
+            Err(CheckpointError::LeaseLost { .. }) => {
+                shared.metrics.stream_event("lease_lost");
+                tracing::warn!(mapping = %shared.name, shard_id = %self.shard_id, "lease lost; the shard stops without moving its checkpoint");
+                self.abort.cancel();
+                false
+            }
+            Err(error) => {
+                shared.metrics.stream_event("checkpoint_failed");
+                tracing::warn!(mapping = %shared.name, shard_id = %self.shard_id, %error, "storing the checkpoint failed; the next one will carry it");
+                let mut unsaved = self.unsaved.lock().expect("unsaved lock");
+                if unsaved.is_none() {
+                    *unsaved = Some(sequence);
+                }
+                true
+            }
+        }
+    }
+}
+
+type Entry = (Record, Position);
+
+/// Reads one shard until it ends, `stop` or `abort`.
+async fn run_shard(
+    shared: Arc<Shared>,
+    shard_id: String,
+    checkpoint: Option<Checkpoint>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> ShardExit {
+    let start = match &checkpoint {
+        Some(Checkpoint::After(sequence)) => IteratorStart::AfterSequence(sequence.clone()),
+        Some(Checkpoint::ShardEnd) => return ShardExit::Finished,
+        None => match shared.source.starting_position {
+            StartingPosition::Latest => IteratorStart::Latest,
+            StartingPosition::TrimHorizon | StartingPosition::AtTimestamp(_) => {
+                IteratorStart::TrimHorizon
+            }
+        },
+    };
+    let skip_before = match (&checkpoint, shared.source.starting_position) {
+        (None, StartingPosition::AtTimestamp(at)) => Some(at),
+        _ => None,
+    };
+    tracing::info!(mapping = %shared.name, %shard_id, start = ?start, "shard started");
+    let progress = Arc::new(ShardCheckpoint {
+        shard_id: shard_id.clone(),
+        progress: Mutex::new(ShardProgress::new()),
+        unsaved: Mutex::new(None),
+        write: tokio::sync::Mutex::new(()),
+        abort: abort.clone(),
+    });
+    let lanes = shared.source.parallelization_factor;
+    let mut senders = Vec::with_capacity(lanes);
+    let mut lane_tasks = tokio::task::JoinSet::new();
+    for lane in 0..lanes {
+        // A lane holds at most about two batches, so a blocked lane stops the reader.
+        let (sender, receiver) = mpsc::channel::<Entry>(shared.source.batch_size * 2);
+        senders.push(sender);
+        lane_tasks.spawn(run_lane(
+            shared.clone(),
+            progress.clone(),
+            format!("{shard_id}/{lane}"),
+            receiver,
+            stop.clone(),
+            abort.clone(),
+        ));
+    }
+    let age = shared.metrics.iterator_age(&shard_id);
+    let read = read_shard(
+        &shared,
+        &shard_id,
+        start,
+        skip_before,
+        &progress,
+        &senders,
+        &stop,
+        &abort,
+    )
+    .await;
+    drop(senders);
+    while lane_tasks.join_next().await.is_some() {}
+    age.set(0.0);
+    if abort.is_cancelled() {
+        return ShardExit::Abandoned;
+    }
+    if !progress.save(&shared).await {
+        return ShardExit::Abandoned;
+    }
+    if read == ReadEnd::ShardEnd && progress.outstanding() == 0 {
+        let mut failures = 0u32;
+        loop {
+            match shared
+                .store
+                .checkpoint(&shard_id, &Checkpoint::ShardEnd)
+                .await
+            {
+                Ok(()) => break,
+                Err(CheckpointError::LeaseLost { .. }) => return ShardExit::Abandoned,
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(mapping = %shared.name, %shard_id, %error, "storing the end of the shard failed; retrying");
+                    tokio::select! {
+                        _ = abort.cancelled() => return ShardExit::Abandoned,
+                        _ = tokio::time::sleep(retry_delay(failures)) => {}
+                    }
+                }
+            }
+        }
+        shared.metrics.stream_event("shard_finished");
+        tracing::info!(mapping = %shared.name, %shard_id, "shard finished; its children may start");
+        return ShardExit::Finished;
+    }
+    tracing::info!(mapping = %shared.name, %shard_id, "shard stopped");
+    ShardExit::Stopped
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    ShardEnd,
+    Stopped,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_shard(
+    shared: &Shared,
+    shard_id: &str,
+    start: IteratorStart,
+    skip_before: Option<Duration>,
+    progress: &ShardCheckpoint,
+    lanes: &[mpsc::Sender<Entry>],
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> ReadEnd {
+    let age = shared.metrics.iterator_age(shard_id);
+    let mut last_read: Option<String> = match &start {
+        IteratorStart::AfterSequence(sequence) => Some(sequence.clone()),
+        _ => None,
+    };
+    let mut iterator: Option<String> = None;
+    let mut failures = 0u32;
+    let mut idle_reads = 0u32;
+    let mut last_call = tokio::time::Instant::now() - MIN_READ_INTERVAL;
+    let limit = shared.source.batch_size.min(1000) as i32;
+    loop {
+        let pause = if idle_reads == 0 {
+            MIN_READ_INTERVAL
+        } else {
+            (MIN_READ_INTERVAL * (1 << idle_reads.min(4))).min(MAX_IDLE_INTERVAL)
+        };
+        let pause = if failures > 0 {
+            retry_delay(failures)
+        } else {
+            pause
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return ReadEnd::Stopped,
+            _ = abort.cancelled() => return ReadEnd::Stopped,
+            _ = tokio::time::sleep_until(last_call + pause) => {}
+        }
+        last_call = tokio::time::Instant::now();
+        let current = match iterator.take() {
+            Some(current) => current,
+            None => {
+                let from = match &last_read {
+                    Some(sequence) => IteratorStart::AfterSequence(sequence.clone()),
+                    None => start.clone(),
+                };
+                match shared.stream.iterator(shard_id, &from).await {
+                    Ok(fresh) => fresh,
+                    Err(ReadError::Trimmed(detail)) => {
+                        trimmed(shared, shard_id, &detail);
+                        last_read = None;
+                        match shared
+                            .stream
+                            .iterator(shard_id, &IteratorStart::TrimHorizon)
+                            .await
+                        {
+                            Ok(fresh) => fresh,
+                            Err(error) => {
+                                failures += 1;
+                                read_failed(shared, shard_id, &error.to_string());
+                                continue;
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        read_failed(shared, shard_id, &error.to_string());
+                        continue;
+                    }
+                }
+            }
+        };
+        let page = match shared.stream.read(shard_id, &current, limit).await {
+            Ok(page) => page,
+            Err(ReadError::ExpiredIterator) => {
+                shared.metrics.stream_event("expired_iterator");
+                tracing::info!(mapping = %shared.name, %shard_id, after = ?last_read, "shard iterator expired; renewing it after the last record read");
+                continue;
+            }
+            Err(ReadError::Trimmed(detail)) => {
+                trimmed(shared, shard_id, &detail);
+                last_read = None;
+                iterator = shared
+                    .stream
+                    .iterator(shard_id, &IteratorStart::TrimHorizon)
+                    .await
+                    .ok();
+                continue;
+            }
+            Err(error) => {
+                failures += 1;
+                read_failed(shared, shard_id, &error.to_string());
+                // The iterator may still be good; it is renewed after the last record either way.
+                continue;
+            }
+        };
+        failures = 0;
+        shared.health.poll_succeeded();
+        let now = now_since_epoch();
+        if page.records.is_empty() {
+            idle_reads = idle_reads.saturating_add(1);
+            age.set(0.0);
+        } else {
+            idle_reads = 0;
+            let newest = page.records.last().map_or(now, |r| r.arrived_at);
+            age.set(now.saturating_sub(newest).as_secs_f64());
+            shared
+                .metrics
+                .records_received
+                .increment(page.records.len() as u64);
+        }
+        let mut skipped = Vec::new();
+        for record in page.records {
+            last_read = Some(record.id().to_owned());
+            let position = progress.push(record.id().to_owned());
+            if skip_before.is_some_and(|at| record.arrived_at < at) {
+                skipped.push(position);
+                continue;
+            }
+            let key = record.ordering_key.clone().unwrap_or_default();
+            let lane = &lanes[lane_of(key.as_bytes(), lanes.len())];
+            let entry = match lane.try_send((record, position)) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(entry)) => entry,
+                Err(mpsc::error::TrySendError::Closed(_)) => return ReadEnd::Stopped,
+            };
+            // The lane is busy (or blocked retrying): wait for it, which is not a stalled poll.
+            shared.health.waiting_for_capacity(true);
+            let sent = tokio::select! {
+                _ = abort.cancelled() => false,
+                sent = lane.send(entry) => sent.is_ok(),
+            };
+            shared.health.waiting_for_capacity(false);
+            if !sent {
+                return ReadEnd::Stopped;
+            }
+        }
+        if !skipped.is_empty() {
+            progress.finish(skipped);
+            if !progress.save(shared).await {
+                return ReadEnd::Stopped;
+            }
+        }
+        match page.next_iterator {
+            Some(next) => iterator = Some(next),
+            None => return ReadEnd::ShardEnd,
+        }
+    }
+}
+
+fn trimmed(shared: &Shared, shard_id: &str, detail: &str) {
+    shared.metrics.stream_event("trimmed_data");
+    tracing::warn!(mapping = %shared.name, %shard_id, %detail, "records past the checkpoint were trimmed from the stream (older than its retention); resuming at the trim horizon");
+}
+
+fn read_failed(shared: &Shared, shard_id: &str, error: &str) {
+    shared.metrics.poll_errors.increment(1);
+    shared.health.poll_failed(error);
+    tracing::warn!(mapping = %shared.name, %shard_id, %error, "reading the shard failed; retrying");
+}
+
+/// Gathers batches for one lane and runs each to its end under the stream policy.
+async fn run_lane(
+    shared: Arc<Shared>,
+    progress: Arc<ShardCheckpoint>,
+    lane: String,
+    mut receiver: mpsc::Receiver<Entry>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
+    let started = Instant::now();
+    let clock = || started.elapsed();
+    let limits = BatchLimits::new(shared.source.batch_size, shared.source.max_batching_window);
+    let mut batcher: Batcher<Entry> = Batcher::new(limits);
+    let mut ready: VecDeque<Vec<Entry>> = VecDeque::new();
+    loop {
+        let batch = loop {
+            if stop.is_cancelled() || abort.is_cancelled() {
+                return;
+            }
+            if let Some(batch) = ready.pop_front() {
+                break batch;
+            }
+            match receiver.try_recv() {
+                Ok(entry) => {
+                    let size = entry.0.size_bytes;
+                    let PushResult {
+                        ready: complete,
+                        too_large,
+                    } = batcher.push(entry, size, clock());
+                    ready.extend(complete);
+                    if let Some(entry) = too_large {
+                        ready.push_back(vec![entry]);
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => match batcher.take() {
+                    Some(batch) => break batch,
+                    None => return,
+                },
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if let Some(batch) = batcher.poll(clock()) {
+                break batch;
+            }
+            let wait = batcher.deadline().map(|d| d.saturating_sub(clock()));
+            let received = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = abort.cancelled() => return,
+                received = receiver.recv() => received,
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => continue,
+            };
+            match received {
+                Some(entry) => {
+                    let size = entry.0.size_bytes;
+                    let PushResult {
+                        ready: complete,
+                        too_large,
+                    } = batcher.push(entry, size, clock());
+                    ready.extend(complete);
+                    if let Some(entry) = too_large {
+                        ready.push_back(vec![entry]);
+                    }
+                }
+                None => match batcher.take() {
+                    Some(batch) => break batch,
+                    None => return,
+                },
+            }
+        };
+        tokio::select! {
+            _ = abort.cancelled() => return,
+            _ = handle_batch(&shared, &progress, &lane, batch) => {}
+        }
+    }
+}
+
+fn items(batch: &[Entry]) -> Vec<StreamItem> {
+    batch
+        .iter()
+        .map(|(record, _)| StreamItem {
+            identifier: ItemIdentifier::Text(record.id().to_owned()),
+            arrived_at: record.arrived_at,
+        })
+        .collect()
+}
+
+fn outcome_label(outcome: &Outcome, applied: &Applied) -> &'static str {
+    match (outcome, applied) {
+        (_, Applied::Succeeded) => "success",
+        (_, Applied::Partial { .. }) => "partial_failure",
+        (
+            Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. },
+            Applied::Failed { error, .. },
+        ) if error.error_type == sluice_policies::ResponseError::ERROR_TYPE => "invalid_response",
+        (Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. }, _) => "partial_failure",
+        (failed, _) => failed.kind(),
+    }
+}
+
+/// Runs one batch of one lane until every record is handled or dead-lettered.
+async fn handle_batch(shared: &Shared, progress: &ShardCheckpoint, lane: &str, batch: Vec<Entry>) {
+    let shard_id = progress.shard_id.as_str();
+    let mut reported = vec![false; batch.len()];
+    let mut failing_since: Option<Instant> = None;
+    if batch.len() == 1 && batch[0].0.size_bytes > sluice_policies::MAX_INVOCATION_PAYLOAD_BYTES {
+        let dead_letter = StreamDeadLetter {
+            records: vec![0],
+            condition: DeadLetterCondition::PayloadTooLarge,
+            invoke_count: 0,
+            error: Some(ErrorInfo::new(
+                "PayloadTooLarge",
+                format!(
+                    "the record is {} bytes; an invocation holds at most 6 MB",
+                    batch[0].0.size_bytes
+                ),
+            )),
+            function_error: false,
+        };
+        store_dead_letter(shared, shard_id, &batch, &dead_letter).await;
+        progress.finish([batch[0].1]);
+        progress.save(shared).await;
+        return;
+    }
+    let mut state = StreamBatch::new(shared.policy.clone(), items(&batch));
+    loop {
+        let now = now_since_epoch();
+        match state.next_step(now) {
+            Step::Done => break,
+            Step::Wait { until } => {
+                tokio::time::sleep(until.saturating_sub(now)).await;
+            }
+            Step::Invoke { records, attempt } => {
+                let payload = records_event(records.iter().map(|&i| &batch[i].0));
+                let invocation = Invocation::new(&shared.name, payload);
+                shared.metrics.batches_invoked.increment(1);
+                let started = Instant::now();
+                let outcome = shared.target.invoke(&invocation).await;
+                let elapsed = started.elapsed();
+                shared.metrics.invoke_duration.record(elapsed.as_secs_f64());
+                let applied = state
+                    .apply(&outcome, now_since_epoch(), rand::random::<f64>())
+                    .expect("an invocation is outstanding");
+                shared.metrics.outcome(outcome_label(&outcome, &applied));
+                let first = batch[records[0]].0.id();
+                let last = batch[*records.last().expect("an invocation has records")]
+                    .0
+                    .id();
+                match &applied {
+                    Applied::Succeeded | Applied::Partial { .. } => {
+                        if failing_since.take().is_some() {
+                            shared.health.stuck(lane, None);
+                        }
+                        if let Applied::Partial { failed, .. } = applied {
+                            shared.metrics.records_retried.increment(failed as u64);
+                            tracing::info!(mapping = %shared.name, %shard_id, request_id = %invocation.request_id, first_sequence = %first, failed, "partial batch failure; retrying from the lowest failed record");
+                        }
+                    }
+                    Applied::Failed { error, split } => {
+                        failing_since.get_or_insert_with(Instant::now);
+                        shared.health.stuck(lane, failing_since);
+                        shared
+                            .metrics
+                            .records_retried
+                            .increment(records.len() as u64);
+                        tracing::warn!(mapping = %shared.name, %shard_id, request_id = %invocation.request_id, first_sequence = %first, last_sequence = %last, records = records.len(), attempt, error_type = %error.error_type, error = %error.message, bisect = split, "batch failed");
+                    }
+                    Applied::NotRun { error } => {
+                        failing_since.get_or_insert_with(Instant::now);
+                        shared.health.stuck(lane, failing_since);
+                        tracing::warn!(mapping = %shared.name, %shard_id, request_id = %invocation.request_id, first_sequence = %first, error_type = %error.error_type, error = %error.message, "target did not run the batch; retrying without using an attempt");
+                    }
+                }
+                record_finished(shared, progress, &state, &batch, &mut reported).await;
+            }
+            Step::DeadLetter(dead_letter) => {
+                store_dead_letter(shared, shard_id, &batch, &dead_letter).await;
+                state.dead_lettered().expect("a dead letter is outstanding");
+                record_finished(shared, progress, &state, &batch, &mut reported).await;
+            }
+        }
+    }
+    if failing_since.is_some() {
+        shared.health.stuck(lane, None);
+    }
+}
+
+/// Marks records that became finished and moves the checkpoint.
+async fn record_finished(
+    shared: &Shared,
+    progress: &ShardCheckpoint,
+    state: &StreamBatch,
+    batch: &[Entry],
+    reported: &mut [bool],
+) {
+    let mut positions = Vec::new();
+    for (index, (_, position)) in batch.iter().enumerate() {
+        if !reported[index] && state.is_finished(index) {
+            reported[index] = true;
+            positions.push(*position);
+        }
+    }
+    if positions.is_empty() {
+        return;
+    }
+    shared
+        .metrics
+        .records_acknowledged
+        .increment(positions.len() as u64);
+    progress.finish(positions);
+    progress.save(shared).await;
+}
+
+/// Sends a dead letter, retrying until the destination stores it: a record is never skipped
+/// because its dead letter could not be written.
+async fn store_dead_letter(
+    shared: &Shared,
+    shard_id: &str,
+    batch: &[Entry],
+    dead_letter: &StreamDeadLetter,
+) {
+    let records: Vec<&Record> = dead_letter.records.iter().map(|&i| &batch[i].0).collect();
+    let sequence_numbers: Vec<String> = records.iter().map(|r| r.id().to_owned()).collect();
+    let error = dead_letter
+        .error
+        .clone()
+        .unwrap_or_else(|| match dead_letter.condition {
+            DeadLetterCondition::RecordAgeExceeded => ErrorInfo::new(
+                "RecordAgeExceeded",
+                format!(
+                    "the record is older than retry.max_record_age ({:?})",
+                    shared.policy.max_record_age.unwrap_or_default()
+                ),
+            ),
+            other => ErrorInfo::new(other.as_str(), "dead-lettered"),
+        });
+    let Some(destination) = &shared.on_failure else {
+        shared
+            .metrics
+            .dead_lettered(dead_letter.condition.as_str(), records.len() as u64);
+        tracing::error!(
+            mapping = %shared.name,
+            %shard_id,
+            first_sequence = %sequence_numbers[0],
+            records = records.len(),
+            condition = dead_letter.condition.as_str(),
+            error_type = %error.error_type,
+            error = %error.message,
+            "records discarded: the policy gave up on them and the mapping has no on_failure destination"
+        );
+        return;
+    };
+    let envelope = DeadLetter {
+        mapping: shared.name.clone(),
+        target: shared.target_name.clone(),
+        region: shared.stream.region.clone(),
+        condition: dead_letter.condition,
+        attempts: dead_letter.invoke_count,
+        error: error.clone(),
+        function_error: dead_letter.function_error.then(|| "Unhandled".to_owned()),
+        source: EnvelopeSource::DynamodbStream {
+            stream_arn: shared.stream.stream_arn.clone(),
+            shard_id: shard_id.to_owned(),
+            sequence_numbers: sequence_numbers.clone(),
+            first_arrival: records.first().map_or(Duration::ZERO, |r| r.arrived_at),
+            last_arrival: records.last().map_or(Duration::ZERO, |r| r.arrived_at),
+        },
+        records: records
+            .iter()
+            .map(|r| serde_json::from_str(r.event.get()).unwrap_or_default())
+            .collect(),
+        first_attempt_at: records
+            .iter()
+            .map(|r| r.first_received_at)
+            .min()
+            .unwrap_or_default(),
+        last_attempt_at: now_since_epoch(),
+    };
+    let dedup = format!("{}-{}", sequence_numbers[0], dead_letter.condition.as_str());
+    let mut failures = 0u32;
+    loop {
+        match destination.send(&envelope, shard_id, &dedup).await {
+            Ok(()) => break,
+            Err(send_error) => {
+                failures += 1;
+                shared.metrics.ack_errors.increment(1);
+                tracing::error!(mapping = %shared.name, %shard_id, first_sequence = %sequence_numbers[0], error = %send_error, "dead-lettering failed; the shard waits and retries, nothing is skipped");
+                tokio::time::sleep(retry_delay(failures)).await;
+            }
+        }
+    }
+    shared
+        .metrics
+        .dead_lettered(dead_letter.condition.as_str(), records.len() as u64);
+    tracing::warn!(
+        mapping = %shared.name,
+        %shard_id,
+        first_sequence = %sequence_numbers[0],
+        last_sequence = %sequence_numbers[sequence_numbers.len() - 1],
+        records = records.len(),
+        condition = dead_letter.condition.as_str(),
+        attempts = dead_letter.invoke_count,
+        error_type = %error.error_type,
+        error = %error.message,
+        destination = destination.describe(),
+        "records dead-lettered"
+    );
+}
