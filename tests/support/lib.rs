@@ -129,6 +129,164 @@ impl Moto {
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {
         sqs_client(&self.endpoint()).await
     }
+
+    pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&sdk_config(&self.endpoint()).await)
+    }
+
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        let config = sdk_config(&self.endpoint()).await;
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    /// Stamps DynamoDB stream records written from now on as `offset_seconds` away from now
+    /// (the launcher's test control; negative makes them old).
+    pub async fn shift_stream_clock(&self, offset_seconds: i64) {
+        let url = format!(
+            "{}/_sluice/stream-clock?offset_seconds={offset_seconds}",
+            self.endpoint()
+        );
+        let response = reqwest::Client::new()
+            .put(&url)
+            .send()
+            .await
+            .expect("stream clock");
+        assert!(response.status().is_success());
+    }
+}
+
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await
+}
+
+// === DynamoDB ===
+
+/// Creates a table keyed by `id` (a string) with a NEW_AND_OLD_IMAGES stream; returns the
+/// stream's ARN.
+pub async fn create_stream_table(client: &aws_sdk_dynamodb::Client, name: &str) -> String {
+    use aws_sdk_dynamodb::types::*;
+    let output = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+    output
+        .table_description()
+        .and_then(|t| t.latest_stream_arn())
+        .expect("stream arn")
+        .to_owned()
+}
+
+/// Puts an item `{id, v, ...extra}`.
+pub async fn put_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    id: &str,
+    version: u64,
+    extra: &[(&str, &str)],
+) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut request = client
+        .put_item()
+        .table_name(table)
+        .item("id", AttributeValue::S(id.into()))
+        .item("v", AttributeValue::N(version.to_string()));
+    for (name, value) in extra {
+        request = request.item(*name, AttributeValue::S((*value).into()));
+    }
+    request.send().await.expect("put item");
+}
+
+pub async fn delete_item(client: &aws_sdk_dynamodb::Client, table: &str, id: &str) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    client
+        .delete_item()
+        .table_name(table)
+        .key("id", AttributeValue::S(id.into()))
+        .send()
+        .await
+        .expect("delete item");
+}
+
+/// The sequence number of a DynamoDB stream record, as a number for ordering (moto's sequence
+/// numbers fit in u128).
+pub fn sequence_of(record: &Value) -> u128 {
+    record["dynamodb"]["SequenceNumber"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("a sequence number")
+}
+
+/// The `id` key of a DynamoDB stream record.
+pub fn key_of(record: &Value) -> String {
+    record["dynamodb"]["Keys"]["id"]["S"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// === S3 ===
+
+/// Every object in `bucket`, parsed as JSON, with its key.
+pub async fn s3_objects(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<(String, Value)> {
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list objects");
+    let mut objects = Vec::new();
+    for object in listed.contents() {
+        let key = object.key().unwrap_or_default().to_owned();
+        let body = client
+            .get_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .expect("get object")
+            .body
+            .collect()
+            .await
+            .expect("object body")
+            .into_bytes();
+        objects.push((key, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+    }
+    objects
 }
 
 impl Drop for Moto {

@@ -18,6 +18,11 @@
    only to read `ContentBasedDeduplication`; here a send sees just that attribute. Deletes scan
    for the one message and stop, instead of rebuilding the message list.
 
+5. Test control, not a fix: `PUT /_sluice/stream-clock?offset_seconds=-120` shifts the
+   `ApproximateCreationDateTime` that moto stamps on DynamoDB stream records written afterwards,
+   so a test can produce records that are already two minutes old (for `max_record_age`) without
+   waiting. `offset_seconds=0` restores the real clock.
+
 With --count-requests (used by the benchmarks) it also counts requests per SQS action:
 GET /_sluice/requests returns {"counts": {action: n}, "first": {action: unix time}}, and DELETE
 resets them. Requests whose User-Agent contains "sluice-bench-harness" (the benchmark's own
@@ -149,6 +154,33 @@ sqs_models.SQSBackend.is_message_valid_based_on_retention_period = (
 )
 
 
+def stream_clock_control():
+    import datetime
+    import urllib.parse
+
+    import moto.dynamodb.models.table as table_models
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    offset = {"seconds": 0.0}
+    real_utcnow = table_models.utcnow
+
+    def shifted_utcnow():
+        return real_utcnow() + datetime.timedelta(seconds=offset["seconds"])
+
+    table_models.utcnow = shifted_utcnow
+    serve = DomainDispatcherApplication.__call__
+
+    def control_call(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/_sluice/stream-clock":
+            query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+            offset["seconds"] = float(query.get("offset_seconds", ["0"])[0])
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps(offset).encode()]
+        return serve(self, environ, start_response)
+
+    DomainDispatcherApplication.__call__ = control_call
+
+
 def count_requests():
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
@@ -183,6 +215,7 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--count-requests", action="store_true")
     args = parser.parse_args()
+    stream_clock_control()
     if args.count_requests:
         count_requests()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)

@@ -136,7 +136,7 @@ impl StreamMapping {
             return;
         };
         let sync_interval = match &self.store {
-            StoreSetup::DynamoDb { lease_duration, .. } => *lease_duration / 3,
+            StoreSetup::DynamoDb { lease_duration, .. } => *lease_duration / 4,
             StoreSetup::Embedded(_) => self.source.discovery_interval,
         };
         tracing::info!(

@@ -7,7 +7,7 @@
 //! `handoff_to` (an instance that asked for the lease) and `updated_at_ms`.
 //!
 //! Guarantees:
-//! - the holder renews each lease every sync (a third of the lease duration) by raising its
+//! - the holder renews each lease every sync (a quarter of the lease duration) by raising its
 //!   counter, conditional on still owning it at the counter it knows;
 //! - a lease whose counter has not moved for `lease_duration` of this instance's own clock is
 //!   expired and may be taken; no clocks are compared between machines;
