@@ -1,0 +1,124 @@
+//! The DynamoDB lease store against moto: the fence, expiry, balancing and handoff of
+//! `sluice_sources::checkpoint::dynamodb` (architecture.md "Running on more than one machine").
+
+use sluice_sources::checkpoint::dynamodb::DynamoDbLeaseStore;
+use sluice_sources::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ShardSpec};
+use sluice_testkit::*;
+use std::time::Duration;
+
+fn shards(ids: &[&str]) -> Vec<ShardSpec> {
+    ids.iter()
+        .map(|id| ShardSpec {
+            id: id.to_string(),
+            parent: None,
+        })
+        .collect()
+}
+
+async fn store(moto: &Moto, owner: &str, lease: Duration) -> DynamoDbLeaseStore {
+    DynamoDbLeaseStore::open(
+        moto.dynamodb().await,
+        "leases",
+        "orders",
+        "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/x",
+        owner.to_owned(),
+        lease,
+    )
+    .await
+    .expect("open the lease store")
+}
+
+fn held(acquired: &sluice_sources::checkpoint::Acquired) -> Vec<String> {
+    acquired.held.iter().map(|h| h.shard_id.clone()).collect()
+}
+
+#[tokio::test]
+async fn an_instance_that_lost_its_lease_cannot_move_the_checkpoint() {
+    let moto = Moto::start();
+    let lease = Duration::from_millis(300);
+    let a = store(&moto, "a", lease).await;
+    let b = store(&moto, "b", lease).await;
+    let listing = shards(&["s1"]);
+    assert_eq!(held(&a.acquire(&listing).await.unwrap()), vec!["s1"]);
+    a.checkpoint("s1", &Checkpoint::After("10".into()))
+        .await
+        .unwrap();
+    // b sees a's lease, then sees it unrenewed for a lease duration, and takes it.
+    assert!(held(&b.acquire(&listing).await.unwrap()).is_empty());
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let taken = b.acquire(&listing).await.unwrap();
+    assert_eq!(held(&taken), vec!["s1"]);
+    assert_eq!(
+        taken.held[0].checkpoint,
+        Some(Checkpoint::After("10".into())),
+        "b continues from a's checkpoint"
+    );
+    let fenced = a.checkpoint("s1", &Checkpoint::After("20".into())).await;
+    assert!(
+        matches!(fenced, Err(CheckpointError::LeaseLost { .. })),
+        "{fenced:?}"
+    );
+    // a learns it on its next sync, and does not take the shard back.
+    assert!(held(&a.acquire(&listing).await.unwrap()).is_empty());
+    b.checkpoint("s1", &Checkpoint::After("30".into()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shards_are_balanced_by_handoff_and_released_leases_are_taken_at_once() {
+    let moto = Moto::start();
+    let lease = Duration::from_secs(30);
+    let a = store(&moto, "a", lease).await;
+    let b = store(&moto, "b", lease).await;
+    let listing = shards(&["s1", "s2", "s3", "s4"]);
+    assert_eq!(held(&a.acquire(&listing).await.unwrap()).len(), 4);
+    // b holds nothing and a holds more than its share: b asks for one lease.
+    assert!(held(&b.acquire(&listing).await.unwrap()).is_empty());
+    let asked = a.acquire(&listing).await.unwrap();
+    assert_eq!(asked.handoff_requested.len(), 1);
+    let handed = asked.handoff_requested[0].clone();
+    a.release(&handed).await.unwrap();
+    assert_eq!(
+        held(&b.acquire(&listing).await.unwrap()),
+        vec![handed.clone()]
+    );
+    // In the same sync b asked for one more, since a still holds more than its share.
+    let asked = a.acquire(&listing).await.unwrap();
+    assert_eq!(asked.handoff_requested.len(), 1);
+    assert_ne!(asked.handoff_requested[0], handed);
+    a.release(&asked.handoff_requested[0]).await.unwrap();
+    assert_eq!(held(&b.acquire(&listing).await.unwrap()).len(), 2);
+    assert_eq!(held(&a.acquire(&listing).await.unwrap()).len(), 2);
+    let settled = b.acquire(&listing).await.unwrap();
+    assert_eq!(held(&settled).len(), 2);
+    assert!(
+        a.acquire(&listing)
+            .await
+            .unwrap()
+            .handoff_requested
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_finished_parent_lets_its_children_be_leased() {
+    let moto = Moto::start();
+    let a = store(&moto, "a", Duration::from_secs(30)).await;
+    let listing = vec![
+        ShardSpec {
+            id: "parent".into(),
+            parent: None,
+        },
+        ShardSpec {
+            id: "child".into(),
+            parent: Some("parent".into()),
+        },
+    ];
+    assert_eq!(held(&a.acquire(&listing).await.unwrap()), vec!["parent"]);
+    a.checkpoint("parent", &Checkpoint::ShardEnd).await.unwrap();
+    a.release("parent").await.unwrap();
+    let acquired = a.acquire(&listing).await.unwrap();
+    assert_eq!(held(&acquired), vec!["child"]);
+    assert!(acquired.finished.contains("parent"));
+}
