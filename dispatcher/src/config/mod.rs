@@ -1059,6 +1059,165 @@ mappings:
         assert!(rendered.contains("30s"), "{rendered}");
     }
 
+    const STREAM: &str = r#"
+version: 1
+targets:
+  api:
+    http: { url: "http://127.0.0.1:8080/events" }
+mappings:
+  - name: changes
+    target: api
+    source:
+      dynamodb_stream:
+        table: orders
+        starting_position: trim_horizon
+"#;
+
+    fn stream_source(config: &Config) -> &StreamSourceConfig {
+        match &config.mappings[0].source {
+            SourceConfig::DynamodbStream(stream) => stream,
+            other => panic!("not a stream source: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stream_mapping_builds_with_lambdas_defaults() {
+        let config = parse_text(STREAM).unwrap();
+        let stream = stream_source(&config);
+        assert_eq!(stream.batch_size, 100);
+        assert_eq!(stream.parallelization_factor, 1);
+        assert_eq!(stream.starting_position, StartingPosition::TrimHorizon);
+        let retry = &config.mappings[0].retry;
+        assert_eq!(
+            retry.max_retry_attempts, None,
+            "-1: until the record is too old"
+        );
+        assert_eq!(retry.max_record_age, None);
+        assert!(!retry.bisect_on_error);
+        assert!(retry.backoff.is_some(), "streams back off by default");
+        assert_eq!(config.checkpoints, CheckpointsConfig::Embedded);
+    }
+
+    #[test]
+    fn stream_retry_limits_follow_lambdas_ranges() {
+        let with = |retry: &str| {
+            parse_text(&format!(
+                "{STREAM}    retry: {retry}\n    on_failure: {{ s3: {{ bucket: b }} }}\n"
+            ))
+        };
+        let config = with("{ max_retry_attempts: -1, max_record_age: -1 }").unwrap();
+        assert_eq!(config.mappings[0].retry.max_record_age, None);
+        let config = with("{ max_retry_attempts: 10000, max_record_age: 7d }").unwrap();
+        assert_eq!(config.mappings[0].retry.max_retry_attempts, Some(10_000));
+        assert_eq!(
+            config.mappings[0].retry.max_record_age,
+            Some(Duration::from_secs(604_800))
+        );
+        let errors = with("{ max_retry_attempts: 10001, max_record_age: 30s }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("retry.max_retry_attempts: must be -1"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("retry.max_record_age: must be -1 or 60s..=7d"),
+            "{errors}"
+        );
+        let errors = with("{ max_record_age: 60 }").unwrap_err().to_string();
+        assert!(errors.contains("no unit"), "{errors}");
+    }
+
+    #[test]
+    fn limits_that_can_run_out_need_an_on_failure_destination() {
+        let text = format!("{STREAM}    retry: {{ max_retry_attempts: 3 }}\n");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered
+                .contains("mappings[0].retry.max_retry_attempts: needs an on_failure destination"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn retry_keys_of_the_other_source_kind_are_refused() {
+        let text = format!("{STREAM}    retry: {{ max_receive_count: 3 }}\n");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(rendered.contains("applies to sqs sources"), "{rendered}");
+        let text = format!("{BASE}    retry: {{ bisect_on_error: true }}\n");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("retry.bisect_on_error: applies to stream sources"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn stream_source_settings_are_checked_at_their_keys() {
+        let text = STREAM.replace(
+            "starting_position: trim_horizon",
+            "starting_position: at_timestamp\n        stream_arn: nope\n        parallelization_factor: 11",
+        );
+        let errors = parse_text(&text).unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"mappings[0].source.dynamodb_stream.starting_position"),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"mappings[0].source.dynamodb_stream.stream_arn"),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"mappings[0].source.dynamodb_stream.parallelization_factor"),
+            "{paths:?}"
+        );
+    }
+
+    #[test]
+    fn at_timestamp_reads_rfc3339_or_unix_seconds() {
+        for (written, seconds) in [
+            ("2024-05-01T12:00:00Z", 1_714_564_800),
+            ("1714564800", 1_714_564_800),
+        ] {
+            let text = STREAM.replace(
+                "starting_position: trim_horizon",
+                &format!(
+                    "starting_position: at_timestamp\n        starting_timestamp: \"{written}\""
+                ),
+            );
+            let config = parse_text(&text).unwrap();
+            assert_eq!(
+                stream_source(&config).starting_position,
+                StartingPosition::AtTimestamp(Duration::from_secs(seconds))
+            );
+        }
+    }
+
+    #[test]
+    fn a_lease_table_is_configured_with_its_lease_duration() {
+        let text = format!(
+            "{STREAM}checkpoints: {{ dynamodb: {{ table: leases, lease_duration: 20s }} }}\n"
+        );
+        let config = parse_text(&text).unwrap();
+        assert_eq!(
+            config.checkpoints,
+            CheckpointsConfig::DynamoDb {
+                table: "leases".into(),
+                lease_duration: Duration::from_secs(20)
+            }
+        );
+        let text = format!(
+            "{STREAM}checkpoints: {{ dynamodb: {{ table: leases, lease_duration: 1s }} }}\n"
+        );
+        assert!(
+            parse_text(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("lease_duration: must be 3s..=5m")
+        );
+    }
+
     #[test]
     fn the_schema_names_every_top_level_key() {
         let schema = json_schema();
@@ -1070,6 +1229,8 @@ mappings:
             "admin",
             "aws",
             "shutdown_timeout",
+            "checkpoints",
+            "state_dir",
         ] {
             assert!(properties.contains_key(key), "{key}");
         }
