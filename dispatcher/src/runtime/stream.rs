@@ -15,7 +15,9 @@
 //!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
 //!   shard at once without writing.
 
-use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
+use crate::config::{
+    CheckpointsConfig, MappingConfig, SourceConfig, StartingPosition, StreamSourceConfig,
+};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
 use crate::targets::{Invocation, Target};
@@ -1056,4 +1058,204 @@ async fn store_dead_letter(
         destination = destination.describe(),
         "records dead-lettered"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    //! The read loop against scripted DynamoDB Streams responses (aws-smithy-mocks): moto never
+    //! expires iterators nor trims data (dependencies.md trap 4).
+
+    use super::*;
+    use crate::health::Health;
+    use async_trait::async_trait;
+    use aws_sdk_dynamodbstreams::Client;
+    use aws_sdk_dynamodbstreams::operation::describe_stream::DescribeStreamOutput;
+    use aws_sdk_dynamodbstreams::operation::get_records::{GetRecordsError, GetRecordsOutput};
+    use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorOutput;
+    use aws_sdk_dynamodbstreams::primitives::DateTime;
+    use aws_sdk_dynamodbstreams::types::error::{
+        ExpiredIteratorException, TrimmedDataAccessException,
+    };
+    use aws_sdk_dynamodbstreams::types::{
+        AttributeValue, OperationType, Record as SdkRecord, Shard, ShardIteratorType,
+        StreamDescription, StreamRecord,
+    };
+    use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Recording(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Target for Recording {
+        async fn invoke(&self, invocation: &Invocation) -> Outcome {
+            let event: serde_json::Value = serde_json::from_slice(&invocation.payload).unwrap();
+            let mut seen = self.0.lock().unwrap();
+            for record in event["Records"].as_array().unwrap() {
+                seen.push(
+                    record["dynamodb"]["SequenceNumber"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            Outcome::Returned { response: None }
+        }
+    }
+
+    fn record(sequence: u32) -> SdkRecord {
+        SdkRecord::builder()
+            .event_id(format!("e{sequence}"))
+            .event_name(OperationType::Insert)
+            .dynamodb(
+                StreamRecord::builder()
+                    .sequence_number(sequence.to_string())
+                    .keys("id", AttributeValue::S(format!("k{sequence}")))
+                    .approximate_creation_date_time(DateTime::from_secs(
+                        now_since_epoch().as_secs() as i64,
+                    ))
+                    .build(),
+            )
+            .build()
+    }
+
+    fn page(sequences: &[u32], next: Option<&str>) -> GetRecordsOutput {
+        GetRecordsOutput::builder()
+            .set_records(Some(sequences.iter().map(|s| record(*s)).collect()))
+            .set_next_shard_iterator(next.map(str::to_owned))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn an_expired_iterator_is_renewed_after_the_last_record_and_trimmed_data_resumes_at_the_horizon()
+     {
+        let iterator_requests = Arc::new(Mutex::new(Vec::new()));
+        let requests = iterator_requests.clone();
+        let trimmed = Arc::new(AtomicBool::new(false));
+        let after_trim = trimmed.clone();
+        let describe = mock!(Client::describe_stream).then_output(|| {
+            DescribeStreamOutput::builder()
+                .stream_description(
+                    StreamDescription::builder()
+                        .shards(Shard::builder().shard_id("shardId-1").build())
+                        .build(),
+                )
+                .build()
+        });
+        let iterators = mock!(Client::get_shard_iterator).then_compute_output(move |request| {
+            let iterator = match request.shard_iterator_type() {
+                Some(ShardIteratorType::TrimHorizon) if after_trim.load(Ordering::SeqCst) => {
+                    "it-horizon-after-trim".to_owned()
+                }
+                Some(ShardIteratorType::TrimHorizon) => "it-horizon".to_owned(),
+                Some(ShardIteratorType::AfterSequenceNumber) => {
+                    format!("it-after-{}", request.sequence_number().unwrap())
+                }
+                other => panic!("unexpected iterator type {other:?}"),
+            };
+            requests.lock().unwrap().push(iterator.clone());
+            GetShardIteratorOutput::builder()
+                .shard_iterator(iterator)
+                .build()
+        });
+        let expired_once = Arc::new(AtomicBool::new(false));
+        let records =
+            mock!(Client::get_records).then_compute_response(move |request| {
+                match request.shard_iterator().unwrap() {
+                    "it-horizon" => MockResponse::Output(page(&[1, 2, 3], Some("it-stale"))),
+                    "it-stale" if !expired_once.swap(true, Ordering::SeqCst) => {
+                        MockResponse::Error(GetRecordsError::ExpiredIteratorException(
+                            ExpiredIteratorException::builder()
+                                .message("Iterator expired")
+                                .build(),
+                        ))
+                    }
+                    "it-after-3" => MockResponse::Output(page(&[4, 5, 6], Some("it-trimmed"))),
+                    "it-trimmed" => {
+                        trimmed.store(true, Ordering::SeqCst);
+                        MockResponse::Error(GetRecordsError::TrimmedDataAccessException(
+                            TrimmedDataAccessException::builder()
+                                .message("trimmed")
+                                .build(),
+                        ))
+                    }
+                    "it-horizon-after-trim" => MockResponse::Output(page(&[8, 9], None)),
+                    other => panic!("unexpected iterator {other}"),
+                }
+            });
+        let streams = mock_client!(
+            aws_sdk_dynamodbstreams,
+            RuleMode::MatchAny,
+            [&describe, &iterators, &records]
+        );
+        let config = crate::config::parse(
+            "test.yaml",
+            r#"
+version: 1
+targets:
+  t: { http: { url: "http://127.0.0.1:1/" } }
+mappings:
+  - name: scripted
+    target: t
+    source:
+      dynamodb_stream:
+        stream_arn: "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024"
+        starting_position: trim_horizon
+        batch_size: 10
+"#,
+            Default::default(),
+        )
+        .unwrap();
+        let mapping = config.mappings[0].clone();
+        let SourceConfig::DynamodbStream(source) = mapping.source.clone() else {
+            panic!("a stream source")
+        };
+        let state = tempfile::tempdir().unwrap();
+        let file = StateFile::open(state.path()).unwrap();
+        let tables = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+                .build(),
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let worker = StreamMapping {
+            config: mapping,
+            source,
+            streams,
+            tables,
+            store: StoreSetup::Embedded(file.clone()),
+            target: Arc::new(Recording(seen.clone())),
+            on_failure: None,
+            health: Health::new(Duration::from_secs(60), Duration::from_secs(60))
+                .register("scripted"),
+            metrics: MappingMetrics::new("scripted"),
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
+        let store = EmbeddedStore::new(file, "scripted");
+        let listing = [ShardSpec {
+            id: "shardId-1".into(),
+            parent: None,
+        }];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let acquired = store.acquire(&listing).await.unwrap();
+            if acquired.finished.contains("shardId-1") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the shard never finished");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["1", "2", "3", "4", "5", "6", "8", "9"],
+            "nothing repeated after the renewal; the trimmed record 7 is gone"
+        );
+        assert_eq!(
+            *iterator_requests.lock().unwrap(),
+            vec!["it-horizon", "it-after-3", "it-horizon-after-trim"]
+        );
+    }
 }
