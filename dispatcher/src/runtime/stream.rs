@@ -15,9 +15,7 @@
 //!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
 //!   shard at once without writing.
 
-use crate::config::{
-    CheckpointsConfig, MappingConfig, SourceConfig, StartingPosition, StreamSourceConfig,
-};
+use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
 use crate::targets::{Invocation, Target};
@@ -137,9 +135,11 @@ impl StreamMapping {
         let Some(store) = self.open_store(&stream, &shutdown).await else {
             return;
         };
-        let sync_interval = match &self.store {
-            StoreSetup::DynamoDb { lease_duration, .. } => *lease_duration / 4,
-            StoreSetup::Embedded(_) => self.source.discovery_interval,
+        let (sync_interval, lease_duration) = match &self.store {
+            StoreSetup::DynamoDb { lease_duration, .. } => {
+                (*lease_duration / 4, Some(*lease_duration))
+            }
+            StoreSetup::Embedded(_) => (self.source.discovery_interval, None),
         };
         tracing::info!(
             mapping = %name,
@@ -176,7 +176,14 @@ impl StreamMapping {
             health: self.health.clone(),
             metrics: self.metrics.clone(),
         });
-        coordinate(shared, sync_interval, shutdown, shutdown_timeout).await;
+        coordinate(
+            shared,
+            sync_interval,
+            lease_duration,
+            shutdown,
+            shutdown_timeout,
+        )
+        .await;
         tracing::info!(mapping = %name, "mapping stopped");
     }
 
@@ -267,9 +274,11 @@ impl StreamMapping {
 async fn coordinate(
     shared: Arc<Shared>,
     sync_interval: Duration,
+    lease_duration: Option<Duration>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
 ) {
+    let mut last_sync = Instant::now();
     let mut running: HashMap<String, RunningShard> = HashMap::new();
     let mut workers: tokio::task::JoinSet<(String, ShardExit)> = tokio::task::JoinSet::new();
     let mut shards: Vec<ShardSpec> = Vec::new();
@@ -302,6 +311,7 @@ async fn coordinate(
         }
         match shared.store.acquire(&shards).await {
             Ok(acquired) => {
+                last_sync = Instant::now();
                 let held: HashSet<&str> =
                     acquired.held.iter().map(|h| h.shard_id.as_str()).collect();
                 for (shard_id, shard) in running.iter_mut() {
@@ -351,6 +361,16 @@ async fn coordinate(
                 shared.metrics.poll_errors.increment(1);
                 shared.health.poll_failed(&error.to_string());
                 tracing::warn!(mapping = %shared.name, %error, "lease sync failed");
+                // Leases not renewed for a lease duration may belong to others by now: stop
+                // rather than process a shard beside its new owner.
+                if lease_duration.is_some_and(|lease| last_sync.elapsed() >= lease) {
+                    for (shard_id, shard) in &running {
+                        if !shard.abort.is_cancelled() {
+                            tracing::warn!(mapping = %shared.name, %shard_id, "leases could not be renewed for a lease duration; abandoning the shard");
+                            shard.abort.cancel();
+                        }
+                    }
+                }
             }
         }
         let pause = if failures > 0 {
@@ -1066,6 +1086,7 @@ mod tests {
     //! expires iterators nor trims data (dependencies.md trap 4).
 
     use super::*;
+    use crate::config::SourceConfig;
     use crate::health::Health;
     use async_trait::async_trait;
     use aws_sdk_dynamodbstreams::Client;
