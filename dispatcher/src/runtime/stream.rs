@@ -632,7 +632,9 @@ async fn read_shard(
     let mut failures = 0u32;
     let mut idle_reads = 0u32;
     let mut last_call = tokio::time::Instant::now() - MIN_READ_INTERVAL;
-    let limit = shared.source.batch_size.min(1000) as i32;
+    // Read whole pages: the lanes cut batches, and a read capped at batch_size would cap a shard
+    // at 4 batches per second.
+    let limit = sluice_sources::dynamodb_streams::MAX_RECORDS_PER_READ;
     loop {
         let pause = if idle_reads == 0 {
             MIN_READ_INTERVAL
@@ -872,7 +874,12 @@ fn outcome_label(outcome: &Outcome, applied: &Applied) -> &'static str {
 }
 
 /// Runs one batch of one lane until every record is handled or dead-lettered.
-async fn handle_batch(shared: &Shared, progress: &ShardCheckpoint, lane: &str, batch: Vec<Entry>) {
+async fn handle_batch(
+    shared: &Arc<Shared>,
+    progress: &Arc<ShardCheckpoint>,
+    lane: &str,
+    batch: Vec<Entry>,
+) {
     let shard_id = progress.shard_id.as_str();
     let mut reported = vec![false; batch.len()];
     let mut failing_since: Option<Instant> = None;
@@ -944,12 +951,12 @@ async fn handle_batch(shared: &Shared, progress: &ShardCheckpoint, lane: &str, b
                         tracing::warn!(mapping = %shared.name, %shard_id, request_id = %invocation.request_id, first_sequence = %first, error_type = %error.error_type, error = %error.message, "target did not run the batch; retrying without using an attempt");
                     }
                 }
-                record_finished(shared, progress, &state, &batch, &mut reported).await;
+                record_finished(shared, progress, &state, &batch, &mut reported);
             }
             Step::DeadLetter(dead_letter) => {
                 store_dead_letter(shared, shard_id, &batch, &dead_letter).await;
                 state.dead_lettered().expect("a dead letter is outstanding");
-                record_finished(shared, progress, &state, &batch, &mut reported).await;
+                record_finished(shared, progress, &state, &batch, &mut reported);
             }
         }
     }
@@ -958,10 +965,12 @@ async fn handle_batch(shared: &Shared, progress: &ShardCheckpoint, lane: &str, b
     }
 }
 
-/// Marks records that became finished and moves the checkpoint.
-async fn record_finished(
-    shared: &Shared,
-    progress: &ShardCheckpoint,
+/// Marks records that became finished and moves the checkpoint. The write runs beside the next
+/// batch: writes are serialized and always store the newest finished position, so they stay in
+/// order, and the shard's final write waits for them.
+fn record_finished(
+    shared: &Arc<Shared>,
+    progress: &Arc<ShardCheckpoint>,
     state: &StreamBatch,
     batch: &[Entry],
     reported: &mut [bool],
@@ -981,7 +990,8 @@ async fn record_finished(
         .records_acknowledged
         .increment(positions.len() as u64);
     progress.finish(positions);
-    progress.save(shared).await;
+    let (shared, progress) = (shared.clone(), progress.clone());
+    tokio::spawn(async move { progress.save(&shared).await });
 }
 
 /// Sends a dead letter, retrying until the destination stores it: a record is never skipped
