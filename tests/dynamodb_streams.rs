@@ -545,3 +545,62 @@ async fn a_second_instance_takes_over_the_shard_within_two_lease_durations_of_a_
         "the survivor continued from the checkpoint; {repeats} records repeated"
     );
 }
+
+// architecture.md "CLI": `validate --connect` also finds the stream of every stream mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_connect_names_a_table_without_a_stream() {
+    let moto = Moto::start();
+    let dynamodb = moto.dynamodb().await;
+    create_stream_table(&dynamodb, "streamed").await;
+    dynamodb
+        .create_table()
+        .table_name("plain")
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.yaml");
+    let mapping = |name: &str, table: &str| {
+        format!(
+            "  - name: {name}\n    target: api\n    source:\n      dynamodb_stream: {{ table: {table}, starting_position: latest }}\n"
+        )
+    };
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\ntargets:\n  api:\n    http: {{ url: \"http://127.0.0.1:1/\" }}\nmappings:\n{}{}",
+            mapping("good", "streamed"),
+            mapping("bad", "plain")
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(sluice_binary())
+        .args(["validate", "--connect", "-c"])
+        .arg(&path)
+        .envs(moto_env(&moto))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("mappings[1].source.dynamodb_stream (bad)")
+            && stderr.contains("the table has no stream"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("(good)"), "{stderr}");
+}

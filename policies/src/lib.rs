@@ -7,6 +7,7 @@
 //!
 //! - [`batcher`]: when a batch is complete (count, bytes, window), with the 6 MB invocation cap.
 //! - [`response`]: the handler's response, parsed as Lambda parses it (`batchItemFailures`).
+//! - [`filter`]: Lambda's event filter patterns (semantics.md §7).
 //! - [`outcome`]: what one invocation produced, as the policies see it.
 //! - [`backoff`]: exponential backoff with optional full jitter.
 //! - [`queue`]: Lambda's SQS semantics (semantics.md §3 and §12) as a decision per batch.
@@ -15,6 +16,7 @@
 
 pub mod backoff;
 pub mod batcher;
+pub mod filter;
 pub mod outcome;
 pub mod queue;
 pub mod response;
@@ -22,6 +24,7 @@ pub mod stream;
 
 pub use backoff::Backoff;
 pub use batcher::{BatchLimits, Batcher, MAX_INVOCATION_PAYLOAD_BYTES};
+pub use filter::{FilterSet, Pattern, PatternError};
 pub use outcome::{ErrorInfo, Outcome};
 pub use queue::{
     DeadLetterCondition, QueueDecision, QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
