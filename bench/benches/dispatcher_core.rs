@@ -56,6 +56,7 @@ fn batch_build_decide(c: &mut Criterion) {
         report_batch_item_failures: true,
         max_receive_count: Some(5),
         backoff: None,
+        non_retryable: None,
     };
     let mut group = c.benchmark_group("dispatcher_core");
     group.throughput(Throughput::Elements(RECORDS as u64));

@@ -12,6 +12,9 @@ use serde_json::Value;
 pub struct ErrorInfo {
     pub error_type: String,
     pub message: String,
+    /// The target marked the error as one retrying cannot fix (an HTTP status the target lists
+    /// as non-retryable), whatever its type.
+    pub non_retryable: bool,
 }
 
 impl ErrorInfo {
@@ -19,7 +22,33 @@ impl ErrorInfo {
         Self {
             error_type: error_type.into(),
             message: message.into(),
+            non_retryable: false,
         }
+    }
+
+    /// The same error, marked as not worth retrying.
+    pub fn marked_non_retryable(mut self) -> Self {
+        self.non_retryable = true;
+        self
+    }
+}
+
+/// Which errors a mapping sends straight to its on-failure destination (`NonRetryableError`):
+/// those whose `errorType` is listed, and those a target marked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorClasses {
+    pub non_retryable_types: std::collections::BTreeSet<String>,
+}
+
+impl ErrorClasses {
+    pub fn new(types: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            non_retryable_types: types.into_iter().collect(),
+        }
+    }
+
+    pub fn is_non_retryable(&self, error: &ErrorInfo) -> bool {
+        error.non_retryable || self.non_retryable_types.contains(&error.error_type)
     }
 }
 

@@ -16,10 +16,12 @@
 //!   receive count when `retry.backoff` is set;
 //! - with `max_receive_count`, a message whose handler failed on its `max_receive_count`-th receive
 //!   (or later) is dead-lettered with the error, condition `RetryAttemptsExhausted`; a throttle or
-//!   an unreachable target never dead-letters (the handler did not run).
+//!   an unreachable target never dead-letters (the handler did not run);
+//! - with `non_retryable` error classes, a failure whose error is one of them is dead-lettered at
+//!   once with condition `NonRetryableError`.
 
 use crate::backoff::Backoff;
-use crate::outcome::{ErrorInfo, Outcome};
+use crate::outcome::{ErrorClasses, ErrorInfo, Outcome};
 use crate::response::{
     IdentifierKind, ItemFailures, ItemIdentifier, ResponseError, parse_batch_item_failures,
 };
@@ -107,6 +109,8 @@ pub struct QueuePolicy {
     pub max_receive_count: Option<u32>,
     /// `retry.backoff`: delay failed messages by their receive count instead of the visibility timeout.
     pub backoff: Option<Backoff>,
+    /// Errors dead-lettered at once; `None` when the mapping has no on-failure destination.
+    pub non_retryable: Option<ErrorClasses>,
 }
 
 /// How a partial failure is described in the dead-letter envelope.
@@ -176,6 +180,17 @@ impl QueuePolicy {
         handler_ran: bool,
         unit_random: f64,
     ) -> RecordDisposition {
+        if handler_ran
+            && self
+                .non_retryable
+                .as_ref()
+                .is_some_and(|classes| classes.is_non_retryable(&error))
+        {
+            return RecordDisposition::DeadLetter {
+                condition: DeadLetterCondition::NonRetryableError,
+                error,
+            };
+        }
         let exhausted = self
             .max_receive_count
             .is_some_and(|max| message.receive_count >= max);
@@ -273,6 +288,7 @@ mod tests {
             report_batch_item_failures: rbif,
             max_receive_count: None,
             backoff: None,
+            non_retryable: None,
         }
     }
 
@@ -297,6 +313,55 @@ mod tests {
                 RecordDisposition::DeadLetter { .. } => 'X',
             })
             .collect()
+    }
+
+    // semantics.md §12 "Condition names": NonRetryableError.
+    #[test]
+    fn a_non_retryable_error_is_dead_lettered_on_its_first_receive() {
+        let classes = ErrorClasses::new(["ValidationError".to_owned()]);
+        let policy = QueuePolicy {
+            non_retryable: Some(classes),
+            ..policy(true)
+        };
+        let batch = standard(&["a", "b"], 1);
+        let partial = Outcome::Returned {
+            response: Some(serde_json::json!({"batchItemFailures": [
+                {"itemIdentifier": "a", "errorType": "ValidationError", "errorMessage": "no sku"},
+                {"itemIdentifier": "b", "errorType": "Timeout"}
+            ]})),
+        };
+        let decision = policy.decide(&batch, &partial, 0.5);
+        assert!(matches!(
+            decision.dispositions[0],
+            RecordDisposition::DeadLetter {
+                condition: DeadLetterCondition::NonRetryableError,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decision.dispositions[1],
+            RecordDisposition::Retry { .. }
+        ));
+        let marked =
+            Outcome::FunctionError(ErrorInfo::new("HTTP 422", "bad").marked_non_retryable());
+        let decision = policy.decide(&batch[..1], &marked, 0.5);
+        assert!(matches!(
+            decision.dispositions[0],
+            RecordDisposition::DeadLetter {
+                condition: DeadLetterCondition::NonRetryableError,
+                ..
+            }
+        ));
+        let without_destination = policy_without_destination();
+        let decision = without_destination.decide(&batch[..1], &marked, 0.5);
+        assert!(matches!(
+            decision.dispositions[0],
+            RecordDisposition::Retry { .. }
+        ));
+    }
+
+    fn policy_without_destination() -> QueuePolicy {
+        policy(true)
     }
 
     // semantics.md §3 "Visibility": success deletes the batch.
@@ -514,6 +579,7 @@ mod tests {
                     report_batch_item_failures: rbif,
                     max_receive_count,
                     backoff: None,
+                    non_retryable: None,
                 };
                 (batch, outcome, policy)
             })
@@ -574,7 +640,7 @@ mod tests {
         ) {
             #[derive(Debug, Clone, Copy, PartialEq)]
             enum End { Acknowledged, DeadLettered }
-            let policy = QueuePolicy { report_batch_item_failures: true, max_receive_count, backoff: None };
+            let policy = QueuePolicy { report_batch_item_failures: true, max_receive_count, backoff: None, non_retryable: None };
             let mut receive_counts = vec![0u32; message_count];
             let mut ends: Vec<Option<End>> = vec![None; message_count];
             let group_of = |index: usize| fifo.then(|| format!("g{}", index % 3));

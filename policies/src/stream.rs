@@ -19,6 +19,10 @@
 //!   response fails the whole batch;
 //! - **record age**: records older than `max_record_age` are split out before an invocation and
 //!   dead-lettered with `RecordAgeExceeded`; the others are still delivered;
+//! - **error classes**: with `non_retryable` set, a failure whose error is non-retryable goes to
+//!   `on_failure` at once as `NonRetryableError`: the reported record alone for a partial response
+//!   (the rest goes on), the whole records of a failed invocation otherwise (bisect, when on,
+//!   first narrows them down, as for any failure);
 //! - **exactly once to an end**: every record ends either done or dead-lettered, once.
 //!
 //! [`lane_of`] spreads records over `parallelization_factor` lanes by their key, and
@@ -26,7 +30,7 @@
 //! number below which every record is done. It never moves backwards.
 
 use crate::backoff::Backoff;
-use crate::outcome::{ErrorInfo, Outcome};
+use crate::outcome::{ErrorClasses, ErrorInfo, Outcome};
 use crate::queue::{DeadLetterCondition, PARTIAL_FAILURE_ERROR_TYPE};
 use crate::response::{IdentifierKind, ItemIdentifier, ResponseError, parse_batch_item_failures};
 use std::collections::VecDeque;
@@ -44,6 +48,8 @@ pub struct StreamPolicy {
     pub backoff: Backoff,
     /// How handlers name records in `batchItemFailures`.
     pub identifier_kind: IdentifierKind,
+    /// Errors dead-lettered at once; `None` when the mapping has no on-failure destination.
+    pub non_retryable: Option<ErrorClasses>,
 }
 
 /// What the policy knows about one record of a batch.
@@ -110,6 +116,8 @@ struct Segment {
     not_before: Option<Duration>,
     last_error: Option<ErrorInfo>,
     function_error: bool,
+    /// Its last error is one retrying cannot fix: dead-letter it next.
+    non_retryable: bool,
 }
 
 impl Segment {
@@ -122,6 +130,7 @@ impl Segment {
             not_before: None,
             last_error: None,
             function_error: false,
+            non_retryable: false,
         }
     }
 }
@@ -202,12 +211,18 @@ impl StreamBatch {
         let Some(mut segment) = self.segments.pop_front() else {
             return Step::Done;
         };
-        if let Some(max) = self.policy.max_retry_attempts
-            && segment.failures > max
-        {
+        let exhausted = self
+            .policy
+            .max_retry_attempts
+            .is_some_and(|max| segment.failures > max);
+        if segment.non_retryable || exhausted {
             let dead_letter = StreamDeadLetter {
                 records: segment.records,
-                condition: DeadLetterCondition::RetryAttemptsExhausted,
+                condition: if segment.non_retryable {
+                    DeadLetterCondition::NonRetryableError
+                } else {
+                    DeadLetterCondition::RetryAttemptsExhausted
+                },
                 invoke_count: segment.invocations,
                 error: segment.last_error,
                 function_error: segment.function_error,
@@ -301,6 +316,28 @@ impl StreamBatch {
                 }
                 return Ok(Applied::Succeeded);
             }
+            Ok(Some((position, error))) if self.is_non_retryable(&error) => {
+                // The reported record goes to on_failure alone; the records before it are done
+                // and the ones after it are a new batch.
+                let mut rest = segment.records.split_off(position);
+                for &index in &segment.records {
+                    self.states[index] = State::Done;
+                }
+                let after = rest.split_off(1);
+                let failed = rest.len() + after.len();
+                if !after.is_empty() {
+                    self.segments.push_front(Segment::fresh(after));
+                }
+                let mut poisoned = Segment::fresh(rest);
+                poisoned.invocations = segment.invocations;
+                poisoned.last_error = Some(error);
+                poisoned.non_retryable = true;
+                self.segments.push_front(poisoned);
+                return Ok(Applied::Partial {
+                    done: position,
+                    failed,
+                });
+            }
             Ok(Some((position, error))) if position > 0 => {
                 // The checkpoint moves to the lowest reported record; what follows is a new batch.
                 let rest = segment.records.split_off(position);
@@ -339,12 +376,25 @@ impl StreamBatch {
             });
         }
         segment.failures += 1;
-        segment.not_before = Some(now + self.policy.backoff.delay(segment.failures, unit_random));
+        if self.is_non_retryable(&failure.error) {
+            segment.non_retryable = true;
+            segment.not_before = None;
+        } else {
+            segment.not_before =
+                Some(now + self.policy.backoff.delay(segment.failures, unit_random));
+        }
         self.segments.push_front(segment);
         Ok(Applied::Failed {
             error: failure.error,
             split: false,
         })
+    }
+
+    fn is_non_retryable(&self, error: &ErrorInfo) -> bool {
+        self.policy
+            .non_retryable
+            .as_ref()
+            .is_some_and(|classes| classes.is_non_retryable(error))
     }
 
     /// How many records from the start of the batch are finished (done or dead-lettered): the

@@ -1,6 +1,7 @@
 //! Rules of semantics.md §2 and §12, one test each, and property tests over simulated runs.
 
 use super::*;
+use crate::outcome::ErrorClasses;
 use proptest::prelude::*;
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
@@ -15,6 +16,7 @@ fn policy() -> StreamPolicy {
         max_record_age: None,
         backoff: Backoff::new(SECOND, Duration::from_secs(60), 2.0, false).unwrap(),
         identifier_kind: IdentifierKind::Text,
+        non_retryable: None,
     }
 }
 
@@ -447,6 +449,82 @@ fn kafka_identifiers_name_records_by_partition_and_offset() {
     assert_eq!(
         batch.apply(&outcome, NOW, 0.5),
         Ok(Applied::Partial { done: 1, failed: 2 })
+    );
+}
+
+#[test]
+fn a_non_retryable_error_goes_to_on_failure_at_once() {
+    // issue 7 "Error classes"; semantics.md §12 "Condition names".
+    let classes = Some(ErrorClasses::new(["ValidationError".to_owned()]));
+    let mut batch = StreamBatch::new(
+        StreamPolicy {
+            non_retryable: classes.clone(),
+            ..policy()
+        },
+        items(3),
+    );
+    let (invocations, dead_letters) = run(&mut batch, |_| {
+        Outcome::FunctionError(ErrorInfo::new("ValidationError", "bad"))
+    });
+    assert_eq!(invocations.len(), 1, "no retries");
+    assert_eq!(
+        dead_letters[0].condition,
+        DeadLetterCondition::NonRetryableError
+    );
+    assert_eq!(dead_letters[0].records, vec![0, 1, 2]);
+
+    // A partial response naming a non-retryable record dead-letters it alone; the rest goes on.
+    let mut batch = StreamBatch::new(
+        StreamPolicy {
+            report_batch_item_failures: true,
+            non_retryable: classes,
+            ..policy()
+        },
+        items(4),
+    );
+    let (invocations, dead_letters) = run(&mut batch, |records| {
+        if records.contains(&1) {
+            Outcome::Returned {
+                response: Some(json!({"batchItemFailures": [
+                    {"itemIdentifier": "101", "errorType": "ValidationError", "errorMessage": "no sku"}
+                ]})),
+            }
+        } else {
+            ok()
+        }
+    });
+    assert_eq!(invocations, vec![vec![0, 1, 2, 3], vec![2, 3]]);
+    assert_eq!(dead_letters.len(), 1);
+    assert_eq!(dead_letters[0].records, vec![1]);
+    assert_eq!(
+        dead_letters[0].condition,
+        DeadLetterCondition::NonRetryableError
+    );
+    assert_eq!(dead_letters[0].invoke_count, 1);
+    assert_eq!(batch.finished_prefix(), 4);
+
+    // A target's mark counts too; other errors are still retried.
+    let mut batch = StreamBatch::new(
+        StreamPolicy {
+            non_retryable: Some(ErrorClasses::default()),
+            max_retry_attempts: Some(1),
+            ..policy()
+        },
+        items(1),
+    );
+    let mut calls = 0;
+    let (invocations, dead_letters) = run(&mut batch, |_| {
+        calls += 1;
+        if calls == 1 {
+            error()
+        } else {
+            Outcome::FunctionError(ErrorInfo::new("HTTP 422", "bad").marked_non_retryable())
+        }
+    });
+    assert_eq!(invocations.len(), 2);
+    assert_eq!(
+        dead_letters[0].condition,
+        DeadLetterCondition::NonRetryableError
     );
 }
 
