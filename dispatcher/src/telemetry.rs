@@ -70,6 +70,8 @@ pub struct MappingMetrics {
     pub records_retried: Counter,
     /// `sluice_records_released_total`: records returned unhandled (FIFO followers, shutdown).
     pub records_released: Counter,
+    /// `sluice_records_filtered_total`: records no filter pattern matched, acknowledged unhandled.
+    pub records_filtered: Counter,
     /// `sluice_invoke_duration_seconds`: time from request to complete response.
     pub invoke_duration: Histogram,
     /// `sluice_in_flight_records`: records received and not yet acknowledged or returned.
@@ -107,6 +109,7 @@ impl MappingMetrics {
             records_acknowledged: metrics::counter!("sluice_records_acknowledged_total", "mapping" => label.clone()),
             records_retried: metrics::counter!("sluice_records_retried_total", "mapping" => label.clone()),
             records_released: metrics::counter!("sluice_records_released_total", "mapping" => label.clone()),
+            records_filtered: metrics::counter!("sluice_records_filtered_total", "mapping" => label.clone()),
             invoke_duration: metrics::histogram!("sluice_invoke_duration_seconds", "mapping" => label.clone()),
             in_flight_records: metrics::gauge!("sluice_in_flight_records", "mapping" => label.clone()),
             in_flight_bytes: metrics::gauge!("sluice_in_flight_bytes", "mapping" => label.clone()),

@@ -25,7 +25,7 @@ pub mod stream;
 pub use backoff::Backoff;
 pub use batcher::{BatchLimits, Batcher, MAX_INVOCATION_PAYLOAD_BYTES};
 pub use filter::{FilterSet, Pattern, PatternError};
-pub use outcome::{ErrorInfo, Outcome};
+pub use outcome::{ErrorClasses, ErrorInfo, Outcome};
 pub use queue::{
     DeadLetterCondition, QueueDecision, QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
 };

@@ -12,7 +12,7 @@ pub mod raw;
 
 use locate::{KeyIndex, Position};
 use raw::*;
-use sluice_policies::Backoff;
+use sluice_policies::{Backoff, FilterSet, Pattern};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -103,6 +103,7 @@ pub struct HttpTargetConfig {
     pub url: reqwest::Url,
     pub timeout: Duration,
     pub headers: Vec<(String, String)>,
+    pub non_retryable_statuses: Vec<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +114,7 @@ pub struct MappingConfig {
     pub source: SourceConfig,
     pub report_batch_item_failures: bool,
     pub retry: RetryConfig,
+    pub filters: FilterSet,
     pub on_failure: Option<DestinationConfig>,
 }
 
@@ -172,6 +174,7 @@ pub struct RetryConfig {
     /// Streams: `None` is unlimited (-1).
     pub max_record_age: Option<Duration>,
     pub bisect_on_error: bool,
+    pub non_retryable_errors: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +221,7 @@ pub fn parse(
         file,
         index: &index,
         errors: Vec::new(),
+        max_filters: 5,
     };
     let config = validator.build(raw, file);
     if validator.errors.is_empty() {
@@ -279,14 +283,27 @@ struct Validator<'a> {
     file: &'a str,
     index: &'a KeyIndex,
     errors: Vec<ConfigError>,
+    max_filters: usize,
 }
 
 impl Validator<'_> {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
+        // A path inside a value (a filter pattern's list entry) may have no key of its own:
+        // point at the nearest enclosing key.
+        let mut lookup = path.as_str();
+        let position = loop {
+            if let Some(position) = self.index.position_of(lookup) {
+                break Some(position);
+            }
+            match lookup.rfind(['.', '[']) {
+                Some(cut) if cut > 0 => lookup = &lookup[..cut],
+                _ => break None,
+            }
+        };
         self.errors.push(ConfigError {
             file: self.file.to_owned(),
-            position: self.index.position_of(&path),
+            position,
             path,
             message: message.into(),
         });
@@ -301,6 +318,12 @@ impl Validator<'_> {
                     raw.version
                 ),
             );
+        }
+        if let Some(limit) = raw.max_filters_per_mapping {
+            if !(1..=100).contains(&limit) {
+                self.error("max_filters_per_mapping", "must be 1..=100");
+            }
+            self.max_filters = limit.clamp(1, 100) as usize;
         }
         let admin_raw = raw.admin.unwrap_or(RawAdmin {
             listen: None,
@@ -467,10 +490,20 @@ impl Validator<'_> {
                     }
                     headers.push((name, value));
                 }
+                let non_retryable_statuses = http.non_retryable_statuses.unwrap_or_default();
+                for status in &non_retryable_statuses {
+                    if !(400..=499).contains(status) || *status == 429 {
+                        self.error(
+                            format!("{path}.http.non_retryable_statuses"),
+                            format!("{status} is not a 4xx status other than 429 (a throttle, always retried)"),
+                        );
+                    }
+                }
                 Some(TargetConfig::Http(HttpTargetConfig {
                     url,
                     timeout,
                     headers,
+                    non_retryable_statuses,
                 }))
             }
         }
@@ -492,9 +525,11 @@ impl Validator<'_> {
             max_retry_attempts: None,
             max_record_age: None,
             bisect_on_error: None,
+            non_retryable_errors: None,
         });
         let retry_path = format!("{path}.retry");
         let retry = self.build_retry(&retry_path, retry_raw, &source);
+        let filters = self.build_filters(path, mapping.filters.unwrap_or_default(), &source);
         let on_failure = mapping.on_failure.map(|destination| match destination {
             RawDestination::Sqs(sqs) => {
                 if reqwest::Url::parse(&sqs.queue_url).is_err() {
@@ -542,6 +577,12 @@ impl Validator<'_> {
                 }
             }
         }
+        if !retry.non_retryable_errors.is_empty() && on_failure.is_none() {
+            self.error(
+                format!("{path}.retry.non_retryable_errors"),
+                "needs an on_failure destination to send those failures to",
+            );
+        }
         if !is_stream {
             if retry.max_receive_count.is_some() && on_failure.is_none() {
                 self.error(
@@ -549,10 +590,13 @@ impl Validator<'_> {
                     "needs an on_failure destination to send exhausted messages to",
                 );
             }
-            if on_failure.is_some() && retry.max_receive_count.is_none() {
+            if on_failure.is_some()
+                && retry.max_receive_count.is_none()
+                && retry.non_retryable_errors.is_empty()
+            {
                 self.error(
                     format!("{path}.on_failure"),
-                    "an sqs source dead-letters only with retry.max_receive_count; set it, or remove on_failure to leave failures to the queue's redrive policy",
+                    "an sqs source dead-letters only with retry.max_receive_count or retry.non_retryable_errors; set one, or remove on_failure to leave failures to the queue's redrive policy",
                 );
             }
         }
@@ -563,8 +607,53 @@ impl Validator<'_> {
             source,
             report_batch_item_failures: mapping.report_batch_item_failures.unwrap_or(false),
             retry,
+            filters,
             on_failure,
         }
+    }
+
+    fn build_filters(
+        &mut self,
+        path: &str,
+        patterns: Vec<serde_json::Value>,
+        source: &SourceConfig,
+    ) -> FilterSet {
+        if patterns.len() > self.max_filters {
+            self.error(
+                format!("{path}.filters"),
+                format!(
+                    "{} patterns; a mapping may have at most {} (raise max_filters_per_mapping to allow more)",
+                    patterns.len(),
+                    self.max_filters
+                ),
+            );
+        }
+        let mut compiled = Vec::new();
+        for (index, pattern) in patterns.iter().enumerate() {
+            let at = format!("{path}.filters[{index}]");
+            match Pattern::compile(pattern) {
+                Ok(pattern) => {
+                    if matches!(source, SourceConfig::DynamodbStream(_))
+                        && pattern.field_is_json("dynamodb") == Some(false)
+                    {
+                        self.error(
+                            format!("{at}.dynamodb"),
+                            "DynamoDB records are JSON: filter dynamodb with an object pattern, such as {NewImage: {status: {S: [\"open\"]}}}",
+                        );
+                    }
+                    compiled.push(pattern);
+                }
+                Err(error) => {
+                    let inner = if error.path.is_empty() {
+                        at
+                    } else {
+                        format!("{at}.{}", error.path)
+                    };
+                    self.error(inner, error.message);
+                }
+            }
+        }
+        FilterSet::new(compiled)
     }
 
     fn build_retry(&mut self, path: &str, raw: RawRetry, source: &SourceConfig) -> RetryConfig {
@@ -634,6 +723,7 @@ impl Validator<'_> {
             max_retry_attempts,
             max_record_age,
             bisect_on_error: raw.bisect_on_error.unwrap_or(false),
+            non_retryable_errors: raw.non_retryable_errors.unwrap_or_default(),
         }
     }
 
@@ -1216,6 +1306,70 @@ mappings:
                 .to_string()
                 .contains("lease_duration: must be 3s..=5m")
         );
+    }
+
+    #[test]
+    fn filter_patterns_compile_and_errors_point_into_the_pattern() {
+        let text = format!(
+            "{BASE}    filters:\n      - body: {{ type: [order] }}\n      - body:\n          price: [{{ numeric: [\">\", x] }}]\n"
+        );
+        let errors = parse_text(&text).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        let error = &errors.0[0];
+        assert_eq!(error.path, "mappings[0].filters[1].body.price[0].numeric");
+        assert!(error.message.contains("not a number"), "{}", error.message);
+        assert_eq!(error.position.map(|p| p.line), Some(16), "{errors}");
+        let fixed = text.replace("x] }]", "5] }]");
+        let config = parse_text(&fixed).unwrap();
+        assert!(!config.mappings[0].filters.is_empty());
+    }
+
+    #[test]
+    fn the_number_of_filters_is_limited_and_the_limit_configurable() {
+        let five = "      - body: [a]\n".repeat(6);
+        let text = format!("{BASE}    filters:\n{five}");
+        assert!(
+            parse_text(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 5")
+        );
+        let raised = format!("max_filters_per_mapping: 10\n{text}");
+        assert!(parse_text(&raised).is_ok());
+    }
+
+    #[test]
+    fn a_dynamodb_filter_must_be_an_object_pattern() {
+        let text = format!("{STREAM}    filters:\n      - dynamodb: [x]\n");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("filters[0].dynamodb: DynamoDB records are JSON"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn error_classes_need_a_destination_and_statuses_must_be_4xx() {
+        let text = format!("{BASE}    retry: {{ non_retryable_errors: [ValidationError] }}\n");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("non_retryable_errors: needs an on_failure destination"),
+            "{rendered}"
+        );
+        let text = format!(
+            "{BASE}    retry: {{ non_retryable_errors: [ValidationError] }}\n    on_failure: {{ sqs: {{ queue_url: \"http://127.0.0.1:1/1/dlq\" }} }}\n"
+        );
+        let config = parse_text(&text).unwrap();
+        assert_eq!(
+            config.mappings[0].retry.non_retryable_errors,
+            vec!["ValidationError"]
+        );
+        let text = BASE.replace(
+            "http: { url: \"http://127.0.0.1:8080/events\" }",
+            "http: { url: \"http://127.0.0.1:8080/events\", non_retryable_statuses: [422, 429, 500] }",
+        );
+        let errors = parse_text(&text).unwrap_err();
+        assert_eq!(errors.0.len(), 2, "{errors}");
     }
 
     #[test]

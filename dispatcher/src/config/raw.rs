@@ -28,6 +28,10 @@ pub struct RawConfig {
     /// the standard credential chain.
     #[serde(default)]
     pub aws: Option<RawAws>,
+    /// Most filter patterns a mapping may have (Lambda allows 5, 10 with a quota increase).
+    /// Default 5.
+    #[serde(default)]
+    pub max_filters_per_mapping: Option<u32>,
     /// Named handlers that mappings invoke.
     pub targets: BTreeMap<String, RawTarget>,
     /// Event source mappings: a source, the target it feeds, and the policy between them.
@@ -103,6 +107,10 @@ pub struct RawHttpTarget {
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// 4xx statuses (not 429) that mean retrying cannot help: with an on_failure destination,
+    /// the records go there at once as NonRetryableError.
+    #[serde(default)]
+    pub non_retryable_statuses: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -121,6 +129,10 @@ pub struct RawMapping {
     pub report_batch_item_failures: Option<bool>,
     #[serde(default)]
     pub retry: Option<RawRetry>,
+    /// Lambda FilterCriteria patterns, OR'ed: records that match none are acknowledged without an
+    /// invocation (SQS: deleted; streams: checkpointed past).
+    #[serde(default)]
+    pub filters: Option<Vec<serde_json::Value>>,
     /// Where records that exhaust the policy go.
     #[serde(default)]
     pub on_failure: Option<RawDestination>,
@@ -231,6 +243,10 @@ pub struct RawRetry {
     /// Streams: halve a failing batch and retry the halves, down to single records. Default false.
     #[serde(default)]
     pub bisect_on_error: Option<bool>,
+    /// errorType values that retrying cannot fix: such failures go to on_failure at once with
+    /// condition NonRetryableError.
+    #[serde(default)]
+    pub non_retryable_errors: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -18,8 +18,8 @@ use crate::targets::{Invocation, Target};
 use crate::telemetry::MappingMetrics;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{
-    BatchLimits, Batcher, DeadLetterCondition, ErrorInfo, Outcome, QueueDecision, QueueMessage,
-    QueuePolicy, RecordDisposition, RetryDelay,
+    BatchLimits, Batcher, DeadLetterCondition, ErrorClasses, ErrorInfo, FilterSet, Outcome,
+    QueueDecision, QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
 };
 use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
 use sluice_sources::{Queue, Receipt, Record, records_event};
@@ -41,6 +41,7 @@ struct MappingContext {
     queue: Arc<dyn Queue>,
     target: Arc<dyn Target>,
     policy: QueuePolicy,
+    filters: FilterSet,
     on_failure: Option<Arc<dyn Destination>>,
     heartbeat: Arc<Heartbeat>,
     metrics: MappingMetrics,
@@ -101,7 +102,11 @@ impl SqsMapping {
                 report_batch_item_failures: self.config.report_batch_item_failures,
                 max_receive_count: self.config.retry.max_receive_count,
                 backoff: self.config.retry.backoff,
+                non_retryable: self.on_failure.is_some().then(|| {
+                    ErrorClasses::new(self.config.retry.non_retryable_errors.iter().cloned())
+                }),
             },
+            filters: self.config.filters.clone(),
             on_failure: self.on_failure.clone(),
             heartbeat: heartbeat.clone(),
             metrics: self.metrics.clone(),
@@ -300,10 +305,24 @@ impl SqsMapping {
                     }
                     continue;
                 }
-                context.heartbeat.hold(&records, requested_at).await;
                 self.metrics
                     .records_received
                     .increment(records.len() as u64);
+                let (records, filtered) = filter_records(&context.filters, records);
+                if !filtered.is_empty() {
+                    self.metrics
+                        .records_filtered
+                        .increment(filtered.len() as u64);
+                    let context = context.clone();
+                    tracker.spawn(async move {
+                        let references: Vec<&Record> = filtered.iter().collect();
+                        delete_records(&context, &references).await;
+                    });
+                }
+                if records.is_empty() {
+                    continue;
+                }
+                context.heartbeat.hold(&records, requested_at).await;
                 track_in_flight(&self.metrics, &records, Flight::Entering);
                 for record in records {
                     let size = record.size_bytes;
@@ -328,6 +347,18 @@ impl SqsMapping {
         unstarted.extend(batcher.take().unwrap_or_default());
         (unstarted, open_receive)
     }
+}
+
+/// Splits records into those a filter pattern matches (or all, without filters) and those none
+/// does, which Lambda deletes without an invocation (semantics.md §7).
+fn filter_records(filters: &FilterSet, records: Vec<Record>) -> (Vec<Record>, Vec<Record>) {
+    if filters.is_empty() {
+        return (records, Vec::new());
+    }
+    records.into_iter().partition(|record| {
+        serde_json::from_str::<serde_json::Value>(record.event.get())
+            .map_or(true, |event| filters.passes_sqs(&event))
+    })
 }
 
 fn queue_messages(batch: &[Record]) -> Vec<QueueMessage> {

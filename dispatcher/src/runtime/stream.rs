@@ -22,9 +22,9 @@ use crate::targets::{Invocation, Target};
 use crate::telemetry::MappingMetrics;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{
-    Applied, BatchLimits, Batcher, DeadLetterCondition, ErrorInfo, IdentifierKind, ItemIdentifier,
-    Outcome, ShardProgress, Step, StreamBatch, StreamDeadLetter, StreamItem, StreamPolicy, lane_of,
-    stream::Position,
+    Applied, BatchLimits, Batcher, DeadLetterCondition, ErrorClasses, ErrorInfo, FilterSet,
+    IdentifierKind, ItemIdentifier, Outcome, ShardProgress, Step, StreamBatch, StreamDeadLetter,
+    StreamItem, StreamPolicy, lane_of, stream::Position,
 };
 use sluice_sources::checkpoint::dynamodb::DynamoDbLeaseStore;
 use sluice_sources::checkpoint::embedded::{EmbeddedStore, StateFile};
@@ -95,6 +95,7 @@ struct Shared {
     target: Arc<dyn Target>,
     on_failure: Option<Arc<dyn Destination>>,
     policy: StreamPolicy,
+    filters: FilterSet,
     health: MappingHealthHandle,
     metrics: MappingMetrics,
 }
@@ -172,7 +173,11 @@ impl StreamMapping {
                     .expect("the default backoff is valid")
                 }),
                 identifier_kind: IdentifierKind::Text,
+                non_retryable: self.on_failure.is_some().then(|| {
+                    ErrorClasses::new(self.config.retry.non_retryable_errors.iter().cloned())
+                }),
             },
+            filters: self.config.filters.clone(),
             health: self.health.clone(),
             metrics: self.metrics.clone(),
         });
@@ -729,6 +734,15 @@ async fn read_shard(
             last_read = Some(record.id().to_owned());
             let position = progress.push(record.id().to_owned());
             if skip_before.is_some_and(|at| record.arrived_at < at) {
+                skipped.push(position);
+                continue;
+            }
+            // Lambda filters DynamoDB records on the whole record (eventName, dynamodb, ...).
+            if !shared.filters.is_empty()
+                && serde_json::from_str::<serde_json::Value>(record.event.get())
+                    .is_ok_and(|event| !shared.filters.passes(&event))
+            {
+                shared.metrics.records_filtered.increment(1);
                 skipped.push(position);
                 continue;
             }

@@ -4,7 +4,8 @@
 //! is the function's response, unless it carries `X-Amz-Function-Error`; 5xx and other non-2xx
 //! statuses are function errors; 429 is a throttle; a connection that cannot be made is an
 //! unavailable target; no complete answer within the timeout is a timeout. Responses larger than
-//! Lambda's 6 MB synchronous limit are function errors (`Function.ResponseSizeTooLarge`).
+//! Lambda's 6 MB synchronous limit are function errors (`Function.ResponseSizeTooLarge`). A status
+//! listed in `non_retryable_statuses` is a function error marked as not worth retrying.
 
 use super::{Invocation, Target, deadline_ms};
 use crate::config::HttpTargetConfig;
@@ -21,6 +22,7 @@ pub struct HttpTarget {
     client: reqwest::Client,
     url: reqwest::Url,
     timeout: Duration,
+    non_retryable_statuses: Vec<u16>,
 }
 
 impl HttpTarget {
@@ -44,6 +46,7 @@ impl HttpTarget {
             client,
             url: config.url.clone(),
             timeout: config.timeout,
+            non_retryable_statuses: config.non_retryable_statuses.clone(),
         })
     }
 
@@ -160,7 +163,11 @@ impl Target for HttpTarget {
         }
         if !status.is_success() {
             let default_type = format!("HTTP {}", status.as_u16());
-            return Outcome::FunctionError(error_from_body(&body, &default_type));
+            let error = error_from_body(&body, &default_type);
+            if self.non_retryable_statuses.contains(&status.as_u16()) {
+                return Outcome::FunctionError(error.marked_non_retryable());
+            }
+            return Outcome::FunctionError(error);
         }
         if body.iter().all(u8::is_ascii_whitespace) {
             return Outcome::Returned { response: None };
