@@ -96,6 +96,26 @@ pub struct AwsSettings {
 #[derive(Debug, Clone)]
 pub enum TargetConfig {
     Http(HttpTargetConfig),
+    Command(CommandTargetConfig),
+}
+
+impl TargetConfig {
+    /// Invocations in flight at once, shared by every mapping using the target.
+    pub fn max_concurrency(&self) -> usize {
+        match self {
+            TargetConfig::Http(http) => http.max_concurrency,
+            TargetConfig::Command(command) => command.max_concurrency,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandTargetConfig {
+    pub program: Vec<String>,
+    pub timeout: Duration,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub max_concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +124,7 @@ pub struct HttpTargetConfig {
     pub timeout: Duration,
     pub headers: Vec<(String, String)>,
     pub non_retryable_statuses: Vec<u16>,
+    pub max_concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -490,6 +511,12 @@ impl Validator<'_> {
                     }
                     headers.push((name, value));
                 }
+                let max_concurrency = self.concurrency(
+                    &format!("{path}.http.max_concurrency"),
+                    http.max_concurrency,
+                    100,
+                    10_000,
+                );
                 let non_retryable_statuses = http.non_retryable_statuses.unwrap_or_default();
                 for status in &non_retryable_statuses {
                     if !(400..=499).contains(status) || *status == 429 {
@@ -504,9 +531,46 @@ impl Validator<'_> {
                     timeout,
                     headers,
                     non_retryable_statuses,
+                    max_concurrency,
+                }))
+            }
+            RawTarget::Command(command) => {
+                if command.program.first().is_none_or(|p| p.trim().is_empty()) {
+                    self.error(
+                        format!("{path}.command.program"),
+                        "give the program and its arguments, such as [python3, handler.py]",
+                    );
+                }
+                let timeout = command.timeout.map_or(Duration::from_secs(30), |d| d.0);
+                if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
+                    self.error(
+                        format!("{path}.command.timeout"),
+                        "must be between 1ms and 12h",
+                    );
+                }
+                let max_concurrency = self.concurrency(
+                    &format!("{path}.command.max_concurrency"),
+                    command.max_concurrency,
+                    10,
+                    1_000,
+                );
+                Some(TargetConfig::Command(CommandTargetConfig {
+                    program: command.program,
+                    timeout,
+                    env: command.env.into_iter().collect(),
+                    working_dir: command.working_dir,
+                    max_concurrency,
                 }))
             }
         }
+    }
+
+    fn concurrency(&mut self, path: &str, value: Option<u32>, default: u32, max: u32) -> usize {
+        let value = value.unwrap_or(default);
+        if !(1..=max).contains(&value) {
+            self.error(path, format!("must be 1..={max} (got {value})"));
+        }
+        value.clamp(1, max) as usize
     }
 
     fn build_mapping(&mut self, path: &str, mapping: RawMapping) -> MappingConfig {

@@ -94,6 +94,27 @@ pub struct RawAws {
 pub enum RawTarget {
     /// POST the event JSON to a URL.
     Http(RawHttpTarget),
+    /// Run a program per invocation: the event on stdin, the response on stdout.
+    Command(RawCommandTarget),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommandTarget {
+    /// The program and its arguments, such as [python3, handler.py].
+    pub program: Vec<String>,
+    /// How long one invocation may take; then the process group is killed. Default 30s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Extra environment variables for the program.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory. Default: sluice's own.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// Processes running at once, shared by every mapping using this target: 1..=1000. Default 10.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -107,6 +128,10 @@ pub struct RawHttpTarget {
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Invocations in flight at once, shared by every mapping using this target: 1..=10000.
+    /// Default 100.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     /// 4xx statuses (not 429) that mean retrying cannot help: with an on_failure destination,
     /// the records go there at once as NonRetryableError.
     #[serde(default)]

@@ -11,7 +11,7 @@ use crate::destinations::Destination;
 use crate::destinations::s3::S3Destination;
 use crate::destinations::sqs::SqsDestination;
 use crate::health::Health;
-use crate::targets::{self, Target};
+use crate::targets::{self, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use anyhow::Context;
 use aws_config::BehaviorVersion;
@@ -76,9 +76,10 @@ pub async fn run(
         None
     };
 
-    let mut built_targets: BTreeMap<String, Arc<dyn Target>> = BTreeMap::new();
+    let mut built_targets: BTreeMap<String, SharedTarget> = BTreeMap::new();
     for (name, target) in &config.targets {
-        let built = targets::build(target).with_context(|| format!("building target {name}"))?;
+        let built =
+            targets::build(name, target).with_context(|| format!("building target {name}"))?;
         built_targets.insert(name.clone(), built);
     }
 

@@ -14,7 +14,7 @@ use super::heartbeat::Heartbeat;
 use crate::config::{MappingConfig, SqsSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
-use crate::targets::{Invocation, Target};
+use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{
@@ -39,7 +39,7 @@ struct MappingContext {
     name: String,
     target_name: String,
     queue: Arc<dyn Queue>,
-    target: Arc<dyn Target>,
+    target: SharedTarget,
     policy: QueuePolicy,
     filters: FilterSet,
     on_failure: Option<Arc<dyn Destination>>,
@@ -51,7 +51,7 @@ pub struct SqsMapping {
     pub config: MappingConfig,
     pub source: SqsSourceConfig,
     pub client: aws_sdk_sqs::Client,
-    pub target: Arc<dyn Target>,
+    pub target: SharedTarget,
     pub on_failure: Option<Arc<dyn Destination>>,
     pub health: MappingHealthHandle,
     pub metrics: MappingMetrics,
@@ -238,13 +238,18 @@ impl SqsMapping {
         let mut failures = 0u32;
 
         'poll: loop {
-            let waiting = capacity.available_permits() == 0;
+            // Nothing is received for a batch that could not start: room in the mapping and in
+            // the target (shared with other mappings) comes first.
+            let waiting = capacity.available_permits() == 0 || context.target.is_saturated();
             if waiting {
                 self.health.waiting_for_capacity(true);
             }
-            let permit = tokio::select! {
+            let permits = tokio::select! {
                 _ = shutdown.cancelled() => break 'poll,
-                permit = capacity.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                permits = async {
+                    let mapping = capacity.clone().acquire_owned().await.expect("semaphore is never closed");
+                    (mapping, context.target.permit().await)
+                } => permits,
             };
             if waiting {
                 self.health.waiting_for_capacity(false);
@@ -340,7 +345,7 @@ impl SqsMapping {
             let context = context.clone();
             tracker.spawn(async move {
                 handle_batch(&context, batch).await;
-                drop(permit);
+                drop(permits);
             });
         }
         let mut unstarted: Vec<Record> = ready.into_iter().flatten().collect();
@@ -391,7 +396,7 @@ async fn handle_batch(context: &MappingContext, batch: Vec<Record>) {
     let invocation = Invocation::new(&context.name, records_event(&batch));
     context.metrics.batches_invoked.increment(1);
     let started = Instant::now();
-    let outcome = context.target.invoke(&invocation).await;
+    let outcome = context.target.target.invoke(&invocation).await;
     let elapsed = started.elapsed();
     context
         .metrics

@@ -18,7 +18,7 @@
 use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
-use crate::targets::{Invocation, Target};
+use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{
@@ -79,7 +79,7 @@ pub struct StreamMapping {
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub tables: aws_sdk_dynamodb::Client,
     pub store: StoreSetup,
-    pub target: Arc<dyn Target>,
+    pub target: SharedTarget,
     pub on_failure: Option<Arc<dyn Destination>>,
     pub health: MappingHealthHandle,
     pub metrics: MappingMetrics,
@@ -92,7 +92,7 @@ struct Shared {
     source: StreamSourceConfig,
     stream: DynamoDbStream,
     store: Arc<dyn CheckpointStore>,
-    target: Arc<dyn Target>,
+    target: SharedTarget,
     on_failure: Option<Arc<dyn Destination>>,
     policy: StreamPolicy,
     filters: FilterSet,
@@ -928,8 +928,10 @@ async fn handle_batch(
                 let payload = records_event(records.iter().map(|&i| &batch[i].0));
                 let invocation = Invocation::new(&shared.name, payload);
                 shared.metrics.batches_invoked.increment(1);
+                let permit = shared.target.permit().await;
                 let started = Instant::now();
-                let outcome = shared.target.invoke(&invocation).await;
+                let outcome = shared.target.target.invoke(&invocation).await;
+                drop(permit);
                 let elapsed = started.elapsed();
                 shared.metrics.invoke_duration.record(elapsed.as_secs_f64());
                 let applied = state
@@ -1112,6 +1114,7 @@ mod tests {
     use super::*;
     use crate::config::SourceConfig;
     use crate::health::Health;
+    use crate::targets::Target;
     use async_trait::async_trait;
     use aws_sdk_dynamodbstreams::Client;
     use aws_sdk_dynamodbstreams::operation::describe_stream::DescribeStreamOutput;
@@ -1269,7 +1272,7 @@ mappings:
             streams,
             tables,
             store: StoreSetup::Embedded(file.clone()),
-            target: Arc::new(Recording(seen.clone())),
+            target: SharedTarget::new("recording", Arc::new(Recording(seen.clone())), 4),
             on_failure: None,
             health: Health::new(Duration::from_secs(60), Duration::from_secs(60))
                 .register("scripted"),

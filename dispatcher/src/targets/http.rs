@@ -7,11 +7,10 @@
 //! Lambda's 6 MB synchronous limit are function errors (`Function.ResponseSizeTooLarge`). A status
 //! listed in `non_retryable_statuses` is a function error marked as not worth retrying.
 
-use super::{Invocation, Target, deadline_ms};
+use super::{Invocation, Target, body_prefix, deadline_ms, error_from_body, returned};
 use crate::config::HttpTargetConfig;
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use serde_json::Value;
 use sluice_policies::{ErrorInfo, Outcome};
 use std::time::{Duration, Instant};
 
@@ -99,25 +98,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Reads Lambda's error shape (`errorType`, `errorMessage`) from a body, with fallbacks.
-fn error_from_body(body: &[u8], default_type: &str) -> ErrorInfo {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let field = |name: &str| {
-        parsed
-            .as_ref()
-            .and_then(|v| v.get(name))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    let error_type = field("errorType").unwrap_or_else(|| default_type.to_owned());
-    let message = field("errorMessage").unwrap_or_else(|| body_prefix(body));
-    ErrorInfo::new(error_type, message)
-}
-
-fn body_prefix(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(1024)]);
-    text.trim().to_owned()
-}
-
 #[async_trait]
 impl Target for HttpTarget {
     async fn invoke(&self, invocation: &Invocation) -> Outcome {
@@ -169,17 +149,7 @@ impl Target for HttpTarget {
             }
             return Outcome::FunctionError(error);
         }
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Outcome::Returned { response: None };
-        }
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(value) => Outcome::Returned {
-                response: Some(value),
-            },
-            Err(_) => Outcome::ReturnedNonJson {
-                body_prefix: body_prefix(&body),
-            },
-        }
+        returned(&body)
     }
 }
 

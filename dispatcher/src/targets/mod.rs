@@ -1,11 +1,13 @@
 //! Targets: where batches are delivered. A target turns one invocation into an [`Outcome`]; it
 //! never retries and never decides what happens to records (that is the policies' job).
 
+pub mod command;
 pub mod http;
 
 use crate::config::TargetConfig;
 use async_trait::async_trait;
-use sluice_policies::Outcome;
+use serde_json::Value;
+use sluice_policies::{ErrorInfo, Outcome};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,8 +55,80 @@ pub trait Target: Send + Sync + 'static {
     async fn invoke(&self, invocation: &Invocation) -> Outcome;
 }
 
-pub fn build(config: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> {
-    match config {
-        TargetConfig::Http(http) => Ok(Arc::new(http::HttpTarget::new(http)?)),
+/// A built target with its concurrency limit, shared by the mappings that use it.
+#[derive(Clone)]
+pub struct SharedTarget {
+    pub name: String,
+    pub target: Arc<dyn Target>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl SharedTarget {
+    pub fn new(name: &str, target: Arc<dyn Target>, max_concurrency: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            target,
+            permits: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
+        }
+    }
+
+    /// Waits for room under the target's limit; hold the permit while invoking.
+    pub async fn permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the target's semaphore is never closed")
+    }
+
+    /// Whether an invocation could start now without waiting.
+    pub fn is_saturated(&self) -> bool {
+        self.permits.available_permits() == 0
+    }
+}
+
+pub fn build(name: &str, config: &TargetConfig) -> anyhow::Result<SharedTarget> {
+    let target: Arc<dyn Target> = match config {
+        TargetConfig::Http(http) => Arc::new(http::HttpTarget::new(http)?),
+        TargetConfig::Command(command) => Arc::new(command::CommandTarget::new(name, command)),
+    };
+    Ok(SharedTarget::new(name, target, config.max_concurrency()))
+}
+
+/// A Lambda-style error document (`{"errorType", "errorMessage"}`) or, failing that, the body's
+/// first kilobyte under `default_type`.
+pub fn error_from_body(body: &[u8], default_type: &str) -> ErrorInfo {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let error_type = field("errorType").unwrap_or_else(|| default_type.to_owned());
+    let message = field("errorMessage").unwrap_or_else(|| body_prefix(body));
+    ErrorInfo::new(error_type, message)
+}
+
+/// The first kilobyte of a body, as text, for messages.
+pub fn body_prefix(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(1024)]);
+    text.trim().to_owned()
+}
+
+/// A normal return with this body: empty is no response; JSON is parsed as `serde_json::Value`
+/// (AWS accepts `{}`, `null`, `""`); anything else is a non-JSON response.
+pub fn returned(body: &[u8]) -> Outcome {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Outcome::Returned { response: None };
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => Outcome::Returned {
+            response: Some(value),
+        },
+        Err(_) => Outcome::ReturnedNonJson {
+            body_prefix: body_prefix(body),
+        },
     }
 }
