@@ -581,6 +581,26 @@ pub fn sluice_binary() -> PathBuf {
     target_dir.join("debug/sluice")
 }
 
+/// An example program of the root package (`examples/<name>.rs`), built once per test process.
+pub fn example_binary(name: &str) -> PathBuf {
+    static BUILD: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let root = workspace_root();
+    let mut built = BUILD.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", name])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building example {name} failed");
+        built.push(name.to_owned());
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target_dir.join("debug/examples").join(name)
+}
+
 /// A running `sluice run` process with its config in a temporary directory; killed on drop.
 pub struct Sluice {
     child: Child,
@@ -619,11 +639,21 @@ impl Sluice {
         dir: tempfile::TempDir,
         env: &[(String, String)],
     ) -> Self {
+        let mut command = Command::new(sluice_binary());
+        command.args(["run", "-c"]).arg(config_path);
+        Self::start_command(command, admin, dir, env)
+    }
+
+    /// Starts a program that runs sluice (the binary, or an example embedding it).
+    pub fn start_command(
+        mut command: Command,
+        admin: SocketAddr,
+        dir: tempfile::TempDir,
+        env: &[(String, String)],
+    ) -> Self {
         let log_path = dir.path().join("sluice.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(sluice_binary())
-            .args(["run", "-c"])
-            .arg(config_path)
+        let child = command
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info,sluice=debug")
             .stdin(Stdio::null())

@@ -97,6 +97,13 @@ pub struct AwsSettings {
 pub enum TargetConfig {
     Http(HttpTargetConfig),
     Command(CommandTargetConfig),
+    InProcess(InProcessTargetConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct InProcessTargetConfig {
+    pub timeout: Duration,
+    pub max_concurrency: usize,
 }
 
 impl TargetConfig {
@@ -105,6 +112,7 @@ impl TargetConfig {
         match self {
             TargetConfig::Http(http) => http.max_concurrency,
             TargetConfig::Command(command) => command.max_concurrency,
+            TargetConfig::InProcess(in_process) => in_process.max_concurrency,
         }
     }
 }
@@ -562,7 +570,28 @@ impl Validator<'_> {
                     max_concurrency,
                 }))
             }
+            RawTarget::InProcess(raw) => Some(self.build_in_process(path, raw)),
         }
+    }
+
+    fn build_in_process(&mut self, path: &str, raw: RawInProcessTarget) -> TargetConfig {
+        let timeout = raw.timeout.map_or(Duration::from_secs(30), |d| d.0);
+        if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
+            self.error(
+                format!("{path}.in_process.timeout"),
+                "must be between 1ms and 12h",
+            );
+        }
+        let max_concurrency = self.concurrency(
+            &format!("{path}.in_process.max_concurrency"),
+            raw.max_concurrency,
+            100,
+            10_000,
+        );
+        TargetConfig::InProcess(InProcessTargetConfig {
+            timeout,
+            max_concurrency,
+        })
     }
 
     fn concurrency(&mut self, path: &str, value: Option<u32>, default: u32, max: u32) -> usize {

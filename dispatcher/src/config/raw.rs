@@ -96,6 +96,20 @@ pub enum RawTarget {
     Http(RawHttpTarget),
     /// Run a program per invocation: the event on stdin, the response on stdout.
     Command(RawCommandTarget),
+    /// A Rust handler registered by a program that embeds sluice (sluice::embed).
+    InProcess(RawInProcessTarget),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawInProcessTarget {
+    /// How long one invocation may take. Default 30s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Invocations in flight at once, shared by every mapping using this target: 1..=10000.
+    /// Default 100.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -51,6 +51,16 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with_handlers(config, metrics, shutdown, BTreeMap::new()).await
+}
+
+/// [`run`], with the handlers of `in_process` targets (see [`crate::embed`]).
+pub async fn run_with_handlers(
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+    handlers: BTreeMap<String, Arc<dyn crate::embed::Handler>>,
+) -> anyhow::Result<()> {
     let sdk_config = aws_config(&config.aws).await?;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
     let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
@@ -78,8 +88,8 @@ pub async fn run(
 
     let mut built_targets: BTreeMap<String, SharedTarget> = BTreeMap::new();
     for (name, target) in &config.targets {
-        let built =
-            targets::build(name, target).with_context(|| format!("building target {name}"))?;
+        let built = targets::build(name, target, &handlers)
+            .with_context(|| format!("building target {name}"))?;
         built_targets.insert(name.clone(), built);
     }
 

@@ -87,10 +87,26 @@ impl SharedTarget {
     }
 }
 
-pub fn build(name: &str, config: &TargetConfig) -> anyhow::Result<SharedTarget> {
+/// Builds a target; `handlers` holds the handlers registered for `in_process` targets.
+pub fn build(
+    name: &str,
+    config: &TargetConfig,
+    handlers: &std::collections::BTreeMap<String, Arc<dyn crate::embed::Handler>>,
+) -> anyhow::Result<SharedTarget> {
     let target: Arc<dyn Target> = match config {
         TargetConfig::Http(http) => Arc::new(http::HttpTarget::new(http)?),
         TargetConfig::Command(command) => Arc::new(command::CommandTarget::new(name, command)),
+        TargetConfig::InProcess(in_process) => {
+            let Some(handler) = handlers.get(name) else {
+                anyhow::bail!(
+                    "target {name} is in_process: it runs a Rust handler that a program embedding sluice registers (Sluice::handler(\"{name}\", ...), see examples/in_process.rs); the sluice binary cannot run it"
+                );
+            };
+            Arc::new(crate::embed::InProcessTarget::new(
+                handler.clone(),
+                in_process,
+            ))
+        }
     };
     Ok(SharedTarget::new(name, target, config.max_concurrency()))
 }

@@ -1,0 +1,195 @@
+//! End-to-end: the foundation's SQS partial-failure scenario with every target kind (architecture.md
+//! "Targets"): 20 orders, three of them poisoned; the handler reports the poisoned ones in
+//! `batchItemFailures`; each is delivered 3 times, then dead-lettered with the handler's error,
+//! and everything else is handled once and deleted.
+
+use serde_json::Value;
+use sluice_testkit::*;
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+const POISONED: [&str; 3] = ["order-3-poison", "order-11-poison", "order-17-poison"];
+
+struct Scenario {
+    moto: Moto,
+    sqs: aws_sdk_sqs::Client,
+    queue: String,
+    dlq: String,
+}
+
+async fn scenario() -> Scenario {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "orders", &[("VisibilityTimeout", "30")]).await;
+    let dlq = create_queue(&sqs, "orders-dlq", &[]).await;
+    let bodies: Vec<String> = (0..20)
+        .map(|i| {
+            let body = format!("order-{i}-poison");
+            if POISONED.contains(&body.as_str()) {
+                body
+            } else {
+                format!("order-{i}")
+            }
+        })
+        .collect();
+    send_bodies(&sqs, &queue, &bodies, None).await;
+    Scenario {
+        moto,
+        sqs,
+        queue,
+        dlq,
+    }
+}
+
+const MAPPING: &str = r#"
+  - name: orders
+    target: orders
+    source:
+      sqs: { queue_url: "${ORDERS_QUEUE_URL}", batch_size: 10, wait_time: 1s }
+    report_batch_item_failures: true
+    retry:
+      max_receive_count: 3
+      backoff: { initial: 100ms, max: 300ms, jitter: false }
+    on_failure:
+      sqs: { queue_url: "${ORDERS_DLQ_URL}" }
+"#;
+
+impl Scenario {
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = moto_env(&self.moto);
+        env.push(("ORDERS_QUEUE_URL".into(), self.queue.clone()));
+        env.push(("ORDERS_DLQ_URL".into(), self.dlq.clone()));
+        env
+    }
+
+    /// Waits for the outcome every target kind must produce; returns the dead letters' bodies.
+    async fn assert_outcome(&self, sluice: &Sluice) {
+        eventually(Duration::from_secs(90), "3 dead letters", || async {
+            (queue_depth(&self.sqs, &self.dlq).await == 3).then_some(())
+        })
+        .await;
+        eventually(
+            Duration::from_secs(30),
+            "the source queue empty",
+            || async { (queue_depth(&self.sqs, &self.queue).await == 0).then_some(()) },
+        )
+        .await;
+        let mut dead = HashSet::new();
+        for message in receive_all(&self.sqs, &self.dlq, 60).await {
+            let envelope: Value = serde_json::from_str(message.body().unwrap()).unwrap();
+            assert_eq!(
+                envelope["requestContext"]["condition"],
+                "RetryAttemptsExhausted"
+            );
+            assert_eq!(envelope["requestContext"]["approximateInvokeCount"], 3);
+            assert_eq!(envelope["sluice"]["error"]["type"], "OrderRejected");
+            let body = envelope["sluice"]["records"][0]["body"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(
+                envelope["sluice"]["error"]["message"],
+                format!("cannot process {body}")
+            );
+            dead.insert(body);
+        }
+        let expected: HashSet<String> = POISONED.iter().map(|s| s.to_string()).collect();
+        assert_eq!(dead, expected);
+        assert_eq!(
+            sluice
+                .metric(r#"sluice_records_acknowledged_total{mapping="orders"}"#)
+                .await,
+            17.0
+        );
+    }
+}
+
+fn deliveries(log: &std::path::Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        *counts.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partial_failure_scenario_passes_with_a_command_target() {
+    let scenario = scenario().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("deliveries.log");
+    let handler = workspace_root().join("examples/command_handler.py");
+    let config = format!(
+        r#"
+version: 1
+shutdown_timeout: 10s
+admin: {{ listen: "{{admin}}" }}
+targets:
+  orders:
+    command:
+      program: [python3, "{handler}"]
+      timeout: 10s
+      env: {{ DELIVERY_LOG: "{log}" }}
+      max_concurrency: 4
+mappings:
+{MAPPING}"#,
+        handler = handler.display(),
+        log = log.display(),
+    );
+    let sluice = Sluice::start(&config, &scenario.env());
+    scenario.assert_outcome(&sluice).await;
+    let counts = deliveries(&log);
+    assert_eq!(counts.len(), 20, "{counts:?}");
+    for (body, count) in &counts {
+        let expected = if POISONED.contains(&body.as_str()) {
+            3
+        } else {
+            1
+        };
+        assert_eq!(*count, expected, "{body}");
+    }
+    assert!(
+        sluice.logs().contains("rejecting order-3-poison"),
+        "stderr lines are logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partial_failure_scenario_passes_with_an_in_process_handler() {
+    let scenario = scenario().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut env = scenario.env();
+    env.push(("SLUICE_ADMIN".into(), admin.clone()));
+    env.push(("WAIT_TIME".into(), "1s".into()));
+    env.push(("RETRY_INITIAL".into(), "100ms".into()));
+    let mut command = Command::new(example_binary("in_process"));
+    command.arg(workspace_root().join("examples/in-process.yaml"));
+    let mut sluice = Sluice::start_command(command, admin.parse().unwrap(), dir, &env);
+    scenario.assert_outcome(&sluice).await;
+    assert!(sluice.logs().contains("orders handled"));
+    sluice.signal("TERM");
+    let status = sluice
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits on SIGTERM");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sluice_binary_refuses_an_in_process_target_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let output = Command::new(sluice_binary())
+        .args(["run", "-c"])
+        .arg(workspace_root().join("examples/in-process.yaml"))
+        .env("ORDERS_QUEUE_URL", "http://127.0.0.1:1/1/orders")
+        .env("ORDERS_DLQ_URL", "http://127.0.0.1:1/1/dlq")
+        .env("SLUICE_ADMIN", &admin)
+        .env("AWS_REGION", "us-east-1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("target orders is in_process"), "{stderr}");
+}
