@@ -193,3 +193,154 @@ async fn the_sluice_binary_refuses_an_in_process_target_with_advice() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("target orders is in_process"), "{stderr}");
 }
+
+fn lambda_config(command: &str, working_dir: &str, once_dir: &std::path::Path) -> String {
+    format!(
+        r#"
+version: 1
+shutdown_timeout: 10s
+admin: {{ listen: "{{admin}}" }}
+targets:
+  orders:
+    lambda_runtime:
+      command: {command}
+      working_dir: "{working_dir}"
+      handler: app.handler
+      concurrency: 2
+      timeout: 3s
+      init_timeout: 20s
+      env: {{ ONCE_DIR: "{once}" }}
+mappings:
+{MAPPING}"#,
+        once = once_dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partial_failure_scenario_passes_with_a_rust_lambda_function() {
+    let scenario = scenario().await;
+    let once = tempfile::tempdir().unwrap();
+    let bootstrap = lambda_bootstrap();
+    let config = lambda_config(
+        &format!("[\"{}\"]", bootstrap.display()),
+        &workspace_root()
+            .join("examples/lambda-rust")
+            .display()
+            .to_string(),
+        once.path(),
+    );
+    let sluice = Sluice::start(&config, &scenario.env());
+    scenario.assert_outcome(&sluice).await;
+    let init = sluice
+        .metric(r#"sluice_lambda_init_duration_seconds_count{target="orders"}"#)
+        .await;
+    assert!(init >= 2.0, "one cold start per worker at least: {init}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partial_failure_scenario_passes_with_python_awslambdaric() {
+    let scenario = scenario().await;
+    let once = tempfile::tempdir().unwrap();
+    let config = lambda_config(
+        &format!(
+            "[\"{}\", \"-m\", \"awslambdaric\", \"app.handler\"]",
+            python().display()
+        ),
+        &workspace_root()
+            .join("examples/lambda-python")
+            .display()
+            .to_string(),
+        once.path(),
+    );
+    let sluice = Sluice::start(&config, &scenario.env());
+    scenario.assert_outcome(&sluice).await;
+}
+
+// Issue "Handlers": a worker that sleeps past its timeout, or exits mid-invocation, is replaced;
+// the batch is retried per policy and the pool returns to full size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_and_crashed_workers_are_replaced_and_their_batches_retried() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "work", &[("VisibilityTimeout", "30")]).await;
+    let once = tempfile::tempdir().unwrap();
+    send_bodies(
+        &sqs,
+        &queue,
+        &[
+            "job-1-sleep".to_owned(),
+            "job-2-crash".to_owned(),
+            "job-3".to_owned(),
+        ],
+        None,
+    )
+    .await;
+    let config = format!(
+        r#"
+version: 1
+shutdown_timeout: 10s
+admin: {{ listen: "{{admin}}" }}
+targets:
+  work:
+    lambda_runtime:
+      command: ["{bootstrap}"]
+      concurrency: 2
+      timeout: 2s
+      env: {{ ONCE_DIR: "{once}" }}
+mappings:
+  - name: work
+    target: work
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 1, wait_time: 1s }}
+    retry:
+      backoff: {{ initial: 100ms, max: 200ms, jitter: false }}
+"#,
+        bootstrap = lambda_bootstrap().display(),
+        once = once.path().display(),
+    );
+    let sluice = Sluice::start(&config, &moto_env(&moto));
+    eventually(Duration::from_secs(60), "every job handled", || async {
+        (queue_depth(&sqs, &queue).await == 0).then_some(())
+    })
+    .await;
+    let restarts = |reason: &'static str| {
+        let sluice = &sluice;
+        async move {
+            sluice
+                .metric(&format!(
+                    r#"sluice_lambda_worker_restarts_total{{target="work",reason="{reason}"}}"#
+                ))
+                .await
+        }
+    };
+    assert_eq!(restarts("timeout").await, 1.0);
+    assert_eq!(restarts("exited").await, 1.0);
+    eventually(
+        Duration::from_secs(20),
+        "the pool back at full size",
+        || async {
+            (sluice
+                .metric(r#"sluice_lambda_workers_ready{target="work"}"#)
+                .await
+                == 2.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let outcomes = |outcome: &'static str| {
+        let sluice = &sluice;
+        async move {
+            sluice
+                .metric(&format!(
+                    r#"sluice_invocation_outcomes_total{{mapping="work",outcome="{outcome}"}}"#
+                ))
+                .await
+        }
+    };
+    assert_eq!(outcomes("timeout").await, 1.0);
+    assert_eq!(outcomes("function_error").await, 1.0, "the crash");
+    assert_eq!(outcomes("success").await, 3.0);
+    let logs = sluice.logs();
+    assert!(logs.contains("invocation timed out; killing and replacing the worker"));
+    assert!(logs.contains("worker exited during an invocation; replacing it"));
+}

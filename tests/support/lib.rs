@@ -581,6 +581,32 @@ pub fn sluice_binary() -> PathBuf {
     target_dir.join("debug/sluice")
 }
 
+/// The `bootstrap` of `examples/lambda-rust` (a Lambda function on the `lambda_runtime` crate),
+/// built once per test process.
+pub fn lambda_bootstrap() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let root = workspace_root();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sluice-example-lambda",
+                "--bin",
+                "bootstrap",
+            ])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building examples/lambda-rust failed");
+    });
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target_dir.join("debug/bootstrap")
+}
+
 /// An example program of the root package (`examples/<name>.rs`), built once per test process.
 pub fn example_binary(name: &str) -> PathBuf {
     static BUILD: Mutex<Vec<String>> = Mutex::new(Vec::new());

@@ -98,6 +98,20 @@ pub enum TargetConfig {
     Http(HttpTargetConfig),
     Command(CommandTargetConfig),
     InProcess(InProcessTargetConfig),
+    LambdaRuntime(LambdaRuntimeTargetConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct LambdaRuntimeTargetConfig {
+    pub command: Vec<String>,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub init_timeout: Duration,
+    pub handler: Option<String>,
+    pub function_name: Option<String>,
+    pub memory_size: u32,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +127,7 @@ impl TargetConfig {
             TargetConfig::Http(http) => http.max_concurrency,
             TargetConfig::Command(command) => command.max_concurrency,
             TargetConfig::InProcess(in_process) => in_process.max_concurrency,
+            TargetConfig::LambdaRuntime(pool) => pool.concurrency,
         }
     }
 }
@@ -571,7 +586,45 @@ impl Validator<'_> {
                 }))
             }
             RawTarget::InProcess(raw) => Some(self.build_in_process(path, raw)),
+            RawTarget::LambdaRuntime(raw) => Some(self.build_lambda_runtime(path, raw)),
         }
+    }
+
+    fn build_lambda_runtime(&mut self, path: &str, raw: RawLambdaRuntimeTarget) -> TargetConfig {
+        let at = format!("{path}.lambda_runtime");
+        if raw.command.first().is_none_or(|p| p.trim().is_empty()) {
+            self.error(
+                format!("{at}.command"),
+                "give the worker program and its arguments, such as [./bootstrap] or [python3, -m, awslambdaric, app.handler]",
+            );
+        }
+        let concurrency = self.concurrency(&format!("{at}.concurrency"), raw.concurrency, 1, 1_000);
+        let timeout = raw.timeout.map_or(Duration::from_secs(30), |d| d.0);
+        if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
+            self.error(format!("{at}.timeout"), "must be between 1ms and 12h");
+        }
+        let init_timeout = raw.init_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        if init_timeout.is_zero() || init_timeout > Duration::from_secs(3_600) {
+            self.error(format!("{at}.init_timeout"), "must be between 1ms and 1h");
+        }
+        let memory_size = raw.memory_size.unwrap_or(128);
+        if !(128..=10_240).contains(&memory_size) {
+            self.error(
+                format!("{at}.memory_size"),
+                format!("must be 128..=10240 MB, as in Lambda (got {memory_size})"),
+            );
+        }
+        TargetConfig::LambdaRuntime(LambdaRuntimeTargetConfig {
+            command: raw.command,
+            concurrency,
+            timeout,
+            init_timeout,
+            handler: raw.handler,
+            function_name: raw.function_name,
+            memory_size,
+            env: raw.env.into_iter().collect(),
+            working_dir: raw.working_dir,
+        })
     }
 
     fn build_in_process(&mut self, path: &str, raw: RawInProcessTarget) -> TargetConfig {

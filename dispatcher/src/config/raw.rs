@@ -98,6 +98,39 @@ pub enum RawTarget {
     Command(RawCommandTarget),
     /// A Rust handler registered by a program that embeds sluice (sluice::embed).
     InProcess(RawInProcessTarget),
+    /// Unmodified Lambda functions: a warm pool of processes speaking the Lambda Runtime API.
+    LambdaRuntime(RawLambdaRuntimeTarget),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLambdaRuntimeTarget {
+    /// The worker program and its arguments: a bootstrap, or e.g. [python3, -m, awslambdaric, app.handler].
+    pub command: Vec<String>,
+    /// Warm workers (Lambda's provisioned concurrency), one invocation each: 1..=1000. Default 1.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// How long one invocation may take; then the worker is killed and replaced. Default 30s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// How long a new worker may take to ask for its first invocation. Default 10s.
+    #[serde(default)]
+    pub init_timeout: Option<HumanDuration>,
+    /// _HANDLER for the runtime interface client, e.g. app.handler.
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// AWS_LAMBDA_FUNCTION_NAME. Default: the target's name.
+    #[serde(default)]
+    pub function_name: Option<String>,
+    /// AWS_LAMBDA_FUNCTION_MEMORY_SIZE in MB: 128..=10240. Default 128.
+    #[serde(default)]
+    pub memory_size: Option<u32>,
+    /// Extra environment variables for the workers.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (and LAMBDA_TASK_ROOT). Default: sluice's own.
+    #[serde(default)]
+    pub working_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

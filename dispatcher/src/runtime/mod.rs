@@ -72,6 +72,10 @@ pub async fn run_with_handlers(
             .build(),
     );
     let health = Health::new(config.admin.stall_after, config.admin.stuck_after);
+    let region = sdk_config
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
     let uses_state_file = config.checkpoints == CheckpointsConfig::Embedded
         && config
             .mappings
@@ -88,7 +92,7 @@ pub async fn run_with_handlers(
 
     let mut built_targets: BTreeMap<String, SharedTarget> = BTreeMap::new();
     for (name, target) in &config.targets {
-        let built = targets::build(name, target, &handlers)
+        let built = targets::build(name, target, &handlers, &region)
             .with_context(|| format!("building target {name}"))?;
         built_targets.insert(name.clone(), built);
     }

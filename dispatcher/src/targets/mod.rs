@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod http;
+pub mod lambda_runtime;
 
 use crate::config::TargetConfig;
 use async_trait::async_trait;
@@ -92,6 +93,7 @@ pub fn build(
     name: &str,
     config: &TargetConfig,
     handlers: &std::collections::BTreeMap<String, Arc<dyn crate::embed::Handler>>,
+    region: &str,
 ) -> anyhow::Result<SharedTarget> {
     let target: Arc<dyn Target> = match config {
         TargetConfig::Http(http) => Arc::new(http::HttpTarget::new(http)?),
@@ -107,6 +109,9 @@ pub fn build(
                 in_process,
             ))
         }
+        TargetConfig::LambdaRuntime(pool) => Arc::new(lambda_runtime::LambdaRuntimeTarget::start(
+            name, pool, region,
+        )),
     };
     Ok(SharedTarget::new(name, target, config.max_concurrency()))
 }
