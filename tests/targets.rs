@@ -216,25 +216,41 @@ mappings:
     )
 }
 
+// Runs examples/lambda-runtime.yaml as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_partial_failure_scenario_passes_with_a_rust_lambda_function() {
     let scenario = scenario().await;
     let once = tempfile::tempdir().unwrap();
-    let bootstrap = lambda_bootstrap();
-    let config = lambda_config(
-        &format!("[\"{}\"]", bootstrap.display()),
-        &workspace_root()
-            .join("examples/lambda-rust")
-            .display()
-            .to_string(),
-        once.path(),
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut env = scenario.env();
+    env.extend([
+        ("SLUICE_ADMIN".to_owned(), admin.clone()),
+        (
+            "BOOTSTRAP".to_owned(),
+            lambda_bootstrap().display().to_string(),
+        ),
+        ("ONCE_DIR".to_owned(), once.path().display().to_string()),
+        ("WAIT_TIME".to_owned(), "1s".to_owned()),
+        ("RETRY_INITIAL".to_owned(), "100ms".to_owned()),
+    ]);
+    let sluice = Sluice::start_file(
+        &workspace_root().join("examples/lambda-runtime.yaml"),
+        admin.parse().unwrap(),
+        dir,
+        &env,
     );
-    let sluice = Sluice::start(&config, &scenario.env());
     scenario.assert_outcome(&sluice).await;
     let init = sluice
         .metric(r#"sluice_lambda_init_duration_seconds_count{target="orders"}"#)
         .await;
-    assert!(init >= 2.0, "one cold start per worker at least: {init}");
+    assert!(init >= 4.0, "one cold start per worker: {init}");
+    assert!(
+        sluice
+            .metric(r#"sluice_lambda_invoke_overhead_seconds_count{target="orders"}"#)
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,4 +359,68 @@ mappings:
     let logs = sluice.logs();
     assert!(logs.contains("invocation timed out; killing and replacing the worker"));
     assert!(logs.contains("worker exited during an invocation; replacing it"));
+}
+
+// Issue "Handlers", concurrency: a target's limit is shared by the mappings using it, and sources
+// stop receiving while it is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_sharing_a_target_never_exceed_its_concurrency() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let first = create_queue(&sqs, "first", &[]).await;
+    let second = create_queue(&sqs, "second", &[]).await;
+    let bodies: Vec<String> = (0..6).map(|i| format!("job-{i}")).collect();
+    send_bodies(&sqs, &first, &bodies, None).await;
+    send_bodies(&sqs, &second, &bodies, None).await;
+    let handler =
+        Handler::start(|_, _| Reply::json(serde_json::json!({})).after(Duration::from_millis(200)))
+            .await;
+    let mapping = |name: &str, queue: &str| {
+        format!(
+            "  - name: {name}\n    target: shared\n    source:\n      sqs: {{ queue_url: \"{queue}\", batch_size: 1, max_concurrency: 5, pollers: 1, wait_time: 1s }}\n"
+        )
+    };
+    let config = format!(
+        "version: 1\nadmin: {{ listen: \"{{admin}}\" }}\ntargets:\n  shared:\n    http: {{ url: \"{}\", max_concurrency: 1 }}\nmappings:\n{}{}",
+        handler.url("/shared"),
+        mapping("first", &first),
+        mapping("second", &second)
+    );
+    let _sluice = Sluice::start(&config, &moto_env(&moto));
+    let mut most_in_flight = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while handler.completed().len() < 12 {
+        assert!(std::time::Instant::now() < deadline, "not all jobs handled");
+        let mut hidden = 0;
+        for queue in [&first, &second] {
+            let attributes = sqs
+                .get_queue_attributes()
+                .queue_url(queue)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                )
+                .send()
+                .await
+                .unwrap();
+            hidden += attributes
+                .attributes()
+                .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0);
+        }
+        most_in_flight = most_in_flight.max(hidden);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut starts: Vec<std::time::Instant> = handler.received().iter().map(|r| r.at).collect();
+    starts.sort();
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1].duration_since(pair[0]) >= Duration::from_millis(180),
+            "two invocations overlapped on a target limited to 1"
+        );
+    }
+    assert!(
+        most_in_flight <= 2,
+        "sources received {most_in_flight} messages at once for a target limited to 1"
+    );
 }

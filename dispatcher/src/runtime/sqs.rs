@@ -238,18 +238,21 @@ impl SqsMapping {
         let mut failures = 0u32;
 
         'poll: loop {
-            // Nothing is received for a batch that could not start: room in the mapping and in
-            // the target (shared with other mappings) comes first.
+            // Nothing is received for a batch that could not start: room in the mapping, and room
+            // in the target (shared with other mappings), come first. The target's slot is only
+            // taken once the batch is full, so an idle poll never holds it from other mappings;
+            // at most one batch per poller waits for it.
             let waiting = capacity.available_permits() == 0 || context.target.is_saturated();
             if waiting {
                 self.health.waiting_for_capacity(true);
             }
-            let permits = tokio::select! {
+            let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'poll,
-                permits = async {
+                permit = async {
                     let mapping = capacity.clone().acquire_owned().await.expect("semaphore is never closed");
-                    (mapping, context.target.permit().await)
-                } => permits,
+                    context.target.wait_for_room().await;
+                    mapping
+                } => permit,
             };
             if waiting {
                 self.health.waiting_for_capacity(false);
@@ -342,10 +345,17 @@ impl SqsMapping {
                     }
                 }
             };
+            let target_permit = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    ready.push_front(batch);
+                    break 'poll;
+                }
+                target_permit = context.target.permit() => target_permit,
+            };
             let context = context.clone();
             tracker.spawn(async move {
                 handle_batch(&context, batch).await;
-                drop(permits);
+                drop((permit, target_permit));
             });
         }
         let mut unstarted: Vec<Record> = ready.into_iter().flatten().collect();

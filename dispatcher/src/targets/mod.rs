@@ -82,6 +82,11 @@ impl SharedTarget {
             .expect("the target's semaphore is never closed")
     }
 
+    /// Waits until the target has room, without taking it.
+    pub async fn wait_for_room(&self) {
+        drop(self.permit().await);
+    }
+
     /// Whether an invocation could start now without waiting.
     pub fn is_saturated(&self) -> bool {
         self.permits.available_permits() == 0
