@@ -234,7 +234,7 @@ async fn the_partial_failure_scenario_passes_with_a_rust_lambda_function() {
         ("WAIT_TIME".to_owned(), "1s".to_owned()),
         ("RETRY_INITIAL".to_owned(), "100ms".to_owned()),
     ]);
-    let sluice = Sluice::start_file(
+    let mut sluice = Sluice::start_file(
         &workspace_root().join("examples/lambda-runtime.yaml"),
         admin.parse().unwrap(),
         dir,
@@ -251,6 +251,11 @@ async fn the_partial_failure_scenario_passes_with_a_rust_lambda_function() {
             .await
             >= 1.0
     );
+    sluice.signal("TERM");
+    let status = sluice
+        .wait_exit(Duration::from_secs(15))
+        .expect("sluice and its workers stop on SIGTERM");
+    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,5 +427,78 @@ async fn mappings_sharing_a_target_never_exceed_its_concurrency() {
     assert!(
         most_in_flight <= 2,
         "sources received {most_in_flight} messages at once for a target limited to 1"
+    );
+}
+
+// Issue "Handlers": init failures are reported and restarts back off; invocations meanwhile are
+// an unavailable target, which uses no retry attempt. awslambdaric itself reports the missing
+// handler to /runtime/init/error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_fails_its_init_is_reported_and_restarted_with_backoff() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "broken", &[("VisibilityTimeout", "30")]).await;
+    send_bodies(&sqs, &queue, &["job".to_owned()], None).await;
+    let config = format!(
+        r#"
+version: 1
+shutdown_timeout: 2s
+admin: {{ listen: "{{admin}}" }}
+targets:
+  broken:
+    lambda_runtime:
+      command: ["{python}", "-m", "awslambdaric", "app.no_such_handler"]
+      working_dir: "{dir}"
+      timeout: 1s
+mappings:
+  - name: broken
+    target: broken
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 1, wait_time: 1s }}
+    retry:
+      max_receive_count: 1
+      backoff: {{ initial: 100ms, max: 200ms }}
+    on_failure:
+      sqs: {{ queue_url: "{queue}-dlq" }}
+"#,
+        python = python().display(),
+        dir = workspace_root().join("examples/lambda-python").display(),
+    );
+    let sluice = Sluice::start(&config, &moto_env(&moto));
+    eventually(Duration::from_secs(30), "init failures counted", || async {
+        let failures = sluice
+            .metric(r#"sluice_lambda_worker_restarts_total{target="broken",reason="init_error"}"#)
+            .await;
+        (failures >= 2.0).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "an unavailable outcome",
+        || async {
+            let unavailable = sluice
+                .metric(
+                    r#"sluice_invocation_outcomes_total{mapping="broken",outcome="unavailable"}"#,
+                )
+                .await;
+            (unavailable >= 1.0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        sluice
+            .logs()
+            .contains("worker init failed; restarting with backoff")
+    );
+    assert!(
+        sluice.logs().contains("no_such_handler"),
+        "the init error is in the log"
+    );
+    assert_eq!(
+        sluice
+            .metric(r#"sluice_records_dead_lettered_total{mapping="broken",condition="RetryAttemptsExhausted"}"#)
+            .await,
+        0.0,
+        "the handler never ran, so no attempt was used"
     );
 }
