@@ -604,3 +604,67 @@ async fn validate_connect_names_a_table_without_a_stream() {
     );
     assert!(!stderr.contains("(good)"), "{stderr}");
 }
+
+// Prompt stops: a shard waiting out a long retry delay does not hold up SIGTERM; the batch is
+// not checkpointed, so it is delivered again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_retry_delay_exits_promptly_and_redelivers_after_restart() {
+    let moto = Moto::start();
+    let dynamodb = moto.dynamodb().await;
+    create_stream_table(&dynamodb, "stubborn").await;
+    put_item(&dynamodb, "stubborn", "k1", 0, &[]).await;
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fail = failing.clone();
+    let handler = Handler::start(move |_, _| {
+        if fail.load(Ordering::SeqCst) {
+            Reply {
+                status: 500,
+                ..Reply::ok("down")
+            }
+        } else {
+            Reply::json(json!({}))
+        }
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let text = config(
+        &handler.url("/stubborn"),
+        state.path(),
+        "",
+        r#"
+  - name: stubborn
+    target: handler
+    source:
+      dynamodb_stream: { table: stubborn, starting_position: trim_horizon }
+    retry:
+      backoff: { initial: 60s, max: 60s, jitter: false }
+"#,
+    );
+    let mut first = Sluice::start(&text, &moto_env(&moto));
+    eventually(
+        Duration::from_secs(30),
+        "the first failed attempt",
+        || async { (handler.completed().len() == 1).then_some(()) },
+    )
+    .await;
+    let stopping = Instant::now();
+    first.signal("TERM");
+    let status = first
+        .wait_exit(Duration::from_secs(10))
+        .expect("sluice exits during the retry delay");
+    assert!(status.success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        stopping.elapsed()
+    );
+    failing.store(false, Ordering::SeqCst);
+    let _second = Sluice::start(&text, &moto_env(&moto));
+    eventually(
+        Duration::from_secs(30),
+        "the record delivered again",
+        || async { (handler.completed().len() == 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(key_of(&handler.records()[1]), "k1");
+}

@@ -859,7 +859,7 @@ async fn run_lane(
         };
         tokio::select! {
             _ = abort.cancelled() => return,
-            _ = handle_batch(&shared, &progress, &lane, batch) => {}
+            _ = handle_batch(&shared, &progress, &lane, batch, &stop) => {}
         }
     }
 }
@@ -887,12 +887,15 @@ fn outcome_label(outcome: &Outcome, applied: &Applied) -> &'static str {
     }
 }
 
-/// Runs one batch of one lane until every record is handled or dead-lettered.
+/// Runs one batch of one lane until every record is handled or dead-lettered. On `stop`, a batch
+/// waiting out a retry delay is given up: its unfinished records are not checkpointed, so they
+/// are delivered again after the restart, and the stop is not held up by the backoff.
 async fn handle_batch(
     shared: &Arc<Shared>,
     progress: &Arc<ShardCheckpoint>,
     lane: &str,
     batch: Vec<Entry>,
+    stop: &CancellationToken,
 ) {
     let shard_id = progress.shard_id.as_str();
     let mut reported = vec![false; batch.len()];
@@ -922,7 +925,14 @@ async fn handle_batch(
         match state.next_step(now) {
             Step::Done => break,
             Step::Wait { until } => {
-                tokio::time::sleep(until.saturating_sub(now)).await;
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        tracing::info!(mapping = %shared.name, %shard_id, "stopping during a retry delay; the batch is delivered again after the restart");
+                        shared.health.stuck(lane, None);
+                        return;
+                    }
+                    _ = tokio::time::sleep(until.saturating_sub(now)) => {}
+                }
             }
             Step::Invoke { records, attempt } => {
                 let payload = records_event(records.iter().map(|&i| &batch[i].0));
