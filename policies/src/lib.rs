@@ -5,6 +5,7 @@
 //! randomness (jitter) in as arguments, and receive decisions as data that the dispatcher executes.
 //! That is what lets every rule of `semantics.md` be unit- and property-tested here.
 //!
+//! - [`async_invoke`]: Lambda's asynchronous invocation policy (semantics.md §5).
 //! - [`batcher`]: when a batch is complete (count, bytes, window), with the 6 MB invocation cap.
 //! - [`response`]: the handler's response, parsed as Lambda parses it (`batchItemFailures`).
 //! - [`filter`]: Lambda's event filter patterns (semantics.md §7).
@@ -14,6 +15,7 @@
 //! - [`stream`]: Lambda's stream semantics (semantics.md §2 and §12): retries, bisect, partial
 //!   responses, record age, lanes and the shard checkpoint.
 
+pub mod async_invoke;
 pub mod backoff;
 pub mod batcher;
 pub mod filter;
@@ -22,6 +24,7 @@ pub mod queue;
 pub mod response;
 pub mod stream;
 
+pub use async_invoke::{AsyncAttempt, AsyncCondition, AsyncDecision, AsyncPolicy};
 pub use backoff::Backoff;
 pub use batcher::{BatchLimits, Batcher, MAX_INVOCATION_PAYLOAD_BYTES};
 pub use filter::{FilterSet, Pattern, PatternError};
