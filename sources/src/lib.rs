@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod dynamodb_streams;
 pub mod queue;
 pub mod record;
+pub mod s3;
 pub mod sqs;
 
 pub use queue::{DeleteReport, Queue, QueueDescription, SourceError};

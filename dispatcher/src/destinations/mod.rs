@@ -24,17 +24,54 @@ pub enum DestinationError {
     },
 }
 
+/// Where a document goes within a destination.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    pub mapping: &'a str,
+    /// The shard or queue the records came from (part of S3 keys).
+    pub key_part: &'a str,
+    /// Keeps FIFO ordering when the destination needs a message group.
+    pub group_hint: &'a str,
+    /// Identifies the document for deduplication.
+    pub dedup_hint: &'a str,
+}
+
 #[async_trait]
 pub trait Destination: Send + Sync + 'static {
-    /// Stores one dead letter. `group_hint` keeps FIFO ordering when the destination needs a
-    /// message group; `dedup_hint` identifies the dead letter for deduplication.
+    /// Stores one document: a dead-letter envelope or an async destination record.
+    async fn store(
+        &self,
+        document: serde_json::Value,
+        placement: &Placement<'_>,
+    ) -> Result<(), DestinationError>;
+
+    /// Whether the destination keeps the invocation event beside a dead letter, as Lambda's S3
+    /// destination does (`payload`).
+    fn keeps_payload(&self) -> bool {
+        false
+    }
+
+    /// A short description for logs, such as the queue URL.
+    fn describe(&self) -> &str;
+
+    /// Stores one dead letter in its envelope.
     async fn send(
         &self,
         dead_letter: &DeadLetter,
         group_hint: &str,
         dedup_hint: &str,
-    ) -> Result<(), DestinationError>;
-
-    /// A short description for logs, such as the queue URL.
-    fn describe(&self) -> &str;
+    ) -> Result<(), DestinationError> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut document = dead_letter.to_json(&request_id);
+        if self.keeps_payload() {
+            document["payload"] = serde_json::json!({ "Records": dead_letter.records });
+        }
+        let placement = Placement {
+            mapping: &dead_letter.mapping,
+            key_part: dead_letter.source.key_part(),
+            group_hint,
+            dedup_hint,
+        };
+        self.store(document, &placement).await
+    }
 }

@@ -4,12 +4,11 @@
 //! Keys follow Lambda's layout, with the mapping name where Lambda puts the mapping's UUID:
 //! `<prefix>aws/lambda/<mapping>/<shard or queue>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<uuid>`.
 
-use super::{DeadLetter, Destination, DestinationError};
+use super::{Destination, DestinationError, Placement};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use serde_json::json;
 
 pub struct S3Destination {
     client: Client,
@@ -29,8 +28,8 @@ impl S3Destination {
         }
     }
 
-    /// The object key for a dead letter stored at `now` (since the Unix epoch).
-    pub fn key(&self, dead_letter: &DeadLetter, now: std::time::Duration, id: &str) -> String {
+    /// The object key for a document stored at `now` (since the Unix epoch).
+    pub fn key(&self, placement: &Placement<'_>, now: std::time::Duration, id: &str) -> String {
         let datetime = time::OffsetDateTime::UNIX_EPOCH + now;
         let day = time::macros::format_description!("[year]/[month]/[day]");
         let stamp =
@@ -38,8 +37,8 @@ impl S3Destination {
         format!(
             "{}aws/lambda/{}/{}/{}/{}-{id}",
             self.prefix,
-            dead_letter.mapping,
-            dead_letter.source.key_part(),
+            placement.mapping,
+            placement.key_part,
             datetime.format(&day).unwrap_or_default(),
             datetime.format(&stamp).unwrap_or_default(),
         )
@@ -48,16 +47,13 @@ impl S3Destination {
 
 #[async_trait]
 impl Destination for S3Destination {
-    async fn send(
+    async fn store(
         &self,
-        dead_letter: &DeadLetter,
-        _group_hint: &str,
-        _dedup_hint: &str,
+        document: serde_json::Value,
+        placement: &Placement<'_>,
     ) -> Result<(), DestinationError> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let mut document = dead_letter.to_json(&request_id);
-        document["payload"] = json!({ "Records": dead_letter.records });
-        let key = self.key(dead_letter, super::envelope::now_since_epoch(), &request_id);
+        let id = uuid::Uuid::new_v4().to_string();
+        let key = self.key(placement, super::envelope::now_since_epoch(), &id);
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -72,6 +68,10 @@ impl Destination for S3Destination {
                 key,
                 message: DisplayErrorContext(&error).to_string(),
             })
+    }
+
+    fn keeps_payload(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> &str {

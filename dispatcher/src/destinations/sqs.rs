@@ -1,6 +1,6 @@
 //! An SQS queue as an on-failure destination: the envelope is the message body.
 
-use super::{DeadLetter, Destination, DestinationError};
+use super::{Destination, DestinationError, Placement};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
@@ -24,14 +24,13 @@ impl SqsDestination {
 
 #[async_trait]
 impl Destination for SqsDestination {
-    async fn send(
+    async fn store(
         &self,
-        dead_letter: &DeadLetter,
-        group_hint: &str,
-        dedup_hint: &str,
+        document: serde_json::Value,
+        placement: &Placement<'_>,
     ) -> Result<(), DestinationError> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let body = dead_letter.to_json(&request_id).to_string();
+        let (group_hint, dedup_hint) = (placement.group_hint, placement.dedup_hint);
+        let body = document.to_string();
         let mut request = self
             .client
             .send_message()
