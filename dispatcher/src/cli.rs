@@ -126,6 +126,9 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                 config::SourceConfig::Sqs(source) => {
                     queues.push(("source.sqs.queue_url", source.queue_url.clone()));
                 }
+                config::SourceConfig::S3(source) => {
+                    queues.push(("source.s3.queue_url", source.queue_url.clone()));
+                }
                 config::SourceConfig::DynamodbStream(source) => {
                     let found = sluice_sources::dynamodb_streams::DynamoDbStream::resolve(
                         streams.clone(),

@@ -160,12 +160,24 @@ pub struct MappingConfig {
     pub retry: RetryConfig,
     pub filters: FilterSet,
     pub on_failure: Option<DestinationConfig>,
+    pub on_success: Option<DestinationConfig>,
 }
 
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Sqs(SqsSourceConfig),
     DynamodbStream(StreamSourceConfig),
+    S3(S3SourceConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct S3SourceConfig {
+    pub queue_url: String,
+    pub events: Vec<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub max_concurrency: usize,
+    pub wait_time: Duration,
 }
 
 impl SourceConfig {
@@ -173,6 +185,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Sqs(_) => "sqs",
             SourceConfig::DynamodbStream(_) => "dynamodb_stream",
+            SourceConfig::S3(_) => "s3",
         }
     }
 }
@@ -219,6 +232,9 @@ pub struct RetryConfig {
     pub max_record_age: Option<Duration>,
     pub bisect_on_error: bool,
     pub non_retryable_errors: Vec<String>,
+    /// Asynchronous sources.
+    pub max_event_age: Duration,
+    pub delays: Vec<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -663,8 +679,12 @@ impl Validator<'_> {
             RawSource::DynamodbStream(stream) => SourceConfig::DynamodbStream(
                 self.build_stream_source(&format!("{path}.source.dynamodb_stream"), stream),
             ),
+            RawSource::S3(s3) => {
+                SourceConfig::S3(self.build_s3_source(&format!("{path}.source.s3"), s3))
+            }
         };
-        let is_stream = !matches!(source, SourceConfig::Sqs(_));
+        let is_stream = matches!(source, SourceConfig::DynamodbStream(_));
+        let is_async = matches!(source, SourceConfig::S3(_));
         let retry_raw = mapping.retry.unwrap_or(RawRetry {
             max_receive_count: None,
             backoff: None,
@@ -672,43 +692,30 @@ impl Validator<'_> {
             max_record_age: None,
             bisect_on_error: None,
             non_retryable_errors: None,
+            max_event_age: None,
+            delays: None,
         });
         let retry_path = format!("{path}.retry");
         let retry = self.build_retry(&retry_path, retry_raw, &source);
         let filters = self.build_filters(path, mapping.filters.unwrap_or_default(), &source);
-        let on_failure = mapping.on_failure.map(|destination| match destination {
-            RawDestination::Sqs(sqs) => {
-                if reqwest::Url::parse(&sqs.queue_url).is_err() {
-                    self.error(
-                        format!("{path}.on_failure.sqs.queue_url"),
-                        format!("{:?} is not a queue URL", sqs.queue_url),
-                    );
-                }
-                if let SourceConfig::Sqs(source) = &source
-                    && sqs.queue_url == source.queue_url
-                {
-                    self.error(
-                        format!("{path}.on_failure.sqs.queue_url"),
-                        "is the mapping's own source queue; dead letters would be consumed again",
-                    );
-                }
-                DestinationConfig::Sqs {
-                    queue_url: sqs.queue_url,
-                }
+        let on_success = mapping.on_success.map(|destination| {
+            if !is_async {
+                self.error(
+                    format!("{path}.on_success"),
+                    "is only for asynchronous sources (s3); Lambda rejects OnSuccess on event source mappings",
+                );
             }
-            RawDestination::S3(s3) => {
-                if s3.bucket.trim().is_empty() || s3.bucket.contains('/') {
-                    self.error(
-                        format!("{path}.on_failure.s3.bucket"),
-                        format!("{:?} is not a bucket name; give the name alone, without s3:// or a key", s3.bucket),
-                    );
-                }
-                DestinationConfig::S3 {
-                    bucket: s3.bucket,
-                    prefix: s3.prefix.unwrap_or_default(),
-                }
-            }
+            self.build_destination(&format!("{path}.on_success"), destination, &source)
         });
+        let on_failure = mapping.on_failure.map(|destination| {
+            self.build_destination(&format!("{path}.on_failure"), destination, &source)
+        });
+        if !retry.non_retryable_errors.is_empty() && on_failure.is_none() {
+            self.error(
+                format!("{path}.retry.non_retryable_errors"),
+                "needs an on_failure destination to send those failures to",
+            );
+        }
         if is_stream && on_failure.is_none() {
             let limited = [
                 ("max_retry_attempts", retry.max_retry_attempts.is_some()),
@@ -723,13 +730,7 @@ impl Validator<'_> {
                 }
             }
         }
-        if !retry.non_retryable_errors.is_empty() && on_failure.is_none() {
-            self.error(
-                format!("{path}.retry.non_retryable_errors"),
-                "needs an on_failure destination to send those failures to",
-            );
-        }
-        if !is_stream {
+        if matches!(source, SourceConfig::Sqs(_)) {
             if retry.max_receive_count.is_some() && on_failure.is_none() {
                 self.error(
                     format!("{path}.retry.max_receive_count"),
@@ -755,6 +756,48 @@ impl Validator<'_> {
             retry,
             filters,
             on_failure,
+            on_success,
+        }
+    }
+
+    fn build_destination(
+        &mut self,
+        path: &str,
+        destination: RawDestination,
+        source: &SourceConfig,
+    ) -> DestinationConfig {
+        match destination {
+            RawDestination::Sqs(sqs) => {
+                if reqwest::Url::parse(&sqs.queue_url).is_err() {
+                    self.error(
+                        format!("{path}.sqs.queue_url"),
+                        format!("{:?} is not a queue URL", sqs.queue_url),
+                    );
+                }
+                if let SourceConfig::Sqs(source) = source
+                    && sqs.queue_url == source.queue_url
+                {
+                    self.error(
+                        format!("{path}.sqs.queue_url"),
+                        "is the mapping's own source queue; dead letters would be consumed again",
+                    );
+                }
+                DestinationConfig::Sqs {
+                    queue_url: sqs.queue_url,
+                }
+            }
+            RawDestination::S3(s3) => {
+                if s3.bucket.trim().is_empty() || s3.bucket.contains('/') {
+                    self.error(
+                        format!("{path}.s3.bucket"),
+                        format!("{:?} is not a bucket name; give the name alone, without s3:// or a key", s3.bucket),
+                    );
+                }
+                DestinationConfig::S3 {
+                    bucket: s3.bucket,
+                    prefix: s3.prefix.unwrap_or_default(),
+                }
+            }
         }
     }
 
@@ -804,46 +847,91 @@ impl Validator<'_> {
 
     fn build_retry(&mut self, path: &str, raw: RawRetry, source: &SourceConfig) -> RetryConfig {
         let kind = source.kind();
-        let is_stream = !matches!(source, SourceConfig::Sqs(_));
-        if let Some(count) = raw.max_receive_count {
-            if is_stream {
+        let is_stream = matches!(source, SourceConfig::DynamodbStream(_));
+        let is_async = matches!(source, SourceConfig::S3(_));
+        let is_queue = matches!(source, SourceConfig::Sqs(_));
+        // Which retry keys each kind reads; the others are refused with what to use instead.
+        let keys = [
+            (
+                "max_receive_count",
+                raw.max_receive_count.is_some(),
+                is_queue,
+                "sqs",
+            ),
+            (
+                "max_retry_attempts",
+                raw.max_retry_attempts.is_some(),
+                is_stream || is_async,
+                "stream and s3",
+            ),
+            (
+                "max_record_age",
+                raw.max_record_age.is_some(),
+                is_stream,
+                "stream",
+            ),
+            (
+                "bisect_on_error",
+                raw.bisect_on_error.is_some(),
+                is_stream,
+                "stream",
+            ),
+            ("max_event_age", raw.max_event_age.is_some(), is_async, "s3"),
+            ("delays", raw.delays.is_some(), is_async, "s3"),
+        ];
+        for (key, present, applies, kinds) in keys {
+            if present && !applies {
+                let instead = match kind {
+                    "sqs" => "an sqs source retries through the queue: use max_receive_count",
+                    "s3" => {
+                        "an s3 source retries asynchronously: use max_retry_attempts (0..=2), delays and max_event_age"
+                    }
+                    _ => {
+                        "a stream source uses max_retry_attempts, max_record_age and bisect_on_error"
+                    }
+                };
                 self.error(
-                    format!("{path}.max_receive_count"),
-                    format!("applies to sqs sources; a {kind} source uses max_retry_attempts and max_record_age"),
-                );
-            } else if !(1..=1000).contains(&count) {
-                self.error(
-                    format!("{path}.max_receive_count"),
-                    format!("must be 1..=1000 (got {count})"),
+                    format!("{path}.{key}"),
+                    format!("applies to {kinds} sources; {instead}"),
                 );
             }
         }
-        let stream_only = [
-            ("max_retry_attempts", raw.max_retry_attempts.is_some()),
-            ("max_record_age", raw.max_record_age.is_some()),
-            ("bisect_on_error", raw.bisect_on_error.is_some()),
-        ];
-        if !is_stream {
-            for (key, present) in stream_only {
-                if present {
+        if let Some(count) = raw.max_receive_count
+            && is_queue
+            && !(1..=1000).contains(&count)
+        {
+            self.error(
+                format!("{path}.max_receive_count"),
+                format!("must be 1..=1000 (got {count})"),
+            );
+        }
+        let max_retry_attempts = if is_async {
+            match raw.max_retry_attempts {
+                None => Some(2),
+                Some(n @ 0..=2) => Some(n as u32),
+                Some(n) => {
                     self.error(
-                        format!("{path}.{key}"),
-                        format!("applies to stream sources; an {kind} source retries through the queue (see max_receive_count)"),
+                        format!("{path}.max_retry_attempts"),
+                        format!(
+                            "must be 0..=2 for asynchronous invocation, as in Lambda (got {n})"
+                        ),
                     );
+                    Some(2)
                 }
             }
-        }
-        let max_retry_attempts = match raw.max_retry_attempts {
-            None | Some(-1) => None,
-            Some(n @ 0..=10_000) => Some(n as u32),
-            Some(n) => {
-                self.error(
-                    format!("{path}.max_retry_attempts"),
-                    format!(
-                        "must be -1 (retry until the record is too old) or 0..=10000 (got {n})"
-                    ),
-                );
-                None
+        } else {
+            match raw.max_retry_attempts {
+                None | Some(-1) => None,
+                Some(n @ 0..=10_000) => Some(n as u32),
+                Some(n) => {
+                    self.error(
+                        format!("{path}.max_retry_attempts"),
+                        format!(
+                            "must be -1 (retry until the record is too old) or 0..=10000 (got {n})"
+                        ),
+                    );
+                    None
+                }
             }
         };
         let max_record_age = raw.max_record_age.and_then(|limit| limit.0);
@@ -855,11 +943,38 @@ impl Validator<'_> {
                 format!("must be -1 or 60s..=7d, as in Lambda (got {age:?})"),
             );
         }
+        let max_event_age = raw
+            .max_event_age
+            .map_or(Duration::from_secs(6 * 3600), |d| d.0);
+        if !(Duration::from_secs(60)..=Duration::from_secs(6 * 3600)).contains(&max_event_age) {
+            self.error(
+                format!("{path}.max_event_age"),
+                format!("must be 60s..=6h, as in Lambda (got {max_event_age:?})"),
+            );
+        }
+        let delays: Vec<Duration> = raw
+            .delays
+            .map(|delays| delays.into_iter().map(|d| d.0).collect())
+            .unwrap_or_else(|| vec![Duration::from_secs(60), Duration::from_secs(120)]);
+        if delays.is_empty()
+            || delays
+                .iter()
+                .any(|d| d.is_zero() || *d > Duration::from_secs(43_200))
+        {
+            self.error(
+                format!("{path}.delays"),
+                "give one or two delays between 1ms and 12h, such as [1m, 2m]",
+            );
+        }
         let backoff = match raw.backoff {
             Some(backoff) => self.build_backoff(&format!("{path}.backoff"), backoff),
             None if is_stream => Some(
                 Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 2.0, true)
                     .expect("the default stream backoff is valid"),
+            ),
+            None if is_async => Some(
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 2.0, true)
+                    .expect("the default throttle backoff is valid"),
             ),
             None => None,
         };
@@ -870,6 +985,46 @@ impl Validator<'_> {
             max_record_age,
             bisect_on_error: raw.bisect_on_error.unwrap_or(false),
             non_retryable_errors: raw.non_retryable_errors.unwrap_or_default(),
+            max_event_age,
+            delays,
+        }
+    }
+
+    fn build_s3_source(&mut self, path: &str, raw: RawS3Source) -> S3SourceConfig {
+        if reqwest::Url::parse(&raw.queue_url).is_err() {
+            self.error(
+                format!("{path}.queue_url"),
+                format!("{:?} is not a queue URL", raw.queue_url),
+            );
+        }
+        for (index, event) in raw.events.iter().enumerate() {
+            if !event.starts_with("s3:") {
+                self.error(
+                    format!("{path}.events[{index}]"),
+                    format!("{event:?} is not an S3 event name; write it like s3:ObjectCreated:* or s3:ObjectRemoved:Delete"),
+                );
+            }
+        }
+        let max_concurrency = self.concurrency(
+            &format!("{path}.max_concurrency"),
+            raw.max_concurrency,
+            5,
+            1_000,
+        );
+        let wait_time = raw.wait_time.map_or(Duration::from_secs(20), |d| d.0);
+        if wait_time > Duration::from_secs(20) {
+            self.error(
+                format!("{path}.wait_time"),
+                "must be 0s..=20s (SQS's longest long poll)",
+            );
+        }
+        S3SourceConfig {
+            queue_url: raw.queue_url,
+            events: raw.events,
+            prefix: raw.prefix,
+            suffix: raw.suffix,
+            max_concurrency,
+            wait_time,
         }
     }
 

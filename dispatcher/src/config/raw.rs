@@ -208,6 +208,9 @@ pub struct RawMapping {
     /// Where records that exhaust the policy go.
     #[serde(default)]
     pub on_failure: Option<RawDestination>,
+    /// Asynchronous sources (s3): where the Success record of each handled event goes.
+    #[serde(default)]
+    pub on_success: Option<RawDestination>,
 }
 
 /// A source: exactly one kind.
@@ -218,6 +221,31 @@ pub enum RawSource {
     Sqs(RawSqsSource),
     /// The stream of a DynamoDB table.
     DynamodbStream(RawDynamoDbStreamSource),
+    /// S3 event notifications, read from the SQS queue a bucket notifies (raw, through SNS, or
+    /// EventBridge); each S3 record is one asynchronous invocation.
+    S3(RawS3Source),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3Source {
+    /// The queue that receives the bucket's notifications.
+    pub queue_url: String,
+    /// Event names to handle, such as s3:ObjectCreated:* (a trailing * is a wildcard). Default all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Only keys (decoded) starting with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Only keys (decoded) ending with this.
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Events in flight at once: 1..=1000. Default 5.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Long-poll wait per receive: 0s..=20s. Default 20s.
+    #[serde(default)]
+    pub wait_time: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -315,6 +343,13 @@ pub struct RawRetry {
     /// Streams: halve a failing batch and retry the halves, down to single records. Default false.
     #[serde(default)]
     pub bisect_on_error: Option<bool>,
+    /// Asynchronous sources (s3): events older than this go to on_failure as EventAgeExceeded:
+    /// 60s..=6h. Default 6h.
+    #[serde(default)]
+    pub max_event_age: Option<HumanDuration>,
+    /// Asynchronous sources (s3): the delays before retry 1 and 2. Default [1m, 2m].
+    #[serde(default)]
+    pub delays: Option<Vec<HumanDuration>>,
     /// errorType values that retrying cannot fix: such failures go to on_failure at once with
     /// condition NonRetryableError.
     #[serde(default)]

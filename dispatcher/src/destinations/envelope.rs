@@ -155,6 +155,86 @@ impl DeadLetter {
     }
 }
 
+/// The record an asynchronous invocation sends to its destinations (semantics.md §13.5): the
+/// AWS fields plus the `sluice` object.
+#[derive(Debug, Clone)]
+pub struct AsyncRecord {
+    pub mapping: String,
+    pub target: String,
+    pub region: String,
+    /// `Success`, `RetriesExhausted` or `EventAgeExceeded`.
+    pub condition: &'static str,
+    pub invoke_count: u32,
+    pub request_id: String,
+    /// The event as the function received it.
+    pub request_payload: Value,
+    /// The function's return value, or its error.
+    pub response: Result<Option<Value>, ErrorInfo>,
+    pub source: EnvelopeSource,
+    pub first_attempt_at: Duration,
+    pub last_attempt_at: Duration,
+}
+
+impl AsyncRecord {
+    pub fn to_json(&self) -> Value {
+        let mut response_context = json!({ "statusCode": 200, "executedVersion": "$LATEST" });
+        let response_payload = match &self.response {
+            Ok(response) => response.clone().unwrap_or(Value::Null),
+            Err(error) => {
+                response_context["functionError"] = json!("Unhandled");
+                json!({
+                    "errorMessage": error.message,
+                    "errorType": error.error_type,
+                    "requestId": self.request_id,
+                    "stackTrace": [],
+                })
+            }
+        };
+        let source = match &self.source {
+            EnvelopeSource::Sqs {
+                queue_url,
+                queue_arn,
+                message_ids,
+            } => json!({
+                "kind": "s3",
+                "queue_url": queue_url,
+                "queue_arn": queue_arn,
+                "message_ids": message_ids,
+            }),
+            EnvelopeSource::DynamodbStream { stream_arn, .. } => {
+                json!({ "kind": "dynamodb_stream", "stream_arn": stream_arn })
+            }
+        };
+        let mut sluice = json!({
+            "mapping": self.mapping,
+            "source": source,
+            "records": self.request_payload["Records"],
+            "attempts": self.invoke_count,
+            "first_attempt_at": iso8601_millis(self.first_attempt_at),
+            "last_attempt_at": iso8601_millis(self.last_attempt_at),
+            "replay_count": 0,
+        });
+        if let Err(error) = &self.response {
+            sluice["error"] = json!({ "type": error.error_type, "message": error.message });
+        }
+        json!({
+            "version": "1.0",
+            "timestamp": iso8601_millis(now_since_epoch()),
+            "requestContext": {
+                "requestId": self.request_id,
+                // Qualified, as AWS writes it for asynchronous invocations.
+                "functionArn": format!("arn:aws:lambda:{}:000000000000:function:{}:$LATEST", self.region, self.target),
+                "condition": self.condition,
+                "approximateInvokeCount": self.invoke_count,
+            },
+            "requestPayload": self.request_payload,
+            "responseContext": response_context,
+            "responsePayload": response_payload,
+            "sluice": sluice,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +314,41 @@ mod tests {
             })
         );
         assert_eq!(envelope["sluice"]["records"][1]["eventID"], "b");
+    }
+
+    #[test]
+    fn async_records_have_lambdas_destination_shape() {
+        let record = |response| AsyncRecord {
+            mapping: "uploads".into(),
+            target: "thumbnailer".into(),
+            region: "us-east-1".into(),
+            condition: "RetriesExhausted",
+            invoke_count: 3,
+            request_id: "req-9".into(),
+            request_payload: json!({"Records": [{"s3": {"object": {"key": "a"}}}]}),
+            response,
+            source: EnvelopeSource::Sqs {
+                queue_url: "http://q".into(),
+                queue_arn: "arn:aws:sqs:us-east-1:1:q".into(),
+                message_ids: vec!["m".into()],
+            },
+            first_attempt_at: Duration::from_secs(1),
+            last_attempt_at: Duration::from_secs(2),
+        };
+        let failed = record(Err(ErrorInfo::new("ValueError", "bad image"))).to_json();
+        assert_eq!(
+            failed["requestContext"]["functionArn"],
+            "arn:aws:lambda:us-east-1:000000000000:function:thumbnailer:$LATEST"
+        );
+        assert_eq!(failed["responseContext"]["functionError"], "Unhandled");
+        assert_eq!(failed["responsePayload"]["errorType"], "ValueError");
+        assert_eq!(failed["responsePayload"]["requestId"], "req-9");
+        assert_eq!(
+            failed["requestPayload"]["Records"][0]["s3"]["object"]["key"],
+            "a"
+        );
+        let succeeded = record(Ok(Some(json!({"ok": true})))).to_json();
+        assert!(succeeded["responseContext"].get("functionError").is_none());
+        assert_eq!(succeeded["responsePayload"], json!({"ok": true}));
     }
 }

@@ -8,7 +8,7 @@ pub mod envelope;
 pub mod s3;
 pub mod sqs;
 
-pub use envelope::{DeadLetter, EnvelopeSource};
+pub use envelope::{AsyncRecord, DeadLetter, EnvelopeSource};
 
 use async_trait::async_trait;
 

@@ -3,6 +3,7 @@
 //! `shutdown_timeout` → exit).
 
 pub mod heartbeat;
+pub mod s3;
 pub mod sqs;
 pub mod stream;
 
@@ -80,7 +81,7 @@ pub async fn run_with_handlers(
         && config
             .mappings
             .iter()
-            .any(|m| m.enabled && !matches!(m.source, SourceConfig::Sqs(_)));
+            .any(|m| m.enabled && matches!(m.source, SourceConfig::DynamodbStream(_)));
     let state_file = if uses_state_file {
         Some(
             sluice_sources::checkpoint::embedded::StateFile::open(&config.state_dir)
@@ -112,22 +113,20 @@ pub async fn run_with_handlers(
             .get(&mapping.target)
             .cloned()
             .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
-        let on_failure: Option<Arc<dyn Destination>> =
-            mapping
-                .on_failure
-                .as_ref()
-                .map(|destination| match destination {
-                    DestinationConfig::Sqs { queue_url } => {
-                        Arc::new(SqsDestination::new(sqs_client.clone(), queue_url.clone()))
-                            as Arc<dyn Destination>
-                    }
-                    DestinationConfig::S3 { bucket, prefix } => Arc::new(S3Destination::new(
-                        s3_client.clone(),
-                        bucket.clone(),
-                        prefix.clone(),
-                    ))
-                        as Arc<dyn Destination>,
-                });
+        let build_destination = |destination: &DestinationConfig| -> Arc<dyn Destination> {
+            match destination {
+                DestinationConfig::Sqs { queue_url } => {
+                    Arc::new(SqsDestination::new(sqs_client.clone(), queue_url.clone()))
+                }
+                DestinationConfig::S3 { bucket, prefix } => Arc::new(S3Destination::new(
+                    s3_client.clone(),
+                    bucket.clone(),
+                    prefix.clone(),
+                )),
+            }
+        };
+        let on_failure = mapping.on_failure.as_ref().map(build_destination);
+        let on_success = mapping.on_success.as_ref().map(build_destination);
         let health = health.register(&mapping.name);
         let metrics = MappingMetrics::new(&mapping.name);
         match &mapping.source {
@@ -138,6 +137,19 @@ pub async fn run_with_handlers(
                     client: sqs_client.clone(),
                     target,
                     on_failure,
+                    health,
+                    metrics,
+                };
+                workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+            }
+            SourceConfig::S3(source) => {
+                let worker = s3::S3Mapping {
+                    config: mapping.clone(),
+                    source: source.clone(),
+                    client: sqs_client.clone(),
+                    target,
+                    on_failure,
+                    on_success,
                     health,
                     metrics,
                 };

@@ -1,0 +1,569 @@
+//! The worker of one S3 notification mapping: receive from the bucket's queue → parse the
+//! notification → filter → one asynchronous invocation per S3 record → async policy.
+//!
+//! Guarantees:
+//! - `s3:TestEvent` messages are deleted without an invocation, as are messages whose records no
+//!   filter (`events`, `prefix`, `suffix` on the decoded key) matches;
+//! - each S3 record is invoked with Lambda's S3 event, `{"Records": [record]}`, the record exactly
+//!   as the notification held it;
+//! - the queue is the durable async queue: a failed event's message is hidden for the retry delay
+//!   (about 1, then 2 minutes; backoff for throttles) and comes back; a message is deleted only
+//!   once every record succeeded or was stored in `on_failure` as `RetriesExhausted` /
+//!   `EventAgeExceeded`; a message that is not an S3 notification goes to `on_failure` with the
+//!   reason, or stays for the queue's redrive policy when there is none;
+//! - attempts are the message's receive count minus the receives the target refused (kept in
+//!   memory; after a restart refused receives count as attempts); the event's age counts from
+//!   when the message was sent;
+//! - a message with several records is retried as a whole, so records that succeeded are invoked
+//!   again with it (S3 sends one record per message);
+//! - a message is held (visibility extended) while it is handled.
+
+use super::heartbeat::Heartbeat;
+use crate::config::{MappingConfig, S3SourceConfig};
+use crate::destinations::{
+    AsyncRecord, DeadLetter, Destination, EnvelopeSource, Placement, envelope::now_since_epoch,
+};
+use crate::health::MappingHealthHandle;
+use crate::targets::{Invocation, SharedTarget};
+use crate::telemetry::MappingMetrics;
+use serde_json::{Value, json};
+use sluice_policies::{
+    AsyncAttempt, AsyncDecision, AsyncPolicy, DeadLetterCondition, ErrorInfo, Outcome,
+};
+use sluice_sources::s3::{Notification, S3Filter, parse_notification};
+use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
+use sluice_sources::{Queue, Record};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct S3Mapping {
+    pub config: MappingConfig,
+    pub source: S3SourceConfig,
+    pub client: aws_sdk_sqs::Client,
+    pub target: SharedTarget,
+    pub on_failure: Option<Arc<dyn Destination>>,
+    pub on_success: Option<Arc<dyn Destination>>,
+    pub health: MappingHealthHandle,
+    pub metrics: MappingMetrics,
+}
+
+struct Context {
+    name: String,
+    queue: Arc<dyn Queue>,
+    target: SharedTarget,
+    filter: S3Filter,
+    policy: AsyncPolicy,
+    on_failure: Option<Arc<dyn Destination>>,
+    on_success: Option<Arc<dyn Destination>>,
+    heartbeat: Arc<Heartbeat>,
+    metrics: MappingMetrics,
+    /// Receives the target refused, per message id: they are not attempts.
+    not_run: Mutex<HashMap<String, u32>>,
+}
+
+fn retry_delay(consecutive_failures: u32) -> Duration {
+    Duration::from_millis((250u64 << consecutive_failures.min(5)).min(5_000))
+}
+
+impl S3Mapping {
+    pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
+        let name = self.config.name.clone();
+        let mut failures = 0u32;
+        let queue = loop {
+            let attempt = SqsQueue::connect(self.client.clone(), &self.source.queue_url);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = attempt => result,
+            };
+            match result {
+                Ok(queue) => break queue,
+                Err(error) => {
+                    failures += 1;
+                    self.metrics.poll_errors.increment(1);
+                    self.health.poll_failed(&error.to_string());
+                    tracing::warn!(mapping = %name, %error, "source call failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(retry_delay(failures)) => {}
+                    }
+                }
+            }
+        };
+        let queue: Arc<dyn Queue> = Arc::new(queue);
+        tracing::info!(mapping = %name, queue_url = %self.source.queue_url, "mapping started");
+        let heartbeat = Heartbeat::new(
+            queue.clone(),
+            Some(Duration::from_secs(43_200)),
+            self.metrics.clone(),
+            &name,
+        );
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat_task = tokio::spawn(heartbeat.clone().run(heartbeat_stop.clone()));
+        let retry = &self.config.retry;
+        let context = Arc::new(Context {
+            name: name.clone(),
+            queue: queue.clone(),
+            target: self.target.clone(),
+            filter: S3Filter {
+                events: self.source.events.clone(),
+                prefix: self.source.prefix.clone(),
+                suffix: self.source.suffix.clone(),
+            },
+            policy: AsyncPolicy {
+                max_retry_attempts: retry.max_retry_attempts.unwrap_or(2),
+                delays: retry.delays.clone(),
+                throttle_backoff: retry
+                    .backoff
+                    .unwrap_or_else(|| AsyncPolicy::lambda_defaults().throttle_backoff),
+                max_event_age: retry.max_event_age,
+            },
+            on_failure: self.on_failure.clone(),
+            on_success: self.on_success.clone(),
+            heartbeat: heartbeat.clone(),
+            metrics: self.metrics.clone(),
+            not_run: Mutex::new(HashMap::new()),
+        });
+        let tracker = TaskTracker::new();
+        let capacity = Arc::new(Semaphore::new(self.source.max_concurrency));
+        let mut failures = 0u32;
+        'poll: loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'poll,
+                permit = capacity.clone().acquire_owned() => permit.expect("never closed"),
+            };
+            let room = capacity.available_permits() + 1;
+            let requested_at = Instant::now();
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break 'poll,
+                received = queue.receive(room.min(MAX_BATCH_ENTRIES), self.source.wait_time) => received,
+            };
+            let messages = match received {
+                Ok(messages) => {
+                    failures = 0;
+                    self.health.poll_succeeded();
+                    messages
+                }
+                Err(error) => {
+                    failures += 1;
+                    self.metrics.poll_errors.increment(1);
+                    self.health.poll_failed(&error.to_string());
+                    tracing::warn!(mapping = %name, %error, "receive failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'poll,
+                        _ = tokio::time::sleep(retry_delay(failures)) => {}
+                    }
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                if self.source.wait_time < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            }
+            self.metrics
+                .records_received
+                .increment(messages.len() as u64);
+            context.heartbeat.hold(&messages, requested_at).await;
+            let mut permit = Some(permit);
+            for message in messages {
+                let permit = match permit.take() {
+                    Some(permit) => permit,
+                    None => capacity
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("never closed"),
+                };
+                let context = context.clone();
+                tracker.spawn(async move {
+                    handle_message(&context, message).await;
+                    drop(permit);
+                });
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(mapping = %name, "drain deadline reached; events in flight come back after the visibility timeout");
+        }
+        heartbeat_stop.cancel();
+        let _ = heartbeat_task.await;
+        tracing::info!(mapping = %name, "mapping stopped");
+    }
+}
+
+/// What became of one message.
+enum MessageEnd {
+    /// Every record succeeded, was filtered out, or was stored in `on_failure`.
+    Done,
+    /// Comes back after this delay.
+    Retry(Duration),
+    /// Leave it to the queue (visibility timeout, redrive policy).
+    Leave,
+}
+
+async fn handle_message(context: &Context, message: Record) {
+    let mut end = process(context, &message).await;
+    // SQS visibility has whole seconds: a shorter delay is waited out here, the message held.
+    if let MessageEnd::Retry(delay) = end
+        && delay < Duration::from_secs(1)
+    {
+        tokio::time::sleep(delay).await;
+        end = MessageEnd::Retry(Duration::ZERO);
+    }
+    context
+        .heartbeat
+        .release(std::slice::from_ref(&message))
+        .await;
+    let message_id = message.id().to_owned();
+    match end {
+        MessageEnd::Done => {
+            context
+                .not_run
+                .lock()
+                .expect("not-run lock")
+                .remove(&message_id);
+            match context.queue.delete(&[&message.receipt]).await {
+                Ok(report) if report.failed.is_empty() => {
+                    context.metrics.records_acknowledged.increment(1);
+                }
+                Ok(report) => {
+                    context.metrics.ack_errors.increment(1);
+                    tracing::warn!(mapping = %context.name, %message_id, failures = ?report.failed, "delete failed; the event will be delivered again");
+                }
+                Err(error) => {
+                    context.metrics.ack_errors.increment(1);
+                    tracing::warn!(mapping = %context.name, %message_id, %error, "delete failed; the event will be delivered again");
+                }
+            }
+        }
+        MessageEnd::Retry(delay) => {
+            context.metrics.records_retried.increment(1);
+            let whole_seconds =
+                Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
+            if let Err(error) = context
+                .queue
+                .change_visibility(&[(&message.receipt, whole_seconds)])
+                .await
+            {
+                context.metrics.ack_errors.increment(1);
+                tracing::warn!(mapping = %context.name, %message_id, %error, "setting the retry delay failed; the event comes back after the visibility timeout");
+            }
+        }
+        MessageEnd::Leave => {}
+    }
+}
+
+fn sqs_source(context: &Context, message: &Record) -> EnvelopeSource {
+    let description = context.queue.description();
+    EnvelopeSource::Sqs {
+        queue_url: description.url.clone(),
+        queue_arn: description.arn.clone(),
+        message_ids: vec![message.id().to_owned()],
+    }
+}
+
+async fn process(context: &Context, message: &Record) -> MessageEnd {
+    let record: Value = serde_json::from_str(message.event.get()).unwrap_or_default();
+    let body = record["body"].as_str().unwrap_or_default();
+    let s3_records = match parse_notification(body) {
+        Ok(Notification::Test) => {
+            tracing::info!(mapping = %context.name, message_id = %message.id(), "s3:TestEvent deleted without an invocation");
+            context.metrics.records_filtered.increment(1);
+            return MessageEnd::Done;
+        }
+        Ok(Notification::Records(records)) => records,
+        Err(reason) => return invalid_message(context, message, &record, &reason).await,
+    };
+    let wanted: Vec<Value> = s3_records
+        .into_iter()
+        .filter(|r| context.filter.matches(r))
+        .collect();
+    if wanted.is_empty() {
+        context.metrics.records_filtered.increment(1);
+        return MessageEnd::Done;
+    }
+    let not_run = context
+        .not_run
+        .lock()
+        .expect("not-run lock")
+        .get(message.id())
+        .copied()
+        .unwrap_or(0);
+    let attempt = AsyncAttempt {
+        queued_at: message.arrived_at,
+        failed_attempts: message.attempt.saturating_sub(1).saturating_sub(not_run),
+        not_run,
+    };
+    let now = now_since_epoch();
+    if context.policy.expired(&attempt, now) {
+        let error = ErrorInfo::new(
+            "EventAgeExceeded",
+            format!(
+                "the event is older than retry.max_event_age ({:?})",
+                context.policy.max_event_age
+            ),
+        );
+        for s3_record in &wanted {
+            let event = json!({ "Records": [s3_record] });
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let stored = store_async(
+                context,
+                message,
+                "EventAgeExceeded",
+                attempt.failed_attempts,
+                &request_id,
+                event,
+                Err(error.clone()),
+            )
+            .await;
+            if !stored {
+                return MessageEnd::Retry(context.policy.throttle_backoff.delay(1, 0.5));
+            }
+        }
+        return MessageEnd::Done;
+    }
+    let mut retry_after: Option<Duration> = None;
+    let mut refused = false;
+    for s3_record in wanted {
+        let event = json!({ "Records": [s3_record] });
+        let invocation = Invocation::new(&context.name, event.to_string().into_bytes());
+        let permit = context.target.permit().await;
+        context.metrics.batches_invoked.increment(1);
+        let started = Instant::now();
+        let outcome = context.target.target.invoke(&invocation).await;
+        drop(permit);
+        context
+            .metrics
+            .invoke_duration
+            .record(started.elapsed().as_secs_f64());
+        context.metrics.outcome(match &outcome {
+            Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => "success",
+            failed => failed.kind(),
+        });
+        let decision =
+            context
+                .policy
+                .decide(&attempt, &outcome, now_since_epoch(), rand::random::<f64>());
+        let key = event["Records"][0]["s3"]["object"]["key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match decision {
+            AsyncDecision::Succeeded => {
+                let response = match &outcome {
+                    Outcome::Returned { response } => response.clone(),
+                    _ => None,
+                };
+                if context.on_success.is_some() {
+                    store_success(
+                        context,
+                        message,
+                        &invocation.request_id,
+                        event,
+                        response,
+                        attempt.failed_attempts + 1,
+                    )
+                    .await;
+                }
+            }
+            AsyncDecision::Retry {
+                delay,
+                not_run,
+                error,
+                ..
+            } => {
+                refused |= not_run > attempt.not_run;
+                tracing::warn!(mapping = %context.name, message_id = %message.id(), %key, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
+                retry_after = Some(retry_after.map_or(delay, |d| d.max(delay)));
+            }
+            AsyncDecision::DeadLetter {
+                condition,
+                invoke_count,
+                error,
+            } => {
+                let stored = store_async(
+                    context,
+                    message,
+                    condition.as_str(),
+                    invoke_count,
+                    &invocation.request_id,
+                    event,
+                    Err(error),
+                )
+                .await;
+                if !stored {
+                    retry_after = Some(context.policy.throttle_backoff.delay(1, 0.5));
+                }
+            }
+        }
+    }
+    if refused {
+        *context
+            .not_run
+            .lock()
+            .expect("not-run lock")
+            .entry(message.id().to_owned())
+            .or_insert(0) += 1;
+    }
+    match retry_after {
+        Some(delay) => MessageEnd::Retry(delay),
+        None => MessageEnd::Done,
+    }
+}
+
+/// A message that is not an S3 notification: to `on_failure` with the reason, else left to the
+/// queue's redrive policy.
+async fn invalid_message(
+    context: &Context,
+    message: &Record,
+    record: &Value,
+    reason: &str,
+) -> MessageEnd {
+    let Some(destination) = &context.on_failure else {
+        tracing::error!(mapping = %context.name, message_id = %message.id(), %reason, "not an S3 notification; no on_failure destination, so it stays for the queue's redrive policy");
+        return MessageEnd::Leave;
+    };
+    let description = context.queue.description();
+    let dead_letter = DeadLetter {
+        mapping: context.name.clone(),
+        target: context.target.name.clone(),
+        region: description.region.clone(),
+        condition: DeadLetterCondition::NonRetryableError,
+        attempts: 0,
+        error: ErrorInfo::new("InvalidS3Notification", reason),
+        function_error: None,
+        source: sqs_source(context, message),
+        records: vec![record.clone()],
+        first_attempt_at: message.first_received_at,
+        last_attempt_at: now_since_epoch(),
+    };
+    match destination
+        .send(&dead_letter, &context.name, message.id())
+        .await
+    {
+        Ok(()) => {
+            context
+                .metrics
+                .dead_lettered(DeadLetterCondition::NonRetryableError.as_str(), 1);
+            tracing::warn!(mapping = %context.name, message_id = %message.id(), %reason, "not an S3 notification; dead-lettered");
+            MessageEnd::Done
+        }
+        Err(error) => {
+            context.metrics.ack_errors.increment(1);
+            tracing::error!(mapping = %context.name, message_id = %message.id(), %error, "dead-lettering failed; the message stays");
+            MessageEnd::Leave
+        }
+    }
+}
+
+async fn store_async(
+    context: &Context,
+    message: &Record,
+    condition: &'static str,
+    invoke_count: u32,
+    request_id: &str,
+    event: Value,
+    response: Result<Option<Value>, ErrorInfo>,
+) -> bool {
+    let Some(destination) = &context.on_failure else {
+        tracing::error!(mapping = %context.name, message_id = %message.id(), condition, "event discarded: its retries ran out and the mapping has no on_failure destination");
+        context.metrics.dead_lettered(condition, 1);
+        return true;
+    };
+    let stored = store_record(
+        context,
+        destination.as_ref(),
+        message,
+        condition,
+        invoke_count,
+        request_id,
+        event,
+        response,
+    )
+    .await;
+    if stored {
+        context.metrics.dead_lettered(condition, 1);
+        tracing::warn!(mapping = %context.name, message_id = %message.id(), condition, attempts = invoke_count, destination = destination.describe(), "event dead-lettered");
+    }
+    stored
+}
+
+async fn store_success(
+    context: &Context,
+    message: &Record,
+    request_id: &str,
+    event: Value,
+    response: Option<Value>,
+    invoke_count: u32,
+) {
+    if let Some(destination) = &context.on_success {
+        store_record(
+            context,
+            destination.as_ref(),
+            message,
+            "Success",
+            invoke_count,
+            request_id,
+            event,
+            Ok(response),
+        )
+        .await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn store_record(
+    context: &Context,
+    destination: &dyn Destination,
+    message: &Record,
+    condition: &'static str,
+    invoke_count: u32,
+    request_id: &str,
+    event: Value,
+    response: Result<Option<Value>, ErrorInfo>,
+) -> bool {
+    let record = AsyncRecord {
+        mapping: context.name.clone(),
+        target: context.target.name.clone(),
+        region: context.queue.description().region.clone(),
+        condition,
+        invoke_count,
+        request_id: request_id.to_owned(),
+        request_payload: event,
+        response,
+        source: sqs_source(context, message),
+        first_attempt_at: message.first_received_at,
+        last_attempt_at: now_since_epoch(),
+    };
+    let key_part = context
+        .queue
+        .description()
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let dedup = format!("{}-{condition}-{}", message.id(), message.attempt);
+    let placement = Placement {
+        mapping: &context.name,
+        key_part: &key_part,
+        group_hint: &context.name,
+        dedup_hint: &dedup,
+    };
+    match destination.store(record.to_json(), &placement).await {
+        Ok(()) => true,
+        Err(error) => {
+            context.metrics.ack_errors.increment(1);
+            tracing::error!(mapping = %context.name, message_id = %message.id(), condition, %error, "storing the destination record failed");
+            false
+        }
+    }
+}
