@@ -1673,6 +1673,71 @@ mappings:
         assert_eq!(errors.0.len(), 2, "{errors}");
     }
 
+    const S3: &str = r#"
+version: 1
+targets:
+  api:
+    http: { url: "http://127.0.0.1:8080/events" }
+mappings:
+  - name: uploads
+    target: api
+    source:
+      s3: { queue_url: "http://127.0.0.1:5000/123456789012/uploads", events: ["s3:ObjectCreated:*"] }
+"#;
+
+    #[test]
+    fn an_s3_mapping_gets_lambdas_async_defaults() {
+        let config = parse_text(S3).unwrap();
+        let retry = &config.mappings[0].retry;
+        assert_eq!(retry.max_retry_attempts, Some(2));
+        assert_eq!(
+            retry.delays,
+            vec![Duration::from_secs(60), Duration::from_secs(120)]
+        );
+        assert_eq!(retry.max_event_age, Duration::from_secs(6 * 3600));
+        assert!(retry.backoff.is_some(), "throttles back off");
+    }
+
+    #[test]
+    fn async_limits_follow_lambdas_ranges_and_other_kinds_keys_are_refused() {
+        let text = format!(
+            "{S3}    retry: {{ max_retry_attempts: 3, max_event_age: 7h, max_record_age: 1h }}\n"
+        );
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("max_retry_attempts: must be 0..=2"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("max_event_age: must be 60s..=6h"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("max_record_age: applies to stream sources"),
+            "{rendered}"
+        );
+        let bad_event = S3.replace("s3:ObjectCreated:*", "ObjectCreated");
+        assert!(
+            parse_text(&bad_event)
+                .unwrap_err()
+                .to_string()
+                .contains("events[0]")
+        );
+        let success_on_sqs = format!(
+            "{BASE}    on_success: {{ sqs: {{ queue_url: \"http://127.0.0.1:1/1/ok\" }} }}\n"
+        );
+        assert!(
+            parse_text(&success_on_sqs)
+                .unwrap_err()
+                .to_string()
+                .contains("on_success: is only for asynchronous sources")
+        );
+        let success_on_s3 = format!(
+            "{S3}    on_success: {{ sqs: {{ queue_url: \"http://127.0.0.1:1/1/ok\" }} }}\n"
+        );
+        assert!(parse_text(&success_on_s3).is_ok());
+    }
+
     #[test]
     fn the_schema_names_every_top_level_key() {
         let schema = json_schema();
