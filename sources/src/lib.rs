@@ -7,6 +7,7 @@
 //! Sources know nothing of targets or of the dispatcher; they depend only on `sluice-policies`.
 //! Delivery is at-least-once: a source never acknowledges a record on its own initiative.
 
+pub mod async_queue;
 pub mod checkpoint;
 pub mod dynamodb_streams;
 pub mod queue;

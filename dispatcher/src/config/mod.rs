@@ -12,7 +12,7 @@ pub mod raw;
 
 use locate::{KeyIndex, Position};
 use raw::*;
-use sluice_policies::{Backoff, FilterSet, Pattern};
+use sluice_policies::{AsyncPolicy, Backoff, FilterSet, Pattern};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -69,6 +69,24 @@ pub struct Config {
     pub aws: AwsSettings,
     pub targets: BTreeMap<String, TargetConfig>,
     pub mappings: Vec<MappingConfig>,
+    pub invoke_api: Option<InvokeApiConfig>,
+}
+
+pub const DEFAULT_INVOKE_API_LISTEN: &str = "127.0.0.1:9001";
+
+#[derive(Debug, Clone)]
+pub struct InvokeApiConfig {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+    pub functions: BTreeMap<String, FunctionConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FunctionConfig {
+    pub target: String,
+    pub policy: AsyncPolicy,
+    pub on_failure: Option<DestinationConfig>,
+    pub on_success: Option<DestinationConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -488,8 +506,14 @@ impl Validator<'_> {
             }
             mappings.push(self.build_mapping(&path, mapping));
         }
-        if mappings.is_empty() {
-            self.error("mappings", "at least one mapping is needed");
+        let invoke_api = raw
+            .invoke_api
+            .map(|api| self.build_invoke_api(api, &targets));
+        if mappings.is_empty() && invoke_api.as_ref().is_none_or(|api| api.functions.is_empty()) {
+            self.error(
+                "mappings",
+                "at least one mapping (or an invoke_api function) is needed",
+            );
         }
 
         Config {
@@ -505,6 +529,120 @@ impl Validator<'_> {
             aws,
             targets,
             mappings,
+            invoke_api,
+        }
+    }
+
+    fn build_invoke_api(
+        &mut self,
+        raw: RawInvokeApi,
+        targets: &BTreeMap<String, TargetConfig>,
+    ) -> InvokeApiConfig {
+        let listen_text = raw
+            .listen
+            .unwrap_or_else(|| DEFAULT_INVOKE_API_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text.parse().unwrap_or_else(|_| {
+            self.error(
+                "invoke_api.listen",
+                format!("{listen_text:?} is not an address; write it as host:port, e.g. 127.0.0.1:9001"),
+            );
+            DEFAULT_INVOKE_API_LISTEN.parse().expect("default address parses")
+        });
+        let token = raw.token.filter(|t| !t.is_empty());
+        if !listen.ip().is_loopback() && token.is_none() {
+            self.error(
+                "invoke_api.listen",
+                "is not a loopback address, so anyone who reaches it could invoke your functions; set invoke_api.token",
+            );
+        }
+        let mut functions = BTreeMap::new();
+        for (name, function) in raw.functions {
+            let path = format!("invoke_api.functions.{name}");
+            if !targets.contains_key(&function.target) {
+                let known: Vec<&str> = targets.keys().map(String::as_str).collect();
+                self.error(
+                    format!("{path}.target"),
+                    format!(
+                        "no target named {:?}; defined targets: [{}]",
+                        function.target,
+                        known.join(", ")
+                    ),
+                );
+            }
+            let policy = self.build_async_policy(&format!("{path}.async"), function.async_policy);
+            let source = SourceConfig::S3(S3SourceConfig {
+                queue_url: String::new(),
+                events: Vec::new(),
+                prefix: None,
+                suffix: None,
+                max_concurrency: 1,
+                wait_time: Duration::ZERO,
+            });
+            let on_failure = function
+                .on_failure
+                .map(|d| self.build_destination(&format!("{path}.on_failure"), d, &source));
+            let on_success = function
+                .on_success
+                .map(|d| self.build_destination(&format!("{path}.on_success"), d, &source));
+            functions.insert(
+                name,
+                FunctionConfig {
+                    target: function.target,
+                    policy,
+                    on_failure,
+                    on_success,
+                },
+            );
+        }
+        InvokeApiConfig {
+            listen,
+            token,
+            functions,
+        }
+    }
+
+    fn build_async_policy(&mut self, path: &str, raw: Option<RawAsyncPolicy>) -> AsyncPolicy {
+        let defaults = AsyncPolicy::lambda_defaults();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let max_retry_attempts = match raw.max_retry_attempts {
+            None => 2,
+            Some(n @ 0..=2) => n as u32,
+            Some(n) => {
+                self.error(
+                    format!("{path}.max_retry_attempts"),
+                    format!("must be 0..=2 for asynchronous invocation, as in Lambda (got {n})"),
+                );
+                2
+            }
+        };
+        let max_event_age = raw.max_event_age.map_or(defaults.max_event_age, |d| d.0);
+        if !(Duration::from_secs(60)..=Duration::from_secs(6 * 3600)).contains(&max_event_age) {
+            self.error(
+                format!("{path}.max_event_age"),
+                format!("must be 60s..=6h, as in Lambda (got {max_event_age:?})"),
+            );
+        }
+        let delays: Vec<Duration> = raw
+            .delays
+            .map(|delays| delays.into_iter().map(|d| d.0).collect())
+            .unwrap_or(defaults.delays);
+        if delays.is_empty() || delays.iter().any(|d| d.is_zero() || *d > Duration::from_secs(43_200)) {
+            self.error(
+                format!("{path}.delays"),
+                "give one or two delays between 1ms and 12h, such as [1m, 2m]",
+            );
+        }
+        let throttle_backoff = raw
+            .backoff
+            .and_then(|b| self.build_backoff(&format!("{path}.backoff"), b))
+            .unwrap_or(defaults.throttle_backoff);
+        AsyncPolicy {
+            max_retry_attempts,
+            delays,
+            throttle_backoff,
+            max_event_age,
         }
     }
 

@@ -35,7 +35,58 @@ pub struct RawConfig {
     /// Named handlers that mappings invoke.
     pub targets: BTreeMap<String, RawTarget>,
     /// Event source mappings: a source, the target it feeds, and the policy between them.
+    #[serde(default)]
     pub mappings: Vec<RawMapping>,
+    /// Lambda's Invoke API, for synchronous and asynchronous callers.
+    #[serde(default)]
+    pub invoke_api: Option<RawInvokeApi>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawInvokeApi {
+    /// Address to serve POST /2015-03-31/functions/{name}/invocations on. Default 127.0.0.1:9001.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// A shared secret callers present as `Authorization: Bearer <token>`, or as their AWS access
+    /// key id (so unmodified AWS clients can use it). Required when listen is not loopback.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Function names callers invoke, each backed by a target.
+    pub functions: BTreeMap<String, RawFunction>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunction {
+    /// The name of a target in `targets`.
+    pub target: String,
+    /// The asynchronous policy for `Event` invocations.
+    #[serde(default, rename = "async")]
+    pub async_policy: Option<RawAsyncPolicy>,
+    /// Where `Event` invocations that run out of retries or age go.
+    #[serde(default)]
+    pub on_failure: Option<RawDestination>,
+    /// Where the Success record of each `Event` invocation goes.
+    #[serde(default)]
+    pub on_success: Option<RawDestination>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsyncPolicy {
+    /// Retries after the first attempt: 0..=2. Default 2.
+    #[serde(default)]
+    pub max_retry_attempts: Option<i64>,
+    /// 60s..=6h. Default 6h.
+    #[serde(default)]
+    pub max_event_age: Option<HumanDuration>,
+    /// Delays before retry 1 and 2. Default [1m, 2m].
+    #[serde(default)]
+    pub delays: Option<Vec<HumanDuration>>,
+    /// Backoff for throttles. Default 1s doubling to 5m.
+    #[serde(default)]
+    pub backoff: Option<RawBackoff>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

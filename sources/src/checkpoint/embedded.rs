@@ -57,6 +57,10 @@ impl StateFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    pub(crate) fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
 }
 
 /// One mapping's view of the state file.
