@@ -11,6 +11,7 @@ pub mod config;
 pub mod destinations;
 pub mod embed;
 pub mod health;
+pub mod invoke_api;
 pub mod runtime;
 pub mod targets;
 pub mod telemetry;

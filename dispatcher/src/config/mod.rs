@@ -74,6 +74,20 @@ pub struct Config {
 
 pub const DEFAULT_INVOKE_API_LISTEN: &str = "127.0.0.1:9001";
 
+impl Config {
+    /// Whether anything in the config calls AWS (sources, destinations, a lease table).
+    pub fn needs_aws(&self) -> bool {
+        let function_destinations = self.invoke_api.as_ref().is_some_and(|api| {
+            api.functions
+                .values()
+                .any(|f| f.on_failure.is_some() || f.on_success.is_some())
+        });
+        self.mappings.iter().any(|m| m.enabled)
+            || function_destinations
+            || matches!(self.checkpoints, CheckpointsConfig::DynamoDb { .. })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InvokeApiConfig {
     pub listen: SocketAddr,
@@ -509,7 +523,11 @@ impl Validator<'_> {
         let invoke_api = raw
             .invoke_api
             .map(|api| self.build_invoke_api(api, &targets));
-        if mappings.is_empty() && invoke_api.as_ref().is_none_or(|api| api.functions.is_empty()) {
+        if mappings.is_empty()
+            && invoke_api
+                .as_ref()
+                .is_none_or(|api| api.functions.is_empty())
+        {
             self.error(
                 "mappings",
                 "at least one mapping (or an invoke_api function) is needed",
@@ -544,9 +562,13 @@ impl Validator<'_> {
         let listen: SocketAddr = listen_text.parse().unwrap_or_else(|_| {
             self.error(
                 "invoke_api.listen",
-                format!("{listen_text:?} is not an address; write it as host:port, e.g. 127.0.0.1:9001"),
+                format!(
+                    "{listen_text:?} is not an address; write it as host:port, e.g. 127.0.0.1:9001"
+                ),
             );
-            DEFAULT_INVOKE_API_LISTEN.parse().expect("default address parses")
+            DEFAULT_INVOKE_API_LISTEN
+                .parse()
+                .expect("default address parses")
         });
         let token = raw.token.filter(|t| !t.is_empty());
         if !listen.ip().is_loopback() && token.is_none() {
@@ -628,7 +650,11 @@ impl Validator<'_> {
             .delays
             .map(|delays| delays.into_iter().map(|d| d.0).collect())
             .unwrap_or(defaults.delays);
-        if delays.is_empty() || delays.iter().any(|d| d.is_zero() || *d > Duration::from_secs(43_200)) {
+        if delays.is_empty()
+            || delays
+                .iter()
+                .any(|d| d.is_zero() || *d > Duration::from_secs(43_200))
+        {
             self.error(
                 format!("{path}.delays"),
                 "give one or two delays between 1ms and 12h, such as [1m, 2m]",

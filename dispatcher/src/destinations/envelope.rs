@@ -23,6 +23,11 @@ pub enum EnvelopeSource {
         first_arrival: Duration,
         last_arrival: Duration,
     },
+    /// An `Event` invocation through the Invoke API.
+    Invoke {
+        function: String,
+        request_id: String,
+    },
 }
 
 impl EnvelopeSource {
@@ -33,6 +38,7 @@ impl EnvelopeSource {
                 queue_url.rsplit('/').next().unwrap_or(queue_url)
             }
             EnvelopeSource::DynamodbStream { shard_id, .. } => shard_id,
+            EnvelopeSource::Invoke { .. } => "invoke",
         }
     }
 }
@@ -140,6 +146,10 @@ impl DeadLetter {
                     "sequence_numbers": sequence_numbers,
                 })
             }
+            EnvelopeSource::Invoke {
+                function,
+                request_id,
+            } => json!({ "kind": "invoke", "function": function, "request_id": request_id }),
         };
         envelope["sluice"] = json!({
             "mapping": self.mapping,
@@ -204,11 +214,20 @@ impl AsyncRecord {
             EnvelopeSource::DynamodbStream { stream_arn, .. } => {
                 json!({ "kind": "dynamodb_stream", "stream_arn": stream_arn })
             }
+            EnvelopeSource::Invoke {
+                function,
+                request_id,
+            } => json!({ "kind": "invoke", "function": function, "request_id": request_id }),
         };
         let mut sluice = json!({
             "mapping": self.mapping,
             "source": source,
-            "records": self.request_payload["Records"],
+            // S3 events carry records; an Invoke API event is the record itself.
+            "records": self
+                .request_payload
+                .get("Records")
+                .cloned()
+                .unwrap_or_else(|| json!([self.request_payload])),
             "attempts": self.invoke_count,
             "first_attempt_at": iso8601_millis(self.first_attempt_at),
             "last_attempt_at": iso8601_millis(self.last_attempt_at),

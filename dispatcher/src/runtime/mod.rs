@@ -26,6 +26,15 @@ use tokio_util::sync::CancellationToken;
 /// The AWS configuration every client is built from: config values first, then the standard
 /// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ECS and instance credentials).
 pub async fn aws_config(settings: &AwsSettings) -> anyhow::Result<aws_config::SdkConfig> {
+    aws_config_for(settings, true).await
+}
+
+/// The AWS configuration; without `needs_aws` (nothing in the config calls AWS) a missing region
+/// is not an error.
+pub async fn aws_config_for(
+    settings: &AwsSettings,
+    needs_aws: bool,
+) -> anyhow::Result<aws_config::SdkConfig> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
         TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -36,6 +45,10 @@ pub async fn aws_config(settings: &AwsSettings) -> anyhow::Result<aws_config::Sd
     }
     if let Some(endpoint) = &settings.endpoint_url {
         loader = loader.endpoint_url(endpoint);
+    }
+    if !needs_aws && settings.region.is_none() && std::env::var_os("AWS_REGION").is_none() {
+        // Functions behind the Invoke API with local handlers: ARNs still name a region.
+        loader = loader.region(aws_config::Region::new("us-east-1"));
     }
     let config = loader.load().await;
     if config.region().is_none() {
@@ -62,7 +75,7 @@ pub async fn run_with_handlers(
     shutdown: CancellationToken,
     handlers: BTreeMap<String, Arc<dyn crate::embed::Handler>>,
 ) -> anyhow::Result<()> {
-    let sdk_config = aws_config(&config.aws).await?;
+    let sdk_config = aws_config_for(&config.aws, config.needs_aws()).await?;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
     let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
     let streams_client = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
@@ -77,11 +90,15 @@ pub async fn run_with_handlers(
         .region()
         .map(|r| r.to_string())
         .unwrap_or_default();
-    let uses_state_file = config.checkpoints == CheckpointsConfig::Embedded
+    let uses_state_file = (config.checkpoints == CheckpointsConfig::Embedded
         && config
             .mappings
             .iter()
-            .any(|m| m.enabled && matches!(m.source, SourceConfig::DynamodbStream(_)));
+            .any(|m| m.enabled && matches!(m.source, SourceConfig::DynamodbStream(_))))
+        || config
+            .invoke_api
+            .as_ref()
+            .is_some_and(|api| !api.functions.is_empty());
     let state_file = if uses_state_file {
         Some(
             sluice_sources::checkpoint::embedded::StateFile::open(&config.state_dir)
@@ -108,23 +125,23 @@ pub async fn run_with_handlers(
     .await?;
 
     let mut workers = tokio::task::JoinSet::new();
+    let build_destination = |destination: &DestinationConfig| -> Arc<dyn Destination> {
+        match destination {
+            DestinationConfig::Sqs { queue_url } => {
+                Arc::new(SqsDestination::new(sqs_client.clone(), queue_url.clone()))
+            }
+            DestinationConfig::S3 { bucket, prefix } => Arc::new(S3Destination::new(
+                s3_client.clone(),
+                bucket.clone(),
+                prefix.clone(),
+            )),
+        }
+    };
     for mapping in config.mappings.iter().filter(|m| m.enabled) {
         let target = built_targets
             .get(&mapping.target)
             .cloned()
             .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
-        let build_destination = |destination: &DestinationConfig| -> Arc<dyn Destination> {
-            match destination {
-                DestinationConfig::Sqs { queue_url } => {
-                    Arc::new(SqsDestination::new(sqs_client.clone(), queue_url.clone()))
-                }
-                DestinationConfig::S3 { bucket, prefix } => Arc::new(S3Destination::new(
-                    s3_client.clone(),
-                    bucket.clone(),
-                    prefix.clone(),
-                )),
-            }
-        };
         let on_failure = mapping.on_failure.as_ref().map(build_destination);
         let on_success = mapping.on_success.as_ref().map(build_destination);
         let health = health.register(&mapping.name);
@@ -177,7 +194,48 @@ pub async fn run_with_handlers(
             }
         }
     }
-    if workers.is_empty() {
+    let api_stop = CancellationToken::new();
+    let api_workers = tokio_util::task::TaskTracker::new();
+    let api = match &config.invoke_api {
+        Some(api_config) => {
+            let queue = sluice_sources::async_queue::AsyncQueue::new(
+                state_file
+                    .clone()
+                    .context("the state file for the invoke API's async queue is not open")?,
+            );
+            let mut functions = BTreeMap::new();
+            for (name, function) in &api_config.functions {
+                let target = built_targets
+                    .get(&function.target)
+                    .cloned()
+                    .with_context(|| format!("function {name} names an unknown target"))?;
+                functions.insert(
+                    name.clone(),
+                    Arc::new(crate::invoke_api::Function::new(
+                        name,
+                        function,
+                        target,
+                        queue.clone(),
+                        function.on_failure.as_ref().map(build_destination),
+                        function.on_success.as_ref().map(build_destination),
+                        &region,
+                    )),
+                );
+            }
+            Some(
+                crate::invoke_api::serve(
+                    api_config,
+                    functions,
+                    region.clone(),
+                    api_stop.clone(),
+                    api_workers.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    if workers.is_empty() && api.is_none() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");
     }
     tracing::info!(mappings = workers.len(), "sluice running");
@@ -186,10 +244,23 @@ pub async fn run_with_handlers(
         shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
         "stop signal received; draining"
     );
+    api_stop.cancel();
+    if let Some(api) = api {
+        let _ = api.await;
+    }
+    api_workers.close();
     while let Some(result) = workers.join_next().await {
         if let Err(error) = result {
             tracing::error!(%error, "a mapping worker failed");
         }
+    }
+    if tokio::time::timeout(config.shutdown_timeout, api_workers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain deadline reached; queued events in flight are handled again after the restart"
+        );
     }
     admin_stop.cancel();
     let _ = admin.await;

@@ -1,0 +1,260 @@
+//! End-to-end: Lambda's Invoke API in front of targets, called by the AWS SDK for Rust with an
+//! endpoint override (semantics.md §5, §6). The first two tests run examples/local.yaml, which
+//! needs no AWS at all.
+
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
+use serde_json::{Value, json};
+use sluice_testkit::*;
+use std::path::Path;
+use std::time::Duration;
+
+async fn lambda_client(endpoint: &str) -> aws_sdk_lambda::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_lambda::Client::new(&config)
+}
+
+struct Local {
+    sluice: Sluice,
+    client: aws_sdk_lambda::Client,
+    greeted: std::path::PathBuf,
+}
+
+/// Starts examples/local.yaml with its state in `state`.
+async fn start_local(state: &Path, extra: &[(&str, &str)]) -> Local {
+    let dir = tempfile::tempdir().unwrap();
+    let greeted = state.join("greeted.log");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let invoke = format!("127.0.0.1:{}", free_port());
+    let mut env: Vec<(String, String)> = vec![
+        ("SLUICE_ADMIN".into(), admin.clone()),
+        ("SLUICE_INVOKE_LISTEN".into(), invoke.clone()),
+        (
+            "SLUICE_STATE_DIR".into(),
+            state.join("state").display().to_string(),
+        ),
+        ("PYTHON".into(), python().display().to_string()),
+        (
+            "GREETER".into(),
+            workspace_root()
+                .join("examples/greeter.py")
+                .display()
+                .to_string(),
+        ),
+        ("GREETED_LOG".into(), greeted.display().to_string()),
+        ("RETRY_DELAY".into(), "200ms".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let sluice = Sluice::start_file(
+        &workspace_root().join("examples/local.yaml"),
+        admin.parse().unwrap(),
+        dir,
+        &env,
+    );
+    let client = lambda_client(&format!("http://{invoke}")).await;
+    eventually(Duration::from_secs(30), "the invoke API up", || async {
+        tokio::net::TcpStream::connect(&invoke)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    Local {
+        sluice,
+        client,
+        greeted,
+    }
+}
+
+fn greeted(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+// semantics.md §6: RequestResponse is one attempt; a function error is 200 with
+// X-Amz-Function-Error and the error document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_sdk_invokes_functions_synchronously_and_asynchronously() {
+    let state = tempfile::tempdir().unwrap();
+    let local = start_local(state.path(), &[]).await;
+    let ok = local
+        .client
+        .invoke()
+        .function_name("hello")
+        .payload(Blob::new(json!({"name": "Ada"}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status_code(), 200);
+    assert_eq!(ok.function_error(), None);
+    assert_eq!(ok.executed_version(), Some("$LATEST"));
+    let body: Value = serde_json::from_slice(ok.payload().unwrap().as_ref()).unwrap();
+    assert_eq!(body, json!({"greeting": "Hello, Ada!"}));
+
+    let failed = local
+        .client
+        .invoke()
+        .function_name("hello")
+        .payload(Blob::new("{}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status_code(), 200);
+    assert_eq!(failed.function_error(), Some("Unhandled"));
+    let error: Value = serde_json::from_slice(failed.payload().unwrap().as_ref()).unwrap();
+    assert_eq!(error["errorType"], "MissingName");
+
+    let missing = local
+        .client
+        .invoke()
+        .function_name("nope")
+        .payload(Blob::new("{}"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        missing
+            .into_service_error()
+            .is_resource_not_found_exception(),
+        "unknown functions answer like Lambda"
+    );
+
+    let dry = local
+        .client
+        .invoke()
+        .function_name("hello")
+        .invocation_type(InvocationType::DryRun)
+        .payload(Blob::new("{}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dry.status_code(), 204);
+
+    let accepted = local
+        .client
+        .invoke()
+        .function_name("hello")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(json!({"name": "Grace"}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status_code(), 202);
+    eventually(Duration::from_secs(20), "the event handled", || async {
+        greeted(&local.greeted)
+            .contains(&"Grace".to_owned())
+            .then_some(())
+    })
+    .await;
+    drop(local.sluice);
+}
+
+// Issue "Invoke API": an Event accepted with 202 is stored first, so a SIGKILL right after the
+// 202 loses nothing: after the restart it is handled exactly once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_accepted_before_a_sigkill_is_handled_after_the_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let first = start_local(state.path(), &[("GREETER_DELAY", "2")]).await;
+    let accepted = first
+        .client
+        .invoke()
+        .function_name("hello")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(json!({"name": "Linus"}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status_code(), 202);
+    first.sluice.signal("KILL");
+    drop(first.sluice);
+
+    let second = start_local(state.path(), &[]).await;
+    eventually(
+        Duration::from_secs(20),
+        "the event handled after the restart",
+        || async { second.sluice.logs().contains("event handled").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        second.sluice.logs().matches("event handled").count(),
+        1,
+        "handled exactly once after the restart"
+    );
+    let names = greeted(&second.greeted);
+    assert!(names.iter().all(|n| n == "Linus") && !names.is_empty() && names.len() <= 2);
+}
+
+// semantics.md §5 and §13.5 through the Invoke API: retries, then the destination record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_events_are_retried_then_sent_to_on_failure() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let dlq = create_queue(&sqs, "events-dlq", &[]).await;
+    let invoke = format!("127.0.0.1:{}", free_port());
+    let state = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+version: 1
+state_dir: "{state}"
+admin: {{ listen: "{{admin}}" }}
+targets:
+  greeter:
+    command: {{ program: ["{python}", "{greeter}"], timeout: 10s }}
+invoke_api:
+  listen: "{invoke}"
+  functions:
+    hello:
+      target: greeter
+      async: {{ max_retry_attempts: 1, delays: [200ms] }}
+      on_failure:
+        sqs: {{ queue_url: "{dlq}" }}
+"#,
+        state = state.path().display(),
+        python = python().display(),
+        greeter = workspace_root().join("examples/greeter.py").display(),
+    );
+    let _sluice = Sluice::start(&config, &moto_env(&moto));
+    let client = lambda_client(&format!("http://{invoke}")).await;
+    eventually(Duration::from_secs(30), "the invoke API up", || async {
+        tokio::net::TcpStream::connect(&invoke)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let accepted = client
+        .invoke()
+        .function_name("hello")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(r#"{"nobody": true}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status_code(), 202);
+    let dead = eventually(
+        Duration::from_secs(30),
+        "the destination record",
+        || async {
+            let messages = receive_all(&sqs, &dlq, 60).await;
+            (!messages.is_empty()).then_some(messages)
+        },
+    )
+    .await;
+    let record: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 2);
+    assert_eq!(record["requestPayload"], json!({"nobody": true}));
+    assert_eq!(record["responsePayload"]["errorType"], "MissingName");
+    assert_eq!(record["sluice"]["source"]["kind"], "invoke");
+}
