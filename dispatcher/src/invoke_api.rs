@@ -500,3 +500,43 @@ async fn finish(
         tracing::error!(function = %function.name, %error, "cannot remove the handled event; it may be handled again");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(token: Option<&str>) -> ApiState {
+        ApiState {
+            functions: BTreeMap::new(),
+            token: token.map(str::to_owned),
+            region: "us-east-1".into(),
+        }
+    }
+
+    fn headers(authorization: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", authorization.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_token_is_accepted_as_a_bearer_token_or_as_the_signing_key_id() {
+        let guarded = state(Some("s3cret"));
+        assert!(authorized(&guarded, &headers("Bearer s3cret")));
+        assert!(authorized(
+            &guarded,
+            &headers(
+                "AWS4-HMAC-SHA256 Credential=s3cret/20261129/us-east-1/lambda/aws4_request, SignedHeaders=host, Signature=abc"
+            )
+        ));
+        assert!(!authorized(&guarded, &headers("Bearer wrong")));
+        assert!(!authorized(
+            &guarded,
+            &headers(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261129/us-east-1/lambda/aws4_request"
+            )
+        ));
+        assert!(!authorized(&guarded, &HeaderMap::new()));
+        assert!(authorized(&state(None), &HeaderMap::new()));
+    }
+}

@@ -1903,6 +1903,38 @@ mappings:
     }
 
     #[test]
+    fn the_invoke_api_needs_a_token_off_loopback_and_known_targets() {
+        let local = r#"
+version: 1
+targets:
+  api:
+    http: { url: "http://127.0.0.1:8080/events" }
+invoke_api:
+  functions:
+    hello: { target: api, async: { max_retry_attempts: 1, delays: [10s] } }
+"#;
+        let config = parse_text(local).unwrap();
+        let api = config.invoke_api.as_ref().unwrap();
+        assert_eq!(api.listen.to_string(), DEFAULT_INVOKE_API_LISTEN);
+        assert_eq!(api.functions["hello"].policy.max_retry_attempts, 1);
+        assert!(!config.needs_aws(), "no mapping and no destination: no AWS");
+        let open = local.replace("invoke_api:\n", "invoke_api:\n  listen: 0.0.0.0:9001\n");
+        assert!(
+            parse_text(&open)
+                .unwrap_err()
+                .to_string()
+                .contains("set invoke_api.token")
+        );
+        let unknown = local.replace("target: api,", "target: nope,");
+        assert!(
+            parse_text(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("invoke_api.functions.hello.target: no target named")
+        );
+    }
+
+    #[test]
     fn the_schema_names_every_top_level_key() {
         let schema = json_schema();
         let properties = schema["properties"].as_object().unwrap();
