@@ -93,6 +93,9 @@ mappings:
         prefix: incoming/
         suffix: ".txt"
         wait_time: 1s
+    filters:
+      - eventName: [{{ prefix: "ObjectCreated:" }}]
+        s3: {{ object: {{ size: [{{ numeric: [">", 0] }}] }} }}
 "#,
             handler.url("/thumbnail")
         ),

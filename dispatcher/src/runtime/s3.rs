@@ -3,7 +3,8 @@
 //!
 //! Guarantees:
 //! - `s3:TestEvent` messages are deleted without an invocation, as are messages whose records no
-//!   filter (`events`, `prefix`, `suffix` on the decoded key) matches;
+//!   filter (`events`, `prefix`, `suffix` on the decoded key, and the mapping's `filters`
+//!   patterns over the record) matches;
 //! - each S3 record is invoked with Lambda's S3 event, `{"Records": [record]}`, the record exactly
 //!   as the notification held it;
 //! - the queue is the durable async queue: a failed event's message is hidden for the retry delay
@@ -28,7 +29,7 @@ use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use serde_json::{Value, json};
 use sluice_policies::{
-    AsyncAttempt, AsyncDecision, AsyncPolicy, DeadLetterCondition, ErrorInfo, Outcome,
+    AsyncAttempt, AsyncDecision, AsyncPolicy, DeadLetterCondition, ErrorInfo, FilterSet, Outcome,
 };
 use sluice_sources::s3::{Notification, S3Filter, parse_notification};
 use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
@@ -56,6 +57,8 @@ struct Context {
     queue: Arc<dyn Queue>,
     target: SharedTarget,
     filter: S3Filter,
+    /// The mapping's FilterCriteria patterns, over each S3 record (semantics.md §7).
+    patterns: FilterSet,
     policy: AsyncPolicy,
     on_failure: Option<Arc<dyn Destination>>,
     on_success: Option<Arc<dyn Destination>>,
@@ -113,6 +116,7 @@ impl S3Mapping {
                 prefix: self.source.prefix.clone(),
                 suffix: self.source.suffix.clone(),
             },
+            patterns: self.config.filters.clone(),
             policy: AsyncPolicy {
                 max_retry_attempts: retry.max_retry_attempts.unwrap_or(2),
                 delays: retry.delays.clone(),
@@ -284,7 +288,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
     };
     let wanted: Vec<Value> = s3_records
         .into_iter()
-        .filter(|r| context.filter.matches(r))
+        .filter(|r| context.filter.matches(r) && context.patterns.passes(r))
         .collect();
     if wanted.is_empty() {
         context.metrics.records_filtered.increment(1);
