@@ -121,7 +121,7 @@ async fn the_dynamodb_example_handles_changes_and_sends_the_failing_one_to_s3() 
         &env,
     );
     let objects = eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(240),
         "the failing change in S3",
         || async {
             let objects = s3_objects(&s3, "order-failures").await;
@@ -136,7 +136,7 @@ async fn the_dynamodb_example_handles_changes_and_sends_the_failing_one_to_s3() 
         envelope["sluice"]["records"][0]["dynamodb"]["Keys"]["id"]["S"],
         "order-13"
     );
-    let handled = eventually(Duration::from_secs(30), "the other 19 handled", || async {
+    let handled = eventually(Duration::from_secs(120), "the other 19 handled", || async {
         let handled: std::collections::HashSet<String> = handler
             .received()
             .iter()
@@ -150,7 +150,7 @@ async fn the_dynamodb_example_handles_changes_and_sends_the_failing_one_to_s3() 
     assert!(!handled.contains("order-13"));
     sluice.signal("TERM");
     let status = sluice
-        .wait_exit(Duration::from_secs(15))
+        .wait_exit(Duration::from_secs(30))
         .expect("sluice exits on SIGTERM");
     assert!(status.success());
 }

@@ -54,12 +54,14 @@ async fn filtered_sqs_messages_are_deleted_without_an_invocation() {
         ),
         &moto_env(&moto),
     );
-    eventually(Duration::from_secs(30), "the queue to be empty", || async {
-        (queue_depth(&sqs, &queue).await == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "the queue to be empty",
+        || async { (queue_depth(&sqs, &queue).await == 0).then_some(()) },
+    )
     .await;
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(120),
         "5 records counted as filtered",
         || async {
             (sluice
@@ -122,7 +124,7 @@ async fn filtered_stream_records_advance_the_checkpoint() {
     );
     let mut first = Sluice::start(&text, &moto_env(&moto));
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         "5 handled and 5 filtered",
         || async {
             let filtered = first
@@ -139,12 +141,12 @@ async fn filtered_stream_records_advance_the_checkpoint() {
             .all(|r| key_of(r).starts_with("keep"))
     );
     first.signal("TERM");
-    assert!(first.wait_exit(Duration::from_secs(15)).unwrap().success());
+    assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
 
     put_item(&dynamodb, "tasks", "keep-late", 0, &[("status", "keep")]).await;
     let second = Sluice::start(&text, &moto_env(&moto));
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         "the late record handled",
         || async { (handler.records().len() == 6).then_some(()) },
     )
@@ -214,14 +216,16 @@ async fn non_retryable_errors_are_dead_lettered_on_the_first_receive() {
         ),
         &moto_env(&moto),
     );
-    let dead = eventually(Duration::from_secs(30), "two dead letters", || async {
+    let dead = eventually(Duration::from_secs(120), "two dead letters", || async {
         let messages = receive_all(&sqs, &dlq, 60).await;
         (messages.len() == 2).then_some(messages)
     })
     .await;
-    eventually(Duration::from_secs(10), "the queue to be empty", || async {
-        (queue_depth(&sqs, &queue).await == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "the queue to be empty",
+        || async { (queue_depth(&sqs, &queue).await == 0).then_some(()) },
+    )
     .await;
     let mut errors: Vec<(String, String, u64)> = dead
         .iter()

@@ -59,7 +59,7 @@ async fn start_local(state: &Path, extra: &[(&str, &str)]) -> Local {
         &env,
     );
     let client = lambda_client(&format!("http://{invoke}")).await;
-    eventually(Duration::from_secs(30), "the invoke API up", || async {
+    eventually(Duration::from_secs(120), "the invoke API up", || async {
         tokio::net::TcpStream::connect(&invoke)
             .await
             .ok()
@@ -150,7 +150,7 @@ async fn the_aws_sdk_invokes_functions_synchronously_and_asynchronously() {
         .await
         .unwrap();
     assert_eq!(accepted.status_code(), 202);
-    eventually(Duration::from_secs(20), "the event handled", || async {
+    eventually(Duration::from_secs(120), "the event handled", || async {
         greeted(&local.greeted)
             .contains(&"Grace".to_owned())
             .then_some(())
@@ -180,7 +180,7 @@ async fn an_event_accepted_before_a_sigkill_is_handled_after_the_restart() {
 
     let second = start_local(state.path(), &[]).await;
     eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(120),
         "the event handled after the restart",
         || async { second.sluice.logs().contains("event handled").then_some(()) },
     )
@@ -226,7 +226,7 @@ invoke_api:
     );
     let _sluice = Sluice::start(&config, &moto_env(&moto));
     let client = lambda_client(&format!("http://{invoke}")).await;
-    eventually(Duration::from_secs(30), "the invoke API up", || async {
+    eventually(Duration::from_secs(120), "the invoke API up", || async {
         tokio::net::TcpStream::connect(&invoke)
             .await
             .ok()
@@ -243,7 +243,7 @@ invoke_api:
         .unwrap();
     assert_eq!(accepted.status_code(), 202);
     let dead = eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         "the destination record",
         || async {
             let messages = receive_all(&sqs, &dlq, 60).await;

@@ -101,7 +101,7 @@ mappings:
         ),
         &moto_env(&moto),
     );
-    eventually(Duration::from_secs(60), "the queue drained", || async {
+    eventually(Duration::from_secs(240), "the queue drained", || async {
         (handler.received().len() >= 50 && queue_depth(&sqs, &queue).await == 0).then_some(())
     })
     .await;
@@ -192,7 +192,7 @@ mappings:
         ),
         &moto_env(&moto),
     );
-    eventually(Duration::from_secs(60), "two dead letters", || async {
+    eventually(Duration::from_secs(240), "two dead letters", || async {
         let depth = queue_depth(&sqs, &dlq).await;
         (depth == 2).then_some(())
     })
@@ -244,7 +244,7 @@ mappings:
     assert_eq!(success["responsePayload"], json!({"done": true}));
     assert!(success["responseContext"].get("functionError").is_none());
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(120),
         "the source queue empty",
         || async { (queue_depth(&sqs, &queue).await == 0).then_some(()) },
     )
@@ -290,7 +290,7 @@ mappings:
         ),
         &moto_env(&moto),
     );
-    let dead = eventually(Duration::from_secs(30), "the dead letter", || async {
+    let dead = eventually(Duration::from_secs(120), "the dead letter", || async {
         let messages = receive_all(&sqs, &dlq, 60).await;
         (!messages.is_empty()).then_some(messages)
     })

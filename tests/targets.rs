@@ -65,12 +65,12 @@ impl Scenario {
 
     /// Waits for the outcome every target kind must produce; returns the dead letters' bodies.
     async fn assert_outcome(&self, sluice: &Sluice) {
-        eventually(Duration::from_secs(90), "3 dead letters", || async {
+        eventually(Duration::from_secs(240), "3 dead letters", || async {
             (queue_depth(&self.sqs, &self.dlq).await == 3).then_some(())
         })
         .await;
         eventually(
-            Duration::from_secs(30),
+            Duration::from_secs(120),
             "the source queue empty",
             || async { (queue_depth(&self.sqs, &self.queue).await == 0).then_some(()) },
         )
@@ -170,7 +170,7 @@ async fn the_partial_failure_scenario_passes_with_an_in_process_handler() {
     assert!(sluice.logs().contains("orders handled"));
     sluice.signal("TERM");
     let status = sluice
-        .wait_exit(Duration::from_secs(15))
+        .wait_exit(Duration::from_secs(30))
         .expect("exits on SIGTERM");
     assert!(status.success());
 }
@@ -253,7 +253,7 @@ async fn the_partial_failure_scenario_passes_with_a_rust_lambda_function() {
     );
     sluice.signal("TERM");
     let status = sluice
-        .wait_exit(Duration::from_secs(15))
+        .wait_exit(Duration::from_secs(30))
         .expect("sluice and its workers stop on SIGTERM");
     assert!(status.success());
 }
@@ -320,7 +320,7 @@ mappings:
         once = once.path().display(),
     );
     let sluice = Sluice::start(&config, &moto_env(&moto));
-    eventually(Duration::from_secs(60), "every job handled", || async {
+    eventually(Duration::from_secs(240), "every job handled", || async {
         (queue_depth(&sqs, &queue).await == 0).then_some(())
     })
     .await;
@@ -337,7 +337,7 @@ mappings:
     assert_eq!(restarts("timeout").await, 1.0);
     assert_eq!(restarts("exited").await, 1.0);
     eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(120),
         "the pool back at full size",
         || async {
             (sluice
@@ -465,15 +465,21 @@ mappings:
         dir = workspace_root().join("examples/lambda-python").display(),
     );
     let sluice = Sluice::start(&config, &moto_env(&moto));
-    eventually(Duration::from_secs(30), "init failures counted", || async {
-        let failures = sluice
-            .metric(r#"sluice_lambda_worker_restarts_total{target="broken",reason="init_error"}"#)
-            .await;
-        (failures >= 2.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "init failures counted",
+        || async {
+            let failures = sluice
+                .metric(
+                    r#"sluice_lambda_worker_restarts_total{target="broken",reason="init_error"}"#,
+                )
+                .await;
+            (failures >= 2.0).then_some(())
+        },
+    )
     .await;
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         "an unavailable outcome",
         || async {
             let unavailable = sluice
