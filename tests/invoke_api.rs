@@ -10,15 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 async fn lambda_client(endpoint: &str) -> aws_sdk_lambda::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
-    aws_sdk_lambda::Client::new(&config)
+    aws_sdk_lambda::Client::new(&sdk_config(endpoint).await)
 }
 
 struct Local {

@@ -159,7 +159,8 @@ impl Moto {
     }
 }
 
-async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+/// AWS settings for a local endpoint (moto, sluice's Invoke API): us-east-1, test credentials.
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
@@ -296,15 +297,7 @@ impl Drop for Moto {
 }
 
 pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
+    aws_sdk_sqs::Client::new(&sdk_config(endpoint).await)
 }
 
 /// Creates a queue with the given attributes (e.g. `("VisibilityTimeout", "2")`); returns its URL.

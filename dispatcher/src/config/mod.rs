@@ -10,6 +10,7 @@ pub mod expand;
 pub mod locate;
 pub mod raw;
 
+use duration::HumanDuration;
 use locate::{KeyIndex, Position};
 use raw::*;
 use sluice_policies::{AsyncPolicy, Backoff, FilterSet, Pattern};
@@ -623,33 +624,36 @@ impl Validator<'_> {
         }
     }
 
-    fn build_async_policy(&mut self, path: &str, raw: Option<RawAsyncPolicy>) -> AsyncPolicy {
+    /// The asynchronous limits (S3 sources, Invoke API functions) with Lambda's ranges: retries
+    /// 0..=2, event age 60s..=6h, one or two delays; absent values take Lambda's defaults.
+    fn async_limits(
+        &mut self,
+        path: &str,
+        max_retry_attempts: Option<i64>,
+        max_event_age: Option<HumanDuration>,
+        delays: Option<Vec<HumanDuration>>,
+    ) -> (u32, Duration, Vec<Duration>) {
         let defaults = AsyncPolicy::lambda_defaults();
-        let Some(raw) = raw else {
-            return defaults;
-        };
-        let max_retry_attempts = match raw.max_retry_attempts {
-            None => 2,
+        let attempts = match max_retry_attempts {
+            None => defaults.max_retry_attempts,
             Some(n @ 0..=2) => n as u32,
             Some(n) => {
                 self.error(
                     format!("{path}.max_retry_attempts"),
                     format!("must be 0..=2 for asynchronous invocation, as in Lambda (got {n})"),
                 );
-                2
+                defaults.max_retry_attempts
             }
         };
-        let max_event_age = raw.max_event_age.map_or(defaults.max_event_age, |d| d.0);
+        let max_event_age = max_event_age.map_or(defaults.max_event_age, |d| d.0);
         if !(Duration::from_secs(60)..=Duration::from_secs(6 * 3600)).contains(&max_event_age) {
             self.error(
                 format!("{path}.max_event_age"),
                 format!("must be 60s..=6h, as in Lambda (got {max_event_age:?})"),
             );
         }
-        let delays: Vec<Duration> = raw
-            .delays
-            .map(|delays| delays.into_iter().map(|d| d.0).collect())
-            .unwrap_or(defaults.delays);
+        let delays: Vec<Duration> =
+            delays.map_or(defaults.delays, |d| d.into_iter().map(|d| d.0).collect());
         if delays.is_empty()
             || delays
                 .iter()
@@ -660,6 +664,16 @@ impl Validator<'_> {
                 "give one or two delays between 1ms and 12h, such as [1m, 2m]",
             );
         }
+        (attempts, max_event_age, delays)
+    }
+
+    fn build_async_policy(&mut self, path: &str, raw: Option<RawAsyncPolicy>) -> AsyncPolicy {
+        let defaults = AsyncPolicy::lambda_defaults();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let (max_retry_attempts, max_event_age, delays) =
+            self.async_limits(path, raw.max_retry_attempts, raw.max_event_age, raw.delays);
         let throttle_backoff = raw
             .backoff
             .and_then(|b| self.build_backoff(&format!("{path}.backoff"), b))
@@ -1069,20 +1083,14 @@ impl Validator<'_> {
                 format!("must be 1..=1000 (got {count})"),
             );
         }
+        // Other kinds refused the async keys above; their values are then Lambda's defaults.
+        let (async_attempts, max_event_age, delays) = if is_async {
+            self.async_limits(path, raw.max_retry_attempts, raw.max_event_age, raw.delays)
+        } else {
+            self.async_limits(path, None, None, None)
+        };
         let max_retry_attempts = if is_async {
-            match raw.max_retry_attempts {
-                None => Some(2),
-                Some(n @ 0..=2) => Some(n as u32),
-                Some(n) => {
-                    self.error(
-                        format!("{path}.max_retry_attempts"),
-                        format!(
-                            "must be 0..=2 for asynchronous invocation, as in Lambda (got {n})"
-                        ),
-                    );
-                    Some(2)
-                }
-            }
+            Some(async_attempts)
         } else {
             match raw.max_retry_attempts {
                 None | Some(-1) => None,
@@ -1105,29 +1113,6 @@ impl Validator<'_> {
             self.error(
                 format!("{path}.max_record_age"),
                 format!("must be -1 or 60s..=7d, as in Lambda (got {age:?})"),
-            );
-        }
-        let max_event_age = raw
-            .max_event_age
-            .map_or(Duration::from_secs(6 * 3600), |d| d.0);
-        if !(Duration::from_secs(60)..=Duration::from_secs(6 * 3600)).contains(&max_event_age) {
-            self.error(
-                format!("{path}.max_event_age"),
-                format!("must be 60s..=6h, as in Lambda (got {max_event_age:?})"),
-            );
-        }
-        let delays: Vec<Duration> = raw
-            .delays
-            .map(|delays| delays.into_iter().map(|d| d.0).collect())
-            .unwrap_or_else(|| vec![Duration::from_secs(60), Duration::from_secs(120)]);
-        if delays.is_empty()
-            || delays
-                .iter()
-                .any(|d| d.is_zero() || *d > Duration::from_secs(43_200))
-        {
-            self.error(
-                format!("{path}.delays"),
-                "give one or two delays between 1ms and 12h, such as [1m, 2m]",
             );
         }
         let backoff = match raw.backoff {

@@ -14,6 +14,12 @@ pub enum EnvelopeSource {
         queue_arn: String,
         message_ids: Vec<String>,
     },
+    /// S3 event notifications, read from the queue a bucket notifies.
+    S3 {
+        queue_url: String,
+        queue_arn: String,
+        message_ids: Vec<String>,
+    },
     DynamodbStream {
         stream_arn: String,
         shard_id: String,
@@ -31,10 +37,46 @@ pub enum EnvelopeSource {
 }
 
 impl EnvelopeSource {
+    /// The `sluice.source` object: which source kind, and the identities replay needs.
+    pub fn to_json(&self) -> Value {
+        match self {
+            EnvelopeSource::Sqs {
+                queue_url,
+                queue_arn,
+                message_ids,
+            }
+            | EnvelopeSource::S3 {
+                queue_url,
+                queue_arn,
+                message_ids,
+            } => json!({
+                "kind": if matches!(self, EnvelopeSource::S3 { .. }) { "s3" } else { "sqs" },
+                "queue_url": queue_url,
+                "queue_arn": queue_arn,
+                "message_ids": message_ids,
+            }),
+            EnvelopeSource::DynamodbStream {
+                stream_arn,
+                shard_id,
+                sequence_numbers,
+                ..
+            } => json!({
+                "kind": "dynamodb_stream",
+                "stream_arn": stream_arn,
+                "shard_id": shard_id,
+                "sequence_numbers": sequence_numbers,
+            }),
+            EnvelopeSource::Invoke {
+                function,
+                request_id,
+            } => json!({ "kind": "invoke", "function": function, "request_id": request_id }),
+        }
+    }
+
     /// The part of an S3 key that says where the records came from: the shard, or the queue name.
     pub fn key_part(&self) -> &str {
         match self {
-            EnvelopeSource::Sqs { queue_url, .. } => {
+            EnvelopeSource::Sqs { queue_url, .. } | EnvelopeSource::S3 { queue_url, .. } => {
                 queue_url.rsplit('/').next().unwrap_or(queue_url)
             }
             EnvelopeSource::DynamodbStream { shard_id, .. } => shard_id,
@@ -112,48 +154,27 @@ impl DeadLetter {
                 "functionError": self.function_error,
             });
         }
-        let source = match &self.source {
-            EnvelopeSource::Sqs {
-                queue_url,
-                queue_arn,
-                message_ids,
-            } => json!({
-                "kind": "sqs",
-                "queue_url": queue_url,
-                "queue_arn": queue_arn,
-                "message_ids": message_ids,
-            }),
-            EnvelopeSource::DynamodbStream {
-                stream_arn,
-                shard_id,
-                sequence_numbers,
-                first_arrival,
-                last_arrival,
-            } => {
-                envelope["DDBStreamBatchInfo"] = json!({
-                    "shardId": shard_id,
-                    "startSequenceNumber": sequence_numbers.first(),
-                    "endSequenceNumber": sequence_numbers.last(),
-                    "approximateArrivalOfFirstRecord": iso8601_seconds(*first_arrival),
-                    "approximateArrivalOfLastRecord": iso8601_seconds(*last_arrival),
-                    "batchSize": sequence_numbers.len(),
-                    "streamArn": stream_arn,
-                });
-                json!({
-                    "kind": "dynamodb_stream",
-                    "stream_arn": stream_arn,
-                    "shard_id": shard_id,
-                    "sequence_numbers": sequence_numbers,
-                })
-            }
-            EnvelopeSource::Invoke {
-                function,
-                request_id,
-            } => json!({ "kind": "invoke", "function": function, "request_id": request_id }),
-        };
+        if let EnvelopeSource::DynamodbStream {
+            stream_arn,
+            shard_id,
+            sequence_numbers,
+            first_arrival,
+            last_arrival,
+        } = &self.source
+        {
+            envelope["DDBStreamBatchInfo"] = json!({
+                "shardId": shard_id,
+                "startSequenceNumber": sequence_numbers.first(),
+                "endSequenceNumber": sequence_numbers.last(),
+                "approximateArrivalOfFirstRecord": iso8601_seconds(*first_arrival),
+                "approximateArrivalOfLastRecord": iso8601_seconds(*last_arrival),
+                "batchSize": sequence_numbers.len(),
+                "streamArn": stream_arn,
+            });
+        }
         envelope["sluice"] = json!({
             "mapping": self.mapping,
-            "source": source,
+            "source": self.source.to_json(),
             "records": self.records,
             "error": { "type": self.error.error_type, "message": self.error.message },
             "attempts": self.attempts,
@@ -200,28 +221,9 @@ impl AsyncRecord {
                 })
             }
         };
-        let source = match &self.source {
-            EnvelopeSource::Sqs {
-                queue_url,
-                queue_arn,
-                message_ids,
-            } => json!({
-                "kind": "s3",
-                "queue_url": queue_url,
-                "queue_arn": queue_arn,
-                "message_ids": message_ids,
-            }),
-            EnvelopeSource::DynamodbStream { stream_arn, .. } => {
-                json!({ "kind": "dynamodb_stream", "stream_arn": stream_arn })
-            }
-            EnvelopeSource::Invoke {
-                function,
-                request_id,
-            } => json!({ "kind": "invoke", "function": function, "request_id": request_id }),
-        };
         let mut sluice = json!({
             "mapping": self.mapping,
-            "source": source,
+            "source": self.source.to_json(),
             // S3 events carry records; an Invoke API event is the record itself.
             "records": self
                 .request_payload
@@ -346,7 +348,7 @@ mod tests {
             request_id: "req-9".into(),
             request_payload: json!({"Records": [{"s3": {"object": {"key": "a"}}}]}),
             response,
-            source: EnvelopeSource::Sqs {
+            source: EnvelopeSource::S3 {
                 queue_url: "http://q".into(),
                 queue_arn: "arn:aws:sqs:us-east-1:1:q".into(),
                 message_ids: vec!["m".into()],

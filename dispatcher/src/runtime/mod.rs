@@ -11,7 +11,7 @@ use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, S
 use crate::destinations::Destination;
 use crate::destinations::s3::S3Destination;
 use crate::destinations::sqs::SqsDestination;
-use crate::health::Health;
+use crate::health::{Health, MappingHealthHandle};
 use crate::targets::{self, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use anyhow::Context;
@@ -22,6 +22,50 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Backoff between failed calls to a source or store: short, so readiness recovers quickly once
+/// the service is back.
+pub(crate) fn retry_delay(consecutive_failures: u32) -> Duration {
+    let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
+    Duration::from_millis(millis.min(5_000))
+}
+
+/// Calls `attempt` until it succeeds, or `None` once `shutdown` comes. Each failure is counted
+/// as a poll error, reported to readiness and logged with `what`, then waited out with
+/// [`retry_delay`]: a mapping whose source is not there yet keeps trying instead of exiting.
+pub(crate) async fn retry_until_ok<T, E, F, Fut>(
+    what: &str,
+    mapping: &str,
+    health: &MappingHealthHandle,
+    metrics: &MappingMetrics,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            result = attempt() => result,
+        };
+        let error = match result {
+            Ok(value) => return Some(value),
+            Err(error) => error,
+        };
+        failures += 1;
+        metrics.poll_errors.increment(1);
+        health.poll_failed(&error.to_string());
+        tracing::warn!(mapping, %error, consecutive_failures = failures, "{what} failed; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(retry_delay(failures)) => {}
+        }
+    }
+}
 
 /// The AWS configuration every client is built from: config values first, then the standard
 /// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ECS and instance credentials).

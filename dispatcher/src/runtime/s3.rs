@@ -20,6 +20,7 @@
 //! - a message is held (visibility extended) while it is handled.
 
 use super::heartbeat::Heartbeat;
+use super::{retry_delay, retry_until_ok};
 use crate::config::{MappingConfig, S3SourceConfig};
 use crate::destinations::{
     AsyncRecord, DeadLetter, Destination, EnvelopeSource, Placement, envelope::now_since_epoch,
@@ -68,33 +69,20 @@ struct Context {
     not_run: Mutex<HashMap<String, u32>>,
 }
 
-fn retry_delay(consecutive_failures: u32) -> Duration {
-    Duration::from_millis((250u64 << consecutive_failures.min(5)).min(5_000))
-}
-
 impl S3Mapping {
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
         let name = self.config.name.clone();
-        let mut failures = 0u32;
-        let queue = loop {
-            let attempt = SqsQueue::connect(self.client.clone(), &self.source.queue_url);
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                result = attempt => result,
-            };
-            match result {
-                Ok(queue) => break queue,
-                Err(error) => {
-                    failures += 1;
-                    self.metrics.poll_errors.increment(1);
-                    self.health.poll_failed(&error.to_string());
-                    tracing::warn!(mapping = %name, %error, "source call failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(retry_delay(failures)) => {}
-                    }
-                }
-            }
+        let Some(queue) = retry_until_ok(
+            "looking up the queue",
+            &name,
+            &self.health,
+            &self.metrics,
+            &shutdown,
+            || SqsQueue::connect(self.client.clone(), &self.source.queue_url),
+        )
+        .await
+        else {
+            return;
         };
         let queue: Arc<dyn Queue> = Arc::new(queue);
         tracing::info!(mapping = %name, queue_url = %self.source.queue_url, "mapping started");
@@ -267,7 +255,7 @@ async fn handle_message(context: &Context, message: Record) {
 
 fn sqs_source(context: &Context, message: &Record) -> EnvelopeSource {
     let description = context.queue.description();
-    EnvelopeSource::Sqs {
+    EnvelopeSource::S3 {
         queue_url: description.url.clone(),
         queue_arn: description.arn.clone(),
         message_ids: vec![message.id().to_owned()],
@@ -547,14 +535,7 @@ async fn store_record(
         first_attempt_at: message.first_received_at,
         last_attempt_at: now_since_epoch(),
     };
-    let key_part = context
-        .queue
-        .description()
-        .url
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let key_part = record.source.key_part().to_owned();
     let dedup = format!("{}-{condition}-{}", message.id(), message.attempt);
     let placement = Placement {
         mapping: &context.name,

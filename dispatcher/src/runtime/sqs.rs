@@ -11,6 +11,7 @@
 //!   flight finish until the drain deadline.
 
 use super::heartbeat::Heartbeat;
+use super::{retry_delay, retry_until_ok};
 use crate::config::{MappingConfig, SqsSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
@@ -59,12 +60,6 @@ pub struct SqsMapping {
 
 /// Pause after an empty short poll (`wait_time: 0s`), so an idle queue is not polled in a loop.
 const IDLE_SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
-
-/// Backoff between failed polls: short, so readiness recovers quickly once the source is back.
-fn poll_retry_delay(consecutive_failures: u32) -> Duration {
-    let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
-    Duration::from_millis(millis.min(5_000))
-}
 
 impl SqsMapping {
     /// Runs until `shutdown` is cancelled, then drains for at most `shutdown_timeout`.
@@ -181,26 +176,15 @@ impl SqsMapping {
     }
 
     async fn connect(&self, shutdown: &CancellationToken) -> Option<SqsQueue> {
-        let mut failures = 0u32;
-        loop {
-            let attempt = SqsQueue::connect(self.client.clone(), &self.source.queue_url);
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                result = attempt => result,
-            };
-            match result {
-                Ok(queue) => return Some(queue),
-                Err(error) => {
-                    failures += 1;
-                    if !self
-                        .back_off_after_source_error(&error, failures, shutdown)
-                        .await
-                    {
-                        return None;
-                    }
-                }
-            }
-        }
+        retry_until_ok(
+            "looking up the queue",
+            &self.config.name,
+            &self.health,
+            &self.metrics,
+            shutdown,
+            || SqsQueue::connect(self.client.clone(), &self.source.queue_url),
+        )
+        .await
     }
 
     /// Records a failed call to the source and waits before the next one; false when shutdown
@@ -216,7 +200,7 @@ impl SqsMapping {
         tracing::warn!(mapping = %self.config.name, %error, consecutive_failures, "source call failed; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(poll_retry_delay(consecutive_failures)) => true,
+            _ = tokio::time::sleep(retry_delay(consecutive_failures)) => true,
         }
     }
 

@@ -15,6 +15,7 @@
 //!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
 //!   shard at once without writing.
 
+use super::{retry_delay, retry_until_ok};
 use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
@@ -120,12 +121,6 @@ struct RunningShard {
     release_after: bool,
 }
 
-/// Backoff between failed calls to the stream or store.
-fn retry_delay(consecutive_failures: u32) -> Duration {
-    let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
-    Duration::from_millis(millis.min(5_000))
-}
-
 impl StreamMapping {
     /// Runs until `shutdown`, then drains for at most `shutdown_timeout`.
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
@@ -193,32 +188,22 @@ impl StreamMapping {
     }
 
     async fn resolve(&self, shutdown: &CancellationToken) -> Option<DynamoDbStream> {
-        let mut failures = 0u32;
-        loop {
-            let attempt = DynamoDbStream::resolve(
-                self.streams.clone(),
-                &self.tables,
-                self.source.table.as_deref(),
-                self.source.stream_arn.as_deref(),
-            );
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                result = attempt => result,
-            };
-            match result {
-                Ok(stream) => return Some(stream),
-                Err(error) => {
-                    failures += 1;
-                    self.metrics.poll_errors.increment(1);
-                    self.health.poll_failed(&error.to_string());
-                    tracing::warn!(mapping = %self.config.name, %error, consecutive_failures = failures, "cannot find the stream; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(retry_delay(failures)) => {}
-                    }
-                }
-            }
-        }
+        retry_until_ok(
+            "finding the stream",
+            &self.config.name,
+            &self.health,
+            &self.metrics,
+            shutdown,
+            || {
+                DynamoDbStream::resolve(
+                    self.streams.clone(),
+                    &self.tables,
+                    self.source.table.as_deref(),
+                    self.source.stream_arn.as_deref(),
+                )
+            },
+        )
+        .await
     }
 
     async fn open_store(
@@ -245,33 +230,25 @@ impl StreamMapping {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let mut failures = 0u32;
-        loop {
-            let attempt = DynamoDbLeaseStore::open(
-                client.clone(),
-                table,
-                &self.config.name,
-                &stream.stream_arn,
-                owner.clone(),
-                lease_duration,
-            );
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                result = attempt => result,
-            };
-            match result {
-                Ok(store) => return Some(Arc::new(store)),
-                Err(error) => {
-                    failures += 1;
-                    self.health.poll_failed(&error.to_string());
-                    tracing::warn!(mapping = %self.config.name, %error, "cannot open the lease table; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(retry_delay(failures)) => {}
-                    }
-                }
-            }
-        }
+        let store = retry_until_ok(
+            "opening the lease table",
+            &self.config.name,
+            &self.health,
+            &self.metrics,
+            shutdown,
+            || {
+                DynamoDbLeaseStore::open(
+                    client.clone(),
+                    table,
+                    &self.config.name,
+                    &stream.stream_arn,
+                    owner.clone(),
+                    lease_duration,
+                )
+            },
+        )
+        .await?;
+        Some(Arc::new(store))
     }
 }
 
@@ -812,15 +789,7 @@ async fn run_lane(
             }
             match receiver.try_recv() {
                 Ok(entry) => {
-                    let size = entry.0.size_bytes;
-                    let PushResult {
-                        ready: complete,
-                        too_large,
-                    } = batcher.push(entry, size, clock());
-                    ready.extend(complete);
-                    if let Some(entry) = too_large {
-                        ready.push_back(vec![entry]);
-                    }
+                    push(&mut batcher, &mut ready, entry, clock());
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => match batcher.take() {
@@ -840,17 +809,7 @@ async fn run_lane(
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => continue,
             };
             match received {
-                Some(entry) => {
-                    let size = entry.0.size_bytes;
-                    let PushResult {
-                        ready: complete,
-                        too_large,
-                    } = batcher.push(entry, size, clock());
-                    ready.extend(complete);
-                    if let Some(entry) = too_large {
-                        ready.push_back(vec![entry]);
-                    }
-                }
+                Some(entry) => push(&mut batcher, &mut ready, entry, clock()),
                 None => match batcher.take() {
                     Some(batch) => break batch,
                     None => return,
@@ -861,6 +820,25 @@ async fn run_lane(
             _ = abort.cancelled() => return,
             _ = handle_batch(&shared, &progress, &lane, batch, &stop) => {}
         }
+    }
+}
+
+/// Adds a record to the lane's batcher; a record too large for any invocation becomes a batch of
+/// its own, which `handle_batch` dead-letters.
+fn push(
+    batcher: &mut Batcher<Entry>,
+    ready: &mut VecDeque<Vec<Entry>>,
+    entry: Entry,
+    now: Duration,
+) {
+    let size = entry.0.size_bytes;
+    let PushResult {
+        ready: complete,
+        too_large,
+    } = batcher.push(entry, size, now);
+    ready.extend(complete);
+    if let Some(entry) = too_large {
+        ready.push_back(vec![entry]);
     }
 }
 

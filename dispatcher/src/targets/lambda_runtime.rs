@@ -228,24 +228,10 @@ impl Supervisor {
         };
         let pid = child.id();
         if let Some(stderr) = child.stderr.take() {
-            let target = self.target.clone();
-            let worker = self.index;
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "sluice::handler", target_name = %target, worker, %line, "worker output");
-                }
-            });
+            self.forward_output(stderr);
         }
         if let Some(stdout) = child.stdout.take() {
-            let target = self.target.clone();
-            let worker = self.index;
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "sluice::handler", target_name = %target, worker, %line, "worker output");
-                }
-            });
+            self.forward_output(stdout);
         }
         let started = Instant::now();
         let mut initialized = false;
@@ -329,6 +315,18 @@ impl Supervisor {
         let _ = child.wait().await;
         let _ = server.await;
         initialized
+    }
+
+    /// Logs each line a worker writes, with the target and worker it came from.
+    fn forward_output(&self, output: impl tokio::io::AsyncRead + Unpin + Send + 'static) {
+        let target = self.target.clone();
+        let worker = self.index;
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(output).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "sluice::handler", target_name = %target, worker, %line, "worker output");
+            }
+        });
     }
 
     fn spawn(&self, api: &str) -> std::io::Result<tokio::process::Child> {

@@ -289,22 +289,33 @@ impl DynamoDbLeaseStore {
         Ok(rows)
     }
 
-    /// Raises the counter of a held lease; `Ok(Some(handoff))` when renewed, `Ok(None)` when lost.
-    async fn renew(&self, shard_id: &str, counter: u64) -> Result<Option<bool>, CheckpointError> {
-        let result = self
-            .client
+    /// An update of `shard_id`'s lease that names the counter (`#c`, seen at `:c`), the owner
+    /// (`#o`, this instance as `:me`) and the update time (`#u`, `:now`); every lease write is one,
+    /// so every write can be fenced on the counter.
+    fn fenced_update(
+        &self,
+        shard_id: &str,
+        counter: u64,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
             .update_item()
             .table_name(&self.table)
             .key("lease_key", s(&self.key(shard_id)))
-            .update_expression("SET #c = :next, #u = :now")
-            .condition_expression("#o = :me AND #c = :c")
             .expression_attribute_names("#c", "lease_counter")
             .expression_attribute_names("#o", "lease_owner")
             .expression_attribute_names("#u", "updated_at_ms")
-            .expression_attribute_values(":next", n(counter + 1))
             .expression_attribute_values(":c", n(counter))
             .expression_attribute_values(":me", s(&self.owner))
             .expression_attribute_values(":now", n(now_ms()))
+    }
+
+    /// Raises the counter of a held lease; `Ok(Some(handoff))` when renewed, `Ok(None)` when lost.
+    async fn renew(&self, shard_id: &str, counter: u64) -> Result<Option<bool>, CheckpointError> {
+        let result = self
+            .fenced_update(shard_id, counter)
+            .update_expression("SET #c = :next, #u = :now")
+            .condition_expression("#o = :me AND #c = :c")
+            .expression_attribute_values(":next", n(counter + 1))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
@@ -323,20 +334,11 @@ impl DynamoDbLeaseStore {
     /// Takes a lease seen at `counter`; true when this instance won it.
     async fn take(&self, shard_id: &str, counter: u64) -> Result<bool, CheckpointError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("lease_key", s(&self.key(shard_id)))
+            .fenced_update(shard_id, counter)
             .update_expression("SET #o = :me, #c = :next, #u = :now REMOVE #h")
             .condition_expression("#c = :c")
-            .expression_attribute_names("#c", "lease_counter")
-            .expression_attribute_names("#o", "lease_owner")
-            .expression_attribute_names("#u", "updated_at_ms")
             .expression_attribute_names("#h", "handoff_to")
             .expression_attribute_values(":next", n(counter + 1))
-            .expression_attribute_values(":c", n(counter))
-            .expression_attribute_values(":me", s(&self.owner))
-            .expression_attribute_values(":now", n(now_ms()))
             .send()
             .await;
         match result {
@@ -517,20 +519,11 @@ impl CheckpointStore for DynamoDbLeaseStore {
         };
         drop(state);
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("lease_key", s(&self.key(shard_id)))
+            .fenced_update(shard_id, counter)
             .update_expression("SET #cp = :cp, #u = :now")
             .condition_expression("#o = :me AND #c = :c")
             .expression_attribute_names("#cp", "checkpoint")
-            .expression_attribute_names("#c", "lease_counter")
-            .expression_attribute_names("#o", "lease_owner")
-            .expression_attribute_names("#u", "updated_at_ms")
             .expression_attribute_values(":cp", s(checkpoint.as_stored()))
-            .expression_attribute_values(":c", n(counter))
-            .expression_attribute_values(":me", s(&self.owner))
-            .expression_attribute_values(":now", n(now_ms()))
             .send()
             .await;
         match result {
@@ -560,19 +553,10 @@ impl CheckpointStore for DynamoDbLeaseStore {
             return Ok(());
         };
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("lease_key", s(&self.key(shard_id)))
+            .fenced_update(shard_id, counter)
             .update_expression("SET #c = :next, #u = :now REMOVE #o")
             .condition_expression("#o = :me AND #c = :c")
-            .expression_attribute_names("#c", "lease_counter")
-            .expression_attribute_names("#o", "lease_owner")
-            .expression_attribute_names("#u", "updated_at_ms")
             .expression_attribute_values(":next", n(counter + 1))
-            .expression_attribute_values(":c", n(counter))
-            .expression_attribute_values(":me", s(&self.owner))
-            .expression_attribute_values(":now", n(now_ms()))
             .send()
             .await;
         match result {
