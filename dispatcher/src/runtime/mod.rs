@@ -3,6 +3,7 @@
 //! `shutdown_timeout` → exit).
 
 pub mod heartbeat;
+mod lane;
 pub mod s3;
 pub mod sqs;
 pub mod stream;

@@ -15,24 +15,23 @@
 //!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
 //!   shard at once without writing.
 
+use super::lane::{Entry, LaneHost, LaneSettings, dead_letter_error, run_lane, stream_policy};
 use super::{retry_delay, retry_until_ok};
 use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
-use crate::targets::{Invocation, SharedTarget};
+use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
-use sluice_policies::batcher::PushResult;
 use sluice_policies::{
-    Applied, BatchLimits, Batcher, DeadLetterCondition, ErrorClasses, ErrorInfo, FilterSet,
-    IdentifierKind, ItemIdentifier, Outcome, ShardProgress, Step, StreamBatch, StreamDeadLetter,
-    StreamItem, StreamPolicy, lane_of, stream::Position,
+    BatchLimits, FilterSet, IdentifierKind, ItemIdentifier, ShardProgress, StreamDeadLetter,
+    lane_of, stream::Position,
 };
 use sluice_sources::checkpoint::dynamodb::DynamoDbLeaseStore;
 use sluice_sources::checkpoint::embedded::{EmbeddedStore, StateFile};
 use sluice_sources::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ShardSpec};
 use sluice_sources::dynamodb_streams::{DynamoDbStream, IteratorStart, ReadError};
 use sluice_sources::{Record, records_event};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -89,13 +88,11 @@ pub struct StreamMapping {
 /// Everything the shard workers of a mapping share.
 struct Shared {
     name: String,
-    target_name: String,
     source: StreamSourceConfig,
     stream: DynamoDbStream,
     store: Arc<dyn CheckpointStore>,
-    target: SharedTarget,
     on_failure: Option<Arc<dyn Destination>>,
-    policy: StreamPolicy,
+    lane: LaneSettings,
     filters: FilterSet,
     health: MappingHealthHandle,
     metrics: MappingMetrics,
@@ -147,30 +144,21 @@ impl StreamMapping {
         );
         let shared = Arc::new(Shared {
             name: name.clone(),
-            target_name: self.config.target.clone(),
             source: self.source.clone(),
             stream,
             store,
-            target: self.target.clone(),
             on_failure: self.on_failure.clone(),
-            policy: StreamPolicy {
-                report_batch_item_failures: self.config.report_batch_item_failures,
-                bisect_on_error: self.config.retry.bisect_on_error,
-                max_retry_attempts: self.config.retry.max_retry_attempts,
-                max_record_age: self.config.retry.max_record_age,
-                backoff: self.config.retry.backoff.unwrap_or_else(|| {
-                    sluice_policies::Backoff::new(
-                        Duration::from_secs(1),
-                        Duration::from_secs(60),
-                        2.0,
-                        true,
-                    )
-                    .expect("the default backoff is valid")
-                }),
-                identifier_kind: IdentifierKind::Text,
-                non_retryable: self.on_failure.is_some().then(|| {
-                    ErrorClasses::new(self.config.retry.non_retryable_errors.iter().cloned())
-                }),
+            lane: LaneSettings {
+                name: name.clone(),
+                target: self.target.clone(),
+                policy: stream_policy(
+                    &self.config,
+                    IdentifierKind::Text,
+                    self.on_failure.is_some(),
+                ),
+                limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
+                health: self.health.clone(),
+                metrics: self.metrics.clone(),
             },
             filters: self.config.filters.clone(),
             health: self.health.clone(),
@@ -491,7 +479,37 @@ impl ShardCheckpoint {
     }
 }
 
-type Entry = (Record, Position);
+/// The lanes of one shard: Lambda's DynamoDB event, the shard's checkpoint.
+struct ShardLanes {
+    shared: Arc<Shared>,
+    progress: Arc<ShardCheckpoint>,
+}
+
+#[async_trait::async_trait]
+impl LaneHost for ShardLanes {
+    fn settings(&self) -> &LaneSettings {
+        &self.shared.lane
+    }
+
+    fn event(&self, records: &[&Record]) -> Vec<u8> {
+        records_event(records.iter().copied())
+    }
+
+    fn identifier(&self, record: &Record) -> ItemIdentifier {
+        ItemIdentifier::Text(record.id().to_owned())
+    }
+
+    async fn dead_letter(&self, records: &[&Record], dead_letter: &StreamDeadLetter) {
+        store_dead_letter(&self.shared, &self.progress.shard_id, records, dead_letter).await;
+    }
+
+    /// The write runs beside the next batch: writes are serialized and always store the newest
+    /// finished position, so they stay in order, and the shard's final write waits for them.
+    fn finished(self: Arc<Self>, positions: Vec<Position>) {
+        self.progress.finish(positions);
+        tokio::spawn(async move { self.progress.save(&self.shared).await });
+    }
+}
 
 /// Reads one shard until it ends, `stop` or `abort`.
 async fn run_shard(
@@ -531,8 +549,10 @@ async fn run_shard(
         let (sender, receiver) = mpsc::channel::<Entry>(shared.source.batch_size * 2);
         senders.push(sender);
         lane_tasks.spawn(run_lane(
-            shared.clone(),
-            progress.clone(),
+            Arc::new(ShardLanes {
+                shared: shared.clone(),
+                progress: progress.clone(),
+            }),
             format!("{shard_id}/{lane}"),
             receiver,
             stop.clone(),
@@ -765,262 +785,17 @@ fn read_failed(shared: &Shared, shard_id: &str, error: &str) {
     tracing::warn!(mapping = %shared.name, %shard_id, %error, "reading the shard failed; retrying");
 }
 
-/// Gathers batches for one lane and runs each to its end under the stream policy.
-async fn run_lane(
-    shared: Arc<Shared>,
-    progress: Arc<ShardCheckpoint>,
-    lane: String,
-    mut receiver: mpsc::Receiver<Entry>,
-    stop: CancellationToken,
-    abort: CancellationToken,
-) {
-    let started = Instant::now();
-    let clock = || started.elapsed();
-    let limits = BatchLimits::new(shared.source.batch_size, shared.source.max_batching_window);
-    let mut batcher: Batcher<Entry> = Batcher::new(limits);
-    let mut ready: VecDeque<Vec<Entry>> = VecDeque::new();
-    loop {
-        let batch = loop {
-            if stop.is_cancelled() || abort.is_cancelled() {
-                return;
-            }
-            if let Some(batch) = ready.pop_front() {
-                break batch;
-            }
-            match receiver.try_recv() {
-                Ok(entry) => {
-                    push(&mut batcher, &mut ready, entry, clock());
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => match batcher.take() {
-                    Some(batch) => break batch,
-                    None => return,
-                },
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            if let Some(batch) = batcher.poll(clock()) {
-                break batch;
-            }
-            let wait = batcher.deadline().map(|d| d.saturating_sub(clock()));
-            let received = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = abort.cancelled() => return,
-                received = receiver.recv() => received,
-                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => continue,
-            };
-            match received {
-                Some(entry) => push(&mut batcher, &mut ready, entry, clock()),
-                None => match batcher.take() {
-                    Some(batch) => break batch,
-                    None => return,
-                },
-            }
-        };
-        tokio::select! {
-            _ = abort.cancelled() => return,
-            _ = handle_batch(&shared, &progress, &lane, batch, &stop) => {}
-        }
-    }
-}
-
-/// Adds a record to the lane's batcher; a record too large for any invocation becomes a batch of
-/// its own, which `handle_batch` dead-letters.
-fn push(
-    batcher: &mut Batcher<Entry>,
-    ready: &mut VecDeque<Vec<Entry>>,
-    entry: Entry,
-    now: Duration,
-) {
-    let size = entry.0.size_bytes;
-    let PushResult {
-        ready: complete,
-        too_large,
-    } = batcher.push(entry, size, now);
-    ready.extend(complete);
-    if let Some(entry) = too_large {
-        ready.push_back(vec![entry]);
-    }
-}
-
-fn items(batch: &[Entry]) -> Vec<StreamItem> {
-    batch
-        .iter()
-        .map(|(record, _)| StreamItem {
-            identifier: ItemIdentifier::Text(record.id().to_owned()),
-            arrived_at: record.arrived_at,
-        })
-        .collect()
-}
-
-fn outcome_label(outcome: &Outcome, applied: &Applied) -> &'static str {
-    match (outcome, applied) {
-        (_, Applied::Succeeded) => "success",
-        (_, Applied::Partial { .. }) => "partial_failure",
-        (
-            Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. },
-            Applied::Failed { error, .. },
-        ) if error.error_type == sluice_policies::ResponseError::ERROR_TYPE => "invalid_response",
-        (Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. }, _) => "partial_failure",
-        (failed, _) => failed.kind(),
-    }
-}
-
-/// Runs one batch of one lane until every record is handled or dead-lettered. On `stop`, a batch
-/// waiting out a retry delay is given up: its unfinished records are not checkpointed, so they
-/// are delivered again after the restart, and the stop is not held up by the backoff.
-async fn handle_batch(
-    shared: &Arc<Shared>,
-    progress: &Arc<ShardCheckpoint>,
-    lane: &str,
-    batch: Vec<Entry>,
-    stop: &CancellationToken,
-) {
-    let shard_id = progress.shard_id.as_str();
-    let mut reported = vec![false; batch.len()];
-    let mut failing_since: Option<Instant> = None;
-    if batch.len() == 1 && batch[0].0.size_bytes > sluice_policies::MAX_INVOCATION_PAYLOAD_BYTES {
-        let dead_letter = StreamDeadLetter {
-            records: vec![0],
-            condition: DeadLetterCondition::PayloadTooLarge,
-            invoke_count: 0,
-            error: Some(ErrorInfo::new(
-                "PayloadTooLarge",
-                format!(
-                    "the record is {} bytes; an invocation holds at most 6 MB",
-                    batch[0].0.size_bytes
-                ),
-            )),
-            function_error: false,
-        };
-        store_dead_letter(shared, shard_id, &batch, &dead_letter).await;
-        progress.finish([batch[0].1]);
-        progress.save(shared).await;
-        return;
-    }
-    let mut state = StreamBatch::new(shared.policy.clone(), items(&batch));
-    loop {
-        let now = now_since_epoch();
-        match state.next_step(now) {
-            Step::Done => break,
-            Step::Wait { until } => {
-                tokio::select! {
-                    _ = stop.cancelled() => {
-                        tracing::info!(mapping = %shared.name, %shard_id, "stopping during a retry delay; the batch is delivered again after the restart");
-                        shared.health.stuck(lane, None);
-                        return;
-                    }
-                    _ = tokio::time::sleep(until.saturating_sub(now)) => {}
-                }
-            }
-            Step::Invoke { records, attempt } => {
-                let payload = records_event(records.iter().map(|&i| &batch[i].0));
-                let invocation = Invocation::new(&shared.name, payload);
-                shared.metrics.batches_invoked.increment(1);
-                let permit = shared.target.permit().await;
-                let started = Instant::now();
-                let outcome = shared.target.target.invoke(&invocation).await;
-                drop(permit);
-                let elapsed = started.elapsed();
-                shared.metrics.invoke_duration.record(elapsed.as_secs_f64());
-                let applied = state
-                    .apply(&outcome, now_since_epoch(), rand::random::<f64>())
-                    .expect("an invocation is outstanding");
-                shared.metrics.outcome(outcome_label(&outcome, &applied));
-                let first = batch[records[0]].0.id();
-                let last = batch[*records.last().expect("an invocation has records")]
-                    .0
-                    .id();
-                match &applied {
-                    Applied::Succeeded | Applied::Partial { .. } => {
-                        if failing_since.take().is_some() {
-                            shared.health.stuck(lane, None);
-                        }
-                        if let Applied::Partial { failed, .. } = applied {
-                            shared.metrics.records_retried.increment(failed as u64);
-                            tracing::info!(mapping = %shared.name, %shard_id, request_id = %invocation.request_id, first_sequence = %first, failed, "partial batch failure; retrying from the lowest failed record");
-                        }
-                    }
-                    Applied::Failed { error, split } => {
-                        failing_since.get_or_insert_with(Instant::now);
-                        shared.health.stuck(lane, failing_since);
-                        shared
-                            .metrics
-                            .records_retried
-                            .increment(records.len() as u64);
-                        tracing::warn!(mapping = %shared.name, %shard_id, request_id = %invocation.request_id, first_sequence = %first, last_sequence = %last, records = records.len(), attempt, error_type = %error.error_type, error = %error.message, bisect = split, "batch failed");
-                    }
-                    Applied::NotRun { error } => {
-                        failing_since.get_or_insert_with(Instant::now);
-                        shared.health.stuck(lane, failing_since);
-                        tracing::warn!(mapping = %shared.name, %shard_id, request_id = %invocation.request_id, first_sequence = %first, error_type = %error.error_type, error = %error.message, "target did not run the batch; retrying without using an attempt");
-                    }
-                }
-                record_finished(shared, progress, &state, &batch, &mut reported);
-            }
-            Step::DeadLetter(dead_letter) => {
-                store_dead_letter(shared, shard_id, &batch, &dead_letter).await;
-                state.dead_lettered().expect("a dead letter is outstanding");
-                record_finished(shared, progress, &state, &batch, &mut reported);
-            }
-        }
-    }
-    if failing_since.is_some() {
-        shared.health.stuck(lane, None);
-    }
-}
-
-/// Marks records that became finished and moves the checkpoint. The write runs beside the next
-/// batch: writes are serialized and always store the newest finished position, so they stay in
-/// order, and the shard's final write waits for them.
-fn record_finished(
-    shared: &Arc<Shared>,
-    progress: &Arc<ShardCheckpoint>,
-    state: &StreamBatch,
-    batch: &[Entry],
-    reported: &mut [bool],
-) {
-    let mut positions = Vec::new();
-    for (index, (_, position)) in batch.iter().enumerate() {
-        if !reported[index] && state.is_finished(index) {
-            reported[index] = true;
-            positions.push(*position);
-        }
-    }
-    if positions.is_empty() {
-        return;
-    }
-    shared
-        .metrics
-        .records_acknowledged
-        .increment(positions.len() as u64);
-    progress.finish(positions);
-    let (shared, progress) = (shared.clone(), progress.clone());
-    tokio::spawn(async move { progress.save(&shared).await });
-}
-
 /// Sends a dead letter, retrying until the destination stores it: a record is never skipped
 /// because its dead letter could not be written.
 async fn store_dead_letter(
     shared: &Shared,
     shard_id: &str,
-    batch: &[Entry],
+    batch: &[&Record],
     dead_letter: &StreamDeadLetter,
 ) {
-    let records: Vec<&Record> = dead_letter.records.iter().map(|&i| &batch[i].0).collect();
+    let records: Vec<&Record> = dead_letter.records.iter().map(|&i| batch[i]).collect();
     let sequence_numbers: Vec<String> = records.iter().map(|r| r.id().to_owned()).collect();
-    let error = dead_letter
-        .error
-        .clone()
-        .unwrap_or_else(|| match dead_letter.condition {
-            DeadLetterCondition::RecordAgeExceeded => ErrorInfo::new(
-                "RecordAgeExceeded",
-                format!(
-                    "the record is older than retry.max_record_age ({:?})",
-                    shared.policy.max_record_age.unwrap_or_default()
-                ),
-            ),
-            other => ErrorInfo::new(other.as_str(), "dead-lettered"),
-        });
+    let error = dead_letter_error(dead_letter, &shared.lane.policy);
     let Some(destination) = &shared.on_failure else {
         shared
             .metrics
@@ -1039,7 +814,7 @@ async fn store_dead_letter(
     };
     let envelope = DeadLetter {
         mapping: shared.name.clone(),
-        target: shared.target_name.clone(),
+        target: shared.lane.target.name.clone(),
         region: shared.stream.region.clone(),
         condition: dead_letter.condition,
         attempts: dead_letter.invoke_count,
@@ -1102,7 +877,8 @@ mod tests {
     use super::*;
     use crate::config::SourceConfig;
     use crate::health::Health;
-    use crate::targets::Target;
+    use crate::targets::{Invocation, Target};
+    use sluice_policies::Outcome;
     use async_trait::async_trait;
     use aws_sdk_dynamodbstreams::Client;
     use aws_sdk_dynamodbstreams::operation::describe_stream::DescribeStreamOutput;

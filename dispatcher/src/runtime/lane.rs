@@ -1,0 +1,334 @@
+//! One ordered lane of a stream source (a DynamoDB shard lane, a Kafka partition): gathers
+//! records into batches and runs each batch to its end under the stream policy.
+//!
+//! Guarantees:
+//! - records reach the target in the order they entered the lane, and a failing batch blocks
+//!   the lane until it is handled or dead-lettered;
+//! - a record is reported finished to its host only once it is handled, or dead-lettered with
+//!   the destination's confirmation; the host decides what finished means (a checkpoint, a
+//!   Kafka offset);
+//! - on `stop`, a batch waiting out a retry delay is given up unfinished (delivered again after
+//!   the restart); on `abort`, the lane stops at once.
+
+use crate::destinations::envelope::now_since_epoch;
+use crate::health::MappingHealthHandle;
+use crate::targets::{Invocation, SharedTarget};
+use crate::telemetry::MappingMetrics;
+use async_trait::async_trait;
+use sluice_policies::batcher::PushResult;
+use sluice_policies::{
+    Applied, BatchLimits, Batcher, DeadLetterCondition, ErrorInfo, ItemIdentifier, Outcome, Step,
+    StreamBatch, StreamDeadLetter, StreamItem, StreamPolicy, stream::Position,
+};
+use sluice_sources::Record;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A record and its place in the host's progress.
+pub(super) type Entry = (Record, Position);
+
+/// What every lane of a mapping shares.
+pub(super) struct LaneSettings {
+    pub name: String,
+    pub target: SharedTarget,
+    pub policy: StreamPolicy,
+    pub limits: BatchLimits,
+    pub health: MappingHealthHandle,
+    pub metrics: MappingMetrics,
+}
+
+/// The source side of a lane: how its records become an event, and what finishing them means.
+#[async_trait]
+pub(super) trait LaneHost: Send + Sync + 'static {
+    fn settings(&self) -> &LaneSettings;
+
+    /// The invocation event for these records, in order.
+    fn event(&self, records: &[&Record]) -> Vec<u8>;
+
+    /// How a partial batch response names this record.
+    fn identifier(&self, record: &Record) -> ItemIdentifier;
+
+    /// Stores the dead letter, retrying until the destination has it (or logs and drops the
+    /// records when the mapping has no destination).
+    async fn dead_letter(&self, records: &[&Record], dead_letter: &StreamDeadLetter);
+
+    /// These records are done; the host moves its checkpoint (without waiting for the write).
+    fn finished(self: Arc<Self>, positions: Vec<Position>);
+}
+
+/// Gathers batches from `receiver` and runs each to its end, until the sender closes (then the
+/// last partial batch is run), `stop` or `abort`.
+pub(super) async fn run_lane<H: LaneHost>(
+    host: Arc<H>,
+    lane: String,
+    mut receiver: mpsc::Receiver<Entry>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
+    let started = Instant::now();
+    let clock = || started.elapsed();
+    let mut batcher: Batcher<Entry> = Batcher::new(host.settings().limits);
+    let mut ready: VecDeque<Vec<Entry>> = VecDeque::new();
+    loop {
+        let batch = loop {
+            if stop.is_cancelled() || abort.is_cancelled() {
+                return;
+            }
+            if let Some(batch) = ready.pop_front() {
+                break batch;
+            }
+            match receiver.try_recv() {
+                Ok(entry) => {
+                    push(&mut batcher, &mut ready, entry, clock());
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => match batcher.take() {
+                    Some(batch) => break batch,
+                    None => return,
+                },
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if let Some(batch) = batcher.poll(clock()) {
+                break batch;
+            }
+            let wait = batcher.deadline().map(|d| d.saturating_sub(clock()));
+            let received = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = abort.cancelled() => return,
+                received = receiver.recv() => received,
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => continue,
+            };
+            match received {
+                Some(entry) => push(&mut batcher, &mut ready, entry, clock()),
+                None => match batcher.take() {
+                    Some(batch) => break batch,
+                    None => return,
+                },
+            }
+        };
+        tokio::select! {
+            _ = abort.cancelled() => return,
+            _ = handle_batch(&host, &lane, batch, &stop) => {}
+        }
+    }
+}
+
+/// Adds a record to the lane's batcher; a record too large for any invocation becomes a batch of
+/// its own, which `handle_batch` dead-letters.
+fn push(
+    batcher: &mut Batcher<Entry>,
+    ready: &mut VecDeque<Vec<Entry>>,
+    entry: Entry,
+    now: Duration,
+) {
+    let size = entry.0.size_bytes;
+    let PushResult {
+        ready: complete,
+        too_large,
+    } = batcher.push(entry, size, now);
+    ready.extend(complete);
+    if let Some(entry) = too_large {
+        ready.push_back(vec![entry]);
+    }
+}
+
+fn outcome_label(outcome: &Outcome, applied: &Applied) -> &'static str {
+    match (outcome, applied) {
+        (_, Applied::Succeeded) => "success",
+        (_, Applied::Partial { .. }) => "partial_failure",
+        (
+            Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. },
+            Applied::Failed { error, .. },
+        ) if error.error_type == sluice_policies::ResponseError::ERROR_TYPE => "invalid_response",
+        (Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. }, _) => "partial_failure",
+        (failed, _) => failed.kind(),
+    }
+}
+
+/// Runs one batch until every record is handled or dead-lettered. On `stop`, a batch waiting out
+/// a retry delay is given up: its unfinished records are not reported finished, so they are
+/// delivered again after the restart, and the stop is not held up by the backoff.
+async fn handle_batch<H: LaneHost>(
+    host: &Arc<H>,
+    lane: &str,
+    batch: Vec<Entry>,
+    stop: &CancellationToken,
+) {
+    let settings = host.settings();
+    let records: Vec<&Record> = batch.iter().map(|(record, _)| record).collect();
+    let mut reported = vec![false; batch.len()];
+    let mut failing_since: Option<Instant> = None;
+    if batch.len() == 1 && records[0].size_bytes > sluice_policies::MAX_INVOCATION_PAYLOAD_BYTES {
+        let dead_letter = StreamDeadLetter {
+            records: vec![0],
+            condition: DeadLetterCondition::PayloadTooLarge,
+            invoke_count: 0,
+            error: Some(ErrorInfo::new(
+                "PayloadTooLarge",
+                format!(
+                    "the record is {} bytes; an invocation holds at most 6 MB",
+                    records[0].size_bytes
+                ),
+            )),
+            function_error: false,
+        };
+        host.dead_letter(&records, &dead_letter).await;
+        host.clone().finished(vec![batch[0].1]);
+        return;
+    }
+    let items = records
+        .iter()
+        .map(|record| StreamItem {
+            identifier: host.identifier(record),
+            arrived_at: record.arrived_at,
+        })
+        .collect();
+    let mut state = StreamBatch::new(settings.policy.clone(), items);
+    loop {
+        let now = now_since_epoch();
+        match state.next_step(now) {
+            Step::Done => break,
+            Step::Wait { until } => {
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        tracing::info!(mapping = %settings.name, %lane, "stopping during a retry delay; the batch is delivered again after the restart");
+                        settings.health.stuck(lane, None);
+                        return;
+                    }
+                    _ = tokio::time::sleep(until.saturating_sub(now)) => {}
+                }
+            }
+            Step::Invoke {
+                records: chosen,
+                attempt,
+            } => {
+                let subset: Vec<&Record> = chosen.iter().map(|&i| records[i]).collect();
+                let invocation = Invocation::new(&settings.name, host.event(&subset));
+                settings.metrics.batches_invoked.increment(1);
+                let permit = settings.target.permit().await;
+                let started = Instant::now();
+                let outcome = settings.target.target.invoke(&invocation).await;
+                drop(permit);
+                settings
+                    .metrics
+                    .invoke_duration
+                    .record(started.elapsed().as_secs_f64());
+                let applied = state
+                    .apply(&outcome, now_since_epoch(), rand::random::<f64>())
+                    .expect("an invocation is outstanding");
+                settings.metrics.outcome(outcome_label(&outcome, &applied));
+                let first = subset[0].id();
+                let last = subset[subset.len() - 1].id();
+                match &applied {
+                    Applied::Succeeded | Applied::Partial { .. } => {
+                        if failing_since.take().is_some() {
+                            settings.health.stuck(lane, None);
+                        }
+                        if let Applied::Partial { failed, .. } = applied {
+                            settings.metrics.records_retried.increment(failed as u64);
+                            tracing::info!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, failed, "partial batch failure; retrying from the lowest failed record");
+                        }
+                    }
+                    Applied::Failed { error, split } => {
+                        failing_since.get_or_insert_with(Instant::now);
+                        settings.health.stuck(lane, failing_since);
+                        settings
+                            .metrics
+                            .records_retried
+                            .increment(subset.len() as u64);
+                        tracing::warn!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, last_record = %last, records = subset.len(), attempt, error_type = %error.error_type, error = %error.message, bisect = split, "batch failed");
+                    }
+                    Applied::NotRun { error } => {
+                        failing_since.get_or_insert_with(Instant::now);
+                        settings.health.stuck(lane, failing_since);
+                        tracing::warn!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, error_type = %error.error_type, error = %error.message, "target did not run the batch; retrying without using an attempt");
+                    }
+                }
+                report_finished(host, &state, &batch, &mut reported);
+            }
+            Step::DeadLetter(dead_letter) => {
+                host.dead_letter(&records, &dead_letter).await;
+                state.dead_lettered().expect("a dead letter is outstanding");
+                report_finished(host, &state, &batch, &mut reported);
+            }
+        }
+    }
+    if failing_since.is_some() {
+        settings.health.stuck(lane, None);
+    }
+}
+
+/// Reports records that became finished since the last report.
+fn report_finished<H: LaneHost>(
+    host: &Arc<H>,
+    state: &StreamBatch,
+    batch: &[Entry],
+    reported: &mut [bool],
+) {
+    let mut positions = Vec::new();
+    for (index, (_, position)) in batch.iter().enumerate() {
+        if !reported[index] && state.is_finished(index) {
+            reported[index] = true;
+            positions.push(*position);
+        }
+    }
+    if positions.is_empty() {
+        return;
+    }
+    host.settings()
+        .metrics
+        .records_acknowledged
+        .increment(positions.len() as u64);
+    host.clone().finished(positions);
+}
+
+/// The error a dead letter names: the policy's, or one that describes the condition.
+pub(super) fn dead_letter_error(
+    dead_letter: &StreamDeadLetter,
+    policy: &StreamPolicy,
+) -> ErrorInfo {
+    dead_letter
+        .error
+        .clone()
+        .unwrap_or_else(|| match dead_letter.condition {
+            DeadLetterCondition::RecordAgeExceeded => ErrorInfo::new(
+                "RecordAgeExceeded",
+                format!(
+                    "the record is older than retry.max_record_age ({:?})",
+                    policy.max_record_age.unwrap_or_default()
+                ),
+            ),
+            other => ErrorInfo::new(other.as_str(), "dead-lettered"),
+        })
+}
+
+/// The stream policy a mapping's settings describe. Error classes apply only with a destination
+/// to send them to (config validation refuses them otherwise).
+pub(super) fn stream_policy(
+    config: &crate::config::MappingConfig,
+    identifier_kind: sluice_policies::IdentifierKind,
+    has_destination: bool,
+) -> StreamPolicy {
+    StreamPolicy {
+        report_batch_item_failures: config.report_batch_item_failures,
+        bisect_on_error: config.retry.bisect_on_error,
+        max_retry_attempts: config.retry.max_retry_attempts,
+        max_record_age: config.retry.max_record_age,
+        backoff: config.retry.backoff.unwrap_or_else(|| {
+            sluice_policies::Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+                2.0,
+                true,
+            )
+            .expect("the default backoff is valid")
+        }),
+        identifier_kind,
+        non_retryable: has_destination.then(|| {
+            sluice_policies::ErrorClasses::new(config.retry.non_retryable_errors.iter().cloned())
+        }),
+    }
+}
