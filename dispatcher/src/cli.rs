@@ -129,6 +129,30 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                 config::SourceConfig::S3(source) => {
                     queues.push(("source.s3.queue_url", source.queue_url.clone()));
                 }
+                config::SourceConfig::Kafka(source) => {
+                    let mut topics = source.topics.clone();
+                    if let Some(config::DestinationConfig::Kafka { topic }) = &mapping.on_failure {
+                        topics.push(topic.clone());
+                    }
+                    let source = source.clone();
+                    let checked = tokio::task::spawn_blocking(move || {
+                        sluice_sources::kafka::check_topics(
+                            &source.bootstrap_servers,
+                            &source.properties,
+                            &topics,
+                            std::time::Duration::from_secs(10),
+                        )
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    if let Err(error) = checked {
+                        problems.push(format!(
+                            "{}: mappings[{index}].source.kafka ({}): {error}",
+                            config.file.display(),
+                            mapping.name
+                        ));
+                    }
+                }
                 config::SourceConfig::DynamodbStream(source) => {
                     let found = sluice_sources::dynamodb_streams::DynamoDbStream::resolve(
                         streams.clone(),

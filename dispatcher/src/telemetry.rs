@@ -155,6 +155,17 @@ impl MappingMetrics {
             .increment(1);
     }
 
+    /// `sluice_kafka_consumer_lag{mapping, partition}`: messages in the partition past the
+    /// offset sluice would commit (high watermark minus the next offset to commit).
+    pub fn consumer_lag(&self, partition: &str) -> Gauge {
+        metrics::gauge!("sluice_kafka_consumer_lag", "mapping" => self.mapping.clone(), "partition" => partition.to_owned())
+    }
+
+    /// `sluice_kafka_partitions_assigned{mapping}`: partitions the group gave this instance.
+    pub fn partitions_assigned(&self) -> Gauge {
+        metrics::gauge!("sluice_kafka_partitions_assigned", "mapping" => self.mapping.clone())
+    }
+
     /// `sluice_stream_shards_held{mapping}`: shards this instance processes now.
     pub fn shards_held(&self) -> Gauge {
         metrics::gauge!("sluice_stream_shards_held", "mapping" => self.mapping.clone())

@@ -10,6 +10,7 @@
 pub mod async_queue;
 pub mod checkpoint;
 pub mod dynamodb_streams;
+pub mod kafka;
 pub mod queue;
 pub mod record;
 pub mod s3;

@@ -83,8 +83,18 @@ impl Config {
                 .values()
                 .any(|f| f.on_failure.is_some() || f.on_success.is_some())
         });
-        self.mappings.iter().any(|m| m.enabled)
-            || function_destinations
+        let calls_aws = |destination: &Option<DestinationConfig>| {
+            matches!(
+                destination,
+                Some(DestinationConfig::Sqs { .. } | DestinationConfig::S3 { .. })
+            )
+        };
+        self.mappings.iter().any(|m| {
+            m.enabled
+                && (!matches!(m.source, SourceConfig::Kafka(_))
+                    || calls_aws(&m.on_failure)
+                    || calls_aws(&m.on_success))
+        }) || function_destinations
             || matches!(self.checkpoints, CheckpointsConfig::DynamoDb { .. })
     }
 }
@@ -201,6 +211,20 @@ pub enum SourceConfig {
     Sqs(SqsSourceConfig),
     DynamodbStream(StreamSourceConfig),
     S3(S3SourceConfig),
+    Kafka(KafkaSourceConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub bootstrap_servers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub starting_position: StartingPosition,
+    pub batch_size: usize,
+    pub max_batching_window: Duration,
+    /// librdkafka properties, in file order.
+    pub properties: Vec<(String, String)>,
+    pub msk_cluster_arn: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,7 +243,16 @@ impl SourceConfig {
             SourceConfig::Sqs(_) => "sqs",
             SourceConfig::DynamodbStream(_) => "dynamodb_stream",
             SourceConfig::S3(_) => "s3",
+            SourceConfig::Kafka(_) => "kafka",
         }
+    }
+
+    /// Whether the stream policy applies (ordered, checkpointed sources).
+    pub fn is_stream(&self) -> bool {
+        matches!(
+            self,
+            SourceConfig::DynamodbStream(_) | SourceConfig::Kafka(_)
+        )
     }
 }
 
@@ -272,8 +305,17 @@ pub struct RetryConfig {
 
 #[derive(Debug, Clone)]
 pub enum DestinationConfig {
-    Sqs { queue_url: String },
-    S3 { bucket: String, prefix: String },
+    Sqs {
+        queue_url: String,
+    },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    /// A topic on the Kafka source's cluster.
+    Kafka {
+        topic: String,
+    },
 }
 
 /// Reads, expands, parses and validates the config file at `path`.
@@ -860,8 +902,11 @@ impl Validator<'_> {
             RawSource::S3(s3) => {
                 SourceConfig::S3(self.build_s3_source(&format!("{path}.source.s3"), s3))
             }
+            RawSource::Kafka(kafka) => {
+                SourceConfig::Kafka(self.build_kafka_source(&format!("{path}.source.kafka"), kafka))
+            }
         };
-        let is_stream = matches!(source, SourceConfig::DynamodbStream(_));
+        let is_stream = source.is_stream();
         let is_async = matches!(source, SourceConfig::S3(_));
         let retry_raw = mapping.retry.unwrap_or(RawRetry {
             max_receive_count: None,
@@ -903,7 +948,7 @@ impl Validator<'_> {
                 if set {
                     self.error(
                         format!("{path}.retry.{key}"),
-                        "needs an on_failure destination: records that run out of retries would otherwise be dropped (Lambda drops them); add on_failure (sqs or s3), or remove the limit to retry until success",
+                        "needs an on_failure destination: records that run out of retries would otherwise be dropped (Lambda drops them); add on_failure (sqs, s3, or kafka for a kafka source), or remove the limit to retry until success",
                     );
                 }
             }
@@ -976,6 +1021,25 @@ impl Validator<'_> {
                     prefix: s3.prefix.unwrap_or_default(),
                 }
             }
+            RawDestination::Kafka(kafka) => {
+                match source {
+                    SourceConfig::Kafka(source) if source.topics.contains(&kafka.topic) => {
+                        self.error(
+                            format!("{path}.kafka.topic"),
+                            format!("{:?} is a source topic of this mapping; dead letters would be consumed again (Lambda refuses this too); name another topic", kafka.topic),
+                        );
+                    }
+                    SourceConfig::Kafka(_) => {}
+                    _ => self.error(
+                        format!("{path}.kafka"),
+                        "a Kafka topic destination is only for kafka sources (it is written on the source's cluster); use sqs or s3",
+                    ),
+                }
+                if kafka.topic.trim().is_empty() {
+                    self.error(format!("{path}.kafka.topic"), "must not be empty");
+                }
+                DestinationConfig::Kafka { topic: kafka.topic }
+            }
         }
     }
 
@@ -1025,7 +1089,7 @@ impl Validator<'_> {
 
     fn build_retry(&mut self, path: &str, raw: RawRetry, source: &SourceConfig) -> RetryConfig {
         let kind = source.kind();
-        let is_stream = matches!(source, SourceConfig::DynamodbStream(_));
+        let is_stream = source.is_stream();
         let is_async = matches!(source, SourceConfig::S3(_));
         let is_queue = matches!(source, SourceConfig::Sqs(_));
         // Which retry keys each kind reads; the others are refused with what to use instead.
@@ -1177,6 +1241,126 @@ impl Validator<'_> {
         }
     }
 
+    fn starting_position(
+        &mut self,
+        path: &str,
+        position: &RawStartingPosition,
+        timestamp: Option<&str>,
+    ) -> StartingPosition {
+        let starting_position = match position {
+            RawStartingPosition::TrimHorizon => StartingPosition::TrimHorizon,
+            RawStartingPosition::Latest => StartingPosition::Latest,
+            RawStartingPosition::AtTimestamp => match timestamp {
+                None => {
+                    self.error(
+                        format!("{path}.starting_position"),
+                        "at_timestamp needs starting_timestamp (RFC 3339 or Unix seconds)",
+                    );
+                    StartingPosition::TrimHorizon
+                }
+                Some(text) => match parse_timestamp(text) {
+                    Ok(at) => StartingPosition::AtTimestamp(at),
+                    Err(message) => {
+                        self.error(format!("{path}.starting_timestamp"), message);
+                        StartingPosition::TrimHorizon
+                    }
+                },
+            },
+        };
+        if timestamp.is_some() && !matches!(position, RawStartingPosition::AtTimestamp) {
+            self.error(
+                format!("{path}.starting_timestamp"),
+                "is only read with starting_position: at_timestamp",
+            );
+        }
+        starting_position
+    }
+
+    /// A stream source's batch size (1..=10000, default 100) and window (0s..=300s).
+    fn stream_batching(
+        &mut self,
+        path: &str,
+        batch_size: Option<u32>,
+        window: Option<HumanDuration>,
+        default_window: Duration,
+    ) -> (usize, Duration) {
+        let batch_size = batch_size.unwrap_or(100);
+        if !(1..=10_000).contains(&batch_size) {
+            self.error(
+                format!("{path}.batch_size"),
+                format!("must be 1..=10000 (got {batch_size})"),
+            );
+        }
+        let window = window.map_or(default_window, |d| d.0);
+        if window > Duration::from_secs(300) {
+            self.error(
+                format!("{path}.max_batching_window"),
+                format!("must be 0s..=300s (got {window:?})"),
+            );
+        }
+        (batch_size.max(1) as usize, window)
+    }
+
+    fn build_kafka_source(&mut self, path: &str, raw: RawKafkaSource) -> KafkaSourceConfig {
+        if raw.bootstrap_servers.trim().is_empty() {
+            self.error(
+                format!("{path}.bootstrap_servers"),
+                "must list at least one broker, as host:port[,host:port...]",
+            );
+        }
+        if raw.topics.is_empty() {
+            self.error(format!("{path}.topics"), "must name at least one topic");
+        }
+        for (index, topic) in raw.topics.iter().enumerate() {
+            if topic.trim().is_empty() || topic.contains(char::is_whitespace) {
+                self.error(
+                    format!("{path}.topics[{index}]"),
+                    format!("{topic:?} is not a topic name"),
+                );
+            }
+        }
+        if raw.group_id.trim().is_empty() {
+            self.error(format!("{path}.group_id"), "must not be empty");
+        }
+        let starting_position = self.starting_position(
+            path,
+            &raw.starting_position,
+            raw.starting_timestamp.as_deref(),
+        );
+        let (batch_size, window) = self.stream_batching(
+            path,
+            raw.batch_size,
+            raw.max_batching_window,
+            Duration::from_millis(500),
+        );
+        for name in raw.properties.keys() {
+            if let Some(instead) = sluice_sources::kafka::reserved_property(name) {
+                self.error(
+                    format!("{path}.properties.{name}"),
+                    format!("is set by sluice; {instead}"),
+                );
+            }
+        }
+        if let Some(arn) = &raw.msk_cluster_arn
+            && !arn.starts_with("arn:") | !arn.contains(":kafka:")
+        {
+            self.error(
+                format!("{path}.msk_cluster_arn"),
+                format!("{arn:?} is not an MSK cluster ARN; it looks like arn:aws:kafka:us-east-1:123456789012:cluster/name/uuid"),
+            );
+        }
+        KafkaSourceConfig {
+            bootstrap_servers: raw.bootstrap_servers,
+            topics: raw.topics,
+            group_id: raw.group_id,
+            starting_position,
+            batch_size,
+            max_batching_window: window,
+            properties: raw.properties.into_iter().collect(),
+            msk_cluster_arn: raw.msk_cluster_arn,
+        }
+    }
+
     fn build_stream_source(
         &mut self,
         path: &str,
@@ -1195,49 +1379,17 @@ impl Validator<'_> {
                 ),
             _ => {}
         }
-        let starting_position = match raw.starting_position {
-            RawStartingPosition::TrimHorizon => StartingPosition::TrimHorizon,
-            RawStartingPosition::Latest => StartingPosition::Latest,
-            RawStartingPosition::AtTimestamp => match raw.starting_timestamp.as_deref() {
-                None => {
-                    self.error(
-                        format!("{path}.starting_position"),
-                        "at_timestamp needs starting_timestamp (RFC 3339 or Unix seconds)",
-                    );
-                    StartingPosition::TrimHorizon
-                }
-                Some(text) => match parse_timestamp(text) {
-                    Ok(at) => StartingPosition::AtTimestamp(at),
-                    Err(message) => {
-                        self.error(format!("{path}.starting_timestamp"), message);
-                        StartingPosition::TrimHorizon
-                    }
-                },
-            },
-        };
-        if raw.starting_timestamp.is_some()
-            && !matches!(starting_position, StartingPosition::AtTimestamp(_))
-            && !matches!(raw.starting_position, RawStartingPosition::AtTimestamp)
-        {
-            self.error(
-                format!("{path}.starting_timestamp"),
-                "is only read with starting_position: at_timestamp",
-            );
-        }
-        let batch_size = raw.batch_size.unwrap_or(100);
-        if !(1..=10_000).contains(&batch_size) {
-            self.error(
-                format!("{path}.batch_size"),
-                format!("must be 1..=10000 (got {batch_size})"),
-            );
-        }
-        let window = raw.max_batching_window.map_or(Duration::ZERO, |d| d.0);
-        if window > Duration::from_secs(300) {
-            self.error(
-                format!("{path}.max_batching_window"),
-                format!("must be 0s..=300s (got {window:?})"),
-            );
-        }
+        let starting_position = self.starting_position(
+            path,
+            &raw.starting_position,
+            raw.starting_timestamp.as_deref(),
+        );
+        let (batch_size, window) = self.stream_batching(
+            path,
+            raw.batch_size,
+            raw.max_batching_window,
+            Duration::ZERO,
+        );
         let factor = raw.parallelization_factor.unwrap_or(1);
         if !(1..=10).contains(&factor) {
             self.error(
@@ -1255,7 +1407,7 @@ impl Validator<'_> {
             table: raw.table,
             stream_arn: raw.stream_arn,
             starting_position,
-            batch_size: batch_size.max(1) as usize,
+            batch_size,
             max_batching_window: window,
             parallelization_factor: factor.clamp(1, 10) as usize,
             discovery_interval,

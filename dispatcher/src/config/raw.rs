@@ -275,6 +275,36 @@ pub enum RawSource {
     /// S3 event notifications, read from the SQS queue a bucket notifies (raw, through SNS, or
     /// EventBridge); each S3 record is one asynchronous invocation.
     S3(RawS3Source),
+    /// Kafka topics, read as a consumer group with the stream policy per partition.
+    Kafka(RawKafkaSource),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaSource {
+    /// Comma-separated host:port list of brokers.
+    pub bootstrap_servers: String,
+    /// Topics to read (one or more).
+    pub topics: Vec<String>,
+    /// Consumer group; its committed offsets win over starting_position, as in Lambda.
+    pub group_id: String,
+    /// trim_horizon (earliest), latest, or at_timestamp with starting_timestamp.
+    pub starting_position: RawStartingPosition,
+    /// RFC 3339 time or Unix seconds, for at_timestamp.
+    #[serde(default)]
+    pub starting_timestamp: Option<String>,
+    /// Records per invocation, 1..=10000. Default 100.
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    /// How long to gather a batch, 0s..=300s. Default 500ms (Lambda's Kafka default).
+    #[serde(default)]
+    pub max_batching_window: Option<HumanDuration>,
+    /// librdkafka client properties (SASL, TLS, timeouts), such as security.protocol: SASL_SSL.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// An MSK cluster's ARN: the event then says aws:kafka and carries eventSourceArn.
+    #[serde(default)]
+    pub msk_cluster_arn: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -433,6 +463,15 @@ pub enum RawDestination {
     /// An S3 bucket that receives one object per dead letter (the envelope plus the event as
     /// `payload`).
     S3(RawS3Destination),
+    /// A Kafka topic on the source's cluster (Kafka mappings only): one message per record, with
+    /// the record's key, as Lambda's kafka:// destination writes it.
+    Kafka(RawKafkaDestination),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaDestination {
+    pub topic: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

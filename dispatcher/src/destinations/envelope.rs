@@ -29,6 +29,17 @@ pub enum EnvelopeSource {
         first_arrival: Duration,
         last_arrival: Duration,
     },
+    /// A Kafka partition.
+    Kafka {
+        cluster: sluice_sources::kafka::KafkaCluster,
+        topic: String,
+        partition: i32,
+        /// The dead-lettered records' offsets, in partition order.
+        offsets: Vec<i64>,
+        /// Timestamps (ms since the epoch) of the first and last record.
+        first_timestamp: i64,
+        last_timestamp: i64,
+    },
     /// An `Event` invocation through the Invoke API.
     Invoke {
         function: String,
@@ -66,6 +77,19 @@ impl EnvelopeSource {
                 "shard_id": shard_id,
                 "sequence_numbers": sequence_numbers,
             }),
+            EnvelopeSource::Kafka {
+                cluster,
+                topic,
+                partition,
+                offsets,
+                ..
+            } => json!({
+                "kind": "kafka",
+                "bootstrap_servers": cluster.bootstrap_servers,
+                "topic": topic,
+                "partition": partition,
+                "offsets": offsets,
+            }),
             EnvelopeSource::Invoke {
                 function,
                 request_id,
@@ -80,6 +104,7 @@ impl EnvelopeSource {
                 queue_url.rsplit('/').next().unwrap_or(queue_url)
             }
             EnvelopeSource::DynamodbStream { shard_id, .. } => shard_id,
+            EnvelopeSource::Kafka { topic, .. } => topic,
             EnvelopeSource::Invoke { .. } => "invoke",
         }
     }
@@ -132,7 +157,38 @@ pub fn now_since_epoch() -> Duration {
         .unwrap_or_default()
 }
 
+/// A Kafka timestamp (ms since the epoch; negative when the message has none).
+pub fn epoch_millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or_default())
+}
+
 impl DeadLetter {
+    /// The records as the function received them: Lambda's Kafka event for Kafka records,
+    /// `{"Records": [...]}` for the others.
+    pub fn event_payload(&self) -> Value {
+        match &self.source {
+            EnvelopeSource::Kafka {
+                cluster,
+                topic,
+                partition,
+                ..
+            } => {
+                let mut event = json!({
+                    "eventSource": cluster.event_source(),
+                    "bootstrapServers": cluster.bootstrap_servers,
+                    "records": {
+                        sluice_sources::kafka::partition_name(topic, *partition): self.records,
+                    },
+                });
+                if let Some(arn) = &cluster.msk_cluster_arn {
+                    event["eventSourceArn"] = json!(arn);
+                }
+                event
+            }
+            _ => json!({ "Records": self.records }),
+        }
+    }
+
     /// The envelope document.
     pub fn to_json(&self, request_id: &str) -> Value {
         let mut envelope = json!({
@@ -170,6 +226,30 @@ impl DeadLetter {
                 "approximateArrivalOfLastRecord": iso8601_seconds(*last_arrival),
                 "batchSize": sequence_numbers.len(),
                 "streamArn": stream_arn,
+            });
+        }
+        if let EnvelopeSource::Kafka {
+            cluster,
+            topic,
+            partition,
+            offsets,
+            first_timestamp,
+            last_timestamp,
+        } = &self.source
+        {
+            envelope["KafkaBatchInfo"] = json!({
+                "batchSize": offsets.len(),
+                "eventSourceArn": cluster.msk_cluster_arn,
+                "bootstrapServers": cluster.bootstrap_servers,
+                "payloadSize": self.event_payload().to_string().len(),
+                "recordsInfo": {
+                    sluice_sources::kafka::partition_name(topic, *partition): {
+                        "firstRecordOffset": offsets.first().map(i64::to_string),
+                        "lastRecordOffset": offsets.last().map(i64::to_string),
+                        "firstRecordTimestamp": iso8601_millis(epoch_millis(*first_timestamp)),
+                        "lastRecordTimestamp": iso8601_millis(epoch_millis(*last_timestamp)),
+                    }
+                },
             });
         }
         envelope["sluice"] = json!({

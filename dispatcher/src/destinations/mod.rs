@@ -5,6 +5,7 @@
 //! checkpoints the records only after a successful send, so a failed send never loses a record.
 
 pub mod envelope;
+pub mod kafka;
 pub mod s3;
 pub mod sqs;
 
@@ -16,6 +17,8 @@ use async_trait::async_trait;
 pub enum DestinationError {
     #[error("sending the dead letter to queue {queue_url} failed: {message}")]
     Sqs { queue_url: String, message: String },
+    #[error("producing the dead letter to Kafka topic {topic} failed: {message}")]
+    Kafka { topic: String, message: String },
     #[error("storing the dead letter as s3://{bucket}/{key} failed: {message}")]
     S3 {
         bucket: String,
@@ -64,7 +67,7 @@ pub trait Destination: Send + Sync + 'static {
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut document = dead_letter.to_json(&request_id);
         if self.keeps_payload() {
-            document["payload"] = serde_json::json!({ "Records": dead_letter.records });
+            document["payload"] = dead_letter.event_payload();
         }
         let placement = Placement {
             mapping: &dead_letter.mapping,

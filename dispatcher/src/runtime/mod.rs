@@ -3,6 +3,7 @@
 //! `shutdown_timeout` → exit).
 
 pub mod heartbeat;
+pub mod kafka;
 mod lane;
 pub mod s3;
 pub mod sqs;
@@ -10,6 +11,7 @@ pub mod stream;
 
 use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
 use crate::destinations::Destination;
+use crate::destinations::kafka::KafkaDestination;
 use crate::destinations::s3::S3Destination;
 use crate::destinations::sqs::SqsDestination;
 use crate::health::{Health, MappingHealthHandle};
@@ -180,6 +182,20 @@ pub async fn run_with_handlers(
                 bucket.clone(),
                 prefix.clone(),
             )),
+            DestinationConfig::Kafka { .. } => {
+                unreachable!("validation allows Kafka destinations only on Kafka mappings")
+            }
+        }
+    };
+    // A Kafka topic destination lives on the mapping's own cluster.
+    let mapping_destination = |destination: &DestinationConfig,
+                               source: &SourceConfig|
+     -> anyhow::Result<Arc<dyn Destination>> {
+        match (destination, source) {
+            (DestinationConfig::Kafka { topic }, SourceConfig::Kafka(kafka)) => Ok(Arc::new(
+                KafkaDestination::new(&kafka.bootstrap_servers, &kafka.properties, topic)?,
+            )),
+            (destination, _) => Ok(build_destination(destination)),
         }
     };
     for mapping in config.mappings.iter().filter(|m| m.enabled) {
@@ -187,8 +203,18 @@ pub async fn run_with_handlers(
             .get(&mapping.target)
             .cloned()
             .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
-        let on_failure = mapping.on_failure.as_ref().map(build_destination);
-        let on_success = mapping.on_success.as_ref().map(build_destination);
+        let on_failure = mapping
+            .on_failure
+            .as_ref()
+            .map(|d| mapping_destination(d, &mapping.source))
+            .transpose()
+            .with_context(|| format!("mapping {}: building on_failure", mapping.name))?;
+        let on_success = mapping
+            .on_success
+            .as_ref()
+            .map(|d| mapping_destination(d, &mapping.source))
+            .transpose()
+            .with_context(|| format!("mapping {}: building on_success", mapping.name))?;
         let health = health.register(&mapping.name);
         let metrics = MappingMetrics::new(&mapping.name);
         match &mapping.source {
@@ -234,6 +260,18 @@ pub async fn run_with_handlers(
                     on_failure,
                     health,
                     metrics,
+                };
+                workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+            }
+            SourceConfig::Kafka(source) => {
+                let worker = kafka::KafkaMapping {
+                    config: mapping.clone(),
+                    source: source.clone(),
+                    target,
+                    on_failure,
+                    health,
+                    metrics,
+                    region: region.clone(),
                 };
                 workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
             }

@@ -878,7 +878,6 @@ mod tests {
     use crate::config::SourceConfig;
     use crate::health::Health;
     use crate::targets::{Invocation, Target};
-    use sluice_policies::Outcome;
     use async_trait::async_trait;
     use aws_sdk_dynamodbstreams::Client;
     use aws_sdk_dynamodbstreams::operation::describe_stream::DescribeStreamOutput;
@@ -893,6 +892,7 @@ mod tests {
         StreamDescription, StreamRecord,
     };
     use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
+    use sluice_policies::Outcome;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     struct Recording(Arc<Mutex<Vec<String>>>);

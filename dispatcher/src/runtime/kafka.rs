@@ -1,0 +1,823 @@
+//! The worker of one Kafka mapping: a consumer-group member whose assigned partitions each run
+//! as one ordered lane under the stream policy (semantics.md §4).
+//!
+//! Guarantees:
+//! - each partition is handled in offset order; a failing batch blocks only its partition (a
+//!   blocked partition is paused at the broker, the others keep flowing);
+//! - an offset is committed only when every record before it is done: handled, filtered out, or
+//!   dead-lettered with the destination's confirmation;
+//! - on a revoke, the revoked partitions stop taking records, batches in flight get until the
+//!   drain deadline (`shutdown_timeout`), the finished offsets are committed, and only then does
+//!   the rebalance go on; what did not finish is abandoned uncommitted (the next owner reads it
+//!   again);
+//! - on shutdown the same happens for every partition, then the consumer leaves the group.
+//!
+//! librdkafka is driven from one dedicated thread (polls, rebalance callbacks and commits happen
+//! there, as librdkafka expects); the lanes run on the tokio runtime.
+
+use super::lane::{Entry, LaneHost, LaneSettings, dead_letter_error, run_lane, stream_policy};
+use super::retry_delay;
+use crate::config::{KafkaSourceConfig, MappingConfig, StartingPosition};
+use crate::destinations::envelope::now_since_epoch;
+use crate::destinations::{DeadLetter, Destination, EnvelopeSource};
+use crate::health::MappingHealthHandle;
+use crate::targets::SharedTarget;
+use crate::telemetry::MappingMetrics;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use sluice_policies::{
+    BatchLimits, FilterSet, IdentifierKind, ItemIdentifier, ShardProgress, StreamDeadLetter,
+    stream::Position,
+};
+use sluice_sources::Record;
+use sluice_sources::kafka::{
+    KafkaCluster, MessageParts, StartOffset, StartPosition, consumer_config, partition_name,
+    start_offset,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long one poll waits for a message; bounds how late the thread notices a stop.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often finished offsets are committed.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long after a client error an empty poll counts as healthy again.
+const CLIENT_ERROR_QUIET: Duration = Duration::from_secs(30);
+/// Broker calls made while assigning partitions (committed offsets, offsets for times).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct KafkaMapping {
+    pub config: MappingConfig,
+    pub source: KafkaSourceConfig,
+    pub target: SharedTarget,
+    pub on_failure: Option<Arc<dyn Destination>>,
+    pub health: MappingHealthHandle,
+    pub metrics: MappingMetrics,
+    pub region: String,
+}
+
+/// Everything the partitions of a mapping share.
+struct Shared {
+    name: String,
+    cluster: KafkaCluster,
+    region: String,
+    filters: FilterSet,
+    on_failure: Option<Arc<dyn Destination>>,
+    lane: LaneSettings,
+    health: MappingHealthHandle,
+    metrics: MappingMetrics,
+    batch_size: usize,
+    drain_timeout: Duration,
+    runtime: tokio::runtime::Handle,
+    /// When the client last reported an error (brokers down, authentication): an empty poll
+    /// counts as healthy only some time after it.
+    client_error_at: Mutex<Option<Instant>>,
+}
+
+/// Which records of a partition are done, and what may be committed.
+struct PartitionProgress {
+    topic: String,
+    partition: i32,
+    name: String,
+    progress: Mutex<ShardProgress<i64>>,
+    /// The offset to commit next (the last done offset + 1); `None` until something is done.
+    done_until: Mutex<Option<i64>>,
+}
+
+impl PartitionProgress {
+    fn finish(&self, positions: impl IntoIterator<Item = Position>) {
+        let mut progress = self.progress.lock().expect("progress lock");
+        for position in positions {
+            progress.finish(position);
+        }
+        if let Some(offset) = progress.advance() {
+            *self.done_until.lock().expect("done lock") = Some(offset + 1);
+        }
+    }
+
+    fn done_until(&self) -> Option<i64> {
+        *self.done_until.lock().expect("done lock")
+    }
+}
+
+/// A partition this instance holds.
+struct Partition {
+    progress: Arc<PartitionProgress>,
+    sender: mpsc::Sender<Entry>,
+    /// Records the lane had no room for yet; the partition is paused while any wait.
+    waiting: VecDeque<Entry>,
+    paused: bool,
+    /// The next offset expected: anything below was taken already (a fetch repeated after a
+    /// pause is skipped).
+    next_offset: Option<i64>,
+    /// The offset last committed (or found committed).
+    committed: Option<i64>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    lag: metrics::Gauge,
+}
+
+type Assignment = HashMap<(String, i32), Partition>;
+
+/// The consumer's callbacks; they run on the consumer thread, inside `poll`.
+struct Context {
+    shared: Arc<Shared>,
+    position: StartPosition,
+    assignment: Arc<Mutex<Assignment>>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let name = &self.shared.name;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(mapping = %name, facility, librdkafka = message, "kafka client error")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(mapping = %name, facility, librdkafka = message, "kafka client warning")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(mapping = %name, facility, librdkafka = message, "kafka client notice")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(mapping = %name, facility, librdkafka = message, "kafka client debug")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        *self.shared.client_error_at.lock().expect("error lock") = Some(Instant::now());
+        self.shared.metrics.poll_errors.increment(1);
+        self.shared.health.poll_failed(reason);
+        tracing::warn!(mapping = %self.shared.name, %error, reason, "kafka client reported an error");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let assignment = self.assignment.lock().expect("assignment lock");
+        for ((topic, partition), held) in assignment.iter() {
+            let Some(stats) = statistics
+                .topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(partition))
+            else {
+                continue;
+            };
+            // Read-committed consumers see up to the last stable offset.
+            let end = if stats.ls_offset >= 0 {
+                stats.ls_offset
+            } else {
+                stats.hi_offset
+            };
+            let position = held.progress.done_until().or(held.committed);
+            if let (true, Some(position)) = (end >= 0, position) {
+                held.lag.set((end - position).max(0) as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, partitions);
+                let assigned = if cooperative {
+                    consumer.incremental_assign(partitions)
+                } else {
+                    consumer.assign(partitions)
+                };
+                if let Err(error) = assigned {
+                    tracing::error!(mapping = %self.shared.name, %error, "assigning partitions failed");
+                }
+            }
+            _ => {
+                if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::warn!(mapping = %self.shared.name, error = ?error, "rebalance error; giving up every partition");
+                }
+                let revoked: Vec<(String, i32)> = partitions
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let lost = consumer.assignment_lost();
+                self.release(consumer, &revoked, !lost);
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = unassigned {
+                    tracing::error!(mapping = %self.shared.name, %error, "unassigning partitions failed");
+                }
+            }
+        }
+    }
+}
+
+impl Context {
+    /// Starts a lane per new partition and sets where each starts reading.
+    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
+        let shared = &self.shared;
+        let wanted: Vec<(String, i32)> = partitions
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        // Owned at once: a list from `committed` that outlives the consumer hangs its drop.
+        let committed: HashMap<(String, i32), i64> = match consumer
+            .committed_offsets(partitions.clone(), LOOKUP_TIMEOUT)
+        {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(offset) => Some(((e.topic().to_owned(), e.partition()), offset)),
+                    _ => None,
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(mapping = %shared.name, %error, "reading committed offsets failed; the broker's stored offsets apply");
+                HashMap::new()
+            }
+        };
+        let by_time = match self.position {
+            StartPosition::AtTimestamp(ms) => {
+                let uncommitted: Vec<&(String, i32)> = wanted
+                    .iter()
+                    .filter(|k| !committed.contains_key(k))
+                    .collect();
+                let mut query = TopicPartitionList::new();
+                for (topic, partition) in &uncommitted {
+                    let _ = query.add_partition_offset(topic, *partition, Offset::Offset(ms));
+                }
+                if uncommitted.is_empty() {
+                    HashMap::new()
+                } else {
+                    match consumer.offsets_for_times(query, LOOKUP_TIMEOUT) {
+                        Ok(list) => list
+                            .elements()
+                            .iter()
+                            .filter_map(|e| match e.offset() {
+                                Offset::Offset(offset) => {
+                                    Some(((e.topic().to_owned(), e.partition()), offset))
+                                }
+                                _ => None,
+                            })
+                            .collect(),
+                        Err(error) => {
+                            tracing::warn!(mapping = %shared.name, %error, "looking offsets up by time failed; starting at the end");
+                            HashMap::new()
+                        }
+                    }
+                }
+            }
+            _ => HashMap::new(),
+        };
+        let mut assignment = self.assignment.lock().expect("assignment lock");
+        for key in wanted {
+            let start = start_offset(
+                committed.get(&key).copied(),
+                self.position,
+                by_time.get(&key).copied(),
+            );
+            let offset = match start {
+                StartOffset::Committed(_) => Offset::Stored,
+                StartOffset::Beginning => Offset::Beginning,
+                StartOffset::End => Offset::End,
+                StartOffset::At(offset) => Offset::Offset(offset),
+            };
+            let _ = partitions.set_partition_offset(&key.0, key.1, offset);
+            if assignment.contains_key(&key) {
+                continue;
+            }
+            let name = partition_name(&key.0, key.1);
+            tracing::info!(mapping = %shared.name, partition = %name, start = ?start, "partition assigned");
+            let progress = Arc::new(PartitionProgress {
+                topic: key.0.clone(),
+                partition: key.1,
+                name: name.clone(),
+                progress: Mutex::new(ShardProgress::new()),
+                done_until: Mutex::new(None),
+            });
+            // A lane holds at most about two batches; beyond that the partition is paused.
+            let (sender, receiver) = mpsc::channel::<Entry>(shared.batch_size * 2);
+            let stop = CancellationToken::new();
+            let abort = CancellationToken::new();
+            let host = Arc::new(PartitionLane {
+                shared: shared.clone(),
+                progress: progress.clone(),
+            });
+            let task = shared.runtime.spawn(run_lane(
+                host,
+                name.clone(),
+                receiver,
+                stop.clone(),
+                abort.clone(),
+            ));
+            shared.metrics.stream_event("partition_assigned");
+            assignment.insert(
+                key.clone(),
+                Partition {
+                    progress,
+                    sender,
+                    waiting: VecDeque::new(),
+                    paused: false,
+                    next_offset: None,
+                    committed: committed.get(&key).copied(),
+                    stop,
+                    abort,
+                    task,
+                    lag: shared.metrics.consumer_lag(&name),
+                },
+            );
+        }
+        shared
+            .metrics
+            .partitions_assigned()
+            .set(assignment.len() as f64);
+    }
+
+    /// Stops the lanes of `keys`, waits for in-flight batches until the drain deadline, commits
+    /// what finished (unless the partitions are already lost to another member) and forgets them.
+    fn release(&self, consumer: &BaseConsumer<Self>, keys: &[(String, i32)], commit: bool) {
+        let shared = &self.shared;
+        let mut released: Vec<Partition> = {
+            let mut assignment = self.assignment.lock().expect("assignment lock");
+            let released = keys.iter().filter_map(|k| assignment.remove(k)).collect();
+            shared
+                .metrics
+                .partitions_assigned()
+                .set(assignment.len() as f64);
+            released
+        };
+        if released.is_empty() {
+            return;
+        }
+        for partition in &released {
+            partition.stop.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + shared.drain_timeout;
+        let mut abandoned = 0;
+        for partition in &mut released {
+            let finished = shared.runtime.block_on(async {
+                tokio::select! {
+                    _ = &mut partition.task => true,
+                    _ = tokio::time::sleep_until(deadline) => false,
+                }
+            });
+            if !finished {
+                abandoned += 1;
+                partition.abort.cancel();
+            }
+        }
+        if abandoned > 0 {
+            tracing::warn!(mapping = %shared.name, partitions = abandoned, "drain deadline reached; in-flight batches abandoned uncommitted, the next owner reads them again");
+        }
+        if commit {
+            let mut list = TopicPartitionList::new();
+            for partition in &released {
+                partition_offsets(partition, &mut list);
+            }
+            if list.count() > 0 {
+                match consumer.commit(&list, CommitMode::Sync) {
+                    Ok(()) => shared.metrics.stream_event("offsets_committed"),
+                    Err(error) => {
+                        shared.metrics.stream_event("commit_failed");
+                        tracing::warn!(mapping = %shared.name, %error, "committing the offsets of released partitions failed; their records are read again");
+                    }
+                }
+            }
+        }
+        for partition in released {
+            tracing::info!(mapping = %shared.name, partition = %partition.progress.name, committed = ?partition.progress.done_until().or(partition.committed), "partition released");
+            partition.lag.set(0.0);
+            shared.metrics.stream_event("partition_released");
+        }
+    }
+}
+
+impl Partition {
+    /// The offset to commit, when it moved past the last commit.
+    fn uncommitted(&self) -> Option<i64> {
+        let done = self.progress.done_until()?;
+        (self.committed.is_none_or(|c| done > c)).then_some(done)
+    }
+}
+
+fn partition_offsets(partition: &Partition, list: &mut TopicPartitionList) {
+    if let Some(offset) = partition.uncommitted() {
+        let _ = list.add_partition_offset(
+            &partition.progress.topic,
+            partition.progress.partition,
+            Offset::Offset(offset),
+        );
+    }
+}
+
+/// A partition's lane: Lambda's Kafka event, offsets as the checkpoint.
+struct PartitionLane {
+    shared: Arc<Shared>,
+    progress: Arc<PartitionProgress>,
+}
+
+#[async_trait::async_trait]
+impl LaneHost for PartitionLane {
+    fn settings(&self) -> &LaneSettings {
+        &self.shared.lane
+    }
+
+    fn event(&self, records: &[&Record]) -> Vec<u8> {
+        sluice_sources::kafka::event(&self.shared.cluster, records.iter().copied())
+    }
+
+    fn identifier(&self, record: &Record) -> ItemIdentifier {
+        ItemIdentifier::KafkaOffset {
+            partition: self.progress.name.clone(),
+            offset: record.id().parse().unwrap_or(-1),
+        }
+    }
+
+    async fn dead_letter(&self, records: &[&Record], dead_letter: &StreamDeadLetter) {
+        store_dead_letter(&self.shared, &self.progress, records, dead_letter).await;
+    }
+
+    fn finished(self: Arc<Self>, positions: Vec<Position>) {
+        self.progress.finish(positions);
+    }
+}
+
+impl KafkaMapping {
+    /// Runs until `shutdown`, then drains for at most `shutdown_timeout` and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
+        let name = self.config.name.clone();
+        let position = match self.source.starting_position {
+            StartingPosition::TrimHorizon => StartPosition::TrimHorizon,
+            StartingPosition::Latest => StartPosition::Latest,
+            StartingPosition::AtTimestamp(at) => {
+                StartPosition::AtTimestamp(i64::try_from(at.as_millis()).unwrap_or(i64::MAX))
+            }
+        };
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            cluster: KafkaCluster {
+                bootstrap_servers: self.source.bootstrap_servers.clone(),
+                msk_cluster_arn: self.source.msk_cluster_arn.clone(),
+            },
+            region: self.region.clone(),
+            filters: self.config.filters.clone(),
+            on_failure: self.on_failure.clone(),
+            lane: LaneSettings {
+                name: name.clone(),
+                target: self.target.clone(),
+                policy: stream_policy(
+                    &self.config,
+                    IdentifierKind::KafkaOffset,
+                    self.on_failure.is_some(),
+                ),
+                limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
+                health: self.health.clone(),
+                metrics: self.metrics.clone(),
+            },
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+            batch_size: self.source.batch_size,
+            drain_timeout: shutdown_timeout,
+            runtime: tokio::runtime::Handle::current(),
+            client_error_at: Mutex::new(None),
+        });
+        let source = self.source.clone();
+        let thread_shutdown = shutdown.clone();
+        let consumer_thread = std::thread::Builder::new()
+            .name(format!("kafka-{name}"))
+            .spawn(move || consume(shared, source, position, thread_shutdown));
+        let consumer_thread = match consumer_thread {
+            Ok(thread) => thread,
+            Err(error) => {
+                tracing::error!(mapping = %name, %error, "cannot start the consumer thread");
+                return;
+            }
+        };
+        // The thread ends after shutdown; wait for it without blocking the runtime.
+        let _ = tokio::task::spawn_blocking(move || consumer_thread.join()).await;
+        tracing::info!(mapping = %name, "mapping stopped");
+    }
+}
+
+/// The consumer thread: creates the consumer (retrying until the client can be built), polls
+/// until shutdown, then drains and leaves the group.
+fn consume(
+    shared: Arc<Shared>,
+    source: KafkaSourceConfig,
+    position: StartPosition,
+    shutdown: CancellationToken,
+) {
+    let assignment: Arc<Mutex<Assignment>> = Arc::default();
+    let context = Context {
+        shared: shared.clone(),
+        position,
+        assignment: assignment.clone(),
+    };
+    let mut settings = consumer_config(
+        &source.bootstrap_servers,
+        &source.group_id,
+        position,
+        &source.properties,
+    );
+    if settings.get("statistics.interval.ms").is_none() {
+        // Consumer lag comes from librdkafka's statistics.
+        settings.set("statistics.interval.ms", "5000");
+    }
+    let consumer: BaseConsumer<Context> = match settings.create_with_context(context) {
+        Ok(consumer) => consumer,
+        Err(error) => {
+            // Bad properties: nothing a retry can fix.
+            shared.health.poll_failed(&error.to_string());
+            tracing::error!(mapping = %shared.name, %error, "cannot create the Kafka consumer; check source.kafka.properties");
+            return;
+        }
+    };
+    let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
+    let mut failures = 0u32;
+    while let Err(error) = consumer.subscribe(&topics) {
+        failures += 1;
+        shared.health.poll_failed(&error.to_string());
+        tracing::warn!(mapping = %shared.name, %error, "subscribing failed; retrying");
+        if sleep_or_stop(&shutdown, retry_delay(failures)) {
+            return;
+        }
+    }
+    tracing::info!(
+        mapping = %shared.name,
+        bootstrap_servers = %source.bootstrap_servers,
+        topics = ?source.topics,
+        group_id = %source.group_id,
+        batch_size = source.batch_size,
+        "mapping started"
+    );
+    let mut last_commit = Instant::now();
+    while !shutdown.is_cancelled() {
+        match consumer.poll(POLL_TIMEOUT) {
+            None => {
+                let error_at = *shared.client_error_at.lock().expect("error lock");
+                if error_at.is_none_or(|at| at.elapsed() >= CLIENT_ERROR_QUIET) {
+                    shared.health.poll_succeeded();
+                }
+            }
+            Some(Ok(message)) => {
+                *shared.client_error_at.lock().expect("error lock") = None;
+                shared.health.poll_succeeded();
+                let parts = MessageParts::of(&message);
+                let record = parts.to_record(now_since_epoch());
+                take(&shared, &consumer, &assignment, &parts, record);
+            }
+            Some(Err(error)) => {
+                shared.metrics.poll_errors.increment(1);
+                shared.health.poll_failed(&error.to_string());
+                tracing::warn!(mapping = %shared.name, %error, "polling Kafka failed");
+            }
+        }
+        feed_waiting(&consumer, &assignment);
+        if last_commit.elapsed() >= COMMIT_INTERVAL {
+            last_commit = Instant::now();
+            commit(&shared, &consumer, &assignment);
+        }
+    }
+    tracing::info!(mapping = %shared.name, "stopping: draining partitions, committing, leaving the group");
+    let held: Vec<(String, i32)> = assignment
+        .lock()
+        .expect("assignment lock")
+        .keys()
+        .cloned()
+        .collect();
+    consumer.context().release(&consumer, &held, true);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it: it leaves the group, so the partitions move at once.
+    drop(consumer);
+}
+
+/// Sleeps on the consumer thread; true when shutdown came first.
+fn sleep_or_stop(shutdown: &CancellationToken, pause: Duration) -> bool {
+    let until = Instant::now() + pause;
+    while Instant::now() < until {
+        if shutdown.is_cancelled() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(pause));
+    }
+    shutdown.is_cancelled()
+}
+
+/// Hands a polled record to its partition's lane, or queues it there and pauses the partition.
+fn take(
+    shared: &Shared,
+    consumer: &BaseConsumer<Context>,
+    assignment: &Mutex<Assignment>,
+    parts: &MessageParts<'_>,
+    record: Record,
+) {
+    let mut assignment = assignment.lock().expect("assignment lock");
+    let key = (parts.topic.to_owned(), parts.partition);
+    let Some(partition) = assignment.get_mut(&key) else {
+        // A message of a partition released a moment ago; the new owner reads it.
+        return;
+    };
+    if partition
+        .next_offset
+        .is_some_and(|next| parts.offset < next)
+    {
+        return;
+    }
+    partition.next_offset = Some(parts.offset + 1);
+    shared.metrics.records_received.increment(1);
+    let position = partition
+        .progress
+        .progress
+        .lock()
+        .expect("progress lock")
+        .push(parts.offset);
+    if !shared.filters.is_empty() {
+        let passes = serde_json::from_str::<serde_json::Value>(record.event.get())
+            .map(|event| {
+                shared
+                    .filters
+                    .passes(&sluice_sources::kafka::filter_view(&event))
+            })
+            .unwrap_or(true);
+        if !passes {
+            shared.metrics.records_filtered.increment(1);
+            partition.progress.finish([position]);
+            return;
+        }
+    }
+    let entry = (record, position);
+    if partition.waiting.is_empty() {
+        match partition.sender.try_send(entry) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(entry)) => partition.waiting.push_back(entry),
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    } else {
+        partition.waiting.push_back(entry);
+    }
+    if !partition.paused {
+        let mut list = TopicPartitionList::new();
+        let _ = list.add_partition(&key.0, key.1);
+        match consumer.pause(&list) {
+            Ok(()) => partition.paused = true,
+            Err(error) => {
+                tracing::debug!(mapping = %shared.name, partition = %partition.progress.name, %error, "pausing the partition failed")
+            }
+        }
+    }
+}
+
+/// Moves queued records into lanes that have room and resumes partitions that caught up.
+fn feed_waiting(consumer: &BaseConsumer<Context>, assignment: &Mutex<Assignment>) {
+    let mut assignment = assignment.lock().expect("assignment lock");
+    for ((topic, number), partition) in assignment.iter_mut() {
+        while let Some(entry) = partition.waiting.pop_front() {
+            match partition.sender.try_send(entry) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(entry)) => {
+                    partition.waiting.push_front(entry);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => partition.waiting.clear(),
+            }
+        }
+        if partition.paused && partition.waiting.is_empty() {
+            let mut list = TopicPartitionList::new();
+            let _ = list.add_partition(topic, *number);
+            if consumer.resume(&list).is_ok() {
+                partition.paused = false;
+            }
+        }
+    }
+}
+
+/// Commits every partition whose done offset moved.
+fn commit(shared: &Shared, consumer: &BaseConsumer<Context>, assignment: &Mutex<Assignment>) {
+    let mut list = TopicPartitionList::new();
+    let moved: Vec<((String, i32), i64)> = {
+        let assignment = assignment.lock().expect("assignment lock");
+        assignment
+            .iter()
+            .filter_map(|(key, partition)| {
+                partition_offsets(partition, &mut list);
+                partition.uncommitted().map(|offset| (key.clone(), offset))
+            })
+            .collect()
+    };
+    if moved.is_empty() {
+        return;
+    }
+    match consumer.commit(&list, CommitMode::Sync) {
+        Ok(()) => {
+            shared.metrics.stream_event("offsets_committed");
+            let mut assignment = assignment.lock().expect("assignment lock");
+            for (key, offset) in moved {
+                if let Some(partition) = assignment.get_mut(&key) {
+                    partition.committed = Some(offset);
+                }
+            }
+        }
+        Err(error) => {
+            shared.metrics.stream_event("commit_failed");
+            tracing::warn!(mapping = %shared.name, %error, "committing offsets failed; the next commit carries them");
+        }
+    }
+}
+
+/// Sends a dead letter, retrying until the destination stores it: a record is never skipped
+/// because its dead letter could not be written.
+async fn store_dead_letter(
+    shared: &Shared,
+    progress: &PartitionProgress,
+    batch: &[&Record],
+    dead_letter: &StreamDeadLetter,
+) {
+    let records: Vec<&Record> = dead_letter.records.iter().map(|&i| batch[i]).collect();
+    let offsets: Vec<i64> = records
+        .iter()
+        .map(|r| r.id().parse().unwrap_or(-1))
+        .collect();
+    let error = dead_letter_error(dead_letter, &shared.lane.policy);
+    let partition = progress.name.as_str();
+    let Some(destination) = &shared.on_failure else {
+        shared
+            .metrics
+            .dead_lettered(dead_letter.condition.as_str(), records.len() as u64);
+        tracing::error!(mapping = %shared.name, %partition, first_offset = offsets[0], records = records.len(), condition = dead_letter.condition.as_str(), error_type = %error.error_type, error = %error.message, "records discarded: the policy gave up on them and the mapping has no on_failure destination");
+        return;
+    };
+    let timestamp = |record: &Record| i64::try_from(record.arrived_at.as_millis()).unwrap_or(-1);
+    let envelope = DeadLetter {
+        mapping: shared.name.clone(),
+        target: shared.lane.target.name.clone(),
+        region: shared.region.clone(),
+        condition: dead_letter.condition,
+        attempts: dead_letter.invoke_count,
+        error: error.clone(),
+        function_error: dead_letter.function_error.then(|| "Unhandled".to_owned()),
+        source: EnvelopeSource::Kafka {
+            cluster: shared.cluster.clone(),
+            topic: progress.topic.clone(),
+            partition: progress.partition,
+            offsets: offsets.clone(),
+            first_timestamp: records.first().map_or(-1, |r| timestamp(r)),
+            last_timestamp: records.last().map_or(-1, |r| timestamp(r)),
+        },
+        records: records
+            .iter()
+            .map(|r| serde_json::from_str(r.event.get()).unwrap_or_default())
+            .collect(),
+        first_attempt_at: records
+            .iter()
+            .map(|r| r.first_received_at)
+            .min()
+            .unwrap_or_default(),
+        last_attempt_at: now_since_epoch(),
+    };
+    let dedup = format!(
+        "{partition}-{}-{}",
+        offsets[0],
+        dead_letter.condition.as_str()
+    );
+    let mut failures = 0u32;
+    loop {
+        match destination.send(&envelope, partition, &dedup).await {
+            Ok(()) => break,
+            Err(send_error) => {
+                failures += 1;
+                shared.metrics.ack_errors.increment(1);
+                tracing::error!(mapping = %shared.name, %partition, first_offset = offsets[0], error = %send_error, "dead-lettering failed; the partition waits and retries, nothing is skipped");
+                tokio::time::sleep(retry_delay(failures)).await;
+            }
+        }
+    }
+    shared
+        .metrics
+        .dead_lettered(dead_letter.condition.as_str(), records.len() as u64);
+    tracing::warn!(mapping = %shared.name, %partition, first_offset = offsets[0], last_offset = offsets[offsets.len() - 1], records = records.len(), condition = dead_letter.condition.as_str(), attempts = dead_letter.invoke_count, error_type = %error.error_type, error = %error.message, destination = destination.describe(), "records dead-lettered");
+}

@@ -1,0 +1,353 @@
+//! Kafka topics as Lambda delivers them (semantics.md §4): each message becomes the record AWS
+//! puts in a Kafka event, batches become Lambda's Kafka event, and a partition's starting offset
+//! follows Lambda's rule (a committed offset wins over the starting position).
+//!
+//! Guarantees:
+//! - a record's JSON is exactly Lambda's: topic, partition, offset, timestamp (ms),
+//!   timestampType, base64 key (absent when the message has none) and value, headers as arrays
+//!   of signed bytes (Lambda's Java encoding);
+//! - the event groups records under `"<topic>-<partition>"` and keeps their order;
+//! - the client settings sluice depends on (group, commits, offset reset) cannot be overridden by
+//!   `properties`: [`reserved_property`] names the config key to use instead.
+
+use crate::record::{AckToken, Receipt, Record};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Headers, Message, Timestamp};
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// The cluster a mapping reads, as the event names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaCluster {
+    pub bootstrap_servers: String,
+    /// Set for MSK: the event then says `aws:kafka` and carries the cluster ARN.
+    pub msk_cluster_arn: Option<String>,
+}
+
+impl KafkaCluster {
+    pub fn event_source(&self) -> &'static str {
+        if self.msk_cluster_arn.is_some() {
+            "aws:kafka"
+        } else {
+            "SelfManagedKafka"
+        }
+    }
+}
+
+/// The name Lambda gives a partition in events and partial batch responses.
+pub fn partition_name(topic: &str, partition: i32) -> String {
+    format!("{topic}-{partition}")
+}
+
+/// A message's parts, independent of the client library.
+#[derive(Debug, Clone)]
+pub struct MessageParts<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch and the kind of timestamp, when the message has one.
+    pub timestamp: Option<(i64, TimestampKind)>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampKind {
+    CreateTime,
+    LogAppendTime,
+}
+
+impl MessageParts<'_> {
+    /// The parts of a message read by rdkafka.
+    pub fn of<M: Message>(message: &M) -> MessageParts<'_> {
+        let timestamp = match message.timestamp() {
+            Timestamp::NotAvailable => None,
+            Timestamp::CreateTime(ms) => Some((ms, TimestampKind::CreateTime)),
+            Timestamp::LogAppendTime(ms) => Some((ms, TimestampKind::LogAppendTime)),
+        };
+        let headers = message
+            .headers()
+            .map(|headers| headers.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        MessageParts {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp,
+            key: message.key(),
+            value: message.payload(),
+            headers,
+        }
+    }
+
+    /// The record, as Lambda puts it in the event. `received_at` stands in for a missing
+    /// timestamp in the record's age.
+    pub fn to_record(&self, received_at: Duration) -> Record {
+        let mut event = Map::new();
+        event.insert("topic".into(), json!(self.topic));
+        event.insert("partition".into(), json!(self.partition));
+        event.insert("offset".into(), json!(self.offset));
+        let (timestamp, kind) = match self.timestamp {
+            Some((ms, TimestampKind::CreateTime)) => (ms, "CREATE_TIME"),
+            Some((ms, TimestampKind::LogAppendTime)) => (ms, "LOG_APPEND_TIME"),
+            None => (-1, "NO_TIMESTAMP_TYPE"),
+        };
+        event.insert("timestamp".into(), json!(timestamp));
+        event.insert("timestampType".into(), json!(kind));
+        if let Some(key) = self.key {
+            event.insert("key".into(), json!(BASE64.encode(key)));
+        }
+        if let Some(value) = self.value {
+            event.insert("value".into(), json!(BASE64.encode(value)));
+        }
+        let headers: Vec<Value> = self
+            .headers
+            .iter()
+            .map(|(key, value)| {
+                let bytes: Vec<i8> = value.unwrap_or_default().iter().map(|&b| b as i8).collect();
+                json!({ *key: bytes })
+            })
+            .collect();
+        event.insert("headers".into(), Value::Array(headers));
+        let arrived_at = u64::try_from(timestamp)
+            .map(Duration::from_millis)
+            .unwrap_or(received_at);
+        let name = partition_name(self.topic, self.partition);
+        Record::new(
+            Receipt {
+                id: self.offset.to_string(),
+                ack: AckToken::Stream {
+                    shard_id: name.clone(),
+                },
+            },
+            Some(name),
+            arrived_at,
+            received_at,
+            1,
+            serde_json::value::to_raw_value(&Value::Object(event))
+                .expect("a JSON object serializes"),
+        )
+    }
+}
+
+/// Lambda's Kafka event for `records`, grouped by partition in the order they first appear.
+pub fn event<'a>(cluster: &KafkaCluster, records: impl IntoIterator<Item = &'a Record>) -> Vec<u8> {
+    let mut groups: Vec<(&str, Vec<&Record>)> = Vec::new();
+    for record in records {
+        let name = record.ordering_key.as_deref().unwrap_or_default();
+        match groups.iter_mut().find(|(group, _)| *group == name) {
+            Some((_, members)) => members.push(record),
+            None => groups.push((name, vec![record])),
+        }
+    }
+    let mut head = Map::new();
+    head.insert("eventSource".into(), json!(cluster.event_source()));
+    if let Some(arn) = &cluster.msk_cluster_arn {
+        head.insert("eventSourceArn".into(), json!(arn));
+    }
+    head.insert("bootstrapServers".into(), json!(cluster.bootstrap_servers));
+    let head = serde_json::to_string(&Value::Object(head)).expect("a JSON object serializes");
+    let mut payload = Vec::with_capacity(1024);
+    // The head without its closing brace, then the records spliced in unparsed.
+    payload.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    payload.extend_from_slice(b",\"records\":{");
+    for (index, (name, members)) in groups.iter().enumerate() {
+        if index > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(
+            serde_json::to_string(name)
+                .expect("a string serializes")
+                .as_bytes(),
+        );
+        payload.extend_from_slice(b":[");
+        for (position, record) in members.iter().enumerate() {
+            if position > 0 {
+                payload.push(b',');
+            }
+            payload.extend_from_slice(record.event.get().as_bytes());
+        }
+        payload.push(b']');
+    }
+    payload.extend_from_slice(b"}}");
+    payload
+}
+
+/// The record Lambda filters a Kafka message as: `value` decoded and parsed when it is JSON;
+/// when it is not, `value` is left out, so only patterns on the metadata can match.
+pub fn filter_view(record: &Value) -> Value {
+    let mut view = record.clone();
+    let parsed = record["value"]
+        .as_str()
+        .and_then(|value| BASE64.decode(value).ok())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    if let Some(object) = view.as_object_mut() {
+        match parsed {
+            Some(value) => {
+                object.insert("value".into(), value);
+            }
+            None => {
+                object.remove("value");
+            }
+        }
+    }
+    view
+}
+
+/// Where a partition starts when nothing was committed for the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    TrimHorizon,
+    Latest,
+    /// Milliseconds since the Unix epoch.
+    AtTimestamp(i64),
+}
+
+/// Where a newly assigned partition is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    /// The group's committed offset.
+    Committed(i64),
+    Beginning,
+    End,
+    At(i64),
+}
+
+/// Lambda's rule: a committed offset wins; else the starting position. `by_time` is the broker's
+/// answer to offsets-for-times (the first offset at or after the timestamp; `None` or negative
+/// when no message is that new, which starts at the end).
+pub fn start_offset(
+    committed: Option<i64>,
+    position: StartPosition,
+    by_time: Option<i64>,
+) -> StartOffset {
+    match (committed, position) {
+        (Some(offset), _) if offset >= 0 => StartOffset::Committed(offset),
+        (_, StartPosition::TrimHorizon) => StartOffset::Beginning,
+        (_, StartPosition::Latest) => StartOffset::End,
+        (_, StartPosition::AtTimestamp(_)) => match by_time {
+            Some(offset) if offset >= 0 => StartOffset::At(offset),
+            _ => StartOffset::End,
+        },
+    }
+}
+
+/// librdkafka settings sluice sets itself, and the config key that controls each instead.
+pub fn reserved_property(name: &str) -> Option<&'static str> {
+    match name {
+        "bootstrap.servers" | "metadata.broker.list" => Some("use source.kafka.bootstrap_servers"),
+        "group.id" => Some("use source.kafka.group_id"),
+        "enable.auto.commit" | "enable.auto.offset.store" => {
+            Some("sluice commits offsets itself, only for finished records")
+        }
+        "auto.offset.reset" => Some("use source.kafka.starting_position"),
+        _ => None,
+    }
+}
+
+/// The consumer's client settings: the user's `properties` first, then what sluice needs.
+pub fn consumer_config(
+    bootstrap_servers: &str,
+    group_id: &str,
+    position: StartPosition,
+    properties: &[(String, String)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (name, value) in properties {
+        config.set(name, value);
+    }
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match position {
+                StartPosition::TrimHorizon => "earliest",
+                // At-timestamp partitions get an explicit offset; the reset applies only when
+                // that offset is out of range.
+                StartPosition::Latest | StartPosition::AtTimestamp(_) => "latest",
+            },
+        );
+    config
+}
+
+/// Properties that say how to reach and authenticate to the cluster; the failure topic's
+/// producer takes these from the source's `properties`.
+pub const CONNECTION_PREFIXES: &[&str] = &[
+    "security.",
+    "sasl.",
+    "ssl.",
+    "socket.",
+    "client.",
+    "broker.",
+    "reconnect.",
+    "api.version",
+];
+
+/// The producer's client settings for a failure topic on the same cluster.
+pub fn producer_config(bootstrap_servers: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (name, value) in properties {
+        // Only how to reach the cluster: consumer settings would be refused or warned about.
+        if CONNECTION_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            config.set(name, value);
+        }
+    }
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    config
+}
+
+/// Checks that the cluster answers and every topic exists with partitions (`validate --connect`).
+pub fn check_topics(
+    bootstrap_servers: &str,
+    properties: &[(String, String)],
+    topics: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = producer_config(bootstrap_servers, properties)
+        .remove("enable.idempotence")
+        .remove("acks")
+        .create()
+        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+    let mut problems = Vec::new();
+    for topic in topics {
+        match consumer.fetch_metadata(Some(topic), timeout) {
+            Ok(metadata) => {
+                let found = metadata.topics().iter().find(|t| t.name() == topic);
+                match found {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
+                    Some(t) => problems.push(format!(
+                        "topic {topic:?}: {}",
+                        t.error()
+                            .map(|e| format!("{:?}", rdkafka::error::RDKafkaErrorCode::from(e)))
+                            .unwrap_or_else(|| "has no partitions".into())
+                    )),
+                    None => problems.push(format!("topic {topic:?} does not exist")),
+                }
+            }
+            Err(error) => problems.push(format!(
+                "cannot reach the brokers at {bootstrap_servers} for topic {topic:?}: {error}"
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests;
