@@ -7,6 +7,13 @@
 //! receivable only in order, concurrent receives cannot hand out the same message twice, and slow
 //! paths are replaced (see the launcher's docstring). Each test starts its own moto on a free port and
 //! creates its own queues, so tests run in parallel without sharing state.
+//!
+//! Kafka: [`Kafka::start`] runs librdkafka's in-process mock cluster (a real Kafka protocol server
+//! on loopback), or uses the broker in `KAFKA_BOOTSTRAP_SERVERS` when that is set; topic and group
+//! names are unique per test either way.
+
+mod kafka;
+pub use kafka::*;
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use axum::body::Bytes;

@@ -1,0 +1,540 @@
+//! End-to-end: the real `sluice` binary consuming Kafka (librdkafka's mock cluster, or the broker
+//! in `KAFKA_BOOTSTRAP_SERVERS`) into an HTTP handler in the test: Lambda's Kafka semantics
+//! (semantics.md §4) with the stream policy per partition (§2, §12). The mock cluster cannot look
+//! offsets up by time, so `at_timestamp` is covered by `sluice_sources::kafka`'s unit tests.
+
+use serde_json::{Value, json};
+use sluice_testkit::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(240);
+
+struct Setup<'a> {
+    kafka: &'a Kafka,
+    topic: &'a str,
+    group: &'a str,
+    handler_url: String,
+    batch_size: usize,
+    /// Extra mapping keys (retry, on_failure, ...), indented as mapping keys.
+    extra: &'a str,
+}
+
+fn config(setup: &Setup<'_>, state_dir: &std::path::Path) -> String {
+    format!(
+        r#"
+version: 1
+shutdown_timeout: 10s
+state_dir: "{state}"
+admin: {{ listen: "{{admin}}" }}
+targets:
+  handler:
+    http: {{ url: "{url}", timeout: 30s }}
+mappings:
+  - name: clicks
+    target: handler
+    source:
+      kafka:
+        bootstrap_servers: "{bootstrap}"
+        topics: [{topic}]
+        group_id: {group}
+        starting_position: trim_horizon
+        batch_size: {batch}
+        max_batching_window: 100ms
+        properties:
+          session.timeout.ms: "6000"
+          heartbeat.interval.ms: "500"
+{extra}
+"#,
+        state = state_dir.display(),
+        url = setup.handler_url,
+        bootstrap = setup.kafka.bootstrap(),
+        topic = setup.topic,
+        group = setup.group,
+        batch = setup.batch_size,
+        extra = setup.extra,
+    )
+}
+
+fn start(setup: &Setup<'_>) -> Sluice {
+    let state = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&config(setup, state.path()), &[]);
+    // The state directory is unused by Kafka mappings; keep it alive with the process.
+    std::mem::forget(state);
+    sluice
+}
+
+/// (partition, offset) of every record a handler received, in arrival order.
+fn delivered(handler: &Handler) -> Vec<(i64, i64)> {
+    handler
+        .received()
+        .iter()
+        .flat_map(|r| kafka_records(&r.event))
+        .map(|r| {
+            (
+                r["partition"].as_i64().unwrap(),
+                r["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_committed_to_end(kafka: &Kafka, group: &str, topic: &str, partitions: i32) {
+    let ends = kafka.end_offsets(topic, partitions);
+    eventually(WAIT, "committed offsets to reach the end offsets", || {
+        let committed = kafka.committed(group, topic, partitions);
+        let ends = ends.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (committed == ends).then_some(())
+        }
+    })
+    .await;
+}
+
+// Issue 4 acceptance: 10,000 messages over 6 partitions are each handled, in order per partition,
+// and the committed offsets end at the end offsets. semantics.md §4 "Event" for the shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_over_six_partitions_are_handled_in_order_and_committed() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("clicks");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 6);
+    let messages: Vec<(i32, Option<String>, String)> = (0..10_000)
+        .map(|i| {
+            let partition = i % 6;
+            (
+                partition,
+                Some(format!("user-{}", i % 97)),
+                json!({ "partition": partition, "seq": i / 6 }).to_string(),
+            )
+        })
+        .collect();
+    let borrowed: Vec<(i32, Option<&str>, String)> = messages
+        .iter()
+        .map(|(p, k, v)| (*p, k.as_deref(), v.clone()))
+        .collect();
+    kafka.produce_with_headers(&topic, &borrowed, &[("trace", &[1, 255])]);
+
+    let handler = Handler::start(|_, _| Reply::ok("")).await;
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 100,
+        extra: "",
+    };
+    let sluice = start(&setup);
+    eventually(WAIT, "10,000 records handled", || {
+        let count = delivered(&handler).len();
+        async move { (count >= 10_000).then_some(()) }
+    })
+    .await;
+    wait_committed_to_end(&kafka, &group, &topic, 6).await;
+
+    let records = delivered(&handler);
+    let unique: HashSet<(i64, i64)> = records.iter().copied().collect();
+    assert_eq!(unique.len(), 10_000, "every message handled");
+    assert_eq!(
+        records.len(),
+        10_000,
+        "no message handled twice in a clean run"
+    );
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for (partition, offset) in &records {
+        if let Some(previous) = last.insert(*partition, *offset) {
+            assert!(
+                previous < *offset,
+                "partition {partition} went from offset {previous} back to {offset}"
+            );
+        }
+    }
+    // Each record's value matches its place: offset n of a partition holds its n-th message.
+    let first = &handler.received()[0].event;
+    assert_eq!(first["eventSource"], "SelfManagedKafka");
+    assert_eq!(first["bootstrapServers"], kafka.bootstrap());
+    let (name, list) = first["records"].as_object().unwrap().iter().next().unwrap();
+    let record = &list[0];
+    assert_eq!(
+        name,
+        &format!("{topic}-{}", record["partition"]),
+        "records are keyed <topic>-<partition>"
+    );
+    assert_eq!(record["topic"], topic.as_str());
+    assert_eq!(record["timestampType"], "CREATE_TIME");
+    assert!(record["timestamp"].as_i64().unwrap() > 1_600_000_000_000);
+    assert!(record["key"].as_str().is_some(), "the key is base64");
+    assert_eq!(kafka_header(record, "trace"), Some(vec![1, 255]));
+    for received in handler.received() {
+        for record in kafka_records(&received.event) {
+            assert_eq!(record["decoded"]["seq"], record["offset"]);
+            assert_eq!(record["decoded"]["partition"], record["partition"]);
+        }
+    }
+    assert_eq!(
+        sluice
+            .metric(&format!(
+                "sluice_kafka_consumer_lag{{mapping=\"clicks\",partition=\"{topic}-0\"}}"
+            ))
+            .await,
+        0.0
+    );
+}
+
+// Issue 4 acceptance: with bisect, exactly the poison message reaches the failure topic, keyed as
+// it was, as Lambda's kafka:// destination writes it (semantics.md §4 "On-failure to a Kafka
+// topic"); every other message is handled and the offsets move past the poison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_alone_reaches_the_failure_topic_with_its_key() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("orders");
+    let failures = Kafka::unique("orders-failed");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 2);
+    kafka.create_topic(&failures, 1);
+    let messages: Vec<(i32, Option<String>, String)> = (0..200)
+        .map(|i| {
+            let poison = i == 77;
+            let key = if poison {
+                "poison-key".to_owned()
+            } else {
+                format!("key-{i}")
+            };
+            (
+                i % 2,
+                Some(key),
+                json!({ "n": i, "poison": poison }).to_string(),
+            )
+        })
+        .collect();
+    let borrowed: Vec<(i32, Option<&str>, String)> = messages
+        .iter()
+        .map(|(p, k, v)| (*p, k.as_deref(), v.clone()))
+        .collect();
+    kafka.produce(&topic, &borrowed);
+
+    let handled = Arc::new(Mutex::new(BTreeMap::<i64, usize>::new()));
+    let seen = handled.clone();
+    let handler = Handler::start(move |_, event| {
+        let records = kafka_records(event);
+        if records.iter().any(|r| r["decoded"]["poison"] == true) {
+            return Reply {
+                status: 500,
+                headers: Vec::new(),
+                body: json!({"errorType": "Poison", "errorMessage": "cannot parse"}).to_string(),
+                delay: Duration::ZERO,
+            };
+        }
+        let mut seen = seen.lock().unwrap();
+        for record in records {
+            *seen
+                .entry(record["decoded"]["n"].as_i64().unwrap())
+                .or_default() += 1;
+        }
+        Reply::ok("")
+    })
+    .await;
+    let extra = format!(
+        r#"    retry:
+      max_retry_attempts: 1
+      bisect_on_error: true
+      backoff: {{ initial: 10ms, max: 50ms }}
+    on_failure:
+      kafka: {{ topic: {failures} }}"#
+    );
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 20,
+        extra: &extra,
+    };
+    let _sluice = start(&setup);
+    wait_committed_to_end(&kafka, &group, &topic, 2).await;
+
+    let handled = handled.lock().unwrap().clone();
+    let expected: Vec<i64> = (0..200).filter(|&n| n != 77).collect();
+    assert_eq!(handled.keys().copied().collect::<Vec<_>>(), expected);
+    let dead = kafka.read_all(&failures, 1);
+    assert_eq!(dead.len(), 1, "exactly the poison message is dead-lettered");
+    let message = &dead[0];
+    assert_eq!(message.key.as_deref(), Some(&b"poison-key"[..]));
+    let body = message.json();
+    assert_eq!(body["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(body["KafkaBatchInfo"]["batchSize"], 1);
+    let payload_records = kafka_records(&body["payload"]);
+    assert_eq!(payload_records.len(), 1);
+    assert_eq!(payload_records[0]["decoded"]["n"], 77);
+    assert_eq!(
+        body["KafkaBatchInfo"]["recordInfo"]["offset"],
+        payload_records[0]["offset"].to_string()
+    );
+    assert_eq!(body["sluice"]["error"]["type"], "Poison");
+}
+
+// Issue 4 acceptance: SIGKILL mid-run, then a restart: nothing is lost, and the only records
+// handled twice are ones whose offsets had not been committed when the process died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_loses_nothing_and_repeats_only_uncommitted_records() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("events");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 3);
+    let messages: Vec<(i32, Option<&str>, String)> = (0..3_000)
+        .map(|i| (i % 3, None, json!({ "n": i }).to_string()))
+        .collect();
+    kafka.produce(&topic, &messages);
+    let handler = Handler::start(|_, _| Reply::ok("").after(Duration::from_millis(25))).await;
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 10,
+        extra: "",
+    };
+    let mut first = start(&setup);
+    eventually(WAIT, "a third of the records handled", || {
+        let count = handler.completed().len() * 10;
+        async move { (count >= 1_000).then_some(()) }
+    })
+    .await;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10)).expect("killed");
+    let committed_at_kill = kafka.committed(&group, &topic, 3);
+    assert!(
+        committed_at_kill.iter().any(|&c| c > 0),
+        "commits happened while running: {committed_at_kill:?}"
+    );
+    let before = delivered(&handler).len();
+    assert!(before < 3_000, "the kill came mid-run");
+
+    let _second = start(&setup);
+    eventually(WAIT, "every record handled after the restart", || {
+        let unique: HashSet<(i64, i64)> = delivered(&handler).into_iter().collect();
+        async move { (unique.len() >= 3_000).then_some(()) }
+    })
+    .await;
+    wait_committed_to_end(&kafka, &group, &topic, 3).await;
+    let mut counts: HashMap<(i64, i64), usize> = HashMap::new();
+    for key in delivered(&handler) {
+        *counts.entry(key).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3_000, "nothing lost");
+    for ((partition, offset), count) in counts {
+        if count > 1 {
+            assert!(
+                offset >= committed_at_kill[partition as usize],
+                "offset {offset} of partition {partition} was committed ({:?}) yet handled {count} times",
+                committed_at_kill
+            );
+        }
+    }
+}
+
+async fn assigned(sluice: &Sluice) -> f64 {
+    sluice
+        .metric("sluice_kafka_partitions_assigned{mapping=\"clicks\"}")
+        .await
+}
+
+// Issue 4 acceptance: two instances in one group share the partitions; after one is killed the
+// other takes its partitions over and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_partitions_and_one_takes_over_after_a_kill() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("shared");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 6);
+    let handler_a = Handler::start(|_, _| Reply::ok("")).await;
+    let handler_b = Handler::start(|_, _| Reply::ok("")).await;
+    let setup_a = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler_a.url("/"),
+        batch_size: 10,
+        extra: "",
+    };
+    let setup_b = Setup {
+        handler_url: handler_b.url("/"),
+        ..setup_a
+    };
+    let mut a = start(&setup_a);
+    eventually(
+        WAIT,
+        "the first instance to hold every partition",
+        || async { (assigned(&a).await == 6.0).then_some(()) },
+    )
+    .await;
+    let b = start(&setup_b);
+    eventually(WAIT, "the partitions to be shared 3 and 3", || async {
+        (assigned(&a).await == 3.0 && assigned(&b).await == 3.0).then_some(())
+    })
+    .await;
+    let batch = |from: i32| -> Vec<(i32, Option<&'static str>, String)> {
+        (from..from + 600)
+            .map(|i| (i % 6, None, json!({ "n": i }).to_string()))
+            .collect()
+    };
+    kafka.produce(&topic, &batch(0));
+    eventually(WAIT, "the first 600 handled", || {
+        let count = delivered(&handler_a).len() + delivered(&handler_b).len();
+        async move { (count >= 600).then_some(()) }
+    })
+    .await;
+    let partitions = |handler: &Handler| -> HashSet<i64> {
+        delivered(handler).into_iter().map(|(p, _)| p).collect()
+    };
+    let (of_a, of_b) = (partitions(&handler_a), partitions(&handler_b));
+    assert_eq!(of_a.len(), 3, "instance a handled partitions {of_a:?}");
+    assert_eq!(of_b.len(), 3, "instance b handled partitions {of_b:?}");
+    assert!(of_a.is_disjoint(&of_b), "{of_a:?} and {of_b:?} overlap");
+
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(10)).expect("killed");
+    kafka.produce(&topic, &batch(600));
+    eventually(WAIT, "the survivor to take every partition", || async {
+        (assigned(&b).await == 6.0).then_some(())
+    })
+    .await;
+    eventually(WAIT, "all 1,200 handled", || {
+        let unique: HashSet<(i64, i64)> = delivered(&handler_a)
+            .into_iter()
+            .chain(delivered(&handler_b))
+            .collect();
+        async move { (unique.len() >= 1_200).then_some(()) }
+    })
+    .await;
+    wait_committed_to_end(&kafka, &group, &topic, 6).await;
+    let taken_over: HashSet<i64> = delivered(&handler_b)
+        .into_iter()
+        .filter(|(_, offset)| *offset >= 100)
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(
+        taken_over.len(),
+        6,
+        "the survivor handled the later records of every partition"
+    );
+}
+
+// semantics.md §4 "Partial response": an itemIdentifier {partition, offset} names the failed
+// record; the records before it are done, it and the later ones are delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_batch_response_retries_from_the_named_offset() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("partial");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 1);
+    let messages: Vec<(i32, Option<&str>, String)> = (0..30)
+        .map(|i| (0, None, json!({ "n": i }).to_string()))
+        .collect();
+    kafka.produce(&topic, &messages);
+    let failed_once = Arc::new(Mutex::new(false));
+    let flag = failed_once.clone();
+    let name = format!("{topic}-0");
+    let handler = Handler::start(move |_, event| {
+        let records = kafka_records(event);
+        let mut failed = flag.lock().unwrap();
+        if !*failed && records.iter().any(|r| r["offset"] == 15) {
+            *failed = true;
+            return Reply::json(json!({
+                "batchItemFailures": [{ "itemIdentifier": { "partition": name, "offset": 15 } }]
+            }));
+        }
+        Reply::json(Value::Null)
+    })
+    .await;
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 10,
+        extra: "    report_batch_item_failures: true\n    retry: { backoff: { initial: 10ms, max: 50ms } }",
+    };
+    let _sluice = start(&setup);
+    wait_committed_to_end(&kafka, &group, &topic, 1).await;
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for (_, offset) in delivered(&handler) {
+        *counts.entry(offset).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 30);
+    for (offset, count) in counts {
+        match offset {
+            0..15 => assert_eq!(count, 1, "offset {offset} was before the failure"),
+            15 => assert_eq!(count, 2, "the reported offset is delivered again"),
+            _ => assert!(count <= 2, "offset {offset} delivered {count} times"),
+        }
+    }
+}
+
+// Issue 4: on SIGTERM sluice drains (batches in flight finish), commits and leaves the group, so
+// the next member repeats nothing the first one handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_commits_and_the_next_member_repeats_nothing() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("drain");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 2);
+    let messages: Vec<(i32, Option<&str>, String)> = (0..400)
+        .map(|i| (i % 2, None, json!({ "n": i }).to_string()))
+        .collect();
+    kafka.produce(&topic, &messages);
+    let handler = Handler::start(|_, _| Reply::ok("").after(Duration::from_millis(300))).await;
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 10,
+        extra: "",
+    };
+    let mut first = start(&setup);
+    eventually(WAIT, "some batches handled", || {
+        let count = handler.completed().len();
+        async move { (count >= 4).then_some(()) }
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    first.signal("TERM");
+    let status = first
+        .wait_exit(Duration::from_secs(15))
+        .expect("sluice exits after draining");
+    assert!(status.success(), "clean exit: {status:?}");
+    let stop_time = stopping.elapsed();
+    assert!(
+        stop_time < Duration::from_secs(5),
+        "a drain of one batch per partition took {stop_time:?}"
+    );
+    assert!(first.logs().contains("leaving the group"));
+    let handled_by_first = delivered(&handler);
+    assert_eq!(
+        handler.received().len(),
+        handler.completed().len(),
+        "every batch in flight finished before the exit"
+    );
+    let committed = kafka.committed(&group, &topic, 2);
+    for (partition, offset) in &handled_by_first {
+        assert!(
+            *offset < committed[*partition as usize],
+            "offset {offset} of partition {partition} was handled but not committed ({committed:?})"
+        );
+    }
+
+    let _second = start(&setup);
+    wait_committed_to_end(&kafka, &group, &topic, 2).await;
+    let mut counts: HashMap<(i64, i64), usize> = HashMap::new();
+    for key in delivered(&handler) {
+        *counts.entry(key).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 400);
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "a record was handled twice across a clean stop"
+    );
+}
