@@ -538,3 +538,122 @@ async fn sigterm_drains_commits_and_the_next_member_repeats_nothing() {
         "a record was handled twice across a clean stop"
     );
 }
+
+// semantics.md §4 "each partition is read in order" and §2 "a failing batch blocks the shard":
+// a record that keeps failing holds back its own partition only; the offset stays before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_record_blocks_only_its_partition() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("blocked");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 2);
+    let messages: Vec<(i32, Option<&str>, String)> = (0..100)
+        .map(|i| (i % 2, None, json!({ "n": i, "bad": i == 20 }).to_string()))
+        .collect();
+    kafka.produce(&topic, &messages);
+    let handler = Handler::start(|_, event| {
+        if kafka_records(event)
+            .iter()
+            .any(|r| r["decoded"]["bad"] == true)
+        {
+            return Reply {
+                status: 500,
+                headers: Vec::new(),
+                body: "{}".into(),
+                delay: Duration::ZERO,
+            };
+        }
+        Reply::ok("")
+    })
+    .await;
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 5,
+        extra: "    retry: { backoff: { initial: 10ms, max: 100ms } }",
+    };
+    let _sluice = start(&setup);
+    // Message 20 is offset 10 of partition 0; partition 1 holds the odd numbers.
+    eventually(WAIT, "partition 1 committed to its end", || {
+        let committed = kafka.committed(&group, &topic, 2);
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (committed[1] == 50).then_some(())
+        }
+    })
+    .await;
+    eventually(WAIT, "partition 0 retried a few times", || {
+        let attempts = handler
+            .received()
+            .iter()
+            .filter(|r| {
+                kafka_records(&r.event)
+                    .iter()
+                    .any(|x| x["decoded"]["bad"] == true)
+            })
+            .count();
+        async move { (attempts >= 3).then_some(()) }
+    })
+    .await;
+    let committed = kafka.committed(&group, &topic, 2);
+    assert!(
+        committed[0] <= 10,
+        "partition 0 committed past its failing record: {committed:?}"
+    );
+    let beyond: Vec<(i64, i64)> = delivered(&handler)
+        .into_iter()
+        .filter(|&(p, offset)| p == 0 && offset > 14)
+        .collect();
+    assert!(
+        beyond.is_empty(),
+        "records after the failing batch were delivered: {beyond:?}"
+    );
+}
+
+// A partition whose records wait beyond `partition_buffer_bytes` is paused at the broker and
+// resumed once its lane catches up; pausing drops librdkafka's prefetch and fetches again from
+// the last record taken, so nothing is skipped or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_partition_resumes_without_skipping_or_repeating() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("paused");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 1);
+    let messages: Vec<(i32, Option<&str>, String)> = (0..2_000)
+        .map(|i| {
+            (
+                0,
+                None,
+                json!({ "n": i, "pad": "x".repeat(100) }).to_string(),
+            )
+        })
+        .collect();
+    kafka.produce(&topic, &messages);
+    let handler = Handler::start(|_, _| Reply::ok("").after(Duration::from_millis(2))).await;
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 10,
+        extra: "",
+    };
+    let config = config(&setup, std::path::Path::new("/tmp")).replace(
+        "        properties:",
+        "        partition_buffer_bytes: 4096\n        properties:",
+    );
+    let sluice = Sluice::start(&config, &[]);
+    wait_committed_to_end(&kafka, &group, &topic, 1).await;
+    let offsets: Vec<i64> = delivered(&handler).into_iter().map(|(_, o)| o).collect();
+    assert_eq!(
+        offsets,
+        (0..2_000).collect::<Vec<i64>>(),
+        "each record once, in order"
+    );
+    let paused = sluice
+        .metric("sluice_stream_events_total{mapping=\"clicks\",event=\"partition_paused\"}")
+        .await;
+    assert!(paused > 0.0, "the small buffer paused the partition");
+}

@@ -224,6 +224,8 @@ pub struct KafkaSourceConfig {
     pub max_batching_window: Duration,
     /// librdkafka properties, in file order.
     pub properties: Vec<(String, String)>,
+    /// Bytes a partition may queue beyond its lane before it is paused.
+    pub partition_buffer_bytes: usize,
     pub msk_cluster_arn: Option<String>,
 }
 
@@ -1333,6 +1335,14 @@ impl Validator<'_> {
             raw.max_batching_window,
             Duration::from_millis(500),
         );
+        let partition_buffer_bytes = raw.partition_buffer_bytes.unwrap_or(16 << 20);
+        if !(1_024..=(1 << 30)).contains(&partition_buffer_bytes) {
+            self.error(
+                format!("{path}.partition_buffer_bytes"),
+                format!("must be 1024..=1073741824 (got {partition_buffer_bytes})"),
+            );
+        }
+        let partition_buffer_bytes = partition_buffer_bytes.clamp(1_024, 1 << 30) as usize;
         for name in raw.properties.keys() {
             if let Some(instead) = sluice_sources::kafka::reserved_property(name) {
                 self.error(
@@ -1357,6 +1367,7 @@ impl Validator<'_> {
             batch_size,
             max_batching_window: window,
             properties: raw.properties.into_iter().collect(),
+            partition_buffer_bytes,
             msk_cluster_arn: raw.msk_cluster_arn,
         }
     }
@@ -1749,6 +1760,116 @@ mappings:
         let rendered = parse_text(&text).unwrap_err().to_string();
         assert!(rendered.contains("shutdown_timeout"), "{rendered}");
         assert!(rendered.contains("30s"), "{rendered}");
+    }
+
+    const KAFKA: &str = r#"
+version: 1
+targets:
+  api:
+    http: { url: "http://127.0.0.1:8080/events" }
+mappings:
+  - name: clicks
+    target: api
+    source:
+      kafka:
+        bootstrap_servers: "b1:9092,b2:9092"
+        topics: [clicks]
+        group_id: sluice-clicks
+        starting_position: trim_horizon
+"#;
+
+    fn kafka_source(config: &Config) -> &KafkaSourceConfig {
+        match &config.mappings[0].source {
+            SourceConfig::Kafka(kafka) => kafka,
+            other => panic!("not a kafka source: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_kafka_mapping_builds_with_lambdas_defaults() {
+        let config = parse_text(KAFKA).unwrap();
+        let kafka = kafka_source(&config);
+        assert_eq!(kafka.batch_size, 100);
+        // semantics.md §1: Kafka's default window is 0.5 s.
+        assert_eq!(kafka.max_batching_window, Duration::from_millis(500));
+        assert_eq!(kafka.starting_position, StartingPosition::TrimHorizon);
+        assert_eq!(config.mappings[0].retry.max_retry_attempts, None);
+        assert!(
+            !config.needs_aws(),
+            "a Kafka mapping without AWS destinations needs no AWS"
+        );
+        let with_sqs = format!(
+            "{KAFKA}    retry: {{ max_retry_attempts: 2, bisect_on_error: true }}\n    on_failure: {{ sqs: {{ queue_url: \"http://localhost:4566/000000000000/dlq\" }} }}\n"
+        );
+        let config = parse_text(&with_sqs).unwrap();
+        assert!(config.needs_aws());
+        assert!(config.mappings[0].retry.bisect_on_error);
+    }
+
+    #[test]
+    fn a_failure_topic_must_not_be_a_source_topic() {
+        let text = format!(
+            "{KAFKA}    retry: {{ max_retry_attempts: 2 }}\n    on_failure: {{ kafka: {{ topic: clicks }} }}\n"
+        );
+        let error = parse_text(&text).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0].on_failure.kafka.topic");
+        assert!(error.message.contains("source topic"), "{}", error.message);
+        let fine = text.replace("topic: clicks }", "topic: clicks-failed }");
+        assert!(parse_text(&fine).is_ok());
+    }
+
+    #[test]
+    fn a_kafka_destination_needs_a_kafka_source() {
+        let text = format!(
+            "{STREAM}    retry: {{ max_retry_attempts: 2 }}\n    on_failure: {{ kafka: {{ topic: failed }} }}\n"
+        );
+        let error = parse_text(&text).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0].on_failure.kafka");
+    }
+
+    #[test]
+    fn kafka_properties_sluice_owns_are_refused_at_their_key() {
+        let text = KAFKA.replace(
+            "starting_position: trim_horizon",
+            "starting_position: trim_horizon\n        properties: { enable.auto.commit: \"true\", security.protocol: SASL_SSL }",
+        );
+        let errors = parse_text(&text).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(
+            errors.0[0].path,
+            "mappings[0].source.kafka.properties.enable.auto.commit"
+        );
+        assert!(errors.0[0].position.is_some());
+    }
+
+    #[test]
+    fn kafka_source_settings_are_checked_at_their_keys() {
+        let text = KAFKA
+            .replace("topics: [clicks]", "topics: []")
+            .replace(
+                "starting_position: trim_horizon",
+                "starting_position: at_timestamp\n        batch_size: 20000\n        max_batching_window: 301s",
+            );
+        let errors = parse_text(&text).unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "mappings[0].source.kafka.topics",
+                "mappings[0].source.kafka.starting_position",
+                "mappings[0].source.kafka.batch_size",
+                "mappings[0].source.kafka.max_batching_window",
+            ]
+        );
+        let at = KAFKA.replace(
+            "starting_position: trim_horizon",
+            "starting_position: at_timestamp\n        starting_timestamp: \"2026-01-01T00:00:00Z\"",
+        );
+        let config = parse_text(&at).unwrap();
+        assert_eq!(
+            kafka_source(&config).starting_position,
+            StartingPosition::AtTimestamp(Duration::from_secs(1_767_225_600))
+        );
     }
 
     const STREAM: &str = r#"

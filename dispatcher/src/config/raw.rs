@@ -302,6 +302,10 @@ pub struct RawKafkaSource {
     /// librdkafka client properties (SASL, TLS, timeouts), such as security.protocol: SASL_SSL.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Bytes of records one partition may hold beyond its batches before sluice pauses it at the
+    /// broker (a blocked partition holds at most this much). Default 16777216 (16 MiB).
+    #[serde(default)]
+    pub partition_buffer_bytes: Option<u64>,
     /// An MSK cluster's ARN: the event then says aws:kafka and carries eventSourceArn.
     #[serde(default)]
     pub msk_cluster_arn: Option<String>,
