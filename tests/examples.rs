@@ -1,6 +1,7 @@
 //! Every file in `examples/` runs: each config validates, and the README's first command
 //! (`scripts/demo`, which runs `examples/sqs-http.yaml` with `examples/handler.py` against moto)
-//! succeeds end to end, and `examples/dynamodb-http.yaml` runs against moto's DynamoDB Streams.
+//! succeeds end to end, `examples/dynamodb-http.yaml` runs against moto's DynamoDB Streams and
+//! `examples/kafka-http.yaml` against librdkafka's mock cluster.
 
 use serde_json::json;
 use sluice_testkit::*;
@@ -148,6 +149,99 @@ async fn the_dynamodb_example_handles_changes_and_sends_the_failing_one_to_s3() 
     })
     .await;
     assert!(!handled.contains("order-13"));
+    sluice.signal("TERM");
+    let status = sluice
+        .wait_exit(Duration::from_secs(30))
+        .expect("sluice exits on SIGTERM");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_example_handles_clicks_and_sends_the_failing_one_to_the_failure_topic() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("clicks");
+    let failed = Kafka::unique("clicks-failed");
+    let group = Kafka::unique("sluice-clicks");
+    kafka.create_topic(&topic, 3);
+    kafka.create_topic(&failed, 1);
+    let messages: Vec<(i32, Option<String>, String)> = (0..30)
+        .map(|i| {
+            let kind = if i % 3 == 0 { "view" } else { "click" };
+            let value = json!({ "kind": kind, "n": i, "poison": i == 16 });
+            (i % 3, Some(format!("user-{i}")), value.to_string())
+        })
+        .collect();
+    let borrowed: Vec<(i32, Option<&str>, String)> = messages
+        .iter()
+        .map(|(p, k, v)| (*p, k.as_deref(), v.clone()))
+        .collect();
+    kafka.produce(&topic, &borrowed);
+    let handler = Handler::start(|_, event| {
+        if kafka_records(event)
+            .iter()
+            .any(|r| r["decoded"]["poison"] == true)
+        {
+            return Reply {
+                status: 500,
+                ..Reply::ok(r#"{"errorType":"BadClick","errorMessage":"poison"}"#)
+            };
+        }
+        Reply::json(json!({ "batchItemFailures": [] }))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let env: Vec<(String, String)> = [
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap().to_owned()),
+        ("CLICKS_TOPIC", topic.clone()),
+        ("CLICKS_FAILED_TOPIC", failed.clone()),
+        ("CLICKS_GROUP", group.clone()),
+        ("HANDLER_URL", handler.url("/clicks")),
+        ("SLUICE_ADMIN", admin.clone()),
+        (
+            "SLUICE_STATE_DIR",
+            dir.path().join("state").display().to_string(),
+        ),
+        ("RETRY_INITIAL", "10ms".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut sluice = Sluice::start_file(
+        &workspace_root().join("examples/kafka-http.yaml"),
+        admin.parse().unwrap(),
+        dir,
+        &env,
+    );
+    let ends = kafka.end_offsets(&topic, 3);
+    eventually(
+        Duration::from_secs(240),
+        "offsets committed to the end",
+        || {
+            let committed = kafka.committed(&group, &topic, 3);
+            let done = committed == ends;
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                done.then_some(())
+            }
+        },
+    )
+    .await;
+    let handled: std::collections::BTreeSet<i64> = handler
+        .received()
+        .iter()
+        .map(|r| kafka_records(&r.event))
+        .filter(|records| records.iter().all(|r| r["decoded"]["poison"] == false))
+        .flatten()
+        .map(|r| r["decoded"]["n"].as_i64().unwrap())
+        .collect();
+    let clicks: std::collections::BTreeSet<i64> =
+        (0..30).filter(|i| i % 3 != 0 && *i != 16).collect();
+    assert_eq!(handled, clicks, "every click but the poison, no views");
+    let dead = kafka.read_all(&failed, 1);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key.as_deref(), Some(&b"user-16"[..]));
+    assert_eq!(dead[0].json()["sluice"]["error"]["type"], "BadClick");
     sluice.signal("TERM");
     let status = sluice
         .wait_exit(Duration::from_secs(30))

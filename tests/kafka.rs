@@ -657,3 +657,155 @@ async fn a_paused_partition_resumes_without_skipping_or_repeating() {
         .await;
     assert!(paused > 0.0, "the small buffer paused the partition");
 }
+
+// Issue 4: a batch still in flight at the drain deadline is abandoned without a commit, so the
+// next member delivers it again (at-least-once), and the stop is not held up past the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_the_drain_deadline_is_abandoned_uncommitted_and_delivered_again() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("slow");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 1);
+    let messages: Vec<(i32, Option<&str>, String)> = (0..10)
+        .map(|i| (0, None, json!({ "n": i }).to_string()))
+        .collect();
+    kafka.produce(&topic, &messages);
+    let first_call = Arc::new(Mutex::new(true));
+    let flag = first_call.clone();
+    let handler = Handler::start(move |_, _| {
+        let mut first = flag.lock().unwrap();
+        if std::mem::replace(&mut *first, false) {
+            return Reply::ok("").after(Duration::from_secs(20));
+        }
+        Reply::ok("")
+    })
+    .await;
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 10,
+        extra: "",
+    };
+    let text = config(&setup, std::path::Path::new("/tmp"))
+        .replace("shutdown_timeout: 10s", "shutdown_timeout: 1s");
+    let mut first = Sluice::start(&text, &[]);
+    eventually(WAIT, "the slow batch in flight", || {
+        let count = handler.received().len();
+        async move { (count >= 1).then_some(()) }
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    first.signal("TERM");
+    first
+        .wait_exit(Duration::from_secs(15))
+        .expect("sluice exits after the drain deadline");
+    let stop_time = stopping.elapsed();
+    assert!(
+        stop_time < Duration::from_secs(6),
+        "the stop waited {stop_time:?}, past the 1s drain deadline"
+    );
+    assert!(first.logs().contains("drain deadline reached"));
+    assert_eq!(
+        kafka.committed(&group, &topic, 1),
+        vec![-1],
+        "nothing committed for the abandoned batch"
+    );
+    let _second = Sluice::start(&text, &[]);
+    wait_committed_to_end(&kafka, &group, &topic, 1).await;
+    let offsets: Vec<i64> = delivered(&handler).into_iter().map(|(_, o)| o).collect();
+    assert_eq!(
+        offsets.len(),
+        20,
+        "the abandoned batch came again: {offsets:?}"
+    );
+}
+
+// semantics.md §4 "On-failure record, SQS/SNS/S3": an SQS destination receives the envelope with
+// KafkaBatchInfo (recordsInfo per partition) and the full records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_records_reach_an_sqs_destination_with_kafka_batch_info() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let dlq = create_queue(&sqs, "kafka-dlq", &[]).await;
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("payments");
+    let group = Kafka::unique("sluice");
+    kafka.create_topic(&topic, 1);
+    let messages: Vec<(i32, Option<&str>, String)> = (0..5)
+        .map(|i| (0, Some("acct-1"), json!({ "n": i }).to_string()))
+        .collect();
+    kafka.produce(&topic, &messages);
+    let handler = Handler::start(|_, _| Reply {
+        status: 500,
+        ..Reply::ok(r#"{"errorType":"Declined","errorMessage":"no funds"}"#)
+    })
+    .await;
+    let extra = format!(
+        "    retry: {{ max_retry_attempts: 1, backoff: {{ initial: 10ms, max: 20ms }} }}\n    on_failure: {{ sqs: {{ queue_url: \"{dlq}\" }} }}"
+    );
+    let setup = Setup {
+        kafka: &kafka,
+        topic: &topic,
+        group: &group,
+        handler_url: handler.url("/"),
+        batch_size: 10,
+        extra: &extra,
+    };
+    let state = tempfile::tempdir().unwrap();
+    let _sluice = Sluice::start(&config(&setup, state.path()), &moto_env(&moto));
+    wait_committed_to_end(&kafka, &group, &topic, 1).await;
+    let bodies = eventually(WAIT, "the dead letter in SQS", || async {
+        let messages = receive_all(&sqs, &dlq, 30).await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(bodies.len(), 1, "one envelope for the batch");
+    let envelope: Value = serde_json::from_str(bodies[0].body().unwrap()).unwrap();
+    assert_eq!(
+        envelope["requestContext"]["condition"],
+        "RetryAttemptsExhausted"
+    );
+    assert_eq!(envelope["requestContext"]["approximateInvokeCount"], 2);
+    let info = &envelope["KafkaBatchInfo"];
+    assert_eq!(info["batchSize"], 5);
+    assert_eq!(info["bootstrapServers"], kafka.bootstrap());
+    let partition = format!("{topic}-0");
+    assert_eq!(info["recordsInfo"][&partition]["firstRecordOffset"], "0");
+    assert_eq!(info["recordsInfo"][&partition]["lastRecordOffset"], "4");
+    assert_eq!(envelope["sluice"]["source"]["kind"], "kafka");
+    assert_eq!(envelope["sluice"]["records"].as_array().unwrap().len(), 5);
+    assert_eq!(envelope["sluice"]["error"]["type"], "Declined");
+}
+
+// architecture.md "CLI": `validate --connect` reaches the brokers and names a missing topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_connect_names_a_missing_topic() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("present");
+    kafka.create_topic(&topic, 1);
+    let missing = Kafka::unique("absent");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\ntargets:\n  api:\n    http: {{ url: \"http://127.0.0.1:1/\" }}\nmappings:\n  - name: k\n    target: api\n    source:\n      kafka:\n        bootstrap_servers: \"{}\"\n        topics: [{topic}, {missing}]\n        group_id: g\n        starting_position: latest\n",
+            kafka.bootstrap()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(sluice_binary())
+        .args(["validate", "--connect", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mappings[0].source.kafka (k)") && stderr.contains(&missing),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&format!("\"{topic}\"")), "{stderr}");
+}

@@ -113,7 +113,7 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let sdk_config = crate::runtime::aws_config(&config.aws)
+        let sdk_config = crate::runtime::aws_config_for(&config.aws, config.needs_aws())
             .await
             .map_err(|e| e.to_string())?;
         let client = aws_sdk_sqs::Client::new(&sdk_config);
