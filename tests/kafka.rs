@@ -345,6 +345,16 @@ async fn assigned(sluice: &Sluice) -> f64 {
 // other takes its partitions over and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_partitions_and_one_takes_over_after_a_kill() {
+    share_then_take_over(None).await;
+}
+
+// The same with incremental (cooperative) rebalancing, which revokes only the partitions that move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_rebalancing_shares_partitions_and_takes_over_after_a_kill() {
+    share_then_take_over(Some("cooperative-sticky")).await;
+}
+
+async fn share_then_take_over(strategy: Option<&str>) {
     let kafka = Kafka::start();
     let topic = Kafka::unique("shared");
     let group = Kafka::unique("sluice");
@@ -363,14 +373,28 @@ async fn two_instances_share_partitions_and_one_takes_over_after_a_kill() {
         handler_url: handler_b.url("/"),
         ..setup_a
     };
-    let mut a = start(&setup_a);
+    let with_strategy = |setup: &Setup<'_>| {
+        let text = config(setup, std::path::Path::new("/tmp"));
+        let text = match strategy {
+            Some(strategy) => text.replace(
+                "        properties:\n",
+                &format!(
+                    "        properties:\n          partition.assignment.strategy: {strategy}\n"
+                ),
+            ),
+            None => text,
+        };
+        assert!(strategy.is_none_or(|s| text.contains(s)), "{text}");
+        Sluice::start(&text, &[])
+    };
+    let mut a = with_strategy(&setup_a);
     eventually(
         WAIT,
         "the first instance to hold every partition",
         || async { (assigned(&a).await == 6.0).then_some(()) },
     )
     .await;
-    let b = start(&setup_b);
+    let b = with_strategy(&setup_b);
     eventually(WAIT, "the partitions to be shared 3 and 3", || async {
         (assigned(&a).await == 3.0 && assigned(&b).await == 3.0).then_some(())
     })
