@@ -199,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
     let messages: usize = args.next().map_or(Ok(100_000), |n| n.parse())?;
     println!();
     println!(
-        "### Kafka throughput ({messages} messages of ~100 bytes, librdkafka mock cluster, no-op HTTP handler)"
+        "## Kafka throughput (`scripts/bench --kafka`, {messages} messages of ~100 bytes, librdkafka mock cluster, no-op HTTP handler)"
     );
     println!();
     println!(
