@@ -52,6 +52,8 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const FULL_LANE_POLL: Duration = Duration::from_millis(2);
 /// How often finished offsets are committed.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the same poll error is logged again.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// How long after a client error an empty poll counts as healthy again.
 const CLIENT_ERROR_QUIET: Duration = Duration::from_secs(30);
 /// Broker calls made while assigning partitions (committed offsets, offsets for times).
@@ -589,6 +591,7 @@ fn consume(
     );
     let mut last_commit = Instant::now();
     let mut timeout = POLL_TIMEOUT;
+    let mut last_error: Option<(String, Instant)> = None;
     while !shutdown.is_cancelled() {
         match consumer.poll(timeout) {
             None => {
@@ -605,9 +608,20 @@ fn consume(
                 take(&shared, &consumer, &assignment, &parts, record);
             }
             Some(Err(error)) => {
+                let text = error.to_string();
                 shared.metrics.poll_errors.increment(1);
-                shared.health.poll_failed(&error.to_string());
-                tracing::warn!(mapping = %shared.name, %error, "polling Kafka failed");
+                shared.health.poll_failed(&text);
+                // A persistent error comes back on every poll: log it when it changes, and
+                // otherwise at most every ERROR_LOG_INTERVAL.
+                let repeated = last_error
+                    .as_ref()
+                    .is_some_and(|(last, at): &(String, Instant)| {
+                        *last == text && at.elapsed() < ERROR_LOG_INTERVAL
+                    });
+                if !repeated {
+                    tracing::warn!(mapping = %shared.name, %error, "polling Kafka failed");
+                    last_error = Some((text, Instant::now()));
+                }
             }
         }
         // Queued records move into lanes between polls: poll without waiting while a lane has
