@@ -57,6 +57,23 @@ mappings:
     )
 }
 
+/// A fresh topic with `partitions` partitions and a fresh group name.
+fn topic_and_group(kafka: &Kafka, prefix: &str, partitions: i32) -> (String, String) {
+    let topic = Kafka::unique(prefix);
+    kafka.create_topic(&topic, partitions);
+    (topic, Kafka::unique("sluice"))
+}
+
+/// Messages `{"n": i}` for `range`, spread round-robin over `partitions`, without keys.
+fn numbered(
+    range: std::ops::Range<i32>,
+    partitions: i32,
+) -> Vec<(i32, Option<&'static str>, String)> {
+    range
+        .map(|i| (i % partitions, None, json!({ "n": i }).to_string()))
+        .collect()
+}
+
 fn start(setup: &Setup<'_>) -> Sluice {
     let state = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&config(setup, state.path()), &[]);
@@ -98,9 +115,7 @@ async fn wait_committed_to_end(kafka: &Kafka, group: &str, topic: &str, partitio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_over_six_partitions_are_handled_in_order_and_committed() {
     let kafka = Kafka::start();
-    let topic = Kafka::unique("clicks");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 6);
+    let (topic, group) = topic_and_group(&kafka, "clicks", 6);
     let messages: Vec<(i32, Option<String>, String)> = (0..10_000)
         .map(|i| {
             let partition = i % 6;
@@ -280,12 +295,8 @@ async fn a_poison_message_alone_reaches_the_failure_topic_with_its_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_loses_nothing_and_repeats_only_uncommitted_records() {
     let kafka = Kafka::start();
-    let topic = Kafka::unique("events");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 3);
-    let messages: Vec<(i32, Option<&str>, String)> = (0..3_000)
-        .map(|i| (i % 3, None, json!({ "n": i }).to_string()))
-        .collect();
+    let (topic, group) = topic_and_group(&kafka, "events", 3);
+    let messages = numbered(0..3_000, 3);
     kafka.produce(&topic, &messages);
     let handler = Handler::start(|_, _| Reply::ok("").after(Duration::from_millis(25))).await;
     let setup = Setup {
@@ -356,9 +367,7 @@ async fn cooperative_rebalancing_shares_partitions_and_takes_over_after_a_kill()
 
 async fn share_then_take_over(strategy: Option<&str>) {
     let kafka = Kafka::start();
-    let topic = Kafka::unique("shared");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 6);
+    let (topic, group) = topic_and_group(&kafka, "shared", 6);
     let handler_a = Handler::start(|_, _| Reply::ok("")).await;
     let handler_b = Handler::start(|_, _| Reply::ok("")).await;
     let setup_a = Setup {
@@ -399,11 +408,7 @@ async fn share_then_take_over(strategy: Option<&str>) {
         (assigned(&a).await == 3.0 && assigned(&b).await == 3.0).then_some(())
     })
     .await;
-    let batch = |from: i32| -> Vec<(i32, Option<&'static str>, String)> {
-        (from..from + 600)
-            .map(|i| (i % 6, None, json!({ "n": i }).to_string()))
-            .collect()
-    };
+    let batch = |from: i32| numbered(from..from + 600, 6);
     kafka.produce(&topic, &batch(0));
     eventually(WAIT, "the first 600 handled", || {
         let count = delivered(&handler_a).len() + delivered(&handler_b).len();
@@ -451,12 +456,8 @@ async fn share_then_take_over(strategy: Option<&str>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_batch_response_retries_from_the_named_offset() {
     let kafka = Kafka::start();
-    let topic = Kafka::unique("partial");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 1);
-    let messages: Vec<(i32, Option<&str>, String)> = (0..30)
-        .map(|i| (0, None, json!({ "n": i }).to_string()))
-        .collect();
+    let (topic, group) = topic_and_group(&kafka, "partial", 1);
+    let messages = numbered(0..30, 1);
     kafka.produce(&topic, &messages);
     let failed_once = Arc::new(Mutex::new(false));
     let flag = failed_once.clone();
@@ -502,12 +503,8 @@ async fn a_partial_batch_response_retries_from_the_named_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_commits_and_the_next_member_repeats_nothing() {
     let kafka = Kafka::start();
-    let topic = Kafka::unique("drain");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 2);
-    let messages: Vec<(i32, Option<&str>, String)> = (0..400)
-        .map(|i| (i % 2, None, json!({ "n": i }).to_string()))
-        .collect();
+    let (topic, group) = topic_and_group(&kafka, "drain", 2);
+    let messages = numbered(0..400, 2);
     kafka.produce(&topic, &messages);
     let handler = Handler::start(|_, _| Reply::ok("").after(Duration::from_millis(300))).await;
     let setup = Setup {
@@ -568,9 +565,7 @@ async fn sigterm_drains_commits_and_the_next_member_repeats_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_record_blocks_only_its_partition() {
     let kafka = Kafka::start();
-    let topic = Kafka::unique("blocked");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 2);
+    let (topic, group) = topic_and_group(&kafka, "blocked", 2);
     let messages: Vec<(i32, Option<&str>, String)> = (0..100)
         .map(|i| (i % 2, None, json!({ "n": i, "bad": i == 20 }).to_string()))
         .collect();
@@ -642,9 +637,7 @@ async fn a_failing_record_blocks_only_its_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_partition_resumes_without_skipping_or_repeating() {
     let kafka = Kafka::start();
-    let topic = Kafka::unique("paused");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 1);
+    let (topic, group) = topic_and_group(&kafka, "paused", 1);
     let messages: Vec<(i32, Option<&str>, String)> = (0..2_000)
         .map(|i| {
             (
@@ -687,12 +680,8 @@ async fn a_paused_partition_resumes_without_skipping_or_repeating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_past_the_drain_deadline_is_abandoned_uncommitted_and_delivered_again() {
     let kafka = Kafka::start();
-    let topic = Kafka::unique("slow");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 1);
-    let messages: Vec<(i32, Option<&str>, String)> = (0..10)
-        .map(|i| (0, None, json!({ "n": i }).to_string()))
-        .collect();
+    let (topic, group) = topic_and_group(&kafka, "slow", 1);
+    let messages = numbered(0..10, 1);
     kafka.produce(&topic, &messages);
     let first_call = Arc::new(Mutex::new(true));
     let flag = first_call.clone();
@@ -754,9 +743,7 @@ async fn exhausted_records_reach_an_sqs_destination_with_kafka_batch_info() {
     let sqs = moto.sqs().await;
     let dlq = create_queue(&sqs, "kafka-dlq", &[]).await;
     let kafka = Kafka::start();
-    let topic = Kafka::unique("payments");
-    let group = Kafka::unique("sluice");
-    kafka.create_topic(&topic, 1);
+    let (topic, group) = topic_and_group(&kafka, "payments", 1);
     let messages: Vec<(i32, Option<&str>, String)> = (0..5)
         .map(|i| (0, Some("acct-1"), json!({ "n": i }).to_string()))
         .collect();
