@@ -23,20 +23,34 @@ pub struct Cli {
 pub enum Command {
     /// Run every enabled mapping until SIGTERM/SIGINT, then drain.
     Run {
-        /// The config file.
+        /// The config file: a path, or s3://bucket/key (fetched once at start).
         #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        config: String,
         /// Log format: auto (JSON when stdout is not a terminal), json or text.
         #[arg(long, value_enum, default_value = "auto")]
         log_format: LogFormat,
     },
     /// Check a config file and report every problem with its file:line:column and key path.
     Validate {
+        /// The config file: a path, or s3://bucket/key.
         #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        config: String,
         /// Also check that every source queue and on_failure destination exists and is reachable.
         #[arg(long)]
         connect: bool,
+    },
+    /// Exit 0 when the local sluice reports ready on its admin endpoint (/readyz), 1 otherwise:
+    /// a container health check.
+    Health {
+        /// The config file of the running sluice (it names the admin address).
+        #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
+        config: Option<String>,
+        /// The admin address to ask instead of reading the config, such as 127.0.0.1:9797.
+        #[arg(long, env = "SLUICE_ADMIN")]
+        admin: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Print the JSON Schema of the config file.
     Schema,
@@ -55,10 +69,15 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Health {
+            config,
+            admin,
+            timeout,
+        } => health(config.as_deref(), admin.as_deref(), timeout),
         Command::Validate {
             config: path,
             connect,
-        } => match config::load(&path) {
+        } => match load_config(&path) {
             Ok(config) => {
                 if connect && let Err(problems) = check_connections(&config) {
                     eprintln!("{problems}");
@@ -66,7 +85,7 @@ pub fn main() -> ExitCode {
                 }
                 println!(
                     "{}: ok ({} targets, {} mappings{})",
-                    path.display(),
+                    path,
                     config.targets.len(),
                     config.mappings.len(),
                     if connect {
@@ -86,7 +105,7 @@ pub fn main() -> ExitCode {
             config: path,
             log_format,
         } => {
-            let config = match config::load(&path) {
+            let config = match load_config(&path) {
                 Ok(config) => config,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -102,6 +121,130 @@ pub fn main() -> ExitCode {
                     ExitCode::from(EXIT_RUNTIME_FAILURE)
                 }
             }
+        }
+    }
+}
+
+/// Reads the config from a path or from `s3://bucket/key` (with the standard AWS credential
+/// chain, region and `AWS_ENDPOINT_URL`); errors name the location as their file.
+pub fn load_config(location: &str) -> Result<config::Config, config::ConfigErrors> {
+    let Some(object) = location.strip_prefix("s3://") else {
+        return config::load(std::path::Path::new(location));
+    };
+    let unreadable = |message: String| {
+        config::ConfigErrors(vec![config::ConfigError {
+            file: location.to_owned(),
+            position: None,
+            path: String::new(),
+            message,
+        }])
+    };
+    let Some((bucket, key)) = object
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+    else {
+        return Err(unreadable(
+            "an S3 config location is s3://bucket/key".to_owned(),
+        ));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreadable(e.to_string()))?;
+    let text = runtime
+        .block_on(async {
+            let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            // moto and LocalStack serve buckets by path, not by virtual host.
+            let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
+            let client = aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&sdk_config)
+                    .force_path_style(path_style)
+                    .build(),
+            );
+            let object = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())?;
+            let bytes = object
+                .body
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_bytes();
+            String::from_utf8(bytes.to_vec()).map_err(|_| "the object is not UTF-8 text".to_owned())
+        })
+        .map_err(|error| {
+            unreadable(format!(
+                "cannot read the config from S3: {error}; check the bucket and key, the task's permission s3:GetObject on it, and AWS_REGION"
+            ))
+        })?;
+    let mut parsed = config::parse(location, &text, std::env::vars().collect())?;
+    parsed.file = PathBuf::from(location);
+    Ok(parsed)
+}
+
+/// `sluice health`: asks the local admin endpoint whether sluice is ready.
+fn health(
+    config_location: Option<&str>,
+    admin: Option<&str>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let address = match (admin, config_location) {
+        (Some(admin), _) => admin.to_owned(),
+        (None, Some(location)) => match load_config(location) {
+            Ok(config) => {
+                let listen = config.admin.listen;
+                // A wildcard listener is reached over loopback.
+                if listen.ip().is_unspecified() {
+                    format!("127.0.0.1:{}", listen.port())
+                } else {
+                    listen.to_string()
+                }
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_RUNTIME_FAILURE);
+            }
+        },
+        (None, None) => {
+            eprintln!("sluice health: give -c (or SLUICE_CONFIG) or --admin (or SLUICE_ADMIN)");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let url = format!("http://{address}/readyz");
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                Ok::<_, String>((status, body))
+            })
+        });
+    match answer {
+        Ok((status, _)) if status.is_success() => {
+            println!("ready");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("not ready ({status}): {}", body.trim());
+            ExitCode::from(EXIT_RUNTIME_FAILURE)
+        }
+        Err(error) => {
+            println!("not ready: {url}: {error}");
+            ExitCode::from(EXIT_RUNTIME_FAILURE)
         }
     }
 }

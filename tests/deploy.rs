@@ -1,0 +1,195 @@
+//! End-to-end: what running on ECS needs from the binary (issue 9): `sluice health` as the
+//! container health check, the config fetched from `s3://bucket/key`, and stops that do not wait
+//! out idle long polls.
+
+use sluice_testkit::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn sqs_config(queue_url: &str, admin: &str) -> String {
+    format!(
+        r#"version: 1
+shutdown_timeout: 10s
+admin: {{ listen: "{admin}" }}
+targets:
+  handler:
+    http: {{ url: "http://127.0.0.1:9/", timeout: 5s }}
+mappings:
+  - name: orders
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue_url}", wait_time: 20s }}
+"#
+    )
+}
+
+fn health(args: &[&str], env: &[(String, String)]) -> (Option<i32>, String) {
+    let output = Command::new(sluice_binary())
+        .arg("health")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+// Issue 9: `sluice health` exits 0 when /readyz says ready, 1 when it does not or nothing answers;
+// it finds the admin address in the config (-c or SLUICE_CONFIG), a wildcard listener over
+// loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_zero_only_while_the_local_sluice_is_ready() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "orders", &[]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(&path, sqs_config(&queue, &format!("0.0.0.0:{port}"))).unwrap();
+    let path_text = path.display().to_string();
+
+    let (code, output) = health(&["-c", &path_text], &[]);
+    assert_eq!(code, Some(1), "nothing runs yet: {output}");
+
+    let mut sluice = Sluice::start_file(
+        &path,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        dir,
+        &moto_env(&moto),
+    );
+    eventually(WAIT, "sluice health to pass", || {
+        let (code, _) = health(&[], &[("SLUICE_CONFIG".into(), path_text.clone())]);
+        async move { (code == Some(0)).then_some(()) }
+    })
+    .await;
+    let (code, output) = health(&["--admin", &format!("127.0.0.1:{port}")], &[]);
+    assert_eq!(code, Some(0), "{output}");
+
+    // The queue goes away: the mapping cannot poll and stops being ready.
+    sqs.delete_queue().queue_url(&queue).send().await.unwrap();
+    let output = eventually(WAIT, "sluice health to fail", || {
+        let (code, output) = health(&["-c", &path_text], &[]);
+        async move { (code == Some(1)).then_some(output) }
+    })
+    .await;
+    assert!(output.contains("not ready (503"), "{output}");
+    assert!(output.contains("orders"), "the report names the mapping: {output}");
+    sluice.signal("TERM");
+    sluice.wait_exit(Duration::from_secs(30)).expect("exit");
+}
+
+// Issue 9: `-c s3://bucket/key` fetches the config at start, for run, validate and health;
+// errors name the S3 location with line and column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_can_live_in_s3() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let s3 = moto.s3().await;
+    let queue = create_queue(&sqs, "orders", &[]).await;
+    s3.create_bucket().bucket("configs").send().await.unwrap();
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    s3.put_object()
+        .bucket("configs")
+        .key("prod/sluice.yaml")
+        .body(sqs_config(&queue, &admin).into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    s3.put_object()
+        .bucket("configs")
+        .key("prod/broken.yaml")
+        .body(
+            "version: 1\ntargets: {}\nmappings:\n  - name: x\n    target: nope\n"
+                .as_bytes()
+                .to_vec()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let env = moto_env(&moto);
+    let validate = |location: &str| {
+        Command::new(sluice_binary())
+            .args(["validate", "-c", location])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap()
+    };
+    let ok = validate("s3://configs/prod/sluice.yaml");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("s3://configs/prod/sluice.yaml: ok"));
+    let broken = validate("s3://configs/prod/broken.yaml");
+    assert_eq!(broken.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(
+        stderr.contains("s3://configs/prod/broken.yaml:4:5"),
+        "{stderr}"
+    );
+    let missing = validate("s3://configs/prod/absent.yaml");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("s3:GetObject"),
+        "says what to check"
+    );
+
+    let mut run = Command::new(sluice_binary());
+    run.arg("run");
+    let mut run_env = env.clone();
+    run_env.push((
+        "SLUICE_CONFIG".into(),
+        "s3://configs/prod/sluice.yaml".into(),
+    ));
+    let mut sluice = Sluice::start_command(
+        run,
+        admin.parse().unwrap(),
+        tempfile::tempdir().unwrap(),
+        &run_env,
+    );
+    eventually(WAIT, "the S3-configured sluice to be ready", || {
+        let (code, _) = health(&[], &run_env);
+        async move { (code == Some(0)).then_some(()) }
+    })
+    .await;
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(30)).unwrap().success());
+}
+
+// Issue 9 "prompt stops": ECS sends SIGTERM on every deploy; an idle daemon with an open 20 s
+// long poll exits within a second or two instead of waiting the poll out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_stops_within_two_seconds() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "idle", &[]).await;
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut sluice = Sluice::start(&sqs_config(&queue, &admin), &moto_env(&moto));
+    eventually(WAIT, "ready", || {
+        let (code, _) = health(&["--admin", &admin], &[]);
+        async move { (code == Some(0)).then_some(()) }
+    })
+    .await;
+    // Let the long poll open.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopping = Instant::now();
+    sluice.signal("TERM");
+    let status = sluice
+        .wait_exit(Duration::from_secs(30))
+        .expect("sluice exits");
+    let took = stopping.elapsed();
+    assert!(status.success());
+    assert!(took < Duration::from_secs(2), "the stop took {took:?}");
+}
