@@ -81,7 +81,10 @@ async fn health_exits_zero_only_while_the_local_sluice_is_ready() {
     })
     .await;
     assert!(output.contains("not ready (503"), "{output}");
-    assert!(output.contains("orders"), "the report names the mapping: {output}");
+    assert!(
+        output.contains("orders"),
+        "the report names the mapping: {output}"
+    );
     sluice.signal("TERM");
     sluice.wait_exit(Duration::from_secs(30)).expect("exit");
 }
@@ -192,4 +195,194 @@ async fn an_idle_daemon_stops_within_two_seconds() {
     let took = stopping.elapsed();
     assert!(status.success());
     assert!(took < Duration::from_secs(2), "the stop took {took:?}");
+}
+
+fn shutdown_timeout_seconds(config: &str) -> u64 {
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("shutdown_timeout:"))
+        .expect("the config sets shutdown_timeout");
+    let value = line
+        .trim_start_matches("shutdown_timeout:")
+        .split('#')
+        .next()
+        .unwrap()
+        .trim();
+    value
+        .strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{value:?} is not whole seconds"))
+}
+
+// Issue 9: the task definition matches the config it runs (health check through `sluice
+// health`, stopTimeout above shutdown_timeout so a drain is never cut off by SIGKILL, the config
+// location in the environment, JSON logs to CloudWatch), and the ECS example config runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ecs_example_runs_and_its_task_definition_matches_it() {
+    let root = workspace_root().join("examples/ecs");
+    let config_text = std::fs::read_to_string(root.join("sluice.yaml")).unwrap();
+    let task: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("task-definition.json")).unwrap())
+            .unwrap();
+    let container = task["containerDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sluice")
+        .expect("a sluice container");
+    assert_eq!(
+        container["healthCheck"]["command"],
+        serde_json::json!(["CMD", "sluice", "health"])
+    );
+    let stop_timeout = container["stopTimeout"].as_u64().unwrap();
+    let shutdown_timeout = shutdown_timeout_seconds(&config_text);
+    assert!(
+        stop_timeout >= shutdown_timeout + 5 && stop_timeout <= 120,
+        "stopTimeout {stop_timeout}s must exceed shutdown_timeout {shutdown_timeout}s (ECS allows at most 120)"
+    );
+    let environment = container["environment"].as_array().unwrap();
+    assert!(environment.iter().any(|e| e["name"] == "SLUICE_CONFIG"));
+    assert_eq!(container["logConfiguration"]["logDriver"], "awslogs");
+
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "orders", &[]).await;
+    let dlq = create_queue(&sqs, "orders-dlq", &[]).await;
+    let handler =
+        Handler::start(|_, _| Reply::json(serde_json::json!({ "batchItemFailures": [] }))).await;
+    let state = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut env = moto_env(&moto);
+    env.extend([
+        ("ORDERS_QUEUE_URL".to_owned(), queue.clone()),
+        ("ORDERS_DLQ_URL".to_owned(), dlq),
+        ("HANDLER_URL".to_owned(), handler.url("/events")),
+        ("SLUICE_ADMIN".to_owned(), admin.clone()),
+        (
+            "SLUICE_STATE_DIR".to_owned(),
+            state.path().display().to_string(),
+        ),
+    ]);
+    let config_path = root.join("sluice.yaml");
+    let mut sluice = Sluice::start_file(
+        &config_path,
+        admin.parse().unwrap(),
+        tempfile::tempdir().unwrap(),
+        &env,
+    );
+    let bodies: Vec<String> = (0..5).map(|i| format!("order-{i}")).collect();
+    send_bodies(&sqs, &queue, &bodies, None).await;
+    eventually(WAIT, "five orders handled", || {
+        let count = handler.records().len();
+        async move { (count >= 5).then_some(()) }
+    })
+    .await;
+    let config_location = config_path.display().to_string();
+    let (code, output) = health(&["-c", &config_location], &env);
+    assert_eq!(code, Some(0), "{output}");
+    let stopping = Instant::now();
+    sluice.signal("TERM");
+    let status = sluice
+        .wait_exit(Duration::from_secs(stop_timeout))
+        .expect("stops within stopTimeout");
+    assert!(status.success());
+    assert!(stopping.elapsed() < Duration::from_secs(stop_timeout));
+}
+
+// Issue 9: `scripts/package` builds the image's file set (the Dockerfile copies exactly it); the
+// binary in it runs, and every shared library it needs comes from the runtime image's packages.
+#[test]
+fn the_package_holds_what_the_image_needs() {
+    let root = workspace_root();
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(root.join("scripts/package"))
+        .args(["--debug", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let binary = out.path().join("rootfs/usr/local/bin/sluice");
+    for dir in ["rootfs/etc/sluice", "rootfs/var/lib/sluice"] {
+        assert!(out.path().join(dir).is_dir(), "{dir}");
+    }
+    let validate = Command::new(&binary)
+        .args(["validate", "-c"])
+        .arg(root.join("examples/ecs/sluice.yaml"))
+        .env(
+            "ORDERS_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/orders",
+        )
+        .env(
+            "ORDERS_DLQ_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/orders-dlq",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        validate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+
+    // Shared libraries → the Debian packages that ship them; each must be in the image.
+    let packages: Vec<String> = std::fs::read_to_string(out.path().join("runtime-packages.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    // debian:bookworm-slim itself has the C library and libgcc.
+    let in_base = ["libc6", "libgcc-s1"];
+    let ldd = Command::new("ldd").arg(&binary).output().unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout);
+    let libraries: Vec<&str> = ldd
+        .lines()
+        .filter_map(|line| line.split("=>").nth(1))
+        .filter_map(|target| target.split_whitespace().next())
+        .collect();
+    assert!(libraries.len() >= 3, "{ldd}");
+    for library in libraries {
+        // Merged /usr: dpkg may record a library under /lib or /usr/lib, by its link name or the
+        // file it links to; ask for each spelling.
+        let real = std::fs::canonicalize(library)
+            .unwrap()
+            .display()
+            .to_string();
+        let candidates = [
+            library.to_owned(),
+            real.clone(),
+            real.replacen("/usr/lib/", "/lib/", 1),
+            library.replacen("/lib/", "/usr/lib/", 1),
+        ];
+        let owner = candidates
+            .iter()
+            .map(|path| Command::new("dpkg").args(["-S", path]).output().unwrap())
+            .find(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default();
+        let package = owner
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        assert!(
+            packages.contains(&package) || in_base.contains(&package.as_str()),
+            "{library} comes from {package:?}, which the runtime image does not install (docker/runtime-packages.txt)"
+        );
+    }
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    for needed in [
+        "RUN scripts/package --out /out",
+        "COPY --from=build /out/rootfs/ /",
+        "docker/runtime-packages.txt",
+        "USER 10001",
+        "CMD [\"sluice\", \"health\"]",
+    ] {
+        assert!(
+            dockerfile.contains(needed),
+            "the Dockerfile lacks {needed:?}"
+        );
+    }
+    assert!(packages.iter().any(|p| p == "ca-certificates"));
 }

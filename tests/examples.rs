@@ -12,8 +12,11 @@ use std::time::Duration;
 fn every_example_config_validates() {
     let examples = workspace_root().join("examples");
     let mut checked = 0;
-    for entry in std::fs::read_dir(&examples).unwrap() {
-        let path = entry.unwrap().path();
+    let configs = std::fs::read_dir(&examples)
+        .unwrap()
+        .chain(std::fs::read_dir(examples.join("ecs")).unwrap())
+        .map(|entry| entry.unwrap().path());
+    for path in configs {
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
         }
