@@ -2,45 +2,10 @@
 //! (semantics.md §5, §12, §13.5), the real binary against moto's S3 and SQS.
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
 use serde_json::{Value, json};
 use sluice_testkit::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// A bucket that notifies `queue` of every created object.
-async fn notifying_bucket(moto: &Moto, bucket: &str, queue_url: &str) -> aws_sdk_s3::Client {
-    let s3 = moto.s3().await;
-    let sqs = moto.sqs().await;
-    s3.create_bucket().bucket(bucket).send().await.unwrap();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    s3.put_bucket_notification_configuration()
-        .bucket(bucket)
-        .notification_configuration(
-            NotificationConfiguration::builder()
-                .queue_configurations(
-                    QueueConfiguration::builder()
-                        .queue_arn(arn)
-                        .events(Event::from("s3:ObjectCreated:*"))
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    s3
-}
 
 async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) {
     s3.put_object()

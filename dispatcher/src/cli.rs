@@ -154,6 +154,7 @@ pub fn load_config(location: &str) -> Result<config::Config, config::ConfigError
     let text = runtime
         .block_on(async {
             let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .app_name(crate::runtime::app_name())
                 .load()
                 .await;
             // moto and LocalStack serve buckets by path, not by virtual host.

@@ -64,12 +64,27 @@ impl Moto {
         Self::launch(0, true)
     }
 
+    /// Starts moto recording the IAM action of every call sluice makes (see
+    /// [`Moto::sluice_actions`]).
+    pub fn start_recording_actions() -> Self {
+        Self::launch_with(0, &["--record-actions"])
+    }
+
     /// Starts moto on `port` (0 = any free port).
     pub fn start_on(port: u16) -> Self {
         Self::launch(port, false)
     }
 
     fn launch(port: u16, count_requests: bool) -> Self {
+        let flags: &[&str] = if count_requests {
+            &["--count-requests"]
+        } else {
+            &[]
+        };
+        Self::launch_with(port, flags)
+    }
+
+    fn launch_with(port: u16, flags: &[&str]) -> Self {
         let python = python();
         assert!(
             python.exists(),
@@ -79,7 +94,7 @@ impl Moto {
         let mut child = Command::new(&python)
             .arg(workspace_root().join("tests/support/moto_launcher.py"))
             .args(["--port", &port.to_string()])
-            .args(count_requests.then_some("--count-requests"))
+            .args(flags)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -111,6 +126,23 @@ impl Moto {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The IAM actions of the AWS calls sluice made (only with [`Moto::start_recording_actions`]).
+    pub async fn sluice_actions(&self) -> std::collections::BTreeSet<String> {
+        let url = format!("{}/_sluice/actions", self.endpoint());
+        let report: Value = reqwest::get(&url)
+            .await
+            .expect("recorded actions")
+            .json()
+            .await
+            .expect("recorded actions as JSON");
+        report["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
     }
 
     /// Requests per SQS action since start (only with [`Moto::start_counting`]).
@@ -301,6 +333,40 @@ impl Drop for Moto {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A bucket that notifies `queue` of every created object.
+pub async fn notifying_bucket(moto: &Moto, bucket: &str, queue_url: &str) -> aws_sdk_s3::Client {
+    let s3 = moto.s3().await;
+    let sqs = moto.sqs().await;
+    s3.create_bucket().bucket(bucket).send().await.unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    s3.put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .queue_configurations(
+                    aws_sdk_s3::types::QueueConfiguration::builder()
+                        .queue_arn(arn)
+                        .events(aws_sdk_s3::types::Event::from("s3:ObjectCreated:*"))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    s3
 }
 
 pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {

@@ -28,7 +28,13 @@ GET /_sluice/requests returns {"counts": {action: n}, "first": {action: unix tim
 resets them. Requests whose User-Agent contains "sluice-bench-harness" (the benchmark's own
 bookkeeping) are not counted.
 
-Usage: python moto_launcher.py [--port N] [--count-requests]
+With --record-actions (used by the IAM policy tests) it records the IAM action of every request
+made by sluice (a User-Agent with "app/sluice"): GET /_sluice/actions returns {"actions":
+["sqs:ReceiveMessage", ...]}, sorted, and DELETE resets them. JSON-protocol calls are named by
+their X-Amz-Target (DynamoDB Streams calls are dynamodb: actions, as in IAM); S3 REST calls by
+method and path (HeadObject needs s3:GetObject, as in IAM).
+
+Usage: python moto_launcher.py [--port N] [--count-requests] [--record-actions]
 Prints "moto listening on 127.0.0.1:<port>" once ready, then serves until stdin closes (so it dies
 with the test process that started it) or it is killed.
 """
@@ -210,14 +216,74 @@ def count_requests():
     DomainDispatcherApplication.__call__ = counting_call
 
 
+JSON_PREFIXES = {
+    "AmazonSQS": "sqs",
+    "DynamoDB_20120810": "dynamodb",
+    "DynamoDBStreams_20120810": "dynamodb",
+}
+
+
+SQS_BATCH_ACTIONS = {
+    "DeleteMessageBatch": "DeleteMessage",
+    "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+    "SendMessageBatch": "SendMessage",
+}
+
+
+def iam_action(environ):
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        prefix, _, operation = target.partition(".")
+        # IAM authorizes SQS batch calls with the single-message action.
+        operation = SQS_BATCH_ACTIONS.get(operation, operation) if prefix == "AmazonSQS" else operation
+        return f"{JSON_PREFIXES.get(prefix, prefix)}:{operation}"
+    method = environ.get("REQUEST_METHOD", "GET")
+    segments = [s for s in environ.get("PATH_INFO", "/").split("/") if s]
+    if len(segments) >= 2:
+        operation = {"GET": "GetObject", "HEAD": "GetObject", "PUT": "PutObject",
+                     "DELETE": "DeleteObject", "POST": "PutObject"}.get(method, method)
+    elif method in ("GET", "HEAD"):
+        operation = "ListBucket"
+    else:
+        operation = f"{method}Bucket"
+    return f"s3:{operation}"
+
+
+def record_actions():
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    actions = set()
+    lock = threading.Lock()
+    serve = DomainDispatcherApplication.__call__
+
+    def recording_call(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/_sluice/actions":
+            with lock:
+                if environ.get("REQUEST_METHOD") == "DELETE":
+                    actions.clear()
+                body = json.dumps({"actions": sorted(actions)}).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        agent = environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", "")
+        if "app/sluice" in agent:
+            with lock:
+                actions.add(iam_action(environ))
+        return serve(self, environ, start_response)
+
+    DomainDispatcherApplication.__call__ = recording_call
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--count-requests", action="store_true")
+    parser.add_argument("--record-actions", action="store_true")
     args = parser.parse_args()
     stream_clock_control()
     if args.count_requests:
         count_requests()
+    if args.record_actions:
+        record_actions()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

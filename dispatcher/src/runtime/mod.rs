@@ -76,17 +76,25 @@ pub async fn aws_config(settings: &AwsSettings) -> anyhow::Result<aws_config::Sd
     aws_config_for(settings, true).await
 }
 
+/// `app/sluice` in the User-Agent of every AWS call: CloudTrail (and the IAM policy tests) can
+/// tell sluice's calls from others'.
+pub fn app_name() -> aws_config::AppName {
+    aws_config::AppName::new("sluice").expect("a valid app name")
+}
+
 /// The AWS configuration; without `needs_aws` (nothing in the config calls AWS) a missing region
 /// is not an error.
 pub async fn aws_config_for(
     settings: &AwsSettings,
     needs_aws: bool,
 ) -> anyhow::Result<aws_config::SdkConfig> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
-        TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .build(),
-    );
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .app_name(app_name())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .build(),
+        );
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
