@@ -593,7 +593,13 @@ async fn a_failing_record_blocks_only_its_partition() {
         batch_size: 5,
         extra: "    retry: { backoff: { initial: 10ms, max: 100ms } }",
     };
-    let _sluice = start(&setup);
+    // Readiness names the partition that keeps failing (issue 9).
+    let text = config(&setup, std::path::Path::new("/tmp")).replace(
+        "admin: { listen: \"{admin}\" }",
+        "admin: { listen: \"{admin}\", stuck_after: 1s }",
+    );
+    assert!(text.contains("stuck_after"));
+    let sluice = Sluice::start(&text, &[]);
     // Message 20 is offset 10 of partition 0; partition 1 holds the odd numbers.
     eventually(WAIT, "partition 1 committed to its end", || {
         let committed = kafka.committed(&group, &topic, 2);
@@ -629,6 +635,16 @@ async fn a_failing_record_blocks_only_its_partition() {
         beyond.is_empty(),
         "records after the failing batch were delivered: {beyond:?}"
     );
+    let (status, body) = sluice.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    let mapping = &report["mappings"]["clicks"];
+    assert_eq!(mapping["status"], "stuck", "{body}");
+    assert!(
+        mapping["stuck_seconds"][format!("{topic}-0")].is_number(),
+        "the report names the partition: {body}"
+    );
+    assert!(mapping["stuck_seconds"][format!("{topic}-1")].is_null());
 }
 
 // A partition whose records wait beyond `partition_buffer_bytes` is paused at the broker and
