@@ -386,3 +386,149 @@ fn the_package_holds_what_the_image_needs() {
     }
     assert!(packages.iter().any(|p| p == "ca-certificates"));
 }
+
+/// The trace id of a `traceparent` header value.
+fn trace_id(received: &Received) -> String {
+    let value = received
+        .headers
+        .get("traceparent")
+        .expect("a traceparent header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    parts[1].to_owned()
+}
+
+// Issue 9 "traces": the invocation continues the trace the producer attached: SQS's
+// AWSTraceHeader (X-Ray), a `traceparent` message attribute, a Kafka `traceparent` header; a
+// record without one starts a new trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_continue_the_trace_of_their_record() {
+    use aws_sdk_sqs::types::{
+        MessageAttributeValue, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
+    };
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "traced", &[]).await;
+    let handler = Handler::start(|_, _| Reply::ok("{}")).await;
+    let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("from-xray")
+        .message_system_attributes(
+            MessageSystemAttributeNameForSends::AwsTraceHeader,
+            MessageSystemAttributeValue::builder()
+                .data_type("String")
+                .string_value(xray)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("from-w3c")
+        .message_attributes(
+            "traceparent",
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    send_bodies(&sqs, &queue, &["untraced".into()], None).await;
+    let _sluice = Sluice::start(
+        &format!(
+            r#"version: 1
+admin: {{ listen: "{{admin}}" }}
+targets:
+  app:
+    http: {{ url: "{}" }}
+mappings:
+  - name: traced
+    target: app
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 1, wait_time: 1s }}
+"#,
+            handler.url("/")
+        ),
+        &moto_env(&moto),
+    );
+    let received = eventually(WAIT, "three invocations", || {
+        let received = handler.received();
+        async move { (received.len() >= 3).then_some(received) }
+    })
+    .await;
+    let by_body = |body: &str| {
+        received
+            .iter()
+            .find(|r| r.records()[0]["body"] == body)
+            .unwrap_or_else(|| panic!("{body} delivered"))
+    };
+    assert_eq!(
+        trace_id(by_body("from-xray")),
+        "5759e988bd862e3fe1be46a994272793"
+    );
+    let w3c = by_body("from-w3c");
+    assert_eq!(trace_id(w3c), "4bf92f3577b34da6a3ce929d0e0e4736");
+    let span = w3c.headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .split('-')
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    assert_ne!(span, "00f067aa0ba902b7", "the invocation is a child span");
+    let fresh = trace_id(by_body("untraced"));
+    assert!(
+        fresh != "5759e988bd862e3fe1be46a994272793" && fresh != "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("traced");
+    kafka.create_topic(&topic, 1);
+    kafka.produce_with_headers(
+        &topic,
+        &[(0, None, "{}".to_owned())],
+        &[(
+            "traceparent",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )],
+    );
+    let kafka_handler = Handler::start(|_, _| Reply::ok("{}")).await;
+    let _kafka_sluice = Sluice::start(
+        &format!(
+            r#"version: 1
+admin: {{ listen: "{{admin}}" }}
+targets:
+  app:
+    http: {{ url: "{}" }}
+mappings:
+  - name: traced
+    target: app
+    source:
+      kafka:
+        bootstrap_servers: "{}"
+        topics: [{topic}]
+        group_id: {}
+        starting_position: trim_horizon
+"#,
+            kafka_handler.url("/"),
+            kafka.bootstrap(),
+            Kafka::unique("sluice")
+        ),
+        &[],
+    );
+    let received = eventually(WAIT, "the Kafka invocation", || {
+        let received = kafka_handler.received();
+        async move { (!received.is_empty()).then_some(received) }
+    })
+    .await;
+    assert_eq!(trace_id(&received[0]), "0af7651916cd43dd8448eb211c80319c");
+}

@@ -15,6 +15,7 @@ pub mod queue;
 pub mod record;
 pub mod s3;
 pub mod sqs;
+pub mod trace;
 
 pub use queue::{DeleteReport, Queue, QueueDescription, SourceError};
 pub use record::{AckToken, Receipt, Record, records_event};

@@ -37,6 +37,8 @@ pub struct Record {
     pub size_bytes: usize,
     /// Exactly the element AWS would put in the event's `Records` list, serialized once.
     pub event: Box<RawValue>,
+    /// The trace the producer attached, continued by the invocation.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl Record {
@@ -57,7 +59,14 @@ impl Record {
             first_received_at,
             attempt,
             event,
+            trace: None,
         }
+    }
+
+    /// The record, continuing `trace`.
+    pub fn with_trace(mut self, trace: Option<crate::trace::TraceContext>) -> Self {
+        self.trace = trace;
+        self
     }
 
     pub fn id(&self) -> &str {

@@ -206,7 +206,11 @@ async fn handle_batch<H: LaneHost>(
                 attempt,
             } => {
                 let subset: Vec<&Record> = chosen.iter().map(|&i| records[i]).collect();
-                let invocation = Invocation::new(&settings.name, host.event(&subset));
+                let invocation = Invocation::for_records(
+                    &settings.name,
+                    host.event(&subset),
+                    subset.iter().copied(),
+                );
                 settings.metrics.batches_invoked.increment(1);
                 let permit = settings.target.permit().await;
                 let started = Instant::now();

@@ -326,7 +326,8 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
     let mut refused = false;
     for s3_record in wanted {
         let event = json!({ "Records": [s3_record] });
-        let invocation = Invocation::new(&context.name, event.to_string().into_bytes());
+        let invocation =
+            Invocation::for_records(&context.name, event.to_string().into_bytes(), [message]);
         let permit = context.target.permit().await;
         context.metrics.batches_invoked.increment(1);
         let started = Instant::now();

@@ -387,7 +387,7 @@ fn outcome_label(outcome: &Outcome, decision: &QueueDecision) -> &'static str {
 }
 
 async fn handle_batch(context: &MappingContext, batch: Vec<Record>) {
-    let invocation = Invocation::new(&context.name, records_event(&batch));
+    let invocation = Invocation::for_records(&context.name, records_event(&batch), &batch);
     context.metrics.batches_invoked.increment(1);
     let started = Instant::now();
     let outcome = context.target.target.invoke(&invocation).await;

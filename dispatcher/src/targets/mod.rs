@@ -32,13 +32,31 @@ impl Invocation {
             traceparent: new_traceparent(),
         }
     }
+
+    /// An invocation of `records`' batch: it continues the trace of the first record that
+    /// carries one (a batch is one span; Lambda's X-Ray integration does the same), or starts a
+    /// new trace.
+    pub fn for_records<'a>(
+        mapping: &str,
+        payload: Vec<u8>,
+        records: impl IntoIterator<Item = &'a sluice_sources::Record>,
+    ) -> Self {
+        let mut invocation = Self::new(mapping, payload);
+        if let Some(trace) = records.into_iter().find_map(|r| r.trace.as_ref()) {
+            invocation.traceparent = trace.child(&new_span_id());
+        }
+        invocation
+    }
+}
+
+fn new_span_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
 
 /// A fresh W3C `traceparent` (version 00, sampled).
 pub fn new_traceparent() -> String {
     let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
+    format!("00-{trace}-{}-01", new_span_id())
 }
 
 /// Milliseconds since the Unix epoch at `now + after`.

@@ -116,6 +116,12 @@ impl MessageParts<'_> {
             .map(Duration::from_millis)
             .unwrap_or(received_at);
         let name = partition_name(self.topic, self.partition);
+        let trace = self
+            .headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case("traceparent"))
+            .and_then(|(_, value)| std::str::from_utf8(value.unwrap_or_default()).ok())
+            .and_then(crate::trace::TraceContext::parse_traceparent);
         Record::new(
             Receipt {
                 id: self.offset.to_string(),
@@ -130,6 +136,7 @@ impl MessageParts<'_> {
             serde_json::value::to_raw_value(&Value::Object(event))
                 .expect("a JSON object serializes"),
         )
+        .with_trace(trace)
     }
 }
 

@@ -6,6 +6,7 @@
 
 use crate::queue::{DeleteReport, Queue, QueueDescription, SourceError};
 use crate::record::{AckToken, Receipt, Record};
+use crate::trace::TraceContext;
 use async_trait::async_trait;
 use aws_lambda_events::encodings::Base64Data;
 use aws_lambda_events::sqs::{SqsMessage, SqsMessageAttribute};
@@ -101,6 +102,16 @@ impl SqsQueue {
         let sent_ms = number("SentTimestamp").unwrap_or(0);
         let first_receive_ms = number("ApproximateFirstReceiveTimestamp").unwrap_or(sent_ms);
         let group_id = system.get("MessageGroupId").cloned();
+        let trace = system
+            .get("AWSTraceHeader")
+            .and_then(|header| TraceContext::parse_xray(header))
+            .or_else(|| {
+                message
+                    .message_attributes()
+                    .and_then(|attributes| attributes.get("traceparent"))
+                    .and_then(|value| value.string_value())
+                    .and_then(TraceContext::parse_traceparent)
+            });
 
         let mut event = SqsMessage::default();
         event.message_id = message.message_id().map(str::to_owned);
@@ -150,6 +161,7 @@ impl SqsQueue {
             receive_count,
             event,
         )
+        .with_trace(trace)
     }
 }
 
