@@ -4,6 +4,7 @@
 
 use sluice_testkit::*;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -531,4 +532,112 @@ mappings:
     })
     .await;
     assert_eq!(trace_id(&received[0]), "0af7651916cd43dd8448eb211c80319c");
+}
+
+// Issue 9 "traces": with `traces.otlp_endpoint`, each invocation is exported as an `invoke` span
+// over OTLP/HTTP: a child of the record's trace, and the parent of what the handler does (its
+// span id is the one in the handler's traceparent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_spans_are_exported_over_otlp() {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let exports: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
+    let received = exports.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let received = received.clone();
+            async move {
+                received
+                    .lock()
+                    .unwrap()
+                    .push(ExportTraceServiceRequest::decode(body).expect("OTLP protobuf"));
+                ""
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "spans", &[]).await;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("traced")
+        .message_attributes(
+            "traceparent",
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let handler = Handler::start(|_, _| Reply::ok("{}")).await;
+    let mut sluice = Sluice::start(
+        &format!(
+            r#"version: 1
+admin: {{ listen: "{{admin}}" }}
+traces: {{ otlp_endpoint: "http://{collector}", service_name: orders-sluice }}
+targets:
+  app:
+    http: {{ url: "{}" }}
+mappings:
+  - name: spans
+    target: app
+    source:
+      sqs: {{ queue_url: "{queue}", wait_time: 1s }}
+"#,
+            handler.url("/")
+        ),
+        &moto_env(&moto),
+    );
+    let invocation = eventually(WAIT, "the invocation", || {
+        let received = handler.received();
+        async move { received.first().cloned() }
+    })
+    .await;
+    let traceparent = invocation.headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let span_id = traceparent.split('-').nth(2).unwrap().to_owned();
+    // Stopping flushes the exporter.
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(30)).unwrap().success());
+    let exports = exports.lock().unwrap();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (resource, span) = exports
+        .iter()
+        .flat_map(|export| &export.resource_spans)
+        .flat_map(|rs| {
+            rs.scope_spans
+                .iter()
+                .flat_map(|ss| &ss.spans)
+                .map(move |span| (rs.resource.clone(), span.clone()))
+        })
+        .find(|(_, span)| hex(&span.span_id) == span_id)
+        .unwrap_or_else(|| panic!("no exported span {span_id}: {exports:?}"));
+    assert_eq!(span.name, "invoke");
+    assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&span.parent_span_id), "00f067aa0ba902b7");
+    let service = resource
+        .unwrap()
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "service.name")
+        .map(|kv| format!("{:?}", kv.value))
+        .unwrap_or_default();
+    assert!(service.contains("orders-sluice"), "{service}");
+    assert!(
+        span.attributes
+            .iter()
+            .any(|kv| kv.key == "sluice.outcome" && format!("{:?}", kv.value).contains("returned"))
+    );
 }

@@ -342,16 +342,23 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
 }
 
 fn run(config: config::Config) -> anyhow::Result<()> {
+    // The exporter's blocking HTTP client must be made and dropped outside the async runtime.
+    if let Some(traces) = &config.traces {
+        crate::traces::init(&traces.otlp_endpoint, &traces.service_name)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let metrics = telemetry::init_metrics()?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!(config = %config.file.display(), version = env!("CARGO_PKG_VERSION"), "sluice starting");
         crate::runtime::run(config, metrics, shutdown).await
-    })
+    });
+    drop(runtime);
+    crate::traces::shutdown();
+    result
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.

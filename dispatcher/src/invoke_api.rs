@@ -236,7 +236,7 @@ async fn invoke(
 async fn invoke_sync(function: &Function, payload: bytes::Bytes) -> Response {
     let invocation = Invocation::new(&function.name, payload.to_vec());
     let permit = function.target.permit().await;
-    let outcome = function.target.target.invoke(&invocation).await;
+    let outcome = function.target.invoke(&invocation).await;
     drop(permit);
     let request_id = invocation.request_id.as_str();
     let respond = |function_error: Option<&str>, body: String| {
@@ -388,7 +388,7 @@ async fn handle_event(function: &Function, mut event: QueuedEvent) {
     }
     let invocation = Invocation::new(&function.name, event.payload.clone().into_bytes());
     let permit = function.target.permit().await;
-    let outcome = function.target.target.invoke(&invocation).await;
+    let outcome = function.target.invoke(&invocation).await;
     drop(permit);
     match function
         .policy

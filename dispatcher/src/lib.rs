@@ -15,3 +15,4 @@ pub mod invoke_api;
 pub mod runtime;
 pub mod targets;
 pub mod telemetry;
+pub mod traces;

@@ -71,6 +71,13 @@ pub struct Config {
     pub targets: BTreeMap<String, TargetConfig>,
     pub mappings: Vec<MappingConfig>,
     pub invoke_api: Option<InvokeApiConfig>,
+    pub traces: Option<TracesConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TracesConfig {
+    pub otlp_endpoint: String,
+    pub service_name: String,
 }
 
 pub const DEFAULT_INVOKE_API_LISTEN: &str = "127.0.0.1:9001";
@@ -568,6 +575,23 @@ impl Validator<'_> {
         let invoke_api = raw
             .invoke_api
             .map(|api| self.build_invoke_api(api, &targets));
+        let traces = raw.traces.map(|traces| {
+            let fine = reqwest::Url::parse(&traces.otlp_endpoint)
+                .is_ok_and(|url| matches!(url.scheme(), "http" | "https"));
+            if !fine {
+                self.error(
+                    "traces.otlp_endpoint",
+                    format!(
+                        "{:?} is not an http(s) URL; give the collector's OTLP/HTTP base URL, such as http://127.0.0.1:4318",
+                        traces.otlp_endpoint
+                    ),
+                );
+            }
+            TracesConfig {
+                otlp_endpoint: traces.otlp_endpoint,
+                service_name: traces.service_name.unwrap_or_else(|| "sluice".into()),
+            }
+        });
         if mappings.is_empty()
             && invoke_api
                 .as_ref()
@@ -593,6 +617,7 @@ impl Validator<'_> {
             targets,
             mappings,
             invoke_api,
+            traces,
         }
     }
 

@@ -40,6 +40,19 @@ pub struct RawConfig {
     /// Lambda's Invoke API, for synchronous and asynchronous callers.
     #[serde(default)]
     pub invoke_api: Option<RawInvokeApi>,
+    /// Trace export: one span per invocation, over OTLP/HTTP.
+    #[serde(default)]
+    pub traces: Option<RawTraces>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraces {
+    /// The OTLP/HTTP collector's base URL, such as http://127.0.0.1:4318 (spans go to /v1/traces).
+    pub otlp_endpoint: String,
+    /// service.name of the exported spans. Default sluice.
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

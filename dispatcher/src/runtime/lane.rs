@@ -214,7 +214,7 @@ async fn handle_batch<H: LaneHost>(
                 settings.metrics.batches_invoked.increment(1);
                 let permit = settings.target.permit().await;
                 let started = Instant::now();
-                let outcome = settings.target.target.invoke(&invocation).await;
+                let outcome = settings.target.invoke(&invocation).await;
                 drop(permit);
                 settings
                     .metrics

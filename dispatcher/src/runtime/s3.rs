@@ -331,7 +331,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
         let permit = context.target.permit().await;
         context.metrics.batches_invoked.increment(1);
         let started = Instant::now();
-        let outcome = context.target.target.invoke(&invocation).await;
+        let outcome = context.target.invoke(&invocation).await;
         drop(permit);
         context
             .metrics

@@ -390,7 +390,7 @@ async fn handle_batch(context: &MappingContext, batch: Vec<Record>) {
     let invocation = Invocation::for_records(&context.name, records_event(&batch), &batch);
     context.metrics.batches_invoked.increment(1);
     let started = Instant::now();
-    let outcome = context.target.target.invoke(&invocation).await;
+    let outcome = context.target.invoke(&invocation).await;
     let elapsed = started.elapsed();
     context
         .metrics

@@ -21,16 +21,14 @@ pub struct Invocation {
     pub payload: bytes::Bytes,
     /// W3C trace context for this invocation.
     pub traceparent: String,
+    /// The exported span, when traces are exported.
+    pub span: crate::traces::InvocationSpan,
 }
 
 impl Invocation {
+    /// An invocation that starts a new trace.
     pub fn new(mapping: &str, payload: Vec<u8>) -> Self {
-        Self {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            mapping: mapping.to_owned(),
-            payload: payload.into(),
-            traceparent: new_traceparent(),
-        }
+        Self::continuing(mapping, payload, None)
     }
 
     /// An invocation of `records`' batch: it continues the trace of the first record that
@@ -41,15 +39,30 @@ impl Invocation {
         payload: Vec<u8>,
         records: impl IntoIterator<Item = &'a sluice_sources::Record>,
     ) -> Self {
-        let mut invocation = Self::new(mapping, payload);
-        if let Some(trace) = records.into_iter().find_map(|r| r.trace.as_ref()) {
-            invocation.traceparent = trace.child(&new_span_id());
+        let parent = records.into_iter().find_map(|r| r.trace.as_ref());
+        Self::continuing(mapping, payload, parent)
+    }
+
+    fn continuing(
+        mapping: &str,
+        payload: Vec<u8>,
+        parent: Option<&sluice_sources::trace::TraceContext>,
+    ) -> Self {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let (span, traceparent) =
+            crate::traces::InvocationSpan::start(mapping, &request_id, parent);
+        Self {
+            request_id,
+            mapping: mapping.to_owned(),
+            payload: payload.into(),
+            traceparent,
+            span,
         }
-        invocation
     }
 }
 
-fn new_span_id() -> String {
+/// A fresh span id: 16 hex digits.
+pub fn new_span_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
 
@@ -83,6 +96,13 @@ pub struct SharedTarget {
 }
 
 impl SharedTarget {
+    /// Invokes the target and notes the outcome on the invocation's span.
+    pub async fn invoke(&self, invocation: &Invocation) -> Outcome {
+        let outcome = self.target.invoke(invocation).await;
+        invocation.span.record(&outcome);
+        outcome
+    }
+
     pub fn new(name: &str, target: Arc<dyn Target>, max_concurrency: usize) -> Self {
         Self {
             name: name.to_owned(),
