@@ -171,23 +171,55 @@ async fn the_config_can_live_in_s3() {
     assert!(sluice.wait_exit(Duration::from_secs(30)).unwrap().success());
 }
 
-// Issue 9 "prompt stops": ECS sends SIGTERM on every deploy; an idle daemon with an open 20 s
-// long poll exits within a second or two instead of waiting the poll out.
+// Issue 9 "prompt stops": ECS sends SIGTERM on every deploy; an idle daemon with every source
+// kind (open 20 s long polls on SQS and S3 queues, a DynamoDB shard reader, a Kafka group member)
+// exits within a second or two instead of waiting the polls out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_daemon_stops_within_two_seconds() {
     let moto = Moto::start();
     let sqs = moto.sqs().await;
+    let dynamodb = moto.dynamodb().await;
     let queue = create_queue(&sqs, "idle", &[]).await;
+    let uploads = create_queue(&sqs, "idle-uploads", &[]).await;
+    create_stream_table(&dynamodb, "idle").await;
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("idle");
+    kafka.create_topic(&topic, 2);
+    let state = tempfile::tempdir().unwrap();
     let port = free_port();
     let admin = format!("127.0.0.1:{port}");
-    let mut sluice = Sluice::start(&sqs_config(&queue, &admin), &moto_env(&moto));
+    let config = format!(
+        r#"{base}  - name: uploads
+    target: handler
+    source:
+      s3: {{ queue_url: "{uploads}", wait_time: 20s }}
+  - name: changes
+    target: handler
+    source:
+      dynamodb_stream: {{ table: idle, starting_position: latest }}
+  - name: clicks
+    target: handler
+    source:
+      kafka:
+        bootstrap_servers: "{bootstrap}"
+        topics: [{topic}]
+        group_id: {group}
+        starting_position: latest
+state_dir: "{state}"
+"#,
+        base = sqs_config(&queue, &admin),
+        bootstrap = kafka.bootstrap(),
+        group = Kafka::unique("sluice"),
+        state = state.path().display(),
+    );
+    let mut sluice = Sluice::start(&config, &moto_env(&moto));
     eventually(WAIT, "ready", || {
         let (code, _) = health(&["--admin", &admin], &[]);
         async move { (code == Some(0)).then_some(()) }
     })
     .await;
-    // Let the long poll open.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the long polls open and the group settle.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let stopping = Instant::now();
     sluice.signal("TERM");
     let status = sluice
