@@ -73,6 +73,9 @@ async fn health_exits_zero_only_while_the_local_sluice_is_ready() {
     .await;
     let (code, output) = health(&["--admin", &format!("127.0.0.1:{port}")], &[]);
     assert_eq!(code, Some(0), "{output}");
+    // SLUICE_ADMIN as the config's listen address (a wildcard) works for the check too.
+    let (code, output) = health(&[], &[("SLUICE_ADMIN".into(), format!("0.0.0.0:{port}"))]);
+    assert_eq!(code, Some(0), "{output}");
 
     // The queue goes away: the mapping cannot poll and stops being ready.
     sqs.delete_queue().queue_url(&queue).send().await.unwrap();
@@ -275,6 +278,19 @@ async fn the_ecs_example_runs_and_its_task_definition_matches_it() {
     );
     let environment = container["environment"].as_array().unwrap();
     assert!(environment.iter().any(|e| e["name"] == "SLUICE_CONFIG"));
+    let admin_env = environment
+        .iter()
+        .find(|e| e["name"] == "SLUICE_ADMIN")
+        .expect("SLUICE_ADMIN, so the health check needs no config fetch");
+    let port = container["portMappings"][0]["containerPort"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        admin_env["value"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}"))
+    );
     assert_eq!(container["logConfiguration"]["logDriver"], "awslogs");
 
     let moto = Moto::start();

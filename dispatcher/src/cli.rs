@@ -195,18 +195,18 @@ fn health(
     admin: Option<&str>,
     timeout: std::time::Duration,
 ) -> ExitCode {
+    // A wildcard listener is reached over loopback.
+    let reachable = |listen: std::net::SocketAddr| {
+        if listen.ip().is_unspecified() {
+            format!("127.0.0.1:{}", listen.port())
+        } else {
+            listen.to_string()
+        }
+    };
     let address = match (admin, config_location) {
-        (Some(admin), _) => admin.to_owned(),
+        (Some(admin), _) => admin.parse().map_or_else(|_| admin.to_owned(), reachable),
         (None, Some(location)) => match load_config(location) {
-            Ok(config) => {
-                let listen = config.admin.listen;
-                // A wildcard listener is reached over loopback.
-                if listen.ip().is_unspecified() {
-                    format!("127.0.0.1:{}", listen.port())
-                } else {
-                    listen.to_string()
-                }
-            }
+            Ok(config) => reachable(config.admin.listen),
             Err(errors) => {
                 eprintln!("{errors}");
                 return ExitCode::from(EXIT_RUNTIME_FAILURE);
