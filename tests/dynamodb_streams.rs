@@ -57,15 +57,17 @@ async fn write_changes(moto: &Moto, table: &str, count: usize, keys: usize) {
     while writers.join_next().await.is_some() {}
 }
 
-/// How many records the table's stream holds (read from the trim horizon).
-async fn stream_record_count(moto: &Moto, table: &str) -> usize {
+/// Every change the table's stream holds, as Lambda's records. Tests count these rather than the
+/// puts they made: on a loaded machine a put can fail (its task's panic is not awaited) or be
+/// applied twice by an SDK retry after a timed-out response.
+async fn stream_records(moto: &Moto, table: &str) -> Vec<Value> {
     use sluice_sources::dynamodb_streams::{DynamoDbStream, IteratorStart};
     let config = sdk_config(&moto.endpoint()).await;
     let streams = aws_sdk_dynamodbstreams::Client::new(&config);
     let stream = DynamoDbStream::resolve(streams, &moto.dynamodb().await, Some(table), None)
         .await
         .expect("the table's stream");
-    let mut count = 0;
+    let mut records = Vec::new();
     for shard in stream.list_shards().await.expect("shards") {
         let mut iterator = stream
             .iterator(&shard.id, &IteratorStart::TrimHorizon)
@@ -79,14 +81,18 @@ async fn stream_record_count(moto: &Moto, table: &str) -> usize {
             if page.records.is_empty() {
                 break;
             }
-            count += page.records.len();
+            records.extend(
+                page.records
+                    .iter()
+                    .map(|r| serde_json::from_str::<Value>(r.event.get()).expect("a record")),
+            );
             match page.next_iterator {
                 Some(next) => iterator = next,
                 None => break,
             }
         }
     }
-    count
+    records
 }
 
 /// Per key, the sequence numbers of `records` in delivery order must increase.
@@ -138,8 +144,7 @@ async fn two_thousand_changes_arrive_in_order_per_key_and_survive_a_sigkill() {
     let before_kill = handler.received().len();
 
     let second = Sluice::start(&text, &moto_env(&moto));
-    // Count what the stream holds: under CI load a put can fail or land twice.
-    let written = stream_record_count(&moto, "orders").await;
+    let written = stream_records(&moto, "orders").await.len();
     assert!(written >= 1980, "only {written} changes reached the stream");
     let delivered = eventually(Duration::from_secs(240), "every change handled", || async {
         let sequences: HashSet<u128> = handler.records().iter().map(sequence_of).collect();
@@ -231,10 +236,10 @@ async fn one_poison_record_among_a_thousand_is_dead_lettered_alone_with_bisect()
             .flatten()
             .any(|r| r["dynamodb"]["NewImage"]["poison"]["S"] == "yes");
         if poisoned {
-            Reply {
-                status: 500,
-                ..Reply::ok(r#"{"errorType":"PoisonError","errorMessage":"cannot handle"}"#)
-            }
+            Reply::status(
+                500,
+                r#"{"errorType":"PoisonError","errorMessage":"cannot handle"}"#,
+            )
         } else {
             Reply::json(json!(null))
         }
@@ -275,27 +280,41 @@ async fn one_poison_record_among_a_thousand_is_dead_lettered_alone_with_bisect()
             .flat_map(Received::records)
             .collect()
     };
-    // The stream is the ground truth: on a loaded machine a put can fail (its task's panic is
-    // not awaited) or be applied twice by an SDK retry, so count what the stream holds.
-    let written = stream_record_count(&moto, "items").await;
+    let in_stream = stream_records(&moto, "items").await;
+    let written = in_stream.len();
     assert!(written >= 990, "only {written} changes reached the stream");
+    // A retried put can put the poison in the stream twice; each copy is dead-lettered alone.
+    let poisons = in_stream
+        .iter()
+        .filter(|r| r["dynamodb"]["NewImage"]["poison"]["S"] == "yes")
+        .count();
+    assert!(poisons >= 1, "the poison change reached the stream");
     eventually(
         Duration::from_secs(240),
         "every change but the poison handled",
         || async {
             let sequences: HashSet<u128> = handled(&handler).iter().map(sequence_of).collect();
-            (sequences.len() == written - 1).then_some(())
+            (sequences.len() == written - poisons).then_some(())
         },
     )
     .await;
-    let dead = eventually(Duration::from_secs(120), "the dead letter", || async {
-        let messages = receive_all(&sqs, &dlq, 60).await;
-        (!messages.is_empty()).then_some(messages)
-    })
-    .await;
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while dead.len() < poisons {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the dead letters"
+        );
+        dead.extend(receive_all(&sqs, &dlq, 60).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let more = receive_all(&sqs, &dlq, 60).await;
-    assert_eq!(dead.len() + more.len(), 1, "exactly one dead letter");
+    assert_eq!(
+        dead.len() + more.len(),
+        poisons,
+        "one dead letter per poison"
+    );
     let envelope: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
     assert_eq!(
         envelope["requestContext"]["condition"],
@@ -326,7 +345,7 @@ async fn one_poison_record_among_a_thousand_is_dead_lettered_alone_with_bisect()
         sluice
             .metric(r#"sluice_records_dead_lettered_total{mapping="items",condition="RetryAttemptsExhausted"}"#)
             .await,
-        1.0
+        poisons as f64
     );
 }
 
@@ -540,6 +559,8 @@ async fn a_second_instance_takes_over_the_shard_within_two_lease_durations_of_a_
     let killed_at = Instant::now();
     drop(dead);
     write_changes(&moto, "shared", 100, 20).await;
+    let written = stream_records(&moto, "shared").await.len();
+    assert!(written >= 297, "only {written} changes reached the stream");
     let took_over_at = eventually(
         Duration::from_secs(120),
         "the survivor taking over",
@@ -558,14 +579,10 @@ async fn a_second_instance_takes_over_the_shard_within_two_lease_durations_of_a_
         takeover <= Duration::from_secs(6),
         "took {takeover:?}; the lease is 3s"
     );
-    eventually(
-        Duration::from_secs(240),
-        "all 300 changes handled",
-        || async {
-            let sequences: HashSet<u128> = handler.records().iter().map(sequence_of).collect();
-            (sequences.len() == 300).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(240), "every change handled", || async {
+        let sequences: HashSet<u128> = handler.records().iter().map(sequence_of).collect();
+        (sequences.len() == written).then_some(())
+    })
     .await;
     let received = handler.received();
     assert!(
@@ -591,8 +608,10 @@ async fn a_second_instance_takes_over_the_shard_within_two_lease_durations_of_a_
         .iter()
         .filter(|r| by_owner.contains(&sequence_of(r)))
         .count();
+    // The checkpoint of a batch is written beside the next batch's invocation, so a SIGKILL can
+    // lose at most the last stored checkpoint write and the batch in flight: two batches of 10.
     assert!(
-        repeats <= 10,
+        repeats <= 20,
         "the survivor continued from the checkpoint; {repeats} records repeated"
     );
 }
@@ -668,10 +687,7 @@ async fn sigterm_during_a_retry_delay_exits_promptly_and_redelivers_after_restar
     let fail = failing.clone();
     let handler = Handler::start(move |_, _| {
         if fail.load(Ordering::SeqCst) {
-            Reply {
-                status: 500,
-                ..Reply::ok("down")
-            }
+            Reply::status(500, "down")
         } else {
             Reply::json(json!({}))
         }

@@ -97,10 +97,10 @@ async fn the_dynamodb_example_handles_changes_and_sends_the_failing_one_to_s3() 
             .flatten()
             .any(|r| r["dynamodb"]["NewImage"]["status"]["S"] == "poison");
         if poisoned {
-            Reply {
-                status: 500,
-                ..Reply::ok(r#"{"errorType":"OrderRejected","errorMessage":"poison"}"#)
-            }
+            Reply::status(
+                500,
+                r#"{"errorType":"OrderRejected","errorMessage":"poison"}"#,
+            )
         } else {
             Reply::json(json!({"batchItemFailures": []}))
         }
@@ -184,10 +184,7 @@ async fn the_kafka_example_handles_clicks_and_sends_the_failing_one_to_the_failu
             .iter()
             .any(|r| r["decoded"]["poison"] == true)
         {
-            return Reply {
-                status: 500,
-                ..Reply::ok(r#"{"errorType":"BadClick","errorMessage":"poison"}"#)
-            };
+            return Reply::status(500, r#"{"errorType":"BadClick","errorMessage":"poison"}"#);
         }
         Reply::json(json!({ "batchItemFailures": [] }))
     })

@@ -183,14 +183,11 @@ async fn non_retryable_errors_are_dead_lettered_on_the_first_receive() {
     let handler =
         Handler::start(
             |_, event| match event["Records"][0]["body"].as_str().unwrap_or_default() {
-                "invalid" => Reply {
-                    status: 500,
-                    ..Reply::ok(r#"{"errorType":"ValidationError","errorMessage":"no sku"}"#)
-                },
-                "unprocessable" => Reply {
-                    status: 422,
-                    ..Reply::ok("missing field")
-                },
+                "invalid" => Reply::status(
+                    500,
+                    r#"{"errorType":"ValidationError","errorMessage":"no sku"}"#,
+                ),
+                "unprocessable" => Reply::status(422, "missing field"),
                 _ => Reply::json(json!({})),
             },
         )

@@ -68,10 +68,7 @@ async fn the_sqs_policy_allows_exactly_what_an_sqs_mapping_calls() {
     let handler = Handler::start(|_, event| {
         let body = event["Records"][0]["body"].as_str().unwrap_or_default();
         match body {
-            "bad" => Reply {
-                status: 500,
-                ..Reply::ok(r#"{"errorType":"Bad","errorMessage":"bad"}"#)
-            },
+            "bad" => Reply::status(500, r#"{"errorType":"Bad","errorMessage":"bad"}"#),
             // Outlasts the 2 s visibility timeout: the heartbeat extends it.
             "slow" => Reply::ok("{}").after(Duration::from_secs(4)),
             _ => Reply::ok("{}"),
@@ -133,10 +130,7 @@ async fn the_dynamodb_stream_policy_allows_exactly_what_a_stream_mapping_calls()
             .flatten()
             .any(|r| r["dynamodb"]["NewImage"]["status"]["S"] == "poison");
         if poisoned {
-            Reply {
-                status: 500,
-                ..Reply::ok("{}")
-            }
+            Reply::status(500, "{}")
         } else {
             Reply::json(json!({}))
         }
@@ -196,10 +190,7 @@ async fn the_s3_notifications_policy_allows_exactly_what_an_s3_mapping_calls() {
     }
     let handler = Handler::start(|_, event| {
         if event["Records"][0]["s3"]["object"]["key"] == "bad.jpg" {
-            Reply {
-                status: 500,
-                ..Reply::ok(r#"{"errorType":"Bad","errorMessage":"bad"}"#)
-            }
+            Reply::status(500, r#"{"errorType":"Bad","errorMessage":"bad"}"#)
         } else {
             Reply::json(json!({ "ok": true }))
         }
@@ -247,11 +238,7 @@ async fn the_kafka_policy_allows_exactly_what_a_kafka_mapping_calls() {
     let topic = Kafka::unique("clicks");
     kafka.create_topic(&topic, 1);
     kafka.produce(&topic, &[(0, None, json!({ "n": 1 }).to_string())]);
-    let handler = Handler::start(|_, _| Reply {
-        status: 500,
-        ..Reply::ok("{}")
-    })
-    .await;
+    let handler = Handler::start(|_, _| Reply::status(500, "{}")).await;
     let config = format!(
         r#"version: 1
 admin: {{ listen: "{{admin}}" }}

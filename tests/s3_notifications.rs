@@ -125,10 +125,10 @@ async fn a_failing_handler_gets_each_event_three_times_then_the_dlq_gets_it() {
         if event["Records"][0]["s3"]["object"]["key"] == "ok.txt" {
             Reply::json(json!({"done": true}))
         } else {
-            Reply {
-                status: 500,
-                ..Reply::ok(r#"{"errorType":"ImageError","errorMessage":"cannot decode"}"#)
-            }
+            Reply::status(
+                500,
+                r#"{"errorType":"ImageError","errorMessage":"cannot decode"}"#,
+            )
         }
     })
     .await;
@@ -226,11 +226,7 @@ async fn an_event_that_would_outlive_max_event_age_gets_event_age_exceeded() {
     let dlq = create_queue(&sqs, "aging-dlq", &[]).await;
     let s3 = notifying_bucket(&moto, "aging", &queue).await;
     put(&s3, "aging", "slow.txt").await;
-    let handler = Handler::start(|_, _| Reply {
-        status: 500,
-        ..Reply::ok("down")
-    })
-    .await;
+    let handler = Handler::start(|_, _| Reply::status(500, "down")).await;
     let _sluice = Sluice::start(
         &format!(
             r#"

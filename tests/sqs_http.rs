@@ -912,11 +912,11 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_in_the_source_que
     let sqs = moto.sqs().await;
     let queue = create_queue(&sqs, "payments", &[("VisibilityTimeout", "30")]).await;
     let missing_dlq = queue.replace("payments", "payments-dlq");
-    let handler = Handler::start(|_, _| Reply {
-        status: 500,
-        headers: vec![],
-        body: r#"{"errorType":"LedgerDown","errorMessage":"ledger unavailable"}"#.into(),
-        delay: Duration::ZERO,
+    let handler = Handler::start(|_, _| {
+        Reply::status(
+            500,
+            r#"{"errorType":"LedgerDown","errorMessage":"ledger unavailable"}"#,
+        )
     })
     .await;
     send_bodies(&sqs, &queue, &["payment-1".to_owned()], None).await;

@@ -153,18 +153,12 @@ pub fn load_config(location: &str) -> Result<config::Config, config::ConfigError
         .map_err(|e| unreadable(e.to_string()))?;
     let text = runtime
         .block_on(async {
-            let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .app_name(crate::runtime::app_name())
-                .load()
-                .await;
-            // moto and LocalStack serve buckets by path, not by virtual host.
-            let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
-            let client = aws_sdk_s3::Client::from_conf(
-                aws_sdk_s3::config::Builder::from(&sdk_config)
-                    .force_path_style(path_style)
-                    .build(),
-            );
-            let object = client
+            // Before the config is read, region and endpoint come from the environment.
+            let sdk_config =
+                crate::runtime::aws_config_for(&config::AwsSettings::default(), true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let object = crate::runtime::s3_client(&sdk_config)
                 .get_object()
                 .bucket(bucket)
                 .key(key)

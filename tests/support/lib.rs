@@ -511,6 +511,14 @@ impl Reply {
         Self::ok(value.to_string())
     }
 
+    /// Answers with `status` (a function error for 5xx) and `body`.
+    pub fn status(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            ..Self::ok(body)
+        }
+    }
+
     pub fn after(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
@@ -809,12 +817,15 @@ impl Sluice {
 
 /// Reads one sample from Prometheus text; 0 when absent.
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    metric_sample(text, series).unwrap_or(0.0)
+}
+
+/// Reads one sample from Prometheus text; `None` when the series is absent.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 impl Drop for Sluice {

@@ -1377,7 +1377,7 @@ impl Validator<'_> {
             }
         }
         if let Some(arn) = &raw.msk_cluster_arn
-            && !arn.starts_with("arn:") | !arn.contains(":kafka:")
+            && (!arn.starts_with("arn:") || !arn.contains(":kafka:"))
         {
             self.error(
                 format!("{path}.msk_cluster_arn"),
@@ -1841,6 +1841,24 @@ mappings:
         assert!(error.message.contains("source topic"), "{}", error.message);
         let fine = text.replace("topic: clicks }", "topic: clicks-failed }");
         assert!(parse_text(&fine).is_ok());
+    }
+
+    #[test]
+    fn an_msk_cluster_arn_must_be_a_kafka_arn() {
+        let with = |arn: &str| {
+            KAFKA.replace(
+                "starting_position: trim_horizon",
+                &format!("starting_position: trim_horizon\n        msk_cluster_arn: \"{arn}\""),
+            )
+        };
+        let error = parse_text(&with("arn:aws:sqs:us-east-1:1:q"))
+            .unwrap_err()
+            .0
+            .remove(0);
+        assert_eq!(error.path, "mappings[0].source.kafka.msk_cluster_arn");
+        assert!(parse_text(&with("cluster/c/abc")).is_err());
+        let config = parse_text(&with("arn:aws:kafka:us-east-1:1:cluster/c/abc")).unwrap();
+        assert!(kafka_source(&config).msk_cluster_arn.is_some());
     }
 
     #[test]

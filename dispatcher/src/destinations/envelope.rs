@@ -172,19 +172,11 @@ impl DeadLetter {
                 topic,
                 partition,
                 ..
-            } => {
-                let mut event = json!({
-                    "eventSource": cluster.event_source(),
-                    "bootstrapServers": cluster.bootstrap_servers,
-                    "records": {
-                        sluice_sources::kafka::partition_name(topic, *partition): self.records,
-                    },
-                });
-                if let Some(arn) = &cluster.msk_cluster_arn {
-                    event["eventSourceArn"] = json!(arn);
-                }
-                event
-            }
+            } => sluice_sources::kafka::event_value(
+                cluster,
+                &sluice_sources::kafka::partition_name(topic, *partition),
+                self.records.clone(),
+            ),
             _ => json!({ "Records": self.records }),
         }
     }

@@ -66,46 +66,59 @@ impl KafkaDestination {
     }
 }
 
-/// The message for one dead-lettered record.
+/// The message for one dead-lettered record: the envelope of a one-record dead letter, with
+/// Lambda's topic-destination condition and `KafkaBatchInfo.recordInfo`.
 fn record_message(dead_letter: &DeadLetter, record: &Value, request_id: &str) -> Value {
-    let mut single = dead_letter.clone();
-    single.records = vec![record.clone()];
     let offset = record["offset"].as_i64().unwrap_or(-1);
     let timestamp = record["timestamp"].as_i64().unwrap_or(-1);
-    if let EnvelopeSource::Kafka {
-        offsets,
-        first_timestamp,
-        last_timestamp,
-        ..
-    } = &mut single.source
-    {
-        *offsets = vec![offset];
-        *first_timestamp = timestamp;
-        *last_timestamp = timestamp;
-    }
+    let source = match &dead_letter.source {
+        EnvelopeSource::Kafka {
+            cluster,
+            topic,
+            partition,
+            ..
+        } => EnvelopeSource::Kafka {
+            cluster: cluster.clone(),
+            topic: topic.clone(),
+            partition: *partition,
+            offsets: vec![offset],
+            first_timestamp: timestamp,
+            last_timestamp: timestamp,
+        },
+        other => other.clone(),
+    };
+    let single = DeadLetter {
+        mapping: dead_letter.mapping.clone(),
+        target: dead_letter.target.clone(),
+        region: dead_letter.region.clone(),
+        condition: dead_letter.condition,
+        attempts: dead_letter.attempts,
+        error: dead_letter.error.clone(),
+        function_error: dead_letter.function_error.clone(),
+        source,
+        records: vec![record.clone()],
+        first_attempt_at: dead_letter.first_attempt_at,
+        last_attempt_at: dead_letter.last_attempt_at,
+    };
     // Lambda's topic destination names exhaustion RetriesExhausted (semantics.md §11 item 2).
     let condition = match dead_letter.condition {
         DeadLetterCondition::RetryAttemptsExhausted => "RetriesExhausted",
         other => other.as_str(),
     };
-    let payload = single.event_payload();
     let mut message = single.to_json(request_id);
     message["requestContext"]["condition"] = json!(condition);
-    let batch_info = message
-        .as_object_mut()
-        .and_then(|m| m.remove("KafkaBatchInfo"))
-        .unwrap_or_else(|| json!({}));
-    message["KafkaBatchInfo"] = json!({
-        "batchSize": 1,
-        "eventSourceArn": batch_info["eventSourceArn"],
-        "bootstrapServers": batch_info["bootstrapServers"],
-        "payloadSize": payload.to_string().len(),
-        "recordInfo": {
-            "offset": offset.to_string(),
-            "timestamp": iso8601_millis(epoch_millis(timestamp)),
-        },
-    });
-    message["payload"] = payload;
+    // A one-record batch: its info describes the record instead of per-partition ranges.
+    if let Some(info) = message["KafkaBatchInfo"].as_object_mut() {
+        info.remove("recordsInfo");
+        info.insert(
+            "recordInfo".into(),
+            json!({
+                "offset": offset.to_string(),
+                "timestamp": iso8601_millis(epoch_millis(timestamp)),
+            }),
+        );
+    }
+    message["payload"] = single.event_payload();
     message
 }
 

@@ -15,11 +15,11 @@
 //! librdkafka is driven from one dedicated thread (polls, rebalance callbacks and commits happen
 //! there, as librdkafka expects); the lanes run on the tokio runtime.
 
-use super::lane::{Entry, LaneHost, LaneSettings, dead_letter_error, run_lane, stream_policy};
+use super::lane::{Entry, LaneHost, LaneSettings, run_lane, stream_policy};
 use super::retry_delay;
 use crate::config::{KafkaSourceConfig, MappingConfig, StartingPosition};
 use crate::destinations::envelope::now_since_epoch;
-use crate::destinations::{DeadLetter, Destination, EnvelopeSource};
+use crate::destinations::{Destination, EnvelopeSource};
 use crate::health::MappingHealthHandle;
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
@@ -31,8 +31,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use sluice_policies::{
-    BatchLimits, FilterSet, IdentifierKind, ItemIdentifier, ShardProgress, StreamDeadLetter,
-    stream::Position,
+    BatchLimits, FilterSet, IdentifierKind, ItemIdentifier, ShardProgress, stream::Position,
 };
 use sluice_sources::Record;
 use sluice_sources::kafka::{
@@ -71,15 +70,10 @@ pub struct KafkaMapping {
 
 /// Everything the partitions of a mapping share.
 struct Shared {
-    name: String,
     cluster: KafkaCluster,
-    region: String,
     filters: FilterSet,
-    on_failure: Option<Arc<dyn Destination>>,
+    /// Name, target, policy, health and metrics of the mapping.
     lane: LaneSettings,
-    health: MappingHealthHandle,
-    metrics: MappingMetrics,
-    batch_size: usize,
     /// Bytes of records a partition may queue beyond its lane before it is paused at the
     /// broker. A pause drops what librdkafka prefetched and a resume waits for the fetch in
     /// flight (up to fetch.wait.max.ms), so pausing whenever the lane is full cost 500 ms per
@@ -149,7 +143,7 @@ struct Context {
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        let name = &self.shared.name;
+        let name = &self.shared.lane.name;
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -171,9 +165,9 @@ impl ClientContext for Context {
 
     fn error(&self, error: KafkaError, reason: &str) {
         *self.shared.client_error_at.lock().expect("error lock") = Some(Instant::now());
-        self.shared.metrics.poll_errors.increment(1);
-        self.shared.health.poll_failed(reason);
-        tracing::warn!(mapping = %self.shared.name, %error, reason, "kafka client reported an error");
+        self.shared.lane.metrics.poll_errors.increment(1);
+        self.shared.lane.health.poll_failed(reason);
+        tracing::warn!(mapping = %self.shared.lane.name, %error, reason, "kafka client reported an error");
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -220,18 +214,14 @@ impl ConsumerContext for Context {
                     consumer.assign(partitions)
                 };
                 if let Err(error) = assigned {
-                    tracing::error!(mapping = %self.shared.name, %error, "assigning partitions failed");
+                    tracing::error!(mapping = %self.shared.lane.name, %error, "assigning partitions failed");
                 }
             }
             _ => {
                 if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                    tracing::warn!(mapping = %self.shared.name, error = ?error, "rebalance error; giving up every partition");
+                    tracing::warn!(mapping = %self.shared.lane.name, error = ?error, "rebalance error; giving up every partition");
                 }
-                let revoked: Vec<(String, i32)> = partitions
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
+                let revoked = keys_of(partitions);
                 let lost = consumer.assignment_lost();
                 self.release(consumer, &revoked, !lost);
                 let unassigned = if cooperative {
@@ -240,7 +230,7 @@ impl ConsumerContext for Context {
                     consumer.unassign()
                 };
                 if let Err(error) = unassigned {
-                    tracing::error!(mapping = %self.shared.name, %error, "unassigning partitions failed");
+                    tracing::error!(mapping = %self.shared.lane.name, %error, "unassigning partitions failed");
                 }
             }
         }
@@ -251,56 +241,29 @@ impl Context {
     /// Starts a lane per new partition and sets where each starts reading.
     fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
         let shared = &self.shared;
-        let wanted: Vec<(String, i32)> = partitions
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
-            .collect();
-        // Owned at once: a list from `committed` that outlives the consumer hangs its drop.
-        let committed: HashMap<(String, i32), i64> = match consumer
-            .committed_offsets(partitions.clone(), LOOKUP_TIMEOUT)
-        {
-            Ok(list) => list
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(offset) => Some(((e.topic().to_owned(), e.partition()), offset)),
-                    _ => None,
-                })
-                .collect(),
+        let wanted = keys_of(partitions);
+        let committed = match consumer.committed_offsets(partitions.clone(), LOOKUP_TIMEOUT) {
+            Ok(list) => offsets_of(&list),
             Err(error) => {
-                tracing::warn!(mapping = %shared.name, %error, "reading committed offsets failed; the broker's stored offsets apply");
+                tracing::warn!(mapping = %shared.lane.name, %error, "reading committed offsets failed; the broker's stored offsets apply");
                 HashMap::new()
             }
         };
+        let uncommitted: Vec<&(String, i32)> = wanted
+            .iter()
+            .filter(|key| !committed.contains_key(key))
+            .collect();
         let by_time = match self.position {
-            StartPosition::AtTimestamp(ms) => {
-                let uncommitted: Vec<&(String, i32)> = wanted
-                    .iter()
-                    .filter(|k| !committed.contains_key(k))
-                    .collect();
+            StartPosition::AtTimestamp(ms) if !uncommitted.is_empty() => {
                 let mut query = TopicPartitionList::new();
-                for (topic, partition) in &uncommitted {
+                for (topic, partition) in uncommitted {
                     let _ = query.add_partition_offset(topic, *partition, Offset::Offset(ms));
                 }
-                if uncommitted.is_empty() {
-                    HashMap::new()
-                } else {
-                    match consumer.offsets_for_times(query, LOOKUP_TIMEOUT) {
-                        Ok(list) => list
-                            .elements()
-                            .iter()
-                            .filter_map(|e| match e.offset() {
-                                Offset::Offset(offset) => {
-                                    Some(((e.topic().to_owned(), e.partition()), offset))
-                                }
-                                _ => None,
-                            })
-                            .collect(),
-                        Err(error) => {
-                            tracing::warn!(mapping = %shared.name, %error, "looking offsets up by time failed; starting at the end");
-                            HashMap::new()
-                        }
+                match consumer.offsets_for_times(query, LOOKUP_TIMEOUT) {
+                    Ok(list) => offsets_of(&list),
+                    Err(error) => {
+                        tracing::warn!(mapping = %shared.lane.name, %error, "looking offsets up by time failed; starting at the end");
+                        HashMap::new()
                     }
                 }
             }
@@ -324,7 +287,7 @@ impl Context {
                 continue;
             }
             let name = partition_name(&key.0, key.1);
-            tracing::info!(mapping = %shared.name, partition = %name, start = ?start, "partition assigned");
+            tracing::info!(mapping = %shared.lane.name, partition = %name, start = ?start, "partition assigned");
             let progress = Arc::new(PartitionProgress {
                 topic: key.0.clone(),
                 partition: key.1,
@@ -333,7 +296,7 @@ impl Context {
                 done_until: Mutex::new(None),
             });
             // A lane holds at most about two batches; beyond that the partition is paused.
-            let (sender, receiver) = mpsc::channel::<Entry>(shared.batch_size * 2);
+            let (sender, receiver) = mpsc::channel::<Entry>(shared.lane.limits.max_records * 2);
             let stop = CancellationToken::new();
             let abort = CancellationToken::new();
             let host = Arc::new(PartitionLane {
@@ -347,7 +310,7 @@ impl Context {
                 stop.clone(),
                 abort.clone(),
             ));
-            shared.metrics.stream_event("partition_assigned");
+            shared.lane.metrics.stream_event("partition_assigned");
             assignment.insert(
                 key.clone(),
                 Partition {
@@ -361,11 +324,12 @@ impl Context {
                     stop,
                     abort,
                     task,
-                    lag: shared.metrics.consumer_lag(&name),
+                    lag: shared.lane.metrics.consumer_lag(&name),
                 },
             );
         }
         shared
+            .lane
             .metrics
             .partitions_assigned()
             .set(assignment.len() as f64);
@@ -379,6 +343,7 @@ impl Context {
             let mut assignment = self.assignment.lock().expect("assignment lock");
             let released = keys.iter().filter_map(|k| assignment.remove(k)).collect();
             shared
+                .lane
                 .metrics
                 .partitions_assigned()
                 .set(assignment.len() as f64);
@@ -405,29 +370,55 @@ impl Context {
             }
         }
         if abandoned > 0 {
-            tracing::warn!(mapping = %shared.name, partitions = abandoned, "drain deadline reached; in-flight batches abandoned uncommitted, the next owner reads them again");
+            tracing::warn!(mapping = %shared.lane.name, partitions = abandoned, "drain deadline reached; in-flight batches abandoned uncommitted, the next owner reads them again");
         }
         if commit {
             let mut list = TopicPartitionList::new();
             for partition in &released {
-                partition_offsets(partition, &mut list);
+                if let Some(offset) = partition.uncommitted() {
+                    let _ = list.add_partition_offset(
+                        &partition.progress.topic,
+                        partition.progress.partition,
+                        Offset::Offset(offset),
+                    );
+                }
             }
             if list.count() > 0 {
                 match consumer.commit(&list, CommitMode::Sync) {
-                    Ok(()) => shared.metrics.stream_event("offsets_committed"),
+                    Ok(()) => shared.lane.metrics.stream_event("offsets_committed"),
                     Err(error) => {
-                        shared.metrics.stream_event("commit_failed");
-                        tracing::warn!(mapping = %shared.name, %error, "committing the offsets of released partitions failed; their records are read again");
+                        shared.lane.metrics.stream_event("commit_failed");
+                        tracing::warn!(mapping = %shared.lane.name, %error, "committing the offsets of released partitions failed; their records are read again");
                     }
                 }
             }
         }
         for partition in released {
-            tracing::info!(mapping = %shared.name, partition = %partition.progress.name, committed = ?partition.progress.done_until().or(partition.committed), "partition released");
+            tracing::info!(mapping = %shared.lane.name, partition = %partition.progress.name, committed = ?partition.progress.done_until().or(partition.committed), "partition released");
             partition.lag.set(0.0);
-            shared.metrics.stream_event("partition_released");
+            shared.lane.metrics.stream_event("partition_released");
         }
     }
+}
+
+/// The partitions of a list. Owned at once: a list from `committed` that outlives the consumer
+/// hangs its drop (dependencies.md trap 9).
+fn keys_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+/// The partitions of a list that have an actual offset, with it (owned, as `keys_of`).
+fn offsets_of(list: &TopicPartitionList) -> HashMap<(String, i32), i64> {
+    list.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(offset) => Some(((e.topic().to_owned(), e.partition()), offset)),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Partition {
@@ -438,14 +429,9 @@ impl Partition {
     }
 }
 
-fn partition_offsets(partition: &Partition, list: &mut TopicPartitionList) {
-    if let Some(offset) = partition.uncommitted() {
-        let _ = list.add_partition_offset(
-            &partition.progress.topic,
-            partition.progress.partition,
-            Offset::Offset(offset),
-        );
-    }
+/// A Kafka record's offset (its id).
+fn offset_of(record: &Record) -> i64 {
+    record.id().parse().unwrap_or(-1)
 }
 
 /// A partition's lane: Lambda's Kafka event, offsets as the checkpoint.
@@ -467,12 +453,25 @@ impl LaneHost for PartitionLane {
     fn identifier(&self, record: &Record) -> ItemIdentifier {
         ItemIdentifier::KafkaOffset {
             partition: self.progress.name.clone(),
-            offset: record.id().parse().unwrap_or(-1),
+            offset: offset_of(record),
         }
     }
 
-    async fn dead_letter(&self, records: &[&Record], dead_letter: &StreamDeadLetter) {
-        store_dead_letter(&self.shared, &self.progress, records, dead_letter).await;
+    fn unit(&self) -> &str {
+        &self.progress.name
+    }
+
+    fn envelope_source(&self, records: &[&Record]) -> EnvelopeSource {
+        let timestamp =
+            |record: &Record| i64::try_from(record.arrived_at.as_millis()).unwrap_or(-1);
+        EnvelopeSource::Kafka {
+            cluster: self.shared.cluster.clone(),
+            topic: self.progress.topic.clone(),
+            partition: self.progress.partition,
+            offsets: records.iter().map(|r| offset_of(r)).collect(),
+            first_timestamp: records.first().map_or(-1, |r| timestamp(r)),
+            last_timestamp: records.last().map_or(-1, |r| timestamp(r)),
+        }
     }
 
     fn finished(self: Arc<Self>, positions: Vec<Position>) {
@@ -492,14 +491,11 @@ impl KafkaMapping {
             }
         };
         let shared = Arc::new(Shared {
-            name: name.clone(),
             cluster: KafkaCluster {
                 bootstrap_servers: self.source.bootstrap_servers.clone(),
                 msk_cluster_arn: self.source.msk_cluster_arn.clone(),
             },
-            region: self.region.clone(),
             filters: self.config.filters.clone(),
-            on_failure: self.on_failure.clone(),
             lane: LaneSettings {
                 name: name.clone(),
                 target: self.target.clone(),
@@ -511,10 +507,9 @@ impl KafkaMapping {
                 limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
                 health: self.health.clone(),
                 metrics: self.metrics.clone(),
+                on_failure: self.on_failure.clone(),
+                region: self.region.clone(),
             },
-            health: self.health.clone(),
-            metrics: self.metrics.clone(),
-            batch_size: self.source.batch_size,
             waiting_limit: self.source.partition_buffer_bytes,
             drain_timeout: shutdown_timeout,
             runtime: tokio::runtime::Handle::current(),
@@ -566,8 +561,8 @@ fn consume(
         Ok(consumer) => consumer,
         Err(error) => {
             // Bad properties: nothing a retry can fix.
-            shared.health.poll_failed(&error.to_string());
-            tracing::error!(mapping = %shared.name, %error, "cannot create the Kafka consumer; check source.kafka.properties");
+            shared.lane.health.poll_failed(&error.to_string());
+            tracing::error!(mapping = %shared.lane.name, %error, "cannot create the Kafka consumer; check source.kafka.properties");
             return;
         }
     };
@@ -575,14 +570,14 @@ fn consume(
     let mut failures = 0u32;
     while let Err(error) = consumer.subscribe(&topics) {
         failures += 1;
-        shared.health.poll_failed(&error.to_string());
-        tracing::warn!(mapping = %shared.name, %error, "subscribing failed; retrying");
+        shared.lane.health.poll_failed(&error.to_string());
+        tracing::warn!(mapping = %shared.lane.name, %error, "subscribing failed; retrying");
         if sleep_or_stop(&shutdown, retry_delay(failures)) {
             return;
         }
     }
     tracing::info!(
-        mapping = %shared.name,
+        mapping = %shared.lane.name,
         bootstrap_servers = %source.bootstrap_servers,
         topics = ?source.topics,
         group_id = %source.group_id,
@@ -590,27 +585,34 @@ fn consume(
         "mapping started"
     );
     let mut last_commit = Instant::now();
-    let mut timeout = POLL_TIMEOUT;
+    let mut queued = Queued::Nothing;
     let mut last_error: Option<(String, Instant)> = None;
     while !shutdown.is_cancelled() {
+        // Poll without waiting while a lane has room for queued records, briefly while lanes are
+        // full, for long only with nothing queued.
+        let timeout = match queued {
+            Queued::Nothing => POLL_TIMEOUT,
+            Queued::LanesFull => FULL_LANE_POLL,
+            Queued::Movable => Duration::ZERO,
+        };
         match consumer.poll(timeout) {
             None => {
                 let error_at = *shared.client_error_at.lock().expect("error lock");
                 if error_at.is_none_or(|at| at.elapsed() >= CLIENT_ERROR_QUIET) {
-                    shared.health.poll_succeeded();
+                    shared.lane.health.poll_succeeded();
                 }
             }
             Some(Ok(message)) => {
                 *shared.client_error_at.lock().expect("error lock") = None;
-                shared.health.poll_succeeded();
-                let parts = MessageParts::of(&message);
-                let record = parts.to_record(now_since_epoch());
-                take(&shared, &consumer, &assignment, &parts, record);
+                shared.lane.health.poll_succeeded();
+                if take(&shared, &consumer, &assignment, &MessageParts::of(&message)) {
+                    queued = Queued::Movable;
+                }
             }
             Some(Err(error)) => {
                 let text = error.to_string();
-                shared.metrics.poll_errors.increment(1);
-                shared.health.poll_failed(&text);
+                shared.lane.metrics.poll_errors.increment(1);
+                shared.lane.health.poll_failed(&text);
                 // A persistent error comes back on every poll: log it when it changes, and
                 // otherwise at most every ERROR_LOG_INTERVAL.
                 let repeated = last_error
@@ -619,24 +621,22 @@ fn consume(
                         *last == text && at.elapsed() < ERROR_LOG_INTERVAL
                     });
                 if !repeated {
-                    tracing::warn!(mapping = %shared.name, %error, "polling Kafka failed");
+                    tracing::warn!(mapping = %shared.lane.name, %error, "polling Kafka failed");
                     last_error = Some((text, Instant::now()));
                 }
             }
         }
-        // Queued records move into lanes between polls: poll without waiting while a lane has
-        // room for them, briefly while lanes are full, for long only with nothing queued.
-        timeout = match feed_waiting(&shared, &consumer, &assignment) {
-            Queued::Nothing => POLL_TIMEOUT,
-            Queued::LanesFull => FULL_LANE_POLL,
-            Queued::Movable => Duration::ZERO,
-        };
+        // Queued records move into lanes between polls; with nothing queued there is nothing to
+        // walk the partitions for.
+        if queued != Queued::Nothing {
+            queued = feed_waiting(&shared, &consumer, &assignment);
+        }
         if last_commit.elapsed() >= COMMIT_INTERVAL {
             last_commit = Instant::now();
             commit(&shared, &consumer, &assignment);
         }
     }
-    tracing::info!(mapping = %shared.name, "stopping: draining partitions, committing, leaving the group");
+    tracing::info!(mapping = %shared.lane.name, "stopping: draining partitions, committing, leaving the group");
     let held: Vec<(String, i32)> = assignment
         .lock()
         .expect("assignment lock")
@@ -661,75 +661,63 @@ fn sleep_or_stop(shutdown: &CancellationToken, pause: Duration) -> bool {
     shutdown.is_cancelled()
 }
 
-/// Hands a polled record to its partition's lane, or queues it there and pauses the partition.
+/// Hands a polled record to its partition's lane, or queues it there (pausing the partition
+/// when too much waits); true when it was queued.
 fn take(
     shared: &Shared,
     consumer: &BaseConsumer<Context>,
     assignment: &Mutex<Assignment>,
     parts: &MessageParts<'_>,
-    record: Record,
-) {
+) -> bool {
     let mut assignment = assignment.lock().expect("assignment lock");
     let key = (parts.topic.to_owned(), parts.partition);
     let Some(partition) = assignment.get_mut(&key) else {
         // A message of a partition released a moment ago; the new owner reads it.
-        return;
+        return false;
     };
     if partition
         .next_offset
         .is_some_and(|next| parts.offset < next)
     {
-        return;
+        return false;
     }
     partition.next_offset = Some(parts.offset + 1);
-    shared.metrics.records_received.increment(1);
+    shared.lane.metrics.records_received.increment(1);
     let position = partition
         .progress
         .progress
         .lock()
         .expect("progress lock")
         .push(parts.offset);
-    if !shared.filters.is_empty() {
-        let passes = serde_json::from_str::<serde_json::Value>(record.event.get())
-            .map(|event| {
-                shared
-                    .filters
-                    .passes(&sluice_sources::kafka::filter_view(&event))
-            })
-            .unwrap_or(true);
-        if !passes {
-            shared.metrics.records_filtered.increment(1);
-            partition.progress.finish([position]);
-            return;
-        }
+    if !shared.filters.is_empty() && !shared.filters.passes(&parts.filter_view()) {
+        shared.lane.metrics.records_filtered.increment(1);
+        partition.progress.finish([position]);
+        return false;
     }
-    let entry = (record, position);
+    let mut entry = (parts.to_record(now_since_epoch()), position);
+    // Records already waiting go first, to keep the partition's order.
     if partition.waiting.is_empty() {
-        match partition.sender.try_send(entry) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(entry)) => {
-                partition.waiting_bytes += entry.0.size_bytes;
-                partition.waiting.push_back(entry);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-        }
-    } else {
-        partition.waiting_bytes += entry.0.size_bytes;
-        partition.waiting.push_back(entry);
+        entry = match partition.sender.try_send(entry) {
+            Err(mpsc::error::TrySendError::Full(entry)) => entry,
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        };
     }
+    partition.waiting_bytes += entry.0.size_bytes;
+    partition.waiting.push_back(entry);
     if !partition.paused && partition.waiting_bytes >= shared.waiting_limit {
         let mut list = TopicPartitionList::new();
         let _ = list.add_partition(&key.0, key.1);
         match consumer.pause(&list) {
             Ok(()) => {
                 partition.paused = true;
-                shared.metrics.stream_event("partition_paused");
+                shared.lane.metrics.stream_event("partition_paused");
             }
             Err(error) => {
-                tracing::debug!(mapping = %shared.name, partition = %partition.progress.name, %error, "pausing the partition failed")
+                tracing::debug!(mapping = %shared.lane.name, partition = %partition.progress.name, %error, "pausing the partition failed")
             }
         }
     }
+    true
 }
 
 /// Moves queued records into lanes that have room and resumes partitions whose queue went down
@@ -769,6 +757,9 @@ fn feed_waiting(
             } else {
                 queued.max(Queued::LanesFull)
             };
+        } else if partition.paused {
+            // A resume that failed is tried again on the next round.
+            queued = queued.max(Queued::LanesFull);
         }
     }
     queued
@@ -784,13 +775,11 @@ enum Queued {
 
 /// Commits every partition whose done offset moved.
 fn commit(shared: &Shared, consumer: &BaseConsumer<Context>, assignment: &Mutex<Assignment>) {
-    let mut list = TopicPartitionList::new();
     let moved: Vec<((String, i32), i64)> = {
         let assignment = assignment.lock().expect("assignment lock");
         assignment
             .iter()
             .filter_map(|(key, partition)| {
-                partition_offsets(partition, &mut list);
                 partition.uncommitted().map(|offset| (key.clone(), offset))
             })
             .collect()
@@ -798,9 +787,13 @@ fn commit(shared: &Shared, consumer: &BaseConsumer<Context>, assignment: &Mutex<
     if moved.is_empty() {
         return;
     }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in &moved {
+        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
     match consumer.commit(&list, CommitMode::Sync) {
         Ok(()) => {
-            shared.metrics.stream_event("offsets_committed");
+            shared.lane.metrics.stream_event("offsets_committed");
             let mut assignment = assignment.lock().expect("assignment lock");
             for (key, offset) in moved {
                 if let Some(partition) = assignment.get_mut(&key) {
@@ -809,81 +802,8 @@ fn commit(shared: &Shared, consumer: &BaseConsumer<Context>, assignment: &Mutex<
             }
         }
         Err(error) => {
-            shared.metrics.stream_event("commit_failed");
-            tracing::warn!(mapping = %shared.name, %error, "committing offsets failed; the next commit carries them");
+            shared.lane.metrics.stream_event("commit_failed");
+            tracing::warn!(mapping = %shared.lane.name, %error, "committing offsets failed; the next commit carries them");
         }
     }
-}
-
-/// Sends a dead letter, retrying until the destination stores it: a record is never skipped
-/// because its dead letter could not be written.
-async fn store_dead_letter(
-    shared: &Shared,
-    progress: &PartitionProgress,
-    batch: &[&Record],
-    dead_letter: &StreamDeadLetter,
-) {
-    let records: Vec<&Record> = dead_letter.records.iter().map(|&i| batch[i]).collect();
-    let offsets: Vec<i64> = records
-        .iter()
-        .map(|r| r.id().parse().unwrap_or(-1))
-        .collect();
-    let error = dead_letter_error(dead_letter, &shared.lane.policy);
-    let partition = progress.name.as_str();
-    let Some(destination) = &shared.on_failure else {
-        shared
-            .metrics
-            .dead_lettered(dead_letter.condition.as_str(), records.len() as u64);
-        tracing::error!(mapping = %shared.name, %partition, first_offset = offsets[0], records = records.len(), condition = dead_letter.condition.as_str(), error_type = %error.error_type, error = %error.message, "records discarded: the policy gave up on them and the mapping has no on_failure destination");
-        return;
-    };
-    let timestamp = |record: &Record| i64::try_from(record.arrived_at.as_millis()).unwrap_or(-1);
-    let envelope = DeadLetter {
-        mapping: shared.name.clone(),
-        target: shared.lane.target.name.clone(),
-        region: shared.region.clone(),
-        condition: dead_letter.condition,
-        attempts: dead_letter.invoke_count,
-        error: error.clone(),
-        function_error: dead_letter.function_error.then(|| "Unhandled".to_owned()),
-        source: EnvelopeSource::Kafka {
-            cluster: shared.cluster.clone(),
-            topic: progress.topic.clone(),
-            partition: progress.partition,
-            offsets: offsets.clone(),
-            first_timestamp: records.first().map_or(-1, |r| timestamp(r)),
-            last_timestamp: records.last().map_or(-1, |r| timestamp(r)),
-        },
-        records: records
-            .iter()
-            .map(|r| serde_json::from_str(r.event.get()).unwrap_or_default())
-            .collect(),
-        first_attempt_at: records
-            .iter()
-            .map(|r| r.first_received_at)
-            .min()
-            .unwrap_or_default(),
-        last_attempt_at: now_since_epoch(),
-    };
-    let dedup = format!(
-        "{partition}-{}-{}",
-        offsets[0],
-        dead_letter.condition.as_str()
-    );
-    let mut failures = 0u32;
-    loop {
-        match destination.send(&envelope, partition, &dedup).await {
-            Ok(()) => break,
-            Err(send_error) => {
-                failures += 1;
-                shared.metrics.ack_errors.increment(1);
-                tracing::error!(mapping = %shared.name, %partition, first_offset = offsets[0], error = %send_error, "dead-lettering failed; the partition waits and retries, nothing is skipped");
-                tokio::time::sleep(retry_delay(failures)).await;
-            }
-        }
-    }
-    shared
-        .metrics
-        .dead_lettered(dead_letter.condition.as_str(), records.len() as u64);
-    tracing::warn!(mapping = %shared.name, %partition, first_offset = offsets[0], last_offset = offsets[offsets.len() - 1], records = records.len(), condition = dead_letter.condition.as_str(), attempts = dead_letter.invoke_count, error_type = %error.error_type, error = %error.message, destination = destination.describe(), "records dead-lettered");
 }

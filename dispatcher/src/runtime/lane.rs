@@ -5,12 +5,14 @@
 //! - records reach the target in the order they entered the lane, and a failing batch blocks
 //!   the lane until it is handled or dead-lettered;
 //! - a record is reported finished to its host only once it is handled, or dead-lettered with
-//!   the destination's confirmation; the host decides what finished means (a checkpoint, a
-//!   Kafka offset);
+//!   the destination's confirmation (a failing destination is retried, never skipped); the host
+//!   decides what finished means (a checkpoint, a Kafka offset);
 //! - on `stop`, a batch waiting out a retry delay is given up unfinished (delivered again after
 //!   the restart); on `abort`, the lane stops at once.
 
+use super::retry_delay;
 use crate::destinations::envelope::now_since_epoch;
+use crate::destinations::{DeadLetter, Destination, EnvelopeSource};
 use crate::health::MappingHealthHandle;
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
@@ -38,6 +40,10 @@ pub(super) struct LaneSettings {
     pub limits: BatchLimits,
     pub health: MappingHealthHandle,
     pub metrics: MappingMetrics,
+    /// Where records the policy gives up on go; `None` drops them (logged), as Lambda does.
+    pub on_failure: Option<Arc<dyn Destination>>,
+    /// Named in dead letters (`functionArn`).
+    pub region: String,
 }
 
 /// The source side of a lane: how its records become an event, and what finishing them means.
@@ -51,9 +57,11 @@ pub(super) trait LaneHost: Send + Sync + 'static {
     /// How a partial batch response names this record.
     fn identifier(&self, record: &Record) -> ItemIdentifier;
 
-    /// Stores the dead letter, retrying until the destination has it (or logs and drops the
-    /// records when the mapping has no destination).
-    async fn dead_letter(&self, records: &[&Record], dead_letter: &StreamDeadLetter);
+    /// The shard or partition the lane reads, for logs and dead-letter placement.
+    fn unit(&self) -> &str;
+
+    /// Where dead-lettered `records` (in order) came from, for their envelope.
+    fn envelope_source(&self, records: &[&Record]) -> EnvelopeSource;
 
     /// These records are done; the host moves its checkpoint (without waiting for the write).
     fn finished(self: Arc<Self>, positions: Vec<Position>);
@@ -175,7 +183,7 @@ async fn handle_batch<H: LaneHost>(
             )),
             function_error: false,
         };
-        host.dead_letter(&records, &dead_letter).await;
+        store_dead_letter(host.as_ref(), &records, &dead_letter).await;
         host.clone().finished(vec![batch[0].1]);
         return;
     }
@@ -254,7 +262,7 @@ async fn handle_batch<H: LaneHost>(
                 report_finished(host, &state, &batch, &mut reported);
             }
             Step::DeadLetter(dead_letter) => {
-                host.dead_letter(&records, &dead_letter).await;
+                store_dead_letter(host.as_ref(), &records, &dead_letter).await;
                 state.dead_lettered().expect("a dead letter is outstanding");
                 report_finished(host, &state, &batch, &mut reported);
             }
@@ -289,11 +297,63 @@ fn report_finished<H: LaneHost>(
     host.clone().finished(positions);
 }
 
-/// The error a dead letter names: the policy's, or one that describes the condition.
-pub(super) fn dead_letter_error(
+/// Sends the records of `batch` that `dead_letter` names to the mapping's destination inside
+/// the envelope, retrying until it is stored: a record is never skipped because its dead letter
+/// could not be written. Without a destination the records are logged and dropped.
+async fn store_dead_letter<H: LaneHost>(
+    host: &H,
+    batch: &[&Record],
     dead_letter: &StreamDeadLetter,
-    policy: &StreamPolicy,
-) -> ErrorInfo {
+) {
+    let settings = host.settings();
+    let unit = host.unit();
+    let records: Vec<&Record> = dead_letter.records.iter().map(|&i| batch[i]).collect();
+    let (first, last) = (records[0].id(), records[records.len() - 1].id());
+    let condition = dead_letter.condition.as_str();
+    let error = dead_letter_error(dead_letter, &settings.policy);
+    let Some(destination) = &settings.on_failure else {
+        settings
+            .metrics
+            .dead_lettered(condition, records.len() as u64);
+        tracing::error!(mapping = %settings.name, %unit, first_record = %first, records = records.len(), condition, error_type = %error.error_type, error = %error.message, "records discarded: the policy gave up on them and the mapping has no on_failure destination");
+        return;
+    };
+    let envelope = DeadLetter {
+        mapping: settings.name.clone(),
+        target: settings.target.name.clone(),
+        region: settings.region.clone(),
+        condition: dead_letter.condition,
+        attempts: dead_letter.invoke_count,
+        error: error.clone(),
+        function_error: dead_letter.function_error.then(|| "Unhandled".to_owned()),
+        source: host.envelope_source(&records),
+        records: records
+            .iter()
+            .map(|r| serde_json::from_str(r.event.get()).unwrap_or_default())
+            .collect(),
+        first_attempt_at: records
+            .iter()
+            .map(|r| r.first_received_at)
+            .min()
+            .unwrap_or_default(),
+        last_attempt_at: now_since_epoch(),
+    };
+    let dedup = format!("{unit}-{first}-{condition}");
+    let mut failures = 0u32;
+    while let Err(send_error) = destination.send(&envelope, unit, &dedup).await {
+        failures += 1;
+        settings.metrics.ack_errors.increment(1);
+        tracing::error!(mapping = %settings.name, %unit, first_record = %first, error = %send_error, "dead-lettering failed; the lane waits and retries, nothing is skipped");
+        tokio::time::sleep(retry_delay(failures)).await;
+    }
+    settings
+        .metrics
+        .dead_lettered(condition, records.len() as u64);
+    tracing::warn!(mapping = %settings.name, %unit, first_record = %first, last_record = %last, records = records.len(), condition, attempts = dead_letter.invoke_count, error_type = %error.error_type, error = %error.message, destination = destination.describe(), "records dead-lettered");
+}
+
+/// The error a dead letter names: the policy's, or one that describes the condition.
+fn dead_letter_error(dead_letter: &StreamDeadLetter, policy: &StreamPolicy) -> ErrorInfo {
     dead_letter
         .error
         .clone()

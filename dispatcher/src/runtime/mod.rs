@@ -70,20 +70,15 @@ where
     }
 }
 
-/// The AWS configuration every client is built from: config values first, then the standard
-/// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ECS and instance credentials).
-pub async fn aws_config(settings: &AwsSettings) -> anyhow::Result<aws_config::SdkConfig> {
-    aws_config_for(settings, true).await
-}
-
 /// `app/sluice` in the User-Agent of every AWS call: CloudTrail (and the IAM policy tests) can
 /// tell sluice's calls from others'.
 pub fn app_name() -> aws_config::AppName {
     aws_config::AppName::new("sluice").expect("a valid app name")
 }
 
-/// The AWS configuration; without `needs_aws` (nothing in the config calls AWS) a missing region
-/// is not an error.
+/// The AWS configuration every client is built from: config values first, then the standard
+/// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ECS and instance credentials).
+/// Without `needs_aws` (nothing in the config calls AWS) a missing region is not an error.
 pub async fn aws_config_for(
     settings: &AwsSettings,
     needs_aws: bool,
@@ -114,6 +109,16 @@ pub async fn aws_config_for(
     Ok(config)
 }
 
+/// An S3 client; with an endpoint override (moto, LocalStack) buckets are addressed by path,
+/// since those serve no virtual-host names.
+pub fn s3_client(sdk_config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk_config)
+            .force_path_style(sdk_config.endpoint_url().is_some())
+            .build(),
+    )
+}
+
 /// Runs every enabled mapping until `shutdown`, then drains and returns.
 pub async fn run(
     config: Config,
@@ -134,12 +139,7 @@ pub async fn run_with_handlers(
     let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
     let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
     let streams_client = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
-    // moto and LocalStack serve buckets by path, not by virtual host.
-    let s3_client = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk_config)
-            .force_path_style(config.aws.endpoint_url.is_some())
-            .build(),
-    );
+    let s3_client = s3_client(&sdk_config);
     let health = Health::new(config.admin.stall_after, config.admin.stuck_after);
     let region = sdk_config
         .region()

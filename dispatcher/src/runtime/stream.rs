@@ -15,16 +15,16 @@
 //!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
 //!   shard at once without writing.
 
-use super::lane::{Entry, LaneHost, LaneSettings, dead_letter_error, run_lane, stream_policy};
+use super::lane::{Entry, LaneHost, LaneSettings, run_lane, stream_policy};
 use super::{retry_delay, retry_until_ok};
 use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
-use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
+use crate::destinations::{Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use sluice_policies::{
-    BatchLimits, FilterSet, IdentifierKind, ItemIdentifier, ShardProgress, StreamDeadLetter,
-    lane_of, stream::Position,
+    BatchLimits, FilterSet, IdentifierKind, ItemIdentifier, ShardProgress, lane_of,
+    stream::Position,
 };
 use sluice_sources::checkpoint::dynamodb::DynamoDbLeaseStore;
 use sluice_sources::checkpoint::embedded::{EmbeddedStore, StateFile};
@@ -87,15 +87,11 @@ pub struct StreamMapping {
 
 /// Everything the shard workers of a mapping share.
 struct Shared {
-    name: String,
     source: StreamSourceConfig,
     stream: DynamoDbStream,
     store: Arc<dyn CheckpointStore>,
-    on_failure: Option<Arc<dyn Destination>>,
     lane: LaneSettings,
     filters: FilterSet,
-    health: MappingHealthHandle,
-    metrics: MappingMetrics,
 }
 
 /// Why a shard worker ended.
@@ -143,11 +139,7 @@ impl StreamMapping {
             "mapping started"
         );
         let shared = Arc::new(Shared {
-            name: name.clone(),
             source: self.source.clone(),
-            stream,
-            store,
-            on_failure: self.on_failure.clone(),
             lane: LaneSettings {
                 name: name.clone(),
                 target: self.target.clone(),
@@ -159,10 +151,12 @@ impl StreamMapping {
                 limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
                 health: self.health.clone(),
                 metrics: self.metrics.clone(),
+                on_failure: self.on_failure.clone(),
+                region: stream.region.clone(),
             },
+            stream,
+            store,
             filters: self.config.filters.clone(),
-            health: self.health.clone(),
-            metrics: self.metrics.clone(),
         });
         coordinate(
             shared,
@@ -254,7 +248,7 @@ async fn coordinate(
     let mut shards: Vec<ShardSpec> = Vec::new();
     let mut listed_at: Option<Instant> = None;
     let mut failures = 0u32;
-    let held_gauge = shared.metrics.shards_held();
+    let held_gauge = shared.lane.metrics.shards_held();
     loop {
         let due = listed_at.is_none_or(|at| at.elapsed() >= shared.source.discovery_interval);
         if due {
@@ -269,13 +263,13 @@ async fn coordinate(
                         .collect();
                     listed_at = Some(Instant::now());
                     failures = 0;
-                    shared.health.poll_succeeded();
+                    shared.lane.health.poll_succeeded();
                 }
                 Err(error) => {
                     failures += 1;
-                    shared.metrics.poll_errors.increment(1);
-                    shared.health.poll_failed(&error.to_string());
-                    tracing::warn!(mapping = %shared.name, %error, "listing shards failed");
+                    shared.lane.metrics.poll_errors.increment(1);
+                    shared.lane.health.poll_failed(&error.to_string());
+                    tracing::warn!(mapping = %shared.lane.name, %error, "listing shards failed");
                 }
             }
         }
@@ -286,8 +280,8 @@ async fn coordinate(
                     acquired.held.iter().map(|h| h.shard_id.as_str()).collect();
                 for (shard_id, shard) in running.iter_mut() {
                     if !held.contains(shard_id.as_str()) && !shard.release_after {
-                        tracing::warn!(mapping = %shared.name, %shard_id, "lease lost; abandoning the shard");
-                        shared.metrics.stream_event("lease_lost");
+                        tracing::warn!(mapping = %shared.lane.name, %shard_id, "lease lost; abandoning the shard");
+                        shared.lane.metrics.stream_event("lease_lost");
                         shard.abort.cancel();
                     }
                 }
@@ -295,7 +289,7 @@ async fn coordinate(
                     if let Some(shard) = running.get_mut(shard_id)
                         && !shard.release_after
                     {
-                        tracing::info!(mapping = %shared.name, %shard_id, "handing the shard over to another instance");
+                        tracing::info!(mapping = %shared.lane.name, %shard_id, "handing the shard over to another instance");
                         shard.release_after = true;
                         shard.stop.cancel();
                     }
@@ -316,7 +310,7 @@ async fn coordinate(
                             release_after: false,
                         },
                     );
-                    shared.metrics.stream_event("shard_started");
+                    shared.lane.metrics.stream_event("shard_started");
                     let shared = shared.clone();
                     workers.spawn(async move {
                         let exit =
@@ -328,15 +322,15 @@ async fn coordinate(
                 held_gauge.set(running.len() as f64);
             }
             Err(error) => {
-                shared.metrics.poll_errors.increment(1);
-                shared.health.poll_failed(&error.to_string());
-                tracing::warn!(mapping = %shared.name, %error, "lease sync failed");
+                shared.lane.metrics.poll_errors.increment(1);
+                shared.lane.health.poll_failed(&error.to_string());
+                tracing::warn!(mapping = %shared.lane.name, %error, "lease sync failed");
                 // Leases not renewed for a lease duration may belong to others by now: stop
                 // rather than process a shard beside its new owner.
                 if lease_duration.is_some_and(|lease| last_sync.elapsed() >= lease) {
                     for (shard_id, shard) in &running {
                         if !shard.abort.is_cancelled() {
-                            tracing::warn!(mapping = %shared.name, %shard_id, "leases could not be renewed for a lease duration; abandoning the shard");
+                            tracing::warn!(mapping = %shared.lane.name, %shard_id, "leases could not be renewed for a lease duration; abandoning the shard");
                             shard.abort.cancel();
                         }
                     }
@@ -363,7 +357,7 @@ async fn coordinate(
                     let release = exit == ShardExit::Finished
                         || (exit == ShardExit::Stopped && shard.is_some_and(|s| s.release_after));
                     if release && let Err(error) = shared.store.release(&shard_id).await {
-                        tracing::warn!(mapping = %shared.name, %shard_id, %error, "releasing the lease failed; it expires instead");
+                        tracing::warn!(mapping = %shared.lane.name, %shard_id, %error, "releasing the lease failed; it expires instead");
                     }
                     if exit == ShardExit::Finished {
                         // Its children may start now.
@@ -395,7 +389,7 @@ async fn drain(
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(mapping = %shared.name, shards = workers.len(), "drain deadline reached; in-flight batches abandoned, their records are delivered again from the checkpoint");
+                tracing::warn!(mapping = %shared.lane.name, shards = workers.len(), "drain deadline reached; in-flight batches abandoned, their records are delivered again from the checkpoint");
                 for shard in running.values() {
                     shard.abort.cancel();
                 }
@@ -410,7 +404,7 @@ async fn drain(
     }
     for (shard_id, _) in exits {
         if let Err(error) = shared.store.release(&shard_id).await {
-            tracing::warn!(mapping = %shared.name, %shard_id, %error, "releasing the lease failed; it expires instead");
+            tracing::warn!(mapping = %shared.lane.name, %shard_id, %error, "releasing the lease failed; it expires instead");
         }
     }
 }
@@ -456,19 +450,19 @@ impl ShardCheckpoint {
             .await
         {
             Ok(()) => {
-                shared.metrics.stream_event("checkpoint_written");
-                tracing::debug!(mapping = %shared.name, shard_id = %self.shard_id, %sequence, "checkpoint stored");
+                shared.lane.metrics.stream_event("checkpoint_written");
+                tracing::debug!(mapping = %shared.lane.name, shard_id = %self.shard_id, %sequence, "checkpoint stored");
                 true
             }
             Err(CheckpointError::LeaseLost { .. }) => {
-                shared.metrics.stream_event("lease_lost");
-                tracing::warn!(mapping = %shared.name, shard_id = %self.shard_id, "lease lost; the shard stops without moving its checkpoint");
+                shared.lane.metrics.stream_event("lease_lost");
+                tracing::warn!(mapping = %shared.lane.name, shard_id = %self.shard_id, "lease lost; the shard stops without moving its checkpoint");
                 self.abort.cancel();
                 false
             }
             Err(error) => {
-                shared.metrics.stream_event("checkpoint_failed");
-                tracing::warn!(mapping = %shared.name, shard_id = %self.shard_id, %error, "storing the checkpoint failed; the next one will carry it");
+                shared.lane.metrics.stream_event("checkpoint_failed");
+                tracing::warn!(mapping = %shared.lane.name, shard_id = %self.shard_id, %error, "storing the checkpoint failed; the next one will carry it");
                 let mut unsaved = self.unsaved.lock().expect("unsaved lock");
                 if unsaved.is_none() {
                     *unsaved = Some(sequence);
@@ -499,8 +493,18 @@ impl LaneHost for ShardLanes {
         ItemIdentifier::Text(record.id().to_owned())
     }
 
-    async fn dead_letter(&self, records: &[&Record], dead_letter: &StreamDeadLetter) {
-        store_dead_letter(&self.shared, &self.progress.shard_id, records, dead_letter).await;
+    fn unit(&self) -> &str {
+        &self.progress.shard_id
+    }
+
+    fn envelope_source(&self, records: &[&Record]) -> EnvelopeSource {
+        EnvelopeSource::DynamodbStream {
+            stream_arn: self.shared.stream.stream_arn.clone(),
+            shard_id: self.progress.shard_id.clone(),
+            sequence_numbers: records.iter().map(|r| r.id().to_owned()).collect(),
+            first_arrival: records.first().map_or(Duration::ZERO, |r| r.arrived_at),
+            last_arrival: records.last().map_or(Duration::ZERO, |r| r.arrived_at),
+        }
     }
 
     /// The write runs beside the next batch: writes are serialized and always store the newest
@@ -533,7 +537,7 @@ async fn run_shard(
         (None, StartingPosition::AtTimestamp(at)) => Some(at),
         _ => None,
     };
-    tracing::info!(mapping = %shared.name, %shard_id, start = ?start, "shard started");
+    tracing::info!(mapping = %shared.lane.name, %shard_id, start = ?start, "shard started");
     let progress = Arc::new(ShardCheckpoint {
         shard_id: shard_id.clone(),
         progress: Mutex::new(ShardProgress::new()),
@@ -559,7 +563,7 @@ async fn run_shard(
             abort.clone(),
         ));
     }
-    let age = shared.metrics.iterator_age(&shard_id);
+    let age = shared.lane.metrics.iterator_age(&shard_id);
     let read = read_shard(
         &shared,
         &shard_id,
@@ -592,7 +596,7 @@ async fn run_shard(
                 Err(CheckpointError::LeaseLost { .. }) => return ShardExit::Abandoned,
                 Err(error) => {
                     failures += 1;
-                    tracing::warn!(mapping = %shared.name, %shard_id, %error, "storing the end of the shard failed; retrying");
+                    tracing::warn!(mapping = %shared.lane.name, %shard_id, %error, "storing the end of the shard failed; retrying");
                     tokio::select! {
                         _ = abort.cancelled() => return ShardExit::Abandoned,
                         _ = tokio::time::sleep(retry_delay(failures)) => {}
@@ -600,11 +604,11 @@ async fn run_shard(
                 }
             }
         }
-        shared.metrics.stream_event("shard_finished");
-        tracing::info!(mapping = %shared.name, %shard_id, "shard finished; its children may start");
+        shared.lane.metrics.stream_event("shard_finished");
+        tracing::info!(mapping = %shared.lane.name, %shard_id, "shard finished; its children may start");
         return ShardExit::Finished;
     }
-    tracing::info!(mapping = %shared.name, %shard_id, "shard stopped");
+    tracing::info!(mapping = %shared.lane.name, %shard_id, "shard stopped");
     ShardExit::Stopped
 }
 
@@ -625,7 +629,7 @@ async fn read_shard(
     stop: &CancellationToken,
     abort: &CancellationToken,
 ) -> ReadEnd {
-    let age = shared.metrics.iterator_age(shard_id);
+    let age = shared.lane.metrics.iterator_age(shard_id);
     let mut last_read: Option<String> = match &start {
         IteratorStart::AfterSequence(sequence) => Some(sequence.clone()),
         _ => None,
@@ -690,8 +694,8 @@ async fn read_shard(
         let page = match shared.stream.read(shard_id, &current, limit).await {
             Ok(page) => page,
             Err(ReadError::ExpiredIterator) => {
-                shared.metrics.stream_event("expired_iterator");
-                tracing::info!(mapping = %shared.name, %shard_id, after = ?last_read, "shard iterator expired; renewing it after the last record read");
+                shared.lane.metrics.stream_event("expired_iterator");
+                tracing::info!(mapping = %shared.lane.name, %shard_id, after = ?last_read, "shard iterator expired; renewing it after the last record read");
                 continue;
             }
             Err(ReadError::Trimmed(detail)) => {
@@ -712,7 +716,7 @@ async fn read_shard(
             }
         };
         failures = 0;
-        shared.health.poll_succeeded();
+        shared.lane.health.poll_succeeded();
         let now = now_since_epoch();
         if page.records.is_empty() {
             idle_reads = idle_reads.saturating_add(1);
@@ -722,6 +726,7 @@ async fn read_shard(
             let newest = page.records.last().map_or(now, |r| r.arrived_at);
             age.set(now.saturating_sub(newest).as_secs_f64());
             shared
+                .lane
                 .metrics
                 .records_received
                 .increment(page.records.len() as u64);
@@ -739,7 +744,7 @@ async fn read_shard(
                 && serde_json::from_str::<serde_json::Value>(record.event.get())
                     .is_ok_and(|event| !shared.filters.passes(&event))
             {
-                shared.metrics.records_filtered.increment(1);
+                shared.lane.metrics.records_filtered.increment(1);
                 skipped.push(position);
                 continue;
             }
@@ -751,12 +756,12 @@ async fn read_shard(
                 Err(mpsc::error::TrySendError::Closed(_)) => return ReadEnd::Stopped,
             };
             // The lane is busy (or blocked retrying): wait for it, which is not a stalled poll.
-            shared.health.waiting_for_capacity(true);
+            shared.lane.health.waiting_for_capacity(true);
             let sent = tokio::select! {
                 _ = abort.cancelled() => false,
                 sent = lane.send(entry) => sent.is_ok(),
             };
-            shared.health.waiting_for_capacity(false);
+            shared.lane.health.waiting_for_capacity(false);
             if !sent {
                 return ReadEnd::Stopped;
             }
@@ -775,98 +780,14 @@ async fn read_shard(
 }
 
 fn trimmed(shared: &Shared, shard_id: &str, detail: &str) {
-    shared.metrics.stream_event("trimmed_data");
-    tracing::warn!(mapping = %shared.name, %shard_id, %detail, "records past the checkpoint were trimmed from the stream (older than its retention); resuming at the trim horizon");
+    shared.lane.metrics.stream_event("trimmed_data");
+    tracing::warn!(mapping = %shared.lane.name, %shard_id, %detail, "records past the checkpoint were trimmed from the stream (older than its retention); resuming at the trim horizon");
 }
 
 fn read_failed(shared: &Shared, shard_id: &str, error: &str) {
-    shared.metrics.poll_errors.increment(1);
-    shared.health.poll_failed(error);
-    tracing::warn!(mapping = %shared.name, %shard_id, %error, "reading the shard failed; retrying");
-}
-
-/// Sends a dead letter, retrying until the destination stores it: a record is never skipped
-/// because its dead letter could not be written.
-async fn store_dead_letter(
-    shared: &Shared,
-    shard_id: &str,
-    batch: &[&Record],
-    dead_letter: &StreamDeadLetter,
-) {
-    let records: Vec<&Record> = dead_letter.records.iter().map(|&i| batch[i]).collect();
-    let sequence_numbers: Vec<String> = records.iter().map(|r| r.id().to_owned()).collect();
-    let error = dead_letter_error(dead_letter, &shared.lane.policy);
-    let Some(destination) = &shared.on_failure else {
-        shared
-            .metrics
-            .dead_lettered(dead_letter.condition.as_str(), records.len() as u64);
-        tracing::error!(
-            mapping = %shared.name,
-            %shard_id,
-            first_sequence = %sequence_numbers[0],
-            records = records.len(),
-            condition = dead_letter.condition.as_str(),
-            error_type = %error.error_type,
-            error = %error.message,
-            "records discarded: the policy gave up on them and the mapping has no on_failure destination"
-        );
-        return;
-    };
-    let envelope = DeadLetter {
-        mapping: shared.name.clone(),
-        target: shared.lane.target.name.clone(),
-        region: shared.stream.region.clone(),
-        condition: dead_letter.condition,
-        attempts: dead_letter.invoke_count,
-        error: error.clone(),
-        function_error: dead_letter.function_error.then(|| "Unhandled".to_owned()),
-        source: EnvelopeSource::DynamodbStream {
-            stream_arn: shared.stream.stream_arn.clone(),
-            shard_id: shard_id.to_owned(),
-            sequence_numbers: sequence_numbers.clone(),
-            first_arrival: records.first().map_or(Duration::ZERO, |r| r.arrived_at),
-            last_arrival: records.last().map_or(Duration::ZERO, |r| r.arrived_at),
-        },
-        records: records
-            .iter()
-            .map(|r| serde_json::from_str(r.event.get()).unwrap_or_default())
-            .collect(),
-        first_attempt_at: records
-            .iter()
-            .map(|r| r.first_received_at)
-            .min()
-            .unwrap_or_default(),
-        last_attempt_at: now_since_epoch(),
-    };
-    let dedup = format!("{}-{}", sequence_numbers[0], dead_letter.condition.as_str());
-    let mut failures = 0u32;
-    loop {
-        match destination.send(&envelope, shard_id, &dedup).await {
-            Ok(()) => break,
-            Err(send_error) => {
-                failures += 1;
-                shared.metrics.ack_errors.increment(1);
-                tracing::error!(mapping = %shared.name, %shard_id, first_sequence = %sequence_numbers[0], error = %send_error, "dead-lettering failed; the shard waits and retries, nothing is skipped");
-                tokio::time::sleep(retry_delay(failures)).await;
-            }
-        }
-    }
-    shared
-        .metrics
-        .dead_lettered(dead_letter.condition.as_str(), records.len() as u64);
-    tracing::warn!(
-        mapping = %shared.name,
-        %shard_id,
-        first_sequence = %sequence_numbers[0],
-        last_sequence = %sequence_numbers[sequence_numbers.len() - 1],
-        records = records.len(),
-        condition = dead_letter.condition.as_str(),
-        attempts = dead_letter.invoke_count,
-        error_type = %error.error_type,
-        error = %error.message,
-        destination = destination.describe(),
-        "records dead-lettered"
-    );
+    shared.lane.metrics.poll_errors.increment(1);
+    shared.lane.health.poll_failed(error);
+    tracing::warn!(mapping = %shared.lane.name, %shard_id, %error, "reading the shard failed; retrying");
 }
 
 #[cfg(test)]

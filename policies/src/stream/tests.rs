@@ -452,6 +452,45 @@ fn kafka_identifiers_name_records_by_partition_and_offset() {
     );
 }
 
+/// semantics.md §4 "Partial response": a partition or offset that is not in the event fails the
+/// whole batch.
+#[test]
+fn a_kafka_identifier_outside_the_batch_fails_the_whole_batch() {
+    let kafka_batch = || {
+        let records: Vec<StreamItem> = (0..3)
+            .map(|offset| StreamItem {
+                identifier: ItemIdentifier::KafkaOffset {
+                    partition: "t-0".into(),
+                    offset,
+                },
+                arrived_at: NOW,
+            })
+            .collect();
+        let mut batch = StreamBatch::new(
+            StreamPolicy {
+                report_batch_item_failures: true,
+                identifier_kind: IdentifierKind::KafkaOffset,
+                ..policy()
+            },
+            records,
+        );
+        batch.next_step(NOW);
+        batch
+    };
+    for (partition, offset) in [("t-1", 1), ("t-0", 7), ("other-0", 0)] {
+        let outcome = Outcome::Returned {
+            response: Some(json!({"batchItemFailures": [
+                {"itemIdentifier": {"partition": partition, "offset": offset}}
+            ]})),
+        };
+        let applied = kafka_batch().apply(&outcome, NOW, 0.5);
+        assert!(
+            matches!(applied, Ok(Applied::Failed { .. })),
+            "{partition}@{offset}: {applied:?}"
+        );
+    }
+}
+
 #[test]
 fn a_non_retryable_error_goes_to_on_failure_at_once() {
     // issue 7 "Error classes"; semantics.md §12 "Condition names".

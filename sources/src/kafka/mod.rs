@@ -83,25 +83,21 @@ impl MessageParts<'_> {
         }
     }
 
-    /// The record, as Lambda puts it in the event. `received_at` stands in for a missing
-    /// timestamp in the record's age.
-    pub fn to_record(&self, received_at: Duration) -> Record {
-        let mut event = Map::new();
-        event.insert("topic".into(), json!(self.topic));
-        event.insert("partition".into(), json!(self.partition));
-        event.insert("offset".into(), json!(self.offset));
+    /// Lambda's record fields but `value`; `timestamp` is -1 without one.
+    fn fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("topic".into(), json!(self.topic));
+        fields.insert("partition".into(), json!(self.partition));
+        fields.insert("offset".into(), json!(self.offset));
         let (timestamp, kind) = match self.timestamp {
             Some((ms, TimestampKind::CreateTime)) => (ms, "CREATE_TIME"),
             Some((ms, TimestampKind::LogAppendTime)) => (ms, "LOG_APPEND_TIME"),
             None => (-1, "NO_TIMESTAMP_TYPE"),
         };
-        event.insert("timestamp".into(), json!(timestamp));
-        event.insert("timestampType".into(), json!(kind));
+        fields.insert("timestamp".into(), json!(timestamp));
+        fields.insert("timestampType".into(), json!(kind));
         if let Some(key) = self.key {
-            event.insert("key".into(), json!(BASE64.encode(key)));
-        }
-        if let Some(value) = self.value {
-            event.insert("value".into(), json!(BASE64.encode(value)));
+            fields.insert("key".into(), json!(BASE64.encode(key)));
         }
         let headers: Vec<Value> = self
             .headers
@@ -111,10 +107,21 @@ impl MessageParts<'_> {
                 json!({ *key: bytes })
             })
             .collect();
-        event.insert("headers".into(), Value::Array(headers));
-        let arrived_at = u64::try_from(timestamp)
-            .map(Duration::from_millis)
-            .unwrap_or(received_at);
+        fields.insert("headers".into(), Value::Array(headers));
+        fields
+    }
+
+    /// The record, as Lambda puts it in the event. `received_at` stands in for a missing
+    /// timestamp in the record's age.
+    pub fn to_record(&self, received_at: Duration) -> Record {
+        let mut event = self.fields();
+        if let Some(value) = self.value {
+            event.insert("value".into(), json!(BASE64.encode(value)));
+        }
+        let arrived_at = self
+            .timestamp
+            .and_then(|(ms, _)| u64::try_from(ms).ok())
+            .map_or(received_at, Duration::from_millis);
         let name = partition_name(self.topic, self.partition);
         let trace = self
             .headers
@@ -138,6 +145,37 @@ impl MessageParts<'_> {
         )
         .with_trace(trace)
     }
+
+    /// The record Lambda filters the message as: `value` parsed when it is JSON; when it is not,
+    /// `value` is left out, so only patterns on the metadata can match.
+    pub fn filter_view(&self) -> Value {
+        let mut view = self.fields();
+        if let Some(value) = self
+            .value
+            .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
+        {
+            view.insert("value".into(), value);
+        }
+        Value::Object(view)
+    }
+}
+
+/// The head of Lambda's Kafka event: everything but `records`.
+fn event_head(cluster: &KafkaCluster) -> Map<String, Value> {
+    let mut head = Map::new();
+    head.insert("eventSource".into(), json!(cluster.event_source()));
+    if let Some(arn) = &cluster.msk_cluster_arn {
+        head.insert("eventSourceArn".into(), json!(arn));
+    }
+    head.insert("bootstrapServers".into(), json!(cluster.bootstrap_servers));
+    head
+}
+
+/// Lambda's Kafka event for already parsed records of one partition (`<topic>-<n>`).
+pub fn event_value(cluster: &KafkaCluster, partition: &str, records: Vec<Value>) -> Value {
+    let mut event = event_head(cluster);
+    event.insert("records".into(), json!({ partition: records }));
+    Value::Object(event)
 }
 
 /// Lambda's Kafka event for `records`, grouped by partition in the order they first appear.
@@ -150,13 +188,8 @@ pub fn event<'a>(cluster: &KafkaCluster, records: impl IntoIterator<Item = &'a R
             None => groups.push((name, vec![record])),
         }
     }
-    let mut head = Map::new();
-    head.insert("eventSource".into(), json!(cluster.event_source()));
-    if let Some(arn) = &cluster.msk_cluster_arn {
-        head.insert("eventSourceArn".into(), json!(arn));
-    }
-    head.insert("bootstrapServers".into(), json!(cluster.bootstrap_servers));
-    let head = serde_json::to_string(&Value::Object(head)).expect("a JSON object serializes");
+    let head = serde_json::to_string(&Value::Object(event_head(cluster)))
+        .expect("a JSON object serializes");
     let mut payload = Vec::with_capacity(1024);
     // The head without its closing brace, then the records spliced in unparsed.
     payload.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
@@ -181,27 +214,6 @@ pub fn event<'a>(cluster: &KafkaCluster, records: impl IntoIterator<Item = &'a R
     }
     payload.extend_from_slice(b"}}");
     payload
-}
-
-/// The record Lambda filters a Kafka message as: `value` decoded and parsed when it is JSON;
-/// when it is not, `value` is left out, so only patterns on the metadata can match.
-pub fn filter_view(record: &Value) -> Value {
-    let mut view = record.clone();
-    let parsed = record["value"]
-        .as_str()
-        .and_then(|value| BASE64.decode(value).ok())
-        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-    if let Some(object) = view.as_object_mut() {
-        match parsed {
-            Some(value) => {
-                object.insert("value".into(), value);
-            }
-            None => {
-                object.remove("value");
-            }
-        }
-    }
-    view
 }
 
 /// Where a partition starts when nothing was committed for the group.
