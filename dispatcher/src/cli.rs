@@ -52,8 +52,61 @@ pub enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Dead letters of a mapping: look at them, or re-drive them.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Print the JSON Schema of the config file.
     Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show a mapping's dead letters without consuming them: its on_failure destination, and
+    /// the dead-letter queue of its source queue's redrive policy.
+    Peek {
+        #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
+        config: String,
+        /// The mapping's name.
+        #[arg(long)]
+        mapping: String,
+        /// Show at most this many entries.
+        #[arg(long, default_value_t = crate::dlq::command::DEFAULT_PEEK_LIMIT)]
+        limit: usize,
+        /// Print JSON (every entry with its records) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-drive a mapping's dead letters through its target under its policy; an entry is
+    /// removed only after its records succeed, and what fails again stays with its replay count
+    /// raised.
+    Replay {
+        #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
+        config: String,
+        /// The mapping's name.
+        #[arg(long)]
+        mapping: String,
+        /// Replay at most this many entries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// At most this many records per second, such as 50/s.
+        #[arg(long, value_parser = crate::dlq::command::parse_rate)]
+        rate: Option<usize>,
+        /// Replay only records matching this pattern (the mapping filter syntax, JSON).
+        #[arg(long, value_parser = crate::dlq::command::parse_filter)]
+        filter: Option<sluice_policies::FilterSet>,
+        /// Print what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave the entries in place after replaying them.
+        #[arg(long)]
+        keep: bool,
+        /// Send the records back to the mapping's source (queue or topic) instead of invoking
+        /// the target.
+        #[arg(long)]
+        to_source: bool,
+    },
 }
 
 pub const EXIT_RUNTIME_FAILURE: u8 = 1;
@@ -69,6 +122,7 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Dlq { command } => dlq(command),
         Command::Health {
             config,
             admin,
@@ -181,6 +235,99 @@ pub fn load_config(location: &str) -> Result<config::Config, config::ConfigError
     let mut parsed = config::parse(location, &text, std::env::vars().collect())?;
     parsed.file = PathBuf::from(location);
     Ok(parsed)
+}
+
+/// `sluice dlq peek` and `sluice dlq replay`.
+fn dlq(command: DlqCommand) -> ExitCode {
+    use crate::dlq::command as dlq;
+    let (location, name) = match &command {
+        DlqCommand::Peek {
+            config, mapping, ..
+        }
+        | DlqCommand::Replay {
+            config, mapping, ..
+        } => (config.clone(), mapping.clone()),
+    };
+    let config = match load_config(&location) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let mapping = match dlq::find_mapping(&config, &name) {
+        Ok(mapping) => mapping.clone(),
+        Err(error) => {
+            eprintln!("sluice dlq: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let DlqCommand::Replay {
+        to_source: true, ..
+    } = &command
+        && matches!(mapping.source, config::SourceConfig::DynamodbStream(_))
+    {
+        eprintln!(
+            "sluice dlq: --to-source cannot write to a DynamoDB stream (mapping {name}); replay through the target instead"
+        );
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    telemetry::init_command_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sluice dlq: {error}");
+            return ExitCode::from(EXIT_RUNTIME_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            DlqCommand::Peek { limit, json, .. } => {
+                dlq::peek(&config, &mapping, &dlq::PeekOptions { limit, json })
+                    .await
+                    .map(|()| true)
+            }
+            DlqCommand::Replay {
+                limit,
+                rate,
+                filter,
+                dry_run,
+                keep,
+                to_source,
+                ..
+            } => {
+                let interrupted = CancellationToken::new();
+                tokio::spawn(stop_on_signal(interrupted.clone()));
+                let summary = dlq::replay(
+                    &config,
+                    &mapping,
+                    dlq::ReplayOptions {
+                        limit,
+                        rate,
+                        filter,
+                        dry_run,
+                        keep,
+                        to_source,
+                    },
+                    interrupted,
+                )
+                .await?;
+                println!("{}", summary.line(dry_run));
+                Ok(summary.failed == 0 && !summary.interrupted)
+            }
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_RUNTIME_FAILURE),
+        Err(error) => {
+            eprintln!("sluice dlq: {error:#}");
+            ExitCode::from(EXIT_RUNTIME_FAILURE)
+        }
+    }
 }
 
 /// `sluice health`: asks the local admin endpoint whether sluice is ready.
@@ -312,7 +459,7 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                     }
                 }
             }
-            if let Some(config::DestinationConfig::Sqs { queue_url }) = &mapping.on_failure {
+            if let Some(config::DestinationConfig::Sqs { queue_url, .. }) = &mapping.on_failure {
                 queues.push(("on_failure.sqs.queue_url", queue_url.clone()));
             }
             for (key, queue_url) in queues {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod destinations;
+pub mod dlq;
 pub mod embed;
 pub mod health;
 pub mod invoke_api;

@@ -41,6 +41,16 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// Logging for one-shot commands (`sluice dlq`): text on stderr, so stdout holds only the
+/// command's output; warnings and errors unless `RUST_LOG` says otherwise.
+pub fn init_command_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Installs the global Prometheus recorder and returns the handle that renders it.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let buckets = [

@@ -476,6 +476,7 @@ pub async fn receive_all(
             .wait_time_seconds(0)
             .visibility_timeout(hold_seconds)
             .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .message_attribute_names("All")
             .send()
             .await
             .expect("receive");

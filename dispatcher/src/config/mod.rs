@@ -316,6 +316,8 @@ pub struct RetryConfig {
 pub enum DestinationConfig {
     Sqs {
         queue_url: String,
+        /// Where envelopes over 256 KB are stored, with a pointer in the queue.
+        spill_bucket: Option<String>,
     },
     S3 {
         bucket: String,
@@ -1032,8 +1034,17 @@ impl Validator<'_> {
                         "is the mapping's own source queue; dead letters would be consumed again",
                     );
                 }
+                if let Some(bucket) = &sqs.spill_bucket
+                    && (bucket.trim().is_empty() || bucket.contains('/'))
+                {
+                    self.error(
+                        format!("{path}.sqs.spill_bucket"),
+                        format!("{bucket:?} is not a bucket name; give the name alone, without s3:// or a key"),
+                    );
+                }
                 DestinationConfig::Sqs {
                     queue_url: sqs.queue_url,
+                    spill_bucket: sqs.spill_bucket,
                 }
             }
             RawDestination::S3(s3) => {

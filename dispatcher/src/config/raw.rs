@@ -504,4 +504,9 @@ pub struct RawS3Destination {
 #[serde(deny_unknown_fields)]
 pub struct RawSqsDestination {
     pub queue_url: String,
+    /// A bucket for envelopes over SQS's 256 KB message limit: the envelope is stored there and
+    /// the queue gets a pointer (the SQS Extended Client's format), which `sluice dlq` follows.
+    /// Without it, such an envelope cannot be stored and its records wait (logged).
+    #[serde(default)]
+    pub spill_bucket: Option<String>,
 }

@@ -11,7 +11,9 @@ pub mod sqs;
 
 pub use envelope::{AsyncRecord, DeadLetter, EnvelopeSource};
 
+use crate::config::{DestinationConfig, SourceConfig};
 use async_trait::async_trait;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
@@ -77,4 +79,44 @@ pub trait Destination: Send + Sync + 'static {
         };
         self.store(document, &placement).await
     }
+}
+
+/// Builds a destination. A Kafka topic destination lives on the cluster of `source` (a Kafka
+/// source; config validation refuses it elsewhere).
+pub fn build(
+    destination: &DestinationConfig,
+    source: Option<&SourceConfig>,
+    sqs: &aws_sdk_sqs::Client,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Arc<dyn Destination>, DestinationError> {
+    Ok(match (destination, source) {
+        (
+            DestinationConfig::Sqs {
+                queue_url,
+                spill_bucket,
+            },
+            _,
+        ) => Arc::new(sqs::SqsDestination::new(
+            sqs.clone(),
+            queue_url.clone(),
+            spill_bucket.as_ref().map(|bucket| sqs::Spill {
+                client: s3.clone(),
+                bucket: bucket.clone(),
+            }),
+        )),
+        (DestinationConfig::S3 { bucket, prefix }, _) => Arc::new(s3::S3Destination::new(
+            s3.clone(),
+            bucket.clone(),
+            prefix.clone(),
+        )),
+        (DestinationConfig::Kafka { topic }, Some(SourceConfig::Kafka(kafka))) => Arc::new(
+            kafka::KafkaDestination::new(&kafka.bootstrap_servers, &kafka.properties, topic)?,
+        ),
+        (DestinationConfig::Kafka { topic }, _) => {
+            return Err(DestinationError::Kafka {
+                topic: topic.clone(),
+                message: "a Kafka topic destination needs a Kafka source (its cluster)".into(),
+            });
+        }
+    })
 }

@@ -371,7 +371,7 @@ fn dead_letter_error(dead_letter: &StreamDeadLetter, policy: &StreamPolicy) -> E
 
 /// The stream policy a mapping's settings describe. Error classes apply only with a destination
 /// to send them to (config validation refuses them otherwise).
-pub(super) fn stream_policy(
+pub(crate) fn stream_policy(
     config: &crate::config::MappingConfig,
     identifier_kind: sluice_policies::IdentifierKind,
     has_destination: bool,

@@ -5,15 +5,12 @@
 pub mod heartbeat;
 pub mod kafka;
 mod lane;
+pub(crate) use lane::stream_policy;
 pub mod s3;
 pub mod sqs;
 pub mod stream;
 
 use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
-use crate::destinations::Destination;
-use crate::destinations::kafka::KafkaDestination;
-use crate::destinations::s3::S3Destination;
-use crate::destinations::sqs::SqsDestination;
 use crate::health::{Health, MappingHealthHandle};
 use crate::targets::{self, SharedTarget};
 use crate::telemetry::MappingMetrics;
@@ -180,31 +177,11 @@ pub async fn run_with_handlers(
     .await?;
 
     let mut workers = tokio::task::JoinSet::new();
-    let build_destination = |destination: &DestinationConfig| -> Arc<dyn Destination> {
-        match destination {
-            DestinationConfig::Sqs { queue_url } => {
-                Arc::new(SqsDestination::new(sqs_client.clone(), queue_url.clone()))
-            }
-            DestinationConfig::S3 { bucket, prefix } => Arc::new(S3Destination::new(
-                s3_client.clone(),
-                bucket.clone(),
-                prefix.clone(),
-            )),
-            DestinationConfig::Kafka { .. } => {
-                unreachable!("validation allows Kafka destinations only on Kafka mappings")
-            }
-        }
+    let mapping_destination = |destination: &DestinationConfig, source: &SourceConfig| {
+        crate::destinations::build(destination, Some(source), &sqs_client, &s3_client)
     };
-    // A Kafka topic destination lives on the mapping's own cluster.
-    let mapping_destination = |destination: &DestinationConfig,
-                               source: &SourceConfig|
-     -> anyhow::Result<Arc<dyn Destination>> {
-        match (destination, source) {
-            (DestinationConfig::Kafka { topic }, SourceConfig::Kafka(kafka)) => Ok(Arc::new(
-                KafkaDestination::new(&kafka.bootstrap_servers, &kafka.properties, topic)?,
-            )),
-            (destination, _) => Ok(build_destination(destination)),
-        }
+    let function_destination = |destination: &DestinationConfig| {
+        crate::destinations::build(destination, None, &sqs_client, &s3_client)
     };
     for mapping in config.mappings.iter().filter(|m| m.enabled) {
         let target = built_targets
@@ -307,8 +284,16 @@ pub async fn run_with_handlers(
                         function,
                         target,
                         queue.clone(),
-                        function.on_failure.as_ref().map(build_destination),
-                        function.on_success.as_ref().map(build_destination),
+                        function
+                            .on_failure
+                            .as_ref()
+                            .map(function_destination)
+                            .transpose()?,
+                        function
+                            .on_success
+                            .as_ref()
+                            .map(function_destination)
+                            .transpose()?,
                         &region,
                     )),
                 );

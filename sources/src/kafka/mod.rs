@@ -160,6 +160,22 @@ impl MessageParts<'_> {
     }
 }
 
+/// [`MessageParts::filter_view`] for a record already in Lambda's shape (a dead letter's).
+pub fn record_filter_view(record: &Value) -> Value {
+    let mut view = record.clone();
+    let decoded = record["value"]
+        .as_str()
+        .and_then(|value| BASE64.decode(value).ok())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    if let Some(fields) = view.as_object_mut() {
+        match decoded {
+            Some(value) => fields.insert("value".into(), value),
+            None => fields.remove("value"),
+        };
+    }
+    view
+}
+
 /// The head of Lambda's Kafka event: everything but `records`.
 fn event_head(cluster: &KafkaCluster) -> Map<String, Value> {
     let mut head = Map::new();

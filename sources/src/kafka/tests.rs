@@ -114,6 +114,16 @@ fn filters_see_a_json_value_decoded_and_never_a_non_json_value() {
 }
 
 #[test]
+fn a_dead_lettered_record_is_filtered_as_its_message_was() {
+    for value in [&b"{\"kind\":\"click\"}"[..], b"plain words"] {
+        let message = parts("t", 0, 1, Some(b"k"), Some(value));
+        let record: Value =
+            serde_json::from_str(message.to_record(Duration::ZERO).event.get()).unwrap();
+        assert_eq!(record_filter_view(&record), message.filter_view());
+    }
+}
+
+#[test]
 fn a_committed_offset_wins_over_the_starting_position() {
     for position in [
         StartPosition::TrimHorizon,

@@ -1,0 +1,273 @@
+//! Dead-letter tooling (`sluice dlq peek` and `sluice dlq replay`): reads what a mapping
+//! dead-lettered, wherever it went, as [`Entry`]s.
+//!
+//! Guarantees:
+//! - reading never consumes: an SQS message is held while it is looked at and released after,
+//!   an S3 object is only read, a Kafka offset is committed only by a replay;
+//! - an entry is removed (deleted, or its offset committed) only after what it holds is done:
+//!   replayed successfully, or written back as a new entry carrying what is left (the records that
+//!   failed again or were not chosen), which is stored before the old one is removed;
+//! - envelopes spilled to S3 (over SQS's 256 KB) are followed transparently, and their object is
+//!   removed with their pointer.
+
+pub mod command;
+mod kafka;
+mod replay;
+mod s3;
+mod sqs;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("{operation} on {place} failed: {message}")]
+    Store {
+        place: String,
+        operation: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Destination(#[from] crate::destinations::DestinationError),
+}
+
+impl DlqError {
+    fn store(place: &str, operation: &'static str, message: impl ToString) -> Self {
+        DlqError::Store {
+            place: place.to_owned(),
+            operation,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// What kind of source the records of an entry came from; decides their event shape and how a
+/// partial batch response names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Sqs,
+    S3,
+    DynamodbStream,
+    Kafka,
+}
+
+impl RecordKind {
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "sqs" => Some(RecordKind::Sqs),
+            "s3" => Some(RecordKind::S3),
+            "dynamodb_stream" => Some(RecordKind::DynamodbStream),
+            "kafka" => Some(RecordKind::Kafka),
+            _ => None,
+        }
+    }
+
+    /// How a person finds the record at its source.
+    pub fn identity(self, record: &Value) -> String {
+        let text = |value: &Value| match value {
+            Value::String(text) => text.clone(),
+            Value::Null => "?".to_owned(),
+            other => other.to_string(),
+        };
+        match self {
+            RecordKind::Sqs => text(&record["messageId"]),
+            RecordKind::S3 => format!(
+                "s3://{}/{}",
+                text(&record["s3"]["bucket"]["name"]),
+                text(&record["s3"]["object"]["key"])
+            ),
+            RecordKind::DynamodbStream => text(&record["dynamodb"]["SequenceNumber"]),
+            RecordKind::Kafka => format!(
+                "{}-{}@{}",
+                text(&record["topic"]),
+                text(&record["partition"]),
+                text(&record["offset"])
+            ),
+        }
+    }
+}
+
+/// One dead letter: an envelope, or a raw message an SQS redrive policy moved.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Where the entry is within its store: a message id, an object key, `topic-partition@offset`.
+    pub id: String,
+    /// When it was dead-lettered (ISO 8601), when known.
+    pub at: Option<String>,
+    pub condition: String,
+    pub attempts: u64,
+    pub error_type: String,
+    pub error_message: String,
+    pub replay_count: u64,
+    pub kind: RecordKind,
+    /// The records exactly as the function received them.
+    pub records: Vec<Value>,
+    /// The envelope as stored; `None` for a raw message.
+    pub envelope: Option<Value>,
+    /// Why the entry cannot be replayed (unreadable body, pointer to a missing object).
+    pub unreadable: Option<String>,
+    pub(crate) handle: Handle,
+}
+
+/// How a store finds the entry again to delete or replace it.
+#[derive(Debug, Clone)]
+pub(crate) enum Handle {
+    Sqs {
+        receipt: String,
+        /// The message as received, for raw messages written back.
+        message: Value,
+        spilled: Option<crate::destinations::sqs::SpillPointer>,
+    },
+    S3 {
+        key: String,
+    },
+    Kafka {
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        /// The message as stored, written again when the entry must stay.
+        payload: Option<Vec<u8>>,
+    },
+}
+
+impl Entry {
+    /// Reads an envelope; `records_hint` is the kind to assume when it names none.
+    pub(crate) fn from_envelope(
+        id: String,
+        envelope: Value,
+        fallback: RecordKind,
+        handle: Handle,
+    ) -> Self {
+        let sluice = &envelope["sluice"];
+        let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+        let kind = sluice["source"]["kind"]
+            .as_str()
+            .and_then(RecordKind::parse)
+            .unwrap_or(fallback);
+        // The one-record event Lambda's topic destination stores, when `sluice` is missing.
+        let records = match sluice["records"].as_array() {
+            Some(records) => records.clone(),
+            None => records_of_event(&envelope["payload"])
+                .or_else(|| records_of_event(&envelope["requestPayload"]))
+                .unwrap_or_default(),
+        };
+        let unreadable = records
+            .is_empty()
+            .then(|| "the envelope holds no records (no sluice.records, no payload)".to_owned());
+        Self {
+            id,
+            at: envelope["timestamp"].as_str().map(str::to_owned),
+            condition: text(&envelope["requestContext"]["condition"]),
+            attempts: envelope["requestContext"]["approximateInvokeCount"]
+                .as_u64()
+                .or_else(|| sluice["attempts"].as_u64())
+                .unwrap_or_default(),
+            error_type: text(&sluice["error"]["type"]),
+            error_message: text(&sluice["error"]["message"]),
+            replay_count: sluice["replay_count"].as_u64().unwrap_or_default(),
+            kind,
+            records,
+            envelope: Some(envelope),
+            unreadable,
+            handle,
+        }
+    }
+
+    /// The identities of its records, for a person.
+    pub fn record_ids(&self) -> Vec<String> {
+        self.records.iter().map(|r| self.kind.identity(r)).collect()
+    }
+
+    /// What `--json` prints.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "at": self.at,
+            "condition": self.condition,
+            "attempts": self.attempts,
+            "replay_count": self.replay_count,
+            "error": { "type": self.error_type, "message": self.error_message },
+            "source_kind": match self.kind {
+                RecordKind::Sqs => "sqs",
+                RecordKind::S3 => "s3",
+                RecordKind::DynamodbStream => "dynamodb_stream",
+                RecordKind::Kafka => "kafka",
+            },
+            "raw": self.envelope.is_none(),
+            "unreadable": self.unreadable,
+            "record_ids": self.record_ids(),
+            "records": self.records,
+        })
+    }
+
+    /// The envelope to store instead of this one: `records` left, the replay's error when it
+    /// failed again, and the replay count raised when `failed`.
+    pub(crate) fn rewritten(&self, records: Vec<Value>, failure: Option<(&str, &str)>) -> Value {
+        let mut envelope = self.envelope.clone().unwrap_or_else(|| json!({}));
+        let failed = failure.is_some();
+        let sluice = envelope
+            .as_object_mut()
+            .map(|o| o.entry("sluice").or_insert_with(|| json!({})));
+        if let Some(sluice) = sluice {
+            sluice["records"] = Value::Array(records);
+            sluice["replay_count"] = json!(self.replay_count + u64::from(failed));
+            if let Some((error_type, message)) = failure {
+                sluice["error"] = json!({ "type": error_type, "message": message });
+                sluice["last_replay_at"] = json!(crate::destinations::envelope::iso8601_millis(
+                    crate::destinations::envelope::now_since_epoch()
+                ));
+            }
+        }
+        envelope
+    }
+}
+
+/// The records of an invocation event: `Records` (SQS, S3, DynamoDB) or Kafka's `records` map.
+fn records_of_event(event: &Value) -> Option<Vec<Value>> {
+    if let Some(records) = event["Records"].as_array() {
+        return Some(records.clone());
+    }
+    let partitions = event["records"].as_object()?;
+    Some(
+        partitions
+            .values()
+            .filter_map(Value::as_array)
+            .flatten()
+            .cloned()
+            .collect(),
+    )
+}
+
+/// A place dead letters are kept. Entries come out held (no other reader sees them) until they
+/// are released, deleted or replaced.
+#[async_trait]
+pub(crate) trait Store: Send {
+    /// The queue URL, `s3://bucket/prefix` or `kafka://topic`.
+    fn describe(&self) -> &str;
+
+    /// Up to `max` entries not returned before; empty once every entry has been seen.
+    async fn next(&mut self, max: usize) -> Result<Vec<Entry>, DlqError>;
+
+    /// Leaves entries where they are, visible to other readers again.
+    async fn release(&mut self, entries: &[Entry]) -> Result<(), DlqError>;
+
+    /// Removes an entry whose records are done.
+    async fn delete(&mut self, entry: &Entry) -> Result<(), DlqError>;
+
+    /// Stores `envelope` as a new entry in place of `entry` (stored first, then `entry` removed).
+    async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError>;
+
+    /// Leaves an entry that was not replayed where later runs find it.
+    async fn keep(&mut self, entry: &Entry) -> Result<(), DlqError> {
+        self.release(std::slice::from_ref(entry)).await
+    }
+
+    /// Makes removals durable (Kafka commits offsets); called at the end and after interrupts.
+    async fn finish(&mut self) -> Result<(), DlqError> {
+        Ok(())
+    }
+}
+
+/// How long a replay holds an SQS entry; released at once when the replay ends.
+pub(crate) const HOLD: Duration = Duration::from_secs(300);

@@ -1,0 +1,376 @@
+//! Re-driving dead-lettered records: through the mapping's target under the mapping's policy, or
+//! back to the mapping's source (`--to-source`).
+//!
+//! The policy is the stream policy the daemon runs (retries with the mapping's backoff, bisect,
+//! partial batch responses, non-retryable errors), with two changes for a tool a person waits
+//! on: records never expire by age (they are old by definition), and unlimited retries (-1)
+//! become 2. SQS mappings retry up to `max_receive_count` receives (default 3 attempts).
+
+use super::RecordKind;
+use crate::config::{MappingConfig, SourceConfig};
+use crate::targets::{Invocation, SharedTarget};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+use sluice_policies::{
+    Applied, ErrorInfo, FilterSet, IdentifierKind, ItemIdentifier, Step, StreamBatch, StreamItem,
+    StreamPolicy,
+};
+use sluice_sources::kafka::KafkaCluster;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Retries a replay makes where the mapping retries without limit.
+const UNLIMITED_RETRIES_IN_REPLAY: u32 = 2;
+/// Invocations the target may refuse in a row (throttled, unavailable) before the records count
+/// as failed for this replay.
+const MAX_REFUSALS: u32 = 5;
+
+/// What became of an entry's records.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    /// Indexes of the records that failed again.
+    pub failed: Vec<usize>,
+    /// The last error, when any record failed.
+    pub error: Option<ErrorInfo>,
+}
+
+/// At most `per_second` records start in any window of a second (with a margin for the
+/// network between sluice and the handler).
+pub(crate) struct RateLimit {
+    per_second: usize,
+    started: VecDeque<(Instant, usize)>,
+}
+
+const RATE_WINDOW: Duration = Duration::from_millis(1_100);
+
+impl RateLimit {
+    pub(crate) fn new(per_second: usize) -> Self {
+        Self {
+            per_second: per_second.max(1),
+            started: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn per_second(&self) -> usize {
+        self.per_second
+    }
+
+    /// Waits until `records` more may start, and counts them.
+    pub(crate) async fn acquire(&mut self, records: usize) {
+        let records = records.min(self.per_second);
+        loop {
+            let now = Instant::now();
+            while self
+                .started
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) >= RATE_WINDOW)
+            {
+                self.started.pop_front();
+            }
+            let in_window: usize = self.started.iter().map(|(_, n)| n).sum();
+            if in_window + records <= self.per_second {
+                self.started.push_back((now, records));
+                return;
+            }
+            let oldest = self.started.front().map_or(now, |(at, _)| *at);
+            tokio::time::sleep((oldest + RATE_WINDOW).saturating_duration_since(now)).await;
+        }
+    }
+}
+
+/// The policy a replay of `mapping`'s records runs under.
+pub(crate) fn replay_policy(mapping: &MappingConfig) -> StreamPolicy {
+    let kafka = matches!(mapping.source, SourceConfig::Kafka(_));
+    let mut policy = crate::runtime::stream_policy(
+        mapping,
+        if kafka {
+            IdentifierKind::KafkaOffset
+        } else {
+            IdentifierKind::Text
+        },
+        mapping.on_failure.is_some(),
+    );
+    policy.max_record_age = None;
+    policy.max_retry_attempts = Some(match &mapping.source {
+        SourceConfig::Sqs(_) => mapping
+            .retry
+            .max_receive_count
+            .map_or(UNLIMITED_RETRIES_IN_REPLAY, |n| n.saturating_sub(1)),
+        _ => mapping
+            .retry
+            .max_retry_attempts
+            .unwrap_or(UNLIMITED_RETRIES_IN_REPLAY),
+    });
+    // Only S3 events are invoked one by one without partial responses (asynchronous).
+    if matches!(mapping.source, SourceConfig::S3(_)) {
+        policy.report_batch_item_failures = false;
+    }
+    policy
+}
+
+/// The largest batch a replay invokes.
+pub(crate) fn batch_size(mapping: &MappingConfig) -> usize {
+    match &mapping.source {
+        SourceConfig::Sqs(source) => source.batch_size,
+        SourceConfig::DynamodbStream(source) => source.batch_size,
+        SourceConfig::Kafka(source) => source.batch_size,
+        // Lambda invokes the function once per S3 event.
+        SourceConfig::S3(_) => 1,
+    }
+    .max(1)
+}
+
+/// Whether a record passes `--filter`, seen as the mapping's filters see it.
+pub(crate) fn passes(filter: &FilterSet, kind: RecordKind, record: &Value) -> bool {
+    match kind {
+        RecordKind::Sqs => filter.passes_sqs(record),
+        RecordKind::Kafka => filter.passes(&sluice_sources::kafka::record_filter_view(record)),
+        RecordKind::S3 | RecordKind::DynamodbStream => filter.passes(record),
+    }
+}
+
+fn identifier(kind: RecordKind, record: &Value) -> ItemIdentifier {
+    let text = |value: &Value| {
+        value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned)
+    };
+    match kind {
+        RecordKind::Sqs => ItemIdentifier::Text(text(&record["messageId"])),
+        RecordKind::DynamodbStream => {
+            ItemIdentifier::Text(text(&record["dynamodb"]["SequenceNumber"]))
+        }
+        RecordKind::S3 => ItemIdentifier::Text(text(&record["s3"]["object"]["key"])),
+        RecordKind::Kafka => ItemIdentifier::KafkaOffset {
+            partition: sluice_sources::kafka::partition_name(
+                record["topic"].as_str().unwrap_or_default(),
+                record["partition"].as_i64().unwrap_or_default() as i32,
+            ),
+            offset: record["offset"].as_i64().unwrap_or(-1),
+        },
+    }
+}
+
+/// The invocation event for `records`, as the source would have built it.
+fn event(kind: RecordKind, cluster: Option<&KafkaCluster>, records: &[&Value]) -> Value {
+    match (kind, cluster) {
+        (RecordKind::Kafka, Some(cluster)) => {
+            let mut event = sluice_sources::kafka::event_value(cluster, "", Vec::new());
+            let mut groups = serde_json::Map::new();
+            for record in records {
+                let ItemIdentifier::KafkaOffset { partition, .. } = identifier(kind, record) else {
+                    continue;
+                };
+                groups
+                    .entry(partition)
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+                    .expect("an array")
+                    .push((*record).clone());
+            }
+            event["records"] = Value::Object(groups);
+            event
+        }
+        _ => json!({ "Records": records }),
+    }
+}
+
+/// Invokes targets for replayed records.
+pub(crate) struct Replayer {
+    pub mapping: String,
+    pub target: SharedTarget,
+    pub policy: StreamPolicy,
+    pub batch_size: usize,
+    pub cluster: Option<KafkaCluster>,
+    pub rate: Option<RateLimit>,
+}
+
+impl Replayer {
+    /// Runs `records` to their end under the policy; returns which failed.
+    pub(crate) async fn replay(&mut self, kind: RecordKind, records: &[Value]) -> Replayed {
+        let mut result = Replayed::default();
+        let chunk_size = match &self.rate {
+            Some(rate) => self.batch_size.min(rate.per_second()),
+            None => self.batch_size,
+        };
+        for (chunk_index, chunk) in records.chunks(chunk_size).enumerate() {
+            let base = chunk_index * chunk_size;
+            let items = chunk
+                .iter()
+                .map(|record| StreamItem {
+                    identifier: identifier(kind, record),
+                    arrived_at: Duration::ZERO,
+                })
+                .collect();
+            let mut state = StreamBatch::new(self.policy.clone(), items);
+            let mut refusals = 0u32;
+            loop {
+                let now = crate::destinations::envelope::now_since_epoch();
+                match state.next_step(now) {
+                    Step::Done => break,
+                    Step::Wait { until } => {
+                        tokio::time::sleep(until.saturating_sub(now)).await;
+                    }
+                    Step::Invoke {
+                        records: chosen, ..
+                    } => {
+                        let subset: Vec<&Value> = chosen.iter().map(|&i| &chunk[i]).collect();
+                        if let Some(rate) = &mut self.rate {
+                            rate.acquire(subset.len()).await;
+                        }
+                        let payload = event(kind, self.cluster.as_ref(), &subset).to_string();
+                        let invocation = Invocation::new(&self.mapping, payload.into_bytes());
+                        let permit = self.target.permit().await;
+                        let outcome = self.target.invoke(&invocation).await;
+                        drop(permit);
+                        let applied = state
+                            .apply(
+                                &outcome,
+                                crate::destinations::envelope::now_since_epoch(),
+                                rand::random::<f64>(),
+                            )
+                            .expect("an invocation is outstanding");
+                        match applied {
+                            Applied::Failed { error, .. } => {
+                                refusals = 0;
+                                tracing::warn!(mapping = %self.mapping, request_id = %invocation.request_id, records = subset.len(), error_type = %error.error_type, error = %error.message, "replayed records failed");
+                                result.error = Some(error);
+                            }
+                            Applied::NotRun { error } => {
+                                refusals += 1;
+                                tracing::warn!(mapping = %self.mapping, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, "the target did not run the replayed records");
+                                result.error = Some(error);
+                                if refusals >= MAX_REFUSALS {
+                                    result.failed.extend(
+                                        (0..chunk.len())
+                                            .filter(|&i| !state.is_finished(i))
+                                            .map(|i| base + i),
+                                    );
+                                    break;
+                                }
+                            }
+                            Applied::Succeeded | Applied::Partial { .. } => refusals = 0,
+                        }
+                    }
+                    Step::DeadLetter(dead_letter) => {
+                        result
+                            .failed
+                            .extend(dead_letter.records.iter().map(|&i| base + i));
+                        if let Some(error) = dead_letter.error {
+                            result.error = Some(error);
+                        }
+                        state.dead_lettered().expect("a dead letter is outstanding");
+                    }
+                }
+            }
+        }
+        result.failed.sort_unstable();
+        result
+    }
+}
+
+/// Sends records back to the mapping's source (`--to-source`).
+pub(crate) enum SourceWriter {
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        queue_url: String,
+        fifo: bool,
+    },
+    Kafka {
+        producer: rdkafka::producer::FutureProducer,
+    },
+}
+
+impl SourceWriter {
+    /// Sends `records`; returns the indexes that could not be sent and the last error.
+    pub(crate) async fn send(&self, kind: RecordKind, records: &[Value]) -> Replayed {
+        let mut result = Replayed::default();
+        let mut fail = |index: usize, message: String| {
+            result.failed.push(index);
+            result.error = Some(ErrorInfo::new("SendFailed", message));
+        };
+        match self {
+            SourceWriter::Sqs {
+                client,
+                queue_url,
+                fifo,
+            } => {
+                if kind == RecordKind::S3 {
+                    // One notification holding the records, as S3 sent them.
+                    let body = json!({ "Records": records }).to_string();
+                    if let Err(error) = super::sqs::send_message(
+                        client,
+                        queue_url,
+                        *fifo,
+                        body,
+                        Default::default(),
+                        &Value::Null,
+                    )
+                    .await
+                    {
+                        (0..records.len()).for_each(|i| fail(i, error.clone()));
+                    }
+                    return result;
+                }
+                for (index, record) in records.iter().enumerate() {
+                    let body = record["body"].as_str().unwrap_or_default().to_owned();
+                    let attributes = super::sqs::message_attributes(record);
+                    if let Err(error) =
+                        super::sqs::send_message(client, queue_url, *fifo, body, attributes, record)
+                            .await
+                    {
+                        fail(index, error);
+                    }
+                }
+            }
+            SourceWriter::Kafka { producer } => {
+                use rdkafka::message::{Header, OwnedHeaders};
+                for (index, record) in records.iter().enumerate() {
+                    let decode = |field: &str| {
+                        record[field]
+                            .as_str()
+                            .and_then(|text| BASE64.decode(text).ok())
+                    };
+                    let (key, value) = (decode("key"), decode("value"));
+                    let topic = record["topic"].as_str().unwrap_or_default();
+                    let mut headers = OwnedHeaders::new();
+                    let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
+                    for header in record["headers"].as_array().into_iter().flatten() {
+                        for (name, bytes) in header.as_object().into_iter().flatten() {
+                            let bytes = bytes
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(Value::as_i64)
+                                .map(|b| b as u8)
+                                .collect();
+                            pairs.push((name.clone(), bytes));
+                        }
+                    }
+                    for (name, bytes) in &pairs {
+                        headers = headers.insert(Header {
+                            key: name,
+                            value: Some(bytes),
+                        });
+                    }
+                    let mut message: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+                        rdkafka::producer::FutureRecord::to(topic).headers(headers);
+                    if let Some(partition) = record["partition"].as_i64() {
+                        message = message.partition(partition as i32);
+                    }
+                    if let Some(key) = key.as_deref() {
+                        message = message.key(key);
+                    }
+                    if let Some(value) = value.as_deref() {
+                        message = message.payload(value);
+                    }
+                    if let Err((error, _)) = producer.send(message, Duration::from_secs(30)).await {
+                        fail(index, format!("producing to {topic} failed: {error}"));
+                    }
+                }
+            }
+        }
+        result
+    }
+}
