@@ -386,8 +386,14 @@ async fn kafka_failure_topic_dead_letters_are_peeked_and_replayed() {
         format!("{}@{}", r["partition"], r["offset"])
     })
     .await;
+    // An empty partition has nothing to commit (-1).
+    let committed: Vec<i64> = kafka
+        .committed(&format!("{group}-dlq"), &failures, 2)
+        .into_iter()
+        .map(|offset| offset.max(0))
+        .collect();
     assert_eq!(
-        kafka.committed(&format!("{group}-dlq"), &failures, 2),
+        committed,
         kafka.end_offsets(&failures, 2),
         "the dead-letter group committed everything it replayed"
     );
@@ -659,7 +665,9 @@ async fn redrive_queue_messages_go_back_to_the_source_with_their_attributes() {
         .attributes()
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    let redrive = json!({ "deadLetterTargetArn": dead_arn, "maxReceiveCount": 1 }).to_string();
+    // moto moves a message when a receive brings its count to maxReceiveCount (AWS: beyond it),
+    // so 2 here means one failed delivery before the move, as AWS does with 1.
+    let redrive = json!({ "deadLetterTargetArn": dead_arn, "maxReceiveCount": 2 }).to_string();
     let queue = create_queue(
         &sqs,
         "raw",
@@ -717,7 +725,12 @@ async fn redrive_queue_messages_go_back_to_the_source_with_their_attributes() {
     let output = dlq(&dir, &["replay", "--mapping", "raw", "--to-source"], &env);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(queue_depth(&sqs, &dead).await, 0);
-    let back = receive_all(&sqs, &queue, 30).await;
+    let back = eventually(WAIT, "the messages back in the source queue", || async {
+        let back = receive_all(&sqs, &queue, 30).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (!back.is_empty()).then_some(back)
+    })
+    .await;
     let mut bodies: Vec<&str> = back.iter().map(|m| m.body().unwrap()).collect();
     bodies.sort();
     assert_eq!(bodies, ["raw-0", "raw-1", "raw-2"]);

@@ -1873,6 +1873,22 @@ mappings:
     }
 
     #[test]
+    fn a_spill_bucket_is_a_bucket_name() {
+        let with = |bucket: &str| {
+            format!(
+                "{STREAM}    retry: {{ max_retry_attempts: 2 }}\n    on_failure: {{ sqs: {{ queue_url: \"http://q/dead\", spill_bucket: \"{bucket}\" }} }}\n"
+            )
+        };
+        let error = parse_text(&with("s3://spill/x")).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0].on_failure.sqs.spill_bucket");
+        let config = parse_text(&with("spill")).unwrap();
+        assert!(matches!(
+            &config.mappings[0].on_failure,
+            Some(DestinationConfig::Sqs { spill_bucket: Some(bucket), .. }) if bucket == "spill"
+        ));
+    }
+
+    #[test]
     fn a_kafka_destination_needs_a_kafka_source() {
         let text = format!(
             "{STREAM}    retry: {{ max_retry_attempts: 2 }}\n    on_failure: {{ kafka: {{ topic: failed }} }}\n"

@@ -271,3 +271,111 @@ pub(crate) trait Store: Send {
 
 /// How long a replay holds an SQS entry; released at once when the replay ends.
 pub(crate) const HOLD: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Value {
+        json!({
+            "version": "1.0",
+            "timestamp": "2026-12-01T10:00:00.000Z",
+            "requestContext": { "condition": "RetryAttemptsExhausted", "approximateInvokeCount": 3 },
+            "sluice": {
+                "mapping": "items",
+                "source": { "kind": "dynamodb_stream" },
+                "records": [
+                    { "dynamodb": { "SequenceNumber": "100" } },
+                    { "dynamodb": { "SequenceNumber": "101" } }
+                ],
+                "error": { "type": "Boom", "message": "failed" },
+                "replay_count": 1
+            }
+        })
+    }
+
+    fn entry() -> Entry {
+        Entry::from_envelope(
+            "key".into(),
+            envelope(),
+            RecordKind::Sqs,
+            Handle::S3 { key: "key".into() },
+        )
+    }
+
+    #[test]
+    fn an_envelope_says_when_why_and_which_records() {
+        let entry = entry();
+        assert_eq!(entry.kind, RecordKind::DynamodbStream);
+        assert_eq!(entry.condition, "RetryAttemptsExhausted");
+        assert_eq!(entry.attempts, 3);
+        assert_eq!(entry.replay_count, 1);
+        assert_eq!(entry.at.as_deref(), Some("2026-12-01T10:00:00.000Z"));
+        assert_eq!(entry.record_ids(), ["100", "101"]);
+        assert!(entry.unreadable.is_none());
+    }
+
+    #[test]
+    fn a_rewritten_envelope_holds_what_is_left_and_counts_only_failed_replays() {
+        let entry = entry();
+        let left = vec![entry.records[1].clone()];
+        let failed = entry.rewritten(left.clone(), Some(("Again", "still failing")));
+        assert_eq!(failed["sluice"]["records"], json!(left));
+        assert_eq!(failed["sluice"]["replay_count"], 2);
+        assert_eq!(failed["sluice"]["error"]["type"], "Again");
+        assert_eq!(
+            failed["requestContext"]["condition"],
+            "RetryAttemptsExhausted"
+        );
+        // Records not chosen by a filter stay without counting a replay.
+        let skipped = entry.rewritten(left, None);
+        assert_eq!(skipped["sluice"]["replay_count"], 1);
+        assert_eq!(skipped["sluice"]["error"]["type"], "Boom");
+    }
+
+    #[test]
+    fn a_topic_message_without_sluice_records_is_read_from_its_payload() {
+        let message = json!({
+            "requestContext": { "condition": "RetriesExhausted", "approximateInvokeCount": 1 },
+            "payload": { "eventSource": "SelfManagedKafka",
+                         "records": { "t-0": [ { "topic": "t", "partition": 0, "offset": 7 } ] } }
+        });
+        let entry = Entry::from_envelope(
+            "t-0@3".into(),
+            message,
+            RecordKind::Kafka,
+            Handle::S3 { key: String::new() },
+        );
+        assert_eq!(entry.record_ids(), ["t-0@7"]);
+    }
+
+    #[test]
+    fn rates_and_filters_are_checked_before_anything_runs() {
+        assert_eq!(command::parse_rate("50/s"), Ok(50));
+        assert_eq!(command::parse_rate("7"), Ok(7));
+        assert!(command::parse_rate("0/s").is_err());
+        assert!(command::parse_rate("fast").is_err());
+        assert!(command::parse_filter(r#"{"body": {"kind": ["order"]}}"#).is_ok());
+        assert!(command::parse_filter("{not json").is_err());
+        assert!(command::parse_filter(r#"{"body": {"n": [{"numeric": [">"]}]}}"#).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_never_starts_more_than_its_rate_in_a_window() {
+        let mut rate = replay::RateLimit::new(3);
+        let started = tokio::time::Instant::now();
+        let mut starts = Vec::new();
+        for batch in [2, 2, 1, 3, 1] {
+            rate.acquire(batch).await;
+            starts.push((tokio::time::Instant::now() - started, batch));
+        }
+        for (at, _) in &starts {
+            let in_window: usize = starts
+                .iter()
+                .filter(|(other, _)| *other >= *at && *other - *at < Duration::from_secs(1))
+                .map(|(_, n)| n)
+                .sum();
+            assert!(in_window <= 3, "{starts:?}");
+        }
+    }
+}
