@@ -212,20 +212,8 @@ pub fn load_config(location: &str) -> Result<config::Config, config::ConfigError
                 crate::runtime::aws_config_for(&config::AwsSettings::default(), true)
                     .await
                     .map_err(|e| e.to_string())?;
-            let object = crate::runtime::s3_client(&sdk_config)
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
+            crate::runtime::read_object_text(&crate::runtime::s3_client(&sdk_config), bucket, key)
                 .await
-                .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())?;
-            let bytes = object
-                .body
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_bytes();
-            String::from_utf8(bytes.to_vec()).map_err(|_| "the object is not UTF-8 text".to_owned())
         })
         .map_err(|error| {
             unreadable(format!(

@@ -460,6 +460,7 @@ pub async fn replay(
                     store.release(batch.make_contiguous()).await?;
                     break 'store;
                 }
+                store.refresh().await?;
                 handle_entry(
                     store.as_mut(),
                     &entry,
@@ -522,7 +523,7 @@ async fn handle_entry(
             records.len(),
             ids.join(" ")
         );
-        store.release(std::slice::from_ref(entry)).await?;
+        store.keep(entry).await?;
         return Ok(());
     }
     let Replayed { failed, error } = match writer {
@@ -532,7 +533,7 @@ async fn handle_entry(
     summary.failed += failed.len();
     summary.succeeded += records.len() - failed.len();
     if options.keep {
-        store.release(std::slice::from_ref(entry)).await?;
+        store.keep(entry).await?;
         return Ok(());
     }
     let failed_indexes: Vec<usize> = failed.iter().map(|&i| chosen[i]).collect();

@@ -263,6 +263,12 @@ pub(crate) trait Store: Send {
         self.release(std::slice::from_ref(entry)).await
     }
 
+    /// Keeps the entries it holds from being seen by others for a while longer (called before
+    /// each entry a replay works on, since handling one can take long).
+    async fn refresh(&mut self) -> Result<(), DlqError> {
+        Ok(())
+    }
+
     /// Makes removals durable (Kafka commits offsets); called at the end and after interrupts.
     async fn finish(&mut self) -> Result<(), DlqError> {
         Ok(())

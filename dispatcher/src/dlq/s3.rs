@@ -67,24 +67,11 @@ impl S3Store {
         let handle = Handle::S3 {
             key: key.to_owned(),
         };
-        let text = async {
-            let object = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| DisplayErrorContext(e).to_string())?;
-            let bytes = object
-                .body
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_bytes();
-            serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("not JSON: {e}"))
-        }
-        .await;
+        let text = crate::runtime::read_object_text(&self.client, &self.bucket, key)
+            .await
+            .and_then(|text| {
+                serde_json::from_str::<Value>(&text).map_err(|e| format!("not JSON: {e}"))
+            });
         match text {
             Ok(envelope) => Entry::from_envelope(key.to_owned(), envelope, self.fallback, handle),
             Err(error) => Entry {

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use sluice_sources::queue::QueueDescription;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The message attribute that counts the replays of a raw message written back.
 pub const REPLAY_COUNT_ATTRIBUTE: &str = "sluice-replay-count";
@@ -45,8 +45,9 @@ pub(crate) struct SqsStore {
     writer: SqsDestination,
     /// Message ids returned or written back during this run.
     seen: HashSet<String>,
-    /// Receipt handles of messages received and not yet released or deleted.
-    held: HashMap<String, String>,
+    /// Receipt handles of messages received and not yet released or deleted, and since when
+    /// their visibility runs.
+    held: HashMap<String, (String, Instant)>,
 }
 
 impl SqsStore {
@@ -85,21 +86,7 @@ impl SqsStore {
     }
 
     async fn read_spilled(&self, pointer: &SpillPointer) -> Result<String, String> {
-        let object = self
-            .s3
-            .get_object()
-            .bucket(&pointer.bucket)
-            .key(&pointer.key)
-            .send()
-            .await
-            .map_err(|e| DisplayErrorContext(e).to_string())?;
-        let bytes = object
-            .body
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_bytes();
-        String::from_utf8(bytes.to_vec()).map_err(|_| "the object is not UTF-8".to_owned())
+        crate::runtime::read_object_text(&self.s3, &pointer.bucket, &pointer.key).await
     }
 
     async fn entry(&self, message: &aws_sdk_sqs::types::Message) -> Entry {
@@ -314,7 +301,10 @@ impl Store for SqsStore {
                 // Held until the end even when seen before, so the receives run dry.
                 self.held.insert(
                     id.clone(),
-                    message.receipt_handle().unwrap_or_default().to_owned(),
+                    (
+                        message.receipt_handle().unwrap_or_default().to_owned(),
+                        Instant::now(),
+                    ),
                 );
                 if self.seen.insert(id) {
                     entries.push(self.entry(message).await);
@@ -330,6 +320,7 @@ impl Store for SqsStore {
         let receipts: Vec<String> = entries
             .iter()
             .filter_map(|e| self.held.remove(&e.id))
+            .map(|(receipt, _)| receipt)
             .collect();
         self.set_visibility(&receipts, Duration::ZERO).await
     }
@@ -362,8 +353,27 @@ impl Store for SqsStore {
         self.delete_message(entry).await
     }
 
+    async fn keep(&mut self, _entry: &Entry) -> Result<(), DlqError> {
+        // Held until `finish`: released now, it would be received again (and in a FIFO queue,
+        // block the rest of its group).
+        Ok(())
+    }
+
+    async fn refresh(&mut self) -> Result<(), DlqError> {
+        let stale: Vec<String> = self
+            .held
+            .iter_mut()
+            .filter(|(_, (_, since))| since.elapsed() >= self.hold / 2)
+            .map(|(_, (receipt, since))| {
+                *since = Instant::now();
+                receipt.clone()
+            })
+            .collect();
+        self.set_visibility(&stale, self.hold).await
+    }
+
     async fn finish(&mut self) -> Result<(), DlqError> {
-        let receipts: Vec<String> = self.held.drain().map(|(_, receipt)| receipt).collect();
+        let receipts: Vec<String> = self.held.drain().map(|(_, (receipt, _))| receipt).collect();
         self.set_visibility(&receipts, Duration::ZERO).await
     }
 }
