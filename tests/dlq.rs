@@ -573,6 +573,144 @@ async fn records_that_fail_again_stay_with_their_replay_count_raised() {
     handled.sort();
     assert_eq!(handled, ["job-3", "job-4"]);
     assert_eq!(peek_json(&dir, "jobs", &env).len(), 18);
+    // --limit stops after that many entries; the rest stay.
+    let limited_at = Instant::now();
+    let output = dlq(&dir, &["replay", "--mapping", "jobs", "--limit", "5"], &env);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(flaky.handled_after(limited_at).len(), 5);
+    assert_eq!(peek_json(&dir, "jobs", &env).len(), 13);
+}
+
+// Issue 8: mistakes are refused before anything is read, with what to do (exit 2); a mapping
+// with nowhere to look says so (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_usage_is_refused_with_a_reason() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.yaml"),
+        config(
+            "http://127.0.0.1:9/",
+            &format!("state_dir: {}", dir.path().display()),
+            r#"
+  - name: items
+    target: handler
+    source:
+      dynamodb_stream: { table: items, starting_position: trim_horizon }
+"#,
+        )
+        .replace("{admin}", "127.0.0.1:0"),
+    )
+    .unwrap();
+    let env = moto_env(&moto);
+    let unknown = dlq(&dir, &["peek", "--mapping", "nope"], &env);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("the config has: items"),
+        "{}",
+        text(&unknown)
+    );
+    let to_source = dlq(&dir, &["replay", "--mapping", "items", "--to-source"], &env);
+    assert_eq!(to_source.status.code(), Some(2), "{}", text(&to_source));
+    assert!(
+        text(&to_source).contains("DynamoDB stream"),
+        "{}",
+        text(&to_source)
+    );
+    let filter = dlq(
+        &dir,
+        &["replay", "--mapping", "items", "--filter", "{nope"],
+        &env,
+    );
+    assert_eq!(filter.status.code(), Some(2), "{}", text(&filter));
+    assert!(text(&filter).contains("not JSON"), "{}", text(&filter));
+    let rate = dlq(
+        &dir,
+        &["replay", "--mapping", "items", "--rate", "fast"],
+        &env,
+    );
+    assert_eq!(rate.status.code(), Some(2), "{}", text(&rate));
+    let nowhere = dlq(&dir, &["peek", "--mapping", "items"], &env);
+    assert_eq!(nowhere.status.code(), Some(1), "{}", text(&nowhere));
+    assert!(
+        text(&nowhere).contains("has no on_failure destination"),
+        "{}",
+        text(&nowhere)
+    );
+}
+
+// Issue 8: `--to-source` for Kafka writes each record back to its topic and partition with its
+// key, value and headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_dead_letters_go_back_to_their_partition_with_key_value_and_headers() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("events");
+    let failures = Kafka::unique("events-failures");
+    kafka.create_topic(&topic, 3);
+    kafka.create_topic(&failures, 1);
+    let group = Kafka::unique("sluice");
+    let messages: Vec<(i32, Option<&str>, String)> = (0..6)
+        .map(|i| (i % 3, Some("k"), format!("value-{i}")))
+        .collect();
+    kafka.produce_with_headers(&topic, &messages, &[("origin", b"web")]);
+    let flaky = Flaky::start().await;
+    let sluice = Sluice::start(
+        &config(
+            &flaky.handler.url("/"),
+            "",
+            &format!(
+                r#"
+  - name: events
+    target: handler
+    source:
+      kafka:
+        bootstrap_servers: "{bootstrap}"
+        topics: [{topic}]
+        group_id: {group}
+        starting_position: trim_horizon
+    retry: {{ max_retry_attempts: 0 }}
+    on_failure:
+      kafka: {{ topic: {failures} }}
+"#,
+                bootstrap = kafka.bootstrap()
+            ),
+        ),
+        &[],
+    );
+    eventually(WAIT, "6 messages on the failure topic", || async {
+        (kafka.end_offsets(&failures, 1)[0] >= 6).then_some(())
+    })
+    .await;
+    let dir = stop(sluice);
+    let before = kafka.end_offsets(&topic, 3);
+    let output = dlq(&dir, &["replay", "--mapping", "events", "--to-source"], &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        flaky.handler.received().len() <= 6,
+        "--to-source invoked the target"
+    );
+    let after = kafka.end_offsets(&topic, 3);
+    assert_eq!(
+        after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>(),
+        [2, 2, 2],
+        "each record went back to its own partition"
+    );
+    let again: Vec<KafkaMessage> = kafka
+        .read_all(&topic, 3)
+        .into_iter()
+        .filter(|m| m.offset >= before[m.partition as usize])
+        .collect();
+    assert_eq!(again.len(), 6);
+    for message in &again {
+        assert_eq!(message.key.as_deref(), Some(&b"k"[..]));
+        assert!(message.value.starts_with(b"value-"));
+        assert_eq!(message.headers, [("origin".to_owned(), b"web".to_vec())]);
+    }
+    assert!(peek_json(&dir, "events", &[]).is_empty());
 }
 
 // Issue 8: a 1 MB record dead-lettered to SQS goes through the S3 spill (the queue holds a
