@@ -92,6 +92,12 @@ async fn stream_records(moto: &Moto, table: &str) -> Vec<Value> {
             }
         }
     }
+    let distinct: HashSet<u128> = records.iter().map(sequence_of).collect();
+    assert_eq!(
+        distinct.len(),
+        records.len(),
+        "the stream numbered two records alike (the moto launcher serializes stream writes)"
+    );
     records
 }
 

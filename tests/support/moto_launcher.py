@@ -1,4 +1,4 @@
-"""Starts moto server for sluice's tests, with three fixes applied before it serves.
+"""Starts moto server for sluice's tests, with these fixes applied before it serves.
 
 1. FIFO ordering (moto bugs): after an in-flight FIFO message's visibility times out, moto still
    counts it as pending during its group check, and can hand out a later message of that group
@@ -18,7 +18,12 @@
    only to read `ContentBasedDeduplication`; here a send sees just that attribute. Deletes scan
    for the one message and stop, instead of rebuilding the message list.
 
-5. Test control, not a fix: `PUT /_sluice/stream-clock?offset_seconds=-120` shifts the
+5. Stream sequence numbers (moto bug): `StreamShard.add` numbers a record `len(items) + start`,
+   builds it, then appends it, without a lock; two writes at once get the same sequence number,
+   and since reads index the shard by sequence number, a reader then sees one record twice and
+   another never. Here `add` holds a lock, so sequence numbers are unique and contiguous.
+
+6. Test control, not a fix: `PUT /_sluice/stream-clock?offset_seconds=-120` shifts the
    `ApproximateCreationDateTime` that moto stamps on DynamoDB stream records written afterwards,
    so a test can produce records that are already two minutes old (for `max_record_age`) without
    waiting. `offset_seconds=0` restores the real clock.
@@ -160,6 +165,19 @@ sqs_models.SQSBackend.is_message_valid_based_on_retention_period = (
 )
 
 
+def serialize_stream_writes():
+    import moto.dynamodb.models.table as table_models
+
+    lock = threading.Lock()
+    add = table_models.StreamShard.add
+
+    def locked_add(self, old, new):
+        with lock:
+            return add(self, old, new)
+
+    table_models.StreamShard.add = locked_add
+
+
 def stream_clock_control():
     import datetime
     import urllib.parse
@@ -279,6 +297,7 @@ def main():
     parser.add_argument("--count-requests", action="store_true")
     parser.add_argument("--record-actions", action="store_true")
     args = parser.parse_args()
+    serialize_stream_writes()
     stream_clock_control()
     if args.count_requests:
         count_requests()
