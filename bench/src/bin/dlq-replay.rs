@@ -4,6 +4,9 @@
 //! --dry-run` and `dlq replay` into a no-op HTTP handler (an axum server in this process). Prints
 //! a markdown table of wall time per command and entries per second.
 //!
+//! The failure topic gets one partition per 8,000 entries: the mock cluster keeps about 5 MB per
+//! partition and drops older messages beyond that.
+//!
 //! Usage: dlq-replay <path to sluice> [entries]
 
 use rdkafka::ClientConfig;
@@ -15,7 +18,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn produce_dead_letters(bootstrap: &str, topic: &str, entries: usize) -> anyhow::Result<()> {
+/// Dead letters (of about 600 bytes) one mock partition keeps.
+const PER_PARTITION: usize = 8_000;
+
+fn produce_dead_letters(
+    bootstrap: &str,
+    topic: &str,
+    entries: usize,
+    partitions: usize,
+) -> anyhow::Result<()> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -37,7 +48,11 @@ fn produce_dead_letters(bootstrap: &str, topic: &str, entries: usize) -> anyhow:
         })
         .to_string();
         loop {
-            match producer.send(BaseRecord::to(topic).key("key").payload(&envelope)) {
+            let record = BaseRecord::to(topic)
+                .partition((offset % partitions) as i32)
+                .key("key")
+                .payload(&envelope);
+            match producer.send(record) {
                 Ok(()) => break,
                 Err(_) => {
                     producer.poll(Duration::from_millis(20));
@@ -77,8 +92,9 @@ async fn main() -> anyhow::Result<()> {
     let cluster = MockCluster::new(1)?;
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic("orders", 1, 1)?;
-    cluster.create_topic("orders-failures", 1, 1)?;
-    produce_dead_letters(&bootstrap, "orders-failures", entries)?;
+    let partitions = entries.div_ceil(PER_PARTITION).max(1);
+    cluster.create_topic("orders-failures", partitions as i32, 1)?;
+    produce_dead_letters(&bootstrap, "orders-failures", entries, partitions)?;
 
     let invocations = Arc::new(AtomicU64::new(0));
     let counter = invocations.clone();
@@ -134,7 +150,9 @@ mappings:
         "the handler saw {handled} invocations for {entries} entries"
     );
     println!();
-    println!("### sluice dlq: {entries} Kafka dead letters (mock cluster, no-op HTTP handler)");
+    println!(
+        "## sluice dlq ({entries} Kafka dead letters on {partitions} partitions, `scripts/bench --dlq`, mock cluster, no-op HTTP handler)"
+    );
     println!();
     println!("| command | seconds | entries/s |");
     println!("|---|---:|---:|");
