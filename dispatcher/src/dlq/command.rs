@@ -322,7 +322,12 @@ pub async fn peek(
                 document
             }));
         } else {
-            println!("{}: {} entries", store.describe(), entries.len());
+            let more = if shown >= options.limit {
+                " (the --limit is reached; there may be more)"
+            } else {
+                ""
+            };
+            println!("{}: {} entries{more}", store.describe(), entries.len());
             if !entries.is_empty() {
                 println!("{}", table(&entries));
             }
