@@ -877,3 +877,83 @@ async fn redrive_queue_messages_go_back_to_the_source_with_their_attributes() {
         assert_eq!(attributes["tenant"].string_value(), Some("acme"));
     }
 }
+
+// Issue 8: a message in the dead-letter queue that is not an envelope is shown as unreadable and
+// skipped by a replay: it stays, and the rest is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_not_an_envelope_is_shown_and_left_alone() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "mixed", &[]).await;
+    let dead = create_queue(&sqs, "mixed-dead", &[]).await;
+    let envelope = json!({
+        "version": "1.0",
+        "timestamp": "2026-12-01T10:00:00.000Z",
+        "requestContext": { "condition": "RetryAttemptsExhausted", "approximateInvokeCount": 2 },
+        "sluice": {
+            "mapping": "mixed",
+            "source": { "kind": "sqs" },
+            "records": [{ "messageId": "m-1", "body": "hello", "attributes": {}, "messageAttributes": {} }],
+            "error": { "type": "Boom", "message": "failed" },
+            "replay_count": 0
+        }
+    });
+    send_bodies(
+        &sqs,
+        &dead,
+        &[envelope.to_string(), "written by hand".to_owned()],
+        None,
+    )
+    .await;
+    let flaky = Flaky::start().await;
+    flaky.heal();
+    let healed_at = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.yaml"),
+        config(
+            &flaky.handler.url("/"),
+            "",
+            &format!(
+                r#"
+  - name: mixed
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}" }}
+    retry: {{ max_receive_count: 2 }}
+    on_failure:
+      sqs: {{ queue_url: "{dead}" }}
+"#
+            ),
+        )
+        .replace("{admin}", "127.0.0.1:0"),
+    )
+    .unwrap();
+    let env = moto_env(&moto);
+    let entries = peek_json(&dir, "mixed", &env);
+    assert_eq!(entries.len(), 2);
+    let unreadable: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["unreadable"].is_string())
+        .collect();
+    assert_eq!(unreadable.len(), 1, "{entries:?}");
+    assert!(
+        unreadable[0]["unreadable"]
+            .as_str()
+            .unwrap()
+            .contains("not a dead-letter envelope")
+    );
+    let output = dlq(&dir, &["replay", "--mapping", "mixed"], &env);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("1 succeeded, 0 failed, 1 skipped"),
+        "{}",
+        text(&output)
+    );
+    let handled = flaky.handled_after(healed_at);
+    assert_eq!(handled.len(), 1);
+    assert_eq!(handled[0]["body"], "hello");
+    let left = receive_all(&sqs, &dead, 30).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].body(), Some("written by hand"));
+}

@@ -237,20 +237,12 @@ impl Store for KafkaStore {
                 Ok(Some(envelope)) if envelope.is_object() => {
                     Entry::from_envelope(id, envelope, RecordKind::Kafka, handle)
                 }
-                _ => Entry {
+                _ => Entry::unreadable(
                     id,
-                    at: None,
-                    condition: String::new(),
-                    attempts: 0,
-                    error_type: String::new(),
-                    error_message: String::new(),
-                    replay_count: 0,
-                    kind: RecordKind::Kafka,
-                    records: Vec::new(),
-                    envelope: None,
-                    unreadable: Some("the message is not a dead-letter envelope".to_owned()),
+                    RecordKind::Kafka,
+                    "the message is not a dead-letter envelope".to_owned(),
                     handle,
-                },
+                ),
             };
             entries.push(entry);
         }

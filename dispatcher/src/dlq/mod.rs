@@ -174,6 +174,24 @@ impl Entry {
         }
     }
 
+    /// An entry that cannot be replayed, and why; it stays where it is.
+    pub(crate) fn unreadable(id: String, kind: RecordKind, reason: String, handle: Handle) -> Self {
+        Self {
+            id,
+            at: None,
+            condition: String::new(),
+            attempts: 0,
+            error_type: String::new(),
+            error_message: String::new(),
+            replay_count: 0,
+            kind,
+            records: Vec::new(),
+            envelope: None,
+            unreadable: Some(reason),
+            handle,
+        }
+    }
+
     /// The identities of its records, for a person.
     pub fn record_ids(&self) -> Vec<String> {
         self.records.iter().map(|r| self.kind.identity(r)).collect()

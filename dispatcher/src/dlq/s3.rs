@@ -74,23 +74,12 @@ impl S3Store {
             });
         match text {
             Ok(envelope) => Entry::from_envelope(key.to_owned(), envelope, self.fallback, handle),
-            Err(error) => Entry {
-                id: key.to_owned(),
-                at: None,
-                condition: String::new(),
-                attempts: 0,
-                error_type: String::new(),
-                error_message: String::new(),
-                replay_count: 0,
-                kind: self.fallback,
-                records: Vec::new(),
-                envelope: None,
-                unreadable: Some(format!(
-                    "s3://{}/{key} cannot be read: {error}",
-                    self.bucket
-                )),
+            Err(error) => Entry::unreadable(
+                key.to_owned(),
+                self.fallback,
+                format!("s3://{}/{key} cannot be read: {error}", self.bucket),
                 handle,
-            },
+            ),
         }
     }
 }

@@ -132,19 +132,15 @@ impl SqsStore {
                     Entry::from_envelope(id, envelope, *fallback, handle(record))
                 }
                 _ => Entry {
-                    id,
-                    at: sent_at.clone(),
-                    condition: String::new(),
-                    attempts: 0,
-                    error_type: String::new(),
-                    error_message: String::new(),
                     replay_count,
-                    kind: *fallback,
-                    records: Vec::new(),
-                    envelope: None,
-                    unreadable: unreadable
-                        .or_else(|| Some("the message is not a dead-letter envelope".to_owned())),
-                    handle: handle(record),
+                    ..Entry::unreadable(
+                        id,
+                        *fallback,
+                        unreadable.unwrap_or_else(|| {
+                            "the message is not a dead-letter envelope".to_owned()
+                        }),
+                        handle(record),
+                    )
                 },
             },
             Contents::Raw { kind, source } => {
