@@ -794,7 +794,7 @@ async fn batches_larger_than_ten_are_filled_by_several_receives() {
     );
 }
 
-// architecture.md "CLI": `validate --connect` checks that every queue exists.
+// architecture.md "CLI": `validate --connect` checks that every queue and bucket exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_connect_names_the_queue_that_does_not_exist() {
     let moto = Moto::start();
@@ -806,7 +806,7 @@ async fn validate_connect_names_the_queue_that_does_not_exist() {
     std::fs::write(
         &path,
         format!(
-            "version: 1\ntargets:\n  api:\n    http: {{ url: \"http://127.0.0.1:1/\" }}\nmappings:\n  - name: m\n    target: api\n    source:\n      sqs: {{ queue_url: \"{queue}\" }}\n    retry: {{ max_receive_count: 3 }}\n    on_failure:\n      sqs: {{ queue_url: \"{missing}\" }}\n"
+            "version: 1\ntargets:\n  api:\n    http: {{ url: \"http://127.0.0.1:1/\" }}\nmappings:\n  - name: m\n    target: api\n    source:\n      sqs: {{ queue_url: \"{queue}\" }}\n    retry: {{ max_receive_count: 3 }}\n    on_failure:\n      sqs: {{ queue_url: \"{missing}\", spill_bucket: no-such-bucket }}\n"
         ),
     )
     .unwrap();
@@ -827,6 +827,10 @@ async fn validate_connect_names_the_queue_that_does_not_exist() {
         "{stderr}"
     );
     assert!(!stderr.contains("source.sqs.queue_url"), "{stderr}");
+    assert!(
+        stderr.contains("mappings[0].on_failure.sqs.spill_bucket (m): bucket no-such-bucket"),
+        "{stderr}"
+    );
 }
 
 // semantics.md §13.1: message attributes appear with lower-camel keys; FIFO attributes are added.

@@ -35,7 +35,8 @@ pub enum Command {
         /// The config file: a path, or s3://bucket/key.
         #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
         config: String,
-        /// Also check that every source queue and on_failure destination exists and is reachable.
+        /// Also check that every source (queue, stream, topic) and on_failure destination (queue,
+        /// topic, bucket, spill bucket) exists and is reachable.
         #[arg(long)]
         connect: bool,
     },
@@ -143,7 +144,7 @@ pub fn main() -> ExitCode {
                     config.targets.len(),
                     config.mappings.len(),
                     if connect {
-                        ", every queue reachable"
+                        ", every queue, stream, topic and bucket reachable"
                     } else {
                         ""
                     }
@@ -392,6 +393,7 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
         let client = aws_sdk_sqs::Client::new(&sdk_config);
         let tables = aws_sdk_dynamodb::Client::new(&sdk_config);
         let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
+        let s3 = crate::runtime::s3_client(&sdk_config);
         let mut problems = Vec::new();
         for (index, mapping) in config.mappings.iter().enumerate() {
             let mut queues = Vec::new();
@@ -447,8 +449,31 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                     }
                 }
             }
-            if let Some(config::DestinationConfig::Sqs { queue_url, .. }) = &mapping.on_failure {
-                queues.push(("on_failure.sqs.queue_url", queue_url.clone()));
+            let mut buckets = Vec::new();
+            match &mapping.on_failure {
+                Some(config::DestinationConfig::Sqs {
+                    queue_url,
+                    spill_bucket,
+                }) => {
+                    queues.push(("on_failure.sqs.queue_url", queue_url.clone()));
+                    if let Some(bucket) = spill_bucket {
+                        buckets.push(("on_failure.sqs.spill_bucket", bucket.clone()));
+                    }
+                }
+                Some(config::DestinationConfig::S3 { bucket, .. }) => {
+                    buckets.push(("on_failure.s3.bucket", bucket.clone()));
+                }
+                _ => {}
+            }
+            for (key, bucket) in buckets {
+                if let Err(error) = s3.head_bucket().bucket(&bucket).send().await {
+                    problems.push(format!(
+                        "{}: mappings[{index}].{key} ({}): bucket {bucket} is not reachable: {}",
+                        config.file.display(),
+                        mapping.name,
+                        aws_sdk_s3::error::DisplayErrorContext(error)
+                    ));
+                }
             }
             for (key, queue_url) in queues {
                 if let Err(error) =
