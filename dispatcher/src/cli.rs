@@ -213,7 +213,7 @@ pub fn load_config(location: &str) -> Result<config::Config, config::ConfigError
                 crate::runtime::aws_config_for(&config::AwsSettings::default(), true)
                     .await
                     .map_err(|e| e.to_string())?;
-            crate::runtime::read_object_text(&crate::runtime::s3_client(&sdk_config), bucket, key)
+            crate::destinations::s3::read_object_text(&crate::runtime::s3_client(&sdk_config), bucket, key)
                 .await
         })
         .map_err(|error| {

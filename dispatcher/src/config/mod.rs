@@ -236,6 +236,16 @@ pub struct KafkaSourceConfig {
     pub msk_cluster_arn: Option<String>,
 }
 
+impl KafkaSourceConfig {
+    /// The cluster as Lambda's Kafka event names it.
+    pub fn cluster(&self) -> sluice_sources::kafka::KafkaCluster {
+        sluice_sources::kafka::KafkaCluster {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            msk_cluster_arn: self.msk_cluster_arn.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct S3SourceConfig {
     pub queue_url: String,

@@ -167,16 +167,9 @@ impl DeadLetter {
     /// `{"Records": [...]}` for the others.
     pub fn event_payload(&self) -> Value {
         match &self.source {
-            EnvelopeSource::Kafka {
-                cluster,
-                topic,
-                partition,
-                ..
-            } => sluice_sources::kafka::event_value(
-                cluster,
-                &sluice_sources::kafka::partition_name(topic, *partition),
-                self.records.clone(),
-            ),
+            EnvelopeSource::Kafka { cluster, .. } => {
+                sluice_sources::kafka::event_value(cluster, &self.records)
+            }
             _ => json!({ "Records": self.records }),
         }
     }

@@ -50,8 +50,13 @@ impl KafkaDestination {
         })
     }
 
-    async fn produce(&self, key: Option<&[u8]>, value: &str) -> Result<(), DestinationError> {
-        let mut record: FutureRecord<'_, [u8], str> = FutureRecord::to(&self.topic).payload(value);
+    /// Produces one message and waits for the broker's acknowledgement.
+    pub(crate) async fn produce(
+        &self,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(), DestinationError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).payload(value);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -129,7 +134,7 @@ impl Destination for KafkaDestination {
         document: Value,
         _placement: &Placement<'_>,
     ) -> Result<(), DestinationError> {
-        self.produce(None, &document.to_string()).await
+        self.produce(None, document.to_string().as_bytes()).await
     }
 
     fn describe(&self) -> &str {
@@ -146,7 +151,8 @@ impl Destination for KafkaDestination {
             let request_id = uuid::Uuid::new_v4().to_string();
             let message = record_message(dead_letter, record, &request_id);
             let key = record["key"].as_str().and_then(|k| BASE64.decode(k).ok());
-            self.produce(key.as_deref(), &message.to_string()).await?;
+            self.produce(key.as_deref(), message.to_string().as_bytes())
+                .await?;
         }
         Ok(())
     }

@@ -10,6 +10,43 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 
+/// The text of an S3 object; the error says what failed (the call, or the object is not UTF-8).
+pub async fn read_object_text(client: &Client, bucket: &str, key: &str) -> Result<String, String> {
+    let object = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(e).to_string())?;
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_bytes();
+    String::from_utf8(bytes.to_vec()).map_err(|_| "the object is not UTF-8 text".to_owned())
+}
+
+/// Stores `body` as a JSON object at `bucket`/`key` (replacing what is there).
+pub async fn put_json_object(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    body: String,
+) -> Result<(), String> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/json")
+        .body(ByteStream::from(body.into_bytes()))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|error| DisplayErrorContext(&error).to_string())
+}
+
 pub struct S3Destination {
     client: Client,
     bucket: String,
@@ -54,19 +91,12 @@ impl Destination for S3Destination {
     ) -> Result<(), DestinationError> {
         let id = uuid::Uuid::new_v4().to_string();
         let key = self.key(placement, super::envelope::now_since_epoch(), &id);
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(document.to_string().into_bytes()))
-            .send()
+        put_json_object(&self.client, &self.bucket, &key, document.to_string())
             .await
-            .map(|_| ())
-            .map_err(|error| DestinationError::S3 {
+            .map_err(|message| DestinationError::S3 {
                 bucket: self.bucket.clone(),
                 key,
-                message: DisplayErrorContext(&error).to_string(),
+                message,
             })
     }
 

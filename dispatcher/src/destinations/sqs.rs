@@ -62,19 +62,12 @@ impl Spill {
     /// Stores `body` and returns the pointer to send instead.
     pub async fn store(&self, mapping: &str, body: String) -> Result<SpillPointer, String> {
         let key = format!("sluice-spill/{mapping}/{}.json", uuid::Uuid::new_v4());
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(body.into_bytes().into())
-            .send()
+        super::s3::put_json_object(&self.client, &self.bucket, &key, body)
             .await
             .map_err(|error| {
                 format!(
-                    "storing the oversized envelope as s3://{}/{key} failed: {}",
-                    self.bucket,
-                    DisplayErrorContext(&error)
+                    "storing the oversized envelope as s3://{}/{key} failed: {error}",
+                    self.bucket
                 )
             })?;
         Ok(SpillPointer {
@@ -100,10 +93,6 @@ impl SqsDestination {
             fifo,
             spill,
         }
-    }
-
-    pub fn queue_url(&self) -> &str {
-        &self.queue_url
     }
 
     /// Sends `body`, through the spill bucket when it is over the limit; returns the message id.

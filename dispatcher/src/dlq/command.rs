@@ -10,7 +10,7 @@ use super::{Entry, RecordKind, Store};
 use crate::config::{Config, DestinationConfig, MappingConfig, SourceConfig};
 use anyhow::Context;
 use serde_json::{Value, json};
-use sluice_policies::FilterSet;
+use sluice_policies::{ErrorInfo, FilterSet};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -69,15 +69,6 @@ pub fn find_mapping<'a>(config: &'a Config, name: &str) -> Result<&'a MappingCon
                 names.join(", ")
             )
         })
-}
-
-fn fallback_kind(source: &SourceConfig) -> RecordKind {
-    match source {
-        SourceConfig::Sqs(_) => RecordKind::Sqs,
-        SourceConfig::S3(_) => RecordKind::S3,
-        SourceConfig::DynamodbStream(_) => RecordKind::DynamodbStream,
-        SourceConfig::Kafka(_) => RecordKind::Kafka,
-    }
 }
 
 struct Clients {
@@ -144,7 +135,7 @@ async fn open_stores(
     commits: bool,
 ) -> anyhow::Result<Vec<Box<dyn Store>>> {
     let mut stores: Vec<Box<dyn Store>> = Vec::new();
-    let fallback = fallback_kind(&mapping.source);
+    let fallback = RecordKind::of(&mapping.source);
     let mut envelope_queue = None;
     match &mapping.on_failure {
         Some(DestinationConfig::Sqs {
@@ -204,7 +195,9 @@ async fn open_stores(
                 None,
                 Contents::Raw {
                     kind,
-                    source: sluice_sources::queue::Queue::description(&source).clone(),
+                    source_arn: sluice_sources::queue::Queue::description(&source)
+                        .arn
+                        .clone(),
                 },
                 &mapping.name,
                 hold,
@@ -342,7 +335,8 @@ pub async fn peek(
     Ok(())
 }
 
-/// What a replay did, in records (entries for `skipped_entries`).
+/// What a replay did: `entries` replayed (or, in a dry run, that would be), the rest in records.
+/// An unreadable entry counts as one skipped record.
 #[derive(Debug, Default)]
 pub struct Summary {
     pub entries: usize,
@@ -383,10 +377,7 @@ pub async fn replay(
     let commits = !options.dry_run && !options.keep;
     let mut stores = open_stores(mapping, &clients, super::HOLD, commits).await?;
     let cluster = match &mapping.source {
-        SourceConfig::Kafka(source) => Some(sluice_sources::kafka::KafkaCluster {
-            bootstrap_servers: source.bootstrap_servers.clone(),
-            msk_cluster_arn: source.msk_cluster_arn.clone(),
-        }),
+        SourceConfig::Kafka(source) => Some(source.cluster()),
         _ => None,
     };
     let writer = if options.to_source {
@@ -420,7 +411,7 @@ pub async fn replay(
         .targets
         .get(&mapping.target)
         .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
-    let mut replayer = Replayer {
+    let replayer = Replayer {
         mapping: mapping.name.clone(),
         target: crate::targets::build(
             &mapping.target,
@@ -450,116 +441,137 @@ pub async fn replay(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut summary = Summary::default();
-    let limit = options.limit.unwrap_or(usize::MAX);
+    let mut run = Run {
+        limit: options.limit.unwrap_or(usize::MAX),
+        options,
+        replayer,
+        writer,
+        summary: Summary::default(),
+        bar,
+    };
     for store in &mut stores {
-        'store: while summary.entries < limit && !interrupted.is_cancelled() {
-            let batch = store.next((limit - summary.entries).min(10)).await?;
+        let result = run.store(store.as_mut(), &interrupted).await;
+        // Held messages are released and finished Kafka entries committed even after an error.
+        let finished = store.finish().await;
+        result?;
+        finished?;
+    }
+    run.bar.finish_and_clear();
+    run.summary.interrupted = interrupted.is_cancelled();
+    Ok(run.summary)
+}
+
+/// One replay's settings and progress.
+struct Run {
+    options: ReplayOptions,
+    limit: usize,
+    replayer: Replayer,
+    writer: Option<SourceWriter>,
+    summary: Summary,
+    bar: indicatif::ProgressBar,
+}
+
+impl Run {
+    /// Replays the entries of one store until it runs dry, the limit, or an interrupt.
+    async fn store(
+        &mut self,
+        store: &mut dyn Store,
+        interrupted: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        while self.summary.entries < self.limit && !interrupted.is_cancelled() {
+            let batch = store
+                .next((self.limit - self.summary.entries).min(10))
+                .await?;
             if batch.is_empty() {
                 break;
             }
-            let mut batch = std::collections::VecDeque::from(batch);
-            while let Some(entry) = batch.pop_front() {
-                if interrupted.is_cancelled() || summary.entries >= limit {
-                    batch.push_front(entry);
-                    store.release(batch.make_contiguous()).await?;
-                    break 'store;
+            for (index, entry) in batch.iter().enumerate() {
+                if interrupted.is_cancelled() || self.summary.entries >= self.limit {
+                    store.release(&batch[index..]).await?;
+                    return Ok(());
                 }
                 store.refresh().await?;
-                handle_entry(
-                    store.as_mut(),
-                    &entry,
-                    &options,
-                    &mut replayer,
-                    writer.as_ref(),
-                    &mut summary,
-                )
-                .await?;
-                bar.inc(1);
-                bar.set_message(format!(
+                self.entry(store, entry).await?;
+                self.bar.inc(1);
+                self.bar.set_message(format!(
                     "{} succeeded, {} failed, {} skipped",
-                    summary.succeeded, summary.failed, summary.skipped
+                    self.summary.succeeded, self.summary.failed, self.summary.skipped
                 ));
             }
         }
-        store.finish().await?;
+        Ok(())
     }
-    bar.finish_and_clear();
-    summary.interrupted = interrupted.is_cancelled();
-    Ok(summary)
 }
 
-async fn handle_entry(
-    store: &mut dyn Store,
-    entry: &Entry,
-    options: &ReplayOptions,
-    replayer: &mut Replayer,
-    writer: Option<&SourceWriter>,
-    summary: &mut Summary,
-) -> anyhow::Result<()> {
-    if let Some(reason) = &entry.unreadable {
-        summary.skipped += entry.records.len().max(1);
-        tracing::warn!(store = store.describe(), entry = %entry.id, reason = %reason, "entry skipped: it cannot be replayed; it stays");
-        store.keep(entry).await?;
-        return Ok(());
+impl Run {
+    /// Replays one entry, then deletes it, writes back what is left of it, or leaves it.
+    async fn entry(&mut self, store: &mut dyn Store, entry: &Entry) -> anyhow::Result<()> {
+        let summary = &mut self.summary;
+        if let Some(reason) = &entry.unreadable {
+            summary.skipped += entry.records.len().max(1);
+            tracing::warn!(store = store.describe(), entry = %entry.id, reason = %reason, "entry skipped: it cannot be replayed; it stays");
+            store.keep(entry).await?;
+            return Ok(());
+        }
+        // Per record: whether it stays in the entry after this replay.
+        let mut stays: Vec<bool> = entry
+            .records
+            .iter()
+            .map(|record| {
+                self.options
+                    .filter
+                    .as_ref()
+                    .is_some_and(|filter| !passes(filter, entry.kind, record))
+            })
+            .collect();
+        let chosen: Vec<usize> = (0..stays.len()).filter(|&i| !stays[i]).collect();
+        summary.skipped += stays.len() - chosen.len();
+        if chosen.is_empty() {
+            store.keep(entry).await?;
+            return Ok(());
+        }
+        summary.entries += 1;
+        summary.replayed += chosen.len();
+        let records: Vec<Value> = chosen.iter().map(|&i| entry.records[i].clone()).collect();
+        if self.options.dry_run {
+            let ids: Vec<String> = records.iter().map(|r| entry.kind.identity(r)).collect();
+            println!(
+                "would replay {} from {}: {} records ({})",
+                entry.id,
+                store.describe(),
+                records.len(),
+                ids.join(" ")
+            );
+            store.keep(entry).await?;
+            return Ok(());
+        }
+        let Replayed { failed, error } = match &self.writer {
+            Some(writer) => writer.send(entry.kind, &records).await,
+            None => self.replayer.replay(entry.kind, &records).await,
+        };
+        summary.failed += failed.len();
+        summary.succeeded += records.len() - failed.len();
+        if self.options.keep {
+            store.keep(entry).await?;
+            return Ok(());
+        }
+        for &index in &failed {
+            stays[chosen[index]] = true;
+        }
+        let left: Vec<Value> = (0..stays.len())
+            .filter(|&i| stays[i])
+            .map(|i| entry.records[i].clone())
+            .collect();
+        if left.is_empty() {
+            store.delete(entry).await?;
+        } else {
+            let failure = (!failed.is_empty()).then(|| {
+                error.unwrap_or_else(|| ErrorInfo::new("ReplayFailed", "the replay failed"))
+            });
+            store
+                .replace(entry, entry.rewritten(left, failure.as_ref()))
+                .await?;
+        }
+        Ok(())
     }
-    let chosen: Vec<usize> = (0..entry.records.len())
-        .filter(|&i| {
-            options
-                .filter
-                .as_ref()
-                .is_none_or(|filter| passes(filter, entry.kind, &entry.records[i]))
-        })
-        .collect();
-    summary.skipped += entry.records.len() - chosen.len();
-    if chosen.is_empty() {
-        store.keep(entry).await?;
-        return Ok(());
-    }
-    summary.entries += 1;
-    summary.replayed += chosen.len();
-    let records: Vec<Value> = chosen.iter().map(|&i| entry.records[i].clone()).collect();
-    if options.dry_run {
-        let ids: Vec<String> = records.iter().map(|r| entry.kind.identity(r)).collect();
-        println!(
-            "would replay {} from {}: {} records ({})",
-            entry.id,
-            store.describe(),
-            records.len(),
-            ids.join(" ")
-        );
-        store.keep(entry).await?;
-        return Ok(());
-    }
-    let Replayed { failed, error } = match writer {
-        Some(writer) => writer.send(entry.kind, &records).await,
-        None => replayer.replay(entry.kind, &records).await,
-    };
-    summary.failed += failed.len();
-    summary.succeeded += records.len() - failed.len();
-    if options.keep {
-        store.keep(entry).await?;
-        return Ok(());
-    }
-    let failed_indexes: Vec<usize> = failed.iter().map(|&i| chosen[i]).collect();
-    let left: Vec<Value> = (0..entry.records.len())
-        .filter(|i| !chosen.contains(i) || failed_indexes.contains(i))
-        .map(|i| entry.records[i].clone())
-        .collect();
-    if left.is_empty() {
-        store.delete(entry).await?;
-    } else {
-        let failure = (!failed.is_empty()).then(|| {
-            error.map_or_else(
-                || ("ReplayFailed".to_owned(), "the replay failed".to_owned()),
-                |e| (e.error_type, e.message),
-            )
-        });
-        let envelope = entry.rewritten(
-            left,
-            failure.as_ref().map(|(t, m)| (t.as_str(), m.as_str())),
-        );
-        store.replace(entry, envelope).await?;
-    }
-    Ok(())
 }

@@ -3,14 +3,16 @@
 //! the beginning) up to the end offsets seen when the store opened.
 //!
 //! A message counts as removed when its offset is committed; offsets are committed only up to
-//! the first message that is not done, so nothing left behind is skipped by a later run. A
-//! message that must stay while later ones are done is written again at the end of the topic.
+//! the first message that is not done, so nothing left behind is skipped by a later run. Commits
+//! go out before each read and at the end (also after an interrupt): a replay killed in between
+//! replays its last entries again, it never skips one. A message that must stay while later ones
+//! are done is written again at the end of the topic.
 
 use super::{DlqError, Entry, Handle, RecordKind, Store};
 use crate::config::KafkaSourceConfig;
+use crate::destinations::kafka::KafkaDestination;
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -33,7 +35,8 @@ struct Partition {
 
 pub(crate) struct KafkaStore {
     consumer: BaseConsumer,
-    producer: FutureProducer,
+    /// Writes entries that stay, or what is left of them, at the end of the topic.
+    writer: KafkaDestination,
     topic: String,
     description: String,
     partitions: HashMap<i32, Partition>,
@@ -61,10 +64,7 @@ impl KafkaStore {
         )
         .create()
         .map_err(|e| failed("creating the consumer", e))?;
-        let producer: FutureProducer =
-            sluice_sources::kafka::producer_config(&source.bootstrap_servers, &source.properties)
-                .create()
-                .map_err(|e| failed("creating the producer", e))?;
+        let writer = KafkaDestination::new(&source.bootstrap_servers, &source.properties, topic)?;
         let metadata = consumer
             .fetch_metadata(Some(topic), TIMEOUT)
             .map_err(|e| failed("reading the topic's metadata", e))?;
@@ -119,7 +119,7 @@ impl KafkaStore {
             .map_err(|e| failed("assigning the partitions", e))?;
         Ok(Self {
             consumer,
-            producer,
+            writer,
             topic: topic.to_owned(),
             description,
             partitions,
@@ -128,49 +128,59 @@ impl KafkaStore {
     }
 
     async fn produce(&self, key: Option<&[u8]>, value: &[u8]) -> Result<(), DlqError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).payload(value);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        self.producer
-            .send(record, TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|(error, _)| DlqError::store(&self.description, "producing", error))
+        Ok(self.writer.produce(key, value).await?)
     }
 
     fn remaining(&self) -> bool {
         self.partitions.values().any(|p| p.position < p.end)
     }
 
-    fn mark_done(&mut self, entry: &Entry) -> Result<(), DlqError> {
+    /// Marks an entry done; the group's offset moves over it once everything before it is done.
+    fn mark_done(&mut self, entry: &Entry) {
         let Handle::Kafka {
             partition, offset, ..
         } = &entry.handle
         else {
-            return Ok(());
+            return;
         };
-        let Some(state) = self.partitions.get_mut(partition) else {
-            return Ok(());
-        };
-        state.read.insert(*offset, true);
-        let mut next = state.committed;
-        while let Some((&offset, &done)) = state.read.first_key_value() {
-            if !done {
-                break;
-            }
-            state.read.remove(&offset);
-            next = offset + 1;
+        if let Some(state) = self.partitions.get_mut(partition) {
+            state.read.insert(*offset, true);
         }
-        if next > state.committed && self.commits {
-            let mut offsets = TopicPartitionList::new();
-            offsets
-                .add_partition_offset(&self.topic, *partition, Offset::Offset(next))
-                .map_err(|e| DlqError::store(&self.description, "committing", e))?;
-            self.consumer
-                .commit(&offsets, CommitMode::Sync)
-                .map_err(|e| DlqError::store(&self.description, "committing", e))?;
-            state.committed = next;
+    }
+
+    /// Commits, per partition, past every done entry with nothing undone before it.
+    fn commit(&mut self) -> Result<(), DlqError> {
+        if !self.commits {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        let mut moved = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            let mut next = state.committed;
+            while let Some(entry) = state.read.first_entry() {
+                if !*entry.get() {
+                    break;
+                }
+                next = *entry.key() + 1;
+                entry.remove();
+            }
+            if next > state.committed {
+                offsets
+                    .add_partition_offset(&self.topic, *partition, Offset::Offset(next))
+                    .map_err(|e| DlqError::store(&self.description, "committing", e))?;
+                moved.push((*partition, next));
+            }
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        self.consumer
+            .commit(&offsets, CommitMode::Sync)
+            .map_err(|e| DlqError::store(&self.description, "committing", e))?;
+        for (partition, next) in moved {
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.committed = next;
+            }
         }
         Ok(())
     }
@@ -183,6 +193,7 @@ impl Store for KafkaStore {
     }
 
     async fn next(&mut self, max: usize) -> Result<Vec<Entry>, DlqError> {
+        self.commit()?;
         let mut entries = Vec::new();
         let mut last_message = Instant::now();
         while entries.len() < max && self.remaining() {
@@ -254,7 +265,8 @@ impl Store for KafkaStore {
     }
 
     async fn delete(&mut self, entry: &Entry) -> Result<(), DlqError> {
-        self.mark_done(entry)
+        self.mark_done(entry);
+        Ok(())
     }
 
     async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError> {
@@ -264,7 +276,8 @@ impl Store for KafkaStore {
         };
         self.produce(key.as_deref(), envelope.to_string().as_bytes())
             .await?;
-        self.mark_done(entry)
+        self.mark_done(entry);
+        Ok(())
     }
 
     async fn keep(&mut self, entry: &Entry) -> Result<(), DlqError> {
@@ -278,6 +291,11 @@ impl Store for KafkaStore {
         };
         self.produce(key.as_deref(), payload.as_deref().unwrap_or_default())
             .await?;
-        self.mark_done(entry)
+        self.mark_done(entry);
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), DlqError> {
+        self.commit()
     }
 }

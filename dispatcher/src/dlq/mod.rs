@@ -53,14 +53,30 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
-    pub fn parse(kind: &str) -> Option<Self> {
-        match kind {
-            "sqs" => Some(RecordKind::Sqs),
-            "s3" => Some(RecordKind::S3),
-            "dynamodb_stream" => Some(RecordKind::DynamodbStream),
-            "kafka" => Some(RecordKind::Kafka),
-            _ => None,
+    const ALL: [RecordKind; 4] = [
+        RecordKind::Sqs,
+        RecordKind::S3,
+        RecordKind::DynamodbStream,
+        RecordKind::Kafka,
+    ];
+
+    /// The name envelopes use (`sluice.source.kind`), as `SourceConfig::kind` names sources.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Sqs => "sqs",
+            RecordKind::S3 => "s3",
+            RecordKind::DynamodbStream => "dynamodb_stream",
+            RecordKind::Kafka => "kafka",
         }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// The kind of records a mapping's source produces.
+    pub fn of(source: &crate::config::SourceConfig) -> Self {
+        Self::parse(source.kind()).expect("every source kind is a record kind")
     }
 
     /// How a person finds the record at its source.
@@ -114,7 +130,7 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub(crate) enum Handle {
     Sqs {
-        receipt: String,
+        receipt: sluice_sources::record::Receipt,
         /// The message as received, for raw messages written back.
         message: Value,
         spilled: Option<crate::destinations::sqs::SpillPointer>,
@@ -132,7 +148,7 @@ pub(crate) enum Handle {
 }
 
 impl Entry {
-    /// Reads an envelope; `records_hint` is the kind to assume when it names none.
+    /// Reads an envelope; `fallback` is the kind to assume when it names none.
     pub(crate) fn from_envelope(
         id: String,
         envelope: Value,
@@ -206,12 +222,7 @@ impl Entry {
             "attempts": self.attempts,
             "replay_count": self.replay_count,
             "error": { "type": self.error_type, "message": self.error_message },
-            "source_kind": match self.kind {
-                RecordKind::Sqs => "sqs",
-                RecordKind::S3 => "s3",
-                RecordKind::DynamodbStream => "dynamodb_stream",
-                RecordKind::Kafka => "kafka",
-            },
+            "source_kind": self.kind.as_str(),
             "raw": self.envelope.is_none(),
             "unreadable": self.unreadable,
             "record_ids": self.record_ids(),
@@ -221,7 +232,11 @@ impl Entry {
 
     /// The envelope to store instead of this one: `records` left, the replay's error when it
     /// failed again, and the replay count raised when `failed`.
-    pub(crate) fn rewritten(&self, records: Vec<Value>, failure: Option<(&str, &str)>) -> Value {
+    pub(crate) fn rewritten(
+        &self,
+        records: Vec<Value>,
+        failure: Option<&sluice_policies::ErrorInfo>,
+    ) -> Value {
         let mut envelope = self.envelope.clone().unwrap_or_else(|| json!({}));
         let failed = failure.is_some();
         let sluice = envelope
@@ -230,8 +245,8 @@ impl Entry {
         if let Some(sluice) = sluice {
             sluice["records"] = Value::Array(records);
             sluice["replay_count"] = json!(self.replay_count + u64::from(failed));
-            if let Some((error_type, message)) = failure {
-                sluice["error"] = json!({ "type": error_type, "message": message });
+            if let Some(error) = failure {
+                sluice["error"] = json!({ "type": error.error_type, "message": error.message });
                 sluice["last_replay_at"] = json!(crate::destinations::envelope::iso8601_millis(
                     crate::destinations::envelope::now_since_epoch()
                 ));
@@ -328,6 +343,14 @@ mod tests {
     }
 
     #[test]
+    fn record_kinds_use_the_names_of_source_kinds() {
+        for kind in RecordKind::ALL {
+            assert_eq!(RecordKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(RecordKind::parse("invoke"), None);
+    }
+
+    #[test]
     fn an_envelope_says_when_why_and_which_records() {
         let entry = entry();
         assert_eq!(entry.kind, RecordKind::DynamodbStream);
@@ -343,7 +366,8 @@ mod tests {
     fn a_rewritten_envelope_holds_what_is_left_and_counts_only_failed_replays() {
         let entry = entry();
         let left = vec![entry.records[1].clone()];
-        let failed = entry.rewritten(left.clone(), Some(("Again", "still failing")));
+        let again = sluice_policies::ErrorInfo::new("Again", "still failing");
+        let failed = entry.rewritten(left.clone(), Some(&again));
         assert_eq!(failed["sluice"]["records"], json!(left));
         assert_eq!(failed["sluice"]["replay_count"], 2);
         assert_eq!(failed["sluice"]["error"]["type"], "Again");

@@ -18,7 +18,9 @@ use sluice_policies::{
 };
 use sluice_sources::kafka::KafkaCluster;
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so a paused test clock drives the limiter too.
+use tokio::time::Instant;
 
 /// Retries a replay makes where the mapping retries without limit.
 const UNLIMITED_RETRIES_IN_REPLAY: u32 = 2;
@@ -156,21 +158,7 @@ fn identifier(kind: RecordKind, record: &Value) -> ItemIdentifier {
 fn event(kind: RecordKind, cluster: Option<&KafkaCluster>, records: &[&Value]) -> Value {
     match (kind, cluster) {
         (RecordKind::Kafka, Some(cluster)) => {
-            let mut event = sluice_sources::kafka::event_value(cluster, "", Vec::new());
-            let mut groups = serde_json::Map::new();
-            for record in records {
-                let ItemIdentifier::KafkaOffset { partition, .. } = identifier(kind, record) else {
-                    continue;
-                };
-                groups
-                    .entry(partition)
-                    .or_insert_with(|| json!([]))
-                    .as_array_mut()
-                    .expect("an array")
-                    .push((*record).clone());
-            }
-            event["records"] = Value::Object(groups);
-            event
+            sluice_sources::kafka::event_value(cluster, records.iter().copied())
         }
         _ => json!({ "Records": records }),
     }
@@ -334,25 +322,22 @@ impl SourceWriter {
                     };
                     let (key, value) = (decode("key"), decode("value"));
                     let topic = record["topic"].as_str().unwrap_or_default();
+                    // Lambda writes each header as {name: [signed bytes]}.
                     let mut headers = OwnedHeaders::new();
-                    let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
                     for header in record["headers"].as_array().into_iter().flatten() {
                         for (name, bytes) in header.as_object().into_iter().flatten() {
-                            let bytes = bytes
+                            let bytes: Vec<u8> = bytes
                                 .as_array()
                                 .into_iter()
                                 .flatten()
                                 .filter_map(Value::as_i64)
                                 .map(|b| b as u8)
                                 .collect();
-                            pairs.push((name.clone(), bytes));
+                            headers = headers.insert(Header {
+                                key: name,
+                                value: Some(&bytes),
+                            });
                         }
-                    }
-                    for (name, bytes) in &pairs {
-                        headers = headers.insert(Header {
-                            key: name,
-                            value: Some(bytes),
-                        });
                     }
                     let mut message: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
                         rdkafka::producer::FutureRecord::to(topic).headers(headers);
@@ -372,5 +357,70 @@ impl SourceWriter {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(source: &str, retry: &str) -> MappingConfig {
+        let text = format!(
+            r#"
+version: 1
+targets:
+  api:
+    http: {{ url: "http://127.0.0.1:8080/events" }}
+mappings:
+  - name: m
+    target: api
+    source: {source}
+    retry: {retry}
+    report_batch_item_failures: true
+    on_failure: {{ sqs: {{ queue_url: "http://q/dead" }} }}
+"#
+        );
+        crate::config::parse("test.yaml", &text, Default::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .mappings
+            .remove(0)
+    }
+
+    // semantics.md §2 (retries, record age, bisect) and §3 (receive count): a replay runs the
+    // mapping's own policy, but records never age out and -1 does not retry forever.
+    #[test]
+    fn a_replay_runs_the_mappings_policy_without_record_age_or_endless_retries() {
+        let stream = replay_policy(&mapping(
+            "{ dynamodb_stream: { table: t, starting_position: trim_horizon } }",
+            "{ bisect_on_error: true, max_record_age: 60s }",
+        ));
+        assert_eq!(stream.max_retry_attempts, Some(UNLIMITED_RETRIES_IN_REPLAY));
+        assert_eq!(stream.max_record_age, None);
+        assert!(stream.bisect_on_error && stream.report_batch_item_failures);
+        assert_eq!(stream.identifier_kind, IdentifierKind::Text);
+
+        let kafka = replay_policy(&mapping(
+            "{ kafka: { bootstrap_servers: \"b:9092\", topics: [t], group_id: g, starting_position: trim_horizon } }",
+            "{ max_retry_attempts: 5 }",
+        ));
+        assert_eq!(kafka.max_retry_attempts, Some(5));
+        assert_eq!(kafka.identifier_kind, IdentifierKind::KafkaOffset);
+
+        let sqs = replay_policy(&mapping(
+            "{ sqs: { queue_url: \"http://q/src\" } }",
+            "{ max_receive_count: 4 }",
+        ));
+        assert_eq!(sqs.max_retry_attempts, Some(3), "4 receives are 3 retries");
+        assert!(sqs.non_retryable.is_some());
+
+        let s3 = replay_policy(&mapping("{ s3: { queue_url: \"http://q/src\" } }", "{}"));
+        assert!(
+            !s3.report_batch_item_failures,
+            "S3 events are invoked asynchronously"
+        );
+        assert_eq!(
+            batch_size(&mapping("{ s3: { queue_url: \"http://q/src\" } }", "{}")),
+            1
+        );
     }
 }

@@ -67,7 +67,7 @@ impl S3Store {
         let handle = Handle::S3 {
             key: key.to_owned(),
         };
-        let text = crate::runtime::read_object_text(&self.client, &self.bucket, key)
+        let text = crate::destinations::s3::read_object_text(&self.client, &self.bucket, key)
             .await
             .and_then(|text| {
                 serde_json::from_str::<Value>(&text).map_err(|e| format!("not JSON: {e}"))
@@ -137,15 +137,13 @@ impl Store for S3Store {
                 envelope["payload"]["Records"] = records;
             }
         }
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(envelope.to_string().into_bytes().into())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.failed("PutObject", DisplayErrorContext(&e)))
+        crate::destinations::s3::put_json_object(
+            &self.client,
+            &self.bucket,
+            key,
+            envelope.to_string(),
+        )
+        .await
+        .map_err(|e| self.failed("PutObject", e))
     }
 }

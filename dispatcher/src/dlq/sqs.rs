@@ -12,11 +12,13 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::primitives::Blob;
-use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+use aws_sdk_sqs::types::MessageAttributeValue;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use sluice_sources::queue::QueueDescription;
+use sluice_sources::queue::Queue;
+use sluice_sources::record::Receipt;
+use sluice_sources::sqs::SqsQueue;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -27,27 +29,28 @@ pub const REPLAY_COUNT_ATTRIBUTE: &str = "sluice-replay-count";
 pub(crate) enum Contents {
     /// Envelopes; records of `fallback` kind when an envelope does not say.
     Envelopes { fallback: RecordKind },
-    /// Raw messages a redrive policy moved from `source` (the mapping's queue); an S3 mapping's
-    /// messages are notifications holding S3 records.
+    /// Raw messages a redrive policy moved from the mapping's queue (`source_arn`); an S3
+    /// mapping's messages are notifications holding S3 records.
     Raw {
         kind: RecordKind,
-        source: QueueDescription,
+        source_arn: String,
     },
 }
 
 pub(crate) struct SqsStore {
     client: Client,
     s3: aws_sdk_s3::Client,
-    queue: QueueDescription,
+    /// Deletes and visibility changes go through the source's batched, retried calls.
+    queue: SqsQueue,
     contents: Contents,
     mapping: String,
     hold: Duration,
     writer: SqsDestination,
     /// Message ids returned or written back during this run.
     seen: HashSet<String>,
-    /// Receipt handles of messages received and not yet released or deleted, and since when
-    /// their visibility runs.
-    held: HashMap<String, (String, Instant)>,
+    /// Messages received and not yet released or deleted, by id, and since when their
+    /// visibility runs.
+    held: HashMap<String, (Receipt, Instant)>,
 }
 
 impl SqsStore {
@@ -60,10 +63,9 @@ impl SqsStore {
         mapping: &str,
         hold: Duration,
     ) -> Result<Self, DlqError> {
-        let queue = sluice_sources::sqs::SqsQueue::connect(client.clone(), queue_url)
+        let queue = SqsQueue::connect(client.clone(), queue_url)
             .await
             .map_err(|e| DlqError::store(queue_url, "GetQueueAttributes", e))?;
-        let queue = sluice_sources::queue::Queue::description(&queue).clone();
         let spill = spill_bucket.map(|bucket| crate::destinations::sqs::Spill {
             client: s3.clone(),
             bucket,
@@ -81,23 +83,22 @@ impl SqsStore {
         })
     }
 
+    fn url(&self) -> &str {
+        &self.queue.description().url
+    }
+
     fn failed(&self, operation: &'static str, message: impl ToString) -> DlqError {
-        DlqError::store(&self.queue.url, operation, message)
+        DlqError::store(self.url(), operation, message)
     }
 
     async fn read_spilled(&self, pointer: &SpillPointer) -> Result<String, String> {
-        crate::runtime::read_object_text(&self.s3, &pointer.bucket, &pointer.key).await
+        crate::destinations::s3::read_object_text(&self.s3, &pointer.bucket, &pointer.key).await
     }
 
-    async fn entry(&self, message: &aws_sdk_sqs::types::Message) -> Entry {
-        let id = message.message_id().unwrap_or_default().to_owned();
-        let mut record: Value = serde_json::from_str(
-            sluice_sources::sqs::message_record(message, &self.queue)
-                .event
-                .get(),
-        )
-        .unwrap_or_default();
-        let mut body = message.body().unwrap_or_default().to_owned();
+    async fn entry(&self, received: sluice_sources::Record) -> Entry {
+        let id = received.receipt.id.clone();
+        let mut record: Value = serde_json::from_str(received.event.get()).unwrap_or_default();
+        let mut body = record["body"].as_str().unwrap_or_default().to_owned();
         let spilled = SpillPointer::parse(&body);
         let mut unreadable = None;
         if let Some(pointer) = &spilled {
@@ -115,14 +116,12 @@ impl SqsStore {
             .as_str()
             .and_then(|ms| ms.parse::<u64>().ok())
             .map(|ms| iso8601_millis(Duration::from_millis(ms)));
-        let replay_count = message
-            .message_attributes()
-            .and_then(|a| a.get(REPLAY_COUNT_ATTRIBUTE))
-            .and_then(|v| v.string_value())
+        let replay_count = record["messageAttributes"][REPLAY_COUNT_ATTRIBUTE]["stringValue"]
+            .as_str()
             .and_then(|v| v.parse().ok())
             .unwrap_or_default();
         let handle = |record: Value| Handle::Sqs {
-            receipt: message.receipt_handle().unwrap_or_default().to_owned(),
+            receipt: received.receipt.clone(),
             message: record,
             spilled: spilled.clone(),
         };
@@ -143,13 +142,13 @@ impl SqsStore {
                     )
                 },
             },
-            Contents::Raw { kind, source } => {
+            Contents::Raw { kind, source_arn } => {
                 let receives = record["attributes"]["ApproximateReceiveCount"]
                     .as_str()
                     .and_then(|c| c.parse().ok())
                     .unwrap_or_default();
                 // The records came from the mapping's queue; name it as the function saw it.
-                record["eventSourceARN"] = json!(source.arn);
+                record["eventSourceARN"] = json!(source_arn);
                 let (records, unreadable) = match kind {
                     RecordKind::S3 => match serde_json::from_str::<Value>(&body)
                         .ok()
@@ -185,21 +184,21 @@ impl SqsStore {
         entry
     }
 
-    async fn set_visibility(&self, receipts: &[String], timeout: Duration) -> Result<(), DlqError> {
-        for receipt in receipts {
-            self.client
-                .change_message_visibility()
-                .queue_url(&self.queue.url)
-                .receipt_handle(receipt)
-                .visibility_timeout(timeout.as_secs() as i32)
-                .send()
-                .await
-                .map_err(|e| {
-                    self.failed(
-                        "ChangeMessageVisibility",
-                        DisplayErrorContext(&e).to_string(),
-                    )
-                })?;
+    /// Sets the visibility of held messages; one that is no longer in flight (its hold ran out
+    /// and another reader took it) is only logged: it is that reader's now.
+    async fn set_visibility(
+        &self,
+        receipts: &[Receipt],
+        timeout: Duration,
+    ) -> Result<(), DlqError> {
+        let changes: Vec<(&Receipt, Duration)> = receipts.iter().map(|r| (r, timeout)).collect();
+        let failed = self
+            .queue
+            .change_visibility(&changes)
+            .await
+            .map_err(|e| self.failed("ChangeMessageVisibilityBatch", e))?;
+        for (message_id, reason) in failed {
+            tracing::warn!(queue_url = %self.url(), %message_id, %reason, "changing the visibility of a held dead letter failed");
         }
         Ok(())
     }
@@ -211,13 +210,17 @@ impl SqsStore {
         else {
             return Ok(());
         };
-        self.client
-            .delete_message()
-            .queue_url(&self.queue.url)
-            .receipt_handle(receipt)
-            .send()
+        let report = self
+            .queue
+            .delete(&[receipt])
             .await
-            .map_err(|e| self.failed("DeleteMessage", DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| self.failed("DeleteMessageBatch", e))?;
+        if let Some((message_id, reason)) = report.failed.first() {
+            return Err(self.failed(
+                "DeleteMessageBatch",
+                format!("message {message_id}: {reason}"),
+            ));
+        }
         self.held.remove(&entry.id);
         if let Some(pointer) = spilled
             && let Err(error) = self
@@ -256,8 +259,8 @@ impl SqsStore {
         );
         send_message(
             &self.client,
-            &self.queue.url,
-            self.queue.fifo,
+            self.url(),
+            self.queue.description().fifo,
             body,
             attributes,
             message,
@@ -270,40 +273,27 @@ impl SqsStore {
 #[async_trait]
 impl Store for SqsStore {
     fn describe(&self) -> &str {
-        &self.queue.url
+        self.url()
     }
 
     async fn next(&mut self, max: usize) -> Result<Vec<Entry>, DlqError> {
         loop {
-            let output = self
-                .client
-                .receive_message()
-                .queue_url(&self.queue.url)
-                .max_number_of_messages(max.clamp(1, 10) as i32)
-                .wait_time_seconds(1)
-                .visibility_timeout(self.hold.as_secs() as i32)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .message_attribute_names("All")
-                .send()
+            let received = self
+                .queue
+                .receive_holding(max, Duration::from_secs(1), Some(self.hold))
                 .await
-                .map_err(|e| self.failed("ReceiveMessage", DisplayErrorContext(&e).to_string()))?;
-            let messages = output.messages();
-            if messages.is_empty() {
+                .map_err(|e| self.failed("ReceiveMessage", e))?;
+            if received.is_empty() {
                 return Ok(Vec::new());
             }
             let mut entries = Vec::new();
-            for message in messages {
-                let id = message.message_id().unwrap_or_default().to_owned();
+            for record in received {
+                let id = record.receipt.id.clone();
                 // Held until the end even when seen before, so the receives run dry.
-                self.held.insert(
-                    id.clone(),
-                    (
-                        message.receipt_handle().unwrap_or_default().to_owned(),
-                        Instant::now(),
-                    ),
-                );
+                self.held
+                    .insert(id.clone(), (record.receipt.clone(), Instant::now()));
                 if self.seen.insert(id) {
-                    entries.push(self.entry(message).await);
+                    entries.push(self.entry(record).await);
                 }
             }
             if !entries.is_empty() {
@@ -313,7 +303,7 @@ impl Store for SqsStore {
     }
 
     async fn release(&mut self, entries: &[Entry]) -> Result<(), DlqError> {
-        let receipts: Vec<String> = entries
+        let receipts: Vec<Receipt> = entries
             .iter()
             .filter_map(|e| self.held.remove(&e.id))
             .map(|(receipt, _)| receipt)
@@ -356,7 +346,7 @@ impl Store for SqsStore {
     }
 
     async fn refresh(&mut self) -> Result<(), DlqError> {
-        let stale: Vec<String> = self
+        let stale: Vec<Receipt> = self
             .held
             .iter_mut()
             .filter(|(_, (_, since))| since.elapsed() >= self.hold / 2)
@@ -369,7 +359,7 @@ impl Store for SqsStore {
     }
 
     async fn finish(&mut self) -> Result<(), DlqError> {
-        let receipts: Vec<String> = self.held.drain().map(|(_, (receipt, _))| receipt).collect();
+        let receipts: Vec<Receipt> = self.held.drain().map(|(_, (receipt, _))| receipt).collect();
         self.set_visibility(&receipts, Duration::ZERO).await
     }
 }

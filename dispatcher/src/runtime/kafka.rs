@@ -491,10 +491,7 @@ impl KafkaMapping {
             }
         };
         let shared = Arc::new(Shared {
-            cluster: KafkaCluster {
-                bootstrap_servers: self.source.bootstrap_servers.clone(),
-                msk_cluster_arn: self.source.msk_cluster_arn.clone(),
-            },
+            cluster: self.source.cluster(),
             filters: self.config.filters.clone(),
             lane: LaneSettings {
                 name: name.clone(),

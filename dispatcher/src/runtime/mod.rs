@@ -116,28 +116,6 @@ pub fn s3_client(sdk_config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     )
 }
 
-/// The text of an S3 object; the error says what failed (the call, or the object is not UTF-8).
-pub async fn read_object_text(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-) -> Result<String, String> {
-    let object = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())?;
-    let bytes = object
-        .body
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_bytes();
-    String::from_utf8(bytes.to_vec()).map_err(|_| "the object is not UTF-8 text".to_owned())
-}
-
 /// Runs every enabled mapping until `shutdown`, then drains and returns.
 pub async fn run(
     config: Config,

@@ -187,10 +187,24 @@ fn event_head(cluster: &KafkaCluster) -> Map<String, Value> {
     head
 }
 
-/// Lambda's Kafka event for already parsed records of one partition (`<topic>-<n>`).
-pub fn event_value(cluster: &KafkaCluster, partition: &str, records: Vec<Value>) -> Value {
+/// Lambda's Kafka event for records already in Lambda's shape (dead letters), grouped under
+/// `<topic>-<partition>` by each record's own fields, in the order they appear.
+pub fn event_value<'a>(
+    cluster: &KafkaCluster,
+    records: impl IntoIterator<Item = &'a Value>,
+) -> Value {
+    let mut groups = Map::new();
+    for record in records {
+        let name = partition_name(
+            record["topic"].as_str().unwrap_or_default(),
+            record["partition"].as_i64().unwrap_or_default() as i32,
+        );
+        if let Value::Array(members) = groups.entry(name).or_insert_with(|| json!([])) {
+            members.push(record.clone());
+        }
+    }
     let mut event = event_head(cluster);
-    event.insert("records".into(), json!({ partition: records }));
+    event.insert("records".into(), Value::Object(groups));
     Value::Object(event)
 }
 
