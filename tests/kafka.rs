@@ -486,6 +486,33 @@ async fn a_partial_batch_response_retries_from_the_named_offset() {
     }
 }
 
+// Hardening issue, item 4: a header key that is not UTF-8 used to panic rdkafka's header
+// iterator on the consumer thread, which stopped the mapping for good without a log line. The
+// record is delivered (its key with U+FFFD for the bad bytes, the value as bytes) and the mapping
+// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_key_that_is_not_utf8_is_delivered_and_does_not_stop_the_mapping() {
+    let kafka = Kafka::start();
+    let (topic, group) = topic_and_group(&kafka, "rawheader", 1);
+    kafka.produce_with_raw_header_key(&topic, r#"{"n":-1}"#, b"k\xff\xfe", &[1, 2, 255]);
+    kafka.produce(&topic, &numbered(0..5, 1));
+    let handler = Handler::start(|_, _| Reply::json(Value::Null)).await;
+    let _sluice = start(&Setup::new(&kafka, &topic, &group, &handler));
+    wait_committed_to_end(&kafka, &group, &topic, 1).await;
+    let records: Vec<Value> = handler
+        .received()
+        .iter()
+        .flat_map(|r| kafka_records(&r.event))
+        .collect();
+    assert_eq!(records.len(), 6, "{records:?}");
+    assert_eq!(
+        kafka_header(&records[0], "k\u{fffd}\u{fffd}"),
+        Some(vec![1, 2, 255]),
+        "{}",
+        records[0]
+    );
+}
+
 // Issue 4: on SIGTERM sluice drains (batches in flight finish), commits and leaves the group, so
 // the next member repeats nothing the first one handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,14 +33,9 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .with_state(AdminState { health, metrics });
     tracing::info!(address = %listen, "admin server listening");
-    Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "admin server failed");
-        }
-    }))
+    Ok(crate::http_server::spawn(
+        "admin", listener, router, shutdown,
+    ))
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

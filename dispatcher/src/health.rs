@@ -4,6 +4,9 @@
 //! fail and it has not gone `stall_after` without a successful poll while it was trying to poll
 //! (a mapping waiting for its own in-flight batches to finish is busy, not stalled), and none of its
 //! shards has kept failing (retrying one batch) for `stuck_after`.
+//!
+//! Targets and Invoke API functions report problems of their own (a worker pool that cannot start
+//! workers, a state file that cannot be read): while one is set, `/readyz` is 503 and names it.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -19,6 +22,24 @@ struct MappingHealth {
     waiting_for_capacity: bool,
     /// Shards (or shard lanes) retrying a failing batch, and since when.
     stuck: BTreeMap<String, Instant>,
+    /// How often the mapping's worker panicked or exited and was restarted.
+    restarts: u64,
+}
+
+/// What a problem is reported against besides a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    Target,
+    Function,
+}
+
+impl Component {
+    fn section(self) -> &'static str {
+        match self {
+            Component::Target => "targets",
+            Component::Function => "functions",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -26,6 +47,7 @@ pub struct Health {
     stall_after: Duration,
     stuck_after: Duration,
     mappings: Arc<Mutex<BTreeMap<String, MappingHealth>>>,
+    problems: Arc<Mutex<BTreeMap<(Component, String), String>>>,
 }
 
 /// One mapping's handle on the registry.
@@ -41,6 +63,21 @@ impl Health {
             stall_after,
             stuck_after,
             mappings: Arc::default(),
+            problems: Arc::default(),
+        }
+    }
+
+    /// Sets (`Some`) or clears (`None`) the problem of a target or function.
+    pub fn set_problem(&self, component: Component, name: &str, problem: Option<String>) {
+        let mut problems = self.problems.lock().expect("health lock");
+        let key = (component, name.to_owned());
+        match problem {
+            Some(problem) => {
+                problems.insert(key, problem);
+            }
+            None => {
+                problems.remove(&key);
+            }
         }
     }
 
@@ -54,6 +91,7 @@ impl Health {
                 consecutive_failures: 0,
                 waiting_for_capacity: false,
                 stuck: BTreeMap::new(),
+                restarts: 0,
             },
         );
         MappingHealthHandle {
@@ -97,10 +135,18 @@ impl Health {
                     "consecutive_failures": health.consecutive_failures,
                     "last_error": health.last_error,
                     "stuck_seconds": stuck,
+                    "restarts": health.restarts,
                 }),
             );
         }
-        (all_ready, json!({ "ready": all_ready, "mappings": report }))
+        drop(mappings);
+        let mut document = json!({ "ready": all_ready, "mappings": report });
+        for ((component, name), problem) in self.problems.lock().expect("health lock").iter() {
+            all_ready = false;
+            document[component.section()][name] = json!({ "status": "failing", "error": problem });
+        }
+        document["ready"] = json!(all_ready);
+        (all_ready, document)
     }
 }
 
@@ -122,6 +168,16 @@ impl MappingHealthHandle {
             h.last_success = Some(Instant::now());
             h.consecutive_failures = 0;
             h.last_error = None;
+        });
+    }
+
+    /// The mapping's worker panicked or stopped on its own: not ready until it polls again.
+    pub fn restarting(&self, error: &str) {
+        let error = error.to_owned();
+        self.update(|h| {
+            h.consecutive_failures += 1;
+            h.restarts += 1;
+            h.last_error = Some(error);
         });
     }
 
@@ -176,6 +232,36 @@ mod tests {
         assert_eq!(
             report["mappings"]["orders"]["last_error"],
             "connection refused"
+        );
+        orders.poll_succeeded();
+        assert!(health.readiness().0);
+    }
+
+    #[test]
+    fn a_problem_of_a_target_or_function_fails_readiness_and_is_named() {
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(60));
+        health.register("orders").poll_succeeded();
+        health.set_problem(Component::Target, "pool", Some("no worker starts".into()));
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert_eq!(report["ready"], false);
+        assert_eq!(report["targets"]["pool"]["error"], "no worker starts");
+        health.set_problem(Component::Target, "pool", None);
+        assert!(health.readiness().0);
+    }
+
+    #[test]
+    fn a_restarting_mapping_is_not_ready_until_it_polls_again() {
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(60));
+        let orders = health.register("orders");
+        orders.poll_succeeded();
+        orders.restarting("the worker panicked: boom");
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert_eq!(report["mappings"]["orders"]["restarts"], 1);
+        assert_eq!(
+            report["mappings"]["orders"]["last_error"],
+            "the worker panicked: boom"
         );
         orders.poll_succeeded();
         assert!(health.readiness().0);

@@ -2,22 +2,33 @@
 //! unmodified AWS clients (an SDK with an endpoint override, `aws lambda invoke --endpoint-url`)
 //! can call handlers synchronously and asynchronously (semantics.md §5, §6).
 //!
-//! - `RequestResponse` (default): one attempt, no retry; the handler's response is the body; a
-//!   function error or timeout answers 200 with `X-Amz-Function-Error: Unhandled` and the error
-//!   document; a throttle answers 429 `TooManyRequestsException`; requests over 6 MB are refused
-//!   with 413 `RequestTooLargeException`, as Lambda refuses them;
+//! - `RequestResponse` (default): one attempt, no retry; the handler's whole response is the body
+//!   (up to 6 MB); a function error or timeout answers 200 with `X-Amz-Function-Error: Unhandled`
+//!   and the error document; when the target has no free slot within [`SYNC_SLOT_WAIT`] (1 s),
+//!   or throttles, the answer is 429 `TooManyRequestsException`, as Lambda answers when
+//!   concurrency is exhausted; the body is read only once a slot is held, so waiting callers hold
+//!   no payloads; requests over 6 MB are refused with 413 `RequestTooLargeException`;
 //! - `Event`: the event (at most 1 MB) is committed to the durable queue in the state file before
 //!   202 is answered, then handled under the function's async policy (retries with delays,
 //!   `RetriesExhausted` / `EventAgeExceeded` to `on_failure`, `Success` to `on_success`); it
-//!   survives a restart;
+//!   survives a restart. The queue is bounded (`max_queued_events`, `max_queued_bytes`; beyond
+//!   them 429 `TooManyRequestsException`); payloads stay on disk until their event runs, and at
+//!   most the target's `max_concurrency` events run at once. An event is claimed from the
+//!   in-memory schedule before it runs, so one process never runs it twice at once. Every attempt
+//!   carries the request id the caller got with the 202;
+//! - when the state file cannot be read or written, the function reports it on `/readyz` and new
+//!   `Event` calls are refused with 500 `ServiceException` until a store call succeeds again;
 //! - `DryRun`: 204 once the function exists;
 //! - unknown functions and qualifiers other than `$LATEST` answer 404 `ResourceNotFoundException`;
 //! - with a token, a request must carry it as `Authorization: Bearer <token>` or as the access key
-//!   id of its AWS signature (so AWS clients work with `AWS_ACCESS_KEY_ID=<token>`), else 403.
+//!   id of its AWS signature (so AWS clients work with `AWS_ACCESS_KEY_ID=<token>`), else 403; the
+//!   comparison takes the same time whatever the token's content.
 
 use crate::config::{FunctionConfig, InvokeApiConfig};
 use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{AsyncRecord, Destination, EnvelopeSource, Placement};
+use crate::health::{Component, Health};
+use crate::http_server::{BodyError, read_body};
 use crate::targets::{Invocation, SharedTarget};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -25,8 +36,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sluice_policies::{AsyncAttempt, AsyncDecision, AsyncPolicy, ErrorInfo, Outcome};
-use sluice_sources::async_queue::{AsyncQueue, QueuedEvent};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use sluice_sources::async_queue::{AsyncQueue, EventMeta};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -37,6 +49,82 @@ use tokio_util::task::TaskTracker;
 const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
 /// Lambda's limit for asynchronous payloads.
 const MAX_ASYNC_PAYLOAD: usize = 1024 * 1024;
+/// How long a synchronous call waits for a free slot on its target before 429.
+pub const SYNC_SLOT_WAIT: Duration = Duration::from_secs(1);
+/// How long an event waits before it is tried again after the state file failed it.
+const STORE_RETRY: Duration = Duration::from_secs(5);
+
+/// The bound on queued `Event` invocations, shared by every function of the API.
+pub struct Backlog {
+    max_events: u64,
+    max_bytes: u64,
+    /// (events, bytes) queued now.
+    queued: Mutex<(u64, u64)>,
+}
+
+impl Backlog {
+    pub fn new(max_events: u64, max_bytes: u64) -> Self {
+        Self {
+            max_events,
+            max_bytes,
+            queued: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Counts an event of `bytes` in, unless that would pass a bound.
+    fn try_reserve(&self, bytes: u64) -> bool {
+        let mut queued = self.queued.lock().expect("backlog lock");
+        if queued.0 + 1 > self.max_events || queued.1 + bytes > self.max_bytes {
+            return false;
+        }
+        *queued = (queued.0 + 1, queued.1 + bytes);
+        true
+    }
+
+    /// Counts an event that was already stored (found at start), bounds or not.
+    fn add(&self, bytes: u64) {
+        let mut queued = self.queued.lock().expect("backlog lock");
+        *queued = (queued.0 + 1, queued.1 + bytes);
+    }
+
+    fn release(&self, bytes: u64) {
+        let mut queued = self.queued.lock().expect("backlog lock");
+        *queued = (queued.0.saturating_sub(1), queued.1.saturating_sub(bytes));
+    }
+
+    fn queued(&self) -> (u64, u64) {
+        *self.queued.lock().expect("backlog lock")
+    }
+}
+
+/// The events of one function waiting to run, by due time. Only events in here can be claimed;
+/// a claimed event is back in here only once its attempt is over.
+#[derive(Default)]
+struct Schedule {
+    due: BTreeSet<(u64, String)>,
+    events: HashMap<String, EventMeta>,
+    /// Whether the stored index has been read into the schedule.
+    loaded: bool,
+}
+
+impl Schedule {
+    fn insert(&mut self, meta: EventMeta) {
+        self.due.insert((meta.not_before_ms, meta.id.clone()));
+        self.events.insert(meta.id.clone(), meta);
+    }
+
+    /// Takes the first event due at `now`, or says when the next one is due.
+    fn claim(&mut self, now: u64) -> Result<EventMeta, Option<u64>> {
+        match self.due.first() {
+            Some((due, _)) if *due <= now => {
+                let (_, id) = self.due.pop_first().expect("a first entry");
+                Ok(self.events.remove(&id).expect("scheduled events are known"))
+            }
+            Some((due, _)) => Err(Some(*due)),
+            None => Err(None),
+        }
+    }
+}
 
 /// One function callers can invoke.
 pub struct Function {
@@ -47,20 +135,30 @@ pub struct Function {
     pub on_success: Option<Arc<dyn Destination>>,
     region: String,
     queue: AsyncQueue,
+    backlog: Arc<Backlog>,
+    schedule: Mutex<Schedule>,
     wake: Notify,
-    in_flight: Mutex<HashSet<String>>,
+    health: Health,
+    /// Set while the state file fails this function's calls; new events are refused meanwhile.
+    store_failing: AtomicBool,
+    /// At most this many events run at once.
+    workers: usize,
 }
 
 impl Function {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
         config: &FunctionConfig,
         target: SharedTarget,
         queue: AsyncQueue,
+        backlog: Arc<Backlog>,
         on_failure: Option<Arc<dyn Destination>>,
         on_success: Option<Arc<dyn Destination>>,
         region: &str,
+        health: Health,
     ) -> Self {
+        let workers = target.max_concurrency();
         Self {
             name: name.to_owned(),
             region: region.to_owned(),
@@ -69,9 +167,51 @@ impl Function {
             on_failure,
             on_success,
             queue,
+            backlog,
+            schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
-            in_flight: Mutex::new(HashSet::new()),
+            health,
+            store_failing: AtomicBool::new(false),
+            workers,
         }
+    }
+
+    /// Notes that the state file failed a call: the log says how to recover, `/readyz` names the
+    /// function, and new events are refused until a call succeeds.
+    fn store_failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        let path = self.queue.describe();
+        let problem = format!(
+            "the state file {path} failed while {what}: {error}. If this persists, stop sluice and move {path} aside; the queued Event invocations and stream checkpoints in it are then lost (streams start again from their starting_position)"
+        );
+        if !self.store_failing.swap(true, Ordering::SeqCst) {
+            tracing::error!(function = %self.name, state_file = %path, %error, what, "the state file failed; refusing new Event invocations until it works again. If this persists, stop sluice and move the file aside (its queued events and checkpoints are lost)");
+        }
+        self.health
+            .set_problem(Component::Function, &self.name, Some(problem));
+    }
+
+    fn store_worked(&self) {
+        if self.store_failing.swap(false, Ordering::SeqCst) {
+            tracing::info!(function = %self.name, "the state file works again");
+            self.health
+                .set_problem(Component::Function, &self.name, None);
+        }
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().expect("schedule lock")
+    }
+
+    /// Puts an event back into the schedule after an attempt.
+    fn reschedule(&self, meta: EventMeta) {
+        self.schedule().insert(meta);
+        self.wake.notify_one();
+    }
+
+    /// Forgets a finished event.
+    fn finished(&self, meta: &EventMeta) {
+        self.backlog.release(meta.payload_bytes);
+        self.wake.notify_one();
     }
 }
 
@@ -110,11 +250,24 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
     let Some(authorization) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    authorization.strip_prefix("Bearer ") == Some(token.as_str())
-        || signature_key_id(authorization) == Some(token.as_str())
+    let bearer = authorization.strip_prefix("Bearer ").unwrap_or_default();
+    let key_id = signature_key_id(authorization).unwrap_or_default();
+    // Both are compared, in constant time, so the answer's timing tells nothing of the token.
+    constant_time_eq(bearer.as_bytes(), token.as_bytes())
+        | constant_time_eq(key_id.as_bytes(), token.as_bytes())
 }
 
-/// Serves the Invoke API until `stop`; runs one async worker per function.
+/// Whether `a == b`, in time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
+/// Serves the Invoke API until `stop`; the functions' async workers run under `tracker`, each
+/// supervised (a panic is logged, shown on `/readyz` and the worker restarted).
 pub async fn serve(
     config: &InvokeApiConfig,
     functions: BTreeMap<String, Arc<Function>>,
@@ -123,7 +276,23 @@ pub async fn serve(
     tracker: TaskTracker,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     for function in functions.values() {
-        tracker.spawn(run_async_worker(function.clone(), stop.clone()));
+        let worker = function.clone();
+        let on_death = {
+            let function = function.clone();
+            move |message: &str| {
+                function.health.set_problem(
+                    Component::Function,
+                    &function.name,
+                    Some(format!("the async worker died: {message}")),
+                )
+            }
+        };
+        tracker.spawn(crate::runtime::supervise(
+            format!("function {}", function.name),
+            stop.clone(),
+            on_death,
+            move |token| run_async_worker(worker.clone(), token),
+        ));
     }
     let state = Arc::new(ApiState {
         functions,
@@ -142,11 +311,7 @@ pub async fn serve(
             anyhow::anyhow!("cannot listen on invoke_api.listen {}: {e}", config.listen)
         })?;
     tracing::info!(listen = %config.listen, "invoke API listening");
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    }))
+    Ok(crate::http_server::spawn("invoke_api", listener, app, stop))
 }
 
 async fn invoke(
@@ -192,14 +357,40 @@ async fn invoke(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("RequestResponse")
         .to_owned();
-    let limit = if kind == "Event" {
-        MAX_ASYNC_PAYLOAD
-    } else {
-        MAX_SYNC_PAYLOAD
+    let limit = match kind.as_str() {
+        "Event" => MAX_ASYNC_PAYLOAD,
+        "RequestResponse" | "DryRun" => MAX_SYNC_PAYLOAD,
+        other => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                &format!("X-Amz-Invocation-Type {other:?} is not RequestResponse, Event or DryRun"),
+            );
+        }
     };
-    let payload = match axum::body::to_bytes(body, limit).await {
+    // A synchronous call takes its slot before its body is read: callers waiting for room hold
+    // no payloads, and the wait is bounded.
+    let permit = if kind == "RequestResponse" {
+        match tokio::time::timeout(SYNC_SLOT_WAIT, function.target.permit()).await {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequestsException",
+                    &format!(
+                        "Rate Exceeded: every slot of target {} is busy (max_concurrency {}); retry with backoff",
+                        function.target.name,
+                        function.target.max_concurrency()
+                    ),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let payload = match read_body(body, limit).await {
         Ok(payload) => payload,
-        Err(_) => {
+        Err(BodyError::TooLarge) => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestTooLargeException",
@@ -208,38 +399,49 @@ async fn invoke(
                 ),
             );
         }
+        Err(BodyError::TimedOut) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeoutException",
+                "the request body did not arrive in time",
+            );
+        }
+        Err(BodyError::Broken) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                "the request body could not be read",
+            );
+        }
     };
     let payload = if payload.is_empty() {
         bytes::Bytes::from_static(b"{}")
     } else {
         payload
     };
-    if serde_json::from_slice::<Value>(&payload).is_err() {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
         return error_response(
             StatusCode::BAD_REQUEST,
             "InvalidRequestContentException",
             "Could not parse request body into json",
         );
     }
-    match kind.as_str() {
-        "DryRun" => StatusCode::NO_CONTENT.into_response(),
-        "Event" => enqueue(&function, payload).await,
-        "RequestResponse" => invoke_sync(&function, payload).await,
-        other => error_response(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValueException",
-            &format!("X-Amz-Invocation-Type {other:?} is not RequestResponse, Event or DryRun"),
-        ),
+    match (kind.as_str(), permit) {
+        ("Event", _) => enqueue(&function, payload).await,
+        ("RequestResponse", Some(permit)) => {
+            let response = invoke_sync(&function, payload).await;
+            drop(permit);
+            response
+        }
+        _ => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
 async fn invoke_sync(function: &Function, payload: bytes::Bytes) -> Response {
-    let invocation = Invocation::new(&function.name, payload.to_vec());
-    let permit = function.target.permit().await;
+    let invocation = Invocation::new(&function.name, payload);
     let outcome = function.target.invoke(&invocation).await;
-    drop(permit);
     let request_id = invocation.request_id.as_str();
-    let respond = |function_error: Option<&str>, body: String| {
+    let respond = |function_error: Option<&str>, body: Body| {
         let mut response = Response::builder()
             .status(StatusCode::OK)
             .header("Content-Type", "application/json")
@@ -249,15 +451,16 @@ async fn invoke_sync(function: &Function, payload: bytes::Bytes) -> Response {
             response = response.header("X-Amz-Function-Error", kind);
         }
         response
-            .body(Body::from(body))
+            .body(body)
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
     };
     match outcome {
         Outcome::Returned { response } => respond(
             None,
-            response.map_or_else(|| "null".to_owned(), |value| value.to_string()),
+            Body::from(response.map_or_else(|| "null".to_owned(), |value| value.to_string())),
         ),
-        Outcome::ReturnedNonJson { body_prefix } => respond(None, json!(body_prefix).to_string()),
+        // The handler's whole answer, as Lambda returns a function's output unchanged.
+        Outcome::ReturnedNonJson { body } => respond(None, Body::from(body)),
         Outcome::Throttled { message } => error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "TooManyRequestsException",
@@ -270,35 +473,53 @@ async fn invoke_sync(function: &Function, payload: bytes::Bytes) -> Response {
             let error = failed.error().expect("a failed outcome has an error");
             respond(
                 Some("Unhandled"),
-                json!({
-                    "errorMessage": error.message,
-                    "errorType": error.error_type,
-                    "requestId": request_id,
-                    "stackTrace": [],
-                })
-                .to_string(),
+                Body::from(
+                    json!({
+                        "errorMessage": error.message,
+                        "errorType": error.error_type,
+                        "requestId": request_id,
+                        "stackTrace": [],
+                    })
+                    .to_string(),
+                ),
             )
         }
     }
 }
 
 async fn enqueue(function: &Function, payload: bytes::Bytes) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let event = QueuedEvent::new(
-        &function.name,
-        &request_id,
-        String::from_utf8_lossy(&payload).into_owned(),
-        now_ms(),
-    );
-    if let Err(error) = function.queue.put(&event).await {
-        tracing::error!(function = %function.name, %error, "cannot store the event; refusing it");
+    if function.store_failing.load(Ordering::SeqCst) {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ServiceException",
+            "the state file that queues Event invocations is failing; the event was not accepted, try again later",
+        );
+    }
+    let bytes = payload.len() as u64;
+    if !function.backlog.try_reserve(bytes) {
+        let (events, queued_bytes) = function.backlog.queued();
+        tracing::warn!(function = %function.name, queued_events = events, queued_bytes, "the Event queue is full; refusing the event with 429");
+        return error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            &format!(
+                "Rate Exceeded: {events} events ({queued_bytes} bytes) are queued, the most invoke_api.max_queued_events / max_queued_bytes allow; retry with backoff"
+            ),
+        );
+    }
+    let request_id = crate::targets::new_request_id();
+    let meta = EventMeta::new(&function.name, &request_id, bytes, now_ms());
+    if let Err(error) = function.queue.insert(&meta, payload).await {
+        function.backlog.release(bytes);
+        function.store_failed("storing an event", &error);
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ServiceException",
             "the event could not be stored durably; try again",
         );
     }
-    function.wake.notify_one();
+    function.store_worked();
+    function.reschedule(meta);
     (
         StatusCode::ACCEPTED,
         [("x-amzn-RequestId", request_id.as_str())],
@@ -307,65 +528,105 @@ async fn enqueue(function: &Function, payload: bytes::Bytes) -> Response {
         .into_response()
 }
 
-/// Handles a function's queued events as they come due, until `stop`.
+/// Reads the stored index into the schedule, retrying (with the failure on `/readyz`) until it
+/// can, or until `stop`.
+async fn load_schedule(function: &Function, stop: &CancellationToken) -> bool {
+    let mut failures = 0u32;
+    loop {
+        if function.schedule().loaded {
+            return true;
+        }
+        match function.queue.index(&function.name).await {
+            Ok(stored) => {
+                let mut schedule = function.schedule();
+                if !schedule.loaded {
+                    for meta in stored {
+                        function.backlog.add(meta.payload_bytes);
+                        schedule.insert(meta);
+                    }
+                    schedule.loaded = true;
+                }
+                drop(schedule);
+                function.store_worked();
+                return true;
+            }
+            Err(error) => {
+                failures += 1;
+                function.store_failed("reading the queued events", &error);
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(crate::runtime::retry_delay(failures)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a function's queued events as they come due, at most `workers` at once, until `stop`.
 async fn run_async_worker(function: Arc<Function>, stop: CancellationToken) {
+    if !load_schedule(&function, &stop).await {
+        return;
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(function.workers));
     let tracker = TaskTracker::new();
     loop {
-        let now = now_ms();
-        let events = match function.queue.list(&function.name) {
-            Ok(events) => events,
-            Err(error) => {
-                tracing::error!(function = %function.name, %error, "cannot read the async queue");
-                Vec::new()
-            }
-        };
-        let mut next_due: Option<u64> = None;
-        for event in events {
-            if event.not_before_ms > now {
-                next_due =
-                    Some(next_due.map_or(event.not_before_ms, |n| n.min(event.not_before_ms)));
-                continue;
-            }
-            if !function
-                .in_flight
-                .lock()
-                .expect("in-flight lock")
-                .insert(event.id.clone())
-            {
-                continue;
-            }
-            let function = function.clone();
-            tracker.spawn(async move {
-                let id = event.id.clone();
-                handle_event(&function, event).await;
-                function
-                    .in_flight
-                    .lock()
-                    .expect("in-flight lock")
-                    .remove(&id);
-                function.wake.notify_one();
-            });
-        }
-        let pause = next_due.map_or(Duration::from_secs(1), |due| {
-            Duration::from_millis(due.saturating_sub(now)).min(Duration::from_secs(1))
-        });
-        tokio::select! {
+        // A slot first: an event is claimed only when it can start at once.
+        let slot = tokio::select! {
             _ = stop.cancelled() => break,
-            _ = function.wake.notified() => {}
-            _ = tokio::time::sleep(pause) => {}
+            slot = slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
+        };
+        let now = now_ms();
+        let claimed = function.schedule().claim(now);
+        match claimed {
+            Ok(meta) => {
+                let function = function.clone();
+                tracker.spawn(async move {
+                    handle_event(&function, meta).await;
+                    drop(slot);
+                });
+            }
+            Err(next_due) => {
+                drop(slot);
+                let pause = next_due.map_or(Duration::from_secs(60), |due| {
+                    Duration::from_millis(due.saturating_sub(now))
+                });
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = function.wake.notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
         }
     }
     tracker.close();
     tracker.wait().await;
 }
 
-async fn handle_event(function: &Function, mut event: QueuedEvent) {
-    let attempt = AsyncAttempt {
-        queued_at: Duration::from_millis(event.queued_at_ms),
-        failed_attempts: event.failed_attempts,
-        not_run: event.not_run,
+async fn handle_event(function: &Function, mut meta: EventMeta) {
+    let payload = match function.queue.payload(&meta.id).await {
+        Ok(Some(payload)) => {
+            function.store_worked();
+            payload
+        }
+        Ok(None) => {
+            tracing::error!(function = %function.name, request_id = %meta.request_id, "a queued event has no stored payload; dropping it");
+            let _ = function.queue.remove(&meta.id).await;
+            function.finished(&meta);
+            return;
+        }
+        Err(error) => {
+            function.store_failed("reading an event's payload", &error);
+            meta.not_before_ms = now_ms() + STORE_RETRY.as_millis() as u64;
+            function.reschedule(meta);
+            return;
+        }
     };
-    let payload: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
+    let attempt = AsyncAttempt {
+        queued_at: Duration::from_millis(meta.queued_at_ms),
+        failed_attempts: meta.failed_attempts,
+        not_run: meta.not_run,
+    };
+    let request_payload = || serde_json::from_slice::<Value>(&payload).unwrap_or(Value::Null);
     if function.policy.expired(&attempt, now_since_epoch()) {
         let error = ErrorInfo::new(
             "EventAgeExceeded",
@@ -374,19 +635,20 @@ async fn handle_event(function: &Function, mut event: QueuedEvent) {
                 function.policy.max_event_age
             ),
         );
+        let invoke_count = meta.failed_attempts;
         finish(
             function,
-            &event,
+            meta,
             "EventAgeExceeded",
-            event.failed_attempts,
-            payload,
+            invoke_count,
+            request_payload(),
             Err(error),
-            &event.request_id,
         )
         .await;
         return;
     }
-    let invocation = Invocation::new(&function.name, event.payload.clone().into_bytes());
+    let invocation =
+        Invocation::attempt_of(&function.name, payload.clone(), &meta.request_id, None);
     let permit = function.target.permit().await;
     let outcome = function.target.invoke(&invocation).await;
     drop(permit);
@@ -395,19 +657,19 @@ async fn handle_event(function: &Function, mut event: QueuedEvent) {
         .decide(&attempt, &outcome, now_since_epoch(), rand::random::<f64>())
     {
         AsyncDecision::Succeeded => {
-            tracing::info!(function = %function.name, request_id = %event.request_id, attempts = event.failed_attempts + 1, "event handled");
+            tracing::info!(function = %function.name, request_id = %meta.request_id, attempts = meta.failed_attempts + 1, "event handled");
             let response = match outcome {
                 Outcome::Returned { response } => response,
                 _ => None,
             };
+            let invoke_count = meta.failed_attempts + 1;
             finish(
                 function,
-                &event,
+                meta,
                 "Success",
-                event.failed_attempts + 1,
-                payload,
+                invoke_count,
+                request_payload(),
                 Ok(response),
-                &invocation.request_id,
             )
             .await;
         }
@@ -417,13 +679,16 @@ async fn handle_event(function: &Function, mut event: QueuedEvent) {
             not_run,
             error,
         } => {
-            tracing::warn!(function = %function.name, request_id = %event.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
-            event.failed_attempts = failed_attempts;
-            event.not_run = not_run;
-            event.not_before_ms = now_ms() + delay.as_millis() as u64;
-            if let Err(error) = function.queue.put(&event).await {
-                tracing::error!(function = %function.name, %error, "cannot store the retry; the event is retried at once");
+            tracing::warn!(function = %function.name, request_id = %meta.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
+            meta.failed_attempts = failed_attempts;
+            meta.not_run = not_run;
+            meta.not_before_ms = now_ms() + delay.as_millis() as u64;
+            if let Err(error) = function.queue.update(&meta).await {
+                // The retry still happens in this process; after a restart the attempt counts
+                // are those stored last.
+                function.store_failed("storing a retry", &error);
             }
+            function.reschedule(meta);
         }
         AsyncDecision::DeadLetter {
             condition,
@@ -432,12 +697,11 @@ async fn handle_event(function: &Function, mut event: QueuedEvent) {
         } => {
             finish(
                 function,
-                &event,
+                meta,
                 condition.as_str(),
                 invoke_count,
-                payload,
+                request_payload(),
                 Err(error),
-                &invocation.request_id,
             )
             .await;
         }
@@ -448,12 +712,11 @@ async fn handle_event(function: &Function, mut event: QueuedEvent) {
 /// that cannot be stored keeps the event queued, retried a little later.
 async fn finish(
     function: &Function,
-    event: &QueuedEvent,
+    mut meta: EventMeta,
     condition: &'static str,
     invoke_count: u32,
     payload: Value,
     response: Result<Option<Value>, ErrorInfo>,
-    request_id: &str,
 ) {
     let destination = if condition == "Success" {
         function.on_success.as_ref()
@@ -467,38 +730,42 @@ async fn finish(
             region: function.region.clone(),
             condition,
             invoke_count,
-            request_id: request_id.to_owned(),
+            request_id: meta.request_id.clone(),
             request_payload: payload,
             response,
             source: EnvelopeSource::Invoke {
                 function: function.name.clone(),
-                request_id: event.request_id.clone(),
+                request_id: meta.request_id.clone(),
             },
-            first_attempt_at: Duration::from_millis(event.queued_at_ms),
+            first_attempt_at: Duration::from_millis(meta.queued_at_ms),
             last_attempt_at: now_since_epoch(),
         };
         let placement = Placement {
             mapping: &function.name,
             key_part: "invoke",
             group_hint: &function.name,
-            dedup_hint: &event.request_id,
+            dedup_hint: &meta.request_id,
         };
         if let Err(error) = destination.store(record.to_json(), &placement).await {
-            tracing::error!(function = %function.name, request_id = %event.request_id, condition, %error, "storing the destination record failed; the event stays queued");
-            let mut retry = event.clone();
-            retry.not_before_ms = now_ms() + 5_000;
-            let _ = function.queue.put(&retry).await;
+            tracing::error!(function = %function.name, request_id = %meta.request_id, condition, %error, "storing the destination record failed; the event stays queued");
+            meta.not_before_ms = now_ms() + STORE_RETRY.as_millis() as u64;
+            function.reschedule(meta);
             return;
         }
     } else if condition != "Success" {
-        tracing::error!(function = %function.name, request_id = %event.request_id, condition, "event discarded: it ran out of retries and the function has no on_failure destination");
+        tracing::error!(function = %function.name, request_id = %meta.request_id, condition, "event discarded: it ran out of retries and the function has no on_failure destination");
     }
     if condition != "Success" {
-        tracing::warn!(function = %function.name, request_id = %event.request_id, condition, attempts = invoke_count, "event gave up");
+        tracing::warn!(function = %function.name, request_id = %meta.request_id, condition, attempts = invoke_count, "event gave up");
     }
-    if let Err(error) = function.queue.remove(&event.id).await {
-        tracing::error!(function = %function.name, %error, "cannot remove the handled event; it may be handled again");
+    match function.queue.remove(&meta.id).await {
+        Ok(()) => function.store_worked(),
+        Err(error) => {
+            tracing::error!(function = %function.name, request_id = %meta.request_id, %error, "cannot remove the handled event; it is handled again after a restart");
+            function.store_failed("removing a handled event", &error);
+        }
     }
+    function.finished(&meta);
 }
 
 #[cfg(test)]
@@ -537,6 +804,16 @@ mod tests {
             )
         ));
         assert!(!authorized(&guarded, &HeaderMap::new()));
+        assert!(!authorized(&guarded, &headers("Bearer s3cre")));
+        assert!(!authorized(&guarded, &headers("Bearer s3cretx")));
         assert!(authorized(&state(None), &HeaderMap::new()));
+    }
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
     }
 }

@@ -12,6 +12,7 @@ pub mod destinations;
 pub mod dlq;
 pub mod embed;
 pub mod health;
+pub mod http_server;
 pub mod invoke_api;
 pub mod runtime;
 pub mod targets;

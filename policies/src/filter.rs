@@ -9,7 +9,8 @@
 //!   equals a number, and `300` does not equal `300.0`);
 //! - `numeric` compares as numbers (`["=", 300]` matches `300.0`) and never matches a string;
 //! - a field missing from the record matches only `{"exists": false}`; `null` matches only an
-//!   explicit null;
+//!   explicit null; `exists` looks at leaf values only, so a field holding an object (a DynamoDB
+//!   typed wrapper such as `{"S": "v"}`) does not exist for it (as on AWS);
 //! - when the record holds an array, a matcher matches when any element matches;
 //! - nested pattern objects descend into nested record objects; `$or` holds sub-patterns of which
 //!   one must match.
@@ -330,17 +331,22 @@ fn condition_matches(condition: &Condition, field: Option<&Value>) -> bool {
 
 fn matcher_matches(matcher: &Matcher, field: Option<&Value>) -> bool {
     match (matcher, field) {
-        (Matcher::Exists(exists), field) => {
-            let present = match field {
-                None => false,
-                Some(Value::Array(items)) => !items.is_empty(),
-                Some(_) => true,
-            };
-            present == *exists
-        }
+        (Matcher::Exists(exists), field) => has_leaf(field) == *exists,
         (_, None) => false,
         (_, Some(Value::Array(items))) => items.iter().any(|item| scalar_matches(matcher, item)),
         (_, Some(value)) => scalar_matches(matcher, value),
+    }
+}
+
+/// Whether `field` holds a leaf value. EventBridge's `exists` looks at leaves only: an object is
+/// not a leaf, so `{"exists": false}` matches a field that holds an object (on AWS, an item whose
+/// `presentKey` is `{"S": "v"}` matches `"presentKey": [{"exists": false}]`), and an array holds
+/// a leaf when one of its elements is one.
+fn has_leaf(field: Option<&Value>) -> bool {
+    match field {
+        None | Some(Value::Object(_)) => false,
+        Some(Value::Array(items)) => items.iter().any(|item| has_leaf(Some(item))),
+        Some(_) => true,
     }
 }
 

@@ -17,11 +17,41 @@ pub struct ErrorInfo {
     pub non_retryable: bool,
 }
 
+/// The longest `errorMessage` sluice keeps; longer messages are cut where they enter (Lambda
+/// cuts what it reports too). Without a cap, a handler's 300 KB message made a dead-letter
+/// envelope too large for its queue, and the record could never leave.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 8 * 1024;
+/// The longest `errorType` kept.
+pub const MAX_ERROR_TYPE_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes on a character boundary, with a note of how much was cut.
+pub fn capped(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let original = text.len();
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("… [cut by sluice: {original} bytes in all]"));
+    text
+}
+
+/// At most the first kilobyte of a body, as text, for messages.
+pub fn text_prefix(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(1024)]);
+    text.trim().to_owned()
+}
+
 impl ErrorInfo {
+    /// An error; the type and message are capped ([`MAX_ERROR_TYPE_BYTES`],
+    /// [`MAX_ERROR_MESSAGE_BYTES`]).
     pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            error_type: error_type.into(),
-            message: message.into(),
+            error_type: capped(error_type.into(), MAX_ERROR_TYPE_BYTES),
+            message: capped(message.into(), MAX_ERROR_MESSAGE_BYTES),
             non_retryable: false,
         }
     }
@@ -59,9 +89,10 @@ pub enum Outcome {
     /// Whether that body reports partial failures is decided by the policy (only when the
     /// mapping enables `report_batch_item_failures`).
     Returned { response: Option<Value> },
-    /// The function returned a body that is not JSON. Success unless the mapping reports batch
-    /// item failures, in which case AWS fails the whole batch.
-    ReturnedNonJson { body_prefix: String },
+    /// The function returned a body that is not JSON (all of it: a synchronous caller gets it
+    /// back whole). Success unless the mapping reports batch item failures, in which case AWS
+    /// fails the whole batch.
+    ReturnedNonJson { body: Vec<u8> },
     /// The function ran and failed (`X-Amz-Function-Error`, a 5xx, a non-zero exit).
     FunctionError(ErrorInfo),
     /// The function did not answer within the target's timeout.

@@ -230,12 +230,12 @@ impl QueuePolicy {
                     }
                 }
             }
-            Outcome::ReturnedNonJson { body_prefix } => {
+            Outcome::ReturnedNonJson { body } => {
                 if !self.report_batch_item_failures {
                     return Failed::Nothing;
                 }
                 let error = ResponseError::NotJson {
-                    body_prefix: body_prefix.clone(),
+                    body_prefix: crate::outcome::text_prefix(body),
                 };
                 Failed::Whole(ErrorInfo::new(ResponseError::ERROR_TYPE, error.to_string()))
             }
@@ -391,7 +391,7 @@ mod tests {
             policy(false).decide(&standard(&["a", "b"], 1), &returned(failures(&["b"])), 0.5);
         assert_eq!(kinds(&decision), "DD");
         let non_json = Outcome::ReturnedNonJson {
-            body_prefix: "ok".into(),
+            body: b"ok".to_vec(),
         };
         assert_eq!(
             kinds(&policy(false).decide(&standard(&["a"], 1), &non_json, 0.5)),
@@ -417,7 +417,7 @@ mod tests {
             );
         }
         let non_json = Outcome::ReturnedNonJson {
-            body_prefix: "<html>".into(),
+            body: b"<html>".to_vec(),
         };
         assert_eq!(kinds(&policy(true).decide(&batch, &non_json, 0.5)), "RR");
     }

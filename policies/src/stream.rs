@@ -423,12 +423,12 @@ impl StreamBatch {
     ) -> Result<Option<(usize, ErrorInfo)>, Failure> {
         let response = match outcome {
             Outcome::Returned { response } => response.as_ref(),
-            Outcome::ReturnedNonJson { body_prefix } => {
+            Outcome::ReturnedNonJson { body } => {
                 if !self.policy.report_batch_item_failures {
                     return Ok(None);
                 }
                 return Err(Failure::invalid(ResponseError::NotJson {
-                    body_prefix: body_prefix.clone(),
+                    body_prefix: crate::outcome::text_prefix(body),
                 }));
             }
             failed => {

@@ -166,6 +166,39 @@ impl Kafka {
             .expect("every message acknowledged");
     }
 
+    /// Produces one message to partition 0 with one header whose key is the raw bytes `key`
+    /// (rdkafka's Rust API only writes UTF-8 keys; a producer in another language may write
+    /// anything, so the header is added through librdkafka's C API).
+    pub fn produce_with_raw_header_key(&self, topic: &str, value: &str, key: &[u8], header: &[u8]) {
+        let producer: BaseProducer = self.config().create().expect("producer");
+        let headers = OwnedHeaders::new();
+        // SAFETY: `as_borrowed` is a view of the native header list `headers` owns (rdkafka
+        // builds it by casting that pointer), which is alive for the call; the sizes are the
+        // slices' lengths.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_header_add(
+                headers.as_borrowed() as *const rdkafka::message::BorrowedHeaders
+                    as *mut rdkafka::bindings::rd_kafka_headers_t,
+                key.as_ptr().cast(),
+                key.len() as isize,
+                header.as_ptr().cast(),
+                header.len() as isize,
+            )
+        };
+        assert_eq!(
+            error,
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        let record: BaseRecord<'_, (), str> = BaseRecord::to(topic)
+            .partition(0)
+            .payload(value)
+            .headers(headers);
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+        producer
+            .flush(Duration::from_secs(60))
+            .expect("the message acknowledged");
+    }
+
     /// The high watermark of each partition `0..partitions`.
     pub fn end_offsets(&self, topic: &str, partitions: i32) -> Vec<i64> {
         let consumer: BaseConsumer = self.config().create().unwrap();

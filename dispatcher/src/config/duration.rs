@@ -10,6 +10,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
+/// The longest duration the parser accepts (each key then has its own, usually much shorter,
+/// range): anything longer is a typo, and could overflow the clocks it is added to.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -46,7 +50,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total += Duration::from_secs_f64(value * unit_secs);
+        let too_long =
+            || format!("{text:?} is longer than 365d, the longest duration sluice accepts");
+        let part = Duration::try_from_secs_f64(value * unit_secs).map_err(|_| too_long())?;
+        total = total
+            .checked_add(part)
+            .filter(|total| *total <= MAX_DURATION)
+            .ok_or_else(too_long)?;
         rest = after_unit;
     }
     Ok(total)
@@ -133,7 +143,7 @@ impl JsonSchema for DurationLimit {
                 { "const": -1 },
                 { "type": "string", "pattern": "^(-1|([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+)$" }
             ],
-            "description": "-1 for no limit, or a duration with a unit such as 1h"
+            "description": "-1 for no limit, or a duration with a unit such as 1h (at most 365d; each key has its own range)"
         })
     }
 }
@@ -147,7 +157,7 @@ impl JsonSchema for HumanDuration {
         json_schema!({
             "type": "string",
             "pattern": "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+$",
-            "description": "a duration with a unit: 500ms, 30s, 5m, 6h, 1d, or a sum such as 1h30m"
+            "description": "a duration with a unit: 500ms, 30s, 5m, 6h, 1d, or a sum such as 1h30m; at most 365d, and each key has its own range"
         })
     }
 }
@@ -174,5 +184,26 @@ mod tests {
         assert!(parse_duration("3 weeks").is_err());
         assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn huge_durations_are_refused_instead_of_overflowing() {
+        let infinite = format!("1{}s", "0".repeat(400));
+        for huge in [
+            "99999999999999999999999s",
+            "366d",
+            "365d1s",
+            infinite.as_str(),
+            "9300000000000000000s",
+        ] {
+            assert!(
+                parse_duration(huge)
+                    .unwrap_err()
+                    .contains("longer than 365d"),
+                "{huge}: {:?}",
+                parse_duration(huge)
+            );
+        }
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
     }
 }

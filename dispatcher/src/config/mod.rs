@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9797";
+/// The longest drain sluice accepts.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// The longest `admin.stall_after` / `admin.stuck_after`.
+const MAX_HEALTH_WINDOW: Duration = Duration::from_secs(86_400);
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +85,8 @@ pub struct TracesConfig {
 }
 
 pub const DEFAULT_INVOKE_API_LISTEN: &str = "127.0.0.1:9001";
+pub const DEFAULT_MAX_QUEUED_EVENTS: u64 = 10_000;
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1 << 30;
 
 impl Config {
     /// Whether anything in the config calls AWS (sources, destinations, a lease table).
@@ -110,6 +116,8 @@ impl Config {
 pub struct InvokeApiConfig {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    pub max_queued_events: u64,
+    pub max_queued_bytes: u64,
     pub functions: BTreeMap<String, FunctionConfig>,
 }
 
@@ -503,14 +511,14 @@ impl Validator<'_> {
         let stall_after = admin_raw
             .stall_after
             .map_or(Duration::from_secs(120), |d| d.0);
-        if stall_after < Duration::from_secs(1) {
-            self.error("admin.stall_after", "must be at least 1s");
+        if !(Duration::from_secs(1)..=MAX_HEALTH_WINDOW).contains(&stall_after) {
+            self.error("admin.stall_after", "must be 1s..=1d");
         }
         let stuck_after = admin_raw
             .stuck_after
             .map_or(Duration::from_secs(300), |d| d.0);
-        if stuck_after < Duration::from_secs(1) {
-            self.error("admin.stuck_after", "must be at least 1s");
+        if !(Duration::from_secs(1)..=MAX_HEALTH_WINDOW).contains(&stuck_after) {
+            self.error("admin.stuck_after", "must be 1s..=1d");
         }
         let checkpoints = match raw.checkpoints {
             None | Some(RawCheckpoints::Embedded(_)) => CheckpointsConfig::Embedded,
@@ -536,6 +544,12 @@ impl Validator<'_> {
         let shutdown_timeout = raw
             .shutdown_timeout
             .map_or(Duration::from_secs(30), |d| d.0);
+        if shutdown_timeout > MAX_SHUTDOWN_TIMEOUT {
+            self.error(
+                "shutdown_timeout",
+                "must be at most 1h (ECS stops a task at most 2 minutes after SIGTERM by default; set the task's stopTimeout to match)",
+            );
+        }
         let aws = raw
             .aws
             .map_or_else(AwsSettings::default, |aws| AwsSettings {
@@ -652,11 +666,33 @@ impl Validator<'_> {
                 .parse()
                 .expect("default address parses")
         });
-        let token = raw.token.filter(|t| !t.is_empty());
+        let token = raw.token;
+        if token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            self.error(
+                "invoke_api.token",
+                "is empty or whitespace, which would let anyone in; set a long random secret, or remove the key to serve loopback without a token",
+            );
+        }
         if !listen.ip().is_loopback() && token.is_none() {
             self.error(
                 "invoke_api.listen",
                 "is not a loopback address, so anyone who reaches it could invoke your functions; set invoke_api.token",
+            );
+        }
+        let max_queued_events = raw.max_queued_events.unwrap_or(DEFAULT_MAX_QUEUED_EVENTS);
+        if !(1..=1_000_000).contains(&max_queued_events) {
+            self.error(
+                "invoke_api.max_queued_events",
+                format!("must be 1..=1000000 (got {max_queued_events})"),
+            );
+        }
+        let max_queued_bytes = raw.max_queued_bytes.unwrap_or(DEFAULT_MAX_QUEUED_BYTES);
+        if !((1 << 20)..=100 << 30).contains(&max_queued_bytes) {
+            self.error(
+                "invoke_api.max_queued_bytes",
+                format!(
+                    "must be 1048576 (1 MiB) ..= 107374182400 (100 GiB) (got {max_queued_bytes})"
+                ),
             );
         }
         let mut functions = BTreeMap::new();
@@ -701,6 +737,8 @@ impl Validator<'_> {
         InvokeApiConfig {
             listen,
             token,
+            max_queued_events,
+            max_queued_bytes,
             functions,
         }
     }
@@ -1676,6 +1714,32 @@ mappings:
     }
 
     #[test]
+    fn huge_durations_are_config_errors_with_a_position_not_panics() {
+        let text = BASE.replace(
+            "batch_size: 10",
+            "batch_size: 10\n        wait_time: 99999999999999999999999s",
+        );
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(rendered.starts_with("sluice.yaml:13:"), "{rendered}");
+        assert!(rendered.contains("longer than 365d"), "{rendered}");
+        let text = format!("shutdown_timeout: 9300000000000000000s\n{BASE}");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(rendered.contains("longer than 365d"), "{rendered}");
+        let text = format!("shutdown_timeout: 2h\n{BASE}");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("shutdown_timeout: must be at most 1h"),
+            "{rendered}"
+        );
+        let text = format!("admin: {{ stall_after: 2d }}\n{BASE}");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("admin.stall_after: must be 1s..=1d"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_name_file_line_column_and_path() {
         let text = BASE.replace("batch_size: 10", "batch_sise: 10");
         let error = parse_text(&text).unwrap_err().0.remove(0);
@@ -2263,6 +2327,16 @@ invoke_api:
                 .to_string()
                 .contains("set invoke_api.token")
         );
+        for empty in ["\"\"", "\"  \""] {
+            let blank = local.replace("invoke_api:\n", &format!("invoke_api:\n  token: {empty}\n"));
+            assert!(
+                parse_text(&blank)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("invoke_api.token: is empty or whitespace"),
+                "{empty}"
+            );
+        }
         let unknown = local.replace("target: api,", "target: nope,");
         assert!(
             parse_text(&unknown)

@@ -65,6 +65,15 @@ pub struct RawInvokeApi {
     /// key id (so unmodified AWS clients can use it). Required when listen is not loopback.
     #[serde(default)]
     pub token: Option<String>,
+    /// The most `Event` invocations queued (not yet finished) across all functions; beyond it
+    /// callers get 429 TooManyRequestsException. 1..=1000000, default 10000.
+    #[serde(default)]
+    pub max_queued_events: Option<u64>,
+    /// The most bytes of `Event` payloads queued across all functions; beyond it callers get 429
+    /// TooManyRequestsException. 1048576 (1 MiB) ..= 107374182400 (100 GiB), default 1073741824
+    /// (1 GiB). Queued payloads live in the state file, not in memory.
+    #[serde(default)]
+    pub max_queued_bytes: Option<u64>,
     /// Function names callers invoke, each backed by a target.
     pub functions: BTreeMap<String, RawFunction>,
 }

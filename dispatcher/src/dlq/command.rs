@@ -219,7 +219,24 @@ async fn open_stores(
     Ok(stores)
 }
 
+/// `text` with control characters (escape sequences, carriage returns, newlines) and bidi
+/// overrides written as `\u{..}` escapes: dead letters hold untrusted text, and a terminal must
+/// show it, not obey it.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn shorten(text: &str, width: usize) -> String {
+    let text = &printable(text);
     if text.chars().count() <= width {
         return text.to_owned();
     }
@@ -239,11 +256,11 @@ fn table(entries: &[Entry]) -> String {
                 (None, kind) => format!("{kind}: {}", entry.error_message),
             };
             [
-                entry.at.clone().unwrap_or_else(|| "-".into()),
+                printable(entry.at.as_deref().unwrap_or("-")),
                 if entry.condition.is_empty() {
                     "-".into()
                 } else {
-                    entry.condition.clone()
+                    printable(&entry.condition)
                 },
                 entry.attempts.to_string(),
                 entry.replay_count.to_string(),
@@ -573,5 +590,38 @@ impl Run {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::{Handle, RecordKind};
+
+    #[test]
+    fn peek_escapes_control_characters_from_dead_letters() {
+        let mut entry = Entry::unreadable(
+            "m1".into(),
+            RecordKind::Sqs,
+            "no".into(),
+            Handle::S3 { key: "k".into() },
+        );
+        entry.unreadable = None;
+        entry.error_type = "Boom\u{1b}[2J".into();
+        entry.error_message = "line\r\nnext\u{7}\u{202e}gnp.exe".into();
+        entry.condition = "Retry\u{1b}]0;owned\u{7}".into();
+        let rendered = table(&[entry]);
+        assert!(
+            !rendered
+                .chars()
+                .any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')),
+            "{rendered:?}"
+        );
+        assert_eq!(rendered.lines().count(), 2, "{rendered}");
+        assert!(rendered.contains("Boom\\u{1b}[2J"), "{rendered}");
+        assert!(
+            rendered.contains("Retry\\u{1b}]0;owned\\u{7}"),
+            "{rendered}"
+        );
     }
 }

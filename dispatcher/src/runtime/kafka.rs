@@ -58,6 +58,7 @@ const CLIENT_ERROR_QUIET: Duration = Duration::from_secs(30);
 /// Broker calls made while assigning partitions (committed offsets, offsets for times).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[derive(Clone)]
 pub struct KafkaMapping {
     pub config: MappingConfig,
     pub source: KafkaSourceConfig,
@@ -524,8 +525,11 @@ impl KafkaMapping {
                 return;
             }
         };
-        // The thread ends after shutdown; wait for it without blocking the runtime.
-        let _ = tokio::task::spawn_blocking(move || consumer_thread.join()).await;
+        // The thread ends after shutdown; wait for it without blocking the runtime. A panic on the
+        // thread is carried into this task, so the mapping's supervisor sees it and restarts.
+        if let Ok(Err(panic)) = tokio::task::spawn_blocking(move || consumer_thread.join()).await {
+            std::panic::resume_unwind(panic);
+        }
         tracing::info!(mapping = %name, "mapping stopped");
     }
 }

@@ -9,6 +9,8 @@ pub(crate) use lane::stream_policy;
 pub mod s3;
 pub mod sqs;
 pub mod stream;
+mod supervise;
+pub(crate) use supervise::supervise;
 
 use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
 use crate::health::{Health, MappingHealthHandle};
@@ -202,6 +204,15 @@ pub async fn run_with_handlers(
             .with_context(|| format!("mapping {}: building on_success", mapping.name))?;
         let health = health.register(&mapping.name);
         let metrics = MappingMetrics::new(&mapping.name);
+        let shutdown_timeout = config.shutdown_timeout;
+        // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
+        // /readyz and restarted with backoff.
+        let worker_name = format!("mapping {}", mapping.name);
+        let worker_shutdown = shutdown.clone();
+        let on_death = {
+            let health = health.clone();
+            move |message: &str| health.restarting(message)
+        };
         match &mapping.source {
             SourceConfig::Sqs(source) => {
                 let worker = sqs::SqsMapping {
@@ -213,7 +224,12 @@ pub async fn run_with_handlers(
                     health,
                     metrics,
                 };
-                workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+                workers.spawn(supervise::supervise(
+                    worker_name,
+                    worker_shutdown,
+                    on_death,
+                    move |token| worker.clone().run(token, shutdown_timeout),
+                ));
             }
             SourceConfig::S3(source) => {
                 let worker = s3::S3Mapping {
@@ -226,7 +242,12 @@ pub async fn run_with_handlers(
                     health,
                     metrics,
                 };
-                workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+                workers.spawn(supervise::supervise(
+                    worker_name,
+                    worker_shutdown,
+                    on_death,
+                    move |token| worker.clone().run(token, shutdown_timeout),
+                ));
             }
             SourceConfig::DynamodbStream(source) => {
                 let store = stream::StoreSetup::from_config(
@@ -246,7 +267,12 @@ pub async fn run_with_handlers(
                     health,
                     metrics,
                 };
-                workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+                workers.spawn(supervise::supervise(
+                    worker_name,
+                    worker_shutdown,
+                    on_death,
+                    move |token| worker.clone().run(token, shutdown_timeout),
+                ));
             }
             SourceConfig::Kafka(source) => {
                 let worker = kafka::KafkaMapping {
@@ -258,7 +284,12 @@ pub async fn run_with_handlers(
                     metrics,
                     region: region.clone(),
                 };
-                workers.spawn(worker.run(shutdown.clone(), config.shutdown_timeout));
+                workers.spawn(supervise::supervise(
+                    worker_name,
+                    worker_shutdown,
+                    on_death,
+                    move |token| worker.clone().run(token, shutdown_timeout),
+                ));
             }
         }
     }
@@ -266,11 +297,16 @@ pub async fn run_with_handlers(
     let api_workers = tokio_util::task::TaskTracker::new();
     let api = match &config.invoke_api {
         Some(api_config) => {
-            let queue = sluice_sources::async_queue::AsyncQueue::new(
+            let queue = sluice_sources::async_queue::AsyncQueue::open(
                 state_file
                     .clone()
                     .context("the state file for the invoke API's async queue is not open")?,
-            );
+            )
+            .context("opening the invoke API's queue of Event invocations; if the state file is corrupt, move it aside (its queued events and checkpoints are lost)")?;
+            let backlog = Arc::new(crate::invoke_api::Backlog::new(
+                api_config.max_queued_events,
+                api_config.max_queued_bytes,
+            ));
             let mut functions = BTreeMap::new();
             for (name, function) in &api_config.functions {
                 let target = built_targets
@@ -284,6 +320,7 @@ pub async fn run_with_handlers(
                         function,
                         target,
                         queue.clone(),
+                        backlog.clone(),
                         function
                             .on_failure
                             .as_ref()
@@ -295,6 +332,7 @@ pub async fn run_with_handlers(
                             .map(function_destination)
                             .transpose()?,
                         &region,
+                        health.clone(),
                     )),
                 );
             }
@@ -320,26 +358,29 @@ pub async fn run_with_handlers(
         shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
         "stop signal received; draining"
     );
+    // One deadline for the whole drain: the Invoke API's connections, the mappings' in-flight
+    // batches and the queued events in flight all stop at it.
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     api_stop.cancel();
-    if let Some(api) = api {
-        let _ = api.await;
-    }
     api_workers.close();
-    while let Some(result) = workers.join_next().await {
-        if let Err(error) = result {
-            tracing::error!(%error, "a mapping worker failed");
+    let drain = async {
+        if let Some(api) = api {
+            let _ = api.await;
         }
-    }
-    if tokio::time::timeout(config.shutdown_timeout, api_workers.wait())
-        .await
-        .is_err()
-    {
+        while let Some(result) = workers.join_next().await {
+            if let Err(error) = result {
+                tracing::error!(%error, "a mapping worker failed");
+            }
+        }
+        api_workers.wait().await;
+    };
+    if tokio::time::timeout_at(deadline, drain).await.is_err() {
         tracing::warn!(
-            "drain deadline reached; queued events in flight are handled again after the restart"
+            "drain deadline reached; work still in flight (batches, queued events, slow clients) is delivered again after the restart"
         );
     }
     admin_stop.cancel();
-    let _ = admin.await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     tracing::info!("drained; exiting");
     Ok(())
 }

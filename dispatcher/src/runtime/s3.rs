@@ -42,6 +42,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+#[derive(Clone)]
 pub struct S3Mapping {
     pub config: MappingConfig,
     pub source: S3SourceConfig,
@@ -303,9 +304,9 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
                 context.policy.max_event_age
             ),
         );
-        for s3_record in &wanted {
+        for (index, s3_record) in wanted.iter().enumerate() {
             let event = json!({ "Records": [s3_record] });
-            let request_id = uuid::Uuid::new_v4().to_string();
+            let request_id = event_request_id(context, message, index);
             let stored = store_async(
                 context,
                 message,
@@ -324,10 +325,14 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
     }
     let mut retry_after: Option<Duration> = None;
     let mut refused = false;
-    for s3_record in wanted {
+    for (index, s3_record) in wanted.into_iter().enumerate() {
         let event = json!({ "Records": [s3_record] });
-        let invocation =
-            Invocation::for_records(&context.name, event.to_string().into_bytes(), [message]);
+        let invocation = Invocation::attempt_of(
+            &context.name,
+            event.to_string().into_bytes(),
+            &event_request_id(context, message, index),
+            message.trace.as_ref(),
+        );
         let permit = context.target.permit().await;
         context.metrics.batches_invoked.increment(1);
         let started = Instant::now();
@@ -410,6 +415,13 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
         Some(delay) => MessageEnd::Retry(delay),
         None => MessageEnd::Done,
     }
+}
+
+/// The request id of the `index`th wanted record of a notification: the same for every attempt
+/// (a retry is the same message received again), as Lambda keeps one id across an asynchronous
+/// event's retries.
+fn event_request_id(context: &Context, message: &Record, index: usize) -> String {
+    crate::targets::stable_request_id(&[&context.name, message.id(), &index.to_string()])
 }
 
 /// A message that is not an S3 notification: to `on_failure` with the reason, else left to the

@@ -48,6 +48,7 @@ struct MappingContext {
     metrics: MappingMetrics,
 }
 
+#[derive(Clone)]
 pub struct SqsMapping {
     pub config: MappingConfig,
     pub source: SqsSourceConfig,

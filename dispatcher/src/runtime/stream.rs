@@ -73,6 +73,7 @@ impl StoreSetup {
     }
 }
 
+#[derive(Clone)]
 pub struct StreamMapping {
     pub config: MappingConfig,
     pub source: StreamSourceConfig,

@@ -27,8 +27,19 @@ pub struct Invocation {
 
 impl Invocation {
     /// An invocation that starts a new trace.
-    pub fn new(mapping: &str, payload: Vec<u8>) -> Self {
-        Self::continuing(mapping, payload, None)
+    pub fn new(mapping: &str, payload: impl Into<bytes::Bytes>) -> Self {
+        Self::continuing(mapping, payload.into(), None, new_request_id())
+    }
+
+    /// An attempt of an asynchronous event: every attempt of one event carries the event's own
+    /// request id, as Lambda's retries of an asynchronous invocation do.
+    pub fn attempt_of(
+        mapping: &str,
+        payload: impl Into<bytes::Bytes>,
+        request_id: &str,
+        parent: Option<&sluice_sources::trace::TraceContext>,
+    ) -> Self {
+        Self::continuing(mapping, payload.into(), parent, request_id.to_owned())
     }
 
     /// An invocation of `records`' batch: it continues the trace of the first record that
@@ -40,25 +51,37 @@ impl Invocation {
         records: impl IntoIterator<Item = &'a sluice_sources::Record>,
     ) -> Self {
         let parent = records.into_iter().find_map(|r| r.trace.as_ref());
-        Self::continuing(mapping, payload, parent)
+        Self::continuing(mapping, payload.into(), parent, new_request_id())
     }
 
     fn continuing(
         mapping: &str,
-        payload: Vec<u8>,
+        payload: bytes::Bytes,
         parent: Option<&sluice_sources::trace::TraceContext>,
+        request_id: String,
     ) -> Self {
-        let request_id = uuid::Uuid::new_v4().to_string();
         let (span, traceparent) =
             crate::traces::InvocationSpan::start(mapping, &request_id, parent);
         Self {
             request_id,
             mapping: mapping.to_owned(),
-            payload: payload.into(),
+            payload,
             traceparent,
             span,
         }
     }
+}
+
+/// A fresh request id (a v4 UUID).
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A request id derived from `parts`: the same parts give the same id, in this process and the
+/// next (used where an event has no stored id of its own, such as one record of an S3
+/// notification, so that its retries share one id).
+pub fn stable_request_id(parts: &[&str]) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, parts.join("\u{0}").as_bytes()).to_string()
 }
 
 /// A fresh span id: 16 hex digits.
@@ -93,6 +116,7 @@ pub struct SharedTarget {
     pub name: String,
     pub target: Arc<dyn Target>,
     permits: Arc<tokio::sync::Semaphore>,
+    max_concurrency: usize,
 }
 
 impl SharedTarget {
@@ -108,7 +132,13 @@ impl SharedTarget {
             name: name.to_owned(),
             target,
             permits: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
+            max_concurrency: max_concurrency.max(1),
         }
+    }
+
+    /// How many invocations may run at once.
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency
     }
 
     /// Waits for room under the target's limit; hold the permit while invoking.
@@ -177,8 +207,7 @@ pub fn error_from_body(body: &[u8], default_type: &str) -> ErrorInfo {
 
 /// The first kilobyte of a body, as text, for messages.
 pub fn body_prefix(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(1024)]);
-    text.trim().to_owned()
+    sluice_policies::outcome::text_prefix(body)
 }
 
 /// A normal return with this body: empty is no response; JSON is parsed as `serde_json::Value`
@@ -192,7 +221,7 @@ pub fn returned(body: &[u8]) -> Outcome {
             response: Some(value),
         },
         Err(_) => Outcome::ReturnedNonJson {
-            body_prefix: body_prefix(body),
+            body: body.to_vec(),
         },
     }
 }

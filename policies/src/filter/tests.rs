@@ -194,6 +194,39 @@ fn conformance_table() {
             json!({"a": 1}),
             false,
         ),
+        // semantics.md §7 (EventBridge `exists` operator): `exists` looks at leaves, and an
+        // object is not one. Recorded on AWS: `{"dynamodb": {"NewImage": {"presentKey":
+        // [{"exists": false}]}}}` matches an item whose presentKey is `{"S": "presentValue"}`.
+        (
+            "exists false matches a field holding an object (a DynamoDB typed wrapper)",
+            json!({"dynamodb": {"NewImage": {"presentKey": [{"exists": false}]}}}),
+            json!({"dynamodb": {"NewImage": {"presentKey": {"S": "presentValue"}}}}),
+            true,
+        ),
+        (
+            "exists true does not match a field holding an object",
+            json!({"dynamodb": {"NewImage": {"presentKey": [{"exists": true}]}}}),
+            json!({"dynamodb": {"NewImage": {"presentKey": {"S": "presentValue"}}}}),
+            false,
+        ),
+        (
+            "exists true matches the leaf inside the typed wrapper",
+            json!({"dynamodb": {"NewImage": {"presentKey": {"S": [{"exists": true}]}}}}),
+            json!({"dynamodb": {"NewImage": {"presentKey": {"S": "presentValue"}}}}),
+            true,
+        ),
+        (
+            "exists false matches an array of objects only",
+            json!({"a": [{"exists": false}]}),
+            json!({"a": [{"b": 1}]}),
+            true,
+        ),
+        (
+            "exists true matches an array holding a leaf",
+            json!({"a": [{"exists": true}]}),
+            json!({"a": [{"b": 1}, 2]}),
+            true,
+        ),
         (
             "exists false under a missing object",
             json!({"a": {"b": [{"exists": false}]}}),

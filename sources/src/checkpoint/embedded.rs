@@ -11,6 +11,7 @@ use super::{
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,19 +25,32 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    /// Opens (or creates) `<state_dir>/checkpoints.redb`.
+    /// Opens (or creates) `<state_dir>/checkpoints.redb`; a directory it creates is 0700 and the
+    /// file is 0600 (queued `Event` payloads are not for other users of the machine).
     pub fn open(state_dir: &Path) -> Result<Self, CheckpointError> {
         let path = state_dir.join("checkpoints.redb");
         let store_error = |message: String| CheckpointError::Store {
             store: path.display().to_string(),
             message,
         };
-        std::fs::create_dir_all(state_dir).map_err(|e| {
-            store_error(format!(
-                "cannot create state_dir {}: {e}",
-                state_dir.display()
-            ))
-        })?;
+        // The file holds queued Event payloads and checkpoints: only sluice's user may read it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|e| {
+                store_error(format!(
+                    "cannot create state_dir {}: {e}",
+                    state_dir.display()
+                ))
+            })?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|file| file.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| store_error(format!("cannot create {}: {e}", path.display())))?;
         let db = Database::create(&path).map_err(|error| match error {
             redb::DatabaseError::DatabaseAlreadyOpen => store_error(
                 "another sluice process is using this state_dir; give each process its own state_dir, or share shards between instances with checkpoints.dynamodb".into(),
@@ -169,6 +183,25 @@ mod tests {
             id: id.into(),
             parent: parent.map(Into::into),
         }
+    }
+
+    #[test]
+    fn the_state_dir_and_file_are_private_to_sluices_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let file = StateFile::open(&state_dir).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state_dir), 0o700);
+        assert_eq!(mode(file.path()), 0o600);
+        drop(file);
+        // A file left world-readable by an older version is narrowed on the next open.
+        std::fs::set_permissions(
+            state_dir.join("checkpoints.redb"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let file = StateFile::open(&state_dir).unwrap();
+        assert_eq!(mode(file.path()), 0o600);
     }
 
     #[tokio::test]

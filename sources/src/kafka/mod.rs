@@ -5,7 +5,8 @@
 //! Guarantees:
 //! - a record's JSON is exactly Lambda's: topic, partition, offset, timestamp (ms),
 //!   timestampType, base64 key (absent when the message has none) and value, headers as arrays
-//!   of signed bytes (Lambda's Java encoding);
+//!   of signed bytes (Lambda's Java encoding); header keys are read as bytes, so a key that is not
+//!   UTF-8 is passed on with U+FFFD in place of its bad bytes instead of stopping the consumer;
 //! - the event groups records under `"<topic>-<partition>"` and keeps their order;
 //! - the client settings sluice depends on (group, commits, offset reset) cannot be overridden by
 //!   `properties`: [`reserved_property`] names the config key to use instead.
@@ -14,8 +15,9 @@ use crate::record::{AckToken, Receipt, Record};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rdkafka::ClientConfig;
-use rdkafka::message::{Headers, Message, Timestamp};
+use rdkafka::message::{BorrowedMessage, Message, Timestamp};
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// The cluster a mapping reads, as the event names it.
@@ -51,7 +53,44 @@ pub struct MessageParts<'a> {
     pub timestamp: Option<(i64, TimestampKind)>,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
-    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    /// Header keys are decoded lossily: Kafka allows any bytes, a JSON key must be text.
+    pub headers: Vec<(Cow<'a, str>, Option<&'a [u8]>)>,
+}
+
+/// A message's headers, keys decoded lossily. rdkafka's own header accessors unwrap each key as
+/// UTF-8 and so panic on a key that is not (a producer may write any bytes): the headers are read
+/// through librdkafka's C API instead.
+fn header_bytes<'a>(message: &'a BorrowedMessage<'_>) -> Vec<(Cow<'a, str>, Option<&'a [u8]>)> {
+    use rdkafka::bindings as rd;
+    let mut headers: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `message.ptr()` is a valid message for as long as `message` is borrowed, and the
+    // headers it returns belong to the message (they are not freed here).
+    let error = unsafe { rd::rd_kafka_message_headers(message.ptr(), &mut headers) };
+    if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: `headers` is the message's valid header list.
+    let count = unsafe { rd::rd_kafka_header_cnt(headers) };
+    let mut parts = Vec::with_capacity(count);
+    for index in 0..count {
+        let mut name: *const std::ffi::c_char = std::ptr::null();
+        let mut value: *const std::ffi::c_void = std::ptr::null();
+        let mut size = 0usize;
+        // SAFETY: `index < count`; the out pointers are valid for writes.
+        let error = unsafe {
+            rd::rd_kafka_header_get_all(headers, index, &mut name, &mut value, &mut size)
+        };
+        if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            continue;
+        }
+        // SAFETY: librdkafka keeps the name NUL-terminated and the value `size` bytes long, both
+        // owned by the message, which outlives `'a`.
+        let key = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
+        let value = (!value.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) });
+        parts.push((key, value));
+    }
+    parts
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +101,13 @@ pub enum TimestampKind {
 
 impl MessageParts<'_> {
     /// The parts of a message read by rdkafka.
-    pub fn of<M: Message>(message: &M) -> MessageParts<'_> {
+    pub fn of<'a>(message: &'a BorrowedMessage<'_>) -> MessageParts<'a> {
         let timestamp = match message.timestamp() {
             Timestamp::NotAvailable => None,
             Timestamp::CreateTime(ms) => Some((ms, TimestampKind::CreateTime)),
             Timestamp::LogAppendTime(ms) => Some((ms, TimestampKind::LogAppendTime)),
         };
-        let headers = message
-            .headers()
-            .map(|headers| headers.iter().map(|h| (h.key, h.value)).collect())
-            .unwrap_or_default();
+        let headers = header_bytes(message);
         MessageParts {
             topic: message.topic(),
             partition: message.partition(),
@@ -104,7 +140,7 @@ impl MessageParts<'_> {
             .iter()
             .map(|(key, value)| {
                 let bytes: Vec<i8> = value.unwrap_or_default().iter().map(|&b| b as i8).collect();
-                json!({ *key: bytes })
+                json!({ key.as_ref(): bytes })
             })
             .collect();
         fields.insert("headers".into(), Value::Array(headers));

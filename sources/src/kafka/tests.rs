@@ -14,7 +14,10 @@ fn parts<'a>(
         timestamp: Some((1_700_000_000_123, TimestampKind::CreateTime)),
         key,
         value,
-        headers: vec![("trace", Some(&[104, 255][..])), ("empty", None)],
+        headers: vec![
+            ("trace".into(), Some(&[104, 255][..])),
+            ("empty".into(), None),
+        ],
     }
 }
 

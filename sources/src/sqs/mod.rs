@@ -213,6 +213,14 @@ fn entry_id(index: usize) -> String {
     format!("e{index}")
 }
 
+/// The position in a batch call of `chunk_len` entries that a response entry's id names, or `None`
+/// for an id sluice did not send (a misbehaving endpoint must not make sluice index out of range).
+fn entry_index(id: &str, chunk_len: usize) -> Option<usize> {
+    id.strip_prefix('e')
+        .and_then(|i| i.parse::<usize>().ok())
+        .filter(|&index| index < chunk_len)
+}
+
 /// Errors that will not get better by retrying the entry.
 fn is_permanent(code: &str) -> bool {
     code.contains("ReceiptHandleIsInvalid")
@@ -269,14 +277,29 @@ impl Queue for SqsQueue {
                         );
                     }
                 };
-                report.deleted += output.successful().len();
+                // Entries not sent in this attempt count as answered, so that a response naming
+                // them again is ignored.
+                let mut answered = vec![true; chunk.len()];
+                for &index in &pending {
+                    answered[index] = false;
+                }
+                for success in output.successful() {
+                    match entry_index(success.id(), chunk.len()) {
+                        Some(index) if !answered[index] => {
+                            answered[index] = true;
+                            report.deleted += 1;
+                        }
+                        _ => {
+                            tracing::warn!(queue_url = %self.description.url, entry_id = success.id(), "DeleteMessageBatch answered an entry id it was not sent; ignoring it")
+                        }
+                    }
+                }
                 let mut retry = Vec::new();
                 for failure in output.failed() {
-                    let Some(index) = failure
-                        .id()
-                        .strip_prefix('e')
-                        .and_then(|i| i.parse::<usize>().ok())
-                    else {
+                    let index = entry_index(failure.id(), chunk.len())
+                        .filter(|&index| !std::mem::replace(&mut answered[index], true));
+                    let Some(index) = index else {
+                        tracing::warn!(queue_url = %self.description.url, entry_id = failure.id(), code = failure.code(), "DeleteMessageBatch reported a failure for an entry id it was not sent; ignoring it");
                         continue;
                     };
                     let reason = format!(
@@ -288,6 +311,20 @@ impl Queue for SqsQueue {
                         report.failed.push((chunk[index].id.clone(), reason));
                     } else {
                         retry.push(index);
+                    }
+                }
+                // An entry the response does not mention was not deleted as far as sluice can
+                // tell: retried, then reported.
+                for &index in &pending {
+                    if !answered[index] {
+                        if attempt == BATCH_CALL_ATTEMPTS {
+                            report.failed.push((
+                                chunk[index].id.clone(),
+                                "the DeleteMessageBatch response did not mention this entry".into(),
+                            ));
+                        } else {
+                            retry.push(index);
+                        }
                     }
                 }
                 if retry.is_empty() {
@@ -332,11 +369,7 @@ impl Queue for SqsQueue {
                     )
                 })?;
             for failure in output.failed() {
-                if let Some(index) = failure
-                    .id()
-                    .strip_prefix('e')
-                    .and_then(|i| i.parse::<usize>().ok())
-                {
+                if let Some(index) = entry_index(failure.id(), chunk.len()) {
                     failed.push((
                         chunk[index].0.id.clone(),
                         format!(
@@ -349,5 +382,76 @@ impl Queue for SqsQueue {
             }
         }
         Ok(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput;
+    use aws_sdk_sqs::operation::get_queue_attributes::GetQueueAttributesOutput;
+    use aws_sdk_sqs::types::{BatchResultErrorEntry, DeleteMessageBatchResultEntry};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    fn receipt(id: &str) -> Receipt {
+        Receipt {
+            id: id.to_owned(),
+            ack: AckToken::Sqs {
+                receipt_handle: format!("handle-{id}"),
+            },
+        }
+    }
+
+    fn failure(id: &str, code: &str) -> BatchResultErrorEntry {
+        BatchResultErrorEntry::builder()
+            .id(id)
+            .code(code)
+            .sender_fault(true)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_response_naming_entries_that_were_not_sent_does_not_panic() {
+        let attributes = mock!(Client::get_queue_attributes).then_output(|| {
+            GetQueueAttributesOutput::builder()
+                .attributes(
+                    QueueAttributeName::QueueArn,
+                    "arn:aws:sqs:us-east-1:000000000000:q",
+                )
+                .build()
+        });
+        // e0 succeeds, e1 fails for good, e99 and "x" were never sent, e2 is not mentioned.
+        let delete = mock!(Client::delete_message_batch).then_output(|| {
+            DeleteMessageBatchOutput::builder()
+                .successful(
+                    DeleteMessageBatchResultEntry::builder()
+                        .id("e0")
+                        .build()
+                        .unwrap(),
+                )
+                .failed(failure("e1", "ReceiptHandleIsInvalid"))
+                .failed(failure("e99", "InternalError"))
+                .failed(failure("x", "InternalError"))
+                .build()
+                .unwrap()
+        });
+        let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&attributes, &delete]);
+        let queue = SqsQueue::connect(client, "http://localhost/000000000000/q")
+            .await
+            .unwrap();
+        let (a, b, c) = (receipt("a"), receipt("b"), receipt("c"));
+        let report = queue.delete(&[&a, &b, &c]).await.unwrap();
+        assert_eq!(report.deleted, 1);
+        let failed: Vec<&str> = report.failed.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(failed, ["b", "c"], "{:?}", report.failed);
+    }
+
+    #[test]
+    fn entry_ids_out_of_range_or_malformed_name_no_entry() {
+        assert_eq!(entry_index("e3", 4), Some(3));
+        assert_eq!(entry_index("e4", 4), None);
+        assert_eq!(entry_index("e-1", 4), None);
+        assert_eq!(entry_index("3", 4), None);
     }
 }

@@ -1,0 +1,177 @@
+//! Every HTTP server sluice runs (admin, Invoke API, each worker's Runtime API) is served here,
+//! so each has the same protections against slow or hostile clients:
+//!
+//! - request headers must arrive within [`HEADER_READ_TIMEOUT`] (10 s), else the connection is
+//!   closed: a client trickling headers cannot hold a connection, or the drain, open;
+//! - handlers read bodies with [`read_body`], which bounds both the size (the caller's limit) and
+//!   the time (at most [`BODY_READ_TIMEOUT`], 30 s, for the whole body);
+//! - at `stop` the listener closes at once and idle connections are closed; requests in progress
+//!   may finish, but only until the caller's drain deadline, which the caller enforces by not
+//!   waiting any longer on the returned handle.
+
+use axum::Router;
+use axum::body::Body;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The longest a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a client may take to send a request's body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `stop`; the handle ends once every connection has.
+pub fn spawn(
+    what: &'static str,
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut accept_failures = 0u32;
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    accept_failures = 0;
+                    stream
+                }
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little instead of spinning.
+                    accept_failures += 1;
+                    if accept_failures == 1 || accept_failures.is_power_of_two() {
+                        tracing::warn!(server = what, %error, "accepting a connection failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    })
+}
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    TooLarge,
+    TimedOut,
+    Broken,
+}
+
+/// Reads a whole request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`].
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
+    read_body_within(body, limit, BODY_READ_TIMEOUT).await
+}
+
+pub(crate) async fn read_body_within(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<bytes::Bytes, BodyError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                BodyError::TooLarge
+            } else {
+                BodyError::Broken
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::post;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn server() -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = Router::new().route(
+            "/",
+            post(|body: Body| async move {
+                match read_body_within(body, 8, Duration::from_millis(300)).await {
+                    Ok(bytes) => format!("ok {}", bytes.len()),
+                    Err(error) => format!("{error:?}"),
+                }
+            }),
+        );
+        let stop = CancellationToken::new();
+        (address, stop.clone(), spawn("test", listener, app, stop))
+    }
+
+    #[tokio::test]
+    async fn a_client_trickling_headers_is_cut_off_and_does_not_hold_the_shutdown() {
+        let (address, stop, handle) = server().await;
+        let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stop.cancel();
+        // The header timeout (10 s) closes the connection, and with it the server.
+        tokio::time::timeout(HEADER_READ_TIMEOUT + Duration::from_secs(5), handle)
+            .await
+            .expect("the server ended within the header read timeout")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn bodies_are_bounded_in_size_and_in_time() {
+        let (address, _stop, _handle) = server().await;
+        let ask = |request: &'static [u8], then: Option<&'static [u8]>| async move {
+            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+            client.write_all(request).await.unwrap();
+            if let Some(rest) = then {
+                client.write_all(rest).await.unwrap();
+            }
+            let mut answer = vec![0u8; 1024];
+            let read = client.read(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer[..read]).into_owned()
+        };
+        let fits = ask(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            None,
+        )
+        .await;
+        assert!(fits.ends_with("ok 3"), "{fits}");
+        let large = ask(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n01234567890123456789",
+            None,
+        )
+        .await;
+        assert!(large.ends_with("TooLarge"), "{large}");
+        let slow = ask(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab",
+            None,
+        )
+        .await;
+        assert!(slow.ends_with("TimedOut"), "{slow}");
+    }
+}
