@@ -29,6 +29,17 @@ pub fn spawn(
     app: Router,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_admitting(what, listener, app, stop, |_| true)
+}
+
+/// [`spawn`], closing at once every connection `admit` refuses.
+pub fn spawn_admitting(
+    what: &'static str,
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    admit: impl Fn(&tokio::net::TcpStream) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut accept_failures = 0u32;
@@ -52,6 +63,10 @@ pub fn spawn(
                     continue;
                 }
             };
+            if !admit(&stream) {
+                tracing::warn!(server = what, peer = ?stream.peer_addr().ok(), "refused a connection from a process that may not use this server");
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
             working_dir: None,
         },
         "us-east-1",
+        None,
     );
 
     let rows = [

@@ -435,6 +435,7 @@ pub async fn replay(
             target_config,
             &BTreeMap::new(),
             &clients.region,
+            None,
         )
         .with_context(|| format!("building target {}", mapping.target))?,
         policy: super::replay::replay_policy(mapping),

@@ -164,7 +164,7 @@ pub async fn run_with_handlers(
 
     let mut built_targets: BTreeMap<String, SharedTarget> = BTreeMap::new();
     for (name, target) in &config.targets {
-        let built = targets::build(name, target, &handlers, &region)
+        let built = targets::build(name, target, &handlers, &region, Some(&health))
             .with_context(|| format!("building target {name}"))?;
         built_targets.insert(name.clone(), built);
     }

@@ -4,11 +4,13 @@
 //! read as a Lambda response (empty, JSON, or not JSON); a non-zero exit is a function error whose
 //! type comes from a Lambda-style error document on stdout when there is one (`Runtime.ExitError`
 //! otherwise) and whose message is the tail of stderr. Each stderr line is logged with the request
-//! id as it arrives. The program runs in its own process group, and at `timeout` the whole group
+//! id as it arrives (decoded lossily, each line cut at 8 KiB, and read until the program closes it).
+//! The program runs in its own process group, and at `timeout` the whole group
 //! is killed (children included), which is a timeout outcome. A program that cannot be started is
 //! an unavailable target: the handler did not run. Output beyond Lambda's 6 MB response limit is a
 //! function error (`Function.ResponseSizeTooLarge`).
 
+use super::output::{MAX_LOGGED_LINE_BYTES, for_each_line};
 use super::{Invocation, Target, body_prefix, error_from_body, returned};
 use crate::config::CommandTargetConfig;
 use async_trait::async_trait;
@@ -16,7 +18,7 @@ use sluice_policies::{ErrorInfo, Outcome};
 use std::collections::VecDeque;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// Lambda's synchronous response limit.
@@ -109,15 +111,15 @@ impl Target for CommandTarget {
         let read_stderr = async move {
             let mut tail: VecDeque<String> = VecDeque::new();
             let mut size = 0usize;
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            for_each_line(stderr, MAX_LOGGED_LINE_BYTES, |line| {
                 tracing::info!(target: "sluice::handler", %target, %request_id, line = %line, "handler stderr");
                 size += line.len() + 1;
                 tail.push_back(line);
                 while size > STDERR_TAIL_BYTES && tail.len() > 1 {
                     size -= tail.pop_front().map_or(0, |l| l.len() + 1);
                 }
-            }
+            })
+            .await;
             tail.into_iter().collect::<Vec<_>>().join("\n")
         };
         let run = async {
@@ -240,6 +242,26 @@ mod tests {
         assert_eq!(
             typed,
             Outcome::FunctionError(ErrorInfo::new("ValueError", "nope"))
+        );
+    }
+
+    // Hardening issue, item 7: a stderr line that is not UTF-8 used to end the reader, and the
+    // program then died of EPIPE on its next write: a good result became Runtime.ExitError. And
+    // one huge line was held (and logged) whole.
+    #[tokio::test]
+    async fn stderr_that_is_not_utf8_or_huge_does_not_break_the_invocation() {
+        let script = r#"printf 'bad \377\376 bytes\n' >&2
+head -c 3000000 /dev/zero | tr '\0' x >&2; echo >&2
+i=0; while [ $i -lt 2000 ]; do echo "line $i" >&2; i=$((i+1)); done
+echo '{"ok": true}'"#;
+        let outcome = target(script, Duration::from_secs(20))
+            .invoke(&invocation())
+            .await;
+        assert_eq!(
+            outcome,
+            Outcome::Returned {
+                response: Some(serde_json::json!({"ok": true}))
+            }
         );
     }
 

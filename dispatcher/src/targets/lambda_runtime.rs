@@ -11,9 +11,22 @@
 //! - `POST .../{id}/response` is a normal return (bodies over 6 MB are refused with 413 and are a
 //!   `Function.ResponseSizeTooLarge` error); `POST .../{id}/error` is a function error with the
 //!   runtime's `errorType` / `errorMessage`;
+//! - the deadline (`Lambda-Runtime-Deadline-Ms`, and the target's `timeout`) starts when a worker
+//!   takes the invocation: time waiting for a worker and a replacement worker's init are never
+//!   charged to it. Waiting for a worker is bounded separately, by `init_timeout + timeout` (time
+//!   enough for a busy worker to finish or a new one to start); past it, and at once while no
+//!   worker is running and the last start failed, the invocation is an unavailable target (no
+//!   retry attempt used) and `/readyz` names the target and the init error;
+//! - an invocation whose caller has given up is never handed to a worker;
 //! - at the target's `timeout` the worker's process group is killed and replaced, and the
 //!   invocation is a timeout (`Sandbox.Timedout`); a worker that exits mid-invocation is replaced
 //!   and the invocation is a function error (`Runtime.ExitError`);
+//! - a worker's Runtime API answers only that worker: on Linux each connection is admitted only
+//!   when its socket belongs to a process of the worker's process group (so other processes, and
+//!   other containers sharing the task's loopback, cannot read payloads or post results); a second
+//!   `next` while an invocation is in flight is refused. What remains: a process the worker itself
+//!   starts in a new process group or session is refused too, and a process of the worker's group
+//!   is trusted as the worker;
 //! - `POST /runtime/init/error`, an exit before the first `next`, or no `next` within
 //!   `init_timeout` is an init failure: logged with the error, counted, and the worker restarted
 //!   with backoff (100 ms doubling to 30 s);
@@ -25,8 +38,10 @@
 //!   `sluice_lambda_worker_restarts_total{target, reason}`.
 
 use super::command::kill_group;
+use super::output::{MAX_LOGGED_LINE_BYTES, for_each_line};
 use super::{Invocation, Target, error_from_body, returned};
 use crate::config::LambdaRuntimeTargetConfig;
+use crate::health::{Component, Health};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -35,14 +50,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sluice_policies::{ErrorInfo, Outcome};
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Lambda's synchronous response limit.
 const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+/// Time past the deadline for the worker to be killed and the outcome reported.
+const KILL_MARGIN: Duration = Duration::from_secs(5);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 /// One invocation waiting for a worker.
@@ -50,9 +67,53 @@ struct Job {
     request_id: String,
     payload: bytes::Bytes,
     traceparent: String,
-    deadline: SystemTime,
+    /// Told when a worker takes the job; closed when the caller gave up.
+    started: Option<oneshot::Sender<()>>,
     reply: oneshot::Sender<Outcome>,
     queued_at: Instant,
+}
+
+/// What the pool's workers share with callers.
+struct Pool {
+    target: String,
+    /// Workers that finished their init and are running.
+    ready: std::sync::atomic::AtomicUsize,
+    /// The last init failure, while no worker is ready.
+    init_error: Mutex<Option<String>>,
+    health: Option<Health>,
+}
+
+impl Pool {
+    fn worker_ready(&self) {
+        self.ready.fetch_add(1, Ordering::SeqCst);
+        *self.init_error.lock().expect("pool lock") = None;
+        if let Some(health) = &self.health {
+            health.set_problem(Component::Target, &self.target, None);
+        }
+    }
+
+    fn worker_gone(&self) {
+        self.ready.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn init_failed(&self, error: String) {
+        if self.ready.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let problem = format!("no worker of the pool could start: {error}");
+        if let Some(health) = &self.health {
+            health.set_problem(Component::Target, &self.target, Some(problem.clone()));
+        }
+        *self.init_error.lock().expect("pool lock") = Some(problem);
+    }
+
+    /// Why the pool cannot take invocations now, if it cannot.
+    fn unavailable(&self) -> Option<String> {
+        if self.ready.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.init_error.lock().expect("pool lock").clone()
+    }
 }
 
 /// The invocation a worker is running.
@@ -71,6 +132,7 @@ enum WorkerEvent {
 
 struct WorkerState {
     function_arn: String,
+    timeout: Duration,
     jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     in_flight: Mutex<Option<InFlight>>,
     events: mpsc::UnboundedSender<WorkerEvent>,
@@ -81,12 +143,21 @@ struct WorkerState {
 pub struct LambdaRuntimeTarget {
     jobs: mpsc::Sender<Job>,
     timeout: Duration,
+    /// The longest an invocation waits for a worker to take it.
+    wait_for_worker: Duration,
+    pool: Arc<Pool>,
     stop: CancellationToken,
 }
 
 impl LambdaRuntimeTarget {
-    /// Starts the pool: `concurrency` workers, each supervised and replaced when it dies.
-    pub fn start(name: &str, config: &LambdaRuntimeTargetConfig, region: &str) -> Self {
+    /// Starts the pool: `concurrency` workers, each supervised and replaced when it dies. With
+    /// `health`, a pool whose workers cannot start is reported on `/readyz`.
+    pub fn start(
+        name: &str,
+        config: &LambdaRuntimeTargetConfig,
+        region: &str,
+        health: Option<Health>,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel::<Job>(config.concurrency);
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         let stop = CancellationToken::new();
@@ -94,6 +165,12 @@ impl LambdaRuntimeTarget {
             .function_name
             .clone()
             .unwrap_or_else(|| name.to_owned());
+        let pool = Arc::new(Pool {
+            target: name.to_owned(),
+            ready: Default::default(),
+            init_error: Mutex::new(None),
+            health,
+        });
         for index in 0..config.concurrency {
             let supervisor = Supervisor {
                 target: name.to_owned(),
@@ -103,12 +180,15 @@ impl LambdaRuntimeTarget {
                 region: region.to_owned(),
                 jobs: receiver.clone(),
                 stop: stop.clone(),
+                pool: pool.clone(),
             };
             tokio::spawn(supervisor.run());
         }
         Self {
             jobs: sender,
             timeout: config.timeout,
+            wait_for_worker: config.init_timeout + config.timeout,
+            pool,
             stop,
         }
     }
@@ -123,29 +203,53 @@ impl Drop for LambdaRuntimeTarget {
 #[async_trait]
 impl Target for LambdaRuntimeTarget {
     async fn invoke(&self, invocation: &Invocation) -> Outcome {
+        if let Some(problem) = self.pool.unavailable() {
+            return Outcome::Unavailable { message: problem };
+        }
         let (reply, outcome) = oneshot::channel();
+        let (started, taken) = oneshot::channel();
         let job = Job {
             request_id: invocation.request_id.clone(),
             payload: invocation.payload.clone(),
             traceparent: invocation.traceparent.clone(),
-            deadline: SystemTime::now() + self.timeout,
+            started: Some(started),
             reply,
             queued_at: Instant::now(),
         };
-        if self.jobs.send(job).await.is_err() {
-            return Outcome::Unavailable {
-                message: "the worker pool is stopped".into(),
-            };
+        let take_by = tokio::time::Instant::now() + self.wait_for_worker;
+        let no_worker = || Outcome::Unavailable {
+            message: format!(
+                "no worker took the invocation within {:?} (init_timeout + timeout); see the worker errors in the log",
+                self.wait_for_worker
+            ),
+        };
+        match tokio::time::timeout_at(take_by, self.jobs.send(job)).await {
+            Err(_) => return no_worker(),
+            Ok(Err(_)) => {
+                return Outcome::Unavailable {
+                    message: "the worker pool is stopped".into(),
+                };
+            }
+            Ok(Ok(())) => {}
         }
-        // The worker enforces the timeout once it has the invocation; this bounds the wait for a
-        // worker plus the run, with a margin for the kill.
-        match tokio::time::timeout(self.timeout * 2 + Duration::from_secs(5), outcome).await {
+        // Giving up drops `taken` and `outcome`: a worker then skips the job.
+        match tokio::time::timeout_at(take_by, taken).await {
+            Err(_) => return no_worker(),
+            Ok(Err(_)) => {
+                return Outcome::Unavailable {
+                    message: "no worker took the invocation (the pool stopped)".into(),
+                };
+            }
+            Ok(Ok(())) => {}
+        }
+        // A worker runs it now, under the timeout it enforces from this moment on.
+        match tokio::time::timeout(self.timeout + KILL_MARGIN, outcome).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Outcome::Unavailable {
-                message: "no worker took the invocation (the pool stopped)".into(),
+                message: "the worker pool stopped during the invocation".into(),
             },
-            Err(_) => Outcome::Unavailable {
-                message: "no worker was ready to take the invocation; see the worker init errors in the log".into(),
+            Err(_) => Outcome::Timeout {
+                after_ms: (self.timeout + KILL_MARGIN).as_millis() as u64,
             },
         }
     }
@@ -159,6 +263,7 @@ struct Supervisor {
     region: String,
     jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     stop: CancellationToken,
+    pool: Arc<Pool>,
 }
 
 impl Supervisor {
@@ -191,6 +296,7 @@ impl Supervisor {
                 "arn:aws:lambda:{}:000000000000:function:{}",
                 self.region, self.function_name
             ),
+            timeout: self.config.timeout,
             jobs: self.jobs.clone(),
             in_flight: Mutex::new(None),
             events,
@@ -208,25 +314,40 @@ impl Supervisor {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let server = tokio::spawn({
-            let stop = worker_stop.clone();
-            let app = runtime_api(state.clone());
-            async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-            }
-        });
+        // The worker's process group, once it runs: only its processes may use this API.
+        let group = Arc::new(std::sync::OnceLock::<u32>::new());
+        let server = crate::http_server::spawn_admitting(
+            "runtime_api",
+            listener,
+            runtime_api(state.clone()),
+            worker_stop.clone(),
+            {
+                let group = group.clone();
+                move |stream| {
+                    group
+                        .get()
+                        .is_some_and(|&group| super::peer::connected_from_group(stream, group))
+                }
+            },
+        );
         let mut child = match self.spawn(&api) {
             Ok(child) => child,
             Err(error) => {
                 tracing::error!(target_name = %self.target, worker = self.index, program = ?self.config.command, %error, "cannot start the worker");
+                self.pool.init_failed(format!(
+                    "cannot start {:?}: {error}",
+                    self.config.command[0]
+                ));
                 worker_stop.cancel();
                 let _ = server.await;
                 return false;
             }
         };
         let pid = child.id();
+        if let Some(pid) = pid {
+            // The child leads its own group (process_group(0)).
+            let _ = group.set(pid);
+        }
         if let Some(stderr) = child.stderr.take() {
             self.forward_output(stderr);
         }
@@ -269,6 +390,7 @@ impl Supervisor {
                         metrics::counter!("sluice_lambda_worker_restarts_total", "target" => self.target.clone(), "reason" => "exited").increment(1);
                     } else {
                         tracing::error!(target_name = %self.target, worker = self.index, %status, "worker exited before its init finished; restarting with backoff");
+                        self.pool.init_failed(format!("the worker exited before its init finished ({status})"));
                     }
                     break;
                 }
@@ -278,11 +400,13 @@ impl Supervisor {
                         let init = started.elapsed();
                         metrics::histogram!("sluice_lambda_init_duration_seconds", "target" => self.target.clone()).record(init.as_secs_f64());
                         metrics::gauge!("sluice_lambda_workers_ready", "target" => self.target.clone()).increment(1.0);
+                        self.pool.worker_ready();
                         tracing::info!(target_name = %self.target, worker = self.index, init_ms = init.as_millis() as u64, "worker ready");
                     }
                     WorkerEvent::NextRequested => {}
                     WorkerEvent::InitError(error) => {
                         tracing::error!(target_name = %self.target, worker = self.index, error_type = %error.error_type, error = %error.message, "worker init failed; restarting with backoff");
+                        self.pool.init_failed(format!("{}: {}", error.error_type, error.message));
                         kill("init_error");
                     }
                 },
@@ -302,6 +426,7 @@ impl Supervisor {
                         });
                     } else if !initialized && started.elapsed() >= self.config.init_timeout {
                         tracing::error!(target_name = %self.target, worker = self.index, init_timeout_ms = self.config.init_timeout.as_millis() as u64, "worker did not ask for an invocation within init_timeout; restarting it");
+                        self.pool.init_failed(format!("the worker did not ask for an invocation within init_timeout ({:?})", self.config.init_timeout));
                         kill("init_timeout");
                     }
                 }
@@ -310,6 +435,7 @@ impl Supervisor {
         if initialized {
             metrics::gauge!("sluice_lambda_workers_ready", "target" => self.target.clone())
                 .decrement(1.0);
+            self.pool.worker_gone();
         }
         worker_stop.cancel();
         let _ = child.wait().await;
@@ -322,10 +448,10 @@ impl Supervisor {
         let target = self.target.clone();
         let worker = self.index;
         tokio::spawn(async move {
-            let mut lines = BufReader::new(output).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            for_each_line(output, MAX_LOGGED_LINE_BYTES, |line| {
                 tracing::info!(target: "sluice::handler", target_name = %target, worker, %line, "worker output");
-            }
+            })
+            .await;
         });
     }
 
@@ -437,18 +563,31 @@ fn trace_id(traceparent: &str) -> String {
 
 async fn next(State(state): State<Arc<WorkerState>>) -> Response {
     let _ = state.events.send(WorkerEvent::NextRequested);
-    if let Some(abandoned) = state.in_flight.lock().expect("in-flight lock").take() {
-        // The runtime asked for more work without answering: the invocation failed.
-        let _ = abandoned.reply.send(Outcome::FunctionError(ErrorInfo::new(
-            "Runtime.InvalidResponse",
-            "the runtime asked for the next invocation without answering this one",
-        )));
+    if state.in_flight.lock().expect("in-flight lock").is_some() {
+        // One invocation at a time per worker, as on Lambda: answer it (or report its error)
+        // first. A second `next` must not replace it.
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidStateTransition",
+            "an invocation is in flight on this worker; post its response or error first",
+        );
     }
     let job = {
         let mut jobs = state.jobs.lock().await;
-        tokio::select! {
-            _ = state.stop.cancelled() => None,
-            job = jobs.recv() => job,
+        loop {
+            let job = tokio::select! {
+                _ = state.stop.cancelled() => None,
+                job = jobs.recv() => job,
+            };
+            match job {
+                // The caller gave up waiting: never hand its invocation to a worker.
+                Some(job) if job.reply.is_closed() => continue,
+                Some(mut job) => match job.started.take().map(|started| started.send(())) {
+                    Some(Ok(())) => break Some(job),
+                    _ => continue,
+                },
+                None => break None,
+            }
         }
     };
     let Some(job) = job else {
@@ -458,20 +597,16 @@ async fn next(State(state): State<Arc<WorkerState>>) -> Response {
             "sluice is stopping",
         );
     };
-    let deadline_ms = job
-        .deadline
+    // The deadline starts now, when this worker takes the invocation.
+    let deadline_ms = (SystemTime::now() + state.timeout)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let remaining = job
-        .deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
     let now = Instant::now();
     *state.in_flight.lock().expect("in-flight lock") = Some(InFlight {
         request_id: job.request_id.clone(),
         reply: job.reply,
-        deadline: now + remaining,
+        deadline: now + state.timeout,
         queued_at: job.queued_at,
         delivered_at: now,
     });
@@ -505,7 +640,7 @@ fn finish(state: &WorkerState, in_flight: InFlight, outcome: Outcome) {
 }
 
 async fn read_limited(body: Body) -> Result<bytes::Bytes, ()> {
-    axum::body::to_bytes(body, MAX_RESPONSE_BYTES)
+    crate::http_server::read_body(body, MAX_RESPONSE_BYTES)
         .await
         .map_err(|_| ())
 }
@@ -590,6 +725,169 @@ async fn init_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Python with awslambdaric (scripts/python-env installs it).
+    fn python() -> String {
+        std::env::var("SLUICE_TEST_PYTHON")
+            .unwrap_or_else(|_| format!("{}/../.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+    }
+
+    /// A pool running `app.py` (written to a temp dir) under awslambdaric.
+    fn pool(
+        app: &str,
+        timeout: Duration,
+        init_timeout: Duration,
+        health: Option<Health>,
+    ) -> (LambdaRuntimeTarget, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.py"), app).unwrap();
+        let config = LambdaRuntimeTargetConfig {
+            command: vec![
+                python(),
+                "-m".into(),
+                "awslambdaric".into(),
+                "app.handler".into(),
+            ],
+            concurrency: 1,
+            timeout,
+            init_timeout,
+            handler: Some("app.handler".into()),
+            function_name: None,
+            memory_size: 128,
+            env: vec![("STATE".into(), dir.path().display().to_string())],
+            working_dir: Some(dir.path().display().to_string()),
+        };
+        (
+            LambdaRuntimeTarget::start("fn", &config, "us-east-1", health),
+            dir,
+        )
+    }
+
+    fn event(value: serde_json::Value) -> Invocation {
+        Invocation::new("m", value.to_string().into_bytes())
+    }
+
+    const SLOW_INIT: &str = r#"
+import json, os, time
+time.sleep(4)
+def handler(event, context):
+    with open(os.path.join(os.environ["STATE"], "seen"), "a") as seen:
+        seen.write(context.aws_request_id + "\n")
+    if event.get("hang"):
+        time.sleep(60)
+    return {"remaining_ms": context.get_remaining_time_in_millis()}
+"#;
+
+    // Hardening issue, item 1: with concurrency 1, timeout 3s and a 4 s init, one hanging call
+    // made every later call fail as Sandbox.Timedout after 0-30 ms (its deadline had started
+    // while it waited for the replacement worker's init), killing each fresh worker in turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_deadline_starts_when_a_worker_takes_the_invocation() {
+        let (target, _dir) = pool(
+            SLOW_INIT,
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+            None,
+        );
+        let hung = target
+            .invoke(&event(serde_json::json!({"hang": true})))
+            .await;
+        assert!(matches!(hung, Outcome::Timeout { .. }), "{hung:?}");
+        // The replacement worker takes 4 s to start; the calls waiting for it are not charged.
+        for _ in 0..2 {
+            let outcome = target.invoke(&event(serde_json::json!({}))).await;
+            let Outcome::Returned {
+                response: Some(response),
+            } = &outcome
+            else {
+                panic!("{outcome:?}")
+            };
+            let remaining = response["remaining_ms"].as_u64().unwrap();
+            assert!(remaining > 2_000, "the function saw {remaining} ms left");
+        }
+    }
+
+    // Hardening issue, item 2: an invocation whose caller gave up is never run later with a past
+    // deadline, and a pool whose workers cannot start is an unavailable target, at once, with the
+    // reason on /readyz.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_given_up_invocation_never_reaches_a_worker() {
+        let (target, dir) = pool(
+            SLOW_INIT,
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+            None,
+        );
+        let abandoned = event(serde_json::json!({}));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), target.invoke(&abandoned))
+                .await
+                .is_err()
+        );
+        let kept = event(serde_json::json!({}));
+        let outcome = target.invoke(&kept).await;
+        assert!(matches!(outcome, Outcome::Returned { .. }), "{outcome:?}");
+        let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
+        assert_eq!(seen.lines().collect::<Vec<_>>(), [kept.request_id.as_str()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_that_cannot_start_workers_is_unavailable_and_named_on_readyz() {
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(60));
+        let (target, _dir) = pool(
+            "raise SystemExit(0)\n",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Some(health.clone()),
+        );
+        let first = target.invoke(&event(serde_json::json!({}))).await;
+        assert!(matches!(first, Outcome::Unavailable { .. }), "{first:?}");
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert!(
+            report["targets"]["fn"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("no worker of the pool could start"),
+            "{report}"
+        );
+        let started = Instant::now();
+        let second = target.invoke(&event(serde_json::json!({}))).await;
+        assert!(matches!(second, Outcome::Unavailable { .. }), "{second:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    // Hardening issue, item 8: any local process could take a worker's invocations (and forge
+    // its results) through the worker's Runtime API.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_process_cannot_use_a_workers_runtime_api() {
+        let app = r#"
+import os
+with open(os.path.join(os.environ["STATE"], "api"), "w") as api:
+    api.write(os.environ["AWS_LAMBDA_RUNTIME_API"])
+def handler(event, context):
+    return {"ok": True}
+"#;
+        let (target, dir) = pool(app, Duration::from_secs(5), Duration::from_secs(10), None);
+        let outcome = target.invoke(&event(serde_json::json!({}))).await;
+        assert!(matches!(outcome, Outcome::Returned { .. }), "{outcome:?}");
+        let api = std::fs::read_to_string(dir.path().join("api")).unwrap();
+        let intruder = reqwest::Client::new()
+            .get(format!("http://{api}/2018-06-01/runtime/invocation/next"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        assert!(
+            intruder.is_err(),
+            "the intruder got an answer: {intruder:?}"
+        );
+        let outcome = target.invoke(&event(serde_json::json!({}))).await;
+        assert!(matches!(outcome, Outcome::Returned { .. }), "{outcome:?}");
+    }
 
     #[test]
     fn the_trace_id_is_the_xray_form_of_the_traceparent() {

@@ -4,6 +4,8 @@
 pub mod command;
 pub mod http;
 pub mod lambda_runtime;
+pub mod output;
+mod peer;
 
 use crate::config::TargetConfig;
 use async_trait::async_trait;
@@ -167,6 +169,7 @@ pub fn build(
     config: &TargetConfig,
     handlers: &std::collections::BTreeMap<String, Arc<dyn crate::embed::Handler>>,
     region: &str,
+    health: Option<&crate::health::Health>,
 ) -> anyhow::Result<SharedTarget> {
     let target: Arc<dyn Target> = match config {
         TargetConfig::Http(http) => Arc::new(http::HttpTarget::new(http)?),
@@ -183,7 +186,10 @@ pub fn build(
             ))
         }
         TargetConfig::LambdaRuntime(pool) => Arc::new(lambda_runtime::LambdaRuntimeTarget::start(
-            name, pool, region,
+            name,
+            pool,
+            region,
+            health.cloned(),
         )),
     };
     Ok(SharedTarget::new(name, target, config.max_concurrency()))
