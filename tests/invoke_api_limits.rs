@@ -282,3 +282,158 @@ async fn sigterm_with_slow_clients_exits_within_the_drain_deadline() {
     }
     drop(body_stream);
 }
+
+/// Overwrites `count` runs of 512 pseudo-random bytes at pseudo-random places of `path`.
+fn damage(path: &std::path::Path, seed: u64, count: usize) {
+    use std::io::{Seek, SeekFrom, Write};
+    let len = std::fs::metadata(path).unwrap().len();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    for _ in 0..count {
+        let at = next() % len.saturating_sub(512).max(1);
+        let garbage: Vec<u8> = (0..512).map(|_| next() as u8).collect();
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.write_all(&garbage).unwrap();
+    }
+}
+
+// Hardening issue, item 5: after random overwrites of the state file, redb panicked inside the
+// async worker: Event calls still got 202, were never handled, and /readyz stayed 200. Now, for
+// every damaged file, sluice either refuses to start (exit 1, naming the file and how to recover)
+// or runs with every 202 handled — or /readyz 503 naming the function and later calls refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_never_accepts_events_it_will_not_run() {
+    let handler = Handler::start(|_, event| {
+        if event["queued"] == true {
+            Reply::status(500, r#"{"errorType":"Later"}"#)
+        } else {
+            Reply::json(Value::Null)
+        }
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let invoke = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        r#"
+version: 1
+state_dir: "{state}"
+admin: {{ listen: "{{admin}}" }}
+targets:
+  handler:
+    http: {{ url: "{url}", timeout: 10s }}
+invoke_api:
+  listen: "{invoke}"
+  functions:
+    fn:
+      target: handler
+      async: {{ max_retry_attempts: 2, delays: [1h, 1h], max_event_age: 6h }}
+"#,
+        state = state.path().display(),
+        url = handler.url("/"),
+    );
+    let http = reqwest::Client::new();
+    let url = format!("http://{invoke}/2015-03-31/functions/fn/invocations");
+    let send = |body: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.post(url)
+                .header("X-Amz-Invocation-Type", "Event")
+                .body(body.to_string())
+                .send()
+                .await
+        }
+    };
+    let up = || async {
+        tokio::net::TcpStream::connect(&invoke)
+            .await
+            .ok()
+            .map(|_| ())
+    };
+    // Fill the file with events that stay queued (their retry is an hour away).
+    let mut first = Sluice::start(&config, &[]);
+    eventually(WAIT, "the invoke API up", up).await;
+    for n in 0..200 {
+        let body = json!({"queued": true, "n": n, "pad": "x".repeat(2_000)});
+        assert_eq!(send(body).await.unwrap().status(), 202);
+    }
+    // A clean stop: the damage then meets a file redb considers sound, so it is found by reads
+    // while sluice runs, not by the repair at open.
+    first.signal("TERM");
+    first.wait_exit(Duration::from_secs(30));
+    let file = state.path().join("checkpoints.redb");
+    let pristine = std::fs::read(&file).unwrap();
+    for seed in 1..=12u64 {
+        std::fs::write(&file, &pristine).unwrap();
+        damage(&file, seed, 1 + seed as usize % 3);
+        let mut sluice = Sluice::start(&config, &[]);
+        let started = Instant::now();
+        let mut running = false;
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Some(status) = sluice.wait_exit(Duration::from_millis(100)) {
+                assert_eq!(status.code(), Some(1), "seed {seed}: {}", sluice.logs());
+                assert!(
+                    sluice.logs().contains("checkpoints.redb")
+                        && sluice.logs().contains("move it aside"),
+                    "seed {seed}: {}",
+                    sluice.logs()
+                );
+                let logs = sluice.logs();
+                let reason = logs.lines().last().unwrap_or_default();
+                eprintln!("seed {seed}: refused to start: {reason}");
+                break;
+            }
+            if up().await.is_some() {
+                running = true;
+                break;
+            }
+        }
+        if !running {
+            continue;
+        }
+        let before = handler.completed().len();
+        let mut accepted = 0;
+        let mut refused = Vec::new();
+        for n in 0..5 {
+            match send(json!({"seed": seed, "n": n})).await {
+                Ok(response) if response.status() == 202 => accepted += 1,
+                Ok(response) => {
+                    let status = response.status();
+                    assert!(status.is_server_error(), "seed {seed}: {status}");
+                    refused.push(format!(
+                        "{status} {}",
+                        response.text().await.unwrap_or_default()
+                    ));
+                }
+                Err(error) => refused.push(error.to_string()),
+            }
+        }
+        if !refused.is_empty() {
+            eprintln!("seed {seed}: refused: {refused:?}");
+        }
+        let handled = eventually(
+            Duration::from_secs(30),
+            "202s handled or reported",
+            || async {
+                let handled = handler.completed().len() - before;
+                let (status, body) = sluice.get("/readyz").await;
+                (handled >= accepted || (status == 503 && body.contains("functions")))
+                    .then_some(handled)
+            },
+        )
+        .await;
+        let readiness = sluice.get("/readyz").await;
+        eprintln!(
+            "seed {seed}: accepted {accepted} of 5, handled {handled}, /readyz {readiness:?}"
+        );
+        assert!(handled >= accepted || readiness.0 == 503, "seed {seed}");
+        drop(sluice);
+    }
+}

@@ -134,6 +134,9 @@ pub fn main() -> ExitCode {
             connect,
         } => match load_config(&path) {
             Ok(config) => {
+                for warning in config.warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 if connect && let Err(problems) = check_connections(&config) {
                     eprintln!("{problems}");
                     return ExitCode::from(EXIT_RUNTIME_FAILURE);

@@ -16,8 +16,10 @@
 //!   most the target's `max_concurrency` events run at once. An event is claimed from the
 //!   in-memory schedule before it runs, so one process never runs it twice at once. Every attempt
 //!   carries the request id the caller got with the 202;
-//! - when the state file cannot be read or written, the function reports it on `/readyz` and new
-//!   `Event` calls are refused with 500 `ServiceException` until a store call succeeds again;
+//! - when the state file fails, the function reports it on `/readyz`; while it cannot be read
+//!   (or its stored events are not yet read at start, after a 2 s wait), new `Event` calls are
+//!   refused with 500 `ServiceException` instead of accepted into a queue that would not run; a
+//!   failed write refuses only the event it could not store;
 //! - `DryRun`: 204 once the function exists;
 //! - unknown functions and qualifiers other than `$LATEST` answer 404 `ResourceNotFoundException`;
 //! - with a token, a request must carry it as `Authorization: Bearer <token>` or as the access key
@@ -38,7 +40,6 @@ use serde_json::{Value, json};
 use sluice_policies::{AsyncAttempt, AsyncDecision, AsyncPolicy, ErrorInfo, Outcome};
 use sluice_sources::async_queue::{AsyncQueue, EventMeta};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -53,6 +54,19 @@ const MAX_ASYNC_PAYLOAD: usize = 1024 * 1024;
 pub const SYNC_SLOT_WAIT: Duration = Duration::from_secs(1);
 /// How long an event waits before it is tried again after the state file failed it.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+
+/// What kind of state file call failed; a failed read is worse (queued events cannot run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StoreFailure {
+    Write,
+    Read,
+}
+
+impl StoreFailure {
+    fn max_with(self, other: Option<StoreFailure>) -> StoreFailure {
+        other.map_or(self, |other| self.max(other))
+    }
+}
 
 /// The bound on queued `Event` invocations, shared by every function of the API.
 pub struct Backlog {
@@ -139,8 +153,11 @@ pub struct Function {
     schedule: Mutex<Schedule>,
     wake: Notify,
     health: Health,
-    /// Set while the state file fails this function's calls; new events are refused meanwhile.
-    store_failing: AtomicBool,
+    /// Set while the state file fails reads (or writes) of this function's events; new events
+    /// are refused while reads fail, since they could not be run.
+    store_failing: Mutex<Option<StoreFailure>>,
+    /// Set once the stored index is in the schedule.
+    loaded: Notify,
     /// At most this many events run at once.
     workers: usize,
 }
@@ -171,27 +188,41 @@ impl Function {
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
             health,
-            store_failing: AtomicBool::new(false),
+            store_failing: Mutex::new(None),
+            loaded: Notify::new(),
             workers,
         }
     }
 
     /// Notes that the state file failed a call: the log says how to recover, `/readyz` names the
     /// function, and new events are refused until a call succeeds.
-    fn store_failed(&self, what: &str, error: &dyn std::fmt::Display) {
+    fn store_failed(&self, kind: StoreFailure, what: &str, error: &dyn std::fmt::Display) {
         let path = self.queue.describe();
         let problem = format!(
             "the state file {path} failed while {what}: {error}. If this persists, stop sluice and move {path} aside; the queued Event invocations and stream checkpoints in it are then lost (streams start again from their starting_position)"
         );
-        if !self.store_failing.swap(true, Ordering::SeqCst) {
-            tracing::error!(function = %self.name, state_file = %path, %error, what, "the state file failed; refusing new Event invocations until it works again. If this persists, stop sluice and move the file aside (its queued events and checkpoints are lost)");
+        let previous = self
+            .store_failing
+            .lock()
+            .expect("store lock")
+            .replace(kind.max_with(self.failure()));
+        if previous.is_none() {
+            tracing::error!(function = %self.name, state_file = %path, %error, what, "the state file failed; refusing new Event invocations while it cannot be read. If this persists, stop sluice and move the file aside (its queued events and checkpoints are lost)");
         }
         self.health
             .set_problem(Component::Function, &self.name, Some(problem));
     }
 
-    fn store_worked(&self) {
-        if self.store_failing.swap(false, Ordering::SeqCst) {
+    fn failure(&self) -> Option<StoreFailure> {
+        *self.store_failing.lock().expect("store lock")
+    }
+
+    /// A store call of `kind` worked: a read clears any failure, a write only a write failure.
+    fn store_worked(&self, kind: StoreFailure) {
+        let mut failing = self.store_failing.lock().expect("store lock");
+        if failing.is_some_and(|failure| failure <= kind) {
+            *failing = None;
+            drop(failing);
             tracing::info!(function = %self.name, "the state file works again");
             self.health
                 .set_problem(Component::Function, &self.name, None);
@@ -488,7 +519,7 @@ async fn invoke_sync(function: &Function, payload: bytes::Bytes) -> Response {
 }
 
 async fn enqueue(function: &Function, payload: bytes::Bytes) -> Response {
-    if function.store_failing.load(Ordering::SeqCst) {
+    if !wait_until_loaded(function).await || function.failure() == Some(StoreFailure::Read) {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ServiceException",
@@ -511,14 +542,14 @@ async fn enqueue(function: &Function, payload: bytes::Bytes) -> Response {
     let meta = EventMeta::new(&function.name, &request_id, bytes, now_ms());
     if let Err(error) = function.queue.insert(&meta, payload).await {
         function.backlog.release(bytes);
-        function.store_failed("storing an event", &error);
+        function.store_failed(StoreFailure::Write, "storing an event", &error);
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ServiceException",
             "the event could not be stored durably; try again",
         );
     }
-    function.store_worked();
+    function.store_worked(StoreFailure::Write);
     function.reschedule(meta);
     (
         StatusCode::ACCEPTED,
@@ -526,6 +557,21 @@ async fn enqueue(function: &Function, payload: bytes::Bytes) -> Response {
         "",
     )
         .into_response()
+}
+
+/// Whether the function's stored events are in its schedule, waiting up to 2 s for the first
+/// read at start: an event accepted before that could not be run.
+async fn wait_until_loaded(function: &Function) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let loaded = function.loaded.notified();
+        if function.schedule().loaded {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+            return function.schedule().loaded;
+        }
+    }
 }
 
 /// Reads the stored index into the schedule, retrying (with the failure on `/readyz`) until it
@@ -547,12 +593,13 @@ async fn load_schedule(function: &Function, stop: &CancellationToken) -> bool {
                     schedule.loaded = true;
                 }
                 drop(schedule);
-                function.store_worked();
+                function.loaded.notify_waiters();
+                function.store_worked(StoreFailure::Read);
                 return true;
             }
             Err(error) => {
                 failures += 1;
-                function.store_failed("reading the queued events", &error);
+                function.store_failed(StoreFailure::Read, "reading the queued events", &error);
                 tokio::select! {
                     _ = stop.cancelled() => return false,
                     _ = tokio::time::sleep(crate::runtime::retry_delay(failures)) => {}
@@ -605,7 +652,7 @@ async fn run_async_worker(function: Arc<Function>, stop: CancellationToken) {
 async fn handle_event(function: &Function, mut meta: EventMeta) {
     let payload = match function.queue.payload(&meta.id).await {
         Ok(Some(payload)) => {
-            function.store_worked();
+            function.store_worked(StoreFailure::Read);
             payload
         }
         Ok(None) => {
@@ -615,7 +662,7 @@ async fn handle_event(function: &Function, mut meta: EventMeta) {
             return;
         }
         Err(error) => {
-            function.store_failed("reading an event's payload", &error);
+            function.store_failed(StoreFailure::Read, "reading an event's payload", &error);
             meta.not_before_ms = now_ms() + STORE_RETRY.as_millis() as u64;
             function.reschedule(meta);
             return;
@@ -686,7 +733,7 @@ async fn handle_event(function: &Function, mut meta: EventMeta) {
             if let Err(error) = function.queue.update(&meta).await {
                 // The retry still happens in this process; after a restart the attempt counts
                 // are those stored last.
-                function.store_failed("storing a retry", &error);
+                function.store_failed(StoreFailure::Write, "storing a retry", &error);
             }
             function.reschedule(meta);
         }
@@ -759,10 +806,10 @@ async fn finish(
         tracing::warn!(function = %function.name, request_id = %meta.request_id, condition, attempts = invoke_count, "event gave up");
     }
     match function.queue.remove(&meta.id).await {
-        Ok(()) => function.store_worked(),
+        Ok(()) => function.store_worked(StoreFailure::Write),
         Err(error) => {
             tracing::error!(function = %function.name, request_id = %meta.request_id, %error, "cannot remove the handled event; it is handled again after a restart");
-            function.store_failed("removing a handled event", &error);
+            function.store_failed(StoreFailure::Write, "removing a handled event", &error);
         }
     }
     function.finished(&meta);

@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
             function_name: None,
             memory_size: 128,
             env: Vec::new(),
+            inherit_env: true,
             working_dir: None,
         },
         "us-east-1",

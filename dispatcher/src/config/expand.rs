@@ -1,10 +1,15 @@
-//! `${VAR}` and `${VAR:-default}` expansion over the config text, before YAML parsing.
+//! `${VAR}` and `${VAR:-default}` expansion in the config's scalar values.
 //!
-//! Expansion happens line by line and never inside a comment, so an example in a comment cannot
-//! fail a load. `$${` writes a literal `${`. Line numbers are unchanged by expansion (a value with
-//! a line break is refused), so positions in later errors still point into the file as written.
+//! The document is parsed first; then each scalar that holds a reference is expanded as a value
+//! and written back as one scalar: plain when the value reads back as the same plain scalar, else
+//! as a double-quoted string. So a value can never change the document's structure (a ` #` does
+//! not start a comment, `: ` and `,` add no keys or list items), comments are never expanded, and
+//! `$${` writes a literal `${`. Line numbers are unchanged (a value's line breaks are escaped),
+//! and [`Expanded::original_position`] maps a column of the expanded text back to the file as
+//! written, so every error points into the file the user wrote.
 
 use super::locate::Position;
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,44 +18,199 @@ pub struct ExpandError {
     pub message: String,
 }
 
-pub fn expand(text: &str, environment: &HashMap<String, String>) -> Result<String, ExpandError> {
-    let mut out = String::with_capacity(text.len());
-    for (line_index, line) in text.split_inclusive('\n').enumerate() {
-        let comment_start = comment_start(line).unwrap_or(line.len());
-        let (content, comment) = line.split_at(comment_start);
-        expand_line(content, line_index as u64 + 1, environment, &mut out)?;
-        out.push_str(comment);
-    }
-    Ok(out)
+/// The expanded text and where its rewritten scalars were.
+#[derive(Debug, Clone, Default)]
+pub struct Expanded {
+    pub text: String,
+    /// Rewritten scalars that start and end on one line: (line, new start column, new end
+    /// column, original start column, original end column), 1-based, in document order.
+    edits: Vec<(u64, u64, u64, u64, u64)>,
 }
 
-/// The byte offset of a `#` that starts a comment: at the line start or after white space,
-/// outside single and double quotes.
-fn comment_start(line: &str) -> Option<usize> {
-    let mut in_single = false;
-    let mut in_double = false;
-    let mut previous: Option<char> = None;
-    for (offset, c) in line.char_indices() {
-        match c {
-            '\'' if !in_double => in_single = !in_single,
-            '"' if !in_single && previous != Some('\\') => in_double = !in_double,
-            '#' if !in_single && !in_double && previous.is_none_or(char::is_whitespace) => {
-                return Some(offset);
+impl Expanded {
+    /// The position in the file as written of `position` in the expanded text.
+    pub fn original_position(&self, position: Position) -> Position {
+        let mut shift: i64 = 0;
+        for &(line, new_start, new_end, original_start, original_end) in &self.edits {
+            if line != position.line || new_start > position.column {
+                continue;
             }
-            _ => {}
+            if position.column < new_end {
+                // Inside a rewritten value: its start in the file.
+                return Position {
+                    line,
+                    column: original_start,
+                };
+            }
+            shift += (new_end - new_start) as i64 - (original_end - original_start) as i64;
         }
-        previous = Some(c);
+        Position {
+            line: position.line,
+            column: (position.column as i64 - shift).max(1) as u64,
+        }
     }
-    None
 }
 
-fn expand_line(
-    line: &str,
-    line_number: u64,
+/// Placeholder characters (Unicode private use, printable in YAML) that stand in for unquoted
+/// references while the document is parsed: `{` and `,` in `${A:-x, y}` would otherwise be flow
+/// indicators. Neighbouring references alternate between the two, so each run is one reference.
+const PLACEHOLDERS: [char; 2] = ['\u{e000}', '\u{e001}'];
+
+/// `text` with every unquoted `${...}` outside comments replaced by a run of one placeholder
+/// character of the same length (so lines and columns are unchanged), and the references replaced,
+/// in document order.
+fn mask_references(text: &str) -> (String, Vec<String>) {
+    let mut masked = String::with_capacity(text.len());
+    let mut references = Vec::new();
+    for line in text.split_inclusive('\n') {
+        let (mut in_single, mut in_double) = (false, false);
+        let mut previous: Option<char> = None;
+        let mut chars = line.char_indices().peekable();
+        while let Some((offset, c)) = chars.next() {
+            match c {
+                '\'' if !in_double => in_single = !in_single,
+                '"' if !in_single && previous != Some('\\') => in_double = !in_double,
+                '#' if !in_single && !in_double && previous.is_none_or(char::is_whitespace) => {
+                    masked.push_str(&line[offset..]);
+                    break;
+                }
+                '$' if !in_single
+                    && !in_double
+                    && previous != Some('$')
+                    && line[offset..].starts_with("${") =>
+                {
+                    if let Some(end) = line[offset..].find('}') {
+                        let reference = &line[offset..=offset + end];
+                        let mark = PLACEHOLDERS[references.len() % 2];
+                        masked.extend(std::iter::repeat_n(mark, reference.chars().count()));
+                        references.push(reference.to_owned());
+                        while chars.peek().is_some_and(|(at, _)| *at <= offset + end) {
+                            chars.next();
+                        }
+                        previous = Some('}');
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            masked.push(c);
+            previous = Some(c);
+        }
+    }
+    (masked, references)
+}
+
+/// `text` with each run of a placeholder character replaced by the next of `references`.
+fn unmask(text: &str, references: &mut std::collections::VecDeque<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if PLACEHOLDERS.contains(&c) {
+            while chars.peek() == Some(&c) {
+                chars.next();
+            }
+            out.push_str(&references.pop_front().unwrap_or_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn expand(text: &str, environment: &HashMap<String, String>) -> Result<Expanded, ExpandError> {
+    let (masked, references) = mask_references(text);
+    let mut references: std::collections::VecDeque<String> = references.into();
+    let text = masked.as_str();
+    // Character index → byte offset (the parser's markers count characters).
+    let offsets: Vec<usize> = text
+        .char_indices()
+        .map(|(offset, _)| offset)
+        .chain(std::iter::once(text.len()))
+        .collect();
+    let mut expanded = Expanded::default();
+    let mut copied = 0usize;
+    // Column shift so far on the current line, to place later edits of the same line.
+    let mut line_shift: (u64, i64) = (0, 0);
+    for item in Parser::new_from_str(text) {
+        // A document that does not parse is left to the parser's own error.
+        let Ok((event, span)) = item else { break };
+        let Event::Scalar(value, style, ..) = event else {
+            continue;
+        };
+        let (Some(&start), Some(&end)) = (
+            offsets.get(span.start.index()),
+            offsets.get(span.end.index()),
+        ) else {
+            continue;
+        };
+        let source = &text[start..end];
+        if start < copied || !(source.contains("${") || source.contains(PLACEHOLDERS)) {
+            continue;
+        }
+        let position = Position {
+            line: span.start.line() as u64,
+            column: span.start.col() as u64 + 1,
+        };
+        let value = unmask(&value, &mut references);
+        let value = expand_value(&value, position, style == ScalarStyle::Plain, environment)?;
+        let mut replacement = if style == ScalarStyle::Plain && plain_safe(&value) {
+            value
+        } else {
+            serde_json::to_string(&value).expect("a string serializes")
+        };
+        let line_breaks = source.matches('\n').count();
+        if line_breaks == 0 {
+            if line_shift.0 != position.line {
+                line_shift = (position.line, 0);
+            }
+            let new_start = (position.column as i64 + line_shift.1) as u64;
+            let new_end = new_start + replacement.chars().count() as u64;
+            let original_end = position.column + source.chars().count() as u64;
+            expanded.edits.push((
+                position.line,
+                new_start,
+                new_end,
+                position.column,
+                original_end,
+            ));
+            line_shift.1 += (new_end - new_start) as i64 - (original_end - position.column) as i64;
+        }
+        replacement.push_str(&"\n".repeat(line_breaks));
+        expanded
+            .text
+            .push_str(&unmask(&text[copied..start], &mut references));
+        expanded.text.push_str(&replacement);
+        copied = end;
+    }
+    expanded
+        .text
+        .push_str(&unmask(&text[copied..], &mut references));
+    Ok(expanded)
+}
+
+/// Whether `value` written as a plain scalar reads back as exactly this one scalar.
+fn plain_safe(value: &str) -> bool {
+    let Some(first) = value.chars().next() else {
+        return false;
+    };
+    value.trim() == value
+        && !"-?:,[]{}#&*!|>'\"%@`".contains(first)
+        && !value.ends_with(':')
+        && !value.contains(": ")
+        && !value.contains(" #")
+        && !value.chars().any(|c| c.is_control() || ",[]{}".contains(c))
+}
+
+/// Expands the references in one scalar's value; `plain` scalars report a reference at its own
+/// column (their value is their text), others at the scalar's start.
+fn expand_value(
+    value: &str,
+    scalar: Position,
+    plain: bool,
     environment: &HashMap<String, String>,
-    out: &mut String,
-) -> Result<(), ExpandError> {
-    let mut rest = line;
+) -> Result<String, ExpandError> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
     let mut consumed_chars = 0u64;
     while let Some(start) = rest.find('$') {
         out.push_str(&rest[..start]);
@@ -68,9 +228,13 @@ fn expand_line(
             consumed_chars += 1;
             continue;
         }
-        let position = Position {
-            line: line_number,
-            column: consumed_chars + 1,
+        let position = if plain && !value[..value.len() - rest.len()].contains('\n') {
+            Position {
+                line: scalar.line,
+                column: scalar.column + consumed_chars,
+            }
+        } else {
+            scalar
         };
         let Some(end) = after.find('}') else {
             return Err(ExpandError {
@@ -103,18 +267,12 @@ fn expand_line(
                 });
             }
         };
-        if value.contains('\n') {
-            return Err(ExpandError {
-                position,
-                message: format!("environment variable {name} contains a line break"),
-            });
-        }
         out.push_str(value);
         consumed_chars += after[..=end].chars().count() as u64;
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -125,13 +283,20 @@ mod tests {
         HashMap::from([
             ("A".to_owned(), "alpha".to_owned()),
             ("EMPTY".to_owned(), String::new()),
+            ("HASH".to_owned(), "s3cret #x".to_owned()),
+            ("INJECT".to_owned(), "a, b: c".to_owned()),
+            ("LIST".to_owned(), "x\", \"--evil".to_owned()),
         ])
+    }
+
+    fn text(input: &str) -> String {
+        expand(input, &env()).unwrap().text
     }
 
     #[test]
     fn variables_and_defaults_expand() {
         assert_eq!(
-            expand("x: ${A}\ny: ${B:-beta}\nz: ${EMPTY:-e}\n", &env()).unwrap(),
+            text("x: ${A}\ny: ${B:-beta}\nz: ${EMPTY:-e}\n"),
             "x: alpha\ny: beta\nz: e\n"
         );
     }
@@ -139,12 +304,8 @@ mod tests {
     #[test]
     fn comments_and_escapes_are_left_alone() {
         assert_eq!(
-            expand(
-                "x: 1 # uses ${UNSET}\n# ${UNSET}\ny: \"a # ${A}\"\nz: $${A} $5\n",
-                &env()
-            )
-            .unwrap(),
-            "x: 1 # uses ${UNSET}\n# ${UNSET}\ny: \"a # alpha\"\nz: ${A} $5\n"
+            text("x: 1 # uses ${UNSET}\n# ${UNSET}\ny: \"a # ${A}\"\nz: $${A} $5\n"),
+            "x: 1 # uses ${UNSET}\n# ${UNSET}\ny: \"a # alpha\"\nz: \"${A} $5\"\n"
         );
     }
 
@@ -153,5 +314,49 @@ mod tests {
         let error = expand("a: 1\nqueue: ${NOPE}\n", &env()).unwrap_err();
         assert_eq!(error.position, Position { line: 2, column: 8 });
         assert!(error.message.contains("NOPE is not set"));
+    }
+
+    // Hardening issue, item 12: values were pasted into the text, so ` #` cut a token and `,`
+    // or `: ` injected keys and list items.
+    #[test]
+    fn a_value_cannot_change_the_documents_structure() {
+        let parsed =
+            |input: &str| -> serde_json::Value { serde_saphyr::from_str(&text(input)).unwrap() };
+        assert_eq!(
+            parsed("token: ${HASH}\n"),
+            serde_json::json!({"token": "s3cret #x"})
+        );
+        assert_eq!(
+            parsed("program: [run, ${INJECT}]\n"),
+            serde_json::json!({"program": ["run", "a, b: c"]})
+        );
+        assert_eq!(
+            parsed("program: [\"run\", \"${LIST}\"]\n"),
+            serde_json::json!({"program": ["run", "x\", \"--evil"]})
+        );
+        assert_eq!(
+            parsed("a: ${INJECT}\nb: 1\n"),
+            serde_json::json!({"a": "a, b: c", "b": 1})
+        );
+        assert_eq!(
+            parsed("f: {a: ${A}, b: [${A}${A}, ${NOPE:-x, y}]} # ${UNSET}\n"),
+            serde_json::json!({"f": {"a": "alpha", "b": ["alphaalpha", "x, y"]}})
+        );
+    }
+
+    #[test]
+    fn columns_after_a_rewritten_value_map_back_to_the_file() {
+        let expanded = expand("x: {a: ${HASH}, b: oops}\n", &env()).unwrap();
+        let oops = expanded.text.find("oops").unwrap() as u64 + 1;
+        assert_eq!(
+            expanded.original_position(Position {
+                line: 1,
+                column: oops
+            }),
+            Position {
+                line: 1,
+                column: 20
+            }
+        );
     }
 }

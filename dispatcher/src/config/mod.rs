@@ -89,6 +89,43 @@ pub const DEFAULT_MAX_QUEUED_EVENTS: u64 = 10_000;
 pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1 << 30;
 
 impl Config {
+    /// Things that load but may not do what the user expects; `validate` prints them and `run`
+    /// logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let no_spill = |destination: &Option<DestinationConfig>| {
+            matches!(
+                destination,
+                Some(DestinationConfig::Sqs {
+                    spill_bucket: None,
+                    ..
+                })
+            )
+        };
+        let mut warnings = Vec::new();
+        let advice = "an envelope over SQS's 256 KB limit is then stored without its records' contents; set on_failure.sqs.spill_bucket to keep them";
+        for mapping in &self.mappings {
+            if no_spill(&mapping.on_failure) {
+                warnings.push(format!(
+                    "mappings.{}.on_failure.sqs has no spill_bucket, and a batch of its records (each up to {}) can exceed SQS's message limit: {advice}",
+                    mapping.name,
+                    match mapping.source {
+                        SourceConfig::Sqs(_) | SourceConfig::S3(_) => "256 KB",
+                        SourceConfig::DynamodbStream(_) => "400 KB",
+                        SourceConfig::Kafka(_) => "1 MB or more",
+                    }
+                ));
+            }
+        }
+        for (name, function) in self.invoke_api.iter().flat_map(|api| &api.functions) {
+            if no_spill(&function.on_failure) || no_spill(&function.on_success) {
+                warnings.push(format!(
+                    "invoke_api.functions.{name} sends to an SQS destination without spill_bucket, and its events can be up to 1 MB: {advice}"
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Whether anything in the config calls AWS (sources, destinations, a lease table).
     pub fn needs_aws(&self) -> bool {
         let function_destinations = self.invoke_api.as_ref().is_some_and(|api| {
@@ -169,6 +206,8 @@ pub struct LambdaRuntimeTargetConfig {
     pub function_name: Option<String>,
     pub memory_size: u32,
     pub env: Vec<(String, String)>,
+    /// Whether the processes get sluice's environment besides `env`.
+    pub inherit_env: bool,
     pub working_dir: Option<String>,
 }
 
@@ -195,6 +234,8 @@ pub struct CommandTargetConfig {
     pub program: Vec<String>,
     pub timeout: Duration,
     pub env: Vec<(String, String)>,
+    /// Whether the processes get sluice's environment besides `env`.
+    pub inherit_env: bool,
     pub working_dir: Option<String>,
     pub max_concurrency: usize,
 }
@@ -379,8 +420,8 @@ pub fn parse(
     })?;
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
-    let raw: RawConfig = serde_saphyr::from_str_with_options(&expanded, options)
-        .map_err(|error| ConfigErrors(vec![parse_error(file, &index, &error)]))?;
+    let raw: RawConfig = serde_saphyr::from_str_with_options(&expanded.text, options)
+        .map_err(|error| ConfigErrors(vec![parse_error(file, &index, &expanded, &error)]))?;
     let mut validator = Validator {
         file,
         index: &index,
@@ -396,11 +437,18 @@ pub fn parse(
     }
 }
 
-fn parse_error(file: &str, index: &KeyIndex, error: &serde_saphyr::Error) -> ConfigError {
+fn parse_error(
+    file: &str,
+    index: &KeyIndex,
+    expanded: &expand::Expanded,
+    error: &serde_saphyr::Error,
+) -> ConfigError {
     let error = error.without_snippet();
-    let position = error.location().map(|location| Position {
-        line: location.line(),
-        column: location.column(),
+    let position = error.location().map(|location| {
+        expanded.original_position(Position {
+            line: location.line(),
+            column: location.column(),
+        })
     });
     let mut path = position
         .and_then(|p| index.path_at(p))
@@ -432,6 +480,10 @@ fn plain_type_message(message: String) -> String {
     let expectations = [
         ("invalid u32", "expected a whole number, 0 or more"),
         ("invalid u64", "expected a whole number, 0 or more"),
+        ("invalid u16", "expected a whole number, 0 or more"),
+        ("invalid usize", "expected a whole number, 0 or more"),
+        ("invalid i64", "expected a whole number"),
+        ("invalid i32", "expected a whole number"),
         ("invalid f64", "expected a number"),
         ("invalid bool", "expected true or false"),
     ];
@@ -894,6 +946,7 @@ impl Validator<'_> {
                     program: command.program,
                     timeout,
                     env: command.env.into_iter().collect(),
+                    inherit_env: command.inherit_env.unwrap_or(true),
                     working_dir: command.working_dir,
                     max_concurrency,
                 }))
@@ -936,6 +989,7 @@ impl Validator<'_> {
             function_name: raw.function_name,
             memory_size,
             env: raw.env.into_iter().collect(),
+            inherit_env: raw.inherit_env.unwrap_or(true),
             working_dir: raw.working_dir,
         })
     }
@@ -1944,6 +1998,17 @@ mappings:
         assert!(parse_text(&with("cluster/c/abc")).is_err());
         let config = parse_text(&with("arn:aws:kafka:us-east-1:1:cluster/c/abc")).unwrap();
         assert!(kafka_source(&config).msk_cluster_arn.is_some());
+    }
+
+    #[test]
+    fn an_sqs_on_failure_without_spill_bucket_is_warned_about() {
+        let text = format!(
+            "{BASE}    retry: {{ max_receive_count: 3 }}\n    on_failure: {{ sqs: {{ queue_url: \"http://127.0.0.1:1/1/dead\" }} }}\n"
+        );
+        let warnings = parse_text(&text).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("mappings.orders.on_failure.sqs has no spill_bucket"));
+        assert!(parse_text(BASE).unwrap().warnings().is_empty());
     }
 
     #[test]

@@ -201,6 +201,12 @@ pub struct RawLambdaRuntimeTarget {
     /// Extra environment variables for the workers.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Whether the workers inherit sluice's environment (its AWS credentials included, as a
+    /// Lambda function gets its role's). Default true. With false they see only `env` (plus
+    /// PATH and the Lambda runtime variables); use it to keep sluice's credentials from handler code.
+    #[serde(default)]
+    pub inherit_env: Option<bool>,
+
     /// Working directory (and LAMBDA_TASK_ROOT). Default: sluice's own.
     #[serde(default)]
     pub working_dir: Option<String>,
@@ -229,6 +235,12 @@ pub struct RawCommandTarget {
     /// Extra environment variables for the program.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Whether the program's processes inherit sluice's environment (its AWS credentials included, as a
+    /// Lambda function gets its role's). Default true. With false they see only `env` (plus
+    /// PATH and the SLUICE_ variables); use it to keep sluice's credentials from handler code.
+    #[serde(default)]
+    pub inherit_env: Option<bool>,
+
     /// Working directory. Default: sluice's own.
     #[serde(default)]
     pub working_dir: Option<String>,

@@ -143,6 +143,38 @@ impl SqsDestination {
     }
 }
 
+/// The envelope without the records' contents and payloads (what made it too large), with a
+/// note of what was cut. Identities (ids, sequence numbers, offsets, batch info), the error and
+/// the attempt history stay.
+fn reduced(mut envelope: Value, size: usize) -> Value {
+    let mut cut = Vec::new();
+    for key in ["payload", "requestPayload", "responsePayload"] {
+        if envelope
+            .as_object_mut()
+            .and_then(|o| o.remove(key))
+            .is_some()
+        {
+            cut.push(key.to_owned());
+        }
+    }
+    let mut records = 0;
+    if let Some(sluice) = envelope.get_mut("sluice").and_then(Value::as_object_mut) {
+        if let Some(Value::Array(removed)) = sluice.insert("records".into(), json!([])) {
+            records = removed.len();
+            cut.push("sluice.records".into());
+        }
+        sluice.insert(
+            "cut".into(),
+            json!({
+                "reason": format!("the envelope was {size} bytes, over SQS's {MAX_MESSAGE_BYTES}, and on_failure has no spill_bucket"),
+                "fields": cut,
+                "records": records,
+            }),
+        );
+    }
+    envelope
+}
+
 #[async_trait]
 impl Destination for SqsDestination {
     async fn store(
@@ -150,9 +182,17 @@ impl Destination for SqsDestination {
         document: serde_json::Value,
         placement: &Placement<'_>,
     ) -> Result<(), DestinationError> {
+        let mut body = document.to_string();
+        if body.len() > MAX_MESSAGE_BYTES && self.spill.is_none() {
+            // Retrying cannot make it fit: keep what identifies the records and why they failed.
+            let size = body.len();
+            body = reduced(document, size).to_string();
+            metrics::counter!("sluice_destination_reduced_envelopes_total", "mapping" => placement.mapping.to_owned()).increment(1);
+            tracing::warn!(mapping = placement.mapping, queue_url = %self.queue_url, envelope_bytes = size, reduced_bytes = body.len(), "the envelope is over SQS's limit and there is no spill_bucket; storing it without the records' contents (set on_failure.sqs.spill_bucket to keep them)");
+        }
         self.send_body(
             placement.mapping,
-            document.to_string(),
+            body,
             placement.group_hint,
             placement.dedup_hint,
         )
@@ -182,5 +222,31 @@ mod tests {
             None
         );
         assert_eq!(SpillPointer::parse("[1, 2"), None);
+    }
+
+    // Hardening issue, item 11: an envelope that cannot fit its queue (no spill_bucket) is
+    // stored reduced instead of being retried forever.
+    #[test]
+    fn a_reduced_envelope_keeps_identities_and_error_and_says_what_was_cut() {
+        let envelope = json!({
+            "requestContext": {"condition": "RetryAttemptsExhausted"},
+            "DDBStreamBatchInfo": {"startSequenceNumber": "1"},
+            "payload": {"Records": ["x".repeat(300_000)]},
+            "sluice": {
+                "records": [{"messageId": "m1", "body": "x".repeat(300_000)}],
+                "error": {"type": "Boom", "message": "failed"},
+                "source": {"kind": "sqs", "message_ids": ["m1"]},
+            }
+        });
+        let small = reduced(envelope, 600_000);
+        assert!(small.to_string().len() < 2_000, "{small}");
+        assert_eq!(small["DDBStreamBatchInfo"]["startSequenceNumber"], "1");
+        assert_eq!(small["sluice"]["source"]["message_ids"][0], "m1");
+        assert_eq!(small["sluice"]["error"]["type"], "Boom");
+        assert_eq!(small["sluice"]["cut"]["records"], 1);
+        assert_eq!(
+            small["sluice"]["cut"]["fields"],
+            json!(["payload", "sluice.records"])
+        );
     }
 }

@@ -352,6 +352,9 @@ pub async fn run_with_handlers(
     if workers.is_empty() && api.is_none() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");
     }
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "config warning");
+    }
     tracing::info!(mappings = workers.len(), "sluice running");
     shutdown.cancelled().await;
     tracing::info!(

@@ -31,6 +31,7 @@ pub struct CommandTarget {
     program: Vec<String>,
     timeout: Duration,
     env: Vec<(String, String)>,
+    inherit_env: bool,
     working_dir: Option<String>,
 }
 
@@ -41,7 +42,19 @@ impl CommandTarget {
             program: config.program.clone(),
             timeout: config.timeout,
             env: config.env.clone(),
+            inherit_env: config.inherit_env,
             working_dir: config.working_dir.clone(),
+        }
+    }
+}
+
+/// Without `inherit`, a handler process starts from an empty environment but PATH (to find its
+/// programs); the caller adds the target's `env` and sluice's own variables.
+pub(crate) fn scope_environment(command: &mut Command, inherit: bool) {
+    if !inherit {
+        command.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            command.env("PATH", path);
         }
     }
 }
@@ -59,6 +72,7 @@ impl Target for CommandTarget {
     async fn invoke(&self, invocation: &Invocation) -> Outcome {
         let started = Instant::now();
         let mut command = Command::new(&self.program[0]);
+        scope_environment(&mut command, self.inherit_env);
         command
             .args(&self.program[1..])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -186,16 +200,47 @@ mod tests {
     use super::*;
 
     fn target(script: &str, timeout: Duration) -> CommandTarget {
+        target_inheriting(script, timeout, true)
+    }
+
+    fn target_inheriting(script: &str, timeout: Duration, inherit_env: bool) -> CommandTarget {
         CommandTarget::new(
             "t",
             &CommandTargetConfig {
                 program: vec!["sh".into(), "-c".into(), script.into()],
                 timeout,
                 env: vec![("GREETING".into(), "hi".into())],
+                inherit_env,
                 working_dir: None,
                 max_concurrency: 1,
             },
         )
+    }
+
+    // Hardening issue, item 14: with inherit_env: false a handler sees only its own env (and
+    // PATH, SLUICE_*), not sluice's AWS credentials.
+    #[tokio::test]
+    async fn without_inherit_env_the_program_sees_only_its_own_environment() {
+        // SAFETY: set before any thread of this test reads the environment; no other test in
+        // this binary reads this variable.
+        unsafe { std::env::set_var("SLUICE_TEST_SECRET_CREDENTIAL", "leak") };
+        let script = r#"echo "{\"secret\": \"${SLUICE_TEST_SECRET_CREDENTIAL:-none}\", \"greeting\": \"$GREETING\", \"id\": \"${SLUICE_REQUEST_ID:+set}\"}""#;
+        let seen = |inherit| async move {
+            match target_inheriting(script, Duration::from_secs(5), inherit)
+                .invoke(&invocation())
+                .await
+            {
+                Outcome::Returned {
+                    response: Some(response),
+                } => response,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(seen(true).await["secret"], "leak");
+        let scoped = seen(false).await;
+        assert_eq!(scoped["secret"], "none");
+        assert_eq!(scoped["greeting"], "hi");
+        assert_eq!(scoped["id"], "set");
     }
 
     fn invocation() -> Invocation {
@@ -291,6 +336,7 @@ echo '{"ok": true}'"#;
                 program: vec!["/nonexistent/handler".into()],
                 timeout: Duration::from_secs(1),
                 env: Vec::new(),
+                inherit_env: true,
                 working_dir: None,
                 max_concurrency: 1,
             },

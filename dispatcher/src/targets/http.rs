@@ -10,6 +10,7 @@
 use super::{Invocation, Target, body_prefix, deadline_ms, error_from_body, returned};
 use crate::config::HttpTargetConfig;
 use async_trait::async_trait;
+use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use sluice_policies::{ErrorInfo, Outcome};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
 pub struct HttpTarget {
     client: reqwest::Client,
-    url: reqwest::Url,
+    url: Url,
     timeout: Duration,
     non_retryable_statuses: Vec<u16>,
 }
@@ -49,7 +50,7 @@ impl HttpTarget {
         })
     }
 
-    async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, Outcome> {
+    async fn read_body(response: &mut reqwest::Response, url: &Url) -> Result<Vec<u8>, Outcome> {
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
@@ -63,27 +64,39 @@ impl HttpTarget {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(body),
-                Err(error) => return Err(classify_transport_error(&error, Duration::ZERO)),
+                Err(error) => {
+                    return Err(classify_transport_error(&error, Duration::ZERO, url));
+                }
             }
         }
     }
 }
 
-fn classify_transport_error(error: &reqwest::Error, timeout: Duration) -> Outcome {
+fn classify_transport_error(error: &reqwest::Error, timeout: Duration, url: &Url) -> Outcome {
     if error.is_timeout() {
         return Outcome::Timeout {
             after_ms: timeout.as_millis() as u64,
         };
     }
+    // The message reaches callers (Invoke API answers, dead-letter envelopes): the URL's query
+    // and credentials (tokens, often) are left out.
+    let message = redacted(&error_chain(error), url);
     if error.is_connect() {
-        return Outcome::Unavailable {
-            message: error_chain(error),
-        };
+        return Outcome::Unavailable { message };
     }
-    Outcome::FunctionError(ErrorInfo::new(
-        "Sluice.TargetRequestFailed",
-        error_chain(error),
-    ))
+    Outcome::FunctionError(ErrorInfo::new("Sluice.TargetRequestFailed", message))
+}
+
+/// `message` without `url`'s query and credentials, however the URL was written into it.
+fn redacted(message: &str, url: &Url) -> String {
+    let mut message = message.to_owned();
+    if let Some(query) = url.query().filter(|q| !q.is_empty()) {
+        message = message.replace(&format!("?{query}"), "?(query hidden)");
+    }
+    if let Some(password) = url.password() {
+        message = message.replace(&format!(":{password}@"), ":(hidden)@");
+    }
+    message
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -117,14 +130,14 @@ impl Target for HttpTarget {
             .body(invocation.payload.clone());
         let mut response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return classify_transport_error(&error, self.timeout),
+            Err(error) => return classify_transport_error(&error, self.timeout, &self.url),
         };
         let status = response.status();
         let function_error = response
             .headers()
             .get("x-amz-function-error")
             .map(|v| v.to_str().unwrap_or("Unhandled").to_owned());
-        let body = match Self::read_body(&mut response).await {
+        let body = match Self::read_body(&mut response, &self.url).await {
             Ok(body) => body,
             Err(Outcome::Timeout { .. }) => {
                 return Outcome::Timeout {
@@ -166,5 +179,36 @@ mod tests {
         assert_eq!(error, ErrorInfo::new("ValueError", "bad order"));
         let plain = error_from_body(b"internal failure\n", "HTTP 500");
         assert_eq!(plain, ErrorInfo::new("HTTP 500", "internal failure"));
+    }
+
+    // Hardening issue, item 15: a failed call's message reached callers with the target URL's
+    // query string (often a token) in it.
+    #[tokio::test]
+    async fn transport_errors_do_not_echo_the_urls_query_or_credentials() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url: Url = format!("http://user:pw@127.0.0.1:{port}/hook?token=s3cret")
+            .parse()
+            .unwrap();
+        let target = HttpTarget::new(&HttpTargetConfig {
+            url: url.clone(),
+            timeout: Duration::from_secs(2),
+            headers: Vec::new(),
+            non_retryable_statuses: Vec::new(),
+            max_concurrency: 1,
+        })
+        .unwrap();
+        let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+        let Outcome::Unavailable { message } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            !message.contains("s3cret") && !message.contains("pw"),
+            "{message}"
+        );
+        assert!(message.contains("/hook"), "{message}");
     }
 }

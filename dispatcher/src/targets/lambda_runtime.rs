@@ -458,6 +458,7 @@ impl Supervisor {
     fn spawn(&self, api: &str) -> std::io::Result<tokio::process::Child> {
         let program = &self.config.command;
         let mut command = tokio::process::Command::new(&program[0]);
+        super::command::scope_environment(&mut command, self.config.inherit_env);
         let task_root = self
             .config
             .working_dir
@@ -755,6 +756,7 @@ mod tests {
             function_name: None,
             memory_size: 128,
             env: vec![("STATE".into(), dir.path().display().to_string())],
+            inherit_env: true,
             working_dir: Some(dir.path().display().to_string()),
         };
         (

@@ -88,7 +88,7 @@ mod tests {
             "xxxxxxxxxx… [line cut by sluice: 100000 bytes in all]"
         );
         assert_eq!(out[1], "next");
-        assert_eq!(out[2], "last witho… [line cut by sluice: 18 bytes in all]");
+        assert_eq!(out[2], "last witho… [line cut by sluice: 20 bytes in all]");
     }
 
     #[tokio::test]

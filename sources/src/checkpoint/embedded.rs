@@ -51,17 +51,39 @@ impl StateFile {
             .open(&path)
             .and_then(|file| file.set_permissions(std::fs::Permissions::from_mode(0o600)))
             .map_err(|e| store_error(format!("cannot create {}: {e}", path.display())))?;
-        let db = Database::create(&path).map_err(|error| match error {
-            redb::DatabaseError::DatabaseAlreadyOpen => store_error(
-                "another sluice process is using this state_dir; give each process its own state_dir, or share shards between instances with checkpoints.dynamodb".into(),
-            ),
-            other => store_error(other.to_string()),
-        })?;
-        let write = db.begin_write().map_err(|e| store_error(e.to_string()))?;
-        write
-            .open_table(CHECKPOINTS)
-            .map_err(|e| store_error(e.to_string()))?;
-        write.commit().map_err(|e| store_error(e.to_string()))?;
+        let recover = "if the file is damaged, stop sluice and move it aside: the queued Event invocations and stream checkpoints in it are lost (streams start again from their starting_position)";
+        // redb panics on some damaged files: that is an error to report, not a crash.
+        let opened = std::panic::catch_unwind(|| -> Result<Database, CheckpointError> {
+            let db = Database::create(&path).map_err(|error| match error {
+                redb::DatabaseError::DatabaseAlreadyOpen => store_error(
+                    "another sluice process is using this state_dir; give each process its own state_dir, or share shards between instances with checkpoints.dynamodb".into(),
+                ),
+                other => store_error(format!("{other}; {recover}")),
+            })?;
+            let write = db
+                .begin_write()
+                .map_err(|e| store_error(format!("{e}; {recover}")))?;
+            write
+                .open_table(CHECKPOINTS)
+                .map_err(|e| store_error(format!("{e}; {recover}")))?;
+            write
+                .commit()
+                .map_err(|e| store_error(format!("{e}; {recover}")))?;
+            Ok(db)
+        });
+        let db = match opened {
+            Ok(result) => result?,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                return Err(store_error(format!(
+                    "the file could not be read ({message}); {recover}"
+                )));
+            }
+        };
         Ok(Self {
             db: Arc::new(db),
             path,
