@@ -212,6 +212,91 @@ async fn two_thousand_changes_arrive_in_order_per_key_and_survive_a_sigkill() {
     drop(second);
 }
 
+// Hardening issue, item 24 (semantics.md §12, README "What happens to a change"): with several
+// lanes the shard's one checkpoint trails the oldest batch in flight, so a SIGKILL repeats every
+// lane's in-flight batch and what finished behind the oldest of them — never anything older.
+// Checkpoint writes are not awaited, so the batches of the last 600 ms before the kill count as
+// possibly in flight too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_lanes_a_sigkill_repeats_only_records_from_the_oldest_batch_in_flight_on() {
+    let moto = Moto::start();
+    create_stream_table(&moto.dynamodb().await, "lanes").await;
+    write_changes(&moto, "lanes", 1000, 50).await;
+    let handler =
+        Handler::start(|_, _| Reply::json(json!({})).after(Duration::from_millis(30))).await;
+    let state = tempfile::tempdir().unwrap();
+    let text = config(
+        &handler.url("/changes"),
+        state.path(),
+        "",
+        r#"
+  - name: lanes
+    target: handler
+    source:
+      dynamodb_stream: { table: lanes, starting_position: trim_horizon, batch_size: 10, parallelization_factor: 2 }
+"#,
+    );
+    let first = Sluice::start(&text, &moto_env(&moto));
+    eventually(
+        Duration::from_secs(240),
+        "half of the changes handled",
+        || async { (handler.records().len() >= 500).then_some(()) },
+    )
+    .await;
+    first.signal("KILL");
+    let killed_at = Instant::now();
+    drop(first);
+    let run1 = handler.received();
+    let completed: HashSet<u128> = handler
+        .completed()
+        .iter()
+        .filter_map(|r| r.records().first().map(sequence_of))
+        .collect();
+    // The oldest record any batch possibly in flight at the kill started with.
+    let oldest_in_flight = run1
+        .iter()
+        .filter(|r| {
+            let first = r.records().first().map(sequence_of);
+            killed_at.duration_since(r.at) < Duration::from_millis(600)
+                || first.is_some_and(|first| !completed.contains(&first))
+        })
+        .filter_map(|r| r.records().first().map(sequence_of))
+        .min()
+        .expect("batches were in flight");
+    let seen_first: HashSet<u128> = run1
+        .iter()
+        .flat_map(Received::records)
+        .map(|r| sequence_of(&r))
+        .collect();
+
+    let _second = Sluice::start(&text, &moto_env(&moto));
+    let written = stream_records(&moto, "lanes").await.len();
+    eventually(Duration::from_secs(240), "every change handled", || async {
+        let sequences: HashSet<u128> = handler.records().iter().map(sequence_of).collect();
+        (sequences.len() == written).then_some(())
+    })
+    .await;
+    let run2: Vec<Value> = handler.received()[run1.len()..]
+        .iter()
+        .flat_map(Received::records)
+        .collect();
+    assert_in_order_per_key(&run2, "after the restart");
+    let repeated: Vec<u128> = run2
+        .iter()
+        .map(sequence_of)
+        .filter(|sequence| seen_first.contains(sequence))
+        .collect();
+    let too_old: Vec<&u128> = repeated.iter().filter(|s| **s < oldest_in_flight).collect();
+    assert!(
+        too_old.is_empty(),
+        "records older than the oldest batch in flight ({oldest_in_flight}) were repeated: {too_old:?}"
+    );
+    eprintln!(
+        "{} records repeated after the kill, all from sequence {oldest_in_flight} on",
+        repeated.len()
+    );
+}
+
 // semantics.md §12 "Bisect": one poison record costs one record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_poison_record_among_a_thousand_is_dead_lettered_alone_with_bisect() {

@@ -398,7 +398,6 @@ invoke_api:
         if !running {
             continue;
         }
-        let before = handler.completed().len();
         let mut accepted = 0;
         let mut refused = Vec::new();
         for n in 0..5 {
@@ -418,11 +417,18 @@ invoke_api:
         if !refused.is_empty() {
             eprintln!("seed {seed}: refused: {refused:?}");
         }
+        let handled_now = || {
+            handler
+                .completed()
+                .iter()
+                .filter(|r| r.event["seed"] == seed)
+                .count()
+        };
         let handled = eventually(
             Duration::from_secs(30),
             "202s handled or reported",
             || async {
-                let handled = handler.completed().len() - before;
+                let handled = handled_now();
                 let (status, body) = sluice.get("/readyz").await;
                 (handled >= accepted || (status == 503 && body.contains("functions")))
                     .then_some(handled)

@@ -13,6 +13,8 @@ use axum::Router;
 use axum::body::Body;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +31,12 @@ pub fn spawn(
     app: Router,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_admitting(what, listener, app, stop, |_| true)
+    spawn_admitting(what, listener, app, stop, Arc::new(|_, _| true))
 }
+
+/// Decides, from the peer's and the server's address, whether a connection may be served; it
+/// runs on the blocking pool (it may read `/proc`).
+pub type Admit = Arc<dyn Fn(SocketAddr, SocketAddr) -> bool + Send + Sync>;
 
 /// [`spawn`], closing at once every connection `admit` refuses.
 pub fn spawn_admitting(
@@ -38,7 +44,7 @@ pub fn spawn_admitting(
     listener: TcpListener,
     app: Router,
     stop: CancellationToken,
-    admit: impl Fn(&tokio::net::TcpStream) -> bool + Send + 'static,
+    admit: Admit,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -63,18 +69,24 @@ pub fn spawn_admitting(
                     continue;
                 }
             };
-            if !admit(&stream) {
-                tracing::warn!(server = what, peer = ?stream.peer_addr().ok(), "refused a connection from a process that may not use this server");
-                continue;
-            }
-            let _ = stream.set_nodelay(true);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-            let connection = graceful.watch(connection);
+            let (watcher, app, admit) = (graceful.watcher(), app.clone(), admit.clone());
             tokio::spawn(async move {
-                let _ = connection.await;
+                let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+                    return;
+                };
+                let admitted = tokio::task::spawn_blocking(move || admit(peer, local))
+                    .await
+                    .unwrap_or(false);
+                if !admitted {
+                    tracing::warn!(server = what, %peer, "refused a connection from a process that may not use this server");
+                    return;
+                }
+                let _ = stream.set_nodelay(true);
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                let _ = watcher.watch(connection).await;
             });
         }
         drop(listener);
@@ -141,20 +153,55 @@ mod tests {
         (address, stop.clone(), spawn("test", listener, app, stop))
     }
 
+    // Hardening issue, item 9: no server had a header read timeout, so a client trickling
+    // headers held a connection (and the drain) open.
     #[tokio::test]
-    async fn a_client_trickling_headers_is_cut_off_and_does_not_hold_the_shutdown() {
-        let (address, stop, handle) = server().await;
+    async fn a_client_trickling_headers_is_cut_off_at_the_header_read_timeout() {
+        let (address, _stop, _handle) = server().await;
         let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
         client
             .write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
             .await
             .unwrap();
-        stop.cancel();
-        // The header timeout (10 s) closes the connection, and with it the server.
-        tokio::time::timeout(HEADER_READ_TIMEOUT + Duration::from_secs(5), handle)
+        let started = std::time::Instant::now();
+        // One header byte a second, never finishing: the server closes the connection.
+        let closed = async {
+            let mut buffer = [0u8; 256];
+            loop {
+                if client.write_all(b"X").await.is_err() {
+                    return;
+                }
+                match tokio::time::timeout(Duration::from_secs(1), client.read(&mut buffer)).await {
+                    Ok(Ok(0) | Err(_)) => return,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(HEADER_READ_TIMEOUT + Duration::from_secs(5), closed)
             .await
-            .expect("the server ended within the header read timeout")
-            .unwrap();
+            .expect("the server closed the connection within the header read timeout");
+        assert!(started.elapsed() >= HEADER_READ_TIMEOUT - Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_refused_peer_is_never_served() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = Router::new().route("/", post(|| async { "served" }));
+        let _handle = spawn_admitting(
+            "test",
+            listener,
+            app,
+            CancellationToken::new(),
+            Arc::new(|_, _| false),
+        );
+        let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let _ = client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     }
 
     #[tokio::test]

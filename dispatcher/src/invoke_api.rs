@@ -55,6 +55,13 @@ pub const SYNC_SLOT_WAIT: Duration = Duration::from_secs(1);
 /// How long an event waits before it is tried again after the state file failed it.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
+/// The end of an event whose destination record is still to be stored.
+struct Finishing {
+    condition: &'static str,
+    invoke_count: u32,
+    response: Result<Option<Value>, ErrorInfo>,
+}
+
 /// What kind of state file call failed; a failed read is worse (queued events cannot run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum StoreFailure {
@@ -158,6 +165,9 @@ pub struct Function {
     store_failing: Mutex<Option<StoreFailure>>,
     /// Set once the stored index is in the schedule.
     loaded: Notify,
+    /// Events whose attempts are over but whose destination record could not be stored yet:
+    /// their retry stores the record again without invoking the handler again.
+    finishing: Mutex<HashMap<String, Finishing>>,
     /// At most this many events run at once.
     workers: usize,
 }
@@ -190,6 +200,7 @@ impl Function {
             health,
             store_failing: Mutex::new(None),
             loaded: Notify::new(),
+            finishing: Mutex::new(HashMap::new()),
             workers,
         }
     }
@@ -227,6 +238,11 @@ impl Function {
             self.health
                 .set_problem(Component::Function, &self.name, None);
         }
+    }
+
+    /// The `/readyz` entry of the async worker, apart from the state file's.
+    fn worker_key(&self) -> String {
+        format!("{} (async worker)", self.name)
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
@@ -313,7 +329,7 @@ pub async fn serve(
             move |message: &str| {
                 function.health.set_problem(
                     Component::Function,
-                    &function.name,
+                    &function.worker_key(),
                     Some(format!("the async worker died: {message}")),
                 )
             }
@@ -518,7 +534,7 @@ async fn invoke_sync(function: &Function, payload: bytes::Bytes) -> Response {
     }
 }
 
-async fn enqueue(function: &Function, payload: bytes::Bytes) -> Response {
+async fn enqueue(function: &Arc<Function>, payload: bytes::Bytes) -> Response {
     if !wait_until_loaded(function).await || function.failure() == Some(StoreFailure::Read) {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -540,17 +556,34 @@ async fn enqueue(function: &Function, payload: bytes::Bytes) -> Response {
     }
     let request_id = crate::targets::new_request_id();
     let meta = EventMeta::new(&function.name, &request_id, bytes, now_ms());
-    if let Err(error) = function.queue.insert(&meta, payload).await {
-        function.backlog.release(bytes);
-        function.store_failed(StoreFailure::Write, "storing an event", &error);
+    // Stored and scheduled in a task of its own: a caller that disconnects mid-write must not
+    // leave a stored event out of the schedule (or its room in the backlog taken).
+    let stored = tokio::spawn({
+        let function = function.clone();
+        async move {
+            match function.queue.insert(&meta, payload).await {
+                Ok(()) => {
+                    function.store_worked(StoreFailure::Write);
+                    function.reschedule(meta);
+                    true
+                }
+                Err(error) => {
+                    function.backlog.release(bytes);
+                    function.store_failed(StoreFailure::Write, "storing an event", &error);
+                    false
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !stored {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ServiceException",
             "the event could not be stored durably; try again",
         );
     }
-    function.store_worked(StoreFailure::Write);
-    function.reschedule(meta);
     (
         StatusCode::ACCEPTED,
         [("x-amzn-RequestId", request_id.as_str())],
@@ -614,6 +647,10 @@ async fn run_async_worker(function: Arc<Function>, stop: CancellationToken) {
     if !load_schedule(&function, &stop).await {
         return;
     }
+    // A worker that died before is running again.
+    function
+        .health
+        .set_problem(Component::Function, &function.worker_key(), None);
     let slots = Arc::new(tokio::sync::Semaphore::new(function.workers));
     let tracker = TaskTracker::new();
     loop {
@@ -628,7 +665,22 @@ async fn run_async_worker(function: Arc<Function>, stop: CancellationToken) {
             Ok(meta) => {
                 let function = function.clone();
                 tracker.spawn(async move {
-                    handle_event(&function, meta).await;
+                    // Its own task, so that a panic comes back here instead of losing the event.
+                    let attempt = tokio::spawn({
+                        let (function, meta) = (function.clone(), meta.clone());
+                        async move { handle_event(&function, meta).await }
+                    });
+                    if let Err(error) = attempt.await {
+                        let cause = if error.is_panic() {
+                            crate::runtime::panic_message(&*error.into_panic())
+                        } else {
+                            error.to_string()
+                        };
+                        tracing::error!(function = %function.name, request_id = %meta.request_id, %cause, "handling an event panicked; it is tried again later");
+                        let mut meta = meta;
+                        meta.not_before_ms = now_ms() + STORE_RETRY.as_millis() as u64;
+                        function.reschedule(meta);
+                    }
                     drop(slot);
                 });
             }
@@ -674,6 +726,24 @@ async fn handle_event(function: &Function, mut meta: EventMeta) {
         not_run: meta.not_run,
     };
     let request_payload = || serde_json::from_slice::<Value>(&payload).unwrap_or(Value::Null);
+    let finishing = function
+        .finishing
+        .lock()
+        .expect("finishing lock")
+        .remove(&meta.id);
+    if let Some(end) = finishing {
+        // The handler already ran: only the destination record is still to be stored.
+        finish(
+            function,
+            meta,
+            end.condition,
+            end.invoke_count,
+            request_payload(),
+            end.response,
+        )
+        .await;
+        return;
+    }
     if function.policy.expired(&attempt, now_since_epoch()) {
         let error = ErrorInfo::new(
             "EventAgeExceeded",
@@ -779,7 +849,7 @@ async fn finish(
             invoke_count,
             request_id: meta.request_id.clone(),
             request_payload: payload,
-            response,
+            response: response.clone(),
             source: EnvelopeSource::Invoke {
                 function: function.name.clone(),
                 request_id: meta.request_id.clone(),
@@ -794,7 +864,15 @@ async fn finish(
             dedup_hint: &meta.request_id,
         };
         if let Err(error) = destination.store(record.to_json(), &placement).await {
-            tracing::error!(function = %function.name, request_id = %meta.request_id, condition, %error, "storing the destination record failed; the event stays queued");
+            tracing::error!(function = %function.name, request_id = %meta.request_id, condition, %error, "storing the destination record failed; the event stays queued and only the record is stored again");
+            function.finishing.lock().expect("finishing lock").insert(
+                meta.id.clone(),
+                Finishing {
+                    condition,
+                    invoke_count,
+                    response,
+                },
+            );
             meta.not_before_ms = now_ms() + STORE_RETRY.as_millis() as u64;
             function.reschedule(meta);
             return;

@@ -63,35 +63,49 @@ fn mask_references(text: &str) -> (String, Vec<String>) {
     let mut masked = String::with_capacity(text.len());
     let mut references = Vec::new();
     for line in text.split_inclusive('\n') {
-        let (mut in_single, mut in_double) = (false, false);
+        let (mut in_single, mut in_double, mut escaped) = (false, false, false);
         let mut previous: Option<char> = None;
+        // A quote starts a quoted scalar only where a scalar can start (an apostrophe inside
+        // `it's` does not).
+        let at_scalar_start = |previous: Option<char>| {
+            previous.is_none_or(|p| p.is_whitespace() || "[{,:-?".contains(p))
+        };
         let mut chars = line.char_indices().peekable();
         while let Some((offset, c)) = chars.next() {
-            match c {
-                '\'' if !in_double => in_single = !in_single,
-                '"' if !in_single && previous != Some('\\') => in_double = !in_double,
-                '#' if !in_single && !in_double && previous.is_none_or(char::is_whitespace) => {
-                    masked.push_str(&line[offset..]);
-                    break;
+            if in_double {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => in_double = false,
+                    _ => {}
                 }
-                '$' if !in_single
-                    && !in_double
-                    && previous != Some('$')
-                    && line[offset..].starts_with("${") =>
-                {
-                    if let Some(end) = line[offset..].find('}') {
-                        let reference = &line[offset..=offset + end];
-                        let mark = PLACEHOLDERS[references.len() % 2];
-                        masked.extend(std::iter::repeat_n(mark, reference.chars().count()));
-                        references.push(reference.to_owned());
-                        while chars.peek().is_some_and(|(at, _)| *at <= offset + end) {
-                            chars.next();
-                        }
-                        previous = Some('}');
-                        continue;
+            } else if in_single {
+                if c == '\'' {
+                    in_single = false;
+                }
+            } else {
+                match c {
+                    '\'' if at_scalar_start(previous) => in_single = true,
+                    '"' if at_scalar_start(previous) => in_double = true,
+                    '#' if previous.is_none_or(char::is_whitespace) => {
+                        masked.push_str(&line[offset..]);
+                        break;
                     }
+                    '$' if previous != Some('$') && line[offset..].starts_with("${") => {
+                        if let Some(end) = line[offset..].find('}') {
+                            let reference = &line[offset..=offset + end];
+                            let mark = PLACEHOLDERS[references.len() % 2];
+                            masked.extend(std::iter::repeat_n(mark, reference.chars().count()));
+                            references.push(reference.to_owned());
+                            while chars.peek().is_some_and(|(at, _)| *at <= offset + end) {
+                                chars.next();
+                            }
+                            previous = Some('}');
+                            continue;
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
             masked.push(c);
             previous = Some(c);
@@ -151,13 +165,29 @@ pub fn expand(text: &str, environment: &HashMap<String, String>) -> Result<Expan
             line: span.start.line() as u64,
             column: span.start.col() as u64 + 1,
         };
+        // The text in front first: references are taken in document order.
+        expanded
+            .text
+            .push_str(&unmask(&text[copied..start], &mut references));
+        copied = end;
+        if matches!(style, ScalarStyle::Literal | ScalarStyle::Folded) {
+            // Everything in a block scalar is content: expand its text in place, where only a
+            // line break (which could end the block) must be refused.
+            let source = unmask(source, &mut references);
+            expanded
+                .text
+                .push_str(&expand_text(&source, position, environment, false)?);
+            continue;
+        }
         let value = unmask(&value, &mut references);
-        let value = expand_value(&value, position, style == ScalarStyle::Plain, environment)?;
-        let mut replacement = if style == ScalarStyle::Plain && plain_safe(&value) {
-            value
-        } else {
-            serde_json::to_string(&value).expect("a string serializes")
-        };
+        let value = expand_text(&value, position, environment, style == ScalarStyle::Plain)?;
+        let mut replacement =
+            if style == ScalarStyle::Plain && (value.is_empty() || plain_safe(&value)) {
+                // An empty plain value is null, as `key:` with nothing after it.
+                value
+            } else {
+                serde_json::to_string(&value).expect("a string serializes")
+            };
         let line_breaks = source.matches('\n').count();
         if line_breaks == 0 {
             if line_shift.0 != position.line {
@@ -176,9 +206,6 @@ pub fn expand(text: &str, environment: &HashMap<String, String>) -> Result<Expan
             line_shift.1 += (new_end - new_start) as i64 - (original_end - position.column) as i64;
         }
         replacement.push_str(&"\n".repeat(line_breaks));
-        expanded
-            .text
-            .push_str(&unmask(&text[copied..start], &mut references));
         expanded.text.push_str(&replacement);
         copied = end;
     }
@@ -201,13 +228,15 @@ fn plain_safe(value: &str) -> bool {
         && !value.chars().any(|c| c.is_control() || ",[]{}".contains(c))
 }
 
-/// Expands the references in one scalar's value; `plain` scalars report a reference at its own
-/// column (their value is their text), others at the scalar's start.
-fn expand_value(
+/// Expands the references in one scalar's value (or a block scalar's text); `plain` scalars
+/// report a reference at its own column (their value is their text), others at the scalar's
+/// start. A value with a line break is refused (it would end a block scalar, and a line break in
+/// a config value is a mistake).
+fn expand_text(
     value: &str,
     scalar: Position,
-    plain: bool,
     environment: &HashMap<String, String>,
+    plain: bool,
 ) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -267,6 +296,12 @@ fn expand_value(
                 });
             }
         };
+        if value.contains('\n') {
+            return Err(ExpandError {
+                position,
+                message: format!("the value of {name} contains a line break"),
+            });
+        }
         out.push_str(value);
         consumed_chars += after[..=end].chars().count() as u64;
         rest = &after[end + 1..];
@@ -342,6 +377,37 @@ mod tests {
             parsed("f: {a: ${A}, b: [${A}${A}, ${NOPE:-x, y}]} # ${UNSET}\n"),
             serde_json::json!({"f": {"a": "alpha", "b": ["alphaalpha", "x, y"]}})
         );
+    }
+
+    #[test]
+    fn block_scalars_are_expanded_in_place_and_keep_the_structure() {
+        let parsed: serde_json::Value = serde_saphyr::from_str(&text(
+            "a:\n  script: |\n    echo ${A} ${INJECT}\n    done\n  next: 1\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"a": {"script": "echo alpha a, b: c\ndone\n", "next": 1}})
+        );
+    }
+
+    #[test]
+    fn a_reference_in_a_comment_after_an_apostrophe_does_not_shift_later_values() {
+        let parsed: serde_json::Value = serde_saphyr::from_str(&text(
+            "greeting: it's fine # don't use ${HASH}\ntoken: ${A}\nq: [\"C:\\\\\", ${A}]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"greeting": "it's fine", "token": "alpha", "q": ["C:\\", "alpha"]})
+        );
+    }
+
+    #[test]
+    fn an_empty_plain_value_is_null_as_before() {
+        let parsed: serde_json::Value =
+            serde_saphyr::from_str(&text("token: ${EMPTY:-}\nother: 1\n")).unwrap();
+        assert_eq!(parsed, serde_json::json!({"token": null, "other": 1}));
     }
 
     #[test]

@@ -635,6 +635,20 @@ fn consume(
         if last_commit.elapsed() >= COMMIT_INTERVAL {
             last_commit = Instant::now();
             commit(&shared, &consumer, &assignment);
+            // A lane ends only when its partition is released; one that ended while assigned
+            // panicked, and its partition would never move again. Take the mapping down: its
+            // supervisor logs it, shows it on /readyz and starts it again (uncommitted records
+            // are delivered again).
+            let dead: Vec<String> = assignment
+                .lock()
+                .expect("assignment lock")
+                .iter()
+                .filter(|(_, partition)| partition.task.is_finished())
+                .map(|((topic, partition), _)| partition_name(topic, *partition))
+                .collect();
+            if !dead.is_empty() {
+                panic!("the lanes of partitions {dead:?} stopped unexpectedly");
+            }
         }
     }
     tracing::info!(mapping = %shared.lane.name, "stopping: draining partitions, committing, leaving the group");

@@ -10,7 +10,7 @@ pub mod s3;
 pub mod sqs;
 pub mod stream;
 mod supervise;
-pub(crate) use supervise::supervise;
+pub(crate) use supervise::{panic_message, supervise};
 
 use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
 use crate::health::{Health, MappingHealthHandle};

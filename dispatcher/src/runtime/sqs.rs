@@ -128,6 +128,9 @@ impl SqsMapping {
                     unstarted.extend(records);
                     open_receives.extend(open_receive);
                 }
+                // A poller that panicked takes the mapping down with it: the supervisor logs it,
+                // shows it on /readyz, stops this incarnation's tasks and starts the mapping again.
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 Err(error) => tracing::error!(mapping = %name, %error, "a poller failed"),
             }
         }

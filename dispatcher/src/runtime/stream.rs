@@ -352,7 +352,13 @@ async fn coordinate(
                 }
                 _ = tokio::time::sleep_until(next) => break,
                 Some(joined) = workers.join_next(), if !workers.is_empty() => {
-                    let Ok((shard_id, exit)) = joined else { continue };
+                    let (shard_id, exit) = match joined {
+                        Ok(exit) => exit,
+                        // A shard worker that panicked would leave its shard unread for good:
+                        // the mapping goes down with it and its supervisor restarts it.
+                        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                        Err(_) => continue,
+                    };
                     let shard = running.remove(&shard_id);
                     held_gauge.set(running.len() as f64);
                     let release = exit == ShardExit::Finished
@@ -577,7 +583,13 @@ async fn run_shard(
     )
     .await;
     drop(senders);
-    while lane_tasks.join_next().await.is_some() {}
+    while let Some(joined) = lane_tasks.join_next().await {
+        if let Err(error) = joined
+            && error.is_panic()
+        {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
     age.set(0.0);
     if abort.is_cancelled() {
         return ShardExit::Abandoned;

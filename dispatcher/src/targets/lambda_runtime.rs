@@ -135,6 +135,8 @@ struct WorkerState {
     timeout: Duration,
     jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     in_flight: Mutex<Option<InFlight>>,
+    /// Set while a `next` request waits for a job.
+    next_pending: std::sync::atomic::AtomicBool,
     events: mpsc::UnboundedSender<WorkerEvent>,
     stop: CancellationToken,
     target: String,
@@ -299,6 +301,7 @@ impl Supervisor {
             timeout: self.config.timeout,
             jobs: self.jobs.clone(),
             in_flight: Mutex::new(None),
+            next_pending: Default::default(),
             events,
             stop: worker_stop.clone(),
             target: self.target.clone(),
@@ -323,11 +326,11 @@ impl Supervisor {
             worker_stop.clone(),
             {
                 let group = group.clone();
-                move |stream| {
+                Arc::new(move |peer, local| {
                     group
                         .get()
-                        .is_some_and(|&group| super::peer::connected_from_group(stream, group))
-                }
+                        .is_some_and(|&group| super::peer::connected_from_group(peer, local, group))
+                })
             },
         );
         let mut child = match self.spawn(&api) {
@@ -345,7 +348,7 @@ impl Supervisor {
         };
         let pid = child.id();
         if let Some(pid) = pid {
-            // The child leads its own group (process_group(0)).
+            // The child leads its own session and group (setsid), so pgid == pid.
             let _ = group.set(pid);
         }
         if let Some(stderr) = child.stderr.take() {
@@ -504,8 +507,18 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(true);
+        // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent. A new
+        // session (not only a new group): no other process of sluice's session (a command
+        // target's handler, say) can join the worker's group and pass the Runtime API's check.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if let Some(dir) = &self.config.working_dir {
             command.current_dir(dir);
         }
@@ -562,8 +575,25 @@ fn trace_id(traceparent: &str) -> String {
     }
 }
 
+/// Clears the worker's "a `next` is waiting" flag when the request ends, however it ends.
+struct PendingNext<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for PendingNext<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 async fn next(State(state): State<Arc<WorkerState>>) -> Response {
     let _ = state.events.send(WorkerEvent::NextRequested);
+    if state.next_pending.swap(true, Ordering::SeqCst) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidStateTransition",
+            "a next request is already waiting on this worker",
+        );
+    }
+    let _pending = PendingNext(&state.next_pending);
     if state.in_flight.lock().expect("in-flight lock").is_some() {
         // One invocation at a time per worker, as on Lambda: answer it (or report its error)
         // first. A second `next` must not replace it.
@@ -576,10 +606,17 @@ async fn next(State(state): State<Arc<WorkerState>>) -> Response {
     let job = {
         let mut jobs = state.jobs.lock().await;
         loop {
+            // A stopped (dead) worker's pending request must not take a job.
             let job = tokio::select! {
+                biased;
                 _ = state.stop.cancelled() => None,
                 job = jobs.recv() => job,
             };
+            if state.stop.is_cancelled() {
+                // Dropped before it started: its caller sees an unavailable target (no attempt
+                // used), and the handler never ran.
+                break None;
+            }
             match job {
                 // The caller gave up waiting: never hand its invocation to a worker.
                 Some(job) if job.reply.is_closed() => continue,

@@ -8,11 +8,9 @@
 
 use std::net::SocketAddr;
 
-/// Whether the peer of `stream` is a process of process group `group`.
-pub fn connected_from_group(stream: &tokio::net::TcpStream, group: u32) -> bool {
-    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-        return false;
-    };
+/// Whether the peer of the connection from `peer` to `local` is a process of process group
+/// `group`.
+pub fn connected_from_group(peer: SocketAddr, local: SocketAddr, group: u32) -> bool {
     match socket_inode(peer, local) {
         Some(inode) => group_holds_socket(group, inode),
         None if cfg!(target_os = "linux") && std::path::Path::new("/proc/net/tcp").exists() => {
@@ -118,10 +116,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(address).await.unwrap();
-        let (server_side, _) = listener.accept().await.unwrap();
+        let (server_side, peer) = listener.accept().await.unwrap();
+        let local = server_side.local_addr().unwrap();
         // SAFETY: getpgrp has no preconditions.
         let own_group = unsafe { libc::getpgrp() } as u32;
-        assert!(connected_from_group(&server_side, own_group));
-        assert!(!connected_from_group(&server_side, own_group + 1_000_000));
+        assert!(connected_from_group(peer, local, own_group));
+        assert!(!connected_from_group(peer, local, own_group + 1_000_000));
     }
 }
