@@ -171,9 +171,9 @@ mod tests {
                 if client.write_all(b"X").await.is_err() {
                     return;
                 }
-                match tokio::time::timeout(Duration::from_secs(1), client.read(&mut buffer)).await {
-                    Ok(Ok(0) | Err(_)) => return,
-                    _ => {}
+                let read = tokio::time::timeout(Duration::from_secs(1), client.read(&mut buffer));
+                if let Ok(Ok(0) | Err(_)) = read.await {
+                    return;
                 }
             }
         };
