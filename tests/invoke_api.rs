@@ -51,13 +51,7 @@ async fn start_local(state: &Path, extra: &[(&str, &str)]) -> Local {
         &env,
     );
     let client = lambda_client(&format!("http://{invoke}")).await;
-    eventually(Duration::from_secs(120), "the invoke API up", || async {
-        tokio::net::TcpStream::connect(&invoke)
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    wait_for_listener(&invoke, "the invoke API up").await;
     Local {
         sluice,
         client,
@@ -218,13 +212,7 @@ invoke_api:
     );
     let _sluice = Sluice::start(&config, &moto_env(&moto));
     let client = lambda_client(&format!("http://{invoke}")).await;
-    eventually(Duration::from_secs(120), "the invoke API up", || async {
-        tokio::net::TcpStream::connect(&invoke)
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    wait_for_listener(&invoke, "the invoke API up").await;
     let accepted = client
         .invoke()
         .function_name("hello")

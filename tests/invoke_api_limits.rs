@@ -46,13 +46,7 @@ invoke_api:
         url = handler.url("/"),
     );
     let sluice = Sluice::start(&config, &[]);
-    eventually(WAIT, "the invoke API up", || async {
-        tokio::net::TcpStream::connect(&invoke)
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    wait_for_listener(&invoke, "the invoke API up").await;
     Api {
         sluice,
         invoke,

@@ -152,6 +152,19 @@ impl AsyncQueue {
             .map_err(|e| self.error(e))
     }
 
+    /// Runs `work` in one committed write transaction, off the async threads.
+    async fn write(
+        &self,
+        work: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
+    ) -> Result<(), CheckpointError> {
+        self.blocking(move |db| {
+            let write = db.begin_write().map_err(|e| e.to_string())?;
+            work(&write).map_err(|e| e.to_string())?;
+            write.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+
     /// Stores a new event and its payload durably, in one transaction.
     pub async fn insert(
         &self,
@@ -159,19 +172,14 @@ impl AsyncQueue {
         payload: bytes::Bytes,
     ) -> Result<(), CheckpointError> {
         let (id, stored) = (meta.id.clone(), meta.to_stored());
-        self.blocking(move |db| {
-            let write = db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut index = write.open_table(INDEX).map_err(|e| e.to_string())?;
-                index
-                    .insert(id.as_str(), stored.as_str())
-                    .map_err(|e| e.to_string())?;
-                let mut payloads = write.open_table(PAYLOADS).map_err(|e| e.to_string())?;
-                payloads
-                    .insert(id.as_str(), payload.as_ref())
-                    .map_err(|e| e.to_string())?;
-            }
-            write.commit().map_err(|e| e.to_string())
+        self.write(move |write| {
+            write
+                .open_table(INDEX)?
+                .insert(id.as_str(), stored.as_str())?;
+            write
+                .open_table(PAYLOADS)?
+                .insert(id.as_str(), payload.as_ref())?;
+            Ok(())
         })
         .await
     }
@@ -179,30 +187,21 @@ impl AsyncQueue {
     /// Stores an event's new attempt counts and time; its payload is untouched.
     pub async fn update(&self, meta: &EventMeta) -> Result<(), CheckpointError> {
         let (id, stored) = (meta.id.clone(), meta.to_stored());
-        self.blocking(move |db| {
-            let write = db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut index = write.open_table(INDEX).map_err(|e| e.to_string())?;
-                index
-                    .insert(id.as_str(), stored.as_str())
-                    .map_err(|e| e.to_string())?;
-            }
-            write.commit().map_err(|e| e.to_string())
+        self.write(move |write| {
+            write
+                .open_table(INDEX)?
+                .insert(id.as_str(), stored.as_str())?;
+            Ok(())
         })
         .await
     }
 
     pub async fn remove(&self, id: &str) -> Result<(), CheckpointError> {
         let id = id.to_owned();
-        self.blocking(move |db| {
-            let write = db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut index = write.open_table(INDEX).map_err(|e| e.to_string())?;
-                index.remove(id.as_str()).map_err(|e| e.to_string())?;
-                let mut payloads = write.open_table(PAYLOADS).map_err(|e| e.to_string())?;
-                payloads.remove(id.as_str()).map_err(|e| e.to_string())?;
-            }
-            write.commit().map_err(|e| e.to_string())
+        self.write(move |write| {
+            write.open_table(INDEX)?.remove(id.as_str())?;
+            write.open_table(PAYLOADS)?.remove(id.as_str())?;
+            Ok(())
         })
         .await
     }
@@ -246,12 +245,10 @@ impl AsyncQueue {
 /// Runs `work`, turning a panic into an error.
 fn catch<T>(work: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into());
-        Err(format!("the store panicked: {message}"))
+        Err(format!(
+            "the store panicked: {}",
+            crate::panic_message(&*panic)
+        ))
     })
 }
 

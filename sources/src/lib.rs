@@ -18,4 +18,15 @@ pub mod sqs;
 pub mod trace;
 
 pub use queue::{DeleteReport, Queue, QueueDescription, SourceError};
+
+/// The text of a panic's payload (for logs and `/readyz`: a caught panic is reported, not lost).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
 pub use record::{AckToken, Receipt, Record, records_event};

@@ -38,6 +38,17 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
 }
 
+/// Waits until something accepts TCP connections on `address` (a server sluice starts).
+pub async fn wait_for_listener(address: &str, what: &str) {
+    eventually(Duration::from_secs(120), what, || async {
+        tokio::net::TcpStream::connect(address)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -7,7 +7,7 @@
 //! child of the shutdown token, cancelled when it dies, so tasks a dead incarnation left behind
 //! stop instead of running beside the next one. Nothing stops silently.
 
-use std::any::Any;
+pub(crate) use sluice_sources::panic_message;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -16,17 +16,6 @@ const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 /// An incarnation that lived this long was healthy: the next death starts the backoff over.
 const HEALTHY_RUN: Duration = Duration::from_secs(300);
-
-/// The text of a panic's payload.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic without a message".to_owned()
-    }
-}
 
 /// Runs `start(token)` until `shutdown`, restarting it whenever it panics or returns early.
 /// `worker` names it in logs and metrics (`mapping orders`, `function hello`).

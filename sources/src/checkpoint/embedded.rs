@@ -74,13 +74,9 @@ impl StateFile {
         let db = match opened {
             Ok(result) => result?,
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
                 return Err(store_error(format!(
-                    "the file could not be read ({message}); {recover}"
+                    "the file could not be read ({}); {recover}",
+                    crate::panic_message(&*panic)
                 )));
             }
         };
