@@ -146,8 +146,15 @@ pub fn expand(text: &str, environment: &HashMap<String, String>) -> Result<Expan
     // Column shift so far on the current line, to place later edits of the same line.
     let mut line_shift: (u64, i64) = (0, 0);
     for item in Parser::new_from_str(text) {
-        // A document that does not parse is left to the parser's own error.
-        let Ok((event, span)) = item else { break };
+        // A syntax error is reported as such, before any type error the deserializer would
+        // report first (`batch_size: [10` is an unclosed list, not "expected string scalar").
+        let (event, span) = item.map_err(|error| ExpandError {
+            position: Position {
+                line: error.marker().line() as u64,
+                column: error.marker().col() as u64 + 1,
+            },
+            message: format!("this is not valid YAML: {}", error.info()),
+        })?;
         let Event::Scalar(value, style, ..) = event else {
             continue;
         };
@@ -401,6 +408,17 @@ mod tests {
             parsed,
             serde_json::json!({"greeting": "it's fine", "token": "alpha", "q": ["C:\\", "alpha"]})
         );
+    }
+
+    // Hardening issue, item 20.
+    #[test]
+    fn a_syntax_error_is_reported_as_one() {
+        let error = expand("a:\n  b: [10\n", &env()).unwrap_err();
+        assert_eq!(
+            error.message,
+            "this is not valid YAML: unclosed bracket '['"
+        );
+        assert_eq!(error.position, Position { line: 2, column: 6 });
     }
 
     #[test]
