@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const CHECKPOINTS: TableDefinition<&str, &str> = TableDefinition::new("checkpoints");
+/// redb's page cache for the state file (redb's own default is 1 GiB): queued Event payloads
+/// pass through it, and memory must not grow with the backlog.
+const STATE_FILE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The open state file, shared by the mappings of one process.
 #[derive(Clone)]
@@ -54,7 +57,10 @@ impl StateFile {
         let recover = "if the file is damaged, stop sluice and move it aside: the queued Event invocations and stream checkpoints in it are lost (streams start again from their starting_position)";
         // redb panics on some damaged files: that is an error to report, not a crash.
         let opened = std::panic::catch_unwind(|| -> Result<Database, CheckpointError> {
-            let db = Database::create(&path).map_err(|error| match error {
+            let db = Database::builder()
+                .set_cache_size(STATE_FILE_CACHE_BYTES)
+                .create(&path)
+                .map_err(|error| match error {
                 redb::DatabaseError::DatabaseAlreadyOpen => store_error(
                     "another sluice process is using this state_dir; give each process its own state_dir, or share shards between instances with checkpoints.dynamodb".into(),
                 ),
