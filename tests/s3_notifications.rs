@@ -163,11 +163,30 @@ mappings:
     })
     .await;
     let mut by_key: HashMap<String, Vec<Instant>> = HashMap::new();
+    // Hardening issue, item 22: every attempt of one event carries one request id, the id of
+    // its destination record too.
+    let mut ids_by_key: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
     for request in handler.received() {
         by_key
             .entry(key_of(&request.event))
             .or_default()
             .push(request.at);
+        ids_by_key
+            .entry(key_of(&request.event))
+            .or_default()
+            .insert(
+                request.headers["x-sluice-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+    }
+    for (key, ids) in &ids_by_key {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{key}: one request id across attempts: {ids:?}"
+        );
     }
     for key in ["a.txt", "b c.txt"] {
         let times = &by_key[key];
@@ -200,6 +219,10 @@ mappings:
         );
         let key = key_of(&record["requestPayload"]);
         assert!(key == "a.txt" || key == "b c.txt", "{key}");
+        assert!(
+            ids_by_key[&key].contains(record["requestContext"]["requestId"].as_str().unwrap()),
+            "{key}: the destination record carries the attempts' request id"
+        );
         assert_eq!(record["sluice"]["error"]["type"], "ImageError");
     }
     let successes = receive_all(&sqs, &receipts, 60).await;
