@@ -140,3 +140,25 @@ impl Outcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Hardening issue, item 11: a handler's 300 KB errorMessage made an envelope too large for
+    // its dead-letter queue, so the record could never leave. Messages are capped where they
+    // enter.
+    #[test]
+    fn long_error_messages_and_types_are_capped_on_a_character_boundary() {
+        let error = ErrorInfo::new("T".repeat(1_000), "é".repeat(300_000));
+        assert!(error.message.len() < MAX_ERROR_MESSAGE_BYTES + 64);
+        assert!(
+            error
+                .message
+                .ends_with("… [cut by sluice: 600000 bytes in all]")
+        );
+        assert!(error.error_type.len() < MAX_ERROR_TYPE_BYTES + 64);
+        let short = ErrorInfo::new("ValueError", "bad order");
+        assert_eq!(short.message, "bad order");
+    }
+}
