@@ -364,6 +364,8 @@ invoke_api:
     first.wait_exit(Duration::from_secs(30));
     let file = state.path().join("checkpoints.redb");
     let pristine = std::fs::read(&file).unwrap();
+    // Runs that started with a damaged file: without any, the test would show nothing.
+    let mut ran_damaged = 0;
     for seed in 1..=12u64 {
         std::fs::write(&file, &pristine).unwrap();
         damage(&file, seed, 1 + seed as usize % 3);
@@ -392,6 +394,7 @@ invoke_api:
         if !running {
             continue;
         }
+        ran_damaged += 1;
         let mut accepted = 0;
         let mut refused = Vec::new();
         for n in 0..5 {
@@ -436,4 +439,8 @@ invoke_api:
         assert!(handled >= accepted || readiness.0 == 503, "seed {seed}");
         drop(sluice);
     }
+    assert!(
+        ran_damaged > 0,
+        "every damaged file was refused at start; the running path went untested"
+    );
 }

@@ -31,12 +31,16 @@ pub fn spawn(
     app: Router,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_admitting(what, listener, app, stop, Arc::new(|_, _| true))
+    serve(what, listener, app, stop, None)
 }
 
 /// Decides, from the peer's and the server's address, whether a connection may be served; it
 /// runs on the blocking pool (it may read `/proc`).
 pub type Admit = Arc<dyn Fn(SocketAddr, SocketAddr) -> bool + Send + Sync>;
+
+/// At most this many admission checks of one server run at once (each may scan `/proc`), so
+/// a burst of connections cannot fill the blocking pool the state file also uses.
+const CONCURRENT_ADMISSION_CHECKS: usize = 4;
 
 /// [`spawn`], closing at once every connection `admit` refuses.
 pub fn spawn_admitting(
@@ -46,6 +50,17 @@ pub fn spawn_admitting(
     stop: CancellationToken,
     admit: Admit,
 ) -> tokio::task::JoinHandle<()> {
+    serve(what, listener, app, stop, Some(admit))
+}
+
+fn serve(
+    what: &'static str,
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    admit: Option<Admit>,
+) -> tokio::task::JoinHandle<()> {
+    let checks = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_ADMISSION_CHECKS));
     tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut accept_failures = 0u32;
@@ -69,17 +84,23 @@ pub fn spawn_admitting(
                     continue;
                 }
             };
-            let (watcher, app, admit) = (graceful.watcher(), app.clone(), admit.clone());
+            let (watcher, app) = (graceful.watcher(), app.clone());
+            let (admit, checks) = (admit.clone(), checks.clone());
             tokio::spawn(async move {
-                let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-                    return;
-                };
-                let admitted = tokio::task::spawn_blocking(move || admit(peer, local))
-                    .await
-                    .unwrap_or(false);
-                if !admitted {
-                    tracing::warn!(server = what, %peer, "refused a connection from a process that may not use this server");
-                    return;
+                if let Some(admit) = admit {
+                    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+                        return;
+                    };
+                    let Ok(_check) = checks.acquire_owned().await else {
+                        return;
+                    };
+                    let admitted = tokio::task::spawn_blocking(move || admit(peer, local))
+                        .await
+                        .unwrap_or(false);
+                    if !admitted {
+                        tracing::warn!(server = what, %peer, "refused a connection from a process that may not use this server");
+                        return;
+                    }
                 }
                 let _ = stream.set_nodelay(true);
                 let connection = hyper::server::conn::http1::Builder::new()

@@ -56,6 +56,7 @@ pub const SYNC_SLOT_WAIT: Duration = Duration::from_secs(1);
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
 /// The end of an event whose destination record is still to be stored.
+#[derive(Clone)]
 struct Finishing {
     condition: &'static str,
     invoke_count: u32,
@@ -69,9 +70,32 @@ enum StoreFailure {
     Read,
 }
 
-impl StoreFailure {
-    fn max_with(self, other: Option<StoreFailure>) -> StoreFailure {
-        other.map_or(self, |other| self.max(other))
+/// The worst state file failure since calls last worked.
+#[derive(Default)]
+struct StoreFailures(Mutex<Option<StoreFailure>>);
+
+impl StoreFailures {
+    /// Notes a failure; true when it is the first since calls worked.
+    fn failed(&self, kind: StoreFailure) -> bool {
+        let mut failing = self.0.lock().expect("store lock");
+        let first = failing.is_none();
+        *failing = Some(failing.map_or(kind, |worst| worst.max(kind)));
+        first
+    }
+
+    /// Notes that a call of `kind` worked: a read clears any failure, a write only a failed
+    /// write. True when this cleared one.
+    fn worked(&self, kind: StoreFailure) -> bool {
+        let mut failing = self.0.lock().expect("store lock");
+        let cleared = failing.is_some_and(|failure| failure <= kind);
+        if cleared {
+            *failing = None;
+        }
+        cleared
+    }
+
+    fn current(&self) -> Option<StoreFailure> {
+        *self.0.lock().expect("store lock")
     }
 }
 
@@ -162,7 +186,7 @@ pub struct Function {
     health: Health,
     /// Set while the state file fails reads (or writes) of this function's events; new events
     /// are refused while reads fail, since they could not be run.
-    store_failing: Mutex<Option<StoreFailure>>,
+    store_failing: StoreFailures,
     /// Set once the stored index is in the schedule.
     loaded: Notify,
     /// Events whose attempts are over but whose destination record could not be stored yet:
@@ -198,7 +222,7 @@ impl Function {
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
             health,
-            store_failing: Mutex::new(None),
+            store_failing: StoreFailures::default(),
             loaded: Notify::new(),
             finishing: Mutex::new(HashMap::new()),
             workers,
@@ -212,12 +236,7 @@ impl Function {
         let problem = format!(
             "the state file {path} failed while {what}: {error}. If this persists, stop sluice and move {path} aside; the queued Event invocations and stream checkpoints in it are then lost (streams start again from their starting_position)"
         );
-        let previous = self
-            .store_failing
-            .lock()
-            .expect("store lock")
-            .replace(kind.max_with(self.failure()));
-        if previous.is_none() {
+        if self.store_failing.failed(kind) {
             tracing::error!(function = %self.name, state_file = %path, %error, what, "the state file failed; refusing new Event invocations while it cannot be read. If this persists, stop sluice and move the file aside (its queued events and checkpoints are lost)");
         }
         self.health
@@ -225,15 +244,12 @@ impl Function {
     }
 
     fn failure(&self) -> Option<StoreFailure> {
-        *self.store_failing.lock().expect("store lock")
+        self.store_failing.current()
     }
 
     /// A store call of `kind` worked: a read clears any failure, a write only a write failure.
     fn store_worked(&self, kind: StoreFailure) {
-        let mut failing = self.store_failing.lock().expect("store lock");
-        if failing.is_some_and(|failure| failure <= kind) {
-            *failing = None;
-            drop(failing);
+        if self.store_failing.worked(kind) {
             tracing::info!(function = %self.name, "the state file works again");
             self.health
                 .set_problem(Component::Function, &self.name, None);
@@ -257,6 +273,10 @@ impl Function {
 
     /// Forgets a finished event.
     fn finished(&self, meta: &EventMeta) {
+        self.finishing
+            .lock()
+            .expect("finishing lock")
+            .remove(&meta.id);
         self.backlog.release(meta.payload_bytes);
         self.wake.notify_one();
     }
@@ -726,11 +746,14 @@ async fn handle_event(function: &Function, mut meta: EventMeta) {
         not_run: meta.not_run,
     };
     let request_payload = || serde_json::from_slice::<Value>(&payload).unwrap_or(Value::Null);
+    // Looked at, not taken: it goes only once the record is stored (a panic in between must not
+    // make the handler run again).
     let finishing = function
         .finishing
         .lock()
         .expect("finishing lock")
-        .remove(&meta.id);
+        .get(&meta.id)
+        .cloned();
     if let Some(end) = finishing {
         // The handler already ran: only the destination record is still to be stored.
         finish(
@@ -932,6 +955,24 @@ mod tests {
         assert!(!authorized(&guarded, &headers("Bearer s3cre")));
         assert!(!authorized(&guarded, &headers("Bearer s3cretx")));
         assert!(authorized(&state(None), &HeaderMap::new()));
+    }
+
+    // A failure used to be recorded under a lock that `failure()` took again: the first state
+    // file error deadlocked the caller.
+    #[test]
+    fn store_failures_keep_the_worst_and_clear_by_kind() {
+        let failures = StoreFailures::default();
+        assert!(failures.failed(StoreFailure::Write));
+        assert!(!failures.failed(StoreFailure::Read), "not the first");
+        assert_eq!(failures.current(), Some(StoreFailure::Read));
+        assert!(
+            !failures.worked(StoreFailure::Write),
+            "a write does not clear a read failure"
+        );
+        assert!(failures.worked(StoreFailure::Read));
+        assert_eq!(failures.current(), None);
+        assert!(failures.failed(StoreFailure::Write));
+        assert!(failures.worked(StoreFailure::Write));
     }
 
     #[test]

@@ -178,23 +178,23 @@ pub fn expand(text: &str, environment: &HashMap<String, String>) -> Result<Expan
             .push_str(&unmask(&text[copied..start], &mut references));
         copied = end;
         if matches!(style, ScalarStyle::Literal | ScalarStyle::Folded) {
-            // Everything in a block scalar is content: expand its text in place, where only a
-            // line break (which could end the block) must be refused.
             let source = unmask(source, &mut references);
             expanded
                 .text
-                .push_str(&expand_text(&source, position, environment, false)?);
+                .push_str(&expand_block(&source, position, environment)?);
             continue;
         }
         let value = unmask(&value, &mut references);
         let value = expand_text(&value, position, environment, style == ScalarStyle::Plain)?;
-        let mut replacement =
-            if style == ScalarStyle::Plain && (value.is_empty() || plain_safe(&value)) {
-                // An empty plain value is null, as `key:` with nothing after it.
-                value
-            } else {
-                serde_json::to_string(&value).expect("a string serializes")
-            };
+        let mut replacement = if style == ScalarStyle::Plain && value.is_empty() {
+            // An empty plain value is null, as `key:` with nothing after it was; `~` keeps a
+            // flow collection's item (`[${E:-}]` is `[null]`, not `[]`).
+            "~".to_owned()
+        } else if style == ScalarStyle::Plain && plain_safe(&value) {
+            value
+        } else {
+            serde_json::to_string(&value).expect("a string serializes")
+        };
         let line_breaks = source.matches('\n').count();
         if line_breaks == 0 {
             if line_shift.0 != position.line {
@@ -214,12 +214,40 @@ pub fn expand(text: &str, environment: &HashMap<String, String>) -> Result<Expan
         }
         replacement.push_str(&"\n".repeat(line_breaks));
         expanded.text.push_str(&replacement);
-        copied = end;
     }
     expanded
         .text
         .push_str(&unmask(&text[copied..], &mut references));
     Ok(expanded)
+}
+
+/// A block scalar (`|`, `>`) with its references expanded in place: everything in it is
+/// content, so only what could end the block or move its indentation is refused. A header line
+/// (`| # comment`) is left as written.
+fn expand_block(
+    source: &str,
+    position: Position,
+    environment: &HashMap<String, String>,
+) -> Result<String, ExpandError> {
+    let (header, body) = match source.find('\n') {
+        Some(end) if source.starts_with(['|', '>']) => source.split_at(end),
+        _ => ("", source),
+    };
+    let expanded = expand_text(body, position, environment, false)?;
+    // YAML takes a block's indentation from its first non-blank line: a value that changes it
+    // there would end the block early or swallow what follows.
+    let indentation = |text: &str| {
+        text.lines()
+            .find(|line| !line.trim().is_empty())
+            .map(|line| line.len() - line.trim_start().len())
+    };
+    if indentation(body) != indentation(&expanded) {
+        return Err(ExpandError {
+            position,
+            message: "a value at the start of a block scalar's first line must not be empty or start with white space: it would change the block's indentation; quote the value instead".into(),
+        });
+    }
+    Ok(format!("{header}{expanded}"))
 }
 
 /// Whether `value` written as a plain scalar reads back as exactly this one scalar.
@@ -426,6 +454,34 @@ mod tests {
         let parsed: serde_json::Value =
             serde_saphyr::from_str(&text("token: ${EMPTY:-}\nother: 1\n")).unwrap();
         assert_eq!(parsed, serde_json::json!({"token": null, "other": 1}));
+        let parsed: serde_json::Value =
+            serde_saphyr::from_str(&text("list: [${EMPTY:-}, x]\none: [${EMPTY:-}]\n")).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"list": [null, "x"], "one": [null]})
+        );
+    }
+
+    #[test]
+    fn a_block_scalars_header_comment_is_not_expanded() {
+        let parsed: serde_json::Value =
+            serde_saphyr::from_str(&text("script: | # see ${UNSET}\n  echo ${A}\n")).unwrap();
+        assert_eq!(parsed, serde_json::json!({"script": "echo alpha\n"}));
+    }
+
+    #[test]
+    fn a_value_that_would_move_a_blocks_indentation_is_refused() {
+        let mut environment = env();
+        environment.insert("SPACED".into(), "  x".into());
+        let error = expand("a:\n  s: |\n    ${SPACED}\n    y\n  b: 1\n", &environment).unwrap_err();
+        assert!(
+            error.message.contains("block scalar's first line"),
+            "{error:?}"
+        );
+        // Later lines may start with anything: they are content.
+        let ok = expand("a:\n  s: |\n    x\n    ${SPACED}\n  b: 1\n", &environment).unwrap();
+        let parsed: serde_json::Value = serde_saphyr::from_str(&ok.text).unwrap();
+        assert_eq!(parsed, serde_json::json!({"a": {"s": "x\n  x\n", "b": 1}}));
     }
 
     #[test]

@@ -118,6 +118,12 @@ pub fn s3_client(sdk_config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     )
 }
 
+/// Starts one incarnation of a mapping's worker with its own stop token.
+type StartMapping = Box<
+    dyn FnMut(CancellationToken) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
 /// Runs every enabled mapping until `shutdown`, then drains and returns.
 pub async fn run(
     config: Config,
@@ -207,13 +213,11 @@ pub async fn run_with_handlers(
         let shutdown_timeout = config.shutdown_timeout;
         // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
         // /readyz and restarted with backoff.
-        let worker_name = format!("mapping {}", mapping.name);
-        let worker_shutdown = shutdown.clone();
         let on_death = {
             let health = health.clone();
             move |message: &str| health.restarting(message)
         };
-        match &mapping.source {
+        let start: StartMapping = match &mapping.source {
             SourceConfig::Sqs(source) => {
                 let worker = sqs::SqsMapping {
                     config: mapping.clone(),
@@ -224,12 +228,7 @@ pub async fn run_with_handlers(
                     health,
                     metrics,
                 };
-                workers.spawn(supervise::supervise(
-                    worker_name,
-                    worker_shutdown,
-                    on_death,
-                    move |token| worker.clone().run(token, shutdown_timeout),
-                ));
+                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
             }
             SourceConfig::S3(source) => {
                 let worker = s3::S3Mapping {
@@ -242,12 +241,7 @@ pub async fn run_with_handlers(
                     health,
                     metrics,
                 };
-                workers.spawn(supervise::supervise(
-                    worker_name,
-                    worker_shutdown,
-                    on_death,
-                    move |token| worker.clone().run(token, shutdown_timeout),
-                ));
+                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
             }
             SourceConfig::DynamodbStream(source) => {
                 let store = stream::StoreSetup::from_config(
@@ -267,12 +261,7 @@ pub async fn run_with_handlers(
                     health,
                     metrics,
                 };
-                workers.spawn(supervise::supervise(
-                    worker_name,
-                    worker_shutdown,
-                    on_death,
-                    move |token| worker.clone().run(token, shutdown_timeout),
-                ));
+                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
             }
             SourceConfig::Kafka(source) => {
                 let worker = kafka::KafkaMapping {
@@ -284,14 +273,15 @@ pub async fn run_with_handlers(
                     metrics,
                     region: region.clone(),
                 };
-                workers.spawn(supervise::supervise(
-                    worker_name,
-                    worker_shutdown,
-                    on_death,
-                    move |token| worker.clone().run(token, shutdown_timeout),
-                ));
+                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
             }
-        }
+        };
+        workers.spawn(supervise::supervise(
+            format!("mapping {}", mapping.name),
+            shutdown.clone(),
+            on_death,
+            start,
+        ));
     }
     let api_stop = CancellationToken::new();
     let api_workers = tokio_util::task::TaskTracker::new();

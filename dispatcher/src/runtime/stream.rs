@@ -571,17 +571,33 @@ async fn run_shard(
         ));
     }
     let age = shared.lane.metrics.iterator_age(&shard_id);
-    let read = read_shard(
-        &shared,
-        &shard_id,
-        start,
-        skip_before,
-        &progress,
-        &senders,
-        &stop,
-        &abort,
-    )
-    .await;
+    // A lane that panics takes the mapping down at once (its supervisor restarts it); waiting
+    // for the reader would leave its batch unfinished, pinning the checkpoint, for as long as the
+    // reader finds records for the other lanes.
+    let read = {
+        let lane_panicked = async {
+            loop {
+                match lane_tasks.join_next().await {
+                    Some(Err(error)) if error.is_panic() => break error.into_panic(),
+                    Some(_) => {}
+                    None => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::select! {
+            read = read_shard(
+                &shared,
+                &shard_id,
+                start,
+                skip_before,
+                &progress,
+                &senders,
+                &stop,
+                &abort,
+            ) => read,
+            panic = lane_panicked => std::panic::resume_unwind(panic),
+        }
+    };
     drop(senders);
     while let Some(joined) = lane_tasks.join_next().await {
         if let Err(error) = joined

@@ -42,6 +42,7 @@ use super::output::{MAX_LOGGED_LINE_BYTES, for_each_line};
 use super::{Invocation, Target, error_from_body, returned};
 use crate::config::LambdaRuntimeTargetConfig;
 use crate::health::{Component, Health};
+use crate::http_server::BodyError;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -84,8 +85,11 @@ struct Pool {
 }
 
 impl Pool {
+    /// A worker finished its init; the count is also `sluice_lambda_workers_ready{target}`.
     fn worker_ready(&self) {
-        self.ready.fetch_add(1, Ordering::SeqCst);
+        let ready = self.ready.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!("sluice_lambda_workers_ready", "target" => self.target.clone())
+            .set(ready as f64);
         *self.init_error.lock().expect("pool lock") = None;
         if let Some(health) = &self.health {
             health.set_problem(Component::Target, &self.target, None);
@@ -93,7 +97,9 @@ impl Pool {
     }
 
     fn worker_gone(&self) {
-        self.ready.fetch_sub(1, Ordering::SeqCst);
+        let ready = self.ready.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("sluice_lambda_workers_ready", "target" => self.target.clone())
+            .set(ready as f64);
     }
 
     fn init_failed(&self, error: String) {
@@ -402,7 +408,6 @@ impl Supervisor {
                         initialized = true;
                         let init = started.elapsed();
                         metrics::histogram!("sluice_lambda_init_duration_seconds", "target" => self.target.clone()).record(init.as_secs_f64());
-                        metrics::gauge!("sluice_lambda_workers_ready", "target" => self.target.clone()).increment(1.0);
                         self.pool.worker_ready();
                         tracing::info!(target_name = %self.target, worker = self.index, init_ms = init.as_millis() as u64, "worker ready");
                     }
@@ -436,8 +441,6 @@ impl Supervisor {
             }
         }
         if initialized {
-            metrics::gauge!("sluice_lambda_workers_ready", "target" => self.target.clone())
-                .decrement(1.0);
             self.pool.worker_gone();
         }
         worker_stop.cancel();
@@ -677,10 +680,8 @@ fn finish(state: &WorkerState, in_flight: InFlight, outcome: Outcome) {
     let _ = in_flight.reply.send(outcome);
 }
 
-async fn read_limited(body: Body) -> Result<bytes::Bytes, ()> {
-    crate::http_server::read_body(body, MAX_RESPONSE_BYTES)
-        .await
-        .map_err(|_| ())
+async fn read_limited(body: Body) -> Result<bytes::Bytes, BodyError> {
+    crate::http_server::read_body(body, MAX_RESPONSE_BYTES).await
 }
 
 async fn respond(
@@ -700,7 +701,7 @@ async fn respond(
             finish(&state, in_flight, returned(&bytes));
             accepted()
         }
-        Err(()) => {
+        Err(BodyError::TooLarge) => {
             finish(
                 &state,
                 in_flight,
@@ -713,6 +714,21 @@ async fn respond(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
                 "the response is larger than 6 MB",
+            )
+        }
+        Err(error) => {
+            finish(
+                &state,
+                in_flight,
+                Outcome::FunctionError(ErrorInfo::new(
+                    "Runtime.InvalidResponse",
+                    format!("the runtime's response did not arrive in full ({error:?})"),
+                )),
+            );
+            api_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidResponse",
+                "the response body did not arrive in full",
             )
         }
     }
