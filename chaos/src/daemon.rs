@@ -1,0 +1,193 @@
+//! One sluice instance under test: a config file and a state directory that outlive its
+//! processes, so it can be killed and started again as a supervisor (ECS) would.
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    pub name: String,
+    binary: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+    pub starts: u32,
+}
+
+impl Daemon {
+    /// Writes `config` (with `{admin}` and `{state}` replaced) under `dir/name`.
+    pub fn new(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        config: &str,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home)?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", sluice_testkit::free_port()).parse()?;
+        let config_path = home.join("sluice.yaml");
+        let text = config
+            .replace("{admin}", &admin.to_string())
+            .replace("{state}", &home.join("state").display().to_string());
+        std::fs::write(&config_path, text)?;
+        Ok(Self {
+            name: name.to_owned(),
+            binary: binary.to_owned(),
+            config: config_path,
+            log: home.join("sluice.log"),
+            env,
+            admin,
+            child: None,
+            starts: 0,
+        })
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.binary)
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.starts += 1;
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is running (not exited, not killed).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; true if it exited cleanly.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// The `/readyz` status, 0 when nothing answers.
+    pub async fn readyz(&self) -> u16 {
+        let url = format!("http://{}/readyz", self.admin);
+        match reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(response) => response.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.readyz().await == 200 {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!(
+            "{} was not ready within {timeout:?}; log tail:\n{}",
+            self.name,
+            self.log_tail(30)
+        )
+    }
+
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin);
+        match reqwest::get(&url).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Resident memory (KiB), open descriptors and threads of the running process.
+    pub fn footprint(&self) -> Option<Footprint> {
+        let pid = self.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+        Some(Footprint {
+            rss_kib: field("VmRSS:")?,
+            fds,
+            threads: field("Threads:")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Footprint {
+    pub rss_kib: u64,
+    pub fds: u64,
+    pub threads: u64,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The environment that points sluice's AWS clients at `endpoint`.
+pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ENDPOINT_URL".into(), endpoint.into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}
