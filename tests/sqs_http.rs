@@ -672,6 +672,12 @@ async fn http_answers_are_classified_as_lambda_outcomes() {
             delay: Duration::ZERO,
         },
         "/server-error" => Reply {
+            status: 500,
+            headers: vec![],
+            body: "broken".into(),
+            delay: Duration::ZERO,
+        },
+        "/overloaded" => Reply {
             status: 503,
             headers: vec![],
             body: "overloaded".into(),
@@ -700,6 +706,7 @@ async fn http_answers_are_classified_as_lambda_outcomes() {
             "function_error",
         ),
         ("throttled", handler.url("/throttled"), "throttled"),
+        ("overloaded", handler.url("/overloaded"), "unavailable"),
         ("slow", handler.url("/slow"), "timeout"),
         (
             "unavailable",

@@ -204,7 +204,9 @@ async fn handle(
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     let mut cut = false;
     for (index, item) in items.into_iter().enumerate() {
-        let poisoned = poison.as_deref().is_some_and(|p| item.seen.id.starts_with(p));
+        let poisoned = poison
+            .as_deref()
+            .is_some_and(|p| item.seen.id.starts_with(p));
         let unlucky = per_mille(n.wrapping_mul(31).wrapping_add(index as u64 + 7)) < fail_rate;
         let fails = poisoned || unlucky || (ordered && cut);
         cut |= fails;
@@ -244,10 +246,7 @@ mod tests {
         let sqs = json!({"Records": [{"body": "r1", "messageId": "m1"}]});
         assert_eq!(items("sqs", &sqs)[0].seen.id, "r1");
         let fifo = json!({"Records": [{"body": "g3:17", "messageId": "m1"}]});
-        assert_eq!(
-            items("fifo", &fifo)[0].seen.order,
-            Some(("g3".into(), 17))
-        );
+        assert_eq!(items("fifo", &fifo)[0].seen.order, Some(("g3".into(), 17)));
         let ddb = json!({"Records": [{"dynamodb": {"SequenceNumber": "9",
             "NewImage": {"id": {"S": "k1"}, "v": {"N": "4"}}}}]});
         assert_eq!(items("ddb", &ddb)[0].seen.id, "k1:4");

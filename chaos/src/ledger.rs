@@ -21,6 +21,8 @@ pub struct Seen {
 #[derive(Default)]
 struct Inner {
     sent: HashSet<String>,
+    /// Records owed to a dead-letter destination, not to the handler.
+    owed_to_dead_letters: HashSet<String>,
     deliveries: HashMap<String, u32>,
     /// Per order key, the positions in the order they were first handled.
     first_handled: HashMap<String, Vec<u64>>,
@@ -49,6 +51,20 @@ pub struct Tally {
 impl Ledger {
     pub fn sent(&self, id: impl Into<String>) {
         self.inner.lock().unwrap().sent.insert(id.into());
+    }
+
+    /// A record that always fails: it is owed to the dead-letter destination, and the scenario
+    /// checks it there.
+    pub fn owed_to_dead_letters(&self, id: impl Into<String>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .owed_to_dead_letters
+            .insert(id.into());
+    }
+
+    pub fn dead_letters_owed(&self) -> HashSet<String> {
+        self.inner.lock().unwrap().owed_to_dead_letters.clone()
     }
 
     /// Records `records` as handled now.
@@ -80,10 +96,6 @@ impl Ledger {
         self.inner.lock().unwrap().attempts
     }
 
-    pub fn sent_count(&self) -> usize {
-        self.inner.lock().unwrap().sent.len()
-    }
-
     /// Records sent and not handled yet.
     pub fn missing(&self) -> usize {
         let inner = self.inner.lock().unwrap();
@@ -92,6 +104,20 @@ impl Ledger {
             .iter()
             .filter(|id| !inner.deliveries.contains_key(*id))
             .count()
+    }
+
+    /// Up to `limit` records handled more than once, with their handling counts.
+    pub fn duplicated_sample(&self, limit: usize) -> Vec<(String, u32)> {
+        let inner = self.inner.lock().unwrap();
+        let mut out: Vec<(String, u32)> = inner
+            .deliveries
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (id.clone(), *n))
+            .collect();
+        out.sort();
+        out.truncate(limit);
+        out
     }
 
     /// The first first-time handling at or after `since`, if any.

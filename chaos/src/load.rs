@@ -31,9 +31,13 @@ where
 #[derive(Clone, Copy)]
 pub enum Bodies {
     Plain,
-    Fifo { groups: u64 },
+    Fifo {
+        groups: u64,
+    },
     /// Every `every`-th record is `poison-<n>` (it always fails).
-    Poison { every: u64 },
+    Poison {
+        every: u64,
+    },
 }
 
 impl Bodies {
@@ -86,7 +90,12 @@ pub fn sqs(
                         Ok(output) => {
                             for entry in output.successful() {
                                 let n: u64 = entry.id()[1..].parse().unwrap_or(0);
-                                ledger.sent(bodies.body(n));
+                                let body = bodies.body(n);
+                                if body.starts_with("poison") {
+                                    ledger.owed_to_dead_letters(body);
+                                } else {
+                                    ledger.sent(body);
+                                }
                             }
                         }
                         Err(error) => eprintln!("chaos: a send failed: {error}"),

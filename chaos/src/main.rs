@@ -48,8 +48,13 @@ struct Args {
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("not a duration: {text}"))?;
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text}"))?;
     match unit {
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
@@ -107,7 +112,9 @@ async fn main() -> anyhow::Result<()> {
         );
         reports.push(report);
     }
-    let soak = if !args.soak.is_zero() && (args.only.is_empty() || args.only.iter().any(|o| o == "soak")) {
+    let soak = if !args.soak.is_zero()
+        && (args.only.is_empty() || args.only.iter().any(|o| o == "soak"))
+    {
         eprintln!("chaos: soak for {:?} ...", args.soak);
         let mut soak = scenarios::soak(&settings, args.soak).await?;
         soak.check();
@@ -127,7 +134,14 @@ async fn main() -> anyhow::Result<()> {
         .flat_map(|r| r.broken.iter().map(move |b| format!("{}: {b}", r.name)))
         .collect();
     if !broken.is_empty() {
-        eprintln!("chaos: {} bounds broken:\n  {}", broken.len(), broken.join("\n  "));
+        // The logs of every instance stay for a look.
+        let kept = work.keep();
+        eprintln!("chaos: logs and state kept in {}", kept.display());
+        eprintln!(
+            "chaos: {} bounds broken:\n  {}",
+            broken.len(),
+            broken.join("\n  ")
+        );
         std::process::exit(1);
     }
     Ok(())
@@ -160,19 +174,32 @@ fn seconds(d: Option<Duration>) -> String {
     d.map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
 
-fn render(args: &Args, reports: &[Report], soak: Option<&scenarios::SoakReport>, took: Duration) -> String {
+fn render(
+    args: &Args,
+    reports: &[Report],
+    soak: Option<&scenarios::SoakReport>,
+    took: Duration,
+) -> String {
     let date = time::OffsetDateTime::now_utc().date();
     let mut out = String::new();
     let _ = writeln!(out, "# Reliability figures\n");
     let _ = writeln!(
         out,
         "Written by `scripts/chaos` ({}). Run on {date}, {}; {} binary; seed {}, {} rounds{}; {:.0} s in all.\n",
-        if args.quick { "--quick" } else { "the full suite" },
+        if args.quick {
+            "--quick"
+        } else {
+            "the full suite"
+        },
         machine(),
         args.profile,
         args.seed,
         args.rounds,
-        if args.only.is_empty() { String::new() } else { format!(", only {}", args.only.join(", ")) },
+        if args.only.is_empty() {
+            String::new()
+        } else {
+            format!(", only {}", args.only.join(", "))
+        },
         took.as_secs_f64()
     );
     let _ = writeln!(
@@ -181,7 +208,10 @@ fn render(args: &Args, reports: &[Report], soak: Option<&scenarios::SoakReport>,
          Order = records of one key (FIFO group, DynamoDB item, Kafka key) handled for the first time \
          out of order. See the README's \"Guarantees\" for what each figure promises.\n"
     );
-    let _ = writeln!(out, "| scenario | faults | sent | handled | lost | duplicated | duplicate bound | order | recovery (worst) | result |");
+    let _ = writeln!(
+        out,
+        "| scenario | faults | sent | handled | lost | duplicated | duplicate bound | order | recovery (worst) | result |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|---|---|");
     for r in reports {
         let _ = writeln!(
@@ -195,13 +225,26 @@ fn render(args: &Args, reports: &[Report], soak: Option<&scenarios::SoakReport>,
             r.tally.duplicated,
             r.duplicate_bound,
             r.bound_why,
-            if r.ordered { format!("{} out of order", r.tally.order_violations) } else { "–".into() },
+            if r.ordered {
+                format!("{} out of order", r.tally.order_violations)
+            } else {
+                "–".into()
+            },
             if r.recovery_what.is_empty() {
                 "–".into()
             } else {
-                format!("{} ({}; bound {})", seconds(r.recovery), r.recovery_what, seconds(r.recovery_bound))
+                format!(
+                    "{} ({}; bound {})",
+                    seconds(r.recovery),
+                    r.recovery_what,
+                    seconds(r.recovery_bound)
+                )
             },
-            if r.broken.is_empty() { "ok".into() } else { format!("**broken**: {}", r.broken.join("; ")) }
+            if r.broken.is_empty() {
+                "ok".into()
+            } else {
+                format!("**broken**: {}", r.broken.join("; "))
+            }
         );
     }
     let notes: Vec<String> = reports
@@ -237,7 +280,11 @@ fn render(args: &Args, reports: &[Report], soak: Option<&scenarios::SoakReport>,
         let _ = writeln!(
             out,
             "\nResult: {}",
-            if soak.report.broken.is_empty() { "flat, nothing lost".to_owned() } else { format!("**broken**: {}", soak.report.broken.join("; ")) }
+            if soak.report.broken.is_empty() {
+                "flat, nothing lost".to_owned()
+            } else {
+                format!("**broken**: {}", soak.report.broken.join("; "))
+            }
         );
     }
     out

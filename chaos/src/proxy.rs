@@ -52,7 +52,13 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let (fault, watch) = watch::channel(Fault::Pass);
         let stalled = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(serve(addr, upstream, Some(listener), watch, stalled.clone()));
+        let task = tokio::spawn(serve(
+            addr,
+            upstream,
+            Some(listener),
+            watch,
+            stalled.clone(),
+        ));
         Ok(Self {
             addr,
             fault,

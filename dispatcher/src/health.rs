@@ -2,8 +2,10 @@
 //!
 //! A mapping is ready once it has polled its source successfully, as long as its last poll did not
 //! fail and it has not gone `stall_after` without a successful poll while it was trying to poll
-//! (a mapping waiting for its own in-flight batches to finish is busy, not stalled), and none of its
-//! shards has kept failing (retrying one batch) for `stuck_after`.
+//! (a mapping waiting for its own in-flight batches to finish is busy, not stalled), no call to its
+//! source or destination (a delete, a visibility change, a dead letter) has been waiting for an
+//! answer for `stall_after` (in-flight batches stuck on AWS are not busy, they are stalled), and
+//! none of its shards has kept failing (retrying one batch) for `stuck_after`.
 //!
 //! Targets and Invoke API functions report problems of their own (a worker pool that cannot start
 //! workers, a state file that cannot be read): while one is set, `/readyz` is 503 and names it.
@@ -24,6 +26,9 @@ struct MappingHealth {
     stuck: BTreeMap<String, Instant>,
     /// How often the mapping's worker panicked or exited and was restarted.
     restarts: u64,
+    /// Calls to AWS waiting for an answer, by call number, since when.
+    pending_calls: BTreeMap<u64, Instant>,
+    next_call: u64,
 }
 
 /// What a problem is reported against besides a mapping.
@@ -92,6 +97,8 @@ impl Health {
                 waiting_for_capacity: false,
                 stuck: BTreeMap::new(),
                 restarts: 0,
+                pending_calls: BTreeMap::new(),
+                next_call: 0,
             },
         );
         MappingHealthHandle {
@@ -113,10 +120,18 @@ impl Health {
                 .map(|(key, since)| (key.as_str(), now.duration_since(*since).as_secs_f64()))
                 .filter(|(_, seconds)| *seconds >= self.stuck_after.as_secs_f64())
                 .collect();
+            let call_waiting = health
+                .pending_calls
+                .values()
+                .min()
+                .map(|since| now.duration_since(*since));
             let (ready, status) = match (health.last_success, health.consecutive_failures) {
                 (_, failures) if failures > 0 => (false, "failing"),
                 _ if !stuck.is_empty() => (false, "stuck"),
                 (None, _) => (false, "starting"),
+                _ if call_waiting.is_some_and(|waiting| waiting > self.stall_after) => {
+                    (false, "stalled")
+                }
                 (Some(last), _)
                     if !health.waiting_for_capacity
                         && now.duration_since(last) > self.stall_after =>
@@ -136,6 +151,7 @@ impl Health {
                     "last_error": health.last_error,
                     "stuck_seconds": stuck,
                     "restarts": health.restarts,
+                    "seconds_waiting_for_aws": call_waiting.map(|w| w.as_secs_f64()),
                 }),
             );
         }
@@ -147,6 +163,21 @@ impl Health {
         }
         document["ready"] = json!(all_ready);
         (all_ready, document)
+    }
+}
+
+/// One call to AWS in progress (see [`MappingHealthHandle::aws_call`]).
+pub struct AwsCall {
+    handle: MappingHealthHandle,
+    id: u64,
+}
+
+impl Drop for AwsCall {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.handle.update(|h| {
+            h.pending_calls.remove(&id);
+        });
     }
 }
 
@@ -179,6 +210,21 @@ impl MappingHealthHandle {
             h.restarts += 1;
             h.last_error = Some(error);
         });
+    }
+
+    /// A call to AWS (an acknowledgement, a dead letter) is under way until the guard drops; one
+    /// that waits longer than `stall_after` makes the mapping stalled.
+    pub fn aws_call(&self) -> AwsCall {
+        let mut id = 0;
+        self.update(|h| {
+            id = h.next_call;
+            h.next_call += 1;
+            h.pending_calls.insert(id, Instant::now());
+        });
+        AwsCall {
+            handle: self.clone(),
+            id,
+        }
     }
 
     pub fn poll_failed(&self, error: &str) {
@@ -235,6 +281,25 @@ mod tests {
         );
         orders.poll_succeeded();
         assert!(health.readiness().0);
+    }
+
+    // Reliability issue: with every batch stuck on a delete to an endpoint that stopped
+    // answering, the pollers waited for capacity and /readyz said ready.
+    #[test]
+    fn an_aws_call_waiting_longer_than_stall_after_is_a_stall_even_while_busy() {
+        let health = Health::new(Duration::from_millis(50), Duration::from_secs(60));
+        let orders = health.register("orders");
+        orders.poll_succeeded();
+        orders.waiting_for_capacity(true);
+        let call = orders.aws_call();
+        assert!(health.readiness().0, "a call just started is not a stall");
+        std::thread::sleep(Duration::from_millis(80));
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert_eq!(report["mappings"]["orders"]["status"], "stalled");
+        assert!(report["mappings"]["orders"]["seconds_waiting_for_aws"].as_f64() > Some(0.05));
+        drop(call);
+        assert!(health.readiness().0, "busy again once the call answered");
     }
 
     #[test]

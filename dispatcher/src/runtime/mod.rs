@@ -75,6 +75,11 @@ pub fn app_name() -> aws_config::AppName {
     aws_config::AppName::new("sluice").expect("a valid app name")
 }
 
+/// The longest one attempt of an AWS call may take: above the longest SQS long poll (20 s), so
+/// that a connection that stops answering (a lost NAT entry, a stalled proxy) fails the call
+/// and it is retried, instead of holding a poller or an acknowledgement forever.
+pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The AWS configuration every client is built from: config values first, then the standard
 /// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ECS and instance credentials).
 /// Without `needs_aws` (nothing in the config calls AWS) a missing region is not an error.
@@ -87,6 +92,7 @@ pub async fn aws_config_for(
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
                 .build(),
         );
     if let Some(region) = &settings.region {

@@ -66,6 +66,7 @@ struct Context {
     on_success: Option<Arc<dyn Destination>>,
     heartbeat: Arc<Heartbeat>,
     metrics: MappingMetrics,
+    health: MappingHealthHandle,
     /// Receives the target refused, per message id: they are not attempts.
     not_run: Mutex<HashMap<String, u32>>,
 }
@@ -118,6 +119,7 @@ impl S3Mapping {
             on_success: self.on_success.clone(),
             heartbeat: heartbeat.clone(),
             metrics: self.metrics.clone(),
+            health: self.health.clone(),
             not_run: Mutex::new(HashMap::new()),
         });
         let tracker = TaskTracker::new();
@@ -223,6 +225,7 @@ async fn handle_message(context: &Context, message: Record) {
                 .lock()
                 .expect("not-run lock")
                 .remove(&message_id);
+            let _call = context.health.aws_call();
             match context.queue.delete(&[&message.receipt]).await {
                 Ok(report) if report.failed.is_empty() => {
                     context.metrics.records_acknowledged.increment(1);
@@ -241,6 +244,7 @@ async fn handle_message(context: &Context, message: Record) {
             context.metrics.records_retried.increment(1);
             let whole_seconds =
                 Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
+            let _call = context.health.aws_call();
             if let Err(error) = context
                 .queue
                 .change_visibility(&[(&message.receipt, whole_seconds)])

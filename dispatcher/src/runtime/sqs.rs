@@ -46,6 +46,7 @@ struct MappingContext {
     on_failure: Option<Arc<dyn Destination>>,
     heartbeat: Arc<Heartbeat>,
     metrics: MappingMetrics,
+    health: MappingHealthHandle,
 }
 
 #[derive(Clone)]
@@ -106,6 +107,7 @@ impl SqsMapping {
             on_failure: self.on_failure.clone(),
             heartbeat: heartbeat.clone(),
             metrics: self.metrics.clone(),
+            health: self.health.clone(),
         });
 
         let tracker = TaskTracker::new();
@@ -517,6 +519,7 @@ async fn delete_records(context: &MappingContext, records: &[&Record]) {
         return;
     }
     let receipts: Vec<&Receipt> = records.iter().map(|r| &r.receipt).collect();
+    let _call = context.health.aws_call();
     match context.queue.delete(&receipts).await {
         Ok(report) => {
             for (message_id, reason) in &report.failed {
@@ -526,6 +529,7 @@ async fn delete_records(context: &MappingContext, records: &[&Record]) {
         }
         Err(error) => {
             context.metrics.ack_errors.increment(1);
+            context.health.poll_failed(&error.to_string());
             tracing::error!(mapping = %context.name, %error, records = records.len(), "delete failed; the messages will be delivered again");
         }
     }
@@ -534,6 +538,7 @@ async fn delete_records(context: &MappingContext, records: &[&Record]) {
 async fn change_visibility(context: &MappingContext, changes: &[(&Record, Duration)], why: &str) {
     let changes: Vec<(&Receipt, Duration)> =
         changes.iter().map(|(r, d)| (&r.receipt, *d)).collect();
+    let _call = context.health.aws_call();
     match context.queue.change_visibility(&changes).await {
         Ok(failed) => {
             for (message_id, reason) in failed {
@@ -543,6 +548,7 @@ async fn change_visibility(context: &MappingContext, changes: &[(&Record, Durati
         }
         Err(error) => {
             context.metrics.ack_errors.increment(1);
+            context.health.poll_failed(&error.to_string());
             tracing::warn!(mapping = %context.name, %error, why, "visibility change failed");
         }
     }
@@ -602,6 +608,7 @@ async fn send_dead_letter(
     };
     let group = record.ordering_key.as_deref().unwrap_or(&context.name);
     let dedup = format!("{}-{}", record.id(), record.attempt);
+    let _call = context.health.aws_call();
     match destination.send(&dead_letter, group, &dedup).await {
         Ok(()) => {
             context.metrics.dead_lettered(condition.as_str(), 1);

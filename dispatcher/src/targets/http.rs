@@ -2,8 +2,10 @@
 //!
 //! Classification (architecture.md "Targets", semantics.md §6): 2xx is a normal return whose body
 //! is the function's response, unless it carries `X-Amz-Function-Error`; 5xx and other non-2xx
-//! statuses are function errors; 429 is a throttle; a connection that cannot be made is an
-//! unavailable target; no complete answer within the timeout is a timeout. Responses larger than
+//! statuses are function errors, except 502, 503 and 504 (what a load balancer or a restarting
+//! service answers when the handler is not there) which mean an unavailable target, as a
+//! connection that cannot be made (refused, or not established within the connect timeout) does;
+//! 429 is a throttle; no complete answer within the timeout is a timeout. Responses larger than
 //! Lambda's 6 MB synchronous limit are function errors (`Function.ResponseSizeTooLarge`). A status
 //! listed in `non_retryable_statuses` is a function error marked as not worth retrying.
 
@@ -36,7 +38,9 @@ impl HttpTarget {
         }
         let client = reqwest::Client::builder()
             .default_headers(headers)
-            .connect_timeout(Duration::from_secs(5).min(config.timeout))
+            // Shorter than the invocation timeout, so a connection that cannot be made ends as
+            // a connect error (unavailable) and never races the invocation's own timeout.
+            .connect_timeout(connect_timeout(config.timeout))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             // A redirect would turn the POST into a GET and lose the event.
@@ -72,7 +76,25 @@ impl HttpTarget {
     }
 }
 
+/// How long a connection to the handler may take to establish: half the invocation timeout, at
+/// most 5 s.
+pub fn connect_timeout(timeout: Duration) -> Duration {
+    Duration::from_secs(5).min(timeout / 2)
+}
+
+/// Statuses that say the handler is not there (a gateway without a healthy backend, a service
+/// restarting or shedding load) rather than that it failed: retried without using an attempt,
+/// never dead-lettered for it, unless the response carries `X-Amz-Function-Error`.
+pub const UNAVAILABLE_STATUSES: [u16; 3] = [502, 503, 504];
+
 fn classify_transport_error(error: &reqwest::Error, timeout: Duration, url: &Url) -> Outcome {
+    // A connection that was never made is an unreachable handler, even when it is the connect
+    // timeout that ran out (a host that drops SYNs): the invocation never started.
+    if error.is_connect() {
+        return Outcome::Unavailable {
+            message: redacted(&error_chain(error), url),
+        };
+    }
     if error.is_timeout() {
         return Outcome::Timeout {
             after_ms: timeout.as_millis() as u64,
@@ -81,9 +103,6 @@ fn classify_transport_error(error: &reqwest::Error, timeout: Duration, url: &Url
     // The message reaches callers (Invoke API answers, dead-letter envelopes): the URL's query
     // and credentials (tokens, often) are left out.
     let message = redacted(&error_chain(error), url);
-    if error.is_connect() {
-        return Outcome::Unavailable { message };
-    }
     Outcome::FunctionError(ErrorInfo::new("Sluice.TargetRequestFailed", message))
 }
 
@@ -154,6 +173,11 @@ impl Target for HttpTarget {
         if let Some(function_error) = function_error {
             return Outcome::FunctionError(error_from_body(&body, &function_error));
         }
+        if UNAVAILABLE_STATUSES.contains(&status.as_u16()) {
+            return Outcome::Unavailable {
+                message: format!("HTTP {}: {}", status.as_u16(), body_prefix(&body)),
+            };
+        }
         if !status.is_success() {
             let default_type = format!("HTTP {}", status.as_u16());
             let error = error_from_body(&body, &default_type);
@@ -210,5 +234,91 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("/hook"), "{message}");
+    }
+
+    fn target_for(url: &str, timeout: Duration) -> HttpTarget {
+        HttpTarget::new(&HttpTargetConfig {
+            url: url.parse().unwrap(),
+            timeout,
+            headers: Vec::new(),
+            non_retryable_statuses: Vec::new(),
+            max_concurrency: 1,
+        })
+        .unwrap()
+    }
+
+    /// A server answering every request with `status` (and the function-error header if asked).
+    async fn answering(status: u16, function_error: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    let _ = stream.read(&mut buffer).await;
+                    let header = if function_error {
+                        "X-Amz-Function-Error: Unhandled\r\n"
+                    } else {
+                        ""
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\n{header}Content-Length: 4\r\nConnection: close\r\n\r\nbusy"
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    // Reliability issue: a handler outage answered by a load balancer (502/504) or a restarting
+    // service (503) was a function error, so SQS messages were dead-lettered for it.
+    #[tokio::test]
+    async fn gateway_and_unavailable_statuses_are_an_unavailable_target_not_a_function_error() {
+        for status in UNAVAILABLE_STATUSES {
+            let target = target_for(&answering(status, false).await, Duration::from_secs(2));
+            let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+            assert!(
+                matches!(&outcome, Outcome::Unavailable { message } if message.contains(&status.to_string())),
+                "{status}: {outcome:?}"
+            );
+        }
+        let target = target_for(&answering(500, false).await, Duration::from_secs(2));
+        let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+        assert!(matches!(outcome, Outcome::FunctionError(_)), "{outcome:?}");
+        // The handler itself saying it failed wins over the status.
+        let target = target_for(&answering(503, true).await, Duration::from_secs(2));
+        let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+        assert!(matches!(outcome, Outcome::FunctionError(_)), "{outcome:?}");
+    }
+
+    // Reliability issue: a connection that timed out while connecting (a host dropping SYNs)
+    // was an invocation timeout, a function error.
+    #[tokio::test]
+    async fn a_connection_that_cannot_be_established_in_time_is_an_unavailable_target() {
+        // A listener nobody accepts from, its queue filled: further SYNs are dropped.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(stream)) = tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                held.push(stream);
+            }
+        }
+        let target = target_for(&format!("http://{addr}/"), Duration::from_secs(1));
+        let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+        assert!(
+            matches!(outcome, Outcome::Unavailable { .. }),
+            "{outcome:?}"
+        );
+        drop(listener);
     }
 }
