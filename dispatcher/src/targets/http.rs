@@ -76,6 +76,10 @@ impl HttpTarget {
     }
 }
 
+/// How often a request that failed without an answer (on a connection the other side closed)
+/// is sent again at once, within the invocation's timeout.
+const STALE_CONNECTION_RETRIES: u32 = 2;
+
 /// How long a connection to the handler may take to establish: half the invocation timeout, at
 /// most 5 s.
 pub fn connect_timeout(timeout: Duration) -> Duration {
@@ -134,22 +138,37 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 impl Target for HttpTarget {
     async fn invoke(&self, invocation: &Invocation) -> Outcome {
         let started = Instant::now();
-        let request = self
-            .client
-            .post(self.url.clone())
-            .timeout(self.timeout)
-            .header(CONTENT_TYPE, "application/json")
-            .header("x-sluice-request-id", &invocation.request_id)
-            .header("x-sluice-mapping", &invocation.mapping)
-            .header(
-                "x-sluice-deadline-ms",
-                deadline_ms(self.timeout).to_string(),
-            )
-            .header("traceparent", &invocation.traceparent)
-            .body(invocation.payload.clone());
-        let mut response = match request.send().await {
-            Ok(response) => response,
-            Err(error) => return classify_transport_error(&error, self.timeout, &self.url),
+        let deadline = started + self.timeout;
+        let deadline_header = deadline_ms(self.timeout).to_string();
+        let mut retries = 0;
+        let mut response = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let request = self
+                .client
+                .post(self.url.clone())
+                .timeout(remaining)
+                .header(CONTENT_TYPE, "application/json")
+                .header("x-sluice-request-id", &invocation.request_id)
+                .header("x-sluice-mapping", &invocation.mapping)
+                .header("x-sluice-deadline-ms", &deadline_header)
+                .header("traceparent", &invocation.traceparent)
+                .body(invocation.payload.clone());
+            match request.send().await {
+                Ok(response) => break response,
+                // A pooled connection the handler's side closed while it was idle (the handler
+                // restarted, a proxy dropped it) fails the request before any answer: a fresh
+                // connection decides whether the handler is there, and whether it fails.
+                Err(error)
+                    if retries < STALE_CONNECTION_RETRIES
+                        && !error.is_connect()
+                        && !error.is_timeout()
+                        && Instant::now() < deadline =>
+                {
+                    retries += 1;
+                    tracing::debug!(url = %redacted(self.url.as_str(), &self.url), error = %error_chain(&error), "request failed on a pooled connection; sending it again");
+                }
+                Err(error) => return classify_transport_error(&error, self.timeout, &self.url),
+            }
         };
         let status = response.status();
         let function_error = response
@@ -193,6 +212,7 @@ impl Target for HttpTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn lambda_error_bodies_give_type_and_message() {
@@ -320,5 +340,53 @@ mod tests {
             "{outcome:?}"
         );
         drop(listener);
+    }
+
+    /// A server that reads each request and closes the connection without an answer, for the
+    /// first `hang_ups` connections, then answers `{}`; counts connections.
+    async fn hanging_up(hang_ups: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    let _ = stream.read(&mut buffer).await;
+                    if n >= hang_ups {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                            .await;
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/"), connections)
+    }
+
+    // Reliability issue: when a handler restarted, requests on the pooled connections it had
+    // closed failed as function errors, and SQS messages were dead-lettered for an outage.
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_without_an_answer_is_sent_again_on_a_fresh_one() {
+        use std::sync::atomic::Ordering;
+        let (url, connections) = hanging_up(1).await;
+        let target = target_for(&url, Duration::from_secs(2));
+        let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+        assert!(matches!(outcome, Outcome::Returned { .. }), "{outcome:?}");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        // A handler that drops every request (crashing on it) is still a failure, after the
+        // bounded retries.
+        let (url, connections) = hanging_up(usize::MAX).await;
+        let target = target_for(&url, Duration::from_secs(2));
+        let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+        assert!(matches!(outcome, Outcome::FunctionError(_)), "{outcome:?}");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1 + STALE_CONNECTION_RETRIES as usize
+        );
     }
 }
