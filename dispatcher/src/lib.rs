@@ -11,6 +11,8 @@ pub mod config;
 pub mod destinations;
 pub mod dlq;
 pub mod embed;
+#[cfg(test)]
+mod fuzz;
 pub mod health;
 pub mod http_server;
 pub mod invoke_api;

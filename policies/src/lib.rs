@@ -19,6 +19,8 @@ pub mod async_invoke;
 pub mod backoff;
 pub mod batcher;
 pub mod filter;
+#[cfg(test)]
+mod fuzz;
 pub mod outcome;
 pub mod queue;
 pub mod response;

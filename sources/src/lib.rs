@@ -10,6 +10,8 @@
 pub mod async_queue;
 pub mod checkpoint;
 pub mod dynamodb_streams;
+#[cfg(test)]
+mod fuzz;
 pub mod kafka;
 pub mod queue;
 pub mod record;
