@@ -266,7 +266,7 @@ fn render(
             soak.report.tally.duplicated,
         );
         let _ = writeln!(out, "| measure | start | max | end |\n|---|---:|---:|---:|");
-        let rows: [(&str, Option<(i64, i64, i64)>); 4] = [
+        let rows: [(&str, scenarios::Curve<i64>); 4] = [
             ("RSS (MiB)", soak.curve(|s| s.1.rss_kib as i64 / 1024)),
             ("open descriptors", soak.curve(|s| s.1.fds as i64)),
             ("threads", soak.curve(|s| s.1.threads as i64)),

@@ -53,6 +53,12 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    // Sampled when scraped: a count that keeps growing under steady load is a task leak.
+    metrics::gauge!("sluice_runtime_alive_tasks").set(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as f64,
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
