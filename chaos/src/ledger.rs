@@ -23,6 +23,9 @@ struct Inner {
     sent: HashSet<String>,
     /// Records owed to a dead-letter destination, not to the handler.
     owed_to_dead_letters: HashSet<String>,
+    /// Records offered whose acceptance is unknown (the answer was lost with a killed process):
+    /// not owed, but no surprise if handled.
+    offered: HashSet<String>,
     deliveries: HashMap<String, u32>,
     /// Per order key, the positions in the order they were first handled.
     first_handled: HashMap<String, Vec<u64>>,
@@ -51,6 +54,11 @@ pub struct Tally {
 impl Ledger {
     pub fn sent(&self, id: impl Into<String>) {
         self.inner.lock().unwrap().sent.insert(id.into());
+    }
+
+    /// A record offered to the source whose acceptance may never be known.
+    pub fn offered(&self, id: impl Into<String>) {
+        self.inner.lock().unwrap().offered.insert(id.into());
     }
 
     /// A record that always fails: it is owed to the dead-letter destination, and the scenario
@@ -151,7 +159,7 @@ impl Ledger {
             unknown: inner
                 .deliveries
                 .keys()
-                .filter(|id| !inner.sent.contains(*id))
+                .filter(|id| !inner.sent.contains(*id) && !inner.offered.contains(*id))
                 .count() as u64,
         }
     }
@@ -182,6 +190,11 @@ mod tests {
             (3, 2, 1, 1)
         );
         assert_eq!(tally.unknown, 1);
+        assert_eq!(ledger.missing(), 1);
+        // Offered but never known to be accepted: handling it is no surprise, and not owed.
+        ledger.offered("y");
+        ledger.handled(&[seen("y", None)]);
+        assert_eq!(ledger.tally().unknown, 1);
         assert_eq!(ledger.missing(), 1);
     }
 

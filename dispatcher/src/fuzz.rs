@@ -1,7 +1,7 @@
 //! Fuzz properties of the dispatcher's parsers of outside input: the config loader (YAML text
 //! with `${VAR}` expansion → validated config) and the dead-letter envelope reader. Never a
-//! panic; a config error names the file and, where the text has one, the line and column; an
-//! envelope sluice wrote reads back as the same records. (The Invoke API and Runtime API are
+//! panic; every config error names the file and says what is wrong; every seed loads unchanged;
+//! an envelope sluice wrote reads back as the same records. (The Invoke API and Runtime API are
 //! fuzzed over the wire in `tests/fuzz_http.rs`.)
 
 #[path = "../../fuzz/mutate.rs"]
@@ -16,8 +16,36 @@ use sluice_policies::{DeadLetterCondition, ErrorInfo};
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// The variables the seeds use without a default, so an unchanged seed validates; then
+/// `values` over them.
 fn environment(values: &[(String, String)]) -> HashMap<String, String> {
-    values.iter().cloned().collect()
+    let mut environment: HashMap<String, String> = [
+        (
+            "ORDERS_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/orders",
+        ),
+        (
+            "ORDERS_DLQ_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/orders-dlq",
+        ),
+        ("KAFKA_USER", "user"),
+        ("KAFKA_PASSWORD", "password"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    environment.extend(values.iter().cloned());
+    environment
+}
+
+#[test]
+fn every_config_seed_loads_unchanged() {
+    for (index, seed) in mutate::seeds("config").iter().enumerate() {
+        let text = String::from_utf8(seed.clone()).expect("a UTF-8 seed");
+        if let Err(errors) = config::parse("seed.yaml", &text, environment(&[])) {
+            panic!("config seed {index} does not load: {errors}");
+        }
+    }
 }
 
 fn check_config(text: &str, environment: HashMap<String, String>) {
@@ -46,7 +74,7 @@ proptest! {
 
     #[test]
     fn damaged_configs_load_or_say_where_and_why(bytes in mutate::mutated("config")) {
-        check_config(&String::from_utf8_lossy(&bytes), HashMap::new());
+        check_config(&String::from_utf8_lossy(&bytes), environment(&[]));
     }
 
     #[test]

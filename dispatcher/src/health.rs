@@ -28,6 +28,9 @@ struct MappingHealth {
     restarts: u64,
     /// Calls to AWS waiting for an answer, by call number, since when.
     pending_calls: BTreeMap<u64, Instant>,
+    /// The error of the last acknowledgement (delete, visibility change) when it failed; cleared
+    /// only by one that succeeds, so working receives cannot hide failing deletes.
+    ack_error: Option<String>,
     next_call: u64,
 }
 
@@ -99,6 +102,7 @@ impl Health {
                 restarts: 0,
                 pending_calls: BTreeMap::new(),
                 next_call: 0,
+                ack_error: None,
             },
         );
         MappingHealthHandle {
@@ -127,6 +131,7 @@ impl Health {
                 .map(|since| now.duration_since(*since));
             let (ready, status) = match (health.last_success, health.consecutive_failures) {
                 (_, failures) if failures > 0 => (false, "failing"),
+                _ if health.ack_error.is_some() => (false, "failing"),
                 _ if !stuck.is_empty() => (false, "stuck"),
                 (None, _) => (false, "starting"),
                 _ if call_waiting.is_some_and(|waiting| waiting > self.stall_after) => {
@@ -152,6 +157,7 @@ impl Health {
                     "stuck_seconds": stuck,
                     "restarts": health.restarts,
                     "seconds_waiting_for_aws": call_waiting.map(|w| w.as_secs_f64()),
+                    "acknowledgement_error": health.ack_error,
                 }),
             );
         }
@@ -227,6 +233,17 @@ impl MappingHealthHandle {
         }
     }
 
+    /// An acknowledgement (delete, visibility change) failed as a whole: not ready until one
+    /// succeeds.
+    pub fn ack_failed(&self, error: &str) {
+        let error = error.to_owned();
+        self.update(|h| h.ack_error = Some(error));
+    }
+
+    pub fn ack_succeeded(&self) {
+        self.update(|h| h.ack_error = None);
+    }
+
     pub fn poll_failed(&self, error: &str) {
         let error = error.to_owned();
         self.update(|h| {
@@ -300,6 +317,26 @@ mod tests {
         assert!(report["mappings"]["orders"]["seconds_waiting_for_aws"].as_f64() > Some(0.05));
         drop(call);
         assert!(health.readiness().0, "busy again once the call answered");
+    }
+
+    // Review of the reliability change: a failed delete was cleared by the next good receive,
+    // so a mapping whose deletes always fail (no permission) looked ready while redelivering.
+    #[test]
+    fn a_failing_acknowledgement_is_cleared_only_by_one_that_succeeds() {
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(60));
+        let orders = health.register("orders");
+        orders.poll_succeeded();
+        orders.ack_failed("AccessDenied: sqs:DeleteMessage");
+        orders.poll_succeeded();
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert_eq!(report["mappings"]["orders"]["status"], "failing");
+        assert_eq!(
+            report["mappings"]["orders"]["acknowledgement_error"],
+            "AccessDenied: sqs:DeleteMessage"
+        );
+        orders.ack_succeeded();
+        assert!(health.readiness().0);
     }
 
     #[test]

@@ -228,6 +228,7 @@ async fn handle_message(context: &Context, message: Record) {
             let _call = context.health.aws_call();
             match context.queue.delete(&[&message.receipt]).await {
                 Ok(report) if report.failed.is_empty() => {
+                    context.health.ack_succeeded();
                     context.metrics.records_acknowledged.increment(1);
                 }
                 Ok(report) => {
@@ -236,6 +237,7 @@ async fn handle_message(context: &Context, message: Record) {
                 }
                 Err(error) => {
                     context.metrics.ack_errors.increment(1);
+                    context.health.ack_failed(&error.to_string());
                     tracing::warn!(mapping = %context.name, %message_id, %error, "delete failed; the event will be delivered again");
                 }
             }
@@ -245,11 +247,15 @@ async fn handle_message(context: &Context, message: Record) {
             let whole_seconds =
                 Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
             let _call = context.health.aws_call();
-            if let Err(error) = context
+            let changed = context
                 .queue
                 .change_visibility(&[(&message.receipt, whole_seconds)])
-                .await
-            {
+                .await;
+            if changed.is_ok() {
+                context.health.ack_succeeded();
+            }
+            if let Err(error) = changed {
+                context.health.ack_failed(&error.to_string());
                 context.metrics.ack_errors.increment(1);
                 tracing::warn!(mapping = %context.name, %message_id, %error, "setting the retry delay failed; the event comes back after the visibility timeout");
             }

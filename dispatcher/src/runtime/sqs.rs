@@ -522,6 +522,7 @@ async fn delete_records(context: &MappingContext, records: &[&Record]) {
     let _call = context.health.aws_call();
     match context.queue.delete(&receipts).await {
         Ok(report) => {
+            context.health.ack_succeeded();
             for (message_id, reason) in &report.failed {
                 context.metrics.ack_errors.increment(1);
                 tracing::warn!(mapping = %context.name, queue_url = %context.queue.description().url, %message_id, %reason, "delete failed; the message will be delivered again");
@@ -529,7 +530,7 @@ async fn delete_records(context: &MappingContext, records: &[&Record]) {
         }
         Err(error) => {
             context.metrics.ack_errors.increment(1);
-            context.health.poll_failed(&error.to_string());
+            context.health.ack_failed(&error.to_string());
             tracing::error!(mapping = %context.name, %error, records = records.len(), "delete failed; the messages will be delivered again");
         }
     }
@@ -541,6 +542,7 @@ async fn change_visibility(context: &MappingContext, changes: &[(&Record, Durati
     let _call = context.health.aws_call();
     match context.queue.change_visibility(&changes).await {
         Ok(failed) => {
+            context.health.ack_succeeded();
             for (message_id, reason) in failed {
                 context.metrics.ack_errors.increment(1);
                 tracing::warn!(mapping = %context.name, %message_id, %reason, why, "visibility change failed");
@@ -548,7 +550,7 @@ async fn change_visibility(context: &MappingContext, changes: &[(&Record, Durati
         }
         Err(error) => {
             context.metrics.ack_errors.increment(1);
-            context.health.poll_failed(&error.to_string());
+            context.health.ack_failed(&error.to_string());
             tracing::warn!(mapping = %context.name, %error, why, "visibility change failed");
         }
     }

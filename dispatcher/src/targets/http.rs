@@ -2,9 +2,10 @@
 //!
 //! Classification (architecture.md "Targets", semantics.md §6): 2xx is a normal return whose body
 //! is the function's response, unless it carries `X-Amz-Function-Error`; 5xx and other non-2xx
-//! statuses are function errors, except 502, 503 and 504 (what a load balancer or a restarting
-//! service answers when the handler is not there) which mean an unavailable target, as a
-//! connection that cannot be made (refused, or not established within the connect timeout) does;
+//! statuses are function errors, except 503 (a service restarting or shedding load: the handler
+//! did not run) which means an unavailable target, as a connection that cannot be made (refused,
+//! or not established within the connect timeout) does; 502 and 504 stay function errors, since
+//! a gateway answers them also when the handler ran and crashed or ran too long;
 //! 429 is a throttle; no complete answer within the timeout is a timeout. Responses larger than
 //! Lambda's 6 MB synchronous limit are function errors (`Function.ResponseSizeTooLarge`). A status
 //! listed in `non_retryable_statuses` is a function error marked as not worth retrying.
@@ -76,9 +77,22 @@ impl HttpTarget {
     }
 }
 
-/// How often a request that failed without an answer (on a connection the other side closed)
-/// is sent again at once, within the invocation's timeout.
-const STALE_CONNECTION_RETRIES: u32 = 2;
+/// A request that failed this soon after it was sent, with the connection closed before any
+/// answer, met a pooled connection the other side had closed while idle: the handler never saw
+/// it. Later, the handler may have run and crashed, and the failure is its own.
+const STALE_CONNECTION_WINDOW: Duration = Duration::from_millis(100);
+
+/// Whether the request failed because the connection closed before any answer came.
+fn closed_before_answer(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            return hyper_error.is_incomplete_message();
+        }
+        source = cause.source();
+    }
+    false
+}
 
 /// How long a connection to the handler may take to establish: half the invocation timeout, at
 /// most 5 s.
@@ -86,10 +100,10 @@ pub fn connect_timeout(timeout: Duration) -> Duration {
     Duration::from_secs(5).min(timeout / 2)
 }
 
-/// Statuses that say the handler is not there (a gateway without a healthy backend, a service
-/// restarting or shedding load) rather than that it failed: retried without using an attempt,
-/// never dead-lettered for it, unless the response carries `X-Amz-Function-Error`.
-pub const UNAVAILABLE_STATUSES: [u16; 3] = [502, 503, 504];
+/// Statuses that say the handler is not there (a service restarting or shedding load) rather
+/// than that it failed: retried without using an attempt, never dead-lettered for it, unless the
+/// response carries `X-Amz-Function-Error`.
+pub const UNAVAILABLE_STATUSES: [u16; 1] = [503];
 
 fn classify_transport_error(error: &reqwest::Error, timeout: Duration, url: &Url) -> Outcome {
     // A connection that was never made is an unreachable handler, even when it is the connect
@@ -140,7 +154,7 @@ impl Target for HttpTarget {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let deadline_header = deadline_ms(self.timeout).to_string();
-        let mut retries = 0;
+        let mut retried = false;
         let mut response = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let request = self
@@ -153,19 +167,20 @@ impl Target for HttpTarget {
                 .header("x-sluice-deadline-ms", &deadline_header)
                 .header("traceparent", &invocation.traceparent)
                 .body(invocation.payload.clone());
+            let sent_at = Instant::now();
             match request.send().await {
                 Ok(response) => break response,
                 // A pooled connection the handler's side closed while it was idle (the handler
-                // restarted, a proxy dropped it) fails the request before any answer: a fresh
-                // connection decides whether the handler is there, and whether it fails.
+                // restarted, a proxy dropped it) fails the request at once, before any answer:
+                // it is sent once more, on a fresh connection, which decides.
                 Err(error)
-                    if retries < STALE_CONNECTION_RETRIES
-                        && !error.is_connect()
-                        && !error.is_timeout()
+                    if !retried
+                        && closed_before_answer(&error)
+                        && sent_at.elapsed() < STALE_CONNECTION_WINDOW
                         && Instant::now() < deadline =>
                 {
-                    retries += 1;
-                    tracing::debug!(url = %redacted(self.url.as_str(), &self.url), error = %error_chain(&error), "request failed on a pooled connection; sending it again");
+                    retried = true;
+                    tracing::debug!(url = %redacted(self.url.as_str(), &self.url), error = %error_chain(&error), "the connection was closed before an answer; sending the request again on a fresh one");
                 }
                 Err(error) => return classify_transport_error(&error, self.timeout, &self.url),
             }
@@ -295,7 +310,7 @@ mod tests {
     // Reliability issue: a handler outage answered by a load balancer (502/504) or a restarting
     // service (503) was a function error, so SQS messages were dead-lettered for it.
     #[tokio::test]
-    async fn gateway_and_unavailable_statuses_are_an_unavailable_target_not_a_function_error() {
+    async fn service_unavailable_is_an_unavailable_target_not_a_function_error() {
         for status in UNAVAILABLE_STATUSES {
             let target = target_for(&answering(status, false).await, Duration::from_secs(2));
             let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
@@ -304,9 +319,15 @@ mod tests {
                 "{status}: {outcome:?}"
             );
         }
-        let target = target_for(&answering(500, false).await, Duration::from_secs(2));
-        let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
-        assert!(matches!(outcome, Outcome::FunctionError(_)), "{outcome:?}");
+        // 502 and 504 come from gateways also when the handler ran and crashed or ran too long.
+        for status in [500, 502, 504] {
+            let target = target_for(&answering(status, false).await, Duration::from_secs(2));
+            let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+            assert!(
+                matches!(outcome, Outcome::FunctionError(_)),
+                "{status}: {outcome:?}"
+            );
+        }
         // The handler itself saying it failed wins over the status.
         let target = target_for(&answering(503, true).await, Duration::from_secs(2));
         let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
@@ -342,9 +363,12 @@ mod tests {
         drop(listener);
     }
 
-    /// A server that reads each request and closes the connection without an answer, for the
-    /// first `hang_ups` connections, then answers `{}`; counts connections.
-    async fn hanging_up(hang_ups: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    /// A server that reads each request and closes the connection without an answer (after
+    /// `delay`), for the first `hang_ups` connections, then answers `{}`; counts connections.
+    async fn hanging_up(
+        hang_ups: usize,
+        delay: Duration,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -357,6 +381,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = vec![0u8; 4096];
                     let _ = stream.read(&mut buffer).await;
+                    tokio::time::sleep(delay).await;
                     if n >= hang_ups {
                         let _ = stream
                             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
@@ -371,22 +396,30 @@ mod tests {
     // Reliability issue: when a handler restarted, requests on the pooled connections it had
     // closed failed as function errors, and SQS messages were dead-lettered for an outage.
     #[tokio::test]
-    async fn a_request_on_a_connection_closed_without_an_answer_is_sent_again_on_a_fresh_one() {
+    async fn a_request_on_a_connection_closed_at_once_without_an_answer_is_sent_again_once() {
         use std::sync::atomic::Ordering;
-        let (url, connections) = hanging_up(1).await;
+        let (url, connections) = hanging_up(1, Duration::ZERO).await;
         let target = target_for(&url, Duration::from_secs(2));
         let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
         assert!(matches!(outcome, Outcome::Returned { .. }), "{outcome:?}");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
-        // A handler that drops every request (crashing on it) is still a failure, after the
-        // bounded retries.
-        let (url, connections) = hanging_up(usize::MAX).await;
+        // Once only: a handler that drops every request at once is a failure.
+        let (url, connections) = hanging_up(usize::MAX, Duration::ZERO).await;
         let target = target_for(&url, Duration::from_secs(2));
         let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
         assert!(matches!(outcome, Outcome::FunctionError(_)), "{outcome:?}");
-        assert_eq!(
-            connections.load(Ordering::SeqCst),
-            1 + STALE_CONNECTION_RETRIES as usize
-        );
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    // Review of the reliability change: a handler that worked on the request and then crashed
+    // must not run it again within the same attempt.
+    #[tokio::test]
+    async fn a_connection_closed_after_the_handler_worked_is_a_failure_not_a_retry() {
+        use std::sync::atomic::Ordering;
+        let (url, connections) = hanging_up(1, Duration::from_millis(300)).await;
+        let target = target_for(&url, Duration::from_secs(2));
+        let outcome = target.invoke(&Invocation::new("m", b"{}".to_vec())).await;
+        assert!(matches!(outcome, Outcome::FunctionError(_)), "{outcome:?}");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 }
