@@ -180,14 +180,3 @@ impl Drop for Daemon {
         self.kill();
     }
 }
-
-/// The environment that points sluice's AWS clients at `endpoint`.
-pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-        ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_ENDPOINT_URL".into(), endpoint.into()),
-        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-    ]
-}

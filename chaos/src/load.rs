@@ -107,6 +107,26 @@ pub fn sqs(
     })
 }
 
+/// Spawns a load that offers records `0..total` one by one, at `per_second`.
+fn each_record<F, Fut>(total: u64, per_second: u64, offer: F) -> JoinHandle<()>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let offer = Arc::new(offer);
+    tokio::spawn(async move {
+        paced(total, per_second, |first, n| {
+            let offer = offer.clone();
+            async move {
+                for i in first..first + n {
+                    offer(i).await;
+                }
+            }
+        })
+        .await;
+    })
+}
+
 /// Items `k<n % keys>` written with version `n / keys`: one stream record per write, each key's
 /// versions in order.
 pub fn dynamodb(
@@ -118,27 +138,22 @@ pub fn dynamodb(
     per_second: u64,
 ) -> JoinHandle<()> {
     use aws_sdk_dynamodb::types::AttributeValue;
-    tokio::spawn(async move {
-        paced(total, per_second, |first, n| {
-            let (client, table, ledger) = (client.clone(), table.clone(), ledger.clone());
-            async move {
-                for i in first..first + n {
-                    let (key, version) = (format!("k{}", i % keys), i / keys);
-                    let put = client
-                        .put_item()
-                        .table_name(&table)
-                        .item("id", AttributeValue::S(key.clone()))
-                        .item("v", AttributeValue::N(version.to_string()))
-                        .send()
-                        .await;
-                    match put {
-                        Ok(_) => ledger.sent(format!("{key}:{version}")),
-                        Err(error) => eprintln!("chaos: a put failed: {error}"),
-                    }
-                }
+    each_record(total, per_second, move |i| {
+        let (client, table, ledger) = (client.clone(), table.clone(), ledger.clone());
+        async move {
+            let (key, version) = (format!("k{}", i % keys), i / keys);
+            let put = client
+                .put_item()
+                .table_name(&table)
+                .item("id", AttributeValue::S(key.clone()))
+                .item("v", AttributeValue::N(version.to_string()))
+                .send()
+                .await;
+            match put {
+                Ok(_) => ledger.sent(format!("{key}:{version}")),
+                Err(error) => eprintln!("chaos: a put failed: {error}"),
             }
-        })
-        .await;
+        }
     })
 }
 
@@ -192,27 +207,22 @@ pub fn s3(
     total: u64,
     per_second: u64,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        paced(total, per_second, |first, n| {
-            let (client, bucket, ledger) = (client.clone(), bucket.clone(), ledger.clone());
-            async move {
-                for i in first..first + n {
-                    let key = format!("o{i}");
-                    let put = client
-                        .put_object()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
-                        .send()
-                        .await;
-                    match put {
-                        Ok(_) => ledger.sent(key),
-                        Err(error) => eprintln!("chaos: an upload failed: {error}"),
-                    }
-                }
+    each_record(total, per_second, move |i| {
+        let (client, bucket, ledger) = (client.clone(), bucket.clone(), ledger.clone());
+        async move {
+            let key = format!("o{i}");
+            let put = client
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+                .send()
+                .await;
+            match put {
+                Ok(_) => ledger.sent(key),
+                Err(error) => eprintln!("chaos: an upload failed: {error}"),
             }
-        })
-        .await;
+        }
     })
 }
 
@@ -223,31 +233,26 @@ pub fn invoke_events(
     total: u64,
     per_second: u64,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("an HTTP client");
-        paced(total, per_second, |first, n| {
-            let (client, url, ledger) = (client.clone(), url.clone(), ledger.clone());
-            async move {
-                for i in first..first + n {
-                    let id = format!("e{i}");
-                    // A kill can store the event and lose the 202: handling it is then allowed.
-                    ledger.offered(id.clone());
-                    let accepted = client
-                        .post(&url)
-                        .header("X-Amz-Invocation-Type", "Event")
-                        .body(serde_json::json!({ "id": id }).to_string())
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().as_u16() == 202);
-                    if accepted {
-                        ledger.sent(id);
-                    }
-                }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    each_record(total, per_second, move |i| {
+        let (client, url, ledger) = (client.clone(), url.clone(), ledger.clone());
+        async move {
+            let id = format!("e{i}");
+            // A kill can store the event and lose the 202: handling it is then allowed.
+            ledger.offered(id.clone());
+            let accepted = client
+                .post(&url)
+                .header("X-Amz-Invocation-Type", "Event")
+                .body(serde_json::json!({ "id": id }).to_string())
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 202);
+            if accepted {
+                ledger.sent(id);
             }
-        })
-        .await;
+        }
     })
 }

@@ -2,14 +2,14 @@
 //! runs load while it injects its fault, waits for the records to drain, and reports figures
 //! with the bounds they must keep.
 
-use crate::daemon::{Daemon, aws_env};
+use crate::daemon::Daemon;
 use crate::handler::Handler;
 use crate::ledger::{Ledger, Tally};
 use crate::load::{self, Bodies};
 use crate::proxy::{Fault, FaultProxy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_testkit::{Kafka, Moto, create_queue, queue_depth};
+use sluice_testkit::{Kafka, Moto, aws_env, create_queue, queue_depth};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -39,6 +39,16 @@ impl Settings {
         } else {
             Duration::from_secs(15)
         }
+    }
+
+    /// An instance of sluice named `name` under this run's work directory.
+    fn daemon(
+        &self,
+        name: &str,
+        config: &str,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Daemon> {
+        Daemon::new(&self.sluice, &self.work, name, config, env)
     }
 
     fn rng(&self, scenario: &str) -> StdRng {
@@ -158,16 +168,50 @@ fn http_target(url: &str, extra: &str) -> String {
     )
 }
 
-/// SIGKILLs one of `daemons` at random moments (0.5–3.5 s apart), `rounds` times, restarting it
-/// each time. Returns the kill instants.
-async fn kill_rounds(
-    daemons: &mut [Daemon],
-    rounds: u32,
-    rng: &mut StdRng,
-) -> anyhow::Result<Vec<Instant>> {
-    kill_rounds_apart(daemons, rounds, rng, 0.5..3.5).await
+/// Starts every instance and waits until each is ready.
+async fn start_ready(daemons: &mut [Daemon]) -> anyhow::Result<()> {
+    for daemon in daemons.iter_mut() {
+        daemon.start()?;
+    }
+    for daemon in daemons.iter() {
+        daemon.wait_ready(Duration::from_secs(30)).await?;
+    }
+    Ok(())
 }
 
+/// How a kill scenario injects its faults and waits for the records.
+struct Kills {
+    rounds: u32,
+    gap_seconds: std::ops::Range<f64>,
+    drain: Duration,
+    settle: Duration,
+}
+
+/// The shape every kill scenario shares: kills while `producer` runs, the records drained, the
+/// instances stopped. The report has the faults, the tally and the worst recovery; the caller
+/// adds its bounds.
+async fn kill_phase(
+    name: &'static str,
+    daemons: &mut [Daemon],
+    handler: &Handler,
+    producer: tokio::task::JoinHandle<()>,
+    kills: Kills,
+    rng: &mut StdRng,
+) -> anyhow::Result<(Report, Vec<Instant>)> {
+    let instants = kill_rounds_apart(daemons, kills.rounds, rng, kills.gap_seconds).await?;
+    producer.await?;
+    drain(&handler.ledger, kills.drain, kills.settle).await;
+    let mut report = Report::new(name);
+    stop_all(daemons, &mut report);
+    report.faults = instants.len() as u32;
+    report.tally = handler.ledger.tally();
+    report.recovery = worst_recovery(&handler.ledger, &instants);
+    report.recovery_what = "kill → next first-time delivery";
+    Ok((report, instants))
+}
+
+/// SIGKILLs one of `daemons` at random moments, `gap_seconds` apart, `rounds` times, restarting
+/// it each time. Returns the kill instants.
 async fn kill_rounds_apart(
     daemons: &mut [Daemon],
     rounds: u32,
@@ -261,15 +305,8 @@ async fn sqs_kill(settings: &Settings, fifo: bool) -> anyhow::Result<Report> {
         http_target(&handler.url(path), ""),
         sqs_mapping(&queue_url, "")
     );
-    let mut daemons = vec![Daemon::new(
-        &settings.sluice,
-        &settings.work,
-        name,
-        &config,
-        aws_env(&moto.endpoint()),
-    )?];
-    daemons[0].start()?;
-    daemons[0].wait_ready(Duration::from_secs(30)).await?;
+    let mut daemons = vec![settings.daemon(name, &config, aws_env(&moto.endpoint()))?];
+    start_ready(&mut daemons).await?;
     let bodies = if fifo {
         Bodies::Fifo { groups: 8 }
     } else {
@@ -283,13 +320,14 @@ async fn sqs_kill(settings: &Settings, fifo: bool) -> anyhow::Result<Report> {
         settings.records(),
         settings.rate(),
     );
-    let kills = kill_rounds(&mut daemons, settings.rounds, &mut rng).await?;
-    producer.await?;
-    drain(&handler.ledger, Duration::from_secs(60), QUEUE_SETTLE).await;
-    let mut report = Report::new(name);
-    stop_all(&mut daemons, &mut report);
-    report.faults = kills.len() as u32;
-    report.tally = handler.ledger.tally();
+    let kills = Kills {
+        rounds: settings.rounds,
+        gap_seconds: 0.5..3.5,
+        drain: Duration::from_secs(60),
+        settle: QUEUE_SETTLE,
+    };
+    let (mut report, kills) =
+        kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     // A poller takes its batch's slot before it receives, and a receive never asks for more
     // than the batch has room for: at most max_concurrency batches are out of the queue.
     report.duplicate_bound = kills.len() as u64 * SQS_CONCURRENCY * SQS_BATCH;
@@ -297,8 +335,6 @@ async fn sqs_kill(settings: &Settings, fifo: bool) -> anyhow::Result<Report> {
         "per kill, the messages received and not yet deleted: {SQS_CONCURRENCY} batches (max_concurrency) × {SQS_BATCH}"
     );
     report.ordered = fifo;
-    report.recovery = worst_recovery(&handler.ledger, &kills);
-    report.recovery_what = "kill → next first-time delivery";
     report.recovery_bound = Some(Duration::from_secs(10));
     check_queue_empty(&mut report, &sqs, &queue_url).await;
     Ok(report.check())
@@ -319,15 +355,8 @@ async fn s3_kill(settings: &Settings) -> anyhow::Result<Report> {
         "{HEADER}{}mappings:\n  - name: chaos\n    target: fn\n    source:\n      s3: {{ queue_url: \"{queue_url}\", max_concurrency: {SQS_CONCURRENCY}, wait_time: 2s }}\n",
         http_target(&handler.url("/s3"), "")
     );
-    let mut daemons = vec![Daemon::new(
-        &settings.sluice,
-        &settings.work,
-        name,
-        &config,
-        aws_env(&moto.endpoint()),
-    )?];
-    daemons[0].start()?;
-    daemons[0].wait_ready(Duration::from_secs(30)).await?;
+    let mut daemons = vec![settings.daemon(name, &config, aws_env(&moto.endpoint()))?];
+    start_ready(&mut daemons).await?;
     // S3 puts through moto are slower than SQS sends; half the rate keeps the schedule.
     let producer = load::s3(
         s3,
@@ -336,20 +365,19 @@ async fn s3_kill(settings: &Settings) -> anyhow::Result<Report> {
         settings.records() / 2,
         settings.rate() / 2,
     );
-    let kills = kill_rounds(&mut daemons, settings.rounds, &mut rng).await?;
-    producer.await?;
-    drain(&handler.ledger, Duration::from_secs(60), QUEUE_SETTLE).await;
-    let mut report = Report::new(name);
-    stop_all(&mut daemons, &mut report);
+    let kills = Kills {
+        rounds: settings.rounds,
+        gap_seconds: 0.5..3.5,
+        drain: Duration::from_secs(60),
+        settle: QUEUE_SETTLE,
+    };
+    let (mut report, kills) =
+        kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     check_queue_empty(&mut report, &sqs, &queue_url).await;
-    report.faults = kills.len() as u32;
-    report.tally = handler.ledger.tally();
     report.duplicate_bound = kills.len() as u64 * (SQS_CONCURRENCY + SQS_BATCH);
     report.bound_why = format!(
         "per kill, the notifications handled or received and not yet deleted: {SQS_CONCURRENCY} events in flight + one received batch of {SQS_BATCH}"
     );
-    report.recovery = worst_recovery(&handler.ledger, &kills);
-    report.recovery_what = "kill → next first-time delivery";
     report.recovery_bound = Some(Duration::from_secs(10));
     Ok(report.check())
 }
@@ -366,15 +394,8 @@ async fn invoke_event_kill(settings: &Settings) -> anyhow::Result<Report> {
         "{HEADER}{}invoke_api:\n  listen: \"{listen}\"\n  functions:\n    f: {{ target: fn }}\n",
         http_target(&handler.url("/event"), "")
     );
-    let mut daemons = vec![Daemon::new(
-        &settings.sluice,
-        &settings.work,
-        name,
-        &config,
-        aws_env("http://127.0.0.1:9"),
-    )?];
-    daemons[0].start()?;
-    daemons[0].wait_ready(Duration::from_secs(30)).await?;
+    let mut daemons = vec![settings.daemon(name, &config, aws_env("http://127.0.0.1:9"))?];
+    start_ready(&mut daemons).await?;
     let url = format!("http://{listen}/2015-03-31/functions/f/invocations");
     let producer = load::invoke_events(
         url,
@@ -382,20 +403,19 @@ async fn invoke_event_kill(settings: &Settings) -> anyhow::Result<Report> {
         settings.records() / 2,
         settings.rate() / 2,
     );
-    let kills = kill_rounds(&mut daemons, settings.rounds, &mut rng).await?;
-    producer.await?;
-    drain(&handler.ledger, Duration::from_secs(60), SETTLE).await;
-    let mut report = Report::new(name);
-    stop_all(&mut daemons, &mut report);
-    report.faults = kills.len() as u32;
-    report.tally = handler.ledger.tally();
+    let kills = Kills {
+        rounds: settings.rounds,
+        gap_seconds: 0.5..3.5,
+        drain: Duration::from_secs(60),
+        settle: SETTLE,
+    };
+    let (mut report, kills) =
+        kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     let concurrency = 16;
     report.duplicate_bound = kills.len() as u64 * concurrency;
     report.bound_why = format!(
         "per kill, the events running (at most the target's max_concurrency, {concurrency}); accepted (202) events only"
     );
-    report.recovery = worst_recovery(&handler.ledger, &kills);
-    report.recovery_what = "kill → next first-time delivery";
     report.recovery_bound = Some(Duration::from_secs(10));
     Ok(report.check())
 }
@@ -432,19 +452,10 @@ async fn dynamodb_kill(settings: &Settings, leases: bool) -> anyhow::Result<Repo
     let instances = if leases { 2 } else { 1 };
     let mut daemons = Vec::new();
     for i in 0..instances {
-        let mut daemon = Daemon::new(
-            &settings.sluice,
-            &settings.work,
-            &format!("{name}-{i}"),
-            &config,
-            aws_env(&moto.endpoint()),
-        )?;
-        daemon.start()?;
+        let daemon = settings.daemon(&format!("{name}-{i}"), &config, aws_env(&moto.endpoint()))?;
         daemons.push(daemon);
     }
-    for daemon in &daemons {
-        daemon.wait_ready(Duration::from_secs(30)).await?;
-    }
+    start_ready(&mut daemons).await?;
     let producer = load::dynamodb(
         dynamodb,
         "orders".into(),
@@ -453,21 +464,20 @@ async fn dynamodb_kill(settings: &Settings, leases: bool) -> anyhow::Result<Repo
         settings.records() / 2,
         settings.rate() / 2,
     );
-    let kills = kill_rounds(&mut daemons, settings.rounds, &mut rng).await?;
-    producer.await?;
-    drain(&handler.ledger, Duration::from_secs(60), SETTLE).await;
-    let mut report = Report::new(name);
-    stop_all(&mut daemons, &mut report);
-    report.faults = kills.len() as u32;
-    report.tally = handler.ledger.tally();
+    let kills = Kills {
+        rounds: settings.rounds,
+        gap_seconds: 0.5..3.5,
+        drain: Duration::from_secs(60),
+        settle: SETTLE,
+    };
+    let (mut report, kills) =
+        kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     // moto gives a table's stream one shard.
     report.duplicate_bound = kills.len() as u64 * STREAM_LANES * STREAM_BATCH;
     report.bound_why = format!(
         "per kill, the batches past the stored checkpoint: {STREAM_LANES} lanes × {STREAM_BATCH} records (one shard)"
     );
     report.ordered = true;
-    report.recovery = worst_recovery(&handler.ledger, &kills);
-    report.recovery_what = "kill → next first-time delivery";
     report.recovery_bound = Some(if leases {
         // A killed holder's lease is taken over after lease_duration plus two syncs.
         Duration::from_secs(LEASE_DURATION_SECS * 3 / 2 + 6)
@@ -502,19 +512,10 @@ async fn kafka_kill(settings: &Settings) -> anyhow::Result<Report> {
     let config = kafka_config(&handler, kafka.bootstrap(), &topic, &Kafka::unique("group"));
     let mut daemons = Vec::new();
     for i in 0..2 {
-        let mut daemon = Daemon::new(
-            &settings.sluice,
-            &settings.work,
-            &format!("{name}-{i}"),
-            &config,
-            Vec::new(),
-        )?;
-        daemon.start()?;
+        let daemon = settings.daemon(&format!("{name}-{i}"), &config, Vec::new())?;
         daemons.push(daemon);
     }
-    for daemon in &daemons {
-        daemon.wait_ready(Duration::from_secs(30)).await?;
-    }
+    start_ready(&mut daemons).await?;
     // Kills 6–10 s apart: each member's death is recovered from (a session timeout and a
     // rebalance) before the next, so each recovery is measured on its own; membership changes
     // that overlap are the rebalance storm's part.
@@ -526,13 +527,14 @@ async fn kafka_kill(settings: &Settings) -> anyhow::Result<Report> {
         settings.rate() * 8 * u64::from(settings.rounds.max(1)) + settings.rate(),
         settings.rate(),
     );
-    let kills = kill_rounds_apart(&mut daemons, settings.rounds, &mut rng, 6.0..10.0).await?;
-    producer.await?;
-    drain(&handler.ledger, Duration::from_secs(90), SETTLE).await;
-    let mut report = Report::new(name);
-    stop_all(&mut daemons, &mut report);
-    report.faults = kills.len() as u32;
-    report.tally = handler.ledger.tally();
+    let kills = Kills {
+        rounds: settings.rounds,
+        gap_seconds: 6.0..10.0,
+        drain: Duration::from_secs(90),
+        settle: SETTLE,
+    };
+    let (mut report, kills) =
+        kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     // Offsets are committed every 500 ms for what is done; a kill loses the commits of up to
     // one interval plus the batches in flight, on every partition the member held.
     let per_kill = KAFKA_PARTITIONS as u64 * KAFKA_BATCH + settings.rate();
@@ -542,8 +544,6 @@ async fn kafka_kill(settings: &Settings) -> anyhow::Result<Report> {
         settings.rate()
     );
     report.ordered = true;
-    report.recovery = worst_recovery(&handler.ledger, &kills);
-    report.recovery_what = "kill → next first-time delivery";
     // The dead member is evicted at the session timeout (6 s); the restarted member's join
     // starts a second rebalance, which waits up to a session timeout for every member to rejoin.
     report.recovery_bound = Some(Duration::from_secs(25));
@@ -561,16 +561,9 @@ async fn kafka_rebalance_storm(settings: &Settings) -> anyhow::Result<Report> {
     let config = kafka_config(&handler, kafka.bootstrap(), &topic, &Kafka::unique("group"));
     let mut daemons = Vec::new();
     for i in 0..4 {
-        daemons.push(Daemon::new(
-            &settings.sluice,
-            &settings.work,
-            &format!("{name}-{i}"),
-            &config,
-            Vec::new(),
-        )?);
+        daemons.push(settings.daemon(&format!("{name}-{i}"), &config, Vec::new())?);
     }
-    daemons[0].start()?;
-    daemons[0].wait_ready(Duration::from_secs(30)).await?;
+    start_ready(&mut daemons).await?;
     let changes = settings.rounds * 2;
     let records = settings.rate() * 3 * u64::from(changes) + settings.rate();
     let producer = load::kafka(
@@ -640,13 +633,7 @@ async fn aws_outage(settings: &Settings) -> anyhow::Result<Report> {
         http_target(&handler.url("/sqs"), ""),
         sqs_mapping(&queue_url, "")
     );
-    let mut daemon = Daemon::new(
-        &settings.sluice,
-        &settings.work,
-        name,
-        &config,
-        aws_env(&proxy.url()),
-    )?;
+    let mut daemon = settings.daemon(name, &config, aws_env(&proxy.url()))?;
     daemon.start()?;
     daemon.wait_ready(Duration::from_secs(30)).await?;
     let phases = [
@@ -762,13 +749,7 @@ async fn handler_outage(settings: &Settings) -> anyhow::Result<Report> {
         proxy.url(),
         sqs_mapping(&queue_url, &on_failure)
     );
-    let mut daemon = Daemon::new(
-        &settings.sluice,
-        &settings.work,
-        name,
-        &config,
-        aws_env(&moto.endpoint()),
-    )?;
+    let mut daemon = settings.daemon(name, &config, aws_env(&moto.endpoint()))?;
     daemon.start()?;
     daemon.wait_ready(Duration::from_secs(30)).await?;
     let outage = settings.outage().max(Duration::from_secs(6));
@@ -840,13 +821,7 @@ async fn dead_letter_outage(settings: &Settings) -> anyhow::Result<Report> {
         http_target(&handler.url("/sqs"), ""),
         sqs_mapping(&queue_url, on_failure)
     );
-    let mut daemon = Daemon::new(
-        &settings.sluice,
-        &settings.work,
-        name,
-        &config,
-        aws_env(&moto.endpoint()),
-    )?;
+    let mut daemon = settings.daemon(name, &config, aws_env(&moto.endpoint()))?;
     daemon.start()?;
     daemon.wait_ready(Duration::from_secs(30)).await?;
     s3.delete_bucket().bucket("dead").send().await?;
@@ -904,12 +879,7 @@ async fn dead_letter_outage(settings: &Settings) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let missing = poison.iter().filter(|p| !stored.contains_key(*p)).count();
-    let depth = queue_depth(&sqs, &queue_url).await;
-    if depth > 0 {
-        report
-            .broken
-            .push(format!("{depth} messages still in the queue at the end"));
-    }
+    check_queue_empty(&mut report, &sqs, &queue_url).await;
     let mut daemons = [daemon];
     stop_all(&mut daemons, &mut report);
     report.faults = 1;
@@ -926,7 +896,7 @@ async fn dead_letter_outage(settings: &Settings) -> anyhow::Result<Report> {
     report.recovery_what = "bucket back → every dead letter stored";
     report.recovery_bound = Some(Duration::from_secs(30));
     report.notes.push(format!(
-        "{} poison records, every one waiting in the queue until the bucket came back (lowest queue depth − poison records sent, sampled every 0.5 s, approximate counts: {lowest_margin}); queue left: {depth}",
+        "{} poison records, every one waiting in the queue until the bucket came back (lowest queue depth − poison records sent, sampled every 0.5 s, approximate counts: {lowest_margin})",
         poison.len()
     ));
     Ok(report.check())
@@ -964,13 +934,7 @@ pub async fn soak(settings: &Settings, duration: Duration) -> anyhow::Result<Soa
             ),
         kafka.bootstrap()
     );
-    let mut daemon = Daemon::new(
-        &settings.sluice,
-        &settings.work,
-        "soak",
-        &config,
-        aws_env(&moto.endpoint()),
-    )?;
+    let mut daemon = settings.daemon("soak", &config, aws_env(&moto.endpoint()))?;
     daemon.start()?;
     daemon.wait_ready(Duration::from_secs(30)).await?;
     let rate = 50;

@@ -723,11 +723,17 @@ pub struct Sluice {
 
 /// Environment that points the AWS SDK at moto with dummy credentials.
 pub fn moto_env(moto: &Moto) -> Vec<(String, String)> {
+    aws_env(&moto.endpoint())
+}
+
+/// Environment that points the AWS SDK at `endpoint` (moto, or a proxy in front of it) with
+/// dummy credentials.
+pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
     vec![
         ("AWS_ACCESS_KEY_ID".into(), "test".into()),
         ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
         ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_ENDPOINT_URL".into(), moto.endpoint()),
+        ("AWS_ENDPOINT_URL".into(), endpoint.to_owned()),
         ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
     ]
 }

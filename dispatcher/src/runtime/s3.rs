@@ -460,6 +460,7 @@ async fn invalid_message(
         first_attempt_at: message.first_received_at,
         last_attempt_at: now_since_epoch(),
     };
+    let _call = context.health.aws_call();
     match destination
         .send(&dead_letter, &context.name, message.id())
         .await
@@ -566,6 +567,7 @@ async fn store_record(
         group_hint: &context.name,
         dedup_hint: &dedup,
     };
+    let _call = context.health.aws_call();
     match destination.store(record.to_json(), &placement).await {
         Ok(()) => true,
         Err(error) => {
