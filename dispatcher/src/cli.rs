@@ -213,10 +213,10 @@ pub fn load_config(location: &str) -> Result<config::Config, config::ConfigError
         .block_on(async {
             // Before the config is read, region and endpoint come from the environment.
             let sdk_config =
-                crate::runtime::aws_config_for(&config::AwsSettings::default(), true)
+                crate::daemon::aws_config_for(&config::AwsSettings::default(), true)
                     .await
                     .map_err(|e| e.to_string())?;
-            crate::destinations::s3::read_object_text(&crate::runtime::s3_client(&sdk_config), bucket, key)
+            crate::destinations::s3::read_object_text(&crate::daemon::s3_client(&sdk_config), bucket, key)
                 .await
         })
         .map_err(|error| {
@@ -390,13 +390,13 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let sdk_config = crate::runtime::aws_config_for(&config.aws, config.needs_aws())
+        let sdk_config = crate::daemon::aws_config_for(&config.aws, config.needs_aws())
             .await
             .map_err(|e| e.to_string())?;
         let client = aws_sdk_sqs::Client::new(&sdk_config);
         let tables = aws_sdk_dynamodb::Client::new(&sdk_config);
         let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
-        let s3 = crate::runtime::s3_client(&sdk_config);
+        let s3 = crate::daemon::s3_client(&sdk_config);
         let mut problems = Vec::new();
         for (index, mapping) in config.mappings.iter().enumerate() {
             let mut queues = Vec::new();
@@ -511,7 +511,7 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!(config = %config.file.display(), version = env!("CARGO_PKG_VERSION"), "sluice starting");
-        crate::runtime::run(config, metrics, shutdown).await
+        crate::daemon::run(config, metrics, shutdown).await
     });
     drop(runtime);
     crate::traces::shutdown();

@@ -5,7 +5,6 @@
 //! Without `traces.otlp_endpoint` nothing is exported and invocations still carry a
 //! `traceparent` (continued from the record, or new).
 
-use crate::targets::{new_span_id, new_traceparent};
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
     Tracer, TracerProvider,
@@ -126,4 +125,15 @@ impl InvocationSpan {
             span.set_status(Status::error(outcome.kind()));
         }
     }
+}
+
+/// A fresh span id: 16 hex digits.
+pub fn new_span_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}
+
+/// A fresh W3C `traceparent` (version 00, sampled).
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{trace}-{}-01", new_span_id())
 }

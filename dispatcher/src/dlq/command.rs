@@ -78,10 +78,10 @@ struct Clients {
 }
 
 async fn clients(config: &Config) -> anyhow::Result<Clients> {
-    let sdk = crate::runtime::aws_config_for(&config.aws, config.needs_aws()).await?;
+    let sdk = crate::daemon::aws_config_for(&config.aws, config.needs_aws()).await?;
     Ok(Clients {
         sqs: aws_sdk_sqs::Client::new(&sdk),
-        s3: crate::runtime::s3_client(&sdk),
+        s3: crate::daemon::s3_client(&sdk),
         region: sdk.region().map(|r| r.to_string()).unwrap_or_default(),
     })
 }

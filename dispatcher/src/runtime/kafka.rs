@@ -16,7 +16,7 @@
 //! there, as librdkafka expects); the lanes run on the tokio runtime.
 
 use super::lane::{Entry, LaneHost, LaneSettings, run_lane, stream_policy};
-use super::retry_delay;
+use super::retry::retry_delay;
 use crate::config::{KafkaSourceConfig, MappingConfig, StartingPosition};
 use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{Destination, EnvelopeSource};

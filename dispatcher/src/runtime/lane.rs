@@ -10,7 +10,7 @@
 //! - on `stop`, a batch waiting out a retry delay is given up unfinished (delivered again after
 //!   the restart); on `abort`, the lane stops at once.
 
-use super::retry_delay;
+use super::retry::retry_delay;
 use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource};
 use crate::health::MappingHealthHandle;

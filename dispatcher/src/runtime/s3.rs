@@ -20,7 +20,7 @@
 //! - a message is held (visibility extended) while it is handled.
 
 use super::heartbeat::Heartbeat;
-use super::{retry_delay, retry_until_ok};
+use super::retry::{retry_delay, retry_until_ok};
 use crate::config::{MappingConfig, S3SourceConfig};
 use crate::destinations::{
     AsyncRecord, DeadLetter, Destination, EnvelopeSource, Placement, envelope::now_since_epoch,

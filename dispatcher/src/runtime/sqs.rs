@@ -11,7 +11,7 @@
 //!   flight finish until the drain deadline.
 
 use super::heartbeat::Heartbeat;
-use super::{retry_delay, retry_until_ok};
+use super::retry::{retry_delay, retry_until_ok};
 use crate::config::{MappingConfig, SqsSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;

@@ -16,7 +16,7 @@
 //!   shard at once without writing.
 
 use super::lane::{Entry, LaneHost, LaneSettings, run_lane, stream_policy};
-use super::{retry_delay, retry_until_ok};
+use super::retry::{retry_delay, retry_until_ok};
 use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
 use crate::destinations::{Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;

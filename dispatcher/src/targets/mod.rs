@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod http;
+pub mod in_process;
 pub mod lambda_runtime;
 pub mod output;
 mod peer;
@@ -86,17 +87,6 @@ pub fn stable_request_id(parts: &[&str]) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, parts.join("\u{0}").as_bytes()).to_string()
 }
 
-/// A fresh span id: 16 hex digits.
-pub fn new_span_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
-}
-
-/// A fresh W3C `traceparent` (version 00, sampled).
-pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    format!("00-{trace}-{}-01", new_span_id())
-}
-
 /// Milliseconds since the Unix epoch at `now + after`.
 pub fn deadline_ms(after: Duration) -> u128 {
     (SystemTime::now() + after)
@@ -167,7 +157,7 @@ impl SharedTarget {
 pub fn build(
     name: &str,
     config: &TargetConfig,
-    handlers: &std::collections::BTreeMap<String, Arc<dyn crate::embed::Handler>>,
+    handlers: &std::collections::BTreeMap<String, Arc<dyn in_process::Handler>>,
     region: &str,
     health: Option<&crate::health::Health>,
 ) -> anyhow::Result<SharedTarget> {
@@ -180,7 +170,7 @@ pub fn build(
                     "target {name} is in_process: it runs a Rust handler that a program embedding sluice registers (Sluice::handler(\"{name}\", ...), see examples/in_process.rs); the sluice binary cannot run it"
                 );
             };
-            Arc::new(crate::embed::InProcessTarget::new(
+            Arc::new(in_process::InProcessTarget::new(
                 handler.clone(),
                 in_process,
             ))

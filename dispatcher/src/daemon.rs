@@ -1,0 +1,334 @@
+//! The daemon: builds the AWS clients (in one place), the state file, targets and destinations,
+//! starts the admin and Invoke API servers, runs every enabled mapping under a supervisor, and
+//! owns the single drain deadline on shutdown (stop polling → return unstarted records → finish
+//! in-flight batches and queued events until `shutdown_timeout` → exit). The CLI and the
+//! embedding API ([`crate::embed`]) both run it.
+
+use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
+use crate::health::Health;
+use crate::runtime::{kafka, s3, sqs, stream, supervise};
+use crate::targets::{self, SharedTarget};
+use crate::telemetry::MappingMetrics;
+use anyhow::Context;
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// `app/sluice` in the User-Agent of every AWS call: CloudTrail (and the IAM policy tests) can
+/// tell sluice's calls from others'.
+pub fn app_name() -> aws_config::AppName {
+    aws_config::AppName::new("sluice").expect("a valid app name")
+}
+
+/// The longest one attempt of an AWS call may take: above the longest SQS long poll (20 s), so
+/// that a connection that stops answering (a lost NAT entry, a stalled proxy) fails the call
+/// and it is retried, instead of holding a poller or an acknowledgement forever.
+pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The AWS configuration every client is built from: config values first, then the standard
+/// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ECS and instance credentials).
+/// Without `needs_aws` (nothing in the config calls AWS) a missing region is not an error.
+pub async fn aws_config_for(
+    settings: &AwsSettings,
+    needs_aws: bool,
+) -> anyhow::Result<aws_config::SdkConfig> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .app_name(app_name())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
+                .build(),
+        );
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &settings.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if !needs_aws && settings.region.is_none() && std::env::var_os("AWS_REGION").is_none() {
+        // Functions behind the Invoke API with local handlers: ARNs still name a region.
+        loader = loader.region(aws_config::Region::new("us-east-1"));
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        anyhow::bail!(
+            "no AWS region: set aws.region in the config file, or AWS_REGION in the environment"
+        );
+    }
+    Ok(config)
+}
+
+/// An S3 client; with an endpoint override (moto, LocalStack) buckets are addressed by path,
+/// since those serve no virtual-host names.
+pub fn s3_client(sdk_config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk_config)
+            .force_path_style(sdk_config.endpoint_url().is_some())
+            .build(),
+    )
+}
+
+/// Starts one incarnation of a mapping's worker with its own stop token.
+type StartMapping = Box<
+    dyn FnMut(CancellationToken) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
+/// Runs every enabled mapping until `shutdown`, then drains and returns.
+pub async fn run(
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_handlers(config, metrics, shutdown, BTreeMap::new()).await
+}
+
+/// [`run`], with the handlers of `in_process` targets (see [`crate::embed`]).
+pub async fn run_with_handlers(
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+    handlers: BTreeMap<String, Arc<dyn crate::targets::in_process::Handler>>,
+) -> anyhow::Result<()> {
+    let sdk_config = aws_config_for(&config.aws, config.needs_aws()).await?;
+    let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
+    let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
+    let streams_client = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
+    let s3_client = s3_client(&sdk_config);
+    let health = Health::new(config.admin.stall_after, config.admin.stuck_after);
+    let region = sdk_config
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    let uses_state_file = (config.checkpoints == CheckpointsConfig::Embedded
+        && config
+            .mappings
+            .iter()
+            .any(|m| m.enabled && matches!(m.source, SourceConfig::DynamodbStream(_))))
+        || config
+            .invoke_api
+            .as_ref()
+            .is_some_and(|api| !api.functions.is_empty());
+    let state_file = if uses_state_file {
+        Some(
+            sluice_sources::checkpoint::embedded::StateFile::open(&config.state_dir)
+                .context("opening the checkpoint store")?,
+        )
+    } else {
+        None
+    };
+
+    let mut built_targets: BTreeMap<String, SharedTarget> = BTreeMap::new();
+    for (name, target) in &config.targets {
+        let built = targets::build(name, target, &handlers, &region, Some(&health))
+            .with_context(|| format!("building target {name}"))?;
+        built_targets.insert(name.clone(), built);
+    }
+
+    let admin_stop = CancellationToken::new();
+    let admin = crate::admin::serve(
+        config.admin.listen,
+        health.clone(),
+        metrics,
+        admin_stop.clone(),
+    )
+    .await?;
+
+    let mut workers = tokio::task::JoinSet::new();
+    let mapping_destination = |destination: &DestinationConfig, source: &SourceConfig| {
+        crate::destinations::build(destination, Some(source), &sqs_client, &s3_client)
+    };
+    let function_destination = |destination: &DestinationConfig| {
+        crate::destinations::build(destination, None, &sqs_client, &s3_client)
+    };
+    for mapping in config.mappings.iter().filter(|m| m.enabled) {
+        let target = built_targets
+            .get(&mapping.target)
+            .cloned()
+            .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
+        let on_failure = mapping
+            .on_failure
+            .as_ref()
+            .map(|d| mapping_destination(d, &mapping.source))
+            .transpose()
+            .with_context(|| format!("mapping {}: building on_failure", mapping.name))?;
+        let on_success = mapping
+            .on_success
+            .as_ref()
+            .map(|d| mapping_destination(d, &mapping.source))
+            .transpose()
+            .with_context(|| format!("mapping {}: building on_success", mapping.name))?;
+        let health = health.register(&mapping.name);
+        let metrics = MappingMetrics::new(&mapping.name);
+        let shutdown_timeout = config.shutdown_timeout;
+        // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
+        // /readyz and restarted with backoff.
+        let on_death = {
+            let health = health.clone();
+            move |message: &str| health.restarting(message)
+        };
+        let start: StartMapping = match &mapping.source {
+            SourceConfig::Sqs(source) => {
+                let worker = sqs::SqsMapping {
+                    config: mapping.clone(),
+                    source: source.clone(),
+                    client: sqs_client.clone(),
+                    target,
+                    on_failure,
+                    health,
+                    metrics,
+                };
+                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
+            }
+            SourceConfig::S3(source) => {
+                let worker = s3::S3Mapping {
+                    config: mapping.clone(),
+                    source: source.clone(),
+                    client: sqs_client.clone(),
+                    target,
+                    on_failure,
+                    on_success,
+                    health,
+                    metrics,
+                };
+                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
+            }
+            SourceConfig::DynamodbStream(source) => {
+                let store = stream::StoreSetup::from_config(
+                    &config.checkpoints,
+                    state_file.as_ref(),
+                    &tables_client,
+                )
+                .context("the checkpoint store is not open")?;
+                let worker = stream::StreamMapping {
+                    config: mapping.clone(),
+                    source: source.clone(),
+                    streams: streams_client.clone(),
+                    tables: tables_client.clone(),
+                    store,
+                    target,
+                    on_failure,
+                    health,
+                    metrics,
+                };
+                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
+            }
+            SourceConfig::Kafka(source) => {
+                let worker = kafka::KafkaMapping {
+                    config: mapping.clone(),
+                    source: source.clone(),
+                    target,
+                    on_failure,
+                    health,
+                    metrics,
+                    region: region.clone(),
+                };
+                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
+            }
+        };
+        workers.spawn(supervise(
+            format!("mapping {}", mapping.name),
+            shutdown.clone(),
+            on_death,
+            start,
+        ));
+    }
+    let api_stop = CancellationToken::new();
+    let api_workers = tokio_util::task::TaskTracker::new();
+    let api = match &config.invoke_api {
+        Some(api_config) => {
+            let queue = sluice_sources::async_queue::AsyncQueue::open(
+                state_file
+                    .clone()
+                    .context("the state file for the invoke API's async queue is not open")?,
+            )
+            .context("opening the invoke API's queue of Event invocations; if the state file is corrupt, move it aside (its queued events and checkpoints are lost)")?;
+            let backlog = Arc::new(crate::invoke_api::Backlog::new(
+                api_config.max_queued_events,
+                api_config.max_queued_bytes,
+            ));
+            let mut functions = BTreeMap::new();
+            for (name, function) in &api_config.functions {
+                let target = built_targets
+                    .get(&function.target)
+                    .cloned()
+                    .with_context(|| format!("function {name} names an unknown target"))?;
+                functions.insert(
+                    name.clone(),
+                    Arc::new(crate::invoke_api::Function::new(
+                        name,
+                        function,
+                        target,
+                        queue.clone(),
+                        backlog.clone(),
+                        function
+                            .on_failure
+                            .as_ref()
+                            .map(function_destination)
+                            .transpose()?,
+                        function
+                            .on_success
+                            .as_ref()
+                            .map(function_destination)
+                            .transpose()?,
+                        &region,
+                        health.clone(),
+                    )),
+                );
+            }
+            Some(
+                crate::invoke_api::serve(
+                    api_config,
+                    functions,
+                    region.clone(),
+                    api_stop.clone(),
+                    api_workers.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    if workers.is_empty() && api.is_none() {
+        tracing::warn!("no enabled mappings; waiting for a stop signal");
+    }
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "config warning");
+    }
+    tracing::info!(mappings = workers.len(), "sluice running");
+    shutdown.cancelled().await;
+    tracing::info!(
+        shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
+        "stop signal received; draining"
+    );
+    // One deadline for the whole drain: the Invoke API's connections, the mappings' in-flight
+    // batches and the queued events in flight all stop at it.
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    api_stop.cancel();
+    api_workers.close();
+    let drain = async {
+        if let Some(api) = api {
+            let _ = api.await;
+        }
+        while let Some(result) = workers.join_next().await {
+            if let Err(error) = result {
+                tracing::error!(%error, "a mapping worker failed");
+            }
+        }
+        api_workers.wait().await;
+    };
+    if tokio::time::timeout_at(deadline, drain).await.is_err() {
+        tracing::warn!(
+            "drain deadline reached; work still in flight (batches, queued events, slow clients) is delivered again after the restart"
+        );
+    }
+    admin_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    tracing::info!("drained; exiting");
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Retrying calls to a source or store that fail: a short, capped backoff, and a loop that keeps
+//! a mapping trying (visible on `/readyz`) instead of exiting while its source is away.
+
+use crate::health::MappingHealthHandle;
+use crate::telemetry::MappingMetrics;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Backoff between failed calls to a source or store: short, so readiness recovers quickly once
+/// the service is back.
+pub(crate) fn retry_delay(consecutive_failures: u32) -> Duration {
+    let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
+    Duration::from_millis(millis.min(5_000))
+}
+
+/// Calls `attempt` until it succeeds, or `None` once `shutdown` comes. Each failure is counted
+/// as a poll error, reported to readiness and logged with `what`, then waited out with
+/// [`retry_delay`]: a mapping whose source is not there yet keeps trying instead of exiting.
+pub(crate) async fn retry_until_ok<T, E, F, Fut>(
+    what: &str,
+    mapping: &str,
+    health: &MappingHealthHandle,
+    metrics: &MappingMetrics,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            result = attempt() => result,
+        };
+        let error = match result {
+            Ok(value) => return Some(value),
+            Err(error) => error,
+        };
+        failures += 1;
+        metrics.poll_errors.increment(1);
+        health.poll_failed(&error.to_string());
+        tracing::warn!(mapping, %error, consecutive_failures = failures, "{what} failed; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(retry_delay(failures)) => {}
+        }
+    }
+}
