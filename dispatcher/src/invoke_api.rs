@@ -31,7 +31,9 @@ use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{AsyncRecord, Destination, EnvelopeSource, Placement};
 use crate::health::{Component, Health};
 use crate::http_server::{BodyError, read_body};
+use crate::runtime::invoker::{Invoker, Slot};
 use crate::targets::{Invocation, SharedTarget};
+use crate::telemetry::MappingMetrics;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -174,7 +176,9 @@ impl Schedule {
 /// One function callers can invoke.
 pub struct Function {
     pub name: String,
-    pub target: SharedTarget,
+    /// The function's target behind the invoke layers; its metrics carry the function's name
+    /// in the `mapping` label.
+    pub invoker: Invoker,
     pub policy: AsyncPolicy,
     pub on_failure: Option<Arc<dyn Destination>>,
     pub on_success: Option<Arc<dyn Destination>>,
@@ -213,7 +217,7 @@ impl Function {
         Self {
             name: name.to_owned(),
             region: region.to_owned(),
-            target,
+            invoker: Invoker::new(target, MappingMetrics::new(name)),
             policy: config.policy.clone(),
             on_failure,
             on_success,
@@ -438,7 +442,7 @@ async fn invoke(
     // A synchronous call takes its slot before its body is read: callers waiting for room hold
     // no payloads, and the wait is bounded.
     let permit = if kind == "RequestResponse" {
-        match tokio::time::timeout(SYNC_SLOT_WAIT, function.target.permit()).await {
+        match tokio::time::timeout(SYNC_SLOT_WAIT, function.invoker.target().permit()).await {
             Ok(permit) => Some(permit),
             Err(_) => {
                 return error_response(
@@ -446,8 +450,8 @@ async fn invoke(
                     "TooManyRequestsException",
                     &format!(
                         "Rate Exceeded: every slot of target {} is busy (max_concurrency {}); retry with backoff",
-                        function.target.name,
-                        function.target.max_concurrency()
+                        function.invoker.target().name,
+                        function.invoker.target().max_concurrency()
                     ),
                 );
             }
@@ -495,18 +499,14 @@ async fn invoke(
     }
     match (kind.as_str(), permit) {
         ("Event", _) => enqueue(&function, payload).await,
-        ("RequestResponse", Some(permit)) => {
-            let response = invoke_sync(&function, payload).await;
-            drop(permit);
-            response
-        }
+        ("RequestResponse", Some(slot)) => invoke_sync(&function, payload, slot).await,
         _ => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
-async fn invoke_sync(function: &Function, payload: bytes::Bytes) -> Response {
+async fn invoke_sync(function: &Function, payload: bytes::Bytes, slot: Slot) -> Response {
     let invocation = Invocation::new(&function.name, payload);
-    let outcome = function.target.invoke(&invocation).await;
+    let outcome = function.invoker.invoke_in(slot, invocation.clone()).await;
     let request_id = invocation.request_id.as_str();
     let respond = |function_error: Option<&str>, body: Body| {
         let mut response = Response::builder()
@@ -789,9 +789,7 @@ async fn handle_event(function: &Function, mut meta: EventMeta) {
     }
     let invocation =
         Invocation::attempt_of(&function.name, payload.clone(), &meta.request_id, None);
-    let permit = function.target.permit().await;
-    let outcome = function.target.invoke(&invocation).await;
-    drop(permit);
+    let outcome = function.invoker.invoke(invocation.clone()).await;
     match function
         .policy
         .decide(&attempt, &outcome, now_since_epoch(), rand::random::<f64>())

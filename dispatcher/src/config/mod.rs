@@ -227,6 +227,20 @@ impl TargetConfig {
             TargetConfig::LambdaRuntime(pool) => pool.concurrency,
         }
     }
+
+    /// The longest one call may take by the target's own timeouts (a `lambda_runtime` call may
+    /// first wait `init_timeout + timeout` for a worker, then run for `timeout`).
+    pub fn longest_call(&self) -> Duration {
+        match self {
+            TargetConfig::Http(http) => http.timeout,
+            TargetConfig::Command(command) => command.timeout,
+            TargetConfig::InProcess(in_process) => in_process.timeout,
+            TargetConfig::LambdaRuntime(pool) => pool
+                .init_timeout
+                .saturating_add(pool.timeout)
+                .saturating_add(pool.timeout),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

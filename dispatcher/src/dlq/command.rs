@@ -8,6 +8,8 @@ use super::s3::S3Store;
 use super::sqs::{Contents, SqsStore};
 use super::{Entry, RecordKind, Store};
 use crate::config::{Config, DestinationConfig, MappingConfig, SourceConfig};
+use crate::runtime::invoker::Invoker;
+use crate::telemetry::MappingMetrics;
 use anyhow::Context;
 use serde_json::{Value, json};
 use sluice_policies::{ErrorInfo, FilterSet};
@@ -430,14 +432,17 @@ pub async fn replay(
         .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
     let replayer = Replayer {
         mapping: mapping.name.clone(),
-        target: crate::targets::build(
-            &mapping.target,
-            target_config,
-            &BTreeMap::new(),
-            &clients.region,
-            None,
-        )
-        .with_context(|| format!("building target {}", mapping.target))?,
+        invoker: Invoker::new(
+            crate::targets::build(
+                &mapping.target,
+                target_config,
+                &BTreeMap::new(),
+                &clients.region,
+                None,
+            )
+            .with_context(|| format!("building target {}", mapping.target))?,
+            MappingMetrics::new(&mapping.name),
+        ),
         policy: super::replay::replay_policy(mapping),
         batch_size: super::replay::batch_size(mapping),
         cluster,

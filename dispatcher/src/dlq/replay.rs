@@ -8,7 +8,8 @@
 
 use super::RecordKind;
 use crate::config::{MappingConfig, SourceConfig};
-use crate::targets::{Invocation, SharedTarget};
+use crate::runtime::invoker::Invoker;
+use crate::targets::Invocation;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
@@ -167,7 +168,7 @@ fn event(kind: RecordKind, cluster: Option<&KafkaCluster>, records: &[&Value]) -
 /// Invokes targets for replayed records.
 pub(crate) struct Replayer {
     pub mapping: String,
-    pub target: SharedTarget,
+    pub invoker: Invoker,
     pub policy: StreamPolicy,
     pub batch_size: usize,
     pub cluster: Option<KafkaCluster>,
@@ -209,9 +210,7 @@ impl Replayer {
                         }
                         let payload = event(kind, self.cluster.as_ref(), &subset).to_string();
                         let invocation = Invocation::new(&self.mapping, payload.into_bytes());
-                        let permit = self.target.permit().await;
-                        let outcome = self.target.invoke(&invocation).await;
-                        drop(permit);
+                        let outcome = self.invoker.invoke(invocation.clone()).await;
                         let applied = state
                             .apply(
                                 &outcome,

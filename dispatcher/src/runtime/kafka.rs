@@ -15,6 +15,7 @@
 //! librdkafka is driven from one dedicated thread (polls, rebalance callbacks and commits happen
 //! there, as librdkafka expects); the lanes run on the tokio runtime.
 
+use super::invoker::Invoker;
 use super::lane::{Entry, LaneHost, LaneSettings, run_lane, stream_policy};
 use super::retry::retry_delay;
 use crate::config::{KafkaSourceConfig, MappingConfig, StartingPosition};
@@ -496,7 +497,7 @@ impl KafkaMapping {
             filters: self.config.filters.clone(),
             lane: LaneSettings {
                 name: name.clone(),
-                target: self.target.clone(),
+                invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
                 policy: stream_policy(
                     &self.config,
                     IdentifierKind::KafkaOffset,

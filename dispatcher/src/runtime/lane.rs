@@ -10,11 +10,12 @@
 //! - on `stop`, a batch waiting out a retry delay is given up unfinished (delivered again after
 //!   the restart); on `abort`, the lane stops at once.
 
+use super::invoker::Invoker;
 use super::retry::retry_delay;
 use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource};
 use crate::health::MappingHealthHandle;
-use crate::targets::{Invocation, SharedTarget};
+use crate::targets::Invocation;
 use crate::telemetry::MappingMetrics;
 use async_trait::async_trait;
 use sluice_policies::batcher::PushResult;
@@ -35,7 +36,7 @@ pub(super) type Entry = (Record, Position);
 /// What every lane of a mapping shares.
 pub(super) struct LaneSettings {
     pub name: String,
-    pub target: SharedTarget,
+    pub invoker: Invoker,
     pub policy: StreamPolicy,
     pub limits: BatchLimits,
     pub health: MappingHealthHandle,
@@ -219,15 +220,7 @@ async fn handle_batch<H: LaneHost>(
                     host.event(&subset),
                     subset.iter().copied(),
                 );
-                settings.metrics.batches_invoked.increment(1);
-                let permit = settings.target.permit().await;
-                let started = Instant::now();
-                let outcome = settings.target.invoke(&invocation).await;
-                drop(permit);
-                settings
-                    .metrics
-                    .invoke_duration
-                    .record(started.elapsed().as_secs_f64());
+                let outcome = settings.invoker.invoke(invocation.clone()).await;
                 let applied = state
                     .apply(&outcome, now_since_epoch(), rand::random::<f64>())
                     .expect("an invocation is outstanding");
@@ -320,7 +313,7 @@ async fn store_dead_letter<H: LaneHost>(
     };
     let envelope = DeadLetter {
         mapping: settings.name.clone(),
-        target: settings.target.name.clone(),
+        target: settings.invoker.target().name.clone(),
         region: settings.region.clone(),
         condition: dead_letter.condition,
         attempts: dead_letter.invoke_count,

@@ -3,6 +3,7 @@
 //! ([`crate::daemon`]) builds and supervises them and owns the drain.
 
 pub mod heartbeat;
+pub mod invoker;
 pub mod kafka;
 mod lane;
 pub(crate) use lane::stream_policy;

@@ -20,6 +20,7 @@
 //! - a message is held (visibility extended) while it is handled.
 
 use super::heartbeat::Heartbeat;
+use super::invoker::Invoker;
 use super::retry::{retry_delay, retry_until_ok};
 use crate::config::{MappingConfig, S3SourceConfig};
 use crate::destinations::{
@@ -57,7 +58,7 @@ pub struct S3Mapping {
 struct Context {
     name: String,
     queue: Arc<dyn Queue>,
-    target: SharedTarget,
+    invoker: Invoker,
     filter: S3Filter,
     /// The mapping's FilterCriteria patterns, over each S3 record (semantics.md §7).
     patterns: FilterSet,
@@ -100,7 +101,7 @@ impl S3Mapping {
         let context = Arc::new(Context {
             name: name.clone(),
             queue: queue.clone(),
-            target: self.target.clone(),
+            invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
             filter: S3Filter {
                 events: self.source.events.clone(),
                 prefix: self.source.prefix.clone(),
@@ -343,15 +344,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
             &event_request_id(context, message, index),
             message.trace.as_ref(),
         );
-        let permit = context.target.permit().await;
-        context.metrics.batches_invoked.increment(1);
-        let started = Instant::now();
-        let outcome = context.target.invoke(&invocation).await;
-        drop(permit);
-        context
-            .metrics
-            .invoke_duration
-            .record(started.elapsed().as_secs_f64());
+        let outcome = context.invoker.invoke(invocation.clone()).await;
         context.metrics.outcome(match &outcome {
             Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => "success",
             failed => failed.kind(),
@@ -449,7 +442,7 @@ async fn invalid_message(
     let description = context.queue.description();
     let dead_letter = DeadLetter {
         mapping: context.name.clone(),
-        target: context.target.name.clone(),
+        target: context.invoker.target().name.clone(),
         region: description.region.clone(),
         condition: DeadLetterCondition::NonRetryableError,
         attempts: 0,
@@ -548,7 +541,7 @@ async fn store_record(
 ) -> bool {
     let record = AsyncRecord {
         mapping: context.name.clone(),
-        target: context.target.name.clone(),
+        target: context.invoker.target().name.clone(),
         region: context.queue.description().region.clone(),
         condition,
         invoke_count,

@@ -11,6 +11,7 @@
 //!   flight finish until the drain deadline.
 
 use super::heartbeat::Heartbeat;
+use super::invoker::{Invoker, Slot};
 use super::retry::{retry_delay, retry_until_ok};
 use crate::config::{MappingConfig, SqsSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
@@ -40,7 +41,7 @@ struct MappingContext {
     name: String,
     target_name: String,
     queue: Arc<dyn Queue>,
-    target: SharedTarget,
+    invoker: Invoker,
     policy: QueuePolicy,
     filters: FilterSet,
     on_failure: Option<Arc<dyn Destination>>,
@@ -94,7 +95,7 @@ impl SqsMapping {
             name: name.clone(),
             target_name: self.config.target.clone(),
             queue: queue.clone(),
-            target: self.target.clone(),
+            invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
             policy: QueuePolicy {
                 report_batch_item_failures: self.config.report_batch_item_failures,
                 max_receive_count: self.config.retry.max_receive_count,
@@ -232,7 +233,8 @@ impl SqsMapping {
             // in the target (shared with other mappings), come first. The target's slot is only
             // taken once the batch is full, so an idle poll never holds it from other mappings;
             // at most one batch per poller waits for it.
-            let waiting = capacity.available_permits() == 0 || context.target.is_saturated();
+            let waiting =
+                capacity.available_permits() == 0 || context.invoker.target().is_saturated();
             if waiting {
                 self.health.waiting_for_capacity(true);
             }
@@ -240,7 +242,7 @@ impl SqsMapping {
                 _ = shutdown.cancelled() => break 'poll,
                 permit = async {
                     let mapping = capacity.clone().acquire_owned().await.expect("semaphore is never closed");
-                    context.target.wait_for_room().await;
+                    context.invoker.target().wait_for_room().await;
                     mapping
                 } => permit,
             };
@@ -340,12 +342,12 @@ impl SqsMapping {
                     ready.push_front(batch);
                     break 'poll;
                 }
-                target_permit = context.target.permit() => target_permit,
+                target_permit = context.invoker.target().permit() => target_permit,
             };
             let context = context.clone();
             tracker.spawn(async move {
-                handle_batch(&context, batch).await;
-                drop((permit, target_permit));
+                handle_batch(&context, batch, target_permit).await;
+                drop(permit);
             });
         }
         let mut unstarted: Vec<Record> = ready.into_iter().flatten().collect();
@@ -392,16 +394,11 @@ fn outcome_label(outcome: &Outcome, decision: &QueueDecision) -> &'static str {
     }
 }
 
-async fn handle_batch(context: &MappingContext, batch: Vec<Record>) {
+async fn handle_batch(context: &MappingContext, batch: Vec<Record>, slot: Slot) {
     let invocation = Invocation::for_records(&context.name, records_event(&batch), &batch);
-    context.metrics.batches_invoked.increment(1);
     let started = Instant::now();
-    let outcome = context.target.invoke(&invocation).await;
+    let outcome = context.invoker.invoke_in(slot, invocation.clone()).await;
     let elapsed = started.elapsed();
-    context
-        .metrics
-        .invoke_duration
-        .record(elapsed.as_secs_f64());
 
     let decision = context
         .policy

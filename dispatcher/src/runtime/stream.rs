@@ -15,6 +15,7 @@
 //!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
 //!   shard at once without writing.
 
+use super::invoker::Invoker;
 use super::lane::{Entry, LaneHost, LaneSettings, run_lane, stream_policy};
 use super::retry::{retry_delay, retry_until_ok};
 use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
@@ -143,7 +144,7 @@ impl StreamMapping {
             source: self.source.clone(),
             lane: LaneSettings {
                 name: name.clone(),
-                target: self.target.clone(),
+                invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
                 policy: stream_policy(
                     &self.config,
                     IdentifierKind::Text,

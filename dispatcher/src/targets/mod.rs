@@ -7,6 +7,8 @@ pub mod in_process;
 pub mod lambda_runtime;
 pub mod output;
 mod peer;
+#[cfg(test)]
+pub mod testing;
 
 use crate::config::TargetConfig;
 use async_trait::async_trait;
@@ -102,6 +104,9 @@ pub trait Target: Send + Sync + 'static {
     async fn invoke(&self, invocation: &Invocation) -> Outcome;
 }
 
+/// The longest call of a target built without a config: Lambda's longest function timeout.
+const MAX_CALL: Duration = Duration::from_secs(15 * 60);
+
 /// A built target with its concurrency limit, shared by the mappings that use it.
 #[derive(Clone)]
 pub struct SharedTarget {
@@ -109,23 +114,29 @@ pub struct SharedTarget {
     pub target: Arc<dyn Target>,
     permits: Arc<tokio::sync::Semaphore>,
     max_concurrency: usize,
+    longest_call: Duration,
 }
 
 impl SharedTarget {
-    /// Invokes the target and notes the outcome on the invocation's span.
-    pub async fn invoke(&self, invocation: &Invocation) -> Outcome {
-        let outcome = self.target.invoke(invocation).await;
-        invocation.span.record(&outcome);
-        outcome
-    }
-
     pub fn new(name: &str, target: Arc<dyn Target>, max_concurrency: usize) -> Self {
         Self {
             name: name.to_owned(),
             target,
             permits: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
             max_concurrency: max_concurrency.max(1),
+            longest_call: MAX_CALL,
         }
+    }
+
+    /// The longest one call may take by the target's own timeouts (see
+    /// [`crate::config::TargetConfig::longest_call`]).
+    pub fn with_longest_call(mut self, longest_call: Duration) -> Self {
+        self.longest_call = longest_call;
+        self
+    }
+
+    pub fn longest_call(&self) -> Duration {
+        self.longest_call
     }
 
     /// How many invocations may run at once.
@@ -182,7 +193,8 @@ pub fn build(
             health.cloned(),
         )),
     };
-    Ok(SharedTarget::new(name, target, config.max_concurrency()))
+    Ok(SharedTarget::new(name, target, config.max_concurrency())
+        .with_longest_call(config.longest_call()))
 }
 
 /// A Lambda-style error document (`{"errorType", "errorMessage"}`) or, failing that, the body's
