@@ -13,6 +13,8 @@ pub mod dynamodb_streams;
 #[cfg(test)]
 mod fuzz;
 pub mod kafka;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub mod queue;
 pub mod record;
 pub mod s3;

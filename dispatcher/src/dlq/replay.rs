@@ -9,17 +9,20 @@
 use super::RecordKind;
 use crate::config::{MappingConfig, SourceConfig};
 use crate::runtime::invoker::Invoker;
+use crate::runtime::ordered::{Control, Driven, Ended, drive};
 use crate::targets::Invocation;
+use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use sluice_policies::{
-    Applied, ErrorInfo, FilterSet, IdentifierKind, ItemIdentifier, Step, StreamBatch, StreamItem,
-    StreamPolicy,
+    Applied, ErrorInfo, FilterSet, IdentifierKind, ItemIdentifier, Outcome, StreamBatch,
+    StreamDeadLetter, StreamItem, StreamPolicy,
 };
 use sluice_sources::kafka::KafkaCluster;
 use std::collections::VecDeque;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 // Tokio's clock, so a paused test clock drives the limiter too.
 use tokio::time::Instant;
 
@@ -193,68 +196,103 @@ impl Replayer {
                 })
                 .collect();
             let mut state = StreamBatch::new(self.policy.clone(), items);
-            let mut refusals = 0u32;
-            loop {
-                let now = crate::destinations::envelope::now_since_epoch();
-                match state.next_step(now) {
-                    Step::Done => break,
-                    Step::Wait { until } => {
-                        tokio::time::sleep(until.saturating_sub(now)).await;
-                    }
-                    Step::Invoke {
-                        records: chosen, ..
-                    } => {
-                        let subset: Vec<&Value> = chosen.iter().map(|&i| &chunk[i]).collect();
-                        if let Some(rate) = &mut self.rate {
-                            rate.acquire(subset.len()).await;
-                        }
-                        let payload = event(kind, self.cluster.as_ref(), &subset).to_string();
-                        let invocation = Invocation::new(&self.mapping, payload.into_bytes());
-                        let outcome = self.invoker.invoke(invocation.clone()).await;
-                        let applied = state
-                            .apply(
-                                &outcome,
-                                crate::destinations::envelope::now_since_epoch(),
-                                rand::random::<f64>(),
-                            )
-                            .expect("an invocation is outstanding");
-                        match applied {
-                            Applied::Failed { error, .. } => {
-                                refusals = 0;
-                                tracing::warn!(mapping = %self.mapping, request_id = %invocation.request_id, records = subset.len(), error_type = %error.error_type, error = %error.message, "replayed records failed");
-                                result.error = Some(error);
-                            }
-                            Applied::NotRun { error } => {
-                                refusals += 1;
-                                tracing::warn!(mapping = %self.mapping, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, "the target did not run the replayed records");
-                                result.error = Some(error);
-                                if refusals >= MAX_REFUSALS {
-                                    result.failed.extend(
-                                        (0..chunk.len())
-                                            .filter(|&i| !state.is_finished(i))
-                                            .map(|i| base + i),
-                                    );
-                                    break;
-                                }
-                            }
-                            Applied::Succeeded | Applied::Partial { .. } => refusals = 0,
-                        }
-                    }
-                    Step::DeadLetter(dead_letter) => {
-                        result
-                            .failed
-                            .extend(dead_letter.records.iter().map(|&i| base + i));
-                        if let Some(error) = dead_letter.error {
-                            result.error = Some(error);
-                        }
-                        state.dead_lettered().expect("a dead letter is outstanding");
-                    }
-                }
+            let mut driven = ReplayChunk {
+                mapping: &self.mapping,
+                kind,
+                cluster: self.cluster.as_ref(),
+                rate: self.rate.as_mut(),
+                chunk,
+                base,
+                refusals: 0,
+                result: &mut result,
+            };
+            // A replay has nothing to stop it but its own end, and nothing to checkpoint.
+            let ended = drive(
+                &self.invoker,
+                &mut state,
+                &mut driven,
+                &CancellationToken::new(),
+            )
+            .await;
+            if ended == Ended::GaveUp {
+                result.failed.extend(
+                    (0..chunk.len())
+                        .filter(|&i| !state.is_finished(i))
+                        .map(|i| base + i),
+                );
             }
         }
         result.failed.sort_unstable();
         result
     }
+}
+
+/// One chunk of a replay, as the ordered-batch driver sees it.
+struct ReplayChunk<'a> {
+    mapping: &'a str,
+    kind: RecordKind,
+    cluster: Option<&'a KafkaCluster>,
+    rate: Option<&'a mut RateLimit>,
+    chunk: &'a [Value],
+    /// The chunk's first index in the entry.
+    base: usize,
+    /// Invocations the target refused in a row.
+    refusals: u32,
+    result: &'a mut Replayed,
+}
+
+#[async_trait]
+impl Driven for ReplayChunk<'_> {
+    fn invocation(&self, chosen: &[usize]) -> Invocation {
+        let subset: Vec<&Value> = chosen.iter().map(|&i| &self.chunk[i]).collect();
+        let payload = event(self.kind, self.cluster, &subset).to_string();
+        Invocation::new(self.mapping, payload.into_bytes())
+    }
+
+    async fn before_invoke(&mut self, chosen: &[usize]) {
+        if let Some(rate) = self.rate.as_mut() {
+            rate.acquire(chosen.len()).await;
+        }
+    }
+
+    fn invoked(
+        &mut self,
+        invocation: &Invocation,
+        _: &Outcome,
+        chosen: &[usize],
+        _: u32,
+        applied: Applied,
+    ) -> Control {
+        match applied {
+            Applied::Failed { error, .. } => {
+                self.refusals = 0;
+                tracing::warn!(mapping = %self.mapping, request_id = %invocation.request_id, records = chosen.len(), error_type = %error.error_type, error = %error.message, "replayed records failed");
+                self.result.error = Some(error);
+            }
+            Applied::NotRun { error } => {
+                self.refusals += 1;
+                tracing::warn!(mapping = %self.mapping, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, "the target did not run the replayed records");
+                self.result.error = Some(error);
+                if self.refusals >= MAX_REFUSALS {
+                    return Control::GiveUp;
+                }
+            }
+            Applied::Succeeded | Applied::Partial { .. } => self.refusals = 0,
+        }
+        Control::Continue
+    }
+
+    async fn dead_letter(&mut self, dead_letter: &StreamDeadLetter) {
+        let base = self.base;
+        self.result
+            .failed
+            .extend(dead_letter.records.iter().map(|&i| base + i));
+        if let Some(error) = &dead_letter.error {
+            self.result.error = Some(error.clone());
+        }
+    }
+
+    fn progress(&mut self, _: &StreamBatch) {}
 }
 
 /// Sends records back to the mapping's source (`--to-source`).

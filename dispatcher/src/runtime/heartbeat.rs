@@ -10,8 +10,10 @@ use crate::telemetry::MappingMetrics;
 use sluice_sources::{Queue, Receipt, Record};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so that a paused test clock drives batching windows and deadlines too.
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 struct Held {

@@ -403,7 +403,7 @@ where
             match result {
                 Ok(outcome) => outcome,
                 Err(panic) => {
-                    let message = super::panic_message(&*panic);
+                    let message = super::supervise::panic_message(&*panic);
                     tracing::error!(%mapping, %request_id, panic = %message, "the target panicked; the call counts as a function error");
                     Ok(Outcome::FunctionError(ErrorInfo::new(
                         "Runtime.Panic",

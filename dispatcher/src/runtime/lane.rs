@@ -11,6 +11,7 @@
 //!   the restart); on `abort`, the lane stops at once.
 
 use super::invoker::Invoker;
+use super::ordered::{Control, Driven, Ended, drive};
 use super::retry::retry_delay;
 use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource};
@@ -20,7 +21,7 @@ use crate::telemetry::MappingMetrics;
 use async_trait::async_trait;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{
-    Applied, BatchLimits, Batcher, DeadLetterCondition, ErrorInfo, ItemIdentifier, Outcome, Step,
+    Applied, BatchLimits, Batcher, DeadLetterCondition, ErrorInfo, ItemIdentifier, Outcome,
     StreamBatch, StreamDeadLetter, StreamItem, StreamPolicy, stream::Position,
 };
 use sluice_sources::Record;
@@ -77,7 +78,8 @@ pub(super) async fn run_lane<H: LaneHost>(
     stop: CancellationToken,
     abort: CancellationToken,
 ) {
-    let started = Instant::now();
+    // Tokio's clock, so that a paused test clock drives the batching window.
+    let started = tokio::time::Instant::now();
     let clock = || started.elapsed();
     let mut batcher: Batcher<Entry> = Batcher::new(host.settings().limits);
     let mut ready: VecDeque<Vec<Entry>> = VecDeque::new();
@@ -168,8 +170,6 @@ async fn handle_batch<H: LaneHost>(
 ) {
     let settings = host.settings();
     let records: Vec<&Record> = batch.iter().map(|(record, _)| record).collect();
-    let mut reported = vec![false; batch.len()];
-    let mut failing_since: Option<Instant> = None;
     if batch.len() == 1 && records[0].size_bytes > sluice_policies::MAX_INVOCATION_PAYLOAD_BYTES {
         let dead_letter = StreamDeadLetter {
             records: vec![0],
@@ -196,73 +196,92 @@ async fn handle_batch<H: LaneHost>(
         })
         .collect();
     let mut state = StreamBatch::new(settings.policy.clone(), items);
-    loop {
-        let now = now_since_epoch();
-        match state.next_step(now) {
-            Step::Done => break,
-            Step::Wait { until } => {
-                tokio::select! {
-                    _ = stop.cancelled() => {
-                        tracing::info!(mapping = %settings.name, %lane, "stopping during a retry delay; the batch is delivered again after the restart");
-                        settings.health.stuck(lane, None);
-                        return;
-                    }
-                    _ = tokio::time::sleep(until.saturating_sub(now)) => {}
+    let mut driven = LaneBatch {
+        host,
+        lane,
+        records,
+        batch: &batch,
+        reported: vec![false; batch.len()],
+        failing_since: None,
+    };
+    let ended = drive(&settings.invoker, &mut state, &mut driven, stop).await;
+    if ended == Ended::Stopped {
+        tracing::info!(mapping = %settings.name, %lane, "stopping during a retry delay; the batch is delivered again after the restart");
+    }
+    if driven.failing_since.is_some() || ended == Ended::Stopped {
+        settings.health.stuck(lane, None);
+    }
+}
+
+/// One batch of a lane, as the ordered-batch driver sees it.
+struct LaneBatch<'a, H: LaneHost> {
+    host: &'a Arc<H>,
+    lane: &'a str,
+    records: Vec<&'a Record>,
+    batch: &'a [Entry],
+    reported: Vec<bool>,
+    /// Since when the batch has been failing, for `/readyz`.
+    failing_since: Option<Instant>,
+}
+
+#[async_trait]
+impl<H: LaneHost> Driven for LaneBatch<'_, H> {
+    fn invocation(&self, chosen: &[usize]) -> Invocation {
+        let subset: Vec<&Record> = chosen.iter().map(|&i| self.records[i]).collect();
+        Invocation::for_records(
+            &self.host.settings().name,
+            self.host.event(&subset),
+            subset.iter().copied(),
+        )
+    }
+
+    fn invoked(
+        &mut self,
+        invocation: &Invocation,
+        outcome: &Outcome,
+        chosen: &[usize],
+        attempt: u32,
+        applied: Applied,
+    ) -> Control {
+        let settings = self.host.settings();
+        let lane = self.lane;
+        settings.metrics.outcome(outcome_label(outcome, &applied));
+        let first = self.records[chosen[0]].id();
+        let last = self.records[chosen[chosen.len() - 1]].id();
+        match applied {
+            Applied::Succeeded | Applied::Partial { .. } => {
+                if self.failing_since.take().is_some() {
+                    settings.health.stuck(lane, None);
+                }
+                if let Applied::Partial { failed, .. } = applied {
+                    settings.metrics.records_retried.increment(failed as u64);
+                    tracing::info!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, failed, "partial batch failure; retrying from the lowest failed record");
                 }
             }
-            Step::Invoke {
-                records: chosen,
-                attempt,
-            } => {
-                let subset: Vec<&Record> = chosen.iter().map(|&i| records[i]).collect();
-                let invocation = Invocation::for_records(
-                    &settings.name,
-                    host.event(&subset),
-                    subset.iter().copied(),
-                );
-                let outcome = settings.invoker.invoke(invocation.clone()).await;
-                let applied = state
-                    .apply(&outcome, now_since_epoch(), rand::random::<f64>())
-                    .expect("an invocation is outstanding");
-                settings.metrics.outcome(outcome_label(&outcome, &applied));
-                let first = subset[0].id();
-                let last = subset[subset.len() - 1].id();
-                match &applied {
-                    Applied::Succeeded | Applied::Partial { .. } => {
-                        if failing_since.take().is_some() {
-                            settings.health.stuck(lane, None);
-                        }
-                        if let Applied::Partial { failed, .. } = applied {
-                            settings.metrics.records_retried.increment(failed as u64);
-                            tracing::info!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, failed, "partial batch failure; retrying from the lowest failed record");
-                        }
-                    }
-                    Applied::Failed { error, split } => {
-                        failing_since.get_or_insert_with(Instant::now);
-                        settings.health.stuck(lane, failing_since);
-                        settings
-                            .metrics
-                            .records_retried
-                            .increment(subset.len() as u64);
-                        tracing::warn!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, last_record = %last, records = subset.len(), attempt, error_type = %error.error_type, error = %error.message, bisect = split, "batch failed");
-                    }
-                    Applied::NotRun { error } => {
-                        failing_since.get_or_insert_with(Instant::now);
-                        settings.health.stuck(lane, failing_since);
-                        tracing::warn!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, error_type = %error.error_type, error = %error.message, "target did not run the batch; retrying without using an attempt");
-                    }
-                }
-                report_finished(host, &state, &batch, &mut reported);
+            Applied::Failed { error, split } => {
+                self.failing_since.get_or_insert_with(Instant::now);
+                settings.health.stuck(lane, self.failing_since);
+                settings
+                    .metrics
+                    .records_retried
+                    .increment(chosen.len() as u64);
+                tracing::warn!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, last_record = %last, records = chosen.len(), attempt, error_type = %error.error_type, error = %error.message, bisect = split, "batch failed");
             }
-            Step::DeadLetter(dead_letter) => {
-                store_dead_letter(host.as_ref(), &records, &dead_letter).await;
-                state.dead_lettered().expect("a dead letter is outstanding");
-                report_finished(host, &state, &batch, &mut reported);
+            Applied::NotRun { error } => {
+                self.failing_since.get_or_insert_with(Instant::now);
+                settings.health.stuck(lane, self.failing_since);
+                tracing::warn!(mapping = %settings.name, %lane, request_id = %invocation.request_id, first_record = %first, error_type = %error.error_type, error = %error.message, "target did not run the batch; retrying without using an attempt");
             }
         }
+        Control::Continue
     }
-    if failing_since.is_some() {
-        settings.health.stuck(lane, None);
+
+    async fn dead_letter(&mut self, dead_letter: &StreamDeadLetter) {
+        store_dead_letter(self.host.as_ref(), &self.records, dead_letter).await;
+    }
+
+    fn progress(&mut self, state: &StreamBatch) {
+        report_finished(self.host, state, self.batch, &mut self.reported);
     }
 }
 

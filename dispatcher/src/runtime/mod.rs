@@ -6,6 +6,8 @@ pub mod heartbeat;
 pub mod invoker;
 pub mod kafka;
 mod lane;
+pub(crate) mod ordered;
+mod poller;
 pub(crate) use lane::stream_policy;
 mod retry;
 pub(crate) use retry::retry_delay;

@@ -17,11 +17,16 @@
 //!   when the message was sent;
 //! - a message with several records is retried as a whole, so records that succeeded are invoked
 //!   again with it (S3 sends one record per message);
-//! - a message is held (visibility extended) while it is handled.
+//! - a message is held (visibility extended) while it is handled;
+//! - polling is the SQS mappings' poller ([`super::poller`], one message per batch): nothing is
+//!   received that could not start at once (room in the mapping and in the shared target), every
+//!   wait ends at shutdown, and at shutdown messages received but not started are made visible
+//!   again at once.
 
 use super::heartbeat::Heartbeat;
-use super::invoker::Invoker;
-use super::retry::{retry_delay, retry_until_ok};
+use super::invoker::{Invoker, Slot};
+use super::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
+use super::retry::retry_until_ok;
 use crate::config::{MappingConfig, S3SourceConfig};
 use crate::destinations::{
     AsyncRecord, DeadLetter, Destination, EnvelopeSource, Placement, envelope::now_since_epoch,
@@ -31,17 +36,16 @@ use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use serde_json::{Value, json};
 use sluice_policies::{
-    AsyncAttempt, AsyncDecision, AsyncPolicy, DeadLetterCondition, ErrorInfo, FilterSet, Outcome,
+    AsyncAttempt, AsyncDecision, AsyncPolicy, BatchLimits, DeadLetterCondition, ErrorInfo,
+    FilterSet, Outcome,
 };
 use sluice_sources::s3::{Notification, S3Filter, parse_notification};
-use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
+use sluice_sources::sqs::SqsQueue;
 use sluice_sources::{Queue, Record};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 #[derive(Clone)]
 pub struct S3Mapping {
@@ -56,8 +60,8 @@ pub struct S3Mapping {
 }
 
 struct Context {
-    name: String,
-    queue: Arc<dyn Queue>,
+    /// The mapping's name, queue, heartbeat, readiness and metrics, and its acknowledgements.
+    acks: Arc<QueueAcks>,
     invoker: Invoker,
     filter: S3Filter,
     /// The mapping's FilterCriteria patterns, over each S3 record (semantics.md §7).
@@ -65,9 +69,6 @@ struct Context {
     policy: AsyncPolicy,
     on_failure: Option<Arc<dyn Destination>>,
     on_success: Option<Arc<dyn Destination>>,
-    heartbeat: Arc<Heartbeat>,
-    metrics: MappingMetrics,
-    health: MappingHealthHandle,
     /// Receives the target refused, per message id: they are not attempts.
     not_run: Mutex<HashMap<String, u32>>,
 }
@@ -97,10 +98,16 @@ impl S3Mapping {
         );
         let heartbeat_stop = CancellationToken::new();
         let heartbeat_task = tokio::spawn(heartbeat.clone().run(heartbeat_stop.clone()));
-        let retry = &self.config.retry;
-        let context = Arc::new(Context {
+        let acks = Arc::new(QueueAcks {
             name: name.clone(),
             queue: queue.clone(),
+            heartbeat: heartbeat.clone(),
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let retry = &self.config.retry;
+        let context = Arc::new(Context {
+            acks: acks.clone(),
             invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
             filter: S3Filter {
                 events: self.source.events.clone(),
@@ -118,80 +125,44 @@ impl S3Mapping {
             },
             on_failure: self.on_failure.clone(),
             on_success: self.on_success.clone(),
-            heartbeat: heartbeat.clone(),
-            metrics: self.metrics.clone(),
-            health: self.health.clone(),
             not_run: Mutex::new(HashMap::new()),
         });
-        let tracker = TaskTracker::new();
-        let capacity = Arc::new(Semaphore::new(self.source.max_concurrency));
-        let mut failures = 0u32;
-        'poll: loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'poll,
-                permit = capacity.clone().acquire_owned() => permit.expect("never closed"),
-            };
-            let room = capacity.available_permits() + 1;
-            let requested_at = Instant::now();
-            let received = tokio::select! {
-                _ = shutdown.cancelled() => break 'poll,
-                received = queue.receive(room.min(MAX_BATCH_ENTRIES), self.source.wait_time) => received,
-            };
-            let messages = match received {
-                Ok(messages) => {
-                    failures = 0;
-                    self.health.poll_succeeded();
-                    messages
-                }
-                Err(error) => {
-                    failures += 1;
-                    self.metrics.poll_errors.increment(1);
-                    self.health.poll_failed(&error.to_string());
-                    tracing::warn!(mapping = %name, %error, "receive failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'poll,
-                        _ = tokio::time::sleep(retry_delay(failures)) => {}
-                    }
-                    continue;
-                }
-            };
-            if messages.is_empty() {
-                if self.source.wait_time < Duration::from_secs(1) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                continue;
-            }
-            self.metrics
-                .records_received
-                .increment(messages.len() as u64);
-            context.heartbeat.hold(&messages, requested_at).await;
-            let mut permit = Some(permit);
-            for message in messages {
-                let permit = match permit.take() {
-                    Some(permit) => permit,
-                    None => capacity
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("never closed"),
-                };
-                let context = context.clone();
-                tracker.spawn(async move {
-                    handle_message(&context, message).await;
-                    drop(permit);
-                });
-            }
-        }
-        tracker.close();
-        if tokio::time::timeout(shutdown_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(mapping = %name, "drain deadline reached; events in flight come back after the visibility timeout");
-        }
+        // One message per batch (each is one asynchronous event, or a few); a receive asks for
+        // as many as could start at once.
+        let settings = PollSettings {
+            pollers: 1,
+            max_concurrency: self.source.max_concurrency,
+            limits: BatchLimits::new(1, Duration::ZERO),
+            wait_time: self.source.wait_time,
+            receive_ahead: true,
+        };
+        poller::run(
+            acks,
+            context,
+            self.target.clone(),
+            settings,
+            shutdown,
+            shutdown_timeout,
+        )
+        .await;
         heartbeat_stop.cancel();
         let _ = heartbeat_task.await;
         tracing::info!(mapping = %name, "mapping stopped");
+    }
+}
+
+#[async_trait::async_trait]
+impl QueueWork for Context {
+    async fn too_large(self: Arc<Self>, record: Record) {
+        // No SQS message is too large for an invocation; should one be, its records are still
+        // invoked one by one.
+        let slot = self.invoker.target().permit().await;
+        handle_message(&self, record, slot).await;
+    }
+
+    async fn handle(self: Arc<Self>, mut batch: Vec<Record>, slot: Slot) {
+        let Some(message) = batch.pop() else { return };
+        handle_message(&self, message, slot).await;
     }
 }
 
@@ -205,8 +176,8 @@ enum MessageEnd {
     Leave,
 }
 
-async fn handle_message(context: &Context, message: Record) {
-    let mut end = process(context, &message).await;
+async fn handle_message(context: &Context, message: Record, slot: Slot) {
+    let mut end = process(context, &message, Some(slot)).await;
     // SQS visibility has whole seconds: a shorter delay is waited out here, the message held.
     if let MessageEnd::Retry(delay) = end
         && delay < Duration::from_secs(1)
@@ -215,6 +186,7 @@ async fn handle_message(context: &Context, message: Record) {
         end = MessageEnd::Retry(Duration::ZERO);
     }
     context
+        .acks
         .heartbeat
         .release(std::slice::from_ref(&message))
         .await;
@@ -226,47 +198,26 @@ async fn handle_message(context: &Context, message: Record) {
                 .lock()
                 .expect("not-run lock")
                 .remove(&message_id);
-            let _call = context.health.aws_call();
-            match context.queue.delete(&[&message.receipt]).await {
-                Ok(report) if report.failed.is_empty() => {
-                    context.health.ack_succeeded();
-                    context.metrics.records_acknowledged.increment(1);
-                }
-                Ok(report) => {
-                    context.metrics.ack_errors.increment(1);
-                    tracing::warn!(mapping = %context.name, %message_id, failures = ?report.failed, "delete failed; the event will be delivered again");
-                }
-                Err(error) => {
-                    context.metrics.ack_errors.increment(1);
-                    context.health.ack_failed(&error.to_string());
-                    tracing::warn!(mapping = %context.name, %message_id, %error, "delete failed; the event will be delivered again");
-                }
+            if context.acks.delete(&[&message]).await == 1 {
+                context.acks.metrics.records_acknowledged.increment(1);
             }
         }
         MessageEnd::Retry(delay) => {
-            context.metrics.records_retried.increment(1);
+            context.acks.metrics.records_retried.increment(1);
             let whole_seconds =
                 Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
-            let _call = context.health.aws_call();
-            let changed = context
-                .queue
-                .change_visibility(&[(&message.receipt, whole_seconds)])
+            context
+                .acks
+                .change_visibility(&[(&message, whole_seconds)], "retry delay")
                 .await;
-            if changed.is_ok() {
-                context.health.ack_succeeded();
-            }
-            if let Err(error) = changed {
-                context.health.ack_failed(&error.to_string());
-                context.metrics.ack_errors.increment(1);
-                tracing::warn!(mapping = %context.name, %message_id, %error, "setting the retry delay failed; the event comes back after the visibility timeout");
-            }
         }
         MessageEnd::Leave => {}
     }
+    track_in_flight(&context.acks.metrics, [&message], Flight::Leaving);
 }
 
 fn sqs_source(context: &Context, message: &Record) -> EnvelopeSource {
-    let description = context.queue.description();
+    let description = context.acks.queue.description();
     EnvelopeSource::S3 {
         queue_url: description.url.clone(),
         queue_arn: description.arn.clone(),
@@ -274,13 +225,14 @@ fn sqs_source(context: &Context, message: &Record) -> EnvelopeSource {
     }
 }
 
-async fn process(context: &Context, message: &Record) -> MessageEnd {
+/// Handles one message; its first invocation runs in `slot`.
+async fn process(context: &Context, message: &Record, mut slot: Option<Slot>) -> MessageEnd {
     let record: Value = serde_json::from_str(message.event.get()).unwrap_or_default();
     let body = record["body"].as_str().unwrap_or_default();
     let s3_records = match parse_notification(body) {
         Ok(Notification::Test) => {
-            tracing::info!(mapping = %context.name, message_id = %message.id(), "s3:TestEvent deleted without an invocation");
-            context.metrics.records_filtered.increment(1);
+            tracing::info!(mapping = %context.acks.name, message_id = %message.id(), "s3:TestEvent deleted without an invocation");
+            context.acks.metrics.records_filtered.increment(1);
             return MessageEnd::Done;
         }
         Ok(Notification::Records(records)) => records,
@@ -291,7 +243,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
         .filter(|r| context.filter.matches(r) && context.patterns.passes(r))
         .collect();
     if wanted.is_empty() {
-        context.metrics.records_filtered.increment(1);
+        context.acks.metrics.records_filtered.increment(1);
         return MessageEnd::Done;
     }
     let not_run = context
@@ -339,13 +291,16 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
     for (index, s3_record) in wanted.into_iter().enumerate() {
         let event = json!({ "Records": [s3_record] });
         let invocation = Invocation::attempt_of(
-            &context.name,
+            &context.acks.name,
             event.to_string().into_bytes(),
             &event_request_id(context, message, index),
             message.trace.as_ref(),
         );
-        let outcome = context.invoker.invoke(invocation.clone()).await;
-        context.metrics.outcome(match &outcome {
+        let outcome = match slot.take() {
+            Some(slot) => context.invoker.invoke_in(slot, invocation.clone()).await,
+            None => context.invoker.invoke(invocation.clone()).await,
+        };
+        context.acks.metrics.outcome(match &outcome {
             Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => "success",
             failed => failed.kind(),
         });
@@ -382,7 +337,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
                 ..
             } => {
                 refused |= not_run > attempt.not_run;
-                tracing::warn!(mapping = %context.name, message_id = %message.id(), %key, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
+                tracing::warn!(mapping = %context.acks.name, message_id = %message.id(), %key, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
                 retry_after = Some(retry_after.map_or(delay, |d| d.max(delay)));
             }
             AsyncDecision::DeadLetter {
@@ -424,7 +379,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
 /// (a retry is the same message received again), as Lambda keeps one id across an asynchronous
 /// event's retries.
 fn event_request_id(context: &Context, message: &Record, index: usize) -> String {
-    crate::targets::stable_request_id(&[&context.name, message.id(), &index.to_string()])
+    crate::targets::stable_request_id(&[&context.acks.name, message.id(), &index.to_string()])
 }
 
 /// A message that is not an S3 notification: to `on_failure` with the reason, else left to the
@@ -436,12 +391,12 @@ async fn invalid_message(
     reason: &str,
 ) -> MessageEnd {
     let Some(destination) = &context.on_failure else {
-        tracing::error!(mapping = %context.name, message_id = %message.id(), %reason, "not an S3 notification; no on_failure destination, so it stays for the queue's redrive policy");
+        tracing::error!(mapping = %context.acks.name, message_id = %message.id(), %reason, "not an S3 notification; no on_failure destination, so it stays for the queue's redrive policy");
         return MessageEnd::Leave;
     };
-    let description = context.queue.description();
+    let description = context.acks.queue.description();
     let dead_letter = DeadLetter {
-        mapping: context.name.clone(),
+        mapping: context.acks.name.clone(),
         target: context.invoker.target().name.clone(),
         region: description.region.clone(),
         condition: DeadLetterCondition::NonRetryableError,
@@ -453,21 +408,22 @@ async fn invalid_message(
         first_attempt_at: message.first_received_at,
         last_attempt_at: now_since_epoch(),
     };
-    let _call = context.health.aws_call();
+    let _call = context.acks.health.aws_call();
     match destination
-        .send(&dead_letter, &context.name, message.id())
+        .send(&dead_letter, &context.acks.name, message.id())
         .await
     {
         Ok(()) => {
             context
+                .acks
                 .metrics
                 .dead_lettered(DeadLetterCondition::NonRetryableError.as_str(), 1);
-            tracing::warn!(mapping = %context.name, message_id = %message.id(), %reason, "not an S3 notification; dead-lettered");
+            tracing::warn!(mapping = %context.acks.name, message_id = %message.id(), %reason, "not an S3 notification; dead-lettered");
             MessageEnd::Done
         }
         Err(error) => {
-            context.metrics.ack_errors.increment(1);
-            tracing::error!(mapping = %context.name, message_id = %message.id(), %error, "dead-lettering failed; the message stays");
+            context.acks.metrics.ack_errors.increment(1);
+            tracing::error!(mapping = %context.acks.name, message_id = %message.id(), %error, "dead-lettering failed; the message stays");
             MessageEnd::Leave
         }
     }
@@ -483,8 +439,8 @@ async fn store_async(
     response: Result<Option<Value>, ErrorInfo>,
 ) -> bool {
     let Some(destination) = &context.on_failure else {
-        tracing::error!(mapping = %context.name, message_id = %message.id(), condition, "event discarded: its retries ran out and the mapping has no on_failure destination");
-        context.metrics.dead_lettered(condition, 1);
+        tracing::error!(mapping = %context.acks.name, message_id = %message.id(), condition, "event discarded: its retries ran out and the mapping has no on_failure destination");
+        context.acks.metrics.dead_lettered(condition, 1);
         return true;
     };
     let stored = store_record(
@@ -499,8 +455,8 @@ async fn store_async(
     )
     .await;
     if stored {
-        context.metrics.dead_lettered(condition, 1);
-        tracing::warn!(mapping = %context.name, message_id = %message.id(), condition, attempts = invoke_count, destination = destination.describe(), "event dead-lettered");
+        context.acks.metrics.dead_lettered(condition, 1);
+        tracing::warn!(mapping = %context.acks.name, message_id = %message.id(), condition, attempts = invoke_count, destination = destination.describe(), "event dead-lettered");
     }
     stored
 }
@@ -540,9 +496,9 @@ async fn store_record(
     response: Result<Option<Value>, ErrorInfo>,
 ) -> bool {
     let record = AsyncRecord {
-        mapping: context.name.clone(),
+        mapping: context.acks.name.clone(),
         target: context.invoker.target().name.clone(),
-        region: context.queue.description().region.clone(),
+        region: context.acks.queue.description().region.clone(),
         condition,
         invoke_count,
         request_id: request_id.to_owned(),
@@ -555,17 +511,17 @@ async fn store_record(
     let key_part = record.source.key_part().to_owned();
     let dedup = format!("{}-{condition}-{}", message.id(), message.attempt);
     let placement = Placement {
-        mapping: &context.name,
+        mapping: &context.acks.name,
         key_part: &key_part,
-        group_hint: &context.name,
+        group_hint: &context.acks.name,
         dedup_hint: &dedup,
     };
-    let _call = context.health.aws_call();
+    let _call = context.acks.health.aws_call();
     match destination.store(record.to_json(), &placement).await {
         Ok(()) => true,
         Err(error) => {
-            context.metrics.ack_errors.increment(1);
-            tracing::error!(mapping = %context.name, message_id = %message.id(), condition, %error, "storing the destination record failed");
+            context.acks.metrics.ack_errors.increment(1);
+            tracing::error!(mapping = %context.acks.name, message_id = %message.id(), condition, %error, "storing the destination record failed");
             false
         }
     }

@@ -1,4 +1,6 @@
-//! The worker of one SQS mapping: receive → batch → invoke → decide (queue policy) → execute.
+//! The worker of one SQS mapping: receive → filter → batch → invoke → decide (queue policy) →
+//! acknowledge. Polling, batching, holding and the drain are the shared queue poller's
+//! ([`super::poller`]); this module decides and acknowledges.
 //!
 //! Guarantees:
 //! - at most `max_concurrency` batches are in flight, and nothing is received for a batch that
@@ -6,48 +8,42 @@
 //! - every received record is held by the heartbeat until its batch is decided, so it does not
 //!   reappear while its handler is still running;
 //! - a record is deleted only after the policy says so, and a dead letter only after the
-//!   destination stored it;
+//!   destination stored it; acknowledgements go in this order: dead letters, then one delete
+//!   (handled and dead-lettered records), then retry delays, then FIFO followers released;
 //! - on shutdown, records received but not yet started are made visible again at once; batches in
 //!   flight finish until the drain deadline.
 
 use super::heartbeat::Heartbeat;
 use super::invoker::{Invoker, Slot};
-use super::retry::{retry_delay, retry_until_ok};
+use super::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
+use super::retry::retry_until_ok;
 use crate::config::{MappingConfig, SqsSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
-use sluice_policies::batcher::PushResult;
 use sluice_policies::{
-    BatchLimits, Batcher, DeadLetterCondition, ErrorClasses, ErrorInfo, FilterSet, Outcome,
-    QueueDecision, QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
+    BatchLimits, DeadLetterCondition, ErrorClasses, ErrorInfo, FilterSet, Outcome, QueueDecision,
+    QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
 };
-use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
-use sluice_sources::{Queue, Receipt, Record, records_event};
-use std::collections::VecDeque;
+use sluice_sources::sqs::SqsQueue;
+use sluice_sources::{Queue, Record, records_event};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use std::time::Duration;
+// Tokio's clock, so that a paused test clock drives batching windows and deadlines too.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-type OpenReceive = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<Record>, sluice_sources::SourceError>> + Send>,
->;
-
 /// Everything a batch task needs, shared by all batches of the mapping.
 struct MappingContext {
-    name: String,
+    /// The mapping's name, queue, heartbeat, readiness and metrics, and its acknowledgements.
+    acks: Arc<QueueAcks>,
     target_name: String,
-    queue: Arc<dyn Queue>,
     invoker: Invoker,
     policy: QueuePolicy,
     filters: FilterSet,
     on_failure: Option<Arc<dyn Destination>>,
-    heartbeat: Arc<Heartbeat>,
-    metrics: MappingMetrics,
-    health: MappingHealthHandle,
 }
 
 #[derive(Clone)]
@@ -61,17 +57,24 @@ pub struct SqsMapping {
     pub metrics: MappingMetrics,
 }
 
-/// Pause after an empty short poll (`wait_time: 0s`), so an idle queue is not polled in a loop.
-const IDLE_SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
-
 impl SqsMapping {
     /// Runs until `shutdown` is cancelled, then drains for at most `shutdown_timeout`.
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
-        let name = self.config.name.clone();
         let Some(queue) = self.connect(&shutdown).await else {
             return;
         };
-        let queue: Arc<dyn Queue> = Arc::new(queue);
+        self.run_on(Arc::new(queue), shutdown, shutdown_timeout)
+            .await;
+    }
+
+    /// [`Self::run`] on a queue that is already connected.
+    pub(crate) async fn run_on(
+        self,
+        queue: Arc<dyn Queue>,
+        shutdown: CancellationToken,
+        shutdown_timeout: Duration,
+    ) {
+        let name = self.config.name.clone();
         let description = queue.description().clone();
         tracing::info!(
             mapping = %name,
@@ -91,10 +94,16 @@ impl SqsMapping {
         );
         let heartbeat_stop = CancellationToken::new();
         let heartbeat_task = tokio::spawn(heartbeat.clone().run(heartbeat_stop.clone()));
-        let context = Arc::new(MappingContext {
+        let acks = Arc::new(QueueAcks {
             name: name.clone(),
-            target_name: self.config.target.clone(),
             queue: queue.clone(),
+            heartbeat: heartbeat.clone(),
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let context = Arc::new(MappingContext {
+            acks: acks.clone(),
+            target_name: self.config.target.clone(),
             invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
             policy: QueuePolicy {
                 report_batch_item_failures: self.config.report_batch_item_failures,
@@ -106,77 +115,23 @@ impl SqsMapping {
             },
             filters: self.config.filters.clone(),
             on_failure: self.on_failure.clone(),
-            heartbeat: heartbeat.clone(),
-            metrics: self.metrics.clone(),
-            health: self.health.clone(),
         });
-
-        let tracker = TaskTracker::new();
-        let capacity = Arc::new(Semaphore::new(self.source.max_concurrency));
-        let mapping = Arc::new(self);
-        let mut pollers = tokio::task::JoinSet::new();
-        for _ in 0..mapping.source.pollers {
-            pollers.spawn(mapping.clone().poll_loop(
-                context.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-                capacity.clone(),
-            ));
-        }
-        let mut unstarted = Vec::new();
-        let mut open_receives = Vec::new();
-        while let Some(stopped) = pollers.join_next().await {
-            match stopped {
-                Ok((records, open_receive)) => {
-                    unstarted.extend(records);
-                    open_receives.extend(open_receive);
-                }
-                // A poller that panicked takes the mapping down with it: the supervisor logs it,
-                // shows it on /readyz, stops this incarnation's tasks and starts the mapping again.
-                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-                Err(error) => tracing::error!(mapping = %name, %error, "a poller failed"),
-            }
-        }
-
-        // Shutdown: give back what never started, then let in-flight batches finish.
-        let drain_deadline = Instant::now() + shutdown_timeout;
-        if !unstarted.is_empty() {
-            return_unstarted(&context, &unstarted).await;
-        }
-        tracker.close();
-        // SQS keeps serving a long poll whose client went away, and would hide whatever it picks
-        // up (the messages just returned, say) for a whole visibility timeout. While batches
-        // drain anyway, open polls are awaited and what they bring is returned at once; an idle
-        // mapping drops them and exits promptly.
-        let mut receives = tokio::task::JoinSet::new();
-        for receive in open_receives {
-            let context = context.clone();
-            receives.spawn(async move {
-                if let Ok(records) = receive.await
-                    && !records.is_empty()
-                {
-                    context
-                        .metrics
-                        .records_received
-                        .increment(records.len() as u64);
-                    track_in_flight(&context.metrics, &records, Flight::Entering);
-                    return_unstarted(&context, &records).await;
-                }
-            });
-        }
-        let drained = tokio::time::timeout_at(drain_deadline.into(), async {
-            loop {
-                tokio::select! {
-                    _ = tracker.wait() => return,
-                    Some(_) = receives.join_next(), if !receives.is_empty() => {}
-                }
-            }
-        })
+        let settings = PollSettings {
+            pollers: self.source.pollers,
+            max_concurrency: self.source.max_concurrency,
+            limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
+            wait_time: self.source.wait_time,
+            receive_ahead: false,
+        };
+        poller::run(
+            acks,
+            context,
+            self.target.clone(),
+            settings,
+            shutdown,
+            shutdown_timeout,
+        )
         .await;
-        receives.abort_all();
-        if drained.is_err() {
-            tracing::warn!(mapping = %name, in_flight = tracker.len(), "drain deadline reached; in-flight batches abandoned, their messages return after the visibility timeout");
-        }
         heartbeat_stop.cancel();
         let _ = heartbeat_task.await;
         tracing::info!(mapping = %name, "mapping stopped");
@@ -193,166 +148,32 @@ impl SqsMapping {
         )
         .await
     }
+}
 
-    /// Records a failed call to the source and waits before the next one; false when shutdown
-    /// came first.
-    async fn back_off_after_source_error(
-        &self,
-        error: &sluice_sources::SourceError,
-        consecutive_failures: u32,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        self.metrics.poll_errors.increment(1);
-        self.health.poll_failed(&error.to_string());
-        tracing::warn!(mapping = %self.config.name, %error, consecutive_failures, "source call failed; retrying");
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(retry_delay(consecutive_failures)) => true,
-        }
-    }
-
-    /// Receives and dispatches until shutdown; returns the records received but never started,
-    /// and the receive that was open when the shutdown came, if any.
-    async fn poll_loop(
-        self: Arc<Self>,
-        context: Arc<MappingContext>,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
-        capacity: Arc<Semaphore>,
-    ) -> (Vec<Record>, Option<OpenReceive>) {
-        let mut open_receive = None;
-        let started = Instant::now();
-        let clock = || started.elapsed();
-        let limits = BatchLimits::new(self.source.batch_size, self.source.max_batching_window);
-        let mut batcher: Batcher<Record> = Batcher::new(limits);
-        let mut ready: VecDeque<Vec<Record>> = VecDeque::new();
-        let mut failures = 0u32;
-
-        'poll: loop {
-            // Nothing is received for a batch that could not start: room in the mapping, and room
-            // in the target (shared with other mappings), come first. The target's slot is only
-            // taken once the batch is full, so an idle poll never holds it from other mappings;
-            // at most one batch per poller waits for it.
-            let waiting =
-                capacity.available_permits() == 0 || context.invoker.target().is_saturated();
-            if waiting {
-                self.health.waiting_for_capacity(true);
-            }
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'poll,
-                permit = async {
-                    let mapping = capacity.clone().acquire_owned().await.expect("semaphore is never closed");
-                    context.invoker.target().wait_for_room().await;
-                    mapping
-                } => permit,
-            };
-            if waiting {
-                self.health.waiting_for_capacity(false);
-            }
-            // Fill one batch (or take one that is already complete).
-            let batch = loop {
-                if let Some(batch) = ready.pop_front() {
-                    break batch;
-                }
-                if let Some(batch) = batcher.poll(clock()) {
-                    break batch;
-                }
-                let wait = match batcher.deadline() {
-                    None => self.source.wait_time,
-                    Some(deadline) => deadline.saturating_sub(clock()).min(self.source.wait_time),
-                };
-                let max_messages = batcher.remaining_capacity().min(MAX_BATCH_ENTRIES);
-                let requested_at = Instant::now();
-                let queue = context.queue.clone();
-                let mut receive: OpenReceive =
-                    Box::pin(async move { queue.receive(max_messages, wait).await });
-                let received = tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        open_receive = Some(receive);
-                        break 'poll;
-                    }
-                    received = &mut receive => received,
-                };
-                let records = match received {
-                    Ok(records) => {
-                        failures = 0;
-                        self.health.poll_succeeded();
-                        records
-                    }
-                    Err(error) => {
-                        failures += 1;
-                        if !self
-                            .back_off_after_source_error(&error, failures, &shutdown)
-                            .await
-                        {
-                            break 'poll;
-                        }
-                        continue;
-                    }
-                };
-                if records.is_empty() {
-                    // SQS long polls last whole seconds, so a shorter wait was a short poll:
-                    // pause (until the window closes, at most) rather than ask again at once.
-                    if wait < Duration::from_secs(1) {
-                        let pause = batcher
-                            .deadline()
-                            .map_or(IDLE_SHORT_POLL_PAUSE, |d| d.saturating_sub(clock()))
-                            .min(Duration::from_secs(1));
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break 'poll,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                    }
-                    continue;
-                }
-                self.metrics
-                    .records_received
-                    .increment(records.len() as u64);
-                let (records, filtered) = filter_records(&context.filters, records);
-                if !filtered.is_empty() {
-                    self.metrics
-                        .records_filtered
-                        .increment(filtered.len() as u64);
-                    let context = context.clone();
-                    tracker.spawn(async move {
-                        let references: Vec<&Record> = filtered.iter().collect();
-                        delete_records(&context, &references).await;
-                    });
-                }
-                if records.is_empty() {
-                    continue;
-                }
-                context.heartbeat.hold(&records, requested_at).await;
-                track_in_flight(&self.metrics, &records, Flight::Entering);
-                for record in records {
-                    let size = record.size_bytes;
-                    let PushResult {
-                        ready: complete,
-                        too_large,
-                    } = batcher.push(record, size, clock());
-                    ready.extend(complete);
-                    if let Some(record) = too_large {
-                        let context = context.clone();
-                        tracker.spawn(async move { dead_letter_oversized(&context, record).await });
-                    }
-                }
-            };
-            let target_permit = tokio::select! {
-                _ = shutdown.cancelled() => {
-                    ready.push_front(batch);
-                    break 'poll;
-                }
-                target_permit = context.invoker.target().permit() => target_permit,
-            };
-            let context = context.clone();
+#[async_trait::async_trait]
+impl QueueWork for MappingContext {
+    fn admit(self: &Arc<Self>, records: Vec<Record>, tracker: &TaskTracker) -> Vec<Record> {
+        let (records, filtered) = filter_records(&self.filters, records);
+        if !filtered.is_empty() {
+            self.acks
+                .metrics
+                .records_filtered
+                .increment(filtered.len() as u64);
+            let context = self.clone();
             tracker.spawn(async move {
-                handle_batch(&context, batch, target_permit).await;
-                drop(permit);
+                let references: Vec<&Record> = filtered.iter().collect();
+                context.acks.delete(&references).await;
             });
         }
-        let mut unstarted: Vec<Record> = ready.into_iter().flatten().collect();
-        unstarted.extend(batcher.take().unwrap_or_default());
-        (unstarted, open_receive)
+        records
+    }
+
+    async fn too_large(self: Arc<Self>, record: Record) {
+        dead_letter_oversized(&self, record).await;
+    }
+
+    async fn handle(self: Arc<Self>, batch: Vec<Record>, slot: Slot) {
+        handle_batch(&self, batch, slot).await;
     }
 }
 
@@ -395,7 +216,7 @@ fn outcome_label(outcome: &Outcome, decision: &QueueDecision) -> &'static str {
 }
 
 async fn handle_batch(context: &MappingContext, batch: Vec<Record>, slot: Slot) {
-    let invocation = Invocation::for_records(&context.name, records_event(&batch), &batch);
+    let invocation = Invocation::for_records(&context.acks.name, records_event(&batch), &batch);
     let started = Instant::now();
     let outcome = context.invoker.invoke_in(slot, invocation.clone()).await;
     let elapsed = started.elapsed();
@@ -404,10 +225,10 @@ async fn handle_batch(context: &MappingContext, batch: Vec<Record>, slot: Slot) 
         .policy
         .decide(&queue_messages(&batch), &outcome, rand::random::<f64>());
     let label = outcome_label(&outcome, &decision);
-    context.metrics.outcome(label);
+    context.acks.metrics.outcome(label);
     match &decision.batch_error {
         Some(error) => tracing::warn!(
-            mapping = %context.name,
+            mapping = %context.acks.name,
             request_id = %invocation.request_id,
             records = batch.len(),
             outcome = label,
@@ -417,7 +238,7 @@ async fn handle_batch(context: &MappingContext, batch: Vec<Record>, slot: Slot) 
             "batch failed"
         ),
         None => tracing::debug!(
-            mapping = %context.name,
+            mapping = %context.acks.name,
             request_id = %invocation.request_id,
             records = batch.len(),
             outcome = label,
@@ -427,7 +248,7 @@ async fn handle_batch(context: &MappingContext, batch: Vec<Record>, slot: Slot) 
         ),
     }
     // From here on sluice's own visibility changes are the last word.
-    context.heartbeat.release(&batch).await;
+    context.acks.heartbeat.release(&batch).await;
     execute(context, &batch, &decision, &outcome).await;
 }
 
@@ -470,109 +291,26 @@ async fn execute(
             }
         }
     }
-    context.metrics.records_retried.increment(retried);
+    context.acks.metrics.records_retried.increment(retried);
     let acknowledged = decision
         .dispositions
         .iter()
         .filter(|d| d.is_delete())
         .count();
-    delete_records(context, &delete).await;
+    context.acks.delete(&delete).await;
     context
+        .acks
         .metrics
         .records_acknowledged
         .increment(acknowledged as u64);
     if !delayed.is_empty() {
-        change_visibility(context, &delayed, "retry backoff").await;
+        context
+            .acks
+            .change_visibility(&delayed, "retry backoff")
+            .await;
     }
-    release_now(context, &untouched, "fifo follower").await;
-    track_in_flight(&context.metrics, batch, Flight::Leaving);
-}
-
-enum Flight {
-    Entering,
-    Leaving,
-}
-
-fn track_in_flight<'a>(
-    metrics: &MappingMetrics,
-    records: impl IntoIterator<Item = &'a Record>,
-    flight: Flight,
-) {
-    let (count, bytes) = records
-        .into_iter()
-        .fold((0usize, 0usize), |(count, bytes), record| {
-            (count + 1, bytes + record.size_bytes)
-        });
-    let sign = match flight {
-        Flight::Entering => 1.0,
-        Flight::Leaving => -1.0,
-    };
-    metrics.in_flight_records.increment(sign * count as f64);
-    metrics.in_flight_bytes.increment(sign * bytes as f64);
-}
-
-async fn delete_records(context: &MappingContext, records: &[&Record]) {
-    if records.is_empty() {
-        return;
-    }
-    let receipts: Vec<&Receipt> = records.iter().map(|r| &r.receipt).collect();
-    let _call = context.health.aws_call();
-    match context.queue.delete(&receipts).await {
-        Ok(report) => {
-            context.health.ack_succeeded();
-            for (message_id, reason) in &report.failed {
-                context.metrics.ack_errors.increment(1);
-                tracing::warn!(mapping = %context.name, queue_url = %context.queue.description().url, %message_id, %reason, "delete failed; the message will be delivered again");
-            }
-        }
-        Err(error) => {
-            context.metrics.ack_errors.increment(1);
-            context.health.ack_failed(&error.to_string());
-            tracing::error!(mapping = %context.name, %error, records = records.len(), "delete failed; the messages will be delivered again");
-        }
-    }
-}
-
-async fn change_visibility(context: &MappingContext, changes: &[(&Record, Duration)], why: &str) {
-    let changes: Vec<(&Receipt, Duration)> =
-        changes.iter().map(|(r, d)| (&r.receipt, *d)).collect();
-    let _call = context.health.aws_call();
-    match context.queue.change_visibility(&changes).await {
-        Ok(failed) => {
-            context.health.ack_succeeded();
-            for (message_id, reason) in failed {
-                context.metrics.ack_errors.increment(1);
-                tracing::warn!(mapping = %context.name, %message_id, %reason, why, "visibility change failed");
-            }
-        }
-        Err(error) => {
-            context.metrics.ack_errors.increment(1);
-            context.health.ack_failed(&error.to_string());
-            tracing::warn!(mapping = %context.name, %error, why, "visibility change failed");
-        }
-    }
-}
-
-/// Makes records visible again at once, unhandled (FIFO followers, unstarted at shutdown).
-async fn release_now(context: &MappingContext, records: &[&Record], why: &str) {
-    if records.is_empty() {
-        return;
-    }
-    let changes: Vec<(&Record, Duration)> = records.iter().map(|r| (*r, Duration::ZERO)).collect();
-    change_visibility(context, &changes, why).await;
-    context
-        .metrics
-        .records_released
-        .increment(records.len() as u64);
-}
-
-/// Returns records that never started, at shutdown.
-async fn return_unstarted(context: &MappingContext, records: &[Record]) {
-    context.heartbeat.release(records).await;
-    let references: Vec<&Record> = records.iter().collect();
-    release_now(context, &references, "shutdown").await;
-    track_in_flight(&context.metrics, records, Flight::Leaving);
-    tracing::info!(mapping = %context.name, records = records.len(), "returned unstarted messages to the queue");
+    context.acks.release_now(&untouched, "fifo follower").await;
+    track_in_flight(&context.acks.metrics, batch, Flight::Leaving);
 }
 
 /// Sends one record to the on-failure destination; true when it was stored.
@@ -583,13 +321,13 @@ async fn send_dead_letter(
     error: &ErrorInfo,
     function_error: Option<String>,
 ) -> bool {
-    let description = context.queue.description();
+    let description = context.acks.queue.description();
     let Some(destination) = &context.on_failure else {
-        tracing::error!(mapping = %context.name, message_id = %record.id(), "no on_failure destination; the message stays in the queue");
+        tracing::error!(mapping = %context.acks.name, message_id = %record.id(), "no on_failure destination; the message stays in the queue");
         return false;
     };
     let dead_letter = DeadLetter {
-        mapping: context.name.clone(),
+        mapping: context.acks.name.clone(),
         target: context.target_name.clone(),
         region: description.region.clone(),
         condition,
@@ -605,14 +343,14 @@ async fn send_dead_letter(
         first_attempt_at: record.first_received_at,
         last_attempt_at: now_since_epoch(),
     };
-    let group = record.ordering_key.as_deref().unwrap_or(&context.name);
+    let group = record.ordering_key.as_deref().unwrap_or(&context.acks.name);
     let dedup = format!("{}-{}", record.id(), record.attempt);
-    let _call = context.health.aws_call();
+    let _call = context.acks.health.aws_call();
     match destination.send(&dead_letter, group, &dedup).await {
         Ok(()) => {
-            context.metrics.dead_lettered(condition.as_str(), 1);
+            context.acks.metrics.dead_lettered(condition.as_str(), 1);
             tracing::warn!(
-                mapping = %context.name,
+                mapping = %context.acks.name,
                 message_id = %record.id(),
                 condition = condition.as_str(),
                 attempts = record.attempt,
@@ -624,8 +362,8 @@ async fn send_dead_letter(
             true
         }
         Err(send_error) => {
-            context.metrics.ack_errors.increment(1);
-            tracing::error!(mapping = %context.name, message_id = %record.id(), error = %send_error, "dead-lettering failed; the message stays in the queue and will be retried");
+            context.acks.metrics.ack_errors.increment(1);
+            tracing::error!(mapping = %context.acks.name, message_id = %record.id(), error = %send_error, "dead-lettering failed; the message stays in the queue and will be retried");
             false
         }
     }
@@ -634,6 +372,7 @@ async fn send_dead_letter(
 /// A record that cannot fit one invocation goes straight to the on-failure destination.
 async fn dead_letter_oversized(context: &MappingContext, record: Record) {
     context
+        .acks
         .heartbeat
         .release(std::slice::from_ref(&record))
         .await;
@@ -653,7 +392,258 @@ async fn dead_letter_oversized(context: &MappingContext, record: Record) {
     )
     .await
     {
-        delete_records(context, &[&record]).await;
+        context.acks.delete(&[&record]).await;
     }
-    track_in_flight(&context.metrics, [&record], Flight::Leaving);
+    track_in_flight(&context.acks.metrics, [&record], Flight::Leaving);
+}
+
+#[cfg(test)]
+mod tests {
+    //! The SQS worker against the in-memory queue and a scripted target, under tokio's paused
+    //! clock: milliseconds each, no moto.
+    use super::*;
+    use crate::config::SourceConfig;
+    use crate::destinations::{DestinationError, Placement};
+    use crate::health::Health;
+    use crate::targets::testing::ScriptedTarget;
+    use async_trait::async_trait;
+    use serde_json::json;
+    use sluice_sources::memory::{MemoryQueue, QueueCall};
+    use std::sync::Mutex;
+
+    const VISIBILITY: Duration = Duration::from_secs(30);
+
+    /// A destination that keeps what it stores, with how many acknowledgements the queue had
+    /// seen at that moment (to check that dead letters come before deletes).
+    struct Recorder {
+        queue: Arc<MemoryQueue>,
+        stored: Mutex<Vec<(serde_json::Value, usize)>>,
+    }
+
+    #[async_trait]
+    impl Destination for Recorder {
+        async fn store(
+            &self,
+            document: serde_json::Value,
+            _: &Placement<'_>,
+        ) -> Result<(), DestinationError> {
+            let seen = self.queue.calls().len();
+            self.stored.lock().unwrap().push((document, seen));
+            Ok(())
+        }
+        fn describe(&self) -> &str {
+            "recorder"
+        }
+    }
+
+    fn mapping(
+        source_yaml: &str,
+        extra_yaml: &str,
+        target: Arc<ScriptedTarget>,
+        on_failure: Option<Arc<dyn Destination>>,
+    ) -> SqsMapping {
+        let yaml = format!(
+            r#"
+version: 1
+targets:
+  t: {{ http: {{ url: "http://127.0.0.1:1/" }} }}
+mappings:
+  - name: worker
+    target: t
+    source:
+      sqs: {{ queue_url: "memory://queue/q", {source_yaml} }}
+{extra_yaml}
+"#
+        );
+        let config = crate::config::parse("test.yaml", &yaml, Default::default()).unwrap();
+        let mapping = config.mappings[0].clone();
+        let SourceConfig::Sqs(source) = mapping.source.clone() else {
+            panic!("an SQS source")
+        };
+        SqsMapping {
+            config: mapping,
+            source,
+            // Never called: the worker runs on the in-memory queue.
+            client: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::Config::builder()
+                    .behavior_version_latest()
+                    .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                    .build(),
+            ),
+            target: SharedTarget::new("t", target, 10),
+            on_failure,
+            health: Health::new(Duration::from_secs(60), Duration::from_secs(60))
+                .register("worker"),
+            metrics: MappingMetrics::new("worker"),
+        }
+    }
+
+    fn failures(ids: &[&str]) -> Outcome {
+        Outcome::Returned {
+            response: Some(json!({
+                "batchItemFailures": ids.iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()
+            })),
+        }
+    }
+
+    /// Runs the worker until `done` says the queue reached the wanted state, then stops it.
+    async fn run_until(
+        worker: SqsMapping,
+        queue: Arc<MemoryQueue>,
+        done: impl Fn(&MemoryQueue) -> bool,
+    ) {
+        let shutdown = CancellationToken::new();
+        let running =
+            tokio::spawn(worker.run_on(queue.clone(), shutdown.clone(), Duration::from_secs(5)));
+        let started = tokio::time::Instant::now();
+        while !done(&queue) {
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "the queue never got there: {:?}",
+                queue.calls()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acknowledgements_go_dead_letters_then_deletes_then_delays() {
+        let queue = Arc::new(MemoryQueue::standard("q", VISIBILITY));
+        let poisoned = queue.send("poisoned");
+        // The first message was received once before and not handled: this is its 2nd receive.
+        queue.receive(1, Duration::ZERO).await.unwrap();
+        tokio::time::advance(VISIBILITY).await;
+        let failing = queue.send("failing");
+        let fine = queue.send("fine");
+        let target = Arc::new(ScriptedTarget::default());
+        target.push(failures(&[&poisoned, &failing]));
+        let recorder = Arc::new(Recorder {
+            queue: queue.clone(),
+            stored: Mutex::default(),
+        });
+        let worker = mapping(
+            "batch_size: 10, max_batching_window: 1s",
+            "    report_batch_item_failures: true\n    retry: { max_receive_count: 2, backoff: { initial: 7s, jitter: false } }\n    on_failure: { sqs: { queue_url: \"memory://dlq\" } }",
+            target.clone(),
+            Some(recorder.clone()),
+        );
+        run_until(worker, queue.clone(), |queue| queue.calls().len() >= 2).await;
+
+        // One invocation with all three, in send order.
+        let payloads = target.payloads();
+        assert_eq!(payloads.len(), 1);
+        let bodies: Vec<&str> = payloads[0]["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["body"].as_str().unwrap())
+            .collect();
+        assert_eq!(bodies, ["poisoned", "failing", "fine"]);
+        // The dead letter was stored before the queue saw any acknowledgement.
+        let stored = recorder.stored.lock().unwrap().clone();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].1, 0, "stored after an acknowledgement");
+        assert_eq!(
+            stored[0].0["sluice"]["records"][0]["messageId"],
+            poisoned.as_str()
+        );
+        // Then one delete (the dead-lettered and the handled message), then the retry delay.
+        assert_eq!(
+            queue.calls()[..2],
+            [
+                QueueCall::Delete(vec![poisoned.clone(), fine.clone()]),
+                QueueCall::ChangeVisibility(vec![(failing.clone(), Duration::from_secs(7))]),
+            ]
+        );
+        assert_eq!(queue.remaining(), vec![failing]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fifo_failure_retries_the_message_and_returns_its_group_followers_untouched() {
+        let queue = Arc::new(MemoryQueue::fifo("q.fifo", VISIBILITY));
+        let a1 = queue.send_in_group("a1", Some("a"));
+        let a2 = queue.send_in_group("a2", Some("a"));
+        let b1 = queue.send_in_group("b1", Some("b"));
+        let target = Arc::new(ScriptedTarget::default());
+        target.push(failures(&[&a1]));
+        let worker = mapping(
+            "batch_size: 10, max_batching_window: 1s",
+            "    report_batch_item_failures: true\n    retry: { backoff: { initial: 3s, jitter: false } }",
+            target.clone(),
+            None,
+        );
+        run_until(worker, queue.clone(), |queue| queue.calls().len() >= 3).await;
+        assert_eq!(
+            queue.calls()[..3],
+            [
+                QueueCall::Delete(vec![b1.clone()]),
+                QueueCall::ChangeVisibility(vec![(a1.clone(), Duration::from_secs(3))]),
+                QueueCall::ChangeVisibility(vec![(a2.clone(), Duration::ZERO)]),
+            ]
+        );
+        // a2 was not handled: it did not reach the target after a failed a1.
+        assert_eq!(target.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_shutdown_messages_that_never_started_are_returned_at_once() {
+        let queue = Arc::new(MemoryQueue::standard("q", VISIBILITY));
+        let first = queue.send("first");
+        let second = queue.send("second");
+        let target = Arc::new(ScriptedTarget::default());
+        // A batch waits for its window (a minute) to fill; the stop comes first.
+        let worker = mapping(
+            "batch_size: 10, max_batching_window: 1m",
+            "",
+            target.clone(),
+            None,
+        );
+        let shutdown = CancellationToken::new();
+        let running =
+            tokio::spawn(worker.run_on(queue.clone(), shutdown.clone(), Duration::from_secs(5)));
+        while queue.visible() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stopping = tokio::time::Instant::now();
+        shutdown.cancel();
+        running.await.unwrap();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            stopping.elapsed()
+        );
+        assert_eq!(target.calls(), 0);
+        assert_eq!(
+            queue.calls(),
+            [QueueCall::ChangeVisibility(vec![
+                (first, Duration::ZERO),
+                (second, Duration::ZERO),
+            ])]
+        );
+        assert_eq!(queue.visible(), 2, "both can be received again at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_target_fails_the_batch_and_the_worker_goes_on() {
+        let queue = Arc::new(MemoryQueue::standard("q", VISIBILITY));
+        let id = queue.send("boom");
+        let target = Arc::new(ScriptedTarget::default());
+        target.push_panic("a bug in the target");
+        let worker = mapping(
+            "batch_size: 1",
+            "    retry: { backoff: { initial: 2s, jitter: false } }",
+            target.clone(),
+            None,
+        );
+        // Failed (not lost): delayed by the backoff, then handled on its next receive.
+        run_until(worker, queue.clone(), |queue| queue.remaining().is_empty()).await;
+        assert_eq!(target.calls(), 2);
+        assert_eq!(
+            queue.calls()[0],
+            QueueCall::ChangeVisibility(vec![(id.clone(), Duration::from_secs(2))])
+        );
+        assert_eq!(queue.calls()[1], QueueCall::Delete(vec![id]));
+    }
 }

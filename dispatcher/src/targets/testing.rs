@@ -1,6 +1,7 @@
 //! A scripted target for unit tests of the runtime: each call takes the next step of its script
 //! (answer now, answer after a while, panic, or never answer), and the target records what it
-//! was called with and how many calls ran at once. An empty script answers with a normal return.
+//! was called with and how many calls ran at once. Once the script is used up, calls are answered
+//! by the target's responder (a function of the event), or with a normal return.
 
 use super::{Invocation, Target};
 use async_trait::async_trait;
@@ -24,13 +25,26 @@ struct State {
     most_at_once: usize,
 }
 
+type Responder = Box<dyn Fn(&serde_json::Value) -> Outcome + Send + Sync>;
+
 /// See the module docs.
 #[derive(Default)]
 pub struct ScriptedTarget {
     state: Mutex<State>,
+    responder: Option<Responder>,
 }
 
 impl ScriptedTarget {
+    /// A target that answers every unscripted call with `responder(event)`.
+    pub fn answering(
+        responder: impl Fn(&serde_json::Value) -> Outcome + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            state: Mutex::default(),
+            responder: Some(Box::new(responder)),
+        }
+    }
+
     fn step(&self, step: Step) {
         self.state.lock().unwrap().script.push_back(step);
     }
@@ -83,18 +97,21 @@ impl Drop for Running<'_> {
 #[async_trait]
 impl Target for ScriptedTarget {
     async fn invoke(&self, invocation: &Invocation) -> Outcome {
+        let event: serde_json::Value =
+            serde_json::from_slice(&invocation.payload).unwrap_or(serde_json::Value::Null);
         let step = {
             let mut state = self.state.lock().unwrap();
-            state.payloads.push(
-                serde_json::from_slice(&invocation.payload).unwrap_or(serde_json::Value::Null),
-            );
+            state.payloads.push(event.clone());
             state.in_flight += 1;
             state.most_at_once = state.most_at_once.max(state.in_flight);
             state.script.pop_front()
         };
         let _running = Running(self);
         match step {
-            None => Outcome::Returned { response: None },
+            None => match &self.responder {
+                Some(responder) => responder(&event),
+                None => Outcome::Returned { response: None },
+            },
             Some(Step::Answer(outcome)) => outcome,
             Some(Step::After(delay, outcome)) => {
                 tokio::time::sleep(delay).await;
@@ -161,6 +178,32 @@ mod tests {
         hung.abort();
         let _ = hung.await;
         assert_eq!(target.state.lock().unwrap().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn the_responder_answers_once_the_script_is_used_up() {
+        let target = ScriptedTarget::answering(|event| match event["n"].as_u64() {
+            Some(1) => Outcome::Throttled {
+                message: "one".into(),
+            },
+            _ => Outcome::Returned { response: None },
+        });
+        target.push(Outcome::Returned { response: None });
+        assert_eq!(
+            target.invoke(&call()).await,
+            Outcome::Returned { response: None }
+        );
+        assert_eq!(
+            target.invoke(&call()).await,
+            Outcome::Throttled {
+                message: "one".into()
+            }
+        );
+        let other = Invocation::new("m", br#"{"n":2}"#.to_vec());
+        assert_eq!(
+            target.invoke(&other).await,
+            Outcome::Returned { response: None }
+        );
     }
 
     #[tokio::test]

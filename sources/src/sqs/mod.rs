@@ -112,86 +112,86 @@ impl SqsQueue {
         Ok(output
             .messages()
             .iter()
-            .map(|m| self.to_record(m))
+            .map(|m| record_from_message(&self.description, m))
             .collect())
     }
+}
 
-    fn to_record(&self, message: &Message) -> Record {
-        let system: HashMap<String, String> = message
-            .attributes()
-            .map(|attributes| {
-                attributes
-                    .iter()
-                    .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let number = |name: &str| system.get(name).and_then(|v| v.parse::<u64>().ok());
-        let receive_count = number("ApproximateReceiveCount").unwrap_or(1) as u32;
-        let sent_ms = number("SentTimestamp").unwrap_or(0);
-        let first_receive_ms = number("ApproximateFirstReceiveTimestamp").unwrap_or(sent_ms);
-        let group_id = system.get("MessageGroupId").cloned();
-        let trace = system
-            .get("AWSTraceHeader")
-            .and_then(|header| TraceContext::parse_xray(header))
-            .or_else(|| {
-                message
-                    .message_attributes()
-                    .and_then(|attributes| attributes.get("traceparent"))
-                    .and_then(|value| value.string_value())
-                    .and_then(TraceContext::parse_traceparent)
-            });
+/// The record of a message received from the queue `description` names: exactly the element
+/// Lambda's SQS event holds for it.
+pub fn record_from_message(description: &QueueDescription, message: &Message) -> Record {
+    let system: HashMap<String, String> = message
+        .attributes()
+        .map(|attributes| {
+            attributes
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let number = |name: &str| system.get(name).and_then(|v| v.parse::<u64>().ok());
+    let receive_count = number("ApproximateReceiveCount").unwrap_or(1) as u32;
+    let sent_ms = number("SentTimestamp").unwrap_or(0);
+    let first_receive_ms = number("ApproximateFirstReceiveTimestamp").unwrap_or(sent_ms);
+    let group_id = system.get("MessageGroupId").cloned();
+    let trace = system
+        .get("AWSTraceHeader")
+        .and_then(|header| TraceContext::parse_xray(header))
+        .or_else(|| {
+            message
+                .message_attributes()
+                .and_then(|attributes| attributes.get("traceparent"))
+                .and_then(|value| value.string_value())
+                .and_then(TraceContext::parse_traceparent)
+        });
 
-        let mut event = SqsMessage::default();
-        event.message_id = message.message_id().map(str::to_owned);
-        event.receipt_handle = message.receipt_handle().map(str::to_owned);
-        event.body = Some(message.body().unwrap_or_default().to_owned());
-        event.md5_of_body = message.md5_of_body().map(str::to_owned);
-        event.md5_of_message_attributes = message.md5_of_message_attributes().map(str::to_owned);
-        event.attributes = system;
-        event.message_attributes = message
-            .message_attributes()
-            .map(|attributes| {
-                attributes
-                    .iter()
-                    .map(|(name, value)| {
-                        let mut attribute = SqsMessageAttribute::default();
-                        attribute.string_value = value.string_value().map(str::to_owned);
-                        attribute.binary_value =
-                            value.binary_value().map(|b| base64_data(b.as_ref()));
-                        attribute.string_list_values = value.string_list_values().to_vec();
-                        attribute.binary_list_values = value
-                            .binary_list_values()
-                            .iter()
-                            .map(|b| base64_data(b.as_ref()))
-                            .collect();
-                        attribute.data_type = Some(value.data_type().to_owned());
-                        (name.clone(), attribute)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        event.event_source = Some("aws:sqs".to_owned());
-        event.event_source_arn = Some(self.description.arn.clone());
-        event.aws_region = Some(self.description.region.clone());
-        let event =
-            serde_json::value::to_raw_value(&event).expect("an SQS message always serializes");
+    let mut event = SqsMessage::default();
+    event.message_id = message.message_id().map(str::to_owned);
+    event.receipt_handle = message.receipt_handle().map(str::to_owned);
+    event.body = Some(message.body().unwrap_or_default().to_owned());
+    event.md5_of_body = message.md5_of_body().map(str::to_owned);
+    event.md5_of_message_attributes = message.md5_of_message_attributes().map(str::to_owned);
+    event.attributes = system;
+    event.message_attributes = message
+        .message_attributes()
+        .map(|attributes| {
+            attributes
+                .iter()
+                .map(|(name, value)| {
+                    let mut attribute = SqsMessageAttribute::default();
+                    attribute.string_value = value.string_value().map(str::to_owned);
+                    attribute.binary_value = value.binary_value().map(|b| base64_data(b.as_ref()));
+                    attribute.string_list_values = value.string_list_values().to_vec();
+                    attribute.binary_list_values = value
+                        .binary_list_values()
+                        .iter()
+                        .map(|b| base64_data(b.as_ref()))
+                        .collect();
+                    attribute.data_type = Some(value.data_type().to_owned());
+                    (name.clone(), attribute)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    event.event_source = Some("aws:sqs".to_owned());
+    event.event_source_arn = Some(description.arn.clone());
+    event.aws_region = Some(description.region.clone());
+    let event = serde_json::value::to_raw_value(&event).expect("an SQS message always serializes");
 
-        Record::new(
-            Receipt {
-                id: message.message_id().unwrap_or_default().to_owned(),
-                ack: AckToken::Sqs {
-                    receipt_handle: message.receipt_handle().unwrap_or_default().to_owned(),
-                },
+    Record::new(
+        Receipt {
+            id: message.message_id().unwrap_or_default().to_owned(),
+            ack: AckToken::Sqs {
+                receipt_handle: message.receipt_handle().unwrap_or_default().to_owned(),
             },
-            group_id,
-            Duration::from_millis(sent_ms),
-            Duration::from_millis(first_receive_ms),
-            receive_count,
-            event,
-        )
-        .with_trace(trace)
-    }
+        },
+        group_id,
+        Duration::from_millis(sent_ms),
+        Duration::from_millis(first_receive_ms),
+        receive_count,
+        event,
+    )
+    .with_trace(trace)
 }
 
 fn base64_data(bytes: &[u8]) -> Base64Data {

@@ -1,0 +1,424 @@
+//! The one queue poller, shared by SQS mappings and S3 notification mappings (an S3 mapping is
+//! this poller with one message per batch, plus a notification expander in its
+//! [`QueueWork::handle`]).
+//!
+//! Guarantees:
+//! - at most `max_concurrency` batches are in flight, and nothing is received for a batch that
+//!   could not start: each poller first waits for room in the mapping and in the target (shared
+//!   with other mappings); the target's slot itself is only taken once the batch is complete, and
+//!   handed to the batch's first invocation;
+//! - every received record the work admits is held by the heartbeat (its visibility extended)
+//!   from the moment it is received until the work releases it;
+//! - every wait (for room, for a receive, after an error, after an empty short poll) ends at
+//!   shutdown;
+//! - on shutdown, records received but not started are made visible again at once; a long poll
+//!   still open is awaited while batches drain and what it brings is returned at once (SQS would
+//!   otherwise hide it for a whole visibility timeout); batches in flight finish until the drain
+//!   deadline.
+
+use super::heartbeat::Heartbeat;
+use super::invoker::Slot;
+use super::retry::retry_delay;
+use crate::health::MappingHealthHandle;
+use crate::targets::SharedTarget;
+use crate::telemetry::MappingMetrics;
+use async_trait::async_trait;
+use sluice_policies::batcher::PushResult;
+use sluice_policies::{BatchLimits, Batcher};
+use sluice_sources::sqs::MAX_BATCH_ENTRIES;
+use sluice_sources::{Queue, Receipt, Record, SourceError};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+// Tokio's clock, so that a paused test clock drives batching windows and deadlines too.
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Pause after an empty short poll (`wait_time: 0s`), so an idle queue is not polled in a loop.
+const IDLE_SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
+
+type OpenReceive =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Record>, SourceError>> + Send>>;
+
+/// What a queue mapping does with what its pollers receive.
+#[async_trait]
+pub(super) trait QueueWork: Send + Sync + 'static {
+    /// Records just received, before the heartbeat holds them: returns those to batch. The rest
+    /// (filtered out) the work deals with itself, on `tracker`.
+    fn admit(self: &Arc<Self>, records: Vec<Record>, _tracker: &TaskTracker) -> Vec<Record> {
+        records
+    }
+
+    /// A record too large for any invocation.
+    async fn too_large(self: Arc<Self>, record: Record);
+
+    /// Runs one batch, in the target slot taken for it; releases its records from the heartbeat
+    /// and acknowledges them.
+    async fn handle(self: Arc<Self>, batch: Vec<Record>, slot: Slot);
+}
+
+/// The acknowledgements every queue mapping makes, with their metrics, logs and readiness.
+pub(super) struct QueueAcks {
+    pub name: String,
+    pub queue: Arc<dyn Queue>,
+    pub heartbeat: Arc<Heartbeat>,
+    pub health: MappingHealthHandle,
+    pub metrics: MappingMetrics,
+}
+
+impl QueueAcks {
+    /// Deletes records; what fails comes back later (at-least-once). Returns how many were
+    /// deleted.
+    pub async fn delete(&self, records: &[&Record]) -> usize {
+        if records.is_empty() {
+            return 0;
+        }
+        let receipts: Vec<&Receipt> = records.iter().map(|r| &r.receipt).collect();
+        let _call = self.health.aws_call();
+        match self.queue.delete(&receipts).await {
+            Ok(report) => {
+                self.health.ack_succeeded();
+                for (message_id, reason) in &report.failed {
+                    self.metrics.ack_errors.increment(1);
+                    tracing::warn!(mapping = %self.name, queue_url = %self.queue.description().url, %message_id, %reason, "delete failed; the message will be delivered again");
+                }
+                report.deleted
+            }
+            Err(error) => {
+                self.metrics.ack_errors.increment(1);
+                self.health.ack_failed(&error.to_string());
+                tracing::error!(mapping = %self.name, %error, records = records.len(), "delete failed; the messages will be delivered again");
+                0
+            }
+        }
+    }
+
+    /// Hides each record for its duration from now.
+    pub async fn change_visibility(&self, changes: &[(&Record, Duration)], why: &str) {
+        let changes: Vec<(&Receipt, Duration)> =
+            changes.iter().map(|(r, d)| (&r.receipt, *d)).collect();
+        let _call = self.health.aws_call();
+        match self.queue.change_visibility(&changes).await {
+            Ok(failed) => {
+                self.health.ack_succeeded();
+                for (message_id, reason) in failed {
+                    self.metrics.ack_errors.increment(1);
+                    tracing::warn!(mapping = %self.name, %message_id, %reason, why, "visibility change failed");
+                }
+            }
+            Err(error) => {
+                self.metrics.ack_errors.increment(1);
+                self.health.ack_failed(&error.to_string());
+                tracing::warn!(mapping = %self.name, %error, why, "visibility change failed");
+            }
+        }
+    }
+
+    /// Makes records visible again at once, unhandled (FIFO followers, unstarted at shutdown).
+    pub async fn release_now(&self, records: &[&Record], why: &str) {
+        if records.is_empty() {
+            return;
+        }
+        let changes: Vec<(&Record, Duration)> =
+            records.iter().map(|r| (*r, Duration::ZERO)).collect();
+        self.change_visibility(&changes, why).await;
+        self.metrics
+            .records_released
+            .increment(records.len() as u64);
+    }
+
+    /// Returns records that never started, at shutdown.
+    async fn return_unstarted(&self, records: &[Record]) {
+        self.heartbeat.release(records).await;
+        let references: Vec<&Record> = records.iter().collect();
+        self.release_now(&references, "shutdown").await;
+        track_in_flight(&self.metrics, records, Flight::Leaving);
+        tracing::info!(mapping = %self.name, records = records.len(), "returned unstarted messages to the queue");
+    }
+}
+
+pub(super) enum Flight {
+    Entering,
+    Leaving,
+}
+
+/// Counts records (and their bytes) into or out of `sluice_in_flight_*`.
+pub(super) fn track_in_flight<'a>(
+    metrics: &MappingMetrics,
+    records: impl IntoIterator<Item = &'a Record>,
+    flight: Flight,
+) {
+    let (count, bytes) = records
+        .into_iter()
+        .fold((0usize, 0usize), |(count, bytes), record| {
+            (count + 1, bytes + record.size_bytes)
+        });
+    let sign = match flight {
+        Flight::Entering => 1.0,
+        Flight::Leaving => -1.0,
+    };
+    metrics.in_flight_records.increment(sign * count as f64);
+    metrics.in_flight_bytes.increment(sign * bytes as f64);
+}
+
+/// How a mapping polls.
+pub(super) struct PollSettings {
+    pub pollers: usize,
+    pub max_concurrency: usize,
+    pub limits: BatchLimits,
+    pub wait_time: Duration,
+    /// Receive for every free batch slot, not only for the batch being filled (batches of one
+    /// message: S3 notifications).
+    pub receive_ahead: bool,
+}
+
+/// Polls `acks.queue` for `work` until `shutdown`, then drains for at most `shutdown_timeout`.
+pub(super) async fn run<W: QueueWork>(
+    acks: Arc<QueueAcks>,
+    work: Arc<W>,
+    target: SharedTarget,
+    settings: PollSettings,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+) {
+    let tracker = TaskTracker::new();
+    let poller = Arc::new(Poller {
+        acks: acks.clone(),
+        work,
+        target,
+        capacity: Arc::new(Semaphore::new(settings.max_concurrency)),
+        settings,
+        tracker: tracker.clone(),
+    });
+    let mut pollers = tokio::task::JoinSet::new();
+    for _ in 0..poller.settings.pollers {
+        pollers.spawn(poller.clone().poll_loop(shutdown.clone()));
+    }
+    let mut unstarted = Vec::new();
+    let mut open_receives = Vec::new();
+    while let Some(stopped) = pollers.join_next().await {
+        match stopped {
+            Ok((records, open_receive)) => {
+                unstarted.extend(records);
+                open_receives.extend(open_receive);
+            }
+            // A poller that panicked takes the mapping down with it: the supervisor logs it,
+            // shows it on /readyz, stops this incarnation's tasks and starts the mapping again.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => tracing::error!(mapping = %acks.name, %error, "a poller failed"),
+        }
+    }
+
+    // Shutdown: give back what never started, then let in-flight batches finish.
+    let drain_deadline = Instant::now() + shutdown_timeout;
+    if !unstarted.is_empty() {
+        acks.return_unstarted(&unstarted).await;
+    }
+    tracker.close();
+    // SQS keeps serving a long poll whose client went away, and would hide whatever it picks
+    // up (the messages just returned, say) for a whole visibility timeout. While batches drain
+    // anyway, open polls are awaited and what they bring is returned at once; an idle mapping
+    // drops them and exits promptly.
+    let mut receives = tokio::task::JoinSet::new();
+    for receive in open_receives {
+        let acks = acks.clone();
+        receives.spawn(async move {
+            if let Ok(records) = receive.await
+                && !records.is_empty()
+            {
+                acks.metrics
+                    .records_received
+                    .increment(records.len() as u64);
+                track_in_flight(&acks.metrics, &records, Flight::Entering);
+                acks.return_unstarted(&records).await;
+            }
+        });
+    }
+    let drained = tokio::time::timeout_at(drain_deadline, async {
+        loop {
+            tokio::select! {
+                _ = tracker.wait() => return,
+                Some(_) = receives.join_next(), if !receives.is_empty() => {}
+            }
+        }
+    })
+    .await;
+    receives.abort_all();
+    if drained.is_err() {
+        tracing::warn!(mapping = %acks.name, in_flight = tracker.len(), "drain deadline reached; in-flight batches abandoned, their messages return after the visibility timeout");
+    }
+}
+
+struct Poller<W> {
+    acks: Arc<QueueAcks>,
+    work: Arc<W>,
+    target: SharedTarget,
+    settings: PollSettings,
+    /// One permit per batch in flight.
+    capacity: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl<W: QueueWork> Poller<W> {
+    /// Records a failed call to the source and waits before the next one; false when shutdown
+    /// came first.
+    async fn back_off_after_source_error(
+        &self,
+        error: &SourceError,
+        consecutive_failures: u32,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        self.acks.metrics.poll_errors.increment(1);
+        self.acks.health.poll_failed(&error.to_string());
+        tracing::warn!(mapping = %self.acks.name, %error, consecutive_failures, "source call failed; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(retry_delay(consecutive_failures)) => true,
+        }
+    }
+
+    /// How many messages to ask for while filling `batcher`.
+    fn receive_size(&self, batcher: &Batcher<Record>) -> usize {
+        let room = if self.settings.receive_ahead {
+            // This batch's slot is taken; each free slot could start one more batch at once.
+            batcher.remaining_capacity()
+                + self.capacity.available_permits() * self.settings.limits.max_records
+        } else {
+            batcher.remaining_capacity()
+        };
+        room.clamp(1, MAX_BATCH_ENTRIES)
+    }
+
+    /// Receives and dispatches until shutdown; returns the records received but never started,
+    /// and the receive that was open when the shutdown came, if any.
+    async fn poll_loop(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> (Vec<Record>, Option<OpenReceive>) {
+        let acks = &self.acks;
+        let mut open_receive = None;
+        let started = Instant::now();
+        let clock = || started.elapsed();
+        let mut batcher: Batcher<Record> = Batcher::new(self.settings.limits);
+        let mut ready: VecDeque<Vec<Record>> = VecDeque::new();
+        let mut failures = 0u32;
+
+        'poll: loop {
+            // Nothing is received for a batch that could not start: room in the mapping, and room
+            // in the target (shared with other mappings), come first. The target's slot is only
+            // taken once the batch is full, so an idle poll never holds it from other mappings;
+            // at most one batch per poller waits for it.
+            let waiting = self.capacity.available_permits() == 0 || self.target.is_saturated();
+            if waiting {
+                acks.health.waiting_for_capacity(true);
+            }
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'poll,
+                permit = async {
+                    let mapping = self.capacity.clone().acquire_owned().await.expect("semaphore is never closed");
+                    self.target.wait_for_room().await;
+                    mapping
+                } => permit,
+            };
+            if waiting {
+                acks.health.waiting_for_capacity(false);
+            }
+            // Fill one batch (or take one that is already complete).
+            let batch = loop {
+                if let Some(batch) = ready.pop_front() {
+                    break batch;
+                }
+                if let Some(batch) = batcher.poll(clock()) {
+                    break batch;
+                }
+                let wait = match batcher.deadline() {
+                    None => self.settings.wait_time,
+                    Some(deadline) => deadline
+                        .saturating_sub(clock())
+                        .min(self.settings.wait_time),
+                };
+                let max_messages = self.receive_size(&batcher);
+                let requested_at = Instant::now();
+                let queue = acks.queue.clone();
+                let mut receive: OpenReceive =
+                    Box::pin(async move { queue.receive(max_messages, wait).await });
+                let received = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        open_receive = Some(receive);
+                        break 'poll;
+                    }
+                    received = &mut receive => received,
+                };
+                let records = match received {
+                    Ok(records) => {
+                        failures = 0;
+                        acks.health.poll_succeeded();
+                        records
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        if !self
+                            .back_off_after_source_error(&error, failures, &shutdown)
+                            .await
+                        {
+                            break 'poll;
+                        }
+                        continue;
+                    }
+                };
+                if records.is_empty() {
+                    // SQS long polls last whole seconds, so a shorter wait was a short poll:
+                    // pause (until the window closes, at most) rather than ask again at once.
+                    if wait < Duration::from_secs(1) {
+                        let pause = batcher
+                            .deadline()
+                            .map_or(IDLE_SHORT_POLL_PAUSE, |d| d.saturating_sub(clock()))
+                            .min(Duration::from_secs(1));
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'poll,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                    continue;
+                }
+                acks.metrics
+                    .records_received
+                    .increment(records.len() as u64);
+                let records = self.work.admit(records, &self.tracker);
+                if records.is_empty() {
+                    continue;
+                }
+                acks.heartbeat.hold(&records, requested_at).await;
+                track_in_flight(&acks.metrics, &records, Flight::Entering);
+                for record in records {
+                    let size = record.size_bytes;
+                    let PushResult {
+                        ready: complete,
+                        too_large,
+                    } = batcher.push(record, size, clock());
+                    ready.extend(complete);
+                    if let Some(record) = too_large {
+                        self.tracker.spawn(self.work.clone().too_large(record));
+                    }
+                }
+            };
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    ready.push_front(batch);
+                    break 'poll;
+                }
+                slot = self.target.permit() => slot,
+            };
+            let work = self.work.clone();
+            self.tracker.spawn(async move {
+                work.handle(batch, slot).await;
+                drop(permit);
+            });
+        }
+        let mut unstarted: Vec<Record> = ready.into_iter().flatten().collect();
+        unstarted.extend(batcher.take().unwrap_or_default());
+        (unstarted, open_receive)
+    }
+}

@@ -1,0 +1,468 @@
+//! An in-memory [`Queue`] with SQS's delivery semantics, for unit tests of the runtime that run
+//! in milliseconds under tokio's paused clock (feature `testing`).
+//!
+//! What it keeps of SQS:
+//! - a received message is hidden for the queue's visibility timeout, then comes back with its
+//!   receive count raised, unless it was deleted (at-least-once);
+//! - each receive gives the message a new receipt handle; a delete or visibility change with
+//!   any other handle fails for that entry (`ReceiptHandleIsInvalid`), as after a redelivery;
+//! - `change_visibility` hides a message for the given time from now (0: visible at once);
+//! - FIFO: messages of one group come in send order, and none while an earlier message of the
+//!   group is in flight;
+//! - `receive` waits up to `wait` for a first message, then returns what is visible (at most
+//!   `max_messages`); records are exactly what [`crate::sqs`] makes of an SQS message.
+//!
+//! Every delete and visibility change is kept in [`MemoryQueue::calls`], in order, so that a
+//! test can check the order acknowledgements were made in.
+
+use crate::queue::{DeleteReport, Queue, QueueDescription, SourceError};
+use crate::record::{AckToken, Receipt, Record};
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// An acknowledgement made to the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueCall {
+    /// Message ids deleted together.
+    Delete(Vec<String>),
+    /// Message ids and the visibility set for each, together.
+    ChangeVisibility(Vec<(String, Duration)>),
+}
+
+#[derive(Debug)]
+struct Stored {
+    id: String,
+    body: String,
+    group: Option<String>,
+    sent_ms: u64,
+    first_receive_ms: Option<u64>,
+    receive_count: u32,
+    /// Hidden until then (in flight, or delayed).
+    hidden_until: Option<Instant>,
+    receipt: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    messages: Vec<Stored>,
+    next_id: u64,
+    calls: Vec<QueueCall>,
+}
+
+/// See the module docs.
+pub struct MemoryQueue {
+    description: QueueDescription,
+    state: Mutex<State>,
+    /// Woken when a message may have become receivable (sent, released, its group freed).
+    sent: Notify,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl MemoryQueue {
+    /// A standard queue named `name` with this visibility timeout.
+    pub fn standard(name: &str, visibility_timeout: Duration) -> Self {
+        Self::new(name, false, visibility_timeout)
+    }
+
+    /// A FIFO queue (`name` should end in `.fifo`) with this visibility timeout.
+    pub fn fifo(name: &str, visibility_timeout: Duration) -> Self {
+        Self::new(name, true, visibility_timeout)
+    }
+
+    fn new(name: &str, fifo: bool, visibility_timeout: Duration) -> Self {
+        Self {
+            description: QueueDescription {
+                url: format!("memory://queue/{name}"),
+                arn: format!("arn:aws:sqs:us-east-1:000000000000:{name}"),
+                region: "us-east-1".into(),
+                fifo,
+                visibility_timeout,
+            },
+            state: Mutex::default(),
+            sent: Notify::new(),
+        }
+    }
+
+    /// Sends a message; returns its id.
+    pub fn send(&self, body: &str) -> String {
+        self.send_in_group(body, None)
+    }
+
+    /// Sends a message in a FIFO message group; returns its id.
+    pub fn send_in_group(&self, body: &str, group: Option<&str>) -> String {
+        let mut state = self.state.lock().expect("queue lock");
+        state.next_id += 1;
+        let id = format!("m-{:04}", state.next_id);
+        state.messages.push(Stored {
+            id: id.clone(),
+            body: body.to_owned(),
+            group: group.map(str::to_owned),
+            sent_ms: now_ms(),
+            first_receive_ms: None,
+            receive_count: 0,
+            hidden_until: None,
+            receipt: None,
+        });
+        drop(state);
+        self.sent.notify_waiters();
+        id
+    }
+
+    /// Ids of the messages still in the queue (visible, hidden or in flight), in send order.
+    pub fn remaining(&self) -> Vec<String> {
+        let state = self.state.lock().expect("queue lock");
+        state.messages.iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// How many messages can be received now.
+    pub fn visible(&self) -> usize {
+        let now = Instant::now();
+        let state = self.state.lock().expect("queue lock");
+        state
+            .messages
+            .iter()
+            .filter(|m| m.hidden_until.is_none_or(|until| until <= now))
+            .count()
+    }
+
+    /// How often the message was received.
+    pub fn receive_count(&self, id: &str) -> Option<u32> {
+        let state = self.state.lock().expect("queue lock");
+        state
+            .messages
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.receive_count)
+    }
+
+    /// Every acknowledgement made so far, in order.
+    pub fn calls(&self) -> Vec<QueueCall> {
+        self.state.lock().expect("queue lock").calls.clone()
+    }
+
+    /// Takes what can be received now.
+    fn take_visible(&self, max_messages: usize) -> Vec<Record> {
+        let now = Instant::now();
+        let visibility = self.description.visibility_timeout;
+        let fifo = self.description.fifo;
+        let mut state = self.state.lock().expect("queue lock");
+        // As in SQS, a group with a message in flight gives nothing to another receive; one
+        // receive may take several messages of a free group, in order.
+        let blocked_groups: Vec<String> = if fifo {
+            state
+                .messages
+                .iter()
+                .filter(|m| m.hidden_until.is_some_and(|until| until > now))
+                .filter_map(|m| m.group.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut taken = Vec::new();
+        for message in state.messages.iter_mut() {
+            if taken.len() >= max_messages {
+                break;
+            }
+            if message.hidden_until.is_some_and(|until| until > now) {
+                continue;
+            }
+            if let Some(group) = &message.group
+                && blocked_groups.contains(group)
+            {
+                continue;
+            }
+            message.receive_count += 1;
+            let received_ms = now_ms();
+            message.first_receive_ms.get_or_insert(received_ms);
+            message.hidden_until = Some(now + visibility);
+            let receipt = format!("{}-r{}", message.id, message.receive_count);
+            message.receipt = Some(receipt.clone());
+            taken.push(self.record(message, &receipt));
+        }
+        taken
+    }
+
+    fn record(&self, message: &Stored, receipt: &str) -> Record {
+        let mut builder = Message::builder()
+            .message_id(&message.id)
+            .receipt_handle(receipt)
+            .body(&message.body)
+            .attributes(
+                MessageSystemAttributeName::ApproximateReceiveCount,
+                message.receive_count.to_string(),
+            )
+            .attributes(
+                MessageSystemAttributeName::SentTimestamp,
+                message.sent_ms.to_string(),
+            )
+            .attributes(
+                MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+                message
+                    .first_receive_ms
+                    .unwrap_or(message.sent_ms)
+                    .to_string(),
+            );
+        if let Some(group) = &message.group {
+            builder = builder.attributes(MessageSystemAttributeName::MessageGroupId, group);
+        }
+        crate::sqs::record_from_message(&self.description, &builder.build())
+    }
+
+    /// Applies `apply` to the message each receipt names; entries whose receipt is not the
+    /// message's latest fail.
+    fn with_receipts(
+        &self,
+        receipts: &[&Receipt],
+        mut apply: impl FnMut(&mut State, usize),
+    ) -> Vec<(String, String)> {
+        let mut state = self.state.lock().expect("queue lock");
+        let mut failed = Vec::new();
+        for receipt in receipts {
+            let AckToken::Sqs { receipt_handle } = &receipt.ack else {
+                failed.push((receipt.id.clone(), "not an SQS receipt".to_owned()));
+                continue;
+            };
+            match state
+                .messages
+                .iter()
+                .position(|m| m.receipt.as_deref() == Some(receipt_handle.as_str()))
+            {
+                Some(index) => apply(&mut state, index),
+                None => failed.push((
+                    receipt.id.clone(),
+                    "ReceiptHandleIsInvalid: the receipt handle is not the message's latest"
+                        .to_owned(),
+                )),
+            }
+        }
+        failed
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryQueue {
+    fn description(&self) -> &QueueDescription {
+        &self.description
+    }
+
+    async fn receive(
+        &self,
+        max_messages: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, SourceError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before looking, so a send in between is not missed.
+            let sent = self.sent.notified();
+            let taken = self.take_visible(max_messages.max(1));
+            if !taken.is_empty() || Instant::now() >= deadline {
+                return Ok(taken);
+            }
+            // The next time a hidden message comes back (a message already back but held by
+            // its FIFO group waits for a delete or visibility change, which wakes this).
+            let next_visible = {
+                let now = Instant::now();
+                let state = self.state.lock().expect("queue lock");
+                state
+                    .messages
+                    .iter()
+                    .filter_map(|m| m.hidden_until)
+                    .filter(|until| *until > now)
+                    .min()
+            };
+            let until = next_visible.map_or(deadline, |at| at.min(deadline));
+            tokio::select! {
+                _ = sent => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn delete(&self, receipts: &[&Receipt]) -> Result<DeleteReport, SourceError> {
+        if receipts.is_empty() {
+            return Ok(DeleteReport::default());
+        }
+        let mut deleted = Vec::new();
+        let failed = self.with_receipts(receipts, |state, index| {
+            deleted.push(state.messages.remove(index).id);
+        });
+        let count = deleted.len();
+        if !deleted.is_empty() {
+            self.state
+                .lock()
+                .expect("queue lock")
+                .calls
+                .push(QueueCall::Delete(deleted));
+            // A delete can free a FIFO group.
+            self.sent.notify_waiters();
+        }
+        Ok(DeleteReport {
+            deleted: count,
+            failed,
+        })
+    }
+
+    async fn change_visibility(
+        &self,
+        changes: &[(&Receipt, Duration)],
+    ) -> Result<Vec<(String, String)>, SourceError> {
+        let now = Instant::now();
+        let mut changed = Vec::new();
+        let mut failed = Vec::new();
+        for (receipt, visibility) in changes {
+            let entry_failed = self.with_receipts(&[receipt], |state, index| {
+                let message = &mut state.messages[index];
+                message.hidden_until = Some(now + *visibility);
+                changed.push((message.id.clone(), *visibility));
+            });
+            failed.extend(entry_failed);
+        }
+        if !changed.is_empty() {
+            self.state
+                .lock()
+                .expect("queue lock")
+                .calls
+                .push(QueueCall::ChangeVisibility(changed));
+        }
+        self.sent.notify_waiters();
+        Ok(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VISIBILITY: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unacknowledged_message_comes_back_after_its_visibility_timeout() {
+        let queue = MemoryQueue::standard("q", VISIBILITY);
+        let id = queue.send("hello");
+        let first = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].attempt, 1);
+        // Hidden while in flight.
+        tokio::time::advance(VISIBILITY - Duration::from_secs(1)).await;
+        assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        // Back once the timeout ran out, with its receive count raised and a new receipt.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let again = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id(), id);
+        assert_eq!(again[0].attempt, 2);
+        assert_ne!(again[0].receipt, first[0].receipt);
+        // The first receipt is stale now.
+        let report = queue.delete(&[&first[0].receipt]).await.unwrap();
+        assert_eq!(report.deleted, 0);
+        assert_eq!(report.failed.len(), 1);
+        let report = queue.delete(&[&again[0].receipt]).await.unwrap();
+        assert_eq!(report.deleted, 1);
+        assert!(queue.remaining().is_empty());
+        tokio::time::advance(VISIBILITY * 2).await;
+        assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_visibility_change_hides_for_that_long_and_zero_releases_at_once() {
+        let queue = MemoryQueue::standard("q", VISIBILITY);
+        queue.send("a");
+        queue.send("b");
+        let received = queue.receive(10, Duration::ZERO).await.unwrap();
+        queue
+            .change_visibility(&[
+                (&received[0].receipt, Duration::ZERO),
+                (&received[1].receipt, Duration::from_secs(5)),
+            ])
+            .await
+            .unwrap();
+        let now = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].id(), received[0].id());
+        // A long poll waits for the other one to come back.
+        let started = Instant::now();
+        let later = queue.receive(10, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].id(), received[1].id());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(
+            queue.calls(),
+            vec![QueueCall::ChangeVisibility(vec![
+                (received[0].id().to_owned(), Duration::ZERO),
+                (received[1].id().to_owned(), Duration::from_secs(5)),
+            ])]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_returns_as_soon_as_a_message_is_sent_or_when_it_times_out() {
+        let queue = std::sync::Arc::new(MemoryQueue::standard("q", VISIBILITY));
+        let started = Instant::now();
+        assert!(
+            queue
+                .receive(10, Duration::from_secs(20))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        let sender = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                queue.send("late");
+            })
+        };
+        let started = Instant::now();
+        let received = queue.receive(10, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(received.len(), 1);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        sender.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fifo_group_is_delivered_in_order_one_in_flight_at_a_time() {
+        let queue = MemoryQueue::fifo("q.fifo", VISIBILITY);
+        let a1 = queue.send_in_group("a1", Some("a"));
+        let a2 = queue.send_in_group("a2", Some("a"));
+        let b1 = queue.send_in_group("b1", Some("b"));
+        let a3 = queue.send_in_group("a3", Some("a"));
+        let first = queue.receive(1, Duration::ZERO).await.unwrap();
+        assert_eq!(first[0].id(), a1);
+        assert_eq!(first[0].ordering_key.as_deref(), Some("a"));
+        // a2 and a3 wait behind a1 in flight; b1 does not.
+        let second = queue.receive(10, Duration::ZERO).await.unwrap();
+        let ids: Vec<&str> = second.iter().map(Record::id).collect();
+        assert_eq!(ids, vec![b1.as_str()]);
+        queue.delete(&[&first[0].receipt]).await.unwrap();
+        // Once the group is free, one receive takes its messages in order.
+        let third = queue.receive(10, Duration::ZERO).await.unwrap();
+        let ids: Vec<&str> = third.iter().map(Record::id).collect();
+        assert_eq!(ids, vec![a2.as_str(), a3.as_str()]);
+    }
+
+    #[tokio::test]
+    async fn records_have_the_shape_of_lambda_sqs_records() {
+        let queue = MemoryQueue::standard("q", VISIBILITY);
+        queue.send(r#"{"n":1}"#);
+        let record = queue.receive(1, Duration::ZERO).await.unwrap().remove(0);
+        let event: serde_json::Value = serde_json::from_str(record.event.get()).unwrap();
+        assert_eq!(event["body"], r#"{"n":1}"#);
+        assert_eq!(event["eventSource"], "aws:sqs");
+        assert_eq!(event["attributes"]["ApproximateReceiveCount"], "1");
+        assert_eq!(
+            event["eventSourceARN"],
+            "arn:aws:sqs:us-east-1:000000000000:q"
+        );
+    }
+}
