@@ -9,6 +9,11 @@
 
 Writes bench/results.md and prints the same table.
 Usage: python bench/run_bench.py [--messages N]
+
+`--compare BEFORE AFTER [--rounds R]` instead compares two sluice binaries (a change's before and
+after): R interleaved rounds of the SQS drain (CPU ms per 1k messages) and of the Kafka
+throughput bench (6 partitions, batch size 100, records/s), medians, appended to
+bench/results.md.
 """
 
 import argparse
@@ -131,7 +136,7 @@ class Moto:
         self.process.kill()
 
 
-def contender_commands(queue_url, handler_url, config_dir):
+def contender_commands(queue_url, handler_url, config_dir, sluice_binary=None):
     sluice_config = os.path.join(config_dir, "sluice.yaml")
     with open(sluice_config, "w") as f:
         f.write(
@@ -149,7 +154,7 @@ mappings:
         )
     node = os.path.join(ROOT, "bench/contenders/node_modules/.bin/node")
     return {
-        "sluice": [os.path.join(ROOT, "target/release/sluice"), "run", "-c", sluice_config],
+        "sluice": [sluice_binary or os.path.join(ROOT, "target/release/sluice"), "run", "-c", sluice_config],
         "sqs-consumer (Node 22)": [node, os.path.join(ROOT, "bench/contenders/sqs_consumer.mjs"), queue_url, handler_url, str(CONCURRENCY)],
         "boto3 loop": [sys.executable, os.path.join(ROOT, "bench/contenders/boto3_loop.py"), queue_url, handler_url, str(CONCURRENCY)],
         "raw aws-sdk-rust loop": [os.path.join(ROOT, "target/release/sqs-raw-loop"), queue_url, handler_url, str(CONCURRENCY)],
@@ -165,14 +170,15 @@ def wait_until(check, timeout, what):
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
-def drain(moto, handler_url, messages):
+def drain(moto, handler_url, messages, names=None, sluice_binary=None, tag=""):
     rows = []
-    for index, name in enumerate(["sluice", "sqs-consumer (Node 22)", "boto3 loop", "raw aws-sdk-rust loop"]):
-        queue_url = moto.fill(f"drain-{index}", messages)
+    names = names or ["sluice", "sqs-consumer (Node 22)", "boto3 loop", "raw aws-sdk-rust loop"]
+    for index, name in enumerate(names):
+        queue_url = moto.fill(f"drain-{tag}{index}", messages)
         HANDLED.reset()
         moto.requests(reset=True)
         with tempfile.TemporaryDirectory() as config_dir:
-            command = contender_commands(queue_url, handler_url, config_dir)[name]
+            command = contender_commands(queue_url, handler_url, config_dir, sluice_binary)[name]
             env = dict(
                 os.environ,
                 AWS_ENDPOINT_URL=moto.endpoint,
@@ -285,10 +291,79 @@ def machine():
             f"{rustc}; Python {platform.python_version()}, moto {moto_module.__version__}; Node {node}")
 
 
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def kafka_records_per_second(binary, messages):
+    """records/s of the 6-partition, batch-size-100 case of kafka-throughput."""
+    output = subprocess.run(
+        [os.path.join(ROOT, "target/release/kafka-throughput"), binary, str(messages)],
+        env=dict(os.environ, KAFKA_BENCH_CASES="6:100"),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] == "6":
+            return float(cells[5])
+    raise SystemExit(f"bench: no Kafka result in:\n{output}")
+
+
+def compare(before, after, rounds, messages):
+    """Interleaved rounds of the SQS drain and the Kafka bench for two binaries; medians."""
+    handler = ThreadingHTTPServer(("127.0.0.1", 0), NoopHandler)
+    threading.Thread(target=handler.serve_forever, daemon=True).start()
+    handler_url = f"http://127.0.0.1:{handler.server_address[1]}/"
+    binaries = {"before": before, "after": after}
+    cpu = {label: [] for label in binaries}
+    kafka = {label: [] for label in binaries}
+    moto = Moto()
+    try:
+        for round_index in range(rounds):
+            # Alternate which binary goes first, so drift favours neither.
+            order = list(binaries) if round_index % 2 == 0 else list(reversed(binaries))
+            for label in order:
+                print(f"round {round_index + 1}/{rounds}, {label}:", flush=True)
+                row = drain(moto, handler_url, messages, ["sluice"], binaries[label], f"{label}-{round_index}-")[0]
+                cpu[label].append(row["cpu_per_1k_ms"])
+                kafka[label].append(kafka_records_per_second(binaries[label], 100_000))
+                print(f"  kafka: {kafka[label][-1]:.0f} records/s", flush=True)
+    finally:
+        moto.stop()
+    lines = [
+        "",
+        f"## Before/after ({datetime.date.today().isoformat()}, `scripts/bench --compare`, {machine()})",
+        "",
+        f"Medians of {rounds} interleaved rounds. SQS: {messages:,} messages drained at concurrency "
+        f"{CONCURRENCY} into a no-op HTTP handler (moto). Kafka: 100,000 records on 6 partitions, "
+        "batch size 100, librdkafka mock cluster.",
+        "",
+        "| binary | CPU ms / 1k SQS messages | each round | Kafka records/s | each round |",
+        "|---|---:|---|---:|---|",
+    ]
+    for label, path in binaries.items():
+        lines.append(
+            f"| {label} (`{os.path.relpath(path, ROOT) if path.startswith(ROOT) else path}`) | "
+            f"{median(cpu[label]):.0f} | {', '.join(f'{v:.0f}' for v in cpu[label])} | "
+            f"{median(kafka[label]):.0f} | {', '.join(f'{v:.0f}' for v in kafka[label])} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(os.path.join(ROOT, "bench/results.md"), "a") as f:
+        f.write(text)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.compare:
+        compare(os.path.abspath(args.compare[0]), os.path.abspath(args.compare[1]), args.rounds, args.messages)
+        return
     handler = ThreadingHTTPServer(("127.0.0.1", 0), NoopHandler)
     threading.Thread(target=handler.serve_forever, daemon=True).start()
     handler_url = f"http://127.0.0.1:{handler.server_address[1]}/"

@@ -408,3 +408,246 @@ pub(crate) fn stream_policy(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A lane against a scripted target and a recording destination, under tokio's paused clock.
+    use super::*;
+    use crate::destinations::{DestinationError, Placement};
+    use crate::health::Health;
+    use crate::targets::SharedTarget;
+    use crate::targets::testing::ScriptedTarget;
+    use serde_json::json;
+    use sluice_policies::{Backoff, IdentifierKind, stream::ShardProgress};
+    use sluice_sources::{AckToken, Receipt};
+    use std::sync::Mutex;
+
+    /// A shard of `r0`, `r1`, ... whose finished records are kept in the order reported.
+    struct Shard {
+        settings: LaneSettings,
+        progress: Mutex<ShardProgress<String>>,
+        finished: Mutex<Vec<String>>,
+        names: Mutex<Vec<(Position, String)>>,
+    }
+
+    #[async_trait]
+    impl LaneHost for Shard {
+        fn settings(&self) -> &LaneSettings {
+            &self.settings
+        }
+        fn event(&self, records: &[&Record]) -> Vec<u8> {
+            let ids: Vec<&str> = records.iter().map(|r| r.id()).collect();
+            json!({ "Records": ids }).to_string().into_bytes()
+        }
+        fn identifier(&self, record: &Record) -> ItemIdentifier {
+            ItemIdentifier::Text(record.id().to_owned())
+        }
+        fn unit(&self) -> &str {
+            "shard-1"
+        }
+        fn envelope_source(&self, records: &[&Record]) -> EnvelopeSource {
+            EnvelopeSource::Sqs {
+                queue_url: "memory://shard".into(),
+                queue_arn: "arn:shard".into(),
+                message_ids: records.iter().map(|r| r.id().to_owned()).collect(),
+            }
+        }
+        fn finished(self: Arc<Self>, positions: Vec<Position>) {
+            let names = self.names.lock().unwrap();
+            let mut finished = self.finished.lock().unwrap();
+            for position in positions {
+                self.progress.lock().unwrap().finish(position);
+                let (_, name) = names.iter().find(|(p, _)| *p == position).unwrap();
+                finished.push(name.clone());
+            }
+        }
+    }
+
+    /// Keeps the record ids of each dead letter, with the records finished at that moment.
+    struct Recorder {
+        shard: Mutex<Option<Arc<Shard>>>,
+        stored: Mutex<Vec<(Vec<String>, Vec<String>)>>,
+    }
+
+    #[async_trait]
+    impl Destination for Recorder {
+        async fn store(
+            &self,
+            document: serde_json::Value,
+            _: &Placement<'_>,
+        ) -> Result<(), DestinationError> {
+            let ids = document["sluice"]["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_owned())
+                .collect();
+            let finished = self
+                .shard
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .finished
+                .lock()
+                .unwrap()
+                .clone();
+            self.stored.lock().unwrap().push((ids, finished));
+            Ok(())
+        }
+        fn describe(&self) -> &str {
+            "recorder"
+        }
+    }
+
+    fn shard(
+        target: Arc<ScriptedTarget>,
+        batch_size: usize,
+        bisect: bool,
+        retries: Option<u32>,
+        on_failure: Option<Arc<dyn Destination>>,
+    ) -> Arc<Shard> {
+        Arc::new(Shard {
+            settings: LaneSettings {
+                name: "lane-test".into(),
+                invoker: Invoker::new(
+                    SharedTarget::new("t", target, 1),
+                    MappingMetrics::new("lane-test"),
+                ),
+                policy: StreamPolicy {
+                    report_batch_item_failures: false,
+                    bisect_on_error: bisect,
+                    max_retry_attempts: retries,
+                    max_record_age: None,
+                    backoff: Backoff::new(
+                        Duration::from_secs(1),
+                        Duration::from_secs(1),
+                        2.0,
+                        false,
+                    )
+                    .unwrap(),
+                    identifier_kind: IdentifierKind::Text,
+                    non_retryable: None,
+                },
+                limits: BatchLimits::new(batch_size, Duration::ZERO),
+                health: Health::new(Duration::from_secs(60), Duration::from_secs(60))
+                    .register("lane-test"),
+                metrics: MappingMetrics::new("lane-test"),
+                on_failure,
+                region: "us-east-1".into(),
+            },
+            progress: Mutex::default(),
+            finished: Mutex::default(),
+            names: Mutex::default(),
+        })
+    }
+
+    /// Feeds `count` records into a lane of `shard` and runs it until the records are all sent
+    /// and every batch ended.
+    async fn run(shard: &Arc<Shard>, count: usize) {
+        let (sender, receiver) = mpsc::channel(16);
+        let lane = tokio::spawn(run_lane(
+            shard.clone(),
+            "shard-1".into(),
+            receiver,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ));
+        for index in 0..count {
+            let name = format!("r{index}");
+            let position = shard.progress.lock().unwrap().push(name.clone());
+            shard.names.lock().unwrap().push((position, name.clone()));
+            let event = serde_json::value::to_raw_value(&json!(name)).unwrap();
+            let record = Record::new(
+                Receipt {
+                    id: name,
+                    ack: AckToken::Stream {
+                        shard_id: "shard-1".into(),
+                    },
+                },
+                None,
+                Duration::ZERO,
+                Duration::ZERO,
+                1,
+                event,
+            );
+            sender.send((record, position)).await.unwrap();
+        }
+        drop(sender);
+        lane.await.unwrap();
+    }
+
+    fn records_of(call: &serde_json::Value) -> Vec<String> {
+        call["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_batch_blocks_its_lane_until_it_is_handled() {
+        let target = Arc::new(ScriptedTarget::default());
+        target.push(Outcome::FunctionError(ErrorInfo::new("E", "first try")));
+        target.push(Outcome::FunctionError(ErrorInfo::new("E", "second try")));
+        let shard = shard(target.clone(), 2, false, None, None);
+        let started = tokio::time::Instant::now();
+        run(&shard, 4).await;
+        let calls: Vec<Vec<String>> = target.payloads().iter().map(records_of).collect();
+        assert_eq!(
+            calls,
+            [
+                vec!["r0", "r1"],
+                vec!["r0", "r1"],
+                vec!["r0", "r1"],
+                vec!["r2", "r3"]
+            ]
+        );
+        // Two one-second backoffs before the lane moved on (the policy clock may lag the paused
+        // clock by the moment between this runtime's start and the clock's anchor).
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(2) && elapsed < Duration::from_millis(2500),
+            "{elapsed:?}"
+        );
+        assert_eq!(*shard.finished.lock().unwrap(), ["r0", "r1", "r2", "r3"]);
+        assert_eq!(
+            shard.progress.lock().unwrap().advance().as_deref(),
+            Some("r3")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bisect_dead_letters_the_poison_record_before_the_records_after_it_finish() {
+        let target = Arc::new(ScriptedTarget::answering(|event| {
+            if records_of(event).iter().any(|r| r == "r2") {
+                Outcome::FunctionError(ErrorInfo::new("Poison", "r2"))
+            } else {
+                Outcome::Returned { response: None }
+            }
+        }));
+        let recorder = Arc::new(Recorder {
+            shard: Mutex::default(),
+            stored: Mutex::default(),
+        });
+        let shard = shard(target.clone(), 4, true, Some(1), Some(recorder.clone()));
+        *recorder.shard.lock().unwrap() = Some(shard.clone());
+        run(&shard, 4).await;
+        let stored = recorder.stored.lock().unwrap().clone();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        let (dead, finished_then) = &stored[0];
+        assert_eq!(dead, &["r2"]);
+        assert!(
+            !finished_then.contains(&"r2".to_owned()) && !finished_then.contains(&"r3".to_owned()),
+            "r2 or r3 finished before r2's dead letter was stored: {finished_then:?}"
+        );
+        let mut finished = shard.finished.lock().unwrap().clone();
+        finished.sort();
+        assert_eq!(finished, ["r0", "r1", "r2", "r3"]);
+        assert_eq!(
+            shard.progress.lock().unwrap().advance().as_deref(),
+            Some("r3")
+        );
+    }
+}

@@ -13,8 +13,8 @@
 //! - [`Driven::progress`] is told after every step that may have finished records;
 //! - a `stop` during a retry delay ends the batch at once, unfinished ([`Ended::Stopped`]).
 
+use super::clock::now_since_epoch;
 use super::invoker::Invoker;
-use crate::destinations::envelope::now_since_epoch;
 use crate::targets::Invocation;
 use async_trait::async_trait;
 use sluice_policies::{Applied, Outcome, Step, StreamBatch, StreamDeadLetter};

@@ -18,14 +18,14 @@
 
 use super::heartbeat::Heartbeat;
 use super::invoker::Slot;
-use super::retry::retry_delay;
+use super::retry::{retry_delay, retry_until_ok};
 use crate::health::MappingHealthHandle;
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use async_trait::async_trait;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{BatchLimits, Batcher};
-use sluice_sources::sqs::MAX_BATCH_ENTRIES;
+use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
 use sluice_sources::{Queue, Receipt, Record, SourceError};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -69,6 +69,24 @@ pub(super) struct QueueAcks {
 }
 
 impl QueueAcks {
+    /// The acknowledgements of the mapping `name` on `queue`, with the heartbeat that holds its
+    /// records (at most `heartbeat_max` each; [`run`] runs it).
+    pub fn new(
+        name: &str,
+        queue: Arc<dyn Queue>,
+        heartbeat_max: Option<Duration>,
+        health: MappingHealthHandle,
+        metrics: MappingMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_owned(),
+            heartbeat: Heartbeat::new(queue.clone(), heartbeat_max, metrics.clone(), name),
+            queue,
+            health,
+            metrics,
+        })
+    }
+
     /// Deletes records; what fails comes back later (at-least-once). Returns how many were
     /// deleted.
     pub async fn delete(&self, records: &[&Record]) -> usize {
@@ -163,6 +181,28 @@ pub(super) fn track_in_flight<'a>(
     metrics.in_flight_bytes.increment(sign * bytes as f64);
 }
 
+/// Looks the mapping's queue up, retrying (visible on `/readyz`) until it answers; `None` once
+/// `shutdown` comes first.
+pub(super) async fn connect(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    name: &str,
+    health: &MappingHealthHandle,
+    metrics: &MappingMetrics,
+    shutdown: &CancellationToken,
+) -> Option<Arc<dyn Queue>> {
+    let queue = retry_until_ok(
+        "looking up the queue",
+        name,
+        health,
+        metrics,
+        shutdown,
+        || SqsQueue::connect(client.clone(), queue_url),
+    )
+    .await?;
+    Some(Arc::new(queue))
+}
+
 /// How a mapping polls.
 pub(super) struct PollSettings {
     pub pollers: usize,
@@ -174,8 +214,34 @@ pub(super) struct PollSettings {
     pub receive_ahead: bool,
 }
 
-/// Polls `acks.queue` for `work` until `shutdown`, then drains for at most `shutdown_timeout`.
+/// Polls `acks.queue` for `work` until `shutdown`, then drains for at most `shutdown_timeout`;
+/// the heartbeat runs meanwhile.
 pub(super) async fn run<W: QueueWork>(
+    acks: Arc<QueueAcks>,
+    work: Arc<W>,
+    target: SharedTarget,
+    settings: PollSettings,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+) {
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(acks.heartbeat.clone().run(heartbeat_stop.clone()));
+    drain_after(
+        acks.clone(),
+        work,
+        target,
+        settings,
+        shutdown,
+        shutdown_timeout,
+    )
+    .await;
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
+    tracing::info!(mapping = %acks.name, "mapping stopped");
+}
+
+/// Runs the pollers until `shutdown`, then drains.
+async fn drain_after<W: QueueWork>(
     acks: Arc<QueueAcks>,
     work: Arc<W>,
     target: SharedTarget,

@@ -23,10 +23,8 @@
 //!   wait ends at shutdown, and at shutdown messages received but not started are made visible
 //!   again at once.
 
-use super::heartbeat::Heartbeat;
 use super::invoker::{Invoker, Slot};
 use super::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
-use super::retry::retry_until_ok;
 use crate::config::{MappingConfig, S3SourceConfig};
 use crate::destinations::{
     AsyncRecord, DeadLetter, Destination, EnvelopeSource, Placement, envelope::now_since_epoch,
@@ -39,9 +37,8 @@ use sluice_policies::{
     AsyncAttempt, AsyncDecision, AsyncPolicy, BatchLimits, DeadLetterCondition, ErrorInfo,
     FilterSet, Outcome,
 };
+use sluice_sources::Record;
 use sluice_sources::s3::{Notification, S3Filter, parse_notification};
-use sluice_sources::sqs::SqsQueue;
-use sluice_sources::{Queue, Record};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,35 +73,27 @@ struct Context {
 impl S3Mapping {
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
         let name = self.config.name.clone();
-        let Some(queue) = retry_until_ok(
-            "looking up the queue",
+        let Some(queue) = poller::connect(
+            &self.client,
+            &self.source.queue_url,
             &name,
             &self.health,
             &self.metrics,
             &shutdown,
-            || SqsQueue::connect(self.client.clone(), &self.source.queue_url),
         )
         .await
         else {
             return;
         };
-        let queue: Arc<dyn Queue> = Arc::new(queue);
         tracing::info!(mapping = %name, queue_url = %self.source.queue_url, "mapping started");
-        let heartbeat = Heartbeat::new(
-            queue.clone(),
-            Some(Duration::from_secs(43_200)),
-            self.metrics.clone(),
+        let acks = QueueAcks::new(
             &name,
+            queue,
+            // S3 notification events may run long: held up to SQS's longest visibility.
+            Some(sluice_sources::sqs::MAX_VISIBILITY),
+            self.health.clone(),
+            self.metrics.clone(),
         );
-        let heartbeat_stop = CancellationToken::new();
-        let heartbeat_task = tokio::spawn(heartbeat.clone().run(heartbeat_stop.clone()));
-        let acks = Arc::new(QueueAcks {
-            name: name.clone(),
-            queue: queue.clone(),
-            heartbeat: heartbeat.clone(),
-            health: self.health.clone(),
-            metrics: self.metrics.clone(),
-        });
         let retry = &self.config.retry;
         let context = Arc::new(Context {
             acks: acks.clone(),
@@ -145,9 +134,6 @@ impl S3Mapping {
             shutdown_timeout,
         )
         .await;
-        heartbeat_stop.cancel();
-        let _ = heartbeat_task.await;
-        tracing::info!(mapping = %name, "mapping stopped");
     }
 }
 

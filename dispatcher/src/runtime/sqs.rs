@@ -13,10 +13,8 @@
 //! - on shutdown, records received but not yet started are made visible again at once; batches in
 //!   flight finish until the drain deadline.
 
-use super::heartbeat::Heartbeat;
 use super::invoker::{Invoker, Slot};
 use super::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
-use super::retry::retry_until_ok;
 use crate::config::{MappingConfig, SqsSourceConfig};
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
@@ -26,7 +24,6 @@ use sluice_policies::{
     BatchLimits, DeadLetterCondition, ErrorClasses, ErrorInfo, FilterSet, Outcome, QueueDecision,
     QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
 };
-use sluice_sources::sqs::SqsQueue;
 use sluice_sources::{Queue, Record, records_event};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,11 +57,19 @@ pub struct SqsMapping {
 impl SqsMapping {
     /// Runs until `shutdown` is cancelled, then drains for at most `shutdown_timeout`.
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
-        let Some(queue) = self.connect(&shutdown).await else {
+        let Some(queue) = poller::connect(
+            &self.client,
+            &self.source.queue_url,
+            &self.config.name,
+            &self.health,
+            &self.metrics,
+            &shutdown,
+        )
+        .await
+        else {
             return;
         };
-        self.run_on(Arc::new(queue), shutdown, shutdown_timeout)
-            .await;
+        self.run_on(queue, shutdown, shutdown_timeout).await;
     }
 
     /// [`Self::run`] on a queue that is already connected.
@@ -86,21 +91,13 @@ impl SqsMapping {
             pollers = self.source.pollers,
             "mapping started"
         );
-        let heartbeat = Heartbeat::new(
-            queue.clone(),
-            self.source.heartbeat_max,
-            self.metrics.clone(),
+        let acks = QueueAcks::new(
             &name,
+            queue,
+            self.source.heartbeat_max,
+            self.health.clone(),
+            self.metrics.clone(),
         );
-        let heartbeat_stop = CancellationToken::new();
-        let heartbeat_task = tokio::spawn(heartbeat.clone().run(heartbeat_stop.clone()));
-        let acks = Arc::new(QueueAcks {
-            name: name.clone(),
-            queue: queue.clone(),
-            heartbeat: heartbeat.clone(),
-            health: self.health.clone(),
-            metrics: self.metrics.clone(),
-        });
         let context = Arc::new(MappingContext {
             acks: acks.clone(),
             target_name: self.config.target.clone(),
@@ -132,21 +129,6 @@ impl SqsMapping {
             shutdown_timeout,
         )
         .await;
-        heartbeat_stop.cancel();
-        let _ = heartbeat_task.await;
-        tracing::info!(mapping = %name, "mapping stopped");
-    }
-
-    async fn connect(&self, shutdown: &CancellationToken) -> Option<SqsQueue> {
-        retry_until_ok(
-            "looking up the queue",
-            &self.config.name,
-            &self.health,
-            &self.metrics,
-            shutdown,
-            || SqsQueue::connect(self.client.clone(), &self.source.queue_url),
-        )
-        .await
     }
 }
 
