@@ -31,6 +31,7 @@ use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{AsyncRecord, Destination, EnvelopeSource, Placement};
 use crate::health::{Component, Health};
 use crate::http_server::{BodyError, read_body};
+use crate::runtime::async_exec::{self, Completion, EventStore};
 use crate::runtime::invoker::{Invoker, Slot};
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
@@ -39,7 +40,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use sluice_policies::{AsyncAttempt, AsyncDecision, AsyncPolicy, ErrorInfo, Outcome};
+use sluice_policies::{AsyncAttempt, AsyncPolicy, ErrorInfo, Outcome};
 use sluice_sources::async_queue::{AsyncQueue, EventMeta};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -60,7 +61,7 @@ const STORE_RETRY: Duration = Duration::from_secs(5);
 /// The end of an event whose destination record is still to be stored.
 #[derive(Clone)]
 struct Finishing {
-    condition: &'static str,
+    condition: Completion,
     invoke_count: u32,
     response: Result<Option<Value>, ErrorInfo>,
 }
@@ -767,82 +768,77 @@ async fn handle_event(function: &Function, mut meta: EventMeta) {
         .await;
         return;
     }
-    if function.policy.expired(&attempt, now_since_epoch()) {
-        let error = ErrorInfo::new(
-            "EventAgeExceeded",
-            format!(
-                "the event is older than max_event_age ({:?})",
-                function.policy.max_event_age
-            ),
-        );
-        let invoke_count = meta.failed_attempts;
-        finish(
-            function,
-            meta,
-            "EventAgeExceeded",
-            invoke_count,
-            request_payload(),
-            Err(error),
-        )
-        .await;
-        return;
-    }
     let invocation =
         Invocation::attempt_of(&function.name, payload.clone(), &meta.request_id, None);
-    let outcome = function.invoker.invoke(invocation.clone()).await;
-    match function
-        .policy
-        .decide(&attempt, &outcome, now_since_epoch(), rand::random::<f64>())
-    {
-        AsyncDecision::Succeeded => {
-            tracing::info!(function = %function.name, request_id = %meta.request_id, attempts = meta.failed_attempts + 1, "event handled");
-            let response = match outcome {
-                Outcome::Returned { response } => response,
-                _ => None,
-            };
-            let invoke_count = meta.failed_attempts + 1;
-            finish(
-                function,
-                meta,
-                "Success",
-                invoke_count,
-                request_payload(),
-                Ok(response),
-            )
-            .await;
+    let subject = meta.request_id.clone();
+    let mut store = QueuedEvent {
+        function,
+        meta: Some(meta),
+        payload: request_payload(),
+    };
+    async_exec::run(
+        async_exec::Attempt {
+            invoker: &function.invoker,
+            policy: &function.policy,
+            name: &function.name,
+            subject: &subject,
+            attempt,
+            invocation,
+            slot: None,
+        },
+        &mut store,
+    )
+    .await;
+}
+
+/// A queued `Event` invocation as the async executor's store: the durable local queue.
+struct QueuedEvent<'a> {
+    function: &'a Function,
+    /// Taken by the first reschedule or completion.
+    meta: Option<EventMeta>,
+    /// The request payload, for the destination record.
+    payload: Value,
+}
+
+#[async_trait::async_trait]
+impl EventStore for QueuedEvent<'_> {
+    async fn reschedule(&mut self, delay: Duration, failed_attempts: u32, not_run: u32) {
+        let Some(mut meta) = self.meta.take() else {
+            return;
+        };
+        let function = self.function;
+        meta.failed_attempts = failed_attempts;
+        meta.not_run = not_run;
+        meta.not_before_ms = now_ms() + delay.as_millis() as u64;
+        if let Err(error) = function.queue.update(&meta).await {
+            // The retry still happens in this process; after a restart the attempt counts
+            // are those stored last.
+            function.store_failed(StoreFailure::Write, "storing a retry", &error);
         }
-        AsyncDecision::Retry {
-            delay,
-            failed_attempts,
-            not_run,
-            error,
-        } => {
-            tracing::warn!(function = %function.name, request_id = %meta.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
-            meta.failed_attempts = failed_attempts;
-            meta.not_run = not_run;
-            meta.not_before_ms = now_ms() + delay.as_millis() as u64;
-            if let Err(error) = function.queue.update(&meta).await {
-                // The retry still happens in this process; after a restart the attempt counts
-                // are those stored last.
-                function.store_failed(StoreFailure::Write, "storing a retry", &error);
-            }
-            function.reschedule(meta);
+        function.reschedule(meta);
+    }
+
+    async fn complete(
+        &mut self,
+        completion: Completion,
+        invoke_count: u32,
+        response: Result<Option<Value>, ErrorInfo>,
+    ) {
+        let Some(meta) = self.meta.take() else {
+            return;
+        };
+        if completion == Completion::Success {
+            tracing::info!(function = %self.function.name, request_id = %meta.request_id, attempts = invoke_count, "event handled");
         }
-        AsyncDecision::DeadLetter {
-            condition,
+        finish(
+            self.function,
+            meta,
+            completion,
             invoke_count,
-            error,
-        } => {
-            finish(
-                function,
-                meta,
-                condition.as_str(),
-                invoke_count,
-                request_payload(),
-                Err(error),
-            )
-            .await;
-        }
+            std::mem::take(&mut self.payload),
+            response,
+        )
+        .await;
     }
 }
 
@@ -851,15 +847,15 @@ async fn handle_event(function: &Function, mut meta: EventMeta) {
 async fn finish(
     function: &Function,
     mut meta: EventMeta,
-    condition: &'static str,
+    completion: Completion,
     invoke_count: u32,
     payload: Value,
     response: Result<Option<Value>, ErrorInfo>,
 ) {
-    let destination = if condition == "Success" {
-        function.on_success.as_ref()
-    } else {
-        function.on_failure.as_ref()
+    let condition = completion.as_str();
+    let destination = match completion {
+        Completion::Success => function.on_success.as_ref(),
+        Completion::Failed(_) => function.on_failure.as_ref(),
     };
     if let Some(destination) = destination {
         let record = AsyncRecord {
@@ -889,7 +885,7 @@ async fn finish(
             function.finishing.lock().expect("finishing lock").insert(
                 meta.id.clone(),
                 Finishing {
-                    condition,
+                    condition: completion,
                     invoke_count,
                     response,
                 },
@@ -898,10 +894,10 @@ async fn finish(
             function.reschedule(meta);
             return;
         }
-    } else if condition != "Success" {
+    } else if completion != Completion::Success {
         tracing::error!(function = %function.name, request_id = %meta.request_id, condition, "event discarded: it ran out of retries and the function has no on_failure destination");
     }
-    if condition != "Success" {
+    if completion != Completion::Success {
         tracing::warn!(function = %function.name, request_id = %meta.request_id, condition, attempts = invoke_count, "event gave up");
     }
     match function.queue.remove(&meta.id).await {

@@ -54,6 +54,7 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Outcome, Infallible>> + Send
 #[derive(Clone)]
 pub struct Invoker {
     target: SharedTarget,
+    metrics: MappingMetrics,
     service: BoxCloneSyncService<Call, Outcome, Infallible>,
 }
 
@@ -68,12 +69,15 @@ impl Invoker {
             .layer(SlotLayer {
                 target: target.clone(),
             })
-            .layer(MeasureLayer { metrics })
+            .layer(MeasureLayer {
+                metrics: metrics.clone(),
+            })
             .layer(DeadlineLayer { after: deadline })
             .layer(CatchPanicLayer)
             .service(TargetService(target.target.clone()));
         Self {
             target,
+            metrics,
             service: BoxCloneSyncService::new(service),
         }
     }
@@ -101,6 +105,11 @@ impl Invoker {
             Ok(outcome) => outcome,
             Err(never) => match never {},
         }
+    }
+
+    /// The metrics the calls are recorded in (the mapping's or function's).
+    pub fn metrics(&self) -> &MappingMetrics {
+        &self.metrics
     }
 
     /// The target this invoker calls (for its slots and limits).

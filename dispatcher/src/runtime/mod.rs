@@ -2,6 +2,7 @@
 //! batching, invoking its target and acknowledging by the policies' decisions. The daemon
 //! ([`crate::daemon`]) builds and supervises them and owns the drain.
 
+pub(crate) mod async_exec;
 pub mod clock;
 pub mod heartbeat;
 pub mod invoker;

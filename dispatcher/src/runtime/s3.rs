@@ -23,6 +23,7 @@
 //!   wait ends at shutdown, and at shutdown messages received but not started are made visible
 //!   again at once.
 
+use super::async_exec::{self, Completion, EventStore};
 use super::invoker::{Invoker, Slot};
 use super::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
 use crate::config::{MappingConfig, S3SourceConfig};
@@ -34,8 +35,7 @@ use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use serde_json::{Value, json};
 use sluice_policies::{
-    AsyncAttempt, AsyncDecision, AsyncPolicy, BatchLimits, DeadLetterCondition, ErrorInfo,
-    FilterSet, Outcome,
+    AsyncAttempt, AsyncPolicy, BatchLimits, DeadLetterCondition, ErrorInfo, FilterSet,
 };
 use sluice_sources::Record;
 use sluice_sources::s3::{Notification, S3Filter, parse_notification};
@@ -189,7 +189,6 @@ async fn handle_message(context: &Context, message: Record, slot: Slot) {
             }
         }
         MessageEnd::Retry(delay) => {
-            context.acks.metrics.records_retried.increment(1);
             let whole_seconds =
                 Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
             context
@@ -244,108 +243,43 @@ async fn process(context: &Context, message: &Record, mut slot: Option<Slot>) ->
         failed_attempts: message.attempt.saturating_sub(1).saturating_sub(not_run),
         not_run,
     };
-    let now = now_since_epoch();
-    if context.policy.expired(&attempt, now) {
-        let error = ErrorInfo::new(
-            "EventAgeExceeded",
-            format!(
-                "the event is older than retry.max_event_age ({:?})",
-                context.policy.max_event_age
-            ),
-        );
-        for (index, s3_record) in wanted.iter().enumerate() {
-            let event = json!({ "Records": [s3_record] });
-            let request_id = event_request_id(context, message, index);
-            let stored = store_async(
-                context,
-                message,
-                "EventAgeExceeded",
-                attempt.failed_attempts,
-                &request_id,
-                event,
-                Err(error.clone()),
-            )
-            .await;
-            if !stored {
-                return MessageEnd::Retry(context.policy.throttle_backoff.delay(1, 0.5));
-            }
-        }
-        return MessageEnd::Done;
-    }
     let mut retry_after: Option<Duration> = None;
     let mut refused = false;
     for (index, s3_record) in wanted.into_iter().enumerate() {
         let event = json!({ "Records": [s3_record] });
+        let request_id = event_request_id(context, message, index);
         let invocation = Invocation::attempt_of(
             &context.acks.name,
             event.to_string().into_bytes(),
-            &event_request_id(context, message, index),
+            &request_id,
             message.trace.as_ref(),
         );
-        let outcome = match slot.take() {
-            Some(slot) => context.invoker.invoke_in(slot, invocation.clone()).await,
-            None => context.invoker.invoke(invocation.clone()).await,
-        };
-        context.acks.metrics.outcome(match &outcome {
-            Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => "success",
-            failed => failed.kind(),
-        });
-        let decision =
-            context
-                .policy
-                .decide(&attempt, &outcome, now_since_epoch(), rand::random::<f64>());
         let key = event["Records"][0]["s3"]["object"]["key"]
             .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        match decision {
-            AsyncDecision::Succeeded => {
-                let response = match &outcome {
-                    Outcome::Returned { response } => response.clone(),
-                    _ => None,
-                };
-                if context.on_success.is_some() {
-                    store_success(
-                        context,
-                        message,
-                        &invocation.request_id,
-                        event,
-                        response,
-                        attempt.failed_attempts + 1,
-                    )
-                    .await;
-                }
-            }
-            AsyncDecision::Retry {
-                delay,
-                not_run,
-                error,
-                ..
-            } => {
-                refused |= not_run > attempt.not_run;
-                tracing::warn!(mapping = %context.acks.name, message_id = %message.id(), %key, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
-                retry_after = Some(retry_after.map_or(delay, |d| d.max(delay)));
-            }
-            AsyncDecision::DeadLetter {
-                condition,
-                invoke_count,
-                error,
-            } => {
-                let stored = store_async(
-                    context,
-                    message,
-                    condition.as_str(),
-                    invoke_count,
-                    &invocation.request_id,
-                    event,
-                    Err(error),
-                )
-                .await;
-                if !stored {
-                    retry_after = Some(context.policy.throttle_backoff.delay(1, 0.5));
-                }
-            }
-        }
+            .unwrap_or_default();
+        let subject = format!("message {}, key {key}", message.id());
+        let mut store = MessageEvent {
+            context,
+            message,
+            request_id: &request_id,
+            event: &event,
+            base_not_run: attempt.not_run,
+            retry_after: &mut retry_after,
+            refused: &mut refused,
+        };
+        async_exec::run(
+            async_exec::Attempt {
+                invoker: &context.invoker,
+                policy: &context.policy,
+                name: &context.acks.name,
+                subject: &subject,
+                attempt,
+                invocation,
+                slot: slot.take(),
+            },
+            &mut store,
+        )
+        .await;
     }
     if refused {
         *context
@@ -358,6 +292,73 @@ async fn process(context: &Context, message: &Record, mut slot: Option<Slot>) ->
     match retry_after {
         Some(delay) => MessageEnd::Retry(delay),
         None => MessageEnd::Done,
+    }
+}
+
+/// One S3 record's event as the async executor's store: its notification's message. Messages
+/// are retried whole, after the longest delay any of their events asked for.
+struct MessageEvent<'a> {
+    context: &'a Context,
+    message: &'a Record,
+    request_id: &'a str,
+    event: &'a Value,
+    /// The message's refused receives before this one.
+    base_not_run: u32,
+    retry_after: &'a mut Option<Duration>,
+    refused: &'a mut bool,
+}
+
+impl MessageEvent<'_> {
+    fn retry_after(&mut self, delay: Duration) {
+        *self.retry_after = Some(self.retry_after.map_or(delay, |d| d.max(delay)));
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for MessageEvent<'_> {
+    async fn reschedule(&mut self, delay: Duration, _failed_attempts: u32, not_run: u32) {
+        // The failed attempts are the message's receive count; refusals are kept in memory.
+        *self.refused |= not_run > self.base_not_run;
+        self.retry_after(delay);
+    }
+
+    async fn complete(
+        &mut self,
+        completion: Completion,
+        invoke_count: u32,
+        response: Result<Option<Value>, ErrorInfo>,
+    ) {
+        let context = self.context;
+        match completion {
+            Completion::Success => {
+                if context.on_success.is_some() {
+                    store_success(
+                        context,
+                        self.message,
+                        self.request_id,
+                        self.event.clone(),
+                        response.ok().flatten(),
+                        invoke_count,
+                    )
+                    .await;
+                }
+            }
+            Completion::Failed(condition) => {
+                let stored = store_async(
+                    context,
+                    self.message,
+                    condition.as_str(),
+                    invoke_count,
+                    self.request_id,
+                    self.event.clone(),
+                    response,
+                )
+                .await;
+                if !stored {
+                    self.retry_after(context.policy.throttle_backoff.delay(1, 0.5));
+                }
+            }
+        }
     }
 }
 
