@@ -8,6 +8,8 @@ pub mod envelope;
 pub mod kafka;
 pub mod s3;
 pub mod sqs;
+#[cfg(test)]
+pub mod testing;
 
 pub use envelope::{AsyncRecord, DeadLetter, EnvelopeSource};
 

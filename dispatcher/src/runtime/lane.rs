@@ -413,7 +413,7 @@ pub(crate) fn stream_policy(
 mod tests {
     //! A lane against a scripted target and a recording destination, under tokio's paused clock.
     use super::*;
-    use crate::destinations::{DestinationError, Placement};
+    use crate::destinations::testing::MemoryDestination;
     use crate::health::Health;
     use crate::targets::SharedTarget;
     use crate::targets::testing::ScriptedTarget;
@@ -460,43 +460,6 @@ mod tests {
                 let (_, name) = names.iter().find(|(p, _)| *p == position).unwrap();
                 finished.push(name.clone());
             }
-        }
-    }
-
-    /// Keeps the record ids of each dead letter, with the records finished at that moment.
-    struct Recorder {
-        shard: Mutex<Option<Arc<Shard>>>,
-        stored: Mutex<Vec<(Vec<String>, Vec<String>)>>,
-    }
-
-    #[async_trait]
-    impl Destination for Recorder {
-        async fn store(
-            &self,
-            document: serde_json::Value,
-            _: &Placement<'_>,
-        ) -> Result<(), DestinationError> {
-            let ids = document["sluice"]["records"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_str().unwrap().to_owned())
-                .collect();
-            let finished = self
-                .shard
-                .lock()
-                .unwrap()
-                .as_ref()
-                .unwrap()
-                .finished
-                .lock()
-                .unwrap()
-                .clone();
-            self.stored.lock().unwrap().push((ids, finished));
-            Ok(())
-        }
-        fn describe(&self) -> &str {
-            "recorder"
         }
     }
 
@@ -627,20 +590,20 @@ mod tests {
                 Outcome::Returned { response: None }
             }
         }));
-        let recorder = Arc::new(Recorder {
-            shard: Mutex::default(),
-            stored: Mutex::default(),
-        });
+        // Each dead letter is kept with the records finished by then.
+        let recorder = Arc::new(MemoryDestination::default());
         let shard = shard(target.clone(), 4, true, Some(1), Some(recorder.clone()));
-        *recorder.shard.lock().unwrap() = Some(shard.clone());
+        let observed = shard.clone();
+        recorder.observe(move || json!(*observed.finished.lock().unwrap()));
         run(&shard, 4).await;
-        let stored = recorder.stored.lock().unwrap().clone();
+        let stored = recorder.stored();
         assert_eq!(stored.len(), 1, "{stored:?}");
-        let (dead, finished_then) = &stored[0];
-        assert_eq!(dead, &["r2"]);
-        assert!(
-            !finished_then.contains(&"r2".to_owned()) && !finished_then.contains(&"r3".to_owned()),
-            "r2 or r3 finished before r2's dead letter was stored: {finished_then:?}"
+        assert_eq!(stored[0].document["sluice"]["records"], json!(["r2"]));
+        let finished_then = &stored[0].observed;
+        assert_eq!(
+            *finished_then,
+            json!(["r0", "r1"]),
+            "only the records before r2 finished before its dead letter was stored"
         );
         let mut finished = shard.finished.lock().unwrap().clone();
         finished.sort();

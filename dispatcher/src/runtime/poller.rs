@@ -226,29 +226,6 @@ pub(super) async fn run<W: QueueWork>(
 ) {
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(acks.heartbeat.clone().run(heartbeat_stop.clone()));
-    drain_after(
-        acks.clone(),
-        work,
-        target,
-        settings,
-        shutdown,
-        shutdown_timeout,
-    )
-    .await;
-    heartbeat_stop.cancel();
-    let _ = heartbeat.await;
-    tracing::info!(mapping = %acks.name, "mapping stopped");
-}
-
-/// Runs the pollers until `shutdown`, then drains.
-async fn drain_after<W: QueueWork>(
-    acks: Arc<QueueAcks>,
-    work: Arc<W>,
-    target: SharedTarget,
-    settings: PollSettings,
-    shutdown: CancellationToken,
-    shutdown_timeout: Duration,
-) {
     let tracker = TaskTracker::new();
     let poller = Arc::new(Poller {
         acks: acks.clone(),
@@ -315,6 +292,9 @@ async fn drain_after<W: QueueWork>(
     if drained.is_err() {
         tracing::warn!(mapping = %acks.name, in_flight = tracker.len(), "drain deadline reached; in-flight batches abandoned, their messages return after the visibility timeout");
     }
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
+    tracing::info!(mapping = %acks.name, "mapping stopped");
 }
 
 struct Poller<W> {

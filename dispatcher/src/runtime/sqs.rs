@@ -385,38 +385,13 @@ mod tests {
     //! clock: milliseconds each, no moto.
     use super::*;
     use crate::config::SourceConfig;
-    use crate::destinations::{DestinationError, Placement};
+    use crate::destinations::testing::MemoryDestination;
     use crate::health::Health;
     use crate::targets::testing::ScriptedTarget;
-    use async_trait::async_trait;
     use serde_json::json;
     use sluice_sources::memory::{MemoryQueue, QueueCall};
-    use std::sync::Mutex;
 
     const VISIBILITY: Duration = Duration::from_secs(30);
-
-    /// A destination that keeps what it stores, with how many acknowledgements the queue had
-    /// seen at that moment (to check that dead letters come before deletes).
-    struct Recorder {
-        queue: Arc<MemoryQueue>,
-        stored: Mutex<Vec<(serde_json::Value, usize)>>,
-    }
-
-    #[async_trait]
-    impl Destination for Recorder {
-        async fn store(
-            &self,
-            document: serde_json::Value,
-            _: &Placement<'_>,
-        ) -> Result<(), DestinationError> {
-            let seen = self.queue.calls().len();
-            self.stored.lock().unwrap().push((document, seen));
-            Ok(())
-        }
-        fn describe(&self) -> &str {
-            "recorder"
-        }
-    }
 
     fn mapping(
         source_yaml: &str,
@@ -501,10 +476,10 @@ mappings:
         let fine = queue.send("fine");
         let target = Arc::new(ScriptedTarget::default());
         target.push(failures(&[&poisoned, &failing]));
-        let recorder = Arc::new(Recorder {
-            queue: queue.clone(),
-            stored: Mutex::default(),
-        });
+        // Each dead letter is kept with how many acknowledgements the queue had seen by then.
+        let recorder = Arc::new(MemoryDestination::default());
+        let observed = queue.clone();
+        recorder.observe(move || json!(observed.calls().len()));
         let worker = mapping(
             "batch_size: 10, max_batching_window: 1s",
             "    report_batch_item_failures: true\n    retry: { max_receive_count: 2, backoff: { initial: 7s, jitter: false } }\n    on_failure: { sqs: { queue_url: \"memory://dlq\" } }",
@@ -524,11 +499,11 @@ mappings:
             .collect();
         assert_eq!(bodies, ["poisoned", "failing", "fine"]);
         // The dead letter was stored before the queue saw any acknowledgement.
-        let stored = recorder.stored.lock().unwrap().clone();
+        let stored = recorder.stored();
         assert_eq!(stored.len(), 1);
-        assert_eq!(stored[0].1, 0, "stored after an acknowledgement");
+        assert_eq!(stored[0].observed, 0, "stored after an acknowledgement");
         assert_eq!(
-            stored[0].0["sluice"]["records"][0]["messageId"],
+            stored[0].document["sluice"]["records"][0]["messageId"],
             poisoned.as_str()
         );
         // Then one delete (the dead-lettered and the handled message), then the retry delay.
