@@ -100,6 +100,8 @@ pub async fn run_with_handlers(
     let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
     let streams_client = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
     let s3_client = s3_client(&sdk_config);
+    let queues: Arc<dyn sluice_sources::QueueOpener> =
+        Arc::new(sluice_sources::sqs::SqsOpener(sqs_client.clone()));
     let health = Health::new(config.admin.stall_after, config.admin.stuck_after);
     let region = sdk_config
         .region()
@@ -177,7 +179,7 @@ pub async fn run_with_handlers(
                 let worker = sqs::SqsMapping {
                     config: mapping.clone(),
                     source: source.clone(),
-                    client: sqs_client.clone(),
+                    queues: queues.clone(),
                     target,
                     on_failure,
                     health,
@@ -189,7 +191,7 @@ pub async fn run_with_handlers(
                 let worker = s3::S3Mapping {
                     config: mapping.clone(),
                     source: source.clone(),
-                    client: sqs_client.clone(),
+                    queues: queues.clone(),
                     target,
                     on_failure,
                     on_success,

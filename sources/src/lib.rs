@@ -21,7 +21,7 @@ pub mod s3;
 pub mod sqs;
 pub mod trace;
 
-pub use queue::{DeleteReport, Queue, QueueDescription, SourceError};
+pub use queue::{DeleteReport, Queue, QueueDescription, QueueOpener, SourceError};
 
 /// The text of a panic's payload (for logs and `/readyz`: a caught panic is reported, not lost).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -15,11 +15,11 @@
 //! Every delete and visibility change is kept in [`MemoryQueue::calls`], in order, so that a
 //! test can check the order acknowledgements were made in.
 
-use crate::queue::{DeleteReport, Queue, QueueDescription, SourceError};
+use crate::queue::{DeleteReport, Queue, QueueDescription, QueueOpener, SourceError};
 use crate::record::{AckToken, Receipt, Record};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -339,6 +339,24 @@ impl Queue for MemoryQueue {
     }
 }
 
+/// Opens one memory queue by its URL (`memory://queue/<name>`).
+pub struct MemoryOpener(pub Arc<MemoryQueue>);
+
+#[async_trait]
+impl QueueOpener for MemoryOpener {
+    async fn open(&self, queue_url: &str) -> Result<Arc<dyn Queue>, SourceError> {
+        if queue_url == self.0.description.url {
+            Ok(self.0.clone())
+        } else {
+            Err(SourceError::Queue {
+                queue_url: queue_url.to_owned(),
+                operation: "GetQueueAttributes",
+                message: "AWS.SimpleQueueService.NonExistentQueue: no such memory queue".into(),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,5 +482,14 @@ mod tests {
             event["eventSourceARN"],
             "arn:aws:sqs:us-east-1:000000000000:q"
         );
+    }
+
+    #[tokio::test]
+    async fn the_opener_opens_its_queue_by_url_and_nothing_else() {
+        let queue = Arc::new(MemoryQueue::standard("q", VISIBILITY));
+        let opener = MemoryOpener(queue.clone());
+        let opened = opener.open("memory://queue/q").await.unwrap();
+        assert_eq!(opened.description().url, "memory://queue/q");
+        assert!(opener.open("memory://queue/other").await.is_err());
     }
 }

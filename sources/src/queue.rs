@@ -9,6 +9,7 @@
 
 use crate::record::{Receipt, Record};
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Facts about a queue that the dispatcher plans with.
@@ -63,4 +64,12 @@ pub trait Queue: Send + Sync + 'static {
         &self,
         changes: &[(&Receipt, Duration)],
     ) -> Result<Vec<(String, String)>, SourceError>;
+}
+
+/// Opens queues by URL (looking each up once): all a queue mapping needs from its AWS client, so
+/// that the runtime never holds one.
+#[async_trait]
+pub trait QueueOpener: Send + Sync + 'static {
+    /// The queue at `queue_url`; fails when it does not exist or cannot be described.
+    async fn open(&self, queue_url: &str) -> Result<Arc<dyn Queue>, SourceError>;
 }

@@ -25,8 +25,8 @@ use crate::telemetry::MappingMetrics;
 use async_trait::async_trait;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{BatchLimits, Batcher};
-use sluice_sources::sqs::{MAX_BATCH_ENTRIES, SqsQueue};
-use sluice_sources::{Queue, Receipt, Record, SourceError};
+use sluice_sources::sqs::MAX_BATCH_ENTRIES;
+use sluice_sources::{Queue, QueueOpener, Receipt, Record, SourceError};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,23 +184,22 @@ pub(super) fn track_in_flight<'a>(
 /// Looks the mapping's queue up, retrying (visible on `/readyz`) until it answers; `None` once
 /// `shutdown` comes first.
 pub(super) async fn connect(
-    client: &aws_sdk_sqs::Client,
+    queues: &dyn QueueOpener,
     queue_url: &str,
     name: &str,
     health: &MappingHealthHandle,
     metrics: &MappingMetrics,
     shutdown: &CancellationToken,
 ) -> Option<Arc<dyn Queue>> {
-    let queue = retry_until_ok(
+    retry_until_ok(
         "looking up the queue",
         name,
         health,
         metrics,
         shutdown,
-        || SqsQueue::connect(client.clone(), queue_url),
+        || queues.open(queue_url),
     )
-    .await?;
-    Some(Arc::new(queue))
+    .await
 }
 
 /// How a mapping polls.

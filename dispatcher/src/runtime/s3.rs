@@ -37,8 +37,8 @@ use serde_json::{Value, json};
 use sluice_policies::{
     AsyncAttempt, AsyncPolicy, BatchLimits, DeadLetterCondition, ErrorInfo, FilterSet,
 };
-use sluice_sources::Record;
 use sluice_sources::s3::{Notification, S3Filter, parse_notification};
+use sluice_sources::{QueueOpener, Record};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,7 +48,8 @@ use tokio_util::sync::CancellationToken;
 pub struct S3Mapping {
     pub config: MappingConfig,
     pub source: S3SourceConfig,
-    pub client: aws_sdk_sqs::Client,
+    /// Opens the mapping's queue.
+    pub queues: Arc<dyn QueueOpener>,
     pub target: SharedTarget,
     pub on_failure: Option<Arc<dyn Destination>>,
     pub on_success: Option<Arc<dyn Destination>>,
@@ -74,7 +75,7 @@ impl S3Mapping {
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
         let name = self.config.name.clone();
         let Some(queue) = poller::connect(
-            &self.client,
+            self.queues.as_ref(),
             &self.source.queue_url,
             &name,
             &self.health,

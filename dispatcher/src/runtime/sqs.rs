@@ -24,7 +24,7 @@ use sluice_policies::{
     BatchLimits, DeadLetterCondition, ErrorClasses, ErrorInfo, FilterSet, Outcome, QueueDecision,
     QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
 };
-use sluice_sources::{Queue, Record, records_event};
+use sluice_sources::{QueueOpener, Record, records_event};
 use std::sync::Arc;
 use std::time::Duration;
 // Tokio's clock, so that a paused test clock drives batching windows and deadlines too.
@@ -47,7 +47,8 @@ struct MappingContext {
 pub struct SqsMapping {
     pub config: MappingConfig,
     pub source: SqsSourceConfig,
-    pub client: aws_sdk_sqs::Client,
+    /// Opens the mapping's queue.
+    pub queues: Arc<dyn QueueOpener>,
     pub target: SharedTarget,
     pub on_failure: Option<Arc<dyn Destination>>,
     pub health: MappingHealthHandle,
@@ -58,7 +59,7 @@ impl SqsMapping {
     /// Runs until `shutdown` is cancelled, then drains for at most `shutdown_timeout`.
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
         let Some(queue) = poller::connect(
-            &self.client,
+            self.queues.as_ref(),
             &self.source.queue_url,
             &self.config.name,
             &self.health,
@@ -69,16 +70,6 @@ impl SqsMapping {
         else {
             return;
         };
-        self.run_on(queue, shutdown, shutdown_timeout).await;
-    }
-
-    /// [`Self::run`] on a queue that is already connected.
-    pub(crate) async fn run_on(
-        self,
-        queue: Arc<dyn Queue>,
-        shutdown: CancellationToken,
-        shutdown_timeout: Duration,
-    ) {
         let name = self.config.name.clone();
         let description = queue.description().clone();
         tracing::info!(
@@ -389,16 +380,19 @@ mod tests {
     use crate::health::Health;
     use crate::targets::testing::ScriptedTarget;
     use serde_json::json;
-    use sluice_sources::memory::{MemoryQueue, QueueCall};
+    use sluice_sources::Queue;
+    use sluice_sources::memory::{MemoryOpener, MemoryQueue, QueueCall};
 
     const VISIBILITY: Duration = Duration::from_secs(30);
 
     fn mapping(
+        queue: Arc<MemoryQueue>,
         source_yaml: &str,
         extra_yaml: &str,
         target: Arc<ScriptedTarget>,
         on_failure: Option<Arc<dyn Destination>>,
     ) -> SqsMapping {
+        let url = queue.description().url.clone();
         let yaml = format!(
             r#"
 version: 1
@@ -408,7 +402,7 @@ mappings:
   - name: worker
     target: t
     source:
-      sqs: {{ queue_url: "memory://queue/q", {source_yaml} }}
+      sqs: {{ queue_url: "{url}", {source_yaml} }}
 {extra_yaml}
 "#
         );
@@ -420,13 +414,7 @@ mappings:
         SqsMapping {
             config: mapping,
             source,
-            // Never called: the worker runs on the in-memory queue.
-            client: aws_sdk_sqs::Client::from_conf(
-                aws_sdk_sqs::Config::builder()
-                    .behavior_version_latest()
-                    .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-                    .build(),
-            ),
+            queues: Arc::new(MemoryOpener(queue)),
             target: SharedTarget::new("t", target, 10),
             on_failure,
             health: Health::new(Duration::from_secs(60), Duration::from_secs(60))
@@ -450,8 +438,7 @@ mappings:
         done: impl Fn(&MemoryQueue) -> bool,
     ) {
         let shutdown = CancellationToken::new();
-        let running =
-            tokio::spawn(worker.run_on(queue.clone(), shutdown.clone(), Duration::from_secs(5)));
+        let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
         let started = tokio::time::Instant::now();
         while !done(&queue) {
             assert!(
@@ -481,6 +468,7 @@ mappings:
         let observed = queue.clone();
         recorder.observe(move || json!(observed.calls().len()));
         let worker = mapping(
+            queue.clone(),
             "batch_size: 10, max_batching_window: 1s",
             "    report_batch_item_failures: true\n    retry: { max_receive_count: 2, backoff: { initial: 7s, jitter: false } }\n    on_failure: { sqs: { queue_url: \"memory://dlq\" } }",
             target.clone(),
@@ -526,7 +514,8 @@ mappings:
         let target = Arc::new(ScriptedTarget::default());
         target.push(failures(&[&a1]));
         let worker = mapping(
-            "batch_size: 10, max_batching_window: 1s",
+            queue.clone(),
+            "batch_size: 10",
             "    report_batch_item_failures: true\n    retry: { backoff: { initial: 3s, jitter: false } }",
             target.clone(),
             None,
@@ -552,14 +541,14 @@ mappings:
         let target = Arc::new(ScriptedTarget::default());
         // A batch waits for its window (a minute) to fill; the stop comes first.
         let worker = mapping(
+            queue.clone(),
             "batch_size: 10, max_batching_window: 1m",
             "",
             target.clone(),
             None,
         );
         let shutdown = CancellationToken::new();
-        let running =
-            tokio::spawn(worker.run_on(queue.clone(), shutdown.clone(), Duration::from_secs(5)));
+        let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
         while queue.visible() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -589,6 +578,7 @@ mappings:
         let target = Arc::new(ScriptedTarget::default());
         target.push_panic("a bug in the target");
         let worker = mapping(
+            queue.clone(),
             "batch_size: 1",
             "    retry: { backoff: { initial: 2s, jitter: false } }",
             target.clone(),

@@ -4,7 +4,7 @@
 //! §13.1). Deletes and visibility changes go out in batches of ten and retry entries that fail for
 //! reasons other than an invalid receipt handle; what still fails is reported, never hidden.
 
-use crate::queue::{DeleteReport, Queue, QueueDescription, SourceError};
+use crate::queue::{DeleteReport, Queue, QueueDescription, QueueOpener, SourceError};
 use crate::record::{AckToken, Receipt, Record};
 use crate::trace::TraceContext;
 use async_trait::async_trait;
@@ -26,6 +26,19 @@ pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// SQS's longest visibility timeout (12 hours).
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 const BATCH_CALL_ATTEMPTS: usize = 3;
+
+/// Opens SQS queues with one client.
+#[derive(Clone)]
+pub struct SqsOpener(pub Client);
+
+#[async_trait]
+impl QueueOpener for SqsOpener {
+    async fn open(&self, queue_url: &str) -> Result<std::sync::Arc<dyn Queue>, SourceError> {
+        Ok(std::sync::Arc::new(
+            SqsQueue::connect(self.0.clone(), queue_url).await?,
+        ))
+    }
+}
 
 pub struct SqsQueue {
     client: Client,
