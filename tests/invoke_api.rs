@@ -238,3 +238,76 @@ invoke_api:
     assert_eq!(record["responsePayload"]["errorType"], "MissingName");
     assert_eq!(record["sluice"]["source"]["kind"], "invoke");
 }
+
+// Issue 17: an Invoke API function's destination failing shows on /readyz as a mapping's failing
+// acknowledgements do, and clears once a record is stored; the event is kept meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_function_destination_fails_readyz_until_a_record_is_stored() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    // The destination queue's URL, then the queue gone: stores fail until it is back.
+    let dlq = create_queue(&sqs, "gone-dlq", &[]).await;
+    sqs.delete_queue().queue_url(&dlq).send().await.unwrap();
+    let invoke = format!("127.0.0.1:{}", free_port());
+    let state = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+version: 1
+state_dir: "{state}"
+admin: {{ listen: "{{admin}}" }}
+targets:
+  greeter:
+    command: {{ program: ["{python}", "{greeter}"], timeout: 10s }}
+invoke_api:
+  listen: "{invoke}"
+  functions:
+    hello:
+      target: greeter
+      async: {{ max_retry_attempts: 0 }}
+      on_failure:
+        sqs: {{ queue_url: "{dlq}" }}
+"#,
+        state = state.path().display(),
+        python = python().display(),
+        greeter = workspace_root().join("examples/greeter.py").display(),
+    );
+    let sluice = Sluice::start(&config, &moto_env(&moto));
+    let client = lambda_client(&format!("http://{invoke}")).await;
+    wait_for_listener(&invoke, "the invoke API up").await;
+    let accepted = client
+        .invoke()
+        .function_name("hello")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(r#"{"nobody": true}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status_code(), 202);
+    let failing = eventually(
+        Duration::from_secs(60),
+        "/readyz naming the destination",
+        || async {
+            let (status, body) = sluice.get("/readyz").await;
+            (status == 503 && body.contains("hello (destination)")).then_some(body)
+        },
+    )
+    .await;
+    assert!(failing.contains("RetriesExhausted"), "{failing}");
+    create_queue(&sqs, "gone-dlq", &[]).await;
+    let dead = eventually(
+        Duration::from_secs(60),
+        "the destination record",
+        || async {
+            let messages = receive_all(&sqs, &dlq, 60).await;
+            (!messages.is_empty()).then_some(messages)
+        },
+    )
+    .await;
+    let record: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    eventually(Duration::from_secs(30), "/readyz ready again", || async {
+        let (status, _) = sluice.get("/readyz").await;
+        (status == 200).then_some(())
+    })
+    .await;
+}

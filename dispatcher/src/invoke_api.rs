@@ -266,6 +266,12 @@ impl Function {
         format!("{} (async worker)", self.name)
     }
 
+    /// The `/readyz` entry of the function's destinations: failing while destination records
+    /// cannot be stored (as a mapping's acknowledgements), clear once one is stored.
+    fn destination_key(&self) -> String {
+        format!("{} (destination)", self.name)
+    }
+
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
         self.schedule.lock().expect("schedule lock")
     }
@@ -882,6 +888,14 @@ async fn finish(
         };
         if let Err(error) = destination.store(record.to_json(), &placement).await {
             tracing::error!(function = %function.name, request_id = %meta.request_id, condition, %error, "storing the destination record failed; the event stays queued and only the record is stored again");
+            function.health.set_problem(
+                Component::Function,
+                &function.destination_key(),
+                Some(format!(
+                    "storing a {condition} record in {} failed: {error}; the event stays queued and its record is stored again",
+                    destination.describe()
+                )),
+            );
             function.finishing.lock().expect("finishing lock").insert(
                 meta.id.clone(),
                 Finishing {
@@ -894,6 +908,9 @@ async fn finish(
             function.reschedule(meta);
             return;
         }
+        function
+            .health
+            .set_problem(Component::Function, &function.destination_key(), None);
     } else if completion != Completion::Success {
         tracing::error!(function = %function.name, request_id = %meta.request_id, condition, "event discarded: it ran out of retries and the function has no on_failure destination");
     }
