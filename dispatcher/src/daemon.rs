@@ -13,6 +13,8 @@ use anyhow::Context;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use metrics_exporter_prometheus::PrometheusHandle;
+use sluice_sources::checkpoint::dynamodb::LeaseTable;
+use sluice_sources::dynamodb_streams::{DynamoDbStreams, StreamOpener};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +104,10 @@ pub async fn run_with_handlers(
     let s3_client = s3_client(&sdk_config);
     let queues: Arc<dyn sluice_sources::QueueOpener> =
         Arc::new(sluice_sources::sqs::SqsOpener(sqs_client.clone()));
+    let streams: Arc<dyn StreamOpener> = Arc::new(DynamoDbStreams {
+        streams: streams_client.clone(),
+        tables: tables_client.clone(),
+    });
     let health = Health::new(config.admin.stall_after, config.admin.stuck_after);
     let region = sdk_config
         .region()
@@ -204,14 +210,16 @@ pub async fn run_with_handlers(
                 let store = stream::StoreSetup::from_config(
                     &config.checkpoints,
                     state_file.as_ref(),
-                    &tables_client,
+                    |table| LeaseTable {
+                        client: tables_client.clone(),
+                        table: table.to_owned(),
+                    },
                 )
                 .context("the checkpoint store is not open")?;
                 let worker = stream::StreamMapping {
                     config: mapping.clone(),
                     source: source.clone(),
-                    streams: streams_client.clone(),
-                    tables: tables_client.clone(),
+                    streams: streams.clone(),
                     store,
                     target,
                     on_failure,

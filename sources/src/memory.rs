@@ -14,7 +14,11 @@
 //!
 //! Every delete and visibility change is kept in [`MemoryQueue::calls`], in order, so that a
 //! test can check the order acknowledgements were made in.
+//!
+//! [`MemoryStream`] is a stream of shards with DynamoDB Streams' reading semantics: iterators
+//! that a test can expire, records a test can trim, shards that close.
 
+use crate::dynamodb_streams::{IteratorStart, Page, ReadError, Shard, ShardReader};
 use crate::queue::{DeleteReport, Queue, QueueDescription, QueueOpener, SourceError};
 use crate::record::{AckToken, Receipt, Record};
 use async_trait::async_trait;
@@ -339,6 +343,182 @@ impl Queue for MemoryQueue {
     }
 }
 
+/// A stream of shards in memory (see the module docs). Records are `{"n": <index>}`, their
+/// sequence numbers the shard's record index (`"1"`, `"2"`, ...).
+pub struct MemoryStream {
+    shards: Mutex<Vec<MemoryShard>>,
+    /// Iterators from an older generation have expired.
+    generation: Mutex<u64>,
+}
+
+struct MemoryShard {
+    id: String,
+    parent: Option<String>,
+    /// Sequence numbers 1..=len.
+    len: u64,
+    /// Records with a sequence number at or below this are trimmed.
+    trimmed_through: u64,
+    closed: bool,
+}
+
+impl Default for MemoryStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStream {
+    pub fn new() -> Self {
+        Self {
+            shards: Mutex::default(),
+            generation: Mutex::new(0),
+        }
+    }
+
+    /// Adds an open shard.
+    pub fn add_shard(&self, id: &str, parent: Option<&str>) {
+        self.shards.lock().expect("stream lock").push(MemoryShard {
+            id: id.to_owned(),
+            parent: parent.map(str::to_owned),
+            len: 0,
+            trimmed_through: 0,
+            closed: false,
+        });
+    }
+
+    fn with_shard<T>(&self, id: &str, f: impl FnOnce(&mut MemoryShard) -> T) -> Option<T> {
+        let mut shards = self.shards.lock().expect("stream lock");
+        shards.iter_mut().find(|s| s.id == id).map(f)
+    }
+
+    /// Appends `count` records to a shard.
+    pub fn append(&self, shard_id: &str, count: u64) {
+        self.with_shard(shard_id, |s| s.len += count)
+            .expect("a known shard");
+    }
+
+    /// Trims a shard's records through sequence number `through`.
+    pub fn trim(&self, shard_id: &str, through: u64) {
+        self.with_shard(shard_id, |s| s.trimmed_through = through)
+            .expect("a known shard");
+    }
+
+    /// Closes a shard: once read to its end, reads return no next iterator.
+    pub fn close(&self, shard_id: &str) {
+        self.with_shard(shard_id, |s| s.closed = true)
+            .expect("a known shard");
+    }
+
+    /// Expires every iterator handed out so far.
+    pub fn expire_iterators(&self) {
+        *self.generation.lock().expect("stream lock") += 1;
+    }
+
+    fn generation(&self) -> u64 {
+        *self.generation.lock().expect("stream lock")
+    }
+
+    fn record(shard_id: &str, sequence: u64) -> Record {
+        let event = serde_json::value::to_raw_value(&serde_json::json!({ "n": sequence }))
+            .expect("a JSON value");
+        Record::new(
+            Receipt {
+                id: sequence.to_string(),
+                ack: AckToken::Stream {
+                    shard_id: shard_id.to_owned(),
+                },
+            },
+            Some(sequence.to_string()),
+            Duration::ZERO,
+            Duration::ZERO,
+            1,
+            event,
+        )
+    }
+}
+
+#[async_trait]
+impl ShardReader for MemoryStream {
+    fn stream_arn(&self) -> &str {
+        "arn:aws:dynamodb:us-east-1:000000000000:table/memory/stream/1"
+    }
+
+    fn region(&self) -> &str {
+        "us-east-1"
+    }
+
+    async fn list_shards(&self) -> Result<Vec<Shard>, SourceError> {
+        let shards = self.shards.lock().expect("stream lock");
+        Ok(shards
+            .iter()
+            .map(|s| Shard {
+                id: s.id.clone(),
+                parent: s.parent.clone(),
+                ending_sequence_number: s.closed.then(|| s.len.to_string()),
+            })
+            .collect())
+    }
+
+    async fn iterator(&self, shard_id: &str, start: &IteratorStart) -> Result<String, ReadError> {
+        let generation = self.generation();
+        let (trimmed_through, len) = self
+            .with_shard(shard_id, |s| (s.trimmed_through, s.len))
+            .ok_or_else(|| missing(shard_id))?;
+        // The index of the next record to read.
+        let next = match start {
+            IteratorStart::TrimHorizon => trimmed_through + 1,
+            IteratorStart::Latest => len + 1,
+            IteratorStart::AfterSequence(sequence) => {
+                let after: u64 = sequence.parse().unwrap_or(0);
+                if after < trimmed_through {
+                    return Err(ReadError::Trimmed(format!(
+                        "shard {shard_id}: records through {trimmed_through} are trimmed"
+                    )));
+                }
+                after + 1
+            }
+        };
+        Ok(format!("{generation}/{shard_id}/{next}"))
+    }
+
+    async fn read(&self, shard_id: &str, iterator: &str, limit: i32) -> Result<Page, ReadError> {
+        let mut parts = iterator.splitn(3, '/');
+        let generation: u64 = parts.next().and_then(|g| g.parse().ok()).unwrap_or(0);
+        let _shard = parts.next();
+        let next: u64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+        if generation != self.generation() {
+            return Err(ReadError::ExpiredIterator);
+        }
+        let (trimmed_through, len, closed) = self
+            .with_shard(shard_id, |s| (s.trimmed_through, s.len, s.closed))
+            .ok_or_else(|| missing(shard_id))?;
+        if next <= trimmed_through {
+            return Err(ReadError::Trimmed(format!(
+                "shard {shard_id}: records through {trimmed_through} are trimmed"
+            )));
+        }
+        let last = len.min(next + limit.max(1) as u64 - 1);
+        let records = (next..=last).map(|n| Self::record(shard_id, n)).collect();
+        let next_iterator = if closed && last >= len {
+            None
+        } else {
+            Some(format!("{generation}/{shard_id}/{}", last + 1))
+        };
+        Ok(Page {
+            records,
+            next_iterator,
+        })
+    }
+}
+
+fn missing(shard_id: &str) -> ReadError {
+    ReadError::Source(SourceError::Stream {
+        stream: "memory".into(),
+        operation: "GetShardIterator",
+        message: format!("ResourceNotFoundException: no shard {shard_id}"),
+    })
+}
+
 /// Opens one memory queue by its URL (`memory://queue/<name>`).
 pub struct MemoryOpener(pub Arc<MemoryQueue>);
 
@@ -491,5 +671,99 @@ mod tests {
         let opened = opener.open("memory://queue/q").await.unwrap();
         assert_eq!(opened.description().url, "memory://queue/q");
         assert!(opener.open("memory://queue/other").await.is_err());
+    }
+
+    mod stream {
+        use super::super::*;
+        use crate::dynamodb_streams::{CursorEvent, CursorRead, ShardCursor};
+
+        async fn read_all(stream: &MemoryStream, cursor: &mut ShardCursor) -> Vec<String> {
+            let mut read = Vec::new();
+            loop {
+                match cursor.read(stream, 2).await.unwrap() {
+                    CursorRead::Page { records, end } => {
+                        if records.is_empty() && !end {
+                            return read;
+                        }
+                        read.extend(records.iter().map(|r| r.id().to_owned()));
+                        if end {
+                            return read;
+                        }
+                    }
+                    CursorRead::Renewing => {}
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn a_cursor_reads_a_shard_in_pages_to_its_end() {
+            let stream = MemoryStream::new();
+            stream.add_shard("s1", None);
+            stream.append("s1", 5);
+            stream.close("s1");
+            let mut cursor = ShardCursor::new("s1", IteratorStart::TrimHorizon);
+            assert_eq!(
+                read_all(&stream, &mut cursor).await,
+                ["1", "2", "3", "4", "5"]
+            );
+            let shards = stream.list_shards().await.unwrap();
+            assert_eq!(shards[0].ending_sequence_number.as_deref(), Some("5"));
+        }
+
+        #[tokio::test]
+        async fn an_expired_iterator_is_renewed_after_the_last_record_read() {
+            let stream = MemoryStream::new();
+            stream.add_shard("s1", None);
+            stream.append("s1", 4);
+            let mut cursor = ShardCursor::new("s1", IteratorStart::TrimHorizon);
+            let CursorRead::Page { records, .. } = cursor.read(&stream, 2).await.unwrap() else {
+                panic!("a page")
+            };
+            assert_eq!(records.len(), 2);
+            stream.expire_iterators();
+            assert!(matches!(
+                cursor.read(&stream, 2).await.unwrap(),
+                CursorRead::Renewing
+            ));
+            assert_eq!(
+                cursor.take_events(),
+                [CursorEvent::ExpiredIterator {
+                    after: Some("2".into())
+                }]
+            );
+            // Nothing skipped, nothing twice.
+            assert_eq!(read_all(&stream, &mut cursor).await, ["3", "4"]);
+        }
+
+        #[tokio::test]
+        async fn trimmed_records_are_skipped_to_the_horizon_and_the_rest_read() {
+            let stream = MemoryStream::new();
+            stream.add_shard("s1", None);
+            stream.append("s1", 6);
+            // A checkpoint after record 1; records through 3 are then trimmed.
+            let mut cursor = ShardCursor::new("s1", IteratorStart::AfterSequence("1".into()));
+            stream.trim("s1", 3);
+            let read = read_all(&stream, &mut cursor).await;
+            assert_eq!(read, ["4", "5", "6"]);
+            assert!(matches!(
+                cursor.take_events().as_slice(),
+                [CursorEvent::Trimmed { .. }]
+            ));
+            // Trimmed under an open iterator: the next read resumes at the horizon.
+            stream.append("s1", 4);
+            stream.trim("s1", 8);
+            let read = read_all(&stream, &mut cursor).await;
+            assert_eq!(read, ["9", "10"]);
+        }
+
+        #[tokio::test]
+        async fn a_failed_iterator_request_leaves_the_place_unchanged() {
+            let stream = MemoryStream::new();
+            let mut cursor = ShardCursor::new("missing", IteratorStart::TrimHorizon);
+            assert!(cursor.read(&stream, 2).await.is_err());
+            stream.add_shard("missing", None);
+            stream.append("missing", 1);
+            assert_eq!(read_all(&stream, &mut cursor).await, ["1"]);
+        }
     }
 }

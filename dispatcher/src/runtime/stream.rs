@@ -27,10 +27,12 @@ use sluice_policies::{
     BatchLimits, FilterSet, IdentifierKind, ItemIdentifier, ShardProgress, lane_of,
     stream::Position,
 };
-use sluice_sources::checkpoint::dynamodb::DynamoDbLeaseStore;
+use sluice_sources::checkpoint::dynamodb::LeaseTable;
 use sluice_sources::checkpoint::embedded::{EmbeddedStore, StateFile};
 use sluice_sources::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ShardSpec};
-use sluice_sources::dynamodb_streams::{DynamoDbStream, IteratorStart, ReadError};
+use sluice_sources::dynamodb_streams::{
+    CursorEvent, CursorRead, IteratorStart, ShardCursor, ShardReader, StreamOpener,
+};
 use sluice_sources::{Record, records_event};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -48,17 +50,18 @@ const MAX_IDLE_INTERVAL: Duration = Duration::from_secs(1);
 pub enum StoreSetup {
     Embedded(StateFile),
     DynamoDb {
-        client: aws_sdk_dynamodb::Client,
-        table: String,
+        leases: LeaseTable,
         lease_duration: Duration,
     },
 }
 
 impl StoreSetup {
+    /// The setup `config` describes; `leases` is the lease table's client when checkpoints go
+    /// to DynamoDB.
     pub fn from_config(
         config: &CheckpointsConfig,
         state: Option<&StateFile>,
-        client: &aws_sdk_dynamodb::Client,
+        leases: impl FnOnce(&str) -> LeaseTable,
     ) -> Option<Self> {
         match config {
             CheckpointsConfig::Embedded => state.cloned().map(StoreSetup::Embedded),
@@ -66,8 +69,7 @@ impl StoreSetup {
                 table,
                 lease_duration,
             } => Some(StoreSetup::DynamoDb {
-                client: client.clone(),
-                table: table.clone(),
+                leases: leases(table),
                 lease_duration: *lease_duration,
             }),
         }
@@ -78,8 +80,8 @@ impl StoreSetup {
 pub struct StreamMapping {
     pub config: MappingConfig,
     pub source: StreamSourceConfig,
-    pub streams: aws_sdk_dynamodbstreams::Client,
-    pub tables: aws_sdk_dynamodb::Client,
+    /// Finds the mapping's stream.
+    pub streams: Arc<dyn StreamOpener>,
     pub store: StoreSetup,
     pub target: SharedTarget,
     pub on_failure: Option<Arc<dyn Destination>>,
@@ -90,7 +92,7 @@ pub struct StreamMapping {
 /// Everything the shard workers of a mapping share.
 struct Shared {
     source: StreamSourceConfig,
-    stream: DynamoDbStream,
+    stream: Arc<dyn ShardReader>,
     store: Arc<dyn CheckpointStore>,
     lane: LaneSettings,
     filters: FilterSet,
@@ -123,7 +125,7 @@ impl StreamMapping {
         let Some(stream) = self.resolve(&shutdown).await else {
             return;
         };
-        let Some(store) = self.open_store(&stream, &shutdown).await else {
+        let Some(store) = self.open_store(stream.as_ref(), &shutdown).await else {
             return;
         };
         let (sync_interval, lease_duration) = match &self.store {
@@ -134,7 +136,7 @@ impl StreamMapping {
         };
         tracing::info!(
             mapping = %name,
-            stream_arn = %stream.stream_arn,
+            stream_arn = %stream.stream_arn(),
             checkpoints = %store.describe(),
             batch_size = self.source.batch_size,
             parallelization_factor = self.source.parallelization_factor,
@@ -154,7 +156,7 @@ impl StreamMapping {
                 health: self.health.clone(),
                 metrics: self.metrics.clone(),
                 on_failure: self.on_failure.clone(),
-                region: stream.region.clone(),
+                region: stream.region().to_owned(),
             },
             stream,
             store,
@@ -171,7 +173,7 @@ impl StreamMapping {
         tracing::info!(mapping = %name, "mapping stopped");
     }
 
-    async fn resolve(&self, shutdown: &CancellationToken) -> Option<DynamoDbStream> {
+    async fn resolve(&self, shutdown: &CancellationToken) -> Option<Arc<dyn ShardReader>> {
         retry_until_ok(
             "finding the stream",
             &self.config.name,
@@ -179,9 +181,7 @@ impl StreamMapping {
             &self.metrics,
             shutdown,
             || {
-                DynamoDbStream::resolve(
-                    self.streams.clone(),
-                    &self.tables,
+                self.streams.open(
                     self.source.table.as_deref(),
                     self.source.stream_arn.as_deref(),
                 )
@@ -192,10 +192,10 @@ impl StreamMapping {
 
     async fn open_store(
         &self,
-        stream: &DynamoDbStream,
+        stream: &dyn ShardReader,
         shutdown: &CancellationToken,
     ) -> Option<Arc<dyn CheckpointStore>> {
-        let (client, table, lease_duration) = match &self.store {
+        let (leases, lease_duration) = match &self.store {
             StoreSetup::Embedded(file) => {
                 return Some(Arc::new(EmbeddedStore::new(
                     file.clone(),
@@ -203,10 +203,9 @@ impl StreamMapping {
                 )));
             }
             StoreSetup::DynamoDb {
-                client,
-                table,
+                leases,
                 lease_duration,
-            } => (client, table, *lease_duration),
+            } => (leases, *lease_duration),
         };
         let owner = format!(
             "{}-{}-{}",
@@ -221,11 +220,9 @@ impl StreamMapping {
             &self.metrics,
             shutdown,
             || {
-                DynamoDbLeaseStore::open(
-                    client.clone(),
-                    table,
+                leases.open(
                     &self.config.name,
-                    &stream.stream_arn,
+                    stream.stream_arn(),
                     owner.clone(),
                     lease_duration,
                 )
@@ -507,7 +504,7 @@ impl LaneHost for ShardLanes {
 
     fn envelope_source(&self, records: &[&Record]) -> EnvelopeSource {
         EnvelopeSource::DynamodbStream {
-            stream_arn: self.shared.stream.stream_arn.clone(),
+            stream_arn: self.shared.stream.stream_arn().to_owned(),
             shard_id: self.progress.shard_id.clone(),
             sequence_numbers: records.iter().map(|r| r.id().to_owned()).collect(),
             first_arrival: records.first().map_or(Duration::ZERO, |r| r.arrived_at),
@@ -660,11 +657,7 @@ async fn read_shard(
     abort: &CancellationToken,
 ) -> ReadEnd {
     let age = shared.lane.metrics.iterator_age(shard_id);
-    let mut last_read: Option<String> = match &start {
-        IteratorStart::AfterSequence(sequence) => Some(sequence.clone()),
-        _ => None,
-    };
-    let mut iterator: Option<String> = None;
+    let mut cursor = ShardCursor::new(shard_id, start);
     let mut failures = 0u32;
     let mut idle_reads = 0u32;
     let mut last_call = tokio::time::Instant::now() - MIN_READ_INTERVAL;
@@ -688,82 +681,43 @@ async fn read_shard(
             _ = tokio::time::sleep_until(last_call + pause) => {}
         }
         last_call = tokio::time::Instant::now();
-        let current = match iterator.take() {
-            Some(current) => current,
-            None => {
-                let from = match &last_read {
-                    Some(sequence) => IteratorStart::AfterSequence(sequence.clone()),
-                    None => start.clone(),
-                };
-                match shared.stream.iterator(shard_id, &from).await {
-                    Ok(fresh) => fresh,
-                    Err(ReadError::Trimmed(detail)) => {
-                        trimmed(shared, shard_id, &detail);
-                        last_read = None;
-                        match shared
-                            .stream
-                            .iterator(shard_id, &IteratorStart::TrimHorizon)
-                            .await
-                        {
-                            Ok(fresh) => fresh,
-                            Err(error) => {
-                                failures += 1;
-                                read_failed(shared, shard_id, &error.to_string());
-                                continue;
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        failures += 1;
-                        read_failed(shared, shard_id, &error.to_string());
-                        continue;
-                    }
+        let read = cursor.read(shared.stream.as_ref(), limit).await;
+        for event in cursor.take_events() {
+            match event {
+                CursorEvent::ExpiredIterator { after } => {
+                    shared.lane.metrics.stream_event("expired_iterator");
+                    tracing::info!(mapping = %shared.lane.name, %shard_id, ?after, "shard iterator expired; renewing it after the last record read");
                 }
+                CursorEvent::Trimmed { detail } => trimmed(shared, shard_id, &detail),
             }
-        };
-        let page = match shared.stream.read(shard_id, &current, limit).await {
-            Ok(page) => page,
-            Err(ReadError::ExpiredIterator) => {
-                shared.lane.metrics.stream_event("expired_iterator");
-                tracing::info!(mapping = %shared.lane.name, %shard_id, after = ?last_read, "shard iterator expired; renewing it after the last record read");
-                continue;
-            }
-            Err(ReadError::Trimmed(detail)) => {
-                trimmed(shared, shard_id, &detail);
-                last_read = None;
-                iterator = shared
-                    .stream
-                    .iterator(shard_id, &IteratorStart::TrimHorizon)
-                    .await
-                    .ok();
-                continue;
-            }
+        }
+        let (records, end) = match read {
+            Ok(CursorRead::Page { records, end }) => (records, end),
+            Ok(CursorRead::Renewing) => continue,
             Err(error) => {
                 failures += 1;
                 read_failed(shared, shard_id, &error.to_string());
-                // The iterator may still be good; it is renewed after the last record either way.
                 continue;
             }
         };
         failures = 0;
         shared.lane.health.poll_succeeded();
         let now = now_since_epoch();
-        if page.records.is_empty() {
+        if records.is_empty() {
             idle_reads = idle_reads.saturating_add(1);
             age.set(0.0);
         } else {
             idle_reads = 0;
-            let newest = page.records.last().map_or(now, |r| r.arrived_at);
+            let newest = records.last().map_or(now, |r| r.arrived_at);
             age.set(now.saturating_sub(newest).as_secs_f64());
             shared
                 .lane
                 .metrics
                 .records_received
-                .increment(page.records.len() as u64);
+                .increment(records.len() as u64);
         }
         let mut skipped = Vec::new();
-        for record in page.records {
-            last_read = Some(record.id().to_owned());
+        for record in records {
             let position = progress.push(record.id().to_owned());
             if skip_before.is_some_and(|at| record.arrived_at < at) {
                 skipped.push(position);
@@ -802,9 +756,8 @@ async fn read_shard(
                 return ReadEnd::Stopped;
             }
         }
-        match page.next_iterator {
-            Some(next) => iterator = Some(next),
-            None => return ReadEnd::ShardEnd,
+        if end {
+            return ReadEnd::ShardEnd;
         }
     }
 }
@@ -984,8 +937,10 @@ mappings:
         let worker = StreamMapping {
             config: mapping,
             source,
-            streams,
-            tables,
+            streams: Arc::new(sluice_sources::dynamodb_streams::DynamoDbStreams {
+                streams,
+                tables,
+            }),
             store: StoreSetup::Embedded(file.clone()),
             target: SharedTarget::new("recording", Arc::new(Recording(seen.clone())), 4),
             on_failure: None,

@@ -146,6 +146,35 @@ fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+/// A lease table: where stream mappings with `checkpoints: dynamodb` keep leases and
+/// checkpoints; opens one store per mapping.
+#[derive(Clone)]
+pub struct LeaseTable {
+    pub client: Client,
+    pub table: String,
+}
+
+impl LeaseTable {
+    /// The store of `mapping`'s leases on `stream_arn`, held by `owner`.
+    pub async fn open(
+        &self,
+        mapping: &str,
+        stream_arn: &str,
+        owner: String,
+        lease_duration: Duration,
+    ) -> Result<DynamoDbLeaseStore, CheckpointError> {
+        DynamoDbLeaseStore::open(
+            self.client.clone(),
+            &self.table,
+            mapping,
+            stream_arn,
+            owner,
+            lease_duration,
+        )
+        .await
+    }
+}
+
 impl DynamoDbLeaseStore {
     /// Opens the lease table, creating it when missing. `owner` names this instance.
     pub async fn open(

@@ -5,15 +5,25 @@
 //! - [`DynamoDbStream::list_shards`] returns every shard with its parent, following pagination;
 //! - [`DynamoDbStream::read`] turns one GetRecords page into [`Record`]s that carry exactly the
 //!   element of Lambda's DynamoDB event (see [`event`]), and tells an expired iterator and trimmed
-//!   data apart from other failures so the caller can renew or skip ahead without a restart.
+//!   data apart from other failures so the caller can renew or skip ahead without a restart;
+//! - [`ShardReader`] is that API as a trait (an in-memory stream stands in for it in tests), and
+//!   [`ShardCursor`] keeps one shard's place across reads: it renews expired iterators after the
+//!   last record read and resumes at the trim horizon past trimmed data;
+//! - [`StreamOpener`] ([`DynamoDbStreams`]) finds a stream, so the runtime holds no AWS client.
 //!
 //! Sequence numbers can have more digits than any integer type holds (dependencies.md trap 5):
 //! compare them with [`compare_sequence_numbers`].
 
+mod cursor;
 pub mod event;
+mod types;
+
+pub use cursor::{CursorEvent, CursorRead, ShardCursor, ShardReader};
+pub use types::{IteratorStart, Page, ReadError, Shard};
 
 use crate::queue::SourceError;
 use crate::record::{AckToken, Receipt, Record};
+use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::Client;
 use aws_sdk_dynamodbstreams::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
@@ -29,44 +39,6 @@ pub const MAX_RECORDS_PER_READ: i32 = 1000;
 /// Orders two sequence numbers of one shard: by length, then as text.
 pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
-
-/// One shard as the stream describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shard {
-    pub id: String,
-    pub parent: Option<String>,
-    /// Set once the shard is closed (split or stream disabled): no records after it.
-    pub ending_sequence_number: Option<String>,
-}
-
-/// Where a shard iterator starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IteratorStart {
-    TrimHorizon,
-    Latest,
-    AfterSequence(String),
-}
-
-/// Why a read failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The iterator is older than 15 minutes: get a new one after the last record read.
-    #[error("the shard iterator expired")]
-    ExpiredIterator,
-    /// The iterator points before the trim horizon (records older than 24 hours are gone).
-    #[error("the records at the iterator were trimmed from the stream: {0}")]
-    Trimmed(String),
-    #[error(transparent)]
-    Source(#[from] SourceError),
-}
-
-/// One page of a shard.
-#[derive(Debug)]
-pub struct Page {
-    pub records: Vec<Record>,
-    /// `None` once the shard is closed and fully read.
-    pub next_iterator: Option<String>,
 }
 
 #[derive(Clone)]
@@ -304,6 +276,62 @@ impl DynamoDbStream {
             1,
             raw,
         ))
+    }
+}
+
+#[async_trait]
+impl ShardReader for DynamoDbStream {
+    fn stream_arn(&self) -> &str {
+        &self.stream_arn
+    }
+
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn list_shards(&self) -> Result<Vec<Shard>, SourceError> {
+        DynamoDbStream::list_shards(self).await
+    }
+
+    async fn iterator(&self, shard_id: &str, start: &IteratorStart) -> Result<String, ReadError> {
+        DynamoDbStream::iterator(self, shard_id, start).await
+    }
+
+    async fn read(&self, shard_id: &str, iterator: &str, limit: i32) -> Result<Page, ReadError> {
+        DynamoDbStream::read(self, shard_id, iterator, limit).await
+    }
+}
+
+/// Finds streams: all a stream mapping needs from its AWS clients, so that the runtime never
+/// holds one.
+#[async_trait]
+pub trait StreamOpener: Send + Sync + 'static {
+    /// The stream `stream_arn` names, or `table`'s latest stream.
+    async fn open(
+        &self,
+        table: Option<&str>,
+        stream_arn: Option<&str>,
+    ) -> Result<std::sync::Arc<dyn ShardReader>, SourceError>;
+}
+
+/// Opens DynamoDB streams with a DynamoDB Streams client and a DynamoDB client (for a table's
+/// latest stream).
+#[derive(Clone)]
+pub struct DynamoDbStreams {
+    pub streams: aws_sdk_dynamodbstreams::Client,
+    pub tables: aws_sdk_dynamodb::Client,
+}
+
+#[async_trait]
+impl StreamOpener for DynamoDbStreams {
+    async fn open(
+        &self,
+        table: Option<&str>,
+        stream_arn: Option<&str>,
+    ) -> Result<std::sync::Arc<dyn ShardReader>, SourceError> {
+        let stream =
+            DynamoDbStream::resolve(self.streams.clone(), &self.tables, table, stream_arn).await?;
+        Ok(std::sync::Arc::new(stream))
     }
 }
 
