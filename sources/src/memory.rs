@@ -18,7 +18,7 @@
 //! [`MemoryStream`] is a stream of shards with DynamoDB Streams' reading semantics: iterators
 //! that a test can expire, records a test can trim, shards that close.
 
-use crate::dynamodb_streams::{IteratorStart, Page, ReadError, Shard, ShardReader};
+use crate::dynamodb_streams::{IteratorStart, Page, ReadError, Shard, ShardReader, StreamOpener};
 use crate::queue::{DeleteReport, Queue, QueueDescription, QueueOpener, SourceError};
 use crate::record::{AckToken, Receipt, Record};
 use async_trait::async_trait;
@@ -517,6 +517,20 @@ fn missing(shard_id: &str) -> ReadError {
         operation: "GetShardIterator",
         message: format!("ResourceNotFoundException: no shard {shard_id}"),
     })
+}
+
+/// Opens one memory stream, whatever table or ARN is asked for.
+pub struct MemoryStreams(pub Arc<MemoryStream>);
+
+#[async_trait]
+impl StreamOpener for MemoryStreams {
+    async fn open(
+        &self,
+        _table: Option<&str>,
+        _stream_arn: Option<&str>,
+    ) -> Result<Arc<dyn ShardReader>, SourceError> {
+        Ok(self.0.clone())
+    }
 }
 
 /// Opens one memory queue by its URL (`memory://queue/<name>`).

@@ -775,149 +775,36 @@ fn read_failed(shared: &Shared, shard_id: &str, error: &str) {
 
 #[cfg(test)]
 mod tests {
-    //! The read loop against scripted DynamoDB Streams responses (aws-smithy-mocks): moto never
-    //! expires iterators nor trims data (dependencies.md trap 4).
+    //! The stream worker on an in-memory stream (sluice_sources::memory::MemoryStream): shards
+    //! are read to their end through lanes, in order, and checkpointed. How iterators are
+    //! renewed and trimmed data skipped is the cursor's, tested in sluice-sources against
+    //! scripted DynamoDB Streams responses and the memory stream.
 
     use super::*;
     use crate::config::SourceConfig;
     use crate::health::Health;
-    use crate::targets::{Invocation, Target};
-    use async_trait::async_trait;
-    use aws_sdk_dynamodbstreams::Client;
-    use aws_sdk_dynamodbstreams::operation::describe_stream::DescribeStreamOutput;
-    use aws_sdk_dynamodbstreams::operation::get_records::{GetRecordsError, GetRecordsOutput};
-    use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorOutput;
-    use aws_sdk_dynamodbstreams::primitives::DateTime;
-    use aws_sdk_dynamodbstreams::types::error::{
-        ExpiredIteratorException, TrimmedDataAccessException,
-    };
-    use aws_sdk_dynamodbstreams::types::{
-        AttributeValue, OperationType, Record as SdkRecord, Shard, ShardIteratorType,
-        StreamDescription, StreamRecord,
-    };
-    use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
-    use sluice_policies::Outcome;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use crate::targets::testing::ScriptedTarget;
+    use sluice_sources::memory::{MemoryStream, MemoryStreams};
 
-    struct Recording(Arc<Mutex<Vec<String>>>);
-
-    #[async_trait]
-    impl Target for Recording {
-        async fn invoke(&self, invocation: &Invocation) -> Outcome {
-            let event: serde_json::Value = serde_json::from_slice(&invocation.payload).unwrap();
-            let mut seen = self.0.lock().unwrap();
-            for record in event["Records"].as_array().unwrap() {
-                seen.push(
-                    record["dynamodb"]["SequenceNumber"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                );
-            }
-            Outcome::Returned { response: None }
-        }
-    }
-
-    fn record(sequence: u32) -> SdkRecord {
-        SdkRecord::builder()
-            .event_id(format!("e{sequence}"))
-            .event_name(OperationType::Insert)
-            .dynamodb(
-                StreamRecord::builder()
-                    .sequence_number(sequence.to_string())
-                    .keys("id", AttributeValue::S(format!("k{sequence}")))
-                    .approximate_creation_date_time(DateTime::from_secs(
-                        now_since_epoch().as_secs() as i64,
-                    ))
-                    .build(),
-            )
-            .build()
-    }
-
-    fn page(sequences: &[u32], next: Option<&str>) -> GetRecordsOutput {
-        GetRecordsOutput::builder()
-            .set_records(Some(sequences.iter().map(|s| record(*s)).collect()))
-            .set_next_shard_iterator(next.map(str::to_owned))
-            .build()
-    }
-
-    #[tokio::test]
-    async fn an_expired_iterator_is_renewed_after_the_last_record_and_trimmed_data_resumes_at_the_horizon()
-     {
-        let iterator_requests = Arc::new(Mutex::new(Vec::new()));
-        let requests = iterator_requests.clone();
-        let trimmed = Arc::new(AtomicBool::new(false));
-        let after_trim = trimmed.clone();
-        let describe = mock!(Client::describe_stream).then_output(|| {
-            DescribeStreamOutput::builder()
-                .stream_description(
-                    StreamDescription::builder()
-                        .shards(Shard::builder().shard_id("shardId-1").build())
-                        .build(),
-                )
-                .build()
-        });
-        let iterators = mock!(Client::get_shard_iterator).then_compute_output(move |request| {
-            let iterator = match request.shard_iterator_type() {
-                Some(ShardIteratorType::TrimHorizon) if after_trim.load(Ordering::SeqCst) => {
-                    "it-horizon-after-trim".to_owned()
-                }
-                Some(ShardIteratorType::TrimHorizon) => "it-horizon".to_owned(),
-                Some(ShardIteratorType::AfterSequenceNumber) => {
-                    format!("it-after-{}", request.sequence_number().unwrap())
-                }
-                other => panic!("unexpected iterator type {other:?}"),
-            };
-            requests.lock().unwrap().push(iterator.clone());
-            GetShardIteratorOutput::builder()
-                .shard_iterator(iterator)
-                .build()
-        });
-        let expired_once = Arc::new(AtomicBool::new(false));
-        let records =
-            mock!(Client::get_records).then_compute_response(move |request| {
-                match request.shard_iterator().unwrap() {
-                    "it-horizon" => MockResponse::Output(page(&[1, 2, 3], Some("it-stale"))),
-                    "it-stale" if !expired_once.swap(true, Ordering::SeqCst) => {
-                        MockResponse::Error(GetRecordsError::ExpiredIteratorException(
-                            ExpiredIteratorException::builder()
-                                .message("Iterator expired")
-                                .build(),
-                        ))
-                    }
-                    "it-after-3" => MockResponse::Output(page(&[4, 5, 6], Some("it-trimmed"))),
-                    "it-trimmed" => {
-                        trimmed.store(true, Ordering::SeqCst);
-                        MockResponse::Error(GetRecordsError::TrimmedDataAccessException(
-                            TrimmedDataAccessException::builder()
-                                .message("trimmed")
-                                .build(),
-                        ))
-                    }
-                    "it-horizon-after-trim" => MockResponse::Output(page(&[8, 9], None)),
-                    other => panic!("unexpected iterator {other}"),
-                }
-            });
-        let streams = mock_client!(
-            aws_sdk_dynamodbstreams,
-            RuleMode::MatchAny,
-            [&describe, &iterators, &records]
-        );
+    async fn run_to_end(stream: Arc<MemoryStream>, starting_position: &str) -> Vec<u64> {
         let config = crate::config::parse(
             "test.yaml",
-            r#"
+            &format!(
+                r#"
 version: 1
 targets:
-  t: { http: { url: "http://127.0.0.1:1/" } }
+  t: {{ http: {{ url: "http://127.0.0.1:1/" }} }}
 mappings:
-  - name: scripted
+  - name: memory
     target: t
     source:
       dynamodb_stream:
-        stream_arn: "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024"
-        starting_position: trim_horizon
-        batch_size: 10
+        stream_arn: "{arn}"
+        starting_position: {starting_position}
+        batch_size: 3
 "#,
+                arn = stream.stream_arn()
+            ),
             Default::default(),
         )
         .unwrap();
@@ -927,53 +814,77 @@ mappings:
         };
         let state = tempfile::tempdir().unwrap();
         let file = StateFile::open(state.path()).unwrap();
-        let tables = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::Config::builder()
-                .behavior_version_latest()
-                .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-                .build(),
-        );
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let target = Arc::new(ScriptedTarget::default());
         let worker = StreamMapping {
             config: mapping,
             source,
-            streams: Arc::new(sluice_sources::dynamodb_streams::DynamoDbStreams {
-                streams,
-                tables,
-            }),
+            streams: Arc::new(MemoryStreams(stream.clone())),
             store: StoreSetup::Embedded(file.clone()),
-            target: SharedTarget::new("recording", Arc::new(Recording(seen.clone())), 4),
+            target: SharedTarget::new("t", target.clone(), 4),
             on_failure: None,
             health: Health::new(Duration::from_secs(60), Duration::from_secs(60))
-                .register("scripted"),
-            metrics: MappingMetrics::new("scripted"),
+                .register("memory"),
+            metrics: MappingMetrics::new("memory"),
         };
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
-        let store = EmbeddedStore::new(file, "scripted");
-        let listing = [ShardSpec {
-            id: "shardId-1".into(),
-            parent: None,
-        }];
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let store = EmbeddedStore::new(file, "memory");
+        let listing: Vec<ShardSpec> = stream
+            .list_shards()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|shard| ShardSpec {
+                id: shard.id,
+                parent: shard.parent,
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let acquired = store.acquire(&listing).await.unwrap();
-            if acquired.finished.contains("shardId-1") {
+            if listing.iter().all(|s| acquired.finished.contains(&s.id)) {
                 break;
             }
-            assert!(Instant::now() < deadline, "the shard never finished");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the shards never finished"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         shutdown.cancel();
         running.await.unwrap();
-        assert_eq!(
-            *seen.lock().unwrap(),
-            vec!["1", "2", "3", "4", "5", "6", "8", "9"],
-            "nothing repeated after the renewal; the trimmed record 7 is gone"
-        );
-        assert_eq!(
-            *iterator_requests.lock().unwrap(),
-            vec!["it-horizon", "it-after-3", "it-horizon-after-trim"]
-        );
+        target
+            .payloads()
+            .iter()
+            .flat_map(|event| {
+                event["Records"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["n"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_closed_shard_is_read_to_its_end_in_order_and_finished() {
+        let stream = Arc::new(MemoryStream::new());
+        stream.add_shard("shardId-1", None);
+        stream.append("shardId-1", 10);
+        stream.close("shardId-1");
+        let seen = run_to_end(stream, "trim_horizon").await;
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn reading_from_the_trim_horizon_starts_after_what_was_trimmed() {
+        let stream = Arc::new(MemoryStream::new());
+        stream.add_shard("shardId-1", None);
+        stream.append("shardId-1", 8);
+        stream.trim("shardId-1", 5);
+        stream.close("shardId-1");
+        let seen = run_to_end(stream, "trim_horizon").await;
+        assert_eq!(seen, [6, 7, 8]);
     }
 }

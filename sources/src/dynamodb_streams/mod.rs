@@ -351,4 +351,137 @@ mod tests {
         );
         assert_eq!(compare_sequence_numbers("12", "12"), Ordering::Equal);
     }
+
+    /// Reading through the cursor against scripted DynamoDB Streams responses (aws-smithy-mocks):
+    /// moto never expires iterators nor trims data (dependencies.md trap 4).
+    mod scripted {
+        use super::super::*;
+        use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsOutput;
+        use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorOutput;
+        use aws_sdk_dynamodbstreams::primitives::DateTime;
+        use aws_sdk_dynamodbstreams::types::error::{
+            ExpiredIteratorException, TrimmedDataAccessException,
+        };
+        use aws_sdk_dynamodbstreams::types::{
+            AttributeValue, OperationType, Record as SdkRecord, StreamRecord,
+        };
+        use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
+        use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+        use std::sync::{Arc, Mutex};
+
+        fn record(sequence: u32) -> SdkRecord {
+            SdkRecord::builder()
+                .event_id(format!("e{sequence}"))
+                .event_name(OperationType::Insert)
+                .dynamodb(
+                    StreamRecord::builder()
+                        .sequence_number(sequence.to_string())
+                        .keys("id", AttributeValue::S(format!("k{sequence}")))
+                        .approximate_creation_date_time(DateTime::from_secs(1_800_000_000))
+                        .build(),
+                )
+                .build()
+        }
+
+        fn page(sequences: &[u32], next: Option<&str>) -> GetRecordsOutput {
+            GetRecordsOutput::builder()
+                .set_records(Some(sequences.iter().map(|s| record(*s)).collect()))
+                .set_next_shard_iterator(next.map(str::to_owned))
+                .build()
+        }
+
+        #[tokio::test]
+        async fn an_expired_iterator_is_renewed_after_the_last_record_and_trimmed_data_resumes_at_the_horizon()
+         {
+            let iterator_requests = Arc::new(Mutex::new(Vec::new()));
+            let requests = iterator_requests.clone();
+            let trimmed = Arc::new(AtomicBool::new(false));
+            let after_trim = trimmed.clone();
+            let iterators = mock!(Client::get_shard_iterator).then_compute_output(move |request| {
+                let iterator = match request.shard_iterator_type() {
+                    Some(ShardIteratorType::TrimHorizon)
+                        if after_trim.load(AtomicOrdering::SeqCst) =>
+                    {
+                        "it-horizon-after-trim".to_owned()
+                    }
+                    Some(ShardIteratorType::TrimHorizon) => "it-horizon".to_owned(),
+                    Some(ShardIteratorType::AfterSequenceNumber) => {
+                        format!("it-after-{}", request.sequence_number().unwrap())
+                    }
+                    other => panic!("unexpected iterator type {other:?}"),
+                };
+                requests.lock().unwrap().push(iterator.clone());
+                GetShardIteratorOutput::builder()
+                    .shard_iterator(iterator)
+                    .build()
+            });
+            let expired_once = Arc::new(AtomicBool::new(false));
+            let records = mock!(Client::get_records).then_compute_response(move |request| {
+                match request.shard_iterator().unwrap() {
+                    "it-horizon" => MockResponse::Output(page(&[1, 2, 3], Some("it-stale"))),
+                    "it-stale" if !expired_once.swap(true, AtomicOrdering::SeqCst) => {
+                        MockResponse::Error(GetRecordsError::ExpiredIteratorException(
+                            ExpiredIteratorException::builder()
+                                .message("Iterator expired")
+                                .build(),
+                        ))
+                    }
+                    "it-after-3" => MockResponse::Output(page(&[4, 5, 6], Some("it-trimmed"))),
+                    "it-trimmed" => {
+                        trimmed.store(true, AtomicOrdering::SeqCst);
+                        MockResponse::Error(GetRecordsError::TrimmedDataAccessException(
+                            TrimmedDataAccessException::builder()
+                                .message("trimmed")
+                                .build(),
+                        ))
+                    }
+                    "it-horizon-after-trim" => MockResponse::Output(page(&[8, 9], None)),
+                    other => panic!("unexpected iterator {other}"),
+                }
+            });
+            let client = mock_client!(
+                aws_sdk_dynamodbstreams,
+                RuleMode::MatchAny,
+                [&iterators, &records]
+            );
+            let stream = DynamoDbStream {
+                client,
+                stream_arn: "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024".into(),
+                region: "us-east-1".into(),
+            };
+            let mut cursor = ShardCursor::new("shardId-1", IteratorStart::TrimHorizon);
+            let mut seen = Vec::new();
+            let mut events = Vec::new();
+            loop {
+                let read = cursor.read(&stream, 1000).await.unwrap();
+                events.extend(cursor.take_events());
+                match read {
+                    CursorRead::Page { records, end } => {
+                        seen.extend(records.iter().map(|r| r.id().to_owned()));
+                        if end {
+                            break;
+                        }
+                    }
+                    CursorRead::Renewing => {}
+                }
+            }
+            assert_eq!(
+                seen,
+                ["1", "2", "3", "4", "5", "6", "8", "9"],
+                "nothing repeated after the renewal; the trimmed record 7 is gone"
+            );
+            assert_eq!(
+                *iterator_requests.lock().unwrap(),
+                ["it-horizon", "it-after-3", "it-horizon-after-trim"]
+            );
+            assert_eq!(events.len(), 2, "{events:?}");
+            assert_eq!(
+                events[0],
+                CursorEvent::ExpiredIterator {
+                    after: Some("3".into())
+                }
+            );
+            assert!(matches!(events[1], CursorEvent::Trimmed { .. }));
+        }
+    }
 }
