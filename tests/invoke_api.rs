@@ -181,12 +181,14 @@ async fn an_event_accepted_before_a_sigkill_is_handled_after_the_restart() {
     assert!(names.iter().all(|n| n == "Linus") && !names.is_empty() && names.len() <= 2);
 }
 
-// semantics.md §5 and §13.5 through the Invoke API: retries, then the destination record.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_events_are_retried_then_sent_to_on_failure() {
-    let moto = Moto::start();
-    let sqs = moto.sqs().await;
-    let dlq = create_queue(&sqs, "events-dlq", &[]).await;
+/// A `hello` function (examples/greeter.py, which fails without a name) with `async_policy` and
+/// `on_failure` to the SQS queue `dlq`, with one `Event` call `{"nobody": true}` accepted.
+struct FailingFunction {
+    sluice: Sluice,
+    _state: tempfile::TempDir,
+}
+
+async fn failing_function(moto: &Moto, dlq: &str, async_policy: &str) -> FailingFunction {
     let invoke = format!("127.0.0.1:{}", free_port());
     let state = tempfile::tempdir().unwrap();
     let config = format!(
@@ -202,7 +204,7 @@ invoke_api:
   functions:
     hello:
       target: greeter
-      async: {{ max_retry_attempts: 1, delays: [200ms] }}
+      async: {async_policy}
       on_failure:
         sqs: {{ queue_url: "{dlq}" }}
 "#,
@@ -210,7 +212,7 @@ invoke_api:
         python = python().display(),
         greeter = workspace_root().join("examples/greeter.py").display(),
     );
-    let _sluice = Sluice::start(&config, &moto_env(&moto));
+    let sluice = Sluice::start(&config, &moto_env(moto));
     let client = lambda_client(&format!("http://{invoke}")).await;
     wait_for_listener(&invoke, "the invoke API up").await;
     let accepted = client
@@ -222,16 +224,35 @@ invoke_api:
         .await
         .unwrap();
     assert_eq!(accepted.status_code(), 202);
+    FailingFunction {
+        sluice,
+        _state: state,
+    }
+}
+
+/// The first destination record in `dlq`.
+async fn destination_record(sqs: &aws_sdk_sqs::Client, dlq: &str) -> Value {
     let dead = eventually(
         Duration::from_secs(120),
         "the destination record",
         || async {
-            let messages = receive_all(&sqs, &dlq, 60).await;
+            let messages = receive_all(sqs, dlq, 60).await;
             (!messages.is_empty()).then_some(messages)
         },
     )
     .await;
-    let record: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
+    serde_json::from_str(dead[0].body().unwrap()).unwrap()
+}
+
+// semantics.md §5 and §13.5 through the Invoke API: retries, then the destination record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_events_are_retried_then_sent_to_on_failure() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let dlq = create_queue(&sqs, "events-dlq", &[]).await;
+    let _function =
+        failing_function(&moto, &dlq, "{ max_retry_attempts: 1, delays: [200ms] }").await;
+    let record = destination_record(&sqs, &dlq).await;
     assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
     assert_eq!(record["requestContext"]["approximateInvokeCount"], 2);
     assert_eq!(record["requestPayload"], json!({"nobody": true}));
@@ -248,41 +269,8 @@ async fn a_failing_function_destination_fails_readyz_until_a_record_is_stored() 
     // The destination queue's URL, then the queue gone: stores fail until it is back.
     let dlq = create_queue(&sqs, "gone-dlq", &[]).await;
     sqs.delete_queue().queue_url(&dlq).send().await.unwrap();
-    let invoke = format!("127.0.0.1:{}", free_port());
-    let state = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"
-version: 1
-state_dir: "{state}"
-admin: {{ listen: "{{admin}}" }}
-targets:
-  greeter:
-    command: {{ program: ["{python}", "{greeter}"], timeout: 10s }}
-invoke_api:
-  listen: "{invoke}"
-  functions:
-    hello:
-      target: greeter
-      async: {{ max_retry_attempts: 0 }}
-      on_failure:
-        sqs: {{ queue_url: "{dlq}" }}
-"#,
-        state = state.path().display(),
-        python = python().display(),
-        greeter = workspace_root().join("examples/greeter.py").display(),
-    );
-    let sluice = Sluice::start(&config, &moto_env(&moto));
-    let client = lambda_client(&format!("http://{invoke}")).await;
-    wait_for_listener(&invoke, "the invoke API up").await;
-    let accepted = client
-        .invoke()
-        .function_name("hello")
-        .invocation_type(InvocationType::Event)
-        .payload(Blob::new(r#"{"nobody": true}"#))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status_code(), 202);
+    let function = failing_function(&moto, &dlq, "{ max_retry_attempts: 0 }").await;
+    let sluice = &function.sluice;
     let failing = eventually(
         Duration::from_secs(60),
         "/readyz naming the destination",
@@ -294,16 +282,7 @@ invoke_api:
     .await;
     assert!(failing.contains("RetriesExhausted"), "{failing}");
     create_queue(&sqs, "gone-dlq", &[]).await;
-    let dead = eventually(
-        Duration::from_secs(60),
-        "the destination record",
-        || async {
-            let messages = receive_all(&sqs, &dlq, 60).await;
-            (!messages.is_empty()).then_some(messages)
-        },
-    )
-    .await;
-    let record: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
+    let record = destination_record(&sqs, &dlq).await;
     assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
     eventually(Duration::from_secs(30), "/readyz ready again", || async {
         let (status, _) = sluice.get("/readyz").await;
