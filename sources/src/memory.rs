@@ -349,6 +349,8 @@ pub struct MemoryStream {
     shards: Mutex<Vec<MemoryShard>>,
     /// Iterators from an older generation have expired.
     generation: Mutex<u64>,
+    /// Iterator requests still to fail.
+    failing_iterators: Mutex<u32>,
 }
 
 struct MemoryShard {
@@ -372,6 +374,7 @@ impl MemoryStream {
         Self {
             shards: Mutex::default(),
             generation: Mutex::new(0),
+            failing_iterators: Mutex::new(0),
         }
     }
 
@@ -407,6 +410,11 @@ impl MemoryStream {
     pub fn close(&self, shard_id: &str) {
         self.with_shard(shard_id, |s| s.closed = true)
             .expect("a known shard");
+    }
+
+    /// The next `count` iterator requests fail (a throttled or unreachable stream).
+    pub fn fail_iterators(&self, count: u32) {
+        *self.failing_iterators.lock().expect("stream lock") = count;
     }
 
     /// Expires every iterator handed out so far.
@@ -460,6 +468,17 @@ impl ShardReader for MemoryStream {
     }
 
     async fn iterator(&self, shard_id: &str, start: &IteratorStart) -> Result<String, ReadError> {
+        {
+            let mut failing = self.failing_iterators.lock().expect("stream lock");
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(ReadError::Source(SourceError::Stream {
+                    stream: "memory".into(),
+                    operation: "GetShardIterator",
+                    message: "LimitExceededException: a failure the test asked for".into(),
+                }));
+            }
+        }
         let generation = self.generation();
         let (trimmed_through, len) = self
             .with_shard(shard_id, |s| (s.trimmed_through, s.len))
@@ -768,6 +787,26 @@ mod tests {
             stream.trim("s1", 8);
             let read = read_all(&stream, &mut cursor).await;
             assert_eq!(read, ["9", "10"]);
+        }
+
+        // Review of issue 17: a shard started at `Latest` that hit trimmed data, and whose request
+        // for a trim-horizon iterator then failed, reopened at `Latest` and skipped the records
+        // between the horizon and the newest one.
+        #[tokio::test]
+        async fn after_trimmed_data_a_latest_shard_resumes_at_the_horizon_even_after_a_failure() {
+            let stream = MemoryStream::new();
+            stream.add_shard("s1", None);
+            stream.append("s1", 5);
+            let mut cursor = ShardCursor::new("s1", IteratorStart::Latest);
+            assert!(read_all(&stream, &mut cursor).await.is_empty());
+            stream.append("s1", 3);
+            stream.trim("s1", 6);
+            stream.fail_iterators(1);
+            assert!(matches!(
+                cursor.read(&stream, 2).await.unwrap(),
+                CursorRead::Renewing
+            ));
+            assert_eq!(read_all(&stream, &mut cursor).await, ["7", "8"]);
         }
 
         #[tokio::test]

@@ -6,7 +6,7 @@
 //! - at most `max_concurrency` batches are in flight, and nothing is received for a batch that
 //!   could not start: each poller first waits for room in the mapping and in the target (shared
 //!   with other mappings); the target's slot itself is only taken once the batch is complete, and
-//!   handed to the batch's first invocation;
+//!   handed to the work (SQS invokes in it; S3 gives it back and takes one per invocation);
 //! - every received record the work admits is held by the heartbeat (its visibility extended)
 //!   from the moment it is received until the work releases it;
 //! - every wait (for room, for a receive, after an error, after an empty short poll) ends at

@@ -143,13 +143,16 @@ impl QueueWork for Context {
     async fn too_large(self: Arc<Self>, record: Record) {
         // No SQS message is too large for an invocation; should one be, its records are still
         // invoked one by one.
-        let slot = self.invoker.target().permit().await;
-        handle_message(&self, record, slot).await;
+        handle_message(&self, record).await;
     }
 
     async fn handle(self: Arc<Self>, mut batch: Vec<Record>, slot: Slot) {
+        // The poller made sure the target had room; a message takes a slot only around each of
+        // its invocations, not while it is parsed, filtered or dead-lettered (the target is
+        // shared with other mappings).
+        drop(slot);
         let Some(message) = batch.pop() else { return };
-        handle_message(&self, message, slot).await;
+        handle_message(&self, message).await;
     }
 }
 
@@ -163,8 +166,8 @@ enum MessageEnd {
     Leave,
 }
 
-async fn handle_message(context: &Context, message: Record, slot: Slot) {
-    let mut end = process(context, &message, Some(slot)).await;
+async fn handle_message(context: &Context, message: Record) {
+    let mut end = process(context, &message).await;
     // SQS visibility has whole seconds: a shorter delay is waited out here, the message held.
     if let MessageEnd::Retry(delay) = end
         && delay < Duration::from_secs(1)
@@ -211,8 +214,7 @@ fn sqs_source(context: &Context, message: &Record) -> EnvelopeSource {
     }
 }
 
-/// Handles one message; its first invocation runs in `slot`.
-async fn process(context: &Context, message: &Record, mut slot: Option<Slot>) -> MessageEnd {
+async fn process(context: &Context, message: &Record) -> MessageEnd {
     let record: Value = serde_json::from_str(message.event.get()).unwrap_or_default();
     let body = record["body"].as_str().unwrap_or_default();
     let s3_records = match parse_notification(body) {
@@ -276,7 +278,7 @@ async fn process(context: &Context, message: &Record, mut slot: Option<Slot>) ->
                 subject: &subject,
                 attempt,
                 invocation,
-                slot: slot.take(),
+                slot: None,
             },
             &mut store,
         )

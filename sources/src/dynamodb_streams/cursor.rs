@@ -90,6 +90,9 @@ impl ShardCursor {
     fn trimmed(&mut self, detail: String) {
         self.events.push(CursorEvent::Trimmed { detail });
         self.last_read = None;
+        // From now on the place is the trim horizon, even for a shard started at `Latest`: a
+        // failed call after this must not reopen at the newest record and skip the rest.
+        self.start = IteratorStart::TrimHorizon;
     }
 
     /// Reads the next page (see the module docs).
