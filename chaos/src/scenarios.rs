@@ -187,6 +187,18 @@ struct Kills {
     settle: Duration,
 }
 
+impl Kills {
+    /// Kills 0.5–3.5 s apart, a minute to drain, then `settle`.
+    fn quick(rounds: u32, settle: Duration) -> Self {
+        Self {
+            rounds,
+            gap_seconds: 0.5..3.5,
+            drain: Duration::from_secs(60),
+            settle,
+        }
+    }
+}
+
 /// The shape every kill scenario shares: kills while `producer` runs, the records drained, the
 /// instances stopped. The report has the faults, the tally and the worst recovery; the caller
 /// adds its bounds.
@@ -320,12 +332,7 @@ async fn sqs_kill(settings: &Settings, fifo: bool) -> anyhow::Result<Report> {
         settings.records(),
         settings.rate(),
     );
-    let kills = Kills {
-        rounds: settings.rounds,
-        gap_seconds: 0.5..3.5,
-        drain: Duration::from_secs(60),
-        settle: QUEUE_SETTLE,
-    };
+    let kills = Kills::quick(settings.rounds, QUEUE_SETTLE);
     let (mut report, kills) =
         kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     // A poller takes its batch's slot before it receives, and a receive never asks for more
@@ -365,12 +372,7 @@ async fn s3_kill(settings: &Settings) -> anyhow::Result<Report> {
         settings.records() / 2,
         settings.rate() / 2,
     );
-    let kills = Kills {
-        rounds: settings.rounds,
-        gap_seconds: 0.5..3.5,
-        drain: Duration::from_secs(60),
-        settle: QUEUE_SETTLE,
-    };
+    let kills = Kills::quick(settings.rounds, QUEUE_SETTLE);
     let (mut report, kills) =
         kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     check_queue_empty(&mut report, &sqs, &queue_url).await;
@@ -403,12 +405,7 @@ async fn invoke_event_kill(settings: &Settings) -> anyhow::Result<Report> {
         settings.records() / 2,
         settings.rate() / 2,
     );
-    let kills = Kills {
-        rounds: settings.rounds,
-        gap_seconds: 0.5..3.5,
-        drain: Duration::from_secs(60),
-        settle: SETTLE,
-    };
+    let kills = Kills::quick(settings.rounds, SETTLE);
     let (mut report, kills) =
         kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     let concurrency = 16;
@@ -464,12 +461,7 @@ async fn dynamodb_kill(settings: &Settings, leases: bool) -> anyhow::Result<Repo
         settings.records() / 2,
         settings.rate() / 2,
     );
-    let kills = Kills {
-        rounds: settings.rounds,
-        gap_seconds: 0.5..3.5,
-        drain: Duration::from_secs(60),
-        settle: SETTLE,
-    };
+    let kills = Kills::quick(settings.rounds, SETTLE);
     let (mut report, kills) =
         kill_phase(name, &mut daemons, &handler, producer, kills, &mut rng).await?;
     // moto gives a table's stream one shard.

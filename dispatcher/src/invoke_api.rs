@@ -780,17 +780,15 @@ async fn handle_event(function: &Function, mut meta: EventMeta) {
     let mut store = QueuedEvent {
         function,
         meta: Some(meta),
-        payload: request_payload(),
+        payload: &payload,
     };
     async_exec::run(
         async_exec::Attempt {
             invoker: &function.invoker,
             policy: &function.policy,
-            name: &function.name,
             subject: &subject,
             attempt,
             invocation,
-            slot: None,
         },
         &mut store,
     )
@@ -802,8 +800,8 @@ struct QueuedEvent<'a> {
     function: &'a Function,
     /// Taken by the first reschedule or completion.
     meta: Option<EventMeta>,
-    /// The request payload, for the destination record.
-    payload: Value,
+    /// The request payload, parsed for the destination record only when the event completes.
+    payload: &'a [u8],
 }
 
 #[async_trait::async_trait]
@@ -841,7 +839,7 @@ impl EventStore for QueuedEvent<'_> {
             meta,
             completion,
             invoke_count,
-            std::mem::take(&mut self.payload),
+            serde_json::from_slice(self.payload).unwrap_or(Value::Null),
             response,
         )
         .await;

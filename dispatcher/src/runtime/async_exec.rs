@@ -15,7 +15,7 @@
 //! - completion carries a typed condition ([`Completion`]) and the response or the last error.
 
 use super::clock::now_since_epoch;
-use super::invoker::{Invoker, Slot};
+use super::invoker::Invoker;
 use crate::targets::Invocation;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -63,13 +63,11 @@ pub(crate) trait EventStore: Send {
 pub(crate) struct Attempt<'a> {
     pub invoker: &'a Invoker,
     pub policy: &'a AsyncPolicy,
-    /// For logs: the mapping or function, and the event (a message id and key, a request id).
-    pub name: &'a str,
+    /// For logs: the event (a message id and key, a request id).
     pub subject: &'a str,
     pub attempt: AsyncAttempt,
+    /// The call, for the mapping or function it names.
     pub invocation: Invocation,
-    /// A slot the caller already took for the call.
-    pub slot: Option<Slot>,
 }
 
 /// Runs one attempt of an event and carries out the policy's decision on `store`.
@@ -77,11 +75,9 @@ pub(crate) async fn run<S: EventStore + ?Sized>(attempt: Attempt<'_>, store: &mu
     let Attempt {
         invoker,
         policy,
-        name,
         subject,
         attempt,
         invocation,
-        slot,
     } = attempt;
     let metrics = invoker.metrics();
     if policy.expired(&attempt, now_since_epoch()) {
@@ -101,10 +97,7 @@ pub(crate) async fn run<S: EventStore + ?Sized>(attempt: Attempt<'_>, store: &mu
             .await;
         return;
     }
-    let outcome = match slot {
-        Some(slot) => invoker.invoke_in(slot, invocation.clone()).await,
-        None => invoker.invoke(invocation.clone()).await,
-    };
+    let outcome = invoker.invoke(invocation.clone()).await;
     metrics.outcome(match &outcome {
         Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => "success",
         failed => failed.kind(),
@@ -129,7 +122,7 @@ pub(crate) async fn run<S: EventStore + ?Sized>(attempt: Attempt<'_>, store: &mu
             not_run,
             error,
         } => {
-            tracing::warn!(mapping = %name, event = %subject, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
+            tracing::warn!(mapping = %invocation.mapping, event = %subject, request_id = %invocation.request_id, error_type = %error.error_type, error = %error.message, retry_in_ms = delay.as_millis() as u64, "event failed; retrying");
             metrics.records_retried.increment(1);
             store.reschedule(delay, failed_attempts, not_run).await;
         }
@@ -182,10 +175,9 @@ mod tests {
         }
     }
 
+    /// Lambda's defaults, without jitter (the schedule is asserted) and with `max_event_age`.
     fn policy(max_event_age: Duration) -> AsyncPolicy {
         AsyncPolicy {
-            max_retry_attempts: 2,
-            delays: vec![Duration::from_secs(60), Duration::from_secs(120)],
             throttle_backoff: Backoff::new(
                 Duration::from_secs(1),
                 Duration::from_secs(300),
@@ -194,6 +186,7 @@ mod tests {
             )
             .unwrap(),
             max_event_age,
+            ..AsyncPolicy::lambda_defaults()
         }
     }
 
@@ -212,11 +205,9 @@ mod tests {
             let attempt = Attempt {
                 invoker: &invoker,
                 policy,
-                name: "f",
                 subject: "request-1",
                 attempt: log.attempt.unwrap(),
                 invocation: Invocation::attempt_of("f", b"{}".to_vec(), "request-1", None),
-                slot: None,
             };
             let retries = log.retries.len();
             run(attempt, &mut log).await;
@@ -305,7 +296,6 @@ mod tests {
             Attempt {
                 invoker: &invoker,
                 policy: &policy,
-                name: "f",
                 subject: "request-1",
                 attempt: AsyncAttempt {
                     queued_at: now_since_epoch() - Duration::from_secs(61),
@@ -313,7 +303,6 @@ mod tests {
                     not_run: 0,
                 },
                 invocation: Invocation::attempt_of("f", b"{}".to_vec(), "request-1", None),
-                slot: None,
             },
             &mut log,
         )

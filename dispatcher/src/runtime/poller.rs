@@ -18,7 +18,7 @@
 
 use super::heartbeat::Heartbeat;
 use super::invoker::Slot;
-use super::retry::{retry_delay, retry_until_ok};
+use super::retry::{back_off, retry_until_ok};
 use crate::health::MappingHealthHandle;
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
@@ -307,23 +307,6 @@ struct Poller<W> {
 }
 
 impl<W: QueueWork> Poller<W> {
-    /// Records a failed call to the source and waits before the next one; false when shutdown
-    /// came first.
-    async fn back_off_after_source_error(
-        &self,
-        error: &SourceError,
-        consecutive_failures: u32,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        self.acks.metrics.poll_errors.increment(1);
-        self.acks.health.poll_failed(&error.to_string());
-        tracing::warn!(mapping = %self.acks.name, %error, consecutive_failures, "source call failed; retrying");
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(retry_delay(consecutive_failures)) => true,
-        }
-    }
-
     /// How many messages to ask for while filling `batcher`.
     fn receive_size(&self, batcher: &Batcher<Record>) -> usize {
         let room = if self.settings.receive_ahead {
@@ -404,9 +387,17 @@ impl<W: QueueWork> Poller<W> {
                     }
                     Err(error) => {
                         failures += 1;
-                        if !self
-                            .back_off_after_source_error(&error, failures, &shutdown)
-                            .await
+                        let acks = &self.acks;
+                        if !back_off(
+                            "receiving from the queue",
+                            &acks.name,
+                            &acks.health,
+                            &acks.metrics,
+                            &shutdown,
+                            &error.to_string(),
+                            failures,
+                        )
+                        .await
                         {
                             break 'poll;
                         }

@@ -40,12 +40,29 @@ where
             Err(error) => error,
         };
         failures += 1;
-        metrics.poll_errors.increment(1);
-        health.poll_failed(&error.to_string());
-        tracing::warn!(mapping, %error, consecutive_failures = failures, "{what} failed; retrying");
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(retry_delay(failures)) => {}
+        let error = error.to_string();
+        if !back_off(what, mapping, health, metrics, shutdown, &error, failures).await {
+            return None;
         }
+    }
+}
+
+/// One failed call to a source: counted as a poll error, reported to readiness, logged with
+/// `what`, then waited out with [`retry_delay`]. False when `shutdown` came first.
+pub(crate) async fn back_off(
+    what: &str,
+    mapping: &str,
+    health: &MappingHealthHandle,
+    metrics: &MappingMetrics,
+    shutdown: &CancellationToken,
+    error: &str,
+    consecutive_failures: u32,
+) -> bool {
+    metrics.poll_errors.increment(1);
+    health.poll_failed(error);
+    tracing::warn!(mapping, %error, consecutive_failures, "{what} failed; retrying");
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(retry_delay(consecutive_failures)) => true,
     }
 }

@@ -274,11 +274,9 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
             async_exec::Attempt {
                 invoker: &context.invoker,
                 policy: &context.policy,
-                name: &context.acks.name,
                 subject: &subject,
                 attempt,
                 invocation,
-                slot: None,
             },
             &mut store,
         )
@@ -514,5 +512,108 @@ async fn store_record(
             tracing::error!(mapping = %context.acks.name, message_id = %message.id(), condition, %error, "storing the destination record failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The S3 worker on the in-memory queue and a scripted target, under tokio's paused clock.
+    use super::*;
+    use crate::config::SourceConfig;
+    use crate::health::Health;
+    use crate::targets::testing::ScriptedTarget;
+    use serde_json::json;
+    use sluice_sources::Queue;
+    use sluice_sources::memory::{MemoryOpener, MemoryQueue, QueueCall};
+
+    fn notification(key: &str) -> String {
+        json!({ "Records": [{
+            "eventName": "ObjectCreated:Put",
+            "s3": { "bucket": { "name": "b" }, "object": { "key": key } }
+        }] })
+        .to_string()
+    }
+
+    fn mapping(queue: Arc<MemoryQueue>, target: SharedTarget, max_concurrency: usize) -> S3Mapping {
+        let yaml = format!(
+            r#"
+version: 1
+targets:
+  t: {{ http: {{ url: "http://127.0.0.1:1/" }} }}
+mappings:
+  - name: uploads
+    target: t
+    source:
+      s3: {{ queue_url: "{url}", max_concurrency: {max_concurrency}, wait_time: 1s }}
+"#,
+            url = queue.description().url
+        );
+        let config = crate::config::parse("test.yaml", &yaml, Default::default()).unwrap();
+        let mapping = config.mappings[0].clone();
+        let SourceConfig::S3(source) = mapping.source.clone() else {
+            panic!("an S3 source")
+        };
+        S3Mapping {
+            config: mapping,
+            source,
+            queues: Arc::new(MemoryOpener(queue)),
+            target,
+            on_failure: None,
+            on_success: None,
+            health: Health::new(Duration::from_secs(60), Duration::from_secs(60))
+                .register("uploads"),
+            metrics: MappingMetrics::new("uploads"),
+        }
+    }
+
+    // Issue 17: the S3 worker used to drop what it had received at shutdown (it came back only
+    // after the visibility timeout); on the shared poller it is made visible again at once.
+    #[tokio::test(start_paused = true)]
+    async fn at_shutdown_a_message_waiting_for_the_shared_target_is_returned_at_once() {
+        let queue = Arc::new(MemoryQueue::standard("uploads", Duration::from_secs(30)));
+        let first = queue.send(&notification("a.txt"));
+        let second = queue.send(&notification("b.txt"));
+        let target = Arc::new(ScriptedTarget::default());
+        target.push_hang();
+        // One target slot, two message slots: the second message waits for the target.
+        let shared = SharedTarget::new("t", target.clone(), 1);
+        let worker = mapping(queue.clone(), shared, 2);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
+        while target.calls() == 0 || queue.visible() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap();
+        assert_eq!(
+            target.calls(),
+            1,
+            "only the first message reached the target"
+        );
+        assert_eq!(
+            queue.calls(),
+            [QueueCall::ChangeVisibility(vec![(second, Duration::ZERO)])]
+        );
+        // The first, abandoned at the drain deadline, comes back after its visibility timeout.
+        assert!(queue.remaining().contains(&first));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_record_is_invoked_with_lambdas_s3_event_and_the_message_deleted() {
+        let queue = Arc::new(MemoryQueue::standard("uploads", Duration::from_secs(30)));
+        let id = queue.send(&notification("photos/cat.jpg"));
+        let target = Arc::new(ScriptedTarget::default());
+        let worker = mapping(queue.clone(), SharedTarget::new("t", target.clone(), 1), 2);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
+        while queue.calls().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap();
+        assert_eq!(queue.calls(), [QueueCall::Delete(vec![id])]);
+        let event = &target.payloads()[0];
+        assert_eq!(event["Records"][0]["s3"]["object"]["key"], "photos/cat.jpg");
+        assert_eq!(event["Records"].as_array().unwrap().len(), 1);
     }
 }
