@@ -23,6 +23,13 @@ pub mod trace;
 
 pub use queue::{DeleteReport, Queue, QueueDescription, QueueOpener, SourceError};
 
+/// Backoff between failed calls to a source or store: short, so readiness recovers quickly once
+/// the service is back (250 ms doubling to 5 s).
+pub fn retry_delay(consecutive_failures: u32) -> std::time::Duration {
+    let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
+    std::time::Duration::from_millis(millis.min(5_000))
+}
+
 /// The text of a panic's payload (for logs and `/readyz`: a caught panic is reported, not lost).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {

@@ -3,15 +3,9 @@
 
 use crate::health::MappingHealthHandle;
 use crate::telemetry::MappingMetrics;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Backoff between failed calls to a source or store: short, so readiness recovers quickly once
-/// the service is back.
-pub(crate) fn retry_delay(consecutive_failures: u32) -> Duration {
-    let millis = 250u64.saturating_mul(1 << consecutive_failures.min(5));
-    Duration::from_millis(millis.min(5_000))
-}
+pub(crate) use sluice_sources::retry_delay;
 
 /// Calls `attempt` until it succeeds, or `None` once `shutdown` comes. Each failure is counted
 /// as a poll error, reported to readiness and logged with `what`, then waited out with

@@ -11,6 +11,8 @@
 //! - the client settings sluice depends on (group, commits, offset reset) cannot be overridden by
 //!   `properties`: [`reserved_property`] names the config key to use instead.
 
+pub mod consumer;
+
 use crate::record::{AckToken, Receipt, Record};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
