@@ -276,17 +276,27 @@ async fn a_failing_function_destination_fails_readyz_until_a_record_is_stored() 
         "/readyz naming the destination",
         || async {
             let (status, body) = sluice.get("/readyz").await;
-            (status == 503 && body.contains("hello (destination)")).then_some(body)
+            let report: Value = serde_json::from_str(&body).ok()?;
+            let entry = &report["functions"]["hello"];
+            (status == 503 && entry["status"] == "failing").then(|| entry.clone())
         },
     )
     .await;
-    assert!(failing.contains("RetriesExhausted"), "{failing}");
+    let error = failing["acknowledgement_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("RetriesExhausted") && error.contains(dlq.as_str()),
+        "{failing}"
+    );
     create_queue(&sqs, "gone-dlq", &[]).await;
     let record = destination_record(&sqs, &dlq).await;
     assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
-    eventually(Duration::from_secs(30), "/readyz ready again", || async {
-        let (status, _) = sluice.get("/readyz").await;
-        (status == 200).then_some(())
+    let ready = eventually(Duration::from_secs(30), "/readyz ready again", || async {
+        let (status, body) = sluice.get("/readyz").await;
+        (status == 200).then_some(body)
     })
     .await;
+    let report: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(report["functions"]["hello"]["status"], "ready", "{report}");
 }

@@ -1,4 +1,4 @@
-//! Liveness and readiness of mappings, as `/readyz` reports them.
+//! Liveness and readiness of mappings and Invoke API functions, as `/readyz` reports them.
 //!
 //! A mapping is ready once it has polled its source successfully, as long as its last poll did not
 //! fail and it has not gone `stall_after` without a successful poll while it was trying to poll
@@ -7,8 +7,14 @@
 //! answer for `stall_after` (in-flight batches stuck on AWS are not busy, they are stalled), and
 //! none of its shards has kept failing (retrying one batch) for `stuck_after`.
 //!
-//! Targets and Invoke API functions report problems of their own (a worker pool that cannot start
-//! workers, a state file that cannot be read): while one is set, `/readyz` is 503 and names it.
+//! An Invoke API function has the same entry under `functions`: it is ready once its async worker
+//! has read its queued events, and not while the state file fails ("failing"), after its worker
+//! died until it runs again (counted in `restarts`), while a destination record cannot be stored
+//! (`acknowledgement_error`) or a destination call has waited `stall_after` ("stalled"). It has no
+//! source to poll, so time without a poll does not make it stalled.
+//!
+//! Targets report problems of their own (a worker pool that cannot start workers): while one is
+//! set, `/readyz` is 503 and names it.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -34,18 +40,32 @@ struct MappingHealth {
     next_call: u64,
 }
 
-/// What a problem is reported against besides a mapping.
+/// What a problem is reported against besides a mapping or function entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Component {
     Target,
-    Function,
 }
 
 impl Component {
     fn section(self) -> &'static str {
         match self {
             Component::Target => "targets",
-            Component::Function => "functions",
+        }
+    }
+}
+
+/// Which section of `/readyz` an entry is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Section {
+    Mappings,
+    Functions,
+}
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Mappings => "mappings",
+            Section::Functions => "functions",
         }
     }
 }
@@ -54,14 +74,14 @@ impl Component {
 pub struct Health {
     stall_after: Duration,
     stuck_after: Duration,
-    mappings: Arc<Mutex<BTreeMap<String, MappingHealth>>>,
+    entries: Arc<Mutex<BTreeMap<(Section, String), MappingHealth>>>,
     problems: Arc<Mutex<BTreeMap<(Component, String), String>>>,
 }
 
-/// One mapping's handle on the registry.
+/// One mapping's (or function's) handle on the registry.
 #[derive(Clone)]
 pub struct MappingHealthHandle {
-    name: String,
+    key: (Section, String),
     health: Health,
 }
 
@@ -70,7 +90,7 @@ impl Health {
         Self {
             stall_after,
             stuck_after,
-            mappings: Arc::default(),
+            entries: Arc::default(),
             problems: Arc::default(),
         }
     }
@@ -90,8 +110,18 @@ impl Health {
     }
 
     pub fn register(&self, name: &str) -> MappingHealthHandle {
-        self.mappings.lock().expect("health lock").insert(
-            name.to_owned(),
+        self.register_in(Section::Mappings, name)
+    }
+
+    /// An Invoke API function's entry (see the module docs).
+    pub fn register_function(&self, name: &str) -> MappingHealthHandle {
+        self.register_in(Section::Functions, name)
+    }
+
+    fn register_in(&self, section: Section, name: &str) -> MappingHealthHandle {
+        let key = (section, name.to_owned());
+        self.entries.lock().expect("health lock").insert(
+            key.clone(),
             MappingHealth {
                 registered_at: Instant::now(),
                 last_success: None,
@@ -106,18 +136,18 @@ impl Health {
             },
         );
         MappingHealthHandle {
-            name: name.to_owned(),
+            key,
             health: self.clone(),
         }
     }
 
-    /// Whether every mapping is ready, and a JSON report per mapping.
+    /// Whether every mapping and function is ready, and a JSON report of each.
     pub fn readiness(&self) -> (bool, Value) {
         let now = Instant::now();
-        let mappings = self.mappings.lock().expect("health lock");
+        let entries = self.entries.lock().expect("health lock");
         let mut all_ready = true;
-        let mut report = serde_json::Map::new();
-        for (name, health) in mappings.iter() {
+        let mut document = json!({ "mappings": {} });
+        for ((section, name), health) in entries.iter() {
             let stuck: BTreeMap<&str, f64> = health
                 .stuck
                 .iter()
@@ -138,7 +168,8 @@ impl Health {
                     (false, "stalled")
                 }
                 (Some(last), _)
-                    if !health.waiting_for_capacity
+                    if *section == Section::Mappings
+                        && !health.waiting_for_capacity
                         && now.duration_since(last) > self.stall_after =>
                 {
                     (false, "stalled")
@@ -146,9 +177,7 @@ impl Health {
                 (Some(_), _) => (true, "ready"),
             };
             all_ready &= ready;
-            report.insert(
-                name.clone(),
-                json!({
+            document[section.name()][name] = json!({
                     "status": status,
                     "seconds_since_last_poll": health.last_success.map(|t| now.duration_since(t).as_secs_f64()),
                     "seconds_since_start": now.duration_since(health.registered_at).as_secs_f64(),
@@ -158,11 +187,9 @@ impl Health {
                     "restarts": health.restarts,
                     "seconds_waiting_for_aws": call_waiting.map(|w| w.as_secs_f64()),
                     "acknowledgement_error": health.ack_error,
-                }),
-            );
+            });
         }
-        drop(mappings);
-        let mut document = json!({ "ready": all_ready, "mappings": report });
+        drop(entries);
         for ((component, name), problem) in self.problems.lock().expect("health lock").iter() {
             all_ready = false;
             document[component.section()][name] = json!({ "status": "failing", "error": problem });
@@ -191,10 +218,10 @@ impl MappingHealthHandle {
     fn update(&self, change: impl FnOnce(&mut MappingHealth)) {
         if let Some(health) = self
             .health
-            .mappings
+            .entries
             .lock()
             .expect("health lock")
-            .get_mut(&self.name)
+            .get_mut(&self.key)
         {
             change(health);
         }
@@ -340,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn a_problem_of_a_target_or_function_fails_readiness_and_is_named() {
+    fn a_problem_of_a_target_fails_readiness_and_is_named() {
         let health = Health::new(Duration::from_secs(60), Duration::from_secs(60));
         health.register("orders").poll_succeeded();
         health.set_problem(Component::Target, "pool", Some("no worker starts".into()));
@@ -349,6 +376,32 @@ mod tests {
         assert_eq!(report["ready"], false);
         assert_eq!(report["targets"]["pool"]["error"], "no worker starts");
         health.set_problem(Component::Target, "pool", None);
+        assert!(health.readiness().0);
+    }
+
+    // Issue 17: Invoke API functions get the entries mappings have.
+    #[test]
+    fn a_function_has_a_mapping_s_entry_but_idle_time_is_no_stall() {
+        let health = Health::new(Duration::from_millis(1), Duration::from_secs(60));
+        let hello = health.register_function("hello");
+        let (ready, report) = health.readiness();
+        assert!(!ready, "starting until its events are read");
+        assert_eq!(report["functions"]["hello"]["status"], "starting");
+        hello.poll_succeeded();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(health.readiness().0, "nothing due is not a stall");
+        hello.restarting("the async worker died: boom");
+        let (ready, report) = health.readiness();
+        assert!(!ready);
+        assert_eq!(report["functions"]["hello"]["restarts"], 1);
+        assert!(report["mappings"].as_object().unwrap().is_empty());
+        hello.poll_succeeded();
+        let call = hello.aws_call();
+        std::thread::sleep(Duration::from_millis(5));
+        let (ready, report) = health.readiness();
+        assert!(!ready, "a destination call waiting stall_after is a stall");
+        assert_eq!(report["functions"]["hello"]["status"], "stalled");
+        drop(call);
         assert!(health.readiness().0);
     }
 

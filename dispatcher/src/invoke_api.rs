@@ -29,7 +29,7 @@
 use crate::config::{FunctionConfig, InvokeApiConfig};
 use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{AsyncRecord, Destination, EnvelopeSource, Placement};
-use crate::health::{Component, Health};
+use crate::health::{Health, MappingHealthHandle};
 use crate::http_server::{BodyError, read_body};
 use crate::runtime::async_exec::{self, Completion, EventStore};
 use crate::runtime::invoker::{Invoker, Slot};
@@ -188,7 +188,8 @@ pub struct Function {
     backlog: Arc<Backlog>,
     schedule: Mutex<Schedule>,
     wake: Notify,
-    health: Health,
+    /// The function's `/readyz` entry (under `functions`).
+    health: MappingHealthHandle,
     /// Set while the state file fails reads (or writes) of this function's events; new events
     /// are refused while reads fail, since they could not be run.
     store_failing: StoreFailures,
@@ -226,7 +227,7 @@ impl Function {
             backlog,
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
-            health,
+            health: health.register_function(name),
             store_failing: StoreFailures::default(),
             loaded: Notify::new(),
             finishing: Mutex::new(HashMap::new()),
@@ -244,8 +245,7 @@ impl Function {
         if self.store_failing.failed(kind) {
             tracing::error!(function = %self.name, state_file = %path, %error, what, "the state file failed; refusing new Event invocations while it cannot be read. If this persists, stop sluice and move the file aside (its queued events and checkpoints are lost)");
         }
-        self.health
-            .set_problem(Component::Function, &self.name, Some(problem));
+        self.health.poll_failed(&problem);
     }
 
     fn failure(&self) -> Option<StoreFailure> {
@@ -256,20 +256,8 @@ impl Function {
     fn store_worked(&self, kind: StoreFailure) {
         if self.store_failing.worked(kind) {
             tracing::info!(function = %self.name, "the state file works again");
-            self.health
-                .set_problem(Component::Function, &self.name, None);
+            self.health.poll_succeeded();
         }
-    }
-
-    /// The `/readyz` entry of the async worker, apart from the state file's.
-    fn worker_key(&self) -> String {
-        format!("{} (async worker)", self.name)
-    }
-
-    /// The `/readyz` entry of the function's destinations: failing while destination records
-    /// cannot be stored (as a mapping's acknowledgements), clear once one is stored.
-    fn destination_key(&self) -> String {
-        format!("{} (destination)", self.name)
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
@@ -358,11 +346,9 @@ pub async fn serve(
         let on_death = {
             let function = function.clone();
             move |message: &str| {
-                function.health.set_problem(
-                    Component::Function,
-                    &function.worker_key(),
-                    Some(format!("the async worker died: {message}")),
-                )
+                function
+                    .health
+                    .restarting(&format!("the async worker died: {message}"))
             }
         };
         tracker.spawn(crate::runtime::supervise(
@@ -674,10 +660,8 @@ async fn run_async_worker(function: Arc<Function>, stop: CancellationToken) {
     if !load_schedule(&function, &stop).await {
         return;
     }
-    // A worker that died before is running again.
-    function
-        .health
-        .set_problem(Component::Function, &function.worker_key(), None);
+    // The events are read (and a worker that died before is running again).
+    function.health.poll_succeeded();
     let slots = Arc::new(tokio::sync::Semaphore::new(function.workers));
     let tracker = TaskTracker::new();
     loop {
@@ -884,16 +868,15 @@ async fn finish(
             group_hint: &function.name,
             dedup_hint: &meta.request_id,
         };
-        if let Err(error) = destination.store(record.to_json(), &placement).await {
+        let call = function.health.aws_call();
+        let stored = destination.store(record.to_json(), &placement).await;
+        drop(call);
+        if let Err(error) = stored {
             tracing::error!(function = %function.name, request_id = %meta.request_id, condition, %error, "storing the destination record failed; the event stays queued and only the record is stored again");
-            function.health.set_problem(
-                Component::Function,
-                &function.destination_key(),
-                Some(format!(
-                    "storing a {condition} record in {} failed: {error}; the event stays queued and its record is stored again",
-                    destination.describe()
-                )),
-            );
+            function.health.ack_failed(&format!(
+                "storing a {condition} record in {} failed: {error}; the event stays queued and its record is stored again",
+                destination.describe()
+            ));
             function.finishing.lock().expect("finishing lock").insert(
                 meta.id.clone(),
                 Finishing {
@@ -906,9 +889,7 @@ async fn finish(
             function.reschedule(meta);
             return;
         }
-        function
-            .health
-            .set_problem(Component::Function, &function.destination_key(), None);
+        function.health.ack_succeeded();
     } else if completion != Completion::Success {
         tracing::error!(function = %function.name, request_id = %meta.request_id, condition, "event discarded: it ran out of retries and the function has no on_failure destination");
     }
