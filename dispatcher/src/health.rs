@@ -95,7 +95,7 @@ impl Health {
         }
     }
 
-    /// Sets (`Some`) or clears (`None`) the problem of a target or function.
+    /// Sets (`Some`) or clears (`None`) the problem of a target.
     pub fn set_problem(&self, component: Component, name: &str, problem: Option<String>) {
         let mut problems = self.problems.lock().expect("health lock");
         let key = (component, name.to_owned());

@@ -188,8 +188,12 @@ pub struct Function {
     backlog: Arc<Backlog>,
     schedule: Mutex<Schedule>,
     wake: Notify,
-    /// The function's `/readyz` entry (under `functions`).
+    /// The function's `/readyz` entry (under `functions`): failing while the state file fails or
+    /// the async worker is not running (both must be well for it to clear), or while a
+    /// destination record cannot be stored.
     health: MappingHealthHandle,
+    /// The async worker has read the queued events and runs.
+    worker_running: std::sync::atomic::AtomicBool,
     /// Set while the state file fails reads (or writes) of this function's events; new events
     /// are refused while reads fail, since they could not be run.
     store_failing: StoreFailures,
@@ -228,6 +232,7 @@ impl Function {
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
             health: health.register_function(name),
+            worker_running: std::sync::atomic::AtomicBool::new(false),
             store_failing: StoreFailures::default(),
             loaded: Notify::new(),
             finishing: Mutex::new(HashMap::new()),
@@ -248,6 +253,28 @@ impl Function {
         self.health.poll_failed(&problem);
     }
 
+    /// Clears the entry's failure once the state file works and the async worker runs.
+    fn settle_health(&self) {
+        let running = self
+            .worker_running
+            .load(std::sync::atomic::Ordering::Acquire);
+        if running && self.failure().is_none() {
+            self.health.poll_succeeded();
+        }
+    }
+
+    /// The async worker died (`Some(why)`) or runs again (`None`).
+    fn worker_state(&self, died: Option<&str>) {
+        self.worker_running
+            .store(died.is_none(), std::sync::atomic::Ordering::Release);
+        match died {
+            Some(message) => self
+                .health
+                .restarting(&format!("the async worker died: {message}")),
+            None => self.settle_health(),
+        }
+    }
+
     fn failure(&self) -> Option<StoreFailure> {
         self.store_failing.current()
     }
@@ -256,7 +283,7 @@ impl Function {
     fn store_worked(&self, kind: StoreFailure) {
         if self.store_failing.worked(kind) {
             tracing::info!(function = %self.name, "the state file works again");
-            self.health.poll_succeeded();
+            self.settle_health();
         }
     }
 
@@ -345,11 +372,7 @@ pub async fn serve(
         let worker = function.clone();
         let on_death = {
             let function = function.clone();
-            move |message: &str| {
-                function
-                    .health
-                    .restarting(&format!("the async worker died: {message}"))
-            }
+            move |message: &str| function.worker_state(Some(message))
         };
         tracker.spawn(crate::runtime::supervise(
             format!("function {}", function.name),
@@ -661,7 +684,7 @@ async fn run_async_worker(function: Arc<Function>, stop: CancellationToken) {
         return;
     }
     // The events are read (and a worker that died before is running again).
-    function.health.poll_succeeded();
+    function.worker_state(None);
     let slots = Arc::new(tokio::sync::Semaphore::new(function.workers));
     let tracker = TaskTracker::new();
     loop {
@@ -963,6 +986,51 @@ mod tests {
         assert_eq!(failures.current(), None);
         assert!(failures.failed(StoreFailure::Write));
         assert!(failures.worked(StoreFailure::Write));
+    }
+
+    // Review of issue 17: the function's /readyz entry has one failure state for three causes;
+    // the state file working again must not clear a dead worker, nor a worker that runs again a
+    // failing state file.
+    #[tokio::test]
+    async fn the_function_entry_clears_only_when_the_state_file_works_and_the_worker_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = sluice_sources::checkpoint::embedded::StateFile::open(dir.path()).unwrap();
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(60));
+        let config = FunctionConfig {
+            target: "t".into(),
+            policy: AsyncPolicy::lambda_defaults(),
+            on_failure: None,
+            on_success: None,
+        };
+        let function = Function::new(
+            "hello",
+            &config,
+            SharedTarget::new(
+                "t",
+                Arc::new(crate::targets::testing::ScriptedTarget::default()),
+                1,
+            ),
+            AsyncQueue::open(file).unwrap(),
+            Arc::new(Backlog::new(10, 1 << 20)),
+            None,
+            None,
+            "us-east-1",
+            health.clone(),
+        );
+        let status = || health.readiness().1["functions"]["hello"]["status"].clone();
+        assert_eq!(status(), "starting");
+        function.worker_state(None);
+        assert_eq!(status(), "ready");
+        function.worker_state(Some("it panicked: boom"));
+        function.store_failed(StoreFailure::Write, "queueing an event", &"disk full");
+        function.store_worked(StoreFailure::Write);
+        assert_eq!(status(), "failing", "the worker is still dead");
+        function.store_failed(StoreFailure::Read, "reading the queued events", &"corrupt");
+        function.worker_state(None);
+        assert_eq!(status(), "failing", "the state file still fails");
+        function.store_worked(StoreFailure::Read);
+        assert_eq!(status(), "ready");
+        assert_eq!(health.readiness().1["functions"]["hello"]["restarts"], 1);
     }
 
     #[test]

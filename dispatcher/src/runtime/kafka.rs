@@ -33,18 +33,19 @@ use sluice_sources::kafka::consumer::{
     Polled, Revoked,
 };
 use sluice_sources::kafka::{KafkaCluster, StartPosition, partition_name};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// How soon records waiting for a full lane are offered to it again.
-const FULL_LANE_RETRY: Duration = Duration::from_millis(2);
 /// How often the lanes are checked for one that ended while its partition is held.
 const LANE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Beyond the drain deadline, how long the consumer waits for partitions to be released.
 const RELEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How long an aborted lane gets to end (it drops its work at once) before its task is aborted.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct KafkaMapping {
@@ -62,21 +63,25 @@ struct Shared {
     cluster: KafkaCluster,
     /// Name, target, policy, health and metrics of the mapping.
     lane: LaneSettings,
-    /// Bytes of records a partition may queue beyond its lane before it is paused at the
-    /// broker. A pause drops what librdkafka prefetched and a resume waits for the fetch in
-    /// flight (up to fetch.wait.max.ms), so pausing whenever the lane is full cost 500 ms per
-    /// couple of batches (1 partition, no-op handler: 453 records/s, against 190k/s unpaused).
-    waiting_limit: usize,
+    /// Bytes of records a partition may queue in its lane before it is paused at the broker
+    /// (`partition_buffer_bytes`); it is resumed once they are down to half. A pause drops what
+    /// librdkafka prefetched and a resume waits for the fetch in flight (up to
+    /// fetch.wait.max.ms), so pausing whenever a lane held a batch or two cost 500 ms per couple
+    /// of batches (1 partition, no-op handler: 453 records/s, against 190k/s unpaused).
+    queue_limit: usize,
     drain_timeout: Duration,
 }
 
-/// Which records of a partition are done; what is done is reported to the consumer.
+/// Which records of a partition are done, and how many bytes wait in its lane; what is done and
+/// whether the partition should be paused are reported to the consumer.
 struct PartitionProgress {
     topic: String,
     partition: i32,
     name: String,
     progress: Mutex<ShardProgress<i64>>,
     control: Arc<PartitionControl>,
+    queued_bytes: AtomicUsize,
+    queue_limit: usize,
 }
 
 impl PartitionProgress {
@@ -93,29 +98,65 @@ impl PartitionProgress {
             self.control.done_until(offset + 1);
         }
     }
+
+    /// A record entered the lane; true when that asked for the partition to be paused.
+    fn queued(&self, bytes: usize) -> bool {
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if queued >= self.queue_limit && !self.control.pause_wanted() {
+            self.control.pause(true);
+            return true;
+        }
+        false
+    }
+
+    /// The lane took a record; the partition is resumed once half the limit is left.
+    fn taken(&self, bytes: usize) {
+        let queued = self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        if queued <= self.queue_limit / 2 && self.control.pause_wanted() {
+            self.control.pause(false);
+        }
+    }
 }
 
 /// A partition this member holds.
 struct Partition {
     progress: Arc<PartitionProgress>,
-    sender: mpsc::Sender<Entry>,
-    /// Records the lane had no room for yet, in offset order; the partition is paused while
-    /// they exceed the limit.
-    waiting: VecDeque<Entry>,
-    waiting_bytes: usize,
-    pause_asked: bool,
+    /// Unbounded: the bytes in it are bounded by pausing the partition (see `Shared::queue_limit`).
+    sender: mpsc::UnboundedSender<Entry>,
     stop: CancellationToken,
     abort: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     lag: metrics::Gauge,
 }
 
-/// The partitions held, fed from the consumer's events.
+impl Partition {
+    /// Stops the lane at once and waits (briefly) for it to end, so nothing of it runs beside the
+    /// partition's next owner.
+    async fn abort(&mut self) {
+        self.abort.cancel();
+        if tokio::time::timeout(ABORT_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+/// The partitions held, fed from the consumer's events. Dropped (the mapping ends or unwinds),
+/// it stops every lane still running.
 struct Router {
     shared: Arc<Shared>,
     partitions: HashMap<PartitionKey, Partition>,
-    /// Some partition has records waiting for room in its lane.
-    waiting: bool,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        for partition in self.partitions.values() {
+            partition.abort.cancel();
+            partition.task.abort();
+        }
+    }
 }
 
 /// Why the router gave up: lanes that ended while their partitions were held.
@@ -127,7 +168,6 @@ impl Router {
         Self {
             shared,
             partitions: HashMap::new(),
-            waiting: false,
         }
     }
 
@@ -152,7 +192,6 @@ impl Router {
                     Some(event) => self.handle(event).await,
                     None => return Ok(()),
                 },
-                _ = tokio::time::sleep(FULL_LANE_RETRY), if self.waiting => self.feed_waiting(),
                 _ = check.tick() => {
                     let dead: Vec<String> = self
                         .partitions
@@ -174,7 +213,7 @@ impl Router {
         match event {
             ConsumerEvent::Assigned(assigned) => {
                 for partition in assigned {
-                    self.assign(partition);
+                    self.assign(partition).await;
                 }
                 self.shared
                     .lane
@@ -185,9 +224,6 @@ impl Router {
             ConsumerEvent::Polled(polled) => {
                 for record in polled {
                     self.take(record);
-                }
-                if self.waiting {
-                    self.feed_waiting();
                 }
             }
             ConsumerEvent::Revoked(revoked) => self.release(revoked).await,
@@ -209,7 +245,7 @@ impl Router {
     }
 
     /// Starts the lane of a partition given to this member.
-    fn assign(&mut self, assigned: Assigned) {
+    async fn assign(&mut self, assigned: Assigned) {
         let shared = &self.shared;
         let (topic, number) = assigned.partition.clone();
         let name = partition_name(&topic, number);
@@ -219,9 +255,10 @@ impl Router {
             name: name.clone(),
             progress: Mutex::new(ShardProgress::new()),
             control: assigned.control,
+            queued_bytes: AtomicUsize::new(0),
+            queue_limit: shared.queue_limit,
         });
-        // A lane holds at most about two batches; beyond that records wait here.
-        let (sender, receiver) = mpsc::channel::<Entry>(shared.lane.limits.max_records * 2);
+        let (sender, receiver) = mpsc::unbounded_channel::<Entry>();
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let host = Arc::new(PartitionLane {
@@ -237,86 +274,47 @@ impl Router {
         ));
         shared.lane.metrics.stream_event("partition_assigned");
         let lag = shared.lane.metrics.consumer_lag(&name);
-        if let Some(old) = self.partitions.insert(
+        let old = self.partitions.insert(
             assigned.partition,
             Partition {
                 progress,
                 sender,
-                waiting: VecDeque::new(),
-                waiting_bytes: 0,
-                pause_asked: false,
                 stop,
                 abort,
                 task,
                 lag,
             },
-        ) {
+        );
+        if let Some(mut old) = old {
             // The consumer assigns a partition only once until it revokes it; should it not, the
             // old lane's work is abandoned uncommitted rather than run beside the new one.
-            old.abort.cancel();
+            old.abort().await;
         }
     }
 
-    /// Hands a polled record to its partition's lane, or queues it there (asking for the
-    /// partition to be paused when too much waits).
+    /// Hands a polled record to its partition's lane (asking for the partition to be paused when
+    /// too much waits there).
     fn take(&mut self, polled: Polled) {
         let shared = &self.shared;
-        shared.lane.metrics.records_received.increment(1);
         let Some(partition) = self.partitions.get_mut(&polled.partition) else {
             // A record of a partition released a moment ago; the next owner reads it.
             return;
         };
+        shared.lane.metrics.records_received.increment(1);
         let position = partition.progress.push(polled.offset);
         let Some(record) = polled.record else {
             shared.lane.metrics.records_filtered.increment(1);
             partition.progress.finish([position]);
             return;
         };
-        let mut entry = (record, position);
-        // Records already waiting go first, to keep the partition's order.
-        if partition.waiting.is_empty() {
-            entry = match partition.sender.try_send(entry) {
-                Err(mpsc::error::TrySendError::Full(entry)) => entry,
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-            };
+        let bytes = record.size_bytes;
+        if partition.sender.send((record, position)).is_err() {
+            // The lane ended; the lane check takes the mapping down.
+            return;
         }
-        partition.waiting_bytes += entry.0.size_bytes;
-        partition.waiting.push_back(entry);
-        self.waiting = true;
-        if !partition.pause_asked && partition.waiting_bytes >= shared.waiting_limit {
-            partition.pause_asked = true;
-            partition.progress.control.pause(true);
+        if partition.progress.queued(bytes) {
             shared.lane.metrics.stream_event("partition_paused");
         }
-    }
-
-    /// Moves queued records into lanes that have room and resumes partitions whose queue went
-    /// down to half the limit (resuming before it empties hides the fetch a resume starts).
-    fn feed_waiting(&mut self) {
-        let limit = self.shared.waiting_limit;
-        let mut waiting = false;
-        for partition in self.partitions.values_mut() {
-            while let Some(entry) = partition.waiting.pop_front() {
-                let size = entry.0.size_bytes;
-                match partition.sender.try_send(entry) {
-                    Ok(()) => partition.waiting_bytes -= size,
-                    Err(mpsc::error::TrySendError::Full(entry)) => {
-                        partition.waiting.push_front(entry);
-                        break;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        partition.waiting.clear();
-                        partition.waiting_bytes = 0;
-                    }
-                }
-            }
-            if partition.pause_asked && partition.waiting_bytes <= limit / 2 {
-                partition.pause_asked = false;
-                partition.progress.control.pause(false);
-            }
-            waiting |= !partition.waiting.is_empty();
-        }
-        self.waiting = waiting;
     }
 
     /// Stops the lanes of the revoked partitions, waits for in-flight batches until the drain
@@ -345,7 +343,7 @@ impl Router {
             };
             if !finished {
                 abandoned += 1;
-                partition.abort.cancel();
+                partition.abort().await;
             }
         }
         if abandoned > 0 {
@@ -354,17 +352,22 @@ impl Router {
         for partition in &released {
             tracing::info!(mapping = %shared.lane.name, partition = %partition.progress.name, done_until = ?partition.progress.control.done(), lost = revoked.lost, "partition stopped");
             partition.lag.set(0.0);
+            // A lane abandoned while retrying a failing batch leaves its stuck mark behind.
+            shared.lane.health.stuck(&partition.progress.name, None);
             shared.lane.metrics.stream_event("partition_released");
         }
-        self.waiting = self.partitions.values().any(|p| !p.waiting.is_empty());
         revoked.released();
     }
 
-    /// Stops every lane at once (the mapping is going down after a lane died).
-    fn abort_all(&mut self) {
-        for (_, partition) in self.partitions.drain() {
-            partition.abort.cancel();
+    /// Stops every lane (the mapping is going down without releasing its partitions).
+    async fn abort_all(&mut self) {
+        for (_, mut partition) in self.partitions.drain() {
+            partition.abort().await;
             partition.lag.set(0.0);
+            self.shared
+                .lane
+                .health
+                .stuck(&partition.progress.name, None);
         }
     }
 }
@@ -417,6 +420,10 @@ impl LaneHost for PartitionLane {
     fn finished(self: Arc<Self>, positions: Vec<Position>) {
         self.progress.finish(positions);
     }
+
+    fn received(&self, record: &Record) {
+        self.progress.taken(record.size_bytes);
+    }
 }
 
 impl KafkaMapping {
@@ -446,7 +453,7 @@ impl KafkaMapping {
                 on_failure: self.on_failure.clone(),
                 region: self.region.clone(),
             },
-            waiting_limit: self.source.partition_buffer_bytes,
+            queue_limit: self.source.partition_buffer_bytes,
             drain_timeout: shutdown_timeout,
         });
         let settings = ConsumerSettings {
@@ -472,12 +479,12 @@ impl KafkaMapping {
         tracing::info!(mapping = %name, topics = ?self.source.topics, batch_size = self.source.batch_size, "mapping started");
         let mut router = Router::new(shared);
         let outcome = router.run(&mut events, || consumer.stop(), &shutdown).await;
-        if outcome.is_err() {
-            // The consumer commits what is done and leaves the group once nobody listens.
-            router.abort_all();
-            consumer.stop();
-            drop(events);
-        }
+        // Normally every partition was released; after a dead lane, or a consumer thread that
+        // ended without releasing (a panic), the lanes left stop here, not beside the next
+        // incarnation. The consumer commits what is done and leaves once nobody listens.
+        router.abort_all().await;
+        consumer.stop();
+        drop(events);
         // Wait for the thread without blocking the runtime. A panic on it is carried into this
         // task, so the mapping's supervisor sees it and restarts.
         if let Ok(Err(panic)) = tokio::task::spawn_blocking(move || consumer.join()).await {
@@ -506,7 +513,7 @@ mod tests {
 
     const TOPIC: &str = "clicks";
 
-    fn shared(target: Arc<ScriptedTarget>, batch_size: usize, waiting_limit: usize) -> Arc<Shared> {
+    fn shared(target: Arc<ScriptedTarget>, batch_size: usize, queue_limit: usize) -> Arc<Shared> {
         Arc::new(Shared {
             cluster: KafkaCluster {
                 bootstrap_servers: "mock:9092".into(),
@@ -540,7 +547,7 @@ mod tests {
                 on_failure: None,
                 region: "us-east-1".into(),
             },
-            waiting_limit,
+            queue_limit,
             drain_timeout: Duration::from_secs(30),
         })
     }
@@ -731,16 +738,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_asks_the_consumer_to_stop_and_the_router_ends_with_its_events() {
+    async fn at_shutdown_the_consumer_is_stopped_and_its_final_revoke_waits_for_the_lane() {
         let target = Arc::new(ScriptedTarget::default());
+        target.push_after(Duration::from_secs(5), Outcome::Returned { response: None });
         let (sender, mut events) = mpsc::channel(16);
-        let mut router = Router::new(shared(target, 1, 1 << 20));
+        let mut router = Router::new(shared(target.clone(), 2, 1 << 20));
         let shutdown = CancellationToken::new();
-        let stopped = std::sync::atomic::AtomicBool::new(false);
-        shutdown.cancel();
-        let consumer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            drop(sender);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (event, control) = assigned(0);
+        sender.send(event).await.unwrap();
+        sender.send(polled(0, 0..2, false)).await.unwrap();
+        // The consumer's part: once asked to stop, it revokes what it holds and ends.
+        let consumer = tokio::spawn({
+            let stopped = stopped.clone();
+            let target = target.clone();
+            async move {
+                while target.calls() == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let (revoked, released) = Revoked::new(vec![key(0)], false);
+                let revoke_sent = tokio::time::Instant::now();
+                sender.send(ConsumerEvent::Revoked(revoked)).await.unwrap();
+                while released.try_recv().is_err() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                revoke_sent.elapsed()
+            }
+        });
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            let target = target.clone();
+            async move {
+                while target.calls() == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                shutdown.cancel();
+            }
         });
         router
             .run(
@@ -750,7 +786,16 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(stopped.load(std::sync::atomic::Ordering::SeqCst));
-        consumer.await.unwrap();
+        let waited = consumer.await.unwrap();
+        assert!(
+            waited >= Duration::from_secs(4),
+            "released after {waited:?}"
+        );
+        assert_eq!(
+            control.done(),
+            Some(2),
+            "the batch in flight finished first"
+        );
+        assert!(router.partitions.is_empty());
     }
 }

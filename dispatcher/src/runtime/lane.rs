@@ -67,6 +67,35 @@ pub(super) trait LaneHost: Send + Sync + 'static {
 
     /// These records are done; the host moves its checkpoint (without waiting for the write).
     fn finished(self: Arc<Self>, positions: Vec<Position>);
+
+    /// The lane took `record` off its input (a host that bounds what is queued counts it out).
+    fn received(&self, _record: &Record) {}
+}
+
+/// Where a lane's records come from: a bounded channel (a stream shard: its reader waits for
+/// room), or an unbounded one whose host bounds the bytes queued itself (a Kafka partition is
+/// paused at the broker instead, so nothing waits outside the lane).
+pub(super) trait LaneInput: Send + 'static {
+    fn try_recv(&mut self) -> Result<Entry, mpsc::error::TryRecvError>;
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Entry>> + Send;
+}
+
+impl LaneInput for mpsc::Receiver<Entry> {
+    fn try_recv(&mut self) -> Result<Entry, mpsc::error::TryRecvError> {
+        mpsc::Receiver::try_recv(self)
+    }
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Entry>> + Send {
+        mpsc::Receiver::recv(self)
+    }
+}
+
+impl LaneInput for mpsc::UnboundedReceiver<Entry> {
+    fn try_recv(&mut self) -> Result<Entry, mpsc::error::TryRecvError> {
+        mpsc::UnboundedReceiver::try_recv(self)
+    }
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Entry>> + Send {
+        mpsc::UnboundedReceiver::recv(self)
+    }
 }
 
 /// Gathers batches from `receiver` and runs each to its end, until the sender closes (then the
@@ -74,7 +103,7 @@ pub(super) trait LaneHost: Send + Sync + 'static {
 pub(super) async fn run_lane<H: LaneHost>(
     host: Arc<H>,
     lane: String,
-    mut receiver: mpsc::Receiver<Entry>,
+    mut receiver: impl LaneInput,
     stop: CancellationToken,
     abort: CancellationToken,
 ) {
@@ -93,6 +122,7 @@ pub(super) async fn run_lane<H: LaneHost>(
             }
             match receiver.try_recv() {
                 Ok(entry) => {
+                    host.received(&entry.0);
                     push(&mut batcher, &mut ready, entry, clock());
                     continue;
                 }
@@ -113,7 +143,10 @@ pub(super) async fn run_lane<H: LaneHost>(
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => continue,
             };
             match received {
-                Some(entry) => push(&mut batcher, &mut ready, entry, clock()),
+                Some(entry) => {
+                    host.received(&entry.0);
+                    push(&mut batcher, &mut ready, entry, clock())
+                }
                 None => match batcher.take() {
                     Some(batch) => break batch,
                     None => return,

@@ -17,8 +17,10 @@
 //! - a revoke (or the stop) waits for the owner's [`Revoked::released`] — at most
 //!   `release_timeout` — before committing and letting the rebalance go on, so the next owner
 //!   starts where this one finished; a partition already lost to another member is not committed;
-//! - the channel holds at most [`EVENT_CAPACITY`] events of at most [`MAX_POLLED`] records each: a
-//!   slow owner slows the polls; a partition the owner wants paused is paused at the broker;
+//! - the channel holds at most [`EVENT_CAPACITY`] events of at most [`MAX_POLLED`] records and
+//!   [`MAX_POLLED_BYTES`] each: a slow owner slows the polls; a partition the owner wants paused
+//!   is paused at the broker before the next poll, and resumed before it is released (a pause
+//!   is the application's, and librdkafka would keep it for the partition's next assignment);
 //! - the thread ends after [`KafkaConsumer::stop`], or when the owner drops its receiver (then what
 //!   the owner reported done is committed and the member leaves the group).
 
@@ -47,6 +49,10 @@ pub type PartitionKey = (String, i32);
 pub const EVENT_CAPACITY: usize = 16;
 /// How many records one [`ConsumerEvent::Polled`] carries at most.
 pub const MAX_POLLED: usize = 256;
+/// How many bytes of records one [`ConsumerEvent::Polled`] carries at most (a record larger
+/// than this travels alone). With [`EVENT_CAPACITY`], this bounds what can reach the owner after
+/// it asked for a pause: about 17 MiB per mapping.
+pub const MAX_POLLED_BYTES: usize = 1 << 20;
 /// How often done offsets are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// How long one poll waits for a message; bounds how late the thread notices a stop.
@@ -58,8 +64,9 @@ const PAUSED_POLL_TIMEOUT: Duration = Duration::from_millis(2);
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// How long after a client error an empty poll counts as healthy again.
 const CLIENT_ERROR_QUIET: Duration = Duration::from_secs(30);
-/// How often a healthy consumer says so (the owner's stall detection reads it).
-const HEALTHY_EVERY: Duration = Duration::from_secs(1);
+/// How often a healthy consumer says so: as often as an idle poll ends, so the owner's stall
+/// detection (`stall_after`, 1 s at the least) sees every working poll.
+const HEALTHY_EVERY: Duration = Duration::from_millis(100);
 /// Broker calls made while assigning partitions (committed offsets, offsets for times).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -308,6 +315,7 @@ struct State {
     held: HashMap<PartitionKey, Held>,
     /// Records polled and not yet sent; sent before any rebalance event, so order holds.
     pending: Vec<Polled>,
+    pending_bytes: usize,
     /// The owner dropped its receiver.
     owner_gone: bool,
     /// When the client last reported an error: an empty poll counts as healthy only some time
@@ -338,19 +346,35 @@ impl Context {
         if self.state().owner_gone {
             return false;
         }
-        if self.events.blocking_send(event).is_err() {
+        let sent = if tokio::runtime::Handle::try_current().is_ok() {
+            // Only when the consumer is closed on a runtime thread (its thread could not start):
+            // blocking there would panic, and nobody is listening yet.
+            self.events.try_send(event).is_ok()
+        } else {
+            self.events.blocking_send(event).is_ok()
+        };
+        if !sent {
             self.state().owner_gone = true;
-            return false;
         }
-        true
+        sent
     }
 
     /// Sends the records polled so far.
     fn flush(&self) {
-        let pending = std::mem::take(&mut self.state().pending);
+        let pending = {
+            let mut state = self.state();
+            state.pending_bytes = 0;
+            std::mem::take(&mut state.pending)
+        };
         if !pending.is_empty() {
             self.send(ConsumerEvent::Polled(pending));
         }
+    }
+
+    /// Whether the records polled so far make a full event.
+    fn pending_full(&self) -> bool {
+        let state = self.state();
+        state.pending.len() >= MAX_POLLED || state.pending_bytes >= MAX_POLLED_BYTES
     }
 
     fn report_health(&self, healthy: bool, reason: Option<String>) {
@@ -387,6 +411,7 @@ impl Context {
         held.next_offset = Some(parts.offset + 1);
         let record = (self.filters.is_empty() || self.filters.passes(&parts.filter_view()))
             .then(|| parts.to_record(wall_clock()));
+        state.pending_bytes += record.as_ref().map_or(0, |r| r.size_bytes);
         state.pending.push(Polled {
             partition: key,
             offset: parts.offset,
@@ -460,17 +485,22 @@ impl Context {
     /// Sets where each new partition starts and tells the owner about it.
     fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
         let wanted = keys_of(partitions);
+        // When the lookup fails, the client reads the committed offsets itself (`Stored`): what
+        // was committed must win over the starting position, or records would be skipped.
         let committed = match consumer.committed_offsets(partitions.clone(), LOOKUP_TIMEOUT) {
-            Ok(list) => offsets_of(&list),
+            Ok(list) => Some(offsets_of(&list)),
             Err(error) => {
-                tracing::warn!(mapping = %self.name, %error, "reading committed offsets failed; the broker's stored offsets apply");
-                HashMap::new()
+                tracing::warn!(mapping = %self.name, %error, "reading committed offsets failed; the client reads them itself (the starting position applies only without one)");
+                None
             }
         };
-        let uncommitted: Vec<&PartitionKey> = wanted
-            .iter()
-            .filter(|key| !committed.contains_key(key))
-            .collect();
+        let uncommitted: Vec<&PartitionKey> = match &committed {
+            Some(committed) => wanted
+                .iter()
+                .filter(|key| !committed.contains_key(key))
+                .collect(),
+            None => Vec::new(),
+        };
         let by_time = match self.position {
             StartPosition::AtTimestamp(ms) if !uncommitted.is_empty() => {
                 let mut query = TopicPartitionList::new();
@@ -491,13 +521,16 @@ impl Context {
         {
             let mut state = self.state();
             for key in wanted {
-                let start = start_offset(
-                    committed.get(&key).copied(),
-                    self.position,
-                    by_time.get(&key).copied(),
-                );
+                let start = match &committed {
+                    Some(committed) => start_offset(
+                        committed.get(&key).copied(),
+                        self.position,
+                        by_time.get(&key).copied(),
+                    ),
+                    None => StartOffset::Stored,
+                };
                 let offset = match start {
-                    StartOffset::Committed(_) => Offset::Stored,
+                    StartOffset::Committed(_) | StartOffset::Stored => Offset::Stored,
                     StartOffset::Beginning => Offset::Beginning,
                     StartOffset::End => Offset::End,
                     StartOffset::At(offset) => Offset::Offset(offset),
@@ -513,7 +546,7 @@ impl Context {
                     Held {
                         control: control.clone(),
                         next_offset: None,
-                        committed: committed.get(&key).copied(),
+                        committed: committed.as_ref().and_then(|c| c.get(&key).copied()),
                         paused: false,
                     },
                 );
@@ -555,6 +588,13 @@ impl Context {
         let mut state = self.state();
         for key in &keys {
             if let Some(held) = state.held.remove(key) {
+                if held.paused {
+                    let mut list = TopicPartitionList::new();
+                    let _ = list.add_partition(&key.0, key.1);
+                    if let Err(error) = consumer.resume(&list) {
+                        tracing::warn!(mapping = %self.name, partition = %partition_name(&key.0, key.1), %error, "resuming a released partition failed; if it comes back it may stay paused");
+                    }
+                }
                 tracing::info!(mapping = %self.name, partition = %partition_name(&key.0, key.1), committed = ?held.committed, "partition released");
             }
         }
@@ -691,7 +731,7 @@ fn consume(consumer: BaseConsumer<Context>, settings: &ConsumerSettings, stop: &
         };
         // Gather what is there without waiting once a message came, up to one event's worth.
         let mut polled = 0;
-        while polled < MAX_POLLED {
+        while !context.pending_full() {
             match consumer.poll(wait) {
                 None => {
                     let error_at = context.state().client_error_at;

@@ -298,6 +298,9 @@ pub enum StartPosition {
 pub enum StartOffset {
     /// The group's committed offset.
     Committed(i64),
+    /// The group's committed offset as the client finds it (looking it up here failed); without
+    /// one, the starting position's reset rule applies.
+    Stored,
     Beginning,
     End,
     At(i64),

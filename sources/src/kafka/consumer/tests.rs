@@ -92,6 +92,7 @@ async fn next(events: &mut mpsc::Receiver<ConsumerEvent>) -> Option<ConsumerEven
 #[derive(Default)]
 struct Seen {
     controls: BTreeMap<i32, Arc<PartitionControl>>,
+    starts: BTreeMap<i32, StartOffset>,
     offsets: BTreeMap<i32, Vec<i64>>,
     filtered: Vec<(i32, i64)>,
     committed: usize,
@@ -103,7 +104,7 @@ impl Seen {
         match event {
             ConsumerEvent::Assigned(assigned) => {
                 for partition in assigned {
-                    assert_eq!(partition.start, StartOffset::Beginning);
+                    self.starts.insert(partition.partition.1, partition.start);
                     self.controls
                         .insert(partition.partition.1, partition.control);
                 }
@@ -155,6 +156,7 @@ async fn records_arrive_in_order_after_their_assignment_and_what_is_done_is_comm
     }
     for partition in 0..2 {
         assert_eq!(seen.offsets[&partition], (0..10).collect::<Vec<_>>());
+        assert_eq!(seen.starts[&partition], StartOffset::Beginning);
     }
     // Half done: committed within a commit interval or two.
     for control in seen.controls.values() {
@@ -269,4 +271,111 @@ async fn when_the_owner_goes_away_what_it_reported_done_is_committed_and_the_thr
         .unwrap()
         .expect("the thread ends without a panic");
     assert_eq!(cluster.committed("g4", "clicks", 1), vec![Some(3)]);
+}
+
+// Review of the consumer move: a pause is the application's, and librdkafka keeps it for the
+// partition's next assignment; a partition paused when it was revoked must deliver again when it
+// comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_paused_when_revoked_delivers_again_when_it_comes_back() {
+    let cluster = Cluster::new("clicks", 1);
+    cluster.produce("clicks", &numbered(0, 0..3));
+    let mut settings = cluster.settings("clicks", "g5");
+    settings.properties = vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("heartbeat.interval.ms".into(), "500".into()),
+    ];
+    let (first, mut events) = KafkaConsumer::start(settings).unwrap();
+    let mut seen = Seen::default();
+    while seen.count() < 3 {
+        let event = next(&mut events).await.expect("the consumer runs");
+        assert!(seen.take(event).is_none());
+    }
+    let paused = seen.controls[&0].clone();
+    paused.done_until(3);
+    paused.pause(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A second member joins: the rebalance takes the partition from the first. (Short sessions:
+    // the mock cluster's rebalance waits out a member's session otherwise, 45 s by default.)
+    let mut settings = cluster.settings("clicks", "g5");
+    settings.properties = vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("heartbeat.interval.ms".into(), "500".into()),
+    ];
+    let (second, mut second_events) = KafkaConsumer::start(settings).unwrap();
+    let (second_assigned, mut second_got_it) = tokio::sync::watch::channel(false);
+    let second_task = tokio::spawn(async move {
+        while let Some(event) = second_events.recv().await {
+            match event {
+                ConsumerEvent::Assigned(_) => {
+                    let _ = second_assigned.send(true);
+                }
+                ConsumerEvent::Revoked(revoked) => revoked.released(),
+                _ => {}
+            }
+        }
+    });
+    let revoked = loop {
+        let event = next(&mut events).await.expect("the consumer runs");
+        if let Some(revoked) = seen.take(event) {
+            break revoked;
+        }
+    };
+    assert!(!revoked.lost);
+    revoked.released();
+    // The partition comes back: at once, or once the second member leaves.
+    let mut second_stopped = false;
+    let back = loop {
+        tokio::select! {
+            event = next(&mut events) => {
+                match event.expect("the consumer runs") {
+                    ConsumerEvent::Assigned(assigned) => break assigned,
+                    ConsumerEvent::Revoked(revoked) => revoked.released(),
+                    _ => {}
+                }
+            }
+            changed = second_got_it.changed(), if !second_stopped => {
+                if changed.is_ok() && *second_got_it.borrow() {
+                    second_stopped = true;
+                    second.stop();
+                }
+            }
+        }
+    };
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].start, StartOffset::Committed(3));
+    assert!(!back[0].control.pause_wanted());
+    cluster.produce("clicks", &numbered(0, 3..6));
+    let mut offsets = Vec::new();
+    let delivered = tokio::time::timeout(WAIT, async {
+        while offsets.len() < 3 {
+            match next(&mut events).await.expect("the consumer runs") {
+                ConsumerEvent::Polled(polled) => offsets.extend(polled.iter().map(|p| p.offset)),
+                ConsumerEvent::Revoked(revoked) => {
+                    panic!("revoked again: {:?}", revoked.partitions)
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        delivered.is_ok(),
+        "the partition delivered nothing after it came back"
+    );
+    assert_eq!(
+        offsets,
+        vec![3, 4, 5],
+        "the partition delivers again after its pause"
+    );
+    second.stop();
+    drop(events);
+    tokio::task::spawn_blocking(move || {
+        first.join().expect("no panic");
+        second.join().expect("no panic");
+    })
+    .await
+    .unwrap();
+    second_task.await.unwrap();
 }
