@@ -608,13 +608,11 @@ mod tests {
             .collect()
     }
 
-    /// A router running on `events`, and the shutdown that stops it.
-    fn start(
-        shared: Arc<Shared>,
-    ) -> (
-        mpsc::Sender<ConsumerEvent>,
-        tokio::task::JoinHandle<(Router, Result<(), LanesStopped>)>,
-    ) {
+    /// A router's task, giving back the router and how its run ended.
+    type RouterTask = tokio::task::JoinHandle<(Router, Result<(), LanesStopped>)>;
+
+    /// A router running on the events the returned sender sends.
+    fn start(shared: Arc<Shared>) -> (mpsc::Sender<ConsumerEvent>, RouterTask) {
         let (sender, mut events) = mpsc::channel(16);
         let task = tokio::spawn(async move {
             let mut router = Router::new(shared);
