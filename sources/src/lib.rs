@@ -13,6 +13,8 @@ pub mod dynamodb_streams;
 #[cfg(test)]
 mod fuzz;
 pub mod kafka;
+#[cfg(test)]
+mod lambda_events;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod queue;

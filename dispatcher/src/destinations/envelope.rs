@@ -1,10 +1,294 @@
 //! The dead-letter envelope: the AWS-compatible fields of Lambda's on-failure record plus a
 //! `sluice` object with the full records, the last error and the attempt history, so a person can
 //! read it and `sluice dlq replay` can re-drive it.
+//!
+//! The envelope is a user-visible contract, so it is one set of serde types ([`Envelope`] and
+//! what it holds), written and read through the same types: a renamed field changes both sides
+//! and the fixtures in `dispatcher/tests/fixtures/envelopes/` stop round-tripping. Reading is
+//! lenient where people and other writers meet sluice: every field may be missing (Lambda's own
+//! records have no `sluice`), an unknown source kind reads as [`SourceInfo::Other`], and fields
+//! this version does not know are kept when an entry is written back. Where AWS distinguishes
+//! JSON `null` from a missing key (`functionError`, semantics.md §13.4 and §13.5), so do the types.
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value, json};
 use sluice_policies::{DeadLetterCondition, ErrorInfo};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A dead letter or an asynchronous invocation's destination record, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    #[serde(default)]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub request_context: RequestContext,
+    /// The event an asynchronous invocation received (semantics.md §13.5).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub request_payload: Option<Value>,
+    /// Missing for `RecordAgeExceeded` (semantics.md §13.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_context: Option<ResponseContext>,
+    /// The function's return value (JSON `null` when it returned nothing) or its error object.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub response_payload: Option<Value>,
+    #[serde(
+        rename = "DDBStreamBatchInfo",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ddb_stream_batch_info: Option<DdbStreamBatchInfo>,
+    #[serde(
+        rename = "KafkaBatchInfo",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kafka_batch_info: Option<KafkaBatchInfo>,
+    /// The invocation event, kept by S3 and Kafka-topic destinations as Lambda's are.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sluice: Option<SluiceInfo>,
+    /// Fields this version does not know, kept as they were.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestContext {
+    #[serde(default)]
+    pub request_id: String,
+    #[serde(default)]
+    pub function_arn: String,
+    #[serde(default)]
+    pub condition: String,
+    #[serde(default)]
+    pub approximate_invoke_count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseContext {
+    pub status_code: u16,
+    pub executed_version: String,
+    /// `Some("Unhandled")` when the function threw; `Some(null)` when it returned but its records
+    /// counted as failed (a stream dead letter); missing on an asynchronous success.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub function_error: Option<Value>,
+}
+
+/// Lambda's `DDBStreamBatchInfo` (semantics.md §13.4).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(rename_all = "camelCase")]
+pub struct DdbStreamBatchInfo {
+    pub shard_id: String,
+    pub start_sequence_number: Option<String>,
+    pub end_sequence_number: Option<String>,
+    pub approximate_arrival_of_first_record: String,
+    pub approximate_arrival_of_last_record: String,
+    pub batch_size: u64,
+    pub stream_arn: String,
+}
+
+/// Lambda's `KafkaBatchInfo`: per-partition ranges (`recordsInfo`) for a batch, or one record's
+/// (`recordInfo`) in a Kafka-topic destination's message (semantics.md §4).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaBatchInfo {
+    pub batch_size: u64,
+    pub event_source_arn: Option<String>,
+    pub bootstrap_servers: String,
+    pub payload_size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_info: Option<BTreeMap<String, KafkaRecordsInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_info: Option<KafkaRecordInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaRecordsInfo {
+    pub first_record_offset: Option<String>,
+    pub last_record_offset: Option<String>,
+    pub first_record_timestamp: String,
+    pub last_record_timestamp: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaRecordInfo {
+    pub offset: String,
+    pub timestamp: String,
+}
+
+/// The `sluice` object: what replay needs and what a person wants to know.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SluiceInfo {
+    #[serde(default)]
+    pub mapping: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceInfo>,
+    /// The records exactly as they were in the event; empty when cut to fit a queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorSection>,
+    #[serde(default)]
+    pub attempts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    #[serde(default)]
+    pub replay_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replay_at: Option<String>,
+    /// Set when the envelope was over SQS's limit without a spill bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<Cut>,
+    /// Fields this version does not know, kept as they were.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorSection {
+    #[serde(rename = "type", default)]
+    pub error_type: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// What was cut from an envelope too large for SQS, and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Cut {
+    pub reason: String,
+    /// The fields emptied or removed (`payload`, `sluice.records`, …).
+    pub fields: Vec<String>,
+    /// How many records were in `sluice.records`.
+    pub records: u64,
+}
+
+/// `sluice.source`: which source kind, and the identities replay needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceInfo {
+    Sqs {
+        #[serde(default)]
+        queue_url: String,
+        #[serde(default)]
+        queue_arn: String,
+        #[serde(default)]
+        message_ids: Vec<String>,
+    },
+    S3 {
+        #[serde(default)]
+        queue_url: String,
+        #[serde(default)]
+        queue_arn: String,
+        #[serde(default)]
+        message_ids: Vec<String>,
+    },
+    DynamodbStream {
+        #[serde(default)]
+        stream_arn: String,
+        #[serde(default)]
+        shard_id: String,
+        #[serde(default)]
+        sequence_numbers: Vec<String>,
+    },
+    Kafka {
+        #[serde(default)]
+        bootstrap_servers: String,
+        #[serde(default)]
+        topic: String,
+        #[serde(default)]
+        partition: i32,
+        #[serde(default)]
+        offsets: Vec<i64>,
+    },
+    Invoke {
+        #[serde(default)]
+        function: String,
+        #[serde(default)]
+        request_id: String,
+    },
+    /// A kind this version does not know (written by a newer sluice).
+    #[serde(other)]
+    Other,
+}
+
+/// For `Option<Value>` fields where JSON `null` differs from a missing key: a present `null`
+/// reads as `Some(Value::Null)` (serde would make it `None`).
+fn null_is_a_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+impl Envelope {
+    /// Reads a stored envelope; the error says which field was wrong and where.
+    pub fn parse(document: Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(document)
+    }
+
+    /// The document as stored.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("an envelope serializes")
+    }
+
+    /// The records it holds: `sluice.records`, else those of the event it keeps (Lambda's own
+    /// S3 and Kafka-topic destination records have only that).
+    pub fn records(&self) -> Vec<Value> {
+        if let Some(records) = self.sluice.as_ref().and_then(|s| s.records.clone()) {
+            return records;
+        }
+        [&self.payload, &self.request_payload]
+            .into_iter()
+            .flatten()
+            .find_map(records_of_event)
+            .unwrap_or_default()
+    }
+}
+
+/// The records of an invocation event: `Records` (SQS, S3, DynamoDB) or Kafka's `records` map.
+pub fn records_of_event(event: &Value) -> Option<Vec<Value>> {
+    if let Some(records) = event["Records"].as_array() {
+        return Some(records.clone());
+    }
+    let partitions = event["records"].as_object()?;
+    Some(
+        partitions
+            .values()
+            .filter_map(Value::as_array)
+            .flatten()
+            .cloned()
+            .collect(),
+    )
+}
 
 /// Where the records came from.
 #[derive(Debug, Clone)]
@@ -49,51 +333,55 @@ pub enum EnvelopeSource {
 
 impl EnvelopeSource {
     /// The `sluice.source` object: which source kind, and the identities replay needs.
-    pub fn to_json(&self) -> Value {
-        match self {
+    pub fn info(&self) -> SourceInfo {
+        match self.clone() {
             EnvelopeSource::Sqs {
                 queue_url,
                 queue_arn,
                 message_ids,
-            }
-            | EnvelopeSource::S3 {
+            } => SourceInfo::Sqs {
                 queue_url,
                 queue_arn,
                 message_ids,
-            } => json!({
-                "kind": if matches!(self, EnvelopeSource::S3 { .. }) { "s3" } else { "sqs" },
-                "queue_url": queue_url,
-                "queue_arn": queue_arn,
-                "message_ids": message_ids,
-            }),
+            },
+            EnvelopeSource::S3 {
+                queue_url,
+                queue_arn,
+                message_ids,
+            } => SourceInfo::S3 {
+                queue_url,
+                queue_arn,
+                message_ids,
+            },
             EnvelopeSource::DynamodbStream {
                 stream_arn,
                 shard_id,
                 sequence_numbers,
                 ..
-            } => json!({
-                "kind": "dynamodb_stream",
-                "stream_arn": stream_arn,
-                "shard_id": shard_id,
-                "sequence_numbers": sequence_numbers,
-            }),
+            } => SourceInfo::DynamodbStream {
+                stream_arn,
+                shard_id,
+                sequence_numbers,
+            },
             EnvelopeSource::Kafka {
                 cluster,
                 topic,
                 partition,
                 offsets,
                 ..
-            } => json!({
-                "kind": "kafka",
-                "bootstrap_servers": cluster.bootstrap_servers,
-                "topic": topic,
-                "partition": partition,
-                "offsets": offsets,
-            }),
+            } => SourceInfo::Kafka {
+                bootstrap_servers: cluster.bootstrap_servers,
+                topic,
+                partition,
+                offsets,
+            },
             EnvelopeSource::Invoke {
                 function,
                 request_id,
-            } => json!({ "kind": "invoke", "function": function, "request_id": request_id }),
+            } => SourceInfo::Invoke {
+                function,
+                request_id,
+            },
         }
     }
 
@@ -174,80 +462,96 @@ impl DeadLetter {
         }
     }
 
+    /// The envelope.
+    pub fn envelope(&self, request_id: &str) -> Envelope {
+        // A record that aged out has no response to describe (semantics.md §13.4).
+        let response_context =
+            (self.condition != DeadLetterCondition::RecordAgeExceeded).then(|| ResponseContext {
+                status_code: 200,
+                executed_version: "$LATEST".into(),
+                function_error: Some(json!(self.function_error)),
+            });
+        let ddb_stream_batch_info = match &self.source {
+            EnvelopeSource::DynamodbStream {
+                stream_arn,
+                shard_id,
+                sequence_numbers,
+                first_arrival,
+                last_arrival,
+            } => Some(DdbStreamBatchInfo {
+                shard_id: shard_id.clone(),
+                start_sequence_number: sequence_numbers.first().cloned(),
+                end_sequence_number: sequence_numbers.last().cloned(),
+                approximate_arrival_of_first_record: iso8601_seconds(*first_arrival),
+                approximate_arrival_of_last_record: iso8601_seconds(*last_arrival),
+                batch_size: sequence_numbers.len() as u64,
+                stream_arn: stream_arn.clone(),
+            }),
+            _ => None,
+        };
+        let kafka_batch_info = match &self.source {
+            EnvelopeSource::Kafka {
+                cluster,
+                topic,
+                partition,
+                offsets,
+                first_timestamp,
+                last_timestamp,
+            } => Some(KafkaBatchInfo {
+                batch_size: offsets.len() as u64,
+                event_source_arn: cluster.msk_cluster_arn.clone(),
+                bootstrap_servers: cluster.bootstrap_servers.clone(),
+                payload_size: self.event_payload().to_string().len() as u64,
+                records_info: Some(BTreeMap::from([(
+                    sluice_sources::kafka::partition_name(topic, *partition),
+                    KafkaRecordsInfo {
+                        first_record_offset: offsets.first().map(i64::to_string),
+                        last_record_offset: offsets.last().map(i64::to_string),
+                        first_record_timestamp: iso8601_millis(epoch_millis(*first_timestamp)),
+                        last_record_timestamp: iso8601_millis(epoch_millis(*last_timestamp)),
+                    },
+                )])),
+                record_info: None,
+            }),
+            _ => None,
+        };
+        Envelope {
+            version: "1.0".into(),
+            timestamp: Some(iso8601_millis(now_since_epoch())),
+            request_context: RequestContext {
+                request_id: request_id.to_owned(),
+                // sluice targets are not Lambda functions; account 000000000000 marks a sluice target.
+                function_arn: format!(
+                    "arn:aws:lambda:{}:000000000000:function:{}",
+                    self.region, self.target
+                ),
+                condition: self.condition.as_str().to_owned(),
+                approximate_invoke_count: u64::from(self.attempts),
+            },
+            response_context,
+            ddb_stream_batch_info,
+            kafka_batch_info,
+            sluice: Some(SluiceInfo {
+                mapping: self.mapping.clone(),
+                source: Some(self.source.info()),
+                records: Some(self.records.clone()),
+                error: Some(ErrorSection {
+                    error_type: self.error.error_type.clone(),
+                    message: self.error.message.clone(),
+                }),
+                attempts: u64::from(self.attempts),
+                first_attempt_at: Some(iso8601_millis(self.first_attempt_at)),
+                last_attempt_at: Some(iso8601_millis(self.last_attempt_at)),
+                replay_count: 0,
+                ..SluiceInfo::default()
+            }),
+            ..Envelope::default()
+        }
+    }
+
     /// The envelope document.
     pub fn to_json(&self, request_id: &str) -> Value {
-        let mut envelope = json!({
-            "version": "1.0",
-            "timestamp": iso8601_millis(now_since_epoch()),
-            "requestContext": {
-                "requestId": request_id,
-                // sluice targets are not Lambda functions; account 000000000000 marks a sluice target.
-                "functionArn": format!("arn:aws:lambda:{}:000000000000:function:{}", self.region, self.target),
-                "condition": self.condition.as_str(),
-                "approximateInvokeCount": self.attempts,
-            },
-        });
-        // A record that aged out has no response to describe (semantics.md §13.4).
-        if self.condition != DeadLetterCondition::RecordAgeExceeded {
-            envelope["responseContext"] = json!({
-                "statusCode": 200,
-                "executedVersion": "$LATEST",
-                "functionError": self.function_error,
-            });
-        }
-        if let EnvelopeSource::DynamodbStream {
-            stream_arn,
-            shard_id,
-            sequence_numbers,
-            first_arrival,
-            last_arrival,
-        } = &self.source
-        {
-            envelope["DDBStreamBatchInfo"] = json!({
-                "shardId": shard_id,
-                "startSequenceNumber": sequence_numbers.first(),
-                "endSequenceNumber": sequence_numbers.last(),
-                "approximateArrivalOfFirstRecord": iso8601_seconds(*first_arrival),
-                "approximateArrivalOfLastRecord": iso8601_seconds(*last_arrival),
-                "batchSize": sequence_numbers.len(),
-                "streamArn": stream_arn,
-            });
-        }
-        if let EnvelopeSource::Kafka {
-            cluster,
-            topic,
-            partition,
-            offsets,
-            first_timestamp,
-            last_timestamp,
-        } = &self.source
-        {
-            envelope["KafkaBatchInfo"] = json!({
-                "batchSize": offsets.len(),
-                "eventSourceArn": cluster.msk_cluster_arn,
-                "bootstrapServers": cluster.bootstrap_servers,
-                "payloadSize": self.event_payload().to_string().len(),
-                "recordsInfo": {
-                    sluice_sources::kafka::partition_name(topic, *partition): {
-                        "firstRecordOffset": offsets.first().map(i64::to_string),
-                        "lastRecordOffset": offsets.last().map(i64::to_string),
-                        "firstRecordTimestamp": iso8601_millis(epoch_millis(*first_timestamp)),
-                        "lastRecordTimestamp": iso8601_millis(epoch_millis(*last_timestamp)),
-                    }
-                },
-            });
-        }
-        envelope["sluice"] = json!({
-            "mapping": self.mapping,
-            "source": self.source.to_json(),
-            "records": self.records,
-            "error": { "type": self.error.error_type, "message": self.error.message },
-            "attempts": self.attempts,
-            "first_attempt_at": iso8601_millis(self.first_attempt_at),
-            "last_attempt_at": iso8601_millis(self.last_attempt_at),
-            "replay_count": 0,
-        });
-        envelope
+        self.envelope(request_id).to_value()
     }
 }
 
@@ -272,54 +576,69 @@ pub struct AsyncRecord {
 }
 
 impl AsyncRecord {
-    pub fn to_json(&self) -> Value {
-        let mut response_context = json!({ "statusCode": 200, "executedVersion": "$LATEST" });
+    pub fn envelope(&self) -> Envelope {
+        let failed = self.response.is_err();
         let response_payload = match &self.response {
             Ok(response) => response.clone().unwrap_or(Value::Null),
-            Err(error) => {
-                response_context["functionError"] = json!("Unhandled");
-                json!({
-                    "errorMessage": error.message,
-                    "errorType": error.error_type,
-                    "requestId": self.request_id,
-                    "stackTrace": [],
-                })
-            }
-        };
-        let mut sluice = json!({
-            "mapping": self.mapping,
-            "source": self.source.to_json(),
-            // S3 events carry records; an Invoke API event is the record itself.
-            "records": self
-                .request_payload
-                .get("Records")
-                .cloned()
-                .unwrap_or_else(|| json!([self.request_payload])),
-            "attempts": self.invoke_count,
-            "first_attempt_at": iso8601_millis(self.first_attempt_at),
-            "last_attempt_at": iso8601_millis(self.last_attempt_at),
-            "replay_count": 0,
-        });
-        if let Err(error) = &self.response {
-            sluice["error"] = json!({ "type": error.error_type, "message": error.message });
-        }
-        json!({
-            "version": "1.0",
-            "timestamp": iso8601_millis(now_since_epoch()),
-            "requestContext": {
+            Err(error) => json!({
+                "errorMessage": error.message,
+                "errorType": error.error_type,
                 "requestId": self.request_id,
+                "stackTrace": [],
+            }),
+        };
+        Envelope {
+            version: "1.0".into(),
+            timestamp: Some(iso8601_millis(now_since_epoch())),
+            request_context: RequestContext {
+                request_id: self.request_id.clone(),
                 // Qualified, as AWS writes it for asynchronous invocations.
-                "functionArn": format!("arn:aws:lambda:{}:000000000000:function:{}:$LATEST", self.region, self.target),
-                "condition": self.condition,
-                "approximateInvokeCount": self.invoke_count,
+                function_arn: format!(
+                    "arn:aws:lambda:{}:000000000000:function:{}:$LATEST",
+                    self.region, self.target
+                ),
+                condition: self.condition.to_owned(),
+                approximate_invoke_count: u64::from(self.invoke_count),
             },
-            "requestPayload": self.request_payload,
-            "responseContext": response_context,
-            "responsePayload": response_payload,
-            "sluice": sluice,
-        })
+            request_payload: Some(self.request_payload.clone()),
+            response_context: Some(ResponseContext {
+                status_code: 200,
+                executed_version: "$LATEST".into(),
+                function_error: failed.then(|| json!("Unhandled")),
+            }),
+            response_payload: Some(response_payload),
+            sluice: Some(SluiceInfo {
+                mapping: self.mapping.clone(),
+                source: Some(self.source.info()),
+                // S3 events carry records; an Invoke API event is the record itself.
+                records: Some(
+                    self.request_payload
+                        .get("Records")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_else(|| vec![self.request_payload.clone()]),
+                ),
+                error: self.response.as_ref().err().map(|error| ErrorSection {
+                    error_type: error.error_type.clone(),
+                    message: error.message.clone(),
+                }),
+                attempts: u64::from(self.invoke_count),
+                first_attempt_at: Some(iso8601_millis(self.first_attempt_at)),
+                last_attempt_at: Some(iso8601_millis(self.last_attempt_at)),
+                replay_count: 0,
+                ..SluiceInfo::default()
+            }),
+            ..Envelope::default()
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        self.envelope().to_value()
     }
 }
+
+#[cfg(test)]
+mod fixtures;
 
 #[cfg(test)]
 mod tests {

@@ -8,13 +8,13 @@
 //! (`acks=all`, idempotent producer); a failure is reported and the caller retries the whole
 //! dead letter, so a record is never skipped (a retry may write a message twice).
 
-use super::envelope::{DeadLetter, EnvelopeSource, epoch_millis, iso8601_millis};
+use super::envelope::{DeadLetter, EnvelopeSource, KafkaRecordInfo, epoch_millis, iso8601_millis};
 use super::{Destination, DestinationError, Placement};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sluice_policies::DeadLetterCondition;
 use std::time::Duration;
 
@@ -73,7 +73,7 @@ impl KafkaDestination {
 
 /// The message for one dead-lettered record: the envelope of a one-record dead letter, with
 /// Lambda's topic-destination condition and `KafkaBatchInfo.recordInfo`.
-fn record_message(dead_letter: &DeadLetter, record: &Value, request_id: &str) -> Value {
+pub(crate) fn record_message(dead_letter: &DeadLetter, record: &Value, request_id: &str) -> Value {
     let offset = record["offset"].as_i64().unwrap_or(-1);
     let timestamp = record["timestamp"].as_i64().unwrap_or(-1);
     let source = match &dead_letter.source {
@@ -110,21 +110,18 @@ fn record_message(dead_letter: &DeadLetter, record: &Value, request_id: &str) ->
         DeadLetterCondition::RetryAttemptsExhausted => "RetriesExhausted",
         other => other.as_str(),
     };
-    let mut message = single.to_json(request_id);
-    message["requestContext"]["condition"] = json!(condition);
+    let mut message = single.envelope(request_id);
+    message.request_context.condition = condition.to_owned();
     // A one-record batch: its info describes the record instead of per-partition ranges.
-    if let Some(info) = message["KafkaBatchInfo"].as_object_mut() {
-        info.remove("recordsInfo");
-        info.insert(
-            "recordInfo".into(),
-            json!({
-                "offset": offset.to_string(),
-                "timestamp": iso8601_millis(epoch_millis(timestamp)),
-            }),
-        );
+    if let Some(info) = message.kafka_batch_info.as_mut() {
+        info.records_info = None;
+        info.record_info = Some(KafkaRecordInfo {
+            offset: offset.to_string(),
+            timestamp: iso8601_millis(epoch_millis(timestamp)),
+        });
     }
-    message["payload"] = single.event_payload();
-    message
+    message.payload = Some(single.event_payload());
+    message.to_value()
 }
 
 #[async_trait]
@@ -161,6 +158,7 @@ impl Destination for KafkaDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use sluice_policies::ErrorInfo;
     use sluice_sources::kafka::KafkaCluster;
 

@@ -69,10 +69,11 @@ pub trait Destination: Send + Sync + 'static {
         dedup_hint: &str,
     ) -> Result<(), DestinationError> {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let mut document = dead_letter.to_json(&request_id);
+        let mut envelope = dead_letter.envelope(&request_id);
         if self.keeps_payload() {
-            document["payload"] = dead_letter.event_payload();
+            envelope.payload = Some(dead_letter.event_payload());
         }
+        let document = envelope.to_value();
         let placement = Placement {
             mapping: &dead_letter.mapping,
             key_part: dead_letter.source.key_part(),

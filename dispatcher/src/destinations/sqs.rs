@@ -6,6 +6,7 @@
 //! with the `ExtendedPayloadSize` attribute), so tools that know that client can read it too.
 //! The object is written before the pointer is sent: a pointer never names a missing object.
 
+use super::envelope::{Cut, Envelope};
 use super::{Destination, DestinationError, Placement};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -146,33 +147,37 @@ impl SqsDestination {
 /// The envelope without the records' contents and payloads (what made it too large), with a
 /// note of what was cut. Identities (ids, sequence numbers, offsets, batch info), the error and
 /// the attempt history stay.
-fn reduced(mut envelope: Value, size: usize) -> Value {
+pub(crate) fn reduced(document: Value, size: usize) -> Value {
+    // Every document a destination stores is an envelope sluice built.
+    let Ok(mut envelope) = Envelope::parse(document.clone()) else {
+        return document;
+    };
     let mut cut = Vec::new();
-    for key in ["payload", "requestPayload", "responsePayload"] {
-        if envelope
-            .as_object_mut()
-            .and_then(|o| o.remove(key))
-            .is_some()
-        {
-            cut.push(key.to_owned());
+    for (field, value) in [
+        ("payload", &mut envelope.payload),
+        ("requestPayload", &mut envelope.request_payload),
+        ("responsePayload", &mut envelope.response_payload),
+    ] {
+        if value.take().is_some() {
+            cut.push(field.to_owned());
         }
     }
-    let mut records = 0;
-    if let Some(sluice) = envelope.get_mut("sluice").and_then(Value::as_object_mut) {
-        if let Some(Value::Array(removed)) = sluice.insert("records".into(), json!([])) {
-            records = removed.len();
+    let sluice = envelope.sluice.get_or_insert_with(Default::default);
+    let records = match sluice.records.replace(Vec::new()) {
+        Some(removed) => {
             cut.push("sluice.records".into());
+            removed.len() as u64
         }
-        sluice.insert(
-            "cut".into(),
-            json!({
-                "reason": format!("the envelope was {size} bytes, over SQS's {MAX_MESSAGE_BYTES}, and on_failure has no spill_bucket"),
-                "fields": cut,
-                "records": records,
-            }),
-        );
-    }
-    envelope
+        None => 0,
+    };
+    sluice.cut = Some(Cut {
+        reason: format!(
+            "the envelope was {size} bytes, over SQS's {MAX_MESSAGE_BYTES}, and on_failure has no spill_bucket"
+        ),
+        fields: cut,
+        records,
+    });
+    envelope.to_value()
 }
 
 #[async_trait]

@@ -16,6 +16,7 @@ mod replay;
 mod s3;
 mod sqs;
 
+use crate::destinations::envelope::{Envelope, ErrorSection, SluiceInfo, SourceInfo};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -120,7 +121,7 @@ pub struct Entry {
     /// The records exactly as the function received them.
     pub records: Vec<Value>,
     /// The envelope as stored; `None` for a raw message.
-    pub envelope: Option<Value>,
+    pub envelope: Option<Envelope>,
     /// Why the entry cannot be replayed (unreadable body, pointer to a missing object).
     pub unreadable: Option<String>,
     pub(crate) handle: Handle,
@@ -148,40 +149,52 @@ pub(crate) enum Handle {
 }
 
 impl Entry {
-    /// Reads an envelope; `fallback` is the kind to assume when it names none.
+    /// Reads an envelope; `fallback` is the kind to assume when it names none. An envelope whose
+    /// fields have the wrong types is unreadable, with the field named.
     pub(crate) fn from_envelope(
         id: String,
-        envelope: Value,
+        document: Value,
         fallback: RecordKind,
         handle: Handle,
     ) -> Self {
-        let sluice = &envelope["sluice"];
-        let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
-        let kind = sluice["source"]["kind"]
-            .as_str()
-            .and_then(RecordKind::parse)
-            .unwrap_or(fallback);
-        // The one-record event Lambda's topic destination stores, when `sluice` is missing.
-        let records = match sluice["records"].as_array() {
-            Some(records) => records.clone(),
-            None => records_of_event(&envelope["payload"])
-                .or_else(|| records_of_event(&envelope["requestPayload"]))
-                .unwrap_or_default(),
+        let envelope = match Envelope::parse(document) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return Self::unreadable(
+                    id,
+                    fallback,
+                    format!("the envelope cannot be read: {error}"),
+                    handle,
+                );
+            }
         };
+        let sluice = envelope.sluice.clone().unwrap_or_default();
+        let kind = match &sluice.source {
+            Some(SourceInfo::Sqs { .. }) => RecordKind::Sqs,
+            Some(SourceInfo::S3 { .. }) => RecordKind::S3,
+            Some(SourceInfo::DynamodbStream { .. }) => RecordKind::DynamodbStream,
+            Some(SourceInfo::Kafka { .. }) => RecordKind::Kafka,
+            Some(SourceInfo::Invoke { .. } | SourceInfo::Other) | None => fallback,
+        };
+        let records = envelope.records();
         let unreadable = records
             .is_empty()
             .then(|| "the envelope holds no records (no sluice.records, no payload)".to_owned());
+        let error = sluice.error.unwrap_or(ErrorSection {
+            error_type: String::new(),
+            message: String::new(),
+        });
         Self {
             id,
-            at: envelope["timestamp"].as_str().map(str::to_owned),
-            condition: text(&envelope["requestContext"]["condition"]),
-            attempts: envelope["requestContext"]["approximateInvokeCount"]
-                .as_u64()
-                .or_else(|| sluice["attempts"].as_u64())
-                .unwrap_or_default(),
-            error_type: text(&sluice["error"]["type"]),
-            error_message: text(&sluice["error"]["message"]),
-            replay_count: sluice["replay_count"].as_u64().unwrap_or_default(),
+            at: envelope.timestamp.clone(),
+            condition: envelope.request_context.condition.clone(),
+            attempts: match envelope.request_context.approximate_invoke_count {
+                0 => sluice.attempts,
+                count => count,
+            },
+            error_type: error.error_type,
+            error_message: error.message,
+            replay_count: sluice.replay_count,
             kind,
             records,
             envelope: Some(envelope),
@@ -231,45 +244,33 @@ impl Entry {
     }
 
     /// The envelope to store instead of this one: `records` left, the replay's error when it
-    /// failed again, and the replay count raised when `failed`.
+    /// failed again, and the replay count raised when `failed`. An event kept beside the records
+    /// (`payload`, as Lambda's S3 destination keeps it) is cut to the same records.
     pub(crate) fn rewritten(
         &self,
         records: Vec<Value>,
         failure: Option<&sluice_policies::ErrorInfo>,
-    ) -> Value {
-        let mut envelope = self.envelope.clone().unwrap_or_else(|| json!({}));
-        let failed = failure.is_some();
-        let sluice = envelope
-            .as_object_mut()
-            .map(|o| o.entry("sluice").or_insert_with(|| json!({})));
-        if let Some(sluice) = sluice {
-            sluice["records"] = Value::Array(records);
-            sluice["replay_count"] = json!(self.replay_count + u64::from(failed));
-            if let Some(error) = failure {
-                sluice["error"] = json!({ "type": error.error_type, "message": error.message });
-                sluice["last_replay_at"] = json!(crate::destinations::envelope::iso8601_millis(
-                    crate::destinations::envelope::now_since_epoch()
-                ));
-            }
+    ) -> Envelope {
+        let mut envelope = self.envelope.clone().unwrap_or_default();
+        if let Some(payload) = envelope.payload.as_mut()
+            && payload.get("Records").is_some()
+        {
+            payload["Records"] = Value::Array(records.clone());
+        }
+        let sluice = envelope.sluice.get_or_insert_with(SluiceInfo::default);
+        sluice.records = Some(records);
+        sluice.replay_count = self.replay_count + u64::from(failure.is_some());
+        if let Some(error) = failure {
+            sluice.error = Some(ErrorSection {
+                error_type: error.error_type.clone(),
+                message: error.message.clone(),
+            });
+            sluice.last_replay_at = Some(crate::destinations::envelope::iso8601_millis(
+                crate::destinations::envelope::now_since_epoch(),
+            ));
         }
         envelope
     }
-}
-
-/// The records of an invocation event: `Records` (SQS, S3, DynamoDB) or Kafka's `records` map.
-fn records_of_event(event: &Value) -> Option<Vec<Value>> {
-    if let Some(records) = event["Records"].as_array() {
-        return Some(records.clone());
-    }
-    let partitions = event["records"].as_object()?;
-    Some(
-        partitions
-            .values()
-            .filter_map(Value::as_array)
-            .flatten()
-            .cloned()
-            .collect(),
-    )
 }
 
 /// A place dead letters are kept. Entries come out held (no other reader sees them) until they
@@ -289,7 +290,7 @@ pub(crate) trait Store: Send {
     async fn delete(&mut self, entry: &Entry) -> Result<(), DlqError>;
 
     /// Stores `envelope` as a new entry in place of `entry` (stored first, then `entry` removed).
-    async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError>;
+    async fn replace(&mut self, entry: &Entry, envelope: Envelope) -> Result<(), DlqError>;
 
     /// Leaves an entry that was not replayed where later runs find it.
     async fn keep(&mut self, entry: &Entry) -> Result<(), DlqError> {
@@ -367,7 +368,7 @@ mod tests {
         let entry = entry();
         let left = vec![entry.records[1].clone()];
         let again = sluice_policies::ErrorInfo::new("Again", "still failing");
-        let failed = entry.rewritten(left.clone(), Some(&again));
+        let failed = entry.rewritten(left.clone(), Some(&again)).to_value();
         assert_eq!(failed["sluice"]["records"], json!(left));
         assert_eq!(failed["sluice"]["replay_count"], 2);
         assert_eq!(failed["sluice"]["error"]["type"], "Again");
@@ -376,7 +377,7 @@ mod tests {
             "RetryAttemptsExhausted"
         );
         // Records not chosen by a filter stay without counting a replay.
-        let skipped = entry.rewritten(left, None);
+        let skipped = entry.rewritten(left, None).to_value();
         assert_eq!(skipped["sluice"]["replay_count"], 1);
         assert_eq!(skipped["sluice"]["error"]["type"], "Boom");
     }

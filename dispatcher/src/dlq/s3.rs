@@ -3,6 +3,7 @@
 //! its records succeeded, or overwrites it with what is left.
 
 use super::{DlqError, Entry, Handle, RecordKind, Store};
+use crate::destinations::envelope::Envelope;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -125,23 +126,15 @@ impl Store for S3Store {
             .map_err(|e| self.failed("DeleteObject", DisplayErrorContext(&e)))
     }
 
-    async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError> {
+    async fn replace(&mut self, entry: &Entry, envelope: Envelope) -> Result<(), DlqError> {
         let Handle::S3 { key } = &entry.handle else {
             return Ok(());
         };
-        // Lambda's S3 destination keeps the event as `payload`; it must match what is left.
-        let mut envelope = envelope;
-        if envelope.get("payload").is_some() {
-            let records = envelope["sluice"]["records"].clone();
-            if envelope["payload"].get("Records").is_some() {
-                envelope["payload"]["Records"] = records;
-            }
-        }
         crate::destinations::s3::put_json_object(
             &self.client,
             &self.bucket,
             key,
-            envelope.to_string(),
+            envelope.to_value().to_string(),
         )
         .await
         .map_err(|e| self.failed("PutObject", e))

@@ -6,6 +6,7 @@
 //! sluice itself wrote back during the run is never read again in the same run.
 
 use super::{DlqError, Entry, Handle, RecordKind, Store};
+use crate::destinations::envelope::Envelope;
 use crate::destinations::envelope::iso8601_millis;
 use crate::destinations::sqs::{SpillPointer, SqsDestination};
 use async_trait::async_trait;
@@ -238,16 +239,17 @@ impl SqsStore {
 
     /// Sends a raw message again with `records` (an S3 notification's subset) and a raised
     /// replay count; returns the new message id.
-    async fn resend_raw(&self, entry: &Entry, envelope: &Value) -> Result<String, DlqError> {
+    async fn resend_raw(&self, entry: &Entry, envelope: &Envelope) -> Result<String, DlqError> {
         let Handle::Sqs { message, .. } = &entry.handle else {
             return Err(self.failed("SendMessage", "not an SQS entry"));
         };
-        let records = envelope["sluice"]["records"].as_array().cloned();
+        let sluice = envelope.sluice.clone().unwrap_or_default();
+        let records = sluice.records;
         let body = match (entry.kind, records) {
             (RecordKind::S3, Some(records)) => json!({ "Records": records }).to_string(),
             _ => message["body"].as_str().unwrap_or_default().to_owned(),
         };
-        let replay_count = envelope["sluice"]["replay_count"].as_u64().unwrap_or(0);
+        let replay_count = sluice.replay_count;
         let mut attributes = message_attributes(message);
         attributes.insert(
             REPLAY_COUNT_ATTRIBUTE.to_owned(),
@@ -315,7 +317,7 @@ impl Store for SqsStore {
         self.delete_message(entry).await
     }
 
-    async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError> {
+    async fn replace(&mut self, entry: &Entry, envelope: Envelope) -> Result<(), DlqError> {
         let written = if entry.envelope.is_none() {
             self.resend_raw(entry, &envelope).await?
         } else {
@@ -329,7 +331,7 @@ impl Store for SqsStore {
             self.writer
                 .send_body(
                     &self.mapping,
-                    envelope.to_string(),
+                    envelope.to_value().to_string(),
                     &group,
                     &uuid::Uuid::new_v4().to_string(),
                 )
