@@ -4,8 +4,9 @@
 //! rely on).
 //!
 //! The comparison walks every value sluice wrote and looks it up in what the crate wrote back;
-//! the crate may add fields of its own (defaults it always writes) and write a value its own way
-//! (a number as a string, a time in another RFC 3339 form), but may not lose or change ours.
+//! the crate may add fields of its own (defaults it always writes) and write two values its own
+//! way (a Kafka `timestamp` as a string of its milliseconds, an S3 `eventTime` in another RFC 3339
+//! form), but may not lose or change any other of ours.
 
 use crate::kafka::{KafkaCluster, MessageParts, TimestampKind};
 use crate::queue::QueueDescription;
@@ -38,8 +39,10 @@ fn lost_or_changed(ours: &Value, theirs: &Value, path: &str, found: &mut Vec<Str
         (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
         // The crate's own representations of the same value: a Kafka timestamp written back as
         // a string of its milliseconds, an S3 event time re-formatted (`.000Z` → `Z`).
-        (Value::Number(a), Value::String(b)) if b.parse::<f64>().ok() == a.as_f64() => {}
-        (Value::String(a), Value::String(b)) if same_instant(a, b) => {}
+        (Value::Number(a), Value::String(b))
+            if path.ends_with(".timestamp") && b.parse::<f64>().ok() == a.as_f64() => {}
+        (Value::String(a), Value::String(b))
+            if path.ends_with(".eventTime") && same_instant(a, b) => {}
         (a, b) if a == b => {}
         (a, b) => found.push(format!("{path}: {a} became {b}")),
     }

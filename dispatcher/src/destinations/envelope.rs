@@ -17,15 +17,32 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A dead letter or an asynchronous invocation's destination record, as stored.
+///
+/// Every field is optional and read leniently ([`lenient`]): a missing field stays missing when
+/// the envelope is written again, and one of another type (an older or foreign writer's) reads
+/// as missing without making the rest unreadable; `sluice dlq` rewrites stored envelopes by
+/// patching the stored document, so nothing it does not set is lost or invented.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
-    #[serde(default)]
-    pub version: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub version: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub timestamp: Option<String>,
-    #[serde(default)]
-    pub request_context: RequestContext,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub request_context: Option<RequestContext>,
     /// The event an asynchronous invocation received (semantics.md §13.5).
     #[serde(
         default,
@@ -34,7 +51,11 @@ pub struct Envelope {
     )]
     pub request_payload: Option<Value>,
     /// Missing for `RecordAgeExceeded` (semantics.md §13.4).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub response_context: Option<ResponseContext>,
     /// The function's return value (JSON `null` when it returned nothing) or its error object.
     #[serde(
@@ -46,13 +67,15 @@ pub struct Envelope {
     #[serde(
         rename = "DDBStreamBatchInfo",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
     )]
     pub ddb_stream_batch_info: Option<DdbStreamBatchInfo>,
     #[serde(
         rename = "KafkaBatchInfo",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
     )]
     pub kafka_batch_info: Option<KafkaBatchInfo>,
     /// The invocation event, kept by S3 and Kafka-topic destinations as Lambda's are.
@@ -62,7 +85,11 @@ pub struct Envelope {
         deserialize_with = "null_is_a_value"
     )]
     pub payload: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub sluice: Option<SluiceInfo>,
     /// Fields this version does not know, kept as they were.
     #[serde(flatten)]
@@ -72,22 +99,49 @@ pub struct Envelope {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestContext {
-    #[serde(default)]
-    pub request_id: String,
-    #[serde(default)]
-    pub function_arn: String,
-    #[serde(default)]
-    pub condition: String,
-    #[serde(default)]
-    pub approximate_invoke_count: u64,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub request_id: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub function_arn: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub condition: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub approximate_invoke_count: Option<u64>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseContext {
-    pub status_code: u16,
-    pub executed_version: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub status_code: Option<u16>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub executed_version: Option<String>,
     /// `Some("Unhandled")` when the function threw; `Some(null)` when it returned but its records
     /// counted as failed (a stream dead letter); missing on an asynchronous success.
     #[serde(
@@ -96,151 +150,349 @@ pub struct ResponseContext {
         deserialize_with = "null_is_a_value"
     )]
     pub function_error: Option<Value>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
-/// Lambda's `DDBStreamBatchInfo` (semantics.md §13.4).
+/// Lambda's `DDBStreamBatchInfo` (semantics.md §13.4). The sequence numbers are `null` for an
+/// empty batch, as sluice has always written them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct DdbStreamBatchInfo {
-    pub shard_id: String,
-    pub start_sequence_number: Option<String>,
-    pub end_sequence_number: Option<String>,
-    pub approximate_arrival_of_first_record: String,
-    pub approximate_arrival_of_last_record: String,
-    pub batch_size: u64,
-    pub stream_arn: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub shard_id: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub start_sequence_number: Option<Value>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub end_sequence_number: Option<Value>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub approximate_arrival_of_first_record: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub approximate_arrival_of_last_record: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub batch_size: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub stream_arn: Option<String>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 /// Lambda's `KafkaBatchInfo`: per-partition ranges (`recordsInfo`) for a batch, or one record's
-/// (`recordInfo`) in a Kafka-topic destination's message (semantics.md §4).
+/// (`recordInfo`) in a Kafka-topic destination's message (semantics.md §4). `eventSourceArn` is
+/// `null` for a self-managed cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaBatchInfo {
-    pub batch_size: u64,
-    pub event_source_arn: Option<String>,
-    pub bootstrap_servers: String,
-    pub payload_size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub batch_size: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub event_source_arn: Option<Value>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub bootstrap_servers: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub payload_size: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub records_info: Option<BTreeMap<String, KafkaRecordsInfo>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub record_info: Option<KafkaRecordInfo>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaRecordsInfo {
-    pub first_record_offset: Option<String>,
-    pub last_record_offset: Option<String>,
-    pub first_record_timestamp: String,
-    pub last_record_timestamp: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub first_record_offset: Option<Value>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub last_record_offset: Option<Value>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub first_record_timestamp: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub last_record_timestamp: Option<String>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct KafkaRecordInfo {
-    pub offset: String,
-    pub timestamp: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub offset: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub timestamp: Option<String>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 /// The `sluice` object: what replay needs and what a person wants to know.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SluiceInfo {
-    #[serde(default)]
-    pub mapping: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<SourceInfo>,
-    /// The records exactly as they were in the event; empty when cut to fit a queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub records: Option<Vec<Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub mapping: Option<String>,
+    /// Which source kind, and the identities replay needs; kept as stored (a newer sluice's kind
+    /// stays intact), read through [`SourceInfo`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub source: Option<Value>,
+    /// The records exactly as they were in the event; empty when cut to fit a queue. Kept as
+    /// stored: a reader falls back to the kept event when it is not an array.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_is_a_value"
+    )]
+    pub records: Option<Value>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub error: Option<ErrorSection>,
-    #[serde(default)]
-    pub attempts: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub attempts: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub first_attempt_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub last_attempt_at: Option<String>,
-    #[serde(default)]
-    pub replay_count: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub replay_count: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub last_replay_at: Option<String>,
     /// Set when the envelope was over SQS's limit without a spill bucket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub cut: Option<Cut>,
     /// Fields this version does not know, kept as they were.
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorSection {
-    #[serde(rename = "type", default)]
-    pub error_type: String,
-    #[serde(default)]
-    pub message: String,
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub error_type: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub message: Option<String>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 /// What was cut from an envelope too large for SQS, and why.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Cut {
-    pub reason: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub reason: Option<String>,
     /// The fields emptied or removed (`payload`, `sluice.records`, …).
-    pub fields: Vec<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub fields: Option<Vec<String>>,
     /// How many records were in `sluice.records`.
-    pub records: u64,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub records: Option<u64>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
-/// `sluice.source`: which source kind, and the identities replay needs.
+/// `sluice.source`, read: which source kind, and the identities replay needs. Written from an
+/// [`EnvelopeSource`]; read from the stored `sluice.source` with [`SluiceInfo::source_info`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceInfo {
     Sqs {
-        #[serde(default)]
         queue_url: String,
-        #[serde(default)]
         queue_arn: String,
-        #[serde(default)]
         message_ids: Vec<String>,
     },
     S3 {
-        #[serde(default)]
         queue_url: String,
-        #[serde(default)]
         queue_arn: String,
-        #[serde(default)]
         message_ids: Vec<String>,
     },
     DynamodbStream {
-        #[serde(default)]
         stream_arn: String,
-        #[serde(default)]
         shard_id: String,
-        #[serde(default)]
         sequence_numbers: Vec<String>,
     },
     Kafka {
-        #[serde(default)]
         bootstrap_servers: String,
-        #[serde(default)]
         topic: String,
-        #[serde(default)]
         partition: i32,
-        #[serde(default)]
         offsets: Vec<i64>,
     },
     Invoke {
-        #[serde(default)]
         function: String,
-        #[serde(default)]
         request_id: String,
     },
-    /// A kind this version does not know (written by a newer sluice).
-    #[serde(other)]
-    Other,
+}
+
+impl ErrorSection {
+    pub fn of(error: &ErrorInfo) -> Self {
+        Self {
+            error_type: Some(error.error_type.clone()),
+            message: Some(error.message.clone()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The kind a stored `sluice.source` names (only the kind: the identities may be missing in an
+/// older or hand-written envelope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Sqs,
+    S3,
+    DynamodbStream,
+    Kafka,
+    Invoke,
+}
+
+impl SluiceInfo {
+    /// The kind `source` names, when it names one this version knows.
+    pub fn source_kind(&self) -> Option<SourceKind> {
+        let kind = self.source.as_ref()?.get("kind")?.clone();
+        serde_json::from_value(kind).ok()
+    }
+
+    /// The records, when `records` is an array.
+    pub fn record_list(&self) -> Option<&Vec<Value>> {
+        self.records.as_ref()?.as_array()
+    }
+}
+
+/// Reads a field as `T`, or as missing when it holds something else (an older or foreign
+/// writer's value): a stored envelope stays readable for what it does hold.
+fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
 }
 
 /// For `Option<Value>` fields where JSON `null` differs from a missing key: a present `null`
@@ -250,9 +502,12 @@ fn null_is_a_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
 }
 
 impl Envelope {
-    /// Reads a stored envelope; the error says which field was wrong and where.
-    pub fn parse(document: Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(document)
+    /// Reads a stored envelope: `None` only when the document is not a JSON object.
+    pub fn parse(document: &Value) -> Option<Self> {
+        document
+            .is_object()
+            .then(|| serde_json::from_value(document.clone()).ok())
+            .flatten()
     }
 
     /// The document as stored.
@@ -263,14 +518,31 @@ impl Envelope {
     /// The records it holds: `sluice.records`, else those of the event it keeps (Lambda's own
     /// S3 and Kafka-topic destination records have only that).
     pub fn records(&self) -> Vec<Value> {
-        if let Some(records) = self.sluice.as_ref().and_then(|s| s.records.clone()) {
-            return records;
+        if let Some(records) = self.sluice.as_ref().and_then(SluiceInfo::record_list) {
+            return records.clone();
         }
         [&self.payload, &self.request_payload]
             .into_iter()
             .flatten()
             .find_map(records_of_event)
             .unwrap_or_default()
+    }
+}
+
+/// Sets in `document` (a stored envelope) every field `patch` has, field by field, and leaves
+/// every other field as it was: how a stored envelope is rewritten without losing or inventing
+/// anything.
+pub fn patch(document: &mut Value, patch: &Value) {
+    let (Some(target), Some(fields)) = (document.as_object_mut(), patch.as_object()) else {
+        return;
+    };
+    for (key, value) in fields {
+        match (target.get_mut(key), value) {
+            (Some(existing @ Value::Object(_)), Value::Object(_)) => self::patch(existing, value),
+            _ => {
+                target.insert(key.clone(), value.clone());
+            }
+        }
     }
 }
 
@@ -332,6 +604,11 @@ pub enum EnvelopeSource {
 }
 
 impl EnvelopeSource {
+    /// The stored `sluice.source` object.
+    pub fn info_value(&self) -> Value {
+        serde_json::to_value(self.info()).expect("a source serializes")
+    }
+
     /// The `sluice.source` object: which source kind, and the identities replay needs.
     pub fn info(&self) -> SourceInfo {
         match self.clone() {
@@ -467,9 +744,10 @@ impl DeadLetter {
         // A record that aged out has no response to describe (semantics.md §13.4).
         let response_context =
             (self.condition != DeadLetterCondition::RecordAgeExceeded).then(|| ResponseContext {
-                status_code: 200,
-                executed_version: "$LATEST".into(),
+                status_code: Some(200),
+                executed_version: Some("$LATEST".into()),
                 function_error: Some(json!(self.function_error)),
+                ..ResponseContext::default()
             });
         let ddb_stream_batch_info = match &self.source {
             EnvelopeSource::DynamodbStream {
@@ -479,13 +757,14 @@ impl DeadLetter {
                 first_arrival,
                 last_arrival,
             } => Some(DdbStreamBatchInfo {
-                shard_id: shard_id.clone(),
-                start_sequence_number: sequence_numbers.first().cloned(),
-                end_sequence_number: sequence_numbers.last().cloned(),
-                approximate_arrival_of_first_record: iso8601_seconds(*first_arrival),
-                approximate_arrival_of_last_record: iso8601_seconds(*last_arrival),
-                batch_size: sequence_numbers.len() as u64,
-                stream_arn: stream_arn.clone(),
+                shard_id: Some(shard_id.clone()),
+                start_sequence_number: Some(json!(sequence_numbers.first())),
+                end_sequence_number: Some(json!(sequence_numbers.last())),
+                approximate_arrival_of_first_record: Some(iso8601_seconds(*first_arrival)),
+                approximate_arrival_of_last_record: Some(iso8601_seconds(*last_arrival)),
+                batch_size: Some(sequence_numbers.len() as u64),
+                stream_arn: Some(stream_arn.clone()),
+                ..DdbStreamBatchInfo::default()
             }),
             _ => None,
         };
@@ -498,51 +777,52 @@ impl DeadLetter {
                 first_timestamp,
                 last_timestamp,
             } => Some(KafkaBatchInfo {
-                batch_size: offsets.len() as u64,
-                event_source_arn: cluster.msk_cluster_arn.clone(),
-                bootstrap_servers: cluster.bootstrap_servers.clone(),
-                payload_size: self.event_payload().to_string().len() as u64,
+                batch_size: Some(offsets.len() as u64),
+                event_source_arn: Some(json!(cluster.msk_cluster_arn)),
+                bootstrap_servers: Some(cluster.bootstrap_servers.clone()),
+                payload_size: Some(self.event_payload().to_string().len() as u64),
                 records_info: Some(BTreeMap::from([(
                     sluice_sources::kafka::partition_name(topic, *partition),
                     KafkaRecordsInfo {
-                        first_record_offset: offsets.first().map(i64::to_string),
-                        last_record_offset: offsets.last().map(i64::to_string),
-                        first_record_timestamp: iso8601_millis(epoch_millis(*first_timestamp)),
-                        last_record_timestamp: iso8601_millis(epoch_millis(*last_timestamp)),
+                        first_record_offset: Some(json!(offsets.first().map(i64::to_string))),
+                        last_record_offset: Some(json!(offsets.last().map(i64::to_string))),
+                        first_record_timestamp: Some(iso8601_millis(epoch_millis(
+                            *first_timestamp,
+                        ))),
+                        last_record_timestamp: Some(iso8601_millis(epoch_millis(*last_timestamp))),
+                        ..KafkaRecordsInfo::default()
                     },
                 )])),
-                record_info: None,
+                ..KafkaBatchInfo::default()
             }),
             _ => None,
         };
         Envelope {
-            version: "1.0".into(),
+            version: Some("1.0".into()),
             timestamp: Some(iso8601_millis(now_since_epoch())),
-            request_context: RequestContext {
-                request_id: request_id.to_owned(),
+            request_context: Some(RequestContext {
+                request_id: Some(request_id.to_owned()),
                 // sluice targets are not Lambda functions; account 000000000000 marks a sluice target.
-                function_arn: format!(
+                function_arn: Some(format!(
                     "arn:aws:lambda:{}:000000000000:function:{}",
                     self.region, self.target
-                ),
-                condition: self.condition.as_str().to_owned(),
-                approximate_invoke_count: u64::from(self.attempts),
-            },
+                )),
+                condition: Some(self.condition.as_str().to_owned()),
+                approximate_invoke_count: Some(u64::from(self.attempts)),
+                ..RequestContext::default()
+            }),
             response_context,
             ddb_stream_batch_info,
             kafka_batch_info,
             sluice: Some(SluiceInfo {
-                mapping: self.mapping.clone(),
-                source: Some(self.source.info()),
-                records: Some(self.records.clone()),
-                error: Some(ErrorSection {
-                    error_type: self.error.error_type.clone(),
-                    message: self.error.message.clone(),
-                }),
-                attempts: u64::from(self.attempts),
+                mapping: Some(self.mapping.clone()),
+                source: Some(self.source.info_value()),
+                records: Some(Value::Array(self.records.clone())),
+                error: Some(ErrorSection::of(&self.error)),
+                attempts: Some(u64::from(self.attempts)),
                 first_attempt_at: Some(iso8601_millis(self.first_attempt_at)),
                 last_attempt_at: Some(iso8601_millis(self.last_attempt_at)),
-                replay_count: 0,
+                replay_count: Some(0),
                 ..SluiceInfo::default()
             }),
             ..Envelope::default()
@@ -588,44 +868,42 @@ impl AsyncRecord {
             }),
         };
         Envelope {
-            version: "1.0".into(),
+            version: Some("1.0".into()),
             timestamp: Some(iso8601_millis(now_since_epoch())),
-            request_context: RequestContext {
-                request_id: self.request_id.clone(),
+            request_context: Some(RequestContext {
+                request_id: Some(self.request_id.clone()),
                 // Qualified, as AWS writes it for asynchronous invocations.
-                function_arn: format!(
+                function_arn: Some(format!(
                     "arn:aws:lambda:{}:000000000000:function:{}:$LATEST",
                     self.region, self.target
-                ),
-                condition: self.condition.to_owned(),
-                approximate_invoke_count: u64::from(self.invoke_count),
-            },
+                )),
+                condition: Some(self.condition.to_owned()),
+                approximate_invoke_count: Some(u64::from(self.invoke_count)),
+                ..RequestContext::default()
+            }),
             request_payload: Some(self.request_payload.clone()),
             response_context: Some(ResponseContext {
-                status_code: 200,
-                executed_version: "$LATEST".into(),
+                status_code: Some(200),
+                executed_version: Some("$LATEST".into()),
                 function_error: failed.then(|| json!("Unhandled")),
+                ..ResponseContext::default()
             }),
             response_payload: Some(response_payload),
             sluice: Some(SluiceInfo {
-                mapping: self.mapping.clone(),
-                source: Some(self.source.info()),
+                mapping: Some(self.mapping.clone()),
+                source: Some(self.source.info_value()),
                 // S3 events carry records; an Invoke API event is the record itself.
                 records: Some(
                     self.request_payload
                         .get("Records")
-                        .and_then(Value::as_array)
                         .cloned()
-                        .unwrap_or_else(|| vec![self.request_payload.clone()]),
+                        .unwrap_or_else(|| json!([self.request_payload])),
                 ),
-                error: self.response.as_ref().err().map(|error| ErrorSection {
-                    error_type: error.error_type.clone(),
-                    message: error.message.clone(),
-                }),
-                attempts: u64::from(self.invoke_count),
+                error: self.response.as_ref().err().map(ErrorSection::of),
+                attempts: Some(u64::from(self.invoke_count)),
                 first_attempt_at: Some(iso8601_millis(self.first_attempt_at)),
                 last_attempt_at: Some(iso8601_millis(self.last_attempt_at)),
-                replay_count: 0,
+                replay_count: Some(0),
                 ..SluiceInfo::default()
             }),
             ..Envelope::default()

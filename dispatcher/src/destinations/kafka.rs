@@ -111,13 +111,16 @@ pub(crate) fn record_message(dead_letter: &DeadLetter, record: &Value, request_i
         other => other.as_str(),
     };
     let mut message = single.envelope(request_id);
-    message.request_context.condition = condition.to_owned();
+    if let Some(context) = message.request_context.as_mut() {
+        context.condition = Some(condition.to_owned());
+    }
     // A one-record batch: its info describes the record instead of per-partition ranges.
     if let Some(info) = message.kafka_batch_info.as_mut() {
         info.records_info = None;
         info.record_info = Some(KafkaRecordInfo {
-            offset: offset.to_string(),
-            timestamp: iso8601_millis(epoch_millis(timestamp)),
+            offset: Some(offset.to_string()),
+            timestamp: Some(iso8601_millis(epoch_millis(timestamp))),
+            ..KafkaRecordInfo::default()
         });
     }
     message.payload = Some(single.event_payload());

@@ -6,7 +6,7 @@
 //! with the `ExtendedPayloadSize` attribute), so tools that know that client can read it too.
 //! The object is written before the pointer is sent: a pointer never names a missing object.
 
-use super::envelope::{Cut, Envelope};
+use super::envelope::{Cut, Envelope, SluiceInfo, patch};
 use super::{Destination, DestinationError, Placement};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -147,37 +147,47 @@ impl SqsDestination {
 /// The envelope without the records' contents and payloads (what made it too large), with a
 /// note of what was cut. Identities (ids, sequence numbers, offsets, batch info), the error and
 /// the attempt history stay.
-pub(crate) fn reduced(document: Value, size: usize) -> Value {
-    // Every document a destination stores is an envelope sluice built.
-    let Ok(mut envelope) = Envelope::parse(document.clone()) else {
+pub(crate) fn reduced(mut document: Value, size: usize) -> Value {
+    let Some(envelope) = Envelope::parse(&document) else {
         return document;
     };
     let mut cut = Vec::new();
-    for (field, value) in [
-        ("payload", &mut envelope.payload),
-        ("requestPayload", &mut envelope.request_payload),
-        ("responsePayload", &mut envelope.response_payload),
-    ] {
-        if value.take().is_some() {
-            cut.push(field.to_owned());
+    if let Some(fields) = document.as_object_mut() {
+        for (field, present) in [
+            ("payload", envelope.payload.is_some()),
+            ("requestPayload", envelope.request_payload.is_some()),
+            ("responsePayload", envelope.response_payload.is_some()),
+        ] {
+            if present && fields.remove(field).is_some() {
+                cut.push(field.to_owned());
+            }
         }
     }
-    let sluice = envelope.sluice.get_or_insert_with(Default::default);
-    let records = match sluice.records.replace(Vec::new()) {
+    let sluice = envelope.sluice.unwrap_or_default();
+    let records = match sluice.record_list() {
         Some(removed) => {
             cut.push("sluice.records".into());
             removed.len() as u64
         }
         None => 0,
     };
-    sluice.cut = Some(Cut {
-        reason: format!(
-            "the envelope was {size} bytes, over SQS's {MAX_MESSAGE_BYTES}, and on_failure has no spill_bucket"
-        ),
-        fields: cut,
-        records,
-    });
-    envelope.to_value()
+    let changes = Envelope {
+        sluice: Some(SluiceInfo {
+            records: Some(json!([])),
+            cut: Some(Cut {
+                reason: Some(format!(
+                    "the envelope was {size} bytes, over SQS's {MAX_MESSAGE_BYTES}, and on_failure has no spill_bucket"
+                )),
+                fields: Some(cut),
+                records: Some(records),
+                ..Cut::default()
+            }),
+            ..SluiceInfo::default()
+        }),
+        ..Envelope::default()
+    };
+    patch(&mut document, &changes.to_value());
+    document
 }
 
 #[async_trait]

@@ -10,7 +10,6 @@
 
 use super::{DlqError, Entry, Handle, RecordKind, Store};
 use crate::config::KafkaSourceConfig;
-use crate::destinations::envelope::Envelope;
 use crate::destinations::kafka::KafkaDestination;
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -270,12 +269,12 @@ impl Store for KafkaStore {
         Ok(())
     }
 
-    async fn replace(&mut self, entry: &Entry, envelope: Envelope) -> Result<(), DlqError> {
+    async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError> {
         let key = match &entry.handle {
             Handle::Kafka { key, .. } => key.clone(),
             _ => None,
         };
-        self.produce(key.as_deref(), envelope.to_value().to_string().as_bytes())
+        self.produce(key.as_deref(), envelope.to_string().as_bytes())
             .await?;
         self.mark_done(entry);
         Ok(())

@@ -16,7 +16,7 @@ mod replay;
 mod s3;
 mod sqs;
 
-use crate::destinations::envelope::{Envelope, ErrorSection, SluiceInfo, SourceInfo};
+use crate::destinations::envelope::{Envelope, ErrorSection, SluiceInfo, SourceKind, patch};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -121,7 +121,7 @@ pub struct Entry {
     /// The records exactly as the function received them.
     pub records: Vec<Value>,
     /// The envelope as stored; `None` for a raw message.
-    pub envelope: Option<Envelope>,
+    pub envelope: Option<Value>,
     /// Why the entry cannot be replayed (unreadable body, pointer to a missing object).
     pub unreadable: Option<String>,
     pub(crate) handle: Handle,
@@ -149,55 +149,50 @@ pub(crate) enum Handle {
 }
 
 impl Entry {
-    /// Reads an envelope; `fallback` is the kind to assume when it names none. An envelope whose
-    /// fields have the wrong types is unreadable, with the field named.
+    /// Reads an envelope (through [`Envelope`]); `fallback` is the kind to assume when it names
+    /// none.
     pub(crate) fn from_envelope(
         id: String,
         document: Value,
         fallback: RecordKind,
         handle: Handle,
     ) -> Self {
-        let envelope = match Envelope::parse(document) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                return Self::unreadable(
-                    id,
-                    fallback,
-                    format!("the envelope cannot be read: {error}"),
-                    handle,
-                );
-            }
+        let Some(envelope) = Envelope::parse(&document) else {
+            return Self::unreadable(
+                id,
+                fallback,
+                "the entry is not a JSON object".to_owned(),
+                handle,
+            );
         };
         let sluice = envelope.sluice.clone().unwrap_or_default();
-        let kind = match &sluice.source {
-            Some(SourceInfo::Sqs { .. }) => RecordKind::Sqs,
-            Some(SourceInfo::S3 { .. }) => RecordKind::S3,
-            Some(SourceInfo::DynamodbStream { .. }) => RecordKind::DynamodbStream,
-            Some(SourceInfo::Kafka { .. }) => RecordKind::Kafka,
-            Some(SourceInfo::Invoke { .. } | SourceInfo::Other) | None => fallback,
+        let kind = match sluice.source_kind() {
+            Some(SourceKind::Sqs) => RecordKind::Sqs,
+            Some(SourceKind::S3) => RecordKind::S3,
+            Some(SourceKind::DynamodbStream) => RecordKind::DynamodbStream,
+            Some(SourceKind::Kafka) => RecordKind::Kafka,
+            Some(SourceKind::Invoke) | None => fallback,
         };
         let records = envelope.records();
         let unreadable = records
             .is_empty()
             .then(|| "the envelope holds no records (no sluice.records, no payload)".to_owned());
-        let error = sluice.error.unwrap_or(ErrorSection {
-            error_type: String::new(),
-            message: String::new(),
-        });
+        let context = envelope.request_context.clone().unwrap_or_default();
+        let error = sluice.error.clone().unwrap_or_default();
         Self {
             id,
             at: envelope.timestamp.clone(),
-            condition: envelope.request_context.condition.clone(),
-            attempts: match envelope.request_context.approximate_invoke_count {
-                0 => sluice.attempts,
-                count => count,
-            },
-            error_type: error.error_type,
-            error_message: error.message,
-            replay_count: sluice.replay_count,
+            condition: context.condition.unwrap_or_default(),
+            attempts: context
+                .approximate_invoke_count
+                .or(sluice.attempts)
+                .unwrap_or_default(),
+            error_type: error.error_type.unwrap_or_default(),
+            error_message: error.message.unwrap_or_default(),
+            replay_count: sluice.replay_count.unwrap_or_default(),
             kind,
             records,
-            envelope: Some(envelope),
+            envelope: Some(document),
             unreadable,
             handle,
         }
@@ -245,31 +240,37 @@ impl Entry {
 
     /// The envelope to store instead of this one: `records` left, the replay's error when it
     /// failed again, and the replay count raised when `failed`. An event kept beside the records
-    /// (`payload`, as Lambda's S3 destination keeps it) is cut to the same records.
+    /// (`payload`, as Lambda's S3 destination keeps it) is cut to the same records. The stored
+    /// document is patched: every field this does not set stays as it was.
     pub(crate) fn rewritten(
         &self,
         records: Vec<Value>,
         failure: Option<&sluice_policies::ErrorInfo>,
-    ) -> Envelope {
-        let mut envelope = self.envelope.clone().unwrap_or_default();
-        if let Some(payload) = envelope.payload.as_mut()
-            && payload.get("Records").is_some()
+    ) -> Value {
+        let mut document = self.envelope.clone().unwrap_or_else(|| json!({}));
+        let keeps_event = document["payload"].get("Records").is_some();
+        let changes = Envelope {
+            payload: keeps_event.then(|| json!({ "Records": records })),
+            sluice: Some(SluiceInfo {
+                records: Some(Value::Array(records)),
+                replay_count: Some(self.replay_count + u64::from(failure.is_some())),
+                error: failure.map(ErrorSection::of),
+                last_replay_at: failure.map(|_| {
+                    crate::destinations::envelope::iso8601_millis(
+                        crate::destinations::envelope::now_since_epoch(),
+                    )
+                }),
+                ..SluiceInfo::default()
+            }),
+            ..Envelope::default()
+        };
+        if !document["sluice"].is_object()
+            && let Some(fields) = document.as_object_mut()
         {
-            payload["Records"] = Value::Array(records.clone());
+            fields.insert("sluice".into(), json!({}));
         }
-        let sluice = envelope.sluice.get_or_insert_with(SluiceInfo::default);
-        sluice.records = Some(records);
-        sluice.replay_count = self.replay_count + u64::from(failure.is_some());
-        if let Some(error) = failure {
-            sluice.error = Some(ErrorSection {
-                error_type: error.error_type.clone(),
-                message: error.message.clone(),
-            });
-            sluice.last_replay_at = Some(crate::destinations::envelope::iso8601_millis(
-                crate::destinations::envelope::now_since_epoch(),
-            ));
-        }
-        envelope
+        patch(&mut document, &changes.to_value());
+        document
     }
 }
 
@@ -290,7 +291,7 @@ pub(crate) trait Store: Send {
     async fn delete(&mut self, entry: &Entry) -> Result<(), DlqError>;
 
     /// Stores `envelope` as a new entry in place of `entry` (stored first, then `entry` removed).
-    async fn replace(&mut self, entry: &Entry, envelope: Envelope) -> Result<(), DlqError>;
+    async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError>;
 
     /// Leaves an entry that was not replayed where later runs find it.
     async fn keep(&mut self, entry: &Entry) -> Result<(), DlqError> {
@@ -368,7 +369,7 @@ mod tests {
         let entry = entry();
         let left = vec![entry.records[1].clone()];
         let again = sluice_policies::ErrorInfo::new("Again", "still failing");
-        let failed = entry.rewritten(left.clone(), Some(&again)).to_value();
+        let failed = entry.rewritten(left.clone(), Some(&again));
         assert_eq!(failed["sluice"]["records"], json!(left));
         assert_eq!(failed["sluice"]["replay_count"], 2);
         assert_eq!(failed["sluice"]["error"]["type"], "Again");
@@ -377,7 +378,7 @@ mod tests {
             "RetryAttemptsExhausted"
         );
         // Records not chosen by a filter stay without counting a replay.
-        let skipped = entry.rewritten(left, None).to_value();
+        let skipped = entry.rewritten(left, None);
         assert_eq!(skipped["sluice"]["replay_count"], 1);
         assert_eq!(skipped["sluice"]["error"]["type"], "Boom");
     }

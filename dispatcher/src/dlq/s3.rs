@@ -3,7 +3,6 @@
 //! its records succeeded, or overwrites it with what is left.
 
 use super::{DlqError, Entry, Handle, RecordKind, Store};
-use crate::destinations::envelope::Envelope;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -126,7 +125,7 @@ impl Store for S3Store {
             .map_err(|e| self.failed("DeleteObject", DisplayErrorContext(&e)))
     }
 
-    async fn replace(&mut self, entry: &Entry, envelope: Envelope) -> Result<(), DlqError> {
+    async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError> {
         let Handle::S3 { key } = &entry.handle else {
             return Ok(());
         };
@@ -134,7 +133,7 @@ impl Store for S3Store {
             &self.client,
             &self.bucket,
             key,
-            envelope.to_value().to_string(),
+            envelope.to_string(),
         )
         .await
         .map_err(|e| self.failed("PutObject", e))

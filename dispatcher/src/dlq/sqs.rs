@@ -239,17 +239,19 @@ impl SqsStore {
 
     /// Sends a raw message again with `records` (an S3 notification's subset) and a raised
     /// replay count; returns the new message id.
-    async fn resend_raw(&self, entry: &Entry, envelope: &Envelope) -> Result<String, DlqError> {
+    async fn resend_raw(&self, entry: &Entry, envelope: &Value) -> Result<String, DlqError> {
         let Handle::Sqs { message, .. } = &entry.handle else {
             return Err(self.failed("SendMessage", "not an SQS entry"));
         };
-        let sluice = envelope.sluice.clone().unwrap_or_default();
-        let records = sluice.records;
+        let sluice = Envelope::parse(envelope)
+            .and_then(|envelope| envelope.sluice)
+            .unwrap_or_default();
+        let records = sluice.record_list().cloned();
         let body = match (entry.kind, records) {
             (RecordKind::S3, Some(records)) => json!({ "Records": records }).to_string(),
             _ => message["body"].as_str().unwrap_or_default().to_owned(),
         };
-        let replay_count = sluice.replay_count;
+        let replay_count = sluice.replay_count.unwrap_or_default();
         let mut attributes = message_attributes(message);
         attributes.insert(
             REPLAY_COUNT_ATTRIBUTE.to_owned(),
@@ -317,7 +319,7 @@ impl Store for SqsStore {
         self.delete_message(entry).await
     }
 
-    async fn replace(&mut self, entry: &Entry, envelope: Envelope) -> Result<(), DlqError> {
+    async fn replace(&mut self, entry: &Entry, envelope: Value) -> Result<(), DlqError> {
         let written = if entry.envelope.is_none() {
             self.resend_raw(entry, &envelope).await?
         } else {
@@ -331,7 +333,7 @@ impl Store for SqsStore {
             self.writer
                 .send_body(
                     &self.mapping,
-                    envelope.to_value().to_string(),
+                    envelope.to_string(),
                     &group,
                     &uuid::Uuid::new_v4().to_string(),
                 )
