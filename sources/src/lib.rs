@@ -32,6 +32,14 @@ pub fn retry_delay(consecutive_failures: u32) -> std::time::Duration {
     std::time::Duration::from_millis(millis.min(5_000))
 }
 
+/// The wall clock, as time since the Unix epoch (what record timestamps and ages are measured
+/// in); zero if the clock is set before 1970.
+pub fn now_since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// The text of a panic's payload (for logs and `/readyz`: a caught panic is reported, not lost).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {

@@ -14,413 +14,172 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_policies::{DeadLetterCondition, ErrorInfo};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// A dead letter or an asynchronous invocation's destination record, as stored.
-///
-/// Every field is optional and read leniently ([`lenient`]): a missing field stays missing when
-/// the envelope is written again, and one of another type (an older or foreign writer's) reads
-/// as missing without making the rest unreadable; `sluice dlq` rewrites stored envelopes by
-/// patching the stored document, so nothing it does not set is lost or invented.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Envelope {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub version: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub timestamp: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub request_context: Option<RequestContext>,
-    /// The event an asynchronous invocation received (semantics.md §13.5).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub request_payload: Option<Value>,
-    /// Missing for `RecordAgeExceeded` (semantics.md §13.4).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub response_context: Option<ResponseContext>,
-    /// The function's return value (JSON `null` when it returned nothing) or its error object.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub response_payload: Option<Value>,
-    #[serde(
-        rename = "DDBStreamBatchInfo",
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub ddb_stream_batch_info: Option<DdbStreamBatchInfo>,
-    #[serde(
-        rename = "KafkaBatchInfo",
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub kafka_batch_info: Option<KafkaBatchInfo>,
-    /// The invocation event, kept by S3 and Kafka-topic destinations as Lambda's are.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub payload: Option<Value>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub sluice: Option<SluiceInfo>,
-    /// Fields this version does not know, kept as they were.
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+/// Declares one object of the envelope: every field optional and read with `$read` (`"lenient"`,
+/// or `"null_is_a_value"` where JSON `null` differs from a missing key), a missing field left out
+/// when written, and fields this version does not know kept in `other`.
+macro_rules! envelope_object {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* $field:ident: $ty:ty => $read:literal, )*
+        }
+    ) => {
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        $(#[$meta])*
+        pub struct $name {
+            $(
+                $(#[$field_meta])*
+                #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = $read)]
+                pub $field: Option<$ty>,
+            )*
+            /// Fields this version does not know, kept as they were.
+            #[serde(flatten)]
+            pub other: Map<String, Value>,
+        }
+    };
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RequestContext {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub request_id: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub function_arn: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub condition: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub approximate_invoke_count: Option<u64>,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    /// A dead letter or an asynchronous invocation's destination record, as stored.
+    ///
+    /// Every field is optional and read leniently ([`lenient`]): a missing field stays missing
+    /// when the envelope is written again, and one of another type (an older or foreign
+    /// writer's) reads as missing without making the rest unreadable; `sluice dlq` rewrites
+    /// stored envelopes by patching the stored document, so nothing it does not set is lost or
+    /// invented.
+    #[serde(rename_all = "camelCase")]
+    pub struct Envelope {
+        version: String => "lenient",
+        timestamp: String => "lenient",
+        request_context: RequestContext => "lenient",
+        /// The event an asynchronous invocation received (semantics.md §13.5).
+        request_payload: Value => "null_is_a_value",
+        /// Missing for `RecordAgeExceeded` (semantics.md §13.4).
+        response_context: ResponseContext => "lenient",
+        /// The function's return value (JSON `null` when it returned nothing) or its error object.
+        response_payload: Value => "null_is_a_value",
+        #[serde(rename = "DDBStreamBatchInfo")]
+        ddb_stream_batch_info: DdbStreamBatchInfo => "lenient",
+        #[serde(rename = "KafkaBatchInfo")]
+        kafka_batch_info: KafkaBatchInfo => "lenient",
+        /// The invocation event, kept by S3 and Kafka-topic destinations as Lambda's are.
+        payload: Value => "null_is_a_value",
+        sluice: SluiceInfo => "lenient",
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResponseContext {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub status_code: Option<u16>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub executed_version: Option<String>,
-    /// `Some("Unhandled")` when the function threw; `Some(null)` when it returned but its records
-    /// counted as failed (a stream dead letter); missing on an asynchronous success.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub function_error: Option<Value>,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    #[serde(rename_all = "camelCase")]
+    pub struct RequestContext {
+        request_id: String => "lenient",
+        function_arn: String => "lenient",
+        condition: String => "lenient",
+        approximate_invoke_count: u64 => "lenient",
+    }
 }
 
-/// Lambda's `DDBStreamBatchInfo` (semantics.md §13.4). The sequence numbers are `null` for an
-/// empty batch, as sluice has always written them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DdbStreamBatchInfo {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub shard_id: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub start_sequence_number: Option<Value>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub end_sequence_number: Option<Value>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub approximate_arrival_of_first_record: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub approximate_arrival_of_last_record: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub batch_size: Option<u64>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub stream_arn: Option<String>,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    #[serde(rename_all = "camelCase")]
+    pub struct ResponseContext {
+        status_code: u16 => "lenient",
+        executed_version: String => "lenient",
+        /// `Some("Unhandled")` when the function threw; `Some(null)` when it returned but its
+        /// records counted as failed (a stream dead letter); missing on an asynchronous success.
+        function_error: Value => "null_is_a_value",
+    }
 }
 
-/// Lambda's `KafkaBatchInfo`: per-partition ranges (`recordsInfo`) for a batch, or one record's
-/// (`recordInfo`) in a Kafka-topic destination's message (semantics.md §4). `eventSourceArn` is
-/// `null` for a self-managed cluster.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KafkaBatchInfo {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub batch_size: Option<u64>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub event_source_arn: Option<Value>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub bootstrap_servers: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub payload_size: Option<u64>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub records_info: Option<BTreeMap<String, KafkaRecordsInfo>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub record_info: Option<KafkaRecordInfo>,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    /// Lambda's `DDBStreamBatchInfo` (semantics.md §13.4). The sequence numbers are `null` for an
+    /// empty batch, as sluice has always written them.
+    #[serde(rename_all = "camelCase")]
+    pub struct DdbStreamBatchInfo {
+        shard_id: String => "lenient",
+        start_sequence_number: Value => "null_is_a_value",
+        end_sequence_number: Value => "null_is_a_value",
+        approximate_arrival_of_first_record: String => "lenient",
+        approximate_arrival_of_last_record: String => "lenient",
+        batch_size: u64 => "lenient",
+        stream_arn: String => "lenient",
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KafkaRecordsInfo {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub first_record_offset: Option<Value>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub last_record_offset: Option<Value>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub first_record_timestamp: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub last_record_timestamp: Option<String>,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    /// Lambda's `KafkaBatchInfo`: per-partition ranges (`recordsInfo`) for a batch, or one
+    /// record's (`recordInfo`) in a Kafka-topic destination's message (semantics.md §4).
+    /// `eventSourceArn` is `null` for a self-managed cluster.
+    #[serde(rename_all = "camelCase")]
+    pub struct KafkaBatchInfo {
+        batch_size: u64 => "lenient",
+        event_source_arn: Value => "null_is_a_value",
+        bootstrap_servers: String => "lenient",
+        payload_size: u64 => "lenient",
+        records_info: BTreeMap<String, KafkaRecordsInfo> => "lenient",
+        record_info: KafkaRecordInfo => "lenient",
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct KafkaRecordInfo {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub offset: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub timestamp: Option<String>,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    #[serde(rename_all = "camelCase")]
+    pub struct KafkaRecordsInfo {
+        first_record_offset: Value => "null_is_a_value",
+        last_record_offset: Value => "null_is_a_value",
+        first_record_timestamp: String => "lenient",
+        last_record_timestamp: String => "lenient",
+    }
 }
 
-/// The `sluice` object: what replay needs and what a person wants to know.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SluiceInfo {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub mapping: Option<String>,
-    /// Which source kind, and the identities replay needs; kept as stored (a newer sluice's kind
-    /// stays intact), read through [`SourceInfo`].
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub source: Option<Value>,
-    /// The records exactly as they were in the event; empty when cut to fit a queue. Kept as
-    /// stored: a reader falls back to the kept event when it is not an array.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_is_a_value"
-    )]
-    pub records: Option<Value>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub error: Option<ErrorSection>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub attempts: Option<u64>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub first_attempt_at: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub last_attempt_at: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub replay_count: Option<u64>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub last_replay_at: Option<String>,
-    /// Set when the envelope was over SQS's limit without a spill bucket.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub cut: Option<Cut>,
-    /// Fields this version does not know, kept as they were.
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    pub struct KafkaRecordInfo {
+        offset: String => "lenient",
+        timestamp: String => "lenient",
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ErrorSection {
-    #[serde(
-        rename = "type",
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub error_type: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub message: Option<String>,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    /// The `sluice` object: what replay needs and what a person wants to know.
+    pub struct SluiceInfo {
+        mapping: String => "lenient",
+        /// Which source kind, and the identities replay needs; kept as stored (a newer sluice's
+        /// kind stays intact), written from [`SourceInfo`], read as [`SourceKind`].
+        source: Value => "null_is_a_value",
+        /// The records exactly as they were in the event; empty when cut to fit a queue. Kept as
+        /// stored: a reader falls back to the kept event when it is not an array.
+        records: Value => "null_is_a_value",
+        error: ErrorSection => "lenient",
+        attempts: u64 => "lenient",
+        first_attempt_at: String => "lenient",
+        last_attempt_at: String => "lenient",
+        replay_count: u64 => "lenient",
+        last_replay_at: String => "lenient",
+        /// Set when the envelope was over SQS's limit without a spill bucket.
+        cut: Cut => "lenient",
+    }
 }
 
-/// What was cut from an envelope too large for SQS, and why.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Cut {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub reason: Option<String>,
-    /// The fields emptied or removed (`payload`, `sluice.records`, …).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub fields: Option<Vec<String>>,
-    /// How many records were in `sluice.records`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient"
-    )]
-    pub records: Option<u64>,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
+envelope_object! {
+    pub struct ErrorSection {
+        #[serde(rename = "type")]
+        error_type: String => "lenient",
+        message: String => "lenient",
+    }
+}
+
+envelope_object! {
+    /// What was cut from an envelope too large for SQS, and why.
+    pub struct Cut {
+        reason: String => "lenient",
+        /// The fields emptied or removed (`payload`, `sluice.records`, …).
+        fields: Vec<String> => "lenient",
+        /// How many records were in `sluice.records`.
+        records: u64 => "lenient",
+    }
 }
 
 /// `sluice.source`, read: which source kind, and the identities replay needs. Written from an
-/// [`EnvelopeSource`]; read from the stored `sluice.source` with [`SluiceInfo::source_info`].
+/// [`EnvelopeSource`]; a stored one is read as [`SourceKind`] with [`SluiceInfo::source_kind`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceInfo {
@@ -716,11 +475,7 @@ pub fn iso8601_seconds(since_epoch: Duration) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
-pub fn now_since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
+pub use sluice_sources::now_since_epoch;
 
 /// A Kafka timestamp (ms since the epoch; negative when the message has none).
 pub fn epoch_millis(ms: i64) -> Duration {

@@ -632,6 +632,22 @@ mod tests {
         }
     }
 
+    /// Revokes `partition` as the consumer does and waits for its release; how long it took.
+    async fn revoke(sender: &mpsc::Sender<ConsumerEvent>, partition: i32) -> Duration {
+        let (revoked, released) = Revoked::new(vec![key(partition)], false);
+        let sent = tokio::time::Instant::now();
+        sender.send(ConsumerEvent::Revoked(revoked)).await.unwrap();
+        // A loop, not `until`: the receiver is not `Sync`, and this runs in spawned tasks too.
+        while released.try_recv().is_err() {
+            assert!(
+                sent.elapsed() < Duration::from_secs(600),
+                "waited for the release"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sent.elapsed()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn records_are_done_in_offset_order_filtered_ones_included_and_a_revoke_waits_for_the_lane()
      {
@@ -649,11 +665,7 @@ mod tests {
         // Batches 0, 2, 4 | 6; the filtered 1, 3, 5, 7 are done in their places, so after the
         // first batch everything before 6 is.
         until("the first batch", || control.done() == Some(6)).await;
-        let (revoked, released) = Revoked::new(vec![key(0)], false);
-        let revoke_sent = tokio::time::Instant::now();
-        sender.send(ConsumerEvent::Revoked(revoked)).await.unwrap();
-        until("the release", || released.try_recv().is_ok()).await;
-        let waited = revoke_sent.elapsed();
+        let waited = revoke(&sender, 0).await;
         assert!(
             waited >= Duration::from_secs(19) && waited < Duration::from_secs(21),
             "{waited:?}"
@@ -678,11 +690,7 @@ mod tests {
         sender.send(event).await.unwrap();
         sender.send(polled(0, 0..2, false)).await.unwrap();
         until("the call", || target.calls() == 1).await;
-        let (revoked, released) = Revoked::new(vec![key(0)], false);
-        let revoke_sent = tokio::time::Instant::now();
-        sender.send(ConsumerEvent::Revoked(revoked)).await.unwrap();
-        until("the release", || released.try_recv().is_ok()).await;
-        let waited = revoke_sent.elapsed();
+        let waited = revoke(&sender, 0).await;
         assert!(
             waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
             "{waited:?}"
@@ -757,13 +765,7 @@ mod tests {
                 while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                let (revoked, released) = Revoked::new(vec![key(0)], false);
-                let revoke_sent = tokio::time::Instant::now();
-                sender.send(ConsumerEvent::Revoked(revoked)).await.unwrap();
-                while released.try_recv().is_err() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                revoke_sent.elapsed()
+                revoke(&sender, 0).await
             }
         });
         tokio::spawn({

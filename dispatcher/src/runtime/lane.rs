@@ -122,8 +122,7 @@ pub(super) async fn run_lane<H: LaneHost>(
             }
             match receiver.try_recv() {
                 Ok(entry) => {
-                    host.received(&entry.0);
-                    push(&mut batcher, &mut ready, entry, clock());
+                    push(&*host, &mut batcher, &mut ready, entry, clock());
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => match batcher.take() {
@@ -143,10 +142,7 @@ pub(super) async fn run_lane<H: LaneHost>(
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => continue,
             };
             match received {
-                Some(entry) => {
-                    host.received(&entry.0);
-                    push(&mut batcher, &mut ready, entry, clock())
-                }
+                Some(entry) => push(&*host, &mut batcher, &mut ready, entry, clock()),
                 None => match batcher.take() {
                     Some(batch) => break batch,
                     None => return,
@@ -160,14 +156,17 @@ pub(super) async fn run_lane<H: LaneHost>(
     }
 }
 
-/// Adds a record to the lane's batcher; a record too large for any invocation becomes a batch of
-/// its own, which `handle_batch` dead-letters.
+/// Adds a record taken off the lane's input to its batcher (telling the host it was taken); a
+/// record too large for any invocation becomes a batch of its own, which `handle_batch`
+/// dead-letters.
 fn push(
+    host: &impl LaneHost,
     batcher: &mut Batcher<Entry>,
     ready: &mut VecDeque<Vec<Entry>>,
     entry: Entry,
     now: Duration,
 ) {
+    host.received(&entry.0);
     let size = entry.0.size_bytes;
     let PushResult {
         ready: complete,

@@ -30,7 +30,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// One row of the lease table, as read.
@@ -129,9 +129,7 @@ pub struct DynamoDbLeaseStore {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::now_since_epoch().as_millis() as u64
 }
 
 fn is_conditional_failure<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {

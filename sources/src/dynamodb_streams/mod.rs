@@ -31,7 +31,7 @@ use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorErro
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use serde_json::value::RawValue;
 use std::cmp::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// GetRecords returns at most this many records per call.
 pub const MAX_RECORDS_PER_READ: i32 = 1000;
@@ -46,12 +46,6 @@ pub struct DynamoDbStream {
     client: Client,
     pub stream_arn: String,
     pub region: String,
-}
-
-fn since_epoch_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 impl DynamoDbStream {
@@ -233,7 +227,7 @@ impl DynamoDbStream {
                 )));
             }
         };
-        let now = since_epoch_now();
+        let now = crate::now_since_epoch();
         let records = output
             .records()
             .iter()

@@ -39,7 +39,7 @@ use sluice_policies::FilterSet;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// A topic and a partition number.
@@ -377,7 +377,10 @@ impl Context {
         state.pending.len() >= MAX_POLLED || state.pending_bytes >= MAX_POLLED_BYTES
     }
 
-    fn report_health(&self, healthy: bool, reason: Option<String>) {
+    /// Tells the owner a poll worked (`None`) or why it failed; a working poll at most every
+    /// [`HEALTHY_EVERY`].
+    fn report_health(&self, failure: Option<String>) {
+        let healthy = failure.is_none();
         let due = {
             let mut state = self.state();
             let due = match state.reported {
@@ -390,7 +393,7 @@ impl Context {
             due
         };
         if due {
-            self.send(match reason {
+            self.send(match failure {
                 None => ConsumerEvent::Healthy,
                 Some(reason) => ConsumerEvent::Failed(reason),
             });
@@ -401,6 +404,8 @@ impl Context {
     fn take(&self, parts: &MessageParts<'_>) {
         let key = (parts.topic.to_owned(), parts.partition);
         let mut state = self.state();
+        // A message came: the client works again.
+        state.client_error_at = None;
         let Some(held) = state.held.get_mut(&key) else {
             // A message of a partition released a moment ago; the next owner reads it.
             return;
@@ -410,7 +415,7 @@ impl Context {
         }
         held.next_offset = Some(parts.offset + 1);
         let record = (self.filters.is_empty() || self.filters.passes(&parts.filter_view()))
-            .then(|| parts.to_record(wall_clock()));
+            .then(|| parts.to_record(crate::now_since_epoch()));
         state.pending_bytes += record.as_ref().map_or(0, |r| r.size_bytes);
         state.pending.push(Polled {
             partition: key,
@@ -626,7 +631,7 @@ impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         self.state().client_error_at = Some(Instant::now());
         tracing::warn!(mapping = %self.name, %error, reason, "kafka client reported an error");
-        self.report_health(false, Some(reason.to_owned()));
+        self.report_health(Some(reason.to_owned()));
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -709,7 +714,7 @@ fn consume(consumer: BaseConsumer<Context>, settings: &ConsumerSettings, stop: &
     while let Err(error) = consumer.subscribe(&topics) {
         failures += 1;
         tracing::warn!(mapping = %settings.name, %error, "subscribing failed; retrying");
-        context.report_health(false, Some(error.to_string()));
+        context.report_health(Some(error.to_string()));
         if sleep_or_stop(&stopped, crate::retry_delay(failures)) {
             return;
         }
@@ -736,12 +741,11 @@ fn consume(consumer: BaseConsumer<Context>, settings: &ConsumerSettings, stop: &
                 None => {
                     let error_at = context.state().client_error_at;
                     if polled == 0 && error_at.is_none_or(|at| at.elapsed() >= CLIENT_ERROR_QUIET) {
-                        context.report_health(true, None);
+                        context.report_health(None);
                     }
                     break;
                 }
                 Some(Ok(message)) => {
-                    context.state().client_error_at = None;
                     context.take(&MessageParts::of(&message));
                     polled += 1;
                     wait = Duration::ZERO;
@@ -757,13 +761,13 @@ fn consume(consumer: BaseConsumer<Context>, settings: &ConsumerSettings, stop: &
                         tracing::warn!(mapping = %settings.name, %error, "polling Kafka failed");
                         last_error = Some((text.clone(), Instant::now()));
                     }
-                    context.report_health(false, Some(text));
+                    context.report_health(Some(text));
                     break;
                 }
             }
         }
         if polled > 0 {
-            context.report_health(true, None);
+            context.report_health(None);
         }
         context.flush();
         if last_commit.elapsed() >= COMMIT_INTERVAL {
@@ -790,12 +794,6 @@ fn sleep_or_stop(stopped: &impl Fn() -> bool, pause: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(50).min(pause));
     }
     stopped()
-}
-
-fn wall_clock() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 /// The partitions of a list. Owned at once: a list from `committed` that outlives the consumer

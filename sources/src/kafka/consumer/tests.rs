@@ -379,3 +379,61 @@ async fn a_partition_paused_when_revoked_delivers_again_when_it_comes_back() {
     .unwrap();
     second_task.await.unwrap();
 }
+
+// The bound on what one event carries (and so on what reaches the owner after it asks for a
+// pause): at most MAX_POLLED records, and at most MAX_POLLED_BYTES plus the record that crossed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_event_holds_at_most_its_record_and_byte_bounds() {
+    let cluster = Cluster::new("clicks", 2);
+    let small: Vec<(i32, String)> = (0..600).map(|n| (0, format!("{{\"n\":{n}}}"))).collect();
+    let large: Vec<(i32, String)> = (0..12)
+        .map(|n| {
+            (
+                1,
+                format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(200_000)),
+            )
+        })
+        .collect();
+    cluster.produce("clicks", &small);
+    cluster.produce("clicks", &large);
+    let (consumer, mut events) = KafkaConsumer::start(cluster.settings("clicks", "g6")).unwrap();
+    let (mut small_seen, mut large_seen) = (0, 0);
+    let (mut most_records, mut most_large_in_one) = (0, 0);
+    let mut largest_record = 0;
+    while small_seen < 600 || large_seen < 12 {
+        match next(&mut events).await.expect("the consumer runs") {
+            ConsumerEvent::Polled(polled) => {
+                assert!(
+                    polled.len() <= MAX_POLLED,
+                    "{} records in one event",
+                    polled.len()
+                );
+                most_records = most_records.max(polled.len());
+                let sizes: Vec<usize> = polled
+                    .iter()
+                    .map(|p| p.record.as_ref().map_or(0, |r| r.size_bytes))
+                    .collect();
+                let biggest = sizes.iter().copied().max().unwrap_or(0);
+                largest_record = largest_record.max(biggest);
+                let bytes: usize = sizes.iter().sum();
+                assert!(
+                    bytes < MAX_POLLED_BYTES + biggest,
+                    "{bytes} bytes in one event"
+                );
+                let large_here = polled.iter().filter(|p| p.partition.1 == 1).count();
+                most_large_in_one = most_large_in_one.max(large_here);
+                large_seen += large_here;
+                small_seen += polled.len() - large_here;
+            }
+            ConsumerEvent::Revoked(revoked) => panic!("revoked: {:?}", revoked.partitions),
+            _ => {}
+        }
+    }
+    assert_eq!(most_records, MAX_POLLED, "600 queued records fill an event");
+    assert!(largest_record > 200_000);
+    assert!(
+        most_large_in_one > 1 && most_large_in_one <= MAX_POLLED_BYTES / 200_000 + 1,
+        "{most_large_in_one} large records in one event"
+    );
+    drop(consumer);
+}
