@@ -6,7 +6,7 @@
 
 use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
 use crate::health::Health;
-use crate::runtime::{kafka, s3, sqs, stream, supervise};
+use crate::runtime::{dynamodb_stream, kafka, s3, sqs, supervise};
 use crate::targets::{self, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use anyhow::Context;
@@ -117,7 +117,7 @@ pub async fn run_with_handlers(
         && config
             .mappings
             .iter()
-            .any(|m| m.enabled && matches!(m.source, SourceConfig::DynamodbStream(_))))
+            .any(|m| m.enabled && m.source.rules().keeps_checkpoints()))
         || config
             .invoke_api
             .as_ref()
@@ -207,7 +207,7 @@ pub async fn run_with_handlers(
                 Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
             }
             SourceConfig::DynamodbStream(source) => {
-                let store = stream::StoreSetup::from_config(
+                let store = dynamodb_stream::StoreSetup::from_config(
                     &config.checkpoints,
                     state_file.as_ref(),
                     |table| LeaseTable {
@@ -216,7 +216,7 @@ pub async fn run_with_handlers(
                     },
                 )
                 .context("the checkpoint store is not open")?;
-                let worker = stream::StreamMapping {
+                let worker = dynamodb_stream::StreamMapping {
                     config: mapping.clone(),
                     source: source.clone(),
                     streams: streams.clone(),

@@ -1,7 +1,7 @@
 //! Human durations in config: `500ms`, `30s`, `5m`, `6h`, `1d`, and sums such as `1h30m`.
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -91,6 +91,35 @@ impl<'de> Deserialize<'de> for HumanDuration {
             }
         }
         deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Writes a duration in the largest unit that keeps it whole (`20s`, `500ms`, `6h`), as the
+/// config file would.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    for (size, unit) in units {
+        if millis > 0 && millis.is_multiple_of(size) {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    if millis == 0 {
+        "0s".to_owned()
+    } else {
+        format!("{millis}ms")
+    }
+}
+
+/// Written as the file would write it, so that the schema shows defaults as durations.
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_duration(self.0))
     }
 }
 
@@ -184,6 +213,22 @@ mod tests {
         assert!(parse_duration("3 weeks").is_err());
         assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_written_duration_reads_back_as_itself() {
+        for millis in [
+            0, 1, 500, 1_000, 20_000, 90_000, 300_000, 21_600_000, 86_400_000, 86_401_000,
+        ] {
+            let duration = Duration::from_millis(millis);
+            assert_eq!(
+                parse_duration(&format_duration(duration)),
+                Ok(duration),
+                "{millis}"
+            );
+        }
+        assert_eq!(format_duration(Duration::from_secs(20)), "20s");
+        assert_eq!(format_duration(Duration::from_secs(6 * 3600)), "6h");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The config file as written: serde structs that reject unknown keys. Their doc comments are the
 //! descriptions in `sluice schema`. Nothing here is checked beyond types; see `validate`.
 
-use super::duration::{DurationLimit, HumanDuration};
+use super::async_policy::RawAsyncPolicy;
+use super::destinations::RawDestination;
+use super::duration::HumanDuration;
+use crate::config::sources::RawSource;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -92,23 +95,6 @@ pub struct RawFunction {
     /// Where the Success record of each `Event` invocation goes.
     #[serde(default)]
     pub on_success: Option<RawDestination>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawAsyncPolicy {
-    /// Retries after the first attempt: 0..=2. Default 2.
-    #[serde(default)]
-    pub max_retry_attempts: Option<i64>,
-    /// 60s..=6h. Default 6h.
-    #[serde(default)]
-    pub max_event_age: Option<HumanDuration>,
-    /// Delays before retry 1 and 2. Default [1m, 2m].
-    #[serde(default)]
-    pub delays: Option<Vec<HumanDuration>>,
-    /// Backoff for throttles. Default 1s doubling to 5m.
-    #[serde(default)]
-    pub backoff: Option<RawBackoff>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -284,8 +270,11 @@ pub struct RawMapping {
     /// Read `batchItemFailures` from the handler's response (Lambda's ReportBatchItemFailures).
     #[serde(default)]
     pub report_batch_item_failures: Option<bool>,
+    /// How failures are retried. The keys are the source kind's own: its retry block
+    /// (RawSqsRetry for sqs, RawStreamRetry for stream sources, RawAsyncPolicy for s3).
     #[serde(default)]
-    pub retry: Option<RawRetry>,
+    #[schemars(schema_with = "crate::config::sources::retry_schema")]
+    pub retry: Option<serde_json::Value>,
     /// Lambda FilterCriteria patterns, OR'ed: records that match none are acknowledged without an
     /// invocation (SQS: deleted; streams: checkpointed past).
     #[serde(default)]
@@ -296,238 +285,4 @@ pub struct RawMapping {
     /// Asynchronous sources (s3): where the Success record of each handled event goes.
     #[serde(default)]
     pub on_success: Option<RawDestination>,
-}
-
-/// A source: exactly one kind.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawSource {
-    /// An SQS queue (standard or FIFO).
-    Sqs(RawSqsSource),
-    /// The stream of a DynamoDB table.
-    DynamodbStream(RawDynamoDbStreamSource),
-    /// S3 event notifications, read from the SQS queue a bucket notifies (raw, through SNS, or
-    /// EventBridge); each S3 record is one asynchronous invocation.
-    S3(RawS3Source),
-    /// Kafka topics, read as a consumer group with the stream policy per partition.
-    Kafka(RawKafkaSource),
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawKafkaSource {
-    /// Comma-separated host:port list of brokers.
-    pub bootstrap_servers: String,
-    /// Topics to read (one or more).
-    pub topics: Vec<String>,
-    /// Consumer group; its committed offsets win over starting_position, as in Lambda.
-    pub group_id: String,
-    /// trim_horizon (earliest), latest, or at_timestamp with starting_timestamp.
-    pub starting_position: RawStartingPosition,
-    /// RFC 3339 time or Unix seconds, for at_timestamp.
-    #[serde(default)]
-    pub starting_timestamp: Option<String>,
-    /// Records per invocation, 1..=10000. Default 100.
-    #[serde(default)]
-    pub batch_size: Option<u32>,
-    /// How long to gather a batch, 0s..=300s. Default 500ms (Lambda's Kafka default).
-    #[serde(default)]
-    pub max_batching_window: Option<HumanDuration>,
-    /// librdkafka client properties (SASL, TLS, timeouts), such as security.protocol: SASL_SSL.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    /// Bytes of records one partition may hold beyond its batches before sluice pauses it at the
-    /// broker (a blocked partition holds at most this much). Default 16777216 (16 MiB).
-    #[serde(default)]
-    pub partition_buffer_bytes: Option<u64>,
-    /// An MSK cluster's ARN: the event then says aws:kafka and carries eventSourceArn.
-    #[serde(default)]
-    pub msk_cluster_arn: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawS3Source {
-    /// The queue that receives the bucket's notifications.
-    pub queue_url: String,
-    /// Event names to handle, such as s3:ObjectCreated:* (a trailing * is a wildcard). Default all.
-    #[serde(default)]
-    pub events: Vec<String>,
-    /// Only keys (decoded) starting with this.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// Only keys (decoded) ending with this.
-    #[serde(default)]
-    pub suffix: Option<String>,
-    /// Events in flight at once: 1..=1000. Default 5.
-    #[serde(default)]
-    pub max_concurrency: Option<u32>,
-    /// Long-poll wait per receive: 0s..=20s. Default 20s.
-    #[serde(default)]
-    pub wait_time: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RawStartingPosition {
-    TrimHorizon,
-    Latest,
-    AtTimestamp,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawDynamoDbStreamSource {
-    /// The table whose latest stream is read. Give this or stream_arn.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// The stream's ARN. Give this or table.
-    #[serde(default)]
-    pub stream_arn: Option<String>,
-    /// Where a shard without a checkpoint starts: trim_horizon, latest or at_timestamp.
-    pub starting_position: RawStartingPosition,
-    /// With at_timestamp: RFC 3339 time (2024-05-01T12:00:00Z) or Unix seconds.
-    #[serde(default)]
-    pub starting_timestamp: Option<String>,
-    /// Records per invocation: 1..=10000. Default 100.
-    #[serde(default)]
-    pub batch_size: Option<u32>,
-    /// How long to gather records before invoking: 0s..=300s. Default 0s.
-    #[serde(default)]
-    pub max_batching_window: Option<HumanDuration>,
-    /// Batches in flight per shard, records spread by key: 1..=10. Default 1.
-    #[serde(default)]
-    pub parallelization_factor: Option<u32>,
-    /// How often shards are listed again to find new ones: 1s..=10m. Default 10s.
-    #[serde(default)]
-    pub discovery_interval: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawSqsSource {
-    pub queue_url: String,
-    /// Records per invocation: 1..=10000 (FIFO 1..=10). Default 10.
-    #[serde(default)]
-    pub batch_size: Option<u32>,
-    /// How long to gather records before invoking: 0s..=300s. Needed (>= 1s) when batch_size > 10.
-    #[serde(default)]
-    pub max_batching_window: Option<HumanDuration>,
-    /// Batches in flight at once for this mapping: 1..=1000. Default 5.
-    #[serde(default)]
-    pub max_concurrency: Option<u32>,
-    /// Receive loops running at once, so one loop's round trips do not cap throughput:
-    /// 1..=max_concurrency. Each loop fills its own batches. Default: max_concurrency (at most 5)
-    /// when every receive is a batch (batch_size <= 10, no batching window), else 1.
-    #[serde(default)]
-    pub pollers: Option<u32>,
-    /// Long-poll wait per receive: 0s..=20s. Default 20s.
-    #[serde(default)]
-    pub wait_time: Option<HumanDuration>,
-    /// Keep extending the visibility of messages while they are being handled.
-    #[serde(default)]
-    pub visibility_heartbeat: Option<RawHeartbeat>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawHeartbeat {
-    /// Default true.
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// Stop extending once a message has been held this long (at most 12h). Default 12h.
-    #[serde(default)]
-    pub max: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetry {
-    /// SQS: after this many receives a failing message goes to on_failure with its error, then is
-    /// deleted. Omit it to leave dead-lettering to the queue's redrive policy.
-    #[serde(default)]
-    pub max_receive_count: Option<u32>,
-    /// SQS: delay failed messages by their receive count instead of the queue's visibility
-    /// timeout. Streams: the delay between retries of a failed batch (default 1s doubling to 60s).
-    #[serde(default)]
-    pub backoff: Option<RawBackoff>,
-    /// Streams: retries after the first attempt, -1 (default, until the record is too old) or
-    /// 0..=10000.
-    #[serde(default)]
-    pub max_retry_attempts: Option<i64>,
-    /// Streams: records older than this go to on_failure without an invocation: -1 (default) or
-    /// 60s..=7d.
-    #[serde(default)]
-    pub max_record_age: Option<DurationLimit>,
-    /// Streams: halve a failing batch and retry the halves, down to single records. Default false.
-    #[serde(default)]
-    pub bisect_on_error: Option<bool>,
-    /// Asynchronous sources (s3): events older than this go to on_failure as EventAgeExceeded:
-    /// 60s..=6h. Default 6h.
-    #[serde(default)]
-    pub max_event_age: Option<HumanDuration>,
-    /// Asynchronous sources (s3): the delays before retry 1 and 2. Default [1m, 2m].
-    #[serde(default)]
-    pub delays: Option<Vec<HumanDuration>>,
-    /// errorType values that retrying cannot fix: such failures go to on_failure at once with
-    /// condition NonRetryableError.
-    #[serde(default)]
-    pub non_retryable_errors: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawBackoff {
-    /// Default 1s.
-    #[serde(default)]
-    pub initial: Option<HumanDuration>,
-    /// Default 5m.
-    #[serde(default)]
-    pub max: Option<HumanDuration>,
-    /// Default 2.0.
-    #[serde(default)]
-    pub multiplier: Option<f64>,
-    /// Full jitter. Default true.
-    #[serde(default)]
-    pub jitter: Option<bool>,
-}
-
-/// A destination: exactly one kind.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawDestination {
-    /// An SQS queue that receives the dead-letter envelope as the message body.
-    Sqs(RawSqsDestination),
-    /// An S3 bucket that receives one object per dead letter (the envelope plus the event as
-    /// `payload`).
-    S3(RawS3Destination),
-    /// A Kafka topic on the source's cluster (Kafka mappings only): one message per record, with
-    /// the record's key, as Lambda's kafka:// destination writes it.
-    Kafka(RawKafkaDestination),
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawKafkaDestination {
-    pub topic: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawS3Destination {
-    pub bucket: String,
-    /// Key prefix, such as sluice/. Default none.
-    #[serde(default)]
-    pub prefix: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawSqsDestination {
-    pub queue_url: String,
-    /// A bucket for envelopes over SQS's 256 KB message limit: the envelope is stored there and
-    /// the queue gets a pointer (the SQS Extended Client's format), which `sluice dlq` follows.
-    /// Without it, such an envelope cannot be stored and its records wait (logged).
-    #[serde(default)]
-    pub spill_bucket: Option<String>,
 }

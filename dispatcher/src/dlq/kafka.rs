@@ -9,8 +9,8 @@
 //! are done is written again at the end of the topic.
 
 use super::{DlqError, Entry, Handle, RecordKind, Store};
-use crate::config::KafkaSourceConfig;
 use crate::destinations::kafka::KafkaDestination;
+use crate::runtime::kafka::config::KafkaSourceConfig;
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};

@@ -85,33 +85,51 @@ impl RateLimit {
     }
 }
 
-/// The policy a replay of `mapping`'s records runs under.
+/// The policy a replay of `mapping`'s records runs under: the mapping's own, as a stream policy
+/// (a replay runs records in order), except that records never age out and no limit is endless.
 pub(crate) fn replay_policy(mapping: &MappingConfig) -> StreamPolicy {
-    let kafka = matches!(mapping.source, SourceConfig::Kafka(_));
-    let mut policy = crate::runtime::stream_policy(
-        mapping,
-        if kafka {
-            IdentifierKind::KafkaOffset
-        } else {
-            IdentifierKind::Text
+    let mut policy = match &mapping.source {
+        SourceConfig::DynamodbStream(source) => source.policy.clone(),
+        SourceConfig::Kafka(source) => source.policy.clone(),
+        SourceConfig::Sqs(source) => StreamPolicy {
+            report_batch_item_failures: source.policy.report_batch_item_failures,
+            bisect_on_error: false,
+            // A receive count counts the first receive too.
+            max_retry_attempts: Some(
+                source
+                    .policy
+                    .max_receive_count
+                    .map_or(UNLIMITED_RETRIES_IN_REPLAY, |n| n.saturating_sub(1)),
+            ),
+            max_record_age: None,
+            backoff: source
+                .policy
+                .backoff
+                .unwrap_or_else(crate::config::stream::default_backoff),
+            identifier_kind: IdentifierKind::Text,
+            non_retryable: source.policy.non_retryable.clone(),
         },
-        mapping.on_failure.is_some(),
-    );
+        // S3 events are invoked one by one, asynchronously: no partial responses.
+        SourceConfig::S3(source) => StreamPolicy {
+            report_batch_item_failures: false,
+            bisect_on_error: false,
+            max_retry_attempts: Some(source.policy.max_retry_attempts),
+            max_record_age: None,
+            backoff: source.policy.throttle_backoff,
+            identifier_kind: IdentifierKind::Text,
+            // A failure its target marks as not worth retrying goes to the destination at once.
+            non_retryable: mapping
+                .on_failure
+                .is_some()
+                .then(sluice_policies::ErrorClasses::default),
+        },
+    };
     policy.max_record_age = None;
-    policy.max_retry_attempts = Some(match &mapping.source {
-        SourceConfig::Sqs(_) => mapping
-            .retry
-            .max_receive_count
-            .map_or(UNLIMITED_RETRIES_IN_REPLAY, |n| n.saturating_sub(1)),
-        _ => mapping
-            .retry
+    policy.max_retry_attempts = Some(
+        policy
             .max_retry_attempts
             .unwrap_or(UNLIMITED_RETRIES_IN_REPLAY),
-    });
-    // Only S3 events are invoked one by one without partial responses (asynchronous).
-    if matches!(mapping.source, SourceConfig::S3(_)) {
-        policy.report_batch_item_failures = false;
-    }
+    );
     policy
 }
 

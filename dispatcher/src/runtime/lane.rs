@@ -413,34 +413,6 @@ fn dead_letter_error(dead_letter: &StreamDeadLetter, policy: &StreamPolicy) -> E
         })
 }
 
-/// The stream policy a mapping's settings describe. Error classes apply only with a destination
-/// to send them to (config validation refuses them otherwise).
-pub(crate) fn stream_policy(
-    config: &crate::config::MappingConfig,
-    identifier_kind: sluice_policies::IdentifierKind,
-    has_destination: bool,
-) -> StreamPolicy {
-    StreamPolicy {
-        report_batch_item_failures: config.report_batch_item_failures,
-        bisect_on_error: config.retry.bisect_on_error,
-        max_retry_attempts: config.retry.max_retry_attempts,
-        max_record_age: config.retry.max_record_age,
-        backoff: config.retry.backoff.unwrap_or_else(|| {
-            sluice_policies::Backoff::new(
-                Duration::from_secs(1),
-                Duration::from_secs(60),
-                2.0,
-                true,
-            )
-            .expect("the default backoff is valid")
-        }),
-        identifier_kind,
-        non_retryable: has_destination.then(|| {
-            sluice_policies::ErrorClasses::new(config.retry.non_retryable_errors.iter().cloned())
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! A lane against a scripted target and a recording destination, under tokio's paused clock.

@@ -1,6 +1,6 @@
 //! The worker of one SQS mapping: receive → filter → batch → invoke → decide (queue policy) →
 //! acknowledge. Polling, batching, holding and the drain are the shared queue poller's
-//! ([`super::poller`]); this module decides and acknowledges.
+//! ([`crate::runtime::poller`]); this module decides and acknowledges.
 //!
 //! Guarantees:
 //! - at most `max_concurrency` batches are in flight, and nothing is received for a batch that
@@ -13,16 +13,19 @@
 //! - on shutdown, records received but not yet started are made visible again at once; batches in
 //!   flight finish until the drain deadline.
 
-use super::invoker::{Invoker, Slot};
-use super::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
-use crate::config::{MappingConfig, SqsSourceConfig};
+pub mod config;
+
+use self::config::SqsSourceConfig;
+use crate::config::MappingConfig;
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
+use crate::runtime::invoker::{Invoker, Slot};
+use crate::runtime::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use sluice_policies::{
-    BatchLimits, DeadLetterCondition, ErrorClasses, ErrorInfo, FilterSet, Outcome, QueueDecision,
-    QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
+    BatchLimits, DeadLetterCondition, ErrorInfo, FilterSet, Outcome, QueueDecision, QueueMessage,
+    QueuePolicy, RecordDisposition, RetryDelay,
 };
 use sluice_sources::{QueueOpener, Record, records_event};
 use std::sync::Arc;
@@ -93,14 +96,7 @@ impl SqsMapping {
             acks: acks.clone(),
             target_name: self.config.target.clone(),
             invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
-            policy: QueuePolicy {
-                report_batch_item_failures: self.config.report_batch_item_failures,
-                max_receive_count: self.config.retry.max_receive_count,
-                backoff: self.config.retry.backoff,
-                non_retryable: self.on_failure.is_some().then(|| {
-                    ErrorClasses::new(self.config.retry.non_retryable_errors.iter().cloned())
-                }),
-            },
+            policy: self.source.policy.clone(),
             filters: self.config.filters.clone(),
             on_failure: self.on_failure.clone(),
         });

@@ -15,17 +15,19 @@
 //!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
 //!   shard at once without writing.
 
-use super::invoker::Invoker;
-use super::lane::{Entry, LaneHost, LaneSettings, run_lane, stream_policy};
-use super::retry::{retry_delay, retry_until_ok};
-use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition, StreamSourceConfig};
+pub mod config;
+
+use self::config::StreamSourceConfig;
+use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition};
 use crate::destinations::{Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
+use crate::runtime::invoker::Invoker;
+use crate::runtime::lane::{Entry, LaneHost, LaneSettings, run_lane};
+use crate::runtime::retry::{retry_delay, retry_until_ok};
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use sluice_policies::{
-    BatchLimits, FilterSet, IdentifierKind, ItemIdentifier, ShardProgress, lane_of,
-    stream::Position,
+    BatchLimits, FilterSet, ItemIdentifier, ShardProgress, lane_of, stream::Position,
 };
 use sluice_sources::checkpoint::dynamodb::LeaseTable;
 use sluice_sources::checkpoint::embedded::{EmbeddedStore, StateFile};
@@ -147,11 +149,7 @@ impl StreamMapping {
             lane: LaneSettings {
                 name: name.clone(),
                 invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
-                policy: stream_policy(
-                    &self.config,
-                    IdentifierKind::Text,
-                    self.on_failure.is_some(),
-                ),
+                policy: self.source.policy.clone(),
                 limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
                 health: self.health.clone(),
                 metrics: self.metrics.clone(),

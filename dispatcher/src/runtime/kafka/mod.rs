@@ -17,16 +17,17 @@
 //! - a lane that ends while its partition is held (a panic) takes the mapping down: the consumer
 //!   leaves the group and the supervisor starts the mapping again.
 
-use super::invoker::Invoker;
-use super::lane::{Entry, LaneHost, LaneSettings, run_lane, stream_policy};
-use crate::config::{KafkaSourceConfig, MappingConfig, StartingPosition};
+pub mod config;
+
+use self::config::KafkaSourceConfig;
+use crate::config::{MappingConfig, StartingPosition};
 use crate::destinations::{Destination, EnvelopeSource};
 use crate::health::MappingHealthHandle;
+use crate::runtime::invoker::Invoker;
+use crate::runtime::lane::{Entry, LaneHost, LaneSettings, run_lane};
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
-use sluice_policies::{
-    BatchLimits, IdentifierKind, ItemIdentifier, ShardProgress, stream::Position,
-};
+use sluice_policies::{BatchLimits, ItemIdentifier, ShardProgress, stream::Position};
 use sluice_sources::Record;
 use sluice_sources::kafka::consumer::{
     Assigned, ConsumerEvent, ConsumerSettings, KafkaConsumer, PartitionControl, PartitionKey,
@@ -442,11 +443,7 @@ impl KafkaMapping {
             lane: LaneSettings {
                 name: name.clone(),
                 invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
-                policy: stream_policy(
-                    &self.config,
-                    IdentifierKind::KafkaOffset,
-                    self.on_failure.is_some(),
-                ),
+                policy: self.source.policy.clone(),
                 limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
                 health: self.health.clone(),
                 metrics: self.metrics.clone(),
@@ -537,7 +534,7 @@ mod tests {
                         false,
                     )
                     .unwrap(),
-                    identifier_kind: IdentifierKind::KafkaOffset,
+                    identifier_kind: sluice_policies::IdentifierKind::KafkaOffset,
                     non_retryable: None,
                 },
                 limits: BatchLimits::new(batch_size, Duration::ZERO),

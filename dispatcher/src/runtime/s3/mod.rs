@@ -18,19 +18,22 @@
 //! - a message with several records is retried as a whole, so records that succeeded are invoked
 //!   again with it (S3 sends one record per message);
 //! - a message is held (visibility extended) while it is handled;
-//! - polling is the SQS mappings' poller ([`super::poller`], one message per batch): nothing is
+//! - polling is the SQS mappings' poller ([`crate::runtime::poller`], one message per batch): nothing is
 //!   received that could not start at once (room in the mapping and in the shared target), every
 //!   wait ends at shutdown, and at shutdown messages received but not started are made visible
 //!   again at once.
 
-use super::async_exec::{self, Completion, EventStore};
-use super::invoker::{Invoker, Slot};
-use super::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
-use crate::config::{MappingConfig, S3SourceConfig};
+pub mod config;
+
+use self::config::S3SourceConfig;
+use crate::config::MappingConfig;
 use crate::destinations::{
     AsyncRecord, DeadLetter, Destination, EnvelopeSource, Placement, envelope::now_since_epoch,
 };
 use crate::health::MappingHealthHandle;
+use crate::runtime::async_exec::{self, Completion, EventStore};
+use crate::runtime::invoker::{Invoker, Slot};
+use crate::runtime::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use serde_json::{Value, json};
@@ -95,7 +98,6 @@ impl S3Mapping {
             self.health.clone(),
             self.metrics.clone(),
         );
-        let retry = &self.config.retry;
         let context = Arc::new(Context {
             acks: acks.clone(),
             invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
@@ -105,14 +107,7 @@ impl S3Mapping {
                 suffix: self.source.suffix.clone(),
             },
             patterns: self.config.filters.clone(),
-            policy: AsyncPolicy {
-                max_retry_attempts: retry.max_retry_attempts.unwrap_or(2),
-                delays: retry.delays.clone(),
-                throttle_backoff: retry
-                    .backoff
-                    .unwrap_or_else(|| AsyncPolicy::lambda_defaults().throttle_backoff),
-                max_event_age: retry.max_event_age,
-            },
+            policy: self.source.policy.clone(),
             on_failure: self.on_failure.clone(),
             on_success: self.on_success.clone(),
             not_run: Mutex::new(HashMap::new()),

@@ -1,0 +1,242 @@
+//! Targets as written and as built: what each kind needs, with its timeouts and concurrency
+//! checked. A target is shared by every mapping and function that names it.
+
+use super::raw::{RawInProcessTarget, RawLambdaRuntimeTarget, RawTarget};
+use super::validate::Validator;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub enum TargetConfig {
+    Http(HttpTargetConfig),
+    Command(CommandTargetConfig),
+    InProcess(InProcessTargetConfig),
+    LambdaRuntime(LambdaRuntimeTargetConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct LambdaRuntimeTargetConfig {
+    pub command: Vec<String>,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub init_timeout: Duration,
+    pub handler: Option<String>,
+    pub function_name: Option<String>,
+    pub memory_size: u32,
+    pub env: Vec<(String, String)>,
+    /// Whether the processes get sluice's environment besides `env`.
+    pub inherit_env: bool,
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InProcessTargetConfig {
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+impl TargetConfig {
+    /// Invocations in flight at once, shared by every mapping using the target.
+    pub fn max_concurrency(&self) -> usize {
+        match self {
+            TargetConfig::Http(http) => http.max_concurrency,
+            TargetConfig::Command(command) => command.max_concurrency,
+            TargetConfig::InProcess(in_process) => in_process.max_concurrency,
+            TargetConfig::LambdaRuntime(pool) => pool.concurrency,
+        }
+    }
+
+    /// The longest one call may take by the target's own timeouts (a `lambda_runtime` call may
+    /// first wait `init_timeout + timeout` for a worker, then run for `timeout`).
+    pub fn longest_call(&self) -> Duration {
+        match self {
+            TargetConfig::Http(http) => http.timeout,
+            TargetConfig::Command(command) => command.timeout,
+            TargetConfig::InProcess(in_process) => in_process.timeout,
+            TargetConfig::LambdaRuntime(pool) => pool
+                .init_timeout
+                .saturating_add(pool.timeout)
+                .saturating_add(pool.timeout),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandTargetConfig {
+    pub program: Vec<String>,
+    pub timeout: Duration,
+    pub env: Vec<(String, String)>,
+    /// Whether the processes get sluice's environment besides `env`.
+    pub inherit_env: bool,
+    pub working_dir: Option<String>,
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpTargetConfig {
+    pub url: reqwest::Url,
+    pub timeout: Duration,
+    pub headers: Vec<(String, String)>,
+    pub non_retryable_statuses: Vec<u16>,
+    pub max_concurrency: usize,
+}
+
+pub fn build(v: &mut Validator, path: &str, target: RawTarget) -> Option<TargetConfig> {
+    match target {
+        RawTarget::Http(http) => {
+            let url = match reqwest::Url::parse(&http.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+                Ok(url) => {
+                    v.error(
+                        format!("{path}.http.url"),
+                        format!(
+                            "scheme {:?} is not supported; use http or https",
+                            url.scheme()
+                        ),
+                    );
+                    return None;
+                }
+                Err(error) => {
+                    v.error(
+                        format!("{path}.http.url"),
+                        format!("{:?} is not a URL: {error}", http.url),
+                    );
+                    return None;
+                }
+            };
+            let timeout = http.timeout.map_or(Duration::from_secs(30), |d| d.0);
+            if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
+                v.error(
+                    format!("{path}.http.timeout"),
+                    "must be between 1ms and 12h",
+                );
+            }
+            let mut headers = Vec::new();
+            for (name, value) in http.headers {
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(&value).is_err()
+                {
+                    v.error(
+                        format!("{path}.http.headers.{name}"),
+                        "is not a valid HTTP header name and value",
+                    );
+                }
+                headers.push((name, value));
+            }
+            let max_concurrency = v.concurrency(
+                &format!("{path}.http.max_concurrency"),
+                http.max_concurrency,
+                100,
+                10_000,
+            );
+            let non_retryable_statuses = http.non_retryable_statuses.unwrap_or_default();
+            for status in &non_retryable_statuses {
+                if !(400..=499).contains(status) || *status == 429 {
+                    v.error(
+                        format!("{path}.http.non_retryable_statuses"),
+                        format!("{status} is not a 4xx status other than 429 (a throttle, always retried)"),
+                    );
+                }
+            }
+            Some(TargetConfig::Http(HttpTargetConfig {
+                url,
+                timeout,
+                headers,
+                non_retryable_statuses,
+                max_concurrency,
+            }))
+        }
+        RawTarget::Command(command) => {
+            if command.program.first().is_none_or(|p| p.trim().is_empty()) {
+                v.error(
+                    format!("{path}.command.program"),
+                    "give the program and its arguments, such as [python3, handler.py]",
+                );
+            }
+            let timeout = command.timeout.map_or(Duration::from_secs(30), |d| d.0);
+            if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
+                v.error(
+                    format!("{path}.command.timeout"),
+                    "must be between 1ms and 12h",
+                );
+            }
+            let max_concurrency = v.concurrency(
+                &format!("{path}.command.max_concurrency"),
+                command.max_concurrency,
+                10,
+                1_000,
+            );
+            Some(TargetConfig::Command(CommandTargetConfig {
+                program: command.program,
+                timeout,
+                env: command.env.into_iter().collect(),
+                inherit_env: command.inherit_env.unwrap_or(true),
+                working_dir: command.working_dir,
+                max_concurrency,
+            }))
+        }
+        RawTarget::InProcess(raw) => Some(build_in_process(v, path, raw)),
+        RawTarget::LambdaRuntime(raw) => Some(build_lambda_runtime(v, path, raw)),
+    }
+}
+
+fn build_lambda_runtime(
+    v: &mut Validator,
+    path: &str,
+    raw: RawLambdaRuntimeTarget,
+) -> TargetConfig {
+    let at = format!("{path}.lambda_runtime");
+    if raw.command.first().is_none_or(|p| p.trim().is_empty()) {
+        v.error(
+            format!("{at}.command"),
+            "give the worker program and its arguments, such as [./bootstrap] or [python3, -m, awslambdaric, app.handler]",
+        );
+    }
+    let concurrency = v.concurrency(&format!("{at}.concurrency"), raw.concurrency, 1, 1_000);
+    let timeout = raw.timeout.map_or(Duration::from_secs(30), |d| d.0);
+    if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
+        v.error(format!("{at}.timeout"), "must be between 1ms and 12h");
+    }
+    let init_timeout = raw.init_timeout.map_or(Duration::from_secs(10), |d| d.0);
+    if init_timeout.is_zero() || init_timeout > Duration::from_secs(3_600) {
+        v.error(format!("{at}.init_timeout"), "must be between 1ms and 1h");
+    }
+    let memory_size = raw.memory_size.unwrap_or(128);
+    if !(128..=10_240).contains(&memory_size) {
+        v.error(
+            format!("{at}.memory_size"),
+            format!("must be 128..=10240 MB, as in Lambda (got {memory_size})"),
+        );
+    }
+    TargetConfig::LambdaRuntime(LambdaRuntimeTargetConfig {
+        command: raw.command,
+        concurrency,
+        timeout,
+        init_timeout,
+        handler: raw.handler,
+        function_name: raw.function_name,
+        memory_size,
+        env: raw.env.into_iter().collect(),
+        inherit_env: raw.inherit_env.unwrap_or(true),
+        working_dir: raw.working_dir,
+    })
+}
+
+fn build_in_process(v: &mut Validator, path: &str, raw: RawInProcessTarget) -> TargetConfig {
+    let timeout = raw.timeout.map_or(Duration::from_secs(30), |d| d.0);
+    if timeout.is_zero() || timeout > Duration::from_secs(43_200) {
+        v.error(
+            format!("{path}.in_process.timeout"),
+            "must be between 1ms and 12h",
+        );
+    }
+    let max_concurrency = v.concurrency(
+        &format!("{path}.in_process.max_concurrency"),
+        raw.max_concurrency,
+        100,
+        10_000,
+    );
+    TargetConfig::InProcess(InProcessTargetConfig {
+        timeout,
+        max_concurrency,
+    })
+}

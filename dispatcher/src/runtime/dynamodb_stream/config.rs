@@ -1,0 +1,248 @@
+//! A `dynamodb_stream` source as written in the config file, checked with Lambda's limits, and
+//! built into the mapping's settings with its finished [`StreamPolicy`].
+
+use crate::config::duration::HumanDuration;
+use crate::config::kind::{BuildSource, MappingParts, SourceRules};
+use crate::config::stream::{self, RawStartingPosition, RawStreamRetry, StartingPosition};
+use crate::config::validate::Validator;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sluice_policies::{IdentifierKind, Pattern, StreamPolicy};
+use std::time::Duration;
+
+/// Batches in flight per shard when `parallelization_factor` is not given.
+pub const DEFAULT_PARALLELIZATION_FACTOR: u32 = 1;
+/// Lambda's largest parallelization factor.
+pub const MAX_PARALLELIZATION_FACTOR: u32 = 10;
+/// How often shards are listed again when `discovery_interval` is not given.
+pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+pub const DISCOVERY_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(600);
+
+fn default_batch_size() -> u32 {
+    stream::DEFAULT_BATCH_SIZE
+}
+fn default_window() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
+}
+fn default_factor() -> u32 {
+    DEFAULT_PARALLELIZATION_FACTOR
+}
+fn default_discovery_interval() -> HumanDuration {
+    HumanDuration(DEFAULT_DISCOVERY_INTERVAL)
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDynamoDbStreamSource {
+    /// The table whose latest stream is read. Give this or stream_arn.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The stream's ARN. Give this or table.
+    #[serde(default)]
+    pub stream_arn: Option<String>,
+    /// Where a shard without a checkpoint starts: trim_horizon, latest or at_timestamp.
+    pub starting_position: RawStartingPosition,
+    /// With at_timestamp: RFC 3339 time (2024-05-01T12:00:00Z) or Unix seconds.
+    #[serde(default)]
+    pub starting_timestamp: Option<String>,
+    /// Records per invocation: 1..=10000.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// How long to gather records before invoking: 0s..=300s.
+    #[serde(default = "default_window")]
+    pub max_batching_window: HumanDuration,
+    /// Batches in flight per shard, records spread by key: 1..=10.
+    #[serde(default = "default_factor")]
+    pub parallelization_factor: u32,
+    /// How often shards are listed again to find new ones: 1s..=10m.
+    #[serde(default = "default_discovery_interval")]
+    pub discovery_interval: HumanDuration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamSourceConfig {
+    pub table: Option<String>,
+    pub stream_arn: Option<String>,
+    pub starting_position: StartingPosition,
+    pub batch_size: usize,
+    pub max_batching_window: Duration,
+    pub parallelization_factor: usize,
+    pub discovery_interval: Duration,
+    pub policy: StreamPolicy,
+}
+
+impl BuildSource for RawDynamoDbStreamSource {
+    type Config = StreamSourceConfig;
+    type Retry = RawStreamRetry;
+
+    fn build(self, v: &mut Validator, path: &str, mapping: MappingParts) -> StreamSourceConfig {
+        match (&self.table, &self.stream_arn) {
+            (None, None) => v.error(path, "give the table (or its stream_arn) to read"),
+            (Some(_), Some(_)) => v.error(
+                format!("{path}.stream_arn"),
+                "give either table or stream_arn, not both",
+            ),
+            (_, Some(arn)) if !arn.starts_with("arn:") || !arn.contains("/stream/") => v.error(
+                format!("{path}.stream_arn"),
+                format!("{arn:?} is not a stream ARN; it looks like arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-05-01T00:00:00.000"),
+            ),
+            _ => {}
+        }
+        let starting_position = stream::starting_position(
+            v,
+            path,
+            &self.starting_position,
+            self.starting_timestamp.as_deref(),
+        );
+        let (batch_size, window) = stream::batching(
+            v,
+            path,
+            Some(self.batch_size),
+            Some(self.max_batching_window),
+            Duration::ZERO,
+        );
+        let factor = self.parallelization_factor;
+        if !(1..=MAX_PARALLELIZATION_FACTOR).contains(&factor) {
+            v.error(
+                format!("{path}.parallelization_factor"),
+                format!("must be 1..={MAX_PARALLELIZATION_FACTOR} (got {factor})"),
+            );
+        }
+        let discovery_interval = self.discovery_interval.0;
+        if !DISCOVERY_INTERVAL_RANGE.contains(&discovery_interval) {
+            v.error(format!("{path}.discovery_interval"), "must be 1s..=10m");
+        }
+        let policy = stream::policy(
+            v,
+            stream::PolicyInputs {
+                mapping_path: mapping.path,
+                kind: "dynamodb_stream",
+                retry: mapping.retry,
+                report_batch_item_failures: mapping.report_batch_item_failures,
+                has_on_failure: mapping.on_failure.is_some(),
+                identifier_kind: IdentifierKind::Text,
+            },
+        );
+        StreamSourceConfig {
+            table: self.table,
+            stream_arn: self.stream_arn,
+            starting_position,
+            batch_size,
+            max_batching_window: window,
+            parallelization_factor: factor.clamp(1, MAX_PARALLELIZATION_FACTOR) as usize,
+            discovery_interval,
+            policy,
+        }
+    }
+}
+
+impl SourceRules for StreamSourceConfig {
+    fn largest_record(&self) -> &'static str {
+        "400 KB"
+    }
+
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
+
+    fn check_filter(&self, v: &mut Validator, path: &str, pattern: &Pattern) {
+        if pattern.field_is_json("dynamodb") == Some(false) {
+            v.error(
+                format!("{path}.dynamodb"),
+                "DynamoDB records are JSON: filter dynamodb with an object pattern, such as {NewImage: {status: {S: [\"open\"]}}}",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::*;
+
+    fn stream_source(config: &crate::config::Config) -> &StreamSourceConfig {
+        source_of!(config, DynamodbStream)
+    }
+
+    #[test]
+    fn a_stream_mapping_builds_with_lambdas_defaults() {
+        let config = parse_text(STREAM).unwrap();
+        let stream = stream_source(&config);
+        assert_eq!(stream.batch_size, 100);
+        assert_eq!(stream.parallelization_factor, 1);
+        assert_eq!(stream.starting_position, StartingPosition::TrimHorizon);
+        let policy = &stream.policy;
+        assert_eq!(
+            policy.max_retry_attempts, None,
+            "-1: until the record is too old"
+        );
+        assert_eq!(policy.max_record_age, None);
+        assert!(!policy.bisect_on_error);
+        assert_eq!(
+            policy.backoff,
+            stream::default_backoff(),
+            "streams back off by default"
+        );
+        assert_eq!(
+            policy.non_retryable, None,
+            "no destination, no error classes"
+        );
+        assert_eq!(
+            config.checkpoints,
+            crate::config::CheckpointsConfig::Embedded
+        );
+    }
+
+    #[test]
+    fn stream_source_settings_are_checked_at_their_keys() {
+        let text = STREAM.replace(
+            "starting_position: trim_horizon",
+            "starting_position: at_timestamp\n        stream_arn: nope\n        parallelization_factor: 11",
+        );
+        let errors = parse_text(&text).unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"mappings[0].source.dynamodb_stream.starting_position"),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"mappings[0].source.dynamodb_stream.stream_arn"),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"mappings[0].source.dynamodb_stream.parallelization_factor"),
+            "{paths:?}"
+        );
+    }
+
+    #[test]
+    fn at_timestamp_reads_rfc3339_or_unix_seconds() {
+        for (written, seconds) in [
+            ("2024-05-01T12:00:00Z", 1_714_564_800),
+            ("1714564800", 1_714_564_800),
+        ] {
+            let text = STREAM.replace(
+                "starting_position: trim_horizon",
+                &format!(
+                    "starting_position: at_timestamp\n        starting_timestamp: \"{written}\""
+                ),
+            );
+            let config = parse_text(&text).unwrap();
+            assert_eq!(
+                stream_source(&config).starting_position,
+                StartingPosition::AtTimestamp(Duration::from_secs(seconds))
+            );
+        }
+    }
+
+    #[test]
+    fn a_dynamodb_filter_must_be_an_object_pattern() {
+        let text = format!("{STREAM}    filters:\n      - dynamodb: [x]\n");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("filters[0].dynamodb: DynamoDB records are JSON"),
+            "{rendered}"
+        );
+    }
+}

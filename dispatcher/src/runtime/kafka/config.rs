@@ -1,0 +1,307 @@
+//! A `kafka` source as written in the config file, checked with Lambda's limits and librdkafka's
+//! rules, and built into the mapping's settings with its finished [`StreamPolicy`] (one per
+//! partition, records named by partition and offset).
+
+use crate::config::destinations::DestinationConfig;
+use crate::config::duration::HumanDuration;
+use crate::config::kind::{BuildSource, MappingParts, SourceRules};
+use crate::config::stream::{self, RawStartingPosition, RawStreamRetry, StartingPosition};
+use crate::config::validate::Validator;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sluice_policies::{IdentifierKind, StreamPolicy};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a batch gathers when `max_batching_window` is not given (Lambda's Kafka default).
+pub const DEFAULT_BATCHING_WINDOW: Duration = Duration::from_millis(500);
+/// Bytes a partition may hold beyond its batches before it is paused, by default (16 MiB).
+pub const DEFAULT_PARTITION_BUFFER_BYTES: u64 = 16 << 20;
+pub const PARTITION_BUFFER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1_024..=(1 << 30);
+
+fn default_batch_size() -> u32 {
+    stream::DEFAULT_BATCH_SIZE
+}
+fn default_window() -> HumanDuration {
+    HumanDuration(DEFAULT_BATCHING_WINDOW)
+}
+fn default_partition_buffer_bytes() -> u64 {
+    DEFAULT_PARTITION_BUFFER_BYTES
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaSource {
+    /// Comma-separated host:port list of brokers.
+    pub bootstrap_servers: String,
+    /// Topics to read (one or more).
+    pub topics: Vec<String>,
+    /// Consumer group; its committed offsets win over starting_position, as in Lambda.
+    pub group_id: String,
+    /// trim_horizon (earliest), latest, or at_timestamp with starting_timestamp.
+    pub starting_position: RawStartingPosition,
+    /// RFC 3339 time or Unix seconds, for at_timestamp.
+    #[serde(default)]
+    pub starting_timestamp: Option<String>,
+    /// Records per invocation, 1..=10000.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// How long to gather a batch, 0s..=300s.
+    #[serde(default = "default_window")]
+    pub max_batching_window: HumanDuration,
+    /// librdkafka client properties (SASL, TLS, timeouts), such as security.protocol: SASL_SSL.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Bytes of records one partition may hold beyond its batches before sluice pauses it at the
+    /// broker (a blocked partition holds at most this much): 1024..=1073741824.
+    #[serde(default = "default_partition_buffer_bytes")]
+    pub partition_buffer_bytes: u64,
+    /// An MSK cluster's ARN: the event then says aws:kafka and carries eventSourceArn.
+    #[serde(default)]
+    pub msk_cluster_arn: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub bootstrap_servers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub starting_position: StartingPosition,
+    pub batch_size: usize,
+    pub max_batching_window: Duration,
+    /// librdkafka properties, in file order.
+    pub properties: Vec<(String, String)>,
+    /// Bytes a partition may queue beyond its lane before it is paused.
+    pub partition_buffer_bytes: usize,
+    pub msk_cluster_arn: Option<String>,
+    pub policy: StreamPolicy,
+}
+
+impl KafkaSourceConfig {
+    /// The cluster as Lambda's Kafka event names it.
+    pub fn cluster(&self) -> sluice_sources::kafka::KafkaCluster {
+        sluice_sources::kafka::KafkaCluster {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            msk_cluster_arn: self.msk_cluster_arn.clone(),
+        }
+    }
+}
+
+impl BuildSource for RawKafkaSource {
+    type Config = KafkaSourceConfig;
+    type Retry = RawStreamRetry;
+
+    fn build(self, v: &mut Validator, path: &str, mapping: MappingParts) -> KafkaSourceConfig {
+        if self.bootstrap_servers.trim().is_empty() {
+            v.error(
+                format!("{path}.bootstrap_servers"),
+                "must list at least one broker, as host:port[,host:port...]",
+            );
+        }
+        if self.topics.is_empty() {
+            v.error(format!("{path}.topics"), "must name at least one topic");
+        }
+        for (index, topic) in self.topics.iter().enumerate() {
+            if topic.trim().is_empty() || topic.contains(char::is_whitespace) {
+                v.error(
+                    format!("{path}.topics[{index}]"),
+                    format!("{topic:?} is not a topic name"),
+                );
+            }
+        }
+        if self.group_id.trim().is_empty() {
+            v.error(format!("{path}.group_id"), "must not be empty");
+        }
+        let starting_position = stream::starting_position(
+            v,
+            path,
+            &self.starting_position,
+            self.starting_timestamp.as_deref(),
+        );
+        let (batch_size, window) = stream::batching(
+            v,
+            path,
+            Some(self.batch_size),
+            Some(self.max_batching_window),
+            DEFAULT_BATCHING_WINDOW,
+        );
+        let partition_buffer_bytes = self.partition_buffer_bytes;
+        if !PARTITION_BUFFER_BYTES_RANGE.contains(&partition_buffer_bytes) {
+            v.error(
+                format!("{path}.partition_buffer_bytes"),
+                format!("must be 1024..=1073741824 (got {partition_buffer_bytes})"),
+            );
+        }
+        let partition_buffer_bytes = partition_buffer_bytes.clamp(
+            *PARTITION_BUFFER_BYTES_RANGE.start(),
+            *PARTITION_BUFFER_BYTES_RANGE.end(),
+        ) as usize;
+        for name in self.properties.keys() {
+            if let Some(instead) = sluice_sources::kafka::reserved_property(name) {
+                v.error(
+                    format!("{path}.properties.{name}"),
+                    format!("is set by sluice; {instead}"),
+                );
+            }
+        }
+        if let Some(arn) = &self.msk_cluster_arn
+            && (!arn.starts_with("arn:") || !arn.contains(":kafka:"))
+        {
+            v.error(
+                format!("{path}.msk_cluster_arn"),
+                format!("{arn:?} is not an MSK cluster ARN; it looks like arn:aws:kafka:us-east-1:123456789012:cluster/name/uuid"),
+            );
+        }
+        let policy = stream::policy(
+            v,
+            stream::PolicyInputs {
+                mapping_path: mapping.path,
+                kind: "kafka",
+                retry: mapping.retry,
+                report_batch_item_failures: mapping.report_batch_item_failures,
+                has_on_failure: mapping.on_failure.is_some(),
+                identifier_kind: IdentifierKind::KafkaOffset,
+            },
+        );
+        KafkaSourceConfig {
+            bootstrap_servers: self.bootstrap_servers,
+            topics: self.topics,
+            group_id: self.group_id,
+            starting_position,
+            batch_size,
+            max_batching_window: window,
+            properties: self.properties.into_iter().collect(),
+            partition_buffer_bytes,
+            msk_cluster_arn: self.msk_cluster_arn,
+            policy,
+        }
+    }
+}
+
+impl SourceRules for KafkaSourceConfig {
+    fn largest_record(&self) -> &'static str {
+        "1 MB or more"
+    }
+
+    fn calls_aws(&self) -> bool {
+        false
+    }
+
+    fn check_destination(&self, v: &mut Validator, path: &str, destination: &DestinationConfig) {
+        if let DestinationConfig::Kafka { topic } = destination
+            && self.topics.contains(topic)
+        {
+            v.error(
+                format!("{path}.kafka.topic"),
+                format!("{topic:?} is a source topic of this mapping; dead letters would be consumed again (Lambda refuses this too); name another topic"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::*;
+
+    fn kafka_source(config: &crate::config::Config) -> &KafkaSourceConfig {
+        source_of!(config, Kafka)
+    }
+
+    #[test]
+    fn a_kafka_mapping_builds_with_lambdas_defaults() {
+        let config = parse_text(KAFKA).unwrap();
+        let kafka = kafka_source(&config);
+        assert_eq!(kafka.batch_size, 100);
+        // semantics.md §1: Kafka's default window is 0.5 s.
+        assert_eq!(kafka.max_batching_window, Duration::from_millis(500));
+        assert_eq!(kafka.starting_position, StartingPosition::TrimHorizon);
+        assert_eq!(kafka.policy.max_retry_attempts, None);
+        assert_eq!(kafka.policy.identifier_kind, IdentifierKind::KafkaOffset);
+        assert!(
+            !config.needs_aws(),
+            "a Kafka mapping without AWS destinations needs no AWS"
+        );
+        let with_sqs = format!(
+            "{KAFKA}    retry: {{ max_retry_attempts: 2, bisect_on_error: true }}\n    on_failure: {{ sqs: {{ queue_url: \"http://localhost:4566/000000000000/dlq\" }} }}\n"
+        );
+        let config = parse_text(&with_sqs).unwrap();
+        assert!(config.needs_aws());
+        assert!(kafka_source(&config).policy.bisect_on_error);
+    }
+
+    #[test]
+    fn a_failure_topic_must_not_be_a_source_topic() {
+        let text = format!(
+            "{KAFKA}    retry: {{ max_retry_attempts: 2 }}\n    on_failure: {{ kafka: {{ topic: clicks }} }}\n"
+        );
+        let error = parse_text(&text).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0].on_failure.kafka.topic");
+        assert!(error.message.contains("source topic"), "{}", error.message);
+        let fine = text.replace("topic: clicks }", "topic: clicks-failed }");
+        assert!(parse_text(&fine).is_ok());
+    }
+
+    #[test]
+    fn an_msk_cluster_arn_must_be_a_kafka_arn() {
+        let with = |arn: &str| {
+            KAFKA.replace(
+                "starting_position: trim_horizon",
+                &format!("starting_position: trim_horizon\n        msk_cluster_arn: \"{arn}\""),
+            )
+        };
+        let error = parse_text(&with("arn:aws:sqs:us-east-1:1:q"))
+            .unwrap_err()
+            .0
+            .remove(0);
+        assert_eq!(error.path, "mappings[0].source.kafka.msk_cluster_arn");
+        assert!(parse_text(&with("cluster/c/abc")).is_err());
+        let config = parse_text(&with("arn:aws:kafka:us-east-1:1:cluster/c/abc")).unwrap();
+        assert!(kafka_source(&config).msk_cluster_arn.is_some());
+    }
+
+    #[test]
+    fn kafka_properties_sluice_owns_are_refused_at_their_key() {
+        let text = KAFKA.replace(
+            "starting_position: trim_horizon",
+            "starting_position: trim_horizon\n        properties: { enable.auto.commit: \"true\", security.protocol: SASL_SSL }",
+        );
+        let errors = parse_text(&text).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(
+            errors.0[0].path,
+            "mappings[0].source.kafka.properties.enable.auto.commit"
+        );
+        assert!(errors.0[0].position.is_some());
+    }
+
+    #[test]
+    fn kafka_source_settings_are_checked_at_their_keys() {
+        let text = KAFKA
+            .replace("topics: [clicks]", "topics: []")
+            .replace(
+                "starting_position: trim_horizon",
+                "starting_position: at_timestamp\n        batch_size: 20000\n        max_batching_window: 301s",
+            );
+        let errors = parse_text(&text).unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "mappings[0].source.kafka.topics",
+                "mappings[0].source.kafka.starting_position",
+                "mappings[0].source.kafka.batch_size",
+                "mappings[0].source.kafka.max_batching_window",
+            ]
+        );
+        let at = KAFKA.replace(
+            "starting_position: trim_horizon",
+            "starting_position: at_timestamp\n        starting_timestamp: \"2026-01-01T00:00:00Z\"",
+        );
+        let config = parse_text(&at).unwrap();
+        assert_eq!(
+            kafka_source(&config).starting_position,
+            StartingPosition::AtTimestamp(Duration::from_secs(1_767_225_600))
+        );
+    }
+}
