@@ -6,6 +6,7 @@
 
 use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
 use crate::health::Health;
+use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
 use crate::runtime::{dynamodb_stream, kafka, s3, sqs, supervise};
 use crate::targets::{self, SharedTarget};
 use crate::telemetry::MappingMetrics;
@@ -75,12 +76,6 @@ pub fn s3_client(sdk_config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     )
 }
 
-/// Starts one incarnation of a mapping's worker with its own stop token.
-type StartMapping = Box<
-    dyn FnMut(CancellationToken) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-        + Send,
->;
-
 /// Runs every enabled mapping until `shutdown`, then drains and returns.
 pub async fn run(
     config: Config,
@@ -147,6 +142,19 @@ pub async fn run_with_handlers(
     )
     .await?;
 
+    let source_clients = SourceClients {
+        queues,
+        streams,
+        checkpoints: crate::runtime::checkpoints::StoreSetup::from_config(
+            &config.checkpoints,
+            state_file.as_ref(),
+            |table| LeaseTable {
+                client: tables_client.clone(),
+                table: table.to_owned(),
+            },
+        ),
+        region: region.clone(),
+    };
     let mut workers = tokio::task::JoinSet::new();
     let mapping_destination = |destination: &DestinationConfig, source: &SourceConfig| {
         crate::destinations::build(destination, Some(source), &sqs_client, &s3_client)
@@ -172,74 +180,29 @@ pub async fn run_with_handlers(
             .transpose()
             .with_context(|| format!("mapping {}: building on_success", mapping.name))?;
         let health = health.register(&mapping.name);
-        let metrics = MappingMetrics::new(&mapping.name);
-        let shutdown_timeout = config.shutdown_timeout;
         // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
         // /readyz and restarted with backoff.
         let on_death = {
             let health = health.clone();
             move |message: &str| health.restarting(message)
         };
+        let worker = Mapping {
+            config: mapping.clone(),
+            target,
+            on_failure,
+            on_success,
+            health,
+            metrics: MappingMetrics::new(&mapping.name),
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        // One line per source kind.
         let start: StartMapping = match &mapping.source {
-            SourceConfig::Sqs(source) => {
-                let worker = sqs::SqsMapping {
-                    config: mapping.clone(),
-                    source: source.clone(),
-                    queues: queues.clone(),
-                    target,
-                    on_failure,
-                    health,
-                    metrics,
-                };
-                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
-            }
-            SourceConfig::S3(source) => {
-                let worker = s3::S3Mapping {
-                    config: mapping.clone(),
-                    source: source.clone(),
-                    queues: queues.clone(),
-                    target,
-                    on_failure,
-                    on_success,
-                    health,
-                    metrics,
-                };
-                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
-            }
+            SourceConfig::Sqs(source) => sqs::start(source, worker, &source_clients),
+            SourceConfig::S3(source) => s3::start(source, worker, &source_clients),
             SourceConfig::DynamodbStream(source) => {
-                let store = dynamodb_stream::StoreSetup::from_config(
-                    &config.checkpoints,
-                    state_file.as_ref(),
-                    |table| LeaseTable {
-                        client: tables_client.clone(),
-                        table: table.to_owned(),
-                    },
-                )
-                .context("the checkpoint store is not open")?;
-                let worker = dynamodb_stream::StreamMapping {
-                    config: mapping.clone(),
-                    source: source.clone(),
-                    streams: streams.clone(),
-                    store,
-                    target,
-                    on_failure,
-                    health,
-                    metrics,
-                };
-                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
+                dynamodb_stream::start(source, worker, &source_clients)?
             }
-            SourceConfig::Kafka(source) => {
-                let worker = kafka::KafkaMapping {
-                    config: mapping.clone(),
-                    source: source.clone(),
-                    target,
-                    on_failure,
-                    health,
-                    metrics,
-                    region: region.clone(),
-                };
-                Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
-            }
+            SourceConfig::Kafka(source) => kafka::start(source, worker, &source_clients),
         };
         workers.spawn(supervise(
             format!("mapping {}", mapping.name),

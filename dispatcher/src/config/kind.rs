@@ -5,7 +5,7 @@
 
 use super::destinations::{self, DestinationConfig};
 use super::validate::Validator;
-use sluice_policies::Pattern;
+use sluice_policies::{Pattern, StreamPolicy};
 
 /// What a source kind's build needs from the mapping around it.
 pub struct MappingParts<'a> {
@@ -57,4 +57,12 @@ pub trait SourceRules {
 
     /// Checks a compiled filter pattern at `path` against the records the source makes.
     fn check_filter(&self, _v: &mut Validator, _path: &str, _pattern: &Pattern) {}
+
+    /// The kind's policy as an ordered stream policy, which `sluice dlq replay` runs records
+    /// under (`max_retry_attempts: None` is unlimited). `has_on_failure`: the mapping has an
+    /// on-failure destination.
+    fn replay_policy(&self, has_on_failure: bool) -> StreamPolicy;
+
+    /// The largest batch a replay invokes: the kind's own batch size.
+    fn replay_batch_size(&self) -> usize;
 }

@@ -180,7 +180,8 @@ async fn open_stores(
     let source_queue = match &mapping.source {
         SourceConfig::Sqs(source) => Some((source.queue_url.as_str(), RecordKind::Sqs)),
         SourceConfig::S3(source) => Some((source.queue_url.as_str(), RecordKind::S3)),
-        _ => None,
+        // No redrive queue: a stream's failures go only to the mapping's destination.
+        SourceConfig::DynamodbStream(_) | SourceConfig::Kafka(_) => None,
     };
     if let Some((queue_url, kind)) = source_queue
         && let Some(dead_letter_queue) = redrive_queue(&clients.sqs, queue_url).await?

@@ -77,7 +77,14 @@ impl RecordKind {
 
     /// The kind of records a mapping's source produces.
     pub fn of(source: &crate::config::SourceConfig) -> Self {
-        Self::parse(source.kind()).expect("every source kind is a record kind")
+        use crate::config::SourceConfig;
+        // Exhaustive, so that a new source kind cannot compile without its record kind.
+        match source {
+            SourceConfig::Sqs(_) => RecordKind::Sqs,
+            SourceConfig::S3(_) => RecordKind::S3,
+            SourceConfig::DynamodbStream(_) => RecordKind::DynamodbStream,
+            SourceConfig::Kafka(_) => RecordKind::Kafka,
+        }
     }
 
     /// How a person finds the record at its source.
@@ -350,6 +357,11 @@ mod tests {
             assert_eq!(RecordKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(RecordKind::parse("invoke"), None);
+        use crate::config::testing::{BASE, KAFKA, S3, STREAM, parse_text};
+        for document in [BASE, KAFKA, S3, STREAM] {
+            let source = &parse_text(document).unwrap().mappings[0].source;
+            assert_eq!(RecordKind::of(source).as_str(), source.kind());
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! become 2. SQS mappings retry up to `max_receive_count` receives (default 3 attempts).
 
 use super::RecordKind;
-use crate::config::{MappingConfig, SourceConfig};
+use crate::config::MappingConfig;
 use crate::runtime::invoker::Invoker;
 use crate::runtime::ordered::{Control, Driven, Ended, drive};
 use crate::targets::Invocation;
@@ -16,8 +16,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use sluice_policies::{
-    Applied, ErrorInfo, FilterSet, IdentifierKind, ItemIdentifier, Outcome, StreamBatch,
-    StreamDeadLetter, StreamItem, StreamPolicy,
+    Applied, ErrorInfo, FilterSet, ItemIdentifier, Outcome, StreamBatch, StreamDeadLetter,
+    StreamItem, StreamPolicy,
 };
 use sluice_sources::kafka::KafkaCluster;
 use std::collections::VecDeque;
@@ -85,45 +85,13 @@ impl RateLimit {
     }
 }
 
-/// The policy a replay of `mapping`'s records runs under: the mapping's own, as a stream policy
-/// (a replay runs records in order), except that records never age out and no limit is endless.
+/// The policy a replay of `mapping`'s records runs under: the mapping's own, as an ordered
+/// stream policy, except that records never age out and no limit is endless.
 pub(crate) fn replay_policy(mapping: &MappingConfig) -> StreamPolicy {
-    let mut policy = match &mapping.source {
-        SourceConfig::DynamodbStream(source) => source.policy.clone(),
-        SourceConfig::Kafka(source) => source.policy.clone(),
-        SourceConfig::Sqs(source) => StreamPolicy {
-            report_batch_item_failures: source.policy.report_batch_item_failures,
-            bisect_on_error: false,
-            // A receive count counts the first receive too.
-            max_retry_attempts: Some(
-                source
-                    .policy
-                    .max_receive_count
-                    .map_or(UNLIMITED_RETRIES_IN_REPLAY, |n| n.saturating_sub(1)),
-            ),
-            max_record_age: None,
-            backoff: source
-                .policy
-                .backoff
-                .unwrap_or_else(crate::config::stream::default_backoff),
-            identifier_kind: IdentifierKind::Text,
-            non_retryable: source.policy.non_retryable.clone(),
-        },
-        // S3 events are invoked one by one, asynchronously: no partial responses.
-        SourceConfig::S3(source) => StreamPolicy {
-            report_batch_item_failures: false,
-            bisect_on_error: false,
-            max_retry_attempts: Some(source.policy.max_retry_attempts),
-            max_record_age: None,
-            backoff: source.policy.throttle_backoff,
-            identifier_kind: IdentifierKind::Text,
-            // A failure its target marks as not worth retrying goes to the destination at once.
-            non_retryable: mapping
-                .on_failure
-                .is_some()
-                .then(sluice_policies::ErrorClasses::default),
-        },
-    };
+    let mut policy = mapping
+        .source
+        .rules()
+        .replay_policy(mapping.on_failure.is_some());
     policy.max_record_age = None;
     policy.max_retry_attempts = Some(
         policy
@@ -135,14 +103,7 @@ pub(crate) fn replay_policy(mapping: &MappingConfig) -> StreamPolicy {
 
 /// The largest batch a replay invokes.
 pub(crate) fn batch_size(mapping: &MappingConfig) -> usize {
-    match &mapping.source {
-        SourceConfig::Sqs(source) => source.batch_size,
-        SourceConfig::DynamodbStream(source) => source.batch_size,
-        SourceConfig::Kafka(source) => source.batch_size,
-        // Lambda invokes the function once per S3 event.
-        SourceConfig::S3(_) => 1,
-    }
-    .max(1)
+    mapping.source.rules().replay_batch_size().max(1)
 }
 
 /// Whether a record passes `--filter`, seen as the mapping's filters see it.
@@ -452,14 +413,20 @@ mappings:
         assert_eq!(stream.max_retry_attempts, Some(UNLIMITED_RETRIES_IN_REPLAY));
         assert_eq!(stream.max_record_age, None);
         assert!(stream.bisect_on_error && stream.report_batch_item_failures);
-        assert_eq!(stream.identifier_kind, IdentifierKind::Text);
+        assert_eq!(
+            stream.identifier_kind,
+            sluice_policies::IdentifierKind::Text
+        );
 
         let kafka = replay_policy(&mapping(
             "{ kafka: { bootstrap_servers: \"b:9092\", topics: [t], group_id: g, starting_position: trim_horizon } }",
             "{ max_retry_attempts: 5 }",
         ));
         assert_eq!(kafka.max_retry_attempts, Some(5));
-        assert_eq!(kafka.identifier_kind, IdentifierKind::KafkaOffset);
+        assert_eq!(
+            kafka.identifier_kind,
+            sluice_policies::IdentifierKind::KafkaOffset
+        );
 
         let sqs = replay_policy(&mapping(
             "{ sqs: { queue_url: \"http://q/src\" } }",

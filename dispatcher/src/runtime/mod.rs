@@ -3,11 +3,13 @@
 //! ([`crate::daemon`]) builds and supervises them and owns the drain.
 
 pub(crate) mod async_exec;
+pub mod checkpoints;
 pub mod clock;
 pub mod heartbeat;
 pub mod invoker;
 pub mod kafka;
 mod lane;
+pub mod mapping;
 pub(crate) mod ordered;
 mod poller;
 mod retry;

@@ -146,6 +146,14 @@ impl SourceRules for StreamSourceConfig {
         true
     }
 
+    fn replay_policy(&self, _has_on_failure: bool) -> StreamPolicy {
+        self.policy.clone()
+    }
+
+    fn replay_batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     fn check_filter(&self, v: &mut Validator, path: &str, pattern: &Pattern) {
         if pattern.field_is_json("dynamodb") == Some(false) {
             v.error(

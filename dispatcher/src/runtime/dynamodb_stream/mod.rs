@@ -18,19 +18,20 @@
 pub mod config;
 
 use self::config::StreamSourceConfig;
-use crate::config::{CheckpointsConfig, MappingConfig, StartingPosition};
+use crate::config::{MappingConfig, StartingPosition};
 use crate::destinations::{Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
+use crate::runtime::checkpoints::StoreSetup;
 use crate::runtime::invoker::Invoker;
 use crate::runtime::lane::{Entry, LaneHost, LaneSettings, run_lane};
+use crate::runtime::mapping::{Mapping, SourceClients, StartError, StartMapping};
 use crate::runtime::retry::{retry_delay, retry_until_ok};
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use sluice_policies::{
     BatchLimits, FilterSet, ItemIdentifier, ShardProgress, lane_of, stream::Position,
 };
-use sluice_sources::checkpoint::dynamodb::LeaseTable;
-use sluice_sources::checkpoint::embedded::{EmbeddedStore, StateFile};
+use sluice_sources::checkpoint::embedded::EmbeddedStore;
 use sluice_sources::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ShardSpec};
 use sluice_sources::dynamodb_streams::{
     CursorEvent, CursorRead, IteratorStart, ShardCursor, ShardReader, StreamOpener,
@@ -47,35 +48,32 @@ const MIN_READ_INTERVAL: Duration = Duration::from_millis(250);
 /// The longest pause between reads of an idle shard.
 const MAX_IDLE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Where this mapping's checkpoints go.
-#[derive(Clone)]
-pub enum StoreSetup {
-    Embedded(StateFile),
-    DynamoDb {
-        leases: LeaseTable,
-        lease_duration: Duration,
-    },
-}
-
-impl StoreSetup {
-    /// The setup `config` describes; `leases` is the lease table's client when checkpoints go
-    /// to DynamoDB.
-    pub fn from_config(
-        config: &CheckpointsConfig,
-        state: Option<&StateFile>,
-        leases: impl FnOnce(&str) -> LeaseTable,
-    ) -> Option<Self> {
-        match config {
-            CheckpointsConfig::Embedded => state.cloned().map(StoreSetup::Embedded),
-            CheckpointsConfig::DynamoDb {
-                table,
-                lease_duration,
-            } => Some(StoreSetup::DynamoDb {
-                leases: leases(table),
-                lease_duration: *lease_duration,
-            }),
-        }
-    }
+/// Starts `mapping`, reading `source`; its checkpoints go to `clients.checkpoints`.
+pub fn start(
+    source: &StreamSourceConfig,
+    mapping: Mapping,
+    clients: &SourceClients,
+) -> Result<StartMapping, StartError> {
+    let shutdown_timeout = mapping.shutdown_timeout;
+    let store = clients
+        .checkpoints
+        .clone()
+        .ok_or_else(|| StartError::NoCheckpointStore {
+            mapping: mapping.config.name.clone(),
+        })?;
+    let worker = StreamMapping {
+        config: mapping.config,
+        source: source.clone(),
+        streams: clients.streams.clone(),
+        store,
+        target: mapping.target,
+        on_failure: mapping.on_failure,
+        health: mapping.health,
+        metrics: mapping.metrics,
+    };
+    Ok(Box::new(move |token| {
+        Box::pin(worker.clone().run(token, shutdown_timeout))
+    }))
 }
 
 #[derive(Clone)]
@@ -811,7 +809,7 @@ mappings:
             panic!("a stream source")
         };
         let state = tempfile::tempdir().unwrap();
-        let file = StateFile::open(state.path()).unwrap();
+        let file = sluice_sources::checkpoint::embedded::StateFile::open(state.path()).unwrap();
         let target = Arc::new(ScriptedTarget::default());
         let worker = StreamMapping {
             config: mapping,

@@ -187,6 +187,14 @@ impl SourceRules for KafkaSourceConfig {
         false
     }
 
+    fn replay_policy(&self, _has_on_failure: bool) -> StreamPolicy {
+        self.policy.clone()
+    }
+
+    fn replay_batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     fn check_destination(&self, v: &mut Validator, path: &str, destination: &DestinationConfig) {
         if let DestinationConfig::Kafka { topic } = destination
             && self.topics.contains(topic)

@@ -25,6 +25,7 @@ use crate::destinations::{Destination, EnvelopeSource};
 use crate::health::MappingHealthHandle;
 use crate::runtime::invoker::Invoker;
 use crate::runtime::lane::{Entry, LaneHost, LaneSettings, run_lane};
+use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use sluice_policies::{BatchLimits, ItemIdentifier, ShardProgress, stream::Position};
@@ -47,6 +48,25 @@ const LANE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const RELEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How long an aborted lane gets to end (it drops its work at once) before its task is aborted.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// Starts `mapping`, reading `source`.
+pub fn start(
+    source: &KafkaSourceConfig,
+    mapping: Mapping,
+    clients: &SourceClients,
+) -> StartMapping {
+    let shutdown_timeout = mapping.shutdown_timeout;
+    let worker = KafkaMapping {
+        config: mapping.config,
+        source: source.clone(),
+        target: mapping.target,
+        on_failure: mapping.on_failure,
+        health: mapping.health,
+        metrics: mapping.metrics,
+        region: clients.region.clone(),
+    };
+    Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
+}
 
 #[derive(Clone)]
 pub struct KafkaMapping {

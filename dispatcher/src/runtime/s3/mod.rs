@@ -33,6 +33,7 @@ use crate::destinations::{
 use crate::health::MappingHealthHandle;
 use crate::runtime::async_exec::{self, Completion, EventStore};
 use crate::runtime::invoker::{Invoker, Slot};
+use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
 use crate::runtime::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
@@ -46,6 +47,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Starts `mapping`, reading `source`.
+pub fn start(source: &S3SourceConfig, mapping: Mapping, clients: &SourceClients) -> StartMapping {
+    let shutdown_timeout = mapping.shutdown_timeout;
+    let worker = S3Mapping {
+        config: mapping.config,
+        source: source.clone(),
+        queues: clients.queues.clone(),
+        target: mapping.target,
+        on_failure: mapping.on_failure,
+        on_success: mapping.on_success,
+        health: mapping.health,
+        metrics: mapping.metrics,
+    };
+    Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
+}
 
 #[derive(Clone)]
 pub struct S3Mapping {

@@ -8,7 +8,7 @@ use crate::config::kind::{BuildSource, MappingParts, SourceRules};
 use crate::config::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_policies::{ErrorClasses, QueuePolicy};
+use sluice_policies::{ErrorClasses, IdentifierKind, QueuePolicy, StreamPolicy};
 use std::time::Duration;
 
 /// Records per invocation when `batch_size` is not given (Lambda's SQS default).
@@ -269,6 +269,26 @@ fn queue_policy(v: &mut Validator, mapping: &MappingParts) -> QueuePolicy {
 impl SourceRules for SqsSourceConfig {
     fn largest_record(&self) -> &'static str {
         "256 KB"
+    }
+
+    fn replay_policy(&self, _has_on_failure: bool) -> StreamPolicy {
+        StreamPolicy {
+            report_batch_item_failures: self.policy.report_batch_item_failures,
+            bisect_on_error: false,
+            // A receive count counts the first receive too.
+            max_retry_attempts: self.policy.max_receive_count.map(|n| n.saturating_sub(1)),
+            max_record_age: None,
+            backoff: self
+                .policy
+                .backoff
+                .unwrap_or_else(crate::config::stream::default_backoff),
+            identifier_kind: IdentifierKind::Text,
+            non_retryable: self.policy.non_retryable.clone(),
+        }
+    }
+
+    fn replay_batch_size(&self) -> usize {
+        self.batch_size
     }
 
     fn check_destination(&self, v: &mut Validator, path: &str, destination: &DestinationConfig) {

@@ -20,6 +20,7 @@ use crate::config::MappingConfig;
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
 use crate::runtime::invoker::{Invoker, Slot};
+use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
 use crate::runtime::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
@@ -44,6 +45,21 @@ struct MappingContext {
     policy: QueuePolicy,
     filters: FilterSet,
     on_failure: Option<Arc<dyn Destination>>,
+}
+
+/// Starts `mapping`, reading `source`.
+pub fn start(source: &SqsSourceConfig, mapping: Mapping, clients: &SourceClients) -> StartMapping {
+    let shutdown_timeout = mapping.shutdown_timeout;
+    let worker = SqsMapping {
+        config: mapping.config,
+        source: source.clone(),
+        queues: clients.queues.clone(),
+        target: mapping.target,
+        on_failure: mapping.on_failure,
+        health: mapping.health,
+        metrics: mapping.metrics,
+    };
+    Box::new(move |token| Box::pin(worker.clone().run(token, shutdown_timeout)))
 }
 
 #[derive(Clone)]
