@@ -70,7 +70,14 @@ pub fn policy(v: &mut Validator, path: &str, raw: RawAsyncPolicy) -> AsyncPolicy
     }
     let throttle_backoff = raw
         .backoff
-        .and_then(|b| backoff::build(v, &format!("{path}.backoff"), b))
+        .and_then(|b| {
+            backoff::build(
+                v,
+                &format!("{path}.backoff"),
+                b,
+                backoff::DEFAULT_BACKOFF_MAX,
+            )
+        })
         .unwrap_or(defaults.throttle_backoff);
     AsyncPolicy {
         max_retry_attempts,

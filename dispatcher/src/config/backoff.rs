@@ -12,7 +12,8 @@ use std::time::Duration;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(43_200);
 /// A backoff's first delay when `initial` is not given.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-/// A backoff's longest delay when `max` is not given.
+/// A backoff's longest delay when `max` is not given (stream retries: 60 s, see
+/// [`super::stream::DEFAULT_BACKOFF_MAX`]).
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A backoff's growth per attempt when `multiplier` is not given.
 pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 2.0;
@@ -23,7 +24,7 @@ pub struct RawBackoff {
     /// Default 1s.
     #[serde(default)]
     pub initial: Option<HumanDuration>,
-    /// Default 5m.
+    /// Default 5m (stream retries: 1m).
     #[serde(default)]
     pub max: Option<HumanDuration>,
     /// Default 2.0.
@@ -34,10 +35,16 @@ pub struct RawBackoff {
     pub jitter: Option<bool>,
 }
 
-/// A `backoff` block; absent values take the `DEFAULT_BACKOFF_*` constants.
-pub fn build(v: &mut Validator, path: &str, raw: RawBackoff) -> Option<Backoff> {
+/// A `backoff` block; absent values take the `DEFAULT_BACKOFF_*` constants, except `max`, whose
+/// default is the policy's (`default_max`).
+pub fn build(
+    v: &mut Validator,
+    path: &str,
+    raw: RawBackoff,
+    default_max: Duration,
+) -> Option<Backoff> {
     let initial = raw.initial.map_or(DEFAULT_BACKOFF_INITIAL, |d| d.0);
-    let max = raw.max.map_or(DEFAULT_BACKOFF_MAX, |d| d.0);
+    let max = raw.max.map_or(default_max, |d| d.0);
     if max > MAX_BACKOFF {
         v.error(
             format!("{path}.max"),

@@ -55,7 +55,8 @@ macro_rules! source_kinds {
 
         /// The `retry` block's schema: one of the kinds' retry blocks.
         pub fn retry_schema(generator: &mut SchemaGenerator) -> Schema {
-            let mut kinds: Vec<Schema> = Vec::new();
+            // `retry: ~` reads as no block.
+            let mut kinds: Vec<Schema> = vec![json_schema!({ "type": "null" })];
             $(
                 let schema = generator.subschema_for::<<$raw as BuildSource>::Retry>();
                 // Kinds that share a retry block (the stream kinds) list it once.
@@ -124,6 +125,10 @@ mod tests {
             crate::config::stream::DEFAULT_BATCH_SIZE
         );
         let retry = &schema["$defs"]["RawMapping"]["properties"]["retry"]["anyOf"];
-        assert_eq!(retry.as_array().map(Vec::len), Some(3), "{retry}");
+        assert_eq!(
+            retry.as_array().map(Vec::len),
+            Some(4),
+            "null and three blocks: {retry}"
+        );
     }
 }

@@ -133,7 +133,7 @@ pub fn policy(v: &mut Validator, inputs: PolicyInputs) -> StreamPolicy {
     }
     let backoff = raw
         .backoff
-        .and_then(|backoff| backoff::build(v, &format!("{path}.backoff"), backoff))
+        .and_then(|raw| backoff::build(v, &format!("{path}.backoff"), raw, DEFAULT_BACKOFF_MAX))
         .unwrap_or_else(default_backoff);
     StreamPolicy {
         report_batch_item_failures: inputs.report_batch_item_failures,
@@ -263,6 +263,16 @@ mod tests {
         );
         let errors = with("{ max_record_age: 60 }").unwrap_err().to_string();
         assert!(errors.contains("no unit"), "{errors}");
+    }
+
+    // README: a stream's backoff grows to 1m unless its max is given, with or without a block.
+    #[test]
+    fn a_partial_backoff_block_keeps_the_stream_default_max() {
+        let text = format!("{STREAM}    retry: {{ backoff: {{ initial: 2s }} }}\n");
+        let config = parse_text(&text).unwrap();
+        let expected =
+            Backoff::new(Duration::from_secs(2), DEFAULT_BACKOFF_MAX, 2.0, true).unwrap();
+        assert_eq!(policy(&config).backoff, expected);
     }
 
     #[test]

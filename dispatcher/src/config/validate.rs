@@ -3,7 +3,7 @@
 //! fixes a file in one pass. Each check returns a usable value even when it fails, so the checks
 //! after it still run.
 
-use super::error::ConfigError;
+use super::error::{ConfigError, plain_type_message};
 use super::locate::KeyIndex;
 use serde::de::DeserializeOwned;
 
@@ -64,7 +64,8 @@ impl<'a> Validator<'a> {
     }
 
     /// Reads a block whose keys depend on something read before it (a mapping's `retry`, whose
-    /// keys are the source kind's): `T` refuses keys it does not have. A key of another kind is
+    /// keys are the source kind's): `T` refuses keys it does not have, and values are read as
+    /// everywhere else in the file (serde-saphyr's rules). A top-level key of another kind is
     /// reported as "not a setting of `kind` sources" followed by `advice`. A key that cannot be
     /// read is reported and left out, and the rest read again, so that every problem is found at
     /// once; if nothing can be read the block is `T::default()`.
@@ -84,76 +85,78 @@ impl<'a> Validator<'a> {
             return T::default();
         }
         loop {
-            let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            let (at, message) = match read_as_yaml::<T>(&value) {
                 Ok(block) => return block,
-                Err(error) => error,
+                Err(problem) => problem,
             };
-            let inner = error.inner().to_string();
-            let at = error.path().to_string();
-            let at = if at == "." { String::new() } else { at };
-            let (key_path, message) = match unknown_field(&inner) {
-                Some(name) => {
-                    // The path may or may not already end at the unknown key.
-                    let parent = at.strip_suffix(name).unwrap_or(&at).trim_end_matches('.');
-                    let key_path = [parent, name]
-                        .into_iter()
-                        .filter(|p| !p.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(".");
-                    (
-                        key_path,
-                        format!("is not a setting of {kind} sources; {advice}"),
-                    )
+            let message = match unknown_field(&message) {
+                // A key of another kind; a typo deeper down keeps serde's list of known keys.
+                Some(name) if at == name || at.is_empty() => {
+                    format!("is not a setting of {kind} sources; {advice}")
                 }
-                None => (at, plain_value_message(&inner)),
+                _ => message,
             };
-            match key_path.chars().next() {
+            match at.chars().next() {
                 None => self.error(path, message),
-                Some('[') => self.error(format!("{path}{key_path}"), message),
-                Some(_) => self.error(format!("{path}.{key_path}"), message),
+                Some('[') => self.error(format!("{path}{at}"), message),
+                Some(_) => self.error(format!("{path}.{at}"), message),
             }
             // Leave out the top-level key the problem is under, and read the rest again.
-            let top = key_path
-                .split(['.', '['])
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let removed = value
-                .as_object_mut()
-                .and_then(|object| object.remove(&top))
-                .is_some();
-            if !removed {
-                return T::default();
+            let object = value.as_object_mut().expect("checked to be an object");
+            let top = object
+                .keys()
+                .filter(|key| {
+                    at.strip_prefix(key.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                })
+                .max_by_key(|key| key.len())
+                .cloned();
+            match top.and_then(|key| object.remove(&key)) {
+                Some(_) => {}
+                None => return T::default(),
             }
         }
     }
+}
+
+/// Reads `value` into `T` as the config file's own values are read (serde-saphyr: a quoted
+/// number where a number is asked for is a number), by writing it out as YAML again. A problem
+/// comes back as the key path under `value` (`backoff.initial`, empty for the block itself)
+/// and what is wrong.
+fn read_as_yaml<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, (String, String)> {
+    let text = serde_saphyr::to_string(value).map_err(|e| (String::new(), e.to_string()))?;
+    let mut failed_at = None;
+    let read = serde_saphyr::with_deserializer_from_str(&text, |deserializer| {
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            failed_at = Some(error.path().to_string());
+            error.into_inner()
+        })
+    });
+    read.map_err(|error| {
+        let mut message = error.without_snippet().to_string();
+        // The location is in the text written here, not the user's file; the caller places it.
+        if let Some(cut) = message.rfind(" at line ") {
+            message.truncate(cut);
+        }
+        let at = failed_at.filter(|at| at != ".").unwrap_or_default();
+        let at = match unknown_field(&message) {
+            // The path may or may not already end at the unknown key.
+            Some(name) if !at.ends_with(name) => {
+                if at.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{at}.{name}")
+                }
+            }
+            _ => at,
+        };
+        (at, plain_type_message(message))
+    })
 }
 
 /// The field named by serde's "unknown field `name`, expected ..." message.
 fn unknown_field(message: &str) -> Option<&str> {
     message.strip_prefix("unknown field `")?.split('`').next()
-}
-
-/// serde_json's "invalid type: string \"ten\", expected u32" as what the value should be.
-fn plain_value_message(message: &str) -> String {
-    let expectations = [
-        (
-            ["u32", "u16", "u64", "usize"].as_slice(),
-            "expected a whole number, 0 or more",
-        ),
-        (["i64", "i32"].as_slice(), "expected a whole number"),
-        (["f64"].as_slice(), "expected a number"),
-        (["a boolean"].as_slice(), "expected true or false"),
-    ];
-    for (types, plain) in expectations {
-        if types
-            .iter()
-            .any(|t| message.ends_with(&format!("expected {t}")))
-        {
-            return plain.to_owned();
-        }
-    }
-    message.to_owned()
 }
 
 #[cfg(test)]
@@ -228,6 +231,35 @@ mod tests {
             errors[0].message,
             "expected keys and values, not a list or a value"
         );
+    }
+
+    // As everywhere else in the file: `"3"` (such as a quoted `${VAR}`) reads as a number.
+    #[test]
+    fn values_are_read_as_the_rest_of_the_file_reads_them() {
+        let (block, errors) = read("{ count: \"3\", nested: { on: \"true\" } }");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(block.count, Some(3));
+        assert_eq!(block.nested, Some(Nested { on: Some(true) }));
+    }
+
+    #[test]
+    fn a_typo_below_the_top_keeps_the_list_of_known_keys() {
+        let (_, errors) = read("{ nested: { of: true } }");
+        assert_eq!(errors[0].path, "block.nested.of");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("unknown field `of`, expected"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn a_key_with_a_dot_is_left_out_and_the_rest_still_checked() {
+        let (_, errors) = read("{ \"a.b\": 1, count: x }");
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["block.a.b", "block.count"]);
     }
 
     #[test]

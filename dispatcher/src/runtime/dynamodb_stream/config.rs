@@ -10,6 +10,8 @@ use serde::Deserialize;
 use sluice_policies::{IdentifierKind, Pattern, StreamPolicy};
 use std::time::Duration;
 
+/// How long a batch gathers when `max_batching_window` is not given.
+pub const DEFAULT_BATCHING_WINDOW: Duration = Duration::ZERO;
 /// Batches in flight per shard when `parallelization_factor` is not given.
 pub const DEFAULT_PARALLELIZATION_FACTOR: u32 = 1;
 /// Lambda's largest parallelization factor.
@@ -19,17 +21,18 @@ pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
 pub const DISCOVERY_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(600);
 
-fn default_batch_size() -> u32 {
-    stream::DEFAULT_BATCH_SIZE
+// `Some(constant)`: the schema shows the default, and an empty value still reads as it.
+fn default_batch_size() -> Option<u32> {
+    Some(stream::DEFAULT_BATCH_SIZE)
 }
-fn default_window() -> HumanDuration {
-    HumanDuration(Duration::ZERO)
+fn default_window() -> Option<HumanDuration> {
+    Some(HumanDuration(DEFAULT_BATCHING_WINDOW))
 }
-fn default_factor() -> u32 {
-    DEFAULT_PARALLELIZATION_FACTOR
+fn default_factor() -> Option<u32> {
+    Some(DEFAULT_PARALLELIZATION_FACTOR)
 }
-fn default_discovery_interval() -> HumanDuration {
-    HumanDuration(DEFAULT_DISCOVERY_INTERVAL)
+fn default_discovery_interval() -> Option<HumanDuration> {
+    Some(HumanDuration(DEFAULT_DISCOVERY_INTERVAL))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -48,16 +51,16 @@ pub struct RawDynamoDbStreamSource {
     pub starting_timestamp: Option<String>,
     /// Records per invocation: 1..=10000.
     #[serde(default = "default_batch_size")]
-    pub batch_size: u32,
+    pub batch_size: Option<u32>,
     /// How long to gather records before invoking: 0s..=300s.
     #[serde(default = "default_window")]
-    pub max_batching_window: HumanDuration,
+    pub max_batching_window: Option<HumanDuration>,
     /// Batches in flight per shard, records spread by key: 1..=10.
     #[serde(default = "default_factor")]
-    pub parallelization_factor: u32,
+    pub parallelization_factor: Option<u32>,
     /// How often shards are listed again to find new ones: 1s..=10m.
     #[serde(default = "default_discovery_interval")]
-    pub discovery_interval: HumanDuration,
+    pub discovery_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,18 +101,22 @@ impl BuildSource for RawDynamoDbStreamSource {
         let (batch_size, window) = stream::batching(
             v,
             path,
-            Some(self.batch_size),
-            Some(self.max_batching_window),
-            Duration::ZERO,
+            self.batch_size,
+            self.max_batching_window,
+            DEFAULT_BATCHING_WINDOW,
         );
-        let factor = self.parallelization_factor;
+        let factor = self
+            .parallelization_factor
+            .unwrap_or(DEFAULT_PARALLELIZATION_FACTOR);
         if !(1..=MAX_PARALLELIZATION_FACTOR).contains(&factor) {
             v.error(
                 format!("{path}.parallelization_factor"),
                 format!("must be 1..={MAX_PARALLELIZATION_FACTOR} (got {factor})"),
             );
         }
-        let discovery_interval = self.discovery_interval.0;
+        let discovery_interval = self
+            .discovery_interval
+            .map_or(DEFAULT_DISCOVERY_INTERVAL, |d| d.0);
         if !DISCOVERY_INTERVAL_RANGE.contains(&discovery_interval) {
             v.error(format!("{path}.discovery_interval"), "must be 1s..=10m");
         }

@@ -19,14 +19,15 @@ pub const DEFAULT_BATCHING_WINDOW: Duration = Duration::from_millis(500);
 pub const DEFAULT_PARTITION_BUFFER_BYTES: u64 = 16 << 20;
 pub const PARTITION_BUFFER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1_024..=(1 << 30);
 
-fn default_batch_size() -> u32 {
-    stream::DEFAULT_BATCH_SIZE
+// `Some(constant)`: the schema shows the default, and an empty value still reads as it.
+fn default_batch_size() -> Option<u32> {
+    Some(stream::DEFAULT_BATCH_SIZE)
 }
-fn default_window() -> HumanDuration {
-    HumanDuration(DEFAULT_BATCHING_WINDOW)
+fn default_window() -> Option<HumanDuration> {
+    Some(HumanDuration(DEFAULT_BATCHING_WINDOW))
 }
-fn default_partition_buffer_bytes() -> u64 {
-    DEFAULT_PARTITION_BUFFER_BYTES
+fn default_partition_buffer_bytes() -> Option<u64> {
+    Some(DEFAULT_PARTITION_BUFFER_BYTES)
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -45,17 +46,17 @@ pub struct RawKafkaSource {
     pub starting_timestamp: Option<String>,
     /// Records per invocation, 1..=10000.
     #[serde(default = "default_batch_size")]
-    pub batch_size: u32,
+    pub batch_size: Option<u32>,
     /// How long to gather a batch, 0s..=300s.
     #[serde(default = "default_window")]
-    pub max_batching_window: HumanDuration,
+    pub max_batching_window: Option<HumanDuration>,
     /// librdkafka client properties (SASL, TLS, timeouts), such as security.protocol: SASL_SSL.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// Bytes of records one partition may hold beyond its batches before sluice pauses it at the
     /// broker (a blocked partition holds at most this much): 1024..=1073741824.
     #[serde(default = "default_partition_buffer_bytes")]
-    pub partition_buffer_bytes: u64,
+    pub partition_buffer_bytes: Option<u64>,
     /// An MSK cluster's ARN: the event then says aws:kafka and carries eventSourceArn.
     #[serde(default)]
     pub msk_cluster_arn: Option<String>,
@@ -121,11 +122,13 @@ impl BuildSource for RawKafkaSource {
         let (batch_size, window) = stream::batching(
             v,
             path,
-            Some(self.batch_size),
-            Some(self.max_batching_window),
+            self.batch_size,
+            self.max_batching_window,
             DEFAULT_BATCHING_WINDOW,
         );
-        let partition_buffer_bytes = self.partition_buffer_bytes;
+        let partition_buffer_bytes = self
+            .partition_buffer_bytes
+            .unwrap_or(DEFAULT_PARTITION_BUFFER_BYTES);
         if !PARTITION_BUFFER_BYTES_RANGE.contains(&partition_buffer_bytes) {
             v.error(
                 format!("{path}.partition_buffer_bytes"),

@@ -18,11 +18,12 @@ pub const MAX_MAX_CONCURRENCY: u32 = 1_000;
 /// SQS's longest long poll, also the default wait.
 pub const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
 
-fn default_max_concurrency() -> u32 {
-    DEFAULT_MAX_CONCURRENCY
+// `Some(constant)`: the schema shows the default, and an empty value still reads as it.
+fn default_max_concurrency() -> Option<u32> {
+    Some(DEFAULT_MAX_CONCURRENCY)
 }
-fn default_wait_time() -> HumanDuration {
-    HumanDuration(MAX_WAIT_TIME)
+fn default_wait_time() -> Option<HumanDuration> {
+    Some(HumanDuration(MAX_WAIT_TIME))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -41,10 +42,10 @@ pub struct RawS3Source {
     pub suffix: Option<String>,
     /// Events in flight at once: 1..=1000.
     #[serde(default = "default_max_concurrency")]
-    pub max_concurrency: u32,
+    pub max_concurrency: Option<u32>,
     /// Long-poll wait per receive: 0s..=20s.
     #[serde(default = "default_wait_time")]
-    pub wait_time: HumanDuration,
+    pub wait_time: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,11 +80,11 @@ impl BuildSource for RawS3Source {
         }
         let max_concurrency = v.concurrency(
             &format!("{path}.max_concurrency"),
-            Some(self.max_concurrency),
+            self.max_concurrency,
             DEFAULT_MAX_CONCURRENCY,
             MAX_MAX_CONCURRENCY,
         );
-        let wait_time = self.wait_time.0;
+        let wait_time = self.wait_time.map_or(MAX_WAIT_TIME, |d| d.0);
         if wait_time > MAX_WAIT_TIME {
             v.error(
                 format!("{path}.wait_time"),

@@ -32,14 +32,16 @@ pub const MAX_HEARTBEAT: Duration = Duration::from_secs(43_200);
 /// Lambda's range for `retry.max_receive_count`.
 pub const RECEIVE_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
 
-fn default_batch_size() -> u32 {
-    DEFAULT_BATCH_SIZE
+// Defaults are given to serde as `Some(constant)`, so the schema shows them, while an empty
+// value (null, or `${VAR:-}`) still reads as `None` and so as the default too.
+fn default_batch_size() -> Option<u32> {
+    Some(DEFAULT_BATCH_SIZE)
 }
-fn default_max_concurrency() -> u32 {
-    DEFAULT_MAX_CONCURRENCY
+fn default_max_concurrency() -> Option<u32> {
+    Some(DEFAULT_MAX_CONCURRENCY)
 }
-fn default_wait_time() -> HumanDuration {
-    HumanDuration(MAX_WAIT_TIME)
+fn default_wait_time() -> Option<HumanDuration> {
+    Some(HumanDuration(MAX_WAIT_TIME))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -48,13 +50,13 @@ pub struct RawSqsSource {
     pub queue_url: String,
     /// Records per invocation: 1..=10000 (FIFO 1..=10).
     #[serde(default = "default_batch_size")]
-    pub batch_size: u32,
+    pub batch_size: Option<u32>,
     /// How long to gather records before invoking: 0s..=300s. Needed (>= 1s) when batch_size > 10.
     #[serde(default)]
     pub max_batching_window: Option<HumanDuration>,
     /// Batches in flight at once for this mapping: 1..=1000.
     #[serde(default = "default_max_concurrency")]
-    pub max_concurrency: u32,
+    pub max_concurrency: Option<u32>,
     /// Receive loops running at once, so one loop's round trips do not cap throughput:
     /// 1..=max_concurrency. Each loop fills its own batches. Default: max_concurrency (at most 5)
     /// when every receive is a batch (batch_size <= 10, no batching window), else 1.
@@ -62,29 +64,29 @@ pub struct RawSqsSource {
     pub pollers: Option<u32>,
     /// Long-poll wait per receive: 0s..=20s.
     #[serde(default = "default_wait_time")]
-    pub wait_time: HumanDuration,
+    pub wait_time: Option<HumanDuration>,
     /// Keep extending the visibility of messages while they are being handled. Default on, up
     /// to 12h.
     #[serde(default)]
     pub visibility_heartbeat: Option<RawHeartbeat>,
 }
 
-fn default_heartbeat_max() -> HumanDuration {
-    HumanDuration(MAX_HEARTBEAT)
+fn default_heartbeat_max() -> Option<HumanDuration> {
+    Some(HumanDuration(MAX_HEARTBEAT))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeartbeat {
     #[serde(default = "enabled")]
-    pub enabled: bool,
+    pub enabled: Option<bool>,
     /// Stop extending once a message has been held this long (at most 12h).
     #[serde(default = "default_heartbeat_max")]
-    pub max: HumanDuration,
+    pub max: Option<HumanDuration>,
 }
 
-fn enabled() -> bool {
-    true
+fn enabled() -> Option<bool> {
+    Some(true)
 }
 
 /// An sqs mapping's `retry` block.
@@ -135,7 +137,7 @@ impl BuildSource for RawSqsSource {
                 ),
             );
         }
-        let batch_size = self.batch_size;
+        let batch_size = self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
         let window = self.max_batching_window.map_or(Duration::ZERO, |d| d.0);
         if fifo && !(1..=MAX_FIFO_BATCH_SIZE).contains(&batch_size) {
             v.error(
@@ -166,7 +168,7 @@ impl BuildSource for RawSqsSource {
                 format!("must be at least 1s when batch_size is greater than 10 (batch_size is {batch_size})"),
             );
         }
-        let max_concurrency = self.max_concurrency;
+        let max_concurrency = self.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY);
         if !(1..=MAX_MAX_CONCURRENCY).contains(&max_concurrency) {
             v.error(
                 format!("{path}.max_concurrency"),
@@ -187,7 +189,7 @@ impl BuildSource for RawSqsSource {
                 format!("must be 1..=max_concurrency ({max_concurrency}) (got {pollers})"),
             );
         }
-        let wait_time = self.wait_time.0;
+        let wait_time = self.wait_time.map_or(MAX_WAIT_TIME, |d| d.0);
         if wait_time > MAX_WAIT_TIME {
             v.error(
                 format!("{path}.wait_time"),
@@ -195,15 +197,19 @@ impl BuildSource for RawSqsSource {
             );
         }
         let heartbeat_max = match self.visibility_heartbeat {
-            Some(RawHeartbeat { enabled: false, .. }) => None,
+            Some(RawHeartbeat {
+                enabled: Some(false),
+                ..
+            }) => None,
             Some(RawHeartbeat { max, .. }) => {
-                if max.0.is_zero() || max.0 > MAX_HEARTBEAT {
+                let max = max.map_or(MAX_HEARTBEAT, |d| d.0);
+                if max.is_zero() || max > MAX_HEARTBEAT {
                     v.error(
                         format!("{path}.visibility_heartbeat.max"),
                         "must be between 1s and 12h (SQS's longest visibility)",
                     );
                 }
-                Some(max.0)
+                Some(max)
             }
             None => Some(MAX_HEARTBEAT),
         };
@@ -258,9 +264,14 @@ fn queue_policy(v: &mut Validator, mapping: &MappingParts) -> QueuePolicy {
     QueuePolicy {
         report_batch_item_failures: mapping.report_batch_item_failures,
         max_receive_count: raw.max_receive_count,
-        backoff: raw
-            .backoff
-            .and_then(|backoff| backoff::build(v, &format!("{path}.backoff"), backoff)),
+        backoff: raw.backoff.and_then(|raw| {
+            backoff::build(
+                v,
+                &format!("{path}.backoff"),
+                raw,
+                backoff::DEFAULT_BACKOFF_MAX,
+            )
+        }),
         // Error classes apply only with a destination to send them to.
         non_retryable: has_on_failure.then(|| ErrorClasses::new(non_retryable_errors)),
     }
@@ -353,6 +364,30 @@ mod tests {
                 .to_string()
                 .contains("pollers: must be 1..=max_concurrency (2)")
         );
+    }
+
+    // An empty value (`${VAR:-}` expands to null) means the default, as a missing key does.
+    #[test]
+    fn empty_values_take_the_defaults() {
+        let text = BASE.replace(
+            "batch_size: 10",
+            "batch_size: ${NO_BATCH:-}\n        max_concurrency: ~\n        wait_time:\n        visibility_heartbeat: { enabled: ~, max: ~ }",
+        );
+        let config = parse_text(&text).unwrap();
+        let sqs = source_of!(config, Sqs);
+        assert_eq!(sqs.batch_size, DEFAULT_BATCH_SIZE as usize);
+        assert_eq!(sqs.max_concurrency, DEFAULT_MAX_CONCURRENCY as usize);
+        assert_eq!(sqs.wait_time, MAX_WAIT_TIME);
+        assert_eq!(sqs.heartbeat_max, Some(MAX_HEARTBEAT));
+    }
+
+    #[test]
+    fn a_quoted_number_in_retry_reads_as_in_the_source_block() {
+        let text = format!(
+            "{BASE}    retry: {{ max_receive_count: \"5\" }}\n    on_failure: {{ sqs: {{ queue_url: \"http://127.0.0.1:1/1/dlq\" }} }}\n"
+        );
+        let config = parse_text(&text).unwrap();
+        assert_eq!(source_of!(config, Sqs).policy.max_receive_count, Some(5));
     }
 
     #[test]
