@@ -51,22 +51,39 @@ async fn health_exits_zero_only_while_the_local_sluice_is_ready() {
     let moto = Moto::start();
     let sqs = moto.sqs().await;
     let queue = create_queue(&sqs, "orders", &[]).await;
-    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.yaml");
-    std::fs::write(&path, sqs_config(&queue, &format!("0.0.0.0:{port}"))).unwrap();
-    let path_text = path.display().to_string();
+    std::fs::write(&path, sqs_config(&queue, "0.0.0.0:0")).unwrap();
+    let address_file = dir.path().join("addresses.json");
+    let address_file_text = address_file.display().to_string();
 
-    let (code, output) = health(&["-c", &path_text], &[]);
+    let (code, output) = health(&["--address-file", &address_file_text], &[]);
     assert_eq!(code, Some(1), "nothing runs yet: {output}");
 
-    let mut sluice = Sluice::start_file(
-        &path,
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        dir,
-        &moto_env(&moto),
+    let mut sluice = Sluice::start_file(&path, dir, &moto_env(&moto));
+    let port = sluice.admin().await.port();
+    assert_ne!(
+        port, 0,
+        "port 0 asks for a free port; the bound one is reported"
     );
+    // The address file (a config with port 0): as a flag, and as SLUICE_ADDRESS_FILE beside a
+    // config whose port says nothing.
     eventually(WAIT, "sluice health to pass", || {
+        let (code, _) = health(&["--address-file", &address_file_text], &[]);
+        async move { (code == Some(0)).then_some(()) }
+    })
+    .await;
+    let (code, output) = health(
+        &["-c", &path.display().to_string()],
+        &[("SLUICE_ADDRESS_FILE".into(), address_file_text.clone())],
+    );
+    assert_eq!(code, Some(0), "the reported address wins: {output}");
+    // A config that names the port: its wildcard listener is reached over loopback.
+    let named = tempfile::tempdir().unwrap();
+    let named_path = named.path().join("sluice.yaml");
+    std::fs::write(&named_path, sqs_config(&queue, &format!("0.0.0.0:{port}"))).unwrap();
+    let path_text = named_path.display().to_string();
+    eventually(WAIT, "sluice health to pass with the config", || {
         let (code, _) = health(&[], &[("SLUICE_CONFIG".into(), path_text.clone())]);
         async move { (code == Some(0)).then_some(()) }
     })
@@ -102,12 +119,10 @@ async fn the_config_can_live_in_s3() {
     let s3 = moto.s3().await;
     let queue = create_queue(&sqs, "orders", &[]).await;
     s3.create_bucket().bucket("configs").send().await.unwrap();
-    let port = free_port();
-    let admin = format!("127.0.0.1:{port}");
     s3.put_object()
         .bucket("configs")
         .key("prod/sluice.yaml")
-        .body(sqs_config(&queue, &admin).into_bytes().into())
+        .body(sqs_config(&queue, "127.0.0.1:0").into_bytes().into())
         .send()
         .await
         .unwrap();
@@ -159,14 +174,23 @@ async fn the_config_can_live_in_s3() {
         "SLUICE_CONFIG".into(),
         "s3://configs/prod/sluice.yaml".into(),
     ));
-    let mut sluice = Sluice::start_command(
-        run,
-        admin.parse().unwrap(),
-        tempfile::tempdir().unwrap(),
-        &run_env,
-    );
+    let mut sluice = Sluice::start_command(run, tempfile::tempdir().unwrap(), &run_env);
+    // health reads its config from S3 too: one that names the port sluice picked.
+    let admin = sluice.admin().await.to_string();
+    s3.put_object()
+        .bucket("configs")
+        .key("prod/health.yaml")
+        .body(sqs_config(&queue, &admin).into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let mut health_env = env.clone();
+    health_env.push((
+        "SLUICE_CONFIG".into(),
+        "s3://configs/prod/health.yaml".into(),
+    ));
     eventually(WAIT, "the S3-configured sluice to be ready", || {
-        let (code, _) = health(&[], &run_env);
+        let (code, _) = health(&[], &health_env);
         async move { (code == Some(0)).then_some(()) }
     })
     .await;
@@ -189,8 +213,6 @@ async fn an_idle_daemon_stops_within_two_seconds() {
     let topic = Kafka::unique("idle");
     kafka.create_topic(&topic, 2);
     let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let admin = format!("127.0.0.1:{port}");
     let config = format!(
         r#"{base}  - name: uploads
     target: handler
@@ -210,12 +232,13 @@ async fn an_idle_daemon_stops_within_two_seconds() {
         starting_position: latest
 state_dir: "{state}"
 "#,
-        base = sqs_config(&queue, &admin),
+        base = sqs_config(&queue, "127.0.0.1:0"),
         bootstrap = kafka.bootstrap(),
         group = Kafka::unique("sluice"),
         state = state.path().display(),
     );
     let mut sluice = Sluice::start(&config, &moto_env(&moto));
+    let admin = sluice.admin().await.to_string();
     eventually(WAIT, "ready", || {
         let (code, _) = health(&["--admin", &admin], &[]);
         async move { (code == Some(0)).then_some(()) }
@@ -300,25 +323,19 @@ async fn the_ecs_example_runs_and_its_task_definition_matches_it() {
     let handler =
         Handler::start(|_, _| Reply::json(serde_json::json!({ "batchItemFailures": [] }))).await;
     let state = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
     let mut env = moto_env(&moto);
     env.extend([
         ("ORDERS_QUEUE_URL".to_owned(), queue.clone()),
         ("ORDERS_DLQ_URL".to_owned(), dlq),
         ("HANDLER_URL".to_owned(), handler.url("/events")),
-        ("SLUICE_ADMIN".to_owned(), admin.clone()),
+        ("SLUICE_ADMIN".to_owned(), "127.0.0.1:0".to_owned()),
         (
             "SLUICE_STATE_DIR".to_owned(),
             state.path().display().to_string(),
         ),
     ]);
     let config_path = root.join("sluice.yaml");
-    let mut sluice = Sluice::start_file(
-        &config_path,
-        admin.parse().unwrap(),
-        tempfile::tempdir().unwrap(),
-        &env,
-    );
+    let mut sluice = Sluice::start_file(&config_path, tempfile::tempdir().unwrap(), &env);
     let bodies: Vec<String> = (0..5).map(|i| format!("order-{i}")).collect();
     send_bodies(&sqs, &queue, &bodies, None).await;
     eventually(WAIT, "five orders handled", || {
@@ -327,6 +344,12 @@ async fn the_ecs_example_runs_and_its_task_definition_matches_it() {
     })
     .await;
     let config_location = config_path.display().to_string();
+    // As the image's HEALTHCHECK runs it: the task's environment, where SLUICE_ADDRESS_FILE
+    // names what the running sluice reported.
+    env.push((
+        "SLUICE_ADDRESS_FILE".to_owned(),
+        sluice.address_file().display().to_string(),
+    ));
     let (code, output) = health(&["-c", &config_location], &env);
     assert_eq!(code, Some(0), "{output}");
     let stopping = Instant::now();

@@ -107,11 +107,10 @@ async fn the_dynamodb_example_handles_changes_and_sends_the_failing_one_to_s3() 
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
     let mut env = moto_env(&moto);
     env.extend([
         ("HANDLER_URL".to_owned(), handler.url("/changes")),
-        ("SLUICE_ADMIN".to_owned(), admin.clone()),
+        ("SLUICE_ADMIN".to_owned(), "127.0.0.1:0".to_owned()),
         (
             "SLUICE_STATE_DIR".to_owned(),
             dir.path().join("state").display().to_string(),
@@ -120,7 +119,6 @@ async fn the_dynamodb_example_handles_changes_and_sends_the_failing_one_to_s3() 
     ]);
     let mut sluice = Sluice::start_file(
         &workspace_root().join("examples/dynamodb-http.yaml"),
-        admin.parse().unwrap(),
         dir,
         &env,
     );
@@ -190,14 +188,13 @@ async fn the_kafka_example_handles_clicks_and_sends_the_failing_one_to_the_failu
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
     let env: Vec<(String, String)> = [
         ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap().to_owned()),
         ("CLICKS_TOPIC", topic.clone()),
         ("CLICKS_FAILED_TOPIC", failed.clone()),
         ("CLICKS_GROUP", group.clone()),
         ("HANDLER_URL", handler.url("/clicks")),
-        ("SLUICE_ADMIN", admin.clone()),
+        ("SLUICE_ADMIN", "127.0.0.1:0".to_owned()),
         (
             "SLUICE_STATE_DIR",
             dir.path().join("state").display().to_string(),
@@ -209,7 +206,6 @@ async fn the_kafka_example_handles_clicks_and_sends_the_failing_one_to_the_failu
     .collect();
     let mut sluice = Sluice::start_file(
         &workspace_root().join("examples/kafka-http.yaml"),
-        admin.parse().unwrap(),
         dir,
         &env,
     );

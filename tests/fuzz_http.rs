@@ -80,7 +80,6 @@ async fn damaged_requests_to_the_invoke_api_and_the_runtime_api_never_break_them
         framed.extend_from_slice(&request);
     }
     std::fs::write(&requests_path, framed).unwrap();
-    let invoke = format!("127.0.0.1:{}", free_port());
     let worker = workspace_root().join("fuzz/runtime_worker.py");
     let config = format!(
         r#"version: 1
@@ -95,7 +94,7 @@ targets:
       timeout: 10s
       env: {{ FUZZ_REQUESTS: "{requests}", FUZZ_RESULTS: "{results}" }}
 invoke_api:
-  listen: "{invoke}"
+  listen: "{{invoke}}"
   functions:
     f: {{ target: web }}
     rt: {{ target: rt }}
@@ -108,7 +107,7 @@ invoke_api:
         results = results_path.display(),
     );
     let sluice = Sluice::start(&config, &[]);
-    wait_for_listener(&invoke, "the Invoke API").await;
+    let invoke = sluice.invoke_api().await;
 
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     for request in damaged("invoke-api", cases, 3) {

@@ -27,11 +27,10 @@ fn policy_actions(file: &str) -> BTreeSet<String> {
 async fn start_from_s3(moto: &Moto, config: &str, extra_env: &[(String, String)]) -> Sluice {
     let s3 = moto.s3().await;
     s3.create_bucket().bucket("configs").send().await.unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
     s3.put_object()
         .bucket("configs")
         .key("sluice.yaml")
-        .body(config.replace("{admin}", &admin).into_bytes().into())
+        .body(any_port(config).into_bytes().into())
         .send()
         .await
         .unwrap();
@@ -40,12 +39,7 @@ async fn start_from_s3(moto: &Moto, config: &str, extra_env: &[(String, String)]
     env.extend(extra_env.iter().cloned());
     let mut command = std::process::Command::new(sluice_binary());
     command.arg("run");
-    Sluice::start_command(
-        command,
-        admin.parse().unwrap(),
-        tempfile::tempdir().unwrap(),
-        &env,
-    )
+    Sluice::start_command(command, tempfile::tempdir().unwrap(), &env)
 }
 
 async fn assert_policy_matches(moto: &Moto, policy: &str) {

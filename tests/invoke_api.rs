@@ -23,11 +23,9 @@ struct Local {
 async fn start_local(state: &Path, extra: &[(&str, &str)]) -> Local {
     let dir = tempfile::tempdir().unwrap();
     let greeted = state.join("greeted.log");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let invoke = format!("127.0.0.1:{}", free_port());
     let mut env: Vec<(String, String)> = vec![
-        ("SLUICE_ADMIN".into(), admin.clone()),
-        ("SLUICE_INVOKE_LISTEN".into(), invoke.clone()),
+        ("SLUICE_ADMIN".into(), "127.0.0.1:0".into()),
+        ("SLUICE_INVOKE_LISTEN".into(), "127.0.0.1:0".into()),
         (
             "SLUICE_STATE_DIR".into(),
             state.join("state").display().to_string(),
@@ -44,14 +42,9 @@ async fn start_local(state: &Path, extra: &[(&str, &str)]) -> Local {
         ("RETRY_DELAY".into(), "200ms".into()),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let sluice = Sluice::start_file(
-        &workspace_root().join("examples/local.yaml"),
-        admin.parse().unwrap(),
-        dir,
-        &env,
-    );
+    let sluice = Sluice::start_file(&workspace_root().join("examples/local.yaml"), dir, &env);
+    let invoke = sluice.invoke_api().await;
     let client = lambda_client(&format!("http://{invoke}")).await;
-    wait_for_listener(&invoke, "the invoke API up").await;
     Local {
         sluice,
         client,
@@ -189,7 +182,6 @@ struct FailingFunction {
 }
 
 async fn failing_function(moto: &Moto, dlq: &str, async_policy: &str) -> FailingFunction {
-    let invoke = format!("127.0.0.1:{}", free_port());
     let state = tempfile::tempdir().unwrap();
     let config = format!(
         r#"
@@ -200,7 +192,7 @@ targets:
   greeter:
     command: {{ program: ["{python}", "{greeter}"], timeout: 10s }}
 invoke_api:
-  listen: "{invoke}"
+  listen: "{{invoke}}"
   functions:
     hello:
       target: greeter
@@ -213,8 +205,8 @@ invoke_api:
         greeter = workspace_root().join("examples/greeter.py").display(),
     );
     let sluice = Sluice::start(&config, &moto_env(moto));
+    let invoke = sluice.invoke_api().await;
     let client = lambda_client(&format!("http://{invoke}")).await;
-    wait_for_listener(&invoke, "the invoke API up").await;
     let accepted = client
         .invoke()
         .function_name("hello")

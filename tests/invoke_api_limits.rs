@@ -23,7 +23,6 @@ struct Api {
 /// sluice with one function `fn` on an HTTP target at `handler`; `target` adds keys to the http
 /// target (", max_concurrency: 1"), `api` to the `invoke_api` section, `top` at the top level.
 async fn start(handler: &Handler, target: &str, api: &str, top: &str) -> Api {
-    let invoke = format!("127.0.0.1:{}", free_port());
     let state = tempfile::tempdir().unwrap();
     let config = format!(
         r#"
@@ -35,7 +34,7 @@ targets:
   handler:
     http: {{ url: "{url}", timeout: 60s{target} }}
 invoke_api:
-  listen: "{invoke}"
+  listen: "{{invoke}}"
   {api}
   functions:
     fn:
@@ -46,7 +45,7 @@ invoke_api:
         url = handler.url("/"),
     );
     let sluice = Sluice::start(&config, &[]);
-    wait_for_listener(&invoke, "the invoke API up").await;
+    let invoke = sluice.invoke_api().await;
     Api {
         sluice,
         invoke,
@@ -237,7 +236,7 @@ async fn sigterm_with_slow_clients_exits_within_the_drain_deadline() {
     let handler = Handler::start(|_, _| Reply::json(Value::Null)).await;
     let mut api = start(&handler, "", "", "shutdown_timeout: 3s").await;
     let mut trickling = Vec::new();
-    for address in [api.invoke.clone(), api.sluice.admin.to_string()] {
+    for address in [api.invoke.clone(), api.sluice.admin().await.to_string()] {
         let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
         trickling.push(tokio::spawn(async move {
             let _ = stream
@@ -314,7 +313,6 @@ async fn a_damaged_state_file_never_accepts_events_it_will_not_run() {
     })
     .await;
     let state = tempfile::tempdir().unwrap();
-    let invoke = format!("127.0.0.1:{}", free_port());
     let config = format!(
         r#"
 version: 1
@@ -324,7 +322,7 @@ targets:
   handler:
     http: {{ url: "{url}", timeout: 10s }}
 invoke_api:
-  listen: "{invoke}"
+  listen: "{{invoke}}"
   functions:
     fn:
       target: handler
@@ -334,9 +332,10 @@ invoke_api:
         url = handler.url("/"),
     );
     let http = reqwest::Client::new();
-    let url = format!("http://{invoke}/2015-03-31/functions/fn/invocations");
-    let send = |body: Value| {
-        let (http, url) = (http.clone(), url.clone());
+    // Each run listens on a port of its own.
+    let send = |invoke: &str, body: Value| {
+        let http = http.clone();
+        let url = format!("http://{invoke}/2015-03-31/functions/fn/invocations");
         async move {
             http.post(url)
                 .header("X-Amz-Invocation-Type", "Event")
@@ -345,18 +344,12 @@ invoke_api:
                 .await
         }
     };
-    let up = || async {
-        tokio::net::TcpStream::connect(&invoke)
-            .await
-            .ok()
-            .map(|_| ())
-    };
     // Fill the file with events that stay queued (their retry is an hour away).
     let mut first = Sluice::start(&config, &[]);
-    eventually(WAIT, "the invoke API up", up).await;
+    let invoke = first.invoke_api().await;
     for n in 0..200 {
         let body = json!({"queued": true, "n": n, "pad": "x".repeat(2_000)});
-        assert_eq!(send(body).await.unwrap().status(), 202);
+        assert_eq!(send(&invoke, body).await.unwrap().status(), 202);
     }
     // A clean stop: the damage then meets a file redb considers sound, so it is found by reads
     // while sluice runs, not by the repair at open.
@@ -370,35 +363,33 @@ invoke_api:
         std::fs::write(&file, &pristine).unwrap();
         damage(&file, seed, 1 + seed as usize % 3);
         let mut sluice = Sluice::start(&config, &[]);
-        let started = Instant::now();
-        let mut running = false;
-        while started.elapsed() < Duration::from_secs(60) {
-            if let Some(status) = sluice.wait_exit(Duration::from_millis(100)) {
-                assert_eq!(status.code(), Some(1), "seed {seed}: {}", sluice.logs());
-                assert!(
-                    sluice.logs().contains("checkpoints.redb")
-                        && sluice.logs().contains("move it aside"),
-                    "seed {seed}: {}",
-                    sluice.logs()
-                );
-                let logs = sluice.logs();
-                let reason = logs.lines().last().unwrap_or_default();
-                eprintln!("seed {seed}: refused to start: {reason}");
-                break;
-            }
-            if up().await.is_some() {
-                running = true;
-                break;
-            }
+        // Listening (the address reported) or exited, within a minute.
+        let invoke = sluice
+            .addresses()
+            .await
+            .and_then(|a| a["invoke_api"].as_str().map(str::to_owned));
+        if invoke.is_none()
+            && let Some(status) = sluice.wait_exit(Duration::from_secs(30))
+        {
+            assert_eq!(status.code(), Some(1), "seed {seed}: {}", sluice.logs());
+            assert!(
+                sluice.logs().contains("checkpoints.redb")
+                    && sluice.logs().contains("move it aside"),
+                "seed {seed}: {}",
+                sluice.logs()
+            );
+            let logs = sluice.logs();
+            let reason = logs.lines().last().unwrap_or_default();
+            eprintln!("seed {seed}: refused to start: {reason}");
         }
-        if !running {
+        let Some(invoke) = invoke else {
             continue;
-        }
+        };
         ran_damaged += 1;
         let mut accepted = 0;
         let mut refused = Vec::new();
         for n in 0..5 {
-            match send(json!({"seed": seed, "n": n})).await {
+            match send(&invoke, json!({"seed": seed, "n": n})).await {
                 Ok(response) if response.status() == 202 => accepted += 1,
                 Ok(response) => {
                     let status = response.status();

@@ -693,7 +693,6 @@ async fn http_answers_are_classified_as_lambda_outcomes() {
         _ => Reply::ok("{}"),
     })
     .await;
-    let closed_port = free_port();
     let cases = [
         (
             "function-error",
@@ -710,7 +709,8 @@ async fn http_answers_are_classified_as_lambda_outcomes() {
         ("slow", handler.url("/slow"), "timeout"),
         (
             "unavailable",
-            format!("http://127.0.0.1:{closed_port}/"),
+            // Port 1 (tcpmux): privileged and unused, so the connection is refused.
+            "http://127.0.0.1:1/".to_owned(),
             "unavailable",
         ),
     ];

@@ -164,14 +164,13 @@ mappings:
 async fn the_partial_failure_scenario_passes_with_an_in_process_handler() {
     let scenario = scenario().await;
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
     let mut env = scenario.env();
-    env.push(("SLUICE_ADMIN".into(), admin.clone()));
+    env.push(("SLUICE_ADMIN".into(), "127.0.0.1:0".into()));
     env.push(("WAIT_TIME".into(), "1s".into()));
     env.push(("RETRY_INITIAL".into(), "100ms".into()));
     let mut command = Command::new(example_binary("in_process"));
     command.arg(workspace_root().join("examples/in-process.yaml"));
-    let mut sluice = Sluice::start_command(command, admin.parse().unwrap(), dir, &env);
+    let mut sluice = Sluice::start_command(command, dir, &env);
     scenario.assert_outcome(&sluice).await;
     assert!(sluice.logs().contains("orders handled"));
     sluice.signal("TERM");
@@ -184,13 +183,12 @@ async fn the_partial_failure_scenario_passes_with_an_in_process_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sluice_binary_refuses_an_in_process_target_with_advice() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
     let output = Command::new(sluice_binary())
         .args(["run", "-c"])
         .arg(workspace_root().join("examples/in-process.yaml"))
         .env("ORDERS_QUEUE_URL", "http://127.0.0.1:1/1/orders")
         .env("ORDERS_DLQ_URL", "http://127.0.0.1:1/1/dlq")
-        .env("SLUICE_ADMIN", &admin)
+        .env("SLUICE_ADMIN", "127.0.0.1:0")
         .env("AWS_REGION", "us-east-1")
         .current_dir(dir.path())
         .output()
@@ -228,10 +226,9 @@ async fn the_partial_failure_scenario_passes_with_a_rust_lambda_function() {
     let scenario = scenario().await;
     let once = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
     let mut env = scenario.env();
     env.extend([
-        ("SLUICE_ADMIN".to_owned(), admin.clone()),
+        ("SLUICE_ADMIN".to_owned(), "127.0.0.1:0".to_owned()),
         (
             "BOOTSTRAP".to_owned(),
             lambda_bootstrap().display().to_string(),
@@ -242,7 +239,6 @@ async fn the_partial_failure_scenario_passes_with_a_rust_lambda_function() {
     ]);
     let mut sluice = Sluice::start_file(
         &workspace_root().join("examples/lambda-runtime.yaml"),
-        admin.parse().unwrap(),
         dir,
         &env,
     );

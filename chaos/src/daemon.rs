@@ -18,6 +18,16 @@ pub struct Daemon {
     pub starts: u32,
 }
 
+/// A port that was free a moment ago. The end-to-end tests let sluice pick its port (port 0 and
+/// the address file); a chaos daemon cannot, since it is killed and started again and its
+/// producers and health probes must find it at the same address each time. The suite runs its
+/// scenarios one at a time, so nothing else races for the port in between.
+pub fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+}
+
 impl Daemon {
     /// Writes `config` (with `{admin}` and `{state}` replaced) under `dir/name`.
     pub fn new(
@@ -29,7 +39,7 @@ impl Daemon {
     ) -> anyhow::Result<Self> {
         let home = dir.join(name);
         std::fs::create_dir_all(&home)?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", sluice_testkit::free_port()).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let config_path = home.join("sluice.yaml");
         let text = config
             .replace("{admin}", &admin.to_string())

@@ -391,7 +391,7 @@ async fn invoke_event_kill(settings: &Settings) -> anyhow::Result<Report> {
     let mut rng = settings.rng(name);
     let handler = Handler::start().await?;
     handler.behaviour.latency_ms.store(20, Ordering::Relaxed);
-    let listen = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let listen = format!("127.0.0.1:{}", crate::daemon::free_port()?);
     let config = format!(
         "{HEADER}{}invoke_api:\n  listen: \"{listen}\"\n  functions:\n    f: {{ target: fn }}\n",
         http_target(&handler.url("/event"), "")

@@ -17,13 +17,14 @@ struct AdminState {
     metrics: PrometheusHandle,
 }
 
-/// Binds the admin address now (so a busy port fails start-up) and serves until `shutdown`.
+/// Binds the admin address now (so a busy port fails start-up) and serves until `shutdown`;
+/// returns the server and the address it listens on (port 0 in the config picks a free one).
 pub async fn serve(
     listen: SocketAddr,
     health: Health,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on admin address {listen}: {e}"))?;
@@ -32,9 +33,11 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(AdminState { health, metrics });
-    tracing::info!(address = %listen, "admin server listening");
-    Ok(crate::http_server::spawn(
-        "admin", listener, router, shutdown,
+    let bound = listener.local_addr().unwrap_or(listen);
+    tracing::info!(address = %bound, "admin server listening");
+    Ok((
+        crate::http_server::spawn("admin", listener, router, shutdown),
+        bound,
     ))
 }
 

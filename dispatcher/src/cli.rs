@@ -29,6 +29,11 @@ pub enum Command {
         /// Log format: auto (JSON when stdout is not a terminal), json or text.
         #[arg(long, value_enum, default_value = "auto")]
         log_format: LogFormat,
+        /// Once the admin (and Invoke API) servers listen, write their addresses to this file as
+        /// JSON ({"admin": "127.0.0.1:9797", "invoke_api": ...}); with port 0 in the config, this
+        /// is how to find them. Removed at exit.
+        #[arg(long, env = "SLUICE_ADDRESS_FILE")]
+        address_file: Option<std::path::PathBuf>,
     },
     /// Check a config file and report every problem with its file:line:column and key path.
     Validate {
@@ -49,6 +54,10 @@ pub enum Command {
         /// The admin address to ask instead of reading the config, such as 127.0.0.1:9797.
         #[arg(long, env = "SLUICE_ADMIN")]
         admin: Option<String>,
+        /// The address file the running sluice writes (`run --address-file`); read before the
+        /// config, so a config with port 0 works too.
+        #[arg(long, env = "SLUICE_ADDRESS_FILE")]
+        address_file: Option<std::path::PathBuf>,
         /// How long to wait for the answer.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
@@ -127,8 +136,14 @@ pub fn main() -> ExitCode {
         Command::Health {
             config,
             admin,
+            address_file,
             timeout,
-        } => health(config.as_deref(), admin.as_deref(), timeout),
+        } => health(
+            config.as_deref(),
+            admin.as_deref(),
+            address_file.as_deref(),
+            timeout,
+        ),
         Command::Validate {
             config: path,
             connect,
@@ -162,6 +177,7 @@ pub fn main() -> ExitCode {
         Command::Run {
             config: path,
             log_format,
+            address_file,
         } => {
             let config = match load_config(&path) {
                 Ok(config) => config,
@@ -171,7 +187,7 @@ pub fn main() -> ExitCode {
                 }
             };
             telemetry::init_logging(log_format);
-            match run(config) {
+            match run(config, crate::daemon::RunOptions { address_file }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "sluice failed");
@@ -322,12 +338,32 @@ fn dlq(command: DlqCommand) -> ExitCode {
     }
 }
 
+/// The admin address a running sluice wrote to its address file; `None` while there is no file
+/// (not started yet, or stopped), so the caller falls back to the config.
+fn reported_admin(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let addresses: serde_json::Value = serde_json::from_str(&text).ok()?;
+    addresses["admin"].as_str().map(str::to_owned)
+}
+
 /// `sluice health`: asks the local admin endpoint whether sluice is ready.
 fn health(
     config_location: Option<&str>,
     admin: Option<&str>,
+    address_file: Option<&std::path::Path>,
     timeout: std::time::Duration,
 ) -> ExitCode {
+    // The address the running sluice reports wins over what its config asked for.
+    let reported = address_file.and_then(reported_admin);
+    let admin = reported.as_deref().or(admin);
+    if let (Some(path), None, None) = (address_file, admin, config_location) {
+        // Not written yet, or removed at exit: nothing to ask, so not ready.
+        println!(
+            "not ready: no address in {}; is sluice running?",
+            path.display()
+        );
+        return ExitCode::from(EXIT_RUNTIME_FAILURE);
+    }
     // A wildcard listener is reached over loopback.
     let reachable = |listen: std::net::SocketAddr| {
         if listen.ip().is_unspecified() {
@@ -498,7 +534,7 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
     })
 }
 
-fn run(config: config::Config) -> anyhow::Result<()> {
+fn run(config: config::Config, options: crate::daemon::RunOptions) -> anyhow::Result<()> {
     // The exporter's blocking HTTP client must be made and dropped outside the async runtime.
     if let Some(traces) = &config.traces {
         crate::traces::init(&traces.otlp_endpoint, &traces.service_name)?;
@@ -511,7 +547,7 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!(config = %config.file.display(), version = env!("CARGO_PKG_VERSION"), "sluice starting");
-        crate::daemon::run(config, metrics, shutdown).await
+        crate::daemon::run(config, metrics, shutdown, options).await
     });
     drop(runtime);
     crate::traces::shutdown();

@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_sources::checkpoint::dynamodb::LeaseTable;
 use sluice_sources::dynamodb_streams::{DynamoDbStreams, StreamOpener};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -76,13 +77,23 @@ pub fn s3_client(sdk_config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     )
 }
 
+/// How a run reports itself, beyond its logs.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Where to write the addresses the servers listen on, once they all do (`--address-file`):
+    /// a JSON object `{"admin": "127.0.0.1:9797", "invoke_api": "127.0.0.1:9001"}`. With port 0
+    /// in the config this is how to find them. Removed when the run ends.
+    pub address_file: Option<PathBuf>,
+}
+
 /// Runs every enabled mapping until `shutdown`, then drains and returns.
 pub async fn run(
     config: Config,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
+    options: RunOptions,
 ) -> anyhow::Result<()> {
-    run_with_handlers(config, metrics, shutdown, BTreeMap::new()).await
+    run_with_handlers(config, metrics, shutdown, BTreeMap::new(), options).await
 }
 
 /// [`run`], with the handlers of `in_process` targets (see [`crate::embed`]).
@@ -91,6 +102,7 @@ pub async fn run_with_handlers(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
     handlers: BTreeMap<String, Arc<dyn crate::targets::in_process::Handler>>,
+    options: RunOptions,
 ) -> anyhow::Result<()> {
     let sdk_config = aws_config_for(&config.aws, config.needs_aws()).await?;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
@@ -134,7 +146,7 @@ pub async fn run_with_handlers(
     }
 
     let admin_stop = CancellationToken::new();
-    let admin = crate::admin::serve(
+    let (admin, admin_address) = crate::admin::serve(
         config.admin.listen,
         health.clone(),
         metrics,
@@ -267,6 +279,14 @@ pub async fn run_with_handlers(
         }
         None => None,
     };
+    let (api, api_address) = match api {
+        Some((api, address)) => (Some(api), Some(address)),
+        None => (None, None),
+    };
+    if let Some(path) = &options.address_file {
+        write_addresses(path, admin_address, api_address)
+            .with_context(|| format!("writing the address file {}", path.display()))?;
+    }
     if workers.is_empty() && api.is_none() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");
     }
@@ -302,6 +322,27 @@ pub async fn run_with_handlers(
     }
     admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    if let Some(path) = &options.address_file {
+        // A stale file would point a health check at a port someone else may hold next.
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// Writes the servers' addresses to `path` at once (a reader never sees half a file).
+fn write_addresses(
+    path: &std::path::Path,
+    admin: std::net::SocketAddr,
+    invoke_api: Option<std::net::SocketAddr>,
+) -> std::io::Result<()> {
+    let mut addresses = serde_json::json!({ "admin": admin.to_string() });
+    if let Some(invoke_api) = invoke_api {
+        addresses["invoke_api"] = invoke_api.to_string().into();
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{addresses}\n"))?;
+    std::fs::rename(&partial, path)?;
+    tracing::info!(file = %path.display(), "addresses written");
     Ok(())
 }

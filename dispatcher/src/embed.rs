@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Sluice {
     config: Config,
     handlers: BTreeMap<String, Arc<dyn Handler>>,
+    options: crate::daemon::RunOptions,
 }
 
 impl Sluice {
@@ -48,7 +49,18 @@ impl Sluice {
         Self {
             config,
             handlers: BTreeMap::new(),
+            options: crate::daemon::RunOptions {
+                // As `sluice run` reads it, so that one environment serves both.
+                address_file: std::env::var_os("SLUICE_ADDRESS_FILE").map(Into::into),
+            },
         }
+    }
+
+    /// Writes the addresses the servers listen on to `path` once they do (see
+    /// [`crate::daemon::RunOptions::address_file`]); by default `SLUICE_ADDRESS_FILE`.
+    pub fn address_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.options.address_file = Some(path.into());
+        self
     }
 
     /// Registers the handler of the `in_process` target named `target`.
@@ -66,7 +78,14 @@ impl Sluice {
                 .build_recorder()
                 .handle(),
         };
-        crate::daemon::run_with_handlers(self.config, metrics, shutdown, self.handlers).await
+        crate::daemon::run_with_handlers(
+            self.config,
+            metrics,
+            shutdown,
+            self.handlers,
+            self.options,
+        )
+        .await
     }
 
     /// Runs until SIGTERM or SIGINT, then drains.

@@ -367,7 +367,7 @@ pub async fn serve(
     region: String,
     stop: CancellationToken,
     tracker: TaskTracker,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
     for function in functions.values() {
         let worker = function.clone();
         let on_death = {
@@ -397,8 +397,12 @@ pub async fn serve(
         .map_err(|e| {
             anyhow::anyhow!("cannot listen on invoke_api.listen {}: {e}", config.listen)
         })?;
-    tracing::info!(listen = %config.listen, "invoke API listening");
-    Ok(crate::http_server::spawn("invoke_api", listener, app, stop))
+    let bound = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(address = %bound, "invoke API listening");
+    Ok((
+        crate::http_server::spawn("invoke_api", listener, app, stop),
+        bound,
+    ))
 }
 
 async fn invoke(

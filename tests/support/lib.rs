@@ -20,7 +20,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, Once};
@@ -38,23 +38,12 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
 }
 
-/// Waits until something accepts TCP connections on `address` (a server sluice starts).
-pub async fn wait_for_listener(address: &str, what: &str) {
-    eventually(Duration::from_secs(120), what, || async {
-        tokio::net::TcpStream::connect(address)
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `config` with its `{admin}` and `{invoke}` listeners on port 0: sluice picks free ports and
+/// reports them ([`Sluice::admin`], [`Sluice::invoke_api`]).
+pub fn any_port(config: &str) -> String {
+    config
+        .replace("{admin}", "127.0.0.1:0")
+        .replace("{invoke}", "127.0.0.1:0")
 }
 
 // === impl Moto ===
@@ -714,12 +703,20 @@ pub fn example_binary(name: &str) -> PathBuf {
 }
 
 /// A running `sluice run` process with its config in a temporary directory; killed on drop.
+///
+/// Its servers listen on port 0 (`{admin}` and `{invoke}` in a config become `127.0.0.1:0`), and
+/// their addresses are read from the address file sluice writes once they listen, so parallel
+/// tests never race for a port.
 pub struct Sluice {
-    child: Child,
-    pub admin: SocketAddr,
+    child: Mutex<Child>,
     pub dir: tempfile::TempDir,
     log_path: PathBuf,
+    address_file: PathBuf,
+    addresses: std::sync::OnceLock<Value>,
 }
+
+/// How long sluice may take to start listening.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Environment that points the AWS SDK at moto with dummy credentials.
 pub fn moto_env(moto: &Moto) -> Vec<(String, String)> {
@@ -739,36 +736,35 @@ pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
 }
 
 impl Sluice {
-    /// Writes `config` (where `{admin}` is replaced by a free admin address) and starts sluice.
+    /// Writes `config` (where `{admin}` and `{invoke}` become `127.0.0.1:0`) and starts sluice.
     pub fn start(config: &str, env: &[(String, String)]) -> Self {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("sluice.yaml");
-        let config = config.replace("{admin}", &admin.to_string());
         std::fs::File::create(&config_path)
-            .and_then(|mut f| f.write_all(config.as_bytes()))
+            .and_then(|mut f| f.write_all(any_port(config).as_bytes()))
             .expect("writing config");
-        Self::start_file(&config_path, admin, dir, env)
+        Self::start_file(&config_path, dir, env)
     }
 
     pub fn start_file(
         config_path: &Path,
-        admin: SocketAddr,
         dir: tempfile::TempDir,
         env: &[(String, String)],
     ) -> Self {
         let mut command = Command::new(sluice_binary());
         command.args(["run", "-c"]).arg(config_path);
-        Self::start_command(command, admin, dir, env)
+        Self::start_command(command, dir, env)
     }
 
-    /// Starts a program that runs sluice (the binary, or an example embedding it).
+    /// Starts a program that runs sluice (the binary, or an example embedding it); it reports
+    /// its addresses through `SLUICE_ADDRESS_FILE`.
     pub fn start_command(
         mut command: Command,
-        admin: SocketAddr,
         dir: tempfile::TempDir,
         env: &[(String, String)],
     ) -> Self {
+        let address_file = dir.path().join("addresses.json");
+        command.env("SLUICE_ADDRESS_FILE", &address_file);
         let log_path = dir.path().join("sluice.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = command
@@ -780,11 +776,63 @@ impl Sluice {
             .spawn()
             .expect("starting sluice");
         Self {
-            child,
-            admin,
+            child: Mutex::new(child),
             dir,
             log_path,
+            address_file,
+            addresses: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The file sluice writes its addresses to (for `sluice health --address-file`).
+    pub fn address_file(&self) -> &Path {
+        &self.address_file
+    }
+
+    /// The addresses sluice reported, waiting until it listens; `None` if it exited or did not
+    /// listen within a minute.
+    pub async fn addresses(&self) -> Option<&Value> {
+        if let Some(addresses) = self.addresses.get() {
+            return Some(addresses);
+        }
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        while Instant::now() < deadline {
+            let read = std::fs::read_to_string(&self.address_file)
+                .ok()
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+            if let Some(addresses) = read {
+                return Some(self.addresses.get_or_init(|| addresses));
+            }
+            if self.exited() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// The admin server's address; panics (with the log) if sluice never listened.
+    pub async fn admin(&self) -> SocketAddr {
+        self.address("admin").await.parse().expect("an address")
+    }
+
+    /// The Invoke API's address (host:port); panics (with the log) if it never listened.
+    pub async fn invoke_api(&self) -> String {
+        self.address("invoke_api").await
+    }
+
+    async fn address(&self, server: &str) -> String {
+        match self.addresses().await.and_then(|a| a[server].as_str()) {
+            Some(address) => address.to_owned(),
+            None => panic!(
+                "sluice did not report a {server} address\n---- sluice log ----\n{}",
+                self.logs()
+            ),
+        }
+    }
+
+    fn exited(&self) -> bool {
+        !matches!(self.child.lock().unwrap().try_wait(), Ok(None))
     }
 
     pub fn logs(&self) -> String {
@@ -792,12 +840,12 @@ impl Sluice {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().unwrap().id()
     }
 
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
+            .args([format!("-{name}"), self.pid().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
@@ -807,7 +855,7 @@ impl Sluice {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.child.get_mut().unwrap().try_wait().expect("try_wait") {
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -815,8 +863,16 @@ impl Sluice {
         None
     }
 
+    /// GETs `path` from the admin server; `(0, "")` when it cannot be reached.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let url = format!("http://{}{}", self.admin, path);
+        let Some(admin) = self
+            .addresses()
+            .await
+            .and_then(|a| a["admin"].as_str().map(str::to_owned))
+        else {
+            return (0, String::new());
+        };
+        let url = format!("http://{admin}{path}");
         match reqwest::get(&url).await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -848,9 +904,10 @@ pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
 
 impl Drop for Sluice {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if std::thread::panicking() {
             eprintln!("---- sluice log ----\n{}", self.logs());
