@@ -836,6 +836,10 @@ def handler(event, context):
     // Hardening issue, item 1: with concurrency 1, timeout 3s and a 4 s init, one hanging call
     // made every later call fail as Sandbox.Timedout after 0-30 ms (its deadline had started
     // while it waited for the replacement worker's init), killing each fresh worker in turn.
+    #[cfg_attr(
+        not(feature = "e2e"),
+        ignore = "needs the Python env of scripts/python-env: --features sluice/e2e"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_deadline_starts_when_a_worker_takes_the_invocation() {
         let (target, _dir) = pool(
@@ -865,6 +869,10 @@ def handler(event, context):
     // Hardening issue, item 2: an invocation whose caller gave up is never run later with a past
     // deadline, and a pool whose workers cannot start is an unavailable target, at once, with the
     // reason on /readyz.
+    #[cfg_attr(
+        not(feature = "e2e"),
+        ignore = "needs the Python env of scripts/python-env: --features sluice/e2e"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_given_up_invocation_never_reaches_a_worker() {
         let (target, dir) = pool(
@@ -886,6 +894,10 @@ def handler(event, context):
         assert_eq!(seen.lines().collect::<Vec<_>>(), [kept.request_id.as_str()]);
     }
 
+    #[cfg_attr(
+        not(feature = "e2e"),
+        ignore = "needs the Python env of scripts/python-env: --features sluice/e2e"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pool_that_cannot_start_workers_is_unavailable_and_named_on_readyz() {
         let health = Health::new(Duration::from_secs(60), Duration::from_secs(60));
@@ -918,6 +930,10 @@ def handler(event, context):
 
     // Hardening issue, item 8: any local process could take a worker's invocations (and forge
     // its results) through the worker's Runtime API.
+    #[cfg_attr(
+        not(feature = "e2e"),
+        ignore = "needs the Python env of scripts/python-env: --features sluice/e2e"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn another_process_cannot_use_a_workers_runtime_api() {
         let app = r#"
