@@ -58,19 +58,11 @@ impl Flaky {
 }
 
 fn config(handler_url: &str, top: &str, mapping: &str) -> String {
-    format!(
-        r#"
-version: 1
-shutdown_timeout: 5s
-admin: {{ listen: "{{admin}}" }}
-{top}
-targets:
-  handler:
-    http: {{ url: "{handler_url}", timeout: 30s }}
-mappings:
-{mapping}
-"#
-    )
+    TestConfig::new(handler_url)
+        .shutdown_timeout("5s")
+        .top(top)
+        .mappings(mapping)
+        .render()
 }
 
 /// The config the daemon ran with, for the dlq commands.

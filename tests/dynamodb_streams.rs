@@ -11,21 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn config(handler_url: &str, state_dir: &std::path::Path, top: &str, mapping: &str) -> String {
-    format!(
-        r#"
-version: 1
-shutdown_timeout: 10s
-state_dir: "{state}"
-admin: {{ listen: "{{admin}}" }}
-{top}
-targets:
-  handler:
-    http: {{ url: "{handler_url}", timeout: 30s }}
-mappings:
-{mapping}
-"#,
-        state = state_dir.display()
-    )
+    TestConfig::new(handler_url)
+        .state_dir(state_dir)
+        .top(top)
+        .mappings(mapping)
+        .render()
 }
 
 /// Writes `count` changes over `keys` keys, round by round: put, put, put, put, delete, ... so the

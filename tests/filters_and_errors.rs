@@ -6,20 +6,11 @@ use sluice_testkit::*;
 use std::time::Duration;
 
 fn config(handler_url: &str, state_dir: &std::path::Path, targets: &str, mapping: &str) -> String {
-    format!(
-        r#"
-version: 1
-shutdown_timeout: 10s
-state_dir: "{state}"
-admin: {{ listen: "{{admin}}" }}
-targets:
-  handler:
-    http: {{ url: "{handler_url}", timeout: 30s{targets} }}
-mappings:
-{mapping}
-"#,
-        state = state_dir.display()
-    )
+    TestConfig::new(handler_url)
+        .state_dir(state_dir)
+        .target_options(targets)
+        .mappings(mapping)
+        .render()
 }
 
 // semantics.md §7: SQS filters on the body, JSON or text; what no pattern matches is deleted.

@@ -37,16 +37,9 @@ impl<'a> Setup<'a> {
 
 /// A Kafka mapping needs no state directory: offsets live in the group.
 fn config(setup: &Setup<'_>) -> String {
-    format!(
-        r#"
-version: 1
-shutdown_timeout: 10s
-admin: {{ listen: "{{admin}}" }}
-targets:
-  handler:
-    http: {{ url: "{url}", timeout: 30s }}
-mappings:
-  - name: clicks
+    TestConfig::new(&setup.handler_url)
+        .mappings(&format!(
+            r#"  - name: clicks
     target: handler
     source:
       kafka:
@@ -59,15 +52,14 @@ mappings:
         properties:
           session.timeout.ms: "6000"
           heartbeat.interval.ms: "500"
-{extra}
-"#,
-        url = setup.handler_url,
-        bootstrap = setup.kafka.bootstrap(),
-        topic = setup.topic,
-        group = setup.group,
-        batch = setup.batch_size,
-        extra = setup.extra,
-    )
+{extra}"#,
+            bootstrap = setup.kafka.bootstrap(),
+            topic = setup.topic,
+            group = setup.group,
+            batch = setup.batch_size,
+            extra = setup.extra,
+        ))
+        .render()
 }
 
 /// A fresh topic with `partitions` partitions and a fresh group name.

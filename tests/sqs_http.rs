@@ -9,18 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn config(handler_url: &str, mapping: &str) -> String {
-    format!(
-        r#"
-version: 1
-shutdown_timeout: 10s
-admin: {{ listen: "{{admin}}" }}
-targets:
-  handler:
-    http: {{ url: "{handler_url}", timeout: 30s }}
-mappings:
-{mapping}
-"#
-    )
+    TestConfig::new(handler_url).mappings(mapping).render()
 }
 
 /// Starts sluice against `moto` with one target, `handler`, and the given mapping YAML.

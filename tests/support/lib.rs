@@ -38,6 +38,77 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
 }
 
+/// The config most end-to-end tests start from: one HTTP target `handler`, the admin server on a
+/// free port (see [`any_port`]), a short drain, and the mappings under test. Each test adds what
+/// it is about; the template lives here only.
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    handler_url: String,
+    target_options: String,
+    shutdown_timeout: String,
+    state_dir: Option<PathBuf>,
+    top: String,
+    mappings: String,
+}
+
+impl TestConfig {
+    /// `handler` posts to `handler_url` with a 30 s timeout; the drain is 10 s.
+    pub fn new(handler_url: &str) -> Self {
+        Self {
+            handler_url: handler_url.to_owned(),
+            target_options: String::new(),
+            shutdown_timeout: "10s".into(),
+            state_dir: None,
+            top: String::new(),
+            mappings: String::new(),
+        }
+    }
+
+    pub fn shutdown_timeout(mut self, duration: &str) -> Self {
+        self.shutdown_timeout = duration.to_owned();
+        self
+    }
+
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// More top-level keys, as YAML lines.
+    pub fn top(mut self, yaml: &str) -> Self {
+        self.top.push_str(yaml);
+        self
+    }
+
+    /// More keys of the `handler` target, inside its braces: `", max_concurrency: 1"`.
+    pub fn target_options(mut self, yaml: &str) -> Self {
+        self.target_options.push_str(yaml);
+        self
+    }
+
+    /// Mapping list entries (`  - name: ...`), as YAML lines.
+    pub fn mappings(mut self, yaml: &str) -> Self {
+        self.mappings.push_str(yaml);
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let state_dir = self
+            .state_dir
+            .as_ref()
+            .map(|dir| format!("state_dir: \"{}\"\n", dir.display()))
+            .unwrap_or_default();
+        format!(
+            "\nversion: 1\nshutdown_timeout: {shutdown}\n{state_dir}admin: {{ listen: \"{{admin}}\" }}\n{top}\ntargets:\n  handler:\n    http: {{ url: \"{url}\", timeout: 30s{options} }}\nmappings:\n{mappings}\n",
+            shutdown = self.shutdown_timeout,
+            top = self.top,
+            url = self.handler_url,
+            options = self.target_options,
+            mappings = self.mappings,
+        )
+    }
+}
+
 /// `config` with its `{admin}` and `{invoke}` listeners on port 0: sluice picks free ports and
 /// reports them ([`Sluice::admin`], [`Sluice::invoke_api`]).
 pub fn any_port(config: &str) -> String {
@@ -930,5 +1001,29 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_config_is_a_config_sluice_loads_with_each_part_where_it_belongs() {
+        let state = tempfile::tempdir().unwrap();
+        let text = TestConfig::new("http://127.0.0.1:1/h")
+            .shutdown_timeout("5s")
+            .state_dir(state.path())
+            .top("max_filters_per_mapping: 7\n")
+            .target_options(", max_concurrency: 2")
+            .mappings("  - name: m\n    target: handler\n    source:\n      sqs: { queue_url: \"http://127.0.0.1:1/1/q\" }\n")
+            .render();
+        let config = sluice::config::parse("t.yaml", &any_port(&text), Default::default())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(config.state_dir, state.path());
+        assert_eq!(config.admin.listen.port(), 0);
+        assert_eq!(config.targets["handler"].max_concurrency(), 2);
+        assert_eq!(config.mappings[0].name, "m");
     }
 }
