@@ -244,8 +244,15 @@ state_dir: "{state}"
         async move { (code == Some(0)).then_some(()) }
     })
     .await;
-    // Let the long polls open and the group settle.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every source at rest in its wait: the group's partitions assigned and the shard held (the
+    // long polls open right after a ready poll).
+    eventually(WAIT, "the group settled and the shard held", || async {
+        let (_, text) = sluice.get("/metrics").await;
+        let partitions = metric_of_mapping(&text, "sluice_kafka_partitions_assigned", "clicks");
+        let shards = metric_of_mapping(&text, "sluice_stream_shards_held", "changes");
+        (partitions == 2.0 && shards >= 1.0).then_some(())
+    })
+    .await;
     let stopping = Instant::now();
     sluice.signal("TERM");
     let status = sluice

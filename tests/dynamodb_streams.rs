@@ -389,7 +389,7 @@ async fn one_poison_record_among_a_thousand_is_dead_lettered_alone_with_bisect()
         dead.extend(receive_all(&sqs, &dlq, 60).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    sluice.settled("items", Duration::from_secs(1)).await;
     let more = receive_all(&sqs, &dlq, 60).await;
     assert_eq!(
         dead.len() + more.len(),
@@ -529,7 +529,7 @@ async fn records_older_than_max_record_age_reach_s3_without_an_invocation() {
     }
     let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
     let state = tempfile::tempdir().unwrap();
-    let _sluice = Sluice::start(
+    let sluice = Sluice::start(
         &config(
             &handler.url("/aged"),
             state.path(),
@@ -561,7 +561,7 @@ async fn records_older_than_max_record_age_reach_s3_without_an_invocation() {
         || async { (handler.records().len() >= 2).then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sluice.settled("aged", Duration::from_secs(1)).await;
     let handled: Vec<String> = handler.records().iter().map(key_of).collect();
     assert_eq!(handled, vec!["new0", "new1"]);
     assert_eq!(objects.len(), 1);

@@ -142,7 +142,7 @@ async fn filtered_stream_records_advance_the_checkpoint() {
         || async { (handler.records().len() == 6).then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.settled("tasks", Duration::from_secs(1)).await;
     assert_eq!(
         second
             .metric(r#"sluice_records_filtered_total{mapping="tasks"}"#)

@@ -164,7 +164,7 @@ async fn an_event_accepted_before_a_sigkill_is_handled_after_the_restart() {
         || async { second.sluice.logs().contains("event handled").then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    second.sluice.settled("hello", Duration::from_secs(1)).await;
     assert_eq!(
         second.sluice.logs().matches("event handled").count(),
         1,

@@ -146,7 +146,7 @@ async fn thousands_of_accepted_events_each_run_exactly_once() {
     })
     .await;
     // Late duplicates would show up here.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    api.sluice.settled("fn", Duration::from_secs(1)).await;
     let mut runs: HashMap<String, usize> = HashMap::new();
     for received in handler.received() {
         *runs.entry(request_id(&received)).or_default() += 1;
@@ -256,6 +256,8 @@ async fn sigterm_with_slow_clients_exits_within_the_drain_deadline() {
         .write_all(b"POST /2015-03-31/functions/fn/invocations HTTP/1.1\r\nHost: x\r\nX-Amz-Invocation-Type: Event\r\nContent-Length: 100\r\n\r\n{")
         .await
         .unwrap();
+    // Not a wait for an absence: time for the request to reach the server, which nothing
+    // reports. Were it late, the test would only be weaker, not wrong.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let signalled = Instant::now();
     api.sluice.signal("TERM");

@@ -70,7 +70,7 @@ mappings:
         (handler.received().len() >= 50 && queue_depth(&sqs, &queue).await == 0).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sluice.settled("uploads", Duration::from_secs(1)).await;
     let events: Vec<Value> = handler.received().iter().map(|r| r.event.clone()).collect();
     assert_eq!(
         events.len(),

@@ -391,7 +391,7 @@ async fn a_handler_slower_than_three_visibility_timeouts_sees_its_message_once()
     let queue = create_queue(&sqs, "slow", &[("VisibilityTimeout", "2")]).await;
     let handler = Handler::start(|_, _| Reply::ok("").after(Duration::from_secs(7))).await;
     send_bodies(&sqs, &queue, &["slow-work".to_owned()], None).await;
-    let _sluice = start_sluice(
+    let sluice = start_sluice(
         &moto,
         &handler.url("/slow"),
         &format!(
@@ -415,8 +415,8 @@ async fn a_handler_slower_than_three_visibility_timeouts_sees_its_message_once()
         || async { (queue_depth(&sqs, &queue).await == 0).then_some(()) },
     )
     .await;
-    // Give a redelivery every chance to show up.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Deleted, nothing in flight, nothing moving: a redelivery could no longer come.
+    sluice.settled("slow", Duration::from_secs(1)).await;
     assert_eq!(handler.deliveries_by_body().get("slow-work"), Some(&1));
 }
 

@@ -960,6 +960,62 @@ impl Sluice {
     }
 }
 
+/// The counters that move when a mapping does anything with a record.
+const ACTIVITY: [&str; 6] = [
+    "sluice_records_received_total",
+    "sluice_batches_invoked_total",
+    "sluice_records_acknowledged_total",
+    "sluice_records_retried_total",
+    "sluice_records_dead_lettered_total",
+    "sluice_records_filtered_total",
+];
+
+/// The sum of every sample of `name` labelled `mapping="..."` (over its other labels).
+pub fn metric_of_mapping(text: &str, name: &str, mapping: &str) -> f64 {
+    let label = format!("mapping=\"{mapping}\"");
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(&label))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+impl Sluice {
+    /// Waits until `mapping` (or Invoke API function) is quiet: nothing in flight, and nothing it
+    /// counts (records received, batches invoked, records acknowledged, retried, dead-lettered,
+    /// filtered) changed for `window`. A negative assertion after it sees everything sluice does
+    /// with what it has read, instead of hoping a fixed sleep was long enough. Panics after two
+    /// minutes.
+    pub async fn settled(&self, mapping: &str, window: Duration) {
+        let snapshot = || async {
+            let (_, text) = self.get("/metrics").await;
+            let in_flight = metric_of_mapping(&text, "sluice_in_flight_records", mapping);
+            let counts: Vec<f64> = ACTIVITY
+                .iter()
+                .map(|name| metric_of_mapping(&text, name, mapping))
+                .collect();
+            (in_flight, counts)
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut in_flight, mut counts) = snapshot().await;
+        let mut quiet_since = Instant::now();
+        loop {
+            if in_flight == 0.0 && quiet_since.elapsed() >= window {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mapping {mapping} did not settle: {in_flight} records in flight, counts {counts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (now_in_flight, now_counts) = snapshot().await;
+            if now_counts != counts || now_in_flight != 0.0 {
+                quiet_since = Instant::now();
+            }
+            (in_flight, counts) = (now_in_flight, now_counts);
+        }
+    }
+}
+
 /// Reads one sample from Prometheus text; 0 when absent.
 pub fn metric_value(text: &str, series: &str) -> f64 {
     metric_sample(text, series).unwrap_or(0.0)
