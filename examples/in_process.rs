@@ -17,7 +17,8 @@ async fn main() -> anyhow::Result<()> {
     Sluice::from_config_file(&path)?
         .handler("orders", handler_fn(handle))
         .run_until_signal()
-        .await
+        .await?;
+    Ok(())
 }
 
 /// Accepts every order except those whose body contains "poison", which it reports in

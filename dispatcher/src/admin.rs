@@ -24,10 +24,8 @@ pub async fn serve(
     health: Health,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on admin address {listen}: {e}"))?;
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), crate::http_server::ListenError> {
+    let listener = crate::http_server::bind("admin", listen).await?;
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -3,6 +3,7 @@
 
 use crate::config;
 use crate::telemetry::{self, LogFormat};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -191,7 +192,7 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "sluice failed");
-                    eprintln!("sluice: {error:#}");
+                    eprintln!("{}", report("sluice", error.as_ref()));
                     ExitCode::from(EXIT_RUNTIME_FAILURE)
                 }
             }
@@ -332,7 +333,7 @@ fn dlq(command: DlqCommand) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_RUNTIME_FAILURE),
         Err(error) => {
-            eprintln!("sluice dlq: {error:#}");
+            eprintln!("{}", report("sluice dlq", &error));
             ExitCode::from(EXIT_RUNTIME_FAILURE)
         }
     }
@@ -344,6 +345,18 @@ fn reported_admin(path: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let addresses: serde_json::Value = serde_json::from_str(&text).ok()?;
     addresses["admin"].as_str().map(str::to_owned)
+}
+
+/// An error for a person: what failed on the first line, each cause below it (as ripgrep
+/// prints them), so nothing of the chain is lost and no line repeats another.
+fn report(program: &str, error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("{program}: {error}");
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(&format!("\n  caused by: {error}"));
+        cause = error.source();
+    }
+    text
 }
 
 /// `sluice health`: asks the local admin endpoint whether sluice is ready.
@@ -543,11 +556,13 @@ fn run(config: config::Config, options: crate::daemon::RunOptions) -> anyhow::Re
         .enable_all()
         .build()?;
     let result = runtime.block_on(async move {
-        let metrics = telemetry::init_metrics()?;
+        let metrics = telemetry::init_metrics().context("installing the metrics recorder")?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tracing::info!(config = %config.file.display(), version = env!("CARGO_PKG_VERSION"), "sluice starting");
-        crate::daemon::run(config, metrics, shutdown, options).await
+        crate::daemon::run(config, metrics, shutdown, options)
+            .await
+            .map_err(anyhow::Error::from)
     });
     drop(runtime);
     crate::traces::shutdown();
@@ -582,5 +597,27 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             );
             std::process::exit(i32::from(EXIT_RUNTIME_FAILURE));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting a server")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_report_names_each_cause_on_its_own_line() {
+        let error = anyhow::Error::from(Outer(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "address in use",
+        )))
+        .context("running");
+        assert_eq!(
+            report("sluice", error.as_ref()),
+            "sluice: running\n  caused by: starting a server\n  caused by: address in use"
+        );
     }
 }

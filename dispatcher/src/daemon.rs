@@ -10,7 +10,7 @@ use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
 use crate::runtime::{dynamodb_stream, kafka, s3, sqs, supervise};
 use crate::targets::{self, SharedTarget};
 use crate::telemetry::MappingMetrics;
-use anyhow::Context;
+use sluice_sources::checkpoint::CheckpointError;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -33,13 +33,48 @@ pub fn app_name() -> aws_config::AppName {
 /// and it is retried, instead of holding a poller or an acknowledgement forever.
 pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why sluice could not start (or keep) running. Each variant says what it was doing; the cause
+/// is its source, so a caller can print the whole chain.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no AWS region: set aws.region in the config file, or AWS_REGION in the environment")]
+    NoRegion,
+    #[error("opening the checkpoint store (the state file under state_dir)")]
+    StateFile(#[source] CheckpointError),
+    #[error(
+        "opening the invoke API's queue of Event invocations; if the state file is corrupt, move it aside (its queued events and checkpoints are lost)"
+    )]
+    AsyncQueue(#[source] CheckpointError),
+    #[error("building a target")]
+    Target(#[from] crate::targets::BuildError),
+    #[error("{owner} names the unknown target {target}")]
+    UnknownTarget { owner: String, target: String },
+    #[error("{owner}: building {key}")]
+    Destination {
+        owner: String,
+        key: &'static str,
+        #[source]
+        source: crate::destinations::DestinationError,
+    },
+    #[error("starting a server")]
+    Listen(#[from] crate::http_server::ListenError),
+    #[error("starting a mapping")]
+    Start(#[from] crate::runtime::mapping::StartError),
+    #[error("writing the address file {path}")]
+    AddressFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The AWS configuration every client is built from: config values first, then the standard
 /// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ECS and instance credentials).
 /// Without `needs_aws` (nothing in the config calls AWS) a missing region is not an error.
 pub async fn aws_config_for(
     settings: &AwsSettings,
     needs_aws: bool,
-) -> anyhow::Result<aws_config::SdkConfig> {
+) -> Result<aws_config::SdkConfig, RunError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .app_name(app_name())
         .timeout_config(
@@ -60,9 +95,7 @@ pub async fn aws_config_for(
     }
     let config = loader.load().await;
     if config.region().is_none() {
-        anyhow::bail!(
-            "no AWS region: set aws.region in the config file, or AWS_REGION in the environment"
-        );
+        return Err(RunError::NoRegion);
     }
     Ok(config)
 }
@@ -92,7 +125,7 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
     options: RunOptions,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     run_with_handlers(config, metrics, shutdown, BTreeMap::new(), options).await
 }
 
@@ -103,7 +136,7 @@ pub async fn run_with_handlers(
     shutdown: CancellationToken,
     handlers: BTreeMap<String, Arc<dyn crate::targets::in_process::Handler>>,
     options: RunOptions,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let sdk_config = aws_config_for(&config.aws, config.needs_aws()).await?;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
     let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
@@ -132,7 +165,7 @@ pub async fn run_with_handlers(
     let state_file = if uses_state_file {
         Some(
             sluice_sources::checkpoint::embedded::StateFile::open(&config.state_dir)
-                .context("opening the checkpoint store")?,
+                .map_err(RunError::StateFile)?,
         )
     } else {
         None
@@ -140,8 +173,7 @@ pub async fn run_with_handlers(
 
     let mut built_targets: BTreeMap<String, SharedTarget> = BTreeMap::new();
     for (name, target) in &config.targets {
-        let built = targets::build(name, target, &handlers, &region, Some(&health))
-            .with_context(|| format!("building target {name}"))?;
+        let built = targets::build(name, target, &handlers, &region, Some(&health))?;
         built_targets.insert(name.clone(), built);
     }
 
@@ -171,26 +203,43 @@ pub async fn run_with_handlers(
     let mapping_destination = |destination: &DestinationConfig, source: &SourceConfig| {
         crate::destinations::build(destination, Some(source), &sqs_client, &s3_client)
     };
-    let function_destination = |destination: &DestinationConfig| {
-        crate::destinations::build(destination, None, &sqs_client, &s3_client)
+    let function_destination = |function: &str, key: &'static str, destination: &DestinationConfig| {
+        crate::destinations::build(destination, None, &sqs_client, &s3_client).map_err(|source| {
+            RunError::Destination {
+                owner: format!("invoke_api function {function}"),
+                key,
+                source,
+            }
+        })
     };
     for mapping in config.mappings.iter().filter(|m| m.enabled) {
         let target = built_targets
             .get(&mapping.target)
             .cloned()
-            .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
+            .ok_or_else(|| RunError::UnknownTarget {
+                owner: format!("mapping {}", mapping.name),
+                target: mapping.target.clone(),
+            })?;
         let on_failure = mapping
             .on_failure
             .as_ref()
             .map(|d| mapping_destination(d, &mapping.source))
             .transpose()
-            .with_context(|| format!("mapping {}: building on_failure", mapping.name))?;
+            .map_err(|source| RunError::Destination {
+                owner: format!("mapping {}", mapping.name),
+                key: "on_failure",
+                source,
+            })?;
         let on_success = mapping
             .on_success
             .as_ref()
             .map(|d| mapping_destination(d, &mapping.source))
             .transpose()
-            .with_context(|| format!("mapping {}: building on_success", mapping.name))?;
+            .map_err(|source| RunError::Destination {
+                owner: format!("mapping {}", mapping.name),
+                key: "on_success",
+                source,
+            })?;
         let health = health.register(&mapping.name);
         // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
         // /readyz and restarted with backoff.
@@ -227,12 +276,15 @@ pub async fn run_with_handlers(
     let api_workers = tokio_util::task::TaskTracker::new();
     let api = match &config.invoke_api {
         Some(api_config) => {
-            let queue = sluice_sources::async_queue::AsyncQueue::open(
-                state_file
-                    .clone()
-                    .context("the state file for the invoke API's async queue is not open")?,
-            )
-            .context("opening the invoke API's queue of Event invocations; if the state file is corrupt, move it aside (its queued events and checkpoints are lost)")?;
+            // Open whenever a function is configured (uses_state_file above).
+            let Some(state_file) = state_file.clone() else {
+                return Err(RunError::AsyncQueue(CheckpointError::Store {
+                    store: "the state file".into(),
+                    message: "not open".into(),
+                }));
+            };
+            let queue = sluice_sources::async_queue::AsyncQueue::open(state_file)
+                .map_err(RunError::AsyncQueue)?;
             let backlog = Arc::new(crate::invoke_api::Backlog::new(
                 api_config.max_queued_events,
                 api_config.max_queued_bytes,
@@ -242,7 +294,10 @@ pub async fn run_with_handlers(
                 let target = built_targets
                     .get(&function.target)
                     .cloned()
-                    .with_context(|| format!("function {name} names an unknown target"))?;
+                    .ok_or_else(|| RunError::UnknownTarget {
+                        owner: format!("invoke_api function {name}"),
+                        target: function.target.clone(),
+                    })?;
                 functions.insert(
                     name.clone(),
                     Arc::new(crate::invoke_api::Function::new(
@@ -254,12 +309,12 @@ pub async fn run_with_handlers(
                         function
                             .on_failure
                             .as_ref()
-                            .map(function_destination)
+                            .map(|d| function_destination(name, "on_failure", d))
                             .transpose()?,
                         function
                             .on_success
                             .as_ref()
-                            .map(function_destination)
+                            .map(|d| function_destination(name, "on_success", d))
                             .transpose()?,
                         &region,
                         health.clone(),
@@ -285,7 +340,10 @@ pub async fn run_with_handlers(
     };
     if let Some(path) = &options.address_file {
         write_addresses(path, admin_address, api_address)
-            .with_context(|| format!("writing the address file {}", path.display()))?;
+            .map_err(|source| RunError::AddressFile {
+                path: path.clone(),
+                source,
+            })?;
     }
     if workers.is_empty() && api.is_none() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");

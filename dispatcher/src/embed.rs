@@ -15,7 +15,8 @@
 //!         Ok(json!({ "batchItemFailures": [] }))
 //!     }))
 //!     .run_until_signal()
-//!     .await
+//!     .await?;
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -70,7 +71,7 @@ impl Sluice {
     }
 
     /// Runs every enabled mapping until `shutdown` is cancelled, then drains.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), crate::daemon::RunError> {
         let metrics = match crate::telemetry::init_metrics() {
             Ok(handle) => handle,
             // The program installed its own recorder; /metrics then shows nothing of sluice's.
@@ -89,7 +90,7 @@ impl Sluice {
     }
 
     /// Runs until SIGTERM or SIGINT, then drains.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+    pub async fn run_until_signal(self) -> Result<(), crate::daemon::RunError> {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {

@@ -24,6 +24,30 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a client may take to send a request's body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A server could not take its address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {what} address {address}; is another process using it? (port 0 takes a free one)")]
+pub struct ListenError {
+    pub what: &'static str,
+    pub address: std::net::SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `address` for the server `what` (named in the error).
+pub async fn bind(
+    what: &'static str,
+    address: std::net::SocketAddr,
+) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ListenError {
+            what,
+            address,
+            source,
+        })
+}
+
 /// Serves `app` on `listener` until `stop`; the handle ends once every connection has.
 pub fn spawn(
     what: &'static str,

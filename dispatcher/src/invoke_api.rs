@@ -367,7 +367,7 @@ pub async fn serve(
     region: String,
     stop: CancellationToken,
     tracker: TaskTracker,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+) -> Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr), crate::http_server::ListenError> {
     for function in functions.values() {
         let worker = function.clone();
         let on_death = {
@@ -392,11 +392,7 @@ pub async fn serve(
             axum::routing::post(invoke),
         )
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot listen on invoke_api.listen {}: {e}", config.listen)
-        })?;
+    let listener = crate::http_server::bind("invoke_api", config.listen).await?;
     let bound = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(address = %bound, "invoke API listening");
     Ok((

@@ -52,7 +52,7 @@ pub fn init_command_logging() {
 }
 
 /// Installs the global Prometheus recorder and returns the handle that renders it.
-pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let buckets = [
         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
         900.0,

@@ -19,8 +19,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
+/// Why trace export could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceInitError {
+    #[error("cannot build the OTLP exporter for traces.otlp_endpoint")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("trace export was already started")]
+    AlreadyStarted,
+}
+
 /// Starts exporting to `endpoint` (the collector's base URL, such as http://127.0.0.1:4318).
-pub fn init(endpoint: &str, service_name: &str) -> anyhow::Result<()> {
+pub fn init(endpoint: &str, service_name: &str) -> Result<(), TraceInitError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
@@ -35,7 +44,7 @@ pub fn init(endpoint: &str, service_name: &str) -> anyhow::Result<()> {
         .build();
     PROVIDER
         .set(provider)
-        .map_err(|_| anyhow::anyhow!("trace export was already started"))?;
+        .map_err(|_| TraceInitError::AlreadyStarted)?;
     tracing::info!(%endpoint, service_name, "exporting traces over OTLP");
     Ok(())
 }

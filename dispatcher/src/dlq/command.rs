@@ -2,6 +2,7 @@
 //! a mapping, printing, signals). Exit status: 0 success, 1 when anything failed or the replay
 //! was interrupted, 2 bad usage or bad config.
 
+use super::DlqError;
 use super::kafka::KafkaStore;
 use super::replay::{RateLimit, Replayed, Replayer, SourceWriter, passes};
 use super::s3::S3Store;
@@ -10,7 +11,6 @@ use super::{Entry, RecordKind, Store};
 use crate::config::{Config, DestinationConfig, MappingConfig, SourceConfig};
 use crate::runtime::invoker::Invoker;
 use crate::telemetry::MappingMetrics;
-use anyhow::Context;
 use serde_json::{Value, json};
 use sluice_policies::{ErrorInfo, FilterSet};
 use std::collections::BTreeMap;
@@ -79,7 +79,7 @@ struct Clients {
     region: String,
 }
 
-async fn clients(config: &Config) -> anyhow::Result<Clients> {
+async fn clients(config: &Config) -> Result<Clients, DlqError> {
     let sdk = crate::daemon::aws_config_for(&config.aws, config.needs_aws()).await?;
     Ok(Clients {
         sqs: aws_sdk_sqs::Client::new(&sdk),
@@ -92,7 +92,7 @@ async fn clients(config: &Config) -> anyhow::Result<Clients> {
 async fn redrive_queue(
     client: &aws_sdk_sqs::Client,
     queue_url: &str,
-) -> anyhow::Result<Option<String>> {
+) -> Result<Option<String>, DlqError> {
     use aws_sdk_sqs::types::QueueAttributeName;
     let output = client
         .get_queue_attributes()
@@ -100,8 +100,13 @@ async fn redrive_queue(
         .attribute_names(QueueAttributeName::RedrivePolicy)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", aws_sdk_sqs::error::DisplayErrorContext(e)))
-        .with_context(|| format!("reading the redrive policy of {queue_url}"))?;
+        .map_err(|e| {
+            DlqError::store(
+                queue_url,
+                "GetQueueAttributes (RedrivePolicy)",
+                aws_sdk_sqs::error::DisplayErrorContext(e),
+            )
+        })?;
     let Some(policy) = output
         .attributes()
         .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
@@ -115,7 +120,10 @@ async fn redrive_queue(
     // arn:aws:sqs:<region>:<account>:<name>
     let parts: Vec<&str> = arn.split(':').collect();
     let (Some(account), Some(name)) = (parts.get(4), parts.get(5)) else {
-        anyhow::bail!("{queue_url}'s redrive policy names {arn:?}, which is not a queue ARN");
+        return Err(DlqError::NotAQueueArn {
+            queue_url: queue_url.to_owned(),
+            arn: arn.to_owned(),
+        });
     };
     let url = client
         .get_queue_url()
@@ -123,8 +131,13 @@ async fn redrive_queue(
         .queue_owner_aws_account_id(*account)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", aws_sdk_sqs::error::DisplayErrorContext(e)))
-        .with_context(|| format!("looking up the dead-letter queue {arn}"))?;
+        .map_err(|e| {
+            DlqError::store(
+                arn,
+                "GetQueueUrl (the dead-letter queue)",
+                aws_sdk_sqs::error::DisplayErrorContext(e),
+            )
+        })?;
     Ok(url.queue_url().map(str::to_owned))
 }
 
@@ -135,7 +148,7 @@ async fn open_stores(
     clients: &Clients,
     hold: Duration,
     commits: bool,
-) -> anyhow::Result<Vec<Box<dyn Store>>> {
+) -> Result<Vec<Box<dyn Store>>, DlqError> {
     let mut stores: Vec<Box<dyn Store>> = Vec::new();
     let fallback = RecordKind::of(&mapping.source);
     let mut envelope_queue = None;
@@ -167,7 +180,9 @@ async fn open_stores(
         ))),
         Some(DestinationConfig::Kafka { topic }) => {
             let SourceConfig::Kafka(source) = &mapping.source else {
-                anyhow::bail!("a Kafka failure topic needs a Kafka source");
+                return Err(DlqError::KafkaWithoutSource {
+                    mapping: mapping.name.clone(),
+                });
             };
             let (source, topic) = (source.clone(), topic.clone());
             let store =
@@ -188,8 +203,7 @@ async fn open_stores(
         && envelope_queue.as_deref() != Some(dead_letter_queue.as_str())
     {
         let source = sluice_sources::sqs::SqsQueue::connect(clients.sqs.clone(), queue_url)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .await?;
         stores.push(Box::new(
             SqsStore::open(
                 clients.sqs.clone(),
@@ -209,15 +223,10 @@ async fn open_stores(
         ));
     }
     if stores.is_empty() {
-        anyhow::bail!(
-            "mapping {} has no on_failure destination{}; there are no dead letters to read",
-            mapping.name,
-            if source_queue.is_some() {
-                " and its queue has no redrive policy"
-            } else {
-                ""
-            }
-        );
+        return Err(DlqError::NoDeadLetters {
+            mapping: mapping.name.clone(),
+            queue: source_queue.is_some(),
+        });
     }
     Ok(stores)
 }
@@ -310,7 +319,7 @@ pub async fn peek(
     config: &Config,
     mapping: &MappingConfig,
     options: &PeekOptions,
-) -> anyhow::Result<()> {
+) -> Result<(), DlqError> {
     let clients = clients(config).await?;
     let mut stores = open_stores(mapping, &clients, PEEK_HOLD, false).await?;
     let mut shown = 0usize;
@@ -347,10 +356,8 @@ pub async fn peek(
         }
     }
     if options.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&Value::Array(documents))?
-        );
+        // A Value always renders.
+        println!("{:#}", Value::Array(documents));
     }
     Ok(())
 }
@@ -392,7 +399,7 @@ pub async fn replay(
     mapping: &MappingConfig,
     options: ReplayOptions,
     interrupted: CancellationToken,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, DlqError> {
     let clients = clients(config).await?;
     let commits = !options.dry_run && !options.keep;
     let mut stores = open_stores(mapping, &clients, super::HOLD, commits).await?;
@@ -418,10 +425,10 @@ pub async fn replay(
                     &source.properties,
                 )
                 .create()
-                .context("creating the producer for the source topics")?,
+                .map_err(DlqError::Producer)?,
             },
             SourceConfig::DynamodbStream(_) => {
-                anyhow::bail!("--to-source cannot write to a DynamoDB stream")
+                return Err(DlqError::NotWritable);
             }
         })
     } else {
@@ -430,7 +437,10 @@ pub async fn replay(
     let target_config = config
         .targets
         .get(&mapping.target)
-        .with_context(|| format!("mapping {} names an unknown target", mapping.name))?;
+        .ok_or_else(|| DlqError::UnknownTarget {
+            mapping: mapping.name.clone(),
+            target: mapping.target.clone(),
+        })?;
     let replayer = Replayer {
         mapping: mapping.name.clone(),
         invoker: Invoker::new(
@@ -440,8 +450,7 @@ pub async fn replay(
                 &BTreeMap::new(),
                 &clients.region,
                 None,
-            )
-            .with_context(|| format!("building target {}", mapping.target))?,
+            )?,
             MappingMetrics::new(&mapping.name),
         ),
         policy: super::replay::replay_policy(mapping),
@@ -501,7 +510,7 @@ impl Run {
         &mut self,
         store: &mut dyn Store,
         interrupted: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), DlqError> {
         while self.summary.entries < self.limit && !interrupted.is_cancelled() {
             let batch = store
                 .next((self.limit - self.summary.entries).min(10))
@@ -529,7 +538,7 @@ impl Run {
 
 impl Run {
     /// Replays one entry, then deletes it, writes back what is left of it, or leaves it.
-    async fn entry(&mut self, store: &mut dyn Store, entry: &Entry) -> anyhow::Result<()> {
+    async fn entry(&mut self, store: &mut dyn Store, entry: &Entry) -> Result<(), DlqError> {
         let summary = &mut self.summary;
         if let Some(reason) = &entry.unreadable {
             summary.skipped += entry.records.len().max(1);

@@ -31,6 +31,29 @@ pub enum DlqError {
     },
     #[error(transparent)]
     Destination(#[from] crate::destinations::DestinationError),
+    #[error("setting up the AWS clients")]
+    Setup(#[from] crate::daemon::RunError),
+    #[error("{queue_url}'s redrive policy names {arn:?}, which is not a queue ARN")]
+    NotAQueueArn { queue_url: String, arn: String },
+    #[error("mapping {mapping} has a Kafka failure topic but no Kafka source to read it on")]
+    KafkaWithoutSource { mapping: String },
+    #[error(
+        "mapping {mapping} has no on_failure destination{}; there are no dead letters to read",
+        if *.queue { " and its queue has no redrive policy" } else { "" }
+    )]
+    NoDeadLetters { mapping: String, queue: bool },
+    #[error("the source queue of the redrive")]
+    Source(#[from] sluice_sources::SourceError),
+    #[error("a blocking task of the replay failed")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("creating the producer for the source topics")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("--to-source cannot write to a DynamoDB stream; replay through the target instead")]
+    NotWritable,
+    #[error("mapping {mapping} names the unknown target {target}")]
+    UnknownTarget { mapping: String, target: String },
+    #[error("building the mapping's target")]
+    Target(#[from] crate::targets::BuildError),
 }
 
 impl DlqError {

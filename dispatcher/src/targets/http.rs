@@ -28,13 +28,30 @@ pub struct HttpTarget {
     non_retryable_statuses: Vec<u16>,
 }
 
+/// Why an HTTP target could not be built (config validation refuses these first).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpTargetError {
+    #[error("header {name:?} is not a valid HTTP header name and value")]
+    Header {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot build the HTTP client")]
+    Client(#[from] reqwest::Error),
+}
+
 impl HttpTarget {
-    pub fn new(config: &HttpTargetConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &HttpTargetConfig) -> Result<Self, HttpTargetError> {
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
+            let header = |source: Box<dyn std::error::Error + Send + Sync>| HttpTargetError::Header {
+                name: name.clone(),
+                source,
+            };
             headers.insert(
-                HeaderName::from_bytes(name.as_bytes())?,
-                HeaderValue::from_str(value)?,
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| header(e.into()))?,
+                HeaderValue::from_str(value).map_err(|e| header(e.into()))?,
             );
         }
         let client = reqwest::Client::builder()

@@ -164,6 +164,21 @@ impl SharedTarget {
     }
 }
 
+/// Why a target could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("target {name}")]
+    Http {
+        name: String,
+        #[source]
+        source: http::HttpTargetError,
+    },
+    #[error(
+        "target {name} is in_process: it runs a Rust handler that a program embedding sluice registers (Sluice::handler(\"{name}\", ...), see examples/in_process.rs); the sluice binary cannot run it"
+    )]
+    NoHandler { name: String },
+}
+
 /// Builds a target; `handlers` holds the handlers registered for `in_process` targets.
 pub fn build(
     name: &str,
@@ -171,15 +186,22 @@ pub fn build(
     handlers: &std::collections::BTreeMap<String, Arc<dyn in_process::Handler>>,
     region: &str,
     health: Option<&crate::health::Health>,
-) -> anyhow::Result<SharedTarget> {
+) -> Result<SharedTarget, BuildError> {
     let target: Arc<dyn Target> = match config {
-        TargetConfig::Http(http) => Arc::new(http::HttpTarget::new(http)?),
+        TargetConfig::Http(http) => {
+            Arc::new(
+                http::HttpTarget::new(http).map_err(|source| BuildError::Http {
+                    name: name.to_owned(),
+                    source,
+                })?,
+            )
+        }
         TargetConfig::Command(command) => Arc::new(command::CommandTarget::new(name, command)),
         TargetConfig::InProcess(in_process) => {
             let Some(handler) = handlers.get(name) else {
-                anyhow::bail!(
-                    "target {name} is in_process: it runs a Rust handler that a program embedding sluice registers (Sluice::handler(\"{name}\", ...), see examples/in_process.rs); the sluice binary cannot run it"
-                );
+                return Err(BuildError::NoHandler {
+                    name: name.to_owned(),
+                });
             };
             Arc::new(in_process::InProcessTarget::new(
                 handler.clone(),
