@@ -10,10 +10,10 @@ use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
 use crate::runtime::{dynamodb_stream, kafka, s3, sqs, supervise};
 use crate::targets::{self, SharedTarget};
 use crate::telemetry::MappingMetrics;
-use sluice_sources::checkpoint::CheckpointError;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use metrics_exporter_prometheus::PrometheusHandle;
+use sluice_sources::checkpoint::CheckpointError;
 use sluice_sources::checkpoint::dynamodb::LeaseTable;
 use sluice_sources::dynamodb_streams::{DynamoDbStreams, StreamOpener};
 use std::collections::BTreeMap;
@@ -203,23 +203,25 @@ pub async fn run_with_handlers(
     let mapping_destination = |destination: &DestinationConfig, source: &SourceConfig| {
         crate::destinations::build(destination, Some(source), &sqs_client, &s3_client)
     };
-    let function_destination = |function: &str, key: &'static str, destination: &DestinationConfig| {
-        crate::destinations::build(destination, None, &sqs_client, &s3_client).map_err(|source| {
-            RunError::Destination {
-                owner: format!("invoke_api function {function}"),
-                key,
-                source,
-            }
-        })
-    };
+    let function_destination =
+        |function: &str, key: &'static str, destination: &DestinationConfig| {
+            crate::destinations::build(destination, None, &sqs_client, &s3_client).map_err(
+                |source| RunError::Destination {
+                    owner: format!("invoke_api function {function}"),
+                    key,
+                    source,
+                },
+            )
+        };
     for mapping in config.mappings.iter().filter(|m| m.enabled) {
-        let target = built_targets
-            .get(&mapping.target)
-            .cloned()
-            .ok_or_else(|| RunError::UnknownTarget {
-                owner: format!("mapping {}", mapping.name),
-                target: mapping.target.clone(),
-            })?;
+        let target =
+            built_targets
+                .get(&mapping.target)
+                .cloned()
+                .ok_or_else(|| RunError::UnknownTarget {
+                    owner: format!("mapping {}", mapping.name),
+                    target: mapping.target.clone(),
+                })?;
         let on_failure = mapping
             .on_failure
             .as_ref()
@@ -339,11 +341,12 @@ pub async fn run_with_handlers(
         None => (None, None),
     };
     if let Some(path) = &options.address_file {
-        write_addresses(path, admin_address, api_address)
-            .map_err(|source| RunError::AddressFile {
+        write_addresses(path, admin_address, api_address).map_err(|source| {
+            RunError::AddressFile {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
     }
     if workers.is_empty() && api.is_none() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");

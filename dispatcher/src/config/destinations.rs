@@ -128,6 +128,23 @@ pub fn build(v: &mut Validator, path: &str, raw: RawDestination) -> DestinationC
     }
 }
 
+/// Refuses an SQS destination that is the queue the mapping reads (`why` says what would happen),
+/// and a Kafka topic (a queue source has no Kafka cluster).
+pub fn refuse_own_queue(
+    v: &mut Validator,
+    path: &str,
+    destination: &DestinationConfig,
+    source_queue: &str,
+    why: &str,
+) {
+    refuse_kafka(v, path, destination);
+    if let DestinationConfig::Sqs { queue_url, .. } = destination
+        && queue_url == source_queue
+    {
+        v.error(format!("{path}.sqs.queue_url"), why);
+    }
+}
+
 /// Refuses a Kafka topic destination where there is no Kafka source to write it on.
 pub fn refuse_kafka(v: &mut Validator, path: &str, destination: &DestinationConfig) {
     if matches!(destination, DestinationConfig::Kafka { .. }) {

@@ -202,8 +202,7 @@ async fn open_stores(
         && let Some(dead_letter_queue) = redrive_queue(&clients.sqs, queue_url).await?
         && envelope_queue.as_deref() != Some(dead_letter_queue.as_str())
     {
-        let source = sluice_sources::sqs::SqsQueue::connect(clients.sqs.clone(), queue_url)
-            .await?;
+        let source = sluice_sources::sqs::SqsQueue::connect(clients.sqs.clone(), queue_url).await?;
         stores.push(Box::new(
             SqsStore::open(
                 clients.sqs.clone(),
@@ -434,13 +433,14 @@ pub async fn replay(
     } else {
         None
     };
-    let target_config = config
-        .targets
-        .get(&mapping.target)
-        .ok_or_else(|| DlqError::UnknownTarget {
-            mapping: mapping.name.clone(),
-            target: mapping.target.clone(),
-        })?;
+    let target_config =
+        config
+            .targets
+            .get(&mapping.target)
+            .ok_or_else(|| DlqError::UnknownTarget {
+                mapping: mapping.name.clone(),
+                target: mapping.target.clone(),
+            })?;
     let replayer = Replayer {
         mapping: mapping.name.clone(),
         invoker: Invoker::new(

@@ -45,10 +45,11 @@ impl HttpTarget {
     pub fn new(config: &HttpTargetConfig) -> Result<Self, HttpTargetError> {
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let header = |source: Box<dyn std::error::Error + Send + Sync>| HttpTargetError::Header {
-                name: name.clone(),
-                source,
-            };
+            let header =
+                |source: Box<dyn std::error::Error + Send + Sync>| HttpTargetError::Header {
+                    name: name.clone(),
+                    source,
+                };
             headers.insert(
                 HeaderName::from_bytes(name.as_bytes()).map_err(|e| header(e.into()))?,
                 HeaderValue::from_str(value).map_err(|e| header(e.into()))?,

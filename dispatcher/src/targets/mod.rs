@@ -187,34 +187,30 @@ pub fn build(
     region: &str,
     health: Option<&crate::health::Health>,
 ) -> Result<SharedTarget, BuildError> {
-    let target: Arc<dyn Target> = match config {
-        TargetConfig::Http(http) => {
-            Arc::new(
-                http::HttpTarget::new(http).map_err(|source| BuildError::Http {
+    let target: Arc<dyn Target> =
+        match config {
+            TargetConfig::Http(http) => Arc::new(http::HttpTarget::new(http).map_err(
+                |source| BuildError::Http {
                     name: name.to_owned(),
                     source,
-                })?,
-            )
-        }
-        TargetConfig::Command(command) => Arc::new(command::CommandTarget::new(name, command)),
-        TargetConfig::InProcess(in_process) => {
-            let Some(handler) = handlers.get(name) else {
-                return Err(BuildError::NoHandler {
-                    name: name.to_owned(),
-                });
-            };
-            Arc::new(in_process::InProcessTarget::new(
-                handler.clone(),
-                in_process,
-            ))
-        }
-        TargetConfig::LambdaRuntime(pool) => Arc::new(lambda_runtime::LambdaRuntimeTarget::start(
-            name,
-            pool,
-            region,
-            health.cloned(),
-        )),
-    };
+                },
+            )?),
+            TargetConfig::Command(command) => Arc::new(command::CommandTarget::new(name, command)),
+            TargetConfig::InProcess(in_process) => {
+                let Some(handler) = handlers.get(name) else {
+                    return Err(BuildError::NoHandler {
+                        name: name.to_owned(),
+                    });
+                };
+                Arc::new(in_process::InProcessTarget::new(
+                    handler.clone(),
+                    in_process,
+                ))
+            }
+            TargetConfig::LambdaRuntime(pool) => Arc::new(
+                lambda_runtime::LambdaRuntimeTarget::start(name, pool, region, health.cloned()),
+            ),
+        };
     Ok(SharedTarget::new(name, target, config.max_concurrency())
         .with_longest_call(config.longest_call()))
 }

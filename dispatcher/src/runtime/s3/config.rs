@@ -3,7 +3,7 @@
 //! asynchronous invocation.
 
 use crate::config::async_policy::{self, RawAsyncPolicy};
-use crate::config::destinations::DestinationConfig;
+use crate::config::destinations::{DestinationConfig, refuse_own_queue};
 use crate::config::duration::HumanDuration;
 use crate::config::kind::{BuildSource, MappingParts, SourceRules};
 use crate::config::validate::Validator;
@@ -136,15 +136,13 @@ impl SourceRules for S3SourceConfig {
     }
 
     fn check_destination(&self, v: &mut Validator, path: &str, destination: &DestinationConfig) {
-        crate::config::destinations::refuse_kafka(v, path, destination);
-        if let DestinationConfig::Sqs { queue_url, .. } = destination
-            && *queue_url == self.queue_url
-        {
-            v.error(
-                format!("{path}.sqs.queue_url"),
-                "is the mapping's own notification queue; records sent there would be read again as notifications",
-            );
-        }
+        refuse_own_queue(
+            v,
+            path,
+            destination,
+            &self.queue_url,
+            "is the mapping's own notification queue; records sent there would be read again as notifications",
+        );
     }
 }
 
@@ -167,6 +165,32 @@ mod tests {
             policy.throttle_backoff,
             AsyncPolicy::lambda_defaults().throttle_backoff,
             "throttles back off"
+        );
+    }
+
+    #[test]
+    fn the_notification_queue_is_not_a_destination() {
+        let text = format!(
+            "{S3}    on_failure: {{ sqs: {{ queue_url: \"http://127.0.0.1:5000/123456789012/uploads\" }} }}\n"
+        );
+        let error = parse_text(&text).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0].on_failure.sqs.queue_url");
+        assert!(
+            error.message.contains("own notification queue"),
+            "{}",
+            error.message
+        );
+    }
+
+    // S3 events are invoked asynchronously: Lambda has no error classes there, and sluice's
+    // async policy never read them.
+    #[test]
+    fn error_classes_are_refused_on_an_s3_mapping() {
+        let text = format!("{S3}    retry: {{ non_retryable_errors: [Bad] }}\n");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("retry.non_retryable_errors: is not a setting of s3 sources"),
+            "{rendered}"
         );
     }
 

@@ -2,7 +2,7 @@
 //! built into the mapping's settings with its finished [`QueuePolicy`].
 
 use crate::config::backoff::{self, RawBackoff};
-use crate::config::destinations::DestinationConfig;
+use crate::config::destinations::{DestinationConfig, refuse_own_queue};
 use crate::config::duration::HumanDuration;
 use crate::config::kind::{BuildSource, MappingParts, SourceRules};
 use crate::config::validate::Validator;
@@ -303,15 +303,13 @@ impl SourceRules for SqsSourceConfig {
     }
 
     fn check_destination(&self, v: &mut Validator, path: &str, destination: &DestinationConfig) {
-        crate::config::destinations::refuse_kafka(v, path, destination);
-        if let DestinationConfig::Sqs { queue_url, .. } = destination
-            && *queue_url == self.queue_url
-        {
-            v.error(
-                format!("{path}.sqs.queue_url"),
-                "is the mapping's own source queue; dead letters would be consumed again",
-            );
-        }
+        refuse_own_queue(
+            v,
+            path,
+            destination,
+            &self.queue_url,
+            "is the mapping's own source queue; dead letters would be consumed again",
+        );
     }
 }
 
