@@ -9,7 +9,18 @@ Usage: python examples/handler.py PORT
 
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Batches are handled on several threads at once; print writes a line and its newline
+# separately, so two threads' lines could run together. One line, one write, one at a time.
+_output = threading.Lock()
+
+
+def say(line):
+    with _output:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class OrderHandler(BaseHTTPRequestHandler):
@@ -21,7 +32,7 @@ class OrderHandler(BaseHTTPRequestHandler):
             body = record["body"]
             attempt = record["attributes"]["ApproximateReceiveCount"]
             if "poison" in body:
-                print(f"rejected {body} (attempt {attempt})", flush=True)
+                say(f"rejected {body} (attempt {attempt})")
                 failures.append(
                     {
                         "itemIdentifier": record["messageId"],
@@ -30,7 +41,7 @@ class OrderHandler(BaseHTTPRequestHandler):
                     }
                 )
             else:
-                print(f"handled {body}", flush=True)
+                say(f"handled {body}")
         payload = json.dumps({"batchItemFailures": failures}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

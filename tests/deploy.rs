@@ -77,7 +77,14 @@ async fn health_exits_zero_only_while_the_local_sluice_is_ready() {
         &["-c", &path.display().to_string()],
         &[("SLUICE_ADDRESS_FILE".into(), address_file_text.clone())],
     );
-    assert_eq!(code, Some(0), "the reported address wins: {output}");
+    assert_eq!(
+        code,
+        Some(0),
+        "port 0 in the config: the reported port: {output}"
+    );
+    let (code, output) = health(&["-c", &path.display().to_string()], &[]);
+    assert_eq!(code, Some(2), "port 0 and no address file: {output}");
+    assert!(output.contains("--address-file"), "{output}");
     // A config that names the port: its wildcard listener is reached over loopback.
     let named = tempfile::tempdir().unwrap();
     let named_path = named.path().join("sluice.yaml");
@@ -108,6 +115,10 @@ async fn health_exits_zero_only_while_the_local_sluice_is_ready() {
     );
     sluice.signal("TERM");
     sluice.wait_exit(Duration::from_secs(30)).expect("exit");
+    assert!(
+        !address_file.exists(),
+        "the address file goes with the process"
+    );
 }
 
 // Issue 9: `-c s3://bucket/key` fetches the config at start, for run, validate and health;
@@ -351,8 +362,8 @@ async fn the_ecs_example_runs_and_its_task_definition_matches_it() {
     })
     .await;
     let config_location = config_path.display().to_string();
-    // As the image's HEALTHCHECK runs it: the task's environment, where SLUICE_ADDRESS_FILE
-    // names what the running sluice reported.
+    // The environment's SLUICE_ADMIN has port 0 here, so the check finds the port in the address
+    // file (in the ECS example the task sets a real port and needs no file).
     env.push((
         "SLUICE_ADDRESS_FILE".to_owned(),
         sluice.address_file().display().to_string(),

@@ -55,8 +55,8 @@ pub enum Command {
         /// The admin address to ask instead of reading the config, such as 127.0.0.1:9797.
         #[arg(long, env = "SLUICE_ADMIN")]
         admin: Option<String>,
-        /// The address file the running sluice writes (`run --address-file`); read before the
-        /// config, so a config with port 0 works too.
+        /// The address file the running sluice writes (`run --address-file`): read when the
+        /// admin address asked for (--admin, or the config's) has port 0, or none is given.
         #[arg(long, env = "SLUICE_ADDRESS_FILE")]
         address_file: Option<std::path::PathBuf>,
         /// How long to wait for the answer.
@@ -235,6 +235,7 @@ pub fn load_config(location: &str) -> Result<config::Config, config::ConfigError
                     .map_err(|e| e.to_string())?;
             crate::destinations::s3::read_object_text(&crate::daemon::s3_client(&sdk_config), bucket, key)
                 .await
+                .map_err(|e| crate::error_chain(&e))
         })
         .map_err(|error| {
             unreadable(format!(
@@ -366,17 +367,6 @@ fn health(
     address_file: Option<&std::path::Path>,
     timeout: std::time::Duration,
 ) -> ExitCode {
-    // The address the running sluice reports wins over what its config asked for.
-    let reported = address_file.and_then(reported_admin);
-    let admin = reported.as_deref().or(admin);
-    if let (Some(path), None, None) = (address_file, admin, config_location) {
-        // Not written yet, or removed at exit: nothing to ask, so not ready.
-        println!(
-            "not ready: no address in {}; is sluice running?",
-            path.display()
-        );
-        return ExitCode::from(EXIT_RUNTIME_FAILURE);
-    }
     // A wildcard listener is reached over loopback.
     let reachable = |listen: std::net::SocketAddr| {
         if listen.ip().is_unspecified() {
@@ -385,20 +375,55 @@ fn health(
             listen.to_string()
         }
     };
-    let address = match (admin, config_location) {
-        (Some(admin), _) => admin.parse().map_or_else(|_| admin.to_owned(), reachable),
+    // The address asked for: --admin (SLUICE_ADMIN), else the config's admin.listen.
+    let asked: Option<std::net::SocketAddr> = match (admin, config_location) {
+        (Some(admin), _) => match admin.parse() {
+            Ok(address) => Some(address),
+            // A host name: asked as written.
+            Err(_) => return ask_ready(admin, timeout),
+        },
         (None, Some(location)) => match load_config(location) {
-            Ok(config) => reachable(config.admin.listen),
+            Ok(config) => Some(config.admin.listen),
             Err(errors) => {
                 eprintln!("{errors}");
                 return ExitCode::from(EXIT_RUNTIME_FAILURE);
             }
         },
+        (None, None) => None,
+    };
+    // A port asked for is where sluice listens; port 0 (or nothing asked) is found in the
+    // address file the running sluice writes.
+    let address = match (asked, address_file) {
+        (Some(asked), _) if asked.port() != 0 => reachable(asked),
+        (_, Some(path)) => match reported_admin(path) {
+            Some(reported) => reported,
+            None => {
+                // Not written yet, or removed at exit: nothing to ask, so not ready.
+                println!(
+                    "not ready: no address in {}; is sluice running?",
+                    path.display()
+                );
+                return ExitCode::from(EXIT_RUNTIME_FAILURE);
+            }
+        },
+        (Some(_), None) => {
+            eprintln!(
+                "sluice health: the admin address has port 0, so sluice picks the port; give --address-file (or SLUICE_ADDRESS_FILE), the file sluice run writes it to"
+            );
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
         (None, None) => {
-            eprintln!("sluice health: give -c (or SLUICE_CONFIG) or --admin (or SLUICE_ADMIN)");
+            eprintln!(
+                "sluice health: give -c (or SLUICE_CONFIG), --admin (or SLUICE_ADMIN) or --address-file (or SLUICE_ADDRESS_FILE)"
+            );
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    ask_ready(&address, timeout)
+}
+
+/// Asks `address`'s /readyz; exit 0 when ready.
+fn ask_ready(address: &str, timeout: std::time::Duration) -> ExitCode {
     let url = format!("http://{address}/readyz");
     let answer = tokio::runtime::Builder::new_current_thread()
         .enable_all()

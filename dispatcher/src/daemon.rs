@@ -45,6 +45,8 @@ pub enum RunError {
         "opening the invoke API's queue of Event invocations; if the state file is corrupt, move it aside (its queued events and checkpoints are lost)"
     )]
     AsyncQueue(#[source] CheckpointError),
+    #[error("the state file for the invoke API's queue is not open")]
+    StateFileNotOpen,
     #[error("building a target")]
     Target(#[from] crate::targets::BuildError),
     #[error("{owner} names the unknown target {target}")]
@@ -137,6 +139,15 @@ pub async fn run_with_handlers(
     handlers: BTreeMap<String, Arc<dyn crate::targets::in_process::Handler>>,
     options: RunOptions,
 ) -> Result<(), RunError> {
+    if let Some(path) = &options.address_file {
+        // A file left by a run that was killed would point at a port someone else may hold now;
+        // and a file that cannot be written should stop the start, not surface after the
+        // mappings run.
+        prepare_address_file(path).map_err(|source| RunError::AddressFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let sdk_config = aws_config_for(&config.aws, config.needs_aws()).await?;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
     let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
@@ -158,10 +169,8 @@ pub async fn run_with_handlers(
             .mappings
             .iter()
             .any(|m| m.enabled && m.source.rules().keeps_checkpoints()))
-        || config
-            .invoke_api
-            .as_ref()
-            .is_some_and(|api| !api.functions.is_empty());
+        // The Invoke API queues its Event invocations there (with or without functions yet).
+        || config.invoke_api.is_some();
     let state_file = if uses_state_file {
         Some(
             sluice_sources::checkpoint::embedded::StateFile::open(&config.state_dir)
@@ -278,12 +287,9 @@ pub async fn run_with_handlers(
     let api_workers = tokio_util::task::TaskTracker::new();
     let api = match &config.invoke_api {
         Some(api_config) => {
-            // Open whenever a function is configured (uses_state_file above).
+            // Opened above whenever there is an Invoke API.
             let Some(state_file) = state_file.clone() else {
-                return Err(RunError::AsyncQueue(CheckpointError::Store {
-                    store: "the state file".into(),
-                    message: "not open".into(),
-                }));
+                return Err(RunError::StateFileNotOpen);
             };
             let queue = sluice_sources::async_queue::AsyncQueue::open(state_file)
                 .map_err(RunError::AsyncQueue)?;
@@ -340,13 +346,12 @@ pub async fn run_with_handlers(
         Some((api, address)) => (Some(api), Some(address)),
         None => (None, None),
     };
-    if let Some(path) = &options.address_file {
-        write_addresses(path, admin_address, api_address).map_err(|source| {
-            RunError::AddressFile {
-                path: path.clone(),
-                source,
-            }
-        })?;
+    if let Some(path) = &options.address_file
+        && let Err(error) = write_addresses(path, admin_address, api_address)
+    {
+        // Checked writable at start: only a disk that filled since gets here. The servers run;
+        // only the file that names them is missing.
+        tracing::error!(file = %path.display(), %error, "cannot write the address file");
     }
     if workers.is_empty() && api.is_none() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");
@@ -389,6 +394,18 @@ pub async fn run_with_handlers(
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Removes a stale address file and checks that one can be written beside it.
+fn prepare_address_file(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let probe = path.with_extension("partial");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
 }
 
 /// Writes the servers' addresses to `path` at once (a reader never sees half a file).

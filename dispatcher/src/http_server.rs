@@ -26,9 +26,7 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server could not take its address.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot listen on {what} address {address}; is another process using it? (port 0 takes a free one)"
-)]
+#[error("cannot listen on the {what} address {address}")]
 pub struct ListenError {
     pub what: &'static str,
     pub address: std::net::SocketAddr,

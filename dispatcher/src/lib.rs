@@ -21,3 +21,17 @@ pub mod runtime;
 pub mod targets;
 pub mod telemetry;
 pub mod traces;
+
+/// An error and its causes on one line, `what failed: why: why`, for log fields and dead-letter
+/// reasons, where a multi-line report does not fit. (`sluice`'s own messages print a cause per
+/// line instead.)
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}

@@ -26,7 +26,7 @@ fn check_notification(body: &str) {
             }
         }
         Ok(Notification::Test) => {}
-        Err(message) => assert!(!message.trim().is_empty(), "{body}"),
+        Err(error) => assert!(!error.to_string().trim().is_empty(), "{body}"),
     }
 }
 

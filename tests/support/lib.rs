@@ -714,8 +714,13 @@ pub fn sluice_binary() -> PathBuf {
     static BUILD: Once = Once::new();
     let root = workspace_root();
     BUILD.call_once(|| {
+        let mut args = vec!["build", "--quiet", "-p", "sluice", "--bin", "sluice"];
+        // The features this test run built the sluice library with, so it is not built again.
+        if cfg!(feature = "e2e") {
+            args.extend(["--features", "e2e"]);
+        }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
+            .args(&args)
             .current_dir(&root)
             .status()
             .expect("running cargo build");
@@ -980,15 +985,25 @@ pub fn metric_of_mapping(text: &str, name: &str, mapping: &str) -> f64 {
 }
 
 impl Sluice {
-    /// Waits until `mapping` (or Invoke API function) is quiet: nothing in flight, and nothing it
-    /// counts (records received, batches invoked, records acknowledged, retried, dead-lettered,
-    /// filtered) changed for `window`. A negative assertion after it sees everything sluice does
-    /// with what it has read, instead of hoping a fixed sleep was long enough. Panics after two
-    /// minutes.
+    /// Waits until `mapping` (or Invoke API function) is quiet: no record in flight (queue
+    /// sources), no invocation running (every kind: invocations started minus finished), and
+    /// nothing it counts (records received, batches invoked, records acknowledged, retried,
+    /// dead-lettered, filtered) changed for `window`. A negative assertion after it sees
+    /// everything sluice does with what it has read, instead of hoping a fixed sleep was long
+    /// enough; `window` must outlast the longest pause between a mapping's steps (a retry's
+    /// backoff). Panics if sluice cannot be asked, or after two minutes.
     pub async fn settled(&self, mapping: &str, window: Duration) {
         let snapshot = || async {
-            let (_, text) = self.get("/metrics").await;
-            let in_flight = metric_of_mapping(&text, "sluice_in_flight_records", mapping);
+            let (status, text) = self.get("/metrics").await;
+            assert_eq!(
+                status,
+                200,
+                "settled({mapping}): /metrics did not answer\n---- sluice log ----\n{}",
+                self.logs()
+            );
+            let running = metric_of_mapping(&text, "sluice_batches_invoked_total", mapping)
+                - metric_of_mapping(&text, "sluice_invoke_duration_seconds_count", mapping);
+            let in_flight = metric_of_mapping(&text, "sluice_in_flight_records", mapping) + running;
             let counts: Vec<f64> = ACTIVITY
                 .iter()
                 .map(|name| metric_of_mapping(&text, name, mapping))

@@ -7,25 +7,62 @@
 use super::{Destination, DestinationError, Placement};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 
-/// The text of an S3 object; the error says what failed (the call, or the object is not UTF-8).
-pub async fn read_object_text(client: &Client, bucket: &str, key: &str) -> Result<String, String> {
+/// An S3 object could not be read or written; the cause (the SDK's error) is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("{operation} s3://{bucket}/{key} failed")]
+    Call {
+        operation: &'static str,
+        bucket: String,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("s3://{bucket}/{key} is not UTF-8 text")]
+    NotText { bucket: String, key: String },
+}
+
+impl ObjectError {
+    fn call(
+        operation: &'static str,
+        bucket: &str,
+        key: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ObjectError::Call {
+            operation,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The text of an S3 object.
+pub async fn read_object_text(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+) -> Result<String, ObjectError> {
     let object = client
         .get_object()
         .bucket(bucket)
         .key(key)
         .send()
         .await
-        .map_err(|e| DisplayErrorContext(e).to_string())?;
+        .map_err(|e| ObjectError::call("GetObject", bucket, key, e))?;
     let bytes = object
         .body
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ObjectError::call("reading the body of", bucket, key, e))?
         .into_bytes();
-    String::from_utf8(bytes.to_vec()).map_err(|_| "the object is not UTF-8 text".to_owned())
+    String::from_utf8(bytes.to_vec()).map_err(|_| ObjectError::NotText {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+    })
 }
 
 /// Stores `body` as a JSON object at `bucket`/`key` (replacing what is there).
@@ -34,7 +71,7 @@ pub async fn put_json_object(
     bucket: &str,
     key: &str,
     body: String,
-) -> Result<(), String> {
+) -> Result<(), ObjectError> {
     client
         .put_object()
         .bucket(bucket)
@@ -44,7 +81,7 @@ pub async fn put_json_object(
         .send()
         .await
         .map(|_| ())
-        .map_err(|error| DisplayErrorContext(&error).to_string())
+        .map_err(|e| ObjectError::call("PutObject", bucket, key, e))
 }
 
 pub struct S3Destination {
@@ -93,10 +130,10 @@ impl Destination for S3Destination {
         let key = self.key(placement, super::envelope::now_since_epoch(), &id);
         put_json_object(&self.client, &self.bucket, &key, document.to_string())
             .await
-            .map_err(|message| DestinationError::S3 {
+            .map_err(|error| DestinationError::S3 {
                 bucket: self.bucket.clone(),
                 key,
-                message,
+                message: crate::error_chain(&error),
             })
     }
 

@@ -61,16 +61,13 @@ pub struct Spill {
 
 impl Spill {
     /// Stores `body` and returns the pointer to send instead.
-    pub async fn store(&self, mapping: &str, body: String) -> Result<SpillPointer, String> {
+    pub async fn store(
+        &self,
+        mapping: &str,
+        body: String,
+    ) -> Result<SpillPointer, super::s3::ObjectError> {
         let key = format!("sluice-spill/{mapping}/{}.json", uuid::Uuid::new_v4());
-        super::s3::put_json_object(&self.client, &self.bucket, &key, body)
-            .await
-            .map_err(|error| {
-                format!(
-                    "storing the oversized envelope as s3://{}/{key} failed: {error}",
-                    self.bucket
-                )
-            })?;
+        super::s3::put_json_object(&self.client, &self.bucket, &key, body).await?;
         Ok(SpillPointer {
             bucket: self.bucket.clone(),
             key,
@@ -117,7 +114,12 @@ impl SqsDestination {
                 )));
             };
             let size = body.len();
-            let pointer = spill.store(mapping, body).await.map_err(failed)?;
+            let pointer = spill.store(mapping, body).await.map_err(|error| {
+                failed(format!(
+                    "storing the oversized envelope: {}",
+                    crate::error_chain(&error)
+                ))
+            })?;
             request = request.message_body(pointer.body()).message_attributes(
                 PAYLOAD_SIZE_ATTRIBUTE,
                 MessageAttributeValue::builder()

@@ -69,6 +69,7 @@ impl S3Store {
         };
         let text = crate::destinations::s3::read_object_text(&self.client, &self.bucket, key)
             .await
+            .map_err(|e| crate::error_chain(&e))
             .and_then(|text| {
                 serde_json::from_str::<Value>(&text).map_err(|e| format!("not JSON: {e}"))
             });
@@ -136,6 +137,6 @@ impl Store for S3Store {
             envelope.to_string(),
         )
         .await
-        .map_err(|e| self.failed("PutObject", e))
+        .map_err(|e| self.failed("PutObject", crate::error_chain(&e)))
     }
 }

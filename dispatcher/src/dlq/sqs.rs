@@ -92,7 +92,10 @@ impl SqsStore {
         DlqError::store(self.url(), operation, message)
     }
 
-    async fn read_spilled(&self, pointer: &SpillPointer) -> Result<String, String> {
+    async fn read_spilled(
+        &self,
+        pointer: &SpillPointer,
+    ) -> Result<String, crate::destinations::s3::ObjectError> {
         crate::destinations::s3::read_object_text(&self.s3, &pointer.bucket, &pointer.key).await
     }
 
@@ -107,8 +110,10 @@ impl SqsStore {
                 Ok(text) => body = text,
                 Err(error) => {
                     unreadable = Some(format!(
-                        "the envelope was spilled to s3://{}/{} and cannot be read: {error}",
-                        pointer.bucket, pointer.key
+                        "the envelope was spilled to s3://{}/{} and cannot be read: {}",
+                        pointer.bucket,
+                        pointer.key,
+                        crate::error_chain(&error)
                     ))
                 }
             }

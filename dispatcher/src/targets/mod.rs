@@ -174,7 +174,7 @@ pub enum BuildError {
         source: http::HttpTargetError,
     },
     #[error(
-        "target {name} is in_process: it runs a Rust handler that a program embedding sluice registers (Sluice::handler(\"{name}\", ...), see examples/in_process.rs); the sluice binary cannot run it"
+        "target {name} is in_process: it runs a Rust handler that a program embedding sluice registers with Sluice::handler(\"{name}\", ...) (see examples/in_process.rs), and none was registered; the sluice binary has no handlers, so it cannot run such a target"
     )]
     NoHandler { name: String },
 }

@@ -22,27 +22,48 @@ pub enum Notification {
     Records(Vec<Value>),
 }
 
+/// Why a message body is not an S3 event notification; the dead letter's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum NotificationError {
+    #[error("the message body is not JSON; expected an S3 event notification")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the notification has no records")]
+    NoRecords,
+    #[error("Records[{0}] has no s3.object.key")]
+    NoKey(usize),
+    #[error("an SNS envelope without a Message")]
+    NoSnsMessage,
+    #[error("the SNS Message is not JSON")]
+    SnsNotJson(#[source] serde_json::Error),
+    #[error(
+        "the message is neither an S3 notification, an SNS envelope of one, nor an EventBridge S3 event"
+    )]
+    Unrecognized,
+    #[error("the EventBridge event has no {0}")]
+    EventBridgeWithout(&'static str),
+    #[error("EventBridge detail-type {0:?} is not an S3 object event")]
+    NotAnObjectEvent(String),
+}
+
 /// Reads a message body; the error says what the body was, for the dead letter.
-pub fn parse_notification(body: &str) -> Result<Notification, String> {
-    let value: Value = serde_json::from_str(body).map_err(|e| {
-        format!("the message body is not JSON ({e}); expected an S3 event notification")
-    })?;
+pub fn parse_notification(body: &str) -> Result<Notification, NotificationError> {
+    let value: Value = serde_json::from_str(body).map_err(NotificationError::NotJson)?;
     from_value(&value, 0)
 }
 
-fn from_value(value: &Value, depth: u8) -> Result<Notification, String> {
+fn from_value(value: &Value, depth: u8) -> Result<Notification, NotificationError> {
     if value.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
         return Ok(Notification::Test);
     }
     if let Some(records) = value.get("Records").and_then(Value::as_array) {
         if records.is_empty() {
-            return Err("the notification has no records".into());
+            return Err(NotificationError::NoRecords);
         }
         if let Some(bad) = records
             .iter()
             .position(|r| r["s3"]["object"]["key"].as_str().is_none())
         {
-            return Err(format!("Records[{bad}] has no s3.object.key"));
+            return Err(NotificationError::NoKey(bad));
         }
         return Ok(Notification::Records(records.clone()));
     }
@@ -50,9 +71,8 @@ fn from_value(value: &Value, depth: u8) -> Result<Notification, String> {
         let message = value
             .get("Message")
             .and_then(Value::as_str)
-            .ok_or("an SNS envelope without a Message")?;
-        let inner: Value = serde_json::from_str(message)
-            .map_err(|e| format!("the SNS Message is not JSON ({e})"))?;
+            .ok_or(NotificationError::NoSnsMessage)?;
+        let inner: Value = serde_json::from_str(message).map_err(NotificationError::SnsNotJson)?;
         return from_value(&inner, 1);
     }
     if value.get("source").and_then(Value::as_str) == Some("aws.s3")
@@ -60,7 +80,7 @@ fn from_value(value: &Value, depth: u8) -> Result<Notification, String> {
     {
         return from_eventbridge(value).map(|record| Notification::Records(vec![record]));
     }
-    Err("the message is neither an S3 notification, an SNS envelope of one, nor an EventBridge S3 event".into())
+    Err(NotificationError::Unrecognized)
 }
 
 /// Form-URL encoding as S3 writes keys in notifications: space as `+`, reserved bytes as `%XX`.
@@ -103,14 +123,14 @@ pub fn decode_key(key: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn from_eventbridge(event: &Value) -> Result<Value, String> {
+fn from_eventbridge(event: &Value) -> Result<Value, NotificationError> {
     let detail = &event["detail"];
     let bucket = detail["bucket"]["name"]
         .as_str()
-        .ok_or("the EventBridge event has no detail.bucket.name")?;
+        .ok_or(NotificationError::EventBridgeWithout("detail.bucket.name"))?;
     let key = detail["object"]["key"]
         .as_str()
-        .ok_or("the EventBridge event has no detail.object.key")?;
+        .ok_or(NotificationError::EventBridgeWithout("detail.object.key"))?;
     let region = event["region"].as_str().unwrap_or_default();
     let event_name = match (event["detail-type"].as_str(), detail["reason"].as_str()) {
         (Some("Object Created"), Some("PutObject")) => "ObjectCreated:Put",
@@ -121,11 +141,9 @@ fn from_eventbridge(event: &Value) -> Result<Value, String> {
         (Some("Object Created"), _) => "ObjectCreated:Put",
         (Some("Object Deleted"), _) => "ObjectRemoved:Delete",
         (Some(other), _) => {
-            return Err(format!(
-                "EventBridge detail-type {other:?} is not an S3 object event"
-            ));
+            return Err(NotificationError::NotAnObjectEvent(other.to_owned()));
         }
-        (None, _) => return Err("the EventBridge event has no detail-type".into()),
+        (None, _) => return Err(NotificationError::EventBridgeWithout("detail-type")),
     };
     let mut object = json!({ "key": encode_key(key) });
     for (from, to) in [

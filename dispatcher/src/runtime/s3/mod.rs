@@ -236,7 +236,10 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
             return MessageEnd::Done;
         }
         Ok(Notification::Records(records)) => records,
-        Err(reason) => return invalid_message(context, message, &record, &reason).await,
+        Err(error) => {
+            let reason = crate::error_chain(&error);
+            return invalid_message(context, message, &record, &reason).await;
+        }
     };
     let wanted: Vec<Value> = s3_records
         .into_iter()
