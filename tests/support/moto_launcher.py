@@ -23,7 +23,13 @@
    and since reads index the shard by sequence number, a reader then sees one record twice and
    another never. Here `add` holds a lock, so sequence numbers are unique and contiguous.
 
-6. Test control, not a fix: `PUT /_sluice/stream-clock?offset_seconds=-120` shifts the
+6. Conditional writes (moto bug): DynamoDB's PutItem, UpdateItem and DeleteItem check their
+   condition and then write, without a lock; two instances taking the same free shard lease at
+   once (an UpdateItem conditioned on the lease counter) could both succeed, and both read the
+   shard. Here every item write of the backend holds one lock, so a condition and its write are
+   atomic, as in DynamoDB.
+
+7. Test control, not a fix: `PUT /_sluice/stream-clock?offset_seconds=-120` shifts the
    `ApproximateCreationDateTime` that moto stamps on DynamoDB stream records written afterwards,
    so a test can produce records that are already two minutes old (for `max_record_age`) without
    waiting. `offset_seconds=0` restores the real clock.
@@ -178,6 +184,21 @@ def serialize_stream_writes():
     table_models.StreamShard.add = locked_add
 
 
+def serialize_item_writes():
+    import moto.dynamodb.models as dynamodb_models
+
+    lock = threading.RLock()
+    backend = dynamodb_models.DynamoDBBackend
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+        write = getattr(backend, name)
+
+        def locked(self, *args, __write=write, **kwargs):
+            with lock:
+                return __write(self, *args, **kwargs)
+
+        setattr(backend, name, locked)
+
+
 def stream_clock_control():
     import datetime
     import urllib.parse
@@ -298,6 +319,7 @@ def main():
     parser.add_argument("--record-actions", action="store_true")
     args = parser.parse_args()
     serialize_stream_writes()
+    serialize_item_writes()
     stream_clock_control()
     if args.count_requests:
         count_requests()
