@@ -15,15 +15,10 @@ use std::time::Duration;
 /// Events in flight at once when `max_concurrency` is not given.
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 5;
 pub const MAX_MAX_CONCURRENCY: u32 = 1_000;
-/// SQS's longest long poll, also the default wait.
-pub const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
 
 // `Some(constant)`: the schema shows the default, and an empty value still reads as it.
 fn default_max_concurrency() -> Option<u32> {
     Some(DEFAULT_MAX_CONCURRENCY)
-}
-fn default_wait_time() -> Option<HumanDuration> {
-    Some(HumanDuration(MAX_WAIT_TIME))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -44,7 +39,7 @@ pub struct RawS3Source {
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: Option<u32>,
     /// Long-poll wait per receive: 0s..=20s.
-    #[serde(default = "default_wait_time")]
+    #[serde(default = "crate::runtime::sqs::config::default_wait_time")]
     pub wait_time: Option<HumanDuration>,
 }
 
@@ -84,13 +79,8 @@ impl BuildSource for RawS3Source {
             DEFAULT_MAX_CONCURRENCY,
             MAX_MAX_CONCURRENCY,
         );
-        let wait_time = self.wait_time.map_or(MAX_WAIT_TIME, |d| d.0);
-        if wait_time > MAX_WAIT_TIME {
-            v.error(
-                format!("{path}.wait_time"),
-                "must be 0s..=20s (SQS's longest long poll)",
-            );
-        }
+        // The notifications are read by the SQS poller: the same long poll.
+        let wait_time = crate::runtime::sqs::config::wait_time(v, path, self.wait_time);
         let retry_path = format!("{}.retry", mapping.path);
         let raw: RawAsyncPolicy =
             v.block(&retry_path, mapping.retry, "s3", async_policy::RETRY_ADVICE);

@@ -9,6 +9,7 @@ use crate::config::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_policies::{ErrorClasses, IdentifierKind, QueuePolicy, StreamPolicy};
+use sluice_sources::sqs::MAX_WAIT;
 use std::time::Duration;
 
 /// Records per invocation when `batch_size` is not given (Lambda's SQS default).
@@ -24,8 +25,6 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 5;
 pub const MAX_MAX_CONCURRENCY: u32 = 1_000;
 /// Receive loops by default at most, when every receive is a batch.
 pub const MAX_DEFAULT_POLLERS: u32 = 5;
-/// SQS's longest long poll, also the default wait.
-pub const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
 /// SQS's longest visibility timeout: the longest a message can be held, and the heartbeat's
 /// default limit.
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(43_200);
@@ -40,8 +39,21 @@ fn default_batch_size() -> Option<u32> {
 fn default_max_concurrency() -> Option<u32> {
     Some(DEFAULT_MAX_CONCURRENCY)
 }
-fn default_wait_time() -> Option<HumanDuration> {
-    Some(HumanDuration(MAX_WAIT_TIME))
+/// The long-poll wait when `wait_time` is not given: SQS's longest.
+pub(crate) fn default_wait_time() -> Option<HumanDuration> {
+    Some(HumanDuration(MAX_WAIT))
+}
+
+/// A queue source's `wait_time` at `path`: 0s..=20s (SQS's longest long poll), default 20s.
+pub(crate) fn wait_time(v: &mut Validator, path: &str, raw: Option<HumanDuration>) -> Duration {
+    let wait_time = raw.map_or(MAX_WAIT, |d| d.0);
+    if wait_time > MAX_WAIT {
+        v.error(
+            format!("{path}.wait_time"),
+            "must be 0s..=20s (SQS's longest long poll)",
+        );
+    }
+    wait_time
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -168,13 +180,12 @@ impl BuildSource for RawSqsSource {
                 format!("must be at least 1s when batch_size is greater than 10 (batch_size is {batch_size})"),
             );
         }
-        let max_concurrency = self.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY);
-        if !(1..=MAX_MAX_CONCURRENCY).contains(&max_concurrency) {
-            v.error(
-                format!("{path}.max_concurrency"),
-                format!("must be 1..={MAX_MAX_CONCURRENCY} (got {max_concurrency})"),
-            );
-        }
+        let max_concurrency = v.concurrency(
+            &format!("{path}.max_concurrency"),
+            self.max_concurrency,
+            DEFAULT_MAX_CONCURRENCY,
+            MAX_MAX_CONCURRENCY,
+        ) as u32;
         // Several loops would each gather their own batch and fill batches more slowly, so only
         // a mapping whose every receive is a batch polls with several loops by default.
         let default_pollers = if window.is_zero() && batch_size <= 10 {
@@ -189,13 +200,7 @@ impl BuildSource for RawSqsSource {
                 format!("must be 1..=max_concurrency ({max_concurrency}) (got {pollers})"),
             );
         }
-        let wait_time = self.wait_time.map_or(MAX_WAIT_TIME, |d| d.0);
-        if wait_time > MAX_WAIT_TIME {
-            v.error(
-                format!("{path}.wait_time"),
-                "must be 0s..=20s (SQS's longest long poll)",
-            );
-        }
+        let wait_time = wait_time(v, path, self.wait_time);
         let heartbeat_max = match self.visibility_heartbeat {
             Some(RawHeartbeat {
                 enabled: Some(false),
@@ -375,7 +380,7 @@ mod tests {
         let sqs = source_of!(config, Sqs);
         assert_eq!(sqs.batch_size, DEFAULT_BATCH_SIZE as usize);
         assert_eq!(sqs.max_concurrency, DEFAULT_MAX_CONCURRENCY as usize);
-        assert_eq!(sqs.wait_time, MAX_WAIT_TIME);
+        assert_eq!(sqs.wait_time, MAX_WAIT);
         assert_eq!(sqs.heartbeat_max, Some(MAX_HEARTBEAT));
     }
 
