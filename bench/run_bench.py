@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+from shutil import which as shutil_which
 import signal
 import socket
 import subprocess
@@ -190,7 +191,14 @@ def drain(moto, handler_url, messages, names=None, sluice_binary=None, tag=""):
             )
             started = time.time()
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_until(lambda: HANDLED.records >= messages and moto.depth(queue_url) == 0, 900, f"{name} to drain")
+            peak_anon = [0.0]
+
+            def drained():
+                # The kernel keeps the peak of all RSS (VmHWM) but not of its anonymous part.
+                peak_anon[0] = max(peak_anon[0], anon_mb(process.pid))
+                return HANDLED.records >= messages and moto.depth(queue_url) == 0
+
+            wait_until(drained, 900, f"{name} to drain")
             wall = time.time() - started
             cpu, peak_mb, _ = proc_usage(process.pid)
             process.send_signal(signal.SIGTERM)
@@ -207,17 +215,67 @@ def drain(moto, handler_url, messages, names=None, sluice_binary=None, tag=""):
                 "cpu": cpu,
                 "cpu_per_1k_ms": cpu * 1000 / (messages / 1000),
                 "peak_mb": peak_mb,
+                "peak_anon_mb": peak_anon[0],
                 "requests_per_message": requests / messages,
                 "requests": counts,
                 "duplicates": HANDLED.records - messages,
             }
         )
-        print(f"  {name}: {wall:.1f} s wall, {cpu:.2f} s CPU, {peak_mb:.0f} MB peak, {requests / messages:.3f} requests/message", flush=True)
+        print(f"  {name}: {wall:.1f} s wall, {cpu:.2f} s CPU, {peak_mb:.1f} MB peak ({peak_anon[0]:.1f} anonymous), {requests / messages:.3f} requests/message", flush=True)
     return rows
 
 
+def allocation_counts(moto, handler_url, messages):
+    """Heap allocation calls and peak heap of one drain by sluice and by the raw loop, under
+    heaptrack (start-up included). Without heaptrack on PATH the table says so."""
+    counts = {}
+    for name in ["sluice", "raw aws-sdk-rust loop"]:
+        if not shutil_which("heaptrack"):
+            break
+        queue_url = moto.fill(f"alloc-{name[:3]}", messages)
+        HANDLED.reset()
+        with tempfile.TemporaryDirectory() as work:
+            command = contender_commands(queue_url, handler_url, work)[name]
+            output = os.path.join(work, "heaptrack")
+            env = dict(os.environ, AWS_ENDPOINT_URL=moto.endpoint, AWS_REGION="us-east-1",
+                       AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", RUST_LOG="warn")
+            tracker = subprocess.Popen(["heaptrack", "-o", output] + command, env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_until(lambda: HANDLED.records >= messages and moto.depth(queue_url) == 0, 900, f"{name} to drain under heaptrack")
+            # heaptrack runs the consumer as its child; stopping the child ends the recording.
+            children = subprocess.run(["pgrep", "-P", str(tracker.pid)], capture_output=True, text=True).stdout.split()
+            for child in children:
+                os.kill(int(child), signal.SIGTERM)
+            tracker.wait(timeout=60)
+            recorded = [f for f in os.listdir(work) if f.startswith("heaptrack")]
+            report = subprocess.run(["heaptrack_print", "-f", os.path.join(work, recorded[0]), "-s", "0", "-a", "0", "-T", "0", "-l", "0", "-p", "0", "-n", "0"],
+                                    capture_output=True, text=True).stdout
+            calls = int(re.search(r"calls to allocation functions: (\d+)", report).group(1))
+            peak = re.search(r"peak heap memory consumption: ([0-9.]+)([KMG]?)B?", report)
+            scale = {"": 1 / 1e6, "K": 1e-3, "M": 1, "G": 1e3}[peak.group(2)]
+            counts[name] = (calls, float(peak.group(1)) * scale)
+            print(f"  {name}: {calls} allocations, {calls / messages:.1f} per message", flush=True)
+    return {"messages": messages, "counts": counts}
+
+
+def log_time(lines, message):
+    """The wall-clock time of the first JSON log line with this message, or None."""
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("message") == message:
+            stamp = datetime.datetime.strptime(entry["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return None
+
+
 def first_poll_and_rss(moto, handler_url, mapping_count):
-    """Median exec-to-first-ReceiveMessage over 5 starts, and RSS after 3 s idle."""
+    """Medians over 5 starts of exec to each start-up step (ms): the "sluice starting" log
+    (process, config, logging, runtime), "sluice running" (AWS config, clients, targets, servers
+    built, mappings spawned), moto's first GetQueueAttributes and first ReceiveMessage; and RSS
+    (total, anonymous) after 3 s idle."""
     queues = [moto.sqs.create_queue(QueueName=f"idle-{mapping_count}-{i}")["QueueUrl"] for i in range(mapping_count)]
     with tempfile.TemporaryDirectory() as config_dir:
         config = os.path.join(config_dir, "sluice.yaml")
@@ -226,31 +284,44 @@ def first_poll_and_rss(moto, handler_url, mapping_count):
             for i, url in enumerate(queues)
         )
         with open(config, "w") as f:
-            f.write(f"version: 1\nadmin: {{ listen: \"127.0.0.1:{free_port()}\" }}\ntargets:\n  noop:\n    http: {{ url: \"{handler_url}\" }}\nmappings:\n{mappings}")
+            f.write(f"version: 1\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntargets:\n  noop:\n    http: {{ url: \"{handler_url}\" }}\nmappings:\n{mappings}")
         env = dict(os.environ, AWS_ENDPOINT_URL=moto.endpoint, AWS_REGION="us-east-1",
-                   AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", RUST_LOG="warn")
-        starts = []
+                   AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", RUST_LOG="info")
+        steps = {"starting": [], "running": [], "GetQueueAttributes": [], "ReceiveMessage": []}
         for _ in range(5):
             moto.requests(reset=True)
-            started = time.time()
-            process = subprocess.Popen([os.path.join(ROOT, "target/release/sluice"), "run", "-c", config],
-                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            log_path = os.path.join(config_dir, "sluice.log")
+            with open(log_path, "w") as log:
+                started = time.time()
+                process = subprocess.Popen([os.path.join(ROOT, "target/release/sluice"), "run", "-c", config],
+                                           env=env, stdout=log, stderr=subprocess.STDOUT)
             wait_until(lambda: "ReceiveMessage" in moto.requests()["first"], 30, "the first poll")
-            starts.append((moto.requests()["first"]["ReceiveMessage"] - started) * 1000)
+            first = moto.requests()["first"]
             time.sleep(3)
-            _, _, idle_rss = proc_usage(process.pid)
+            rss = proc_usage(process.pid)[2], anon_mb(process.pid)
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
-    starts.sort()
-    return starts[len(starts) // 2], idle_rss
+            lines = open(log_path).read().splitlines()
+            for step, at in (("starting", log_time(lines, "sluice starting")),
+                             ("running", log_time(lines, "sluice running")),
+                             ("GetQueueAttributes", first.get("GetQueueAttributes")),
+                             ("ReceiveMessage", first.get("ReceiveMessage"))):
+                if at is not None:
+                    steps[step].append((at - started) * 1000)
+    return {step: median(values) for step, values in steps.items() if values}, rss
+
+
+def anon_mb(pid):
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"RssAnon:\s+(\d+)", status).group(1)) / 1024
 
 
 def startup_and_footprint(moto, handler_url):
-    one_first_poll, one_rss = first_poll_and_rss(moto, handler_url, 1)
-    ten_first_poll, ten_rss = first_poll_and_rss(moto, handler_url, 10)
+    one_steps, one_rss = first_poll_and_rss(moto, handler_url, 1)
+    ten_steps, ten_rss = first_poll_and_rss(moto, handler_url, 10)
     return {
-        "first_poll_ms_1": one_first_poll,
-        "first_poll_ms_10": ten_first_poll,
+        "steps_1": one_steps,
+        "steps_10": ten_steps,
         "idle_rss_mb_1": one_rss,
         "idle_rss_mb_10": ten_rss,
         "binary_mb": os.path.getsize(os.path.join(ROOT, "target/release/sluice")) / 1e6,
@@ -359,18 +430,29 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
     if args.compare:
-        compare(os.path.abspath(args.compare[0]), os.path.abspath(args.compare[1]), args.rounds, args.messages)
+        compare(os.path.abspath(args.compare[0]), os.path.abspath(args.compare[1]), args.rounds or 5, args.messages)
         return
+    args.rounds = args.rounds or 3
     handler = ThreadingHTTPServer(("127.0.0.1", 0), NoopHandler)
     threading.Thread(target=handler.serve_forever, daemon=True).start()
     handler_url = f"http://127.0.0.1:{handler.server_address[1]}/"
     moto = Moto()
+    names = ["sluice", "raw aws-sdk-rust loop", "sqs-consumer (Node 22)", "boto3 loop"]
+    rounds = {name: [] for name in names}
     try:
-        print(f"SQS drain of {args.messages} messages at concurrency {CONCURRENCY}:", flush=True)
-        rows = drain(moto, handler_url, args.messages)
+        print(f"SQS drain of {args.messages} messages at concurrency {CONCURRENCY}, {args.rounds} rounds:", flush=True)
+        for round_index in range(args.rounds):
+            # Each round starts with another contender, so that drift favours none.
+            shift = round_index % len(names)
+            order = names[shift:] + names[:shift]
+            print(f"round {round_index + 1}/{args.rounds}:", flush=True)
+            for row in drain(moto, handler_url, args.messages, order, tag=f"r{round_index}-"):
+                rounds[row["name"]].append(row)
+        print("allocations (heaptrack):", flush=True)
+        allocations = allocation_counts(moto, handler_url, min(args.messages, 5_000))
         print("start-up and footprint:", flush=True)
         footprint = startup_and_footprint(moto, handler_url)
     finally:
@@ -378,30 +460,50 @@ def main():
     print("dispatcher core (criterion):", flush=True)
     core = criterion()
 
-    sluice_cpu = rows[0]["cpu"]
+    raw = rounds["raw aws-sdk-rust loop"]
     lines = [
         "# Benchmarks",
         "",
         f"Measured {datetime.date.today().isoformat()} by `scripts/bench` on {machine()}.",
         "",
-        f"## SQS drain: {args.messages:,} messages, no-op HTTP handler, concurrency {CONCURRENCY}",
+        f"## SQS drain: {args.messages:,} messages, no-op HTTP handler, concurrency {CONCURRENCY}, {args.rounds} interleaved rounds",
         "",
         "moto (through the project's fast launcher) bounds wall time; CPU seconds of the consumer "
-        "process are the primary figure. Requests are every SQS call the consumer made, per message. "
-        "Duplicates are deliveries beyond one per message (a message whose visibility ran out while "
-        "its consumer still held it).",
+        "process are the primary figure. Every contender asks for every system and message "
+        "attribute and POSTs Lambda's SQS event (`{\"Records\":[…]}`) in one request per receive, "
+        "then deletes with one DeleteMessageBatch. Requests are every SQS call the consumer made, "
+        "per message. Duplicates are deliveries beyond one per message (a message whose visibility "
+        "ran out while its consumer still held it). The ratio is each round's CPU over the raw "
+        "loop's in the same round (paired), then the median of those.",
         "",
-        "| consumer | wall s | CPU s | CPU ms / 1k msgs | peak RSS MB | SQS requests / msg | CPU vs sluice | duplicates |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| consumer | CPU ms / 1k msgs, each round | median | vs raw loop, each round | median | peak RSS MB (anonymous), each round | wall s (median) | SQS requests / msg | duplicates |",
+        "|---|---|---:|---|---:|---|---:|---:|---:|",
     ]
-    for row in rows:
+    for name in names:
+        rows = rounds[name]
+        ratios = [row["cpu"] / raw_row["cpu"] for row, raw_row in zip(rows, raw)]
+        cpu_rounds = ", ".join(f"{r['cpu_per_1k_ms']:.0f}" for r in rows)
+        ratio_rounds = ", ".join(f"{x:.2f}" for x in ratios)
+        rss_rounds = ", ".join(f"{r['peak_mb']:.1f} ({r['peak_anon_mb']:.1f})" for r in rows)
         lines.append(
-            f"| {row['name']} | {row['wall']:.1f} | {row['cpu']:.2f} | {row['cpu_per_1k_ms']:.0f} | "
-            f"{row['peak_mb']:.0f} | {row['requests_per_message']:.3f} | {row['cpu'] / sluice_cpu:.2f}x | {row['duplicates']} |"
+            f"| {name} | {cpu_rounds} | {median([r['cpu_per_1k_ms'] for r in rows]):.0f} | "
+            f"{ratio_rounds} | {median(ratios):.2f}x | {rss_rounds} | "
+            f"{median([r['wall'] for r in rows]):.1f} | "
+            f"{median([r['requests_per_message'] for r in rows]):.3f} | {sum(r['duplicates'] for r in rows)} |"
         )
-    lines += ["", "Requests by action:", ""]
-    for row in rows:
-        lines.append(f"- {row['name']}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["requests"].items())))
+    lines += ["", "Requests by action (first round):", ""]
+    for name in names:
+        lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(rounds[name][0]["requests"].items())))
+    lines += [
+        "",
+        f"Heap allocations (heaptrack, one drain of {allocations['messages']:,} messages, start to "
+        "drained, including start-up):",
+        "",
+        "| consumer | allocations | per message | peak heap MB |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, (calls, peak) in allocations["counts"].items():
+        lines.append(f"| {name} | {calls:,} | {calls / allocations['messages']:.1f} | {peak:.1f} |")
     lines += [
         "",
         "## Dispatcher core (criterion, in memory, no I/O)",
@@ -420,14 +522,23 @@ def main():
         "",
         "| measure | value |",
         "|---|---:|",
-        f"| exec to first ReceiveMessage, 1 mapping (median of 5) | {footprint['first_poll_ms_1']:.0f} ms |",
-        f"| exec to first ReceiveMessage, 10 mappings (median of 5) | {footprint['first_poll_ms_10']:.0f} ms |",
-        f"| idle RSS, 1 mapping | {footprint['idle_rss_mb_1']:.1f} MB |",
-        f"| idle RSS, 10 mappings | {footprint['idle_rss_mb_10']:.1f} MB |",
-        f"| release binary | {footprint['binary_mb']:.1f} MB |",
+        "| exec to (median of 5 starts) | 1 mapping | 10 mappings |",
+        "|---|---:|---:|",
+    ]
+    for step, label in (("starting", "log \"sluice starting\" (process, config, logging, runtime)"),
+                        ("running", "log \"sluice running\" (AWS config, clients, targets, servers, mappings spawned)"),
+                        ("GetQueueAttributes", "first GetQueueAttributes at moto"),
+                        ("ReceiveMessage", "**first ReceiveMessage at moto**")):
+        one = footprint["steps_1"].get(step)
+        ten = footprint["steps_10"].get(step)
+        lines.append(f"| {label} | {one:.1f} ms | {ten:.1f} ms |" if one is not None and ten is not None else f"| {label} | – | – |")
+    lines += [
         "",
-        "Start-up includes one GetQueueAttributes per mapping before its first receive; moto answers "
-        "each in several milliseconds of Python, and the ten mappings' lookups queue behind each other.",
+        "| footprint | value |",
+        "|---|---:|",
+        f"| idle RSS, 1 mapping (anonymous) | {footprint['idle_rss_mb_1'][0]:.1f} MB ({footprint['idle_rss_mb_1'][1]:.1f} MB) |",
+        f"| idle RSS, 10 mappings (anonymous) | {footprint['idle_rss_mb_10'][0]:.1f} MB ({footprint['idle_rss_mb_10'][1]:.1f} MB) |",
+        f"| release binary | {footprint['binary_mb']:.1f} MB |",
         "",
     ]
     text = "\n".join(lines)

@@ -6,8 +6,13 @@ N changes over K keys; sluice reads it from the trim horizon into an HTTP handle
 time from exec to the last record handled, records per second, invocations, and whether per-key
 order held. moto has one shard per table, so this measures lanes within one shard.
 
+`--raw` instead sets sluice (parallelization_factor 1) beside a raw GetRecords loop
+(bench/src/bin/dynamodb-raw-loop.rs) over the same stream, with a handler that answers at once,
+in R interleaved rounds (`--rounds`, default 3): records per second from the first record handled
+to the last, each round's ratio, and the medians.
+
 Appends its table to bench/results.md and prints it.
-Usage: python bench/stream_bench.py [--changes N] [--keys K] [--batch-size B]
+Usage: python bench/stream_bench.py [--changes N] [--keys K] [--batch-size B] [--raw [--rounds R]]
 """
 
 import argparse
@@ -26,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HANDLER_DELAY = 0.050
+HANDLER_DELAY = [0.050]
 
 
 class Seen:
@@ -40,10 +45,15 @@ class Seen:
             self.last_by_key = {}
             self.out_of_order = 0
             self.invocations = 0
+            self.first = None
+            self.last = None
 
     def add(self, records):
         with self.lock:
             self.invocations += 1
+            now = time.monotonic()
+            self.first = self.first or now
+            self.last = now
             for record in records:
                 key = record["dynamodb"]["Keys"]["id"]["S"]
                 sequence = int(record["dynamodb"]["SequenceNumber"])
@@ -67,7 +77,8 @@ class SlowHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        time.sleep(HANDLER_DELAY)
+        if HANDLER_DELAY[0]:
+            time.sleep(HANDLER_DELAY[0])
         SEEN.add(json.loads(body).get("Records", []))
         self.send_response(200)
         self.send_header("Content-Length", "2")
@@ -78,7 +89,7 @@ class SlowHandler(BaseHTTPRequestHandler):
         pass
 
 
-def run(endpoint, handler_url, factor, batch_size, changes):
+def run(endpoint, handler_url, factor, batch_size, changes, raw=False):
     SEEN.reset()
     with tempfile.TemporaryDirectory() as state:
         config = os.path.join(state, "sluice.yaml")
@@ -111,11 +122,10 @@ mappings:
             RUST_LOG="warn",
         )
         started = time.monotonic()
-        process = subprocess.Popen(
-            [os.path.join(ROOT, "target/release/sluice"), "run", "-c", config],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+        command = [os.path.join(ROOT, "target/release/sluice"), "run", "-c", config]
+        if raw:
+            command = [os.path.join(ROOT, "target/release/dynamodb-raw-loop"), "bench", str(batch_size), handler_url, state]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
         try:
             while len(SEEN.sequences) < changes:
                 if time.monotonic() - started > 600:
@@ -131,7 +141,42 @@ mappings:
         "rate": changes / wall,
         "invocations": SEEN.invocations,
         "out_of_order": SEEN.out_of_order,
+        "span_rate": changes / max(SEEN.last - SEEN.first, 1e-6),
     }
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def raw_table(endpoint, handler_url, args):
+    """Interleaved rounds of sluice (pf 1) and the raw GetRecords loop; paired ratios."""
+    ours, theirs = [], []
+    for round_index in range(args.rounds):
+        for raw in ([False, True] if round_index % 2 == 0 else [True, False]):
+            row = run(endpoint, handler_url, 1, args.batch_size, args.changes, raw=raw)
+            print(f"  {'raw loop' if raw else 'sluice'}: {row['span_rate']:.0f} records/s, order violations {row['out_of_order']}", flush=True)
+            (theirs if raw else ours).append(row["span_rate"])
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    joined = lambda values, fmt: ", ".join(format(v, fmt) for v in values)
+    return [
+        "",
+        f"## DynamoDB Streams: sluice beside a raw GetRecords loop ({datetime.date.today().isoformat()}, `scripts/bench --streams --raw`)",
+        "",
+        f"{args.changes:,} changes over {args.keys} keys in one shard (moto), batch_size {args.batch_size}, "
+        f"parallelization_factor 1, an HTTP handler that answers at once; {args.rounds} interleaved rounds. "
+        "Records per second from the first record handled to the last. The raw loop reads pages of up "
+        "to 1,000 records, POSTs Lambda's event per batch and fsyncs a checkpoint file after each "
+        "(bench/src/bin/dynamodb-raw-loop.rs).",
+        "",
+        "| contender | records/s, each round | median |",
+        "|---|---|---:|",
+        f"| sluice | {joined(ours, '.0f')} | {median(ours):.0f} |",
+        f"| raw GetRecords loop | {joined(theirs, '.0f')} | {median(theirs):.0f} |",
+        f"| sluice / raw, paired | {joined(ratios, '.2f')} | {median(ratios):.2f}x |",
+    ]
 
 
 def main():
@@ -139,7 +184,11 @@ def main():
     parser.add_argument("--changes", type=int, default=2000)
     parser.add_argument("--keys", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--raw", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.raw:
+        HANDLER_DELAY[0] = 0.0
     handler = ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
     threading.Thread(target=handler.serve_forever, daemon=True).start()
     handler_url = f"http://127.0.0.1:{handler.server_address[1]}/"
@@ -177,15 +226,24 @@ def main():
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(write_key, range(args.keys)))
-        rows = [run(endpoint, handler_url, factor, args.batch_size, args.changes) for factor in (1, 4)]
+        if args.raw:
+            lines = raw_table(endpoint, handler_url, args)
+        else:
+            rows = [run(endpoint, handler_url, factor, args.batch_size, args.changes) for factor in (1, 4)]
     finally:
         moto.kill()
+    if args.raw:
+        text = "\n".join(lines) + "\n"
+        print(text)
+        with open(os.path.join(ROOT, "bench/results.md"), "a") as f:
+            f.write(text)
+        return
     lines = [
         "",
         f"## DynamoDB Streams: parallelization_factor ({datetime.date.today().isoformat()}, `scripts/bench --streams`)",
         "",
         f"{args.changes:,} changes over {args.keys} keys in one shard, batch_size {args.batch_size}, "
-        f"an HTTP handler taking {HANDLER_DELAY * 1000:.0f} ms per invocation.",
+        f"an HTTP handler taking {HANDLER_DELAY[0] * 1000:.0f} ms per invocation.",
         "",
         "| parallelization_factor | wall s | records / s | invocations | per-key order violations |",
         "|---:|---:|---:|---:|---:|",

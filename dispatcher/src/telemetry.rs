@@ -73,9 +73,21 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     Ok(handle)
 }
 
-/// Every per-mapping metric, with its `mapping` label bound.
+/// Every per-mapping metric, with its `mapping` label bound. Handles are resolved once per
+/// mapping; a clone (one per batch and per task) shares them.
 #[derive(Clone)]
-pub struct MappingMetrics {
+pub struct MappingMetrics(std::sync::Arc<MappingHandles>);
+
+impl std::ops::Deref for MappingMetrics {
+    type Target = MappingHandles;
+
+    fn deref(&self) -> &MappingHandles {
+        &self.0
+    }
+}
+
+/// The handles a [`MappingMetrics`] shares.
+pub struct MappingHandles {
     mapping: String,
     /// `sluice_records_received_total`: records read from the source.
     pub records_received: Counter,
@@ -119,7 +131,7 @@ pub const OUTCOMES: [&str; 7] = [
 impl MappingMetrics {
     pub fn new(mapping: &str) -> Self {
         let label = mapping.to_owned();
-        Self {
+        Self(std::sync::Arc::new(MappingHandles {
             mapping: label.clone(),
             records_received: metrics::counter!("sluice_records_received_total", "mapping" => label.clone()),
             batches_invoked: metrics::counter!("sluice_batches_invoked_total", "mapping" => label.clone()),
@@ -140,7 +152,7 @@ impl MappingMetrics {
                     (outcome, counter)
                 })
                 .collect(),
-        }
+        }))
     }
 
     /// `sluice_invocation_outcomes_total{mapping, outcome}`: success, partial_failure,

@@ -66,10 +66,33 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<Vec<(String, String)>, SourceError>;
 }
 
+/// A receive already sent (or about to be), resolving to its records.
+pub type PendingReceive =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Record>, SourceError>> + Send>>;
+
 /// Opens queues by URL (looking each up once): all a queue mapping needs from its AWS client, so
 /// that the runtime never holds one.
 #[async_trait]
 pub trait QueueOpener: Send + Sync + 'static {
     /// The queue at `queue_url`; fails when it does not exist or cannot be described.
     async fn open(&self, queue_url: &str) -> Result<Arc<dyn Queue>, SourceError>;
+
+    /// [`QueueOpener::open`], with the mapping's first receive (`max_messages`, `wait`) sent
+    /// beside the lookup instead of after it, so that a starting mapping's first poll does not
+    /// wait for the lookup's round trip. Returns once the queue is described; the receive may
+    /// still be open. When the lookup fails, whatever that receive brings is made visible again.
+    /// The default opens, then receives.
+    async fn open_receiving(
+        &self,
+        queue_url: &str,
+        max_messages: usize,
+        wait: Duration,
+    ) -> Result<(Arc<dyn Queue>, PendingReceive), SourceError> {
+        let queue = self.open(queue_url).await?;
+        let first = queue.clone();
+        Ok((
+            queue,
+            Box::pin(async move { first.receive(max_messages, wait).await }),
+        ))
+    }
 }

@@ -80,12 +80,25 @@ fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 
     }
 }
 
+/// What consumes the topic: the sluice binary, or the raw rdkafka loop (`kafka-raw-loop`).
+#[derive(Clone, Copy)]
+enum Contender<'a> {
+    Sluice(&'a str),
+    RawLoop(&'a str),
+}
+
+/// One case's result: the table row, and records per second.
+struct CaseResult {
+    row: String,
+    rate: f64,
+}
+
 async fn run_case(
-    sluice: &str,
+    contender: Contender<'_>,
     messages: usize,
     partitions: i32,
     batch_size: usize,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<CaseResult> {
     let cluster = MockCluster::new(1)?;
     let bootstrap = cluster.bootstrap_servers();
     let topic = format!("bench-{partitions}-{batch_size}");
@@ -126,6 +139,26 @@ async fn run_case(
 
     let dir = tempfile::tempdir()?;
     let group = format!("bench-group-{partitions}-{batch_size}");
+    // KAFKA_BENCH_LOG=<file> keeps sluice's log (at RUST_LOG, default warn) for a closer look.
+    let log: std::process::Stdio = match std::env::var("KAFKA_BENCH_LOG") {
+        Ok(file) => std::fs::File::create(file)?.into(),
+        Err(_) => std::process::Stdio::null(),
+    };
+    let sluice = match contender {
+        Contender::Sluice(sluice) => sluice,
+        Contender::RawLoop(raw) => {
+            let child = std::process::Command::new(raw)
+                .args([&bootstrap, &topic, &group, &batch_size.to_string()])
+                .arg(format!("http://{address}/"))
+                .stdout(log)
+                .spawn()?;
+            return finish(
+                child, counter, started, &bootstrap, &group, &topic, partitions, messages,
+                batch_size, server,
+            )
+            .await;
+        }
+    };
     let config = format!(
         r#"version: 1
 shutdown_timeout: 10s
@@ -150,12 +183,7 @@ mappings:
     );
     let path = dir.path().join("sluice.yaml");
     std::fs::File::create(&path)?.write_all(config.as_bytes())?;
-    // KAFKA_BENCH_LOG=<file> keeps sluice's log (at RUST_LOG, default warn) for a closer look.
-    let log: std::process::Stdio = match std::env::var("KAFKA_BENCH_LOG") {
-        Ok(file) => std::fs::File::create(file)?.into(),
-        Err(_) => std::process::Stdio::null(),
-    };
-    let mut child = std::process::Command::new(sluice)
+    let child = std::process::Command::new(sluice)
         .args(["run", "-c"])
         .arg(&path)
         .env(
@@ -164,12 +192,33 @@ mappings:
         )
         .stdout(log)
         .spawn()?;
+    finish(
+        child, counter, started, &bootstrap, &group, &topic, partitions, messages, batch_size,
+        server,
+    )
+    .await
+}
+
+/// Waits until every record was handled and committed, stops the consumer, and reports.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    mut child: std::process::Child,
+    counter: Arc<Counter>,
+    started: Instant,
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    messages: usize,
+    batch_size: usize,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<CaseResult> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while counter.records.load(Ordering::SeqCst) < messages as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let handled_at = started.elapsed();
-    while committed(&bootstrap, &group, &topic, partitions) < messages as i64
+    while committed(bootstrap, group, topic, partitions) < messages as i64
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -182,30 +231,43 @@ mappings:
     let first = Duration::from_nanos(counter.first_ns.load(Ordering::SeqCst));
     let last = Duration::from_nanos(counter.last_ns.load(Ordering::SeqCst));
     let span = last.saturating_sub(first).as_secs_f64().max(1e-6);
-    Ok(format!(
-        "| {partitions} | {batch_size} | {records} | {invocations} | {span:.2} | {rate:.0} | {commit:.2} |",
-        invocations = counter.invocations.load(Ordering::SeqCst),
-        rate = records as f64 / span,
-        commit = committed_after.as_secs_f64(),
-    ))
+    let rate = records as f64 / span;
+    Ok(CaseResult {
+        row: format!(
+            "| {partitions} | {batch_size} | {records} | {invocations} | {span:.2} | {rate:.0} | {commit:.2} |",
+            invocations = counter.invocations.load(Ordering::SeqCst),
+            commit = committed_after.as_secs_f64(),
+        ),
+        rate,
+    })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    }
+}
+
+fn list(values: &[f64], digits: usize) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let sluice = args
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: kafka-throughput <sluice> [messages]"))?;
+    let usage = "usage: kafka-throughput <sluice> [messages] [kafka-raw-loop]";
+    let sluice = args.next().ok_or_else(|| anyhow::anyhow!(usage))?;
     let messages: usize = args.next().map_or(Ok(100_000), |n| n.parse())?;
-    println!();
-    println!(
-        "## Kafka throughput (`scripts/bench --kafka`, {messages} messages of ~100 bytes, librdkafka mock cluster, no-op HTTP handler)"
-    );
-    println!();
-    println!(
-        "| partitions | batch size | records | invocations | seconds (first to last record) | records/s | commit lag after last record (s) |"
-    );
-    println!("|---|---|---|---|---|---|---|");
+    let raw = args.next();
     // KAFKA_BENCH_CASES="1:100,6:1000" picks the (partitions, batch size) cases.
     let cases: Vec<(i32, usize)> = match std::env::var("KAFKA_BENCH_CASES") {
         Ok(list) => list
@@ -217,9 +279,73 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         Err(_) => vec![(1, 100), (6, 100), (6, 1000)],
     };
+    println!();
+    let Some(raw) = raw else {
+        println!(
+            "## Kafka throughput (`scripts/bench --kafka`, {messages} messages of ~100 bytes, librdkafka mock cluster, no-op HTTP handler)"
+        );
+        println!();
+        println!(
+            "| partitions | batch size | records | invocations | seconds (first to last record) | records/s | commit lag after last record (s) |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for (partitions, batch_size) in cases {
+            let result =
+                run_case(Contender::Sluice(&sluice), messages, partitions, batch_size).await?;
+            println!("{}", result.row);
+        }
+        return Ok(());
+    };
+    // Interleaved rounds of sluice and the raw loop; each round's ratio is paired.
+    let rounds: usize = std::env::var("KAFKA_BENCH_ROUNDS").map_or(Ok(3), |n| n.parse())?;
+    let mut lines = vec![
+        format!(
+            "## Kafka: sluice beside a raw rdkafka loop (`scripts/bench --kafka-raw`, {messages} messages of ~100 bytes, librdkafka mock cluster, no-op HTTP handler, {rounds} interleaved rounds)"
+        ),
+        String::new(),
+        "Records per second from the first record handled to the last. The raw loop: one task per partition batching up to the batch size within 100 ms, one POST of Lambda's Kafka event per batch, the batch's offset marked done after the handler answered, done offsets committed every 500 ms (bench/src/bin/kafka-raw-loop.rs).".to_owned(),
+        String::new(),
+        "| partitions | batch size | sluice records/s, each round | median | raw loop, each round | median | sluice / raw, each round | median |".to_owned(),
+        "|---:|---:|---|---:|---|---:|---|---:|".to_owned(),
+    ];
     for (partitions, batch_size) in cases {
-        let row = run_case(&sluice, messages, partitions, batch_size).await?;
-        println!("{row}");
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for sluice_first in order {
+                let contender = if sluice_first {
+                    Contender::Sluice(&sluice)
+                } else {
+                    Contender::RawLoop(&raw)
+                };
+                let result = run_case(contender, messages, partitions, batch_size).await?;
+                eprintln!(
+                    "{} {}",
+                    if sluice_first { "sluice" } else { "raw loop" },
+                    result.row
+                );
+                if sluice_first {
+                    ours.push(result.rate);
+                } else {
+                    theirs.push(result.rate);
+                }
+            }
+        }
+        let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
+        lines.push(format!(
+            "| {partitions} | {batch_size} | {} | {:.0} | {} | {:.0} | {} | {:.2}x |",
+            list(&ours, 0),
+            median(&ours),
+            list(&theirs, 0),
+            median(&theirs),
+            list(&ratios, 2),
+            median(&ratios),
+        ));
     }
+    println!("{}", lines.join("\n"));
     Ok(())
 }

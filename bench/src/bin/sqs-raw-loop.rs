@@ -1,17 +1,58 @@
-//! The floor for an SQS drain: N tasks that each receive 10 messages, POST them to the handler in
-//! one request, and delete them with one DeleteMessageBatch, until killed (as every contender of
-//! `scripts/bench` is, once the queue is drained).
+//! The floor for an SQS drain: what a careful hand-written poller does to deliver Lambda's SQS
+//! event to an HTTP handler. N tasks that each receive up to 10 messages (with every system and
+//! message attribute, as sluice asks, since Lambda's event carries them), POST the Lambda-shaped
+//! event (`{"Records":[…]}`, each element the `aws_lambda_events` SQS message with ARN and
+//! region) in one request, and delete them with one DeleteMessageBatch, until killed (as every
+//! contender of `scripts/bench` is, once the queue is drained). The queue's ARN is looked up once
+//! before the loop, as any poller that fills `eventSourceARN` must.
 //!
 //! Usage: sqs-raw-loop QUEUE_URL HANDLER_URL CONCURRENCY
 //! (AWS_ENDPOINT_URL, AWS_REGION and credentials from the environment.)
 
-use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
+use aws_lambda_events::sqs::{SqsMessage, SqsMessageAttribute};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+};
 use std::time::Duration;
 
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<std::convert::Infallible>>) {
     for task in tasks {
         let _ = task.await;
     }
+}
+
+fn event_of(message: &aws_sdk_sqs::types::Message, arn: &str, region: &str) -> SqsMessage {
+    let mut event = SqsMessage::default();
+    event.message_id = message.message_id().map(str::to_owned);
+    event.receipt_handle = message.receipt_handle().map(str::to_owned);
+    event.body = message.body().map(str::to_owned);
+    event.md5_of_body = message.md5_of_body().map(str::to_owned);
+    event.md5_of_message_attributes = message.md5_of_message_attributes().map(str::to_owned);
+    event.attributes = message
+        .attributes()
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    event.message_attributes = message
+        .message_attributes()
+        .map(|a| {
+            a.iter()
+                .map(|(name, value)| {
+                    let mut attribute = SqsMessageAttribute::default();
+                    attribute.string_value = value.string_value().map(str::to_owned);
+                    attribute.data_type = Some(value.data_type().to_owned());
+                    (name.clone(), attribute)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    event.event_source = Some("aws:sqs".to_owned());
+    event.event_source_arn = Some(arn.to_owned());
+    event.aws_region = Some(region.to_owned());
+    event
 }
 
 #[tokio::main]
@@ -23,12 +64,24 @@ async fn main() {
     };
     let concurrency: usize = concurrency.parse().expect("concurrency is a number");
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let region = config.region().map(|r| r.to_string()).unwrap_or_default();
     let sqs = aws_sdk_sqs::Client::new(&config);
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_default();
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (sqs, http) = (sqs.clone(), http.clone());
         let (queue_url, handler_url) = (queue_url.clone(), handler_url.clone());
+        let (arn, region) = (arn.clone(), region.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let received = sqs
@@ -36,6 +89,8 @@ async fn main() {
                     .queue_url(&queue_url)
                     .max_number_of_messages(10)
                     .wait_time_seconds(20)
+                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .message_attribute_names("All")
                     .send()
                     .await
                     .expect("receive");
@@ -43,11 +98,12 @@ async fn main() {
                 if messages.is_empty() {
                     continue;
                 }
-                let bodies: Vec<String> = messages
+                let records: Vec<SqsMessage> = messages
                     .iter()
-                    .map(|m| format!("{{\"body\":{:?}}}", m.body().unwrap_or_default()))
+                    .map(|m| event_of(m, &arn, &region))
                     .collect();
-                let event = format!("{{\"Records\":[{}]}}", bodies.join(","));
+                let event = serde_json::to_vec(&serde_json::json!({ "Records": records }))
+                    .expect("an SQS event serializes");
                 http.post(&handler_url)
                     .header("content-type", "application/json")
                     .body(event)

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{BatchLimits, Batcher};
 use sluice_sources::sqs::MAX_BATCH_ENTRIES;
-use sluice_sources::{Queue, QueueOpener, Receipt, Record, SourceError};
+use sluice_sources::{Queue, QueueOpener, Receipt, Record};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,8 +39,7 @@ use tokio_util::task::TaskTracker;
 /// Pause after an empty short poll (`wait_time: 0s`), so an idle queue is not polled in a loop.
 const IDLE_SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
 
-type OpenReceive =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Record>, SourceError>> + Send>>;
+type OpenReceive = sluice_sources::PendingReceive;
 
 /// What a queue mapping does with what its pollers receive.
 #[async_trait]
@@ -181,23 +180,48 @@ pub(super) fn track_in_flight<'a>(
     metrics.in_flight_bytes.increment(sign * bytes as f64);
 }
 
-/// Looks the mapping's queue up, retrying (visible on `/readyz`) until it answers; `None` once
-/// `shutdown` comes first.
+/// A starting mapping's first receive, sent beside the queue's lookup
+/// ([`QueueOpener::open_receiving`]); the first poller takes it instead of sending its own.
+pub(super) struct FirstPoll {
+    receive: OpenReceive,
+    requested_at: Instant,
+}
+
+/// Looks the mapping's queue up, retrying (visible on `/readyz`) until it answers, with the first
+/// receive (as `settings` would ask for it) already under way; `None` once `shutdown` comes first.
 pub(super) async fn connect(
     queues: &dyn QueueOpener,
     queue_url: &str,
+    settings: &PollSettings,
     name: &str,
     health: &MappingHealthHandle,
     metrics: &MappingMetrics,
     shutdown: &CancellationToken,
-) -> Option<Arc<dyn Queue>> {
+) -> Option<(Arc<dyn Queue>, FirstPoll)> {
+    // What the first poller asks for first: an empty batch, its own slot taken.
+    let max_messages = settings.receive_size(
+        settings.limits.max_records,
+        settings.max_concurrency.saturating_sub(1),
+    );
     retry_until_ok(
         "looking up the queue",
         name,
         health,
         metrics,
         shutdown,
-        || queues.open(queue_url),
+        || async move {
+            let requested_at = Instant::now();
+            let (queue, receive) = queues
+                .open_receiving(queue_url, max_messages, settings.wait_time)
+                .await?;
+            Ok::<_, sluice_sources::SourceError>((
+                queue,
+                FirstPoll {
+                    receive,
+                    requested_at,
+                },
+            ))
+        },
     )
     .await
 }
@@ -213,6 +237,20 @@ pub(super) struct PollSettings {
     pub receive_ahead: bool,
 }
 
+impl PollSettings {
+    /// How many messages to ask for while filling a batch with room for `room` more records, with
+    /// `free_slots` more batches that could start.
+    fn receive_size(&self, room: usize, free_slots: usize) -> usize {
+        let wanted = if self.receive_ahead {
+            // This batch's slot is taken; each free slot could start one more batch at once.
+            room + free_slots * self.limits.max_records
+        } else {
+            room
+        };
+        wanted.clamp(1, MAX_BATCH_ENTRIES)
+    }
+}
+
 /// Polls `acks.queue` for `work` until `shutdown`, then drains for at most `shutdown_timeout`;
 /// the heartbeat runs meanwhile.
 pub(super) async fn run<W: QueueWork>(
@@ -222,6 +260,7 @@ pub(super) async fn run<W: QueueWork>(
     settings: PollSettings,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
+    first: FirstPoll,
 ) {
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(acks.heartbeat.clone().run(heartbeat_stop.clone()));
@@ -235,8 +274,9 @@ pub(super) async fn run<W: QueueWork>(
         tracker: tracker.clone(),
     });
     let mut pollers = tokio::task::JoinSet::new();
+    let mut first = Some(first);
     for _ in 0..poller.settings.pollers {
-        pollers.spawn(poller.clone().poll_loop(shutdown.clone()));
+        pollers.spawn(poller.clone().poll_loop(shutdown.clone(), first.take()));
     }
     let mut unstarted = Vec::new();
     let mut open_receives = Vec::new();
@@ -309,14 +349,10 @@ struct Poller<W> {
 impl<W: QueueWork> Poller<W> {
     /// How many messages to ask for while filling `batcher`.
     fn receive_size(&self, batcher: &Batcher<Record>) -> usize {
-        let room = if self.settings.receive_ahead {
-            // This batch's slot is taken; each free slot could start one more batch at once.
-            batcher.remaining_capacity()
-                + self.capacity.available_permits() * self.settings.limits.max_records
-        } else {
-            batcher.remaining_capacity()
-        };
-        room.clamp(1, MAX_BATCH_ENTRIES)
+        self.settings.receive_size(
+            batcher.remaining_capacity(),
+            self.capacity.available_permits(),
+        )
     }
 
     /// Receives and dispatches until shutdown; returns the records received but never started,
@@ -324,6 +360,7 @@ impl<W: QueueWork> Poller<W> {
     async fn poll_loop(
         self: Arc<Self>,
         shutdown: CancellationToken,
+        mut first: Option<FirstPoll>,
     ) -> (Vec<Record>, Option<OpenReceive>) {
         let acks = &self.acks;
         let mut open_receive = None;
@@ -367,11 +404,19 @@ impl<W: QueueWork> Poller<W> {
                         .saturating_sub(clock())
                         .min(self.settings.wait_time),
                 };
-                let max_messages = self.receive_size(&batcher);
-                let requested_at = Instant::now();
-                let queue = acks.queue.clone();
-                let mut receive: OpenReceive =
-                    Box::pin(async move { queue.receive(max_messages, wait).await });
+                let (mut receive, requested_at) = match first.take() {
+                    Some(FirstPoll {
+                        receive,
+                        requested_at,
+                    }) => (receive, requested_at),
+                    None => {
+                        let max_messages = self.receive_size(&batcher);
+                        let queue = acks.queue.clone();
+                        let receive: OpenReceive =
+                            Box::pin(async move { queue.receive(max_messages, wait).await });
+                        (receive, Instant::now())
+                    }
+                };
                 let received = tokio::select! {
                     _ = shutdown.cancelled() => {
                         open_receive = Some(receive);

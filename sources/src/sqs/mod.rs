@@ -4,7 +4,9 @@
 //! §13.1). Deletes and visibility changes go out in batches of ten and retry entries that fail for
 //! reasons other than an invalid receipt handle; what still fails is reported, never hidden.
 
-use crate::queue::{DeleteReport, Queue, QueueDescription, QueueOpener, SourceError};
+use crate::queue::{
+    DeleteReport, PendingReceive, Queue, QueueDescription, QueueOpener, SourceError,
+};
 use crate::record::{AckToken, Receipt, Record};
 use crate::trace::TraceContext;
 use async_trait::async_trait;
@@ -12,6 +14,7 @@ use aws_lambda_events::encodings::Base64Data;
 use aws_lambda_events::sqs::{SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::operation::receive_message::ReceiveMessageOutput;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageSystemAttributeName, QueueAttributeName,
@@ -38,6 +41,131 @@ impl QueueOpener for SqsOpener {
             SqsQueue::connect(self.0.clone(), queue_url).await?,
         ))
     }
+
+    /// Sends GetQueueAttributes and the first ReceiveMessage at once: the first poll costs no
+    /// extra round trip. The messages are turned into records once the queue is described (they
+    /// carry its ARN and region).
+    async fn open_receiving(
+        &self,
+        queue_url: &str,
+        max_messages: usize,
+        wait: Duration,
+    ) -> Result<(std::sync::Arc<dyn Queue>, PendingReceive), SourceError> {
+        let first = FirstReceive::send(&self.0, queue_url, max_messages, wait);
+        // Should the lookup fail (or this future be dropped), `first` releases what it brings.
+        let queue = SqsQueue::connect(self.0.clone(), queue_url).await?;
+        let description = queue.description.clone();
+        let received = first.claim();
+        let pending: PendingReceive = Box::pin(async move {
+            let output = received.await.map_err(|error| SourceError::Queue {
+                queue_url: description.url.clone(),
+                operation: "ReceiveMessage",
+                message: format!("the receive task ended early: {error}"),
+            })??;
+            Ok(output
+                .messages()
+                .iter()
+                .map(|m| record_from_message(&description, m))
+                .collect())
+        });
+        Ok((std::sync::Arc::new(queue), pending))
+    }
+}
+
+/// A mapping's first ReceiveMessage, sent while its queue is still being looked up. Until it is
+/// claimed, dropping it makes whatever the receive brings visible again at once, so that a failed
+/// lookup does not hide messages for a whole visibility timeout.
+struct FirstReceive {
+    task: Option<tokio::task::JoinHandle<Result<ReceiveMessageOutput, SourceError>>>,
+    client: Client,
+    queue_url: String,
+}
+
+impl FirstReceive {
+    fn send(client: &Client, queue_url: &str, max_messages: usize, wait: Duration) -> Self {
+        let request = receive_request(client, queue_url, max_messages, wait, None);
+        let url = queue_url.to_owned();
+        let task = tokio::spawn(async move {
+            request.send().await.map_err(|e| SourceError::Queue {
+                queue_url: url,
+                operation: "ReceiveMessage",
+                message: DisplayErrorContext(&e).to_string(),
+            })
+        });
+        Self {
+            task: Some(task),
+            client: client.clone(),
+            queue_url: queue_url.to_owned(),
+        }
+    }
+
+    /// Hands the receive over: from here on its caller owns what it brings.
+    fn claim(mut self) -> tokio::task::JoinHandle<Result<ReceiveMessageOutput, SourceError>> {
+        self.task.take().expect("claimed once")
+    }
+}
+
+impl Drop for FirstReceive {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let (client, queue_url) = (self.client.clone(), self.queue_url.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let Ok(Ok(output)) = task.await else {
+                return;
+            };
+            let entries: Vec<_> = output
+                .messages()
+                .iter()
+                .enumerate()
+                .filter_map(|(index, message)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(entry_id(index))
+                        .receipt_handle(message.receipt_handle()?)
+                        .visibility_timeout(0)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            if entries.is_empty() {
+                return;
+            }
+            let released = client
+                .change_message_visibility_batch()
+                .queue_url(&queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            if let Err(error) = released {
+                tracing::warn!(%queue_url, error = %DisplayErrorContext(&error), "could not return the first receive's messages after the queue lookup failed; they come back after the visibility timeout");
+            }
+        });
+    }
+}
+
+/// The ReceiveMessage every reader of a queue sends: every system and message attribute (Lambda's
+/// event carries them), at most ten messages, a long poll of at most 20 s.
+fn receive_request(
+    client: &Client,
+    queue_url: &str,
+    max_messages: usize,
+    wait: Duration,
+    hold: Option<Duration>,
+) -> aws_sdk_sqs::operation::receive_message::builders::ReceiveMessageFluentBuilder {
+    let max_messages = max_messages.clamp(1, MAX_BATCH_ENTRIES) as i32;
+    let wait_secs = wait.min(MAX_WAIT).as_secs() as i32;
+    client
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(max_messages)
+        .wait_time_seconds(wait_secs)
+        .set_visibility_timeout(hold.map(|h| h.min(MAX_VISIBILITY).as_secs() as i32))
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
 }
 
 pub struct SqsQueue {
@@ -108,20 +236,16 @@ impl SqsQueue {
         wait: Duration,
         hold: Option<Duration>,
     ) -> Result<Vec<Record>, SourceError> {
-        let max_messages = max_messages.clamp(1, MAX_BATCH_ENTRIES) as i32;
-        let wait_secs = wait.min(MAX_WAIT).as_secs() as i32;
-        let output = self
-            .client
-            .receive_message()
-            .queue_url(&self.description.url)
-            .max_number_of_messages(max_messages)
-            .wait_time_seconds(wait_secs)
-            .set_visibility_timeout(hold.map(|h| h.min(MAX_VISIBILITY).as_secs() as i32))
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .map_err(|e| self.error("ReceiveMessage", DisplayErrorContext(&e).to_string()))?;
+        let output = receive_request(
+            &self.client,
+            &self.description.url,
+            max_messages,
+            wait,
+            hold,
+        )
+        .send()
+        .await
+        .map_err(|e| self.error("ReceiveMessage", DisplayErrorContext(&e).to_string()))?;
         Ok(output
             .messages()
             .iter()
@@ -422,6 +546,157 @@ mod tests {
             .sender_fault(true)
             .build()
             .unwrap()
+    }
+
+    fn one_message() -> ReceiveMessageOutput {
+        ReceiveMessageOutput::builder()
+            .messages(
+                Message::builder()
+                    .message_id("m1")
+                    .receipt_handle("handle-m1")
+                    .body("{}")
+                    .build(),
+            )
+            .build()
+    }
+
+    /// A local SQS endpoint (JSON protocol) that answers GetQueueAttributes only once a
+    /// ReceiveMessage has arrived: a client that looks the queue up before receiving gets a 500
+    /// after 5 s instead.
+    async fn lookup_waits_for_a_receive() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let received = std::sync::Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let received = received.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    // One request per connection is enough for this test: the head and a body
+                    // of Content-Length bytes.
+                    let (head, length) = loop {
+                        let n = socket.read(&mut buffer).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..n]);
+                        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                            break (head, end + 4 + length);
+                        }
+                    };
+                    while request.len() < length {
+                        let n = socket.read(&mut buffer).await.unwrap();
+                        request.extend_from_slice(&buffer[..n]);
+                    }
+                    let (status, body) = if head.contains("amazonsqs.receivemessage") {
+                        received.notify_one();
+                        (
+                            "200 OK",
+                            r#"{"Messages":[{"MessageId":"m1","ReceiptHandle":"handle-m1","Body":"{}"}]}"#,
+                        )
+                    } else if tokio::time::timeout(Duration::from_secs(5), received.notified())
+                        .await
+                        .is_ok()
+                    {
+                        (
+                            "200 OK",
+                            r#"{"Attributes":{"QueueArn":"arn:aws:sqs:eu-west-1:000000000000:q","VisibilityTimeout":"30"}}"#,
+                        )
+                    } else {
+                        ("500 Internal Server Error", r#"{"__type":"InternalError"}"#)
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn the_first_receive_is_sent_beside_the_lookup_and_its_records_carry_the_queue_arn() {
+        let endpoint = lookup_waits_for_a_receive().await;
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("eu-west-1"))
+            .endpoint_url(&endpoint)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::for_tests())
+            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+            .build();
+        let client = Client::from_conf(config);
+        let (queue, first) = SqsOpener(client)
+            .open_receiving(
+                &format!("{endpoint}/000000000000/q"),
+                10,
+                Duration::from_secs(1),
+            )
+            .await
+            .expect("the lookup answered: the receive went out beside it");
+        assert_eq!(queue.description().region, "eu-west-1");
+        let records = first.await.unwrap();
+        assert_eq!(records.len(), 1);
+        let event: serde_json::Value = serde_json::from_str(records[0].event.get()).unwrap();
+        assert_eq!(
+            event["eventSourceARN"],
+            "arn:aws:sqs:eu-west-1:000000000000:q"
+        );
+        assert_eq!(event["awsRegion"], "eu-west-1");
+    }
+
+    #[tokio::test]
+    async fn messages_of_a_first_receive_whose_lookup_failed_are_made_visible_again() {
+        let attributes = mock!(Client::get_queue_attributes).then_error(|| {
+            aws_sdk_sqs::operation::get_queue_attributes::GetQueueAttributesError::QueueDoesNotExist(
+                aws_sdk_sqs::types::error::QueueDoesNotExist::builder().build(),
+            )
+        });
+        let receive = mock!(Client::receive_message).then_output(one_message);
+        let released = mock!(Client::change_message_visibility_batch)
+            .match_requests(|request| {
+                request.entries().len() == 1
+                    && request.entries()[0].receipt_handle() == "handle-m1"
+                    && request.entries()[0].visibility_timeout() == Some(0)
+            })
+            .then_output(|| {
+                aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchOutput::builder()
+                    .set_successful(Some(vec![]))
+                    .set_failed(Some(vec![]))
+                    .build()
+                    .unwrap()
+            });
+        let client = mock_client!(
+            aws_sdk_sqs,
+            RuleMode::MatchAny,
+            [&attributes, &receive, &released]
+        );
+        let opened = SqsOpener(client)
+            .open_receiving(
+                "http://localhost/000000000000/q",
+                10,
+                Duration::from_secs(1),
+            )
+            .await;
+        assert!(opened.is_err(), "the lookup failed");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while released.num_calls() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            released.num_calls(),
+            1,
+            "the received message was not made visible again"
+        );
     }
 
     #[tokio::test]

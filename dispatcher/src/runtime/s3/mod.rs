@@ -94,9 +94,19 @@ struct Context {
 impl S3Mapping {
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
         let name = self.config.name.clone();
-        let Some(queue) = poller::connect(
+        // One message per batch (each is one asynchronous event, or a few); a receive asks for
+        // as many as could start at once.
+        let settings = PollSettings {
+            pollers: 1,
+            max_concurrency: self.source.max_concurrency,
+            limits: BatchLimits::new(1, Duration::ZERO),
+            wait_time: self.source.wait_time,
+            receive_ahead: true,
+        };
+        let Some((queue, first)) = poller::connect(
             self.queues.as_ref(),
             &self.source.queue_url,
+            &settings,
             &name,
             &self.health,
             &self.metrics,
@@ -129,15 +139,6 @@ impl S3Mapping {
             on_success: self.on_success.clone(),
             not_run: Mutex::new(HashMap::new()),
         });
-        // One message per batch (each is one asynchronous event, or a few); a receive asks for
-        // as many as could start at once.
-        let settings = PollSettings {
-            pollers: 1,
-            max_concurrency: self.source.max_concurrency,
-            limits: BatchLimits::new(1, Duration::ZERO),
-            wait_time: self.source.wait_time,
-            receive_ahead: true,
-        };
         poller::run(
             acks,
             context,
@@ -145,6 +146,7 @@ impl S3Mapping {
             settings,
             shutdown,
             shutdown_timeout,
+            first,
         )
         .await;
     }

@@ -77,9 +77,17 @@ pub struct SqsMapping {
 impl SqsMapping {
     /// Runs until `shutdown` is cancelled, then drains for at most `shutdown_timeout`.
     pub async fn run(self, shutdown: CancellationToken, shutdown_timeout: Duration) {
-        let Some(queue) = poller::connect(
+        let settings = PollSettings {
+            pollers: self.source.pollers,
+            max_concurrency: self.source.max_concurrency,
+            limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
+            wait_time: self.source.wait_time,
+            receive_ahead: false,
+        };
+        let Some((queue, first)) = poller::connect(
             self.queues.as_ref(),
             &self.source.queue_url,
+            &settings,
             &self.config.name,
             &self.health,
             &self.metrics,
@@ -116,13 +124,6 @@ impl SqsMapping {
             filters: self.config.filters.clone(),
             on_failure: self.on_failure.clone(),
         });
-        let settings = PollSettings {
-            pollers: self.source.pollers,
-            max_concurrency: self.source.max_concurrency,
-            limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
-            wait_time: self.source.wait_time,
-            receive_ahead: false,
-        };
         poller::run(
             acks,
             context,
@@ -130,6 +131,7 @@ impl SqsMapping {
             settings,
             shutdown,
             shutdown_timeout,
+            first,
         )
         .await;
     }
