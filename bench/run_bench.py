@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -126,11 +127,16 @@ class Moto:
 
     def fill(self, name, count):
         queue_url = self.sqs.create_queue(QueueName=name)["QueueUrl"]
-        for start in range(0, count, 10):
+
+        def send(start):
             self.sqs.send_message_batch(
                 QueueUrl=queue_url,
                 Entries=[{"Id": str(i), "MessageBody": json.dumps({"n": start + i})} for i in range(min(10, count - start))],
             )
+
+        # boto3 clients may be shared between threads; moto answers a few requests at once.
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(send, range(0, count, 10)))
         return queue_url
 
     def stop(self):
@@ -171,58 +177,141 @@ def wait_until(check, timeout, what):
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
-def drain(moto, handler_url, messages, names=None, sluice_binary=None, tag=""):
+def drain(handler_url, messages, names=None, sluice_binary=None, tag=""):
+    """Each contender drains its own fresh moto (started anew for every run): moto slows down as
+    its queues pile up, and the consumers' CPU follows its pace, so a shared moto would favour
+    whoever ran first."""
     rows = []
     names = names or ["sluice", "sqs-consumer (Node 22)", "boto3 loop", "raw aws-sdk-rust loop"]
     for index, name in enumerate(names):
-        queue_url = moto.fill(f"drain-{tag}{index}", messages)
+        moto = Moto()
+        try:
+            rows.append(drain_one(moto, handler_url, messages, name, sluice_binary, f"{tag}{index}"))
+        finally:
+            moto.stop()
+    return rows
+
+
+def drain_one(moto, handler_url, messages, name, sluice_binary, tag):
+    """One contender's drain of `messages` from a new queue of `moto`."""
+    queue_url = moto.fill(f"drain-{tag}", messages)
+    HANDLED.reset()
+    moto.requests(reset=True)
+    with tempfile.TemporaryDirectory() as config_dir:
+        command = contender_commands(queue_url, handler_url, config_dir, sluice_binary)[name]
+        env = dict(
+            os.environ,
+            AWS_ENDPOINT_URL=moto.endpoint,
+            AWS_REGION="us-east-1",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            RUST_LOG="warn",
+        )
+        started = time.time()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak_anon = [0.0]
+
+        def drained():
+            # The kernel keeps the peak of all RSS (VmHWM) but not of its anonymous part.
+            peak_anon[0] = max(peak_anon[0], anon_mb(process.pid))
+            return HANDLED.records >= messages and moto.depth(queue_url) == 0
+
+        wait_until(drained, 900, f"{name} to drain")
+        wall = time.time() - started
+        cpu, peak_mb, _ = proc_usage(process.pid)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    counts = moto.requests()["counts"]
+    requests = sum(counts.values())
+    row = {
+            "name": name,
+            "wall": wall,
+            "cpu": cpu,
+            "cpu_per_1k_ms": cpu * 1000 / (messages / 1000),
+            "peak_mb": peak_mb,
+            "peak_anon_mb": peak_anon[0],
+            "requests_per_message": requests / messages,
+            "requests": counts,
+            "duplicates": HANDLED.records - messages,
+    }
+    print(f"  {name}: {wall:.1f} s wall, {cpu:.2f} s CPU, {peak_mb:.1f} MB peak ({peak_anon[0]:.1f} anonymous), {requests / messages:.3f} requests/message", flush=True)
+    return row
+
+
+class SlowHandler(NoopHandler):
+    """NoopHandler that takes BACKLOG_DELAY seconds per invocation."""
+
+    def do_POST(self):
+        time.sleep(BACKLOG_DELAY)
+        super().do_POST()
+
+
+BACKLOG_DELAY = 0.05
+
+
+def backlog_curve(messages):
+    """RSS of sluice while a backlog of `messages` drains into a handler taking 50 ms per batch
+    (batch size 10, concurrency 4): samples every 0.5 s; start (first record handled), peak and
+    end (drained), and the RSS at each tenth of the drain."""
+    handler = ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
+    threading.Thread(target=handler.serve_forever, daemon=True).start()
+    handler_url = f"http://127.0.0.1:{handler.server_address[1]}/"
+    moto = Moto()
+    try:
+        print(f"filling a queue with {messages} messages:", flush=True)
+        queue_url = moto.fill("backlog", messages)
         HANDLED.reset()
-        moto.requests(reset=True)
         with tempfile.TemporaryDirectory() as config_dir:
-            command = contender_commands(queue_url, handler_url, config_dir, sluice_binary)[name]
-            env = dict(
-                os.environ,
-                AWS_ENDPOINT_URL=moto.endpoint,
-                AWS_REGION="us-east-1",
-                AWS_DEFAULT_REGION="us-east-1",
-                AWS_ACCESS_KEY_ID="test",
-                AWS_SECRET_ACCESS_KEY="test",
-                RUST_LOG="warn",
-            )
+            command = contender_commands(queue_url, handler_url, config_dir)["sluice"]
+            env = dict(os.environ, AWS_ENDPOINT_URL=moto.endpoint, AWS_REGION="us-east-1",
+                       AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", RUST_LOG="warn")
             started = time.time()
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            peak_anon = [0.0]
-
-            def drained():
-                # The kernel keeps the peak of all RSS (VmHWM) but not of its anonymous part.
-                peak_anon[0] = max(peak_anon[0], anon_mb(process.pid))
-                return HANDLED.records >= messages and moto.depth(queue_url) == 0
-
-            wait_until(drained, 900, f"{name} to drain")
-            wall = time.time() - started
-            cpu, peak_mb, _ = proc_usage(process.pid)
+            samples = []  # (seconds, handled, rss MB, anonymous MB)
+            while HANDLED.records < messages:
+                if time.time() - started > 1800:
+                    raise SystemExit("bench: the backlog did not drain in 30 minutes")
+                samples.append((time.time() - started, HANDLED.records, proc_usage(process.pid)[2], anon_mb(process.pid)))
+                time.sleep(0.5)
+            samples.append((time.time() - started, HANDLED.records, proc_usage(process.pid)[2], anon_mb(process.pid)))
+            _, peak, _ = proc_usage(process.pid)
             process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        counts = moto.requests()["counts"]
-        requests = sum(counts.values())
-        rows.append(
-            {
-                "name": name,
-                "wall": wall,
-                "cpu": cpu,
-                "cpu_per_1k_ms": cpu * 1000 / (messages / 1000),
-                "peak_mb": peak_mb,
-                "peak_anon_mb": peak_anon[0],
-                "requests_per_message": requests / messages,
-                "requests": counts,
-                "duplicates": HANDLED.records - messages,
-            }
-        )
-        print(f"  {name}: {wall:.1f} s wall, {cpu:.2f} s CPU, {peak_mb:.1f} MB peak ({peak_anon[0]:.1f} anonymous), {requests / messages:.3f} requests/message", flush=True)
-    return rows
+            process.wait(timeout=30)
+    finally:
+        moto.stop()
+    first = next(sample for sample in samples if sample[1] > 0)
+    top = max(samples, key=lambda sample: sample[2])
+    lines = [
+        "",
+        f"## Memory under a backlog ({datetime.date.today().isoformat()}, `scripts/bench --backlog {messages}`, {machine()})",
+        "",
+        f"{messages:,} messages queued in moto before sluice starts; batch size 10, concurrency 4, "
+        f"an HTTP handler taking {BACKLOG_DELAY * 1000:.0f} ms per invocation. In flight at most: 4 "
+        "batches of 10 messages, plus one batch per poller being filled (each message here is "
+        "about 10 bytes; at SQS's 1 MiB limit that bound would be 80 MiB of bodies). RSS sampled "
+        "every 0.5 s; VmHWM is the kernel's peak.",
+        "",
+        "| moment | seconds | handled | RSS MB | anonymous MB |",
+        "|---|---:|---:|---:|---:|",
+        f"| first record handled | {first[0]:.1f} | {first[1]:,} | {first[2]:.1f} | {first[3]:.1f} |",
+    ]
+    for tenth in range(1, 10):
+        sample = next((s for s in samples if s[1] >= messages * tenth / 10), samples[-1])
+        lines.append(f"| {tenth * 10} % handled | {sample[0]:.1f} | {sample[1]:,} | {sample[2]:.1f} | {sample[3]:.1f} |")
+    lines += [
+        f"| highest sample | {top[0]:.1f} | {top[1]:,} | {top[2]:.1f} | {top[3]:.1f} |",
+        f"| drained (end) | {samples[-1][0]:.1f} | {samples[-1][1]:,} | {samples[-1][2]:.1f} | {samples[-1][3]:.1f} |",
+        f"| VmHWM (peak RSS) | | | {peak:.1f} | |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(ROOT, "bench/results.md"), "a") as f:
+        f.write(text)
 
 
 def allocation_counts(moto, handler_url, messages):
@@ -390,19 +479,15 @@ def compare(before, after, rounds, messages):
     binaries = {"before": before, "after": after}
     cpu = {label: [] for label in binaries}
     kafka = {label: [] for label in binaries}
-    moto = Moto()
-    try:
-        for round_index in range(rounds):
-            # Alternate which binary goes first, so drift favours neither.
-            order = list(binaries) if round_index % 2 == 0 else list(reversed(binaries))
-            for label in order:
-                print(f"round {round_index + 1}/{rounds}, {label}:", flush=True)
-                row = drain(moto, handler_url, messages, ["sluice"], binaries[label], f"{label}-{round_index}-")[0]
-                cpu[label].append(row["cpu_per_1k_ms"])
-                kafka[label].append(kafka_records_per_second(binaries[label], 100_000))
-                print(f"  kafka: {kafka[label][-1]:.0f} records/s", flush=True)
-    finally:
-        moto.stop()
+    for round_index in range(rounds):
+        # Alternate which binary goes first, so drift favours neither.
+        order = list(binaries) if round_index % 2 == 0 else list(reversed(binaries))
+        for label in order:
+            print(f"round {round_index + 1}/{rounds}, {label}:", flush=True)
+            row = drain(handler_url, messages, ["sluice"], binaries[label], f"{label}-{round_index}-")[0]
+            cpu[label].append(row["cpu_per_1k_ms"])
+            kafka[label].append(kafka_records_per_second(binaries[label], 100_000))
+            print(f"  kafka: {kafka[label][-1]:.0f} records/s", flush=True)
     lines = [
         "",
         f"## Before/after ({datetime.date.today().isoformat()}, `scripts/bench --compare`, {machine()})",
@@ -431,7 +516,11 @@ def main():
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--backlog", type=int, metavar="MESSAGES")
     args = parser.parse_args()
+    if args.backlog:
+        backlog_curve(args.backlog)
+        return
     if args.compare:
         compare(os.path.abspath(args.compare[0]), os.path.abspath(args.compare[1]), args.rounds or 5, args.messages)
         return
@@ -449,7 +538,7 @@ def main():
             shift = round_index % len(names)
             order = names[shift:] + names[:shift]
             print(f"round {round_index + 1}/{args.rounds}:", flush=True)
-            for row in drain(moto, handler_url, args.messages, order, tag=f"r{round_index}-"):
+            for row in drain(handler_url, args.messages, order, tag=f"r{round_index}-"):
                 rounds[row["name"]].append(row)
         print("allocations (heaptrack):", flush=True)
         allocations = allocation_counts(moto, handler_url, min(args.messages, 5_000))
@@ -520,8 +609,6 @@ def main():
         "",
         "## Start-up and footprint",
         "",
-        "| measure | value |",
-        "|---|---:|",
         "| exec to (median of 5 starts) | 1 mapping | 10 mappings |",
         "|---|---:|---:|",
     ]

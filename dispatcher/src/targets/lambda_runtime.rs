@@ -143,9 +143,13 @@ struct WorkerState {
     in_flight: Mutex<Option<InFlight>>,
     /// Set while a `next` request waits for a job.
     next_pending: std::sync::atomic::AtomicBool,
+    /// Set by the first `next`: the supervisor hears of it once (the worker finished its init),
+    /// not on every invocation.
+    announced: std::sync::atomic::AtomicBool,
+    /// `sluice_lambda_invoke_overhead_seconds{target}`, resolved once.
+    overhead: metrics::Histogram,
     events: mpsc::UnboundedSender<WorkerEvent>,
     stop: CancellationToken,
-    target: String,
 }
 
 pub struct LambdaRuntimeTarget {
@@ -308,9 +312,10 @@ impl Supervisor {
             jobs: self.jobs.clone(),
             in_flight: Mutex::new(None),
             next_pending: Default::default(),
+            announced: Default::default(),
+            overhead: metrics::histogram!("sluice_lambda_invoke_overhead_seconds", "target" => self.target.clone()),
             events,
             stop: worker_stop.clone(),
-            target: self.target.clone(),
         });
         let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
             Ok(listener) => listener,
@@ -404,14 +409,13 @@ impl Supervisor {
                     break;
                 }
                 Some(event) = event_receiver.recv() => match event {
-                    WorkerEvent::NextRequested if !initialized => {
+                    WorkerEvent::NextRequested => {
                         initialized = true;
                         let init = started.elapsed();
                         metrics::histogram!("sluice_lambda_init_duration_seconds", "target" => self.target.clone()).record(init.as_secs_f64());
                         self.pool.worker_ready();
                         tracing::info!(target_name = %self.target, worker = self.index, init_ms = init.as_millis() as u64, "worker ready");
                     }
-                    WorkerEvent::NextRequested => {}
                     WorkerEvent::InitError(error) => {
                         tracing::error!(target_name = %self.target, worker = self.index, error_type = %error.error_type, error = %error.message, "worker init failed; restarting with backoff");
                         self.pool.init_failed(format!("{}: {}", error.error_type, error.message));
@@ -588,7 +592,9 @@ impl Drop for PendingNext<'_> {
 }
 
 async fn next(State(state): State<Arc<WorkerState>>) -> Response {
-    let _ = state.events.send(WorkerEvent::NextRequested);
+    if !state.announced.swap(true, Ordering::SeqCst) {
+        let _ = state.events.send(WorkerEvent::NextRequested);
+    }
     if state.next_pending.swap(true, Ordering::SeqCst) {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -675,7 +681,8 @@ fn take_in_flight(state: &WorkerState, id: &str) -> Option<InFlight> {
 fn finish(state: &WorkerState, in_flight: InFlight, outcome: Outcome) {
     let total = in_flight.queued_at.elapsed();
     let function = in_flight.delivered_at.elapsed();
-    metrics::histogram!("sluice_lambda_invoke_overhead_seconds", "target" => state.target.clone())
+    state
+        .overhead
         .record(total.saturating_sub(function).as_secs_f64());
     let _ = in_flight.reply.send(outcome);
 }
