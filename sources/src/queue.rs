@@ -80,8 +80,9 @@ pub trait QueueOpener: Send + Sync + 'static {
     /// [`QueueOpener::open`], with the mapping's first receive (`max_messages`, `wait`) sent
     /// beside the lookup instead of after it, so that a starting mapping's first poll does not
     /// wait for the lookup's round trip. Returns once the queue is described; the receive may
-    /// still be open. When the lookup fails, whatever that receive brings is made visible again.
-    /// The default opens, then receives.
+    /// still be open. When the lookup fails, whatever that receive brings is made visible again
+    /// (while the process runs: at exit it comes back after the visibility timeout). The default
+    /// opens, then receives.
     async fn open_receiving(
         &self,
         queue_url: &str,

@@ -6,7 +6,9 @@
 //! - at most `max_concurrency` batches are in flight, and nothing is received for a batch that
 //!   could not start: each poller first waits for room in the mapping and in the target (shared
 //!   with other mappings); the target's slot itself is only taken once the batch is complete, and
-//!   handed to the work (SQS invokes in it; S3 gives it back and takes one per invocation);
+//!   handed to the work (SQS invokes in it; S3 gives it back and takes one per invocation). The
+//!   one exception is a starting mapping's first receive, sent beside the queue's lookup (see
+//!   [`connect`]) when the target has room;
 //! - every received record the work admits is held by the heartbeat (its visibility extended)
 //!   from the moment it is received until the work releases it;
 //! - every wait (for room, for a receive, after an error, after an empty short poll) ends at
@@ -187,40 +189,45 @@ pub(super) struct FirstPoll {
     requested_at: Instant,
 }
 
-/// Looks the mapping's queue up, retrying (visible on `/readyz`) until it answers, with the first
-/// receive (as `settings` would ask for it) already under way; `None` once `shutdown` comes first.
+/// Looks the mapping's queue up, retrying (visible on `/readyz`) until it answers; `None` once
+/// `shutdown` comes first. With `early` (see [`PollSettings::early_receive`]) the first attempt
+/// sends the first receive beside the lookup: the mapping's first poll then costs no extra round
+/// trip. Later attempts only look up: every early receive whose lookup failed is returned to the
+/// queue but counts as a receive, and must not add up against a redrive policy while the lookup
+/// keeps failing.
 pub(super) async fn connect(
     queues: &dyn QueueOpener,
     queue_url: &str,
-    settings: &PollSettings,
+    early: Option<(usize, Duration)>,
     name: &str,
     health: &MappingHealthHandle,
     metrics: &MappingMetrics,
     shutdown: &CancellationToken,
-) -> Option<(Arc<dyn Queue>, FirstPoll)> {
-    // What the first poller asks for first: an empty batch, its own slot taken.
-    let max_messages = settings.receive_size(
-        settings.limits.max_records,
-        settings.max_concurrency.saturating_sub(1),
-    );
+) -> Option<(Arc<dyn Queue>, Option<FirstPoll>)> {
+    let mut attempts = 0u32;
     retry_until_ok(
         "looking up the queue",
         name,
         health,
         metrics,
         shutdown,
-        || async move {
-            let requested_at = Instant::now();
-            let (queue, receive) = queues
-                .open_receiving(queue_url, max_messages, settings.wait_time)
-                .await?;
-            Ok::<_, sluice_sources::SourceError>((
-                queue,
-                FirstPoll {
-                    receive,
-                    requested_at,
-                },
-            ))
+        || {
+            attempts += 1;
+            let early = early.filter(|_| attempts == 1);
+            async move {
+                let Some((max_messages, wait)) = early else {
+                    return Ok((queues.open(queue_url).await?, None));
+                };
+                let requested_at = Instant::now();
+                let (queue, receive) = queues.open_receiving(queue_url, max_messages, wait).await?;
+                Ok::<_, sluice_sources::SourceError>((
+                    queue,
+                    Some(FirstPoll {
+                        receive,
+                        requested_at,
+                    }),
+                ))
+            }
         },
     )
     .await
@@ -238,6 +245,21 @@ pub(super) struct PollSettings {
 }
 
 impl PollSettings {
+    /// The first receive (messages, wait) a starting mapping may send beside its queue's lookup:
+    /// what the first poller would ask for first (an empty batch, its own slot taken), or `None`
+    /// while `target` has no room for a batch (nothing is received for a batch that could not
+    /// start). Should the target fill in the moments between this and the first poller's wait
+    /// for room, those records wait unheld for at most that long.
+    pub fn early_receive(&self, target: &SharedTarget) -> Option<(usize, Duration)> {
+        (!target.is_saturated()).then(|| {
+            let messages = self.receive_size(
+                self.limits.max_records,
+                self.max_concurrency.saturating_sub(1),
+            );
+            (messages, self.wait_time)
+        })
+    }
+
     /// How many messages to ask for while filling a batch with room for `room` more records, with
     /// `free_slots` more batches that could start.
     fn receive_size(&self, room: usize, free_slots: usize) -> usize {
@@ -260,7 +282,7 @@ pub(super) async fn run<W: QueueWork>(
     settings: PollSettings,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
-    first: FirstPoll,
+    first: Option<FirstPoll>,
 ) {
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(acks.heartbeat.clone().run(heartbeat_stop.clone()));
@@ -274,7 +296,7 @@ pub(super) async fn run<W: QueueWork>(
         tracker: tracker.clone(),
     });
     let mut pollers = tokio::task::JoinSet::new();
-    let mut first = Some(first);
+    let mut first = first;
     for _ in 0..poller.settings.pollers {
         pollers.spawn(poller.clone().poll_loop(shutdown.clone(), first.take()));
     }
@@ -380,7 +402,11 @@ impl<W: QueueWork> Poller<W> {
                 acks.health.waiting_for_capacity(true);
             }
             let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'poll,
+                _ = shutdown.cancelled() => {
+                    // A first receive already sent is awaited and returned like any open poll.
+                    open_receive = first.take().map(|first| first.receive);
+                    break 'poll;
+                }
                 permit = async {
                     let mapping = self.capacity.clone().acquire_owned().await.expect("semaphore is never closed");
                     self.target.wait_for_room().await;

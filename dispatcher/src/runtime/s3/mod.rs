@@ -106,7 +106,7 @@ impl S3Mapping {
         let Some((queue, first)) = poller::connect(
             self.queues.as_ref(),
             &self.source.queue_url,
-            &settings,
+            settings.early_receive(&self.target),
             &name,
             &self.health,
             &self.metrics,

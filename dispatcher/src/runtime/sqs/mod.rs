@@ -87,7 +87,7 @@ impl SqsMapping {
         let Some((queue, first)) = poller::connect(
             self.queues.as_ref(),
             &self.source.queue_url,
-            &settings,
+            settings.early_receive(&self.target),
             &self.config.name,
             &self.health,
             &self.metrics,
@@ -394,8 +394,8 @@ mod tests {
     use crate::health::Health;
     use crate::targets::testing::ScriptedTarget;
     use serde_json::json;
-    use sluice_sources::Queue;
     use sluice_sources::memory::{MemoryOpener, MemoryQueue, QueueCall};
+    use sluice_sources::{Queue, SourceError};
 
     const VISIBILITY: Duration = Duration::from_secs(30);
 
@@ -545,6 +545,74 @@ mappings:
         );
         // a2 was not handled: it did not reach the target after a failed a1.
         assert_eq!(target.calls(), 1);
+    }
+
+    /// Fails its first lookup; counts the lookups that came with an early first receive.
+    struct FailsFirstLookup {
+        inner: MemoryOpener,
+        lookups: std::sync::atomic::AtomicUsize,
+        early_receives: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl QueueOpener for FailsFirstLookup {
+        async fn open(&self, queue_url: &str) -> Result<Arc<dyn Queue>, SourceError> {
+            if self
+                .lookups
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return Err(SourceError::Queue {
+                    queue_url: queue_url.to_owned(),
+                    operation: "GetQueueAttributes",
+                    message: "ThrottlingException".into(),
+                });
+            }
+            self.inner.open(queue_url).await
+        }
+
+        async fn open_receiving(
+            &self,
+            queue_url: &str,
+            max_messages: usize,
+            wait: Duration,
+        ) -> Result<(Arc<dyn Queue>, sluice_sources::PendingReceive), SourceError> {
+            self.early_receives
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let queue = self.open(queue_url).await?;
+            let first = queue.clone();
+            Ok((
+                queue,
+                Box::pin(async move { first.receive(max_messages, wait).await }),
+            ))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_first_lookup_sends_an_early_receive() {
+        // Each early receive whose lookup failed counts against the queue's redrive policy; a
+        // lookup that keeps failing must not add them up.
+        let queue = Arc::new(MemoryQueue::standard("q", VISIBILITY));
+        let id = queue.send("one");
+        let target = Arc::new(ScriptedTarget::default());
+        let mut worker = mapping(queue.clone(), "batch_size: 1", "", target.clone(), None);
+        let opener = Arc::new(FailsFirstLookup {
+            inner: MemoryOpener(queue.clone()),
+            lookups: Default::default(),
+            early_receives: Default::default(),
+        });
+        worker.queues = opener.clone();
+        run_until(worker, queue.clone(), |queue| queue.remaining().is_empty()).await;
+        assert_eq!(target.calls(), 1);
+        assert_eq!(opener.lookups.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(
+            opener
+                .early_receives
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the retried lookup came with another early receive"
+        );
+        assert_eq!(queue.receive_count(&id), None, "deleted");
     }
 
     #[tokio::test(start_paused = true)]
