@@ -8,7 +8,8 @@
 //!   with other mappings); the target's slot itself is only taken once the batch is complete, and
 //!   handed to the work (SQS invokes in it; S3 gives it back and takes one per invocation). The
 //!   one exception is a starting mapping's first receive, sent beside the queue's lookup (see
-//!   [`connect`]) when the target has room;
+//!   [`connect`]) when the target has room: its records are held before the first poller waits
+//!   for room, like records of a batch still being filled;
 //! - every received record the work admits is held by the heartbeat (its visibility extended)
 //!   from the moment it is received until the work releases it;
 //! - every wait (for room, for a receive, after an error, after an empty short poll) ends at
@@ -248,8 +249,7 @@ impl PollSettings {
     /// The first receive (messages, wait) a starting mapping may send beside its queue's lookup:
     /// what the first poller would ask for first (an empty batch, its own slot taken), or `None`
     /// while `target` has no room for a batch (nothing is received for a batch that could not
-    /// start). Should the target fill in the moments between this and the first poller's wait
-    /// for room, those records wait unheld for at most that long.
+    /// start).
     pub fn early_receive(&self, target: &SharedTarget) -> Option<(usize, Duration)> {
         (!target.is_saturated()).then(|| {
             let messages = self.receive_size(
@@ -377,12 +377,48 @@ impl<W: QueueWork> Poller<W> {
         )
     }
 
+    /// Counts received records, lets the work admit them, holds what it admits under the
+    /// heartbeat (as of `requested_at`) and adds it to the batch being filled.
+    async fn take_in(
+        &self,
+        records: Vec<Record>,
+        requested_at: Instant,
+        batcher: &mut Batcher<Record>,
+        ready: &mut VecDeque<Vec<Record>>,
+        now: Duration,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let acks = &self.acks;
+        acks.metrics
+            .records_received
+            .increment(records.len() as u64);
+        let records = self.work.admit(records, &self.tracker);
+        if records.is_empty() {
+            return;
+        }
+        acks.heartbeat.hold(&records, requested_at).await;
+        track_in_flight(&acks.metrics, &records, Flight::Entering);
+        for record in records {
+            let size = record.size_bytes;
+            let PushResult {
+                ready: complete,
+                too_large,
+            } = batcher.push(record, size, now);
+            ready.extend(complete);
+            if let Some(record) = too_large {
+                self.tracker.spawn(self.work.clone().too_large(record));
+            }
+        }
+    }
+
     /// Receives and dispatches until shutdown; returns the records received but never started,
     /// and the receive that was open when the shutdown came, if any.
     async fn poll_loop(
         self: Arc<Self>,
         shutdown: CancellationToken,
-        mut first: Option<FirstPoll>,
+        first: Option<FirstPoll>,
     ) -> (Vec<Record>, Option<OpenReceive>) {
         let acks = &self.acks;
         let mut open_receive = None;
@@ -391,6 +427,45 @@ impl<W: QueueWork> Poller<W> {
         let mut batcher: Batcher<Record> = Batcher::new(self.settings.limits);
         let mut ready: VecDeque<Vec<Record>> = VecDeque::new();
         let mut failures = 0u32;
+
+        // A first receive sent beside the queue's lookup is taken in before the first wait for
+        // room, so that its records are held (and batched) from the moment they arrive rather
+        // than waiting unheld while other mappings keep the shared target full.
+        if let Some(FirstPoll {
+            mut receive,
+            requested_at,
+        }) = first
+        {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    return (Vec::new(), Some(receive));
+                }
+                received = &mut receive => received,
+            };
+            match received {
+                Ok(records) => {
+                    acks.health.poll_succeeded();
+                    self.take_in(records, requested_at, &mut batcher, &mut ready, clock())
+                        .await;
+                }
+                Err(error) => {
+                    failures += 1;
+                    if !back_off(
+                        "receiving from the queue",
+                        &acks.name,
+                        &acks.health,
+                        &acks.metrics,
+                        &shutdown,
+                        &error.to_string(),
+                        failures,
+                    )
+                    .await
+                    {
+                        return (batcher.take().unwrap_or_default(), None);
+                    }
+                }
+            }
+        }
 
         'poll: loop {
             // Nothing is received for a batch that could not start: room in the mapping, and room
@@ -402,11 +477,7 @@ impl<W: QueueWork> Poller<W> {
                 acks.health.waiting_for_capacity(true);
             }
             let permit = tokio::select! {
-                _ = shutdown.cancelled() => {
-                    // A first receive already sent is awaited and returned like any open poll.
-                    open_receive = first.take().map(|first| first.receive);
-                    break 'poll;
-                }
+                _ = shutdown.cancelled() => break 'poll,
                 permit = async {
                     let mapping = self.capacity.clone().acquire_owned().await.expect("semaphore is never closed");
                     self.target.wait_for_room().await;
@@ -430,19 +501,11 @@ impl<W: QueueWork> Poller<W> {
                         .saturating_sub(clock())
                         .min(self.settings.wait_time),
                 };
-                let (mut receive, requested_at) = match first.take() {
-                    Some(FirstPoll {
-                        receive,
-                        requested_at,
-                    }) => (receive, requested_at),
-                    None => {
-                        let max_messages = self.receive_size(&batcher);
-                        let queue = acks.queue.clone();
-                        let receive: OpenReceive =
-                            Box::pin(async move { queue.receive(max_messages, wait).await });
-                        (receive, Instant::now())
-                    }
-                };
+                let max_messages = self.receive_size(&batcher);
+                let requested_at = Instant::now();
+                let queue = acks.queue.clone();
+                let mut receive: OpenReceive =
+                    Box::pin(async move { queue.receive(max_messages, wait).await });
                 let received = tokio::select! {
                     _ = shutdown.cancelled() => {
                         open_receive = Some(receive);
@@ -490,26 +553,8 @@ impl<W: QueueWork> Poller<W> {
                     }
                     continue;
                 }
-                acks.metrics
-                    .records_received
-                    .increment(records.len() as u64);
-                let records = self.work.admit(records, &self.tracker);
-                if records.is_empty() {
-                    continue;
-                }
-                acks.heartbeat.hold(&records, requested_at).await;
-                track_in_flight(&acks.metrics, &records, Flight::Entering);
-                for record in records {
-                    let size = record.size_bytes;
-                    let PushResult {
-                        ready: complete,
-                        too_large,
-                    } = batcher.push(record, size, clock());
-                    ready.extend(complete);
-                    if let Some(record) = too_large {
-                        self.tracker.spawn(self.work.clone().too_large(record));
-                    }
-                }
+                self.take_in(records, requested_at, &mut batcher, &mut ready, clock())
+                    .await;
             };
             let slot = tokio::select! {
                 _ = shutdown.cancelled() => {

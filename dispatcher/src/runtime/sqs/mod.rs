@@ -615,6 +615,68 @@ mappings:
         assert_eq!(queue.receive_count(&id), None, "deleted");
     }
 
+    /// Looks up like the memory opener, then fills the shared target (as another mapping would)
+    /// before the mapping's first poller gets to wait for room; keeps it full until `free`.
+    struct FillsTargetAfterLookup {
+        inner: MemoryOpener,
+        target: SharedTarget,
+        held: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    }
+
+    #[async_trait::async_trait]
+    impl QueueOpener for FillsTargetAfterLookup {
+        async fn open(&self, queue_url: &str) -> Result<Arc<dyn Queue>, SourceError> {
+            self.inner.open(queue_url).await
+        }
+
+        async fn open_receiving(
+            &self,
+            queue_url: &str,
+            max_messages: usize,
+            wait: Duration,
+        ) -> Result<(Arc<dyn Queue>, sluice_sources::PendingReceive), SourceError> {
+            let opened = self
+                .inner
+                .open_receiving(queue_url, max_messages, wait)
+                .await?;
+            *self.held.lock().unwrap() = Some(self.target.permit().await);
+            Ok(opened)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_of_the_early_first_receive_are_held_while_the_target_is_full() {
+        let queue = Arc::new(MemoryQueue::standard("q", VISIBILITY));
+        let id = queue.send("one");
+        let target = Arc::new(ScriptedTarget::default());
+        let mut worker = mapping(queue.clone(), "batch_size: 1", "", target.clone(), None);
+        worker.target = SharedTarget::new("t", target.clone(), 1);
+        let opener = Arc::new(FillsTargetAfterLookup {
+            inner: MemoryOpener(queue.clone()),
+            target: worker.target.clone(),
+            held: Default::default(),
+        });
+        worker.queues = opener.clone();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
+        // The target stays full for three visibility timeouts: the message must stay hidden.
+        tokio::time::sleep(VISIBILITY * 3).await;
+        assert_eq!(target.calls(), 0);
+        assert_eq!(
+            queue.receive_count(&id),
+            Some(1),
+            "the message came back while its mapping waited for room: {:?}",
+            queue.calls()
+        );
+        drop(opener.held.lock().unwrap().take());
+        while !queue.remaining().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap();
+        assert_eq!(target.calls(), 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn at_shutdown_messages_that_never_started_are_returned_at_once() {
         let queue = Arc::new(MemoryQueue::standard("q", VISIBILITY));
