@@ -615,8 +615,9 @@ mappings:
         assert_eq!(queue.receive_count(&id), None, "deleted");
     }
 
-    /// Looks up like the memory opener, then fills the shared target (as another mapping would)
-    /// before the mapping's first poller gets to wait for room; keeps it full until `free`.
+    /// Looks up like the memory opener and sends the first receive at once, then fills the shared
+    /// target (as another mapping would) before the mapping's first poller gets to wait for room;
+    /// keeps it full until `held` is emptied.
     struct FillsTargetAfterLookup {
         inner: MemoryOpener,
         target: SharedTarget,
@@ -635,12 +636,15 @@ mappings:
             max_messages: usize,
             wait: Duration,
         ) -> Result<(Arc<dyn Queue>, sluice_sources::PendingReceive), SourceError> {
-            let opened = self
-                .inner
-                .open_receiving(queue_url, max_messages, wait)
-                .await?;
+            // Sent at once, as SqsOpener does: the records are out of the queue from here on.
+            let queue = self.inner.open(queue_url).await?;
+            let first = queue.clone();
+            let receive = tokio::spawn(async move { first.receive(max_messages, wait).await });
             *self.held.lock().unwrap() = Some(self.target.permit().await);
-            Ok(opened)
+            Ok((
+                queue,
+                Box::pin(async move { receive.await.expect("the receive task ran") }),
+            ))
         }
     }
 
