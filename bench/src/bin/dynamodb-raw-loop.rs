@@ -120,19 +120,7 @@ async fn read_shard(shared: Shared, shard_id: String, checkpoint: std::path::Pat
         for batch in page.records().chunks(batch_size) {
             let records: Vec<Value> = batch.iter().map(|r| record_of(r, &arn, &region)).collect();
             let event = serde_json::to_vec(&json!({ "Records": records })).expect("serializes");
-            loop {
-                let sent = http
-                    .post(&handler_url)
-                    .header("content-type", "application/json")
-                    .body(event.clone())
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(response) if response.status().is_success() => break,
-                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
+            sluice_bench::post_until_answered(&http, &handler_url, event).await;
             let last = batch
                 .last()
                 .and_then(|r| r.dynamodb())

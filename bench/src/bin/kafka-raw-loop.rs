@@ -106,20 +106,9 @@ async fn partition_task(
             "bootstrapServers": bootstrap,
             "records": { name.clone(): batch.into_iter().map(|(_, r)| r).collect::<Vec<_>>() },
         });
-        // At least once: retried until the handler answers, only then marked done.
-        loop {
-            let sent = http
-                .post(&handler_url)
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&event).expect("an event serializes"))
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await;
-            match sent {
-                Ok(response) if response.status().is_success() => break,
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        // At least once: only marked done once the handler answered.
+        let event = serde_json::to_vec(&event).expect("an event serializes");
+        sluice_bench::post_until_answered(&http, &handler_url, event).await;
         done.lock()
             .expect("not poisoned")
             .insert(key.clone(), last + 1);

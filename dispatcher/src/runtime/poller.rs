@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use sluice_policies::batcher::PushResult;
 use sluice_policies::{BatchLimits, Batcher};
 use sluice_sources::sqs::MAX_BATCH_ENTRIES;
-use sluice_sources::{Queue, QueueOpener, Receipt, Record};
+use sluice_sources::{Queue, QueueOpener, Receipt, Record, SourceError};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -358,6 +358,13 @@ pub(super) async fn run<W: QueueWork>(
     tracing::info!(mapping = %acks.name, "mapping stopped");
 }
 
+/// See [`Poller::settle`].
+enum Settled {
+    Records(Vec<Record>),
+    Retry,
+    Stop,
+}
+
 struct Poller<W> {
     acks: Arc<QueueAcks>,
     work: Arc<W>,
@@ -377,15 +384,52 @@ impl<W: QueueWork> Poller<W> {
         )
     }
 
+    /// What a finished receive means for the poll loop: its records, a retry after the error was
+    /// reported and waited out, or a stop (shutdown came during that wait).
+    async fn settle(
+        &self,
+        received: Result<Vec<Record>, SourceError>,
+        failures: &mut u32,
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        let acks = &self.acks;
+        match received {
+            Ok(records) => {
+                *failures = 0;
+                acks.health.poll_succeeded();
+                Settled::Records(records)
+            }
+            Err(error) => {
+                *failures += 1;
+                let waited = back_off(
+                    "receiving from the queue",
+                    &acks.name,
+                    &acks.health,
+                    &acks.metrics,
+                    shutdown,
+                    &error.to_string(),
+                    *failures,
+                )
+                .await;
+                if waited {
+                    Settled::Retry
+                } else {
+                    Settled::Stop
+                }
+            }
+        }
+    }
+
     /// Counts received records, lets the work admit them, holds what it admits under the
-    /// heartbeat (as of `requested_at`) and adds it to the batch being filled.
+    /// heartbeat (as of `requested_at`) and adds it to the batch being filled; `clock` is read
+    /// once they are held, so a wait for the heartbeat's lock does not shorten the window.
     async fn take_in(
         &self,
         records: Vec<Record>,
         requested_at: Instant,
         batcher: &mut Batcher<Record>,
         ready: &mut VecDeque<Vec<Record>>,
-        now: Duration,
+        clock: &impl Fn() -> Duration,
     ) {
         if records.is_empty() {
             return;
@@ -405,7 +449,7 @@ impl<W: QueueWork> Poller<W> {
             let PushResult {
                 ready: complete,
                 too_large,
-            } = batcher.push(record, size, now);
+            } = batcher.push(record, size, clock());
             ready.extend(complete);
             if let Some(record) = too_large {
                 self.tracker.spawn(self.work.clone().too_large(record));
@@ -442,28 +486,13 @@ impl<W: QueueWork> Poller<W> {
                 }
                 received = &mut receive => received,
             };
-            match received {
-                Ok(records) => {
-                    acks.health.poll_succeeded();
-                    self.take_in(records, requested_at, &mut batcher, &mut ready, clock())
+            match self.settle(received, &mut failures, &shutdown).await {
+                Settled::Records(records) => {
+                    self.take_in(records, requested_at, &mut batcher, &mut ready, &clock)
                         .await;
                 }
-                Err(error) => {
-                    failures += 1;
-                    if !back_off(
-                        "receiving from the queue",
-                        &acks.name,
-                        &acks.health,
-                        &acks.metrics,
-                        &shutdown,
-                        &error.to_string(),
-                        failures,
-                    )
-                    .await
-                    {
-                        return (batcher.take().unwrap_or_default(), None);
-                    }
-                }
+                Settled::Retry => {}
+                Settled::Stop => return (Vec::new(), None),
             }
         }
 
@@ -513,30 +542,10 @@ impl<W: QueueWork> Poller<W> {
                     }
                     received = &mut receive => received,
                 };
-                let records = match received {
-                    Ok(records) => {
-                        failures = 0;
-                        acks.health.poll_succeeded();
-                        records
-                    }
-                    Err(error) => {
-                        failures += 1;
-                        let acks = &self.acks;
-                        if !back_off(
-                            "receiving from the queue",
-                            &acks.name,
-                            &acks.health,
-                            &acks.metrics,
-                            &shutdown,
-                            &error.to_string(),
-                            failures,
-                        )
-                        .await
-                        {
-                            break 'poll;
-                        }
-                        continue;
-                    }
+                let records = match self.settle(received, &mut failures, &shutdown).await {
+                    Settled::Records(records) => records,
+                    Settled::Retry => continue,
+                    Settled::Stop => break 'poll,
                 };
                 if records.is_empty() {
                     // SQS long polls last whole seconds, so a shorter wait was a short poll:
@@ -553,7 +562,7 @@ impl<W: QueueWork> Poller<W> {
                     }
                     continue;
                 }
-                self.take_in(records, requested_at, &mut batcher, &mut ready, clock())
+                self.take_in(records, requested_at, &mut batcher, &mut ready, &clock)
                     .await;
             };
             let slot = tokio::select! {

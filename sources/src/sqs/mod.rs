@@ -118,30 +118,27 @@ impl Drop for FirstReceive {
             let Ok(Ok(output)) = task.await else {
                 return;
             };
-            let entries: Vec<_> = output
+            let receipts: Vec<Receipt> = output
                 .messages()
                 .iter()
-                .enumerate()
-                .filter_map(|(index, message)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(entry_id(index))
-                        .receipt_handle(message.receipt_handle()?)
-                        .visibility_timeout(0)
-                        .build()
-                        .ok()
+                .map(|message| Receipt {
+                    id: message.message_id().unwrap_or_default().to_owned(),
+                    ack: AckToken::Sqs {
+                        receipt_handle: message.receipt_handle().unwrap_or_default().to_owned(),
+                    },
                 })
                 .collect();
-            if entries.is_empty() {
-                return;
-            }
-            let released = client
-                .change_message_visibility_batch()
-                .queue_url(&queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
-            if let Err(error) = released {
-                tracing::warn!(%queue_url, error = %DisplayErrorContext(&error), "could not return the first receive's messages after the queue lookup failed; they come back after the visibility timeout");
+            let changes: Vec<(&Receipt, Duration)> =
+                receipts.iter().map(|r| (r, Duration::ZERO)).collect();
+            let failed = match change_visibility(&client, &queue_url, &changes).await {
+                Ok(failed) => failed,
+                Err(error) => receipts
+                    .iter()
+                    .map(|r| (r.id.clone(), error.to_string()))
+                    .collect(),
+            };
+            for (message_id, reason) in failed {
+                tracing::warn!(%queue_url, %message_id, %reason, "could not return a message of the first receive after the queue lookup failed; it comes back after the visibility timeout");
             }
         });
     }
@@ -478,48 +475,56 @@ impl Queue for SqsQueue {
         &self,
         changes: &[(&Receipt, Duration)],
     ) -> Result<Vec<(String, String)>, SourceError> {
-        let mut failed = Vec::new();
-        for chunk in changes.chunks(MAX_BATCH_ENTRIES) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(index, (record, timeout))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(entry_id(index))
-                        .receipt_handle(receipt_handle(record))
-                        .visibility_timeout(timeout.min(&MAX_VISIBILITY).as_secs() as i32)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect::<Vec<_>>();
-            let output = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.description.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| {
-                    self.error(
-                        "ChangeMessageVisibilityBatch",
-                        DisplayErrorContext(&e).to_string(),
-                    )
-                })?;
-            for failure in output.failed() {
-                if let Some(index) = entry_index(failure.id(), chunk.len()) {
-                    failed.push((
-                        chunk[index].0.id.clone(),
-                        format!(
-                            "{}: {}",
-                            failure.code(),
-                            failure.message().unwrap_or_default()
-                        ),
-                    ));
-                }
+        change_visibility(&self.client, &self.description.url, changes).await
+    }
+}
+
+/// ChangeMessageVisibilityBatch in chunks of ten; the message ids whose visibility could not be
+/// changed, with the reason.
+async fn change_visibility(
+    client: &Client,
+    queue_url: &str,
+    changes: &[(&Receipt, Duration)],
+) -> Result<Vec<(String, String)>, SourceError> {
+    let mut failed = Vec::new();
+    for chunk in changes.chunks(MAX_BATCH_ENTRIES) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, (record, timeout))| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(entry_id(index))
+                    .receipt_handle(receipt_handle(record))
+                    .visibility_timeout(timeout.min(&MAX_VISIBILITY).as_secs() as i32)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect::<Vec<_>>();
+        let output = client
+            .change_message_visibility_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| SourceError::Queue {
+                queue_url: queue_url.to_owned(),
+                operation: "ChangeMessageVisibilityBatch",
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        for failure in output.failed() {
+            if let Some(index) = entry_index(failure.id(), chunk.len()) {
+                failed.push((
+                    chunk[index].0.id.clone(),
+                    format!(
+                        "{}: {}",
+                        failure.code(),
+                        failure.message().unwrap_or_default()
+                    ),
+                ));
             }
         }
-        Ok(failed)
     }
+    Ok(failed)
 }
 
 #[cfg(test)]

@@ -580,12 +580,20 @@ mappings:
             self.early_receives
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let queue = self.open(queue_url).await?;
-            let first = queue.clone();
-            Ok((
-                queue,
-                Box::pin(async move { first.receive(max_messages, wait).await }),
-            ))
+            let first = send_first_receive(queue.clone(), max_messages, wait);
+            Ok((queue, first))
         }
+    }
+
+    /// Sends a first receive at once, as SqsOpener does: its records are out of the queue from
+    /// then on, whether or not anyone awaits it.
+    fn send_first_receive(
+        queue: Arc<dyn Queue>,
+        max_messages: usize,
+        wait: Duration,
+    ) -> sluice_sources::PendingReceive {
+        let receive = tokio::spawn(async move { queue.receive(max_messages, wait).await });
+        Box::pin(async move { receive.await.expect("the receive task ran") })
     }
 
     #[tokio::test(start_paused = true)]
@@ -636,15 +644,10 @@ mappings:
             max_messages: usize,
             wait: Duration,
         ) -> Result<(Arc<dyn Queue>, sluice_sources::PendingReceive), SourceError> {
-            // Sent at once, as SqsOpener does: the records are out of the queue from here on.
             let queue = self.inner.open(queue_url).await?;
-            let first = queue.clone();
-            let receive = tokio::spawn(async move { first.receive(max_messages, wait).await });
+            let first = send_first_receive(queue.clone(), max_messages, wait);
             *self.held.lock().unwrap() = Some(self.target.permit().await);
-            Ok((
-                queue,
-                Box::pin(async move { receive.await.expect("the receive task ran") }),
-            ))
+            Ok((queue, first))
         }
     }
 
