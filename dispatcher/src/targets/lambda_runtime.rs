@@ -68,10 +68,67 @@ struct Job {
     request_id: String,
     payload: bytes::Bytes,
     traceparent: String,
-    /// Told when a worker takes the job; closed when the caller gave up.
-    started: Option<oneshot::Sender<()>>,
+    /// Decides, once, whether a worker takes the job or its caller gives up on it first.
+    handoff: Arc<Handoff>,
     reply: oneshot::Sender<Outcome>,
     queued_at: Instant,
+}
+
+/// Where a queued job stands between its caller and the workers. Whoever moves it out of
+/// `Queued` first decides: a worker never runs a job its caller gave up on, and a caller never
+/// gives up on a job a worker runs. The caller reads it when its own timer fires instead of being
+/// woken when a worker takes the job: that wake-up cost every invocation a context switch.
+#[derive(Default)]
+struct Handoff(Mutex<Taken>);
+
+#[derive(Clone, Copy, Default)]
+enum Taken {
+    #[default]
+    Queued,
+    At(Instant),
+    Abandoned,
+}
+
+impl Handoff {
+    /// A worker takes the job now; false when its caller gave up first.
+    fn take(&self) -> bool {
+        let mut state = self.0.lock().expect("handoff lock");
+        match *state {
+            Taken::Queued => {
+                *state = Taken::At(Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The caller gives up; `Some` with the time a worker took the job when it was taken first.
+    fn abandon(&self) -> Option<Instant> {
+        let mut state = self.0.lock().expect("handoff lock");
+        match *state {
+            Taken::At(at) => Some(at),
+            _ => {
+                *state = Taken::Abandoned;
+                None
+            }
+        }
+    }
+
+    fn taken_at(&self) -> Option<Instant> {
+        match *self.0.lock().expect("handoff lock") {
+            Taken::At(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// Gives the job up when the caller's future is dropped before a worker took it.
+struct AbandonOnDrop(Arc<Handoff>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }
 
 /// What the pool's workers share with callers.
@@ -218,13 +275,14 @@ impl Target for LambdaRuntimeTarget {
         if let Some(problem) = self.pool.unavailable() {
             return Outcome::Unavailable { message: problem };
         }
-        let (reply, outcome) = oneshot::channel();
-        let (started, taken) = oneshot::channel();
+        let (reply, mut outcome) = oneshot::channel();
+        let handoff = Arc::new(Handoff::default());
+        let _abandon_on_drop = AbandonOnDrop(handoff.clone());
         let job = Job {
             request_id: invocation.request_id.clone(),
             payload: invocation.payload.clone(),
             traceparent: invocation.traceparent.clone(),
-            started: Some(started),
+            handoff: handoff.clone(),
             reply,
             queued_at: Instant::now(),
         };
@@ -244,25 +302,36 @@ impl Target for LambdaRuntimeTarget {
             }
             Ok(Ok(())) => {}
         }
-        // Giving up drops `taken` and `outcome`: a worker then skips the job.
-        match tokio::time::timeout_at(take_by, taken).await {
-            Err(_) => return no_worker(),
-            Ok(Err(_)) => {
-                return Outcome::Unavailable {
-                    message: "no worker took the invocation (the pool stopped)".into(),
-                };
+        // A worker that takes the job runs it under the timeout it enforces from that moment;
+        // this wait is the backstop past it (`run_limit` after the take), and gives up at
+        // `take_by` on a job no worker took.
+        let run_limit = self.timeout + KILL_MARGIN;
+        loop {
+            let now = tokio::time::Instant::now();
+            let check_at = match handoff.taken_at() {
+                Some(at) => tokio::time::Instant::from_std(at) + run_limit,
+                None => take_by.min(now + run_limit),
+            };
+            if let Ok(result) = tokio::time::timeout_at(check_at, &mut outcome).await {
+                return result.unwrap_or_else(|_| Outcome::Unavailable {
+                    message: match handoff.taken_at() {
+                        Some(_) => "the worker pool stopped during the invocation".into(),
+                        None => "no worker took the invocation (the pool stopped)".into(),
+                    },
+                });
             }
-            Ok(Ok(())) => {}
-        }
-        // A worker runs it now, under the timeout it enforces from this moment on.
-        match tokio::time::timeout(self.timeout + KILL_MARGIN, outcome).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Outcome::Unavailable {
-                message: "the worker pool stopped during the invocation".into(),
-            },
-            Err(_) => Outcome::Timeout {
-                after_ms: (self.timeout + KILL_MARGIN).as_millis() as u64,
-            },
+            let now = tokio::time::Instant::now();
+            match handoff.taken_at() {
+                Some(at) if now >= tokio::time::Instant::from_std(at) + run_limit => {
+                    return Outcome::Timeout {
+                        after_ms: run_limit.as_millis() as u64,
+                    };
+                }
+                Some(_) => {}
+                // A worker that finds the job later skips it.
+                None if now >= take_by && handoff.abandon().is_none() => return no_worker(),
+                None => {}
+            }
         }
     }
 }
@@ -629,10 +698,8 @@ async fn next(State(state): State<Arc<WorkerState>>) -> Response {
             match job {
                 // The caller gave up waiting: never hand its invocation to a worker.
                 Some(job) if job.reply.is_closed() => continue,
-                Some(mut job) => match job.started.take().map(|started| started.send(())) {
-                    Some(Ok(())) => break Some(job),
-                    _ => continue,
-                },
+                Some(job) if job.handoff.take() => break Some(job),
+                Some(_) => continue,
                 None => break None,
             }
         }
@@ -965,6 +1032,23 @@ def handler(event, context):
         );
         let outcome = target.invoke(&event(serde_json::json!({}))).await;
         assert!(matches!(outcome, Outcome::Returned { .. }), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_job_is_either_taken_or_abandoned_never_both() {
+        let taken = Handoff::default();
+        assert!(taken.take());
+        assert!(taken.abandon().is_some(), "a taken job is not given up");
+        assert!(!taken.take(), "and not taken twice");
+        let abandoned = Handoff::default();
+        assert!(abandoned.abandon().is_none());
+        assert!(
+            !abandoned.take(),
+            "a worker never runs a job its caller gave up on"
+        );
+        let dropped = Arc::new(Handoff::default());
+        drop(AbandonOnDrop(dropped.clone()));
+        assert!(!dropped.take(), "a dropped caller gives the job up");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Which process is on the other end of a loopback TCP connection (Linux), so that a worker's
 //! Runtime API serves that worker only.
 //!
-//! The connecting socket is found in `/proc/net/tcp` (or `tcp6`) by its address, which gives its
-//! inode; the connection is the group's when a process of the process group holds a descriptor
-//! for that inode. Off Linux, or when `/proc` cannot be read, nothing can be checked and every
-//! connection is admitted (logged once).
+//! The kernel says which socket the connecting end is (its inode), asked by the connection's
+//! addresses over sock_diag netlink: one exact lookup, microseconds. `/proc/net/tcp` (or `tcp6`)
+//! gives the same answer but walks the whole connection table on each read (5 ms and more on a
+//! host with a large table, which stalled an invocation each time a worker opened a connection);
+//! it is read only when sock_diag cannot be used. The connection is the group's when a process of
+//! the process group holds a descriptor for that inode. Off Linux, or when neither can be read,
+//! nothing can be checked and every connection is admitted (logged once).
 
 use std::net::SocketAddr;
 
@@ -51,6 +54,19 @@ fn proc_address(address: SocketAddr) -> String {
 
 /// The inode of the socket whose local address is `peer` and remote address `local`.
 fn socket_inode(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    match diag::socket_inode(peer, local) {
+        Ok(inode) => return inode,
+        Err(error) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| tracing::warn!(%error, "cannot ask the kernel which socket connects to a Runtime API (sock_diag); reading /proc/net/tcp instead, which is slow on a host with many connections"));
+        }
+    }
+    proc_net_socket_inode(peer, local)
+}
+
+/// [`socket_inode`] from the `/proc/net/tcp*` table.
+fn proc_net_socket_inode(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
     let (wanted_local, wanted_remote) = (proc_address(peer), proc_address(local));
     let table = if peer.is_ipv4() {
         "/proc/net/tcp"
@@ -68,22 +84,28 @@ fn socket_inode(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
 
 /// Whether a process of group `group` holds a descriptor of socket `inode`.
 fn group_holds_socket(group: u32, inode: u64) -> bool {
+    let link = format!("socket:[{inode}]");
+    let holds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.filter_map(Result::ok).any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.as_os_str() == link.as_str())
+            })
+        })
+    };
+    // The group's leader (pid == group) is the worker itself, which nearly always is the one
+    // that connects: look there before walking every process.
+    if process_group(group) == Some(group) && holds(group) {
+        return true;
+    }
     let Ok(processes) = std::fs::read_dir("/proc") else {
         return false;
     };
-    let link = format!("socket:[{inode}]");
     processes
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| process_group(*pid) == Some(group))
-        .any(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.filter_map(Result::ok).any(|fd| {
-                    std::fs::read_link(fd.path())
-                        .is_ok_and(|target| target.as_os_str() == link.as_str())
-                })
-            })
-        })
+        .filter(|&pid| pid != group && process_group(pid) == Some(group))
+        .any(holds)
 }
 
 /// The process group of `pid`, from `/proc/<pid>/stat` (fields after the command name: state,
@@ -92,6 +114,66 @@ fn process_group(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// One exact sock_diag lookup (`SOCK_DIAG_BY_FAMILY` without `NLM_F_DUMP`): the kernel finds
+/// the socket by its four-tuple instead of listing every socket.
+#[cfg(target_os = "linux")]
+mod diag {
+    use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_sock_diag::SockDiagMessage;
+    use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+    use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+    use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
+    use std::io;
+    use std::net::SocketAddr;
+
+    /// `Ok(None)` when the kernel knows no such socket; `Err` when it could not be asked.
+    pub fn socket_inode(peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u64>> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        let mut request = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: if peer.is_ipv4() { AF_INET } else { AF_INET6 },
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::all(),
+                socket_id: SocketId {
+                    source_port: peer.port(),
+                    destination_port: local.port(),
+                    source_address: peer.ip(),
+                    destination_address: local.ip(),
+                    interface_id: 0,
+                    // INET_DIAG_NOCOOKIE: match by address alone.
+                    cookie: [0xff; 8],
+                },
+            })
+            .into(),
+        );
+        request.finalize();
+        let mut buffer = vec![0; request.buffer_len()];
+        request.serialize(&mut buffer);
+        socket.send(&buffer, 0)?;
+        let mut reply = Vec::with_capacity(8192);
+        let size = socket.recv(&mut reply, 0)?;
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&reply[..size])
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))?;
+        match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                Ok(Some(u64::from(response.header.inode)))
+            }
+            NetlinkPayload::Error(error) if error.raw_code() == -libc::ENOENT => Ok(None),
+            NetlinkPayload::Error(error) => Err(error.to_io()),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected sock_diag reply: {other:?}"),
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -122,5 +204,23 @@ mod tests {
         let own_group = unsafe { libc::getpgrp() } as u32;
         assert!(connected_from_group(peer, local, own_group));
         assert!(!connected_from_group(peer, local, own_group + 1_000_000));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn sock_diag_finds_the_same_socket_as_proc_net_tcp() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (server_side, peer) = listener.accept().await.unwrap();
+        let local = server_side.local_addr().unwrap();
+        let inode = diag::socket_inode(peer, local).expect("sock_diag answers");
+        assert!(inode.is_some());
+        if std::path::Path::new("/proc/net/tcp").exists() {
+            assert_eq!(inode, proc_net_socket_inode(peer, local));
+        }
+        // A four-tuple nobody holds: no socket, not an error.
+        let nobody: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(diag::socket_inode(nobody, local).unwrap(), None);
     }
 }
