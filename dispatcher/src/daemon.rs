@@ -182,7 +182,10 @@ pub async fn run_with_handlers(
 
     let mut built_targets: BTreeMap<String, SharedTarget> = BTreeMap::new();
     for (name, target) in &config.targets {
-        let built = targets::build(name, target, &handlers, &region, Some(&health))?;
+        let mut built = targets::build(name, target, &handlers, &region, Some(&health))?;
+        if let Some(settings) = config.circuit_breakers.get(name) {
+            built = built.with_circuit_breaker(*settings, Some(health.clone()));
+        }
         built_targets.insert(name.clone(), built);
     }
 

@@ -14,7 +14,10 @@
 //! source to poll, so time without a poll does not make it stalled.
 //!
 //! Targets report problems of their own (a worker pool that cannot start workers): while one is
-//! set, `/readyz` is 503 and names it.
+//! set, `/readyz` is 503 and names it. A target whose circuit breaker is open is shown under
+//! `targets` with `"circuit": "open"` and the reason, but does not make `/readyz` fail: the
+//! breaker is sluice holding records back on purpose, and a failing check would make ECS replace
+//! a task that works.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -76,6 +79,8 @@ pub struct Health {
     stuck_after: Duration,
     entries: Arc<Mutex<BTreeMap<(Section, String), MappingHealth>>>,
     problems: Arc<Mutex<BTreeMap<(Component, String), String>>>,
+    /// Targets whose circuit breaker is not closed: its state and why it opened.
+    circuits: Arc<Mutex<BTreeMap<String, (&'static str, String)>>>,
 }
 
 /// One mapping's (or function's) handle on the registry.
@@ -92,6 +97,20 @@ impl Health {
             stuck_after,
             entries: Arc::default(),
             problems: Arc::default(),
+            circuits: Arc::default(),
+        }
+    }
+
+    /// Shows (`Some((state, reason))`) or clears (`None`) a target's open circuit breaker.
+    pub fn set_circuit(&self, target: &str, circuit: Option<(&'static str, String)>) {
+        let mut circuits = self.circuits.lock().expect("health lock");
+        match circuit {
+            Some(circuit) => {
+                circuits.insert(target.to_owned(), circuit);
+            }
+            None => {
+                circuits.remove(target);
+            }
         }
     }
 
@@ -193,6 +212,14 @@ impl Health {
         for ((component, name), problem) in self.problems.lock().expect("health lock").iter() {
             all_ready = false;
             document[component.section()][name] = json!({ "status": "failing", "error": problem });
+        }
+        for (target, (state, reason)) in self.circuits.lock().expect("health lock").iter() {
+            let entry = &mut document[Component::Target.section()][target];
+            if entry.is_null() {
+                *entry = json!({ "status": "ready" });
+            }
+            entry["circuit"] = json!(state);
+            entry["circuit_reason"] = json!(reason);
         }
         document["ready"] = json!(all_ready);
         (all_ready, document)

@@ -458,6 +458,14 @@ async fn invoke(
     // A synchronous call takes its slot before its body is read: callers waiting for room hold
     // no payloads, and the wait is bounded.
     let permit = if kind == "RequestResponse" {
+        // A synchronous caller learns of an open circuit at once rather than after the slot wait.
+        if let Some(reason) = function.invoker.target().circuit_open() {
+            return error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                &format!("{reason}; retry with backoff"),
+            );
+        }
         match tokio::time::timeout(SYNC_SLOT_WAIT, function.invoker.target().permit()).await {
             Ok(permit) => Some(permit),
             Err(_) => {

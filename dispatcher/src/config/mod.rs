@@ -61,6 +61,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub aws: AwsSettings,
     pub targets: BTreeMap<String, TargetConfig>,
+    /// The circuit breakers of the targets that have one, by target name.
+    pub circuit_breakers: BTreeMap<String, sluice_policies::BreakerSettings>,
     pub mappings: Vec<MappingConfig>,
     pub invoke_api: Option<InvokeApiConfig>,
     pub traces: Option<TracesConfig>,
@@ -280,8 +282,14 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
     }
 
     let mut targets = BTreeMap::new();
-    for (name, target) in raw.targets {
+    let mut circuit_breakers = BTreeMap::new();
+    for (name, mut target) in raw.targets {
         let path = format!("targets.{name}");
+        if let (kind, Some(breaker)) = target.take_circuit_breaker() {
+            let settings =
+                targets::circuit_breaker(v, &format!("{path}.{kind}.circuit_breaker"), breaker);
+            circuit_breakers.insert(name.clone(), settings);
+        }
         if let Some(built) = targets::build(v, &path, target) {
             targets.insert(name, built);
         }
@@ -358,6 +366,7 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
         },
         aws,
         targets,
+        circuit_breakers,
         mappings,
         invoke_api,
         traces,
@@ -407,6 +416,40 @@ mod tests {
         let rendered = errors.to_string();
         assert!(rendered.starts_with("sluice.yaml:11:"), "{rendered}");
         assert!(rendered.contains("NOPE"), "{rendered}");
+    }
+
+    #[test]
+    fn a_circuit_breaker_is_read_from_any_target_kind_with_defaults_and_checked_bounds() {
+        let text = BASE.replace(
+            r#"http: { url: "http://127.0.0.1:8080/events" }"#,
+            r#"http: { url: "http://127.0.0.1:8080/events", circuit_breaker: { failure_ratio: { ratio: 0.5, window: 30s } } }"#,
+        );
+        let config = parse_text(&text).unwrap();
+        let breaker = config.circuit_breakers["api"];
+        assert_eq!(breaker.consecutive_failures, 5);
+        assert_eq!(breaker.open_for, Duration::from_secs(5));
+        assert_eq!(breaker.max_open_for, Duration::from_secs(60));
+        let ratio = breaker.failure_ratio.unwrap();
+        assert_eq!((ratio.ratio, ratio.min_calls), (0.5, 20));
+        assert!(parse_text(BASE).unwrap().circuit_breakers.is_empty());
+
+        let text = BASE.replace(
+            r#"http: { url: "http://127.0.0.1:8080/events" }"#,
+            r#"command: { program: [handler], circuit_breaker: { consecutive_failures: 0, open_for: 2s, max_open_for: 1s } }"#,
+        );
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains(
+                "targets.api.command.circuit_breaker.consecutive_failures: must be 1..=1000"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "targets.api.command.circuit_breaker.max_open_for: must be between open_for"
+            ),
+            "{rendered}"
+        );
     }
 
     #[test]

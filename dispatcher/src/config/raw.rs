@@ -161,6 +161,52 @@ pub enum RawTarget {
     LambdaRuntime(RawLambdaRuntimeTarget),
 }
 
+impl RawTarget {
+    /// The key of the target's kind (`http`, `command`, ...) and its circuit breaker, taken out.
+    pub fn take_circuit_breaker(&mut self) -> (&'static str, Option<RawCircuitBreaker>) {
+        match self {
+            RawTarget::Http(t) => ("http", t.circuit_breaker.take()),
+            RawTarget::Command(t) => ("command", t.circuit_breaker.take()),
+            RawTarget::InProcess(t) => ("in_process", t.circuit_breaker.take()),
+            RawTarget::LambdaRuntime(t) => ("lambda_runtime", t.circuit_breaker.take()),
+        }
+    }
+}
+
+/// A target's circuit breaker. While it is open, no mapping calls the target: SQS pollers stop
+/// receiving (receive counts stop growing), stream lanes and Kafka partitions wait. After
+/// `open_for` one call probes the target; success closes the breaker, failure doubles the wait.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    /// Calls in a row that did not reach the handler (unreachable, throttled) that open the
+    /// breaker: 1..=1000. Default 5.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// Also open when this share of calls failed in any way within a sliding window.
+    #[serde(default)]
+    pub failure_ratio: Option<RawFailureRatio>,
+    /// How long the breaker stays open before the first probe: 100ms..=1h. Default 5s.
+    #[serde(default)]
+    pub open_for: Option<HumanDuration>,
+    /// The longest wait between probes (the wait doubles per failed probe): open_for..=1h.
+    /// Default 60s.
+    #[serde(default)]
+    pub max_open_for: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailureRatio {
+    /// Share of failed calls that opens the breaker: above 0, at most 1.
+    pub ratio: f64,
+    /// The sliding window the calls are counted in: 1s..=1h.
+    pub window: HumanDuration,
+    /// Calls the window must hold before the ratio is judged: 1..=100000. Default 20.
+    #[serde(default)]
+    pub min_calls: Option<u32>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLambdaRuntimeTarget {
@@ -196,6 +242,10 @@ pub struct RawLambdaRuntimeTarget {
     /// Working directory (and LAMBDA_TASK_ROOT). Default: sluice's own.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// A circuit breaker: after repeated calls that could not reach the handler, stop calling
+    /// the target (and stop receiving for it) and probe it now and then. Default: none.
+    #[serde(default)]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -208,6 +258,10 @@ pub struct RawInProcessTarget {
     /// Default 100.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// A circuit breaker: after repeated calls that could not reach the handler, stop calling
+    /// the target (and stop receiving for it) and probe it now and then. Default: none.
+    #[serde(default)]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -233,6 +287,10 @@ pub struct RawCommandTarget {
     /// Processes running at once, shared by every mapping using this target: 1..=1000. Default 10.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// A circuit breaker: after repeated calls that could not reach the handler, stop calling
+    /// the target (and stop receiving for it) and probe it now and then. Default: none.
+    #[serde(default)]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -254,6 +312,10 @@ pub struct RawHttpTarget {
     /// the records go there at once as NonRetryableError.
     #[serde(default)]
     pub non_retryable_statuses: Option<Vec<u16>>,
+    /// A circuit breaker: after repeated calls that could not reach the handler, stop calling
+    /// the target (and stop receiving for it) and probe it now and then. Default: none.
+    #[serde(default)]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

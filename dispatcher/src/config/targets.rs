@@ -1,8 +1,9 @@
 //! Targets as written and as built: what each kind needs, with its timeouts and concurrency
 //! checked. A target is shared by every mapping and function that names it.
 
-use super::raw::{RawInProcessTarget, RawLambdaRuntimeTarget, RawTarget};
+use super::raw::{RawCircuitBreaker, RawInProcessTarget, RawLambdaRuntimeTarget, RawTarget};
 use super::validate::Validator;
+use sluice_policies::{BreakerSettings, FailureRatio};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -239,4 +240,64 @@ fn build_in_process(v: &mut Validator, path: &str, raw: RawInProcessTarget) -> T
         timeout,
         max_concurrency,
     })
+}
+
+/// A target's circuit breaker settings, checked; `path` is the `circuit_breaker` key's.
+pub fn circuit_breaker(v: &mut Validator, path: &str, raw: RawCircuitBreaker) -> BreakerSettings {
+    let defaults = BreakerSettings::default();
+    let consecutive_failures = raw
+        .consecutive_failures
+        .unwrap_or(defaults.consecutive_failures);
+    if !(1..=1000).contains(&consecutive_failures) {
+        v.error(
+            format!("{path}.consecutive_failures"),
+            format!("must be 1..=1000 (got {consecutive_failures})"),
+        );
+    }
+    let open_for = raw.open_for.map_or(defaults.open_for, |d| d.0);
+    if open_for < Duration::from_millis(100) || open_for > Duration::from_secs(3_600) {
+        v.error(format!("{path}.open_for"), "must be between 100ms and 1h");
+    }
+    let max_open_for = raw
+        .max_open_for
+        .map_or(defaults.max_open_for.max(open_for), |d| d.0);
+    if max_open_for < open_for || max_open_for > Duration::from_secs(3_600) {
+        v.error(
+            format!("{path}.max_open_for"),
+            format!("must be between open_for ({open_for:?}) and 1h"),
+        );
+    }
+    let failure_ratio = raw.failure_ratio.map(|ratio| {
+        if !(ratio.ratio > 0.0 && ratio.ratio <= 1.0) {
+            v.error(
+                format!("{path}.failure_ratio.ratio"),
+                format!("must be above 0 and at most 1 (got {})", ratio.ratio),
+            );
+        }
+        let window = ratio.window.0;
+        if window < Duration::from_secs(1) || window > Duration::from_secs(3_600) {
+            v.error(
+                format!("{path}.failure_ratio.window"),
+                "must be between 1s and 1h",
+            );
+        }
+        let min_calls = ratio.min_calls.unwrap_or(20);
+        if !(1..=100_000).contains(&min_calls) {
+            v.error(
+                format!("{path}.failure_ratio.min_calls"),
+                format!("must be 1..=100000 (got {min_calls})"),
+            );
+        }
+        FailureRatio {
+            ratio: ratio.ratio,
+            window,
+            min_calls,
+        }
+    });
+    BreakerSettings {
+        consecutive_failures,
+        failure_ratio,
+        open_for,
+        max_open_for,
+    }
 }

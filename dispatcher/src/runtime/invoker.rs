@@ -6,7 +6,8 @@
 //!   Trace     a `tracing` span (mapping, target, request id) and the invocation's exported span,
 //!             which gets the outcome
 //!   Slot      a slot under the target's `max_concurrency` (or the one the caller already holds,
-//!             so a poller can wait for room before it takes records)
+//!             so a poller can wait for room before it takes records), admitted by the target's
+//!             circuit breaker, which hears every outcome
 //!   Measure   sluice_batches_invoked_total and sluice_invoke_duration_seconds (time in the
 //!             target only, not the wait for a slot)
 //!   Deadline  a backstop: a call still running `DEADLINE_GRACE` after the target's own longest
@@ -29,7 +30,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tracing::Instrument;
@@ -38,8 +38,7 @@ use tracing::Instrument;
 /// call: targets time out by themselves, so this only fires on a target that does not.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(10);
 
-/// A slot under a target's concurrency limit; the call runs while it is held.
-pub type Slot = OwnedSemaphorePermit;
+pub use crate::targets::Slot;
 
 /// One call through the stack.
 pub struct Call {
@@ -241,11 +240,14 @@ where
         let mut inner = std::mem::replace(&mut self.inner, inner);
         let target = self.target.clone();
         Box::pin(async move {
-            let slot = match call.slot.take() {
+            let mut slot = match call.slot.take() {
                 Some(slot) => slot,
                 None => target.permit().await,
             };
             let outcome = inner.call(call).await;
+            if let Ok(outcome) = &outcome {
+                target.record(outcome, &mut slot);
+            }
             drop(slot);
             outcome
         })

@@ -565,6 +565,12 @@ impl<W: QueueWork> Poller<W> {
                 self.take_in(records, requested_at, &mut batcher, &mut ready, &clock)
                     .await;
             };
+            // The target may have filled up (or its circuit opened) while the batch filled: a
+            // poller waiting here is waiting for capacity, not stalled.
+            let waiting = self.target.is_saturated();
+            if waiting {
+                acks.health.waiting_for_capacity(true);
+            }
             let slot = tokio::select! {
                 _ = shutdown.cancelled() => {
                     ready.push_front(batch);
@@ -572,6 +578,9 @@ impl<W: QueueWork> Poller<W> {
                 }
                 slot = self.target.permit() => slot,
             };
+            if waiting {
+                acks.health.waiting_for_capacity(false);
+            }
             let work = self.work.clone();
             self.tracker.spawn(async move {
                 work.handle(batch, slot).await;

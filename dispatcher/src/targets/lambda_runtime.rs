@@ -85,7 +85,8 @@ struct Handoff(Mutex<Taken>);
 enum Taken {
     #[default]
     Queued,
-    At(Instant),
+    /// On tokio's clock, which the caller's timers use (paused in tests).
+    At(tokio::time::Instant),
     Abandoned,
 }
 
@@ -95,7 +96,7 @@ impl Handoff {
         let mut state = self.0.lock().expect("handoff lock");
         match *state {
             Taken::Queued => {
-                *state = Taken::At(Instant::now());
+                *state = Taken::At(tokio::time::Instant::now());
                 true
             }
             _ => false,
@@ -103,7 +104,7 @@ impl Handoff {
     }
 
     /// The caller gives up; `Some` with the time a worker took the job when it was taken first.
-    fn abandon(&self) -> Option<Instant> {
+    fn abandon(&self) -> Option<tokio::time::Instant> {
         let mut state = self.0.lock().expect("handoff lock");
         match *state {
             Taken::At(at) => Some(at),
@@ -114,7 +115,7 @@ impl Handoff {
         }
     }
 
-    fn taken_at(&self) -> Option<Instant> {
+    fn taken_at(&self) -> Option<tokio::time::Instant> {
         match *self.0.lock().expect("handoff lock") {
             Taken::At(at) => Some(at),
             _ => None,
@@ -309,7 +310,7 @@ impl Target for LambdaRuntimeTarget {
         loop {
             let now = tokio::time::Instant::now();
             let check_at = match handoff.taken_at() {
-                Some(at) => tokio::time::Instant::from_std(at) + run_limit,
+                Some(at) => at + run_limit,
                 None => take_by.min(now + run_limit),
             };
             if let Ok(result) = tokio::time::timeout_at(check_at, &mut outcome).await {
@@ -322,7 +323,7 @@ impl Target for LambdaRuntimeTarget {
             }
             let now = tokio::time::Instant::now();
             match handoff.taken_at() {
-                Some(at) if now >= tokio::time::Instant::from_std(at) + run_limit => {
+                Some(at) if now >= at + run_limit => {
                     return Outcome::Timeout {
                         after_ms: run_limit.as_millis() as u64,
                     };

@@ -1,6 +1,7 @@
 //! Targets: where batches are delivered. A target turns one invocation into an [`Outcome`]; it
 //! never retries and never decides what happens to records (that is the policies' job).
 
+pub mod breaker;
 pub mod command;
 pub mod http;
 pub mod in_process;
@@ -107,7 +108,15 @@ pub trait Target: Send + Sync + 'static {
 /// The longest call of a target built without a config: Lambda's longest function timeout.
 const MAX_CALL: Duration = Duration::from_secs(15 * 60);
 
-/// A built target with its concurrency limit, shared by the mappings that use it.
+/// A slot under a target's concurrency limit; the call runs while it is held. It carries the
+/// right to probe the target when its circuit breaker chose this call as the probe.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    probe: Option<breaker::Probe>,
+}
+
+/// A built target with its concurrency limit and circuit breaker, shared by the mappings that
+/// use it.
 #[derive(Clone)]
 pub struct SharedTarget {
     pub name: String,
@@ -115,6 +124,7 @@ pub struct SharedTarget {
     permits: Arc<tokio::sync::Semaphore>,
     max_concurrency: usize,
     longest_call: Duration,
+    breaker: Option<Arc<breaker::CircuitBreaker>>,
 }
 
 impl SharedTarget {
@@ -125,6 +135,7 @@ impl SharedTarget {
             permits: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
             max_concurrency: max_concurrency.max(1),
             longest_call: MAX_CALL,
+            breaker: None,
         }
     }
 
@@ -132,6 +143,16 @@ impl SharedTarget {
     /// [`crate::config::TargetConfig::longest_call`]).
     pub fn with_longest_call(mut self, longest_call: Duration) -> Self {
         self.longest_call = longest_call;
+        self
+    }
+
+    /// Puts the target behind a circuit breaker (see [`breaker`]).
+    pub fn with_circuit_breaker(
+        mut self,
+        settings: sluice_policies::BreakerSettings,
+        health: Option<crate::health::Health>,
+    ) -> Self {
+        self.breaker = Some(breaker::CircuitBreaker::new(&self.name, settings, health));
         self
     }
 
@@ -144,23 +165,59 @@ impl SharedTarget {
         self.max_concurrency
     }
 
-    /// Waits for room under the target's limit; hold the permit while invoking.
-    pub async fn permit(&self) -> tokio::sync::OwnedSemaphorePermit {
-        self.permits
+    /// Waits until the circuit breaker admits a call and there is room under the target's
+    /// limit; hold the slot while invoking and give it to [`SharedTarget::record`] after.
+    pub async fn permit(&self) -> Slot {
+        let probe = match &self.breaker {
+            Some(breaker) => breaker.admit().await,
+            None => None,
+        };
+        let permit = self
+            .permits
             .clone()
             .acquire_owned()
             .await
-            .expect("the target's semaphore is never closed")
+            .expect("the target's semaphore is never closed");
+        Slot {
+            _permit: permit,
+            probe,
+        }
     }
 
-    /// Waits until the target has room, without taking it.
+    /// Waits until a call could start (the breaker admits calls and the limit has room), without
+    /// taking a slot or the probe.
     pub async fn wait_for_room(&self) {
-        drop(self.permit().await);
+        if let Some(breaker) = &self.breaker {
+            breaker.callable().await;
+        }
+        drop(
+            self.permits
+                .acquire()
+                .await
+                .expect("the target's semaphore is never closed"),
+        );
     }
 
     /// Whether an invocation could start now without waiting.
     pub fn is_saturated(&self) -> bool {
         self.permits.available_permits() == 0
+            || self.breaker.as_ref().is_some_and(|b| b.would_wait())
+    }
+
+    /// Why the circuit breaker holds calls back now, if a call would have to wait for it (once
+    /// a probe may go, a caller gets to be the probe).
+    pub fn circuit_open(&self) -> Option<String> {
+        self.breaker
+            .as_ref()
+            .filter(|b| b.would_wait())
+            .and_then(|b| b.open_reason())
+    }
+
+    /// Tells the circuit breaker how a call made in `slot` ended.
+    pub fn record(&self, outcome: &Outcome, slot: &mut Slot) {
+        if let Some(breaker) = &self.breaker {
+            breaker.record(outcome, slot.probe.take());
+        }
     }
 }
 

@@ -629,7 +629,7 @@ mappings:
     struct FillsTargetAfterLookup {
         inner: MemoryOpener,
         target: SharedTarget,
-        held: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+        held: std::sync::Mutex<Option<crate::targets::Slot>>,
     }
 
     #[async_trait::async_trait]

@@ -1,0 +1,159 @@
+//! End-to-end: flow control between sluice and a target that goes away — the circuit breaker
+//! (README "Circuit breaker"), with the real `sluice` binary, moto's SQS and an HTTP handler in
+//! the test.
+
+use serde_json::{Value, json};
+use sluice_testkit::*;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The handler answers 503 (a service with no healthy instance behind its load balancer) while
+/// `down` is set; otherwise it succeeds and notes the bodies it handled in `handled`.
+async fn switchable_handler(
+    down: Arc<AtomicBool>,
+    handled: Arc<Mutex<HashSet<String>>>,
+) -> Handler {
+    Handler::start(move |_, event| {
+        if down.load(Ordering::SeqCst) {
+            return Reply::status(503, "no healthy upstream");
+        }
+        let bodies = event["Records"].as_array().into_iter().flatten();
+        handled
+            .lock()
+            .unwrap()
+            .extend(bodies.filter_map(|record| record["body"].as_str().map(str::to_owned)));
+        Reply::json(json!({}))
+    })
+    .await
+}
+
+// Issue 20, item 2: a 30 s outage of the handler under load. With the breaker open, pollers stop
+// receiving, so the queue's own redrive policy (maxReceiveCount 5) sends nothing to its
+// dead-letter queue, only a few probe receives reach SQS, and every message is handled once the
+// handler is back. Without the breaker the same outage costs a receive per poller per second
+// (wait_time 1s) and redrives messages every 5 s visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_opens_the_circuit_stops_receives_and_dead_letters_nothing() {
+    let moto = Moto::start_counting();
+    let sqs = moto.sqs().await;
+    let dlq = create_queue(&sqs, "outage-dlq", &[]).await;
+    let redrive = json!({
+        "deadLetterTargetArn": "arn:aws:sqs:us-east-1:123456789012:outage-dlq",
+        "maxReceiveCount": "5",
+    })
+    .to_string();
+    let queue = create_queue(
+        &sqs,
+        "outage",
+        &[("VisibilityTimeout", "5"), ("RedrivePolicy", &redrive)],
+    )
+    .await;
+    let down = Arc::new(AtomicBool::new(false));
+    let handled = Arc::new(Mutex::new(HashSet::new()));
+    let handler = switchable_handler(down.clone(), handled.clone()).await;
+    let config = TestConfig::new(&handler.url("/events"))
+        .target_options(
+            ", circuit_breaker: { consecutive_failures: 3, open_for: 5s, max_open_for: 60s }",
+        )
+        .mappings(&format!(
+            r#"
+  - name: orders
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 5, wait_time: 1s, max_concurrency: 2 }}
+"#
+        ))
+        .render();
+    let sluice = Sluice::start(&config, &moto_env(&moto));
+
+    let mut sent: Vec<String> = (0..20).map(|i| format!("before-{i}")).collect();
+    send_bodies(&sqs, &queue, &sent, None).await;
+    let missing = |sent: &[String]| {
+        let handled = handled.lock().unwrap();
+        sent.iter().filter(|body| !handled.contains(*body)).count()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the first messages handled",
+        || {
+            let done = missing(&sent) == 0;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+
+    // The outage: 30 s of 503s while messages keep arriving.
+    down.store(true, Ordering::SeqCst);
+    let outage_started = Instant::now();
+    let mut receives_at_open = None;
+    let mut saw_open = false;
+    let mut batch = 0;
+    while outage_started.elapsed() < Duration::from_secs(30) {
+        let bodies: Vec<String> = (0..2).map(|i| format!("during-{batch}-{i}")).collect();
+        batch += 1;
+        send_bodies(&sqs, &queue, &bodies, None).await;
+        sent.extend(bodies);
+        if receives_at_open.is_none()
+            && sluice
+                .metric("sluice_target_circuit_open{target=\"handler\"}")
+                .await
+                == 1.0
+        {
+            receives_at_open = Some((
+                moto.request_counts().await["ReceiveMessage"],
+                outage_started.elapsed(),
+            ));
+            let (status, body) = sluice.get("/readyz").await;
+            let readiness: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                readiness["targets"]["handler"]["circuit"], "open",
+                "{readiness}"
+            );
+            assert_eq!(
+                status, 200,
+                "an open circuit is not a reason to replace the task: {readiness}"
+            );
+            saw_open = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let receives_at_end = moto.request_counts().await["ReceiveMessage"];
+    assert!(saw_open, "the circuit opened during the outage");
+    let (receives_at_open, opened_after) = receives_at_open.unwrap();
+    let receives_while_open = receives_at_end - receives_at_open;
+    eprintln!(
+        "circuit opened {:.1} s into the outage; ReceiveMessage while open: {receives_while_open}",
+        opened_after.as_secs_f64()
+    );
+    // Probes at about 5 s and 15 s after opening, each after at most one receive per poller.
+    assert!(
+        receives_while_open <= 8,
+        "{receives_while_open} receives while the circuit was open"
+    );
+
+    // Back up: the next probe closes the circuit and everything is handled.
+    down.store(false, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(90),
+        "every message handled after the outage",
+        || {
+            let done = missing(&sent) == 0;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        sluice
+            .metric("sluice_target_circuit_open{target=\"handler\"}")
+            .await,
+        0.0
+    );
+    sluice.settled("orders", Duration::from_secs(3)).await;
+    assert_eq!(queue_depth(&sqs, &dlq).await, 0, "nothing was redriven");
+    assert_eq!(queue_depth(&sqs, &queue).await, 0, "every message deleted");
+    let logs = sluice.logs();
+    assert!(logs.contains("circuit open"), "{logs}");
+    assert!(logs.contains("circuit closed"), "{logs}");
+}
