@@ -255,6 +255,7 @@ pub async fn run_with_handlers(
                 source,
             })?;
         let health = health.register(&mapping.name);
+        health.calls_target(&mapping.target);
         // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
         // /readyz and restarted with backoff.
         let on_death = {

@@ -15,9 +15,10 @@
 //!
 //! Targets report problems of their own (a worker pool that cannot start workers): while one is
 //! set, `/readyz` is 503 and names it. A target whose circuit breaker is open is shown under
-//! `targets` with `"circuit": "open"` and the reason, but does not make `/readyz` fail: the
-//! breaker is sluice holding records back on purpose, and a failing check would make ECS replace
-//! a task that works.
+//! `targets` with `"circuit": "open"` and the reason, but does not make `/readyz` fail, and while
+//! it is open the shards of mappings calling that target are not reported stuck: the breaker is
+//! sluice holding records back on purpose, and a failing check would make ECS replace a task
+//! that works.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -41,6 +42,9 @@ struct MappingHealth {
     /// only by one that succeeds, so working receives cannot hide failing deletes.
     ack_error: Option<String>,
     next_call: u64,
+    /// The target the mapping calls: while its circuit breaker is open, shards that wait for it
+    /// are waiting, not stuck.
+    target: Option<String>,
 }
 
 /// What a problem is reported against besides a mapping or function entry.
@@ -152,6 +156,7 @@ impl Health {
                 pending_calls: BTreeMap::new(),
                 next_call: 0,
                 ack_error: None,
+                target: None,
             },
         );
         MappingHealthHandle {
@@ -164,14 +169,21 @@ impl Health {
     pub fn readiness(&self) -> (bool, Value) {
         let now = Instant::now();
         let entries = self.entries.lock().expect("health lock");
+        let circuits = self.circuits.lock().expect("health lock").clone();
         let mut all_ready = true;
         let mut document = json!({ "mappings": {} });
         for ((section, name), health) in entries.iter() {
+            // Shards waiting for a target whose circuit is open are held back on purpose.
+            let circuit_open = health
+                .target
+                .as_ref()
+                .is_some_and(|target| circuits.contains_key(target));
             let stuck: BTreeMap<&str, f64> = health
                 .stuck
                 .iter()
                 .map(|(key, since)| (key.as_str(), now.duration_since(*since).as_secs_f64()))
                 .filter(|(_, seconds)| *seconds >= self.stuck_after.as_secs_f64())
+                .filter(|_| !circuit_open)
                 .collect();
             let call_waiting = health
                 .pending_calls
@@ -213,7 +225,7 @@ impl Health {
             all_ready = false;
             document[component.section()][name] = json!({ "status": "failing", "error": problem });
         }
-        for (target, (state, reason)) in self.circuits.lock().expect("health lock").iter() {
+        for (target, (state, reason)) in &circuits {
             let entry = &mut document[Component::Target.section()][target];
             if entry.is_null() {
                 *entry = json!({ "status": "ready" });
@@ -252,6 +264,12 @@ impl MappingHealthHandle {
         {
             change(health);
         }
+    }
+
+    /// Names the target the mapping calls (see [`Health::set_circuit`]).
+    pub fn calls_target(&self, target: &str) {
+        let target = target.to_owned();
+        self.update(|h| h.target = Some(target));
     }
 
     pub fn poll_succeeded(&self) {
@@ -491,5 +509,24 @@ mod tests {
         assert!(report["mappings"]["changes"]["stuck_seconds"]["shardId-1"].is_number());
         changes.stuck("shardId-1", None);
         assert!(health.readiness().0);
+    }
+
+    #[test]
+    fn an_open_circuit_is_shown_but_neither_it_nor_the_shards_waiting_for_it_fail_readiness() {
+        let health = Health::new(Duration::from_secs(60), Duration::from_millis(1));
+        let changes = health.register("changes");
+        changes.calls_target("api");
+        changes.poll_succeeded();
+        changes.stuck("shardId-1", Some(Instant::now()));
+        std::thread::sleep(Duration::from_millis(5));
+        health.set_circuit("api", Some(("open", "5 calls in a row".into())));
+        let (ready, report) = health.readiness();
+        assert!(ready, "{report}");
+        assert_eq!(report["targets"]["api"]["circuit"], "open");
+        assert_eq!(report["mappings"]["changes"]["status"], "ready");
+        health.set_circuit("api", None);
+        let (ready, report) = health.readiness();
+        assert!(!ready, "stuck again once the circuit closed: {report}");
+        assert!(report.get("targets").is_none_or(|t| t.get("api").is_none()));
     }
 }

@@ -469,14 +469,19 @@ async fn invoke(
         match tokio::time::timeout(SYNC_SLOT_WAIT, function.invoker.target().permit()).await {
             Ok(permit) => Some(permit),
             Err(_) => {
+                let target = function.invoker.target();
+                let message = match target.circuit_open() {
+                    Some(reason) => format!("{reason}; retry with backoff"),
+                    None => format!(
+                        "Rate Exceeded: every slot of target {} is busy (max_concurrency {}); retry with backoff",
+                        target.name,
+                        target.max_concurrency()
+                    ),
+                };
                 return error_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     "TooManyRequestsException",
-                    &format!(
-                        "Rate Exceeded: every slot of target {} is busy (max_concurrency {}); retry with backoff",
-                        function.invoker.target().name,
-                        function.invoker.target().max_concurrency()
-                    ),
+                    &message,
                 );
             }
         }

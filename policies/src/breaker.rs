@@ -4,14 +4,15 @@
 //!
 //! - **closed** (calls flow): the breaker opens after `consecutive_failures` outcomes in a row in
 //!   which the handler did not run (the target was unreachable or throttled; semantics.md §3 —
-//!   AWS never counts them as attempts), or, with a `failure_ratio`, once at least `min_calls`
+//!   AWS never counts them as attempts; a timeout in between neither counts nor breaks the run),
+//!   or, with a `failure_ratio`, once at least `min_calls`
 //!   calls ended within the last `window` and at least `ratio` of them failed in any way;
 //! - **open**: no call is admitted until `open_for` has passed; each time a probe fails the wait
 //!   doubles, up to `max_open_for`;
 //! - **half-open**: exactly one call, the probe, is admitted at a time; every other caller waits
 //!   for its verdict. A probe that succeeds closes the breaker (and forgets the old counts); one
-//!   that fails opens it again; one that ends without an outcome (its caller was cancelled) lets
-//!   the next caller probe instead;
+//!   that fails or times out opens it again; one that ends without an outcome (its caller was
+//!   cancelled) lets the next caller probe instead;
 //! - a call admitted while the breaker was closed that ends after it opened never closes it
 //!   again and never extends the wait: only probes decide in the open and half-open states.
 //!
@@ -193,10 +194,17 @@ impl Breaker {
     /// Records how a call ended at `now`; `probe` when it was admitted as the probe.
     pub fn record(&mut self, outcome: &Outcome, probe: bool, now: Duration) -> Option<Transition> {
         let did_not_run = outcome.handler_did_not_run();
+        // A timeout says neither that the target is down nor that it is up (it may be hanging,
+        // or the handler slow): it keeps the count, and fails a probe.
+        let timed_out = matches!(outcome, Outcome::Timeout { .. });
         let failed = outcome.error().is_some();
         match self.phase {
             Phase::Closed => {
-                self.consecutive = if did_not_run { self.consecutive + 1 } else { 0 };
+                if did_not_run {
+                    self.consecutive += 1;
+                } else if !timed_out {
+                    self.consecutive = 0;
+                }
                 self.count(failed, now);
                 if self.consecutive >= self.settings.consecutive_failures {
                     let reason = format!(
@@ -214,9 +222,13 @@ impl Breaker {
             Phase::HalfOpen { probing: true } if probe => {
                 // A probe fails by whatever could have opened the breaker: a handler that did not
                 // run, or (with a ratio configured) any failure.
-                let probe_failed = did_not_run || (failed && self.settings.failure_ratio.is_some());
+                let probe_failed =
+                    did_not_run || timed_out || (failed && self.settings.failure_ratio.is_some());
                 if probe_failed {
-                    self.open_for = (self.open_for * 2).min(self.settings.max_open_for);
+                    self.open_for = self
+                        .open_for
+                        .saturating_mul(2)
+                        .min(self.settings.max_open_for);
                     let reason = format!("the probe failed ({})", describe(outcome));
                     Some(self.open(now, reason))
                 } else {
@@ -403,6 +415,23 @@ mod tests {
             panic!()
         };
         assert_eq!(reopened - until, s(5));
+    }
+
+    #[test]
+    fn a_timeout_keeps_the_count_and_fails_a_probe() {
+        let timeout = Outcome::Timeout { after_ms: 30_000 };
+        let mut b = breaker(2);
+        b.record(&unavailable(), false, s(0));
+        assert_eq!(b.record(&timeout, false, s(0)), None);
+        assert!(matches!(
+            b.record(&unavailable(), false, s(0)),
+            Some(Transition::Opened { .. })
+        ));
+        assert_eq!(b.admit(s(5)), Admission::Probe);
+        assert!(matches!(
+            b.record(&timeout, true, s(35)),
+            Some(Transition::Opened { .. })
+        ));
     }
 
     #[test]

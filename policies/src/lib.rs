@@ -7,6 +7,7 @@
 //!
 //! - [`async_invoke`]: Lambda's asynchronous invocation policy (semantics.md §5).
 //! - [`breaker`]: a target's circuit breaker: when to stop calling it and when to probe again.
+//! - [`concurrency`]: a target's adaptive concurrency limit (AIMD on latency and overload).
 //! - [`batcher`]: when a batch is complete (count, bytes, window), with the 6 MB invocation cap.
 //! - [`response`]: the handler's response, parsed as Lambda parses it (`batchItemFailures`).
 //! - [`filter`]: Lambda's event filter patterns (semantics.md §7).
@@ -20,6 +21,7 @@ pub mod async_invoke;
 pub mod backoff;
 pub mod batcher;
 pub mod breaker;
+pub mod concurrency;
 pub mod filter;
 #[cfg(test)]
 mod fuzz;
@@ -32,6 +34,7 @@ pub use async_invoke::{AsyncAttempt, AsyncCondition, AsyncDecision, AsyncPolicy}
 pub use backoff::Backoff;
 pub use batcher::{BatchLimits, Batcher, MAX_INVOCATION_PAYLOAD_BYTES};
 pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState, FailureRatio, Transition};
+pub use concurrency::{AdaptiveLimit, AdaptiveSettings, Signal};
 pub use filter::{FilterSet, Pattern, PatternError};
 pub use outcome::{ErrorClasses, ErrorInfo, Outcome};
 pub use queue::{

@@ -80,7 +80,11 @@ pub(crate) async fn run<S: EventStore + ?Sized>(attempt: Attempt<'_>, store: &mu
         invocation,
     } = attempt;
     let metrics = invoker.metrics();
+    // The slot first: the wait for it (a full target, an open circuit breaker) can be long, and
+    // an event that aged out meanwhile must not be run.
+    let slot = invoker.target().permit().await;
     if policy.expired(&attempt, now_since_epoch()) {
+        drop(slot);
         let error = ErrorInfo::new(
             "EventAgeExceeded",
             format!(
@@ -97,7 +101,7 @@ pub(crate) async fn run<S: EventStore + ?Sized>(attempt: Attempt<'_>, store: &mu
             .await;
         return;
     }
-    let outcome = invoker.invoke(invocation.clone()).await;
+    let outcome = invoker.invoke_in(slot, invocation.clone()).await;
     metrics.outcome(match &outcome {
         Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => "success",
         failed => failed.kind(),

@@ -564,4 +564,59 @@ mod tests {
             }
         );
     }
+
+    // Review of the circuit breaker: callers that queued for the target's only slot while the
+    // breaker was closed must not call the target once it opened; one probe goes after
+    // `open_for`, and its success lets them all through.
+    #[tokio::test(start_paused = true)]
+    async fn callers_queued_for_a_slot_do_not_call_a_target_whose_circuit_opened() {
+        let target = Arc::new(ScriptedTarget::answering(|_| Outcome::Returned {
+            response: None,
+        }));
+        target.push_after(
+            Duration::from_millis(100),
+            Outcome::Unavailable {
+                message: "connection refused".into(),
+            },
+        );
+        target.push(Outcome::Unavailable {
+            message: "connection refused".into(),
+        });
+        let shared = SharedTarget::new("t", target.clone(), 1).with_circuit_breaker(
+            sluice_policies::BreakerSettings {
+                consecutive_failures: 1,
+                failure_ratio: None,
+                open_for: Duration::from_secs(5),
+                max_open_for: Duration::from_secs(60),
+            },
+            None,
+        );
+        let invoker = Invoker::new(shared, MappingMetrics::new("m"));
+        let calls: Vec<_> = (0..5)
+            .map(|_| {
+                let invoker = invoker.clone();
+                tokio::spawn(async move { invoker.invoke(invocation()).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            target.calls(),
+            1,
+            "only the call that found the target down"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(target.calls(), 2, "then one probe, which fails");
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(target.calls(), 2, "the wait doubled to 10 s");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for call in calls {
+            call.await.unwrap();
+        }
+        // Five callers, five calls: the first, a failed probe, a probe that succeeded, two more.
+        assert_eq!(
+            target.calls(),
+            5,
+            "the second probe succeeded and the rest went through"
+        );
+    }
 }

@@ -11,7 +11,8 @@
 //! - a dead letter is handed to [`Driven::dead_letter`] and the batch goes on only once that
 //!   returns (the lanes return once the destination confirmed it);
 //! - [`Driven::progress`] is told after every step that may have finished records;
-//! - a `stop` during a retry delay ends the batch at once, unfinished ([`Ended::Stopped`]).
+//! - a `stop` during a retry delay, or while the batch waits for a slot of the target (full, or
+//!   behind an open circuit breaker), ends the batch at once, unfinished ([`Ended::Stopped`]).
 
 use super::clock::now_since_epoch;
 use super::invoker::Invoker;
@@ -84,7 +85,13 @@ pub(crate) async fn drive<D: Driven>(
             Step::Invoke { records, attempt } => {
                 driven.before_invoke(&records).await;
                 let invocation = driven.invocation(&records);
-                let outcome = invoker.invoke(invocation.clone()).await;
+                // Waiting for a slot (a full target, an open circuit breaker) ends at a stop; a
+                // call that started runs to its end.
+                let slot = tokio::select! {
+                    _ = stop.cancelled() => return Ended::Stopped,
+                    slot = invoker.target().permit() => slot,
+                };
+                let outcome = invoker.invoke_in(slot, invocation.clone()).await;
                 let applied = state
                     .apply(&outcome, now_since_epoch(), rand::random::<f64>())
                     .expect("an invocation is outstanding");

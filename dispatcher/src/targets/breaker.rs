@@ -1,7 +1,8 @@
 //! A target's circuit breaker at run time: the decisions of [`sluice_policies::Breaker`], shared
 //! by every mapping and function that calls the target.
 //!
-//! - Every caller of [`CircuitBreaker::admit`] waits while the breaker is open (SQS pollers wait
+//! - Every caller waits while the breaker is open (a caller holding a target slot asks
+//!   [`CircuitBreaker::try_admit`] and gives the slot back before it waits) (SQS pollers wait
 //!   before they receive, so receive counts stop growing; stream lanes and Kafka partitions wait
 //!   with their records, and a partition is paused at the broker once its buffer fills). After
 //!   the wait exactly one caller becomes the probe; the rest wait for its verdict.
@@ -27,6 +28,15 @@ pub struct CircuitBreaker {
     /// change between the read and the wait is missed.
     changes: watch::Sender<u64>,
     health: Option<Health>,
+}
+
+/// What [`CircuitBreaker::try_admit`] answers.
+pub enum Admitted {
+    Call,
+    /// This call is the probe.
+    Probe(Probe),
+    /// Wait ([`CircuitBreaker::callable`]) and ask again.
+    Wait,
 }
 
 /// The right to probe the target once; give it to [`CircuitBreaker::record`] with the outcome.
@@ -68,29 +78,29 @@ impl CircuitBreaker {
         self.changes.send_modify(|generation| *generation += 1);
     }
 
+    /// Whether a call may start now, without waiting.
+    pub fn try_admit(self: &Arc<Self>) -> Admitted {
+        let admission = self.lock().admit(self.now());
+        match admission {
+            Admission::Call => Admitted::Call,
+            Admission::Probe => {
+                tracing::info!(target_name = %self.target, "circuit half-open: probing the target with one call");
+                Admitted::Probe(Probe {
+                    breaker: self.clone(),
+                    recorded: false,
+                })
+            }
+            Admission::WaitUntil(_) | Admission::WaitForProbe => Admitted::Wait,
+        }
+    }
+
     /// Waits until a call may start; `Some` when this call is the probe.
     pub async fn admit(self: &Arc<Self>) -> Option<Probe> {
         loop {
-            let mut changes = self.changes.subscribe();
-            let admission = self.lock().admit(self.now());
-            match admission {
-                Admission::Call => return None,
-                Admission::Probe => {
-                    tracing::info!(target_name = %self.target, "circuit half-open: probing the target with one call");
-                    return Some(Probe {
-                        breaker: self.clone(),
-                        recorded: false,
-                    });
-                }
-                Admission::WaitUntil(until) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(self.epoch + until) => {}
-                        _ = changes.changed() => {}
-                    }
-                }
-                Admission::WaitForProbe => {
-                    let _ = changes.changed().await;
-                }
+            match self.try_admit() {
+                Admitted::Call => return None,
+                Admitted::Probe(probe) => return Some(probe),
+                Admitted::Wait => self.callable().await,
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Targets: where batches are delivered. A target turns one invocation into an [`Outcome`]; it
 //! never retries and never decides what happens to records (that is the policies' job).
 
+pub mod adaptive;
 pub mod breaker;
 pub mod command;
 pub mod http;
@@ -111,8 +112,18 @@ const MAX_CALL: Duration = Duration::from_secs(15 * 60);
 /// A slot under a target's concurrency limit; the call runs while it is held. It carries the
 /// right to probe the target when its circuit breaker chose this call as the probe.
 pub struct Slot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     probe: Option<breaker::Probe>,
+    /// The adaptive limit the slot counts against, and when the call started.
+    adaptive: Option<(Arc<adaptive::AdaptiveConcurrency>, tokio::time::Instant)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let (Some(permit), Some((adaptive, _))) = (self.permit.take(), &self.adaptive) {
+            adaptive.release(permit);
+        }
+    }
 }
 
 /// A built target with its concurrency limit and circuit breaker, shared by the mappings that
@@ -125,6 +136,7 @@ pub struct SharedTarget {
     max_concurrency: usize,
     longest_call: Duration,
     breaker: Option<Arc<breaker::CircuitBreaker>>,
+    adaptive: Option<Arc<adaptive::AdaptiveConcurrency>>,
 }
 
 impl SharedTarget {
@@ -136,6 +148,7 @@ impl SharedTarget {
             max_concurrency: max_concurrency.max(1),
             longest_call: MAX_CALL,
             breaker: None,
+            adaptive: None,
         }
     }
 
@@ -156,6 +169,19 @@ impl SharedTarget {
         self
     }
 
+    /// Lets the target's limit move between `settings.min` and `settings.max` with how it
+    /// answers (see [`adaptive`]), instead of the fixed `max_concurrency`.
+    pub fn with_adaptive_concurrency(
+        mut self,
+        settings: sluice_policies::AdaptiveSettings,
+    ) -> Self {
+        let adaptive = adaptive::AdaptiveConcurrency::new(&self.name, settings);
+        self.permits = adaptive.semaphore();
+        self.max_concurrency = settings.max.max(1);
+        self.adaptive = Some(adaptive);
+        self
+    }
+
     pub fn longest_call(&self) -> Duration {
         self.longest_call
     }
@@ -166,21 +192,41 @@ impl SharedTarget {
     }
 
     /// Waits until the circuit breaker admits a call and there is room under the target's
-    /// limit; hold the slot while invoking and give it to [`SharedTarget::record`] after.
+    /// limit; hold the slot while invoking and give it to [`SharedTarget::record`] after (a slot
+    /// dropped without a record, by a caller that gave up, tells the breaker and the adaptive
+    /// limit nothing).
     pub async fn permit(&self) -> Slot {
-        let probe = match &self.breaker {
-            Some(breaker) => breaker.admit().await,
-            None => None,
-        };
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the target's semaphore is never closed");
-        Slot {
-            _permit: permit,
-            probe,
+        loop {
+            // The slot first, then the breaker's word without waiting: a caller that queued for
+            // a slot while the breaker was closed must not call a target that opened meanwhile,
+            // and a probe must not queue behind such callers.
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the target's semaphore is never closed");
+            let probe = match &self.breaker {
+                None => None,
+                Some(breaker) => match breaker.try_admit() {
+                    breaker::Admitted::Call => None,
+                    breaker::Admitted::Probe(probe) => Some(probe),
+                    breaker::Admitted::Wait => {
+                        drop(permit);
+                        breaker.callable().await;
+                        continue;
+                    }
+                },
+            };
+            let adaptive = self.adaptive.as_ref().map(|adaptive| {
+                adaptive.started();
+                (adaptive.clone(), tokio::time::Instant::now())
+            });
+            return Slot {
+                permit: Some(permit),
+                probe,
+                adaptive,
+            };
         }
     }
 
@@ -217,6 +263,9 @@ impl SharedTarget {
     pub fn record(&self, outcome: &Outcome, slot: &mut Slot) {
         if let Some(breaker) = &self.breaker {
             breaker.record(outcome, slot.probe.take());
+        }
+        if let Some((adaptive, started)) = &slot.adaptive {
+            adaptive.ended(started.elapsed(), outcome);
         }
     }
 }
