@@ -1,11 +1,12 @@
-//! End-to-end: flow control between sluice and a target that goes away — the circuit breaker
-//! (README "Circuit breaker"), with the real `sluice` binary, moto's SQS and an HTTP handler in
-//! the test.
+//! End-to-end: flow control between sluice and its target — the circuit breaker for a target that
+//! goes away, adaptive concurrency for one whose capacity changes (README "Circuit breaker",
+//! "Adaptive concurrency") — with the real `sluice` binary, moto's SQS or librdkafka's mock
+//! cluster, and an HTTP handler in the test.
 
 use serde_json::{Value, json};
 use sluice_testkit::*;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -156,4 +157,128 @@ async fn an_outage_opens_the_circuit_stops_receives_and_dead_letters_nothing() {
     let logs = sluice.logs();
     assert!(logs.contains("circuit open"), "{logs}");
     assert!(logs.contains("circuit closed"), "{logs}");
+}
+
+/// A handler with room for `capacity` calls at a time, each taking `CALL`; a call beyond that is
+/// refused at once with 429, as a service sheds load. Counts what it accepted and refused.
+struct Capacity {
+    capacity: AtomicUsize,
+    running: Mutex<VecDeque<Instant>>,
+    accepted: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+const CALL: Duration = Duration::from_millis(200);
+
+impl Capacity {
+    fn answer(&self) -> Reply {
+        let mut running = self.running.lock().unwrap();
+        let now = Instant::now();
+        while running
+            .front()
+            .is_some_and(|started| now - *started >= CALL)
+        {
+            running.pop_front();
+        }
+        if running.len() >= self.capacity.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Reply::status(429, "over capacity");
+        }
+        running.push_back(now);
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        Reply::json(json!({})).after(CALL)
+    }
+}
+
+// Issue 20, item 1: a Kafka backlog on 24 partitions into a handler whose capacity goes 4 -> 16
+// -> 4. The adaptive limit follows it up and back down, and the handler's 429s stay rare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_limit_follows_a_capacity_that_changes_and_429s_stay_rare() {
+    let kafka = Kafka::start();
+    let topic = Kafka::unique("adaptive");
+    kafka.create_topic(&topic, 24);
+    let records: Vec<(i32, Option<&str>, String)> = (0..24 * 600)
+        .map(|i| (i % 24, None, json!({ "n": i }).to_string()))
+        .collect();
+    kafka.produce(&topic, &records);
+    let capacity = Arc::new(Capacity {
+        capacity: AtomicUsize::new(4),
+        running: Mutex::new(VecDeque::new()),
+        accepted: AtomicUsize::new(0),
+        refused: AtomicUsize::new(0),
+    });
+    let handler = {
+        let capacity = capacity.clone();
+        Handler::start(move |_, _| capacity.answer()).await
+    };
+    let config = TestConfig::new(&handler.url("/events"))
+        .target_options(", max_concurrency: 64, adaptive_concurrency: { min: 1, max: 64 }")
+        .mappings(&format!(
+            r#"
+  - name: clicks
+    target: handler
+    source:
+      kafka:
+        bootstrap_servers: "{bootstrap}"
+        topics: [{topic}]
+        group_id: {group}
+        starting_position: trim_horizon
+        batch_size: 5
+        max_batching_window: 0s
+    retry:
+      backoff: {{ initial: 50ms, max: 200ms }}
+"#,
+            bootstrap = kafka.bootstrap(),
+            group = Kafka::unique("sluice"),
+        ))
+        .render();
+    let sluice = Sluice::start(&config, &[]);
+    eventually(Duration::from_secs(60), "the first calls", || {
+        let started = capacity.accepted.load(Ordering::SeqCst) > 0;
+        async move { started.then_some(()) }
+    })
+    .await;
+
+    let limit = || sluice.metric("sluice_target_concurrency_limit{target=\"handler\"}");
+    // Each phase lasts 12 s; the limit is read over its last 6 s, once the limit had time to move.
+    let mut phases = Vec::new();
+    for capacity_now in [4usize, 16, 4] {
+        capacity.capacity.store(capacity_now, Ordering::SeqCst);
+        let (accepted, refused) = (
+            capacity.accepted.load(Ordering::SeqCst),
+            capacity.refused.load(Ordering::SeqCst),
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let mut samples = Vec::new();
+        for _ in 0..12 {
+            samples.push(limit().await);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        samples.sort_by(f64::total_cmp);
+        let median = samples[samples.len() / 2];
+        let accepted = capacity.accepted.load(Ordering::SeqCst) - accepted;
+        let refused = capacity.refused.load(Ordering::SeqCst) - refused;
+        eprintln!(
+            "capacity {capacity_now}: limit median {median} (samples {samples:?}); {accepted} calls accepted, {refused} refused"
+        );
+        phases.push((capacity_now, median, accepted, refused));
+    }
+    let (_, low, _, _) = phases[0];
+    let (_, high, _, _) = phases[1];
+    let (_, low_again, _, _) = phases[2];
+    assert!(
+        (2.0..=8.0).contains(&low),
+        "capacity 4: limit {low}; {phases:?}"
+    );
+    assert!(high >= 11.0, "capacity 16: limit {high}; {phases:?}");
+    assert!(
+        (2.0..=8.0).contains(&low_again),
+        "capacity 4 again: limit {low_again}; {phases:?}"
+    );
+    let accepted: usize = phases.iter().map(|p| p.2).sum();
+    let refused: usize = phases.iter().map(|p| p.3).sum();
+    assert!(
+        refused * 20 < accepted,
+        "429s are rare: {refused} refused against {accepted} accepted; {phases:?}"
+    );
 }

@@ -186,6 +186,9 @@ pub async fn run_with_handlers(
         if let Some(settings) = config.circuit_breakers.get(name) {
             built = built.with_circuit_breaker(*settings, Some(health.clone()));
         }
+        if let Some(settings) = config.adaptive_concurrency.get(name) {
+            built = built.with_adaptive_concurrency(*settings);
+        }
         built_targets.insert(name.clone(), built);
     }
 

@@ -4,13 +4,14 @@
 //!
 //! Calls are judged in windows about one round trip long. At the end of each window:
 //!
-//! - **decrease** (the limit times `decrease_ratio`, never below `min`) when any call in the
-//!   window was throttled (429), found the target unavailable or timed out, or when the window's
-//!   mean latency is more than `1 + queueing_tolerance` times the baseline (the target is
-//!   queueing our calls);
+//! - **decrease** (the limit times `decrease_ratio`, never below `min`) when the window's mean
+//!   latency is more than `1 + queueing_tolerance` times the baseline (the target is queueing
+//!   our calls); a call that was throttled (429), found the target unavailable or timed out
+//!   decreases it at once, and each further one within the same window by one more;
 //! - **increase** by one (never above `max`) when the limit was reached during the window and
 //!   the window's latency was within `1 + growth_tolerance` of the baseline: the target kept up
-//!   with all we sent;
+//!   with all we sent — except that growing back to a limit at which the target refused calls
+//!   waits ten windows after the refusal;
 //! - otherwise keep the limit.
 //!
 //! The baseline is the target's latency when it is not queueing our calls. It follows faster
@@ -82,10 +83,14 @@ pub struct AdaptiveLimit {
     answered: u32,
     overloaded: bool,
     reached_limit: bool,
+    /// When the limit was last lowered for an overload signal, and from which limit.
+    overload: Option<(Duration, usize)>,
 }
 
 /// The shortest window, so a very fast target is still judged over several calls.
 const MIN_WINDOW: Duration = Duration::from_millis(50);
+/// Windows to wait before growing back to a limit at which the target refused calls.
+const HOLD_WINDOWS: u32 = 10;
 /// The longest window, so a slow target still adapts within seconds.
 const MAX_WINDOW: Duration = Duration::from_secs(5);
 
@@ -102,6 +107,7 @@ impl AdaptiveLimit {
             answered: 0,
             overloaded: false,
             reached_limit: false,
+            overload: None,
         }
     }
 
@@ -118,21 +124,49 @@ impl AdaptiveLimit {
 
     /// A call ended after `latency` with `signal`; returns the new limit when it changed.
     pub fn ended(&mut self, latency: Duration, signal: Signal, now: Duration) -> Option<usize> {
+        let window = self.window();
         match signal {
             Signal::Answered => {
                 self.latency_sum += latency.as_secs_f64();
                 self.answered += 1;
             }
-            Signal::Overloaded => self.overloaded = true,
+            Signal::Overloaded => {
+                self.overloaded = true;
+                // At once, not at the window's end: a refused call frees its slot in a moment,
+                // and the next caller would be refused again, many times per window. At most once
+                // per window, so the calls that were already out do not cut it again.
+                let recently = self
+                    .overload
+                    .is_some_and(|(at, _)| now.saturating_sub(at) < window);
+                let before = self.limit;
+                if recently {
+                    // Each further refusal in the same window takes one more slot away: a
+                    // capacity that fell from 16 to 4 is followed within a dozen refusals, not
+                    // nine windows of 10 % with refused calls churning through the excess slots.
+                    self.limit = self.limit.saturating_sub(1).max(self.settings.min);
+                } else {
+                    self.limit = self.decreased();
+                    self.overload = Some((now, before));
+                }
+                return (self.limit != before).then_some(self.limit);
+            }
         }
-        let window = self
-            .baseline
-            .map_or(MIN_WINDOW, Duration::from_secs_f64)
-            .clamp(MIN_WINDOW, MAX_WINDOW);
         if now.saturating_sub(self.window_started) < window {
             return None;
         }
         self.end_window(now)
+    }
+
+    /// About one round trip of the target.
+    fn window(&self) -> Duration {
+        self.baseline
+            .map_or(MIN_WINDOW, Duration::from_secs_f64)
+            .clamp(MIN_WINDOW, MAX_WINDOW)
+    }
+
+    fn decreased(&self) -> usize {
+        ((self.limit as f64 * self.settings.decrease_ratio).floor() as usize)
+            .clamp(self.settings.min, self.settings.max)
     }
 
     fn end_window(&mut self, now: Duration) -> Option<usize> {
@@ -144,11 +178,18 @@ impl AdaptiveLimit {
             _ => 1.0,
         };
         let queueing = ratio > 1.0 + settings.queueing_tolerance;
-        if self.overloaded || queueing {
-            let decreased = (self.limit as f64 * settings.decrease_ratio).floor() as usize;
-            self.limit = decreased.clamp(settings.min, settings.max);
+        // Back at the limit where the target last refused calls, wait HOLD_WINDOWS windows
+        // before trying it again, so refusals stay rare at a steady capacity.
+        let holding = self.overload.is_some_and(|(at, refused_at)| {
+            self.limit + 1 >= refused_at && now.saturating_sub(at) < self.window() * HOLD_WINDOWS
+        });
+        if self.overloaded {
+            // Lowered already when the signals came.
+        } else if queueing {
+            self.limit = self.decreased();
         } else if current.is_some()
             && self.reached_limit
+            && !holding
             && ratio <= 1.0 + settings.growth_tolerance
         {
             self.limit = (self.limit + 1).min(settings.max);

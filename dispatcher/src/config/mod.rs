@@ -63,6 +63,8 @@ pub struct Config {
     pub targets: BTreeMap<String, TargetConfig>,
     /// The circuit breakers of the targets that have one, by target name.
     pub circuit_breakers: BTreeMap<String, sluice_policies::BreakerSettings>,
+    /// The adaptive concurrency bounds of the targets that have them, by target name.
+    pub adaptive_concurrency: BTreeMap<String, sluice_policies::AdaptiveSettings>,
     pub mappings: Vec<MappingConfig>,
     pub invoke_api: Option<InvokeApiConfig>,
     pub traces: Option<TracesConfig>,
@@ -283,14 +285,26 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
 
     let mut targets = BTreeMap::new();
     let mut circuit_breakers = BTreeMap::new();
+    let mut adaptive_concurrency = BTreeMap::new();
     for (name, mut target) in raw.targets {
         let path = format!("targets.{name}");
-        if let (kind, Some(breaker)) = target.take_circuit_breaker() {
+        let (kind, breaker, adaptive) = target.take_flow_control();
+        if let Some(breaker) = breaker {
             let settings =
                 targets::circuit_breaker(v, &format!("{path}.{kind}.circuit_breaker"), breaker);
             circuit_breakers.insert(name.clone(), settings);
         }
-        if let Some(built) = targets::build(v, &path, target) {
+        let built = targets::build(v, &path, target);
+        if let (Some(adaptive), Some(built)) = (adaptive, &built) {
+            let settings = targets::adaptive_concurrency(
+                v,
+                &format!("{path}.{kind}.adaptive_concurrency"),
+                adaptive,
+                built.max_concurrency(),
+            );
+            adaptive_concurrency.insert(name.clone(), settings);
+        }
+        if let Some(built) = built {
             targets.insert(name, built);
         }
     }
@@ -367,6 +381,7 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
         aws,
         targets,
         circuit_breakers,
+        adaptive_concurrency,
         mappings,
         invoke_api,
         traces,
@@ -447,6 +462,28 @@ mod tests {
         assert!(
             rendered.contains(
                 "targets.api.command.circuit_breaker.max_open_for: must be between open_for"
+            ),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn adaptive_concurrency_defaults_to_the_targets_own_limit_and_checks_its_bounds() {
+        let text = BASE.replace(
+            r#"http: { url: "http://127.0.0.1:8080/events" }"#,
+            r#"http: { url: "http://127.0.0.1:8080/events", max_concurrency: 40, adaptive_concurrency: {} }"#,
+        );
+        let config = parse_text(&text).unwrap();
+        let adaptive = config.adaptive_concurrency["api"];
+        assert_eq!((adaptive.min, adaptive.max), (1, 40));
+        let text = BASE.replace(
+            r#"http: { url: "http://127.0.0.1:8080/events" }"#,
+            r#"lambda_runtime: { command: [bootstrap], concurrency: 4, adaptive_concurrency: { min: 5 } }"#,
+        );
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains(
+                "targets.api.lambda_runtime.adaptive_concurrency.min: must be 1..=max (4) (got 5)"
             ),
             "{rendered}"
         );

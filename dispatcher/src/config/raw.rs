@@ -162,15 +162,53 @@ pub enum RawTarget {
 }
 
 impl RawTarget {
-    /// The key of the target's kind (`http`, `command`, ...) and its circuit breaker, taken out.
-    pub fn take_circuit_breaker(&mut self) -> (&'static str, Option<RawCircuitBreaker>) {
+    /// The key of the target's kind (`http`, `command`, ...), and its circuit breaker and
+    /// adaptive concurrency, taken out.
+    pub fn take_flow_control(
+        &mut self,
+    ) -> (
+        &'static str,
+        Option<RawCircuitBreaker>,
+        Option<RawAdaptiveConcurrency>,
+    ) {
         match self {
-            RawTarget::Http(t) => ("http", t.circuit_breaker.take()),
-            RawTarget::Command(t) => ("command", t.circuit_breaker.take()),
-            RawTarget::InProcess(t) => ("in_process", t.circuit_breaker.take()),
-            RawTarget::LambdaRuntime(t) => ("lambda_runtime", t.circuit_breaker.take()),
+            RawTarget::Http(t) => (
+                "http",
+                t.circuit_breaker.take(),
+                t.adaptive_concurrency.take(),
+            ),
+            RawTarget::Command(t) => (
+                "command",
+                t.circuit_breaker.take(),
+                t.adaptive_concurrency.take(),
+            ),
+            RawTarget::InProcess(t) => (
+                "in_process",
+                t.circuit_breaker.take(),
+                t.adaptive_concurrency.take(),
+            ),
+            RawTarget::LambdaRuntime(t) => (
+                "lambda_runtime",
+                t.circuit_breaker.take(),
+                t.adaptive_concurrency.take(),
+            ),
         }
     }
+}
+
+/// Adaptive concurrency: the limit starts at `min`, grows by one per round trip while the target
+/// keeps up with every call sent, and shrinks by 10 % when it throttles (429), is unavailable,
+/// times out, or answers much slower than usual (it is queueing the calls).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptiveConcurrency {
+    /// The lowest limit, where it starts: 1..=max. Default 1.
+    #[serde(default)]
+    pub min: Option<u32>,
+    /// The highest limit: min..=10000. Default: the target's max_concurrency (lambda_runtime: its
+    /// concurrency).
+    #[serde(default)]
+    pub max: Option<u32>,
 }
 
 /// A target's circuit breaker. While it is open, no mapping calls the target: SQS pollers stop
@@ -246,6 +284,10 @@ pub struct RawLambdaRuntimeTarget {
     /// the target (and stop receiving for it) and probe it now and then. Default: none.
     #[serde(default)]
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Let the target's concurrency limit follow how it answers, between `min` and `max`,
+    /// instead of staying at its fixed limit. Default: the fixed limit.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -262,6 +304,10 @@ pub struct RawInProcessTarget {
     /// the target (and stop receiving for it) and probe it now and then. Default: none.
     #[serde(default)]
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Let the target's concurrency limit follow how it answers, between `min` and `max`,
+    /// instead of staying at its fixed limit. Default: the fixed limit.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -291,6 +337,10 @@ pub struct RawCommandTarget {
     /// the target (and stop receiving for it) and probe it now and then. Default: none.
     #[serde(default)]
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Let the target's concurrency limit follow how it answers, between `min` and `max`,
+    /// instead of staying at its fixed limit. Default: the fixed limit.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -316,6 +366,10 @@ pub struct RawHttpTarget {
     /// the target (and stop receiving for it) and probe it now and then. Default: none.
     #[serde(default)]
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Let the target's concurrency limit follow how it answers, between `min` and `max`,
+    /// instead of staying at its fixed limit. Default: the fixed limit.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -1,9 +1,12 @@
 //! Targets as written and as built: what each kind needs, with its timeouts and concurrency
 //! checked. A target is shared by every mapping and function that names it.
 
-use super::raw::{RawCircuitBreaker, RawInProcessTarget, RawLambdaRuntimeTarget, RawTarget};
+use super::raw::{
+    RawAdaptiveConcurrency, RawCircuitBreaker, RawInProcessTarget, RawLambdaRuntimeTarget,
+    RawTarget,
+};
 use super::validate::Validator;
-use sluice_policies::{BreakerSettings, FailureRatio};
+use sluice_policies::{AdaptiveSettings, BreakerSettings, FailureRatio};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -300,4 +303,29 @@ pub fn circuit_breaker(v: &mut Validator, path: &str, raw: RawCircuitBreaker) ->
         open_for,
         max_open_for,
     }
+}
+
+/// A target's adaptive concurrency bounds, checked; `fixed` is the target's own limit, the default
+/// `max`.
+pub fn adaptive_concurrency(
+    v: &mut Validator,
+    path: &str,
+    raw: RawAdaptiveConcurrency,
+    fixed: usize,
+) -> AdaptiveSettings {
+    let max = raw.max.map_or(fixed, |max| max as usize);
+    if !(1..=10_000).contains(&max) {
+        v.error(
+            format!("{path}.max"),
+            format!("must be 1..=10000 (got {max})"),
+        );
+    }
+    let min = raw.min.map_or(1, |min| min as usize);
+    if min == 0 || min > max {
+        v.error(
+            format!("{path}.min"),
+            format!("must be 1..=max ({max}) (got {min})"),
+        );
+    }
+    AdaptiveSettings::new(min, max)
 }
