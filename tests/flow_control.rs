@@ -166,6 +166,8 @@ struct Capacity {
     running: Mutex<VecDeque<Instant>>,
     accepted: AtomicUsize,
     refused: AtomicUsize,
+    /// The most calls running at once since it was last reset.
+    most: AtomicUsize,
 }
 
 const CALL: Duration = Duration::from_millis(200);
@@ -185,6 +187,7 @@ impl Capacity {
             return Reply::status(429, "over capacity");
         }
         running.push_back(now);
+        self.most.fetch_max(running.len(), Ordering::SeqCst);
         self.accepted.fetch_add(1, Ordering::SeqCst);
         Reply::json(json!({})).after(CALL)
     }
@@ -206,6 +209,7 @@ async fn the_adaptive_limit_follows_a_capacity_that_changes_and_429s_stay_rare()
         running: Mutex::new(VecDeque::new()),
         accepted: AtomicUsize::new(0),
         refused: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
     });
     let handler = {
         let capacity = capacity.clone();
@@ -249,6 +253,7 @@ async fn the_adaptive_limit_follows_a_capacity_that_changes_and_429s_stay_rare()
             capacity.refused.load(Ordering::SeqCst),
         );
         tokio::time::sleep(Duration::from_secs(6)).await;
+        capacity.most.store(0, Ordering::SeqCst);
         let mut samples = Vec::new();
         for _ in 0..12 {
             samples.push(limit().await);
@@ -258,19 +263,25 @@ async fn the_adaptive_limit_follows_a_capacity_that_changes_and_429s_stay_rare()
         let median = samples[samples.len() / 2];
         let accepted = capacity.accepted.load(Ordering::SeqCst) - accepted;
         let refused = capacity.refused.load(Ordering::SeqCst) - refused;
+        let most = capacity.most.load(Ordering::SeqCst);
         eprintln!(
-            "capacity {capacity_now}: limit median {median} (samples {samples:?}); {accepted} calls accepted, {refused} refused"
+            "capacity {capacity_now}: limit median {median} (samples {samples:?}); {accepted} calls accepted, {refused} refused; at most {most} running at once"
         );
-        phases.push((capacity_now, median, accepted, refused));
+        phases.push((capacity_now, median, accepted, refused, most));
     }
-    let (_, low, _, _) = phases[0];
-    let (_, high, _, _) = phases[1];
-    let (_, low_again, _, _) = phases[2];
+    let (_, low, ..) = phases[0];
+    let (_, high, _, _, most_high) = phases[1];
+    let (_, low_again, ..) = phases[2];
     assert!(
         (2.0..=8.0).contains(&low),
         "capacity 4: limit {low}; {phases:?}"
     );
     assert!(high >= 11.0, "capacity 16: limit {high}; {phases:?}");
+    // The handler saw the concurrency the limit allowed, not only the gauge moving.
+    assert!(
+        most_high >= 11,
+        "capacity 16: at most {most_high} calls ran at once; {phases:?}"
+    );
     assert!(
         (2.0..=8.0).contains(&low_again),
         "capacity 4 again: limit {low_again}; {phases:?}"

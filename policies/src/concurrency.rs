@@ -16,8 +16,10 @@
 //!
 //! The baseline is the target's latency when it is not queueing our calls. It follows faster
 //! windows at once, and slower ones only while the limit was not reached (our calls cannot have
-//! queued) — or when five slow windows in a row did not get faster although each lowered the
-//! limit: then the target itself became slower, and its new latency is the baseline.
+//! queued) — or when five decreases did not bring the latency back (or the limit is at `min`):
+//! then the target itself became slower, and its new latency is the baseline. Ten windows in a
+//! row at the limit with a latency between growth and queueing count as a decrease too, so the
+//! limit never stands still for good.
 //!
 //! Times are [`Duration`]s on the caller's clock; the state is a few numbers, whatever the rate.
 
@@ -78,6 +80,8 @@ pub struct AdaptiveLimit {
     baseline: Option<f64>,
     /// Slow windows in a row (each one lowered the limit).
     slow_windows: u32,
+    /// Windows in a row at the limit, slower than growth allows but not slow enough to lower it.
+    stalled_windows: u32,
     window_started: Duration,
     latency_sum: f64,
     answered: u32,
@@ -91,8 +95,8 @@ pub struct AdaptiveLimit {
 const MIN_WINDOW: Duration = Duration::from_millis(50);
 /// Windows to wait before growing back to a limit at which the target refused calls.
 const HOLD_WINDOWS: u32 = 10;
-/// The longest window, so a slow target still adapts within seconds.
-const MAX_WINDOW: Duration = Duration::from_secs(5);
+/// Windows in a row between growth and queueing before the limit is lowered to find out why.
+const STALLED_WINDOWS: u32 = 10;
 
 impl AdaptiveLimit {
     pub fn new(settings: AdaptiveSettings, now: Duration) -> Self {
@@ -102,6 +106,7 @@ impl AdaptiveLimit {
             settings,
             baseline: None,
             slow_windows: 0,
+            stalled_windows: 0,
             window_started: now,
             latency_sum: 0.0,
             answered: 0,
@@ -133,8 +138,8 @@ impl AdaptiveLimit {
             Signal::Overloaded => {
                 self.overloaded = true;
                 // At once, not at the window's end: a refused call frees its slot in a moment,
-                // and the next caller would be refused again, many times per window. At most once
-                // per window, so the calls that were already out do not cut it again.
+                // and the next caller would be refused again, many times per window. The first
+                // signal of a window takes 10 %, each further one a single slot.
                 let recently = self
                     .overload
                     .is_some_and(|(at, _)| now.saturating_sub(at) < window);
@@ -161,7 +166,7 @@ impl AdaptiveLimit {
     fn window(&self) -> Duration {
         self.baseline
             .map_or(MIN_WINDOW, Duration::from_secs_f64)
-            .clamp(MIN_WINDOW, MAX_WINDOW)
+            .max(MIN_WINDOW)
     }
 
     fn decreased(&self) -> usize {
@@ -177,7 +182,20 @@ impl AdaptiveLimit {
             (Some(current), Some(baseline)) if baseline > 0.0 => current / baseline,
             _ => 1.0,
         };
-        let queueing = ratio > 1.0 + settings.queueing_tolerance;
+        // Ten windows in a row at the limit with latency between growth and queueing: lower
+        // the limit as if queueing, to learn whether the latency is ours (it falls, the baseline
+        // stands) or the target's (it does not, and after five such the baseline moves). Without
+        // this the limit could stand still for good, even at `min`.
+        let stalled = current.is_some()
+            && self.reached_limit
+            && !self.overloaded
+            && ratio > 1.0 + settings.growth_tolerance;
+        self.stalled_windows = if stalled { self.stalled_windows + 1 } else { 0 };
+        let probing = self.stalled_windows >= STALLED_WINDOWS;
+        if probing {
+            self.stalled_windows = 0;
+        }
+        let queueing = ratio > 1.0 + settings.queueing_tolerance || probing;
         // Back at the limit where the target last refused calls, wait HOLD_WINDOWS windows
         // before trying it again, so refusals stay rare at a steady capacity.
         let holding = self.overload.is_some_and(|(at, refused_at)| {
@@ -194,16 +212,20 @@ impl AdaptiveLimit {
         {
             self.limit = (self.limit + 1).min(settings.max);
         }
-        self.slow_windows = if queueing { self.slow_windows + 1 } else { 0 };
+        if queueing {
+            self.slow_windows += 1;
+        } else if ratio <= 1.0 + settings.growth_tolerance {
+            self.slow_windows = 0;
+        }
         if let (Some(current), false) = (current, self.overloaded) {
             self.baseline = Some(match self.baseline {
                 None => current,
                 Some(baseline) if current < baseline => baseline + 0.5 * (current - baseline),
                 // Our calls did not fill the limit, so they did not queue: the target's own pace.
                 Some(baseline) if !self.reached_limit => baseline + 0.1 * (current - baseline),
-                // Five windows of lowering the limit did not bring the latency back: it is the
-                // target's own.
-                Some(_) if self.slow_windows >= 5 => {
+                // Five windows of lowering the limit did not bring the latency back (or the
+                // limit is at `min`, where there is nothing left to lower): it is the target's own.
+                Some(_) if self.slow_windows >= 5 || (queueing && before == settings.min) => {
                     self.slow_windows = 0;
                     current
                 }
@@ -311,6 +333,29 @@ mod tests {
         assert!(limit.limit() <= 7, "follows the drop: {}", limit.limit());
         drive(&mut limit, &mut now, 30, usize::MAX, 400);
         assert!(limit.limit() >= 20, "and the recovery: {}", limit.limit());
+    }
+
+    #[test]
+    fn a_target_that_became_somewhat_slower_does_not_freeze_the_limit() {
+        let mut now = Duration::ZERO;
+        let mut limit = AdaptiveLimit::new(AdaptiveSettings::new(1, 100), now);
+        let window = |limit: &mut AdaptiveLimit, now: &mut Duration, latency: u64| {
+            let in_flight = limit.limit();
+            for _ in 0..in_flight {
+                limit.started(in_flight);
+            }
+            *now += ms(latency);
+            for _ in 0..in_flight {
+                limit.ended(ms(latency), Signal::Answered, *now);
+            }
+        };
+        // A fast first window, then every call 25 % slower, whatever the concurrency: between
+        // growth (10 %) and queueing (50 %).
+        window(&mut limit, &mut now, 80);
+        for _ in 0..200 {
+            window(&mut limit, &mut now, 100);
+        }
+        assert!(limit.limit() > 20, "frozen at {}", limit.limit());
     }
 
     #[test]

@@ -301,6 +301,8 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
                 &format!("{path}.{kind}.adaptive_concurrency"),
                 adaptive,
                 built.max_concurrency(),
+                // A lambda_runtime pool runs `concurrency` workers: more calls would only queue.
+                matches!(built, TargetConfig::LambdaRuntime(_)),
             );
             adaptive_concurrency.insert(name.clone(), settings);
         }
@@ -485,6 +487,15 @@ mod tests {
             rendered.contains(
                 "targets.api.lambda_runtime.adaptive_concurrency.min: must be 1..=max (4) (got 5)"
             ),
+            "{rendered}"
+        );
+        let text = BASE.replace(
+            r#"http: { url: "http://127.0.0.1:8080/events" }"#,
+            r#"lambda_runtime: { command: [bootstrap], concurrency: 4, adaptive_concurrency: { max: 8 } }"#,
+        );
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("adaptive_concurrency.max: must be 1..=4 (got 8)"),
             "{rendered}"
         );
     }

@@ -306,18 +306,20 @@ pub fn circuit_breaker(v: &mut Validator, path: &str, raw: RawCircuitBreaker) ->
 }
 
 /// A target's adaptive concurrency bounds, checked; `fixed` is the target's own limit, the default
-/// `max`.
+/// `max`, and with `fixed_is_the_most` also its highest (a lambda_runtime pool's workers).
 pub fn adaptive_concurrency(
     v: &mut Validator,
     path: &str,
     raw: RawAdaptiveConcurrency,
     fixed: usize,
+    fixed_is_the_most: bool,
 ) -> AdaptiveSettings {
     let max = raw.max.map_or(fixed, |max| max as usize);
-    if !(1..=10_000).contains(&max) {
+    let most = if fixed_is_the_most { fixed } else { 10_000 };
+    if !(1..=most).contains(&max) {
         v.error(
             format!("{path}.max"),
-            format!("must be 1..=10000 (got {max})"),
+            format!("must be 1..={most} (got {max})"),
         );
     }
     let min = raw.min.map_or(1, |min| min as usize);

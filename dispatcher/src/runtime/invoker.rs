@@ -244,6 +244,7 @@ where
                 Some(slot) => slot,
                 None => target.permit().await,
             };
+            slot.calling();
             let outcome = inner.call(call).await;
             if let Ok(outcome) = &outcome {
                 target.record(outcome, &mut slot);

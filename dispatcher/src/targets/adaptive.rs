@@ -22,6 +22,9 @@ pub struct AdaptiveConcurrency {
     in_flight: AtomicUsize,
     /// Permits to forget as they come back, after a decrease found them in use.
     debt: AtomicUsize,
+    /// The limit the permits were last made to add up to (idle + in use - owed). Kept rather
+    /// than counted from the semaphore, which moves under concurrent acquires and releases.
+    applied: AtomicUsize,
 }
 
 impl AdaptiveConcurrency {
@@ -38,6 +41,7 @@ impl AdaptiveConcurrency {
             semaphore: Arc::new(Semaphore::new(initial)),
             in_flight: AtomicUsize::new(0),
             debt: AtomicUsize::new(0),
+            applied: AtomicUsize::new(initial),
         })
     }
 
@@ -57,15 +61,12 @@ impl AdaptiveConcurrency {
 
     /// A call ended after `latency` with `outcome`.
     pub fn ended(&self, latency: Duration, outcome: &Outcome) {
-        let changed = self.limit.lock().expect("limit lock").ended(
-            latency,
-            Signal::of(outcome),
-            self.epoch.elapsed(),
-        );
-        let Some(new) = changed else {
-            return;
-        };
-        self.resize(new);
+        let mut limit = self.limit.lock().expect("limit lock");
+        let changed = limit.ended(latency, Signal::of(outcome), self.epoch.elapsed());
+        if let Some(new) = changed {
+            // Under the lock: resizes happen one at a time, in the order the limit moved.
+            self.resize(new);
+        }
     }
 
     /// A slot's permit comes back: forgotten while a decrease is still owed, else released.
@@ -86,7 +87,7 @@ impl AdaptiveConcurrency {
 
     /// Makes the semaphore's permits (idle, in use and owed) add up to `new`.
     fn resize(&self, new: usize) {
-        let mut current = self.permits();
+        let mut current = self.applied.swap(new, Ordering::SeqCst);
         metrics::gauge!("sluice_target_concurrency_limit", "target" => self.target.clone())
             .set(new as f64);
         tracing::debug!(target_name = %self.target, from = current, to = new, "adaptive concurrency limit changed");
@@ -108,13 +109,6 @@ impl AdaptiveConcurrency {
             let forgotten = self.semaphore.forget_permits(excess);
             self.debt.fetch_add(excess - forgotten, Ordering::SeqCst);
         }
-    }
-
-    /// The permits that exist: available, plus in use, less those owed to a decrease.
-    fn permits(&self) -> usize {
-        let available = self.semaphore.available_permits();
-        let in_use = self.in_flight.load(Ordering::SeqCst);
-        (available + in_use).saturating_sub(self.debt.load(Ordering::SeqCst))
     }
 }
 
@@ -155,7 +149,7 @@ mod tests {
         assert_eq!(adaptive.semaphore.available_permits(), 1);
         adaptive.resize(6);
         assert_eq!(adaptive.semaphore.available_permits(), 3);
-        assert_eq!(adaptive.permits(), 6);
+        assert_eq!(adaptive.applied.load(Ordering::SeqCst), 6);
         for permit in held.drain(..) {
             adaptive.release(permit);
         }

@@ -118,6 +118,16 @@ pub struct Slot {
     adaptive: Option<(Arc<adaptive::AdaptiveConcurrency>, tokio::time::Instant)>,
 }
 
+impl Slot {
+    /// The call starts now: its latency, for the adaptive limit, counts from here (not from when
+    /// the slot was taken, which may come before a request body is read).
+    pub fn calling(&mut self) {
+        if let Some((_, started)) = &mut self.adaptive {
+            *started = tokio::time::Instant::now();
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if let (Some(permit), Some((adaptive, _))) = (self.permit.take(), &self.adaptive) {
