@@ -159,6 +159,27 @@ async fn an_outage_opens_the_circuit_stops_receives_and_dead_letters_nothing() {
     assert!(logs.contains("circuit closed"), "{logs}");
 }
 
+/// A mapping of `topic` (from its start, in batches of `batch_size`, no window) into the
+/// `handler` target, with `extra` mapping keys.
+fn kafka_mapping(kafka: &Kafka, name: &str, topic: &str, batch_size: usize, extra: &str) -> String {
+    format!(
+        r#"
+  - name: {name}
+    target: handler
+    source:
+      kafka:
+        bootstrap_servers: "{bootstrap}"
+        topics: [{topic}]
+        group_id: {group}
+        starting_position: trim_horizon
+        batch_size: {batch_size}
+        max_batching_window: 0s
+{extra}"#,
+        bootstrap = kafka.bootstrap(),
+        group = Kafka::unique("sluice"),
+    )
+}
+
 /// A handler with room for `capacity` calls at a time, each taking `CALL`; a call beyond that is
 /// refused at once with 429, as a service sheds load. Counts what it accepted and refused.
 struct Capacity {
@@ -217,23 +238,12 @@ async fn the_adaptive_limit_follows_a_capacity_that_changes_and_429s_stay_rare()
     };
     let config = TestConfig::new(&handler.url("/events"))
         .target_options(", max_concurrency: 64, adaptive_concurrency: { min: 1, max: 64 }")
-        .mappings(&format!(
-            r#"
-  - name: clicks
-    target: handler
-    source:
-      kafka:
-        bootstrap_servers: "{bootstrap}"
-        topics: [{topic}]
-        group_id: {group}
-        starting_position: trim_horizon
-        batch_size: 5
-        max_batching_window: 0s
-    retry:
-      backoff: {{ initial: 50ms, max: 200ms }}
-"#,
-            bootstrap = kafka.bootstrap(),
-            group = Kafka::unique("sluice"),
+        .mappings(&kafka_mapping(
+            &kafka,
+            "clicks",
+            &topic,
+            5,
+            "    retry:\n      backoff: { initial: 50ms, max: 200ms }\n",
         ))
         .render();
     let sluice = Sluice::start(&config, &[]);
@@ -292,4 +302,63 @@ async fn the_adaptive_limit_follows_a_capacity_that_changes_and_429s_stay_rare()
         refused * 20 < accepted,
         "429s are rare: {refused} refused against {accepted} accepted; {phases:?}"
     );
+}
+
+// Issue 20, item 3: a target's rate limit paces every mapping that uses it. 300 Kafka records on
+// two topics (two mappings sharing the target) at 60 records per second with a burst of 30:
+// they take at least 4.5 s, and no second sees more than rate + burst + one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_paces_the_records_of_every_mapping_using_the_target() {
+    let kafka = Kafka::start();
+    let topics = [Kafka::unique("paced-a"), Kafka::unique("paced-b")];
+    for topic in &topics {
+        kafka.create_topic(topic, 3);
+        let records: Vec<(i32, Option<&str>, String)> = (0..150)
+            .map(|i| (i % 3, None, json!({ "n": i }).to_string()))
+            .collect();
+        kafka.produce(topic, &records);
+    }
+    let arrivals = Arc::new(Mutex::new(Vec::<(Instant, usize)>::new()));
+    let handler = {
+        let arrivals = arrivals.clone();
+        Handler::start(move |_, event| {
+            let records = kafka_records(event).len();
+            arrivals.lock().unwrap().push((Instant::now(), records));
+            Reply::json(json!({}))
+        })
+        .await
+    };
+    let config = TestConfig::new(&handler.url("/events"))
+        .target_options(", rate_limit: { records_per_second: 60, burst: 30 }")
+        .mappings(
+            &(kafka_mapping(&kafka, "a", &topics[0], 10, "")
+                + &kafka_mapping(&kafka, "b", &topics[1], 10, "")),
+        )
+        .render();
+    let _sluice = Sluice::start(&config, &[]);
+    eventually(Duration::from_secs(60), "all 300 records handled", || {
+        let handled: usize = arrivals.lock().unwrap().iter().map(|(_, n)| n).sum();
+        async move { (handled >= 300).then_some(()) }
+    })
+    .await;
+    let arrivals = arrivals.lock().unwrap().clone();
+    let (first, last) = (arrivals[0].0, arrivals[arrivals.len() - 1].0);
+    let took = last - first;
+    let busiest = arrivals
+        .iter()
+        .map(|(start, _)| {
+            arrivals
+                .iter()
+                .filter(|(at, _)| *at >= *start && *at < *start + Duration::from_secs(1))
+                .map(|(_, n)| n)
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap();
+    eprintln!(
+        "300 records in {:.2} s; the busiest second had {busiest}",
+        took.as_secs_f64()
+    );
+    assert!(took >= Duration::from_millis(4_400), "took {took:?}");
+    assert!(busiest <= 60 + 30 + 10, "{busiest} records in one second");
 }

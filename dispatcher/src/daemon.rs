@@ -189,6 +189,9 @@ pub async fn run_with_handlers(
         if let Some(settings) = config.adaptive_concurrency.get(name) {
             built = built.with_adaptive_concurrency(*settings);
         }
+        if let Some((records_per_second, burst)) = config.rate_limits.get(name) {
+            built = built.with_rate_limit(*records_per_second, *burst);
+        }
         built_targets.insert(name.clone(), built);
     }
 

@@ -13,6 +13,7 @@
 //! - [`filter`]: Lambda's event filter patterns (semantics.md §7).
 //! - [`outcome`]: what one invocation produced, as the policies see it.
 //! - [`backoff`]: exponential backoff with optional full jitter.
+//! - [`rate`]: a token bucket for a target's records per second.
 //! - [`queue`]: Lambda's SQS semantics (semantics.md §3 and §12) as a decision per batch.
 //! - [`stream`]: Lambda's stream semantics (semantics.md §2 and §12): retries, bisect, partial
 //!   responses, record age, lanes and the shard checkpoint.
@@ -27,6 +28,7 @@ pub mod filter;
 mod fuzz;
 pub mod outcome;
 pub mod queue;
+pub mod rate;
 pub mod response;
 pub mod stream;
 
@@ -40,6 +42,7 @@ pub use outcome::{ErrorClasses, ErrorInfo, Outcome};
 pub use queue::{
     DeadLetterCondition, QueueDecision, QueueMessage, QueuePolicy, RecordDisposition, RetryDelay,
 };
+pub use rate::TokenBucket;
 pub use response::{
     IdentifierKind, ItemFailures, ItemIdentifier, ResponseError, parse_batch_item_failures,
 };

@@ -65,6 +65,8 @@ pub struct Config {
     pub circuit_breakers: BTreeMap<String, sluice_policies::BreakerSettings>,
     /// The adaptive concurrency bounds of the targets that have them, by target name.
     pub adaptive_concurrency: BTreeMap<String, sluice_policies::AdaptiveSettings>,
+    /// This instance's rate limit (records per second, burst) of the targets that have one.
+    pub rate_limits: BTreeMap<String, (f64, u32)>,
     pub mappings: Vec<MappingConfig>,
     pub invoke_api: Option<InvokeApiConfig>,
     pub traces: Option<TracesConfig>,
@@ -286,9 +288,15 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
     let mut targets = BTreeMap::new();
     let mut circuit_breakers = BTreeMap::new();
     let mut adaptive_concurrency = BTreeMap::new();
+    let mut rate_limits = BTreeMap::new();
     for (name, mut target) in raw.targets {
         let path = format!("targets.{name}");
-        let (kind, breaker, adaptive) = target.take_flow_control();
+        let (kind, flow) = target.take_flow_control();
+        let (breaker, adaptive) = (flow.circuit_breaker, flow.adaptive_concurrency);
+        if let Some(rate) = flow.rate_limit {
+            let limit = targets::rate_limit(v, &format!("{path}.{kind}.rate_limit"), rate);
+            rate_limits.insert(name.clone(), limit);
+        }
         if let Some(breaker) = breaker {
             let settings =
                 targets::circuit_breaker(v, &format!("{path}.{kind}.circuit_breaker"), breaker);
@@ -384,6 +392,7 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
         targets,
         circuit_breakers,
         adaptive_concurrency,
+        rate_limits,
         mappings,
         invoke_api,
         traces,
@@ -496,6 +505,29 @@ mod tests {
         let rendered = parse_text(&text).unwrap_err().to_string();
         assert!(
             rendered.contains("adaptive_concurrency.max: must be 1..=4 (got 8)"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_is_divided_among_instances_and_checked() {
+        let text = BASE.replace(
+            r#"http: { url: "http://127.0.0.1:8080/events" }"#,
+            r#"http: { url: "http://127.0.0.1:8080/events", rate_limit: { records_per_second: 100, instances: 4 } }"#,
+        );
+        let config = parse_text(&text).unwrap();
+        assert_eq!(config.rate_limits["api"], (25.0, 25));
+        let text = BASE.replace(
+            r#"http: { url: "http://127.0.0.1:8080/events" }"#,
+            r#"http: { url: "http://127.0.0.1:8080/events", rate_limit: { records_per_second: 0, burst: 0 } }"#,
+        );
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("targets.api.http.rate_limit.records_per_second: must be above 0"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("targets.api.http.rate_limit.burst: must be 1..=1000000"),
             "{rendered}"
         );
     }

@@ -162,38 +162,49 @@ pub enum RawTarget {
 }
 
 impl RawTarget {
-    /// The key of the target's kind (`http`, `command`, ...), and its circuit breaker and
-    /// adaptive concurrency, taken out.
-    pub fn take_flow_control(
-        &mut self,
-    ) -> (
-        &'static str,
-        Option<RawCircuitBreaker>,
-        Option<RawAdaptiveConcurrency>,
-    ) {
+    /// The key of the target's kind (`http`, `command`, ...), and its flow control, taken out.
+    pub fn take_flow_control(&mut self) -> (&'static str, RawFlowControl) {
+        macro_rules! take {
+            ($kind:literal, $t:expr) => {
+                (
+                    $kind,
+                    RawFlowControl {
+                        circuit_breaker: $t.circuit_breaker.take(),
+                        adaptive_concurrency: $t.adaptive_concurrency.take(),
+                        rate_limit: $t.rate_limit.take(),
+                    },
+                )
+            };
+        }
         match self {
-            RawTarget::Http(t) => (
-                "http",
-                t.circuit_breaker.take(),
-                t.adaptive_concurrency.take(),
-            ),
-            RawTarget::Command(t) => (
-                "command",
-                t.circuit_breaker.take(),
-                t.adaptive_concurrency.take(),
-            ),
-            RawTarget::InProcess(t) => (
-                "in_process",
-                t.circuit_breaker.take(),
-                t.adaptive_concurrency.take(),
-            ),
-            RawTarget::LambdaRuntime(t) => (
-                "lambda_runtime",
-                t.circuit_breaker.take(),
-                t.adaptive_concurrency.take(),
-            ),
+            RawTarget::Http(t) => take!("http", t),
+            RawTarget::Command(t) => take!("command", t),
+            RawTarget::InProcess(t) => take!("in_process", t),
+            RawTarget::LambdaRuntime(t) => take!("lambda_runtime", t),
         }
     }
+}
+
+/// The flow control keys every target kind has.
+pub struct RawFlowControl {
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// A rate limit: a token bucket that refills at `records_per_second` up to `burst`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Records per second, across every mapping using the target: above 0, at most 1000000.
+    pub records_per_second: f64,
+    /// Records that may go at once after a quiet spell: 1..=1000000. Default: one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Instances of sluice sharing the limit: each takes 1/instances of the rate and burst.
+    /// 1..=1000. Default 1.
+    #[serde(default)]
+    pub instances: Option<u32>,
 }
 
 /// Adaptive concurrency: the limit starts at `min`, grows by one per round trip while the target
@@ -288,6 +299,10 @@ pub struct RawLambdaRuntimeTarget {
     /// instead of staying at its fixed limit. Default: the fixed limit.
     #[serde(default)]
     pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
+    /// At most this many records per second to the target, shared by the mappings using it.
+    /// Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -308,6 +323,10 @@ pub struct RawInProcessTarget {
     /// instead of staying at its fixed limit. Default: the fixed limit.
     #[serde(default)]
     pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
+    /// At most this many records per second to the target, shared by the mappings using it.
+    /// Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -341,6 +360,10 @@ pub struct RawCommandTarget {
     /// instead of staying at its fixed limit. Default: the fixed limit.
     #[serde(default)]
     pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
+    /// At most this many records per second to the target, shared by the mappings using it.
+    /// Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -370,6 +393,10 @@ pub struct RawHttpTarget {
     /// instead of staying at its fixed limit. Default: the fixed limit.
     #[serde(default)]
     pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
+    /// At most this many records per second to the target, shared by the mappings using it.
+    /// Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

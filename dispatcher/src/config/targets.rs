@@ -3,7 +3,7 @@
 
 use super::raw::{
     RawAdaptiveConcurrency, RawCircuitBreaker, RawInProcessTarget, RawLambdaRuntimeTarget,
-    RawTarget,
+    RawRateLimit, RawTarget,
 };
 use super::validate::Validator;
 use sluice_policies::{AdaptiveSettings, BreakerSettings, FailureRatio};
@@ -330,4 +330,34 @@ pub fn adaptive_concurrency(
         );
     }
     AdaptiveSettings::new(min, max)
+}
+
+/// A target's rate limit for this instance, checked: `(records per second, burst)`, each the
+/// configured one divided by `instances`.
+pub fn rate_limit(v: &mut Validator, path: &str, raw: RawRateLimit) -> (f64, u32) {
+    let rate = raw.records_per_second;
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+        v.error(
+            format!("{path}.records_per_second"),
+            format!("must be above 0 and at most 1000000 (got {rate})"),
+        );
+    }
+    let burst = raw
+        .burst
+        .unwrap_or_else(|| rate.ceil().clamp(1.0, 1_000_000.0) as u32);
+    if !(1..=1_000_000).contains(&burst) {
+        v.error(
+            format!("{path}.burst"),
+            format!("must be 1..=1000000 (got {burst})"),
+        );
+    }
+    let instances = raw.instances.unwrap_or(1);
+    if !(1..=1000).contains(&instances) {
+        v.error(
+            format!("{path}.instances"),
+            format!("must be 1..=1000 (got {instances})"),
+        );
+    }
+    let instances = instances.max(1);
+    (rate / f64::from(instances), (burst / instances).max(1))
 }

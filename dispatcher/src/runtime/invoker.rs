@@ -7,7 +7,7 @@
 //!             which gets the outcome
 //!   Slot      a slot under the target's `max_concurrency` (or the one the caller already holds,
 //!             so a poller can wait for room before it takes records), admitted by the target's
-//!             circuit breaker, which hears every outcome
+//!             circuit breaker, which hears every outcome, then paced by its rate limit
 //!   Measure   sluice_batches_invoked_total and sluice_invoke_duration_seconds (time in the
 //!             target only, not the wait for a slot)
 //!   Deadline  a backstop: a call still running `DEADLINE_GRACE` after the target's own longest
@@ -244,6 +244,7 @@ where
                 Some(slot) => slot,
                 None => target.permit().await,
             };
+            target.pace(call.invocation.records).await;
             slot.calling();
             let outcome = inner.call(call).await;
             if let Ok(outcome) = &outcome {

@@ -9,6 +9,7 @@ pub mod in_process;
 pub mod lambda_runtime;
 pub mod output;
 mod peer;
+pub mod rate;
 #[cfg(test)]
 pub mod testing;
 
@@ -30,6 +31,8 @@ pub struct Invocation {
     pub traceparent: String,
     /// The exported span, when traces are exported.
     pub span: crate::traces::InvocationSpan,
+    /// Records the event carries (1 for an event that is not a batch), for rate limits.
+    pub records: u32,
 }
 
 impl Invocation {
@@ -57,8 +60,15 @@ impl Invocation {
         payload: Vec<u8>,
         records: impl IntoIterator<Item = &'a sluice_sources::Record>,
     ) -> Self {
-        let parent = records.into_iter().find_map(|r| r.trace.as_ref());
-        Self::continuing(mapping, payload.into(), parent, new_request_id())
+        let mut count = 0u32;
+        let mut parent = None;
+        for record in records {
+            count = count.saturating_add(1);
+            parent = parent.or(record.trace.as_ref());
+        }
+        let mut invocation = Self::continuing(mapping, payload.into(), parent, new_request_id());
+        invocation.records = count.max(1);
+        invocation
     }
 
     fn continuing(
@@ -75,6 +85,7 @@ impl Invocation {
             payload,
             traceparent,
             span,
+            records: 1,
         }
     }
 }
@@ -147,6 +158,7 @@ pub struct SharedTarget {
     longest_call: Duration,
     breaker: Option<Arc<breaker::CircuitBreaker>>,
     adaptive: Option<Arc<adaptive::AdaptiveConcurrency>>,
+    rate: Option<Arc<rate::RateLimit>>,
 }
 
 impl SharedTarget {
@@ -159,6 +171,7 @@ impl SharedTarget {
             longest_call: MAX_CALL,
             breaker: None,
             adaptive: None,
+            rate: None,
         }
     }
 
@@ -190,6 +203,19 @@ impl SharedTarget {
         self.max_concurrency = settings.max.max(1);
         self.adaptive = Some(adaptive);
         self
+    }
+
+    /// Paces the records sent to the target (see [`rate`]), shared by every mapping using it.
+    pub fn with_rate_limit(mut self, records_per_second: f64, burst: u32) -> Self {
+        self.rate = Some(rate::RateLimit::new(&self.name, records_per_second, burst));
+        self
+    }
+
+    /// Waits until the target's rate limit lets `records` more records go.
+    pub async fn pace(&self, records: u32) {
+        if let Some(rate) = &self.rate {
+            rate.acquire(records).await;
+        }
     }
 
     pub fn longest_call(&self) -> Duration {
