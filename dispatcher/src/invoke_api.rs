@@ -472,6 +472,10 @@ async fn invoke(
                 let target = function.invoker.target();
                 let message = match target.circuit_open() {
                     Some(reason) => format!("{reason}; retry with backoff"),
+                    None if target.rate_limited() => format!(
+                        "Rate Exceeded: target {} is at its rate_limit; retry with backoff",
+                        target.name
+                    ),
                     None => format!(
                         "Rate Exceeded: every slot of target {} is busy (max_concurrency {}); retry with backoff",
                         target.name,

@@ -63,6 +63,10 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
             &buckets,
         )?
         .set_buckets_for_metric(
+            Matcher::Full("sluice_target_rate_limit_wait_seconds".into()),
+            &buckets,
+        )?
+        .set_buckets_for_metric(
             Matcher::Prefix("sluice_lambda_".into()),
             &[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

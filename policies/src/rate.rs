@@ -46,10 +46,26 @@ impl TokenBucket {
             self.tokens -= f64::from(n);
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                ((needed - self.tokens) / self.rate).max(0.001),
-            ))
+            Err(self.time_for(needed))
         }
+    }
+
+    /// How long until the bucket holds `tokens` (at least a millisecond, at most an hour: the
+    /// caller asks again then).
+    fn time_for(&self, tokens: f64) -> Duration {
+        let seconds = ((tokens - self.tokens) / self.rate).clamp(0.001, 3_600.0);
+        Duration::try_from_secs_f64(seconds).unwrap_or(Duration::from_secs(3_600))
+    }
+
+    /// Puts back `n` tokens taken for a call that did not happen.
+    pub fn refund(&mut self, n: u32) {
+        self.tokens = (self.tokens + f64::from(n)).min(self.burst);
+    }
+
+    /// `None` when a record could go at `now`; else how long until one can.
+    pub fn until_available(&mut self, now: Duration) -> Option<Duration> {
+        self.refill(now);
+        (self.tokens < 1.0).then(|| self.time_for(1.0))
     }
 }
 
@@ -70,6 +86,23 @@ mod tests {
         }
         assert_eq!(bucket.take(1, Duration::ZERO), Err(ms(100)));
         assert!(bucket.take(1, ms(100)).is_ok());
+    }
+
+    #[test]
+    fn a_refund_puts_tokens_back_and_availability_waits_out_a_debt() {
+        let mut bucket = TokenBucket::new(10.0, 5, Duration::ZERO);
+        assert!(bucket.take(5, Duration::ZERO).is_ok());
+        bucket.refund(5);
+        assert_eq!(bucket.until_available(Duration::ZERO), None);
+        assert!(bucket.take(25, Duration::ZERO).is_ok());
+        assert_eq!(bucket.until_available(Duration::ZERO), Some(ms(2100)));
+        // A tiny rate waits at most an hour before asking again, never panics.
+        let mut slow = TokenBucket::new(1e-20, 1, Duration::ZERO);
+        assert!(slow.take(1, Duration::ZERO).is_ok());
+        assert_eq!(
+            slow.take(1, Duration::ZERO),
+            Err(Duration::from_secs(3_600))
+        );
     }
 
     #[test]

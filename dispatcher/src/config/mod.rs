@@ -523,7 +523,7 @@ mod tests {
         );
         let rendered = parse_text(&text).unwrap_err().to_string();
         assert!(
-            rendered.contains("targets.api.http.rate_limit.records_per_second: must be above 0"),
+            rendered.contains("targets.api.http.rate_limit.records_per_second: must be 0.001..="),
             "{rendered}"
         );
         assert!(

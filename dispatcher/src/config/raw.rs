@@ -196,13 +196,13 @@ pub struct RawFlowControl {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
-    /// Records per second, across every mapping using the target: above 0, at most 1000000.
+    /// Records per second, across every mapping using the target: 0.001..=1000000.
     pub records_per_second: f64,
     /// Records that may go at once after a quiet spell: 1..=1000000. Default: one second's worth.
     #[serde(default)]
     pub burst: Option<u32>,
-    /// Instances of sluice sharing the limit: each takes 1/instances of the rate and burst.
-    /// 1..=1000. Default 1.
+    /// Instances of sluice sharing the limit: each takes 1/instances of the rate and of the burst
+    /// (rounded up). 1..=1000. Default 1.
     #[serde(default)]
     pub instances: Option<u32>,
 }

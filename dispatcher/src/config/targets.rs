@@ -336,15 +336,18 @@ pub fn adaptive_concurrency(
 /// configured one divided by `instances`.
 pub fn rate_limit(v: &mut Validator, path: &str, raw: RawRateLimit) -> (f64, u32) {
     let rate = raw.records_per_second;
-    if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+    if !(rate.is_finite() && (0.001..=1_000_000.0).contains(&rate)) {
         v.error(
             format!("{path}.records_per_second"),
-            format!("must be above 0 and at most 1000000 (got {rate})"),
+            format!("must be 0.001..=1000000 (got {rate})"),
         );
     }
-    let burst = raw
-        .burst
-        .unwrap_or_else(|| rate.ceil().clamp(1.0, 1_000_000.0) as u32);
+    let default_burst = if rate.is_finite() {
+        rate.ceil().clamp(1.0, 1_000_000.0) as u32
+    } else {
+        1
+    };
+    let burst = raw.burst.unwrap_or(default_burst);
     if !(1..=1_000_000).contains(&burst) {
         v.error(
             format!("{path}.burst"),
@@ -359,5 +362,15 @@ pub fn rate_limit(v: &mut Validator, path: &str, raw: RawRateLimit) -> (f64, u32
         );
     }
     let instances = instances.max(1);
-    (rate / f64::from(instances), (burst / instances).max(1))
+    if rate.is_finite() && rate / f64::from(instances) < 0.001 {
+        v.error(
+            format!("{path}.instances"),
+            format!("leaves each instance under 0.001 records per second ({rate} / {instances})"),
+        );
+    }
+    // Each instance's burst is rounded up, so together they never allow less than `burst`.
+    (
+        rate / f64::from(instances),
+        burst.div_ceil(instances).max(1),
+    )
 }

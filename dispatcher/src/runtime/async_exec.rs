@@ -80,9 +80,9 @@ pub(crate) async fn run<S: EventStore + ?Sized>(attempt: Attempt<'_>, store: &mu
         invocation,
     } = attempt;
     let metrics = invoker.metrics();
-    // The slot first: the wait for it (a full target, an open circuit breaker) can be long, and
-    // an event that aged out meanwhile must not be run.
-    let slot = invoker.target().permit().await;
+    // The slot first: the wait for it (a full target, an open circuit breaker, a rate limit) can
+    // be long, and an event that aged out meanwhile must not be run.
+    let slot = invoker.target().permit_for(invocation.records).await;
     if policy.expired(&attempt, now_since_epoch()) {
         drop(slot);
         let error = ErrorInfo::new(

@@ -7,7 +7,7 @@
 //!             which gets the outcome
 //!   Slot      a slot under the target's `max_concurrency` (or the one the caller already holds,
 //!             so a poller can wait for room before it takes records), admitted by the target's
-//!             circuit breaker, which hears every outcome, then paced by its rate limit
+//!             circuit breaker, which hears every outcome, after its rate limit let the records go
 //!   Measure   sluice_batches_invoked_total and sluice_invoke_duration_seconds (time in the
 //!             target only, not the wait for a slot)
 //!   Deadline  a backstop: a call still running `DEADLINE_GRACE` after the target's own longest
@@ -242,9 +242,8 @@ where
         Box::pin(async move {
             let mut slot = match call.slot.take() {
                 Some(slot) => slot,
-                None => target.permit().await,
+                None => target.permit_for(call.invocation.records).await,
             };
-            target.pace(call.invocation.records).await;
             slot.calling();
             let outcome = inner.call(call).await;
             if let Ok(outcome) = &outcome {

@@ -11,8 +11,9 @@
 //! - a dead letter is handed to [`Driven::dead_letter`] and the batch goes on only once that
 //!   returns (the lanes return once the destination confirmed it);
 //! - [`Driven::progress`] is told after every step that may have finished records;
-//! - a `stop` during a retry delay, or while the batch waits for a slot of the target (full, or
-//!   behind an open circuit breaker), ends the batch at once, unfinished ([`Ended::Stopped`]).
+//! - a `stop` during a retry delay, or while the batch waits for a slot of the target (full,
+//!   behind an open circuit breaker, or paced by its rate limit), ends the batch at once,
+//!   unfinished ([`Ended::Stopped`]).
 
 use super::clock::now_since_epoch;
 use super::invoker::Invoker;
@@ -89,7 +90,7 @@ pub(crate) async fn drive<D: Driven>(
                 // call that started runs to its end.
                 let slot = tokio::select! {
                     _ = stop.cancelled() => return Ended::Stopped,
-                    slot = invoker.target().permit() => slot,
+                    slot = invoker.target().permit_for(invocation.records) => slot,
                 };
                 let outcome = invoker.invoke_in(slot, invocation.clone()).await;
                 let applied = state

@@ -576,7 +576,7 @@ impl<W: QueueWork> Poller<W> {
                     ready.push_front(batch);
                     break 'poll;
                 }
-                slot = self.target.permit() => slot,
+                slot = self.target.permit_for(batch.len() as u32) => slot,
             };
             if waiting {
                 acks.health.waiting_for_capacity(false);

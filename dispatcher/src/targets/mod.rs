@@ -211,13 +211,6 @@ impl SharedTarget {
         self
     }
 
-    /// Waits until the target's rate limit lets `records` more records go.
-    pub async fn pace(&self, records: u32) {
-        if let Some(rate) = &self.rate {
-            rate.acquire(records).await;
-        }
-    }
-
     pub fn longest_call(&self) -> Duration {
         self.longest_call
     }
@@ -232,7 +225,18 @@ impl SharedTarget {
     /// dropped without a record, by a caller that gave up, tells the breaker and the adaptive
     /// limit nothing).
     pub async fn permit(&self) -> Slot {
+        self.permit_for(1).await
+    }
+
+    /// [`SharedTarget::permit`] for a call carrying `records` records: the target's rate limit
+    /// lets them go first (in arrival order), then the slot, then the breaker. Waiting for tokens
+    /// before the slot keeps a paced call from holding a slot, and from having been admitted by a
+    /// breaker that opened while it waited.
+    pub async fn permit_for(&self, records: u32) -> Slot {
         loop {
+            if let Some(rate) = &self.rate {
+                rate.acquire(records).await;
+            }
             // The slot first, then the breaker's word without waiting: a caller that queued for
             // a slot while the breaker was closed must not call a target that opened meanwhile,
             // and a probe must not queue behind such callers.
@@ -249,6 +253,9 @@ impl SharedTarget {
                     breaker::Admitted::Probe(probe) => Some(probe),
                     breaker::Admitted::Wait => {
                         drop(permit);
+                        if let Some(rate) = &self.rate {
+                            rate.refund(records);
+                        }
                         breaker.callable().await;
                         continue;
                     }
@@ -269,6 +276,10 @@ impl SharedTarget {
     /// Waits until a call could start (the breaker admits calls and the limit has room), without
     /// taking a slot or the probe.
     pub async fn wait_for_room(&self) {
+        if let Some(rate) = &self.rate {
+            // Nothing is received for records that could not be sent yet.
+            rate.wait_until_available().await;
+        }
         if let Some(breaker) = &self.breaker {
             breaker.callable().await;
         }
@@ -284,6 +295,12 @@ impl SharedTarget {
     pub fn is_saturated(&self) -> bool {
         self.permits.available_permits() == 0
             || self.breaker.as_ref().is_some_and(|b| b.would_wait())
+            || self.rate_limited()
+    }
+
+    /// Whether the target's rate limit holds records back now.
+    pub fn rate_limited(&self) -> bool {
+        self.rate.as_ref().is_some_and(|r| r.would_wait())
     }
 
     /// Why the circuit breaker holds calls back now, if a call would have to wait for it (once
