@@ -94,17 +94,6 @@ impl CircuitBreaker {
         }
     }
 
-    /// Waits until a call may start; `Some` when this call is the probe.
-    pub async fn admit(self: &Arc<Self>) -> Option<Probe> {
-        loop {
-            match self.try_admit() {
-                Admitted::Call => return None,
-                Admitted::Probe(probe) => return Some(probe),
-                Admitted::Wait => self.callable().await,
-            }
-        }
-    }
-
     /// Waits until a call could start (closed, or a probe could go), without becoming the probe.
     pub async fn callable(&self) {
         loop {
@@ -182,6 +171,17 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
 
+    /// What `SharedTarget::permit_for` does around the slot: ask, and wait while told to.
+    async fn admit(breaker: &Arc<CircuitBreaker>) -> Option<Probe> {
+        loop {
+            match breaker.try_admit() {
+                Admitted::Call => return None,
+                Admitted::Probe(probe) => return Some(probe),
+                Admitted::Wait => breaker.callable().await,
+            }
+        }
+    }
+
     fn unavailable() -> Outcome {
         Outcome::Unavailable {
             message: "connection refused".into(),
@@ -204,19 +204,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn callers_wait_while_open_and_one_probe_decides_for_all() {
         let breaker = breaker();
-        assert!(breaker.admit().await.is_none());
+        assert!(admit(&breaker).await.is_none());
         breaker.record(&unavailable(), None);
         breaker.record(&unavailable(), None);
         assert!(breaker.would_wait());
         let opened = Instant::now();
-        let probe = breaker
-            .admit()
+        let probe = admit(&breaker)
             .await
             .expect("the first caller after the wait probes");
         assert!(opened.elapsed() >= Duration::from_secs(5));
         let waiter = {
             let breaker = breaker.clone();
-            tokio::spawn(async move { breaker.admit().await.is_none() })
+            tokio::spawn(async move { admit(&breaker).await.is_none() })
         };
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(!waiter.is_finished(), "others wait for the probe's verdict");
@@ -233,10 +232,10 @@ mod tests {
         let breaker = breaker();
         breaker.record(&unavailable(), None);
         breaker.record(&unavailable(), None);
-        let probe = breaker.admit().await.expect("probe");
+        let probe = admit(&breaker).await.expect("probe");
         let next = {
             let breaker = breaker.clone();
-            tokio::spawn(async move { breaker.admit().await.is_some() })
+            tokio::spawn(async move { admit(&breaker).await.is_some() })
         };
         tokio::task::yield_now().await;
         drop(probe);
@@ -251,6 +250,6 @@ mod tests {
         let started = Instant::now();
         breaker.callable().await;
         assert!(started.elapsed() >= Duration::from_secs(5));
-        assert!(breaker.admit().await.is_some(), "the probe is still free");
+        assert!(admit(&breaker).await.is_some(), "the probe is still free");
     }
 }
