@@ -218,6 +218,7 @@ pub async fn run_with_handlers(
         region: region.clone(),
     };
     let mut workers = tokio::task::JoinSet::new();
+    let mut emf_mappings = Vec::new();
     let mapping_destination = |destination: &DestinationConfig, source: &SourceConfig| {
         crate::destinations::build(destination, Some(source), &sqs_client, &s3_client)
     };
@@ -268,13 +269,22 @@ pub async fn run_with_handlers(
             let health = health.clone();
             move |message: &str| health.restarting(message)
         };
+        let metrics = MappingMetrics::new(&mapping.name);
+        if let Some(counts) = metrics.esm() {
+            emf_mappings.push(crate::telemetry::esm::EmfMapping {
+                name: mapping.name.clone(),
+                target: mapping.target.clone(),
+                deletes: matches!(mapping.source, SourceConfig::Sqs(_) | SourceConfig::S3(_)),
+                counts,
+            });
+        }
         let worker = Mapping {
             config: mapping.clone(),
             target,
             on_failure,
             on_success,
             health,
-            metrics: MappingMetrics::new(&mapping.name),
+            metrics,
             shutdown_timeout: config.shutdown_timeout,
         };
         // One line per source kind.
@@ -293,6 +303,15 @@ pub async fn run_with_handlers(
             start,
         ));
     }
+    // Stopped after the drain, so its last lines hold what the drain counted.
+    let emf_stop = CancellationToken::new();
+    let emf = config.emf.clone().map(|settings| {
+        tokio::spawn(crate::telemetry::esm::run_emf(
+            settings,
+            emf_mappings,
+            emf_stop.clone(),
+        ))
+    });
     let api_stop = CancellationToken::new();
     let api_workers = tokio_util::task::TaskTracker::new();
     let api = match &config.invoke_api {
@@ -395,6 +414,10 @@ pub async fn run_with_handlers(
         tracing::warn!(
             "drain deadline reached; work still in flight (batches, queued events, slow clients) is delivered again after the restart"
         );
+    }
+    emf_stop.cancel();
+    if let Some(emf) = emf {
+        let _ = tokio::time::timeout(Duration::from_secs(1), emf).await;
     }
     admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;

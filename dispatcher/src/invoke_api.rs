@@ -223,7 +223,7 @@ impl Function {
         Self {
             name: name.to_owned(),
             region: region.to_owned(),
-            invoker: Invoker::new(target, MappingMetrics::new(name)),
+            invoker: Invoker::new(target, MappingMetrics::function(name)),
             policy: config.policy.clone(),
             on_failure,
             on_success,

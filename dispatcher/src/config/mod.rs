@@ -70,6 +70,8 @@ pub struct Config {
     pub mappings: Vec<MappingConfig>,
     pub invoke_api: Option<InvokeApiConfig>,
     pub traces: Option<TracesConfig>,
+    /// `metrics.emf`: Lambda's ESM metrics as EMF lines on stdout.
+    pub emf: Option<crate::telemetry::esm::EmfSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -367,6 +369,10 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
             service_name: traces.service_name.unwrap_or_else(|| "sluice".into()),
         }
     });
+    let emf = raw
+        .metrics
+        .and_then(|metrics| metrics.emf)
+        .map(|emf| emf_settings(v, emf));
     if mappings.is_empty()
         && invoke_api
             .as_ref()
@@ -396,6 +402,42 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
         mappings,
         invoke_api,
         traces,
+        emf,
+    }
+}
+
+/// `metrics.emf`: CloudWatch's namespace rules (1..=255 printable ASCII, `AWS/` is AWS's) and an
+/// interval between a second and an hour.
+fn emf_settings(v: &mut Validator, emf: RawEmf) -> crate::telemetry::esm::EmfSettings {
+    let namespace = emf.namespace;
+    if namespace.is_empty()
+        || namespace.len() > 255
+        || !namespace.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+    {
+        v.error(
+            "metrics.emf.namespace",
+            format!(
+                "{namespace:?} is not a CloudWatch namespace: use 1..=255 printable ASCII characters, such as MyCompany/Sluice"
+            ),
+        );
+    } else if namespace.starts_with("AWS/") {
+        v.error(
+            "metrics.emf.namespace",
+            format!(
+                "{namespace:?} starts with AWS/, which CloudWatch reserves for AWS services; choose your own, such as MyCompany/Sluice"
+            ),
+        );
+    }
+    let interval = emf.interval.map_or(Duration::from_secs(60), |d| d.0);
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&interval) {
+        v.error(
+            "metrics.emf.interval",
+            format!("must be 1s..=1h (got {interval:?})"),
+        );
+    }
+    crate::telemetry::esm::EmfSettings {
+        namespace,
+        interval,
     }
 }
 
@@ -653,9 +695,39 @@ mod tests {
             "shutdown_timeout",
             "checkpoints",
             "state_dir",
+            "metrics",
         ] {
             assert!(properties.contains_key(key), "{key}");
         }
+    }
+
+    #[test]
+    fn emf_metrics_take_a_namespace_and_default_to_a_minute() {
+        let config = parse_text(&format!("{BASE}metrics: {{ emf: {{ namespace: Shop/Sluice }} }}\n"))
+            .unwrap();
+        let emf = config.emf.unwrap();
+        assert_eq!(emf.namespace, "Shop/Sluice");
+        assert_eq!(emf.interval, Duration::from_secs(60));
+        assert!(parse_text(BASE).unwrap().emf.is_none());
+    }
+
+    #[test]
+    fn an_emf_namespace_aws_reserves_or_an_interval_out_of_range_is_refused() {
+        let error = parse_text(&format!("{BASE}metrics: {{ emf: {{ namespace: AWS/Lambda }} }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("metrics.emf.namespace"), "{error}");
+        assert!(error.contains("reserves"), "{error}");
+        let error = parse_text(&format!(
+            "{BASE}metrics: {{ emf: {{ namespace: ok, interval: 2h }} }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("metrics.emf.interval"), "{error}");
+        let error = parse_text(&format!("{BASE}metrics: {{ emf: {{ namespace: \"\" }} }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a CloudWatch namespace"), "{error}");
     }
 
     #[test]

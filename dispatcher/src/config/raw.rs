@@ -46,6 +46,31 @@ pub struct RawConfig {
     /// Trace export: one span per invocation, over OTLP/HTTP.
     #[serde(default)]
     pub traces: Option<RawTraces>,
+    /// Metrics beyond the admin server's Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Lambda's event source mapping metrics as CloudWatch Embedded Metric Format lines on
+    /// stdout (one per mapping per interval), which the ECS awslogs driver and CloudWatch Logs
+    /// turn into CloudWatch metrics with no agent.
+    #[serde(default)]
+    pub emf: Option<RawEmf>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmf {
+    /// The CloudWatch namespace of the metrics: 1..=255 printable ASCII characters, not
+    /// starting with `AWS/` (reserved for AWS).
+    pub namespace: String,
+    /// How often each mapping's line is written, 1s..=1h. Default 60s (CloudWatch's standard
+    /// resolution).
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

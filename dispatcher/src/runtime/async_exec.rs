@@ -102,10 +102,11 @@ pub(crate) async fn run<S: EventStore + ?Sized>(attempt: Attempt<'_>, store: &mu
         return;
     }
     let outcome = invoker.invoke_in(slot, invocation.clone()).await;
-    metrics.outcome(match &outcome {
-        Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => "success",
-        failed => failed.kind(),
-    });
+    let (label, failed) = match &outcome {
+        Outcome::Returned { .. } | Outcome::ReturnedNonJson { .. } => ("success", 0),
+        failed => (failed.kind(), 1),
+    };
+    metrics.invoked(label, 1, failed);
     match policy.decide(&attempt, &outcome, now_since_epoch(), rand::random::<f64>()) {
         AsyncDecision::Succeeded => {
             let response = match outcome {

@@ -277,7 +277,16 @@ impl<H: LaneHost> Driven for LaneBatch<'_, H> {
     ) -> Control {
         let settings = self.host.settings();
         let lane = self.lane;
-        settings.metrics.outcome(outcome_label(outcome, &applied));
+        let failed = match &applied {
+            Applied::Succeeded => 0,
+            Applied::Partial { failed, .. } => *failed,
+            Applied::Failed { .. } | Applied::NotRun { .. } => chosen.len(),
+        };
+        settings.metrics.invoked(
+            outcome_label(outcome, &applied),
+            chosen.len() as u64,
+            failed as u64,
+        );
         let first = self.records[chosen[0]].id();
         let last = self.records[chosen[chosen.len() - 1]].id();
         match applied {
@@ -358,7 +367,7 @@ async fn store_dead_letter<H: LaneHost>(
     let Some(destination) = &settings.on_failure else {
         settings
             .metrics
-            .dead_lettered(condition, records.len() as u64);
+            .discarded(condition, records.len() as u64);
         tracing::error!(mapping = %settings.name, %unit, first_record = %first, records = records.len(), condition, error_type = %error.error_type, error = %error.message, "records discarded: the policy gave up on them and the mapping has no on_failure destination");
         return;
     };

@@ -104,6 +104,7 @@ impl QueueAcks {
                     self.metrics.ack_errors.increment(1);
                     tracing::warn!(mapping = %self.name, queue_url = %self.queue.description().url, %message_id, %reason, "delete failed; the message will be delivered again");
                 }
+                self.metrics.deleted(report.deleted as u64);
                 report.deleted
             }
             Err(error) => {
@@ -332,9 +333,7 @@ pub(super) async fn run<W: QueueWork>(
             if let Ok(records) = receive.await
                 && !records.is_empty()
             {
-                acks.metrics
-                    .records_received
-                    .increment(records.len() as u64);
+                acks.metrics.received(records.len() as u64);
                 track_in_flight(&acks.metrics, &records, Flight::Entering);
                 acks.return_unstarted(&records).await;
             }
@@ -435,9 +434,7 @@ impl<W: QueueWork> Poller<W> {
             return;
         }
         let acks = &self.acks;
-        acks.metrics
-            .records_received
-            .increment(records.len() as u64);
+        acks.metrics.received(records.len() as u64);
         let records = self.work.admit(records, &self.tracker);
         if records.is_empty() {
             return;

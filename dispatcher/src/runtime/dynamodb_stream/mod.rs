@@ -706,11 +706,7 @@ async fn read_shard(
             idle_reads = 0;
             let newest = records.last().map_or(now, |r| r.arrived_at);
             age.set(now.saturating_sub(newest).as_secs_f64());
-            shared
-                .lane
-                .metrics
-                .records_received
-                .increment(records.len() as u64);
+            shared.lane.metrics.received(records.len() as u64);
         }
         let mut skipped = Vec::new();
         for record in records {
@@ -724,7 +720,7 @@ async fn read_shard(
                 && serde_json::from_str::<serde_json::Value>(record.event.get())
                     .is_ok_and(|event| !shared.filters.passes(&event))
             {
-                shared.lane.metrics.records_filtered.increment(1);
+                shared.lane.metrics.filtered(1);
                 skipped.push(position);
                 continue;
             }

@@ -148,6 +148,8 @@ struct Partition {
     abort: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     lag: metrics::Gauge,
+    /// The lag last reported, for the mapping's `OffsetLag` (their sum).
+    lag_now: u64,
 }
 
 impl Partition {
@@ -257,10 +259,12 @@ impl Router {
             ConsumerEvent::CommitFailed(_) => metrics.stream_event("commit_failed"),
             ConsumerEvent::Lag(lags) => {
                 for (key, lag) in lags {
-                    if let Some(partition) = self.partitions.get(&key) {
+                    if let Some(partition) = self.partitions.get_mut(&key) {
                         partition.lag.set(lag as f64);
+                        partition.lag_now = lag.max(0) as u64;
                     }
                 }
+                self.publish_offset_lag();
             }
         }
     }
@@ -304,6 +308,7 @@ impl Router {
                 abort,
                 task,
                 lag,
+                lag_now: 0,
             },
         );
         if let Some(mut old) = old {
@@ -321,10 +326,10 @@ impl Router {
             // A record of a partition released a moment ago; the next owner reads it.
             return;
         };
-        shared.lane.metrics.records_received.increment(1);
+        shared.lane.metrics.received(1);
         let position = partition.progress.push(polled.offset);
         let Some(record) = polled.record else {
-            shared.lane.metrics.records_filtered.increment(1);
+            shared.lane.metrics.filtered(1);
             partition.progress.finish([position]);
             return;
         };
@@ -378,6 +383,13 @@ impl Router {
             shared.lane.metrics.stream_event("partition_released");
         }
         revoked.released();
+        self.publish_offset_lag();
+    }
+
+    /// `OffsetLag`: the lag of the partitions this member holds, summed.
+    fn publish_offset_lag(&self) {
+        let total = self.partitions.values().map(|p| p.lag_now).sum();
+        self.shared.lane.metrics.offset_lag(total);
     }
 
     /// Stops every lane (the mapping is going down without releasing its partitions).
@@ -390,6 +402,7 @@ impl Router {
                 .health
                 .stuck(&partition.progress.name, None);
         }
+        self.publish_offset_lag();
     }
 }
 

@@ -234,7 +234,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
     let s3_records = match parse_notification(body) {
         Ok(Notification::Test) => {
             tracing::info!(mapping = %context.acks.name, message_id = %message.id(), "s3:TestEvent deleted without an invocation");
-            context.acks.metrics.records_filtered.increment(1);
+            context.acks.metrics.filtered(1);
             return MessageEnd::Done;
         }
         Ok(Notification::Records(records)) => records,
@@ -248,7 +248,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
         .filter(|r| context.filter.matches(r) && context.patterns.passes(r))
         .collect();
     if wanted.is_empty() {
-        context.acks.metrics.records_filtered.increment(1);
+        context.acks.metrics.filtered(1);
         return MessageEnd::Done;
     }
     let not_run = context
@@ -445,7 +445,7 @@ async fn store_async(
 ) -> bool {
     let Some(destination) = &context.on_failure else {
         tracing::error!(mapping = %context.acks.name, message_id = %message.id(), condition, "event discarded: its retries ran out and the mapping has no on_failure destination");
-        context.acks.metrics.dead_lettered(condition, 1);
+        context.acks.metrics.discarded(condition, 1);
         return true;
     };
     let stored = store_record(

@@ -142,10 +142,7 @@ impl QueueWork for MappingContext {
     fn admit(self: &Arc<Self>, records: Vec<Record>, tracker: &TaskTracker) -> Vec<Record> {
         let (records, filtered) = filter_records(&self.filters, records);
         if !filtered.is_empty() {
-            self.acks
-                .metrics
-                .records_filtered
-                .increment(filtered.len() as u64);
+            self.acks.metrics.filtered(filtered.len() as u64);
             let context = self.clone();
             tracker.spawn(async move {
                 let references: Vec<&Record> = filtered.iter().collect();
@@ -212,7 +209,15 @@ async fn handle_batch(context: &MappingContext, batch: Vec<Record>, slot: Slot) 
         .policy
         .decide(&queue_messages(&batch), &outcome, rand::random::<f64>());
     let label = outcome_label(&outcome, &decision);
-    context.acks.metrics.outcome(label);
+    let failed = if decision.batch_error.is_some() {
+        batch.len()
+    } else {
+        decision.reported_failures
+    };
+    context
+        .acks
+        .metrics
+        .invoked(label, batch.len() as u64, failed as u64);
     match &decision.batch_error {
         Some(error) => tracing::warn!(
             mapping = %context.acks.name,

@@ -4,6 +4,9 @@
 //! otherwise; `RUST_LOG` sets the filter (default `info`). Metrics are exported in Prometheus text
 //! on the admin server; every name is listed in [`MappingMetrics`] and in the README.
 
+pub mod esm;
+
+use esm::{EsmCounts, EsmMetric};
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
@@ -93,8 +96,8 @@ impl std::ops::Deref for MappingMetrics {
 /// The handles a [`MappingMetrics`] shares.
 pub struct MappingHandles {
     mapping: String,
-    /// `sluice_records_received_total`: records read from the source.
-    pub records_received: Counter,
+    /// `sluice_records_received_total`: records read from the source; see [`Self::received`].
+    records_received: Counter,
     /// `sluice_batches_invoked_total`: invocations of the target.
     pub batches_invoked: Counter,
     /// `sluice_records_acknowledged_total`: records deleted or checkpointed after success.
@@ -103,8 +106,9 @@ pub struct MappingHandles {
     pub records_retried: Counter,
     /// `sluice_records_released_total`: records returned unhandled (FIFO followers, shutdown).
     pub records_released: Counter,
-    /// `sluice_records_filtered_total`: records no filter pattern matched, acknowledged unhandled.
-    pub records_filtered: Counter,
+    /// `sluice_records_filtered_total`: records no filter pattern matched, acknowledged
+    /// unhandled; see [`Self::filtered`].
+    records_filtered: Counter,
     /// `sluice_invoke_duration_seconds`: time from request to complete response.
     pub invoke_duration: Histogram,
     /// `sluice_in_flight_records`: records received and not yet acknowledged or returned.
@@ -119,6 +123,9 @@ pub struct MappingHandles {
     pub ack_errors: Counter,
     /// `sluice_invocation_outcomes_total{outcome}`, one counter per outcome label.
     outcomes: Vec<(&'static str, Counter)>,
+    /// Lambda's event source mapping metrics; `None` for Invoke API functions, which are not
+    /// event source mappings.
+    esm: Option<std::sync::Arc<EsmCounts>>,
 }
 
 /// Every `outcome` label of `sluice_invocation_outcomes_total`.
@@ -133,7 +140,18 @@ pub const OUTCOMES: [&str; 7] = [
 ];
 
 impl MappingMetrics {
+    /// The metrics of an event source mapping, Lambda's ESM metrics included.
     pub fn new(mapping: &str) -> Self {
+        Self::build(mapping, true)
+    }
+
+    /// The metrics of an Invoke API function: the same series under the function's name, without
+    /// the event source mapping metrics.
+    pub fn function(name: &str) -> Self {
+        Self::build(name, false)
+    }
+
+    fn build(mapping: &str, esm: bool) -> Self {
         let label = mapping.to_owned();
         Self(std::sync::Arc::new(MappingHandles {
             mapping: label.clone(),
@@ -156,15 +174,55 @@ impl MappingMetrics {
                     (outcome, counter)
                 })
                 .collect(),
+            esm: esm.then(|| std::sync::Arc::new(EsmCounts::new(mapping))),
         }))
     }
 
-    /// `sluice_invocation_outcomes_total{mapping, outcome}`: success, partial_failure,
-    /// function_error, invalid_response, timeout, throttled, unavailable.
-    pub fn outcome(&self, outcome: &'static str) {
+    /// The ESM counts, for the EMF writer; `None` for an Invoke API function.
+    pub fn esm(&self) -> Option<std::sync::Arc<EsmCounts>> {
+        self.esm.clone()
+    }
+
+    fn count(&self, metric: EsmMetric, records: u64) {
+        if let Some(esm) = &self.esm {
+            esm.add(metric, records);
+        }
+    }
+
+    /// Records read from the source: `sluice_records_received_total`, `PolledEventCount`.
+    pub fn received(&self, records: u64) {
+        self.records_received.increment(records);
+        self.count(EsmMetric::PolledEventCount, records);
+    }
+
+    /// Records no filter pattern matched: `sluice_records_filtered_total`,
+    /// `FilteredOutEventCount`.
+    pub fn filtered(&self, records: u64) {
+        self.records_filtered.increment(records);
+        self.count(EsmMetric::FilteredOutEventCount, records);
+    }
+
+    /// One invocation's outcome: `sluice_invocation_outcomes_total{mapping, outcome}` (success,
+    /// partial_failure, function_error, invalid_response, timeout, throttled, unavailable),
+    /// `InvokedEventCount` (its records) and `FailedInvokeEventCount` (those of them that failed).
+    pub fn invoked(&self, outcome: &'static str, records: u64, failed: u64) {
         match self.outcomes.iter().find(|(label, _)| *label == outcome) {
             Some((_, counter)) => counter.increment(1),
             None => debug_assert!(false, "unknown outcome label {outcome}"),
+        }
+        self.count(EsmMetric::InvokedEventCount, records);
+        self.count(EsmMetric::FailedInvokeEventCount, failed.min(records));
+    }
+
+    /// Messages deleted from the queue: `DeletedEventCount`.
+    pub fn deleted(&self, records: u64) {
+        self.count(EsmMetric::DeletedEventCount, records);
+    }
+
+    /// `OffsetLag`, summed over the partitions this instance holds.
+    pub fn offset_lag(&self, lag: u64) {
+        if let Some(esm) = &self.esm {
+            esm.set_offset_lag(lag);
         }
     }
 
@@ -197,9 +255,21 @@ impl MappingMetrics {
         metrics::gauge!("sluice_stream_shards_held", "mapping" => self.mapping.clone())
     }
 
-    /// `sluice_records_dead_lettered_total{mapping, condition}`.
+    /// Records stored in the `on_failure` destination:
+    /// `sluice_records_dead_lettered_total{mapping, condition}`,
+    /// `OnFailureDestinationDeliveredEventCount`.
     pub fn dead_lettered(&self, condition: &'static str, count: u64) {
         metrics::counter!("sluice_records_dead_lettered_total", "mapping" => self.mapping.clone(), "condition" => condition)
             .increment(count);
+        self.count(EsmMetric::OnFailureDestinationDeliveredEventCount, count);
+    }
+
+    /// Records the policy gave up on with no destination to keep them: also
+    /// `sluice_records_dead_lettered_total{mapping, condition}` (the policy's verdict is the
+    /// same), and `DroppedEventCount`.
+    pub fn discarded(&self, condition: &'static str, count: u64) {
+        metrics::counter!("sluice_records_dead_lettered_total", "mapping" => self.mapping.clone(), "condition" => condition)
+            .increment(count);
+        self.count(EsmMetric::DroppedEventCount, count);
     }
 }
