@@ -1,0 +1,117 @@
+//! End-to-end: what an operator on ECS reads of a running sluice — Lambda's event source mapping
+//! metrics by name, in Prometheus and as CloudWatch Embedded Metric Format lines on stdout
+//! (README "Lambda's metrics by name") — with the real `sluice` binary, moto's SQS and an HTTP
+//! handler in the test.
+
+use serde_json::{Value, json};
+use sluice_testkit::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Lambda's counters, as sluice names them in `sluice_esm_events_total{metric}`.
+const ESM_COUNTS: [&str; 7] = [
+    "PolledEventCount",
+    "FilteredOutEventCount",
+    "InvokedEventCount",
+    "FailedInvokeEventCount",
+    "DroppedEventCount",
+    "OnFailureDestinationDeliveredEventCount",
+    "DeletedEventCount",
+];
+
+// Issue 20, item 5: 20 messages, 4 filtered out, one reported failed until max_receive_count 3
+// sends it to on_failure. Each count has Lambda's meaning: polled 22 (the poison message three
+// times), filtered 4, invoked 18 (16 once, the poison twice more), failed 3, delivered to the
+// destination 1, dropped 0, deleted 20 (filtered, handled and dead-lettered alike). The EMF lines
+// on stdout add up to the Prometheus counts, so the stop wrote what the last interval counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambdas_mapping_metrics_count_by_lambdas_rules_in_prometheus_and_emf_alike() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "esm", &[]).await;
+    let dlq = create_queue(&sqs, "esm-dlq", &[]).await;
+    let handler = Handler::start(|_, event| {
+        let failures: Vec<Value> = event["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["body"].as_str().unwrap().contains("poison"))
+            .map(|r| json!({ "itemIdentifier": r["messageId"] }))
+            .collect();
+        Reply::json(json!({ "batchItemFailures": failures }))
+    })
+    .await;
+    let mut bodies: Vec<String> = (0..15)
+        .map(|n| json!({"type": "order", "n": n}).to_string())
+        .collect();
+    bodies.extend((0..4).map(|n| json!({"type": "refund", "n": n}).to_string()));
+    bodies.push(json!({"type": "order", "poison": true}).to_string());
+    send_bodies(&sqs, &queue, &bodies, None).await;
+    let config = TestConfig::new(&handler.url("/orders"))
+        .top("metrics: { emf: { namespace: Shop/Sluice, interval: 2s } }\n")
+        .mappings(&format!(
+            r#"
+  - name: esm
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 10, wait_time: 1s }}
+    filters:
+      - body: {{ type: [order] }}
+    report_batch_item_failures: true
+    retry:
+      max_receive_count: 3
+      backoff: {{ initial: 100ms, max: 300ms, jitter: false }}
+    on_failure:
+      sqs: {{ queue_url: "{dlq}" }}
+"#
+        ));
+    let mut sluice = Sluice::start(&config.render(), &moto_env(&moto));
+    eventually(Duration::from_secs(120), "one dead letter", || async {
+        (queue_depth(&sqs, &dlq).await == 1 && queue_depth(&sqs, &queue).await == 0).then_some(())
+    })
+    .await;
+    sluice.settled("esm", Duration::from_secs(3)).await;
+    let (_, text) = sluice.get("/metrics").await;
+    let prometheus: BTreeMap<&str, f64> = ESM_COUNTS
+        .iter()
+        .map(|&metric| {
+            let series = format!(r#"sluice_esm_events_total{{mapping="esm",metric="{metric}"}}"#);
+            (metric, metric_value(&text, &series))
+        })
+        .collect();
+    let expected = BTreeMap::from([
+        ("PolledEventCount", 22.0),
+        ("FilteredOutEventCount", 4.0),
+        ("InvokedEventCount", 18.0),
+        ("FailedInvokeEventCount", 3.0),
+        ("DroppedEventCount", 0.0),
+        ("OnFailureDestinationDeliveredEventCount", 1.0),
+        ("DeletedEventCount", 20.0),
+    ]);
+    assert_eq!(prometheus, expected, "{text}");
+
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(30)).is_some());
+    let logs = sluice.logs();
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line.get("_aws").is_some())
+        .collect();
+    assert!(lines.len() >= 2, "{logs}");
+    let mut emf: BTreeMap<&str, f64> = ESM_COUNTS.iter().map(|&m| (m, 0.0)).collect();
+    for line in &lines {
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "Shop/Sluice");
+        assert_eq!(directive["Dimensions"], json!([["EventSourceMapping"]]));
+        assert_eq!(line["EventSourceMapping"], "esm");
+        assert_eq!(line["FunctionName"], "handler");
+        assert!(line["_aws"]["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+        for declared in directive["Metrics"].as_array().unwrap() {
+            let name = declared["Name"].as_str().unwrap();
+            assert_eq!(declared["Unit"], "Count");
+            *emf.get_mut(name).expect("only Lambda's names") += line[name].as_f64().unwrap();
+        }
+    }
+    assert_eq!(emf, expected, "{logs}");
+}
