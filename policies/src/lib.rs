@@ -14,6 +14,7 @@
 //! - [`outcome`]: what one invocation produced, as the policies see it.
 //! - [`backoff`]: exponential backoff with optional full jitter.
 //! - [`rate`]: a token bucket for a target's records per second.
+//! - [`scaling`]: how many tasks a mapping needs to drain its backlog in a target time.
 //! - [`queue`]: Lambda's SQS semantics (semantics.md §3 and §12) as a decision per batch.
 //! - [`stream`]: Lambda's stream semantics (semantics.md §2 and §12): retries, bisect, partial
 //!   responses, record age, lanes and the shard checkpoint.
@@ -30,6 +31,7 @@ pub mod outcome;
 pub mod queue;
 pub mod rate;
 pub mod response;
+pub mod scaling;
 pub mod stream;
 
 pub use async_invoke::{AsyncAttempt, AsyncCondition, AsyncDecision, AsyncPolicy};

@@ -23,7 +23,9 @@ pub mod s3;
 pub mod sqs;
 pub mod trace;
 
-pub use queue::{DeleteReport, PendingReceive, Queue, QueueDescription, QueueOpener, SourceError};
+pub use queue::{
+    DeleteReport, PendingReceive, Queue, QueueBacklog, QueueDescription, QueueOpener, SourceError,
+};
 
 /// Backoff between failed calls to a source or store: short, so readiness recovers quickly once
 /// the service is back (250 ms doubling to 5 s).

@@ -19,7 +19,9 @@
 //! that a test can expire, records a test can trim, shards that close.
 
 use crate::dynamodb_streams::{IteratorStart, Page, ReadError, Shard, ShardReader, StreamOpener};
-use crate::queue::{DeleteReport, Queue, QueueDescription, QueueOpener, SourceError};
+use crate::queue::{
+    DeleteReport, Queue, QueueBacklog, QueueDescription, QueueOpener, SourceError,
+};
 use crate::record::{AckToken, Receipt, Record};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
@@ -337,6 +339,17 @@ impl Queue for MemoryQueue {
         }
         self.sent.notify_waiters();
         Ok(failed)
+    }
+
+    /// Hidden messages count as in flight: the memory queue has no send delays.
+    async fn backlog(&self) -> Result<QueueBacklog, SourceError> {
+        let visible = self.visible() as u64;
+        let total = self.state.lock().expect("queue lock").messages.len() as u64;
+        Ok(QueueBacklog {
+            visible,
+            in_flight: total - visible.min(total),
+            delayed: 0,
+        })
     }
 }
 
@@ -656,6 +669,23 @@ mod tests {
         assert_eq!(received.len(), 1);
         assert_eq!(started.elapsed(), Duration::from_secs(3));
         sender.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backlog_counts_visible_and_received_messages_until_deleted() {
+        let queue = MemoryQueue::standard("q", Duration::from_secs(30));
+        for n in 0..5 {
+            queue.send(&format!("m{n}"));
+        }
+        let received = queue.receive(2, Duration::ZERO).await.unwrap();
+        let backlog = queue.backlog().await.unwrap();
+        assert_eq!((backlog.visible, backlog.in_flight), (3, 2));
+        let receipts: Vec<&Receipt> = received.iter().map(|r| &r.receipt).collect();
+        queue.delete(&receipts).await.unwrap();
+        let backlog = queue.backlog().await.unwrap();
+        assert_eq!((backlog.visible, backlog.in_flight), (3, 0));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(queue.backlog().await.unwrap().visible, 3);
     }
 
     #[tokio::test(start_paused = true)]

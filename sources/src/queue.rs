@@ -31,6 +31,18 @@ pub struct DeleteReport {
     pub failed: Vec<(String, String)>,
 }
 
+/// How many messages a queue holds: SQS's approximate figures, which trail the queue by up to a
+/// minute.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBacklog {
+    /// Ready to be received (`ApproximateNumberOfMessages`).
+    pub visible: u64,
+    /// Received and not yet deleted or visible again (`ApproximateNumberOfMessagesNotVisible`).
+    pub in_flight: u64,
+    /// Sent with a delay that has not passed (`ApproximateNumberOfMessagesDelayed`).
+    pub delayed: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{operation} on queue {queue_url} failed: {message}")]
@@ -64,6 +76,9 @@ pub trait Queue: Send + Sync + 'static {
         &self,
         changes: &[(&Receipt, Duration)],
     ) -> Result<Vec<(String, String)>, SourceError>;
+
+    /// How many messages the queue holds now.
+    async fn backlog(&self) -> Result<QueueBacklog, SourceError>;
 }
 
 /// A receive already sent (or about to be), resolving to its records.

@@ -49,6 +49,12 @@ pub trait SourceRules {
         false
     }
 
+    /// Why `autoscaling` does not apply to the kind, if it does not: the source cannot tell its
+    /// backlog in records.
+    fn no_backlog(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Checks a destination at `path` against the source (by default: no Kafka topic, since
     /// there is no Kafka cluster to write it on).
     fn check_destination(&self, v: &mut Validator, path: &str, destination: &DestinationConfig) {

@@ -7,7 +7,9 @@ use super::kind::MappingParts;
 use super::raw::RawMapping;
 use super::sources::SourceConfig;
 use super::validate::Validator;
+use super::raw::RawAutoscaling;
 use sluice_policies::{FilterSet, Pattern};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct MappingConfig {
@@ -19,6 +21,67 @@ pub struct MappingConfig {
     pub filters: FilterSet,
     pub on_failure: Option<DestinationConfig>,
     pub on_success: Option<DestinationConfig>,
+    pub autoscaling: AutoscalingConfig,
+}
+
+/// How often a queue's backlog is read without `autoscaling`: a modest rate, one
+/// GetQueueAttributes call a minute.
+pub const DEFAULT_BACKLOG_SAMPLE: Duration = Duration::from_secs(60);
+
+/// `mappings[].autoscaling`: the backlog is sampled for every mapping whose source can tell it;
+/// `target_drain_time` adds `sluice_desired_tasks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoscalingConfig {
+    pub sample_interval: Duration,
+    pub target_drain_time: Option<Duration>,
+    pub throughput_window: Duration,
+}
+
+impl Default for AutoscalingConfig {
+    fn default() -> Self {
+        Self {
+            sample_interval: DEFAULT_BACKLOG_SAMPLE,
+            target_drain_time: None,
+            throughput_window: Duration::from_secs(300),
+        }
+    }
+}
+
+fn autoscaling(v: &mut Validator, path: &str, raw: Option<RawAutoscaling>) -> AutoscalingConfig {
+    let Some(raw) = raw else {
+        return AutoscalingConfig::default();
+    };
+    let drain = raw.target_drain_time.0;
+    if !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&drain) {
+        v.error(
+            format!("{path}.autoscaling.target_drain_time"),
+            format!("must be 10s..=1d (got {drain:?})"),
+        );
+    }
+    let sample_interval = raw.sample_interval.map_or(Duration::from_secs(30), |d| d.0);
+    if !(Duration::from_secs(5)..=Duration::from_secs(900)).contains(&sample_interval) {
+        v.error(
+            format!("{path}.autoscaling.sample_interval"),
+            format!("must be 5s..=15m (got {sample_interval:?})"),
+        );
+    }
+    let throughput_window = raw
+        .throughput_window
+        .map_or(Duration::from_secs(300), |d| d.0);
+    if throughput_window < sample_interval * 2 || throughput_window > Duration::from_secs(3600) {
+        v.error(
+            format!("{path}.autoscaling.throughput_window"),
+            format!(
+                "must be at least two sample intervals ({:?}) and at most 1h (got {throughput_window:?}): the throughput is measured between samples",
+                sample_interval * 2
+            ),
+        );
+    }
+    AutoscalingConfig {
+        sample_interval,
+        target_drain_time: Some(drain),
+        throughput_window,
+    }
 }
 
 /// The mapping `raw` describes at `path` (such as `mappings[0]`).
@@ -52,6 +115,12 @@ pub fn build(v: &mut Validator, path: &str, raw: RawMapping) -> MappingConfig {
         );
     }
     let filters = build_filters(v, path, raw.filters.unwrap_or_default(), &source);
+    if raw.autoscaling.is_some()
+        && let Some(why) = source.rules().no_backlog()
+    {
+        v.error(format!("{path}.autoscaling"), format!("does not apply: {why}"));
+    }
+    let autoscaling = autoscaling(v, path, raw.autoscaling);
     MappingConfig {
         name: raw.name,
         target: raw.target,
@@ -61,6 +130,7 @@ pub fn build(v: &mut Validator, path: &str, raw: RawMapping) -> MappingConfig {
         filters,
         on_failure,
         on_success,
+        autoscaling,
     }
 }
 

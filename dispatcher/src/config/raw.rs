@@ -453,4 +453,22 @@ pub struct RawMapping {
     /// Asynchronous sources (s3): where the Success record of each handled event goes.
     #[serde(default)]
     pub on_success: Option<RawDestination>,
+    /// Autoscaling signals for ECS: the backlog and `sluice_desired_tasks` (sqs, s3, kafka).
+    #[serde(default)]
+    pub autoscaling: Option<RawAutoscaling>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoscaling {
+    /// How soon the tasks should drain the backlog: `sluice_desired_tasks` is the backlog divided
+    /// by what one task finishes in this time. 10s..=1d.
+    pub target_drain_time: HumanDuration,
+    /// How often the backlog is read (SQS: one GetQueueAttributes call). 5s..=15m, default 30s.
+    #[serde(default)]
+    pub sample_interval: Option<HumanDuration>,
+    /// How far back a task's throughput is measured. At least two sample intervals, at most 1h;
+    /// default 5m.
+    #[serde(default)]
+    pub throughput_window: Option<HumanDuration>,
 }

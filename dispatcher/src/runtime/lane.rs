@@ -345,8 +345,7 @@ fn report_finished<H: LaneHost>(
     }
     host.settings()
         .metrics
-        .records_acknowledged
-        .increment(positions.len() as u64);
+        .acknowledged(positions.len() as u64);
     host.clone().finished(positions);
 }
 

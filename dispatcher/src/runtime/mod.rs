@@ -13,6 +13,7 @@ pub mod mapping;
 pub(crate) mod ordered;
 mod poller;
 mod retry;
+pub(crate) mod scaling;
 pub(crate) use retry::retry_delay;
 pub mod dynamodb_stream;
 pub mod s3;

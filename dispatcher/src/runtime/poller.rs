@@ -19,6 +19,8 @@
 //!   otherwise hide it for a whole visibility timeout); batches in flight finish until the drain
 //!   deadline.
 
+use crate::config::mapping::AutoscalingConfig;
+use crate::runtime::scaling::{self, BacklogSource};
 use super::heartbeat::Heartbeat;
 use super::invoker::Slot;
 use super::retry::{back_off, retry_until_ok};
@@ -244,6 +246,8 @@ pub(super) struct PollSettings {
     /// Receive for every free batch slot, not only for the batch being filled (batches of one
     /// message: S3 notifications).
     pub receive_ahead: bool,
+    /// How the queue's backlog is sampled for autoscaling.
+    pub autoscaling: AutoscalingConfig,
 }
 
 impl PollSettings {
@@ -287,6 +291,16 @@ pub(super) async fn run<W: QueueWork>(
 ) {
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(acks.heartbeat.clone().run(heartbeat_stop.clone()));
+    // Ends with this run, however it ends (a panic that restarts the mapping included).
+    let scaling_stop = CancellationToken::new();
+    let _scaling_stop = scaling_stop.clone().drop_guard();
+    scaling::spawn(
+        &acks.name,
+        BacklogSource::Queue(acks.queue.clone()),
+        &acks.metrics,
+        &settings.autoscaling,
+        scaling_stop,
+    );
     let tracker = TaskTracker::new();
     let poller = Arc::new(Poller {
         acks: acks.clone(),

@@ -81,6 +81,8 @@ pub struct EsmCounts {
     totals: [AtomicU64; 7],
     /// Set by Kafka mappings only; so only they show (and write) `OffsetLag`.
     offset_lag: OnceLock<(Gauge, AtomicU64)>,
+    /// `Backlog` and `DesiredTasks` (`u64::MAX`: not computed), once autoscaling sampled them.
+    scaling: OnceLock<(AtomicU64, AtomicU64)>,
 }
 
 impl EsmCounts {
@@ -92,6 +94,7 @@ impl EsmCounts {
             }),
             totals: Default::default(),
             offset_lag: OnceLock::new(),
+            scaling: OnceLock::new(),
         }
     }
 
@@ -114,6 +117,26 @@ impl EsmCounts {
         });
         gauge.set(lag as f64);
         value.store(lag, Ordering::Relaxed);
+    }
+
+    /// The autoscaling signals, written beside Lambda's metrics so CloudWatch has them too:
+    /// `Backlog` (records waiting or in flight) and `DesiredTasks`.
+    pub fn set_scaling(&self, backlog: u64, desired_tasks: Option<u64>) {
+        let (stored_backlog, stored_desired) = self
+            .scaling
+            .get_or_init(|| (AtomicU64::new(0), AtomicU64::new(u64::MAX)));
+        stored_backlog.store(backlog, Ordering::Relaxed);
+        stored_desired.store(desired_tasks.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn scaling(&self) -> Option<(u64, Option<u64>)> {
+        self.scaling.get().map(|(backlog, desired)| {
+            let desired = desired.load(Ordering::Relaxed);
+            (
+                backlog.load(Ordering::Relaxed),
+                (desired != u64::MAX).then_some(desired),
+            )
+        })
     }
 
     pub fn total(&self, metric: EsmMetric) -> u64 {
@@ -170,6 +193,14 @@ fn render(
     if let Some(lag) = mapping.counts.offset_lag() {
         root.insert("OffsetLag".to_owned(), json!(lag));
         names.push(json!({"Name": "OffsetLag", "Unit": "Count"}));
+    }
+    if let Some((backlog, desired)) = mapping.counts.scaling() {
+        root.insert("Backlog".to_owned(), json!(backlog));
+        names.push(json!({"Name": "Backlog", "Unit": "Count"}));
+        if let Some(desired) = desired {
+            root.insert("DesiredTasks".to_owned(), json!(desired));
+            names.push(json!({"Name": "DesiredTasks", "Unit": "Count"}));
+        }
     }
     root.insert("EventSourceMapping".to_owned(), json!(mapping.name));
     root.insert("FunctionName".to_owned(), json!(mapping.target));
@@ -316,6 +347,25 @@ mod tests {
             .collect();
         assert!(names.contains(&"OffsetLag"));
         assert!(!names.contains(&"DeletedEventCount"));
+    }
+
+    #[test]
+    fn autoscaling_signals_ride_along_once_sampled() {
+        let mapping = mapping(true);
+        let document = render(&settings(), &mapping, &mut Written::default(), 1);
+        assert!(document.get("Backlog").is_none());
+        mapping.counts.set_scaling(1_200, None);
+        let document = render(&settings(), &mapping, &mut Written::default(), 2);
+        assert_eq!(document["Backlog"], 1_200);
+        assert!(document.get("DesiredTasks").is_none());
+        mapping.counts.set_scaling(1_200, Some(3));
+        let document = render(&settings(), &mapping, &mut Written::default(), 3);
+        assert_eq!(document["DesiredTasks"], 3);
+        let names = document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(names, 9);
     }
 
     #[tokio::test]

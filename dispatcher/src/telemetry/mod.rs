@@ -10,6 +10,7 @@ use esm::{EsmCounts, EsmMetric};
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,8 +101,9 @@ pub struct MappingHandles {
     records_received: Counter,
     /// `sluice_batches_invoked_total`: invocations of the target.
     pub batches_invoked: Counter,
-    /// `sluice_records_acknowledged_total`: records deleted or checkpointed after success.
-    pub records_acknowledged: Counter,
+    /// `sluice_records_acknowledged_total`: records deleted or checkpointed after success; see
+    /// [`Self::acknowledged`].
+    records_acknowledged: Counter,
     /// `sluice_records_retried_total`: records that failed and will be delivered again.
     pub records_retried: Counter,
     /// `sluice_records_released_total`: records returned unhandled (FIFO followers, shutdown).
@@ -126,6 +128,12 @@ pub struct MappingHandles {
     /// Lambda's event source mapping metrics; `None` for Invoke API functions, which are not
     /// event source mappings.
     esm: Option<std::sync::Arc<EsmCounts>>,
+    /// Records finished (acknowledged, filtered, dead-lettered or discarded): a task's
+    /// throughput, for autoscaling. A stream or Kafka lane's dead letters count twice (they are
+    /// also checkpointed past), which barely moves a throughput.
+    finished: AtomicU64,
+    /// The backlog a source reports as it reads (Kafka's lag); `u64::MAX` until it has.
+    reported_backlog: AtomicU64,
 }
 
 /// Every `outcome` label of `sluice_invocation_outcomes_total`.
@@ -175,6 +183,8 @@ impl MappingMetrics {
                 })
                 .collect(),
             esm: esm.then(|| std::sync::Arc::new(EsmCounts::new(mapping))),
+            finished: AtomicU64::new(0),
+            reported_backlog: AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -189,6 +199,30 @@ impl MappingMetrics {
         }
     }
 
+    /// Records deleted or checkpointed after success: `sluice_records_acknowledged_total`.
+    pub fn acknowledged(&self, records: u64) {
+        self.records_acknowledged.increment(records);
+        self.finished.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Records finished since start: acknowledged, filtered, dead-lettered or discarded.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// The backlog as the source counts it while reading (Kafka: the lag of the partitions this
+    /// task holds).
+    pub fn report_backlog(&self, records: u64) {
+        self.reported_backlog
+            .store(records.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// What [`Self::report_backlog`] last said; `None` before it said anything.
+    pub fn reported_backlog(&self) -> Option<u64> {
+        let value = self.reported_backlog.load(Ordering::Relaxed);
+        (value != u64::MAX).then_some(value)
+    }
+
     /// Records read from the source: `sluice_records_received_total`, `PolledEventCount`.
     pub fn received(&self, records: u64) {
         self.records_received.increment(records);
@@ -199,6 +233,7 @@ impl MappingMetrics {
     /// `FilteredOutEventCount`.
     pub fn filtered(&self, records: u64) {
         self.records_filtered.increment(records);
+        self.finished.fetch_add(records, Ordering::Relaxed);
         self.count(EsmMetric::FilteredOutEventCount, records);
     }
 
@@ -219,11 +254,13 @@ impl MappingMetrics {
         self.count(EsmMetric::DeletedEventCount, records);
     }
 
-    /// `OffsetLag`, summed over the partitions this instance holds.
+    /// `OffsetLag`, summed over the partitions this instance holds; also the backlog Kafka
+    /// reports for autoscaling.
     pub fn offset_lag(&self, lag: u64) {
         if let Some(esm) = &self.esm {
             esm.set_offset_lag(lag);
         }
+        self.report_backlog(lag);
     }
 
     /// `sluice_stream_iterator_age_seconds{mapping, shard}`: how far behind the newest record read
@@ -261,6 +298,7 @@ impl MappingMetrics {
     pub fn dead_lettered(&self, condition: &'static str, count: u64) {
         metrics::counter!("sluice_records_dead_lettered_total", "mapping" => self.mapping.clone(), "condition" => condition)
             .increment(count);
+        self.finished.fetch_add(count, Ordering::Relaxed);
         self.count(EsmMetric::OnFailureDestinationDeliveredEventCount, count);
     }
 
@@ -270,6 +308,7 @@ impl MappingMetrics {
     pub fn discarded(&self, condition: &'static str, count: u64) {
         metrics::counter!("sluice_records_dead_lettered_total", "mapping" => self.mapping.clone(), "condition" => condition)
             .increment(count);
+        self.finished.fetch_add(count, Ordering::Relaxed);
         self.count(EsmMetric::DroppedEventCount, count);
     }
 }

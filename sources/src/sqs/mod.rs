@@ -5,7 +5,7 @@
 //! reasons other than an invalid receipt handle; what still fails is reported, never hidden.
 
 use crate::queue::{
-    DeleteReport, PendingReceive, Queue, QueueDescription, QueueOpener, SourceError,
+    DeleteReport, PendingReceive, Queue, QueueBacklog, QueueDescription, QueueOpener, SourceError,
 };
 use crate::record::{AckToken, Receipt, Record};
 use crate::trace::TraceContext;
@@ -476,6 +476,35 @@ impl Queue for SqsQueue {
         changes: &[(&Receipt, Duration)],
     ) -> Result<Vec<(String, String)>, SourceError> {
         change_visibility(&self.client, &self.description.url, changes).await
+    }
+
+    async fn backlog(&self) -> Result<QueueBacklog, SourceError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.description.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| SourceError::Queue {
+                queue_url: self.description.url.clone(),
+                operation: "GetQueueAttributes",
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        let attributes = output.attributes().cloned().unwrap_or_default();
+        let count = |name: QueueAttributeName| {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(QueueBacklog {
+            visible: count(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
     }
 }
 

@@ -149,6 +149,12 @@ impl SourceRules for StreamSourceConfig {
         "400 KB"
     }
 
+    fn no_backlog(&self) -> Option<&'static str> {
+        Some(
+            "DynamoDB Streams tells no backlog in records, and tasks beyond its shards would idle; scale on sluice_stream_iterator_age_seconds instead (README \"Autoscaling on ECS\")",
+        )
+    }
+
     fn keeps_checkpoints(&self) -> bool {
         true
     }

@@ -102,6 +102,7 @@ impl S3Mapping {
             limits: BatchLimits::new(1, Duration::ZERO),
             wait_time: self.source.wait_time,
             receive_ahead: true,
+            autoscaling: self.config.autoscaling.clone(),
         };
         let Some((queue, first)) = poller::connect(
             self.queues.as_ref(),
@@ -203,7 +204,7 @@ async fn handle_message(context: &Context, message: Record) {
                 .expect("not-run lock")
                 .remove(&message_id);
             if context.acks.delete(&[&message]).await == 1 {
-                context.acks.metrics.records_acknowledged.increment(1);
+                context.acks.metrics.acknowledged(1);
             }
         }
         MessageEnd::Retry(delay) => {

@@ -83,6 +83,7 @@ impl SqsMapping {
             limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
             wait_time: self.source.wait_time,
             receive_ahead: false,
+            autoscaling: self.config.autoscaling.clone(),
         };
         let Some((queue, first)) = poller::connect(
             self.queues.as_ref(),
@@ -290,11 +291,7 @@ async fn execute(
         .filter(|d| d.is_delete())
         .count();
     context.acks.delete(&delete).await;
-    context
-        .acks
-        .metrics
-        .records_acknowledged
-        .increment(acknowledged as u64);
+    context.acks.metrics.acknowledged(acknowledged as u64);
     if !delayed.is_empty() {
         context
             .acks
