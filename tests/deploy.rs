@@ -730,3 +730,53 @@ mappings:
             .any(|kv| kv.key == "sluice.outcome" && format!("{:?}", kv.value).contains("returned"))
     );
 }
+
+// Issue 20, item 4: the example target-tracking policy follows the metric the ECS example config
+// makes sluice write: DesiredTasks, in the EMF namespace, for the example's mapping; and it
+// scales the service the scalable target registers.
+#[test]
+fn the_autoscaling_policy_tracks_what_the_ecs_example_writes() {
+    let root = workspace_root().join("examples/ecs");
+    let text = std::fs::read_to_string(root.join("sluice.yaml")).unwrap();
+    let environment = [
+        ("ORDERS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/orders"),
+        ("ORDERS_DLQ_URL", "https://sqs.us-east-1.amazonaws.com/1/orders-dlq"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config = sluice::config::parse("sluice.yaml", &text, environment).unwrap();
+    let namespace = config.emf.expect("the example writes EMF").namespace;
+    let mapping = &config.mappings[0];
+    assert!(mapping.autoscaling.target_drain_time.is_some());
+    let read = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap()
+    };
+    let policy = read("autoscaling-policy.json");
+    let target = read("scalable-target.json");
+    for key in ["ServiceNamespace", "ResourceId", "ScalableDimension"] {
+        assert_eq!(policy[key], target[key], "{key}");
+    }
+    assert_eq!(policy["PolicyType"], "TargetTrackingScaling");
+    let tracking = &policy["TargetTrackingScalingPolicyConfiguration"];
+    assert_eq!(tracking["TargetValue"], 1.0);
+    let metrics = tracking["CustomizedMetricSpecification"]["Metrics"]
+        .as_array()
+        .unwrap();
+    let desired = metrics
+        .iter()
+        .find(|m| m["Id"] == "desired")
+        .unwrap();
+    let metric = &desired["MetricStat"]["Metric"];
+    assert_eq!(metric["Namespace"], namespace.as_str());
+    assert_eq!(metric["MetricName"], "DesiredTasks");
+    assert_eq!(
+        metric["Dimensions"],
+        serde_json::json!([{ "Name": "EventSourceMapping", "Value": mapping.name }])
+    );
+    // Exactly one series feeds the policy: the ratio of wanted to running tasks.
+    let returned: Vec<&serde_json::Value> =
+        metrics.iter().filter(|m| m["ReturnData"] == true).collect();
+    assert_eq!(returned.len(), 1);
+    assert_eq!(returned[0]["Expression"], "desired / running");
+}
