@@ -739,8 +739,14 @@ fn the_autoscaling_policy_tracks_what_the_ecs_example_writes() {
     let root = workspace_root().join("examples/ecs");
     let text = std::fs::read_to_string(root.join("sluice.yaml")).unwrap();
     let environment = [
-        ("ORDERS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/orders"),
-        ("ORDERS_DLQ_URL", "https://sqs.us-east-1.amazonaws.com/1/orders-dlq"),
+        (
+            "ORDERS_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/orders",
+        ),
+        (
+            "ORDERS_DLQ_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/orders-dlq",
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -763,10 +769,7 @@ fn the_autoscaling_policy_tracks_what_the_ecs_example_writes() {
     let metrics = tracking["CustomizedMetricSpecification"]["Metrics"]
         .as_array()
         .unwrap();
-    let desired = metrics
-        .iter()
-        .find(|m| m["Id"] == "desired")
-        .unwrap();
+    let desired = metrics.iter().find(|m| m["Id"] == "desired").unwrap();
     let metric = &desired["MetricStat"]["Metric"];
     assert_eq!(metric["Namespace"], namespace.as_str());
     assert_eq!(metric["MetricName"], "DesiredTasks");

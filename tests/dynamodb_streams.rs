@@ -508,7 +508,10 @@ async fn records_before_a_reported_failure_are_never_delivered_again() {
     // (semantics.md §13.6): nothing before r5 and nothing from another batch comes again.
     let at = with_r5[0].iter().position(|k| k == "r5").unwrap();
     let rest = with_r5[0][at..].to_vec();
-    assert_eq!(with_r5[1], rest, "the retry is the rest of r5's batch, from r5");
+    assert_eq!(
+        with_r5[1], rest,
+        "the retry is the rest of r5's batch, from r5"
+    );
     assert_eq!(with_r5[2], rest, "and nothing else is pulled in");
     for i in 0..30 {
         let key = format!("r{i}");

@@ -315,6 +315,9 @@ fn the_grafana_dashboard_asks_only_for_metrics_sluice_exports() {
         "sluice_desired_tasks",
         "sluice_esm_events_total",
     ] {
-        assert!(used.contains(wanted), "the dashboard does not show {wanted}");
+        assert!(
+            used.contains(wanted),
+            "the dashboard does not show {wanted}"
+        );
     }
 }

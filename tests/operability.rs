@@ -157,24 +157,35 @@ async fn desired_tasks_follow_the_backlog_and_the_measured_throughput() {
             ),
         )
     };
-    let (backlog, desired, throughput) =
-        eventually(Duration::from_secs(60), "more than one task wanted", || async {
+    let (backlog, desired, throughput) = eventually(
+        Duration::from_secs(60),
+        "more than one task wanted",
+        || async {
             let (_, text) = sluice.get("/metrics").await;
             let (backlog, desired, throughput) = gauges(&text);
             (desired >= 2.0 && throughput > 0.0).then_some((backlog, desired, throughput))
-        })
-        .await;
+        },
+    )
+    .await;
     assert!(backlog > 0.0 && backlog <= 400.0, "{backlog}");
     assert!(
         throughput <= 21.0,
         "the handler finishes at most 20 records/s: {throughput}"
     );
-    assert_eq!(desired, (backlog / (throughput * 10.0)).ceil(), "{backlog} {throughput}");
-    eventually(Duration::from_secs(120), "the queue drained and nothing wanted", || async {
-        let (_, text) = sluice.get("/metrics").await;
-        let (backlog, desired, _) = gauges(&text);
-        (backlog == 0.0 && desired == 0.0).then_some(())
-    })
+    assert_eq!(
+        desired,
+        (backlog / (throughput * 10.0)).ceil(),
+        "{backlog} {throughput}"
+    );
+    eventually(
+        Duration::from_secs(120),
+        "the queue drained and nothing wanted",
+        || async {
+            let (_, text) = sluice.get("/metrics").await;
+            let (backlog, desired, _) = gauges(&text);
+            (backlog == 0.0 && desired == 0.0).then_some(())
+        },
+    )
     .await;
     assert_eq!(handler.deliveries_by_body().len(), 400);
 

@@ -19,9 +19,7 @@
 //! that a test can expire, records a test can trim, shards that close.
 
 use crate::dynamodb_streams::{IteratorStart, Page, ReadError, Shard, ShardReader, StreamOpener};
-use crate::queue::{
-    DeleteReport, Queue, QueueBacklog, QueueDescription, QueueOpener, SourceError,
-};
+use crate::queue::{DeleteReport, Queue, QueueBacklog, QueueDescription, QueueOpener, SourceError};
 use crate::record::{AckToken, Receipt, Record};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};

@@ -4,10 +4,10 @@
 
 use super::destinations::{self, DestinationConfig};
 use super::kind::MappingParts;
+use super::raw::RawAutoscaling;
 use super::raw::RawMapping;
 use super::sources::SourceConfig;
 use super::validate::Validator;
-use super::raw::RawAutoscaling;
 use sluice_policies::{FilterSet, Pattern};
 use std::time::Duration;
 
@@ -118,7 +118,10 @@ pub fn build(v: &mut Validator, path: &str, raw: RawMapping) -> MappingConfig {
     if raw.autoscaling.is_some()
         && let Some(why) = source.rules().no_backlog()
     {
-        v.error(format!("{path}.autoscaling"), format!("does not apply: {why}"));
+        v.error(
+            format!("{path}.autoscaling"),
+            format!("does not apply: {why}"),
+        );
     }
     let autoscaling = autoscaling(v, path, raw.autoscaling);
     MappingConfig {

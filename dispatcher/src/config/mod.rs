@@ -703,8 +703,10 @@ mod tests {
 
     #[test]
     fn emf_metrics_take_a_namespace_and_default_to_a_minute() {
-        let config = parse_text(&format!("{BASE}metrics: {{ emf: {{ namespace: Shop/Sluice }} }}\n"))
-            .unwrap();
+        let config = parse_text(&format!(
+            "{BASE}metrics: {{ emf: {{ namespace: Shop/Sluice }} }}\n"
+        ))
+        .unwrap();
         let emf = config.emf.unwrap();
         assert_eq!(emf.namespace, "Shop/Sluice");
         assert_eq!(emf.interval, Duration::from_secs(60));
@@ -713,9 +715,11 @@ mod tests {
 
     #[test]
     fn an_emf_namespace_aws_reserves_or_an_interval_out_of_range_is_refused() {
-        let error = parse_text(&format!("{BASE}metrics: {{ emf: {{ namespace: AWS/Lambda }} }}\n"))
-            .unwrap_err()
-            .to_string();
+        let error = parse_text(&format!(
+            "{BASE}metrics: {{ emf: {{ namespace: AWS/Lambda }} }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("metrics.emf.namespace"), "{error}");
         assert!(error.contains("reserves"), "{error}");
         let error = parse_text(&format!(
@@ -724,9 +728,11 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("metrics.emf.interval"), "{error}");
-        let error = parse_text(&format!("{BASE}metrics: {{ emf: {{ namespace: \"\" }} }}\n"))
-            .unwrap_err()
-            .to_string();
+        let error = parse_text(&format!(
+            "{BASE}metrics: {{ emf: {{ namespace: \"\" }} }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("not a CloudWatch namespace"), "{error}");
     }
 

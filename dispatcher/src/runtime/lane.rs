@@ -343,9 +343,7 @@ fn report_finished<H: LaneHost>(
     if positions.is_empty() {
         return;
     }
-    host.settings()
-        .metrics
-        .acknowledged(positions.len() as u64);
+    host.settings().metrics.acknowledged(positions.len() as u64);
     host.clone().finished(positions);
 }
 
@@ -364,9 +362,7 @@ async fn store_dead_letter<H: LaneHost>(
     let condition = dead_letter.condition.as_str();
     let error = dead_letter_error(dead_letter, &settings.policy);
     let Some(destination) = &settings.on_failure else {
-        settings
-            .metrics
-            .discarded(condition, records.len() as u64);
+        settings.metrics.discarded(condition, records.len() as u64);
         tracing::error!(mapping = %settings.name, %unit, first_record = %first, records = records.len(), condition, error_type = %error.error_type, error = %error.message, "records discarded: the policy gave up on them and the mapping has no on_failure destination");
         return;
     };

@@ -19,12 +19,12 @@
 //!   otherwise hide it for a whole visibility timeout); batches in flight finish until the drain
 //!   deadline.
 
-use crate::config::mapping::AutoscalingConfig;
-use crate::runtime::scaling::{self, BacklogSource};
 use super::heartbeat::Heartbeat;
 use super::invoker::Slot;
 use super::retry::{back_off, retry_until_ok};
+use crate::config::mapping::AutoscalingConfig;
 use crate::health::MappingHealthHandle;
+use crate::runtime::scaling::{self, BacklogSource};
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use async_trait::async_trait;

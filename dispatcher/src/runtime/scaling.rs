@@ -63,9 +63,9 @@ pub(crate) async fn run(
     let desired_gauge = config
         .target_drain_time
         .map(|_| metrics::gauge!("sluice_desired_tasks", "mapping" => name.clone()));
-    let throughput_gauge = config.target_drain_time.map(|_| {
-        metrics::gauge!("sluice_task_throughput_records_per_second", "mapping" => name.clone())
-    });
+    let throughput_gauge = config.target_drain_time.map(
+        |_| metrics::gauge!("sluice_task_throughput_records_per_second", "mapping" => name.clone()),
+    );
     let mut throughput = Throughput::new(config.throughput_window);
     let started = Instant::now();
     let mut failures = 0u32;
@@ -90,7 +90,7 @@ pub(crate) async fn run(
                 failures += 1;
                 // Every failure the first time, then one in ten: a queue that cannot be asked
                 // for its size fails the receives too, and those say so on /readyz.
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(mapping = %name, %error, failures, "cannot read the backlog; autoscaling gauges keep their last value");
                 }
                 continue;
@@ -193,7 +193,10 @@ mod tests {
             stop.clone(),
         );
         tokio::time::sleep(Duration::from_secs(31)).await;
-        assert!(metrics.esm().unwrap().scaling().is_none(), "nothing reported yet");
+        assert!(
+            metrics.esm().unwrap().scaling().is_none(),
+            "nothing reported yet"
+        );
         metrics.offset_lag(42);
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(metrics.esm().unwrap().scaling(), Some((42, None)));

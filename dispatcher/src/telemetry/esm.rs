@@ -293,7 +293,12 @@ mod tests {
         let mapping = mapping(true);
         mapping.counts.add(EsmMetric::PolledEventCount, 10);
         mapping.counts.add(EsmMetric::DeletedEventCount, 7);
-        let document = render(&settings(), &mapping, &mut Written::default(), 1_700_000_000_000);
+        let document = render(
+            &settings(),
+            &mapping,
+            &mut Written::default(),
+            1_700_000_000_000,
+        );
         let directive = &document["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(document["_aws"]["Timestamp"], 1_700_000_000_000u64);
         assert_eq!(directive["Namespace"], "Shop/Sluice");
