@@ -20,6 +20,7 @@
 //! sluice holding records back on purpose, and a failing check would make ECS replace a task
 //! that works.
 
+use crate::control::{Control, PauseSwitch};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,8 @@ struct MappingHealth {
     last_error: Option<String>,
     consecutive_failures: u32,
     waiting_for_capacity: bool,
+    /// Paused by an operator: not polling on purpose.
+    pause: PauseSwitch,
     /// Shards (or shard lanes) retrying a failing batch, and since when.
     stuck: BTreeMap<String, Instant>,
     /// How often the mapping's worker panicked or exited and was restarted.
@@ -92,6 +95,7 @@ pub struct Health {
 pub struct MappingHealthHandle {
     key: (Section, String),
     health: Health,
+    pause: PauseSwitch,
 }
 
 impl Health {
@@ -141,9 +145,18 @@ impl Health {
         self.register_in(Section::Functions, name)
     }
 
+    /// A mapping registered again (a reload that changed it) keeps its pause switch: it is the
+    /// same mapping by name.
     fn register_in(&self, section: Section, name: &str) -> MappingHealthHandle {
         let key = (section, name.to_owned());
-        self.entries.lock().expect("health lock").insert(
+        let mut entries = self.entries.lock().expect("health lock");
+        let pause = match entries.get(&key) {
+            Some(old) => old.pause.clone(),
+            None if section == Section::Mappings => PauseSwitch::new(name),
+            // Invoke API functions have no source to pause.
+            None => PauseSwitch::inert(),
+        };
+        entries.insert(
             key.clone(),
             MappingHealth {
                 registered_at: Instant::now(),
@@ -151,6 +164,7 @@ impl Health {
                 last_error: None,
                 consecutive_failures: 0,
                 waiting_for_capacity: false,
+                pause: pause.clone(),
                 stuck: BTreeMap::new(),
                 restarts: 0,
                 pending_calls: BTreeMap::new(),
@@ -159,10 +173,54 @@ impl Health {
                 target: None,
             },
         );
+        drop(entries);
         MappingHealthHandle {
             key,
             health: self.clone(),
+            pause,
         }
+    }
+
+    /// Pauses a mapping (it stops receiving; `/readyz` shows it ready, `"paused"`) or resumes it;
+    /// the time it was paused is not time without polls.
+    pub fn set_paused(&self, mapping: &str, paused: bool) -> Control {
+        let key = (Section::Mappings, mapping.to_owned());
+        let mut entries = self.entries.lock().expect("health lock");
+        let Some(health) = entries.get_mut(&key) else {
+            return Control::UnknownMapping;
+        };
+        if !health.pause.set(paused) {
+            return Control::AlreadySo;
+        }
+        if !paused {
+            health.last_success = health.last_success.map(|_| Instant::now());
+        }
+        drop(entries);
+        if paused {
+            tracing::info!(%mapping, "mapping paused: no more receives; work in flight finishes");
+        } else {
+            tracing::info!(%mapping, "mapping resumed");
+        }
+        Control::Changed
+    }
+
+    /// Every mapping and whether it is paused.
+    pub fn paused(&self) -> BTreeMap<String, bool> {
+        self.entries
+            .lock()
+            .expect("health lock")
+            .iter()
+            .filter(|((section, _), _)| *section == Section::Mappings)
+            .map(|((_, name), health)| (name.clone(), health.pause.is_paused()))
+            .collect()
+    }
+
+    /// Drops a mapping that a reload removed (its worker has stopped).
+    pub fn unregister(&self, mapping: &str) {
+        self.entries
+            .lock()
+            .expect("health lock")
+            .remove(&(Section::Mappings, mapping.to_owned()));
     }
 
     /// Whether every mapping and function is ready, and a JSON report of each.
@@ -194,6 +252,7 @@ impl Health {
                 (_, failures) if failures > 0 => (false, "failing"),
                 _ if health.ack_error.is_some() => (false, "failing"),
                 _ if !stuck.is_empty() => (false, "stuck"),
+                _ if health.pause.is_paused() => (true, "paused"),
                 (None, _) => (false, "starting"),
                 _ if call_waiting.is_some_and(|waiting| waiting > self.stall_after) => {
                     (false, "stalled")
@@ -267,6 +326,11 @@ impl MappingHealthHandle {
     }
 
     /// Names the target the mapping calls (see [`Health::set_circuit`]).
+    /// The mapping's pause switch: sources wait on it before each receive or read.
+    pub fn pause(&self) -> &PauseSwitch {
+        &self.pause
+    }
+
     pub fn calls_target(&self, target: &str) {
         let target = target.to_owned();
         self.update(|h| h.target = Some(target));

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod destinations;
 pub mod dlq;

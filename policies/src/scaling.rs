@@ -1,16 +1,19 @@
-//! How many tasks a mapping needs to drain its backlog within a target time.
+//! How many tasks a mapping needs to drain what waits for it within a target time.
 //!
-//! `desired = ceil(backlog / (throughput per task × target drain time))`, 0 for an empty backlog.
-//! It is the backlog-per-task rule AWS recommends for scaling SQS consumers (and what KEDA's SQS
-//! and Kafka scalers compute with a fixed `queueLength`/`lagThreshold`), with the records one task
-//! drains in the target time measured instead of guessed.
+//! `desired = waiting / (throughput per task × target drain time)`, unrounded (an autoscaling
+//! policy tracks the ratio to the running tasks; round up to read it as a count), 0 when nothing
+//! waits. It is the backlog-per-task rule AWS recommends for scaling SQS consumers (and what
+//! KEDA's SQS and Kafka scalers compute with a fixed `queueLength`/`lagThreshold`), with the
+//! records one task drains in the target time measured instead of guessed. Records a task already
+//! holds are not waiting: counting them would make a slow handler look like a backlog, and a
+//! service whose calls take longer than the drain time would scale out forever.
 //!
 //! The throughput that counts is what a task finishes while it has more work than it can take
 //! (records were waiting at both ends of an interval): a task that keeps up only shows the
 //! arrival rate, which says nothing of what it could do. Saturated intervals inside `window` are
 //! pooled; with none, the last saturated estimate stands (a task's capacity changes more slowly
-//! than its load); with none ever, the overall rate is used, which can only underestimate capacity
-//! and so errs toward more tasks, never fewer.
+//! than its load); with none ever, the throughput is unknown and so is the desired count while
+//! records wait (a guess would drag an average across tasks down or up).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -73,32 +76,21 @@ impl Throughput {
         }
     }
 
-    /// Records per second one task finishes at capacity, as well as it is known; `None` before
-    /// two samples or while nothing was ever finished.
+    /// Records per second one task finishes at capacity: `None` until an interval was saturated.
     pub fn per_task(&self) -> Option<f64> {
-        self.saturated.or_else(|| {
-            let (first, last) = (self.samples.front()?, self.samples.back()?);
-            let seconds = (last.at - first.at).as_secs_f64();
-            let records = last.finished - first.finished;
-            (seconds > 0.0 && records > 0).then(|| records as f64 / seconds)
-        })
+        self.saturated
     }
 }
 
-/// The tasks needed to drain `backlog` within `drain` at `per_task` records per second each: 0
-/// for no backlog, at least 1 for any, and 1 while the throughput is unknown (one task will
-/// measure it).
-pub fn desired_tasks(backlog: u64, per_task: Option<f64>, drain: Duration) -> u64 {
-    if backlog == 0 {
-        return 0;
+/// The tasks needed to drain `waiting` records within `drain` at `per_task` records per second
+/// each, unrounded: 0 when nothing waits, `None` while records wait and the throughput is
+/// unknown.
+pub fn desired_tasks(waiting: u64, per_task: Option<f64>, drain: Duration) -> Option<f64> {
+    if waiting == 0 {
+        return Some(0.0);
     }
-    let Some(rate) = per_task.filter(|rate| *rate > 0.0) else {
-        return 1;
-    };
-    let per_task_in_drain = rate * drain.as_secs_f64().max(1.0);
-    let tasks = (backlog as f64 / per_task_in_drain).ceil();
-    // A backlog of u64::MAX at a trickle is still a finite number of tasks.
-    (tasks as u64).max(1)
+    let rate = per_task.filter(|rate| *rate > 0.0 && rate.is_finite())?;
+    Some(waiting as f64 / (rate * drain.as_secs_f64().max(1.0)))
 }
 
 #[cfg(test)]
@@ -116,27 +108,27 @@ mod tests {
 
     #[test]
     fn a_backlog_of_ten_minutes_for_one_task_needs_two_tasks_to_drain_in_five() {
+        let five_minutes = Duration::from_secs(300);
+        assert_eq!(desired_tasks(6_000, Some(10.0), five_minutes), Some(2.0));
+        assert_eq!(desired_tasks(1_500, Some(10.0), five_minutes), Some(0.5));
+        assert_eq!(desired_tasks(0, Some(10.0), five_minutes), Some(0.0));
+        assert_eq!(desired_tasks(0, None, five_minutes), Some(0.0));
         assert_eq!(
-            desired_tasks(6_000, Some(10.0), Duration::from_secs(300)),
-            2
+            desired_tasks(500, None, five_minutes),
+            None,
+            "unknown, not guessed"
         );
-        assert_eq!(
-            desired_tasks(6_001, Some(10.0), Duration::from_secs(300)),
-            3
-        );
-        assert_eq!(desired_tasks(0, Some(10.0), Duration::from_secs(300)), 0);
-        assert_eq!(desired_tasks(1, Some(10.0), Duration::from_secs(300)), 1);
-        assert_eq!(desired_tasks(500, None, Duration::from_secs(300)), 1);
+        assert_eq!(desired_tasks(500, Some(f64::NAN), five_minutes), None);
     }
 
     #[test]
     fn capacity_is_measured_while_saturated_not_while_keeping_up() {
         let mut throughput = Throughput::new(Duration::from_secs(300));
-        // Keeping up with 2 records/s for a minute...
+        // Keeping up with 2 records/s for a minute says nothing of capacity...
         throughput.observe(sample(0, 0, false));
         throughput.observe(sample(30, 60, false));
         throughput.observe(sample(60, 120, false));
-        assert_eq!(throughput.per_task(), Some(2.0));
+        assert_eq!(throughput.per_task(), None);
         // ...then a burst: 50 records/s while records wait.
         throughput.observe(sample(90, 1_620, true));
         throughput.observe(sample(120, 3_120, true));
@@ -149,29 +141,30 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_of_the_counter_starts_the_measurement_over() {
+    fn a_counter_that_went_back_is_not_read_as_throughput() {
         let mut throughput = Throughput::new(Duration::from_secs(300));
-        throughput.observe(sample(0, 1_000, false));
-        throughput.observe(sample(10, 10, false));
+        throughput.observe(sample(0, 1_000, true));
+        throughput.observe(sample(10, 10, true));
         assert_eq!(throughput.per_task(), None);
-        throughput.observe(sample(20, 110, false));
+        throughput.observe(sample(20, 110, true));
         assert_eq!(throughput.per_task(), Some(10.0));
     }
 
     proptest! {
-        // Draining with the desired tasks takes at most the drain time, and one task fewer could
-        // not: the formula neither under- nor over-provisions.
+        // Rounded up, the desired tasks drain what waits in the drain time, and one task fewer
+        // could not: the formula neither under- nor over-provisions.
         #[test]
         fn the_desired_tasks_drain_in_time_and_one_fewer_would_not(
-            backlog in 1u64..10_000_000,
+            waiting in 1u64..10_000_000,
             rate in 0.1f64..10_000.0,
             drain in 1u64..86_400,
         ) {
-            let tasks = desired_tasks(backlog, Some(rate), Duration::from_secs(drain));
+            let desired = desired_tasks(waiting, Some(rate), Duration::from_secs(drain)).unwrap();
+            let tasks = desired.ceil();
             let per_task = rate * drain as f64;
-            prop_assert!(tasks as f64 * per_task >= backlog as f64 * (1.0 - 1e-9));
-            if tasks > 1 {
-                prop_assert!(((tasks - 1) as f64) * per_task < backlog as f64 * (1.0 + 1e-9));
+            prop_assert!(tasks * per_task >= waiting as f64 * (1.0 - 1e-9));
+            if tasks > 1.0 {
+                prop_assert!((tasks - 1.0) * per_task < waiting as f64 * (1.0 + 1e-9));
             }
         }
     }

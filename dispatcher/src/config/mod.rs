@@ -99,6 +99,14 @@ impl Config {
                     mapping.source.rules().largest_record(),
                 ));
             }
+            if let (Some(emf), Some(_)) = (&self.emf, mapping.autoscaling.target_drain_time)
+                && emf.interval > Duration::from_secs(60)
+            {
+                warnings.push(format!(
+                    "mappings.{}.autoscaling: metrics.emf.interval is {:?}, longer than CloudWatch's one-minute period, so a target-tracking alarm on DesiredTasks sees minutes without data; use 60s or less",
+                    mapping.name, emf.interval,
+                ));
+            }
         }
         for (name, function) in self.invoke_api.iter().flat_map(|api| &api.functions) {
             if no_spill(&function.on_failure) || no_spill(&function.on_success) {
@@ -406,18 +414,17 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
     }
 }
 
-/// `metrics.emf`: CloudWatch's namespace rules (1..=255 printable ASCII, `AWS/` is AWS's) and an
-/// interval between a second and an hour.
+/// `metrics.emf`: CloudWatch's namespace rules (1..=255 of `[0-9A-Za-z._-/#: ]`, `AWS/` is AWS's)
+/// and an interval between a second and an hour.
 fn emf_settings(v: &mut Validator, emf: RawEmf) -> crate::telemetry::esm::EmfSettings {
     let namespace = emf.namespace;
-    if namespace.is_empty()
-        || namespace.len() > 255
-        || !namespace.chars().all(|c| c.is_ascii_graphic() || c == ' ')
-    {
+    // CloudWatch's own rule; a namespace it refuses drops every line without a word.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-/#: ".contains(c);
+    if namespace.trim().is_empty() || namespace.len() > 255 || !namespace.chars().all(allowed) {
         v.error(
             "metrics.emf.namespace",
             format!(
-                "{namespace:?} is not a CloudWatch namespace: use 1..=255 printable ASCII characters, such as MyCompany/Sluice"
+                "{namespace:?} is not a CloudWatch namespace: use 1..=255 of letters, digits, spaces and . _ - / # :, such as MyCompany/Sluice"
             ),
         );
     } else if namespace.starts_with("AWS/") {
@@ -728,12 +735,44 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("metrics.emf.interval"), "{error}");
-        let error = parse_text(&format!(
-            "{BASE}metrics: {{ emf: {{ namespace: \"\" }} }}\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(error.contains("not a CloudWatch namespace"), "{error}");
+        for bad in ["\"\"", "\"  \"", "\"Shop*Sluice\"", "\"a,b\""] {
+            let error = parse_text(&format!(
+                "{BASE}metrics: {{ emf: {{ namespace: {bad} }} }}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains("not a CloudWatch namespace"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn autoscaling_with_emf_lines_rarer_than_a_minute_is_warned_about() {
+        let text = format!(
+            "{BASE}    autoscaling: {{ target_drain_time: 5m }}\nmetrics: {{ emf: {{ namespace: Shop, interval: 5m }} }}\n"
+        );
+        let warnings = parse_text(&text).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("mappings.orders.autoscaling"),
+            "{warnings:?}"
+        );
+        let text = text.replace("interval: 5m", "interval: 60s");
+        assert!(parse_text(&text).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn autoscaling_is_refused_where_the_source_tells_no_backlog() {
+        let text = format!("{STREAM}    autoscaling: {{ target_drain_time: 5m }}\n");
+        let error = parse_text(&text).unwrap_err().to_string();
+        assert!(error.contains("autoscaling: does not apply"), "{error}");
+        let text = format!(
+            "{BASE}    autoscaling: {{ target_drain_time: 5m, sample_interval: 1m, throughput_window: 1m }}\n"
+        );
+        let error = parse_text(&text).unwrap_err().to_string();
+        assert!(error.contains("throughput_window"), "{error}");
     }
 
     #[test]

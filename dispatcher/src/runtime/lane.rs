@@ -343,7 +343,9 @@ fn report_finished<H: LaneHost>(
     if positions.is_empty() {
         return;
     }
-    host.settings().metrics.acknowledged(positions.len() as u64);
+    let metrics = &host.settings().metrics;
+    metrics.acknowledged(positions.len() as u64);
+    metrics.checkpointed(positions.len() as u64);
     host.clone().finished(positions);
 }
 

@@ -519,6 +519,8 @@ impl<W: QueueWork> Poller<W> {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'poll,
                 permit = async {
+                    // A paused mapping receives nothing (README "Live control").
+                    acks.health.pause().until_running().await;
                     let mapping = self.capacity.clone().acquire_owned().await.expect("semaphore is never closed");
                     self.target.wait_for_room().await;
                     mapping
@@ -534,6 +536,14 @@ impl<W: QueueWork> Poller<W> {
                 }
                 if let Some(batch) = batcher.poll(clock()) {
                     break batch;
+                }
+                if acks.health.pause().is_paused() {
+                    // Paused while this batch filled: what it holds goes now, and nothing more
+                    // is received until the mapping resumes.
+                    match batcher.take() {
+                        Some(batch) => break batch,
+                        None => continue 'poll,
+                    }
                 }
                 let wait = match batcher.deadline() {
                     None => self.settings.wait_time,

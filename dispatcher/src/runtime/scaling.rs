@@ -3,17 +3,21 @@
 //!
 //! Guarantees:
 //! - one read of the source per interval at most (SQS: one GetQueueAttributes call); a failed
-//!   read is logged and leaves the gauges at their last value, it never stops the mapping;
+//!   read is logged, clears the signals in the EMF line (no stale value reaches an autoscaler)
+//!   and never stops the mapping; so does the end of the run (a restart, a reload, the drain);
 //! - `sluice_backlog_records{mapping}`: SQS/S3 `ApproximateNumberOfMessages` +
 //!   `ApproximateNumberOfMessagesNotVisible` (the queue's, so every task sees the same); Kafka the
 //!   lag of the partitions this task holds (its share);
-//! - `sluice_desired_tasks{mapping}` and `sluice_task_throughput_records_per_second{mapping}`
-//!   only with a target drain time; both also ride along in the EMF line.
+//! - `sluice_backlog_waiting_records{mapping}`: what of it no task holds (SQS: the visible
+//!   messages; Kafka: the lag less the records read), which the desired tasks are computed from;
+//! - `sluice_desired_tasks{mapping}` (unrounded; NaN while unknown) and
+//!   `sluice_task_throughput_records_per_second{mapping}` only with a target drain time; the
+//!   backlog and the desired tasks also ride along in the EMF line.
 
 use crate::config::mapping::AutoscalingConfig;
 use crate::telemetry::MappingMetrics;
 use sluice_policies::scaling::{Sample, Throughput, desired_tasks};
-use sluice_sources::Queue;
+use sluice_sources::{Queue, SourceError};
 use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,20 +37,30 @@ struct Reading {
 }
 
 impl BacklogSource {
-    async fn read(&self, metrics: &MappingMetrics) -> Result<Option<Reading>, String> {
+    async fn read(&self, metrics: &MappingMetrics) -> Result<Option<Reading>, SourceError> {
         match self {
             BacklogSource::Queue(queue) => {
-                let backlog = queue.backlog().await.map_err(|e| e.to_string())?;
+                let backlog = queue.backlog().await?;
                 Ok(Some(Reading {
                     backlog: backlog.visible.saturating_add(backlog.in_flight),
                     waiting: backlog.visible,
                 }))
             }
-            // The lag holds the records being handled too: only what exceeds them waits.
-            BacklogSource::Reported => Ok(metrics.reported_backlog().map(|backlog| Reading {
-                backlog,
-                waiting: backlog,
-            })),
+            BacklogSource::Reported => Ok(metrics
+                .reported_backlog()
+                .map(|(backlog, waiting)| Reading { backlog, waiting })),
+        }
+    }
+}
+
+/// Clears the EMF signals and the reported backlog when the run ends, however it ends.
+struct ClearOnEnd(MappingMetrics);
+
+impl Drop for ClearOnEnd {
+    fn drop(&mut self) {
+        self.0.clear_reported_backlog();
+        if let Some(esm) = self.0.esm() {
+            esm.set_scaling(None);
         }
     }
 }
@@ -59,7 +73,10 @@ pub(crate) async fn run(
     config: AutoscalingConfig,
     stop: CancellationToken,
 ) {
+    let _clear = ClearOnEnd(metrics.clone());
     let backlog_gauge = metrics::gauge!("sluice_backlog_records", "mapping" => name.clone());
+    let waiting_gauge =
+        metrics::gauge!("sluice_backlog_waiting_records", "mapping" => name.clone());
     let desired_gauge = config
         .target_drain_time
         .map(|_| metrics::gauge!("sluice_desired_tasks", "mapping" => name.clone()));
@@ -88,6 +105,9 @@ pub(crate) async fn run(
             Ok(None) => continue,
             Err(error) => {
                 failures += 1;
+                if let Some(esm) = metrics.esm() {
+                    esm.set_scaling(None);
+                }
                 // Every failure the first time, then one in ten: a queue that cannot be asked
                 // for its size fails the receives too, and those say so on /readyz.
                 if failures == 1 || failures.is_multiple_of(10) {
@@ -97,7 +117,8 @@ pub(crate) async fn run(
             }
         };
         backlog_gauge.set(reading.backlog as f64);
-        let desired = config.target_drain_time.map(|drain| {
+        waiting_gauge.set(reading.waiting as f64);
+        let desired = config.target_drain_time.and_then(|drain| {
             throughput.observe(Sample {
                 at: started.elapsed(),
                 finished: metrics.finished(),
@@ -107,13 +128,13 @@ pub(crate) async fn run(
             if let Some(gauge) = &throughput_gauge {
                 gauge.set(per_task.unwrap_or(0.0));
             }
-            desired_tasks(reading.backlog, per_task, drain)
+            desired_tasks(reading.waiting, per_task, drain)
         });
-        if let (Some(gauge), Some(desired)) = (&desired_gauge, desired) {
-            gauge.set(desired as f64);
+        if let Some(gauge) = &desired_gauge {
+            gauge.set(desired.unwrap_or(f64::NAN));
         }
         if let Some(esm) = metrics.esm() {
-            esm.set_scaling(reading.backlog, desired);
+            esm.set_scaling(Some((reading.backlog, desired)));
         }
     }
 }
@@ -150,7 +171,8 @@ mod tests {
     }
 
     // A queue with 600 messages waiting, drained by this task at 1 record/s: in a 60 s target
-    // drain time one task does 60, so ten are needed; the EMF line carries both signals.
+    // drain time one task does 60, so ten are needed; the EMF line carries both signals, and
+    // they are gone once the run ends.
     #[tokio::test(start_paused = true)]
     async fn desired_tasks_follow_the_backlog_and_the_measured_throughput() {
         let queue = Arc::new(MemoryQueue::standard("q", Duration::from_secs(30)));
@@ -169,16 +191,17 @@ mod tests {
         // Between the samples (at 0, 30, 60, ...), so each sample sees a whole 30 s of work.
         tokio::time::sleep(Duration::from_secs(15)).await;
         for _ in 0..4 {
-            metrics.acknowledged(30);
+            metrics.deleted(30);
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let esm = metrics.esm().unwrap();
         let (backlog, desired) = esm.scaling().unwrap();
         assert_eq!(backlog, 600);
-        assert_eq!(desired, Some(10));
+        assert_eq!(desired, Some(10.0));
         stop.cancel();
         task.await.unwrap();
+        assert_eq!(esm.scaling(), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -197,7 +220,7 @@ mod tests {
             metrics.esm().unwrap().scaling().is_none(),
             "nothing reported yet"
         );
-        metrics.offset_lag(42);
+        metrics.report_backlog(42, 40);
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(metrics.esm().unwrap().scaling(), Some((42, None)));
         stop.cancel();

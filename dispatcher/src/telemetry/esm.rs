@@ -81,8 +81,8 @@ pub struct EsmCounts {
     totals: [AtomicU64; 7],
     /// Set by Kafka mappings only; so only they show (and write) `OffsetLag`.
     offset_lag: OnceLock<(Gauge, AtomicU64)>,
-    /// `Backlog` and `DesiredTasks` (`u64::MAX`: not computed), once autoscaling sampled them.
-    scaling: OnceLock<(AtomicU64, AtomicU64)>,
+    /// `Backlog` and `DesiredTasks`, while autoscaling has a fresh reading.
+    scaling: std::sync::Mutex<Option<(u64, Option<f64>)>>,
 }
 
 impl EsmCounts {
@@ -94,7 +94,7 @@ impl EsmCounts {
             }),
             totals: Default::default(),
             offset_lag: OnceLock::new(),
-            scaling: OnceLock::new(),
+            scaling: std::sync::Mutex::new(None),
         }
     }
 
@@ -120,23 +120,15 @@ impl EsmCounts {
     }
 
     /// The autoscaling signals, written beside Lambda's metrics so CloudWatch has them too:
-    /// `Backlog` (records waiting or in flight) and `DesiredTasks`.
-    pub fn set_scaling(&self, backlog: u64, desired_tasks: Option<u64>) {
-        let (stored_backlog, stored_desired) = self
-            .scaling
-            .get_or_init(|| (AtomicU64::new(0), AtomicU64::new(u64::MAX)));
-        stored_backlog.store(backlog, Ordering::Relaxed);
-        stored_desired.store(desired_tasks.unwrap_or(u64::MAX), Ordering::Relaxed);
+    /// `Backlog` (records waiting or in flight) and `DesiredTasks` (unrounded; absent while
+    /// unknown). `None` clears them: a reading that failed, or a run that ended, must leave the
+    /// autoscaler without data rather than with a stale value.
+    pub fn set_scaling(&self, signals: Option<(u64, Option<f64>)>) {
+        *self.scaling.lock().expect("scaling lock") = signals;
     }
 
-    pub(crate) fn scaling(&self) -> Option<(u64, Option<u64>)> {
-        self.scaling.get().map(|(backlog, desired)| {
-            let desired = desired.load(Ordering::Relaxed);
-            (
-                backlog.load(Ordering::Relaxed),
-                (desired != u64::MAX).then_some(desired),
-            )
-        })
+    pub(crate) fn scaling(&self) -> Option<(u64, Option<f64>)> {
+        *self.scaling.lock().expect("scaling lock")
     }
 
     pub fn total(&self, metric: EsmMetric) -> u64 {
@@ -359,18 +351,21 @@ mod tests {
         let mapping = mapping(true);
         let document = render(&settings(), &mapping, &mut Written::default(), 1);
         assert!(document.get("Backlog").is_none());
-        mapping.counts.set_scaling(1_200, None);
+        mapping.counts.set_scaling(Some((1_200, None)));
         let document = render(&settings(), &mapping, &mut Written::default(), 2);
         assert_eq!(document["Backlog"], 1_200);
         assert!(document.get("DesiredTasks").is_none());
-        mapping.counts.set_scaling(1_200, Some(3));
+        mapping.counts.set_scaling(Some((1_200, Some(2.5))));
         let document = render(&settings(), &mapping, &mut Written::default(), 3);
-        assert_eq!(document["DesiredTasks"], 3);
+        assert_eq!(document["DesiredTasks"], 2.5);
         let names = document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
             .as_array()
             .unwrap()
             .len();
         assert_eq!(names, 9);
+        mapping.counts.set_scaling(None);
+        let document = render(&settings(), &mapping, &mut Written::default(), 4);
+        assert!(document.get("Backlog").is_none(), "cleared, not stale");
     }
 
     #[tokio::test]

@@ -128,12 +128,13 @@ pub struct MappingHandles {
     /// Lambda's event source mapping metrics; `None` for Invoke API functions, which are not
     /// event source mappings.
     esm: Option<std::sync::Arc<EsmCounts>>,
-    /// Records finished (acknowledged, filtered, dead-lettered or discarded): a task's
-    /// throughput, for autoscaling. A stream or Kafka lane's dead letters count twice (they are
-    /// also checkpointed past), which barely moves a throughput.
+    /// Records finished, a task's throughput for autoscaling: messages deleted from the queue
+    /// (queue sources: handled, filtered or dead-lettered alike) or records checkpointed past
+    /// (lanes). Each record counts once, at the step that ends it.
     finished: AtomicU64,
-    /// The backlog a source reports as it reads (Kafka's lag); `u64::MAX` until it has.
-    reported_backlog: AtomicU64,
+    /// The backlog and what of it waits (no task holds it), as the source reports them while
+    /// reading (Kafka); `None` until it has.
+    reported_backlog: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 /// Every `outcome` label of `sluice_invocation_outcomes_total`.
@@ -184,7 +185,7 @@ impl MappingMetrics {
                 .collect(),
             esm: esm.then(|| std::sync::Arc::new(EsmCounts::new(mapping))),
             finished: AtomicU64::new(0),
-            reported_backlog: AtomicU64::new(u64::MAX),
+            reported_backlog: std::sync::Mutex::new(None),
         }))
     }
 
@@ -202,25 +203,34 @@ impl MappingMetrics {
     /// Records deleted or checkpointed after success: `sluice_records_acknowledged_total`.
     pub fn acknowledged(&self, records: u64) {
         self.records_acknowledged.increment(records);
+    }
+
+    /// Records a lane checkpointed past (handled, filtered or dead-lettered): what a stream or
+    /// Kafka task finished.
+    pub fn checkpointed(&self, records: u64) {
         self.finished.fetch_add(records, Ordering::Relaxed);
     }
 
-    /// Records finished since start: acknowledged, filtered, dead-lettered or discarded.
+    /// Records finished since start (see the field).
     pub fn finished(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)
     }
 
-    /// The backlog as the source counts it while reading (Kafka: the lag of the partitions this
-    /// task holds).
-    pub fn report_backlog(&self, records: u64) {
-        self.reported_backlog
-            .store(records.min(u64::MAX - 1), Ordering::Relaxed);
+    /// The backlog as the source counts it while reading, and what of it no task holds yet
+    /// (Kafka: the lag of the partitions this task holds, and that lag less the records read).
+    pub fn report_backlog(&self, backlog: u64, waiting: u64) {
+        *self.reported_backlog.lock().expect("backlog lock") =
+            Some((backlog, waiting.min(backlog)));
     }
 
-    /// What [`Self::report_backlog`] last said; `None` before it said anything.
-    pub fn reported_backlog(&self) -> Option<u64> {
-        let value = self.reported_backlog.load(Ordering::Relaxed);
-        (value != u64::MAX).then_some(value)
+    /// Forgets the reported backlog: the run that reported it ended.
+    pub fn clear_reported_backlog(&self) {
+        *self.reported_backlog.lock().expect("backlog lock") = None;
+    }
+
+    /// What [`Self::report_backlog`] last said.
+    pub fn reported_backlog(&self) -> Option<(u64, u64)> {
+        *self.reported_backlog.lock().expect("backlog lock")
     }
 
     /// Records read from the source: `sluice_records_received_total`, `PolledEventCount`.
@@ -233,7 +243,6 @@ impl MappingMetrics {
     /// `FilteredOutEventCount`.
     pub fn filtered(&self, records: u64) {
         self.records_filtered.increment(records);
-        self.finished.fetch_add(records, Ordering::Relaxed);
         self.count(EsmMetric::FilteredOutEventCount, records);
     }
 
@@ -249,18 +258,17 @@ impl MappingMetrics {
         self.count(EsmMetric::FailedInvokeEventCount, failed.min(records));
     }
 
-    /// Messages deleted from the queue: `DeletedEventCount`.
+    /// Messages deleted from the queue: `DeletedEventCount`, and what a queue task finished.
     pub fn deleted(&self, records: u64) {
+        self.finished.fetch_add(records, Ordering::Relaxed);
         self.count(EsmMetric::DeletedEventCount, records);
     }
 
-    /// `OffsetLag`, summed over the partitions this instance holds; also the backlog Kafka
-    /// reports for autoscaling.
+    /// `OffsetLag`, summed over the partitions this instance holds.
     pub fn offset_lag(&self, lag: u64) {
         if let Some(esm) = &self.esm {
             esm.set_offset_lag(lag);
         }
-        self.report_backlog(lag);
     }
 
     /// `sluice_stream_iterator_age_seconds{mapping, shard}`: how far behind the newest record read
@@ -298,7 +306,6 @@ impl MappingMetrics {
     pub fn dead_lettered(&self, condition: &'static str, count: u64) {
         metrics::counter!("sluice_records_dead_lettered_total", "mapping" => self.mapping.clone(), "condition" => condition)
             .increment(count);
-        self.finished.fetch_add(count, Ordering::Relaxed);
         self.count(EsmMetric::OnFailureDestinationDeliveredEventCount, count);
     }
 
@@ -308,7 +315,6 @@ impl MappingMetrics {
     pub fn discarded(&self, condition: &'static str, count: u64) {
         metrics::counter!("sluice_records_dead_lettered_total", "mapping" => self.mapping.clone(), "condition" => condition)
             .increment(count);
-        self.finished.fetch_add(count, Ordering::Relaxed);
         self.count(EsmMetric::DroppedEventCount, count);
     }
 }

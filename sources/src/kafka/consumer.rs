@@ -85,6 +85,9 @@ pub struct ConsumerSettings {
     /// How long a revoke waits for the owner to release the partitions; past it, what is done is
     /// committed and the rebalance goes on.
     pub release_timeout: Duration,
+    /// Set while the whole mapping is paused: every partition is paused at the broker, whatever
+    /// its owner asks.
+    pub paused: Arc<AtomicBool>,
 }
 
 /// What the consumer tells its owner.
@@ -234,6 +237,7 @@ impl KafkaConsumer {
             position: settings.position,
             filters: settings.filters.clone(),
             release_timeout: settings.release_timeout,
+            paused: settings.paused.clone(),
             events,
             state: Mutex::default(),
         };
@@ -332,6 +336,7 @@ struct Context {
     position: StartPosition,
     filters: FilterSet,
     release_timeout: Duration,
+    paused: Arc<AtomicBool>,
     events: mpsc::Sender<ConsumerEvent>,
     state: Mutex<State>,
 }
@@ -428,8 +433,9 @@ impl Context {
     fn apply_pauses(&self, consumer: &BaseConsumer<Self>) -> bool {
         let mut state = self.state();
         let mut any_paused = false;
+        let mapping_paused = self.paused.load(Ordering::Acquire);
         for ((topic, partition), held) in state.held.iter_mut() {
-            let wanted = held.control.pause_wanted();
+            let wanted = mapping_paused || held.control.pause_wanted();
             if wanted != held.paused {
                 let mut list = TopicPartitionList::new();
                 let _ = list.add_partition(topic, *partition);

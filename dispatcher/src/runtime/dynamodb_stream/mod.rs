@@ -676,6 +676,12 @@ async fn read_shard(
             _ = abort.cancelled() => return ReadEnd::Stopped,
             _ = tokio::time::sleep_until(last_call + pause) => {}
         }
+        // A paused mapping reads nothing; its lease and checkpoint stay (README "Live control").
+        tokio::select! {
+            _ = stop.cancelled() => return ReadEnd::Stopped,
+            _ = abort.cancelled() => return ReadEnd::Stopped,
+            _ = shared.lane.health.pause().until_running() => {}
+        }
         last_call = tokio::time::Instant::now();
         let read = cursor.read(shared.stream.as_ref(), limit).await;
         for event in cursor.take_events() {
@@ -721,6 +727,7 @@ async fn read_shard(
                     .is_ok_and(|event| !shared.filters.passes(&event))
             {
                 shared.lane.metrics.filtered(1);
+                shared.lane.metrics.checkpointed(1);
                 skipped.push(position);
                 continue;
             }

@@ -110,6 +110,11 @@ impl PartitionProgress {
         self.progress.lock().expect("progress lock").push(offset)
     }
 
+    /// Records read and not yet finished.
+    fn outstanding(&self) -> usize {
+        self.progress.lock().expect("progress lock").outstanding()
+    }
+
     fn finish(&self, positions: impl IntoIterator<Item = Position>) {
         let mut progress = self.progress.lock().expect("progress lock");
         for position in positions {
@@ -330,6 +335,7 @@ impl Router {
         let position = partition.progress.push(polled.offset);
         let Some(record) = polled.record else {
             shared.lane.metrics.filtered(1);
+            shared.lane.metrics.checkpointed(1);
             partition.progress.finish([position]);
             return;
         };
@@ -386,10 +392,19 @@ impl Router {
         self.publish_offset_lag();
     }
 
-    /// `OffsetLag`: the lag of the partitions this member holds, summed.
+    /// `OffsetLag`: the lag of the partitions this member holds, summed; and for autoscaling
+    /// the same lag as the backlog, less the records already read (they wait in a lane or are
+    /// being handled, held by this task) as what waits.
     fn publish_offset_lag(&self) {
-        let total = self.partitions.values().map(|p| p.lag_now).sum();
-        self.shared.lane.metrics.offset_lag(total);
+        let total: u64 = self.partitions.values().map(|p| p.lag_now).sum();
+        let held: u64 = self
+            .partitions
+            .values()
+            .map(|p| p.progress.outstanding() as u64)
+            .sum();
+        let metrics = &self.shared.lane.metrics;
+        metrics.offset_lag(total);
+        metrics.report_backlog(total, total.saturating_sub(held));
     }
 
     /// Stops every lane (the mapping is going down without releasing its partitions).
@@ -495,6 +510,7 @@ impl KafkaMapping {
             position,
             filters: self.config.filters.clone(),
             release_timeout: shutdown_timeout + RELEASE_MARGIN,
+            paused: self.health.pause().flag(),
         };
         let (consumer, mut events) = match KafkaConsumer::start(settings) {
             Ok(started) => started,

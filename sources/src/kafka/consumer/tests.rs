@@ -72,6 +72,7 @@ impl Cluster {
             position: StartPosition::TrimHorizon,
             filters: FilterSet::default(),
             release_timeout: Duration::from_secs(10),
+            paused: Arc::default(),
         }
     }
 }
@@ -250,6 +251,41 @@ async fn a_paused_partition_delivers_nothing_until_resumed_and_then_each_record_
         assert!(seen.take(event.expect("the consumer runs")).is_none());
     }
     assert_eq!(seen.offsets[&0], (0..10).collect::<Vec<_>>());
+    drop(consumer);
+}
+
+// Issue 20, item 6: a paused mapping pauses every partition at the broker, whatever their
+// owners ask, and a resume lets each held-back record through once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_mapping_pauses_every_partition_until_resumed() {
+    let cluster = Cluster::new("views", 2);
+    cluster.produce("views", &numbered(0, 0..3));
+    cluster.produce("views", &numbered(1, 0..3));
+    let mut settings = cluster.settings("views", "g-pause");
+    let paused = settings.paused.clone();
+    settings.paused = paused.clone();
+    let (consumer, mut events) = KafkaConsumer::start(settings).unwrap();
+    let mut seen = Seen::default();
+    while seen.count() < 6 {
+        let event = next(&mut events).await.expect("the consumer runs");
+        assert!(seen.take(event).is_none());
+    }
+    paused.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.produce("views", &numbered(0, 3..6));
+    cluster.produce("views", &numbered(1, 3..6));
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(event) = tokio::time::timeout_at(quiet_until, events.recv()).await {
+        assert!(seen.take(event.expect("the consumer runs")).is_none());
+        assert_eq!(seen.count(), 6, "a paused mapping delivered a record");
+    }
+    paused.store(false, Ordering::Release);
+    while seen.count() < 12 {
+        let event = next(&mut events).await.expect("the consumer runs");
+        assert!(seen.take(event).is_none());
+    }
+    assert_eq!(seen.offsets[&0], (0..6).collect::<Vec<_>>());
+    assert_eq!(seen.offsets[&1], (0..6).collect::<Vec<_>>());
     drop(consumer);
 }
 
