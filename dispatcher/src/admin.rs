@@ -1,13 +1,22 @@
 //! The admin server: `GET /healthz` (the process is up), `/readyz` (every mapping is polling; 503
-//! with a per-mapping report otherwise) and `/metrics` (Prometheus text).
+//! with a per-mapping report otherwise), `/metrics` (Prometheus text), and live control:
+//! `GET /mappings` (each mapping's status and whether it is paused), `POST
+//! /mappings/{name}/pause` and `/resume` (see [`crate::control`]).
+//!
+//! The control endpoints answer callers on loopback (`sluice ctl` in the same task), and others
+//! only with `admin.token` as `Authorization: Bearer <token>` (compared in constant time): the
+//! admin server often listens on every interface for a load balancer's health check, which must
+//! not let whoever reaches it stop the mappings.
 
+use crate::control::Control;
 use crate::health::Health;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 struct AdminState {
     health: Health,
     metrics: PrometheusHandle,
+    token: Option<std::sync::Arc<str>>,
 }
 
 /// Binds the admin address now (so a busy port fails start-up) and serves until `shutdown`;
@@ -23,6 +33,7 @@ pub async fn serve(
     listen: SocketAddr,
     health: Health,
     metrics: PrometheusHandle,
+    token: Option<String>,
     shutdown: CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), crate::http_server::ListenError> {
     let listener = crate::http_server::bind("admin", listen).await?;
@@ -30,7 +41,14 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(AdminState { health, metrics });
+        .route("/mappings", get(mappings))
+        .route("/mappings/{name}/pause", post(pause))
+        .route("/mappings/{name}/resume", post(resume))
+        .with_state(AdminState {
+            health,
+            metrics,
+            token: token.map(Into::into),
+        });
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(address = %bound, "admin server listening");
     Ok((
@@ -53,6 +71,107 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+/// Why a control request is refused, if it is.
+fn refused(state: &AdminState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<Response> {
+    if peer.is_some_and(|peer| peer.ip().is_loopback()) {
+        return None;
+    }
+    let Some(token) = &state.token else {
+        return Some(json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "mappings are controlled from loopback only (run `sluice ctl` in the task), or set admin.token and send it as Authorization: Bearer <token>"}),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if crate::http_server::constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        None
+    } else {
+        Some(json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "the request does not carry admin.token as Authorization: Bearer <token>"}),
+        ))
+    }
+}
+
+async fn mappings(State(state): State<AdminState>) -> Response {
+    let (_, report) = state.health.readiness();
+    let mut mappings = serde_json::Map::new();
+    for (name, paused) in state.health.paused() {
+        let status = report["mappings"][&name]["status"].clone();
+        mappings.insert(name, json!({"paused": paused, "status": status}));
+    }
+    json_response(StatusCode::OK, json!({ "mappings": mappings }))
+}
+
+async fn pause(
+    State(state): State<AdminState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    control(
+        &state,
+        peer.map(|Extension(ConnectInfo(peer))| peer),
+        &headers,
+        &name,
+        true,
+    )
+}
+
+async fn resume(
+    State(state): State<AdminState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    control(
+        &state,
+        peer.map(|Extension(ConnectInfo(peer))| peer),
+        &headers,
+        &name,
+        false,
+    )
+}
+
+fn control(
+    state: &AdminState,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    name: &str,
+    paused: bool,
+) -> Response {
+    if let Some(refusal) = refused(state, peer, headers) {
+        tracing::warn!(mapping = %name, peer = ?peer, paused, "refused a control request");
+        return refusal;
+    }
+    match state.health.set_paused(name, paused) {
+        Control::UnknownMapping => {
+            let known: Vec<String> = state.health.paused().into_keys().collect();
+            json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("no mapping named {name:?}; running mappings: [{}]", known.join(", "))}),
+            )
+        }
+        done => json_response(
+            StatusCode::OK,
+            json!({"mapping": name, "paused": paused, "changed": done == Control::Changed}),
+        ),
+    }
+}
+
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
     // Sampled when scraped: a count that keeps growing under steady load is a task leak.
     metrics::gauge!("sluice_runtime_alive_tasks").set(
@@ -64,4 +183,61 @@ async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn state(token: Option<&str>) -> AdminState {
+        AdminState {
+            health: Health::new(Duration::from_secs(60), Duration::from_secs(60)),
+            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle(),
+            token: token.map(Into::into),
+        }
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        headers
+    }
+
+    // The admin server listens on every interface on ECS (for the load balancer's health
+    // check): whoever reaches it must not be able to stop the mappings.
+    #[test]
+    fn control_from_another_host_needs_the_admin_token() {
+        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "10.0.3.7:5000".parse().unwrap();
+        let open = state(None);
+        assert!(refused(&open, Some(loopback), &HeaderMap::new()).is_none());
+        let refusal = refused(&open, Some(remote), &HeaderMap::new()).unwrap();
+        assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
+        assert!(
+            refused(&open, None, &HeaderMap::new()).is_some(),
+            "no address, no trust"
+        );
+        let guarded = state(Some("s3cret"));
+        assert!(refused(&guarded, Some(remote), &bearer("s3cret")).is_none());
+        let wrong = refused(&guarded, Some(remote), &bearer("guess")).unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn pausing_an_unknown_mapping_names_the_running_ones() {
+        let admin = state(None);
+        let _orders = admin.health.register("orders");
+        let loopback = Some("127.0.0.1:1".parse().unwrap());
+        let answer = control(&admin, loopback, &HeaderMap::new(), "order", true);
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        let answer = control(&admin, loopback, &HeaderMap::new(), "orders", true);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(admin.health.paused()["orders"], true);
+    }
 }

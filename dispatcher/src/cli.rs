@@ -49,19 +49,19 @@ pub enum Command {
     /// Exit 0 when the local sluice reports ready on its admin endpoint (/readyz), 1 otherwise:
     /// a container health check.
     Health {
-        /// The config file of the running sluice (it names the admin address).
-        #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG")]
-        config: Option<String>,
-        /// The admin address to ask instead of reading the config, such as 127.0.0.1:9797.
-        #[arg(long, env = "SLUICE_ADMIN")]
-        admin: Option<String>,
-        /// The address file the running sluice writes (`run --address-file`): read when the
-        /// admin address asked for (--admin, or the config's) has port 0, or none is given.
-        #[arg(long, env = "SLUICE_ADDRESS_FILE")]
-        address_file: Option<std::path::PathBuf>,
-        /// How long to wait for the answer.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Control the mappings of a running sluice through its admin server: pause one (it stops
+    /// receiving; work in flight finishes), resume it, or show each mapping's status.
+    Ctl {
+        #[command(subcommand)]
+        action: CtlAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// admin.token, needed when the admin server is asked from another host.
+        #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Dead letters of a mapping: look at them, or re-drive them.
     Dlq {
@@ -70,6 +70,40 @@ pub enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+}
+
+/// How a command finds the running sluice's admin server.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The config file of the running sluice (it names the admin address).
+    #[arg(short = 'c', long = "config", env = "SLUICE_CONFIG", global = true)]
+    config: Option<String>,
+    /// The admin address to ask instead of reading the config, such as 127.0.0.1:9797.
+    #[arg(long, env = "SLUICE_ADMIN", global = true)]
+    admin: Option<String>,
+    /// The address file the running sluice writes (`run --address-file`): read when the
+    /// admin address asked for (--admin, or the config's) has port 0, or none is given.
+    #[arg(long, env = "SLUICE_ADDRESS_FILE", global = true)]
+    address_file: Option<std::path::PathBuf>,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, global = true)]
+    timeout: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// Stop receiving for a mapping; what it holds finishes, positions stay.
+    Pause {
+        /// The mapping's name.
+        mapping: String,
+    },
+    /// Receive again for a paused mapping.
+    Resume {
+        /// The mapping's name.
+        mapping: String,
+    },
+    /// Each mapping's status and whether it is paused (JSON).
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,17 +168,18 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Dlq { command } => dlq(command),
-        Command::Health {
-            config,
+        Command::Health { admin } => match admin_address(&admin, "health") {
+            Ok(address) => ask_ready(&address, admin.timeout),
+            Err(exit) => exit,
+        },
+        Command::Ctl {
+            action,
             admin,
-            address_file,
-            timeout,
-        } => health(
-            config.as_deref(),
-            admin.as_deref(),
-            address_file.as_deref(),
-            timeout,
-        ),
+            token,
+        } => match admin_address(&admin, "ctl") {
+            Ok(address) => ctl(&address, action, token.as_deref(), admin.timeout),
+            Err(exit) => exit,
+        },
         Command::Validate {
             config: path,
             connect,
@@ -361,12 +396,14 @@ fn report(program: &str, error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `sluice health`: asks the local admin endpoint whether sluice is ready.
-fn health(
-    config_location: Option<&str>,
-    admin: Option<&str>,
-    address_file: Option<&std::path::Path>,
-    timeout: std::time::Duration,
-) -> ExitCode {
+/// The admin server's address (host:port) from `--admin`, the config or the address file; the
+/// exit status to end with when it cannot be found.
+fn admin_address(args: &AdminArgs, command: &str) -> Result<String, ExitCode> {
+    let (config_location, admin, address_file) = (
+        args.config.as_deref(),
+        args.admin.as_deref(),
+        args.address_file.as_deref(),
+    );
     // A wildcard listener is reached over loopback.
     let reachable = |listen: std::net::SocketAddr| {
         if listen.ip().is_unspecified() {
@@ -380,46 +417,107 @@ fn health(
         (Some(admin), _) => match admin.parse() {
             Ok(address) => Some(address),
             // A host name: asked as written.
-            Err(_) => return ask_ready(admin, timeout),
+            Err(_) => return Ok(admin.to_owned()),
         },
         (None, Some(location)) => match load_config(location) {
             Ok(config) => Some(config.admin.listen),
             Err(errors) => {
                 eprintln!("{errors}");
-                return ExitCode::from(EXIT_RUNTIME_FAILURE);
+                return Err(ExitCode::from(EXIT_RUNTIME_FAILURE));
             }
         },
         (None, None) => None,
     };
     // A port asked for is where sluice listens; port 0 (or nothing asked) is found in the
     // address file the running sluice writes.
-    let address = match (asked, address_file) {
-        (Some(asked), _) if asked.port() != 0 => reachable(asked),
+    match (asked, address_file) {
+        (Some(asked), _) if asked.port() != 0 => Ok(reachable(asked)),
         (_, Some(path)) => match reported_admin(path) {
-            Some(reported) => reported,
+            Some(reported) => Ok(reported),
             None => {
                 // Not written yet, or removed at exit: nothing to ask, so not ready.
                 println!(
                     "not ready: no address in {}; is sluice running?",
                     path.display()
                 );
-                return ExitCode::from(EXIT_RUNTIME_FAILURE);
+                Err(ExitCode::from(EXIT_RUNTIME_FAILURE))
             }
         },
         (Some(_), None) => {
             eprintln!(
-                "sluice health: the admin address has port 0, so sluice picks the port; give --address-file (or SLUICE_ADDRESS_FILE), the file sluice run writes it to"
+                "sluice {command}: the admin address has port 0, so sluice picks the port; give --address-file (or SLUICE_ADDRESS_FILE), the file sluice run writes it to"
             );
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            Err(ExitCode::from(EXIT_BAD_CONFIG))
         }
         (None, None) => {
             eprintln!(
-                "sluice health: give -c (or SLUICE_CONFIG), --admin (or SLUICE_ADMIN) or --address-file (or SLUICE_ADDRESS_FILE)"
+                "sluice {command}: give -c (or SLUICE_CONFIG), --admin (or SLUICE_ADMIN) or --address-file (or SLUICE_ADDRESS_FILE)"
             );
+            Err(ExitCode::from(EXIT_BAD_CONFIG))
+        }
+    }
+}
+
+/// `sluice ctl`: one request to the admin server; prints its JSON answer. Exit 0 when it was
+/// done, 1 when sluice could not be reached, 2 when it refused (an unknown mapping, no token).
+fn ctl(
+    address: &str,
+    action: CtlAction,
+    token: Option<&str>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let (method, segments) = match &action {
+        CtlAction::Pause { mapping } => (reqwest::Method::POST, vec!["mappings", mapping, "pause"]),
+        CtlAction::Resume { mapping } => {
+            (reqwest::Method::POST, vec!["mappings", mapping, "resume"])
+        }
+        CtlAction::Status => (reqwest::Method::GET, vec!["mappings"]),
+    };
+    let mut url = match reqwest::Url::parse(&format!("http://{address}/")) {
+        Ok(url) => url,
+        Err(error) => {
+            eprintln!("sluice ctl: {address:?} is not an address: {error}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    ask_ready(&address, timeout)
+    // Each name is one path segment, escaped as the URL rules say.
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.clear().extend(segments);
+    }
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let mut request = client.request(method, url.clone());
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.map_err(|e| e.to_string())?;
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                Ok::<_, String>((status, body))
+            })
+        });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            println!("{}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("sluice ctl: {url} answered {status}: {}", body.trim());
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+        Err(error) => {
+            eprintln!("sluice ctl: cannot reach {url}: {error}; is sluice running?");
+            ExitCode::from(EXIT_RUNTIME_FAILURE)
+        }
+    }
 }
 
 /// Asks `address`'s /readyz; exit 0 when ready.

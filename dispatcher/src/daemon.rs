@@ -200,6 +200,7 @@ pub async fn run_with_handlers(
         config.admin.listen,
         health.clone(),
         metrics,
+        config.admin.token.clone(),
         admin_stop.clone(),
     )
     .await?;

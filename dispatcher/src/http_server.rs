@@ -127,6 +127,20 @@ fn serve(
                     }
                 }
                 let _ = stream.set_nodelay(true);
+                // Handlers that decide by the caller's address (the admin server's control
+                // endpoints) read it as axum's ConnectInfo.
+                let peer = stream.peer_addr().ok();
+                let app = tower::ServiceExt::map_request(
+                    app,
+                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        if let Some(peer) = peer {
+                            request
+                                .extensions_mut()
+                                .insert(axum::extract::ConnectInfo(peer));
+                        }
+                        request
+                    },
+                );
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -137,6 +151,16 @@ fn serve(
         drop(listener);
         graceful.shutdown().await;
     })
+}
+
+/// Whether `a == b`, in time that depends on their lengths only: how servers compare a presented
+/// token with theirs, so the answer's timing tells nothing of the token.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
 }
 
 /// Why a body could not be read.
@@ -174,6 +198,14 @@ pub(crate) async fn read_body_within(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+        assert!(!super::constant_time_eq(b"", b"a"));
+    }
+
     use super::*;
     use axum::routing::post;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

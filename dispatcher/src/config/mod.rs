@@ -145,6 +145,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub stall_after: Duration,
     pub stuck_after: Duration,
+    /// Lets callers off loopback use the control endpoints.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +228,18 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
         listen: None,
         stall_after: None,
         stuck_after: None,
+        token: None,
     });
+    if admin_raw
+        .token
+        .as_ref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        v.error(
+            "admin.token",
+            "is empty or whitespace; set a long random secret, or remove the key so that only loopback callers may pause and resume mappings",
+        );
+    }
     let listen_text = admin_raw
         .listen
         .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
@@ -401,6 +414,7 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
             listen,
             stall_after,
             stuck_after,
+            token: admin_raw.token,
         },
         aws,
         targets,

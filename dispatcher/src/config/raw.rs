@@ -135,6 +135,11 @@ pub struct RawAdmin {
     /// naming the shard. Default 5m.
     #[serde(default)]
     pub stuck_after: Option<HumanDuration>,
+    /// A shared secret for the control endpoints (`POST /mappings/{name}/pause|resume`) when
+    /// called from another host, as `Authorization: Bearer <token>`; callers on loopback need
+    /// none. Without it only loopback callers may control mappings.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// Where stream checkpoints live: exactly one kind.
