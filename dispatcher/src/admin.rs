@@ -238,6 +238,6 @@ mod tests {
         assert_eq!(answer.status(), StatusCode::NOT_FOUND);
         let answer = control(&admin, loopback, &HeaderMap::new(), "orders", true);
         assert_eq!(answer.status(), StatusCode::OK);
-        assert_eq!(admin.health.paused()["orders"], true);
+        assert!(admin.health.paused()["orders"]);
     }
 }
