@@ -294,3 +294,153 @@ async fn a_paused_mapping_receives_nothing_until_resumed() {
         0.0
     );
 }
+
+/// The mappings of the reload test: `keep` on queue `a` always; the rest as the version says.
+fn reload_config(handler_url: &str, queues: &BTreeMap<&str, String>, version: u32) -> String {
+    let mapping = |name: &str, queue: &str, extra: &str| {
+        format!(
+            "\n  - name: {name}\n    target: handler\n    source:\n      sqs: {{ queue_url: \"{}\", batch_size: 10, wait_time: 1s }}\n{extra}",
+            queues[queue]
+        )
+    };
+    let mut mappings = mapping("keep", "a", "");
+    if version == 1 {
+        mappings.push_str(&mapping("change", "b", ""));
+        mappings.push_str(&mapping("gone", "c", ""));
+    } else {
+        // Changed: only orders now; removed: gone; added: added.
+        mappings.push_str(&mapping(
+            "change",
+            "b",
+            "    filters:\n      - body: { type: [order] }\n",
+        ));
+        mappings.push_str(&mapping("added", "d", ""));
+    }
+    any_port(&TestConfig::new(handler_url).mappings(&mappings).render())
+}
+
+// Issue 20, item 6: SIGHUP reloads the config file. A file that does not validate is refused and
+// changes nothing; a valid one leaves an unchanged mapping untouched (its slow batch in flight
+// finishes once, it is not stopped, and its pause holds), drains and restarts a changed one with
+// its new filter, drains a removed one (its queue is no longer read) and starts an added one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_changed_mappings_and_leaves_the_others_untouched() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let mut queues = BTreeMap::new();
+    for name in ["a", "b", "c", "d"] {
+        queues.insert(
+            name,
+            create_queue(&sqs, &format!("reload-{name}"), &[]).await,
+        );
+    }
+    let handler = Handler::start(|_, event| {
+        let slow = event["Records"][0]["body"]
+            .as_str()
+            .is_some_and(|body| body.contains("slow"));
+        let reply = Reply::json(json!({}));
+        if slow {
+            reply.after(Duration::from_secs(4))
+        } else {
+            reply
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(&path, reload_config(&handler.url("/e"), &queues, 1)).unwrap();
+    let sluice = Sluice::start_file(&path, tempfile::tempdir().unwrap(), &moto_env(&moto));
+    let order = |n: u32| json!({"type": "order", "n": n}).to_string();
+    let refund = |n: u32| json!({"type": "refund", "n": n}).to_string();
+    send_bodies(&sqs, &queues["b"], &[order(0), refund(0)], None).await;
+    eventually(Duration::from_secs(60), "version 1 handles b", || async {
+        (handler.deliveries_by_body().len() == 2).then_some(())
+    })
+    .await;
+
+    // A file that does not validate: refused, nothing changes.
+    std::fs::write(&path, "version: 1\ntargets: {}\nmappings: [ {name: x} ]\n").unwrap();
+    sluice.signal("HUP");
+    eventually(Duration::from_secs(30), "the refusal logged", || async {
+        sluice
+            .logs()
+            .contains("config reload refused")
+            .then_some(())
+    })
+    .await;
+    send_bodies(&sqs, &queues["c"], &[order(1)], None).await;
+    eventually(Duration::from_secs(60), "gone still runs", || async {
+        (handler.deliveries_by_body().len() == 3).then_some(())
+    })
+    .await;
+
+    // Version 2, while keep is paused and has a slow batch in flight.
+    let (code, answer) = ctl(&sluice, &["pause", "keep"]);
+    assert_eq!(code, 0, "{answer}");
+    std::fs::write(&path, reload_config(&handler.url("/e"), &queues, 2)).unwrap();
+    let (code, answer) = ctl(&sluice, &["resume", "keep"]);
+    assert_eq!(code, 0, "{answer}");
+    send_bodies(&sqs, &queues["a"], &["slow-keep".to_owned()], None).await;
+    eventually(
+        Duration::from_secs(30),
+        "keep's slow batch in flight",
+        || async {
+            handler
+                .received()
+                .iter()
+                .any(|r| r.records().iter().any(|rec| rec["body"] == "slow-keep"))
+                .then_some(())
+        },
+    )
+    .await;
+    let (code, answer) = ctl(&sluice, &["pause", "keep"]);
+    assert_eq!(code, 0, "{answer}");
+    sluice.signal("HUP");
+    eventually(Duration::from_secs(60), "the reload done", || async {
+        sluice.logs().contains("config reloaded").then_some(())
+    })
+    .await;
+    let logs = sluice.logs();
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("stopping for a config reload") && l.contains("\"keep\"")),
+        "keep was stopped:\n{logs}"
+    );
+    let (_, status) = ctl(&sluice, &["status"]);
+    let names: Vec<&String> = status["mappings"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["added", "change", "keep"], "{status}");
+    assert_eq!(status["mappings"]["keep"]["paused"], true, "{status}");
+
+    send_bodies(&sqs, &queues["b"], &[order(2), refund(2)], None).await;
+    send_bodies(&sqs, &queues["c"], &[order(3)], None).await;
+    send_bodies(&sqs, &queues["d"], &[order(4)], None).await;
+    eventually(
+        Duration::from_secs(60),
+        "the new config at work",
+        || async {
+            let bodies = handler.deliveries_by_body();
+            (bodies.contains_key(&order(2)) && bodies.contains_key(&order(4))).then_some(())
+        },
+    )
+    .await;
+    sluice.settled("change", Duration::from_secs(2)).await;
+    let bodies = handler.deliveries_by_body();
+    assert!(
+        !bodies.contains_key(&refund(2)),
+        "change filters refunds now"
+    );
+    assert!(!bodies.contains_key(&order(3)), "gone no longer reads c");
+    assert_eq!(queue_depth(&sqs, &queues["c"]).await, 1);
+    assert_eq!(
+        queue_depth(&sqs, &queues["b"]).await,
+        0,
+        "the refund filtered and deleted"
+    );
+    assert_eq!(
+        bodies.get("slow-keep"),
+        Some(&1),
+        "keep's batch finished once"
+    );
+    assert!(bodies.values().all(|&n| n == 1), "{bodies:?}");
+}

@@ -223,7 +223,15 @@ pub fn main() -> ExitCode {
                 }
             };
             telemetry::init_logging(log_format);
-            match run(config, crate::daemon::RunOptions { address_file }) {
+            // SIGHUP reads the same location again (README "Live control").
+            let location = path.clone();
+            let reload =
+                crate::daemon::ConfigLoader(std::sync::Arc::new(move || load_config(&location)));
+            let options = crate::daemon::RunOptions {
+                address_file,
+                reload: Some(reload),
+            };
+            match run(config, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "sluice failed");

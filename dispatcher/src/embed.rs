@@ -53,6 +53,8 @@ impl Sluice {
             options: crate::daemon::RunOptions {
                 // As `sluice run` reads it, so that one environment serves both.
                 address_file: std::env::var_os("SLUICE_ADDRESS_FILE").map(Into::into),
+                // An embedding program owns its process's signals.
+                reload: None,
             },
         }
     }

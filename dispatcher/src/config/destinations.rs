@@ -46,7 +46,7 @@ pub struct RawSqsDestination {
     pub spill_bucket: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DestinationConfig {
     Sqs {
         queue_url: String,

@@ -16,7 +16,7 @@ pub const DEFAULT_INVOKE_API_LISTEN: &str = "127.0.0.1:9001";
 pub const DEFAULT_MAX_QUEUED_EVENTS: u64 = 10_000;
 pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1 << 30;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InvokeApiConfig {
     pub listen: SocketAddr,
     pub token: Option<String>,
@@ -25,7 +25,7 @@ pub struct InvokeApiConfig {
     pub functions: BTreeMap<String, FunctionConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionConfig {
     pub target: String,
     pub policy: AsyncPolicy,

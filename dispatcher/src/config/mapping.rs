@@ -11,7 +11,7 @@ use super::validate::Validator;
 use sluice_policies::{FilterSet, Pattern};
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MappingConfig {
     pub name: String,
     pub target: String,

@@ -74,7 +74,7 @@ pub struct Config {
     pub emf: Option<crate::telemetry::esm::EmfSettings>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TracesConfig {
     pub otlp_endpoint: String,
     pub service_name: String,
@@ -140,7 +140,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub stall_after: Duration,
@@ -158,7 +158,7 @@ pub enum CheckpointsConfig {
     },
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AwsSettings {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,

@@ -20,7 +20,7 @@ macro_rules! source_kinds {
         }
 
         /// A mapping's source, validated, with its policy.
-        #[derive(Debug, Clone)]
+        #[derive(Debug, Clone, PartialEq)]
         pub enum SourceConfig {
             $( $variant($built), )*
         }

@@ -9,7 +9,7 @@ use super::validate::Validator;
 use sluice_policies::{AdaptiveSettings, BreakerSettings, FailureRatio};
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TargetConfig {
     Http(HttpTargetConfig),
     Command(CommandTargetConfig),
@@ -17,7 +17,7 @@ pub enum TargetConfig {
     LambdaRuntime(LambdaRuntimeTargetConfig),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LambdaRuntimeTargetConfig {
     pub command: Vec<String>,
     pub concurrency: usize,
@@ -32,7 +32,7 @@ pub struct LambdaRuntimeTargetConfig {
     pub working_dir: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InProcessTargetConfig {
     pub timeout: Duration,
     pub max_concurrency: usize,
@@ -64,7 +64,7 @@ impl TargetConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CommandTargetConfig {
     pub program: Vec<String>,
     pub timeout: Duration,
@@ -75,7 +75,7 @@ pub struct CommandTargetConfig {
     pub max_concurrency: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpTargetConfig {
     pub url: reqwest::Url,
     pub timeout: Duration,

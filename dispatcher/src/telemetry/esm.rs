@@ -159,6 +159,48 @@ pub struct EmfMapping {
     pub counts: std::sync::Arc<EsmCounts>,
 }
 
+/// The mappings the EMF writer writes, by name; a reload adds, replaces and retires them.
+#[derive(Clone, Default)]
+pub struct EmfRegistry(std::sync::Arc<std::sync::Mutex<EmfMappings>>);
+
+#[derive(Default)]
+struct EmfMappings {
+    current: std::collections::BTreeMap<String, std::sync::Arc<EmfMapping>>,
+    /// Removed by a reload: written once more (what their drain counted), then forgotten.
+    retired: Vec<std::sync::Arc<EmfMapping>>,
+}
+
+impl EmfRegistry {
+    /// Adds a mapping, or replaces one of the same name (a reload that changed it; its counts
+    /// are the same, so nothing is counted twice).
+    pub fn insert(&self, mapping: EmfMapping) {
+        let mut mappings = self.0.lock().expect("emf lock");
+        mappings
+            .current
+            .insert(mapping.name.clone(), std::sync::Arc::new(mapping));
+    }
+
+    /// Retires a mapping a reload removed, once its worker has drained.
+    pub fn retire(&self, name: &str) {
+        let mut mappings = self.0.lock().expect("emf lock");
+        if let Some(mapping) = mappings.current.remove(name) {
+            mappings.retired.push(mapping);
+        }
+    }
+
+    /// The mappings to write now, each with whether it is retired (handed out this once).
+    fn take(&self) -> Vec<(std::sync::Arc<EmfMapping>, bool)> {
+        let mut mappings = self.0.lock().expect("emf lock");
+        let mut all: Vec<_> = mappings
+            .current
+            .values()
+            .map(|mapping| (mapping.clone(), false))
+            .collect();
+        all.extend(mappings.retired.drain(..).map(|mapping| (mapping, true)));
+        all
+    }
+}
+
 /// The totals of one mapping at the previous line.
 #[derive(Debug, Clone, Copy, Default)]
 struct Written([u64; 7]);
@@ -217,8 +259,9 @@ fn now_ms() -> u64 {
 }
 
 /// Writes one line per mapping every `interval` until `stop`, then a last one.
-pub async fn run_emf(settings: EmfSettings, mappings: Vec<EmfMapping>, stop: CancellationToken) {
-    let mut previous = vec![Written::default(); mappings.len()];
+pub async fn run_emf(settings: EmfSettings, mappings: EmfRegistry, stop: CancellationToken) {
+    // By name: a mapping a reload replaced keeps its counts, and so what was written of them.
+    let mut previous: std::collections::HashMap<String, Written> = Default::default();
     let mut ticks = tokio::time::interval_at(
         tokio::time::Instant::now() + settings.interval,
         settings.interval,
@@ -232,9 +275,13 @@ pub async fn run_emf(settings: EmfSettings, mappings: Vec<EmfMapping>, stop: Can
         };
         let timestamp = now_ms();
         let mut lines = Vec::new();
-        for (mapping, previous) in mappings.iter().zip(previous.iter_mut()) {
-            let document = render(&settings, mapping, previous, timestamp);
+        for (mapping, retired) in mappings.take() {
+            let written = previous.entry(mapping.name.clone()).or_default();
+            let document = render(&settings, &mapping, written, timestamp);
             lines.push(document.to_string());
+            if retired {
+                previous.remove(&mapping.name);
+            }
         }
         // Blocking, but short: a few hundred bytes a mapping, written on the blocking pool so
         // a slow stdout never holds a runtime worker.
@@ -371,7 +418,9 @@ mod tests {
     #[tokio::test]
     async fn a_stop_writes_the_last_line_at_once() {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run_emf(settings(), vec![mapping(true)], stop.clone()));
+        let registry = EmfRegistry::default();
+        registry.insert(mapping(true));
+        let task = tokio::spawn(run_emf(settings(), registry, stop.clone()));
         stop.cancel();
         // The interval is 60 s: ending within seconds means the stop, not a tick, wrote it.
         tokio::time::timeout(Duration::from_secs(10), task)

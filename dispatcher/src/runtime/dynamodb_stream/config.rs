@@ -63,7 +63,7 @@ pub struct RawDynamoDbStreamSource {
     pub discovery_interval: Option<HumanDuration>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StreamSourceConfig {
     pub table: Option<String>,
     pub stream_arn: Option<String>,

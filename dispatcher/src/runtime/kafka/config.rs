@@ -62,7 +62,7 @@ pub struct RawKafkaSource {
     pub msk_cluster_arn: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KafkaSourceConfig {
     pub bootstrap_servers: String,
     pub topics: Vec<String>,

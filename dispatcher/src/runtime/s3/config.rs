@@ -43,7 +43,7 @@ pub struct RawS3Source {
     pub wait_time: Option<HumanDuration>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct S3SourceConfig {
     pub queue_url: String,
     pub events: Vec<String>,

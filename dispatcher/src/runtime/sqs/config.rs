@@ -120,7 +120,7 @@ pub struct RawSqsRetry {
 
 const RETRY_ADVICE: &str = "an sqs source retries through the queue: use max_receive_count, backoff and non_retryable_errors";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SqsSourceConfig {
     pub queue_url: String,
     pub fifo: bool,

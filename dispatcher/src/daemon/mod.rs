@@ -4,12 +4,11 @@
 //! in-flight batches and queued events until `shutdown_timeout` → exit). The CLI and the
 //! embedding API ([`crate::embed`]) both run it.
 
-use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig, SourceConfig};
+mod mappings;
+
+use crate::config::{AwsSettings, CheckpointsConfig, Config, DestinationConfig};
 use crate::health::Health;
-use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
-use crate::runtime::{dynamodb_stream, kafka, s3, sqs, supervise};
-use crate::targets::{self, SharedTarget};
-use crate::telemetry::MappingMetrics;
+use crate::runtime::mapping::SourceClients;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -119,6 +118,8 @@ pub struct RunOptions {
     /// a JSON object `{"admin": "127.0.0.1:9797", "invoke_api": "127.0.0.1:9001"}`. With port 0
     /// in the config this is how to find them. Removed when the run ends.
     pub address_file: Option<PathBuf>,
+    /// How to read the config again on SIGHUP; `None`: SIGHUP is not listened for.
+    pub reload: Option<ConfigLoader>,
 }
 
 /// Runs every enabled mapping until `shutdown`, then drains and returns.
@@ -180,20 +181,7 @@ pub async fn run_with_handlers(
         None
     };
 
-    let mut built_targets: BTreeMap<String, SharedTarget> = BTreeMap::new();
-    for (name, target) in &config.targets {
-        let mut built = targets::build(name, target, &handlers, &region, Some(&health))?;
-        if let Some(settings) = config.circuit_breakers.get(name) {
-            built = built.with_circuit_breaker(*settings, Some(health.clone()));
-        }
-        if let Some(settings) = config.adaptive_concurrency.get(name) {
-            built = built.with_adaptive_concurrency(*settings);
-        }
-        if let Some((records_per_second, burst)) = config.rate_limits.get(name) {
-            built = built.with_rate_limit(*records_per_second, *burst);
-        }
-        built_targets.insert(name.clone(), built);
-    }
+    let mut targets = mappings::Targets::build(&config, handlers, &region, &health)?;
 
     let admin_stop = CancellationToken::new();
     let (admin, admin_address) = crate::admin::serve(
@@ -218,11 +206,6 @@ pub async fn run_with_handlers(
         ),
         region: region.clone(),
     };
-    let mut workers = tokio::task::JoinSet::new();
-    let mut emf_mappings = Vec::new();
-    let mapping_destination = |destination: &DestinationConfig, source: &SourceConfig| {
-        crate::destinations::build(destination, Some(source), &sqs_client, &s3_client)
-    };
     let function_destination =
         |function: &str, key: &'static str, destination: &DestinationConfig| {
             crate::destinations::build(destination, None, &sqs_client, &s3_client).map_err(
@@ -233,83 +216,23 @@ pub async fn run_with_handlers(
                 },
             )
         };
-    for mapping in config.mappings.iter().filter(|m| m.enabled) {
-        let target =
-            built_targets
-                .get(&mapping.target)
-                .cloned()
-                .ok_or_else(|| RunError::UnknownTarget {
-                    owner: format!("mapping {}", mapping.name),
-                    target: mapping.target.clone(),
-                })?;
-        let on_failure = mapping
-            .on_failure
-            .as_ref()
-            .map(|d| mapping_destination(d, &mapping.source))
-            .transpose()
-            .map_err(|source| RunError::Destination {
-                owner: format!("mapping {}", mapping.name),
-                key: "on_failure",
-                source,
-            })?;
-        let on_success = mapping
-            .on_success
-            .as_ref()
-            .map(|d| mapping_destination(d, &mapping.source))
-            .transpose()
-            .map_err(|source| RunError::Destination {
-                owner: format!("mapping {}", mapping.name),
-                key: "on_success",
-                source,
-            })?;
-        let health = health.register(&mapping.name);
-        health.calls_target(&mapping.target);
-        // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
-        // /readyz and restarted with backoff.
-        let on_death = {
-            let health = health.clone();
-            move |message: &str| health.restarting(message)
-        };
-        let metrics = MappingMetrics::new(&mapping.name);
-        if let Some(counts) = metrics.esm() {
-            emf_mappings.push(crate::telemetry::esm::EmfMapping {
-                name: mapping.name.clone(),
-                target: mapping.target.clone(),
-                deletes: matches!(mapping.source, SourceConfig::Sqs(_) | SourceConfig::S3(_)),
-                counts,
-            });
-        }
-        let worker = Mapping {
-            config: mapping.clone(),
-            target,
-            on_failure,
-            on_success,
-            health,
-            metrics,
-            shutdown_timeout: config.shutdown_timeout,
-        };
-        // One line per source kind.
-        let start: StartMapping = match &mapping.source {
-            SourceConfig::Sqs(source) => sqs::start(source, worker, &source_clients),
-            SourceConfig::S3(source) => s3::start(source, worker, &source_clients),
-            SourceConfig::DynamodbStream(source) => {
-                dynamodb_stream::start(source, worker, &source_clients)?
-            }
-            SourceConfig::Kafka(source) => kafka::start(source, worker, &source_clients),
-        };
-        workers.spawn(supervise(
-            format!("mapping {}", mapping.name),
-            shutdown.clone(),
-            on_death,
-            start,
-        ));
-    }
+    let emf_registry = crate::telemetry::esm::EmfRegistry::default();
+    let mut mapping_set = mappings::MappingSet::new(mappings::StartContext {
+        health: health.clone(),
+        source_clients,
+        sqs_client: sqs_client.clone(),
+        s3_client: s3_client.clone(),
+        shutdown: shutdown.clone(),
+        shutdown_timeout: config.shutdown_timeout,
+        emf: emf_registry.clone(),
+    });
+    mapping_set.start_all(&config, &targets)?;
     // Stopped after the drain, so its last lines hold what the drain counted.
     let emf_stop = CancellationToken::new();
     let emf = config.emf.clone().map(|settings| {
         tokio::spawn(crate::telemetry::esm::run_emf(
             settings,
-            emf_mappings,
+            emf_registry.clone(),
             emf_stop.clone(),
         ))
     });
@@ -329,13 +252,13 @@ pub async fn run_with_handlers(
             ));
             let mut functions = BTreeMap::new();
             for (name, function) in &api_config.functions {
-                let target = built_targets
-                    .get(&function.target)
-                    .cloned()
-                    .ok_or_else(|| RunError::UnknownTarget {
-                        owner: format!("invoke_api function {name}"),
-                        target: function.target.clone(),
-                    })?;
+                let target =
+                    targets
+                        .get(&function.target)
+                        .ok_or_else(|| RunError::UnknownTarget {
+                            owner: format!("invoke_api function {name}"),
+                            target: function.target.clone(),
+                        })?;
                 functions.insert(
                     name.clone(),
                     Arc::new(crate::invoke_api::Function::new(
@@ -383,14 +306,26 @@ pub async fn run_with_handlers(
         // only the file that names them is missing.
         tracing::error!(file = %path.display(), %error, "cannot write the address file");
     }
-    if workers.is_empty() && api.is_none() {
+    if mapping_set.len() == 0 && api.is_none() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");
     }
     for warning in config.warnings() {
         tracing::warn!(%warning, "config warning");
     }
-    tracing::info!(mappings = workers.len(), "sluice running");
-    shutdown.cancelled().await;
+    tracing::info!(mappings = mapping_set.len(), "sluice running");
+    let mut config = config;
+    let mut reloads = reload_signals(options.reload.is_some());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reloads.recv() => {
+                let Some(loader) = &options.reload else { continue };
+                if let Some(new) = reload(loader, &config, &mut mapping_set, &mut targets).await {
+                    config = new;
+                }
+            }
+        }
+    }
     tracing::info!(
         shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
         "stop signal received; draining"
@@ -404,11 +339,7 @@ pub async fn run_with_handlers(
         if let Some(api) = api {
             let _ = api.await;
         }
-        while let Some(result) = workers.join_next().await {
-            if let Err(error) = result {
-                tracing::error!(%error, "a mapping worker failed");
-            }
-        }
+        mapping_set.drained().await;
         api_workers.wait().await;
     };
     if tokio::time::timeout_at(deadline, drain).await.is_err() {
@@ -428,6 +359,92 @@ pub async fn run_with_handlers(
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// SIGHUP, as a stream of reload requests; none when reloading is off (an embedded daemon).
+fn reload_signals(enabled: bool) -> tokio::sync::mpsc::Receiver<()> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    if !enabled {
+        return receiver;
+    }
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    // One pending reload is enough: it reads the file as it is then.
+                    let _ = sender.try_send(());
+                }
+            });
+        }
+        Err(error) => tracing::error!(%error, "cannot listen for SIGHUP; config reload is off"),
+    }
+    receiver
+}
+
+/// Reads the config again and applies it; the new config when it was applied (even in part:
+/// what cannot change while running is reported and kept), `None` when it was refused.
+async fn reload(
+    loader: &ConfigLoader,
+    current: &Config,
+    mapping_set: &mut mappings::MappingSet,
+    targets: &mut mappings::Targets,
+) -> Option<Config> {
+    tracing::info!(config = %current.file.display(), "SIGHUP: reloading the config");
+    // The loader may block (a file, or S3 through its own runtime): on a thread of its own.
+    let load = loader.0.clone();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(load());
+    });
+    let mut new = match receiver.await {
+        Ok(Ok(new)) => new,
+        Ok(Err(errors)) => {
+            tracing::error!(errors = %errors, "config reload refused: the file does not validate; the running config stays");
+            return None;
+        }
+        Err(_) => {
+            tracing::error!("config reload failed: the loader stopped; the running config stays");
+            return None;
+        }
+    };
+    let fixed = mappings::fixed_changes(current, &new);
+    if !fixed.is_empty() {
+        tracing::warn!(keys = ?fixed, "config reload: these keys cannot change while sluice runs; they keep their running values until a restart");
+        // Carried over, so the next reload compares against what really runs.
+        new.admin = current.admin.clone();
+        new.aws = current.aws.clone();
+        new.checkpoints = current.checkpoints.clone();
+        new.state_dir = current.state_dir.clone();
+        new.invoke_api = current.invoke_api.clone();
+        new.emf = current.emf.clone();
+        new.traces = current.traces.clone();
+        new.shutdown_timeout = current.shutdown_timeout;
+    }
+    for warning in new.warnings() {
+        tracing::warn!(%warning, "config warning");
+    }
+    match mapping_set.reload(current, &new, targets).await {
+        Ok(changes) => {
+            tracing::info!(changes = ?changes, mappings = mapping_set.len(), "config reloaded");
+            Some(new)
+        }
+        Err(error) => {
+            tracing::error!(error = %crate::error_chain(&error), "config reload failed part way; mappings that started run with the new config, the others as they were");
+            Some(new)
+        }
+    }
+}
+
+/// Reads the config file again, for a reload on SIGHUP.
+#[derive(Clone)]
+pub struct ConfigLoader(
+    pub Arc<dyn Fn() -> Result<Config, crate::config::ConfigErrors> + Send + Sync>,
+);
+
+impl std::fmt::Debug for ConfigLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigLoader")
+    }
 }
 
 /// Removes a stale address file and checks that one can be written beside it.

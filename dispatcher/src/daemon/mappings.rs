@@ -1,0 +1,393 @@
+//! The running mappings and their targets, and what a config reload (`SIGHUP`) does to them.
+//!
+//! Guarantees of [`MappingSet::reload`]:
+//! - the new config is the one `sluice validate` would accept; a file that does not parse or
+//!   validate changes nothing (the caller logs why);
+//! - a mapping whose config and target are unchanged keeps running untouched: same worker, same
+//!   in-flight batches, same leases and partitions;
+//! - a changed mapping (its own keys, its destinations, or its target's) drains for at most
+//!   `shutdown_timeout`, exactly as at a stop, and only then starts again with the new config,
+//!   so two incarnations never read the same queue, shard or partition at once;
+//! - a removed (or newly disabled) mapping drains the same way and is gone from `/readyz`,
+//!   `/mappings` and the EMF lines after its last one; an added mapping starts;
+//! - a changed target is built anew; mappings on unchanged targets keep theirs, with its circuit
+//!   breaker state and adaptive limit. Invoke API functions keep the targets they started with;
+//! - what cannot change while running (admin server, AWS settings, checkpoints, state
+//!   directory, Invoke API, metrics, traces, shutdown timeout) is reported and left as it was.
+
+use super::RunError;
+use crate::config::{Config, DestinationConfig, MappingConfig, SourceConfig, TargetConfig};
+use crate::health::Health;
+use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
+use crate::runtime::{dynamodb_stream, kafka, s3, sqs, supervise};
+use crate::targets::{self, SharedTarget};
+use crate::telemetry::MappingMetrics;
+use crate::telemetry::esm::{EmfMapping, EmfRegistry};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a target is built from: two targets with equal specs are the same target.
+#[derive(Debug, Clone, PartialEq)]
+struct TargetSpec {
+    target: TargetConfig,
+    breaker: Option<sluice_policies::BreakerSettings>,
+    adaptive: Option<sluice_policies::AdaptiveSettings>,
+    rate_limit: Option<(f64, u32)>,
+}
+
+fn target_specs(config: &Config) -> BTreeMap<String, TargetSpec> {
+    config
+        .targets
+        .iter()
+        .map(|(name, target)| {
+            let spec = TargetSpec {
+                target: target.clone(),
+                breaker: config.circuit_breakers.get(name).copied(),
+                adaptive: config.adaptive_concurrency.get(name).copied(),
+                rate_limit: config.rate_limits.get(name).copied(),
+            };
+            (name.clone(), spec)
+        })
+        .collect()
+}
+
+/// The built targets, by name.
+pub(super) struct Targets {
+    specs: BTreeMap<String, TargetSpec>,
+    built: BTreeMap<String, SharedTarget>,
+    handlers: BTreeMap<String, Arc<dyn crate::targets::in_process::Handler>>,
+    region: String,
+    health: Health,
+}
+
+impl Targets {
+    pub(super) fn build(
+        config: &Config,
+        handlers: BTreeMap<String, Arc<dyn crate::targets::in_process::Handler>>,
+        region: &str,
+        health: &Health,
+    ) -> Result<Self, RunError> {
+        let mut targets = Self {
+            specs: BTreeMap::new(),
+            built: BTreeMap::new(),
+            handlers,
+            region: region.to_owned(),
+            health: health.clone(),
+        };
+        for (name, spec) in target_specs(config) {
+            let built = targets.build_one(&name, &spec)?;
+            targets.built.insert(name.clone(), built);
+            targets.specs.insert(name, spec);
+        }
+        Ok(targets)
+    }
+
+    fn build_one(&self, name: &str, spec: &TargetSpec) -> Result<SharedTarget, RunError> {
+        let mut built = targets::build(
+            name,
+            &spec.target,
+            &self.handlers,
+            &self.region,
+            Some(&self.health),
+        )?;
+        if let Some(settings) = spec.breaker {
+            built = built.with_circuit_breaker(settings, Some(self.health.clone()));
+        }
+        if let Some(settings) = spec.adaptive {
+            built = built.with_adaptive_concurrency(settings);
+        }
+        if let Some((records_per_second, burst)) = spec.rate_limit {
+            built = built.with_rate_limit(records_per_second, burst);
+        }
+        Ok(built)
+    }
+
+    pub(super) fn get(&self, name: &str) -> Option<SharedTarget> {
+        self.built.get(name).cloned()
+    }
+
+    /// The targets of `config`: unchanged ones kept, changed and new ones built. Nothing is
+    /// replaced unless every one builds. Returns the names whose target changed.
+    fn update(&mut self, config: &Config) -> Result<Vec<String>, RunError> {
+        let specs = target_specs(config);
+        let mut rebuilt = BTreeMap::new();
+        for (name, spec) in &specs {
+            if self.specs.get(name) != Some(spec) {
+                rebuilt.insert(name.clone(), self.build_one(name, spec)?);
+            }
+        }
+        let changed: Vec<String> = rebuilt.keys().cloned().collect();
+        self.built.retain(|name, _| specs.contains_key(name));
+        self.built.extend(rebuilt);
+        self.specs = specs;
+        Ok(changed)
+    }
+}
+
+/// What starting a mapping needs, the same for every mapping.
+pub(super) struct StartContext {
+    pub health: Health,
+    pub source_clients: SourceClients,
+    pub sqs_client: aws_sdk_sqs::Client,
+    pub s3_client: aws_sdk_s3::Client,
+    /// The daemon's stop: every mapping's own stop is a child of it.
+    pub shutdown: CancellationToken,
+    pub shutdown_timeout: Duration,
+    pub emf: EmfRegistry,
+}
+
+struct Running {
+    config: MappingConfig,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// The running mappings.
+pub(super) struct MappingSet {
+    context: StartContext,
+    running: BTreeMap<String, Running>,
+    /// One per mapping name, kept while the name runs: a changed mapping counts on.
+    metrics: BTreeMap<String, MappingMetrics>,
+    /// Workers of removed mappings, draining.
+    draining: Vec<JoinHandle<()>>,
+}
+
+impl MappingSet {
+    pub(super) fn new(context: StartContext) -> Self {
+        Self {
+            context,
+            running: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            draining: Vec::new(),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Starts every enabled mapping of `config`.
+    pub(super) fn start_all(&mut self, config: &Config, targets: &Targets) -> Result<(), RunError> {
+        for mapping in config.mappings.iter().filter(|m| m.enabled) {
+            self.start(mapping, targets)?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, mapping: &MappingConfig, targets: &Targets) -> Result<(), RunError> {
+        let context = &self.context;
+        let target = targets
+            .get(&mapping.target)
+            .ok_or_else(|| RunError::UnknownTarget {
+                owner: format!("mapping {}", mapping.name),
+                target: mapping.target.clone(),
+            })?;
+        let destination = |key: &'static str, destination: &Option<DestinationConfig>| {
+            destination
+                .as_ref()
+                .map(|d| {
+                    crate::destinations::build(
+                        d,
+                        Some(&mapping.source),
+                        &context.sqs_client,
+                        &context.s3_client,
+                    )
+                })
+                .transpose()
+                .map_err(|source| RunError::Destination {
+                    owner: format!("mapping {}", mapping.name),
+                    key,
+                    source,
+                })
+        };
+        let on_failure = destination("on_failure", &mapping.on_failure)?;
+        let on_success = destination("on_success", &mapping.on_success)?;
+        let health = context.health.register(&mapping.name);
+        health.calls_target(&mapping.target);
+        // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
+        // /readyz and restarted with backoff.
+        let on_death = {
+            let health = health.clone();
+            move |message: &str| health.restarting(message)
+        };
+        let metrics = self
+            .metrics
+            .entry(mapping.name.clone())
+            .or_insert_with(|| MappingMetrics::new(&mapping.name))
+            .clone();
+        if let Some(counts) = metrics.esm() {
+            context.emf.insert(EmfMapping {
+                name: mapping.name.clone(),
+                target: mapping.target.clone(),
+                deletes: matches!(mapping.source, SourceConfig::Sqs(_) | SourceConfig::S3(_)),
+                counts,
+            });
+        }
+        let worker = Mapping {
+            config: mapping.clone(),
+            target,
+            on_failure,
+            on_success,
+            health,
+            metrics,
+            shutdown_timeout: context.shutdown_timeout,
+        };
+        let clients = &context.source_clients;
+        // One line per source kind.
+        let start: StartMapping = match &mapping.source {
+            SourceConfig::Sqs(source) => sqs::start(source, worker, clients),
+            SourceConfig::S3(source) => s3::start(source, worker, clients),
+            SourceConfig::DynamodbStream(source) => {
+                dynamodb_stream::start(source, worker, clients)?
+            }
+            SourceConfig::Kafka(source) => kafka::start(source, worker, clients),
+        };
+        let stop = context.shutdown.child_token();
+        let handle = tokio::spawn(supervise(
+            format!("mapping {}", mapping.name),
+            stop.clone(),
+            on_death,
+            start,
+        ));
+        self.running.insert(
+            mapping.name.clone(),
+            Running {
+                config: mapping.clone(),
+                stop,
+                handle,
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies a reloaded config (see the module docs). Returns a line per change made. A stop
+    /// that comes meanwhile ends it at once: what drains is left to the daemon's drain.
+    pub(super) async fn reload(
+        &mut self,
+        old: &Config,
+        new: &Config,
+        targets: &mut Targets,
+    ) -> Result<Vec<String>, RunError> {
+        let shutdown = self.context.shutdown.clone();
+        let changed_targets = targets.update(new)?;
+        let wanted: BTreeMap<&str, &MappingConfig> = new
+            .mappings
+            .iter()
+            .filter(|m| m.enabled)
+            .map(|m| (m.name.as_str(), m))
+            .collect();
+        let mut report = Vec::new();
+        for target in &changed_targets {
+            if old.targets.contains_key(target) {
+                report.push(format!("target {target} rebuilt"));
+            }
+        }
+        // Stop first: removed and changed mappings drain, all at once, before anything starts.
+        let mut replaced = Vec::new();
+        let mut stopping = Vec::new();
+        for (name, running) in &self.running {
+            match wanted.get(name.as_str()) {
+                None => stopping.push((name.clone(), false)),
+                Some(mapping)
+                    if **mapping != running.config || changed_targets.contains(&mapping.target) =>
+                {
+                    stopping.push((name.clone(), true));
+                }
+                Some(_) => {}
+            }
+        }
+        let mut drains = Vec::new();
+        for (name, restart) in stopping {
+            let running = self.running.remove(&name).expect("listed above");
+            running.stop.cancel();
+            tracing::info!(mapping = %name, restart, "mapping stopping for a config reload; draining");
+            if restart {
+                replaced.push(name.clone());
+            } else {
+                report.push(format!("mapping {name} removed"));
+            }
+            drains.push((name, restart, running.handle));
+        }
+        let mut drains = drains.into_iter();
+        while let Some((name, restart, mut handle)) = drains.next() {
+            // Bounded by the worker's own drain (shutdown_timeout); a margin for its teardown.
+            let deadline =
+                tokio::time::sleep(self.context.shutdown_timeout + Duration::from_secs(5));
+            tokio::select! {
+                _ = &mut handle => {}
+                _ = deadline => {
+                    tracing::warn!(mapping = %name, "mapping did not finish draining in time; its unfinished work is delivered again");
+                    handle.abort();
+                }
+                _ = shutdown.cancelled() => {
+                    self.draining.push(handle);
+                    self.draining.extend(drains.map(|(_, _, handle)| handle));
+                    return Ok(report);
+                }
+            }
+            if !restart {
+                self.context.health.unregister(&name);
+                self.context.emf.retire(&name);
+                self.metrics.remove(&name);
+            }
+        }
+        for name in replaced {
+            let mapping = wanted[name.as_str()];
+            self.start(mapping, targets)?;
+            report.push(format!("mapping {name} restarted with its new config"));
+        }
+        for (name, mapping) in &wanted {
+            if !self.running.contains_key(*name) {
+                self.start(mapping, targets)?;
+                report.push(format!("mapping {name} added"));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stops every mapping (the daemon's stop has been cancelled) and waits for them to drain.
+    pub(super) async fn drained(&mut self) {
+        let running = std::mem::take(&mut self.running);
+        for (name, running) in running {
+            if let Err(error) = running.handle.await {
+                tracing::error!(mapping = %name, %error, "a mapping worker failed");
+            }
+        }
+        for handle in self.draining.drain(..) {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// What a reload cannot change while sluice runs, by key, if it changed.
+pub(super) fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.admin != new.admin {
+        changed.push("admin");
+    }
+    if old.aws != new.aws {
+        changed.push("aws");
+    }
+    if old.checkpoints != new.checkpoints {
+        changed.push("checkpoints");
+    }
+    if old.state_dir != new.state_dir {
+        changed.push("state_dir");
+    }
+    if old.invoke_api != new.invoke_api {
+        changed.push("invoke_api");
+    }
+    if old.emf != new.emf {
+        changed.push("metrics");
+    }
+    if old.traces != new.traces {
+        changed.push("traces");
+    }
+    if old.shutdown_timeout != new.shutdown_timeout {
+        changed.push("shutdown_timeout");
+    }
+    changed
+}
