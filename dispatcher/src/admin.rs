@@ -3,10 +3,12 @@
 //! `GET /mappings` (each mapping's status and whether it is paused), `POST
 //! /mappings/{name}/pause` and `/resume` (see [`crate::control`]).
 //!
-//! The control endpoints answer callers on loopback (`sluice ctl` in the same task), and others
-//! only with `admin.token` as `Authorization: Bearer <token>` (compared in constant time): the
-//! admin server often listens on every interface for a load balancer's health check, which must
-//! not let whoever reaches it stop the mappings.
+//! The control endpoints need the header `X-Sluice-Control: 1`, which no web page can send to
+//! another origin without a preflight (a browser on the host cannot be made to pause mappings).
+//! With `admin.token` set they need it too, as `Authorization: Bearer <token>` (compared in
+//! constant time), from every caller; without one they answer loopback callers only (`sluice
+//! ctl` in the same task): the admin server often listens on every interface for a load
+//! balancer's health check, which must not let whoever reaches it stop the mappings.
 
 use crate::control::Control;
 use crate::health::Health;
@@ -80,12 +82,22 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
+/// The header every control request carries (`sluice ctl` sends it).
+pub const CONTROL_HEADER: &str = "x-sluice-control";
+
 /// Why a control request is refused, if it is.
 fn refused(state: &AdminState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<Response> {
-    if peer.is_some_and(|peer| peer.ip().is_loopback()) {
-        return None;
+    if !headers.contains_key(CONTROL_HEADER) {
+        return Some(json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "a control request carries the header X-Sluice-Control: 1 (sluice ctl sends it)"}),
+        ));
     }
     let Some(token) = &state.token else {
+        // An IPv4 caller of a dual-stack listener arrives as ::ffff:127.0.0.1.
+        if peer.is_some_and(|peer| peer.ip().to_canonical().is_loopback()) {
+            return None;
+        }
         return Some(json_response(
             StatusCode::FORBIDDEN,
             json!({"error": "mappings are controlled from loopback only (run `sluice ctl` in the task), or set admin.token and send it as Authorization: Bearer <token>"}),
@@ -157,6 +169,8 @@ fn control(
         tracing::warn!(mapping = %name, peer = ?peer, paused, "refused a control request");
         return refusal;
     }
+    // Who paused a mapping is in the log.
+    tracing::info!(mapping = %name, peer = ?peer, paused, "control request");
     match state.health.set_paused(name, paused) {
         Control::UnknownMapping => {
             let known: Vec<String> = state.health.paused().into_keys().collect();
@@ -200,8 +214,14 @@ mod tests {
         }
     }
 
-    fn bearer(token: &str) -> HeaderMap {
+    fn control_headers() -> HeaderMap {
         let mut headers = HeaderMap::new();
+        headers.insert(CONTROL_HEADER, "1".parse().unwrap());
+        headers
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = control_headers();
         headers.insert(
             header::AUTHORIZATION,
             format!("Bearer {token}").parse().unwrap(),
@@ -215,18 +235,32 @@ mod tests {
     fn control_from_another_host_needs_the_admin_token() {
         let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let remote: SocketAddr = "10.0.3.7:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
         let open = state(None);
-        assert!(refused(&open, Some(loopback), &HeaderMap::new()).is_none());
-        let refusal = refused(&open, Some(remote), &HeaderMap::new()).unwrap();
+        assert!(refused(&open, Some(loopback), &control_headers()).is_none());
+        assert!(refused(&open, Some(mapped), &control_headers()).is_none());
+        let refusal = refused(&open, Some(remote), &control_headers()).unwrap();
         assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
         assert!(
-            refused(&open, None, &HeaderMap::new()).is_some(),
+            refused(&open, None, &control_headers()).is_some(),
             "no address, no trust"
         );
         let guarded = state(Some("s3cret"));
         assert!(refused(&guarded, Some(remote), &bearer("s3cret")).is_none());
         let wrong = refused(&guarded, Some(remote), &bearer("guess")).unwrap();
         assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        // With a token, loopback needs it too: a sidecar proxy forwards from 127.0.0.1.
+        assert!(refused(&guarded, Some(loopback), &control_headers()).is_some());
+    }
+
+    // A web page in a browser on the host can POST to 127.0.0.1 without a preflight, but not
+    // with a custom header.
+    #[test]
+    fn a_control_request_without_the_control_header_is_refused() {
+        let open = state(None);
+        let loopback = Some("127.0.0.1:5000".parse().unwrap());
+        let refusal = refused(&open, loopback, &HeaderMap::new()).unwrap();
+        assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
     }
 
     #[test]
@@ -234,9 +268,9 @@ mod tests {
         let admin = state(None);
         let _orders = admin.health.register("orders");
         let loopback = Some("127.0.0.1:1".parse().unwrap());
-        let answer = control(&admin, loopback, &HeaderMap::new(), "order", true);
+        let answer = control(&admin, loopback, &control_headers(), "order", true);
         assert_eq!(answer.status(), StatusCode::NOT_FOUND);
-        let answer = control(&admin, loopback, &HeaderMap::new(), "orders", true);
+        let answer = control(&admin, loopback, &control_headers(), "orders", true);
         assert_eq!(answer.status(), StatusCode::OK);
         assert!(admin.health.paused()["orders"]);
     }

@@ -177,7 +177,14 @@ pub fn main() -> ExitCode {
             admin,
             token,
         } => match admin_address(&admin, "ctl") {
-            Ok(address) => ctl(&address, action, token.as_deref(), admin.timeout),
+            Ok(address) => {
+                // The config names the token too, when it is the way to the admin server.
+                let token = token.or_else(|| {
+                    let location = admin.config.as_deref()?;
+                    load_config(location).ok()?.admin.token
+                });
+                ctl(&address, action, token.as_deref(), admin.timeout)
+            }
             Err(exit) => exit,
         },
         Command::Validate {
@@ -215,6 +222,7 @@ pub fn main() -> ExitCode {
             log_format,
             address_file,
         } => {
+            ignore_hangups_until_reloads_are_heard();
             let config = match load_config(&path) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -443,9 +451,14 @@ fn admin_address(args: &AdminArgs, command: &str) -> Result<String, ExitCode> {
         (_, Some(path)) => match reported_admin(path) {
             Some(reported) => Ok(reported),
             None => {
-                // Not written yet, or removed at exit: nothing to ask, so not ready.
+                // Not written yet, or removed at exit: nothing to ask (so, for health, not ready).
+                let prefix = if command == "health" {
+                    "not ready"
+                } else {
+                    "sluice ctl"
+                };
                 println!(
-                    "not ready: no address in {}; is sluice running?",
+                    "{prefix}: no address in {}; is sluice running?",
                     path.display()
                 );
                 Err(ExitCode::from(EXIT_RUNTIME_FAILURE))
@@ -467,7 +480,8 @@ fn admin_address(args: &AdminArgs, command: &str) -> Result<String, ExitCode> {
 }
 
 /// `sluice ctl`: one request to the admin server; prints its JSON answer. Exit 0 when it was
-/// done, 1 when sluice could not be reached, 2 when it refused (an unknown mapping, no token).
+/// done, 1 when sluice could not be reached or failed, 2 when it refused (an unknown mapping, a
+/// missing or wrong token).
 fn ctl(
     address: &str,
     action: CtlAction,
@@ -502,7 +516,9 @@ fn ctl(
                     .timeout(timeout)
                     .build()
                     .map_err(|e| e.to_string())?;
-                let mut request = client.request(method, url.clone());
+                let mut request = client
+                    .request(method, url.clone())
+                    .header(crate::admin::CONTROL_HEADER, "1");
                 if let Some(token) = token {
                     request = request.bearer_auth(token);
                 }
@@ -517,9 +533,16 @@ fn ctl(
             println!("{}", body.trim());
             ExitCode::SUCCESS
         }
-        Ok((status, body)) => {
-            eprintln!("sluice ctl: {url} answered {status}: {}", body.trim());
+        Ok((status, body)) if status.is_client_error() => {
+            eprintln!(
+                "sluice ctl: {url} refused the request ({status}): {}",
+                body.trim()
+            );
             ExitCode::from(EXIT_BAD_CONFIG)
+        }
+        Ok((status, body)) => {
+            eprintln!("sluice ctl: {url} failed ({status}): {}", body.trim());
+            ExitCode::from(EXIT_RUNTIME_FAILURE)
         }
         Err(error) => {
             eprintln!("sluice ctl: cannot reach {url}: {error}; is sluice running?");
@@ -698,6 +721,17 @@ fn run(config: config::Config, options: crate::daemon::RunOptions) -> anyhow::Re
     drop(runtime);
     crate::traces::shutdown();
     result
+}
+
+/// SIGHUP's default ends the process: one that arrives while sluice starts (the config loads,
+/// clients connect, mappings start) would kill it without a drain. It is ignored until the daemon
+/// listens for it (and then reloads the config).
+fn ignore_hangups_until_reloads_are_heard() {
+    // SAFETY: setting a signal's disposition to SIG_IGN runs no handler code; tokio's signal
+    // handling replaces the disposition when it installs its own.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.

@@ -215,12 +215,17 @@ impl Health {
             .collect()
     }
 
-    /// Drops a mapping that a reload removed (its worker has stopped).
+    /// Drops a mapping that a reload removed (its worker has stopped), and its pause with it
+    /// (`sluice_mapping_paused` back to 0: the name may come back, running).
     pub fn unregister(&self, mapping: &str) {
-        self.entries
+        let removed = self
+            .entries
             .lock()
             .expect("health lock")
             .remove(&(Section::Mappings, mapping.to_owned()));
+        if let Some(removed) = removed {
+            removed.pause.set(false);
+        }
     }
 
     /// Whether every mapping and function is ready, and a JSON report of each.
@@ -248,15 +253,18 @@ impl Health {
                 .values()
                 .min()
                 .map(|since| now.duration_since(*since));
+            let call_stalled = call_waiting.is_some_and(|waiting| waiting > self.stall_after);
             let (ready, status) = match (health.last_success, health.consecutive_failures) {
-                (_, failures) if failures > 0 => (false, "failing"),
+                // Deletes, visibility changes and dead letters still run while paused: they fail
+                // or hang for real.
                 _ if health.ack_error.is_some() => (false, "failing"),
-                _ if !stuck.is_empty() => (false, "stuck"),
+                _ if call_stalled => (false, "stalled"),
+                // Not polling on purpose: neither a poll error from before the pause nor a lane
+                // retrying a failing batch (the usual reason to pause) makes the task unready.
                 _ if health.pause.is_paused() => (true, "paused"),
+                (_, failures) if failures > 0 => (false, "failing"),
+                _ if !stuck.is_empty() => (false, "stuck"),
                 (None, _) => (false, "starting"),
-                _ if call_waiting.is_some_and(|waiting| waiting > self.stall_after) => {
-                    (false, "stalled")
-                }
                 (Some(last), _)
                     if *section == Section::Mappings
                         && !health.waiting_for_capacity

@@ -109,9 +109,29 @@ impl Targets {
         self.built.get(name).cloned()
     }
 
-    /// The targets of `config`: unchanged ones kept, changed and new ones built. Nothing is
-    /// replaced unless every one builds. Returns the names whose target changed.
-    fn update(&mut self, config: &Config) -> Result<Vec<String>, RunError> {
+    /// The targets of `config`, built but not yet in use: unchanged ones kept, changed and new
+    /// ones built, so that a target that fails to build refuses the reload before anything
+    /// stopped. A target an Invoke API function uses cannot change while running (the function
+    /// keeps the one it started with): its old settings are put back into `config`, and its
+    /// name is returned in the second list.
+    fn stage(&self, config: &mut Config) -> Result<(StagedTargets, Vec<String>), RunError> {
+        let in_use_by_functions: Vec<&String> = config
+            .invoke_api
+            .iter()
+            .flat_map(|api| api.functions.values().map(|f| &f.target))
+            .collect();
+        let mut kept = Vec::new();
+        for name in in_use_by_functions {
+            if let Some(old) = self.specs.get(name)
+                && target_specs(config).get(name) != Some(old)
+            {
+                config.targets.insert(name.clone(), old.target.clone());
+                put_back(&mut config.circuit_breakers, name, old.breaker);
+                put_back(&mut config.adaptive_concurrency, name, old.adaptive);
+                put_back(&mut config.rate_limits, name, old.rate_limit);
+                kept.push(name.clone());
+            }
+        }
         let specs = target_specs(config);
         let mut rebuilt = BTreeMap::new();
         for (name, spec) in &specs {
@@ -119,11 +139,57 @@ impl Targets {
                 rebuilt.insert(name.clone(), self.build_one(name, spec)?);
             }
         }
-        let changed: Vec<String> = rebuilt.keys().cloned().collect();
-        self.built.retain(|name, _| specs.contains_key(name));
-        self.built.extend(rebuilt);
-        self.specs = specs;
-        Ok(changed)
+        Ok((StagedTargets { specs, rebuilt }, kept))
+    }
+
+    /// Puts staged targets in use; the names whose target changed or went away, whose circuit
+    /// and problems on `/readyz` were those of the old target and are cleared.
+    fn commit(&mut self, staged: StagedTargets) -> Vec<String> {
+        let mut replaced: Vec<String> = staged.rebuilt.keys().cloned().collect();
+        replaced.extend(
+            self.specs
+                .keys()
+                .filter(|name| !staged.specs.contains_key(*name))
+                .cloned(),
+        );
+        for name in &replaced {
+            self.health.set_circuit(name, None);
+            self.health
+                .set_problem(crate::health::Component::Target, name, None);
+        }
+        self.built.retain(|name, _| staged.specs.contains_key(name));
+        self.built.extend(staged.rebuilt);
+        self.specs = staged.specs;
+        replaced
+    }
+}
+
+fn put_back<T>(settings: &mut BTreeMap<String, T>, name: &str, old: Option<T>) {
+    match old {
+        Some(old) => {
+            settings.insert(name.to_owned(), old);
+        }
+        None => {
+            settings.remove(name);
+        }
+    }
+}
+
+/// Targets a reload built, not yet in use.
+struct StagedTargets {
+    specs: BTreeMap<String, TargetSpec>,
+    rebuilt: BTreeMap<String, SharedTarget>,
+}
+
+impl StagedTargets {
+    /// The target `name` will be once committed.
+    fn get(&self, name: &str, current: &Targets) -> Option<SharedTarget> {
+        self.rebuilt.get(name).cloned().or_else(|| {
+            self.specs
+                .contains_key(name)
+                .then(|| current.get(name))
+                .flatten()
+        })
     }
 }
 
@@ -137,6 +203,14 @@ pub(super) struct StartContext {
     pub shutdown: CancellationToken,
     pub shutdown_timeout: Duration,
     pub emf: EmfRegistry,
+}
+
+/// A mapping ready to start: what could fail is built.
+struct Prepared {
+    config: MappingConfig,
+    target: SharedTarget,
+    on_failure: Option<Arc<dyn crate::destinations::Destination>>,
+    on_success: Option<Arc<dyn crate::destinations::Destination>>,
 }
 
 struct Running {
@@ -172,19 +246,25 @@ impl MappingSet {
     /// Starts every enabled mapping of `config`.
     pub(super) fn start_all(&mut self, config: &Config, targets: &Targets) -> Result<(), RunError> {
         for mapping in config.mappings.iter().filter(|m| m.enabled) {
-            self.start(mapping, targets)?;
+            let target = targets.get(&mapping.target);
+            let prepared = self.prepare(mapping, target)?;
+            self.launch(prepared)?;
         }
         Ok(())
     }
 
-    fn start(&mut self, mapping: &MappingConfig, targets: &Targets) -> Result<(), RunError> {
+    /// Builds what a mapping needs that can fail (its target's lookup, its destinations), so a
+    /// reload can refuse before it stops anything.
+    fn prepare(
+        &self,
+        mapping: &MappingConfig,
+        target: Option<SharedTarget>,
+    ) -> Result<Prepared, RunError> {
         let context = &self.context;
-        let target = targets
-            .get(&mapping.target)
-            .ok_or_else(|| RunError::UnknownTarget {
-                owner: format!("mapping {}", mapping.name),
-                target: mapping.target.clone(),
-            })?;
+        let target = target.ok_or_else(|| RunError::UnknownTarget {
+            owner: format!("mapping {}", mapping.name),
+            target: mapping.target.clone(),
+        })?;
         let destination = |key: &'static str, destination: &Option<DestinationConfig>| {
             destination
                 .as_ref()
@@ -203,8 +283,23 @@ impl MappingSet {
                     source,
                 })
         };
-        let on_failure = destination("on_failure", &mapping.on_failure)?;
-        let on_success = destination("on_success", &mapping.on_success)?;
+        Ok(Prepared {
+            on_failure: destination("on_failure", &mapping.on_failure)?,
+            on_success: destination("on_success", &mapping.on_success)?,
+            config: mapping.clone(),
+            target,
+        })
+    }
+
+    /// Starts a prepared mapping under its supervisor.
+    fn launch(&mut self, prepared: Prepared) -> Result<(), RunError> {
+        let Prepared {
+            config: mapping,
+            target,
+            on_failure,
+            on_success,
+        } = prepared;
+        let context = &self.context;
         let health = context.health.register(&mapping.name);
         health.calls_target(&mapping.target);
         // Every mapping runs under a supervisor: a panic or an early return is logged, shown on
@@ -231,19 +326,25 @@ impl MappingSet {
             target,
             on_failure,
             on_success,
-            health,
+            health: health.clone(),
             metrics,
             shutdown_timeout: context.shutdown_timeout,
         };
         let clients = &context.source_clients;
         // One line per source kind.
-        let start: StartMapping = match &mapping.source {
-            SourceConfig::Sqs(source) => sqs::start(source, worker, clients),
-            SourceConfig::S3(source) => s3::start(source, worker, clients),
-            SourceConfig::DynamodbStream(source) => {
-                dynamodb_stream::start(source, worker, clients)?
+        let start: Result<StartMapping, _> = match &mapping.source {
+            SourceConfig::Sqs(source) => Ok(sqs::start(source, worker, clients)),
+            SourceConfig::S3(source) => Ok(s3::start(source, worker, clients)),
+            SourceConfig::DynamodbStream(source) => dynamodb_stream::start(source, worker, clients),
+            SourceConfig::Kafka(source) => Ok(kafka::start(source, worker, clients)),
+        };
+        let start = match start {
+            Ok(start) => start,
+            Err(error) => {
+                // Not silent: the mapping is on /readyz, failing, with the reason.
+                health.poll_failed(&crate::error_chain(&error));
+                return Err(error.into());
             }
-            SourceConfig::Kafka(source) => kafka::start(source, worker, clients),
         };
         let stop = context.shutdown.child_token();
         let handle = tokio::spawn(supervise(
@@ -255,7 +356,7 @@ impl MappingSet {
         self.running.insert(
             mapping.name.clone(),
             Running {
-                config: mapping.clone(),
+                config: mapping,
                 stop,
                 handle,
             },
@@ -263,63 +364,79 @@ impl MappingSet {
         Ok(())
     }
 
-    /// Applies a reloaded config (see the module docs). Returns a line per change made. A stop
-    /// that comes meanwhile ends it at once: what drains is left to the daemon's drain.
+    /// Applies a reloaded config (see the module docs). Returns a line per change made. Every
+    /// changed target and mapping is built before anything stops: a failure refuses the reload
+    /// whole. A stop that comes meanwhile ends it at once; what drains is left to the daemon's
+    /// drain.
     pub(super) async fn reload(
         &mut self,
         old: &Config,
-        new: &Config,
+        new: &mut Config,
         targets: &mut Targets,
     ) -> Result<Vec<String>, RunError> {
         let shutdown = self.context.shutdown.clone();
-        let changed_targets = targets.update(new)?;
-        let wanted: BTreeMap<&str, &MappingConfig> = new
+        let mut report = Vec::new();
+        let (staged, kept) = targets.stage(new)?;
+        for name in kept {
+            report.push(format!(
+                "target {name} kept as it was: an invoke_api function uses it (restart to change it)"
+            ));
+        }
+        let wanted: BTreeMap<String, MappingConfig> = new
             .mappings
             .iter()
             .filter(|m| m.enabled)
-            .map(|m| (m.name.as_str(), m))
+            .map(|m| (m.name.clone(), m.clone()))
             .collect();
-        let mut report = Vec::new();
-        for target in &changed_targets {
-            if old.targets.contains_key(target) {
-                report.push(format!("target {target} rebuilt"));
-            }
-        }
-        // Stop first: removed and changed mappings drain, all at once, before anything starts.
-        let mut replaced = Vec::new();
-        let mut stopping = Vec::new();
-        for (name, running) in &self.running {
-            match wanted.get(name.as_str()) {
-                None => stopping.push((name.clone(), false)),
-                Some(mapping)
-                    if **mapping != running.config || changed_targets.contains(&mapping.target) =>
-                {
-                    stopping.push((name.clone(), true));
+        let mut to_stop = Vec::new();
+        let mut to_start = Vec::new();
+        for (name, mapping) in &wanted {
+            let changed = match self.running.get(name) {
+                None => true,
+                Some(running) => {
+                    running.config != *mapping || staged.rebuilt.contains_key(&mapping.target)
                 }
-                Some(_) => {}
+            };
+            if changed {
+                let target = staged.get(&mapping.target, targets);
+                to_start.push(self.prepare(mapping, target)?);
+                if self.running.contains_key(name) {
+                    to_stop.push((name.clone(), true));
+                }
             }
         }
+        for name in self.running.keys() {
+            if !wanted.contains_key(name) {
+                to_stop.push((name.clone(), false));
+            }
+        }
+        for name in targets.commit(staged) {
+            if old.targets.contains_key(&name) && new.targets.contains_key(&name) {
+                report.push(format!("target {name} rebuilt"));
+            }
+        }
+        // Stop: removed and changed mappings drain, all at once and under one deadline, before
+        // anything starts, so two incarnations never read the same source.
         let mut drains = Vec::new();
-        for (name, restart) in stopping {
+        for (name, restart) in to_stop {
             let running = self.running.remove(&name).expect("listed above");
             running.stop.cancel();
             tracing::info!(mapping = %name, restart, "mapping stopping for a config reload; draining");
-            if restart {
-                replaced.push(name.clone());
-            } else {
+            if !restart {
                 report.push(format!("mapping {name} removed"));
             }
             drains.push((name, restart, running.handle));
         }
+        // The worker's own drain is bounded by shutdown_timeout; a margin for its teardown.
+        let deadline =
+            tokio::time::Instant::now() + self.context.shutdown_timeout + Duration::from_secs(5);
         let mut drains = drains.into_iter();
         while let Some((name, restart, mut handle)) = drains.next() {
-            // Bounded by the worker's own drain (shutdown_timeout); a margin for its teardown.
-            let deadline =
-                tokio::time::sleep(self.context.shutdown_timeout + Duration::from_secs(5));
             tokio::select! {
                 _ = &mut handle => {}
-                _ = deadline => {
+                _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(mapping = %name, "mapping did not finish draining in time; its unfinished work is delivered again");
+                    // Aborting the supervisor aborts the incarnation it watches.
                     handle.abort();
                 }
                 _ = shutdown.cancelled() => {
@@ -334,15 +451,19 @@ impl MappingSet {
                 self.metrics.remove(&name);
             }
         }
-        for name in replaced {
-            let mapping = wanted[name.as_str()];
-            self.start(mapping, targets)?;
-            report.push(format!("mapping {name} restarted with its new config"));
-        }
-        for (name, mapping) in &wanted {
-            if !self.running.contains_key(*name) {
-                self.start(mapping, targets)?;
-                report.push(format!("mapping {name} added"));
+        for prepared in to_start {
+            let name = prepared.config.name.clone();
+            let restarted = old.mappings.iter().any(|m| m.name == name && m.enabled);
+            match self.launch(prepared) {
+                Ok(()) if restarted => {
+                    report.push(format!("mapping {name} restarted with its new config"))
+                }
+                Ok(()) => report.push(format!("mapping {name} added")),
+                // On /readyz as failing; the others start regardless.
+                Err(error) => {
+                    tracing::error!(mapping = %name, error = %crate::error_chain(&error), "mapping could not start after the reload");
+                    report.push(format!("mapping {name} failed to start"));
+                }
             }
         }
         Ok(report)

@@ -149,6 +149,9 @@ pub async fn run_with_handlers(
             source,
         })?;
     }
+    // First: from here on a SIGHUP is a reload (until now `sluice run` ignored it), and the
+    // targets' processes started below inherit no ignored SIGHUP.
+    let mut reloads = reload_signals(options.reload.is_some());
     let sdk_config = aws_config_for(&config.aws, config.needs_aws()).await?;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk_config);
     let tables_client = aws_sdk_dynamodb::Client::new(&sdk_config);
@@ -165,14 +168,7 @@ pub async fn run_with_handlers(
         .region()
         .map(|r| r.to_string())
         .unwrap_or_default();
-    let uses_state_file = (config.checkpoints == CheckpointsConfig::Embedded
-        && config
-            .mappings
-            .iter()
-            .any(|m| m.enabled && m.source.rules().keeps_checkpoints()))
-        // The Invoke API queues its Event invocations there (with or without functions yet).
-        || config.invoke_api.is_some();
-    let state_file = if uses_state_file {
+    let state_file = if uses_state_file(&config) {
         Some(
             sluice_sources::checkpoint::embedded::StateFile::open(&config.state_dir)
                 .map_err(RunError::StateFile)?,
@@ -314,13 +310,12 @@ pub async fn run_with_handlers(
     }
     tracing::info!(mappings = mapping_set.len(), "sluice running");
     let mut config = config;
-    let mut reloads = reload_signals(options.reload.is_some());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(()) = reloads.recv() => {
                 let Some(loader) = &options.reload else { continue };
-                if let Some(new) = reload(loader, &config, &mut mapping_set, &mut targets).await {
+                if let Some(new) = reload(loader, &config, &mut mapping_set, &mut targets, &shutdown).await {
                     config = new;
                 }
             }
@@ -361,6 +356,17 @@ pub async fn run_with_handlers(
     Ok(())
 }
 
+/// Whether `config` keeps state in the state file under `state_dir` (opened once, at start).
+fn uses_state_file(config: &Config) -> bool {
+    (config.checkpoints == CheckpointsConfig::Embedded
+        && config
+            .mappings
+            .iter()
+            .any(|m| m.enabled && m.source.rules().keeps_checkpoints()))
+        // The Invoke API queues its Event invocations there (with or without functions yet).
+        || config.invoke_api.is_some()
+}
+
 /// SIGHUP, as a stream of reload requests; none when reloading is off (an embedded daemon).
 fn reload_signals(enabled: bool) -> tokio::sync::mpsc::Receiver<()> {
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
@@ -388,6 +394,7 @@ async fn reload(
     current: &Config,
     mapping_set: &mut mappings::MappingSet,
     targets: &mut mappings::Targets,
+    shutdown: &CancellationToken,
 ) -> Option<Config> {
     tracing::info!(config = %current.file.display(), "SIGHUP: reloading the config");
     // The loader may block (a file, or S3 through its own runtime): on a thread of its own.
@@ -396,7 +403,12 @@ async fn reload(
     std::thread::spawn(move || {
         let _ = sender.send(load());
     });
-    let mut new = match receiver.await {
+    // A stop while the file loads (S3 can take a while) is not held up by it.
+    let loaded = tokio::select! {
+        loaded = receiver => loaded,
+        _ = shutdown.cancelled() => return None,
+    };
+    let mut new = match loaded {
         Ok(Ok(new)) => new,
         Ok(Err(errors)) => {
             tracing::error!(errors = %errors, "config reload refused: the file does not validate; the running config stays");
@@ -407,6 +419,18 @@ async fn reload(
             return None;
         }
     };
+    if uses_state_file(&new) && !uses_state_file(current) {
+        tracing::error!(
+            "config reload refused: it needs the state file under state_dir (embedded checkpoints for a DynamoDB stream mapping), which is opened only at start; restart sluice to apply it"
+        );
+        return None;
+    }
+    if new.needs_aws() && !current.needs_aws() {
+        tracing::error!(
+            "config reload refused: it calls AWS, and sluice started without AWS clients configured for that; restart sluice to apply it"
+        );
+        return None;
+    }
     let fixed = mappings::fixed_changes(current, &new);
     if !fixed.is_empty() {
         tracing::warn!(keys = ?fixed, "config reload: these keys cannot change while sluice runs; they keep their running values until a restart");
@@ -423,14 +447,14 @@ async fn reload(
     for warning in new.warnings() {
         tracing::warn!(%warning, "config warning");
     }
-    match mapping_set.reload(current, &new, targets).await {
+    match mapping_set.reload(current, &mut new, targets).await {
         Ok(changes) => {
             tracing::info!(changes = ?changes, mappings = mapping_set.len(), "config reloaded");
             Some(new)
         }
         Err(error) => {
-            tracing::error!(error = %crate::error_chain(&error), "config reload failed part way; mappings that started run with the new config, the others as they were");
-            Some(new)
+            tracing::error!(error = %crate::error_chain(&error), "config reload refused: building what it changes failed; the running config stays");
+            None
         }
     }
 }

@@ -516,11 +516,16 @@ impl<W: QueueWork> Poller<W> {
             if waiting {
                 acks.health.waiting_for_capacity(true);
             }
+            // A paused mapping receives nothing (README "Live control"), but what it already
+            // holds (batches complete or filling) goes first: held back, it would outlive its
+            // visibility and come back to another consumer.
+            let hold = ready.is_empty() && batcher.is_empty();
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'poll,
                 permit = async {
-                    // A paused mapping receives nothing (README "Live control").
-                    acks.health.pause().until_running().await;
+                    if hold {
+                        acks.health.pause().until_running().await;
+                    }
                     let mapping = self.capacity.clone().acquire_owned().await.expect("semaphore is never closed");
                     self.target.wait_for_room().await;
                     mapping

@@ -32,7 +32,11 @@ pub(crate) async fn supervise<F, Fut>(
     loop {
         let incarnation = shutdown.child_token();
         let started = Instant::now();
-        let result = tokio::spawn(start(incarnation.clone())).await;
+        // Aborted with this supervisor (a reload that gave up on a drain): an incarnation never
+        // outlives the task that watches it.
+        let result =
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(start(incarnation.clone())))
+                .await;
         incarnation.cancel();
         let cause = match result {
             Ok(()) if shutdown.is_cancelled() => return,

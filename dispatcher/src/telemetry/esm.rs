@@ -188,15 +188,22 @@ impl EmfRegistry {
         }
     }
 
-    /// The mappings to write now, each with whether it is retired (handed out this once).
+    /// The mappings to write now, each with whether it is retired (handed out this once). The
+    /// retired come first: a mapping removed and added again between two lines has new counts
+    /// under the same name, and the old ones' last line must be written from the old state.
     fn take(&self) -> Vec<(std::sync::Arc<EmfMapping>, bool)> {
         let mut mappings = self.0.lock().expect("emf lock");
         let mut all: Vec<_> = mappings
-            .current
-            .values()
-            .map(|mapping| (mapping.clone(), false))
+            .retired
+            .drain(..)
+            .map(|mapping| (mapping, true))
             .collect();
-        all.extend(mappings.retired.drain(..).map(|mapping| (mapping, true)));
+        all.extend(
+            mappings
+                .current
+                .values()
+                .map(|mapping| (mapping.clone(), false)),
+        );
         all
     }
 }
@@ -258,6 +265,24 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// One document per mapping of `registry`, with what was counted since `previous`.
+fn documents(
+    settings: &EmfSettings,
+    registry: &EmfRegistry,
+    previous: &mut std::collections::HashMap<String, Written>,
+    timestamp_ms: u64,
+) -> Vec<Value> {
+    let mut documents = Vec::new();
+    for (mapping, retired) in registry.take() {
+        let written = previous.entry(mapping.name.clone()).or_default();
+        documents.push(render(settings, &mapping, written, timestamp_ms));
+        if retired {
+            previous.remove(&mapping.name);
+        }
+    }
+    documents
+}
+
 /// Writes one line per mapping every `interval` until `stop`, then a last one.
 pub async fn run_emf(settings: EmfSettings, mappings: EmfRegistry, stop: CancellationToken) {
     // By name: a mapping a reload replaced keeps its counts, and so what was written of them.
@@ -273,16 +298,10 @@ pub async fn run_emf(settings: EmfSettings, mappings: EmfRegistry, stop: Cancell
             _ = ticks.tick() => false,
             _ = stop.cancelled() => true,
         };
-        let timestamp = now_ms();
-        let mut lines = Vec::new();
-        for (mapping, retired) in mappings.take() {
-            let written = previous.entry(mapping.name.clone()).or_default();
-            let document = render(&settings, &mapping, written, timestamp);
-            lines.push(document.to_string());
-            if retired {
-                previous.remove(&mapping.name);
-            }
-        }
+        let lines: Vec<String> = documents(&settings, &mappings, &mut previous, now_ms())
+            .iter()
+            .map(Value::to_string)
+            .collect();
         // Blocking, but short: a few hundred bytes a mapping, written on the blocking pool so
         // a slow stdout never holds a runtime worker.
         let written = tokio::task::spawn_blocking(move || write_lines(&lines)).await;
@@ -413,6 +432,31 @@ mod tests {
         mapping.counts.set_scaling(None);
         let document = render(&settings(), &mapping, &mut Written::default(), 4);
         assert!(document.get("Backlog").is_none(), "cleared, not stale");
+    }
+
+    // A mapping removed by a reload and added again before the next line: the old counts' last
+    // delta and the new counts' first are both right.
+    #[test]
+    fn a_mapping_removed_and_added_again_between_two_lines_is_counted_once() {
+        let registry = EmfRegistry::default();
+        let mut previous: std::collections::HashMap<String, Written> = Default::default();
+        let old = mapping(true);
+        let old_counts = old.counts.clone();
+        registry.insert(old);
+        old_counts.add(EsmMetric::PolledEventCount, 100);
+        let write = |previous: &mut std::collections::HashMap<String, Written>| {
+            documents(&settings(), &registry, previous, 1)
+                .iter()
+                .map(|document| document["PolledEventCount"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(write(&mut previous), [json!(100)]);
+        old_counts.add(EsmMetric::PolledEventCount, 7);
+        registry.retire("orders");
+        let new = mapping(true);
+        new.counts.add(EsmMetric::PolledEventCount, 3);
+        registry.insert(new);
+        assert_eq!(write(&mut previous), [json!(7), json!(3)]);
     }
 
     #[tokio::test]

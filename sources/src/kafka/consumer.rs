@@ -689,6 +689,10 @@ impl ConsumerContext for Context {
                 };
                 if let Err(error) = assigned {
                     tracing::error!(mapping = %self.name, %error, "assigning partitions failed");
+                } else if self.paused.load(Ordering::Acquire) {
+                    // A paused mapping's new partitions are paused before any fetch of theirs
+                    // is polled, not at the next round.
+                    self.apply_pauses(consumer);
                 }
             }
             _ => {
@@ -735,7 +739,10 @@ fn consume(consumer: BaseConsumer<Context>, settings: &ConsumerSettings, stop: &
     let mut last_commit = Instant::now();
     let mut last_error: Option<(String, Instant)> = None;
     while !stopped() {
-        let mut wait = if context.apply_pauses(&consumer) {
+        // Short polls while some partition is paused for its buffer, so its resume reaches the
+        // broker soon; a mapping paused whole waits for an operator, not for a buffer.
+        let mut wait = if context.apply_pauses(&consumer) && !context.paused.load(Ordering::Acquire)
+        {
             PAUSED_POLL_TIMEOUT
         } else {
             POLL_TIMEOUT

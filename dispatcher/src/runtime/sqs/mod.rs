@@ -88,7 +88,10 @@ impl SqsMapping {
         let Some((queue, first)) = poller::connect(
             self.queues.as_ref(),
             &self.source.queue_url,
-            settings.early_receive(&self.target),
+            // Nothing is received for a paused mapping, not even the first receive.
+            settings
+                .early_receive(&self.target)
+                .filter(|_| !self.health.pause().is_paused()),
             &self.config.name,
             &self.health,
             &self.metrics,
