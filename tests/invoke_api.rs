@@ -292,3 +292,140 @@ async fn a_failing_function_destination_fails_readyz_until_a_record_is_stored() 
     let report: Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(report["functions"]["hello"]["status"], "ready", "{report}");
 }
+
+/// An Invoke API with `hello` on an HTTP handler and `invoke_api.event_queue` on `queue`; its
+/// state in a directory of its own, as a new ECS task's would be.
+fn queued_config(handler_url: &str, queue: &str, dlq: &str, state: &Path) -> String {
+    format!(
+        r#"
+version: 1
+state_dir: "{state}"
+shutdown_timeout: 2s
+admin: {{ listen: "{{admin}}" }}
+targets:
+  handler:
+    http: {{ url: "{handler_url}", timeout: 30s }}
+invoke_api:
+  listen: "{{invoke}}"
+  event_queue: {{ sqs: {{ queue_url: "{queue}" }} }}
+  functions:
+    hello:
+      target: handler
+      async: {{ max_retry_attempts: 1, delays: [1s] }}
+      on_failure:
+        sqs: {{ queue_url: "{dlq}" }}
+"#,
+        state = state.display(),
+    )
+}
+
+// Issue 20, item 8: with invoke_api.event_queue an accepted Event lives in SQS, not in the task.
+// The task that accepted it is killed (SIGKILL) while the handler runs it; a new task with
+// storage of its own (ECS replaced the task) handles it, with the request id the caller got, and
+// a failing event still ends in on_failure after its retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_in_the_sqs_event_queue_outlives_the_task_that_accepted_it() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let queue = create_queue(&sqs, "events", &[("VisibilityTimeout", "2")]).await;
+    let dlq = create_queue(&sqs, "events-dlq", &[]).await;
+    let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let handler = Handler::start({
+        let slow = slow.clone();
+        move |_, event| {
+            if event["fail"] == true {
+                return Reply::status(500, r#"{"errorType":"Refused","errorMessage":"no"}"#);
+            }
+            if slow.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::json(json!({})).after(Duration::from_secs(30))
+            } else {
+                Reply::json(json!({}))
+            }
+        }
+    })
+    .await;
+    let first_state = tempfile::tempdir().unwrap();
+    let first = Sluice::start(
+        &queued_config(&handler.url("/hello"), &queue, &dlq, first_state.path()),
+        &moto_env(&moto),
+    );
+    let client = lambda_client(&format!("http://{}", first.invoke_api().await)).await;
+    let accepted = client
+        .invoke()
+        .function_name("hello")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(json!({"name": "Ada"}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status_code(), 202);
+    let request_id = aws_sdk_lambda::operation::RequestId::request_id(&accepted)
+        .expect("a request id")
+        .to_owned();
+    eventually(
+        Duration::from_secs(60),
+        "the first task running it",
+        || async { (!handler.received().is_empty()).then_some(()) },
+    )
+    .await;
+    first.signal("KILL");
+    drop(first);
+    drop(first_state);
+
+    slow.store(false, std::sync::atomic::Ordering::SeqCst);
+    let second_state = tempfile::tempdir().unwrap();
+    let second = Sluice::start(
+        &queued_config(&handler.url("/hello"), &queue, &dlq, second_state.path()),
+        &moto_env(&moto),
+    );
+    eventually(
+        Duration::from_secs(120),
+        "the event handled by the new task",
+        || async { second.logs().contains("event handled").then_some(()) },
+    )
+    .await;
+    let calls = handler.received();
+    assert!(calls.len() >= 2, "run by both tasks");
+    for call in &calls {
+        assert_eq!(call.event, json!({"name": "Ada"}));
+        assert_eq!(
+            call.headers["x-sluice-request-id"].to_str().unwrap(),
+            request_id,
+            "every attempt carries the caller's request id"
+        );
+    }
+    eventually(Duration::from_secs(30), "the message deleted", || async {
+        (queue_depth(&sqs, &queue).await == 0).then_some(())
+    })
+    .await;
+
+    // A failing event: one retry after 1 s, then its record in on_failure; the message goes.
+    let client = lambda_client(&format!("http://{}", second.invoke_api().await)).await;
+    let accepted = client
+        .invoke()
+        .function_name("hello")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(json!({"fail": true}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status_code(), 202);
+    let record = destination_record(&sqs, &dlq).await;
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 2);
+    assert_eq!(record["requestPayload"], json!({"fail": true}));
+    assert_eq!(record["sluice"]["source"]["kind"], "invoke");
+    eventually(
+        Duration::from_secs(30),
+        "the failed message deleted",
+        || async { (queue_depth(&sqs, &queue).await == 0).then_some(()) },
+    )
+    .await;
+    let (status, ready) = second.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        ready["mappings"]["invoke_api.event_queue"]["status"],
+        "ready"
+    );
+}

@@ -195,6 +195,9 @@ pub fn main() -> ExitCode {
                 for warning in config.warnings() {
                     eprintln!("warning: {warning}");
                 }
+                for warning in config.task_state_warnings(config::on_ecs()) {
+                    eprintln!("warning: {warning}");
+                }
                 if connect && let Err(problems) = check_connections(&config) {
                     eprintln!("{problems}");
                     return ExitCode::from(EXIT_RUNTIME_FAILURE);

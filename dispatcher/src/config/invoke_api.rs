@@ -23,6 +23,9 @@ pub struct InvokeApiConfig {
     pub max_queued_events: u64,
     pub max_queued_bytes: u64,
     pub functions: BTreeMap<String, FunctionConfig>,
+    /// `event_queue.sqs.queue_url`: accepted `Event` invocations wait in this queue instead of
+    /// the state file.
+    pub event_queue: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,12 +122,28 @@ pub fn build(
             },
         );
     }
+    let event_queue = raw.event_queue.map(|queue| {
+        let url = queue.sqs.queue_url;
+        if reqwest::Url::parse(&url).is_err() {
+            v.error(
+                "invoke_api.event_queue.sqs.queue_url",
+                format!("{url:?} is not a URL; give the queue's URL, such as https://sqs.us-east-1.amazonaws.com/123456789012/events"),
+            );
+        } else if url.ends_with(".fifo") {
+            v.error(
+                "invoke_api.event_queue.sqs.queue_url",
+                "is a FIFO queue; use a standard queue (events of a function run in parallel, as Lambda runs them, and a FIFO queue would hold each behind the one before)",
+            );
+        }
+        url
+    });
     InvokeApiConfig {
         listen,
         token,
         max_queued_events,
         max_queued_bytes,
         functions,
+        event_queue,
     }
 }
 

@@ -118,6 +118,37 @@ impl Config {
         warnings
     }
 
+    /// On ECS (`on_ecs`), what keeps state in `state_dir` that must outlive the task: ECS
+    /// replaces tasks with their storage (Fargate's is ephemeral). One warning each, naming the
+    /// setting that keeps it elsewhere.
+    pub fn task_state_warnings(&self, on_ecs: bool) -> Vec<String> {
+        if !on_ecs {
+            return Vec::new();
+        }
+        let mut warnings = Vec::new();
+        if self.checkpoints == CheckpointsConfig::Embedded {
+            for mapping in self
+                .mappings
+                .iter()
+                .filter(|m| m.enabled && m.source.rules().keeps_checkpoints())
+            {
+                warnings.push(format!(
+                    "mappings.{} keeps its stream checkpoints in state_dir, which ends with this ECS task: the task that replaces it starts again from starting_position (with latest, records written meanwhile are skipped); set checkpoints: {{ dynamodb: {{ table: <name> }} }} to keep them in DynamoDB",
+                    mapping.name
+                ));
+            }
+        }
+        if let Some(api) = &self.invoke_api
+            && api.event_queue.is_none()
+            && !api.functions.is_empty()
+        {
+            warnings.push(
+                "invoke_api keeps accepted Event invocations in state_dir, which ends with this ECS task: events accepted and not yet run are lost when ECS replaces it; set invoke_api.event_queue.sqs.queue_url to keep them in SQS".to_owned(),
+            );
+        }
+        warnings
+    }
+
     /// Whether anything in the config calls AWS (sources, destinations, a lease table).
     pub fn needs_aws(&self) -> bool {
         let calls_aws = |destination: &Option<DestinationConfig>| {
@@ -136,6 +167,10 @@ impl Config {
                     || calls_aws(&m.on_failure)
                     || calls_aws(&m.on_success))
         }) || function_destinations
+            || self
+                .invoke_api
+                .as_ref()
+                .is_some_and(|api| api.event_queue.is_some())
             || matches!(self.checkpoints, CheckpointsConfig::DynamoDb { .. })
     }
 }
@@ -348,6 +383,14 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
         let path = format!("mappings[{position}]");
         if mapping.name.trim().is_empty() {
             v.error(format!("{path}.name"), "must not be empty");
+        } else if mapping.name == crate::invoke_api::event_queue::WORKER_NAME {
+            v.error(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is the name of the Invoke API's event queue worker; choose another",
+                    mapping.name
+                ),
+            );
         } else if !names.insert(mapping.name.clone()) {
             v.error(
                 format!("{path}.name"),
@@ -460,6 +503,12 @@ fn emf_settings(v: &mut Validator, emf: RawEmf) -> crate::telemetry::esm::EmfSet
         namespace,
         interval,
     }
+}
+
+/// Whether this process runs in an ECS task (its container metadata endpoint is set).
+pub fn on_ecs() -> bool {
+    std::env::var_os("ECS_CONTAINER_METADATA_URI_V4").is_some()
+        || std::env::var_os("ECS_CONTAINER_METADATA_URI").is_some()
 }
 
 /// The JSON Schema of the config file.
@@ -760,6 +809,40 @@ mod tests {
                 "{bad}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn on_ecs_state_that_ends_with_the_task_is_warned_about_naming_the_setting() {
+        let config = parse_text(STREAM).unwrap();
+        assert!(config.task_state_warnings(false).is_empty());
+        let warnings = config.task_state_warnings(true);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("checkpoints: { dynamodb"),
+            "{warnings:?}"
+        );
+        let text = format!("{STREAM}checkpoints: {{ dynamodb: {{ table: leases }} }}\n");
+        assert!(
+            parse_text(&text)
+                .unwrap()
+                .task_state_warnings(true)
+                .is_empty()
+        );
+        let api = format!("{BASE}invoke_api:\n  functions:\n    hello: {{ target: api }}\n");
+        let warnings = parse_text(&api).unwrap().task_state_warnings(true);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("invoke_api.event_queue.sqs.queue_url"));
+        let queued = format!(
+            "{api}  event_queue: {{ sqs: {{ queue_url: \"https://sqs.us-east-1.amazonaws.com/1/events\" }} }}\n"
+        );
+        assert!(
+            parse_text(&queued)
+                .unwrap()
+                .task_state_warnings(true)
+                .is_empty()
+        );
+        let fifo = queued.replace("/events", "/events.fifo");
+        assert!(parse_text(&fifo).unwrap_err().to_string().contains("FIFO"));
     }
 
     #[test]

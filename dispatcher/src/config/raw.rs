@@ -85,6 +85,22 @@ pub struct RawTraces {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct RawEventQueue {
+    /// An SQS standard queue: each accepted event is sent to it before the 202, and every
+    /// instance receives from it and runs the events under their function's async policy.
+    pub sqs: RawEventQueueSqs,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventQueueSqs {
+    /// The queue's URL. Give it a visibility timeout above the functions' longest call and, as
+    /// a safety net, a redrive policy.
+    pub queue_url: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RawInvokeApi {
     /// Address to serve POST /2015-03-31/functions/{name}/invocations on. Default 127.0.0.1:9001.
     #[serde(default)]
@@ -104,6 +120,11 @@ pub struct RawInvokeApi {
     pub max_queued_bytes: Option<u64>,
     /// Function names callers invoke, each backed by a target.
     pub functions: BTreeMap<String, RawFunction>,
+    /// Where accepted `Event` invocations wait: by default the state file under state_dir,
+    /// which ends with the task on ECS; with `sqs`, a queue every instance drains, so an
+    /// accepted event outlives the task that accepted it.
+    #[serde(default)]
+    pub event_queue: Option<RawEventQueue>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

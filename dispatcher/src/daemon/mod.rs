@@ -189,6 +189,7 @@ pub async fn run_with_handlers(
     )
     .await?;
 
+    let api_queues = queues.clone();
     let source_clients = SourceClients {
         queues,
         streams,
@@ -246,6 +247,12 @@ pub async fn run_with_handlers(
                 api_config.max_queued_events,
                 api_config.max_queued_bytes,
             ));
+            let event_sender = api_config.event_queue.as_ref().map(|url| {
+                Arc::new(crate::invoke_api::event_queue::EventSender::new(
+                    sqs_client.clone(),
+                    url,
+                ))
+            });
             let mut functions = BTreeMap::new();
             for (name, function) in &api_config.functions {
                 let target =
@@ -275,9 +282,15 @@ pub async fn run_with_handlers(
                             .transpose()?,
                         &region,
                         health.clone(),
+                        event_sender.clone(),
                     )),
                 );
             }
+            let consumer = crate::invoke_api::EventQueueConsumer {
+                queues: api_queues.clone(),
+                health: health.clone(),
+                drain: config.shutdown_timeout,
+            };
             Some(
                 crate::invoke_api::serve(
                     api_config,
@@ -285,6 +298,7 @@ pub async fn run_with_handlers(
                     region.clone(),
                     api_stop.clone(),
                     api_workers.clone(),
+                    Some(consumer),
                 )
                 .await?,
             )
@@ -307,6 +321,9 @@ pub async fn run_with_handlers(
     }
     for warning in config.warnings() {
         tracing::warn!(%warning, "config warning");
+    }
+    for warning in config.task_state_warnings(crate::config::on_ecs()) {
+        tracing::warn!(%warning, "state that must outlive the task lives in it");
     }
     tracing::info!(mappings = mapping_set.len(), "sluice running");
     let mut config = config;

@@ -11,7 +11,7 @@ pub mod kafka;
 mod lane;
 pub mod mapping;
 pub(crate) mod ordered;
-mod poller;
+pub(crate) mod poller;
 mod retry;
 pub(crate) mod scaling;
 pub(crate) use retry::retry_delay;

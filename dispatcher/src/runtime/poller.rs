@@ -48,7 +48,7 @@ type OpenReceive = sluice_sources::PendingReceive;
 
 /// What a queue mapping does with what its pollers receive.
 #[async_trait]
-pub(super) trait QueueWork: Send + Sync + 'static {
+pub(crate) trait QueueWork: Send + Sync + 'static {
     /// Records just received, before the heartbeat holds them: returns those to batch. The rest
     /// (filtered out) the work deals with itself, on `tracker`.
     fn admit(self: &Arc<Self>, records: Vec<Record>, _tracker: &TaskTracker) -> Vec<Record> {
@@ -63,8 +63,46 @@ pub(super) trait QueueWork: Send + Sync + 'static {
     async fn handle(self: Arc<Self>, batch: Vec<Record>, slot: Slot);
 }
 
+/// What became of one message handled on its own (an asynchronous event: an S3 notification, an
+/// Invoke API `Event` invocation).
+pub(crate) enum MessageEnd {
+    /// Handled (or stored in its destination): deleted.
+    Done,
+    /// Comes back after this delay.
+    Retry(Duration),
+    /// Left to the queue (its visibility timeout, its redrive policy).
+    Leave,
+}
+
+/// Ends one message: released from the heartbeat, then deleted, made visible again after its
+/// retry delay, or left to the queue. SQS visibility has whole seconds: a shorter delay is waited
+/// out first, the message held. True when it was deleted.
+pub(crate) async fn end_message(acks: &QueueAcks, message: &Record, end: MessageEnd) -> bool {
+    let mut end = end;
+    if let MessageEnd::Retry(delay) = end
+        && delay < Duration::from_secs(1)
+    {
+        tokio::time::sleep(delay).await;
+        end = MessageEnd::Retry(Duration::ZERO);
+    }
+    acks.heartbeat.release(std::slice::from_ref(message)).await;
+    let deleted = match end {
+        MessageEnd::Done => acks.delete(&[message]).await == 1,
+        MessageEnd::Retry(delay) => {
+            let whole_seconds =
+                Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
+            acks.change_visibility(&[(message, whole_seconds)], "retry delay")
+                .await;
+            false
+        }
+        MessageEnd::Leave => false,
+    };
+    track_in_flight(&acks.metrics, [message], Flight::Leaving);
+    deleted
+}
+
 /// The acknowledgements every queue mapping makes, with their metrics, logs and readiness.
-pub(super) struct QueueAcks {
+pub(crate) struct QueueAcks {
     pub name: String,
     pub queue: Arc<dyn Queue>,
     pub heartbeat: Arc<Heartbeat>,
@@ -162,13 +200,13 @@ impl QueueAcks {
     }
 }
 
-pub(super) enum Flight {
+pub(crate) enum Flight {
     Entering,
     Leaving,
 }
 
 /// Counts records (and their bytes) into or out of `sluice_in_flight_*`.
-pub(super) fn track_in_flight<'a>(
+pub(crate) fn track_in_flight<'a>(
     metrics: &MappingMetrics,
     records: impl IntoIterator<Item = &'a Record>,
     flight: Flight,
@@ -188,7 +226,7 @@ pub(super) fn track_in_flight<'a>(
 
 /// A starting mapping's first receive, sent beside the queue's lookup
 /// ([`QueueOpener::open_receiving`]); the first poller takes it instead of sending its own.
-pub(super) struct FirstPoll {
+pub(crate) struct FirstPoll {
     receive: OpenReceive,
     requested_at: Instant,
 }
@@ -199,7 +237,7 @@ pub(super) struct FirstPoll {
 /// trip. Later attempts only look up: every early receive whose lookup failed is returned to the
 /// queue but counts as a receive, and must not add up against a redrive policy while the lookup
 /// keeps failing.
-pub(super) async fn connect(
+pub(crate) async fn connect(
     queues: &dyn QueueOpener,
     queue_url: &str,
     early: Option<(usize, Duration)>,
@@ -238,7 +276,7 @@ pub(super) async fn connect(
 }
 
 /// How a mapping polls.
-pub(super) struct PollSettings {
+pub(crate) struct PollSettings {
     pub pollers: usize,
     pub max_concurrency: usize,
     pub limits: BatchLimits,
@@ -280,7 +318,7 @@ impl PollSettings {
 
 /// Polls `acks.queue` for `work` until `shutdown`, then drains for at most `shutdown_timeout`;
 /// the heartbeat runs meanwhile.
-pub(super) async fn run<W: QueueWork>(
+pub(crate) async fn run<W: QueueWork>(
     acks: Arc<QueueAcks>,
     work: Arc<W>,
     target: SharedTarget,

@@ -34,7 +34,7 @@ use crate::health::MappingHealthHandle;
 use crate::runtime::async_exec::{self, Completion, EventStore};
 use crate::runtime::invoker::{Invoker, Slot};
 use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
-use crate::runtime::poller::{self, Flight, PollSettings, QueueAcks, QueueWork, track_in_flight};
+use crate::runtime::poller::{self, MessageEnd, PollSettings, QueueAcks, QueueWork};
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use serde_json::{Value, json};
@@ -174,53 +174,18 @@ impl QueueWork for Context {
     }
 }
 
-/// What became of one message.
-enum MessageEnd {
-    /// Every record succeeded, was filtered out, or was stored in `on_failure`.
-    Done,
-    /// Comes back after this delay.
-    Retry(Duration),
-    /// Leave it to the queue (visibility timeout, redrive policy).
-    Leave,
-}
-
 async fn handle_message(context: &Context, message: Record) {
-    let mut end = process(context, &message).await;
-    // SQS visibility has whole seconds: a shorter delay is waited out here, the message held.
-    if let MessageEnd::Retry(delay) = end
-        && delay < Duration::from_secs(1)
-    {
-        tokio::time::sleep(delay).await;
-        end = MessageEnd::Retry(Duration::ZERO);
+    let end = process(context, &message).await;
+    if matches!(end, MessageEnd::Done) {
+        context
+            .not_run
+            .lock()
+            .expect("not-run lock")
+            .remove(message.id());
     }
-    context
-        .acks
-        .heartbeat
-        .release(std::slice::from_ref(&message))
-        .await;
-    let message_id = message.id().to_owned();
-    match end {
-        MessageEnd::Done => {
-            context
-                .not_run
-                .lock()
-                .expect("not-run lock")
-                .remove(&message_id);
-            if context.acks.delete(&[&message]).await == 1 {
-                context.acks.metrics.acknowledged(1);
-            }
-        }
-        MessageEnd::Retry(delay) => {
-            let whole_seconds =
-                Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
-            context
-                .acks
-                .change_visibility(&[(&message, whole_seconds)], "retry delay")
-                .await;
-        }
-        MessageEnd::Leave => {}
+    if poller::end_message(&context.acks, &message, end).await {
+        context.acks.metrics.acknowledged(1);
     }
-    track_in_flight(&context.acks.metrics, [&message], Flight::Leaving);
 }
 
 fn sqs_source(context: &Context, message: &Record) -> EnvelopeSource {

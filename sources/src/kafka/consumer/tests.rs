@@ -383,13 +383,17 @@ async fn a_partition_paused_when_revoked_delivers_again_when_it_comes_back() {
     assert_eq!(back[0].start, StartOffset::Committed(3));
     assert!(!back[0].control.pause_wanted());
     cluster.produce("clicks", &numbered(0, 3..6));
-    let mut offsets = Vec::new();
+    let mut offsets = std::collections::BTreeSet::new();
     let delivered = tokio::time::timeout(WAIT, async {
         while offsets.len() < 3 {
             match next(&mut events).await.expect("the consumer runs") {
                 ConsumerEvent::Polled(polled) => offsets.extend(polled.iter().map(|p| p.offset)),
-                ConsumerEvent::Revoked(revoked) => {
-                    panic!("revoked again: {:?}", revoked.partitions)
+                // The second member's leave can reach the mock cluster's group after the
+                // partition came back, and an eager rebalance takes it once more; it comes
+                // back again, and what matters is that it is not left paused.
+                ConsumerEvent::Revoked(revoked) => revoked.released(),
+                ConsumerEvent::Assigned(assigned) => {
+                    assert!(assigned.iter().all(|a| !a.control.pause_wanted()));
                 }
                 _ => {}
             }
@@ -401,7 +405,7 @@ async fn a_partition_paused_when_revoked_delivers_again_when_it_comes_back() {
         "the partition delivered nothing after it came back"
     );
     assert_eq!(
-        offsets,
+        offsets.into_iter().collect::<Vec<_>>(),
         vec![3, 4, 5],
         "the partition delivers again after its pause"
     );

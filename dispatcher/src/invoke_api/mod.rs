@@ -26,6 +26,8 @@
 //!   id of its AWS signature (so AWS clients work with `AWS_ACCESS_KEY_ID=<token>`), else 403; the
 //!   comparison takes the same time whatever the token's content.
 
+pub mod event_queue;
+
 use crate::config::{FunctionConfig, InvokeApiConfig};
 use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{AsyncRecord, Destination, EnvelopeSource, Placement};
@@ -205,6 +207,8 @@ pub struct Function {
     finishing: Mutex<HashMap<String, Finishing>>,
     /// At most this many events run at once.
     workers: usize,
+    /// With `invoke_api.event_queue`: where accepted events go instead of the state file.
+    event_sender: Option<Arc<event_queue::EventSender>>,
 }
 
 impl Function {
@@ -219,6 +223,7 @@ impl Function {
         on_success: Option<Arc<dyn Destination>>,
         region: &str,
         health: Health,
+        event_sender: Option<Arc<event_queue::EventSender>>,
     ) -> Self {
         let workers = target.max_concurrency();
         Self {
@@ -238,6 +243,7 @@ impl Function {
             loaded: Notify::new(),
             finishing: Mutex::new(HashMap::new()),
             workers,
+            event_sender,
         }
     }
 
@@ -353,13 +359,45 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
 
 /// Serves the Invoke API until `stop`; the functions' async workers run under `tracker`, each
 /// supervised (a panic is logged, shown on `/readyz` and the worker restarted).
+/// The event queue's consumer, for [`serve`]: how to open the queue, the `/readyz` registry, and
+/// how long its events may drain.
+pub struct EventQueueConsumer {
+    pub queues: Arc<dyn sluice_sources::QueueOpener>,
+    pub health: Health,
+    pub drain: Duration,
+}
+
 pub async fn serve(
     config: &InvokeApiConfig,
     functions: BTreeMap<String, Arc<Function>>,
     region: String,
     stop: CancellationToken,
     tracker: TaskTracker,
+    consumer: Option<EventQueueConsumer>,
 ) -> Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr), crate::http_server::ListenError> {
+    if let (Some(queue_url), Some(consumer)) = (&config.event_queue, consumer) {
+        let health = consumer.health.register(event_queue::WORKER_NAME);
+        let on_death = {
+            let health = health.clone();
+            move |message: &str| health.restarting(message)
+        };
+        let (queue_url, functions) = (queue_url.clone(), functions.clone());
+        tracker.spawn(crate::runtime::supervise(
+            event_queue::WORKER_NAME.to_owned(),
+            stop.clone(),
+            on_death,
+            move |token| {
+                event_queue::run(
+                    queue_url.clone(),
+                    consumer.queues.clone(),
+                    functions.clone(),
+                    health.clone(),
+                    consumer.drain,
+                    token,
+                )
+            },
+        ));
+    }
     for function in functions.values() {
         let worker = function.clone();
         let on_death = {
@@ -579,7 +617,51 @@ async fn invoke_sync(function: &Function, payload: bytes::Bytes, slot: Slot) -> 
     }
 }
 
+/// An `Event` invocation into the SQS event queue: 202 once SQS has it.
+async fn enqueue_to_queue(
+    function: &Function,
+    sender: &event_queue::EventSender,
+    payload: bytes::Bytes,
+) -> Response {
+    // A queue message is text; Lambda takes only JSON (which is) as a payload anyway.
+    let Ok(text) = std::str::from_utf8(&payload) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            "Could not parse request body into json: the payload is not UTF-8 text",
+        );
+    };
+    let request_id = crate::targets::new_request_id();
+    match sender.send(&function.name, &request_id, text).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            [("x-amzn-RequestId", request_id.as_str())],
+            "",
+        )
+            .into_response(),
+        Err(error @ event_queue::SendError::TooLarge { .. }) => {
+            tracing::warn!(function = %function.name, %error, "an Event invocation is over the event queue's message size");
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                &error.to_string(),
+            )
+        }
+        Err(error) => {
+            tracing::error!(function = %function.name, %error, "the event queue refused an Event invocation; the caller gets 500");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                "the event could not be queued; try again",
+            )
+        }
+    }
+}
+
 async fn enqueue(function: &Arc<Function>, payload: bytes::Bytes) -> Response {
+    if let Some(sender) = &function.event_sender {
+        return enqueue_to_queue(function, sender, payload).await;
+    }
     if !wait_until_loaded(function).await || function.failure() == Some(StoreFailure::Read) {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -862,16 +944,28 @@ impl EventStore for QueuedEvent<'_> {
     }
 }
 
-/// Sends the destination record (when there is a destination) and removes the event; a record
-/// that cannot be stored keeps the event queued, retried a little later.
-async fn finish(
-    function: &Function,
-    mut meta: EventMeta,
+/// How an event ended, for its destination record.
+struct Ending<'a> {
+    request_id: &'a str,
     completion: Completion,
     invoke_count: u32,
     payload: Value,
     response: Result<Option<Value>, ErrorInfo>,
-) {
+    first_attempt_at: Duration,
+}
+
+/// Stores the destination record of an event that ended (when its function has a destination
+/// for how it ended); false when it could not be stored: the event stays, and only the record is
+/// stored again. Wherever the event was queued, this is how it ends.
+async fn store_ending(function: &Function, ending: Ending<'_>) -> bool {
+    let Ending {
+        request_id,
+        completion,
+        invoke_count,
+        payload,
+        response,
+        first_attempt_at,
+    } = ending;
     let condition = completion.as_str();
     let destination = match completion {
         Completion::Success => function.on_success.as_ref(),
@@ -884,49 +978,73 @@ async fn finish(
             region: function.region.clone(),
             condition,
             invoke_count,
-            request_id: meta.request_id.clone(),
+            request_id: request_id.to_owned(),
             request_payload: payload,
-            response: response.clone(),
+            response,
             source: EnvelopeSource::Invoke {
                 function: function.name.clone(),
-                request_id: meta.request_id.clone(),
+                request_id: request_id.to_owned(),
             },
-            first_attempt_at: Duration::from_millis(meta.queued_at_ms),
+            first_attempt_at,
             last_attempt_at: now_since_epoch(),
         };
         let placement = Placement {
             mapping: &function.name,
             key_part: "invoke",
             group_hint: &function.name,
-            dedup_hint: &meta.request_id,
+            dedup_hint: request_id,
         };
         let call = function.health.aws_call();
         let stored = destination.store(record.to_json(), &placement).await;
         drop(call);
         if let Err(error) = stored {
-            tracing::error!(function = %function.name, request_id = %meta.request_id, condition, %error, "storing the destination record failed; the event stays queued and only the record is stored again");
+            tracing::error!(function = %function.name, %request_id, condition, %error, "storing the destination record failed; the event stays queued and only the record is stored again");
             function.health.ack_failed(&format!(
                 "storing a {condition} record in {} failed: {error}; the event stays queued and its record is stored again",
                 destination.describe()
             ));
-            function.finishing.lock().expect("finishing lock").insert(
-                meta.id.clone(),
-                Finishing {
-                    condition: completion,
-                    invoke_count,
-                    response,
-                },
-            );
-            meta.not_before_ms = now_ms() + STORE_RETRY.as_millis() as u64;
-            function.reschedule(meta);
-            return;
+            return false;
         }
         function.health.ack_succeeded();
     } else if completion != Completion::Success {
-        tracing::error!(function = %function.name, request_id = %meta.request_id, condition, "event discarded: it ran out of retries and the function has no on_failure destination");
+        tracing::error!(function = %function.name, %request_id, condition, "event discarded: it ran out of retries and the function has no on_failure destination");
     }
     if completion != Completion::Success {
-        tracing::warn!(function = %function.name, request_id = %meta.request_id, condition, attempts = invoke_count, "event gave up");
+        tracing::warn!(function = %function.name, %request_id, condition, attempts = invoke_count, "event gave up");
+    }
+    true
+}
+
+/// Sends the destination record (when there is a destination) and removes the event; a record
+/// that cannot be stored keeps the event queued, retried a little later.
+async fn finish(
+    function: &Function,
+    mut meta: EventMeta,
+    completion: Completion,
+    invoke_count: u32,
+    payload: Value,
+    response: Result<Option<Value>, ErrorInfo>,
+) {
+    let ending = Ending {
+        request_id: &meta.request_id,
+        completion,
+        invoke_count,
+        payload,
+        response: response.clone(),
+        first_attempt_at: Duration::from_millis(meta.queued_at_ms),
+    };
+    if !store_ending(function, ending).await {
+        function.finishing.lock().expect("finishing lock").insert(
+            meta.id.clone(),
+            Finishing {
+                condition: completion,
+                invoke_count,
+                response,
+            },
+        );
+        meta.not_before_ms = now_ms() + STORE_RETRY.as_millis() as u64;
+        function.reschedule(meta);
+        return;
     }
     match function.queue.remove(&meta.id).await {
         Ok(()) => function.store_worked(StoreFailure::Write),
@@ -1025,6 +1143,7 @@ mod tests {
             None,
             "us-east-1",
             health.clone(),
+            None,
         );
         let status = || health.readiness().1["functions"]["hello"]["status"].clone();
         assert_eq!(status(), "starting");
