@@ -327,7 +327,12 @@ invoke_api:
 async fn an_event_in_the_sqs_event_queue_outlives_the_task_that_accepted_it() {
     let moto = Moto::start();
     let sqs = moto.sqs().await;
-    let queue = create_queue(&sqs, "events", &[("VisibilityTimeout", "2")]).await;
+    let queue = create_queue(
+        &sqs,
+        "events",
+        &[("VisibilityTimeout", "2"), ("MaximumMessageSize", "4096")],
+    )
+    .await;
     let dlq = create_queue(&sqs, "events-dlq", &[]).await;
     let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let handler = Handler::start({
@@ -428,4 +433,16 @@ async fn an_event_in_the_sqs_event_queue_outlives_the_task_that_accepted_it() {
         ready["mappings"]["invoke_api.event_queue"]["status"],
         "ready"
     );
+
+    // Over the queue's MaximumMessageSize: refused with 413, not accepted and lost.
+    let refused = client
+        .invoke()
+        .function_name("hello")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(json!({"big": "x".repeat(8192)}).to_string()))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(refused.is_request_too_large_exception(), "{refused:?}");
 }

@@ -44,8 +44,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .route("/mappings", get(mappings))
-        .route("/mappings/{name}/pause", post(pause))
-        .route("/mappings/{name}/resume", post(resume))
+        .route("/mappings/{name}/{action}", post(pause_or_resume))
         .with_state(AdminState {
             health,
             metrics,
@@ -128,34 +127,25 @@ async fn mappings(State(state): State<AdminState>) -> Response {
     json_response(StatusCode::OK, json!({ "mappings": mappings }))
 }
 
-async fn pause(
+/// `POST /mappings/{name}/pause` and `/resume`.
+async fn pause_or_resume(
     State(state): State<AdminState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Path((name, action)): Path<(String, String)>,
 ) -> Response {
-    control(
-        &state,
-        peer.map(|Extension(ConnectInfo(peer))| peer),
-        &headers,
-        &name,
-        true,
-    )
-}
-
-async fn resume(
-    State(state): State<AdminState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    control(
-        &state,
-        peer.map(|Extension(ConnectInfo(peer))| peer),
-        &headers,
-        &name,
-        false,
-    )
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("no action {action:?}; POST /mappings/{{name}}/pause or /resume")}),
+            );
+        }
+    };
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer);
+    control(&state, peer, &headers, &name, paused)
 }
 
 fn control(

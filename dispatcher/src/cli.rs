@@ -509,28 +509,15 @@ fn ctl(
     if let Ok(mut path) = url.path_segments_mut() {
         path.clear().extend(segments);
     }
-    let answer = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let client = reqwest::Client::builder()
-                    .timeout(timeout)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let mut request = client
-                    .request(method, url.clone())
-                    .header(crate::admin::CONTROL_HEADER, "1");
-                if let Some(token) = token {
-                    request = request.bearer_auth(token);
-                }
-                let response = request.send().await.map_err(|e| e.to_string())?;
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
-                Ok::<_, String>((status, body))
-            })
-        });
+    let answer = ask_admin(timeout, |client| {
+        let request = client
+            .request(method, url.clone())
+            .header(crate::admin::CONTROL_HEADER, "1");
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    });
     match answer {
         Ok((status, body)) if status.is_success() => {
             println!("{}", body.trim());
@@ -554,25 +541,32 @@ fn ctl(
     }
 }
 
+/// Sends the one request `build` makes to the admin server (a command's own small runtime,
+/// `timeout` for the whole exchange); its status and body.
+fn ask_admin(
+    timeout: std::time::Duration,
+    build: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, String), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = build(&client).send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        Ok((status, body))
+    })
+}
+
 /// Asks `address`'s /readyz; exit 0 when ready.
 fn ask_ready(address: &str, timeout: std::time::Duration) -> ExitCode {
     let url = format!("http://{address}/readyz");
-    let answer = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let client = reqwest::Client::builder()
-                    .timeout(timeout)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
-                Ok::<_, String>((status, body))
-            })
-        });
+    let answer = ask_admin(timeout, |client| client.get(&url));
     match answer {
         Ok((status, _)) if status.is_success() => {
             println!("ready");
@@ -695,6 +689,18 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                     ));
                 }
             }
+        }
+        if let Some(queue_url) = config
+            .invoke_api
+            .as_ref()
+            .and_then(|api| api.event_queue.as_ref())
+            && let Err(error) =
+                sluice_sources::sqs::SqsQueue::connect(client.clone(), queue_url).await
+        {
+            problems.push(format!(
+                "{}: invoke_api.event_queue.sqs.queue_url: {error}",
+                config.file.display()
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 pub const DEFAULT_INVOKE_API_LISTEN: &str = "127.0.0.1:9001";
+/// The name of the Invoke API's event queue worker on `/readyz` and `sluice ctl`: no mapping may
+/// take it.
+pub const EVENT_QUEUE_WORKER: &str = "invoke_api.event_queue";
 pub const DEFAULT_MAX_QUEUED_EVENTS: u64 = 10_000;
 pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1 << 30;
 

@@ -29,7 +29,7 @@ pub mod validate;
 
 pub use destinations::DestinationConfig;
 pub use error::{ConfigError, ConfigErrors};
-pub use invoke_api::{FunctionConfig, InvokeApiConfig};
+pub use invoke_api::{EVENT_QUEUE_WORKER, FunctionConfig, InvokeApiConfig};
 pub use mapping::MappingConfig;
 pub use sources::SourceConfig;
 pub use stream::StartingPosition;
@@ -383,7 +383,7 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
         let path = format!("mappings[{position}]");
         if mapping.name.trim().is_empty() {
             v.error(format!("{path}.name"), "must not be empty");
-        } else if mapping.name == crate::invoke_api::event_queue::WORKER_NAME {
+        } else if mapping.name == invoke_api::EVENT_QUEUE_WORKER {
             v.error(
                 format!("{path}.name"),
                 format!(

@@ -286,11 +286,15 @@ pub async fn run_with_handlers(
                     )),
                 );
             }
-            let consumer = crate::invoke_api::EventQueueConsumer {
-                queues: api_queues.clone(),
-                health: health.clone(),
-                drain: config.shutdown_timeout,
-            };
+            let consumer =
+                event_sender
+                    .clone()
+                    .map(|sender| crate::invoke_api::EventQueueConsumer {
+                        queues: api_queues.clone(),
+                        sender,
+                        health: health.clone(),
+                        drain: config.shutdown_timeout,
+                    });
             Some(
                 crate::invoke_api::serve(
                     api_config,
@@ -298,7 +302,7 @@ pub async fn run_with_handlers(
                     region.clone(),
                     api_stop.clone(),
                     api_workers.clone(),
-                    Some(consumer),
+                    consumer,
                 )
                 .await?,
             )

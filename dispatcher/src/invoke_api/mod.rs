@@ -8,8 +8,8 @@
 //!   or throttles, the answer is 429 `TooManyRequestsException`, as Lambda answers when
 //!   concurrency is exhausted; the body is read only once a slot is held, so waiting callers hold
 //!   no payloads; requests over 6 MB are refused with 413 `RequestTooLargeException`;
-//! - `Event`: the event (at most 1 MB) is committed to the durable queue in the state file before
-//!   202 is answered, then handled under the function's async policy (retries with delays,
+//! - `Event`: the event (at most 1 MB) is committed to the durable queue in the state file (or,
+//!   with `event_queue`, sent to its SQS queue: see [`event_queue`]) before 202 is answered, then handled under the function's async policy (retries with delays,
 //!   `RetriesExhausted` / `EventAgeExceeded` to `on_failure`, `Success` to `on_success`); it
 //!   survives a restart. The queue is bounded (`max_queued_events`, `max_queued_bytes`; beyond
 //!   them 429 `TooManyRequestsException`); payloads stay on disk until their event runs, and at
@@ -357,16 +357,18 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
         | constant_time_eq(key_id.as_bytes(), token.as_bytes())
 }
 
-/// Serves the Invoke API until `stop`; the functions' async workers run under `tracker`, each
-/// supervised (a panic is logged, shown on `/readyz` and the worker restarted).
-/// The event queue's consumer, for [`serve`]: how to open the queue, the `/readyz` registry, and
-/// how long its events may drain.
+/// The event queue's consumer, for [`serve`]: how to open the queue and send retries to it, the
+/// `/readyz` registry, and how long its events may drain.
 pub struct EventQueueConsumer {
     pub queues: Arc<dyn sluice_sources::QueueOpener>,
+    pub sender: Arc<event_queue::EventSender>,
     pub health: Health,
     pub drain: Duration,
 }
 
+/// Serves the Invoke API until `stop`; the functions' async workers (and the event queue's, with
+/// `event_queue`) run under `tracker`, each supervised (a panic is logged, shown on `/readyz` and
+/// the worker restarted).
 pub async fn serve(
     config: &InvokeApiConfig,
     functions: BTreeMap<String, Arc<Function>>,
@@ -390,6 +392,7 @@ pub async fn serve(
                 event_queue::run(
                     queue_url.clone(),
                     consumer.queues.clone(),
+                    consumer.sender.clone(),
                     functions.clone(),
                     health.clone(),
                     consumer.drain,
@@ -644,7 +647,15 @@ async fn enqueue_to_queue(
             error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestTooLargeException",
-                &error.to_string(),
+                "the event is larger than the event queue's MaximumMessageSize (with about 200 bytes of attributes)",
+            )
+        }
+        Err(error @ event_queue::SendError::InvalidContent { .. }) => {
+            tracing::warn!(function = %function.name, %error, "an Event invocation holds characters SQS cannot carry");
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                "the event holds characters an SQS message cannot carry (such as U+FFFE, U+FFFF or control characters)",
             )
         }
         Err(error) => {

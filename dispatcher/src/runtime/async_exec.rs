@@ -59,6 +59,48 @@ pub(crate) trait EventStore: Send {
     );
 }
 
+/// Receives of queue messages (each an asynchronous event: an S3 notification, an Invoke API
+/// `Event` in the event queue) that the target refused (throttled, unavailable), per message id:
+/// a message's receive count counts attempts, and a refusal is not one. Kept in memory: after a
+/// restart a refusal counts as an attempt, erring toward giving up sooner, never retrying more.
+/// An entry goes when its message is deleted; one whose message never comes back (another
+/// instance took it) stays until the process ends, one small entry per such message.
+#[derive(Default)]
+pub(crate) struct RefusedReceives(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl RefusedReceives {
+    /// The attempt a message's receive is: its receive count, less the refusals.
+    pub fn attempt(&self, message: &sluice_sources::Record) -> AsyncAttempt {
+        let not_run = self
+            .0
+            .lock()
+            .expect("refusals lock")
+            .get(message.id())
+            .copied()
+            .unwrap_or(0);
+        AsyncAttempt {
+            queued_at: message.arrived_at,
+            failed_attempts: message.attempt.saturating_sub(1).saturating_sub(not_run),
+            not_run,
+        }
+    }
+
+    /// The target refused this receive of the message.
+    pub fn refused(&self, message: &sluice_sources::Record) {
+        *self
+            .0
+            .lock()
+            .expect("refusals lock")
+            .entry(message.id().to_owned())
+            .or_insert(0) += 1;
+    }
+
+    /// The message is gone (deleted).
+    pub fn forget(&self, message: &sluice_sources::Record) {
+        self.0.lock().expect("refusals lock").remove(message.id());
+    }
+}
+
 /// One attempt of an event, as the policy sees it.
 pub(crate) struct Attempt<'a> {
     pub invoker: &'a Invoker,

@@ -31,20 +31,17 @@ use crate::destinations::{
     AsyncRecord, DeadLetter, Destination, EnvelopeSource, Placement, envelope::now_since_epoch,
 };
 use crate::health::MappingHealthHandle;
-use crate::runtime::async_exec::{self, Completion, EventStore};
+use crate::runtime::async_exec::{self, Completion, EventStore, RefusedReceives};
 use crate::runtime::invoker::{Invoker, Slot};
 use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
 use crate::runtime::poller::{self, MessageEnd, PollSettings, QueueAcks, QueueWork};
 use crate::targets::{Invocation, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use serde_json::{Value, json};
-use sluice_policies::{
-    AsyncAttempt, AsyncPolicy, BatchLimits, DeadLetterCondition, ErrorInfo, FilterSet,
-};
+use sluice_policies::{AsyncPolicy, BatchLimits, DeadLetterCondition, ErrorInfo, FilterSet};
 use sluice_sources::s3::{Notification, S3Filter, parse_notification};
 use sluice_sources::{QueueOpener, Record};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +85,7 @@ struct Context {
     on_failure: Option<Arc<dyn Destination>>,
     on_success: Option<Arc<dyn Destination>>,
     /// Receives the target refused, per message id: they are not attempts.
-    not_run: Mutex<HashMap<String, u32>>,
+    not_run: RefusedReceives,
 }
 
 impl S3Mapping {
@@ -141,7 +138,7 @@ impl S3Mapping {
             policy: self.source.policy.clone(),
             on_failure: self.on_failure.clone(),
             on_success: self.on_success.clone(),
-            not_run: Mutex::new(HashMap::new()),
+            not_run: RefusedReceives::default(),
         });
         poller::run(
             acks,
@@ -177,11 +174,7 @@ impl QueueWork for Context {
 async fn handle_message(context: &Context, message: Record) {
     let end = process(context, &message).await;
     if matches!(end, MessageEnd::Done) {
-        context
-            .not_run
-            .lock()
-            .expect("not-run lock")
-            .remove(message.id());
+        context.not_run.forget(&message);
     }
     if poller::end_message(&context.acks, &message, end).await {
         context.acks.metrics.acknowledged(1);
@@ -220,18 +213,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
         context.acks.metrics.filtered(1);
         return MessageEnd::Done;
     }
-    let not_run = context
-        .not_run
-        .lock()
-        .expect("not-run lock")
-        .get(message.id())
-        .copied()
-        .unwrap_or(0);
-    let attempt = AsyncAttempt {
-        queued_at: message.arrived_at,
-        failed_attempts: message.attempt.saturating_sub(1).saturating_sub(not_run),
-        not_run,
-    };
+    let attempt = context.not_run.attempt(message);
     let mut retry_after: Option<Duration> = None;
     let mut refused = false;
     for (index, s3_record) in wanted.into_iter().enumerate() {
@@ -269,12 +251,7 @@ async fn process(context: &Context, message: &Record) -> MessageEnd {
         .await;
     }
     if refused {
-        *context
-            .not_run
-            .lock()
-            .expect("not-run lock")
-            .entry(message.id().to_owned())
-            .or_insert(0) += 1;
+        context.not_run.refused(message);
     }
     match retry_after {
         Some(delay) => MessageEnd::Retry(delay),
