@@ -58,18 +58,14 @@ pub async fn serve(
     ))
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+async fn readyz(State(state): State<AdminState>) -> Response {
     let (ready, report) = state.health.readiness();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        format!("{report}\n"),
-    )
+    json_response(status, report)
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
@@ -253,13 +249,18 @@ mod tests {
         assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
     }
 
-    #[test]
-    fn pausing_an_unknown_mapping_names_the_running_ones() {
+    #[tokio::test]
+    async fn pausing_an_unknown_mapping_names_the_running_ones() {
         let admin = state(None);
         let _orders = admin.health.register("orders");
         let loopback = Some("127.0.0.1:1".parse().unwrap());
         let answer = control(&admin, loopback, &control_headers(), "order", true);
         assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("running mappings: [orders]"), "{body}");
         let answer = control(&admin, loopback, &control_headers(), "orders", true);
         assert_eq!(answer.status(), StatusCode::OK);
         assert!(admin.health.paused()["orders"]);

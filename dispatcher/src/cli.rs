@@ -169,7 +169,7 @@ pub fn main() -> ExitCode {
         }
         Command::Dlq { command } => dlq(command),
         Command::Health { admin } => match admin_address(&admin, "health") {
-            Ok(address) => ask_ready(&address, admin.timeout),
+            Ok((address, _)) => ask_ready(&address, admin.timeout),
             Err(exit) => exit,
         },
         Command::Ctl {
@@ -177,11 +177,12 @@ pub fn main() -> ExitCode {
             admin,
             token,
         } => match admin_address(&admin, "ctl") {
-            Ok(address) => {
-                // The config names the token too, when it is the way to the admin server.
-                let token = token.or_else(|| {
-                    let location = admin.config.as_deref()?;
-                    load_config(location).ok()?.admin.token
+            Ok((address, loaded)) => {
+                // The config names the token too, when it is the way to the admin server (read
+                // once: the address may already have come from it).
+                let token = token.or_else(|| match loaded {
+                    Some(config) => config.admin.token,
+                    None => load_config(admin.config.as_deref()?).ok()?.admin.token,
                 });
                 ctl(&address, action, token.as_deref(), admin.timeout)
             }
@@ -415,9 +416,12 @@ fn report(program: &str, error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `sluice health`: asks the local admin endpoint whether sluice is ready.
-/// The admin server's address (host:port) from `--admin`, the config or the address file; the
-/// exit status to end with when it cannot be found.
-fn admin_address(args: &AdminArgs, command: &str) -> Result<String, ExitCode> {
+/// The admin server's address (host:port) from `--admin`, the config or the address file, with
+/// the config when it was read for it; the exit status to end with when it cannot be found.
+fn admin_address(
+    args: &AdminArgs,
+    command: &str,
+) -> Result<(String, Option<config::Config>), ExitCode> {
     let (config_location, admin, address_file) = (
         args.config.as_deref(),
         args.admin.as_deref(),
@@ -431,15 +435,20 @@ fn admin_address(args: &AdminArgs, command: &str) -> Result<String, ExitCode> {
             listen.to_string()
         }
     };
+    let mut loaded = None;
     // The address asked for: --admin (SLUICE_ADMIN), else the config's admin.listen.
     let asked: Option<std::net::SocketAddr> = match (admin, config_location) {
         (Some(admin), _) => match admin.parse() {
             Ok(address) => Some(address),
             // A host name: asked as written.
-            Err(_) => return Ok(admin.to_owned()),
+            Err(_) => return Ok((admin.to_owned(), None)),
         },
         (None, Some(location)) => match load_config(location) {
-            Ok(config) => Some(config.admin.listen),
+            Ok(config) => {
+                let listen = config.admin.listen;
+                loaded = Some(config);
+                Some(listen)
+            }
             Err(errors) => {
                 eprintln!("{errors}");
                 return Err(ExitCode::from(EXIT_RUNTIME_FAILURE));
@@ -450,9 +459,9 @@ fn admin_address(args: &AdminArgs, command: &str) -> Result<String, ExitCode> {
     // A port asked for is where sluice listens; port 0 (or nothing asked) is found in the
     // address file the running sluice writes.
     match (asked, address_file) {
-        (Some(asked), _) if asked.port() != 0 => Ok(reachable(asked)),
+        (Some(asked), _) if asked.port() != 0 => Ok((reachable(asked), loaded)),
         (_, Some(path)) => match reported_admin(path) {
-            Some(reported) => Ok(reported),
+            Some(reported) => Ok((reported, loaded)),
             None => {
                 // Not written yet, or removed at exit: nothing to ask (so, for health, not ready).
                 let prefix = if command == "health" {

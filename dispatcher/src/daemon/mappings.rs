@@ -202,7 +202,8 @@ pub(super) struct StartContext {
     /// The daemon's stop: every mapping's own stop is a child of it.
     pub shutdown: CancellationToken,
     pub shutdown_timeout: Duration,
-    pub emf: EmfRegistry,
+    /// The EMF writer's mappings; `None` without `metrics.emf`.
+    pub emf: Option<EmfRegistry>,
 }
 
 /// A mapping ready to start: what could fail is built.
@@ -313,8 +314,8 @@ impl MappingSet {
             .entry(mapping.name.clone())
             .or_insert_with(|| MappingMetrics::new(&mapping.name))
             .clone();
-        if let Some(counts) = metrics.esm() {
-            context.emf.insert(EmfMapping {
+        if let (Some(emf), Some(counts)) = (&context.emf, metrics.esm()) {
+            emf.insert(EmfMapping {
                 name: mapping.name.clone(),
                 target: mapping.target.clone(),
                 deletes: matches!(mapping.source, SourceConfig::Sqs(_) | SourceConfig::S3(_)),
@@ -447,7 +448,9 @@ impl MappingSet {
             }
             if !restart {
                 self.context.health.unregister(&name);
-                self.context.emf.retire(&name);
+                if let Some(emf) = &self.context.emf {
+                    emf.retire(&name);
+                }
                 self.metrics.remove(&name);
             }
         }
@@ -483,32 +486,48 @@ impl MappingSet {
     }
 }
 
-/// What a reload cannot change while sluice runs, by key, if it changed.
-pub(super) fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+/// Keeps in `new` the running value of every key a reload cannot change while sluice runs;
+/// returns the keys whose value in the file differed.
+pub(super) fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    fn keep<T: PartialEq + Clone>(
+        key: &'static str,
+        running: &T,
+        new: &mut T,
+        changed: &mut Vec<&'static str>,
+    ) {
+        if running != new {
+            changed.push(key);
+            *new = running.clone();
+        }
+    }
     let mut changed = Vec::new();
-    if old.admin != new.admin {
-        changed.push("admin");
-    }
-    if old.aws != new.aws {
-        changed.push("aws");
-    }
-    if old.checkpoints != new.checkpoints {
-        changed.push("checkpoints");
-    }
-    if old.state_dir != new.state_dir {
-        changed.push("state_dir");
-    }
-    if old.invoke_api != new.invoke_api {
-        changed.push("invoke_api");
-    }
-    if old.emf != new.emf {
-        changed.push("metrics");
-    }
-    if old.traces != new.traces {
-        changed.push("traces");
-    }
-    if old.shutdown_timeout != new.shutdown_timeout {
-        changed.push("shutdown_timeout");
-    }
+    keep("admin", &running.admin, &mut new.admin, &mut changed);
+    keep("aws", &running.aws, &mut new.aws, &mut changed);
+    keep(
+        "checkpoints",
+        &running.checkpoints,
+        &mut new.checkpoints,
+        &mut changed,
+    );
+    keep(
+        "state_dir",
+        &running.state_dir,
+        &mut new.state_dir,
+        &mut changed,
+    );
+    keep(
+        "invoke_api",
+        &running.invoke_api,
+        &mut new.invoke_api,
+        &mut changed,
+    );
+    keep("metrics", &running.emf, &mut new.emf, &mut changed);
+    keep("traces", &running.traces, &mut new.traces, &mut changed);
+    keep(
+        "shutdown_timeout",
+        &running.shutdown_timeout,
+        &mut new.shutdown_timeout,
+        &mut changed,
+    );
     changed
 }

@@ -213,7 +213,11 @@ pub async fn run_with_handlers(
                 },
             )
         };
-    let emf_registry = crate::telemetry::esm::EmfRegistry::default();
+    // Only with a writer: without one nothing would ever empty it.
+    let emf_registry = config
+        .emf
+        .is_some()
+        .then(crate::telemetry::esm::EmfRegistry::default);
     let mut mapping_set = mappings::MappingSet::new(mappings::StartContext {
         health: health.clone(),
         source_clients,
@@ -226,13 +230,17 @@ pub async fn run_with_handlers(
     mapping_set.start_all(&config, &targets)?;
     // Stopped after the drain, so its last lines hold what the drain counted.
     let emf_stop = CancellationToken::new();
-    let emf = config.emf.clone().map(|settings| {
-        tokio::spawn(crate::telemetry::esm::run_emf(
-            settings,
-            emf_registry.clone(),
-            emf_stop.clone(),
-        ))
-    });
+    let emf = config
+        .emf
+        .clone()
+        .zip(emf_registry)
+        .map(|(settings, registry)| {
+            tokio::spawn(crate::telemetry::esm::run_emf(
+                settings,
+                registry,
+                emf_stop.clone(),
+            ))
+        });
     let api_stop = CancellationToken::new();
     let api_workers = tokio_util::task::TaskTracker::new();
     let api = match &config.invoke_api {
@@ -323,12 +331,7 @@ pub async fn run_with_handlers(
     if mapping_set.len() == 0 && api.is_none() {
         tracing::warn!("no enabled mappings; waiting for a stop signal");
     }
-    for warning in config.warnings() {
-        tracing::warn!(%warning, "config warning");
-    }
-    for warning in config.task_state_warnings(crate::config::on_ecs()) {
-        tracing::warn!(%warning, "state that must outlive the task lives in it");
-    }
+    log_warnings(&config);
     tracing::info!(mappings = mapping_set.len(), "sluice running");
     let mut config = config;
     loop {
@@ -388,6 +391,16 @@ fn uses_state_file(config: &Config) -> bool {
         || config.invoke_api.is_some()
 }
 
+/// The config's warnings, at start and at each reload.
+fn log_warnings(config: &Config) {
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "config warning");
+    }
+    for warning in config.task_state_warnings(crate::config::on_ecs()) {
+        tracing::warn!(%warning, "state that must outlive the task lives in it");
+    }
+}
+
 /// SIGHUP, as a stream of reload requests; none when reloading is off (an embedded daemon).
 fn reload_signals(enabled: bool) -> tokio::sync::mpsc::Receiver<()> {
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
@@ -440,6 +453,11 @@ async fn reload(
             return None;
         }
     };
+    let fixed = mappings::keep_fixed(current, &mut new);
+    if !fixed.is_empty() {
+        tracing::warn!(keys = ?fixed, "config reload: these keys cannot change while sluice runs; they keep their running values until a restart");
+    }
+    // After the fixed keys are put back: a change of those alone is kept, not refused.
     if uses_state_file(&new) && !uses_state_file(current) {
         tracing::error!(
             "config reload refused: it needs the state file under state_dir (embedded checkpoints for a DynamoDB stream mapping), which is opened only at start; restart sluice to apply it"
@@ -452,22 +470,7 @@ async fn reload(
         );
         return None;
     }
-    let fixed = mappings::fixed_changes(current, &new);
-    if !fixed.is_empty() {
-        tracing::warn!(keys = ?fixed, "config reload: these keys cannot change while sluice runs; they keep their running values until a restart");
-        // Carried over, so the next reload compares against what really runs.
-        new.admin = current.admin.clone();
-        new.aws = current.aws.clone();
-        new.checkpoints = current.checkpoints.clone();
-        new.state_dir = current.state_dir.clone();
-        new.invoke_api = current.invoke_api.clone();
-        new.emf = current.emf.clone();
-        new.traces = current.traces.clone();
-        new.shutdown_timeout = current.shutdown_timeout;
-    }
-    for warning in new.warnings() {
-        tracing::warn!(%warning, "config warning");
-    }
+    log_warnings(&new);
     match mapping_set.reload(current, &mut new, targets).await {
         Ok(changes) => {
             tracing::info!(changes = ?changes, mappings = mapping_set.len(), "config reloaded");

@@ -350,8 +350,11 @@ impl Work {
 
     fn remember(&self, message_id: &str, finishing: Option<Finishing>) {
         let mut remembered = self.finishing.lock().expect("finishing lock");
-        // Bounded by time: a message another instance ended never comes back here.
-        remembered.retain(|_, (since, _)| since.elapsed() < FINISHING_MEMORY);
+        if finishing.is_some() {
+            // Bounded by time: a message another instance ended never comes back here. Only
+            // here, not on every ended message: those entries go with their delete.
+            remembered.retain(|_, (since, _)| since.elapsed() < FINISHING_MEMORY);
+        }
         remembered.insert(message_id.to_owned(), (Instant::now(), finishing));
     }
 

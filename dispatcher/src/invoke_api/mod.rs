@@ -1017,8 +1017,12 @@ async fn store_ending(function: &Function, ending: Ending<'_>) -> bool {
             return false;
         }
         function.health.ack_succeeded();
+        if completion != Completion::Success {
+            function.invoker.metrics().dead_lettered(condition, 1);
+        }
     } else if completion != Completion::Success {
         tracing::error!(function = %function.name, %request_id, condition, "event discarded: it ran out of retries and the function has no on_failure destination");
+        function.invoker.metrics().discarded(condition, 1);
     }
     if completion != Completion::Success {
         tracing::warn!(function = %function.name, %request_id, condition, attempts = invoke_count, "event gave up");

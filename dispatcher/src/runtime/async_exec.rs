@@ -2,7 +2,8 @@
 //! one attempt of an event under [`AsyncPolicy`] and carries out what the policy decides against
 //! the event's store ([`EventStore`]: reschedule it, or complete it with its destination record).
 //! The S3 store is the notification's SQS message (a retry is a visibility change); the Invoke
-//! API's is the durable local queue.
+//! API's is the durable local queue, or with `invoke_api.event_queue` an SQS message carrying the
+//! event's progress (a retry is a copy sent with the delay).
 //!
 //! Guarantees:
 //! - an event older than `max_event_age` is not invoked: it completes as `EventAgeExceeded`;
@@ -59,9 +60,9 @@ pub(crate) trait EventStore: Send {
     );
 }
 
-/// Receives of queue messages (each an asynchronous event: an S3 notification, an Invoke API
-/// `Event` in the event queue) that the target refused (throttled, unavailable), per message id:
-/// a message's receive count counts attempts, and a refusal is not one. Kept in memory: after a
+/// Receives of S3 notification messages that the target refused (throttled, unavailable), per
+/// message id: a notification's receive count counts attempts, and a refusal is not one. (The
+/// Invoke API's event queue carries its counts in the message instead.) Kept in memory: after a
 /// restart a refusal counts as an attempt, erring toward giving up sooner, never retrying more.
 /// An entry goes when its message is deleted; one whose message never comes back (another
 /// instance took it) stays until the process ends, one small entry per such message.

@@ -255,7 +255,8 @@ pub(crate) async fn connect(
         shutdown,
         || {
             attempts += 1;
-            let early = early.filter(|_| attempts == 1);
+            // Nothing is received for a paused mapping, not even the first receive.
+            let early = early.filter(|_| attempts == 1 && !health.pause().is_paused());
             async move {
                 let Some((max_messages, wait)) = early else {
                     return Ok((queues.open(queue_url).await?, None));
@@ -330,14 +331,11 @@ pub(crate) async fn run<W: QueueWork>(
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(acks.heartbeat.clone().run(heartbeat_stop.clone()));
     // Ends with this run, however it ends (a panic that restarts the mapping included).
-    let scaling_stop = CancellationToken::new();
-    let _scaling_stop = scaling_stop.clone().drop_guard();
-    scaling::spawn(
+    let _sampling = scaling::start(
         &acks.name,
         BacklogSource::Queue(acks.queue.clone()),
         &acks.metrics,
         &settings.autoscaling,
-        scaling_stop,
     );
     let tracker = TaskTracker::new();
     let poller = Arc::new(Poller {

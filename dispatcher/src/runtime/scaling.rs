@@ -139,21 +139,24 @@ pub(crate) async fn run(
     }
 }
 
-/// Starts the sampling task of a mapping; it ends at `stop`.
-pub(crate) fn spawn(
+/// Starts the sampling task of a mapping; it ends when the returned guard is dropped (with the
+/// run that started it, however that ends).
+#[must_use = "the sampling stops when the guard is dropped"]
+pub(crate) fn start(
     name: &str,
     source: BacklogSource,
     metrics: &MappingMetrics,
     config: &AutoscalingConfig,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio_util::sync::DropGuard {
+    let stop = CancellationToken::new();
     tokio::spawn(run(
         name.to_owned(),
         source,
         metrics.clone(),
         config.clone(),
-        stop,
-    ))
+        stop.clone(),
+    ));
+    stop.drop_guard()
 }
 
 #[cfg(test)]
@@ -181,13 +184,13 @@ mod tests {
         }
         let metrics = MappingMetrics::new("scaled");
         let stop = CancellationToken::new();
-        let task = spawn(
-            "scaled",
+        let task = tokio::spawn(run(
+            "scaled".into(),
             BacklogSource::Queue(queue.clone()),
-            &metrics,
-            &config(Some(Duration::from_secs(60))),
+            metrics.clone(),
+            config(Some(Duration::from_secs(60))),
             stop.clone(),
-        );
+        ));
         // Between the samples (at 0, 30, 60, ...), so each sample sees a whole 30 s of work.
         tokio::time::sleep(Duration::from_secs(15)).await;
         for _ in 0..4 {
@@ -208,13 +211,13 @@ mod tests {
     async fn a_reported_backlog_is_used_once_reported_and_no_desired_tasks_without_a_drain_time() {
         let metrics = MappingMetrics::new("kafka");
         let stop = CancellationToken::new();
-        let task = spawn(
-            "kafka",
+        let task = tokio::spawn(run(
+            "kafka".into(),
             BacklogSource::Reported,
-            &metrics,
-            &config(None),
+            metrics.clone(),
+            config(None),
             stop.clone(),
-        );
+        ));
         tokio::time::sleep(Duration::from_secs(31)).await;
         assert!(
             metrics.esm().unwrap().scaling().is_none(),

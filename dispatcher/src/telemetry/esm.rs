@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// One of Lambda's event source mapping counters.
@@ -259,12 +259,6 @@ fn render(
     Value::Object(root)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// One document per mapping of `registry`, with what was counted since `previous`.
 fn documents(
     settings: &EmfSettings,
@@ -298,10 +292,15 @@ pub async fn run_emf(settings: EmfSettings, mappings: EmfRegistry, stop: Cancell
             _ = ticks.tick() => false,
             _ = stop.cancelled() => true,
         };
-        let lines: Vec<String> = documents(&settings, &mappings, &mut previous, now_ms())
-            .iter()
-            .map(Value::to_string)
-            .collect();
+        let lines: Vec<String> = documents(
+            &settings,
+            &mappings,
+            &mut previous,
+            sluice_sources::now_since_epoch().as_millis() as u64,
+        )
+        .iter()
+        .map(Value::to_string)
+        .collect();
         // Blocking, but short: a few hundred bytes a mapping, written on the blocking pool so
         // a slow stdout never holds a runtime worker.
         let written = tokio::task::spawn_blocking(move || write_lines(&lines)).await;

@@ -524,14 +524,11 @@ impl KafkaMapping {
         };
         tracing::info!(mapping = %name, topics = ?self.source.topics, batch_size = self.source.batch_size, "mapping started");
         // The lag the router reports is the backlog; sampling ends with this run however it ends.
-        let scaling_stop = CancellationToken::new();
-        let _scaling_stop = scaling_stop.clone().drop_guard();
-        crate::runtime::scaling::spawn(
+        let _sampling = crate::runtime::scaling::start(
             &name,
             crate::runtime::scaling::BacklogSource::Reported,
             &self.metrics,
             &self.config.autoscaling,
-            scaling_stop,
         );
         let mut router = Router::new(shared);
         let outcome = router.run(&mut events, || consumer.stop(), &shutdown).await;

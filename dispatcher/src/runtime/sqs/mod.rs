@@ -88,10 +88,7 @@ impl SqsMapping {
         let Some((queue, first)) = poller::connect(
             self.queues.as_ref(),
             &self.source.queue_url,
-            // Nothing is received for a paused mapping, not even the first receive.
-            settings
-                .early_receive(&self.target)
-                .filter(|_| !self.health.pause().is_paused()),
+            settings.early_receive(&self.target),
             &self.config.name,
             &self.health,
             &self.metrics,

@@ -261,9 +261,8 @@ async fn a_paused_mapping_pauses_every_partition_until_resumed() {
     let cluster = Cluster::new("views", 2);
     cluster.produce("views", &numbered(0, 0..3));
     cluster.produce("views", &numbered(1, 0..3));
-    let mut settings = cluster.settings("views", "g-pause");
+    let settings = cluster.settings("views", "g-pause");
     let paused = settings.paused.clone();
-    settings.paused = paused.clone();
     let (consumer, mut events) = KafkaConsumer::start(settings).unwrap();
     let mut seen = Seen::default();
     while seen.count() < 6 {
