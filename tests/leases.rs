@@ -10,7 +10,7 @@ fn shards(ids: &[&str]) -> Vec<ShardSpec> {
     ids.iter()
         .map(|id| ShardSpec {
             id: id.to_string(),
-            parent: None,
+            parents: Vec::new(),
         })
         .collect()
 }
@@ -108,11 +108,11 @@ async fn a_finished_parent_lets_its_children_be_leased() {
     let listing = vec![
         ShardSpec {
             id: "parent".into(),
-            parent: None,
+            parents: Vec::new(),
         },
         ShardSpec {
             id: "child".into(),
-            parent: Some("parent".into()),
+            parents: vec!["parent".into()],
         },
     ];
     assert_eq!(held(&a.acquire(&listing).await.unwrap()), vec!["parent"]);

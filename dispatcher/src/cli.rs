@@ -603,12 +603,18 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let client = aws_sdk_sqs::Client::new(&sdk_config);
-        let tables = aws_sdk_dynamodb::Client::new(&sdk_config);
-        let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config);
+        let dynamodb_streams = sluice_sources::dynamodb_streams::DynamoDbStreams {
+            streams: aws_sdk_dynamodbstreams::Client::new(&sdk_config),
+            tables: aws_sdk_dynamodb::Client::new(&sdk_config),
+        };
+        let kinesis = sluice_sources::kinesis::Kinesis {
+            client: aws_sdk_kinesis::Client::new(&sdk_config),
+        };
         let s3 = crate::daemon::s3_client(&sdk_config);
         let mut problems = Vec::new();
         for (index, mapping) in config.mappings.iter().enumerate() {
             let mut queues = Vec::new();
+            let mut stream = None;
             match &mapping.source {
                 config::SourceConfig::Sqs(source) => {
                     queues.push(("source.sqs.queue_url", source.queue_url.clone()));
@@ -641,24 +647,31 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                     }
                 }
                 config::SourceConfig::DynamodbStream(source) => {
-                    let found = sluice_sources::dynamodb_streams::DynamoDbStream::resolve(
-                        streams.clone(),
-                        &tables,
-                        source.table.as_deref(),
-                        source.stream_arn.as_deref(),
-                    )
-                    .await;
-                    let listed = match found {
-                        Ok(stream) => stream.list_shards().await.map(|_| ()),
-                        Err(error) => Err(error),
-                    };
-                    if let Err(error) = listed {
-                        problems.push(format!(
-                            "{}: mappings[{index}].source.dynamodb_stream ({}): {error}",
-                            config.file.display(),
-                            mapping.name
-                        ));
-                    }
+                    stream = Some(
+                        dynamodb_streams.opener(source.table.clone(), source.stream_arn.clone()),
+                    );
+                }
+                config::SourceConfig::Kinesis(source) => {
+                    stream = Some(kinesis.opener(
+                        source.stream_name.clone(),
+                        source.stream_arn.clone(),
+                        None,
+                    ));
+                }
+            }
+            // A stream is reachable when it is found and its shards can be listed.
+            if let Some(open) = stream {
+                let listed = match open().await {
+                    Ok(stream) => stream.list_shards().await.map(|_| ()),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = listed {
+                    problems.push(format!(
+                        "{}: mappings[{index}].source.{} ({}): {error}",
+                        config.file.display(),
+                        mapping.source.kind(),
+                        mapping.name
+                    ));
                 }
             }
             let mut buckets = Vec::new();

@@ -423,12 +423,22 @@ impl FilterSet {
             return true;
         }
         let (view, body_is_json) = sqs_filter_view(record);
-        self.patterns
-            .iter()
-            .any(|pattern| match pattern.field_is_json("body") {
-                Some(pattern_json) if pattern_json != body_is_json => false,
-                _ => pattern.matches(&view),
-            })
+        self.passes_by_format(&view, "body", body_is_json)
+    }
+
+    /// Whether a record's filter view passes when its data field (SQS `body`, Kinesis `data`)
+    /// may or may not be JSON: a pattern whose `field` is JSON (an object pattern) never matches
+    /// data that is not, and a plain-text pattern never matches JSON data; a pattern without
+    /// `field` filters on the other fields only.
+    pub fn passes_by_format(&self, view: &Value, field: &str, field_is_json: bool) -> bool {
+        self.patterns.is_empty()
+            || self
+                .patterns
+                .iter()
+                .any(|pattern| match pattern.field_is_json(field) {
+                    Some(pattern_json) if pattern_json != field_is_json => false,
+                    _ => pattern.matches(view),
+                })
     }
 }
 

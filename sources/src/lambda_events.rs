@@ -244,3 +244,59 @@ fn the_dynamodb_event_reads_as_aws_lambda_events_dynamodb_event() {
         String::from_utf8_lossy(&event)
     );
 }
+
+#[test]
+fn a_kinesis_event_reads_as_the_crates_kinesis_event() {
+    use crate::kinesis::event::{KinesisOrigin, KinesisRecordParts, lambda_record};
+    let origin = KinesisOrigin {
+        stream_arn: "arn:aws:kinesis:eu-west-1:123456789012:stream/orders",
+        region: "eu-west-1",
+        invoke_identity_arn: Some("arn:aws:iam::123456789012:role/orders-consumer"),
+    };
+    let record = |sequence: &str, data: &[u8], encryption: Option<&str>| {
+        lambda_record(
+            &KinesisRecordParts {
+                shard_id: "shardId-000000000003",
+                sequence_number: sequence,
+                partition_key: "customer-17",
+                data,
+                arrived_at: Duration::from_millis(1_765_000_000_250),
+                encryption_type: encryption,
+            },
+            &origin,
+        )
+    };
+    let records = [
+        record(
+            "49590338271490256608559692538361571095921575989136588898",
+            br#"{"order":17}"#,
+            None,
+        ),
+        record(
+            "49590338271490256608559692540925702759324208523137515618",
+            &[0, 159, 146, 150],
+            Some("KMS"),
+        ),
+    ];
+    let event = format!(r#"{{"Records":[{}]}}"#, records.join(",")).into_bytes();
+    // The crate mis-scales fractional seconds both ways (dependencies.md trap 8: it reads .250
+    // as a quarter of a millisecond), and Lambda sends them too; so the arrival time is checked
+    // to the second, as the crate reads it, below.
+    let lost: Vec<String> = check::<aws_lambda_events::kinesis::KinesisEvent>(&event)
+        .into_iter()
+        .filter(|found| !found.contains(".kinesis.approximateArrivalTimestamp: "))
+        .collect();
+    assert_eq!(
+        lost,
+        Vec::<String>::new(),
+        "{}",
+        String::from_utf8_lossy(&event)
+    );
+    let typed: aws_lambda_events::kinesis::KinesisEvent = serde_json::from_slice(&event).unwrap();
+    for record in &typed.records {
+        assert_eq!(
+            record.kinesis.approximate_arrival_timestamp.0.timestamp(),
+            1_765_000_000
+        );
+    }
+}

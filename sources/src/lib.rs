@@ -1,8 +1,9 @@
 //! sluice-sources: each module turns a remote system into [`Record`]s and executes the
 //! acknowledgements the policies decide (delete, change visibility, checkpoint).
 //!
-//! - [`sqs`]: SQS queues; [`dynamodb_streams`]: DynamoDB Streams shards and records;
-//!   [`checkpoint`]: where stream checkpoints and shard leases live.
+//! - [`sqs`]: SQS queues; [`shards`]: what every sharded stream is read through;
+//!   [`dynamodb_streams`] and [`kinesis`]: their shards and records; [`checkpoint`]: where
+//!   stream checkpoints and shard leases live.
 //!
 //! Sources know nothing of targets or of the dispatcher; they depend only on `sluice-policies`.
 //! Delivery is at-least-once: a source never acknowledges a record on its own initiative.
@@ -13,6 +14,7 @@ pub mod dynamodb_streams;
 #[cfg(test)]
 mod fuzz;
 pub mod kafka;
+pub mod kinesis;
 #[cfg(test)]
 mod lambda_events;
 #[cfg(any(test, feature = "testing"))]
@@ -20,6 +22,7 @@ pub mod memory;
 pub mod queue;
 pub mod record;
 pub mod s3;
+pub mod shards;
 pub mod sqs;
 pub mod trace;
 

@@ -15,12 +15,13 @@
 //! Every delete and visibility change is kept in [`MemoryQueue::calls`], in order, so that a
 //! test can check the order acknowledgements were made in.
 //!
-//! [`MemoryStream`] is a stream of shards with DynamoDB Streams' reading semantics: iterators
-//! that a test can expire, records a test can trim, shards that close.
+//! [`MemoryStream`] is a stream of shards with the reading semantics of DynamoDB Streams and
+//! Kinesis: iterators that a test can expire, records a test can trim, reads a test can throttle
+//! (the iterator stays good), shards that close.
 
-use crate::dynamodb_streams::{IteratorStart, Page, ReadError, Shard, ShardReader, StreamOpener};
 use crate::queue::{DeleteReport, Queue, QueueBacklog, QueueDescription, QueueOpener, SourceError};
 use crate::record::{AckToken, Receipt, Record};
+use crate::shards::{IteratorStart, OpenStream, Page, ReadError, Shard, ShardReader};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use std::sync::{Arc, Mutex};
@@ -366,11 +367,13 @@ pub struct MemoryStream {
     generation: Mutex<u64>,
     /// Iterator requests still to fail.
     failing_iterators: Mutex<u32>,
+    /// Reads still to be throttled.
+    throttled_reads: Mutex<u32>,
 }
 
 struct MemoryShard {
     id: String,
-    parent: Option<String>,
+    parents: Vec<String>,
     /// Sequence numbers 1..=len.
     len: u64,
     /// Records with a sequence number at or below this are trimmed.
@@ -390,6 +393,7 @@ impl MemoryStream {
             shards: Mutex::default(),
             generation: Mutex::new(0),
             failing_iterators: Mutex::new(0),
+            throttled_reads: Mutex::new(0),
         }
     }
 
@@ -397,7 +401,18 @@ impl MemoryStream {
     pub fn add_shard(&self, id: &str, parent: Option<&str>) {
         self.shards.lock().expect("stream lock").push(MemoryShard {
             id: id.to_owned(),
-            parent: parent.map(str::to_owned),
+            parents: parent.into_iter().map(str::to_owned).collect(),
+            len: 0,
+            trimmed_through: 0,
+            closed: false,
+        });
+    }
+
+    /// Adds an open shard merged from `parent` and `adjacent` (Kinesis' MergeShards).
+    pub fn add_merged_shard(&self, id: &str, parent: &str, adjacent: &str) {
+        self.shards.lock().expect("stream lock").push(MemoryShard {
+            id: id.to_owned(),
+            parents: vec![parent.to_owned(), adjacent.to_owned()],
             len: 0,
             trimmed_through: 0,
             closed: false,
@@ -430,6 +445,11 @@ impl MemoryStream {
     /// The next `count` iterator requests fail (a throttled or unreachable stream).
     pub fn fail_iterators(&self, count: u32) {
         *self.failing_iterators.lock().expect("stream lock") = count;
+    }
+
+    /// The next `count` reads are throttled (Kinesis' ProvisionedThroughputExceededException).
+    pub fn throttle_reads(&self, count: u32) {
+        *self.throttled_reads.lock().expect("stream lock") = count;
     }
 
     /// Expires every iterator handed out so far.
@@ -476,7 +496,7 @@ impl ShardReader for MemoryStream {
             .iter()
             .map(|s| Shard {
                 id: s.id.clone(),
-                parent: s.parent.clone(),
+                parents: s.parents.clone(),
                 ending_sequence_number: s.closed.then(|| s.len.to_string()),
             })
             .collect())
@@ -500,7 +520,8 @@ impl ShardReader for MemoryStream {
             .ok_or_else(|| missing(shard_id))?;
         // The index of the next record to read.
         let next = match start {
-            IteratorStart::TrimHorizon => trimmed_through + 1,
+            // Memory records arrive at time zero: every one is at or after any timestamp.
+            IteratorStart::TrimHorizon | IteratorStart::AtTimestamp(_) => trimmed_through + 1,
             IteratorStart::Latest => len + 1,
             IteratorStart::AfterSequence(sequence) => {
                 let after: u64 = sequence.parse().unwrap_or(0);
@@ -523,6 +544,15 @@ impl ShardReader for MemoryStream {
         if generation != self.generation() {
             return Err(ReadError::ExpiredIterator);
         }
+        {
+            let mut throttled = self.throttled_reads.lock().expect("stream lock");
+            if *throttled > 0 {
+                *throttled -= 1;
+                return Err(ReadError::Throttled(format!(
+                    "shard {shard_id}: a throttle the test asked for"
+                )));
+            }
+        }
         let (trimmed_through, len, closed) = self
             .with_shard(shard_id, |s| (s.trimmed_through, s.len, s.closed))
             .ok_or_else(|| missing(shard_id))?;
@@ -532,7 +562,8 @@ impl ShardReader for MemoryStream {
             )));
         }
         let last = len.min(next + limit.max(1) as u64 - 1);
-        let records = (next..=last).map(|n| Self::record(shard_id, n)).collect();
+        let records: Vec<Record> = (next..=last).map(|n| Self::record(shard_id, n)).collect();
+        let bytes = records.iter().map(|r| r.event.get().len()).sum();
         let next_iterator = if closed && last >= len {
             None
         } else {
@@ -541,6 +572,8 @@ impl ShardReader for MemoryStream {
         Ok(Page {
             records,
             next_iterator,
+            millis_behind_latest: None,
+            bytes,
         })
     }
 }
@@ -553,18 +586,12 @@ fn missing(shard_id: &str) -> ReadError {
     })
 }
 
-/// Opens one memory stream, whatever table or ARN is asked for.
-pub struct MemoryStreams(pub Arc<MemoryStream>);
-
-#[async_trait]
-impl StreamOpener for MemoryStreams {
-    async fn open(
-        &self,
-        _table: Option<&str>,
-        _stream_arn: Option<&str>,
-    ) -> Result<Arc<dyn ShardReader>, SourceError> {
-        Ok(self.0.clone())
-    }
+/// Opens `stream`, whatever stream is asked for.
+pub fn stream_opener(stream: Arc<MemoryStream>) -> OpenStream {
+    Arc::new(move || {
+        let stream = stream.clone();
+        Box::pin(async move { Ok(stream as Arc<dyn ShardReader>) })
+    })
 }
 
 /// Opens one memory queue by its URL (`memory://queue/<name>`).
@@ -744,13 +771,13 @@ mod tests {
 
     mod stream {
         use super::super::*;
-        use crate::dynamodb_streams::{CursorEvent, CursorRead, ShardCursor};
+        use crate::shards::{CursorEvent, CursorRead, ShardCursor};
 
         async fn read_all(stream: &MemoryStream, cursor: &mut ShardCursor) -> Vec<String> {
             let mut read = Vec::new();
             loop {
                 match cursor.read(stream, 2).await.unwrap() {
-                    CursorRead::Page { records, end } => {
+                    CursorRead::Page { records, end, .. } => {
                         if records.is_empty() && !end {
                             return read;
                         }
@@ -759,7 +786,7 @@ mod tests {
                             return read;
                         }
                     }
-                    CursorRead::Renewing => {}
+                    CursorRead::Renewing | CursorRead::Throttled { .. } => {}
                 }
             }
         }
@@ -777,6 +804,28 @@ mod tests {
             );
             let shards = stream.list_shards().await.unwrap();
             assert_eq!(shards[0].ending_sequence_number.as_deref(), Some("5"));
+        }
+
+        #[tokio::test]
+        async fn a_throttled_read_keeps_its_place_and_reads_on_from_there() {
+            let stream = MemoryStream::new();
+            stream.add_shard("s1", None);
+            stream.append("s1", 4);
+            stream.close("s1");
+            let mut cursor = ShardCursor::new("s1", IteratorStart::TrimHorizon);
+            let CursorRead::Page { records, .. } = cursor.read(&stream, 2).await.unwrap() else {
+                panic!("a page")
+            };
+            assert_eq!(records.len(), 2);
+            stream.throttle_reads(2);
+            for _ in 0..2 {
+                assert!(matches!(
+                    cursor.read(&stream, 2).await.unwrap(),
+                    CursorRead::Throttled { .. }
+                ));
+            }
+            assert!(cursor.take_events().is_empty(), "a throttle renews nothing");
+            assert_eq!(read_all(&stream, &mut cursor).await, ["3", "4"]);
         }
 
         #[tokio::test]

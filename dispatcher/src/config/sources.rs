@@ -6,7 +6,7 @@
 
 use super::kind::{BuildSource, MappingParts, SourceRules};
 use super::validate::Validator;
-use crate::runtime::{dynamodb_stream, kafka, s3, sqs};
+use crate::runtime::{dynamodb_stream, kafka, kinesis, s3, sqs};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 
@@ -74,6 +74,8 @@ source_kinds! {
     Sqs = "sqs": sqs::config::RawSqsSource => sqs::config::SqsSourceConfig,
     /// The stream of a DynamoDB table.
     DynamodbStream = "dynamodb_stream": dynamodb_stream::config::RawDynamoDbStreamSource => dynamodb_stream::config::StreamSourceConfig,
+    /// A Kinesis data stream, read shard by shard with the stream policy.
+    Kinesis = "kinesis": kinesis::config::RawKinesisSource => kinesis::config::KinesisSourceConfig,
     /// S3 event notifications, read from the SQS queue a bucket notifies (raw, through SNS, or
     /// EventBridge); each S3 record is one asynchronous invocation.
     S3 = "s3": s3::config::RawS3Source => s3::config::S3SourceConfig,

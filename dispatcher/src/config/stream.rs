@@ -210,6 +210,40 @@ pub fn batching(
     (batch_size.max(1) as usize, window)
 }
 
+/// Batches in flight per shard when `parallelization_factor` is not given.
+pub const DEFAULT_PARALLELIZATION_FACTOR: u32 = 1;
+/// Lambda's largest parallelization factor.
+pub const MAX_PARALLELIZATION_FACTOR: u32 = 10;
+/// How often shards are listed again when `discovery_interval` is not given.
+pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+pub const DISCOVERY_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(600);
+
+/// A sharded stream's `parallelization_factor` (1..=10, default 1) and `discovery_interval`
+/// (1s..=10m, default 10s).
+pub fn shard_reading(
+    v: &mut Validator,
+    path: &str,
+    factor: Option<u32>,
+    discovery_interval: Option<HumanDuration>,
+) -> (usize, Duration) {
+    let factor = factor.unwrap_or(DEFAULT_PARALLELIZATION_FACTOR);
+    if !(1..=MAX_PARALLELIZATION_FACTOR).contains(&factor) {
+        v.error(
+            format!("{path}.parallelization_factor"),
+            format!("must be 1..={MAX_PARALLELIZATION_FACTOR} (got {factor})"),
+        );
+    }
+    let discovery_interval = discovery_interval.map_or(DEFAULT_DISCOVERY_INTERVAL, |d| d.0);
+    if !DISCOVERY_INTERVAL_RANGE.contains(&discovery_interval) {
+        v.error(format!("{path}.discovery_interval"), "must be 1s..=10m");
+    }
+    (
+        factor.clamp(1, MAX_PARALLELIZATION_FACTOR) as usize,
+        discovery_interval,
+    )
+}
+
 /// A point in time written as RFC 3339 (`2024-05-01T12:00:00Z`) or Unix seconds.
 pub fn parse_timestamp(text: &str) -> Result<Duration, String> {
     let text = text.trim();

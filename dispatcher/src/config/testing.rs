@@ -51,6 +51,21 @@ mappings:
         starting_position: trim_horizon
 "#;
 
+/// A kinesis mapping.
+pub const KINESIS: &str = r#"
+version: 1
+targets:
+  api:
+    http: { url: "http://127.0.0.1:8080/events" }
+mappings:
+  - name: orders-stream
+    target: api
+    source:
+      kinesis:
+        stream_name: orders
+        starting_position: trim_horizon
+"#;
+
 /// An s3 mapping.
 pub const S3: &str = r#"
 version: 1

@@ -14,7 +14,7 @@ use aws_config::timeout::TimeoutConfig;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_sources::checkpoint::CheckpointError;
 use sluice_sources::checkpoint::dynamodb::LeaseTable;
-use sluice_sources::dynamodb_streams::{DynamoDbStreams, StreamOpener};
+use sluice_sources::dynamodb_streams::DynamoDbStreams;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -159,10 +159,13 @@ pub async fn run_with_handlers(
     let s3_client = s3_client(&sdk_config);
     let queues: Arc<dyn sluice_sources::QueueOpener> =
         Arc::new(sluice_sources::sqs::SqsOpener(sqs_client.clone()));
-    let streams: Arc<dyn StreamOpener> = Arc::new(DynamoDbStreams {
+    let dynamodb_streams = DynamoDbStreams {
         streams: streams_client.clone(),
         tables: tables_client.clone(),
-    });
+    };
+    let kinesis = sluice_sources::kinesis::Kinesis {
+        client: aws_sdk_kinesis::Client::new(&sdk_config),
+    };
     let health = Health::new(config.admin.stall_after, config.admin.stuck_after);
     let region = sdk_config
         .region()
@@ -192,7 +195,8 @@ pub async fn run_with_handlers(
     let api_queues = queues.clone();
     let source_clients = SourceClients {
         queues,
-        streams,
+        dynamodb_streams,
+        kinesis,
         checkpoints: crate::runtime::checkpoints::StoreSetup::from_config(
             &config.checkpoints,
             state_file.as_ref(),

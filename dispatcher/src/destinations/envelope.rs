@@ -62,6 +62,9 @@ envelope_object! {
         response_payload: Value => "null_is_a_value",
         #[serde(rename = "DDBStreamBatchInfo")]
         ddb_stream_batch_info: DdbStreamBatchInfo => "lenient",
+        /// Lambda's `KinesisBatchInfo`: the same fields, arrival times with milliseconds.
+        #[serde(rename = "KinesisBatchInfo")]
+        kinesis_batch_info: DdbStreamBatchInfo => "lenient",
         #[serde(rename = "KafkaBatchInfo")]
         kafka_batch_info: KafkaBatchInfo => "lenient",
         /// The invocation event, kept by S3 and Kafka-topic destinations as Lambda's are.
@@ -92,8 +95,9 @@ envelope_object! {
 }
 
 envelope_object! {
-    /// Lambda's `DDBStreamBatchInfo` (semantics.md §13.4). The sequence numbers are `null` for an
-    /// empty batch, as sluice has always written them.
+    /// Lambda's `DDBStreamBatchInfo`, and `KinesisBatchInfo` which has the same fields
+    /// (semantics.md §13.4). The sequence numbers are `null` for an empty batch, as sluice has
+    /// always written them.
     #[serde(rename_all = "camelCase")]
     pub struct DdbStreamBatchInfo {
         shard_id: String => "lenient",
@@ -198,6 +202,11 @@ pub enum SourceInfo {
         shard_id: String,
         sequence_numbers: Vec<String>,
     },
+    Kinesis {
+        stream_arn: String,
+        shard_id: String,
+        sequence_numbers: Vec<String>,
+    },
     Kafka {
         bootstrap_servers: String,
         topic: String,
@@ -228,6 +237,7 @@ pub enum SourceKind {
     Sqs,
     S3,
     DynamodbStream,
+    Kinesis,
     Kafka,
     Invoke,
 }
@@ -344,6 +354,16 @@ pub enum EnvelopeSource {
         first_arrival: Duration,
         last_arrival: Duration,
     },
+    /// A Kinesis shard.
+    Kinesis {
+        stream_arn: String,
+        shard_id: String,
+        /// The dead-lettered records' sequence numbers, in shard order.
+        sequence_numbers: Vec<String>,
+        /// Approximate arrival of the first and last record, since the Unix epoch.
+        first_arrival: Duration,
+        last_arrival: Duration,
+    },
     /// A Kafka partition.
     Kafka {
         cluster: sluice_sources::kafka::KafkaCluster,
@@ -399,6 +419,16 @@ impl EnvelopeSource {
                 shard_id,
                 sequence_numbers,
             },
+            EnvelopeSource::Kinesis {
+                stream_arn,
+                shard_id,
+                sequence_numbers,
+                ..
+            } => SourceInfo::Kinesis {
+                stream_arn,
+                shard_id,
+                sequence_numbers,
+            },
             EnvelopeSource::Kafka {
                 cluster,
                 topic,
@@ -427,7 +457,8 @@ impl EnvelopeSource {
             EnvelopeSource::Sqs { queue_url, .. } | EnvelopeSource::S3 { queue_url, .. } => {
                 queue_url.rsplit('/').next().unwrap_or(queue_url)
             }
-            EnvelopeSource::DynamodbStream { shard_id, .. } => shard_id,
+            EnvelopeSource::DynamodbStream { shard_id, .. }
+            | EnvelopeSource::Kinesis { shard_id, .. } => shard_id,
             EnvelopeSource::Kafka { topic, .. } => topic,
             EnvelopeSource::Invoke { .. } => "invoke",
         }
@@ -504,24 +535,55 @@ impl DeadLetter {
                 function_error: Some(json!(self.function_error)),
                 ..ResponseContext::default()
             });
-        let ddb_stream_batch_info = match &self.source {
+        let stream_batch_info = |stream_arn: &String,
+                                 shard_id: &String,
+                                 sequence_numbers: &Vec<String>,
+                                 arrivals: [String; 2]| {
+            let [first, last] = arrivals;
+            DdbStreamBatchInfo {
+                shard_id: Some(shard_id.clone()),
+                start_sequence_number: Some(json!(sequence_numbers.first())),
+                end_sequence_number: Some(json!(sequence_numbers.last())),
+                approximate_arrival_of_first_record: Some(first),
+                approximate_arrival_of_last_record: Some(last),
+                batch_size: Some(sequence_numbers.len() as u64),
+                stream_arn: Some(stream_arn.clone()),
+                ..DdbStreamBatchInfo::default()
+            }
+        };
+        // DynamoDB writes arrival times in whole seconds, Kinesis with milliseconds (§13.4).
+        let (ddb_stream_batch_info, kinesis_batch_info) = match &self.source {
             EnvelopeSource::DynamodbStream {
                 stream_arn,
                 shard_id,
                 sequence_numbers,
                 first_arrival,
                 last_arrival,
-            } => Some(DdbStreamBatchInfo {
-                shard_id: Some(shard_id.clone()),
-                start_sequence_number: Some(json!(sequence_numbers.first())),
-                end_sequence_number: Some(json!(sequence_numbers.last())),
-                approximate_arrival_of_first_record: Some(iso8601_seconds(*first_arrival)),
-                approximate_arrival_of_last_record: Some(iso8601_seconds(*last_arrival)),
-                batch_size: Some(sequence_numbers.len() as u64),
-                stream_arn: Some(stream_arn.clone()),
-                ..DdbStreamBatchInfo::default()
-            }),
-            _ => None,
+            } => (
+                Some(stream_batch_info(
+                    stream_arn,
+                    shard_id,
+                    sequence_numbers,
+                    [first_arrival, last_arrival].map(|at| iso8601_seconds(*at)),
+                )),
+                None,
+            ),
+            EnvelopeSource::Kinesis {
+                stream_arn,
+                shard_id,
+                sequence_numbers,
+                first_arrival,
+                last_arrival,
+            } => (
+                None,
+                Some(stream_batch_info(
+                    stream_arn,
+                    shard_id,
+                    sequence_numbers,
+                    [first_arrival, last_arrival].map(|at| iso8601_millis(*at)),
+                )),
+            ),
+            _ => (None, None),
         };
         let kafka_batch_info = match &self.source {
             EnvelopeSource::Kafka {
@@ -568,6 +630,7 @@ impl DeadLetter {
             }),
             response_context,
             ddb_stream_batch_info,
+            kinesis_batch_info,
             kafka_batch_info,
             sluice: Some(SluiceInfo {
                 mapping: Some(self.mapping.clone()),

@@ -76,6 +76,7 @@ pub fn find_mapping<'a>(config: &'a Config, name: &str) -> Result<&'a MappingCon
 struct Clients {
     sqs: aws_sdk_sqs::Client,
     s3: aws_sdk_s3::Client,
+    kinesis: aws_sdk_kinesis::Client,
     region: String,
 }
 
@@ -84,6 +85,7 @@ async fn clients(config: &Config) -> Result<Clients, DlqError> {
     Ok(Clients {
         sqs: aws_sdk_sqs::Client::new(&sdk),
         s3: crate::daemon::s3_client(&sdk),
+        kinesis: aws_sdk_kinesis::Client::new(&sdk),
         region: sdk.region().map(|r| r.to_string()).unwrap_or_default(),
     })
 }
@@ -196,7 +198,7 @@ async fn open_stores(
         SourceConfig::Sqs(source) => Some((source.queue_url.as_str(), RecordKind::Sqs)),
         SourceConfig::S3(source) => Some((source.queue_url.as_str(), RecordKind::S3)),
         // No redrive queue: a stream's failures go only to the mapping's destination.
-        SourceConfig::DynamodbStream(_) | SourceConfig::Kafka(_) => None,
+        SourceConfig::DynamodbStream(_) | SourceConfig::Kinesis(_) | SourceConfig::Kafka(_) => None,
     };
     if let Some((queue_url, kind)) = source_queue
         && let Some(dead_letter_queue) = redrive_queue(&clients.sqs, queue_url).await?
@@ -426,8 +428,15 @@ pub async fn replay(
                 .create()
                 .map_err(DlqError::Producer)?,
             },
+            SourceConfig::Kinesis(source) => SourceWriter::Kinesis {
+                client: clients.kinesis.clone(),
+                stream_name: source.stream_name.clone(),
+                stream_arn: source.stream_arn.clone(),
+            },
             SourceConfig::DynamodbStream(_) => {
-                return Err(DlqError::NotWritable);
+                return Err(DlqError::NotWritable {
+                    kind: "dynamodb_stream",
+                });
             }
         })
     } else {

@@ -48,8 +48,8 @@ pub enum DlqError {
     Task(#[from] tokio::task::JoinError),
     #[error("creating the producer for the source topics")]
     Producer(#[source] rdkafka::error::KafkaError),
-    #[error("--to-source cannot write to a DynamoDB stream; replay through the target instead")]
-    NotWritable,
+    #[error("--to-source cannot write to a {kind} source; replay through the target instead")]
+    NotWritable { kind: &'static str },
     #[error("mapping {mapping} names the unknown target {target}")]
     UnknownTarget { mapping: String, target: String },
     #[error("building the mapping's target")]
@@ -73,14 +73,16 @@ pub enum RecordKind {
     Sqs,
     S3,
     DynamodbStream,
+    Kinesis,
     Kafka,
 }
 
 impl RecordKind {
-    const ALL: [RecordKind; 4] = [
+    const ALL: [RecordKind; 5] = [
         RecordKind::Sqs,
         RecordKind::S3,
         RecordKind::DynamodbStream,
+        RecordKind::Kinesis,
         RecordKind::Kafka,
     ];
 
@@ -90,6 +92,7 @@ impl RecordKind {
             RecordKind::Sqs => "sqs",
             RecordKind::S3 => "s3",
             RecordKind::DynamodbStream => "dynamodb_stream",
+            RecordKind::Kinesis => "kinesis",
             RecordKind::Kafka => "kafka",
         }
     }
@@ -106,6 +109,7 @@ impl RecordKind {
             SourceConfig::Sqs(_) => RecordKind::Sqs,
             SourceConfig::S3(_) => RecordKind::S3,
             SourceConfig::DynamodbStream(_) => RecordKind::DynamodbStream,
+            SourceConfig::Kinesis(_) => RecordKind::Kinesis,
             SourceConfig::Kafka(_) => RecordKind::Kafka,
         }
     }
@@ -125,6 +129,8 @@ impl RecordKind {
                 text(&record["s3"]["object"]["key"])
             ),
             RecordKind::DynamodbStream => text(&record["dynamodb"]["SequenceNumber"]),
+            // The shard and sequence number, as Lambda's eventID has them.
+            RecordKind::Kinesis => text(&record["eventID"]),
             RecordKind::Kafka => format!(
                 "{}-{}@{}",
                 text(&record["topic"]),
@@ -200,6 +206,7 @@ impl Entry {
             Some(SourceKind::Sqs) => RecordKind::Sqs,
             Some(SourceKind::S3) => RecordKind::S3,
             Some(SourceKind::DynamodbStream) => RecordKind::DynamodbStream,
+            Some(SourceKind::Kinesis) => RecordKind::Kinesis,
             Some(SourceKind::Kafka) => RecordKind::Kafka,
             Some(SourceKind::Invoke) | None => fallback,
         };

@@ -111,6 +111,10 @@ pub(crate) fn passes(filter: &FilterSet, kind: RecordKind, record: &Value) -> bo
     match kind {
         RecordKind::Sqs => filter.passes_sqs(record),
         RecordKind::Kafka => filter.passes(&sluice_sources::kafka::record_filter_view(record)),
+        RecordKind::Kinesis => {
+            let (view, data_is_json) = sluice_sources::kinesis::event::filter_view(record);
+            filter.passes_by_format(&view, "data", data_is_json)
+        }
         RecordKind::S3 | RecordKind::DynamodbStream => filter.passes(record),
     }
 }
@@ -126,6 +130,7 @@ fn identifier(kind: RecordKind, record: &Value) -> ItemIdentifier {
         RecordKind::DynamodbStream => {
             ItemIdentifier::Text(text(&record["dynamodb"]["SequenceNumber"]))
         }
+        RecordKind::Kinesis => ItemIdentifier::Text(text(&record["kinesis"]["sequenceNumber"])),
         RecordKind::S3 => ItemIdentifier::Text(text(&record["s3"]["object"]["key"])),
         RecordKind::Kafka => ItemIdentifier::KafkaOffset {
             partition: sluice_sources::kafka::partition_name(
@@ -284,6 +289,12 @@ pub(crate) enum SourceWriter {
     Kafka {
         producer: rdkafka::producer::FutureProducer,
     },
+    /// PutRecord, one record at a time so each partition key keeps its order.
+    Kinesis {
+        client: aws_sdk_kinesis::Client,
+        stream_name: Option<String>,
+        stream_arn: Option<String>,
+    },
 }
 
 impl SourceWriter {
@@ -325,6 +336,44 @@ impl SourceWriter {
                             .await
                     {
                         fail(index, error);
+                    }
+                }
+            }
+            SourceWriter::Kinesis {
+                client,
+                stream_name,
+                stream_arn,
+            } => {
+                for (index, record) in records.iter().enumerate() {
+                    let data = record["kinesis"]["data"]
+                        .as_str()
+                        .and_then(|text| BASE64.decode(text).ok());
+                    let (Some(data), Some(key)) =
+                        (data, record["kinesis"]["partitionKey"].as_str())
+                    else {
+                        fail(
+                            index,
+                            "the record has no kinesis.data (base64) or kinesis.partitionKey"
+                                .to_owned(),
+                        );
+                        continue;
+                    };
+                    let sent = client
+                        .put_record()
+                        .set_stream_name(stream_name.clone())
+                        .set_stream_arn(stream_arn.clone())
+                        .partition_key(key)
+                        .data(aws_sdk_kinesis::primitives::Blob::new(data))
+                        .send()
+                        .await;
+                    if let Err(error) = sent {
+                        fail(
+                            index,
+                            format!(
+                                "PutRecord: {}",
+                                aws_sdk_kinesis::error::DisplayErrorContext(&error)
+                            ),
+                        );
                     }
                 }
             }

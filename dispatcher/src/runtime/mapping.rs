@@ -10,7 +10,8 @@ use crate::health::MappingHealthHandle;
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use sluice_sources::QueueOpener;
-use sluice_sources::dynamodb_streams::StreamOpener;
+use sluice_sources::dynamodb_streams::DynamoDbStreams;
+use sluice_sources::kinesis::Kinesis;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,7 +39,10 @@ pub struct Mapping {
 #[derive(Clone)]
 pub struct SourceClients {
     pub queues: Arc<dyn QueueOpener>,
-    pub streams: Arc<dyn StreamOpener>,
+    /// Finds DynamoDB streams.
+    pub dynamodb_streams: DynamoDbStreams,
+    /// Finds Kinesis streams.
+    pub kinesis: Kinesis,
     /// Where stream checkpoints go; `None` when no enabled mapping keeps checkpoints.
     pub checkpoints: Option<StoreSetup>,
     /// The AWS region, named in Lambda's events.

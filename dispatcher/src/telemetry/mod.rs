@@ -277,7 +277,14 @@ impl MappingMetrics {
         metrics::gauge!("sluice_stream_iterator_age_seconds", "mapping" => self.mapping.clone(), "shard" => shard.to_owned())
     }
 
-    /// `sluice_stream_events_total{mapping, event}`: expired_iterator, trimmed_data,
+    /// `sluice_stream_millis_behind_latest{mapping, shard}`: how far the last page read from a
+    /// shard is behind the shard's newest record, as the stream says (Kinesis'
+    /// `MillisBehindLatest`; 0 once the shard stops here).
+    pub fn millis_behind_latest(&self, shard: &str) -> Gauge {
+        metrics::gauge!("sluice_stream_millis_behind_latest", "mapping" => self.mapping.clone(), "shard" => shard.to_owned())
+    }
+
+    /// `sluice_stream_events_total{mapping, event}`: expired_iterator, trimmed_data, throttled,
     /// checkpoint_written, checkpoint_failed, lease_lost, shard_finished, shard_started.
     pub fn stream_event(&self, event: &'static str) {
         metrics::counter!("sluice_stream_events_total", "mapping" => self.mapping.clone(), "event" => event)

@@ -205,7 +205,7 @@ mod tests {
     fn spec(id: &str, parent: Option<&str>) -> ShardSpec {
         ShardSpec {
             id: id.into(),
-            parent: parent.map(Into::into),
+            parents: parent.into_iter().map(Into::into).collect(),
         }
     }
 

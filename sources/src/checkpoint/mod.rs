@@ -11,8 +11,8 @@
 //!   checkpoint.
 //!
 //! Both apply the same lineage rule ([`eligible_shards`]): a child shard is processed only after
-//! its parent has been read to its end, so records of one key are never handled out of order
-//! across a split.
+//! its parents (one after a split, two after a Kinesis merge) have been read to their end, so
+//! records of one key are never handled out of order across a split or a merge.
 
 pub mod dynamodb;
 pub mod embedded;
@@ -53,7 +53,8 @@ impl Checkpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardSpec {
     pub id: String,
-    pub parent: Option<String>,
+    /// The shard it was split from, or the two it was merged from; none for a root shard.
+    pub parents: Vec<String>,
 }
 
 /// A shard this instance holds.
@@ -106,15 +107,18 @@ pub trait CheckpointStore: Send + Sync + 'static {
 }
 
 /// The shards that may be processed now: not finished, and every parent either finished or no
-/// longer listed (trimmed away with its records after the stream's retention).
+/// longer listed (trimmed away with its records after the stream's retention). A shard merged
+/// from two waits for both.
 pub fn eligible_shards(shards: &[ShardSpec], finished: &HashSet<String>) -> Vec<String> {
     let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
     shards
         .iter()
         .filter(|shard| !finished.contains(&shard.id))
-        .filter(|shard| match &shard.parent {
-            None => true,
-            Some(parent) => finished.contains(parent) || !listed.contains(parent.as_str()),
+        .filter(|shard| {
+            shard
+                .parents
+                .iter()
+                .all(|parent| finished.contains(parent) || !listed.contains(parent.as_str()))
         })
         .map(|shard| shard.id.clone())
         .collect()
@@ -127,7 +131,7 @@ mod tests {
     fn spec(id: &str, parent: Option<&str>) -> ShardSpec {
         ShardSpec {
             id: id.into(),
-            parent: parent.map(Into::into),
+            parents: parent.into_iter().map(Into::into).collect(),
         }
     }
 
@@ -161,6 +165,18 @@ mod tests {
             vec!["c", "d", "e"]
         );
         assert!(eligible_shards(&shards, &finished(&["a", "b", "c", "d", "e", "f"])).is_empty());
+    }
+
+    #[test]
+    fn a_merged_shard_waits_for_both_of_its_parents() {
+        let merged = ShardSpec {
+            id: "m".into(),
+            parents: vec!["a".into(), "b".into()],
+        };
+        let shards = vec![spec("a", None), spec("b", None), merged];
+        assert_eq!(eligible_shards(&shards, &finished(&[])), vec!["a", "b"]);
+        assert_eq!(eligible_shards(&shards, &finished(&["a"])), vec!["b"]);
+        assert_eq!(eligible_shards(&shards, &finished(&["a", "b"])), vec!["m"]);
     }
 
     #[test]

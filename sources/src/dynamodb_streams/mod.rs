@@ -6,20 +6,17 @@
 //! - [`DynamoDbStream::read`] turns one GetRecords page into [`Record`]s that carry exactly the
 //!   element of Lambda's DynamoDB event (see [`event`]), and tells an expired iterator and trimmed
 //!   data apart from other failures so the caller can renew or skip ahead without a restart;
-//! - [`ShardReader`] is that API as a trait (an in-memory stream stands in for it in tests), and
-//!   [`ShardCursor`] keeps one shard's place across reads: it renews expired iterators after the
-//!   last record read and resumes at the trim horizon past trimmed data;
-//! - [`StreamOpener`] ([`DynamoDbStreams`]) finds a stream, so the runtime holds no AWS client.
+//! - it is a [`ShardReader`], read through [`crate::shards`] like every stream kind;
+//! - [`DynamoDbStreams::opener`] finds the stream, so the runtime holds no AWS client.
 //!
-//! Sequence numbers can have more digits than any integer type holds (dependencies.md trap 5):
-//! compare them with [`compare_sequence_numbers`].
+//! DynamoDB Streams has no timestamp iterator: [`IteratorStart::AtTimestamp`] starts at the trim
+//! horizon and the runtime skips the older records.
 
-mod cursor;
 pub mod event;
-mod types;
 
-pub use cursor::{CursorEvent, CursorRead, ShardCursor, ShardReader};
-pub use types::{IteratorStart, Page, ReadError, Shard};
+pub use crate::shards::{
+    CursorEvent, CursorRead, IteratorStart, Page, ReadError, Shard, ShardCursor, ShardReader,
+};
 
 use crate::queue::SourceError;
 use crate::record::{AckToken, Receipt, Record};
@@ -30,16 +27,10 @@ use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
 use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use serde_json::value::RawValue;
-use std::cmp::Ordering;
 use std::time::Duration;
 
 /// GetRecords returns at most this many records per call.
 pub const MAX_RECORDS_PER_READ: i32 = 1000;
-
-/// Orders two sequence numbers of one shard: by length, then as text.
-pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
 
 #[derive(Clone)]
 pub struct DynamoDbStream {
@@ -130,7 +121,11 @@ impl DynamoDbStream {
                 let Some(id) = shard.shard_id() else { continue };
                 shards.push(Shard {
                     id: id.to_owned(),
-                    parent: shard.parent_shard_id().map(str::to_owned),
+                    parents: shard
+                        .parent_shard_id()
+                        .map(str::to_owned)
+                        .into_iter()
+                        .collect(),
                     ending_sequence_number: shard
                         .sequence_number_range()
                         .and_then(|r| r.ending_sequence_number())
@@ -154,7 +149,9 @@ impl DynamoDbStream {
         start: &IteratorStart,
     ) -> Result<String, ReadError> {
         let (kind, sequence) = match start {
-            IteratorStart::TrimHorizon => (ShardIteratorType::TrimHorizon, None),
+            IteratorStart::TrimHorizon | IteratorStart::AtTimestamp(_) => {
+                (ShardIteratorType::TrimHorizon, None)
+            }
             IteratorStart::Latest => (ShardIteratorType::Latest, None),
             IteratorStart::AfterSequence(sequence) => (
                 ShardIteratorType::AfterSequenceNumber,
@@ -228,14 +225,17 @@ impl DynamoDbStream {
             }
         };
         let now = crate::now_since_epoch();
-        let records = output
+        let records: Vec<Record> = output
             .records()
             .iter()
             .filter_map(|record| self.record(shard_id, record, now))
             .collect();
+        let bytes = records.iter().map(|r| r.event.get().len()).sum();
         Ok(Page {
             records,
             next_iterator: output.next_shard_iterator().map(str::to_owned),
+            millis_behind_latest: None,
+            bytes,
         })
     }
 
@@ -296,56 +296,41 @@ impl ShardReader for DynamoDbStream {
     }
 }
 
-/// Finds streams: all a stream mapping needs from its AWS clients, so that the runtime never
-/// holds one.
-#[async_trait]
-pub trait StreamOpener: Send + Sync + 'static {
-    /// The stream `stream_arn` names, or `table`'s latest stream.
-    async fn open(
-        &self,
-        table: Option<&str>,
-        stream_arn: Option<&str>,
-    ) -> Result<std::sync::Arc<dyn ShardReader>, SourceError>;
-}
-
-/// Opens DynamoDB streams with a DynamoDB Streams client and a DynamoDB client (for a table's
-/// latest stream).
+/// The clients that find DynamoDB streams: DynamoDB Streams, and DynamoDB for a table's latest
+/// stream.
 #[derive(Clone)]
 pub struct DynamoDbStreams {
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub tables: aws_sdk_dynamodb::Client,
 }
 
-#[async_trait]
-impl StreamOpener for DynamoDbStreams {
-    async fn open(
+impl DynamoDbStreams {
+    /// Finds the stream `stream_arn` names, or `table`'s latest stream, each time it is called.
+    pub fn opener(
         &self,
-        table: Option<&str>,
-        stream_arn: Option<&str>,
-    ) -> Result<std::sync::Arc<dyn ShardReader>, SourceError> {
-        let stream =
-            DynamoDbStream::resolve(self.streams.clone(), &self.tables, table, stream_arn).await?;
-        Ok(std::sync::Arc::new(stream))
+        table: Option<String>,
+        stream_arn: Option<String>,
+    ) -> crate::shards::OpenStream {
+        let clients = self.clone();
+        std::sync::Arc::new(move || {
+            let clients = clients.clone();
+            let (table, stream_arn) = (table.clone(), stream_arn.clone());
+            Box::pin(async move {
+                let stream = DynamoDbStream::resolve(
+                    clients.streams,
+                    &clients.tables,
+                    table.as_deref(),
+                    stream_arn.as_deref(),
+                )
+                .await?;
+                Ok(std::sync::Arc::new(stream) as std::sync::Arc<dyn ShardReader>)
+            })
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn sequence_numbers_compare_by_length_then_text() {
-        assert_eq!(compare_sequence_numbers("9", "10"), Ordering::Less);
-        assert_eq!(
-            compare_sequence_numbers(
-                "4000000000000000000000000000000000000001",
-                "3999999999999999999999999999999999999999"
-            ),
-            Ordering::Greater
-        );
-        assert_eq!(compare_sequence_numbers("12", "12"), Ordering::Equal);
-    }
-
     /// Reading through the cursor against scripted DynamoDB Streams responses (aws-smithy-mocks):
     /// moto never expires iterators nor trims data (dependencies.md trap 4).
     mod scripted {
@@ -450,13 +435,13 @@ mod tests {
                 let read = cursor.read(&stream, 1000).await.unwrap();
                 events.extend(cursor.take_events());
                 match read {
-                    CursorRead::Page { records, end } => {
+                    CursorRead::Page { records, end, .. } => {
                         seen.extend(records.iter().map(|r| r.id().to_owned()));
                         if end {
                             break;
                         }
                     }
-                    CursorRead::Renewing => {}
+                    CursorRead::Renewing | CursorRead::Throttled { .. } => {}
                 }
             }
             assert_eq!(

@@ -112,6 +112,42 @@ fn dynamodb_dead_letter() -> DeadLetter {
     }
 }
 
+fn kinesis_dead_letter() -> DeadLetter {
+    let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/orders";
+    let record = |sequence: &str, data: &str| {
+        json!({
+            "kinesis": {
+                "kinesisSchemaVersion": "1.0",
+                "partitionKey": "customer-17",
+                "sequenceNumber": sequence,
+                "data": data,
+                "approximateArrivalTimestamp": 1_765_000_000.25
+            },
+            "eventSource": "aws:kinesis",
+            "eventVersion": "1.0",
+            "eventID": format!("shardId-000000000001:{sequence}"),
+            "eventName": "aws:kinesis:record",
+            "awsRegion": "us-east-1",
+            "eventSourceARN": arn
+        })
+    };
+    let first = "49590338271490256608559692538361571095921575989136588898";
+    let last = "49590338271490256608559692540925702759324208523137515618";
+    dead_letter(
+        EnvelopeSource::Kinesis {
+            stream_arn: arn.into(),
+            shard_id: "shardId-000000000001".into(),
+            sequence_numbers: vec![first.into(), last.into()],
+            first_arrival: Duration::from_millis(1_765_000_000_250),
+            last_arrival: Duration::from_millis(1_765_000_001_750),
+        },
+        vec![
+            record(first, "eyJvcmRlciI6MTd9"),
+            record(last, "eyJvcmRlciI6MTh9"),
+        ],
+    )
+}
+
 fn aged_out_dead_letter() -> DeadLetter {
     DeadLetter {
         condition: DeadLetterCondition::RecordAgeExceeded,
@@ -233,6 +269,10 @@ fn written() -> Vec<(&'static str, Value)> {
         ("dynamodb-s3-object.json", fixed(with_payload)),
         ("kafka.json", fixed(kafka.to_json(REQUEST_ID))),
         (
+            "kinesis.json",
+            fixed(kinesis_dead_letter().to_json(REQUEST_ID)),
+        ),
+        (
             "kafka-topic-message.json",
             fixed(record_message(&kafka, &kafka.records[1], REQUEST_ID)),
         ),
@@ -318,6 +358,14 @@ fn dlq_reads_the_records_and_history_of_every_fixture() {
             "kafka.json",
             RecordKind::Kafka,
             vec!["clicks-2@7", "clicks-2@8"],
+        ),
+        (
+            "kinesis.json",
+            RecordKind::Kinesis,
+            vec![
+                "shardId-000000000001:49590338271490256608559692538361571095921575989136588898",
+                "shardId-000000000001:49590338271490256608559692540925702759324208523137515618",
+            ],
         ),
         (
             "kafka-topic-message.json",

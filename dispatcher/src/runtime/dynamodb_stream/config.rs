@@ -12,14 +12,9 @@ use std::time::Duration;
 
 /// How long a batch gathers when `max_batching_window` is not given.
 pub const DEFAULT_BATCHING_WINDOW: Duration = Duration::ZERO;
-/// Batches in flight per shard when `parallelization_factor` is not given.
-pub const DEFAULT_PARALLELIZATION_FACTOR: u32 = 1;
-/// Lambda's largest parallelization factor.
-pub const MAX_PARALLELIZATION_FACTOR: u32 = 10;
-/// How often shards are listed again when `discovery_interval` is not given.
-pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
-pub const DISCOVERY_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_secs(1)..=Duration::from_secs(600);
+pub use crate::config::stream::{
+    DEFAULT_DISCOVERY_INTERVAL, DEFAULT_PARALLELIZATION_FACTOR, MAX_PARALLELIZATION_FACTOR,
+};
 
 // `Some(constant)`: the schema shows the default, and an empty value still reads as it.
 fn default_batch_size() -> Option<u32> {
@@ -105,21 +100,12 @@ impl BuildSource for RawDynamoDbStreamSource {
             self.max_batching_window,
             DEFAULT_BATCHING_WINDOW,
         );
-        let factor = self
-            .parallelization_factor
-            .unwrap_or(DEFAULT_PARALLELIZATION_FACTOR);
-        if !(1..=MAX_PARALLELIZATION_FACTOR).contains(&factor) {
-            v.error(
-                format!("{path}.parallelization_factor"),
-                format!("must be 1..={MAX_PARALLELIZATION_FACTOR} (got {factor})"),
-            );
-        }
-        let discovery_interval = self
-            .discovery_interval
-            .map_or(DEFAULT_DISCOVERY_INTERVAL, |d| d.0);
-        if !DISCOVERY_INTERVAL_RANGE.contains(&discovery_interval) {
-            v.error(format!("{path}.discovery_interval"), "must be 1s..=10m");
-        }
+        let (parallelization_factor, discovery_interval) = stream::shard_reading(
+            v,
+            path,
+            self.parallelization_factor,
+            self.discovery_interval,
+        );
         let policy = stream::policy(
             v,
             stream::PolicyInputs {
@@ -137,7 +123,7 @@ impl BuildSource for RawDynamoDbStreamSource {
             starting_position,
             batch_size,
             max_batching_window: window,
-            parallelization_factor: factor.clamp(1, MAX_PARALLELIZATION_FACTOR) as usize,
+            parallelization_factor,
             discovery_interval,
             policy,
         }

@@ -7,7 +7,8 @@ use crate::record::Record;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
     pub id: String,
-    pub parent: Option<String>,
+    /// The shard it was split from, or the two it was merged from (Kinesis); none for a root.
+    pub parents: Vec<String>,
     /// Set once the shard is closed (split or stream disabled): no records after it.
     pub ending_sequence_number: Option<String>,
 }
@@ -18,6 +19,10 @@ pub enum IteratorStart {
     TrimHorizon,
     Latest,
     AfterSequence(String),
+    /// The first record that arrived at or after this time since the Unix epoch. A kind without
+    /// a timestamp iterator (DynamoDB Streams) starts at the trim horizon, and the runtime skips
+    /// the records before it.
+    AtTimestamp(std::time::Duration),
 }
 
 /// Why a read failed.
@@ -29,6 +34,10 @@ pub enum ReadError {
     /// The iterator points before the trim horizon (records older than 24 hours are gone).
     #[error("the records at the iterator were trimmed from the stream: {0}")]
     Trimmed(String),
+    /// The shard's read limits were exceeded (Kinesis' ProvisionedThroughputExceededException,
+    /// KMS throttling): the iterator stays good; read again after a pause.
+    #[error("reads of the shard are throttled: {0}")]
+    Throttled(String),
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -39,4 +48,9 @@ pub struct Page {
     pub records: Vec<Record>,
     /// `None` once the shard is closed and fully read.
     pub next_iterator: Option<String>,
+    /// How far the page is behind the shard's newest record, when the stream says (Kinesis'
+    /// `MillisBehindLatest`).
+    pub millis_behind_latest: Option<u64>,
+    /// The records' data in bytes, as the stream's read budget counts it.
+    pub bytes: usize,
 }

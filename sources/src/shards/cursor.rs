@@ -7,6 +7,8 @@
 //!   read twice ([`CursorEvent::ExpiredIterator`]);
 //! - when the records past its place were trimmed (older than the stream's retention), it resumes
 //!   at the trim horizon ([`CursorEvent::Trimmed`]): what was trimmed is gone, the rest is read;
+//! - a throttled read keeps its iterator: the next call reads there again
+//!   ([`CursorRead::Throttled`]);
 //! - a failed call leaves its place unchanged: the next call tries again from there.
 
 use super::types::{IteratorStart, Page, ReadError, Shard};
@@ -14,7 +16,8 @@ use crate::queue::SourceError;
 use crate::record::Record;
 use async_trait::async_trait;
 
-/// A stream's shards, iterators and pages (DynamoDB Streams; an in-memory stream in tests).
+/// A stream's shards, iterators and pages (DynamoDB Streams, Kinesis; an in-memory stream in
+/// tests).
 #[async_trait]
 pub trait ShardReader: Send + Sync + 'static {
     /// The stream's ARN, named in dead letters.
@@ -46,7 +49,16 @@ pub enum CursorEvent {
 #[derive(Debug)]
 pub enum CursorRead {
     /// Records in shard order (maybe none), and whether the shard is closed and fully read.
-    Page { records: Vec<Record>, end: bool },
+    Page {
+        records: Vec<Record>,
+        end: bool,
+        /// The stream's `MillisBehindLatest`, when it tells.
+        millis_behind_latest: Option<u64>,
+        /// The records' data in bytes (the read budget's measure).
+        bytes: usize,
+    },
+    /// Nothing was read: the shard's read limit was exceeded; read again after a pause.
+    Throttled { detail: String },
     /// Nothing was read: the iterator expired and the next call renews it.
     Renewing,
 }
@@ -118,6 +130,9 @@ impl ShardCursor {
                             .await
                             .map_err(|error| into_source(error, reader, &shard_id))?
                     }
+                    Err(ReadError::Throttled(detail)) => {
+                        return Ok(CursorRead::Throttled { detail });
+                    }
                     Err(error) => return Err(into_source(error, reader, &shard_id)),
                 }
             }
@@ -132,7 +147,13 @@ impl ShardCursor {
                 Ok(CursorRead::Page {
                     records: page.records,
                     end,
+                    millis_behind_latest: page.millis_behind_latest,
+                    bytes: page.bytes,
                 })
+            }
+            Err(ReadError::Throttled(detail)) => {
+                self.iterator = Some(current);
+                Ok(CursorRead::Throttled { detail })
             }
             Err(ReadError::ExpiredIterator) => {
                 self.events.push(CursorEvent::ExpiredIterator {
