@@ -3,7 +3,7 @@
 //! succeeds end to end, `examples/dynamodb-http.yaml` runs against moto's DynamoDB Streams and
 //! `examples/kafka-http.yaml` against librdkafka's mock cluster.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_testkit::*;
 use std::process::Command;
 use std::time::Duration;
@@ -150,6 +150,95 @@ async fn the_dynamodb_example_handles_changes_and_sends_the_failing_one_to_s3() 
     })
     .await;
     assert!(!handled.contains("order-13"));
+    sluice.signal("TERM");
+    let status = sluice
+        .wait_exit(Duration::from_secs(30))
+        .expect("sluice exits on SIGTERM");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kinesis_example_handles_orders_and_sends_the_failing_one_to_the_queue() {
+    let moto = Moto::start();
+    let kinesis = moto.kinesis().await;
+    let sqs = moto.sqs().await;
+    create_kinesis_stream(&kinesis, "orders", 2).await;
+    let failures = create_queue(&sqs, "order-failures", &[]).await;
+    for i in 0..24u64 {
+        let kind = if i % 4 == 0 { "audit" } else { "order" };
+        let data = json!({"type": kind, "n": i});
+        put_kinesis(&kinesis, "orders", &format!("customer-{}", i % 5), &data).await;
+    }
+    let handler = Handler::start(|_, event| {
+        let poisoned = event["Records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| kinesis_data(r)["n"] == 13);
+        if poisoned {
+            Reply::status(
+                500,
+                r#"{"errorType":"OrderRejected","errorMessage":"poison"}"#,
+            )
+        } else {
+            Reply::json(json!({"batchItemFailures": []}))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = moto_env(&moto);
+    env.extend([
+        ("HANDLER_URL".to_owned(), handler.url("/orders")),
+        ("SLUICE_ADMIN".to_owned(), "127.0.0.1:0".to_owned()),
+        (
+            "SLUICE_STATE_DIR".to_owned(),
+            dir.path().join("state").display().to_string(),
+        ),
+        ("RETRY_INITIAL".to_owned(), "10ms".to_owned()),
+        ("FAILURES_QUEUE_URL".to_owned(), failures.clone()),
+    ]);
+    let mut sluice = Sluice::start_file(
+        &workspace_root().join("examples/kinesis-http.yaml"),
+        dir,
+        &env,
+    );
+    let dead = eventually(
+        Duration::from_secs(120),
+        "the failing order queued",
+        || async {
+            let messages = receive_all(&sqs, &failures, 30).await;
+            (!messages.is_empty()).then_some(messages)
+        },
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    let envelope: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
+    assert_eq!(envelope["KinesisBatchInfo"]["batchSize"], 1);
+    assert_eq!(kinesis_data(&envelope["sluice"]["records"][0])["n"], 13);
+    let wanted: std::collections::HashSet<u64> =
+        (0..24).filter(|i| i % 4 != 0 && *i != 13).collect();
+    eventually(
+        Duration::from_secs(120),
+        "the other orders handled",
+        || async {
+            let handled: std::collections::HashSet<u64> = handler
+                .received()
+                .iter()
+                .filter(|r| r.records().iter().all(|x| kinesis_data(x)["n"] != 13))
+                .flat_map(|r| r.records())
+                .map(|r| kinesis_data(&r)["n"].as_u64().unwrap())
+                .collect();
+            (handled == wanted).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        handler
+            .records()
+            .iter()
+            .all(|r| kinesis_data(r)["type"] == "order"),
+        "the filter kept audits away"
+    );
     sluice.signal("TERM");
     let status = sluice
         .wait_exit(Duration::from_secs(30))

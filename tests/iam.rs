@@ -178,6 +178,59 @@ mappings:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kinesis_policy_allows_exactly_what_a_kinesis_mapping_calls() {
+    let moto = Moto::start_recording_actions();
+    let kinesis = moto.kinesis().await;
+    let sqs = moto.sqs().await;
+    create_kinesis_stream(&kinesis, "orders", 2).await;
+    let dlq = create_queue(&sqs, "order-failures", &[]).await;
+    for i in 0..6u64 {
+        let data = json!({"n": i, "poison": i == 3});
+        put_kinesis(&kinesis, "orders", &format!("order-{i}"), &data).await;
+    }
+    let handler = Handler::start(|_, event| {
+        let poisoned = event["Records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| kinesis_data(r)["poison"] == true);
+        if poisoned {
+            Reply::status(500, "{}")
+        } else {
+            Reply::json(json!({}))
+        }
+    })
+    .await;
+    let config = format!(
+        r#"version: 1
+admin: {{ listen: "{{admin}}" }}
+checkpoints: {{ dynamodb: {{ table: sluice-leases, lease_duration: 3s }} }}
+targets:
+  app:
+    http: {{ url: "{url}" }}
+mappings:
+  - name: orders
+    target: app
+    source:
+      kinesis: {{ stream_name: orders, starting_position: trim_horizon, batch_size: 10 }}
+    retry:
+      max_retry_attempts: 0
+      bisect_on_error: true
+      backoff: {{ initial: 10ms, max: 50ms }}
+    on_failure:
+      sqs: {{ queue_url: "{dlq}" }}
+"#,
+        url = handler.url("/")
+    );
+    let _sluice = start_from_s3(&moto, &config, &[]).await;
+    eventually(WAIT, "the dead letter", || async {
+        (queue_depth(&sqs, &dlq).await == 1).then_some(())
+    })
+    .await;
+    assert_policy_matches(&moto, "iam-kinesis.json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_s3_notifications_policy_allows_exactly_what_an_s3_mapping_calls() {
     let moto = Moto::start_recording_actions();
     let sqs = moto.sqs().await;

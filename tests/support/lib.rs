@@ -253,7 +253,11 @@ impl Moto {
         )
     }
 
-    /// Stamps DynamoDB stream records written from now on as `offset_seconds` away from now
+    pub async fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        aws_sdk_kinesis::Client::new(&sdk_config(&self.endpoint()).await)
+    }
+
+    /// Stamps DynamoDB and Kinesis stream records written from now on as `offset_seconds` away from now
     /// (the launcher's test control; negative makes them old).
     pub async fn shift_stream_clock(&self, offset_seconds: i64) {
         let url = format!(
@@ -1097,4 +1101,59 @@ mod tests {
         assert_eq!(config.targets["handler"].max_concurrency(), 2);
         assert_eq!(config.mappings[0].name, "m");
     }
+}
+
+/// Creates a Kinesis stream with `shards` shards; returns its ARN.
+pub async fn create_kinesis_stream(
+    client: &aws_sdk_kinesis::Client,
+    name: &str,
+    shards: i32,
+) -> String {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("CreateStream");
+    client
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+        .expect("DescribeStreamSummary")
+        .stream_description_summary()
+        .expect("a summary")
+        .stream_arn()
+        .to_owned()
+}
+
+/// Puts one record whose data is `data` as JSON; returns its shard and sequence number.
+pub async fn put_kinesis(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    partition_key: &str,
+    data: &Value,
+) -> (String, String) {
+    let output = client
+        .put_record()
+        .stream_name(stream)
+        .partition_key(partition_key)
+        .data(aws_sdk_kinesis::primitives::Blob::new(data.to_string()))
+        .send()
+        .await
+        .expect("PutRecord");
+    (
+        output.shard_id().to_owned(),
+        output.sequence_number().to_owned(),
+    )
+}
+
+/// The JSON a Kinesis record of Lambda's event carries in its base64 `data`.
+pub fn kinesis_data(record: &Value) -> Value {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(record["kinesis"]["data"].as_str().expect("kinesis.data"))
+        .expect("base64 data");
+    serde_json::from_slice(&bytes).expect("JSON data")
 }

@@ -30,9 +30,29 @@
    atomic, as in DynamoDB.
 
 7. Test control, not a fix: `PUT /_sluice/stream-clock?offset_seconds=-120` shifts the
-   `ApproximateCreationDateTime` that moto stamps on DynamoDB stream records written afterwards,
-   so a test can produce records that are already two minutes old (for `max_record_age`) without
-   waiting. `offset_seconds=0` restores the real clock.
+   `ApproximateCreationDateTime` that moto stamps on DynamoDB stream records written afterwards
+   (and the `ApproximateArrivalTimestamp` of Kinesis records), so a test can produce records
+   that are already two minutes old (for `max_record_age`) without waiting. `offset_seconds=0`
+   restores the real clock.
+
+8. Kinesis sequence numbers (moto bug): `Shard.put_record` numbers a record one past the
+   shard's highest, then stores it, without a lock (its own comment says it is not safe for
+   concurrency); two PutRecord calls at once get the same number and one record replaces the
+   other. Here every Kinesis write holds one lock, as in patch 5.
+
+9. Kinesis resharding (moto bugs): `SplitShard` moves the parent's records into the children
+   (re-putting them, with the partition key and data swapped) and `MergeShards` copies both
+   parents' records into the child. In Kinesis a closed parent keeps its records until they
+   expire and a child starts empty; with moto's behaviour a reader that follows the lineage,
+   as Lambda and KCL do, would see records twice and out of order. Here a split or merge only
+   closes the parents and creates empty children. moto also routes a write to the first shard
+   whose hash range holds the key, closed or open, so after a split every record still went to
+   the closed parent; here writes go to the open shard that holds the key (its range inclusive
+   at both ends, as Kinesis' is).
+
+10. Kinesis shard end (moto bug): GetRecords always answers a NextShardIterator, so a reader
+   never learns that a closed shard is finished and never moves on to its children. Here a read
+   of a closed shard that reaches its last record answers none, as Kinesis does.
 
 With --count-requests (used by the benchmarks) it also counts requests per SQS action:
 GET /_sluice/requests returns {"counts": {action: n}, "first": {action: unix time}}, and DELETE
@@ -184,6 +204,93 @@ def serialize_stream_writes():
     table_models.StreamShard.add = locked_add
 
 
+def serialize_kinesis_writes():
+    import moto.kinesis.models as kinesis_models
+
+    lock = threading.RLock()
+    backend = kinesis_models.KinesisBackend
+    # Reads too: a read walks the shard's records while a write would add to them.
+    for name in ("put_record", "put_records", "get_records", "split_shard", "merge_shards", "update_shard_count"):
+        write = getattr(backend, name)
+
+        def locked(self, *args, __write=write, **kwargs):
+            with lock:
+                return __write(self, *args, **kwargs)
+
+        setattr(backend, name, locked)
+
+
+def kinesis_resharding_keeps_records():
+    import moto.kinesis.models as kinesis_models
+    from operator import attrgetter
+
+    Shard = kinesis_models.Shard
+
+    def next_id(stream):
+        return max(s._shard_id for s in stream.shards.values()) + 1
+
+    def split_shard(self, shard_to_split, new_starting_hash_key):
+        new_start = int(new_starting_hash_key)
+        shard = self.shards[shard_to_split]
+        if not (shard.starting_hash < new_start < shard.ending_hash):
+            raise kinesis_models.InvalidArgumentError(
+                message=f"NewStartingHashKey {new_start} is not inside shard {shard_to_split}"
+            )
+        if not shard.is_open:
+            raise kinesis_models.InvalidArgumentError(
+                message=f"Shard {shard.shard_id} has already been merged or split"
+            )
+        first = Shard(next_id(self), shard.starting_hash, new_start - 1, parent=shard.shard_id)
+        self.shards[first.shard_id] = first
+        second = Shard(next_id(self), new_start, shard.ending_hash, parent=shard.shard_id)
+        self.shards[second.shard_id] = second
+        shard.is_open = False
+
+    def merge_shards(self, shard_to_merge, adjacent_shard_to_merge):
+        first = self.shards[shard_to_merge]
+        second = self.shards[adjacent_shard_to_merge]
+        if first.ending_hash + 1 != second.starting_hash and second.ending_hash + 1 != first.starting_hash:
+            raise kinesis_models.InvalidArgumentError(adjacent_shard_to_merge)
+        low, high = sorted((first, second), key=attrgetter("starting_hash"))
+        merged = Shard(
+            next_id(self),
+            low.starting_hash,
+            high.ending_hash,
+            parent=first.shard_id,
+            adjacent_parent=second.shard_id,
+        )
+        self.shards[merged.shard_id] = merged
+        first.is_open = False
+        second.is_open = False
+
+    def get_shard_for_key(self, partition_key, explicit_hash_key):
+        if explicit_hash_key:
+            key = int(explicit_hash_key)
+        else:
+            key = int(kinesis_models.md5_hash(partition_key.encode("utf-8")).hexdigest(), 16)
+        for shard in self.shards.values():
+            if shard.is_open and shard.starting_hash <= key <= shard.ending_hash:
+                return shard
+        return None
+
+    kinesis_models.Stream.split_shard = split_shard
+    kinesis_models.Stream.merge_shards = merge_shards
+    kinesis_models.Stream.get_shard_for_key = get_shard_for_key
+
+    get_records = kinesis_models.KinesisBackend.get_records
+
+    def ending_get_records(self, stream_arn, shard_iterator, limit):
+        next_iterator, records, behind = get_records(self, stream_arn, shard_iterator, limit)
+        stream_name, shard_id, last = kinesis_models.decompose_shard_iterator(next_iterator)
+        stream = self.describe_stream(stream_arn=stream_arn, stream_name=stream_name)
+        shard = stream.get_shard(shard_id)
+        if not shard.is_open and int(last) >= shard.get_max_sequence_number():
+            next_iterator = None
+        return next_iterator, records, behind
+
+    kinesis_models.KinesisBackend.get_records = ending_get_records
+
+
 def serialize_item_writes():
     import moto.dynamodb.models as dynamodb_models
 
@@ -204,6 +311,7 @@ def stream_clock_control():
     import urllib.parse
 
     import moto.dynamodb.models.table as table_models
+    import moto.kinesis.models as kinesis_models
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
     offset = {"seconds": 0.0}
@@ -213,6 +321,7 @@ def stream_clock_control():
         return real_utcnow() + datetime.timedelta(seconds=offset["seconds"])
 
     table_models.utcnow = shifted_utcnow
+    kinesis_models.utcnow = shifted_utcnow
     serve = DomainDispatcherApplication.__call__
 
     def control_call(self, environ, start_response):
@@ -259,6 +368,7 @@ JSON_PREFIXES = {
     "AmazonSQS": "sqs",
     "DynamoDB_20120810": "dynamodb",
     "DynamoDBStreams_20120810": "dynamodb",
+    "Kinesis_20131202": "kinesis",
 }
 
 
@@ -320,6 +430,8 @@ def main():
     args = parser.parse_args()
     serialize_stream_writes()
     serialize_item_writes()
+    serialize_kinesis_writes()
+    kinesis_resharding_keeps_records()
     stream_clock_control()
     if args.count_requests:
         count_requests()

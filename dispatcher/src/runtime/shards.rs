@@ -6,6 +6,10 @@
 //! Guarantees:
 //! - a shard is read only while this instance holds its lease, and a child shard only after its
 //!   parents (both, after a merge) were read to their end (the store's lineage rule);
+//! - a shard without a checkpoint starts at the mapping's starting position, except that under
+//!   `latest` a child of a shard read to its end starts at its trim horizon: nothing written to
+//!   it after the split or merge is skipped (a new `latest` mapping on a stream whose closed
+//!   parents are still retained therefore reads their open children from the start);
 //! - within a lane (a shard when `parallelization_factor` is 1) records are handled in order and a
 //!   failing batch blocks the lane; records of one key always share a lane;
 //! - the checkpoint only moves past records that are handled, filtered out or dead-lettered, and
@@ -362,11 +366,18 @@ async fn coordinate(
                         },
                     );
                     shared.lane.metrics.stream_event("shard_started");
+                    let child_of_read = shards.iter().any(|shard| {
+                        shard.id == held.shard_id
+                            && shard.parents.iter().any(|p| acquired.finished.contains(p))
+                    });
                     let shared = shared.clone();
                     workers.spawn(async move {
+                        let start = ShardStart {
+                            checkpoint: held.checkpoint,
+                            child_of_read,
+                        };
                         let exit =
-                            run_shard(shared, held.shard_id.clone(), held.checkpoint, stop, abort)
-                                .await;
+                            run_shard(shared, held.shard_id.clone(), start, stop, abort).await;
                         (held.shard_id, exit)
                     });
                 }
@@ -572,18 +583,30 @@ impl LaneHost for ShardLanes {
     }
 }
 
+/// Where a held shard starts.
+struct ShardStart {
+    checkpoint: Option<Checkpoint>,
+    /// A parent of the shard was read to its end (by any instance): a shard without a checkpoint
+    /// then starts at the trim horizon even when the mapping starts at `latest`, as KCL does.
+    child_of_read: bool,
+}
+
 /// Reads one shard until it ends, `stop` or `abort`.
 async fn run_shard(
     shared: Arc<Shared>,
     shard_id: String,
-    checkpoint: Option<Checkpoint>,
+    start: ShardStart,
     stop: CancellationToken,
     abort: CancellationToken,
 ) -> ShardExit {
+    let checkpoint = start.checkpoint;
     let start = match &checkpoint {
         Some(Checkpoint::After(sequence)) => IteratorStart::AfterSequence(sequence.clone()),
         Some(Checkpoint::ShardEnd) => return ShardExit::Finished,
         None => match shared.source.starting_position {
+            // Every record of a child of a shard read to its end is newer than what was read:
+            // starting it at the newest record would skip those written before it was reached.
+            StartingPosition::Latest if start.child_of_read => IteratorStart::TrimHorizon,
             StartingPosition::Latest => IteratorStart::Latest,
             StartingPosition::TrimHorizon => IteratorStart::TrimHorizon,
             StartingPosition::AtTimestamp(at) => IteratorStart::AtTimestamp(at),
@@ -962,6 +985,23 @@ mappings:
         stream.throttle_reads(3);
         let seen = run_to_end(stream, "trim_horizon").await;
         assert_eq!(seen, (1..=7).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn under_latest_a_child_of_a_finished_shard_is_read_from_its_start() {
+        let stream = Arc::new(MemoryStream::new());
+        stream.add_shard("parent", None);
+        stream.append("parent", 4);
+        stream.close("parent");
+        stream.add_shard("child", Some("parent"));
+        stream.append("child", 3);
+        stream.close("child");
+        let seen = run_to_end(stream, "latest").await;
+        assert_eq!(
+            seen,
+            [1, 2, 3],
+            "the parent from its newest record, all of the child"
+        );
     }
 
     #[tokio::test]
