@@ -1079,30 +1079,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_test_config_is_a_config_sluice_loads_with_each_part_where_it_belongs() {
-        let state = tempfile::tempdir().unwrap();
-        let text = TestConfig::new("http://127.0.0.1:1/h")
-            .shutdown_timeout("5s")
-            .state_dir(state.path())
-            .top("max_filters_per_mapping: 7\n")
-            .target_options(", max_concurrency: 2")
-            .mappings("  - name: m\n    target: handler\n    source:\n      sqs: { queue_url: \"http://127.0.0.1:1/1/q\" }\n")
-            .render();
-        let config = sluice::config::parse("t.yaml", &any_port(&text), Default::default())
-            .unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
-        assert_eq!(config.state_dir, state.path());
-        assert_eq!(config.admin.listen.port(), 0);
-        assert_eq!(config.targets["handler"].max_concurrency(), 2);
-        assert_eq!(config.mappings[0].name, "m");
-    }
-}
-
 /// Creates a Kinesis stream with `shards` shards; returns its ARN.
 pub async fn create_kinesis_stream(
     client: &aws_sdk_kinesis::Client,
@@ -1156,4 +1132,28 @@ pub fn kinesis_data(record: &Value) -> Value {
         .decode(record["kinesis"]["data"].as_str().expect("kinesis.data"))
         .expect("base64 data");
     serde_json::from_slice(&bytes).expect("JSON data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_config_is_a_config_sluice_loads_with_each_part_where_it_belongs() {
+        let state = tempfile::tempdir().unwrap();
+        let text = TestConfig::new("http://127.0.0.1:1/h")
+            .shutdown_timeout("5s")
+            .state_dir(state.path())
+            .top("max_filters_per_mapping: 7\n")
+            .target_options(", max_concurrency: 2")
+            .mappings("  - name: m\n    target: handler\n    source:\n      sqs: { queue_url: \"http://127.0.0.1:1/1/q\" }\n")
+            .render();
+        let config = sluice::config::parse("t.yaml", &any_port(&text), Default::default())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(config.state_dir, state.path());
+        assert_eq!(config.admin.listen.port(), 0);
+        assert_eq!(config.targets["handler"].max_concurrency(), 2);
+        assert_eq!(config.mappings[0].name, "m");
+    }
 }

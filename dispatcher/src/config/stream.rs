@@ -4,6 +4,7 @@
 
 use super::backoff::{self, RawBackoff};
 use super::duration::{DurationLimit, HumanDuration};
+use super::kind::MappingParts;
 use super::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -244,6 +245,73 @@ pub fn shard_reading(
     )
 }
 
+/// How a sharded stream (DynamoDB Streams, Kinesis) is read and retried: the keys both kinds
+/// share, checked alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardSettings {
+    pub starting_position: StartingPosition,
+    pub batch_size: usize,
+    pub max_batching_window: Duration,
+    pub parallelization_factor: usize,
+    pub discovery_interval: Duration,
+    pub policy: StreamPolicy,
+}
+
+/// The shared keys of a sharded stream's `source` block, as written.
+pub struct ShardKeys<'a> {
+    pub starting_position: &'a RawStartingPosition,
+    pub starting_timestamp: Option<&'a str>,
+    pub batch_size: Option<u32>,
+    pub max_batching_window: Option<HumanDuration>,
+    pub parallelization_factor: Option<u32>,
+    pub discovery_interval: Option<HumanDuration>,
+}
+
+/// Checks a sharded stream's shared keys at `path` (a `kind` source) and builds its settings
+/// with the mapping's stream policy; the batching window defaults to Lambda's 0 for streams.
+pub fn shard_settings(
+    v: &mut Validator,
+    path: &str,
+    kind: &str,
+    keys: ShardKeys,
+    mapping: MappingParts,
+) -> ShardSettings {
+    let starting_position =
+        starting_position(v, path, keys.starting_position, keys.starting_timestamp);
+    let (batch_size, max_batching_window) = batching(
+        v,
+        path,
+        keys.batch_size,
+        keys.max_batching_window,
+        Duration::ZERO,
+    );
+    let (parallelization_factor, discovery_interval) = shard_reading(
+        v,
+        path,
+        keys.parallelization_factor,
+        keys.discovery_interval,
+    );
+    let policy = policy(
+        v,
+        PolicyInputs {
+            mapping_path: mapping.path,
+            kind,
+            retry: mapping.retry,
+            report_batch_item_failures: mapping.report_batch_item_failures,
+            has_on_failure: mapping.on_failure.is_some(),
+            identifier_kind: IdentifierKind::Text,
+        },
+    );
+    ShardSettings {
+        starting_position,
+        batch_size,
+        max_batching_window,
+        parallelization_factor,
+        discovery_interval,
+        policy,
+    }
+}
+
 /// A point in time written as RFC 3339 (`2024-05-01T12:00:00Z`) or Unix seconds.
 pub fn parse_timestamp(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -266,7 +334,7 @@ mod tests {
     use crate::config::testing::*;
 
     fn policy(config: &crate::config::Config) -> &StreamPolicy {
-        &source_of!(config, DynamodbStream).policy
+        &source_of!(config, DynamodbStream).settings.policy
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //!   the drain deadline, the checkpoint is written and the lease released; a lost lease stops the
 //!   shard at once without writing.
 
+use crate::config::stream::ShardSettings;
 use crate::config::{MappingConfig, StartingPosition};
 use crate::destinations::{Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
@@ -35,7 +36,7 @@ use crate::runtime::retry::{retry_delay, retry_until_ok};
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use sluice_policies::{
-    BatchLimits, FilterSet, ItemIdentifier, ShardProgress, StreamPolicy, lane_of, stream::Position,
+    BatchLimits, FilterSet, ItemIdentifier, ShardProgress, lane_of, stream::Position,
 };
 use sluice_sources::checkpoint::embedded::EmbeddedStore;
 use sluice_sources::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ShardSpec};
@@ -54,12 +55,8 @@ use tokio_util::sync::CancellationToken;
 pub struct ShardSource {
     /// Finds the stream (each kind names its stream its own way).
     pub open: OpenStream,
-    pub starting_position: StartingPosition,
-    pub batch_size: usize,
-    pub max_batching_window: Duration,
-    pub parallelization_factor: usize,
-    pub discovery_interval: Duration,
-    pub policy: StreamPolicy,
+    /// The kind's validated settings: position, batching, lanes, discovery, stream policy.
+    pub settings: ShardSettings,
     pub pacing: ReadPacing,
     /// Whether a record passes the mapping's filters: each kind filters its own view of a record.
     pub passes: fn(&FilterSet, &Record) -> bool,
@@ -197,14 +194,14 @@ impl ShardMapping {
             StoreSetup::DynamoDb { lease_duration, .. } => {
                 (*lease_duration / 4, Some(*lease_duration))
             }
-            StoreSetup::Embedded(_) => (self.source.discovery_interval, None),
+            StoreSetup::Embedded(_) => (self.source.settings.discovery_interval, None),
         };
         tracing::info!(
             mapping = %name,
             stream_arn = %stream.stream_arn(),
             checkpoints = %store.describe(),
-            batch_size = self.source.batch_size,
-            parallelization_factor = self.source.parallelization_factor,
+            batch_size = self.source.settings.batch_size,
+            parallelization_factor = self.source.settings.parallelization_factor,
             "mapping started"
         );
         let shared = Arc::new(Shared {
@@ -212,8 +209,11 @@ impl ShardMapping {
             lane: LaneSettings {
                 name: name.clone(),
                 invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
-                policy: self.source.policy.clone(),
-                limits: BatchLimits::new(self.source.batch_size, self.source.max_batching_window),
+                policy: self.source.settings.policy.clone(),
+                limits: BatchLimits::new(
+                    self.source.settings.batch_size,
+                    self.source.settings.max_batching_window,
+                ),
                 health: self.health.clone(),
                 metrics: self.metrics.clone(),
                 on_failure: self.on_failure.clone(),
@@ -305,7 +305,8 @@ async fn coordinate(
     let mut failures = 0u32;
     let held_gauge = shared.lane.metrics.shards_held();
     loop {
-        let due = listed_at.is_none_or(|at| at.elapsed() >= shared.source.discovery_interval);
+        let due =
+            listed_at.is_none_or(|at| at.elapsed() >= shared.source.settings.discovery_interval);
         if due {
             match shared.stream.list_shards().await {
                 Ok(listed) => {
@@ -603,7 +604,7 @@ async fn run_shard(
     let start = match &checkpoint {
         Some(Checkpoint::After(sequence)) => IteratorStart::AfterSequence(sequence.clone()),
         Some(Checkpoint::ShardEnd) => return ShardExit::Finished,
-        None => match shared.source.starting_position {
+        None => match shared.source.settings.starting_position {
             // Every record of a child of a shard read to its end is newer than what was read:
             // starting it at the newest record would skip those written before it was reached.
             StartingPosition::Latest if start.child_of_read => IteratorStart::TrimHorizon,
@@ -612,7 +613,7 @@ async fn run_shard(
             StartingPosition::AtTimestamp(at) => IteratorStart::AtTimestamp(at),
         },
     };
-    let skip_before = match (&checkpoint, shared.source.starting_position) {
+    let skip_before = match (&checkpoint, shared.source.settings.starting_position) {
         (None, StartingPosition::AtTimestamp(at)) => Some(at),
         _ => None,
     };
@@ -624,12 +625,12 @@ async fn run_shard(
         write: tokio::sync::Mutex::new(()),
         abort: abort.clone(),
     });
-    let lanes = shared.source.parallelization_factor;
+    let lanes = shared.source.settings.parallelization_factor;
     let mut senders = Vec::with_capacity(lanes);
     let mut lane_tasks = tokio::task::JoinSet::new();
     for lane in 0..lanes {
         // A lane holds at most about two batches, so a blocked lane stops the reader.
-        let (sender, receiver) = mpsc::channel::<Entry>(shared.source.batch_size * 2);
+        let (sender, receiver) = mpsc::channel::<Entry>(shared.source.settings.batch_size * 2);
         senders.push(sender);
         lane_tasks.spawn(run_lane(
             Arc::new(ShardLanes {

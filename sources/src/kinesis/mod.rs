@@ -85,14 +85,8 @@ impl KinesisStream {
                 operation: "DescribeStreamSummary",
                 message: "the answer named no stream ARN".into(),
             })?;
-        // arn:aws:kinesis:<region>:<account>:stream/<name>
-        let region = stream_arn
-            .split(':')
-            .nth(3)
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .or_else(|| client.config().region().map(|r| r.to_string()))
-            .unwrap_or_default();
+        let region =
+            crate::shards::region_of(&stream_arn, client.config().region().map(|r| r.to_string()));
         Ok(Self {
             client,
             stream_arn,

@@ -28,6 +28,16 @@ pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
+/// The region an ARN names (`arn:aws:<service>:<region>:...`), else the client's.
+pub fn region_of(arn: &str, client_region: Option<String>) -> String {
+    arn.split(':')
+        .nth(3)
+        .filter(|region| !region.is_empty())
+        .map(str::to_owned)
+        .or(client_region)
+        .unwrap_or_default()
+}
+
 /// Finds a mapping's stream: built by each kind from its clients and its source settings, so
 /// the shard runtime never holds an AWS client and never knows the kind's way of naming a stream.
 pub type OpenStream = Arc<

@@ -3,11 +3,11 @@
 
 use crate::config::duration::HumanDuration;
 use crate::config::kind::{BuildSource, MappingParts, SourceRules};
-use crate::config::stream::{self, RawStartingPosition, RawStreamRetry, StartingPosition};
+use crate::config::stream::{self, RawStartingPosition, RawStreamRetry, ShardKeys, ShardSettings};
 use crate::config::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_policies::{IdentifierKind, Pattern, StreamPolicy};
+use sluice_policies::{Pattern, StreamPolicy};
 use std::time::Duration;
 
 /// How long a batch gathers when `max_batching_window` is not given.
@@ -62,12 +62,8 @@ pub struct RawDynamoDbStreamSource {
 pub struct StreamSourceConfig {
     pub table: Option<String>,
     pub stream_arn: Option<String>,
-    pub starting_position: StartingPosition,
-    pub batch_size: usize,
-    pub max_batching_window: Duration,
-    pub parallelization_factor: usize,
-    pub discovery_interval: Duration,
-    pub policy: StreamPolicy,
+    /// How the shards are read and retried.
+    pub settings: ShardSettings,
 }
 
 impl BuildSource for RawDynamoDbStreamSource {
@@ -87,45 +83,24 @@ impl BuildSource for RawDynamoDbStreamSource {
             ),
             _ => {}
         }
-        let starting_position = stream::starting_position(
+        let settings = stream::shard_settings(
             v,
             path,
-            &self.starting_position,
-            self.starting_timestamp.as_deref(),
-        );
-        let (batch_size, window) = stream::batching(
-            v,
-            path,
-            self.batch_size,
-            self.max_batching_window,
-            DEFAULT_BATCHING_WINDOW,
-        );
-        let (parallelization_factor, discovery_interval) = stream::shard_reading(
-            v,
-            path,
-            self.parallelization_factor,
-            self.discovery_interval,
-        );
-        let policy = stream::policy(
-            v,
-            stream::PolicyInputs {
-                mapping_path: mapping.path,
-                kind: "dynamodb_stream",
-                retry: mapping.retry,
-                report_batch_item_failures: mapping.report_batch_item_failures,
-                has_on_failure: mapping.on_failure.is_some(),
-                identifier_kind: IdentifierKind::Text,
+            "dynamodb_stream",
+            ShardKeys {
+                starting_position: &self.starting_position,
+                starting_timestamp: self.starting_timestamp.as_deref(),
+                batch_size: self.batch_size,
+                max_batching_window: self.max_batching_window,
+                parallelization_factor: self.parallelization_factor,
+                discovery_interval: self.discovery_interval,
             },
+            mapping,
         );
         StreamSourceConfig {
             table: self.table,
             stream_arn: self.stream_arn,
-            starting_position,
-            batch_size,
-            max_batching_window: window,
-            parallelization_factor,
-            discovery_interval,
-            policy,
+            settings,
         }
     }
 }
@@ -146,11 +121,11 @@ impl SourceRules for StreamSourceConfig {
     }
 
     fn replay_policy(&self, _has_on_failure: bool) -> StreamPolicy {
-        self.policy.clone()
+        self.settings.policy.clone()
     }
 
     fn replay_batch_size(&self) -> usize {
-        self.batch_size
+        self.settings.batch_size
     }
 
     fn check_filter(&self, v: &mut Validator, path: &str, pattern: &Pattern) {
@@ -166,6 +141,7 @@ impl SourceRules for StreamSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::stream::StartingPosition;
     use crate::config::testing::*;
 
     fn stream_source(config: &crate::config::Config) -> &StreamSourceConfig {
@@ -175,7 +151,7 @@ mod tests {
     #[test]
     fn a_stream_mapping_builds_with_lambdas_defaults() {
         let config = parse_text(STREAM).unwrap();
-        let stream = stream_source(&config);
+        let stream = &stream_source(&config).settings;
         assert_eq!(stream.batch_size, 100);
         assert_eq!(stream.parallelization_factor, 1);
         assert_eq!(stream.starting_position, StartingPosition::TrimHorizon);
@@ -237,7 +213,7 @@ mod tests {
             );
             let config = parse_text(&text).unwrap();
             assert_eq!(
-                stream_source(&config).starting_position,
+                stream_source(&config).settings.starting_position,
                 StartingPosition::AtTimestamp(Duration::from_secs(seconds))
             );
         }

@@ -3,11 +3,11 @@
 
 use crate::config::duration::HumanDuration;
 use crate::config::kind::{BuildSource, MappingParts, SourceRules};
-use crate::config::stream::{self, RawStartingPosition, RawStreamRetry, StartingPosition};
+use crate::config::stream::{self, RawStartingPosition, RawStreamRetry, ShardKeys, ShardSettings};
 use crate::config::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_policies::{IdentifierKind, Pattern, StreamPolicy};
+use sluice_policies::{Pattern, StreamPolicy};
 use std::time::Duration;
 
 /// How long a batch gathers when `max_batching_window` is not given (Lambda's 0 for Kinesis).
@@ -65,13 +65,9 @@ pub struct RawKinesisSource {
 pub struct KinesisSourceConfig {
     pub stream_name: Option<String>,
     pub stream_arn: Option<String>,
-    pub starting_position: StartingPosition,
-    pub batch_size: usize,
-    pub max_batching_window: Duration,
-    pub parallelization_factor: usize,
-    pub discovery_interval: Duration,
     pub invoke_identity_arn: Option<String>,
-    pub policy: StreamPolicy,
+    /// How the shards are read and retried.
+    pub settings: ShardSettings,
 }
 
 impl KinesisSourceConfig {
@@ -128,46 +124,25 @@ impl BuildSource for RawKinesisSource {
                 format!("{arn:?} is not an ARN; Lambda puts the function's role here, such as arn:aws:iam::123456789012:role/orders-consumer"),
             );
         }
-        let starting_position = stream::starting_position(
+        let settings = stream::shard_settings(
             v,
             path,
-            &self.starting_position,
-            self.starting_timestamp.as_deref(),
-        );
-        let (batch_size, window) = stream::batching(
-            v,
-            path,
-            self.batch_size,
-            self.max_batching_window,
-            DEFAULT_BATCHING_WINDOW,
-        );
-        let (parallelization_factor, discovery_interval) = stream::shard_reading(
-            v,
-            path,
-            self.parallelization_factor,
-            self.discovery_interval,
-        );
-        let policy = stream::policy(
-            v,
-            stream::PolicyInputs {
-                mapping_path: mapping.path,
-                kind: "kinesis",
-                retry: mapping.retry,
-                report_batch_item_failures: mapping.report_batch_item_failures,
-                has_on_failure: mapping.on_failure.is_some(),
-                identifier_kind: IdentifierKind::Text,
+            "kinesis",
+            ShardKeys {
+                starting_position: &self.starting_position,
+                starting_timestamp: self.starting_timestamp.as_deref(),
+                batch_size: self.batch_size,
+                max_batching_window: self.max_batching_window,
+                parallelization_factor: self.parallelization_factor,
+                discovery_interval: self.discovery_interval,
             },
+            mapping,
         );
         KinesisSourceConfig {
             stream_name: self.stream_name,
             stream_arn: self.stream_arn,
-            starting_position,
-            batch_size,
-            max_batching_window: window,
-            parallelization_factor,
-            discovery_interval,
             invoke_identity_arn: self.invoke_identity_arn,
-            policy,
+            settings,
         }
     }
 }
@@ -188,11 +163,11 @@ impl SourceRules for KinesisSourceConfig {
     }
 
     fn replay_policy(&self, _has_on_failure: bool) -> StreamPolicy {
-        self.policy.clone()
+        self.settings.policy.clone()
     }
 
     fn replay_batch_size(&self) -> usize {
-        self.batch_size
+        self.settings.batch_size
     }
 
     fn check_filter(&self, v: &mut Validator, path: &str, pattern: &Pattern) {
@@ -209,6 +184,7 @@ impl SourceRules for KinesisSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::stream::StartingPosition;
     use crate::config::testing::*;
 
     fn kinesis_source(config: &crate::config::Config) -> &KinesisSourceConfig {
@@ -220,15 +196,16 @@ mod tests {
         let config = parse_text(KINESIS).unwrap();
         let source = kinesis_source(&config);
         assert_eq!(source.stream_name.as_deref(), Some("orders"));
-        assert_eq!(source.batch_size, 100);
-        assert_eq!(source.max_batching_window, Duration::ZERO);
-        assert_eq!(source.parallelization_factor, 1);
-        assert_eq!(source.discovery_interval, Duration::from_secs(10));
-        assert_eq!(source.starting_position, StartingPosition::TrimHorizon);
-        assert_eq!(source.policy.max_retry_attempts, None);
-        assert_eq!(source.policy.max_record_age, None);
-        assert!(!source.policy.bisect_on_error);
         assert_eq!(source.invoke_identity_arn, None);
+        let settings = &source.settings;
+        assert_eq!(settings.batch_size, 100);
+        assert_eq!(settings.max_batching_window, Duration::ZERO);
+        assert_eq!(settings.parallelization_factor, 1);
+        assert_eq!(settings.discovery_interval, Duration::from_secs(10));
+        assert_eq!(settings.starting_position, StartingPosition::TrimHorizon);
+        assert_eq!(settings.policy.max_retry_attempts, None);
+        assert_eq!(settings.policy.max_record_age, None);
+        assert!(!settings.policy.bisect_on_error);
         assert_eq!(
             config.checkpoints,
             crate::config::CheckpointsConfig::Embedded
@@ -243,7 +220,7 @@ mod tests {
         );
         let config = parse_text(&text).unwrap();
         assert_eq!(
-            kinesis_source(&config).starting_position,
+            kinesis_source(&config).settings.starting_position,
             StartingPosition::AtTimestamp(Duration::from_secs(1_714_564_800))
         );
     }

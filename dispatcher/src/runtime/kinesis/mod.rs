@@ -44,12 +44,7 @@ pub fn start(
 pub fn shard_source(source: &KinesisSourceConfig, open: OpenStream) -> ShardSource {
     ShardSource {
         open,
-        starting_position: source.starting_position,
-        batch_size: source.batch_size,
-        max_batching_window: source.max_batching_window,
-        parallelization_factor: source.parallelization_factor,
-        discovery_interval: source.discovery_interval,
-        policy: source.policy.clone(),
+        settings: source.settings.clone(),
         pacing: PACING,
         passes,
         envelope,
