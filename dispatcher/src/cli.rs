@@ -656,6 +656,7 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                         source.stream_name.clone(),
                         source.stream_arn.clone(),
                         None,
+                        false,
                     ));
                 }
             }

@@ -258,6 +258,7 @@ fn a_kinesis_event_reads_as_the_crates_kinesis_event() {
             &KinesisRecordParts {
                 shard_id: "shardId-000000000003",
                 sequence_number: sequence,
+                sub_sequence_number: None,
                 partition_key: "customer-17",
                 data,
                 arrived_at: Duration::from_millis(1_765_000_000_250),

@@ -130,7 +130,13 @@ fn identifier(kind: RecordKind, record: &Value) -> ItemIdentifier {
         RecordKind::DynamodbStream => {
             ItemIdentifier::Text(text(&record["dynamodb"]["SequenceNumber"]))
         }
-        RecordKind::Kinesis => ItemIdentifier::Text(text(&record["kinesis"]["sequenceNumber"])),
+        // A user record of a KPL aggregate is `<sequenceNumber>:<subSequenceNumber>`.
+        RecordKind::Kinesis => {
+            ItemIdentifier::Text(match &record["kinesis"]["subSequenceNumber"] {
+                Value::Null => text(&record["kinesis"]["sequenceNumber"]),
+                sub => format!("{}:{sub}", text(&record["kinesis"]["sequenceNumber"])),
+            })
+        }
         RecordKind::S3 => ItemIdentifier::Text(text(&record["s3"]["object"]["key"])),
         RecordKind::Kafka => ItemIdentifier::KafkaOffset {
             partition: sluice_sources::kafka::partition_name(
@@ -344,7 +350,18 @@ impl SourceWriter {
                 stream_name,
                 stream_arn,
             } => {
+                // A key whose record failed sends nothing more: a later replay would otherwise
+                // write the failed record after newer ones of its key.
+                let mut failed_keys = std::collections::HashSet::new();
                 for (index, record) in records.iter().enumerate() {
+                    let key = record["kinesis"]["partitionKey"].as_str();
+                    if key.is_some_and(|key| failed_keys.contains(key)) {
+                        fail(
+                            index,
+                            "an earlier record of its partition key was not written; it waits, so the key keeps its order".to_owned(),
+                        );
+                        continue;
+                    }
                     let data = record["kinesis"]["data"]
                         .as_str()
                         .and_then(|text| BASE64.decode(text).ok());
@@ -367,6 +384,7 @@ impl SourceWriter {
                         .send()
                         .await;
                     if let Err(error) = sent {
+                        failed_keys.insert(key.to_owned());
                         fail(
                             index,
                             format!(

@@ -6,10 +6,12 @@
 //! Guarantees:
 //! - a shard is read only while this instance holds its lease, and a child shard only after its
 //!   parents (both, after a merge) were read to their end (the store's lineage rule);
-//! - a shard without a checkpoint starts at the mapping's starting position, except that under
-//!   `latest` a child of a shard read to its end starts at its trim horizon: nothing written to
-//!   it after the split or merge is skipped (a new `latest` mapping on a stream whose closed
-//!   parents are still retained therefore reads their open children from the start);
+//! - a shard without a checkpoint starts at the mapping's starting position. `latest` is the time
+//!   the mapping started (Kinesis' AT_TIMESTAMP; DynamoDB reads from the trim horizon and
+//!   checkpoints past older records), so a failed read, an expired iterator or a pause never
+//!   skips what arrived meanwhile, and closed shards still retained are ended without delivering
+//!   their history; a child of a shard read to its end from a checkpoint starts at its trim
+//!   horizon, so nothing written to it after a split or merge, or while sluice was down, is lost;
 //! - within a lane (a shard when `parallelization_factor` is 1) records are handled in order and a
 //!   failing batch blocks the lane; records of one key always share a lane;
 //! - the checkpoint only moves past records that are handled, filtered out or dead-lettered, and
@@ -160,6 +162,9 @@ struct Shared {
     filters: FilterSet,
 }
 
+/// Throttled reads in a row after which a shard is reported as failing.
+const THROTTLES_BEFORE_FAILING: u32 = 20;
+
 /// Why a shard worker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShardExit {
@@ -304,6 +309,13 @@ async fn coordinate(
     let mut listed_at: Option<Instant> = None;
     let mut failures = 0u32;
     let held_gauge = shared.lane.metrics.shards_held();
+    // `latest` means the records that arrive from now on: a shard without a checkpoint starts at
+    // this time, which stays put across failed reads, expired iterators and pauses (LATEST
+    // looked up again would skip what arrived meanwhile).
+    let latest_from = now_since_epoch();
+    // Shards this incarnation started from `latest_from`: their children start there too (their
+    // end says nothing was read before it), unlike the children of a shard read from a checkpoint.
+    let mut started_from_latest: HashSet<String> = HashSet::new();
     loop {
         let due =
             listed_at.is_none_or(|at| at.elapsed() >= shared.source.settings.discovery_interval);
@@ -367,16 +379,22 @@ async fn coordinate(
                         },
                     );
                     shared.lane.metrics.stream_event("shard_started");
-                    let child_of_read = shards.iter().any(|shard| {
-                        shard.id == held.shard_id
-                            && shard.parents.iter().any(|p| acquired.finished.contains(p))
-                    });
+                    let position = shared.source.settings.starting_position;
+                    let parents_read = parents_read(
+                        &shards,
+                        &held.shard_id,
+                        &acquired.finished,
+                        &started_from_latest,
+                    );
+                    if held.checkpoint.is_none()
+                        && position == StartingPosition::Latest
+                        && !parents_read
+                    {
+                        started_from_latest.insert(held.shard_id.clone());
+                    }
+                    let start = start_of(held.checkpoint, position, latest_from, parents_read);
                     let shared = shared.clone();
                     workers.spawn(async move {
-                        let start = ShardStart {
-                            checkpoint: held.checkpoint,
-                            child_of_read,
-                        };
                         let exit =
                             run_shard(shared, held.shard_id.clone(), start, stop, abort).await;
                         (held.shard_id, exit)
@@ -585,11 +603,51 @@ impl LaneHost for ShardLanes {
 }
 
 /// Where a held shard starts.
-struct ShardStart {
+#[derive(Debug, Clone, PartialEq)]
+enum ShardStart {
+    /// Finished: nothing to read.
+    End,
+    /// After its checkpoint, or (without one) where the mapping starts.
+    At(IteratorStart),
+}
+
+/// Whether a parent of `shard_id` was read to its end from a checkpoint (by any instance, in
+/// any incarnation), rather than ended by this incarnation with nothing read before `latest`.
+fn parents_read(
+    shards: &[ShardSpec],
+    shard_id: &str,
+    finished: &HashSet<String>,
+    started_from_latest: &HashSet<String>,
+) -> bool {
+    shards.iter().any(|shard| {
+        shard.id == shard_id
+            && shard
+                .parents
+                .iter()
+                .any(|p| finished.contains(p) && !started_from_latest.contains(p))
+    })
+}
+
+/// Where a shard starts: after its checkpoint; without one, at the mapping's starting position.
+/// Under `latest` that is `latest_from` (the time this incarnation started), except for a child
+/// of a shard read to its end from a checkpoint: every record of it is newer than what was read,
+/// so it starts at its trim horizon (a child created while sluice was down loses nothing).
+fn start_of(
     checkpoint: Option<Checkpoint>,
-    /// A parent of the shard was read to its end (by any instance): a shard without a checkpoint
-    /// then starts at the trim horizon even when the mapping starts at `latest`, as KCL does.
-    child_of_read: bool,
+    position: StartingPosition,
+    latest_from: Duration,
+    parents_read: bool,
+) -> ShardStart {
+    ShardStart::At(match checkpoint {
+        Some(Checkpoint::After(sequence)) => IteratorStart::AfterSequence(sequence),
+        Some(Checkpoint::ShardEnd) => return ShardStart::End,
+        None => match position {
+            StartingPosition::Latest if parents_read => IteratorStart::TrimHorizon,
+            StartingPosition::Latest => IteratorStart::AtTimestamp(latest_from),
+            StartingPosition::TrimHorizon => IteratorStart::TrimHorizon,
+            StartingPosition::AtTimestamp(at) => IteratorStart::AtTimestamp(at),
+        },
+    })
 }
 
 /// Reads one shard until it ends, `stop` or `abort`.
@@ -600,21 +658,14 @@ async fn run_shard(
     stop: CancellationToken,
     abort: CancellationToken,
 ) -> ShardExit {
-    let checkpoint = start.checkpoint;
-    let start = match &checkpoint {
-        Some(Checkpoint::After(sequence)) => IteratorStart::AfterSequence(sequence.clone()),
-        Some(Checkpoint::ShardEnd) => return ShardExit::Finished,
-        None => match shared.source.settings.starting_position {
-            // Every record of a child of a shard read to its end is newer than what was read:
-            // starting it at the newest record would skip those written before it was reached.
-            StartingPosition::Latest if start.child_of_read => IteratorStart::TrimHorizon,
-            StartingPosition::Latest => IteratorStart::Latest,
-            StartingPosition::TrimHorizon => IteratorStart::TrimHorizon,
-            StartingPosition::AtTimestamp(at) => IteratorStart::AtTimestamp(at),
-        },
+    let start = match start {
+        ShardStart::End => return ShardExit::Finished,
+        ShardStart::At(start) => start,
     };
-    let skip_before = match (&checkpoint, shared.source.settings.starting_position) {
-        (None, StartingPosition::AtTimestamp(at)) => Some(at),
+    // A kind without a timestamp iterator (DynamoDB Streams) reads from the trim horizon and
+    // checkpoints past what arrived before the time.
+    let skip_before = match start {
+        IteratorStart::AtTimestamp(at) => Some(at),
         _ => None,
     };
     tracing::info!(mapping = %shared.lane.name, %shard_id, start = ?start, "shard started");
@@ -776,10 +827,22 @@ async fn read_shard(
             }) => (records, end, millis_behind_latest, bytes),
             Ok(CursorRead::Renewing) => continue,
             Ok(CursorRead::Throttled { detail }) => {
-                // The shard's own limit, not a broken source: back off, do not mark unready.
+                // The shard's limits are shared with the stream's other consumers: back off, and
+                // only a shard that stays throttled (about a minute and a half of backing off)
+                // is reported as failing, so it shows on /readyz instead of looking ready.
                 throttles = throttles.saturating_add(1);
                 shared.lane.metrics.stream_event("throttled");
-                tracing::debug!(mapping = %shared.lane.name, %shard_id, %detail, "reads of the shard are throttled; backing off");
+                if throttles >= THROTTLES_BEFORE_FAILING {
+                    read_failed(
+                        shared,
+                        shard_id,
+                        &format!(
+                            "{throttles} reads in a row throttled (other consumers of the stream share its 5 reads and 2 MB per second per shard): {detail}"
+                        ),
+                    );
+                } else {
+                    tracing::debug!(mapping = %shared.lane.name, %shard_id, %detail, "reads of the shard are throttled; backing off");
+                }
                 continue;
             }
             Err(error) => {
@@ -797,7 +860,13 @@ async fn read_shard(
         }
         let now = now_since_epoch();
         if records.is_empty() {
-            idle_reads = idle_reads.saturating_add(1);
+            // An empty page behind the shard's newest record is a gap, not an idle shard.
+            let caught_up = millis_behind_latest.is_none_or(|behind| behind == 0);
+            idle_reads = if caught_up {
+                idle_reads.saturating_add(1)
+            } else {
+                0
+            };
             age.set(0.0);
         } else {
             idle_reads = 0;
@@ -989,7 +1058,8 @@ mappings:
     }
 
     #[tokio::test]
-    async fn under_latest_a_child_of_a_finished_shard_is_read_from_its_start() {
+    async fn under_latest_retained_history_is_not_delivered_across_generations() {
+        // Memory records arrived at the epoch: all before the mapping started.
         let stream = Arc::new(MemoryStream::new());
         stream.add_shard("parent", None);
         stream.append("parent", 4);
@@ -998,11 +1068,58 @@ mappings:
         stream.append("child", 3);
         stream.close("child");
         let seen = run_to_end(stream, "latest").await;
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+
+    #[test]
+    fn latest_is_the_start_time_except_for_children_of_shards_read_from_a_checkpoint() {
+        let t0 = Duration::from_secs(1_800_000_000);
+        let latest = StartingPosition::Latest;
         assert_eq!(
-            seen,
-            [1, 2, 3],
-            "the parent from its newest record, all of the child"
+            start_of(None, latest, t0, false),
+            ShardStart::At(IteratorStart::AtTimestamp(t0)),
+            "a failed read or an expired iterator reopens at the same time, not at LATEST"
         );
+        assert_eq!(
+            start_of(None, latest, t0, true),
+            ShardStart::At(IteratorStart::TrimHorizon),
+            "a child created while sluice was down loses nothing"
+        );
+        assert_eq!(
+            start_of(Some(Checkpoint::After("7".into())), latest, t0, true),
+            ShardStart::At(IteratorStart::AfterSequence("7".into()))
+        );
+        assert_eq!(
+            start_of(
+                Some(Checkpoint::ShardEnd),
+                StartingPosition::TrimHorizon,
+                t0,
+                false
+            ),
+            ShardStart::End
+        );
+        let listing = vec![
+            ShardSpec {
+                id: "p".into(),
+                parents: vec![],
+            },
+            ShardSpec {
+                id: "c".into(),
+                parents: vec!["p".into()],
+            },
+        ];
+        let finished: HashSet<String> = ["p".to_string()].into();
+        assert!(parents_read(&listing, "c", &finished, &HashSet::new()));
+        assert!(
+            !parents_read(&listing, "c", &finished, &["p".to_string()].into()),
+            "a parent this incarnation ended from `latest` read nothing before it"
+        );
+        assert!(!parents_read(
+            &listing,
+            "c",
+            &HashSet::new(),
+            &HashSet::new()
+        ));
     }
 
     #[tokio::test]

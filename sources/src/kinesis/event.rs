@@ -16,6 +16,9 @@ use std::time::Duration;
 pub struct KinesisRecordParts<'a> {
     pub shard_id: &'a str,
     pub sequence_number: &'a str,
+    /// The user record's index in a KPL aggregate, when the record was one
+    /// ([`super::kpl`]): `subSequenceNumber` in the record, and the tail of its `eventID`.
+    pub sub_sequence_number: Option<u64>,
     pub partition_key: &'a str,
     pub data: &'a [u8],
     /// Since the Unix epoch.
@@ -40,6 +43,8 @@ struct KinesisData<'a> {
     kinesis_schema_version: &'static str,
     partition_key: &'a str,
     sequence_number: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub_sequence_number: Option<u64>,
     data: String,
     approximate_arrival_timestamp: Box<RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,13 +82,17 @@ pub fn lambda_record(record: &KinesisRecordParts<'_>, origin: &KinesisOrigin<'_>
             kinesis_schema_version: "1.0",
             partition_key: record.partition_key,
             sequence_number: record.sequence_number,
+            sub_sequence_number: record.sub_sequence_number,
             data: base64::engine::general_purpose::STANDARD.encode(record.data),
             approximate_arrival_timestamp: timestamp,
             encryption_type: record.encryption_type,
         },
         event_source: "aws:kinesis",
         event_version: "1.0",
-        event_id: format!("{}:{}", record.shard_id, record.sequence_number),
+        event_id: match record.sub_sequence_number {
+            None => format!("{}:{}", record.shard_id, record.sequence_number),
+            Some(sub) => format!("{}:{}:{sub}", record.shard_id, record.sequence_number),
+        },
         event_name: "aws:kinesis:record",
         invoke_identity_arn: origin.invoke_identity_arn,
         aws_region: origin.region,
@@ -120,6 +129,7 @@ mod tests {
         KinesisRecordParts {
             shard_id: "shardId-000000000006",
             sequence_number: "49590338271490256608559692538361571095921575989136588898",
+            sub_sequence_number: None,
             partition_key: "1",
             data,
             arrived_at: Duration::from_millis(1_545_084_650_987),

@@ -13,8 +13,15 @@
 //!
 //! Kinesis has a timestamp iterator: [`IteratorStart::AtTimestamp`] is passed on as
 //! `AT_TIMESTAMP`.
+//!
+//! With `deaggregate`, a record the Kinesis Producer Library aggregated becomes its user records
+//! ([`kpl`]), each a [`Record`] with the id `<sequenceNumber>:<subSequenceNumber>`. A place after
+//! such an id (a checkpoint, or the last record read before an iterator expired) is reopened
+//! `AT_SEQUENCE_NUMBER` of the aggregate, and the user records up to and including that
+//! sub-sequence number are skipped, so none is read twice or lost.
 
 pub mod event;
+pub mod kpl;
 
 use crate::queue::SourceError;
 use crate::record::{AckToken, Receipt, Record};
@@ -39,6 +46,18 @@ pub struct KinesisStream {
     pub stream_arn: String,
     pub region: String,
     invoke_identity_arn: Option<String>,
+    deaggregate: bool,
+}
+
+/// An iterator this reader handed out that must skip the user records of one aggregate up to a
+/// sub-sequence number: `<SKIP><sequence>:<sub>\n<iterator>`. Kinesis iterators are base64 and
+/// never hold a newline.
+const SKIP: &str = "sluice-skip:";
+
+/// `<sequence>:<sub>`: a user record of an aggregate.
+fn split_sub_sequence(id: &str) -> Option<(&str, u64)> {
+    let (sequence, sub) = id.split_once(':')?;
+    Some((sequence, sub.parse().ok()?))
 }
 
 impl KinesisStream {
@@ -48,6 +67,7 @@ impl KinesisStream {
         stream_name: Option<&str>,
         stream_arn: Option<&str>,
         invoke_identity_arn: Option<String>,
+        deaggregate: bool,
     ) -> Result<Self, SourceError> {
         let named = stream_arn.or(stream_name).unwrap_or_default().to_owned();
         if named.is_empty() {
@@ -92,6 +112,7 @@ impl KinesisStream {
             stream_arn,
             region,
             invoke_identity_arn,
+            deaggregate,
         })
     }
 
@@ -133,9 +154,8 @@ impl KinesisStream {
                 });
             }
             match output.next_token() {
-                Some(token)
-                    if Some(token) != next_token.as_deref() && !output.shards().is_empty() =>
-                {
+                // An empty page may still carry a token: only a repeated one ends the listing.
+                Some(token) if Some(token) != next_token.as_deref() => {
                     next_token = Some(token.to_owned());
                 }
                 _ => break,
@@ -155,25 +175,39 @@ impl KinesisStream {
             .get_shard_iterator()
             .stream_arn(&self.stream_arn)
             .shard_id(shard_id);
-        let request = match start {
-            IteratorStart::TrimHorizon => {
+        // After a user record of an aggregate: at the aggregate, skipping what was read of it.
+        let skip = match start {
+            IteratorStart::AfterSequence(id) => split_sub_sequence(id),
+            _ => None,
+        };
+        let request = match (start, skip) {
+            (_, Some((sequence, _))) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(sequence),
+            (IteratorStart::TrimHorizon, None) => {
                 request.shard_iterator_type(ShardIteratorType::TrimHorizon)
             }
-            IteratorStart::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
-            IteratorStart::AfterSequence(sequence) => request
+            (IteratorStart::Latest, None) => request.shard_iterator_type(ShardIteratorType::Latest),
+            (IteratorStart::AfterSequence(sequence), None) => request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(sequence),
-            IteratorStart::AtTimestamp(at) => request
+            (IteratorStart::AtTimestamp(at), None) => request
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
                 .timestamp(DateTime::from_millis(at.as_millis() as i64)),
         };
         match request.send().await {
-            Ok(output) => output.shard_iterator().map(str::to_owned).ok_or_else(|| {
-                ReadError::Source(self.error(
-                    "GetShardIterator",
-                    format!("no iterator returned for shard {shard_id}"),
-                ))
-            }),
+            Ok(output) => output
+                .shard_iterator()
+                .map(|iterator| match skip {
+                    Some((sequence, sub)) => format!("{SKIP}{sequence}:{sub}\n{iterator}"),
+                    None => iterator.to_owned(),
+                })
+                .ok_or_else(|| {
+                    ReadError::Source(self.error(
+                        "GetShardIterator",
+                        format!("no iterator returned for shard {shard_id}"),
+                    ))
+                }),
             Err(SdkError::ServiceError(e))
                 if matches!(
                     e.err(),
@@ -199,6 +233,13 @@ impl KinesisStream {
         iterator: &str,
         limit: i32,
     ) -> Result<Page, ReadError> {
+        let (skip, iterator) = match iterator
+            .strip_prefix(SKIP)
+            .and_then(|rest| rest.split_once('\n'))
+        {
+            Some((place, iterator)) => (split_sub_sequence(place), iterator),
+            None => (None, iterator),
+        };
         let result = self
             .client
             .get_records()
@@ -239,7 +280,11 @@ impl KinesisStream {
         let records = output
             .records()
             .iter()
-            .filter_map(|record| self.record(shard_id, record, now))
+            .flat_map(|record| self.records(shard_id, record, now))
+            .filter(|record| match (skip, split_sub_sequence(record.id())) {
+                (Some((place, read)), Some((sequence, sub))) => place != sequence || sub > read,
+                _ => true,
+            })
             .collect();
         Ok(Page {
             records,
@@ -251,21 +296,22 @@ impl KinesisStream {
         })
     }
 
-    fn record(
+    /// The records `record` is: itself, or with `deaggregate` the user records of an aggregate.
+    fn records(
         &self,
         shard_id: &str,
         record: &aws_sdk_kinesis::types::Record,
         now: Duration,
-    ) -> Option<Record> {
+    ) -> Vec<Record> {
         let arrived_at = record
             .approximate_arrival_timestamp()
             .and_then(|t| u64::try_from(t.to_millis().ok()?).ok())
             .map_or(now, Duration::from_millis);
-        let partition_key = record.partition_key().unwrap_or_default();
         let parts = event::KinesisRecordParts {
             shard_id,
             sequence_number: record.sequence_number(),
-            partition_key,
+            sub_sequence_number: None,
+            partition_key: record.partition_key().unwrap_or_default(),
             data: record.data().as_ref(),
             arrived_at,
             encryption_type: record
@@ -273,21 +319,49 @@ impl KinesisStream {
                 .map(|e| e.as_str())
                 .filter(|e| *e != "NONE"),
         };
+        let users = if self.deaggregate {
+            kpl::deaggregate(parts.data)
+        } else {
+            None
+        };
+        match users {
+            None => self.record(&parts, now).into_iter().collect(),
+            Some(users) => users
+                .iter()
+                .enumerate()
+                .filter_map(|(index, user)| {
+                    let user = event::KinesisRecordParts {
+                        sub_sequence_number: Some(index as u64),
+                        partition_key: &user.partition_key,
+                        data: &user.data,
+                        ..parts
+                    };
+                    self.record(&user, now)
+                })
+                .collect(),
+        }
+    }
+
+    fn record(&self, parts: &event::KinesisRecordParts<'_>, now: Duration) -> Option<Record> {
         let origin = event::KinesisOrigin {
             stream_arn: &self.stream_arn,
             region: &self.region,
             invoke_identity_arn: self.invoke_identity_arn.as_deref(),
         };
-        let raw = RawValue::from_string(event::lambda_record(&parts, &origin)).ok()?;
+        let raw = RawValue::from_string(event::lambda_record(parts, &origin)).ok()?;
+        let id = match parts.sub_sequence_number {
+            None => parts.sequence_number.to_owned(),
+            Some(sub) => format!("{}:{sub}", parts.sequence_number),
+        };
         Some(Record::new(
             Receipt {
-                id: record.sequence_number().to_owned(),
+                id,
                 ack: AckToken::Stream {
-                    shard_id: shard_id.to_owned(),
+                    shard_id: parts.shard_id.to_owned(),
                 },
             },
-            Some(partition_key.to_owned()),
-            arrived_at,
+            Some(parts.partition_key.to_owned()),
+            parts.arrived_at,
             now,
             1,
             raw,
@@ -331,6 +405,7 @@ impl Kinesis {
         stream_name: Option<String>,
         stream_arn: Option<String>,
         invoke_identity_arn: Option<String>,
+        deaggregate: bool,
     ) -> OpenStream {
         let client = self.client.clone();
         Arc::new(move || {
@@ -341,9 +416,14 @@ impl Kinesis {
                 invoke_identity_arn.clone(),
             );
             Box::pin(async move {
-                let stream =
-                    KinesisStream::resolve(client, name.as_deref(), arn.as_deref(), identity)
-                        .await?;
+                let stream = KinesisStream::resolve(
+                    client,
+                    name.as_deref(),
+                    arn.as_deref(),
+                    identity,
+                    deaggregate,
+                )
+                .await?;
                 Ok(Arc::new(stream) as Arc<dyn ShardReader>)
             })
         })
@@ -377,6 +457,7 @@ mod tests {
             stream_arn: ARN.into(),
             region: "eu-west-1".into(),
             invoke_identity_arn: None,
+            deaggregate: true,
         }
     }
 
@@ -517,6 +598,97 @@ mod tests {
         assert_eq!(event["eventSourceARN"], ARN);
         assert_eq!(event["awsRegion"], "eu-west-1");
         assert!(event.get("invokeIdentityArn").is_none());
+    }
+
+    fn aggregated(sequence: u32, users: &[(&str, &str)]) -> SdkRecord {
+        let users: Vec<kpl::UserRecord> = users
+            .iter()
+            .map(|(key, data)| kpl::UserRecord {
+                partition_key: (*key).into(),
+                explicit_hash_key: None,
+                data: data.as_bytes().to_vec(),
+            })
+            .collect();
+        SdkRecord::builder()
+            .sequence_number(sequence.to_string())
+            .partition_key("aggregate")
+            .data(Blob::new(kpl::aggregate(&users)))
+            .approximate_arrival_timestamp(DateTime::from_millis(1_800_000_000_250))
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn aggregates_become_user_records_and_a_place_inside_one_skips_what_was_read() {
+        let iterator_requests = Arc::new(Mutex::new(Vec::new()));
+        let requests = iterator_requests.clone();
+        let iterators = mock!(Client::get_shard_iterator).then_compute_output(move |request| {
+            requests.lock().unwrap().push(format!(
+                "{:?} {}",
+                request.shard_iterator_type().unwrap(),
+                request.starting_sequence_number().unwrap_or_default()
+            ));
+            GetShardIteratorOutput::builder()
+                .shard_iterator("it-5")
+                .build()
+        });
+        let records = mock!(Client::get_records).then_compute_output(|request| {
+            assert_eq!(
+                request.shard_iterator(),
+                Some("it-5"),
+                "the skip is ours alone"
+            );
+            GetRecordsOutput::builder()
+                .records(aggregated(5, &[("a", "u0"), ("b", "u1"), ("a", "u2")]))
+                .records(record(6))
+                .next_shard_iterator("it-7")
+                .build()
+                .unwrap()
+        });
+        let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&iterators, &records]);
+        let stream = stream(client);
+        let mut cursor = ShardCursor::new(
+            "shardId-000000000000",
+            IteratorStart::AfterSequence("5:1".into()),
+        );
+        let CursorRead::Page { records, .. } = cursor.read(&stream, 100).await.unwrap() else {
+            panic!("a page")
+        };
+        let ids: Vec<&str> = records.iter().map(|r| r.id()).collect();
+        assert_eq!(ids, ["5:2", "6"], "user records 0 and 1 were read before");
+        assert_eq!(
+            *iterator_requests.lock().unwrap(),
+            ["AtSequenceNumber 5"],
+            "reopened at the aggregate"
+        );
+        let event: serde_json::Value = serde_json::from_str(records[0].event.get()).unwrap();
+        assert_eq!(event["kinesis"]["sequenceNumber"], "5");
+        assert_eq!(event["kinesis"]["subSequenceNumber"], 2);
+        assert_eq!(event["kinesis"]["partitionKey"], "a");
+        assert_eq!(event["kinesis"]["data"], "dTI=");
+        assert_eq!(event["eventID"], "shardId-000000000000:5:2");
+        assert_eq!(records[0].ordering_key.as_deref(), Some("a"));
+        assert_eq!(cursor.last_read(), Some("6"));
+    }
+
+    #[tokio::test]
+    async fn without_deaggregate_an_aggregate_is_one_record() {
+        let records = mock!(Client::get_records).then_output(|| {
+            GetRecordsOutput::builder()
+                .records(aggregated(5, &[("a", "u0"), ("b", "u1")]))
+                .next_shard_iterator("next")
+                .build()
+                .unwrap()
+        });
+        let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&records]);
+        let stream = KinesisStream {
+            deaggregate: false,
+            ..stream(client)
+        };
+        let page = stream.read("shardId-1", "it", 100).await.unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.records[0].id(), "5");
+        assert_eq!(page.records[0].ordering_key.as_deref(), Some("aggregate"));
     }
 
     #[tokio::test]

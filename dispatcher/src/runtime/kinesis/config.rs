@@ -23,6 +23,9 @@ fn default_window() -> Option<HumanDuration> {
 fn default_factor() -> Option<u32> {
     Some(stream::DEFAULT_PARALLELIZATION_FACTOR)
 }
+fn default_deaggregate() -> Option<bool> {
+    Some(false)
+}
 fn default_discovery_interval() -> Option<HumanDuration> {
     Some(HumanDuration(stream::DEFAULT_DISCOVERY_INTERVAL))
 }
@@ -59,6 +62,12 @@ pub struct RawKinesisSource {
     /// left out of the records when not given.
     #[serde(default)]
     pub invoke_identity_arn: Option<String>,
+    /// Unpack records aggregated by the Kinesis Producer Library into their user records, as
+    /// the Kinesis Client Library does (Lambda does not): each is delivered with its own
+    /// partition key and `subSequenceNumber`, and a partial batch response names one as
+    /// `<sequenceNumber>:<subSequenceNumber>`. Records that are not aggregates pass as they are.
+    #[serde(default = "default_deaggregate")]
+    pub deaggregate: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +75,8 @@ pub struct KinesisSourceConfig {
     pub stream_name: Option<String>,
     pub stream_arn: Option<String>,
     pub invoke_identity_arn: Option<String>,
+    /// Unpack KPL aggregates into their user records.
+    pub deaggregate: bool,
     /// How the shards are read and retried.
     pub settings: ShardSettings,
 }
@@ -142,6 +153,7 @@ impl BuildSource for RawKinesisSource {
             stream_name: self.stream_name,
             stream_arn: self.stream_arn,
             invoke_identity_arn: self.invoke_identity_arn,
+            deaggregate: self.deaggregate.unwrap_or(false),
             settings,
         }
     }
@@ -197,6 +209,7 @@ mod tests {
         let source = kinesis_source(&config);
         assert_eq!(source.stream_name.as_deref(), Some("orders"));
         assert_eq!(source.invoke_identity_arn, None);
+        assert!(!source.deaggregate, "Lambda does not deaggregate");
         let settings = &source.settings;
         assert_eq!(settings.batch_size, 100);
         assert_eq!(settings.max_batching_window, Duration::ZERO);

@@ -36,6 +36,7 @@ pub fn start(
         source.stream_name.clone(),
         source.stream_arn.clone(),
         source.invoke_identity_arn.clone(),
+        source.deaggregate,
     );
     shards::start(shard_source(source, open), mapping, clients)
 }
