@@ -818,3 +818,55 @@ async fn kpl_aggregates_arrive_as_user_records_and_resume_inside_an_aggregate() 
         "resumed after user record 13 (sub-sequence 3 of the third aggregate), inside it"
     );
 }
+
+// `latest` is one time, the mapping's first start, kept with the checkpoints: records written
+// before it are never delivered, and records written while sluice is down before its first
+// checkpoint are (a LATEST iterator taken again at the restart would skip them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_counts_from_the_first_start_across_a_restart_before_any_checkpoint() {
+    let moto = Moto::start();
+    let kinesis = moto.kinesis().await;
+    create_kinesis_stream(&kinesis, "late", 1).await;
+    for n in 0..5u64 {
+        put_kinesis(&kinesis, "late", "k", &json!({"key": "k", "n": n})).await;
+    }
+    // Older than the second of margin `latest` keeps before the first start.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
+    let state = tempfile::tempdir().unwrap();
+    let text = config(
+        &handler.url("/late"),
+        state.path(),
+        "",
+        r#"
+  - name: late
+    target: handler
+    source:
+      kinesis: { stream_name: late, starting_position: latest }
+"#,
+    );
+    let first = Sluice::start(&text, &moto_env(&moto));
+    eventually(Duration::from_secs(60), "the shard read", || async {
+        let started = first
+            .metric("sluice_stream_events_total{mapping=\"late\",event=\"shard_started\"}")
+            .await;
+        (started >= 1.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.signal("KILL");
+    drop(first);
+    for n in 5..8u64 {
+        put_kinesis(&kinesis, "late", "k", &json!({"key": "k", "n": n})).await;
+    }
+    let _second = Sluice::start(&text, &moto_env(&moto));
+    eventually(
+        Duration::from_secs(60),
+        "the records written while down",
+        || async { (handler.records().len() >= 3).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered: Vec<u64> = handler.records().iter().map(|r| key_and_n(r).1).collect();
+    assert_eq!(delivered, [5, 6, 7], "nothing from before the first start");
+}

@@ -122,3 +122,25 @@ async fn a_finished_parent_lets_its_children_be_leased() {
     assert_eq!(held(&acquired), vec!["child"]);
     assert!(acquired.finished.contains("parent"));
 }
+
+// `latest` means one time for the mapping: the first instance's start, kept in the lease table
+// beside the leases (and invisible to the lease scan).
+#[tokio::test]
+async fn every_instance_reads_the_mappings_first_start() {
+    let moto = Moto::start();
+    let a = store(&moto, "a", Duration::from_secs(30)).await;
+    let b = store(&moto, "b", Duration::from_secs(30)).await;
+    let t1 = Duration::from_millis(1_800_000_000_123);
+    let t2 = t1 + Duration::from_secs(60);
+    assert_eq!(a.first_started(t1).await.unwrap(), t1);
+    assert_eq!(b.first_started(t2).await.unwrap(), t1);
+    let listing = vec![ShardSpec {
+        id: "s1".into(),
+        parents: Vec::new(),
+    }];
+    assert_eq!(
+        held(&a.acquire(&listing).await.unwrap()),
+        vec!["s1"],
+        "the first-start row is not a lease"
+    );
+}

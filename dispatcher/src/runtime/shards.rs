@@ -160,6 +160,10 @@ struct Shared {
     store: Arc<dyn CheckpointStore>,
     lane: LaneSettings,
     filters: FilterSet,
+    /// Records that arrived before this are not wanted: `at_timestamp`'s time, or under `latest`
+    /// the time the mapping first started (kept in the checkpoint store, so every incarnation
+    /// and instance agrees), a second early so a record of the starting second is kept.
+    wanted_from: Option<Duration>,
 }
 
 /// Throttled reads in a row after which a shard is reported as failing.
@@ -195,6 +199,27 @@ impl ShardMapping {
         let Some(store) = self.open_store(stream.as_ref(), &shutdown).await else {
             return;
         };
+        let wanted_from = match self.source.settings.starting_position {
+            StartingPosition::TrimHorizon => None,
+            StartingPosition::AtTimestamp(at) => Some(at),
+            StartingPosition::Latest => {
+                let first_started = retry_until_ok(
+                    "reading when the mapping first started",
+                    &self.config.name,
+                    &self.health,
+                    &self.metrics,
+                    &shutdown,
+                    || store.first_started(now_since_epoch()),
+                )
+                .await;
+                let Some(first_started) = first_started else {
+                    return;
+                };
+                Some(Duration::from_secs(
+                    first_started.as_secs().saturating_sub(1),
+                ))
+            }
+        };
         let (sync_interval, lease_duration) = match &self.store {
             StoreSetup::DynamoDb { lease_duration, .. } => {
                 (*lease_duration / 4, Some(*lease_duration))
@@ -227,6 +252,7 @@ impl ShardMapping {
             stream,
             store,
             filters: self.config.filters.clone(),
+            wanted_from,
         });
         coordinate(
             shared,
@@ -309,13 +335,6 @@ async fn coordinate(
     let mut listed_at: Option<Instant> = None;
     let mut failures = 0u32;
     let held_gauge = shared.lane.metrics.shards_held();
-    // `latest` means the records that arrive from now on: a shard without a checkpoint starts at
-    // this time, which stays put across failed reads, expired iterators and pauses (LATEST
-    // looked up again would skip what arrived meanwhile).
-    let latest_from = now_since_epoch();
-    // Shards this incarnation started from `latest_from`: their children start there too (their
-    // end says nothing was read before it), unlike the children of a shard read from a checkpoint.
-    let mut started_from_latest: HashSet<String> = HashSet::new();
     loop {
         let due =
             listed_at.is_none_or(|at| at.elapsed() >= shared.source.settings.discovery_interval);
@@ -379,20 +398,7 @@ async fn coordinate(
                         },
                     );
                     shared.lane.metrics.stream_event("shard_started");
-                    let position = shared.source.settings.starting_position;
-                    let parents_read = parents_read(
-                        &shards,
-                        &held.shard_id,
-                        &acquired.finished,
-                        &started_from_latest,
-                    );
-                    if held.checkpoint.is_none()
-                        && position == StartingPosition::Latest
-                        && !parents_read
-                    {
-                        started_from_latest.insert(held.shard_id.clone());
-                    }
-                    let start = start_of(held.checkpoint, position, latest_from, parents_read);
+                    let start = start_of(held.checkpoint, shared.wanted_from);
                     let shared = shared.clone();
                     workers.spawn(async move {
                         let exit =
@@ -611,41 +617,18 @@ enum ShardStart {
     At(IteratorStart),
 }
 
-/// Whether a parent of `shard_id` was read to its end from a checkpoint (by any instance, in
-/// any incarnation), rather than ended by this incarnation with nothing read before `latest`.
-fn parents_read(
-    shards: &[ShardSpec],
-    shard_id: &str,
-    finished: &HashSet<String>,
-    started_from_latest: &HashSet<String>,
-) -> bool {
-    shards.iter().any(|shard| {
-        shard.id == shard_id
-            && shard
-                .parents
-                .iter()
-                .any(|p| finished.contains(p) && !started_from_latest.contains(p))
-    })
-}
-
-/// Where a shard starts: after its checkpoint; without one, at the mapping's starting position.
-/// Under `latest` that is `latest_from` (the time this incarnation started), except for a child
-/// of a shard read to its end from a checkpoint: every record of it is newer than what was read,
-/// so it starts at its trim horizon (a child created while sluice was down loses nothing).
-fn start_of(
-    checkpoint: Option<Checkpoint>,
-    position: StartingPosition,
-    latest_from: Duration,
-    parents_read: bool,
-) -> ShardStart {
+/// Where a shard starts: after its checkpoint; without one, at the mapping's starting position,
+/// which for `latest` and `at_timestamp` is the time records are wanted from. That time stays put
+/// across failed reads, expired iterators, pauses, restarts and instances (a LATEST iterator
+/// looked up again would skip what arrived meanwhile), and it holds for every generation of
+/// shards: a child of a split after it is read from its start, history before it is not read.
+fn start_of(checkpoint: Option<Checkpoint>, wanted_from: Option<Duration>) -> ShardStart {
     ShardStart::At(match checkpoint {
         Some(Checkpoint::After(sequence)) => IteratorStart::AfterSequence(sequence),
         Some(Checkpoint::ShardEnd) => return ShardStart::End,
-        None => match position {
-            StartingPosition::Latest if parents_read => IteratorStart::TrimHorizon,
-            StartingPosition::Latest => IteratorStart::AtTimestamp(latest_from),
-            StartingPosition::TrimHorizon => IteratorStart::TrimHorizon,
-            StartingPosition::AtTimestamp(at) => IteratorStart::AtTimestamp(at),
+        None => match wanted_from {
+            Some(at) => IteratorStart::AtTimestamp(at),
+            None => IteratorStart::TrimHorizon,
         },
     })
 }
@@ -663,11 +646,8 @@ async fn run_shard(
         ShardStart::At(start) => start,
     };
     // A kind without a timestamp iterator (DynamoDB Streams) reads from the trim horizon and
-    // checkpoints past what arrived before the time.
-    let skip_before = match start {
-        IteratorStart::AtTimestamp(at) => Some(at),
-        _ => None,
-    };
+    // checkpoints past what arrived before the time, also when a restart finds it part way.
+    let skip_before = shared.wanted_from;
     tracing::info!(mapping = %shared.lane.name, %shard_id, start = ?start, "shard started");
     let progress = Arc::new(ShardCheckpoint {
         shard_id: shard_id.clone(),
@@ -1072,54 +1052,23 @@ mappings:
     }
 
     #[test]
-    fn latest_is_the_start_time_except_for_children_of_shards_read_from_a_checkpoint() {
+    fn a_shard_without_a_checkpoint_starts_where_records_are_wanted_from() {
         let t0 = Duration::from_secs(1_800_000_000);
-        let latest = StartingPosition::Latest;
         assert_eq!(
-            start_of(None, latest, t0, false),
+            start_of(None, Some(t0)),
             ShardStart::At(IteratorStart::AtTimestamp(t0)),
-            "a failed read or an expired iterator reopens at the same time, not at LATEST"
+            "latest and at_timestamp: a failed read or an expired iterator reopens at the same \
+             time, never at LATEST"
         );
         assert_eq!(
-            start_of(None, latest, t0, true),
-            ShardStart::At(IteratorStart::TrimHorizon),
-            "a child created while sluice was down loses nothing"
+            start_of(None, None),
+            ShardStart::At(IteratorStart::TrimHorizon)
         );
         assert_eq!(
-            start_of(Some(Checkpoint::After("7".into())), latest, t0, true),
+            start_of(Some(Checkpoint::After("7".into())), Some(t0)),
             ShardStart::At(IteratorStart::AfterSequence("7".into()))
         );
-        assert_eq!(
-            start_of(
-                Some(Checkpoint::ShardEnd),
-                StartingPosition::TrimHorizon,
-                t0,
-                false
-            ),
-            ShardStart::End
-        );
-        let listing = vec![
-            ShardSpec {
-                id: "p".into(),
-                parents: vec![],
-            },
-            ShardSpec {
-                id: "c".into(),
-                parents: vec!["p".into()],
-            },
-        ];
-        let finished: HashSet<String> = ["p".to_string()].into();
-        assert!(parents_read(&listing, "c", &finished, &HashSet::new()));
-        assert!(
-            !parents_read(&listing, "c", &finished, &["p".to_string()].into()),
-            "a parent this incarnation ended from `latest` read nothing before it"
-        );
-        assert!(!parents_read(
-            &listing,
-            "c",
-            &HashSet::new(),
-            &HashSet::new()
-        ));
+        assert_eq!(start_of(Some(Checkpoint::ShardEnd), None), ShardStart::End);
     }
 
     #[tokio::test]

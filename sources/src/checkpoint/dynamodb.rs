@@ -595,6 +595,37 @@ impl CheckpointStore for DynamoDbLeaseStore {
             Err(e) => Err(self.error("UpdateItem (release)", DisplayErrorContext(&e))),
         }
     }
+
+    async fn first_started(&self, now: Duration) -> Result<Duration, CheckpointError> {
+        // One row per mapping, `<mapping>@first-started`, without a `shard_id`: the lease scan
+        // passes over it. `if_not_exists` keeps the first writer's time for every instance.
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("lease_key", s(&format!("{}@first-started", self.mapping)))
+            .update_expression("SET #m = :m, #f = if_not_exists(#f, :now)")
+            .expression_attribute_names("#m", "mapping")
+            .expression_attribute_names("#f", "first_started_ms")
+            .expression_attribute_values(":m", s(&self.mapping))
+            .expression_attribute_values(
+                ":now",
+                n(u64::try_from(now.as_millis()).unwrap_or(u64::MAX)),
+            )
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| self.error("UpdateItem (first started)", DisplayErrorContext(&e)))?;
+        let stored = output
+            .attributes()
+            .and_then(|item| item.get("first_started_ms"))
+            .and_then(|value| value.as_n().ok())
+            .and_then(|value| value.parse::<u64>().ok())
+            .ok_or_else(|| {
+                self.error("UpdateItem (first started)", "no first_started_ms returned")
+            })?;
+        Ok(Duration::from_millis(stored))
+    }
 }
 
 #[cfg(test)]

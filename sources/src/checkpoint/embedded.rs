@@ -9,13 +9,15 @@ use super::{
     Acquired, Checkpoint, CheckpointError, CheckpointStore, HeldShard, ShardSpec, eligible_shards,
 };
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const CHECKPOINTS: TableDefinition<&str, &str> = TableDefinition::new("checkpoints");
+/// When each mapping first started, in milliseconds since the Unix epoch.
+const FIRST_STARTED: TableDefinition<&str, u64> = TableDefinition::new("first_started");
 /// redb's page cache for the state file (redb's own default is 1 GiB): queued Event payloads
 /// pass through it, and memory must not grow with the backlog.
 const STATE_FILE_CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -196,6 +198,40 @@ impl CheckpointStore for EmbeddedStore {
     async fn release(&self, _shard_id: &str) -> Result<(), CheckpointError> {
         Ok(())
     }
+
+    async fn first_started(
+        &self,
+        now: std::time::Duration,
+    ) -> Result<std::time::Duration, CheckpointError> {
+        let db = self.file.db.clone();
+        let mapping = self.mapping.clone();
+        let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        let stored = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+            let write = db.begin_write().map_err(|e| e.to_string())?;
+            let stored = {
+                let mut table = write.open_table(FIRST_STARTED).map_err(|e| e.to_string())?;
+                let existing = table
+                    .get(mapping.as_str())
+                    .map_err(|e| e.to_string())?
+                    .map(|v| v.value());
+                match existing {
+                    Some(stored) => stored,
+                    None => {
+                        table
+                            .insert(mapping.as_str(), now_ms)
+                            .map_err(|e| e.to_string())?;
+                        now_ms
+                    }
+                }
+            };
+            write.commit().map_err(|e| e.to_string())?;
+            Ok(stored)
+        })
+        .await
+        .map_err(|e| self.error(e))?
+        .map_err(|e| self.error(e))?;
+        Ok(std::time::Duration::from_millis(stored))
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +262,29 @@ mod tests {
         .unwrap();
         let file = StateFile::open(&state_dir).unwrap();
         assert_eq!(mode(file.path()), 0o600);
+    }
+
+    #[tokio::test]
+    async fn the_first_start_is_kept_across_reopens_per_mapping() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let t1 = Duration::from_millis(1_800_000_000_123);
+        let t2 = t1 + Duration::from_secs(3600);
+        {
+            let file = StateFile::open(dir.path()).unwrap();
+            let orders = EmbeddedStore::new(file.clone(), "orders");
+            assert_eq!(orders.first_started(t1).await.unwrap(), t1);
+            assert_eq!(orders.first_started(t2).await.unwrap(), t1);
+            let other = EmbeddedStore::new(file, "other");
+            assert_eq!(other.first_started(t2).await.unwrap(), t2);
+        }
+        let file = StateFile::open(dir.path()).unwrap();
+        let orders = EmbeddedStore::new(file, "orders");
+        assert_eq!(
+            orders.first_started(t2).await.unwrap(),
+            t1,
+            "after a reopen"
+        );
     }
 
     #[tokio::test]

@@ -104,6 +104,14 @@ pub trait CheckpointStore: Send + Sync + 'static {
 
     /// Gives a held shard up so another instance can take it at once.
     async fn release(&self, shard_id: &str) -> Result<(), CheckpointError>;
+
+    /// The time the mapping first started, since the Unix epoch: the first call (by any
+    /// instance) stores `now`, every later call returns what was stored. `latest` means the
+    /// records that arrived from then on, in every incarnation and on every instance.
+    async fn first_started(
+        &self,
+        now: std::time::Duration,
+    ) -> Result<std::time::Duration, CheckpointError>;
 }
 
 /// The shards that may be processed now: not finished, and every parent either finished or no
