@@ -26,6 +26,14 @@ pub const PACING: ReadPacing = ReadPacing {
     bytes_per_second: Some(2 * 1024 * 1024),
 };
 
+/// With `deaggregate`, pages of at most 100 Kinesis records: each can be an aggregate of
+/// thousands of user records, all held as Lambda records until the lanes take them, so the page
+/// bounds memory (100 aggregates of the KPL's default 50 KB are 5 MB of data).
+pub const DEAGGREGATING: ReadPacing = ReadPacing {
+    max_records: 100,
+    ..PACING
+};
+
 /// Starts `mapping`, reading `source`; its checkpoints go to `clients.checkpoints`.
 pub fn start(
     source: &KinesisSourceConfig,
@@ -46,7 +54,11 @@ pub fn shard_source(source: &KinesisSourceConfig, open: OpenStream) -> ShardSour
     ShardSource {
         open,
         settings: source.settings.clone(),
-        pacing: PACING,
+        pacing: if source.deaggregate {
+            DEAGGREGATING
+        } else {
+            PACING
+        },
         passes,
         envelope,
     }
