@@ -286,9 +286,17 @@ impl KinesisStream {
                 _ => true,
             })
             .collect();
+        // The skip holds until the aggregate is read: an empty page (Kinesis may answer one
+        // before the records at the iterator) passes it on to the next iterator.
+        let next_iterator = output.next_shard_iterator().map(|next| match skip {
+            Some((sequence, sub)) if output.records().is_empty() => {
+                format!("{SKIP}{sequence}:{sub}\n{next}")
+            }
+            _ => next.to_owned(),
+        });
         Ok(Page {
             records,
-            next_iterator: output.next_shard_iterator().map(str::to_owned),
+            next_iterator,
             millis_behind_latest: output
                 .millis_behind_latest()
                 .and_then(|millis| u64::try_from(millis).ok()),
@@ -669,6 +677,49 @@ mod tests {
         assert_eq!(event["eventID"], "shardId-000000000000:5:2");
         assert_eq!(records[0].ordering_key.as_deref(), Some("a"));
         assert_eq!(cursor.last_read(), Some("6"));
+    }
+
+    #[tokio::test]
+    async fn a_skip_inside_an_aggregate_survives_an_empty_page() {
+        let iterators = mock!(Client::get_shard_iterator).then_output(|| {
+            GetShardIteratorOutput::builder()
+                .shard_iterator("it-at-5")
+                .build()
+        });
+        let records = mock!(Client::get_records).then_compute_output(|request| {
+            match request.shard_iterator().unwrap() {
+                // Kinesis may answer an empty page before the records at the iterator.
+                "it-at-5" => GetRecordsOutput::builder()
+                    .set_records(Some(Vec::new()))
+                    .next_shard_iterator("it-still-5")
+                    .build()
+                    .unwrap(),
+                "it-still-5" => GetRecordsOutput::builder()
+                    .records(aggregated(5, &[("a", "u0"), ("b", "u1"), ("a", "u2")]))
+                    .next_shard_iterator("it-6")
+                    .build()
+                    .unwrap(),
+                other => panic!("unexpected iterator {other}"),
+            }
+        });
+        let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&iterators, &records]);
+        let stream = stream(client);
+        let mut cursor = ShardCursor::new(
+            "shardId-000000000000",
+            IteratorStart::AfterSequence("5:1".into()),
+        );
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let CursorRead::Page { records, .. } = cursor.read(&stream, 100).await.unwrap() else {
+                panic!("a page")
+            };
+            ids.extend(records.iter().map(|r| r.id().to_owned()));
+        }
+        assert_eq!(
+            ids,
+            ["5:2"],
+            "user records 0 and 1 stay skipped after the empty page"
+        );
     }
 
     #[tokio::test]
