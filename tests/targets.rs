@@ -426,8 +426,12 @@ async fn mappings_sharing_a_target_never_exceed_its_concurrency() {
             "two invocations overlapped on a target limited to 1"
         );
     }
+    // One invocation, plus a message whose delete has not landed yet, plus one more when a
+    // handoff from one mapping to the other falls between the two queues' reads (they are read
+    // one after the other, so one slot can be counted in both): without the target's limit the
+    // two mappings (max_concurrency 5 each) would hold up to 10.
     assert!(
-        most_in_flight <= 2,
+        most_in_flight <= 3,
         "sources received {most_in_flight} messages at once for a target limited to 1"
     );
 }
