@@ -211,6 +211,9 @@ pub fn batching(
     (batch_size.max(1) as usize, window)
 }
 
+/// How long a sharded stream's batch gathers when `max_batching_window` is not given (Lambda's 0
+/// for DynamoDB Streams and Kinesis).
+pub const DEFAULT_SHARD_BATCHING_WINDOW: Duration = Duration::ZERO;
 /// Batches in flight per shard when `parallelization_factor` is not given.
 pub const DEFAULT_PARALLELIZATION_FACTOR: u32 = 1;
 /// Lambda's largest parallelization factor.
@@ -283,7 +286,7 @@ pub fn shard_settings(
         path,
         keys.batch_size,
         keys.max_batching_window,
-        Duration::ZERO,
+        DEFAULT_SHARD_BATCHING_WINDOW,
     );
     let (parallelization_factor, discovery_interval) = shard_reading(
         v,

@@ -202,6 +202,11 @@ impl DynamoDbStream {
             Err(SdkError::ServiceError(e)) => {
                 return Err(match e.err() {
                     GetRecordsError::ExpiredIteratorException(_) => ReadError::ExpiredIterator,
+                    // The shard's read rate: back off with the iterator kept, as for Kinesis.
+                    GetRecordsError::LimitExceededException(_) => ReadError::Throttled(format!(
+                        "shard {shard_id}: {}",
+                        DisplayErrorContext(e.err())
+                    )),
                     GetRecordsError::TrimmedDataAccessException(t) => {
                         ReadError::Trimmed(format!("shard {shard_id}: {t}"))
                     }
@@ -361,6 +366,35 @@ mod tests {
                 .set_records(Some(sequences.iter().map(|s| record(*s)).collect()))
                 .set_next_shard_iterator(next.map(str::to_owned))
                 .build()
+        }
+
+        #[tokio::test]
+        async fn a_limit_exceeded_read_is_a_throttle_that_keeps_the_iterator() {
+            use aws_sdk_dynamodbstreams::types::error::LimitExceededException;
+            let limited = Arc::new(AtomicBool::new(false));
+            let records = mock!(Client::get_records).then_compute_response(move |_| {
+                if limited.swap(true, AtomicOrdering::SeqCst) {
+                    MockResponse::Output(page(&[1], Some("it-2")))
+                } else {
+                    MockResponse::Error(GetRecordsError::LimitExceededException(
+                        LimitExceededException::builder()
+                            .message("slow down")
+                            .build(),
+                    ))
+                }
+            });
+            let client = mock_client!(aws_sdk_dynamodbstreams, RuleMode::MatchAny, [&records]);
+            let stream = DynamoDbStream {
+                client,
+                stream_arn: "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024".into(),
+                region: "us-east-1".into(),
+            };
+            assert!(matches!(
+                stream.read("shardId-1", "it-1", 100).await,
+                Err(ReadError::Throttled(_))
+            ));
+            let page = stream.read("shardId-1", "it-1", 100).await.unwrap();
+            assert_eq!(page.records.len(), 1);
         }
 
         #[tokio::test]

@@ -8,10 +8,7 @@ use crate::config::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_policies::{Pattern, StreamPolicy};
-use std::time::Duration;
 
-/// How long a batch gathers when `max_batching_window` is not given.
-pub const DEFAULT_BATCHING_WINDOW: Duration = Duration::ZERO;
 pub use crate::config::stream::{
     DEFAULT_DISCOVERY_INTERVAL, DEFAULT_PARALLELIZATION_FACTOR, MAX_PARALLELIZATION_FACTOR,
 };
@@ -21,7 +18,7 @@ fn default_batch_size() -> Option<u32> {
     Some(stream::DEFAULT_BATCH_SIZE)
 }
 fn default_window() -> Option<HumanDuration> {
-    Some(HumanDuration(DEFAULT_BATCHING_WINDOW))
+    Some(HumanDuration(stream::DEFAULT_SHARD_BATCHING_WINDOW))
 }
 fn default_factor() -> Option<u32> {
     Some(DEFAULT_PARALLELIZATION_FACTOR)
@@ -143,6 +140,7 @@ mod tests {
     use super::*;
     use crate::config::stream::StartingPosition;
     use crate::config::testing::*;
+    use std::time::Duration;
 
     fn stream_source(config: &crate::config::Config) -> &StreamSourceConfig {
         source_of!(config, DynamodbStream)

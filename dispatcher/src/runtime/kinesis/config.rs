@@ -8,17 +8,13 @@ use crate::config::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_policies::{Pattern, StreamPolicy};
-use std::time::Duration;
-
-/// How long a batch gathers when `max_batching_window` is not given (Lambda's 0 for Kinesis).
-pub const DEFAULT_BATCHING_WINDOW: Duration = Duration::ZERO;
 
 // `Some(constant)`: the schema shows the default, and an empty value still reads as it.
 fn default_batch_size() -> Option<u32> {
     Some(stream::DEFAULT_BATCH_SIZE)
 }
 fn default_window() -> Option<HumanDuration> {
-    Some(HumanDuration(DEFAULT_BATCHING_WINDOW))
+    Some(HumanDuration(stream::DEFAULT_SHARD_BATCHING_WINDOW))
 }
 fn default_factor() -> Option<u32> {
     Some(stream::DEFAULT_PARALLELIZATION_FACTOR)
@@ -198,6 +194,7 @@ mod tests {
     use super::*;
     use crate::config::stream::StartingPosition;
     use crate::config::testing::*;
+    use std::time::Duration;
 
     fn kinesis_source(config: &crate::config::Config) -> &KinesisSourceConfig {
         source_of!(config, Kinesis)
