@@ -870,3 +870,195 @@ async fn latest_counts_from_the_first_start_across_a_restart_before_any_checkpoi
     let delivered: Vec<u64> = handler.records().iter().map(|r| key_and_n(r).1).collect();
     assert_eq!(delivered, [5, 6, 7], "nothing from before the first start");
 }
+
+/// A record's arrival time, in milliseconds since the Unix epoch.
+fn arrival_ms(record: &Value) -> u64 {
+    let seconds = record["kinesis"]["approximateArrivalTimestamp"]
+        .as_f64()
+        .expect("an arrival time");
+    (seconds * 1000.0).round() as u64
+}
+
+fn epoch_ms(iso: &Value) -> u64 {
+    let at = humantime::parse_rfc3339(iso.as_str().expect("a time")).expect("RFC 3339");
+    at.duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+// semantics.md §8; issue 21 item 7: a per-key count over 3-second tumbling windows, with the
+// instance SIGKILLed mid-window and started again. The state is stored with the checkpoint (here
+// in the DynamoDB lease table), so the restarted instance resumes the window with the state of
+// exactly the records up to the checkpoint: every final invocation counts each record of its
+// window once, although the batch in flight at the kill is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_windows_count_every_record_once_across_a_sigkill_mid_window() {
+    let moto = Moto::start();
+    let kinesis = moto.kinesis().await;
+    create_kinesis_stream(&kinesis, "clicks", 2).await;
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (kinesis, written, writing) = (kinesis.clone(), written.clone(), writing.clone());
+        tokio::spawn(async move {
+            while writing.load(Ordering::SeqCst) {
+                let n = written.load(Ordering::SeqCst);
+                let key = format!("k{}", n % 5);
+                put_kinesis(&kinesis, "clicks", &key, &json!({"key": key, "n": n})).await;
+                written.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    // Lambda's aggregation: add this batch's records to the state, per key.
+    let handler = Handler::start(|_, event| {
+        if event["isFinalInvokeForWindow"] == json!(true) {
+            return Reply::json(json!({}));
+        }
+        let mut state = event["state"].as_object().cloned().unwrap_or_default();
+        for record in event["Records"].as_array().unwrap() {
+            let key = kinesis_data(record)["key"].as_str().unwrap().to_owned();
+            let count = state.get(&key).and_then(Value::as_u64).unwrap_or(0);
+            state.insert(key, json!(count + 1));
+        }
+        Reply::json(json!({"state": state, "batchItemFailures": []}))
+            .after(Duration::from_millis(40))
+    })
+    .await;
+    let text = config(
+        &handler.url("/clicks"),
+        tempfile::tempdir().unwrap().path(),
+        "checkpoints: { dynamodb: { table: sluice-leases, lease_duration: 3s } }",
+        r#"
+  - name: clicks
+    target: handler
+    report_batch_item_failures: true
+    source:
+      kinesis: { stream_name: clicks, starting_position: trim_horizon, batch_size: 5, tumbling_window: 3s }
+"#,
+    );
+    let first = Sluice::start(&text, &moto_env(&moto));
+    // Mid-window: some windows closed already, and batches of the open ones are stored.
+    eventually(Duration::from_secs(60), "a window closed", || async {
+        let finals = handler
+            .received()
+            .iter()
+            .filter(|r| r.event["isFinalInvokeForWindow"] == json!(true))
+            .count();
+        (finals >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.signal("KILL");
+    let killed_at = Instant::now();
+    drop(first);
+    let _second = Sluice::start(&text, &moto_env(&moto));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    writing.store(false, Ordering::SeqCst);
+    writer.await.unwrap();
+    let written = written.load(Ordering::SeqCst);
+
+    // Each record once, by (shard, window): from every delivery, the first one of each record.
+    type Window = (String, u64);
+    let expected = |received: &[Received]| {
+        let mut seen = HashSet::new();
+        let mut counts: BTreeMap<Window, BTreeMap<String, u64>> = BTreeMap::new();
+        for request in received
+            .iter()
+            .filter(|r| r.event["isFinalInvokeForWindow"] == json!(false))
+        {
+            let window = (
+                request.event["shardId"].as_str().unwrap().to_owned(),
+                epoch_ms(&request.event["window"]["start"]),
+            );
+            for record in request.records() {
+                if seen.insert(record["eventID"].as_str().unwrap().to_owned()) {
+                    let key = kinesis_data(&record)["key"].as_str().unwrap().to_owned();
+                    *counts
+                        .entry(window.clone())
+                        .or_default()
+                        .entry(key)
+                        .or_default() += 1;
+                }
+            }
+        }
+        (seen.len() as u64, counts)
+    };
+    let finals = |received: &[Received]| -> BTreeMap<Window, Vec<Value>> {
+        let mut finals: BTreeMap<Window, Vec<Value>> = BTreeMap::new();
+        for request in received
+            .iter()
+            .filter(|r| r.event["isFinalInvokeForWindow"] == json!(true))
+        {
+            let window = (
+                request.event["shardId"].as_str().unwrap().to_owned(),
+                epoch_ms(&request.event["window"]["start"]),
+            );
+            finals
+                .entry(window)
+                .or_default()
+                .push(request.event["state"].clone());
+        }
+        finals
+    };
+    eventually(Duration::from_secs(90), "every window closed", || async {
+        let received = handler.received();
+        let (records, counts) = expected(&received);
+        let finals = finals(&received);
+        (records == written && counts.keys().all(|w| finals.contains_key(w))).then_some(())
+    })
+    .await;
+    let received = handler.received();
+    let (_, counts) = expected(&received);
+    for (window, states) in finals(&received) {
+        let want = counts.get(&window).cloned().unwrap_or_default();
+        for state in states {
+            let got: BTreeMap<String, u64> = serde_json::from_value(state).unwrap();
+            assert_eq!(got, want, "the final state of {window:?}");
+        }
+    }
+    // Every record was delivered in its own window, and the windows are 3 s, aligned.
+    for request in &received {
+        let (start, end) = (
+            epoch_ms(&request.event["window"]["start"]),
+            epoch_ms(&request.event["window"]["end"]),
+        );
+        assert_eq!((end - start, start % 3000), (3000, 0));
+        for record in request.records() {
+            assert!(
+                (start..end).contains(&arrival_ms(&record)),
+                "{record} in {start}..{end}"
+            );
+        }
+    }
+    // The restart resumed the windows open at the kill with their stored state: the first
+    // invocation of such a window after the kill carries a state, not a fresh `{}`.
+    let window_of = |r: &Received| {
+        (
+            r.event["shardId"].as_str().unwrap().to_owned(),
+            epoch_ms(&r.event["window"]["start"]),
+        )
+    };
+    let before: HashSet<Window> = received
+        .iter()
+        .filter(|r| r.at < killed_at && r.event["isFinalInvokeForWindow"] == json!(false))
+        .map(window_of)
+        .collect();
+    let mut resumed = BTreeMap::new();
+    for request in received.iter().filter(|r| r.at > killed_at) {
+        let window = window_of(request);
+        if before.contains(&window) && !resumed.contains_key(&window) {
+            resumed.insert(window, request.event["state"].clone());
+        }
+    }
+    assert!(!resumed.is_empty(), "no window was open at the kill");
+    for (window, state) in &resumed {
+        assert_ne!(
+            state,
+            &json!({}),
+            "{window:?} started afresh after the restart"
+        );
+    }
+    let redelivered = received.iter().flat_map(Received::records).count() - written as usize;
+    assert!(redelivered <= 20, "{redelivered} records delivered twice");
+}

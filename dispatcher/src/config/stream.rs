@@ -257,6 +257,9 @@ pub struct ShardSettings {
     pub max_batching_window: Duration,
     pub parallelization_factor: usize,
     pub discovery_interval: Duration,
+    /// Lambda's tumbling windows: records are aggregated per shard over fixed windows of this
+    /// length, the handler's returned `state` carried from one invocation to the next.
+    pub tumbling_window: Option<Duration>,
     pub policy: StreamPolicy,
 }
 
@@ -268,6 +271,7 @@ pub struct ShardKeys<'a> {
     pub max_batching_window: Option<HumanDuration>,
     pub parallelization_factor: Option<u32>,
     pub discovery_interval: Option<HumanDuration>,
+    pub tumbling_window: Option<HumanDuration>,
 }
 
 /// Checks a sharded stream's shared keys at `path` (a `kind` source) and builds its settings
@@ -294,6 +298,7 @@ pub fn shard_settings(
         keys.parallelization_factor,
         keys.discovery_interval,
     );
+    let tumbling_window = tumbling_window(v, path, keys.tumbling_window, parallelization_factor);
     let policy = policy(
         v,
         PolicyInputs {
@@ -311,8 +316,37 @@ pub fn shard_settings(
         max_batching_window,
         parallelization_factor,
         discovery_interval,
+        tumbling_window,
         policy,
     }
+}
+
+/// Lambda's longest tumbling window (`TumblingWindowInSeconds` 0..=900).
+pub const MAX_TUMBLING_WINDOW: Duration = Duration::from_secs(900);
+
+/// A sharded stream's `tumbling_window`: 1s..=15m, whole seconds as Lambda counts them; `0s` (or
+/// no key) is off. The state is one per shard, so the shard must be one lane.
+fn tumbling_window(
+    v: &mut Validator,
+    path: &str,
+    window: Option<HumanDuration>,
+    parallelization_factor: usize,
+) -> Option<Duration> {
+    let window = window.map(|d| d.0).filter(|d| !d.is_zero())?;
+    let key = format!("{path}.tumbling_window");
+    if window > MAX_TUMBLING_WINDOW || window.subsec_nanos() != 0 {
+        v.error(
+            key.as_str(),
+            format!("must be whole seconds, 1s..=15m (got {window:?}); 0s turns windows off"),
+        );
+    }
+    if parallelization_factor > 1 {
+        v.error(
+            key.as_str(),
+            format!("a tumbling window's state is one per shard, so it needs parallelization_factor 1 (got {parallelization_factor}); drop one of the two keys"),
+        );
+    }
+    Some(window)
 }
 
 /// A point in time written as RFC 3339 (`2024-05-01T12:00:00Z`) or Unix seconds.

@@ -13,6 +13,7 @@
 use super::invoker::Invoker;
 use super::ordered::{Control, Driven, Ended, drive};
 use super::retry::retry_delay;
+use super::window::{self, Span, WindowCursor, Windows};
 use crate::destinations::envelope::now_since_epoch;
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource};
 use crate::health::MappingHealthHandle;
@@ -70,6 +71,19 @@ pub(super) trait LaneHost: Send + Sync + 'static {
 
     /// The lane took `record` off its input (a host that bounds what is queued counts it out).
     fn received(&self, _record: &Record) {}
+
+    /// The shard's tumbling windows, when the mapping has them (then the shard is one lane).
+    fn windows(&self) -> Option<&Windows> {
+        None
+    }
+}
+
+/// What a lane runs next, in order.
+enum Work {
+    /// A batch, in its tumbling window when the mapping has them.
+    Batch(Vec<Entry>, Option<Span>),
+    /// The final invocation of the window open before the next batch.
+    CloseWindow,
 }
 
 /// Where a lane's records come from: a bounded channel (a stream shard: its reader waits for
@@ -99,7 +113,7 @@ impl LaneInput for mpsc::UnboundedReceiver<Entry> {
 }
 
 /// Gathers batches from `receiver` and runs each to its end, until the sender closes (then the
-/// last partial batch is run), `stop` or `abort`.
+/// last partial batch is run, and the window open is closed), `stop` or `abort`.
 pub(super) async fn run_lane<H: LaneHost>(
     host: Arc<H>,
     lane: String,
@@ -111,30 +125,68 @@ pub(super) async fn run_lane<H: LaneHost>(
     let started = tokio::time::Instant::now();
     let clock = || started.elapsed();
     let mut batcher: Batcher<Entry> = Batcher::new(host.settings().limits);
-    let mut ready: VecDeque<Vec<Entry>> = VecDeque::new();
+    let mut ready: VecDeque<Work> = VecDeque::new();
+    let mut windows = host
+        .windows()
+        .map(|windows| WindowCursor::new(windows.length, windows.restored()));
+    // The input ended: run what is ready, then return.
+    let mut ended = false;
     loop {
-        let batch = loop {
+        let work = loop {
             if stop.is_cancelled() || abort.is_cancelled() {
                 return;
             }
-            if let Some(batch) = ready.pop_front() {
-                break batch;
+            if let Some(work) = ready.pop_front() {
+                break work;
             }
+            if ended {
+                return;
+            }
+            // Read before looking at the input: records sent before the reader moved the mark
+            // are in the input by then.
+            let caught_up_ms = host.windows().map(Windows::caught_up_ms);
             match receiver.try_recv() {
                 Ok(entry) => {
-                    push(&*host, &mut batcher, &mut ready, entry, clock());
+                    push(
+                        &*host,
+                        &mut batcher,
+                        &mut ready,
+                        &mut windows,
+                        entry,
+                        clock(),
+                    );
                     continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => match batcher.take() {
-                    Some(batch) => break batch,
-                    None => return,
-                },
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    end_window(&mut batcher, &mut ready, &mut windows);
+                    ended = true;
+                    continue;
+                }
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
             if let Some(batch) = batcher.poll(clock()) {
-                break batch;
+                let span = windows.as_ref().and_then(|w| w.current);
+                ready.push_back(Work::Batch(batch, span));
+                continue;
             }
-            let wait = batcher.deadline().map(|d| d.saturating_sub(clock()));
+            // Every record of the window was read and taken: it closes.
+            let window_end = windows.as_ref().and_then(|w| w.current).map(|c| c.end_ms);
+            if let (Some(end_ms), Some(caught_up_ms)) = (window_end, caught_up_ms)
+                && caught_up_ms >= end_ms
+            {
+                end_window(&mut batcher, &mut ready, &mut windows);
+                continue;
+            }
+            let batch_wait = batcher.deadline().map(|d| d.saturating_sub(clock()));
+            // Until the window's end, then while the reader catches up past it.
+            let window_wait = window_end.map(|end_ms| {
+                let now_ms = now_since_epoch().as_millis() as u64;
+                Duration::from_millis(end_ms.saturating_sub(now_ms)).max(WINDOW_END_POLL)
+            });
+            let wait = match (batch_wait, window_wait) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let received = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = abort.cancelled() => return,
@@ -142,18 +194,95 @@ pub(super) async fn run_lane<H: LaneHost>(
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => continue,
             };
             match received {
-                Some(entry) => push(&*host, &mut batcher, &mut ready, entry, clock()),
-                None => match batcher.take() {
-                    Some(batch) => break batch,
-                    None => return,
-                },
+                Some(entry) => push(
+                    &*host,
+                    &mut batcher,
+                    &mut ready,
+                    &mut windows,
+                    entry,
+                    clock(),
+                ),
+                None => {
+                    end_window(&mut batcher, &mut ready, &mut windows);
+                    ended = true;
+                }
             }
         };
-        tokio::select! {
-            _ = abort.cancelled() => return,
-            _ = handle_batch(&host, &lane, batch, &stop) => {}
+        match work {
+            Work::Batch(batch, span) => {
+                if let (Some(windows), Some(span)) = (host.windows(), span) {
+                    windows.begin(span);
+                }
+                tokio::select! {
+                    _ = abort.cancelled() => return,
+                    _ = handle_batch(&host, &lane, batch, &stop) => {}
+                }
+                // A state over the limit ends the window early, before anything is stored.
+                if host.windows().is_some_and(Windows::oversized)
+                    && !close_window(&host, &lane, true, &stop, &abort).await
+                {
+                    return;
+                }
+            }
+            Work::CloseWindow => {
+                if !close_window(&host, &lane, false, &stop, &abort).await {
+                    return;
+                }
+            }
         }
     }
+}
+
+/// How often a lane whose window has ended looks whether the reader caught up past its end.
+const WINDOW_END_POLL: Duration = Duration::from_millis(200);
+
+/// Queues the window's last records and its final invocation (without windows: the last
+/// records).
+fn end_window(
+    batcher: &mut Batcher<Entry>,
+    ready: &mut VecDeque<Work>,
+    windows: &mut Option<WindowCursor>,
+) {
+    let span = windows.as_ref().and_then(|w| w.current);
+    if let Some(batch) = batcher.take() {
+        ready.push_back(Work::Batch(batch, span));
+    }
+    if let Some(cursor) = windows
+        && cursor.close().is_some()
+    {
+        ready.push_back(Work::CloseWindow);
+    }
+}
+
+/// Runs the open window's final invocation (see [`window::close`]) and stores that it is done;
+/// false when the lane must stop.
+async fn close_window<H: LaneHost>(
+    host: &Arc<H>,
+    lane: &str,
+    terminated_early: bool,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> bool {
+    let Some(windows) = host.windows() else {
+        return true;
+    };
+    let settings = host.settings();
+    let closing = window::Closing {
+        mapping: &settings.name,
+        lane,
+        invoker: &settings.invoker,
+        health: &settings.health,
+        metrics: &settings.metrics,
+    };
+    let closed = tokio::select! {
+        _ = abort.cancelled() => return false,
+        closed = window::close(windows, closing, terminated_early, stop) => closed,
+    };
+    if closed {
+        // Nothing finished, but the window's end must be stored with the checkpoint.
+        host.clone().finished(Vec::new());
+    }
+    closed
 }
 
 /// Adds a record taken off the lane's input to its batcher (telling the host it was taken); a
@@ -162,19 +291,32 @@ pub(super) async fn run_lane<H: LaneHost>(
 fn push(
     host: &impl LaneHost,
     batcher: &mut Batcher<Entry>,
-    ready: &mut VecDeque<Vec<Entry>>,
+    ready: &mut VecDeque<Work>,
+    windows: &mut Option<WindowCursor>,
     entry: Entry,
     now: Duration,
 ) {
     host.received(&entry.0);
+    // The first record of a later window closes the open one: its records go first.
+    let span = windows.as_mut().map(|cursor| {
+        let before = cursor.current;
+        let (span, closed) = cursor.place(entry.0.arrived_at.as_millis() as u64);
+        if closed.is_some() {
+            if let Some(batch) = batcher.take() {
+                ready.push_back(Work::Batch(batch, before));
+            }
+            ready.push_back(Work::CloseWindow);
+        }
+        span
+    });
     let size = entry.0.size_bytes;
     let PushResult {
         ready: complete,
         too_large,
     } = batcher.push(entry, size, now);
-    ready.extend(complete);
+    ready.extend(complete.into_iter().map(|batch| Work::Batch(batch, span)));
     if let Some(entry) = too_large {
-        ready.push_back(vec![entry]);
+        ready.push_back(Work::Batch(vec![entry], span));
     }
 }
 
@@ -258,6 +400,13 @@ struct LaneBatch<'a, H: LaneHost> {
 
 #[async_trait]
 impl<H: LaneHost> Driven for LaneBatch<'_, H> {
+    fn check(&mut self, outcome: Outcome) -> Outcome {
+        match self.host.windows() {
+            Some(windows) => windows.check(outcome),
+            None => outcome,
+        }
+    }
+
     fn invocation(&self, chosen: &[usize]) -> Invocation {
         let subset: Vec<&Record> = chosen.iter().map(|&i| self.records[i]).collect();
         Invocation::for_records(
@@ -277,6 +426,12 @@ impl<H: LaneHost> Driven for LaneBatch<'_, H> {
     ) -> Control {
         let settings = self.host.settings();
         let lane = self.lane;
+        if let Some(windows) = self.host.windows() {
+            windows.judged(matches!(
+                applied,
+                Applied::Succeeded | Applied::Partial { .. }
+            ));
+        }
         let failed = match &applied {
             Applied::Succeeded => 0,
             Applied::Partial { failed, .. } => *failed,
@@ -438,6 +593,7 @@ mod tests {
         progress: Mutex<ShardProgress<String>>,
         finished: Mutex<Vec<String>>,
         names: Mutex<Vec<(Position, String)>>,
+        windows: Option<Windows>,
     }
 
     #[async_trait]
@@ -447,7 +603,14 @@ mod tests {
         }
         fn event(&self, records: &[&Record]) -> Vec<u8> {
             let ids: Vec<&str> = records.iter().map(|r| r.id()).collect();
-            json!({ "Records": ids }).to_string().into_bytes()
+            let event = json!({ "Records": ids }).to_string().into_bytes();
+            match &self.windows {
+                Some(windows) => windows.event(event, false, false),
+                None => event,
+            }
+        }
+        fn windows(&self) -> Option<&Windows> {
+            self.windows.as_ref()
         }
         fn identifier(&self, record: &Record) -> ItemIdentifier {
             ItemIdentifier::Text(record.id().to_owned())
@@ -463,6 +626,9 @@ mod tests {
             }
         }
         fn finished(self: Arc<Self>, positions: Vec<Position>) {
+            if let Some(windows) = &self.windows {
+                windows.commit();
+            }
             let names = self.names.lock().unwrap();
             let mut finished = self.finished.lock().unwrap();
             for position in positions {
@@ -512,12 +678,18 @@ mod tests {
             progress: Mutex::default(),
             finished: Mutex::default(),
             names: Mutex::default(),
+            windows: None,
         })
     }
 
     /// Feeds `count` records into a lane of `shard` and runs it until the records are all sent
     /// and every batch ended.
     async fn run(shard: &Arc<Shard>, count: usize) {
+        run_arriving(shard, &vec![Duration::ZERO; count]).await
+    }
+
+    /// Feeds records that arrived at `arrivals` into a lane of `shard`, as [`run`].
+    async fn run_arriving(shard: &Arc<Shard>, arrivals: &[Duration]) {
         let (sender, receiver) = mpsc::channel(16);
         let lane = tokio::spawn(run_lane(
             shard.clone(),
@@ -526,7 +698,7 @@ mod tests {
             CancellationToken::new(),
             CancellationToken::new(),
         ));
-        for index in 0..count {
+        for (index, arrived) in arrivals.iter().enumerate() {
             let name = format!("r{index}");
             let position = shard.progress.lock().unwrap().push(name.clone());
             shard.names.lock().unwrap().push((position, name.clone()));
@@ -539,7 +711,7 @@ mod tests {
                     },
                 },
                 None,
-                Duration::ZERO,
+                *arrived,
                 Duration::ZERO,
                 1,
                 event,
@@ -622,5 +794,145 @@ mod tests {
             shard.progress.lock().unwrap().advance().as_deref(),
             Some("r3")
         );
+    }
+
+    /// A handler counting records in its window state, as Lambda's tumbling-window examples do.
+    fn counting(event: &serde_json::Value) -> Outcome {
+        if event["isFinalInvokeForWindow"] == json!(true) {
+            return Outcome::Returned { response: None };
+        }
+        let count = event["state"]["count"].as_u64().unwrap_or(0) + records_of(event).len() as u64;
+        Outcome::Returned {
+            response: Some(json!({"state": {"count": count}})),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tumbling_windows_carry_the_state_and_end_with_a_final_invocation_retried_until_it_succeeds()
+     {
+        // semantics.md §8: the first final invocation fails and blocks the shard until a retry
+        // succeeds; a response without state fails its batch, which is retried with the state
+        // it had.
+        let target = Arc::new(ScriptedTarget::answering(counting));
+        target.push(Outcome::Returned {
+            response: Some(json!({"batchItemFailures": []})),
+        });
+        let mut windows_shard =
+            Arc::into_inner(shard(target.clone(), 2, false, None, None)).unwrap();
+        windows_shard.windows = Some(Windows::new(
+            Duration::from_secs(60),
+            "shard-1",
+            "arn:stream",
+            None,
+        ));
+        let shard = Arc::new(windows_shard);
+        let second = |s: u64| Duration::from_secs(s);
+        // Three records in [60 s, 120 s), two in [120 s, 180 s), one late for the first window.
+        let arrivals = [
+            second(61),
+            second(62),
+            second(63),
+            second(125),
+            second(126),
+            second(70),
+        ];
+        run_arriving(&shard, &arrivals).await;
+        let calls = target.payloads();
+        let summary: Vec<(Vec<String>, serde_json::Value, bool, String)> = calls
+            .iter()
+            .map(|call| {
+                (
+                    records_of(call),
+                    call["state"].clone(),
+                    call["isFinalInvokeForWindow"].as_bool().unwrap(),
+                    call["window"]["start"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let w1 = "1970-01-01T00:01:00Z".to_owned();
+        let w2 = "1970-01-01T00:02:00Z".to_owned();
+        assert_eq!(
+            summary,
+            vec![
+                (vec!["r0".into(), "r1".into()], json!({}), false, w1.clone()),
+                (vec!["r0".into(), "r1".into()], json!({}), false, w1.clone()),
+                (vec!["r2".into()], json!({"count": 2}), false, w1.clone()),
+                (vec![], json!({"count": 3}), true, w1.clone()),
+                (vec!["r3".into(), "r4".into()], json!({}), false, w2.clone()),
+                (vec!["r5".into()], json!({"count": 2}), false, w2.clone()),
+                (vec![], json!({"count": 3}), true, w2.clone()),
+            ],
+            "{calls:#?}"
+        );
+        assert_eq!(calls[3]["window"]["end"], json!("1970-01-01T00:02:00Z"));
+        assert_eq!(calls[3]["shardId"], json!("shard-1"));
+        assert_eq!(calls[3]["isWindowTerminatedEarly"], json!(false));
+        assert!(!shard.windows.as_ref().unwrap().is_open());
+        assert_eq!(
+            *shard.finished.lock().unwrap(),
+            ["r0", "r1", "r2", "r3", "r4", "r5"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_final_invocation_that_fails_blocks_the_lane_until_it_succeeds() {
+        let target = Arc::new(ScriptedTarget::answering(counting));
+        let mut windows_shard =
+            Arc::into_inner(shard(target.clone(), 5, false, None, None)).unwrap();
+        windows_shard.windows = Some(Windows::new(
+            Duration::from_secs(60),
+            "shard-1",
+            "arn",
+            None,
+        ));
+        let shard = Arc::new(windows_shard);
+        let (sender, receiver) = mpsc::channel(16);
+        let lane = tokio::spawn(run_lane(
+            shard.clone(),
+            "shard-1".into(),
+            receiver,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ));
+        let send = |name: &str, at: u64| {
+            let position = shard.progress.lock().unwrap().push(name.into());
+            shard.names.lock().unwrap().push((position, name.into()));
+            let event = serde_json::value::to_raw_value(&json!(name)).unwrap();
+            let record = Record::new(
+                Receipt {
+                    id: name.into(),
+                    ack: AckToken::Stream {
+                        shard_id: "shard-1".into(),
+                    },
+                },
+                None,
+                Duration::from_secs(at),
+                Duration::ZERO,
+                1,
+                event,
+            );
+            (record, position)
+        };
+        sender.send(send("r0", 61)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The final invocation of [60 s, 120 s) fails twice before it succeeds; r1 waits.
+        target.push(Outcome::FunctionError(ErrorInfo::new("E", "final 1")));
+        target.push(Outcome::Timeout { after_ms: 5 });
+        sender.send(send("r1", 130)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(target.calls(), 2, "r0, then the first final invocation");
+        assert_eq!(*shard.finished.lock().unwrap(), ["r0"]);
+        assert!(shard.windows.as_ref().unwrap().is_open());
+        drop(sender);
+        lane.await.unwrap();
+        let calls = target.payloads();
+        let finals: Vec<bool> = calls
+            .iter()
+            .map(|c| c["isFinalInvokeForWindow"].as_bool().unwrap())
+            .collect();
+        assert_eq!(finals, [false, true, true, true, false, true]);
+        assert_eq!(calls[3]["state"], json!({"count": 1}));
+        assert_eq!(records_of(&calls[4]), ["r1"]);
+        assert_eq!(calls[4]["state"], json!({}), "the next window starts fresh");
     }
 }

@@ -21,4 +21,5 @@ pub mod s3;
 pub mod shards;
 pub mod sqs;
 mod supervise;
+pub(crate) mod window;
 pub(crate) use supervise::{panic_message, supervise};

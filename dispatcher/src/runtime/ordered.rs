@@ -49,6 +49,12 @@ pub(crate) trait Driven: Send {
     /// Called before each invocation; a rate limit waits here.
     async fn before_invoke(&mut self, _records: &[usize]) {}
 
+    /// The outcome the policy judges: what the target answered, or what the caller makes of it
+    /// (a tumbling window's response without `state` is a failure).
+    fn check(&mut self, outcome: Outcome) -> Outcome {
+        outcome
+    }
+
     /// What one invocation of `records` (its `attempt`th) did.
     fn invoked(
         &mut self,
@@ -92,7 +98,7 @@ pub(crate) async fn drive<D: Driven>(
                     _ = stop.cancelled() => return Ended::Stopped,
                     slot = invoker.target().permit_for(invocation.records) => slot,
                 };
-                let outcome = invoker.invoke_in(slot, invocation.clone()).await;
+                let outcome = driven.check(invoker.invoke_in(slot, invocation.clone()).await);
                 let applied = state
                     .apply(&outcome, now_since_epoch(), rand::random::<f64>())
                     .expect("an invocation is outstanding");

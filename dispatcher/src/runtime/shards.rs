@@ -35,13 +35,16 @@ use crate::runtime::invoker::Invoker;
 use crate::runtime::lane::{Entry, LaneHost, LaneSettings, run_lane};
 use crate::runtime::mapping::{Mapping, SourceClients, StartError, StartMapping};
 use crate::runtime::retry::{retry_delay, retry_until_ok};
+use crate::runtime::window::Windows;
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use sluice_policies::{
     BatchLimits, FilterSet, ItemIdentifier, ShardProgress, lane_of, stream::Position,
 };
 use sluice_sources::checkpoint::embedded::EmbeddedStore;
-use sluice_sources::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ShardSpec};
+use sluice_sources::checkpoint::{
+    Checkpoint, CheckpointError, CheckpointStore, OpenWindow, ShardSpec,
+};
 use sluice_sources::shards::{
     CursorEvent, CursorRead, IteratorStart, OpenStream, ShardCursor, ShardReader,
 };
@@ -506,8 +509,12 @@ async fn drain(
 struct ShardCheckpoint {
     shard_id: String,
     progress: Mutex<ShardProgress<String>>,
-    /// The newest checkpoint not yet stored.
+    /// The newest checkpoint not yet stored. Only changed under the `progress` lock.
     unsaved: Mutex<Option<String>>,
+    /// The checkpoint last stored (or found at the start).
+    saved: Mutex<Option<String>>,
+    /// The shard's tumbling windows: their state is stored with the checkpoint.
+    windows: Option<Windows>,
     write: tokio::sync::Mutex<()>,
     abort: CancellationToken,
 }
@@ -517,10 +524,16 @@ impl ShardCheckpoint {
         self.progress.lock().expect("progress lock").push(sequence)
     }
 
-    fn finish(&self, positions: impl IntoIterator<Item = Position>) {
+    /// Marks records finished. `by_lane`: finished by an invocation (or a dead letter), so the
+    /// window state it returned goes with the checkpoint that now covers them; records the
+    /// reader skipped leave the state as it is.
+    fn finish(&self, positions: impl IntoIterator<Item = Position>, by_lane: bool) {
         let mut progress = self.progress.lock().expect("progress lock");
         for position in positions {
             progress.finish(position);
+        }
+        if by_lane && let Some(windows) = &self.windows {
+            windows.commit();
         }
         if let Some(sequence) = progress.advance() {
             *self.unsaved.lock().expect("unsaved lock") = Some(sequence);
@@ -531,18 +544,41 @@ impl ShardCheckpoint {
         self.progress.lock().expect("progress lock").outstanding()
     }
 
+    /// What the next write stores: the newest finished position (or, when only the window
+    /// changed, the last stored one) and the window open at it; `None` when there is nothing to
+    /// write, or the window's state waits for its early end.
+    fn to_save(&self) -> Option<(String, Option<OpenWindow>, bool)> {
+        // Under the progress lock: the position and the window state are of the same records.
+        let _progress = self.progress.lock().expect("progress lock");
+        let (window_changed, window) = match &self.windows {
+            Some(windows) => windows.for_save()?,
+            None => (false, None),
+        };
+        let sequence = match self.unsaved.lock().expect("unsaved lock").take() {
+            Some(sequence) => sequence,
+            None if window_changed => self.saved.lock().expect("saved lock").clone()?,
+            None => return None,
+        };
+        Some((sequence, window, window_changed))
+    }
+
     /// Stores the newest finished position; false when the lease is lost.
     async fn save(&self, shared: &Shared) -> bool {
         let _guard = self.write.lock().await;
-        let Some(sequence) = self.unsaved.lock().expect("unsaved lock").take() else {
+        let Some((sequence, window, window_changed)) = self.to_save() else {
             return true;
         };
         match shared
             .store
-            .checkpoint(&self.shard_id, &Checkpoint::After(sequence.clone()))
+            .checkpoint_with(
+                &self.shard_id,
+                &Checkpoint::After(sequence.clone()),
+                window.as_ref(),
+            )
             .await
         {
             Ok(()) => {
+                *self.saved.lock().expect("saved lock") = Some(sequence.clone());
                 shared.lane.metrics.stream_event("checkpoint_written");
                 tracing::debug!(mapping = %shared.lane.name, shard_id = %self.shard_id, %sequence, "checkpoint stored");
                 true
@@ -556,9 +592,13 @@ impl ShardCheckpoint {
             Err(error) => {
                 shared.lane.metrics.stream_event("checkpoint_failed");
                 tracing::warn!(mapping = %shared.lane.name, shard_id = %self.shard_id, %error, "storing the checkpoint failed; the next one will carry it");
+                let _progress = self.progress.lock().expect("progress lock");
                 let mut unsaved = self.unsaved.lock().expect("unsaved lock");
                 if unsaved.is_none() {
                     *unsaved = Some(sequence);
+                }
+                if window_changed && let Some(windows) = &self.windows {
+                    windows.save_failed();
                 }
                 true
             }
@@ -579,7 +619,15 @@ impl LaneHost for ShardLanes {
     }
 
     fn event(&self, records: &[&Record]) -> Vec<u8> {
-        records_event(records.iter().copied())
+        let event = records_event(records.iter().copied());
+        match &self.progress.windows {
+            Some(windows) => windows.event(event, false, false),
+            None => event,
+        }
+    }
+
+    fn windows(&self) -> Option<&Windows> {
+        self.progress.windows.as_ref()
     }
 
     fn identifier(&self, record: &Record) -> ItemIdentifier {
@@ -603,7 +651,7 @@ impl LaneHost for ShardLanes {
     /// The write runs beside the next batch: writes are serialized and always store the newest
     /// finished position, so they stay in order, and the shard's final write waits for them.
     fn finished(self: Arc<Self>, positions: Vec<Position>) {
-        self.progress.finish(positions);
+        self.progress.finish(positions, true);
         tokio::spawn(async move { self.progress.save(&self.shared).await });
     }
 }
@@ -648,11 +696,31 @@ async fn run_shard(
     // A kind without a timestamp iterator (DynamoDB Streams) reads from the trim horizon and
     // checkpoints past what arrived before the time, also when a restart finds it part way.
     let skip_before = shared.wanted_from;
-    tracing::info!(mapping = %shared.lane.name, %shard_id, start = ?start, "shard started");
+    let windows = match shared.source.settings.tumbling_window {
+        Some(length) => {
+            let Some(restored) = restored_window(&shared, &shard_id, &start, &stop, &abort).await
+            else {
+                return ShardExit::Stopped;
+            };
+            Some(Windows::new(
+                length,
+                &shard_id,
+                shared.stream.stream_arn(),
+                restored,
+            ))
+        }
+        None => None,
+    };
+    tracing::info!(mapping = %shared.lane.name, %shard_id, start = ?start, window = ?windows.as_ref().and_then(Windows::restored), "shard started");
     let progress = Arc::new(ShardCheckpoint {
         shard_id: shard_id.clone(),
         progress: Mutex::new(ShardProgress::new()),
         unsaved: Mutex::new(None),
+        saved: Mutex::new(match &start {
+            IteratorStart::AfterSequence(sequence) => Some(sequence.clone()),
+            _ => None,
+        }),
+        windows,
         write: tokio::sync::Mutex::new(()),
         abort: abort.clone(),
     });
@@ -718,7 +786,10 @@ async fn run_shard(
     if !progress.save(&shared).await {
         return ShardExit::Abandoned;
     }
-    if read == ReadEnd::ShardEnd && progress.outstanding() == 0 {
+    // A window whose final invocation did not happen (a stop during its retries) stays stored
+    // with the checkpoint; the shard is not finished until it is closed.
+    let window_open = progress.windows.as_ref().is_some_and(Windows::is_open);
+    if read == ReadEnd::ShardEnd && progress.outstanding() == 0 && !window_open {
         let mut failures = 0u32;
         loop {
             match shared
@@ -744,6 +815,39 @@ async fn run_shard(
     }
     tracing::info!(mapping = %shared.lane.name, %shard_id, "shard stopped");
     ShardExit::Stopped
+}
+
+/// The tumbling window stored with the shard's checkpoint, read (retried) before the shard
+/// starts; `None` on a stop. A shard without a checkpoint has none.
+async fn restored_window(
+    shared: &Shared,
+    shard_id: &str,
+    start: &IteratorStart,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> Option<Option<OpenWindow>> {
+    if !matches!(start, IteratorStart::AfterSequence(_)) {
+        return Some(None);
+    }
+    let mut failures = 0u32;
+    loop {
+        match shared.store.window(shard_id).await {
+            Ok(window) => return Some(window),
+            Err(error) => {
+                failures += 1;
+                read_failed(
+                    shared,
+                    shard_id,
+                    &format!("reading the shard's tumbling window: {error}"),
+                );
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = abort.cancelled() => return None,
+            _ = tokio::time::sleep(retry_delay(failures)) => {}
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -786,6 +890,7 @@ async fn read_shard(
             _ = shared.lane.health.pause().until_running() => {}
         }
         last_call = tokio::time::Instant::now();
+        let called_at = now_since_epoch();
         let read = cursor
             .read(shared.stream.as_ref(), pacing.max_records)
             .await;
@@ -839,6 +944,7 @@ async fn read_shard(
             behind.set(millis as f64);
         }
         let now = now_since_epoch();
+        let page_was_empty = records.is_empty();
         if records.is_empty() {
             // An empty page behind the shard's newest record is a gap, not an idle shard.
             let caught_up = millis_behind_latest.is_none_or(|behind| behind == 0);
@@ -886,16 +992,30 @@ async fn read_shard(
             }
         }
         if !skipped.is_empty() {
-            progress.finish(skipped);
+            progress.finish(skipped, false);
             if !progress.save(shared).await {
                 return ReadEnd::Stopped;
             }
+        }
+        // A page that reaches the shard's newest record (Kinesis says so; DynamoDB Streams only
+        // by an empty page) means every record that arrived a while before the call was read,
+        // and was sent to the lanes above: a tumbling window that ended before then may close.
+        let caught_up = match millis_behind_latest {
+            Some(behind) => behind == 0,
+            None => page_was_empty,
+        };
+        if caught_up && let Some(windows) = &progress.windows {
+            windows.caught_up(called_at.saturating_sub(ARRIVAL_MARGIN));
         }
         if end {
             return ReadEnd::ShardEnd;
         }
     }
 }
+
+/// How far before a read that caught up a record may still have arrived unseen (the stream's
+/// arrival stamps are the service's clock, a record is readable a moment after it).
+const ARRIVAL_MARGIN: Duration = Duration::from_secs(1);
 
 fn trimmed(shared: &Shared, shard_id: &str, detail: &str) {
     shared.lane.metrics.stream_event("trimmed_data");

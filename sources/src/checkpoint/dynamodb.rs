@@ -4,7 +4,12 @@
 //! Table schema (created on demand, on-demand billing): partition key `lease_key` (S) =
 //! `<mapping>#<shard id>`, and the attributes `mapping`, `shard_id`, `stream_arn`, `lease_owner`
 //! (absent when free), `lease_counter` (N), `checkpoint` (a sequence number or `SHARD_END`),
-//! `handoff_to` (an instance that asked for the lease) and `updated_at_ms`.
+//! `handoff_to` (an instance that asked for the lease) and `updated_at_ms`. A tumbling window
+//! open at the checkpoint is `window_start_ms`, `window_end_ms` and `window_chunks` on the row,
+//! its state in `window_chunks` rows `<lease_key>@window#<i>` (attribute `chunk`, binary; an
+//! item holds at most 400 KB and a state up to 1 MiB), written with the checkpoint in one
+//! transaction fenced like every lease write. Those rows, like `<mapping>@first-started`, have
+//! no `mapping` attribute, so the lease scan passes them by.
 //!
 //! Guarantees:
 //! - the holder renews each lease every sync (a quarter of the lease duration) by raising its
@@ -20,7 +25,8 @@
 //!   instances at once for balancing.
 
 use super::{
-    Acquired, Checkpoint, CheckpointError, CheckpointStore, HeldShard, ShardSpec, eligible_shards,
+    Acquired, Checkpoint, CheckpointError, CheckpointStore, HeldShard, OpenWindow, ShardSpec,
+    eligible_shards,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -135,6 +141,24 @@ fn now_ms() -> u64 {
 fn is_conditional_failure<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {
     error.code() == Some("ConditionalCheckFailedException")
 }
+
+/// Whether a transaction was cancelled because a condition failed (the lease moved on).
+fn is_cancelled_by_condition<R>(
+    error: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match error.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+            .cancellation_reasons()
+            .iter()
+            .any(|reason| reason.code() == Some("ConditionalCheckFailed")),
+        _ => false,
+    }
+}
+
+/// The bytes of window state one row holds: under DynamoDB's 400 KB item limit with room for
+/// the key and attribute names.
+const WINDOW_CHUNK_BYTES: usize = 350 * 1024;
 
 fn s(value: &str) -> AttributeValue {
     AttributeValue::S(value.to_owned())
@@ -336,6 +360,73 @@ impl DynamoDbLeaseStore {
             .expression_attribute_values(":now", n(now_ms()))
     }
 
+    fn window_chunk_key(&self, shard_id: &str, index: usize) -> String {
+        format!("{}@window#{index}", self.key(shard_id))
+    }
+
+    /// Moves the checkpoint and stores `window` beside it in one transaction, fenced on the
+    /// counter. `Err(None)`: the fence failed (the lease may be lost).
+    async fn checkpoint_with_window(
+        &self,
+        shard_id: &str,
+        counter: u64,
+        checkpoint: &Checkpoint,
+        window: &OpenWindow,
+    ) -> Result<(), Option<CheckpointError>> {
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+        let build_error = |e: aws_sdk_dynamodb::error::BuildError| {
+            Some(self.error("TransactWriteItems (checkpoint)", e))
+        };
+        let chunks: Vec<&[u8]> = window.state.as_bytes().chunks(WINDOW_CHUNK_BYTES).collect();
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("lease_key", s(&self.key(shard_id)))
+            .update_expression("SET #cp = :cp, #u = :now, #ws = :ws, #we = :we, #wn = :wn")
+            .condition_expression("#o = :me AND #c = :c")
+            .expression_attribute_names("#cp", "checkpoint")
+            .expression_attribute_names("#u", "updated_at_ms")
+            .expression_attribute_names("#o", "lease_owner")
+            .expression_attribute_names("#c", "lease_counter")
+            .expression_attribute_names("#ws", "window_start_ms")
+            .expression_attribute_names("#we", "window_end_ms")
+            .expression_attribute_names("#wn", "window_chunks")
+            .expression_attribute_values(":cp", s(checkpoint.as_stored()))
+            .expression_attribute_values(":now", n(now_ms()))
+            .expression_attribute_values(":me", s(&self.owner))
+            .expression_attribute_values(":c", n(counter))
+            .expression_attribute_values(":ws", n(window.start_ms))
+            .expression_attribute_values(":we", n(window.end_ms))
+            .expression_attribute_values(":wn", n(chunks.len() as u64))
+            .build()
+            .map_err(build_error)?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        for (index, chunk) in chunks.iter().enumerate() {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("lease_key", s(&self.window_chunk_key(shard_id, index)))
+                .item(
+                    "chunk",
+                    AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(chunk.to_vec())),
+                )
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_cancelled_by_condition(&e) => Err(None),
+            Err(e) => Err(Some(
+                self.error("TransactWriteItems (checkpoint)", DisplayErrorContext(&e)),
+            )),
+        }
+    }
+
     /// Raises the counter of a held lease; `Ok(Some(handoff))` when renewed, `Ok(None)` when lost.
     async fn renew(&self, shard_id: &str, counter: u64) -> Result<Option<bool>, CheckpointError> {
         let result = self
@@ -533,10 +624,11 @@ impl CheckpointStore for DynamoDbLeaseStore {
         })
     }
 
-    async fn checkpoint(
+    async fn checkpoint_with(
         &self,
         shard_id: &str,
         checkpoint: &Checkpoint,
+        window: Option<&OpenWindow>,
     ) -> Result<(), CheckpointError> {
         let state = self.state.lock().await;
         let Some(counter) = state.held.get(shard_id).copied() else {
@@ -545,33 +637,107 @@ impl CheckpointStore for DynamoDbLeaseStore {
             });
         };
         drop(state);
-        let result = self
-            .fenced_update(shard_id, counter)
-            .update_expression("SET #cp = :cp, #u = :now")
-            .condition_expression("#o = :me AND #c = :c")
-            .expression_attribute_names("#cp", "checkpoint")
-            .expression_attribute_values(":cp", s(checkpoint.as_stored()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => {
-                // A renewal may have raised the counter meanwhile: check against the fresh one.
-                let state = self.state.lock().await;
-                if state
-                    .held
-                    .get(shard_id)
-                    .is_some_and(|fresh| *fresh != counter)
-                {
-                    drop(state);
-                    return Box::pin(self.checkpoint(shard_id, checkpoint)).await;
+        let conditional_failure = match window {
+            None => {
+                let result = self
+                    .fenced_update(shard_id, counter)
+                    .update_expression("SET #cp = :cp, #u = :now REMOVE #ws, #we, #wn")
+                    .condition_expression("#o = :me AND #c = :c")
+                    .expression_attribute_names("#cp", "checkpoint")
+                    .expression_attribute_names("#ws", "window_start_ms")
+                    .expression_attribute_names("#we", "window_end_ms")
+                    .expression_attribute_names("#wn", "window_chunks")
+                    .expression_attribute_values(":cp", s(checkpoint.as_stored()))
+                    .send()
+                    .await;
+                match result {
+                    Ok(_) => return Ok(()),
+                    Err(e) if is_conditional_failure(&e) => true,
+                    Err(e) => {
+                        return Err(self.error("UpdateItem (checkpoint)", DisplayErrorContext(&e)));
+                    }
                 }
-                Err(CheckpointError::LeaseLost {
-                    shard_id: shard_id.to_owned(),
-                })
             }
-            Err(e) => Err(self.error("UpdateItem (checkpoint)", DisplayErrorContext(&e))),
+            Some(window) => {
+                match self
+                    .checkpoint_with_window(shard_id, counter, checkpoint, window)
+                    .await
+                {
+                    Ok(()) => return Ok(()),
+                    Err(None) => true,
+                    Err(Some(error)) => return Err(error),
+                }
+            }
+        };
+        debug_assert!(conditional_failure);
+        // A renewal may have raised the counter meanwhile: check against the fresh one.
+        let state = self.state.lock().await;
+        if state
+            .held
+            .get(shard_id)
+            .is_some_and(|fresh| *fresh != counter)
+        {
+            drop(state);
+            return Box::pin(self.checkpoint_with(shard_id, checkpoint, window)).await;
         }
+        Err(CheckpointError::LeaseLost {
+            shard_id: shard_id.to_owned(),
+        })
+    }
+
+    async fn window(&self, shard_id: &str) -> Result<Option<OpenWindow>, CheckpointError> {
+        let get = |key: String| {
+            self.client
+                .get_item()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key("lease_key", s(&key))
+                .send()
+        };
+        let row = get(self.key(shard_id))
+            .await
+            .map_err(|e| self.error("GetItem (window)", DisplayErrorContext(&e)))?;
+        let number = |name: &str| {
+            row.item()
+                .and_then(|item| item.get(name))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let (Some(start_ms), Some(end_ms), Some(chunks)) = (
+            number("window_start_ms"),
+            number("window_end_ms"),
+            number("window_chunks"),
+        ) else {
+            return Ok(None);
+        };
+        let mut state = Vec::new();
+        for index in 0..chunks {
+            let chunk = get(self.window_chunk_key(shard_id, index as usize))
+                .await
+                .map_err(|e| self.error("GetItem (window state)", DisplayErrorContext(&e)))?;
+            let Some(bytes) = chunk
+                .item()
+                .and_then(|item| item.get("chunk"))
+                .and_then(|v| v.as_b().ok())
+            else {
+                return Err(self.error(
+                    "GetItem (window state)",
+                    format!("part {index} of shard {shard_id}'s window state is missing"),
+                ));
+            };
+            state.extend_from_slice(bytes.as_ref());
+        }
+        let state = String::from_utf8(state).map_err(|e| {
+            self.error(
+                "GetItem (window state)",
+                format!("shard {shard_id}'s window state is not UTF-8: {e}"),
+            )
+        })?;
+        Ok(Some(OpenWindow {
+            start_ms,
+            end_ms,
+            state,
+        }))
     }
 
     async fn release(&self, shard_id: &str) -> Result<(), CheckpointError> {

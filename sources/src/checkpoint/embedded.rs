@@ -6,7 +6,8 @@
 //! off the async threads.
 
 use super::{
-    Acquired, Checkpoint, CheckpointError, CheckpointStore, HeldShard, ShardSpec, eligible_shards,
+    Acquired, Checkpoint, CheckpointError, CheckpointStore, HeldShard, OpenWindow, ShardSpec,
+    eligible_shards,
 };
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -16,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const CHECKPOINTS: TableDefinition<&str, &str> = TableDefinition::new("checkpoints");
+/// The tumbling window open at a shard's checkpoint (JSON of [`OpenWindow`]), by the same key;
+/// written in the checkpoint's transaction.
+const WINDOWS: TableDefinition<&str, &str> = TableDefinition::new("windows");
 /// When each mapping first started, in milliseconds since the Unix epoch.
 const FIRST_STARTED: TableDefinition<&str, u64> = TableDefinition::new("first_started");
 /// redb's page cache for the state file (redb's own default is 1 GiB): queued Event payloads
@@ -73,6 +77,9 @@ impl StateFile {
                 .map_err(|e| store_error(format!("{e}; {recover}")))?;
             write
                 .open_table(CHECKPOINTS)
+                .map_err(|e| store_error(format!("{e}; {recover}")))?;
+            write
+                .open_table(WINDOWS)
                 .map_err(|e| store_error(format!("{e}; {recover}")))?;
             write
                 .commit()
@@ -172,14 +179,19 @@ impl CheckpointStore for EmbeddedStore {
         })
     }
 
-    async fn checkpoint(
+    async fn checkpoint_with(
         &self,
         shard_id: &str,
         checkpoint: &Checkpoint,
+        window: Option<&OpenWindow>,
     ) -> Result<(), CheckpointError> {
         let db = self.file.db.clone();
         let key = self.key(shard_id);
         let value = checkpoint.as_stored().to_owned();
+        let window = window
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| self.error(e))?;
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             let write = db.begin_write().map_err(|e| e.to_string())?;
             {
@@ -187,12 +199,34 @@ impl CheckpointStore for EmbeddedStore {
                 table
                     .insert(key.as_str(), value.as_str())
                     .map_err(|e| e.to_string())?;
+                let mut windows = write.open_table(WINDOWS).map_err(|e| e.to_string())?;
+                match &window {
+                    Some(window) => windows.insert(key.as_str(), window.as_str()).map(drop),
+                    None => windows.remove(key.as_str()).map(drop),
+                }
+                .map_err(|e| e.to_string())?;
             }
             write.commit().map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| self.error(e))?
         .map_err(|e| self.error(e))
+    }
+
+    async fn window(&self, shard_id: &str) -> Result<Option<OpenWindow>, CheckpointError> {
+        let read = self.file.db.begin_read().map_err(|e| self.error(e))?;
+        let table = read.open_table(WINDOWS).map_err(|e| self.error(e))?;
+        let Some(stored) = table
+            .get(self.key(shard_id).as_str())
+            .map_err(|e| self.error(e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(stored.value()).map(Some).map_err(|e| {
+            self.error(format!(
+                "the stored window of shard {shard_id} is not readable: {e}"
+            ))
+        })
     }
 
     async fn release(&self, _shard_id: &str) -> Result<(), CheckpointError> {
@@ -328,6 +362,40 @@ mod tests {
             other.held[0].checkpoint,
             Some(Checkpoint::After("3".into()))
         );
+    }
+
+    #[tokio::test]
+    async fn a_window_is_stored_with_its_checkpoint_and_cleared_by_the_next_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = OpenWindow {
+            start_ms: 1_800_000_000_000,
+            end_ms: 1_800_000_030_000,
+            state: r#"{"blue":3}"#.into(),
+        };
+        {
+            let file = StateFile::open(dir.path()).unwrap();
+            let orders = EmbeddedStore::new(file.clone(), "orders");
+            assert_eq!(orders.window("a").await.unwrap(), None);
+            orders
+                .checkpoint_with("a", &Checkpoint::After("17".into()), Some(&window))
+                .await
+                .unwrap();
+            // Another mapping's shard of the same name has its own.
+            let other = EmbeddedStore::new(file, "other");
+            assert_eq!(other.window("a").await.unwrap(), None);
+        }
+        let file = StateFile::open(dir.path()).unwrap();
+        let orders = EmbeddedStore::new(file, "orders");
+        assert_eq!(
+            orders.window("a").await.unwrap(),
+            Some(window),
+            "after a reopen"
+        );
+        orders
+            .checkpoint("a", &Checkpoint::After("18".into()))
+            .await
+            .unwrap();
+        assert_eq!(orders.window("a").await.unwrap(), None);
     }
 
     #[test]

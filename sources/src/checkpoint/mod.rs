@@ -49,6 +49,17 @@ impl Checkpoint {
     }
 }
 
+/// A tumbling window open on a shard, stored beside its checkpoint: the state the handler returned
+/// for the records up to the checkpoint, so a restart (or the next owner) resumes the window.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenWindow {
+    /// The window's start and end, in milliseconds since the Unix epoch.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// The handler's `state`, as JSON text.
+    pub state: String,
+}
+
 /// A shard as the stream lists it: enough for the lineage rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardSpec {
@@ -95,12 +106,26 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// (lineage and balance permitting), and reports what it holds.
     async fn acquire(&self, shards: &[ShardSpec]) -> Result<Acquired, CheckpointError>;
 
-    /// Moves a held shard's checkpoint. Fails with `LeaseLost` when the shard is no longer held.
+    /// Moves a held shard's checkpoint and, in the same write, stores the tumbling window open
+    /// at it (`None` clears it). Fails with `LeaseLost` when the shard is no longer held.
+    async fn checkpoint_with(
+        &self,
+        shard_id: &str,
+        checkpoint: &Checkpoint,
+        window: Option<&OpenWindow>,
+    ) -> Result<(), CheckpointError>;
+
+    /// Moves a held shard's checkpoint, with no window open at it.
     async fn checkpoint(
         &self,
         shard_id: &str,
         checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError>;
+    ) -> Result<(), CheckpointError> {
+        self.checkpoint_with(shard_id, checkpoint, None).await
+    }
+
+    /// The tumbling window stored with a shard's checkpoint, if one was open.
+    async fn window(&self, shard_id: &str) -> Result<Option<OpenWindow>, CheckpointError>;
 
     /// Gives a held shard up so another instance can take it at once.
     async fn release(&self, shard_id: &str) -> Result<(), CheckpointError>;

@@ -53,6 +53,13 @@ pub struct RawDynamoDbStreamSource {
     /// How often shards are listed again to find new ones: 1s..=10m.
     #[serde(default = "default_discovery_interval")]
     pub discovery_interval: Option<HumanDuration>,
+    /// Aggregate each shard's records over fixed windows of this length (1s..=15m, aligned to
+    /// multiples of it since the Unix epoch, by each record's arrival time), as Lambda's tumbling
+    /// windows do: every invocation carries the `state` the previous one returned, and when the
+    /// window closes a final invocation (`isFinalInvokeForWindow`) gets it. Needs
+    /// parallelization_factor 1.
+    #[serde(default)]
+    pub tumbling_window: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +98,7 @@ impl BuildSource for RawDynamoDbStreamSource {
                 max_batching_window: self.max_batching_window,
                 parallelization_factor: self.parallelization_factor,
                 discovery_interval: self.discovery_interval,
+                tumbling_window: self.tumbling_window,
             },
             mapping,
         );

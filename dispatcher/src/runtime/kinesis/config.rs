@@ -54,6 +54,13 @@ pub struct RawKinesisSource {
     /// How often shards are listed again to find the children of a split or merge: 1s..=10m.
     #[serde(default = "default_discovery_interval")]
     pub discovery_interval: Option<HumanDuration>,
+    /// Aggregate each shard's records over fixed windows of this length (1s..=15m, aligned to
+    /// multiples of it since the Unix epoch, by each record's arrival time), as Lambda's tumbling
+    /// windows do: every invocation carries the `state` the previous one returned, and when the
+    /// window closes a final invocation (`isFinalInvokeForWindow`) gets it. Needs
+    /// parallelization_factor 1.
+    #[serde(default)]
+    pub tumbling_window: Option<HumanDuration>,
     /// The `invokeIdentityArn` of every record (Lambda puts the function's execution role there);
     /// left out of the records when not given.
     #[serde(default)]
@@ -142,6 +149,7 @@ impl BuildSource for RawKinesisSource {
                 max_batching_window: self.max_batching_window,
                 parallelization_factor: self.parallelization_factor,
                 discovery_interval: self.discovery_interval,
+                tumbling_window: self.tumbling_window,
             },
             mapping,
         );
@@ -245,6 +253,8 @@ mod tests {
             ("max_batching_window: 301s", "max_batching_window"),
             ("discovery_interval: 11m", "discovery_interval"),
             ("invoke_identity_arn: role", "invoke_identity_arn"),
+            ("tumbling_window: 901s", "tumbling_window"),
+            ("tumbling_window: 1500ms", "tumbling_window"),
         ] {
             let text = if key.starts_with("stream_") {
                 KINESIS.replace("stream_name: orders", replacement)
@@ -305,6 +315,38 @@ mod tests {
         let rendered = parse_text(&text).unwrap_err().to_string();
         assert!(
             rendered.contains("retry.max_retry_attempts: needs an on_failure destination"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn a_tumbling_window_is_off_by_default_or_at_0s_and_needs_one_lane_per_shard() {
+        assert_eq!(
+            kinesis_source(&parse_text(KINESIS).unwrap())
+                .settings
+                .tumbling_window,
+            None
+        );
+        let with = |keys: &str| {
+            KINESIS.replace(
+                "stream_name: orders",
+                &format!("stream_name: orders\n        {keys}"),
+            )
+        };
+        let config = parse_text(&with("tumbling_window: 0s")).unwrap();
+        assert_eq!(kinesis_source(&config).settings.tumbling_window, None);
+        let config = parse_text(&with("tumbling_window: 15m")).unwrap();
+        assert_eq!(
+            kinesis_source(&config).settings.tumbling_window,
+            Some(Duration::from_secs(900))
+        );
+        let rendered = parse_text(&with(
+            "tumbling_window: 30s\n        parallelization_factor: 2",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            rendered.contains("tumbling_window: a tumbling window's state is one per shard, so it needs parallelization_factor 1"),
             "{rendered}"
         );
     }
