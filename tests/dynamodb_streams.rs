@@ -828,3 +828,87 @@ async fn sigterm_during_a_retry_delay_exits_promptly_and_redelivers_after_restar
     .await;
     assert_eq!(key_of(&handler.records()[1]), "k1");
 }
+
+// semantics.md §8; issue 21 item 7: tumbling windows on DynamoDB Streams, a per-key count over
+// 2-second windows (by each change's ApproximateCreationDateTime, whole seconds), with the
+// instance SIGKILLed mid-window and started again on the same state_dir: the window's state is
+// stored with the checkpoint in the state file, so every final invocation counts each change of
+// its window once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_windows_count_every_change_once_across_a_sigkill_mid_window() {
+    let moto = Moto::start();
+    let dynamodb = moto.dynamodb().await;
+    create_stream_table(&dynamodb, "carts").await;
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (dynamodb, writing) = (dynamodb.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut version = 0u64;
+            while writing.load(Ordering::SeqCst) {
+                put_item(
+                    &dynamodb,
+                    "carts",
+                    &format!("k{}", version % 4),
+                    version,
+                    &[],
+                )
+                .await;
+                version += 1;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    let handler = Handler::start(|_, event| {
+        Reply::json(count_in_window(event, key_of)).after(Duration::from_millis(40))
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let text = config(
+        &handler.url("/carts"),
+        state.path(),
+        "",
+        r#"
+  - name: carts
+    target: handler
+    source:
+      dynamodb_stream: { table: carts, starting_position: trim_horizon, batch_size: 5, tumbling_window: 2s }
+"#,
+    );
+    let first = Sluice::start(&text, &moto_env(&moto));
+    eventually(Duration::from_secs(60), "a window closed", || async {
+        let windowed = Windowed::of(&handler.received(), key_of);
+        (!windowed.finals.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    first.signal("KILL");
+    let killed_at = Instant::now();
+    drop(first);
+    let _second = Sluice::start(&text, &moto_env(&moto));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    writing.store(false, Ordering::SeqCst);
+    writer.await.unwrap();
+    let written = stream_records(&moto, "carts").await.len();
+    eventually(Duration::from_secs(90), "every window closed", || async {
+        let windowed = Windowed::of(&handler.received(), key_of);
+        (windowed.records == written && windowed.all_closed()).then_some(())
+    })
+    .await;
+    let received = handler.received();
+    Windowed::of(&received, key_of).assert_finals_exact();
+    assert_records_in_their_windows(&received, Duration::from_secs(2), |record| {
+        let seconds = record["dynamodb"]["ApproximateCreationDateTime"]
+            .as_f64()
+            .expect("a creation time");
+        (seconds * 1000.0) as u64
+    });
+    let resumed = states_resumed_after(&received, killed_at);
+    assert!(!resumed.is_empty(), "no window was open at the kill");
+    for (window, state) in &resumed {
+        assert_ne!(
+            state,
+            &json!({}),
+            "{window:?} started afresh after the restart"
+        );
+    }
+}

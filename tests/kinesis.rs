@@ -871,7 +871,7 @@ async fn latest_counts_from_the_first_start_across_a_restart_before_any_checkpoi
     assert_eq!(delivered, [5, 6, 7], "nothing from before the first start");
 }
 
-/// A record's arrival time, in milliseconds since the Unix epoch.
+/// A Kinesis record's arrival time, in milliseconds since the Unix epoch.
 fn arrival_ms(record: &Value) -> u64 {
     let seconds = record["kinesis"]["approximateArrivalTimestamp"]
         .as_f64()
@@ -879,11 +879,11 @@ fn arrival_ms(record: &Value) -> u64 {
     (seconds * 1000.0).round() as u64
 }
 
-fn epoch_ms(iso: &Value) -> u64 {
-    let at = humantime::parse_rfc3339(iso.as_str().expect("a time")).expect("RFC 3339");
-    at.duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+fn data_key(record: &Value) -> String {
+    kinesis_data(record)["key"]
+        .as_str()
+        .expect("key")
+        .to_owned()
 }
 
 // semantics.md §8; issue 21 item 7: a per-key count over 3-second tumbling windows, with the
@@ -910,19 +910,8 @@ async fn tumbling_windows_count_every_record_once_across_a_sigkill_mid_window() 
             }
         })
     };
-    // Lambda's aggregation: add this batch's records to the state, per key.
     let handler = Handler::start(|_, event| {
-        if event["isFinalInvokeForWindow"] == json!(true) {
-            return Reply::json(json!({}));
-        }
-        let mut state = event["state"].as_object().cloned().unwrap_or_default();
-        for record in event["Records"].as_array().unwrap() {
-            let key = kinesis_data(record)["key"].as_str().unwrap().to_owned();
-            let count = state.get(&key).and_then(Value::as_u64).unwrap_or(0);
-            state.insert(key, json!(count + 1));
-        }
-        Reply::json(json!({"state": state, "batchItemFailures": []}))
-            .after(Duration::from_millis(40))
+        Reply::json(count_in_window(event, data_key)).after(Duration::from_millis(40))
     })
     .await;
     let text = config(
@@ -940,12 +929,8 @@ async fn tumbling_windows_count_every_record_once_across_a_sigkill_mid_window() 
     let first = Sluice::start(&text, &moto_env(&moto));
     // Mid-window: some windows closed already, and batches of the open ones are stored.
     eventually(Duration::from_secs(60), "a window closed", || async {
-        let finals = handler
-            .received()
-            .iter()
-            .filter(|r| r.event["isFinalInvokeForWindow"] == json!(true))
-            .count();
-        (finals >= 2).then_some(())
+        let windowed = Windowed::of(&handler.received(), data_key);
+        (windowed.finals.len() >= 2).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -956,101 +941,18 @@ async fn tumbling_windows_count_every_record_once_across_a_sigkill_mid_window() 
     tokio::time::sleep(Duration::from_secs(3)).await;
     writing.store(false, Ordering::SeqCst);
     writer.await.unwrap();
-    let written = written.load(Ordering::SeqCst);
-
-    // Each record once, by (shard, window): from every delivery, the first one of each record.
-    type Window = (String, u64);
-    let expected = |received: &[Received]| {
-        let mut seen = HashSet::new();
-        let mut counts: BTreeMap<Window, BTreeMap<String, u64>> = BTreeMap::new();
-        for request in received
-            .iter()
-            .filter(|r| r.event["isFinalInvokeForWindow"] == json!(false))
-        {
-            let window = (
-                request.event["shardId"].as_str().unwrap().to_owned(),
-                epoch_ms(&request.event["window"]["start"]),
-            );
-            for record in request.records() {
-                if seen.insert(record["eventID"].as_str().unwrap().to_owned()) {
-                    let key = kinesis_data(&record)["key"].as_str().unwrap().to_owned();
-                    *counts
-                        .entry(window.clone())
-                        .or_default()
-                        .entry(key)
-                        .or_default() += 1;
-                }
-            }
-        }
-        (seen.len() as u64, counts)
-    };
-    let finals = |received: &[Received]| -> BTreeMap<Window, Vec<Value>> {
-        let mut finals: BTreeMap<Window, Vec<Value>> = BTreeMap::new();
-        for request in received
-            .iter()
-            .filter(|r| r.event["isFinalInvokeForWindow"] == json!(true))
-        {
-            let window = (
-                request.event["shardId"].as_str().unwrap().to_owned(),
-                epoch_ms(&request.event["window"]["start"]),
-            );
-            finals
-                .entry(window)
-                .or_default()
-                .push(request.event["state"].clone());
-        }
-        finals
-    };
+    let written = written.load(Ordering::SeqCst) as usize;
     eventually(Duration::from_secs(90), "every window closed", || async {
-        let received = handler.received();
-        let (records, counts) = expected(&received);
-        let finals = finals(&received);
-        (records == written && counts.keys().all(|w| finals.contains_key(w))).then_some(())
+        let windowed = Windowed::of(&handler.received(), data_key);
+        (windowed.records == written && windowed.all_closed()).then_some(())
     })
     .await;
     let received = handler.received();
-    let (_, counts) = expected(&received);
-    for (window, states) in finals(&received) {
-        let want = counts.get(&window).cloned().unwrap_or_default();
-        for state in states {
-            let got: BTreeMap<String, u64> = serde_json::from_value(state).unwrap();
-            assert_eq!(got, want, "the final state of {window:?}");
-        }
-    }
-    // Every record was delivered in its own window, and the windows are 3 s, aligned.
-    for request in &received {
-        let (start, end) = (
-            epoch_ms(&request.event["window"]["start"]),
-            epoch_ms(&request.event["window"]["end"]),
-        );
-        assert_eq!((end - start, start % 3000), (3000, 0));
-        for record in request.records() {
-            assert!(
-                (start..end).contains(&arrival_ms(&record)),
-                "{record} in {start}..{end}"
-            );
-        }
-    }
+    Windowed::of(&received, data_key).assert_finals_exact();
+    assert_records_in_their_windows(&received, Duration::from_secs(3), arrival_ms);
     // The restart resumed the windows open at the kill with their stored state: the first
     // invocation of such a window after the kill carries a state, not a fresh `{}`.
-    let window_of = |r: &Received| {
-        (
-            r.event["shardId"].as_str().unwrap().to_owned(),
-            epoch_ms(&r.event["window"]["start"]),
-        )
-    };
-    let before: HashSet<Window> = received
-        .iter()
-        .filter(|r| r.at < killed_at && r.event["isFinalInvokeForWindow"] == json!(false))
-        .map(window_of)
-        .collect();
-    let mut resumed = BTreeMap::new();
-    for request in received.iter().filter(|r| r.at > killed_at) {
-        let window = window_of(request);
-        if before.contains(&window) && !resumed.contains_key(&window) {
-            resumed.insert(window, request.event["state"].clone());
-        }
-    }
+    let resumed = states_resumed_after(&received, killed_at);
     assert!(!resumed.is_empty(), "no window was open at the kill");
     for (window, state) in &resumed {
         assert_ne!(
@@ -1059,6 +961,6 @@ async fn tumbling_windows_count_every_record_once_across_a_sigkill_mid_window() 
             "{window:?} started afresh after the restart"
         );
     }
-    let redelivered = received.iter().flat_map(Received::records).count() - written as usize;
+    let redelivered = received.iter().flat_map(Received::records).count() - written;
     assert!(redelivered <= 20, "{redelivered} records delivered twice");
 }

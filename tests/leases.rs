@@ -2,7 +2,9 @@
 //! `sluice_sources::checkpoint::dynamodb` (architecture.md "Running on more than one machine").
 
 use sluice_sources::checkpoint::dynamodb::DynamoDbLeaseStore;
-use sluice_sources::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ShardSpec};
+use sluice_sources::checkpoint::{
+    Checkpoint, CheckpointError, CheckpointStore, OpenWindow, ShardSpec,
+};
 use sluice_testkit::*;
 use std::time::Duration;
 
@@ -143,4 +145,65 @@ async fn every_instance_reads_the_mappings_first_start() {
         vec!["s1"],
         "the first-start row is not a lease"
     );
+}
+
+// Issue 21 item 7: a tumbling window's state (up to 1 MiB, over DynamoDB's 400 KB item limit) is
+// stored with the checkpoint in one fenced transaction: the next owner reads it back whole, an
+// instance that lost the lease can write neither, and a checkpoint without a window clears it.
+#[tokio::test]
+async fn a_window_state_of_a_mebibyte_moves_with_the_checkpoint_and_the_lease() {
+    let moto = Moto::start();
+    let lease = Duration::from_millis(300);
+    let a = store(&moto, "a", lease).await;
+    let b = store(&moto, "b", lease).await;
+    let listing = shards(&["s1"]);
+    assert_eq!(held(&a.acquire(&listing).await.unwrap()), vec!["s1"]);
+    assert_eq!(a.window("s1").await.unwrap(), None);
+    // Not all ASCII, so the chunks split inside characters and must be joined as bytes.
+    let state = format!("{{\"keys\":\"{}\"}}", "é-ключ-".repeat(87_000));
+    assert!(
+        state.len() > 1000 * 1000 && state.len() <= 1024 * 1024,
+        "{}",
+        state.len()
+    );
+    let window = OpenWindow {
+        start_ms: 1_800_000_000_000,
+        end_ms: 1_800_000_030_000,
+        state,
+    };
+    a.checkpoint_with("s1", &Checkpoint::After("10".into()), Some(&window))
+        .await
+        .unwrap();
+    assert!(held(&b.acquire(&listing).await.unwrap()).is_empty());
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let taken = b.acquire(&listing).await.unwrap();
+    assert_eq!(
+        taken.held[0].checkpoint,
+        Some(Checkpoint::After("10".into()))
+    );
+    assert_eq!(b.window("s1").await.unwrap().as_ref(), Some(&window));
+    let small = OpenWindow {
+        state: r#"{"k":1}"#.into(),
+        ..window.clone()
+    };
+    let fenced = a
+        .checkpoint_with("s1", &Checkpoint::After("20".into()), Some(&small))
+        .await;
+    assert!(
+        matches!(fenced, Err(CheckpointError::LeaseLost { .. })),
+        "{fenced:?}"
+    );
+    assert_eq!(
+        b.window("s1").await.unwrap().as_ref(),
+        Some(&window),
+        "the fenced write changed nothing"
+    );
+    b.checkpoint_with("s1", &Checkpoint::After("30".into()), Some(&small))
+        .await
+        .unwrap();
+    assert_eq!(b.window("s1").await.unwrap(), Some(small));
+    b.checkpoint("s1", &Checkpoint::After("31".into()))
+        .await
+        .unwrap();
+    assert_eq!(b.window("s1").await.unwrap(), None);
 }

@@ -374,6 +374,144 @@ pub fn key_of(record: &Value) -> String {
         .to_owned()
 }
 
+// === Tumbling windows ===
+
+/// A window as a handler sees it: the event's `shardId` and `window.start` (ms since the epoch).
+pub type WindowId = (String, u64);
+
+/// A time in an event (`2020-12-09T07:04:00Z`), in milliseconds since the Unix epoch.
+pub fn epoch_ms(iso: &Value) -> u64 {
+    let at = humantime::parse_rfc3339(iso.as_str().expect("a time")).expect("RFC 3339");
+    at.duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as u64
+}
+
+pub fn window_of(event: &Value) -> WindowId {
+    (
+        event["shardId"].as_str().expect("a shardId").to_owned(),
+        epoch_ms(&event["window"]["start"]),
+    )
+}
+
+/// Lambda's tumbling-window aggregation: the event's `state` with each record counted under
+/// `key(record)`; the final invocation answers `{}`.
+pub fn count_in_window(event: &Value, key: impl Fn(&Value) -> String) -> Value {
+    if event["isFinalInvokeForWindow"] == serde_json::json!(true) {
+        return serde_json::json!({});
+    }
+    let mut state = event["state"].as_object().cloned().unwrap_or_default();
+    for record in event["Records"].as_array().expect("Records") {
+        let key = key(record);
+        let count = state.get(&key).and_then(Value::as_u64).unwrap_or(0);
+        state.insert(key, serde_json::json!(count + 1));
+    }
+    serde_json::json!({"state": state, "batchItemFailures": []})
+}
+
+/// What a handler counting with [`count_in_window`] was sent.
+pub struct Windowed {
+    /// Distinct records delivered (by `eventID`).
+    pub records: usize,
+    /// Per window, per key, the distinct records first delivered in it.
+    pub counts: std::collections::BTreeMap<WindowId, std::collections::BTreeMap<String, u64>>,
+    /// Per window, the `state` of each final invocation.
+    pub finals: std::collections::BTreeMap<WindowId, Vec<Value>>,
+}
+
+impl Windowed {
+    pub fn of(received: &[Received], key: impl Fn(&Value) -> String) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let mut windowed = Windowed {
+            records: 0,
+            counts: Default::default(),
+            finals: Default::default(),
+        };
+        for request in received {
+            let window = window_of(&request.event);
+            if request.event["isFinalInvokeForWindow"] == serde_json::json!(true) {
+                let state = request.event["state"].clone();
+                windowed.finals.entry(window).or_default().push(state);
+                continue;
+            }
+            for record in request.records() {
+                let id = record["eventID"].as_str().expect("an eventID").to_owned();
+                if seen.insert(id) {
+                    *windowed
+                        .counts
+                        .entry(window.clone())
+                        .or_default()
+                        .entry(key(&record))
+                        .or_default() += 1;
+                }
+            }
+        }
+        windowed.records = seen.len();
+        windowed
+    }
+
+    /// Every window with records had its final invocation.
+    pub fn all_closed(&self) -> bool {
+        self.counts.keys().all(|w| self.finals.contains_key(w))
+    }
+
+    /// Every final invocation's state counts each record of its window once.
+    pub fn assert_finals_exact(&self) {
+        for (window, states) in &self.finals {
+            let want = self.counts.get(window).cloned().unwrap_or_default();
+            for state in states {
+                let got: std::collections::BTreeMap<String, u64> =
+                    serde_json::from_value(state.clone()).expect("a state of counts");
+                assert_eq!(got, want, "the final state of {window:?}");
+            }
+        }
+    }
+}
+
+/// Every record was delivered in the window of its arrival (`arrival_ms`), and every window is
+/// `length` long and aligned to multiples of it.
+pub fn assert_records_in_their_windows(
+    received: &[Received],
+    length: Duration,
+    arrival_ms: impl Fn(&Value) -> u64,
+) {
+    let length = length.as_millis() as u64;
+    for request in received {
+        let (start, end) = (
+            epoch_ms(&request.event["window"]["start"]),
+            epoch_ms(&request.event["window"]["end"]),
+        );
+        assert_eq!((end - start, start % length), (length, 0));
+        for record in request.records() {
+            let arrived = arrival_ms(&record);
+            assert!(
+                (start..end).contains(&arrived),
+                "{record} in {start}..{end}"
+            );
+        }
+    }
+}
+
+/// The first invocation after `at` of each window that had invocations before it: its `state`.
+pub fn states_resumed_after(
+    received: &[Received],
+    at: Instant,
+) -> std::collections::BTreeMap<WindowId, Value> {
+    let before: std::collections::HashSet<WindowId> = received
+        .iter()
+        .filter(|r| r.at < at && r.event["isFinalInvokeForWindow"] == serde_json::json!(false))
+        .map(|r| window_of(&r.event))
+        .collect();
+    let mut resumed = std::collections::BTreeMap::new();
+    for request in received.iter().filter(|r| r.at > at) {
+        let window = window_of(&request.event);
+        if before.contains(&window) && !resumed.contains_key(&window) {
+            resumed.insert(window, request.event["state"].clone());
+        }
+    }
+    resumed
+}
+
 // === S3 ===
 
 /// Every object in `bucket`, parsed as JSON, with its key.

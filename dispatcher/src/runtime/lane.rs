@@ -935,4 +935,51 @@ mod tests {
         assert_eq!(records_of(&calls[4]), ["r1"]);
         assert_eq!(calls[4]["state"], json!({}), "the next window starts fresh");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_state_over_a_mebibyte_ends_the_window_early_and_it_goes_on_fresh() {
+        let big = "x".repeat(window::MAX_WINDOW_STATE_BYTES);
+        let target = Arc::new(ScriptedTarget::answering(counting));
+        target.push(Outcome::Returned {
+            response: Some(json!({"state": {"big": big}})),
+        });
+        let mut windows_shard =
+            Arc::into_inner(shard(target.clone(), 1, false, None, None)).unwrap();
+        windows_shard.windows = Some(Windows::new(
+            Duration::from_secs(60),
+            "shard-1",
+            "arn",
+            None,
+        ));
+        let shard = Arc::new(windows_shard);
+        let second = Duration::from_secs;
+        run_arriving(&shard, &[second(61), second(62)]).await;
+        let calls = target.payloads();
+        let flags: Vec<(Vec<String>, bool, bool)> = calls
+            .iter()
+            .map(|c| {
+                (
+                    records_of(c),
+                    c["isFinalInvokeForWindow"].as_bool().unwrap(),
+                    c["isWindowTerminatedEarly"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            flags,
+            vec![
+                (vec!["r0".to_owned()], false, false),
+                (vec![], true, true),
+                (vec!["r1".to_owned()], false, false),
+                (vec![], true, false),
+            ]
+        );
+        assert_eq!(
+            calls[1]["state"]["big"].as_str().map(str::len),
+            Some(big.len())
+        );
+        assert_eq!(calls[2]["state"], json!({}), "the same window, fresh");
+        assert_eq!(calls[2]["window"], calls[1]["window"]);
+        assert_eq!(calls[3]["state"], json!({"count": 1}));
+    }
 }
