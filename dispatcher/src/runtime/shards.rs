@@ -35,7 +35,7 @@ use crate::runtime::invoker::Invoker;
 use crate::runtime::lane::{Entry, LaneHost, LaneSettings, run_lane};
 use crate::runtime::mapping::{Mapping, SourceClients, StartError, StartMapping};
 use crate::runtime::retry::{retry_delay, retry_until_ok};
-use crate::runtime::window::Windows;
+use crate::runtime::window::{WindowSnapshot, Windows};
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
 use sluice_policies::{
@@ -547,25 +547,26 @@ impl ShardCheckpoint {
     /// What the next write stores: the newest finished position (or, when only the window
     /// changed, the last stored one) and the window open at it; `None` when there is nothing to
     /// write, or the window's state waits for its early end.
-    fn to_save(&self) -> Option<(String, Option<OpenWindow>, bool)> {
+    fn to_save(&self) -> Option<(String, Option<WindowSnapshot>)> {
         // Under the progress lock: the position and the window state are of the same records.
         let _progress = self.progress.lock().expect("progress lock");
-        let (window_changed, window) = match &self.windows {
-            Some(windows) => windows.for_save()?,
-            None => (false, None),
+        let window = match &self.windows {
+            Some(windows) => Some(windows.for_save()?),
+            None => None,
         };
+        let window_changed = window.as_ref().is_some_and(|w| w.changed);
         let sequence = match self.unsaved.lock().expect("unsaved lock").take() {
             Some(sequence) => sequence,
             None if window_changed => self.saved.lock().expect("saved lock").clone()?,
             None => return None,
         };
-        Some((sequence, window, window_changed))
+        Some((sequence, window))
     }
 
     /// Stores the newest finished position; false when the lease is lost.
     async fn save(&self, shared: &Shared) -> bool {
         let _guard = self.write.lock().await;
-        let Some((sequence, window, window_changed)) = self.to_save() else {
+        let Some((sequence, window)) = self.to_save() else {
             return true;
         };
         match shared
@@ -573,12 +574,15 @@ impl ShardCheckpoint {
             .checkpoint_with(
                 &self.shard_id,
                 &Checkpoint::After(sequence.clone()),
-                window.as_ref(),
+                window.as_ref().and_then(|w| w.open.as_ref()),
             )
             .await
         {
             Ok(()) => {
                 *self.saved.lock().expect("saved lock") = Some(sequence.clone());
+                if let (Some(windows), Some(window)) = (&self.windows, &window) {
+                    windows.stored(window.generation);
+                }
                 shared.lane.metrics.stream_event("checkpoint_written");
                 tracing::debug!(mapping = %shared.lane.name, shard_id = %self.shard_id, %sequence, "checkpoint stored");
                 true
@@ -596,9 +600,6 @@ impl ShardCheckpoint {
                 let mut unsaved = self.unsaved.lock().expect("unsaved lock");
                 if unsaved.is_none() {
                     *unsaved = Some(sequence);
-                }
-                if window_changed && let Some(windows) = &self.windows {
-                    windows.save_failed();
                 }
                 true
             }

@@ -125,8 +125,9 @@ struct Inner {
     pending: Option<String>,
     /// The state the invocation in flight returned, until the policy judged it.
     candidate: Option<String>,
-    /// The open window changed since it was last stored.
-    dirty: bool,
+    /// Raised by every change of the open window; `stored` is the one last written.
+    generation: u64,
+    stored: u64,
     /// The state is over the limit: the window ends early before anything is stored.
     oversized: bool,
 }
@@ -188,7 +189,7 @@ impl Windows {
             state: "{}".into(),
         });
         inner.pending = None;
-        inner.dirty = true;
+        inner.generation += 1;
     }
 
     /// The state the next invocation carries.
@@ -271,25 +272,30 @@ impl Windows {
             if let Some(open) = inner.open.as_mut() {
                 open.state = state;
             }
-            inner.dirty = true;
+            inner.generation += 1;
         }
     }
 
     /// What the next checkpoint write stores beside the sequence number: `None` while the state
-    /// is over the limit (nothing is written until the window ended early); otherwise whether
-    /// the window changed since the last write, and the window.
-    pub fn for_save(&self) -> Option<(bool, Option<OpenWindow>)> {
-        let mut inner = self.inner();
+    /// is over the limit (nothing is written until the window ended early); otherwise the
+    /// window, whether it changed since it was last stored, and its generation (for
+    /// [`Windows::stored`]).
+    pub fn for_save(&self) -> Option<WindowSnapshot> {
+        let inner = self.inner();
         if inner.oversized {
             return None;
         }
-        let dirty = std::mem::take(&mut inner.dirty);
-        Some((dirty, inner.open.clone()))
+        Some(WindowSnapshot {
+            open: inner.open.clone(),
+            changed: inner.generation != inner.stored,
+            generation: inner.generation,
+        })
     }
 
-    /// A write of the window failed: the next one must carry it.
-    pub fn save_failed(&self) {
-        self.inner().dirty = true;
+    /// The window of `generation` was written.
+    pub fn stored(&self, generation: u64) {
+        let mut inner = self.inner();
+        inner.stored = inner.stored.max(generation);
     }
 
     pub fn oversized(&self) -> bool {
@@ -307,7 +313,7 @@ impl Windows {
         let mut inner = self.inner();
         inner.pending = None;
         inner.oversized = false;
-        inner.dirty = true;
+        inner.generation += 1;
         if terminated_early {
             if let Some(open) = inner.open.as_mut() {
                 open.state = "{}".into();
@@ -316,6 +322,15 @@ impl Windows {
             inner.open = None;
         }
     }
+}
+
+/// The window as a checkpoint write takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSnapshot {
+    pub open: Option<OpenWindow>,
+    /// It changed since it was last written.
+    pub changed: bool,
+    pub generation: u64,
 }
 
 /// What the final invocation of a window needs from its lane.
@@ -518,16 +533,18 @@ mod tests {
     fn the_stored_state_changes_only_when_the_records_it_covers_finish() {
         let windows = windows();
         windows.begin(Span::holding(0, MIN));
-        let stored = |windows: &Windows| windows.for_save().unwrap().1.unwrap().state;
+        let stored = |windows: &Windows| windows.for_save().unwrap().open.unwrap().state;
         assert_eq!(stored(&windows), "{}");
         windows.check(returned(json!({"state": {"blue": 2}})));
         windows.judged(true);
         assert_eq!(stored(&windows), "{}", "its records have not finished yet");
         windows.commit();
-        let (dirty, open) = windows.for_save().unwrap();
-        assert!(dirty);
-        assert_eq!(open.unwrap().state, r#"{"blue":2}"#);
-        assert!(!windows.for_save().unwrap().0, "written once");
+        let snapshot = windows.for_save().unwrap();
+        assert!(snapshot.changed);
+        assert_eq!(snapshot.open.unwrap().state, r#"{"blue":2}"#);
+        assert!(windows.for_save().unwrap().changed, "until it was written");
+        windows.stored(snapshot.generation);
+        assert!(!windows.for_save().unwrap().changed, "written once");
     }
 
     #[test]
@@ -542,10 +559,14 @@ mod tests {
         assert!(windows.for_save().is_none());
         windows.closed(true);
         assert!(!windows.oversized());
-        let (dirty, open) = windows.for_save().unwrap();
-        assert!(dirty);
-        assert_eq!(open.unwrap().state, "{}", "the same window goes on, fresh");
+        let snapshot = windows.for_save().unwrap();
+        assert!(snapshot.changed);
+        assert_eq!(
+            snapshot.open.unwrap().state,
+            "{}",
+            "the same window goes on, fresh"
+        );
         windows.closed(false);
-        assert_eq!(windows.for_save().unwrap().1, None);
+        assert_eq!(windows.for_save().unwrap().open, None);
     }
 }
