@@ -652,11 +652,13 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                     );
                 }
                 config::SourceConfig::Kinesis(source) => {
+                    // The consumer is registered at the first start, not by a check.
                     stream = Some(kinesis.opener(
                         source.stream_name.clone(),
                         source.stream_arn.clone(),
                         None,
                         false,
+                        None,
                     ));
                 }
             }

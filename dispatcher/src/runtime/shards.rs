@@ -772,6 +772,7 @@ async fn run_shard(
         }
     };
     drop(senders);
+    shared.stream.release(&shard_id).await;
     while let Some(joined) = lane_tasks.join_next().await {
         if let Err(error) = joined
             && error.is_panic()

@@ -21,6 +21,7 @@
 //! sub-sequence number are skipped, so none is read twice or lost.
 
 pub mod event;
+pub mod fanout;
 pub mod kpl;
 
 use crate::queue::SourceError;
@@ -407,21 +408,24 @@ pub struct Kinesis {
 }
 
 impl Kinesis {
-    /// Finds the stream `stream_arn` or `stream_name` names, each time it is called.
+    /// Finds the stream `stream_arn` or `stream_name` names, each time it is called; with a
+    /// `consumer` name, registers that consumer if need be and reads with enhanced fan-out.
     pub fn opener(
         &self,
         stream_name: Option<String>,
         stream_arn: Option<String>,
         invoke_identity_arn: Option<String>,
         deaggregate: bool,
+        consumer: Option<String>,
     ) -> OpenStream {
         let client = self.client.clone();
         Arc::new(move || {
             let client = client.clone();
-            let (name, arn, identity) = (
+            let (name, arn, identity, consumer) = (
                 stream_name.clone(),
                 stream_arn.clone(),
                 invoke_identity_arn.clone(),
+                consumer.clone(),
             );
             Box::pin(async move {
                 let stream = KinesisStream::resolve(
@@ -432,6 +436,12 @@ impl Kinesis {
                     deaggregate,
                 )
                 .await?;
+                if let Some(consumer) = consumer {
+                    let consumer_arn =
+                        fanout::register(&stream.client, &stream.stream_arn, &consumer).await?;
+                    return Ok(Arc::new(fanout::FanOutReader::new(stream, consumer_arn))
+                        as Arc<dyn ShardReader>);
+                }
                 Ok(Arc::new(stream) as Arc<dyn ShardReader>)
             })
         })

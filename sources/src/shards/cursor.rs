@@ -34,6 +34,10 @@ pub trait ShardReader: Send + Sync + 'static {
 
     /// One page at `iterator`, at most `limit` records.
     async fn read(&self, shard_id: &str, iterator: &str, limit: i32) -> Result<Page, ReadError>;
+
+    /// The runtime stopped reading `shard_id` here (finished, handed over, stopping): anything
+    /// held for it (an enhanced fan-out subscription) is let go.
+    async fn release(&self, _shard_id: &str) {}
 }
 
 /// Something the cursor did on its own that the caller reports (a metric, a log line).

@@ -34,6 +34,15 @@ pub const DEAGGREGATING: ReadPacing = ReadPacing {
     ..PACING
 };
 
+/// With enhanced fan-out, Kinesis pushes records (2 MB/s per shard for this consumer) and a
+/// read waits for the next event itself: the runtime adds no pause of its own.
+pub const FAN_OUT: ReadPacing = ReadPacing {
+    min_interval: Duration::ZERO,
+    max_idle_interval: Duration::ZERO,
+    max_records: sluice_sources::kinesis::MAX_RECORDS_PER_READ,
+    bytes_per_second: None,
+};
+
 /// Starts `mapping`, reading `source`; its checkpoints go to `clients.checkpoints`.
 pub fn start(
     source: &KinesisSourceConfig,
@@ -45,6 +54,7 @@ pub fn start(
         source.stream_arn.clone(),
         source.invoke_identity_arn.clone(),
         source.deaggregate,
+        source.consumer.clone(),
     );
     shards::start(shard_source(source, open), mapping, clients)
 }
@@ -54,10 +64,10 @@ pub fn shard_source(source: &KinesisSourceConfig, open: OpenStream) -> ShardSour
     ShardSource {
         open,
         settings: source.settings.clone(),
-        pacing: if source.deaggregate {
-            DEAGGREGATING
-        } else {
-            PACING
+        pacing: match (&source.consumer, source.deaggregate) {
+            (Some(_), _) => FAN_OUT,
+            (None, true) => DEAGGREGATING,
+            (None, false) => PACING,
         },
         passes,
         envelope,
