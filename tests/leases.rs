@@ -158,7 +158,7 @@ async fn a_window_state_of_a_mebibyte_moves_with_the_checkpoint_and_the_lease() 
     let b = store(&moto, "b", lease).await;
     let listing = shards(&["s1"]);
     assert_eq!(held(&a.acquire(&listing).await.unwrap()), vec!["s1"]);
-    assert_eq!(a.window("s1").await.unwrap(), None);
+    assert_eq!(a.window("s1").await.unwrap(), (None, None));
     // Not all ASCII, so the chunks split inside characters and must be joined as bytes.
     let state = format!("{{\"keys\":\"{}\"}}", "é-ключ-".repeat(87_000));
     assert!(
@@ -181,7 +181,11 @@ async fn a_window_state_of_a_mebibyte_moves_with_the_checkpoint_and_the_lease() 
         taken.held[0].checkpoint,
         Some(Checkpoint::After("10".into()))
     );
-    assert_eq!(b.window("s1").await.unwrap().as_ref(), Some(&window));
+    let after = |n: &str| Some(Checkpoint::After(n.into()));
+    assert_eq!(
+        b.window("s1").await.unwrap(),
+        (after("10"), Some(window.clone()))
+    );
     let small = OpenWindow {
         state: r#"{"k":1}"#.into(),
         ..window.clone()
@@ -194,16 +198,16 @@ async fn a_window_state_of_a_mebibyte_moves_with_the_checkpoint_and_the_lease() 
         "{fenced:?}"
     );
     assert_eq!(
-        b.window("s1").await.unwrap().as_ref(),
-        Some(&window),
+        b.window("s1").await.unwrap(),
+        (after("10"), Some(window)),
         "the fenced write changed nothing"
     );
     b.checkpoint_with("s1", &Checkpoint::After("30".into()), Some(&small))
         .await
         .unwrap();
-    assert_eq!(b.window("s1").await.unwrap(), Some(small));
+    assert_eq!(b.window("s1").await.unwrap(), (after("30"), Some(small)));
     b.checkpoint("s1", &Checkpoint::After("31".into()))
         .await
         .unwrap();
-    assert_eq!(b.window("s1").await.unwrap(), None);
+    assert_eq!(b.window("s1").await.unwrap(), (after("31"), None));
 }

@@ -274,6 +274,9 @@ async fn close_window<H: LaneHost>(
         health: &settings.health,
         metrics: &settings.metrics,
     };
+    if stop.is_cancelled() {
+        return false;
+    }
     let closed = tokio::select! {
         _ = abort.cancelled() => return false,
         closed = window::close(windows, closing, terminated_early, stop) => closed,

@@ -243,10 +243,7 @@ impl ShardMapping {
                 name: name.clone(),
                 invoker: Invoker::new(self.target.clone(), self.metrics.clone()),
                 policy: self.source.settings.policy.clone(),
-                limits: BatchLimits::new(
-                    self.source.settings.batch_size,
-                    self.source.settings.max_batching_window,
-                ),
+                limits: batch_limits(&self.source.settings),
                 health: self.health.clone(),
                 metrics: self.metrics.clone(),
                 on_failure: self.on_failure.clone(),
@@ -566,6 +563,11 @@ impl ShardCheckpoint {
     /// Stores the newest finished position; false when the lease is lost.
     async fn save(&self, shared: &Shared) -> bool {
         let _guard = self.write.lock().await;
+        // An abandoned shard writes nothing more: the next run of it (here or elsewhere) may
+        // already have read the checkpoint.
+        if self.abort.is_cancelled() {
+            return false;
+        }
         let Some((sequence, window)) = self.to_save() else {
             return true;
         };
@@ -657,6 +659,18 @@ impl LaneHost for ShardLanes {
     }
 }
 
+/// A lane's batch limits. With tumbling windows an invocation also carries the window's state
+/// (up to 1 MiB) and keys: the records leave room for them within the 6 MB.
+fn batch_limits(settings: &ShardSettings) -> BatchLimits {
+    let mut limits = BatchLimits::new(settings.batch_size, settings.max_batching_window);
+    if settings.tumbling_window.is_some() {
+        limits.max_bytes = limits
+            .max_bytes
+            .saturating_sub(crate::runtime::window::MAX_WINDOW_STATE_BYTES + 4096);
+    }
+    limits
+}
+
 /// Where a held shard starts.
 #[derive(Debug, Clone, PartialEq)]
 enum ShardStart {
@@ -697,12 +711,20 @@ async fn run_shard(
     // A kind without a timestamp iterator (DynamoDB Streams) reads from the trim horizon and
     // checkpoints past what arrived before the time, also when a restart finds it part way.
     let skip_before = shared.wanted_from;
+    let mut start = start;
     let windows = match shared.source.settings.tumbling_window {
         Some(length) => {
-            let Some(restored) = restored_window(&shared, &shard_id, &start, &stop, &abort).await
+            let Some((checkpoint, restored)) =
+                restored_window(&shared, &shard_id, &stop, &abort).await
             else {
                 return ShardExit::Stopped;
             };
+            // The window belongs to the checkpoint read with it, which is where the shard starts.
+            match checkpoint {
+                Some(Checkpoint::After(sequence)) => start = IteratorStart::AfterSequence(sequence),
+                Some(Checkpoint::ShardEnd) => return ShardExit::Finished,
+                None => {}
+            }
             Some(Windows::new(
                 length,
                 &shard_id,
@@ -783,6 +805,9 @@ async fn run_shard(
     age.set(0.0);
     shared.lane.metrics.millis_behind_latest(&shard_id).set(0.0);
     if abort.is_cancelled() {
+        // A write already under way finishes before the shard can be started again, so the
+        // next run reads what it wrote rather than have it land after.
+        drop(progress.write.lock().await);
         return ShardExit::Abandoned;
     }
     if !progress.save(&shared).await {
@@ -819,22 +844,18 @@ async fn run_shard(
     ShardExit::Stopped
 }
 
-/// The tumbling window stored with the shard's checkpoint, read (retried) before the shard
-/// starts; `None` on a stop. A shard without a checkpoint has none.
+/// The shard's checkpoint and the tumbling window stored with it, read together (retried)
+/// before the shard starts; `None` on a stop.
 async fn restored_window(
     shared: &Shared,
     shard_id: &str,
-    start: &IteratorStart,
     stop: &CancellationToken,
     abort: &CancellationToken,
-) -> Option<Option<OpenWindow>> {
-    if !matches!(start, IteratorStart::AfterSequence(_)) {
-        return Some(None);
-    }
+) -> Option<(Option<Checkpoint>, Option<OpenWindow>)> {
     let mut failures = 0u32;
     loop {
         match shared.store.window(shard_id).await {
-            Ok(window) => return Some(window),
+            Ok(stored) => return Some(stored),
             Err(error) => {
                 failures += 1;
                 read_failed(
@@ -962,17 +983,23 @@ async fn read_shard(
             age.set(now.saturating_sub(newest).as_secs_f64());
             shared.lane.metrics.received(records.len() as u64);
         }
-        let mut skipped = Vec::new();
+        let page_was_full = records.len() >= pacing.max_records.max(1) as usize;
+        let mut skipped = false;
         for record in records {
             let position = progress.push(record.id().to_owned());
+            // A skipped record is finished before any later record goes to a lane: once a lane
+            // finishes a record, the checkpoint can move up to it, so a tumbling window's state
+            // is never stored with a checkpoint short of the records it counts.
             if skip_before.is_some_and(|at| record.arrived_at < at) {
-                skipped.push(position);
+                progress.finish([position], false);
+                skipped = true;
                 continue;
             }
             if !shared.filters.is_empty() && !(shared.source.passes)(&shared.filters, &record) {
                 shared.lane.metrics.filtered(1);
                 shared.lane.metrics.checkpointed(1);
-                skipped.push(position);
+                progress.finish([position], false);
+                skipped = true;
                 continue;
             }
             let key = record.ordering_key.clone().unwrap_or_default();
@@ -993,19 +1020,20 @@ async fn read_shard(
                 return ReadEnd::Stopped;
             }
         }
-        if !skipped.is_empty() {
-            progress.finish(skipped, false);
-            if !progress.save(shared).await {
-                return ReadEnd::Stopped;
-            }
+        if skipped && !progress.save(shared).await {
+            return ReadEnd::Stopped;
         }
-        // A page that reaches the shard's newest record (Kinesis says so; DynamoDB Streams only
-        // by an empty page) means every record that arrived a while before the call was read,
-        // and was sent to the lanes above: a tumbling window that ended before then may close.
-        let caught_up = match millis_behind_latest {
-            Some(behind) => behind == 0,
-            None => page_was_empty,
-        };
+        // A page that reaches the shard's newest record means every record that arrived a while
+        // before the call was read, and was sent to the lanes above: a tumbling window that
+        // ended before then may close. Kinesis says so (`MillisBehindLatest` 0, on a page that
+        // is not full: a burst of one millisecond can fill several); DynamoDB Streams only by
+        // empty pages, and one empty page is not enough (it can take several calls to reach the
+        // records of a shard), so it takes a few in a row.
+        let caught_up = !page_was_full
+            && match millis_behind_latest {
+                Some(behind) => behind == 0,
+                None => page_was_empty && idle_reads >= EMPTY_PAGES_TO_CATCH_UP,
+            };
         if caught_up && let Some(windows) = &progress.windows {
             windows.caught_up(called_at.saturating_sub(ARRIVAL_MARGIN));
         }
@@ -1014,6 +1042,10 @@ async fn read_shard(
         }
     }
 }
+
+/// Empty pages in a row after which a stream that does not say how far behind it is
+/// (DynamoDB Streams) counts as read up to the time of the last one.
+const EMPTY_PAGES_TO_CATCH_UP: u32 = 3;
 
 /// How far before a read that caught up a record may still have arrived unseen (the stream's
 /// arrival stamps are the service's clock, a record is readable a moment after it).

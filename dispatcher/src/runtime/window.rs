@@ -92,7 +92,10 @@ impl WindowCursor {
             .current
             .map_or(self.closed_end_ms, |current| current.end_ms)
             .max(self.closed_end_ms);
-        let span = Span::holding(arrived_ms.max(floor), self.length);
+        let mut span = Span::holding(arrived_ms.max(floor), self.length);
+        // A window restored under another `tumbling_window` length may end off this one's
+        // multiples: the next window starts where it ended, never inside it.
+        span.start_ms = span.start_ms.max(floor);
         let closed = self.close();
         self.current = Some(span);
         (span, closed)
@@ -359,6 +362,7 @@ pub async fn close(
     loop {
         let invocation = Invocation::for_records(closing.mapping, event.clone(), []);
         let slot = tokio::select! {
+            biased;
             _ = stop.cancelled() => return false,
             slot = closing.invoker.target().permit_for(0) => slot,
         };
@@ -373,6 +377,7 @@ pub async fn close(
         closing.health.stuck(closing.lane, Some(since));
         tracing::warn!(mapping = %closing.mapping, lane = %closing.lane, request_id = %invocation.request_id, failures, error_type = %error.error_type, error = %error.message, "the final invocation of a tumbling window failed; the shard waits for it and retries");
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return false,
             _ = tokio::time::sleep(retry_delay(failures)) => {}
         }
@@ -432,6 +437,21 @@ mod tests {
         // Late for a closed window: the next one after it.
         let (third, closed) = cursor.place(150_000);
         assert_eq!((third.start_ms, closed), (240_000, None));
+    }
+
+    #[test]
+    fn a_window_restored_under_another_length_is_never_overlapped() {
+        // Stored under 60 s windows, read on under 45 s ones.
+        let restored = Span {
+            start_ms: 60_000,
+            end_ms: 120_000,
+        };
+        let mut cursor = WindowCursor::new(Duration::from_secs(45), Some(restored));
+        let (next, closed) = cursor.place(125_000);
+        assert_eq!(closed, Some(restored));
+        assert_eq!((next.start_ms, next.end_ms), (120_000, 135_000));
+        let (after, _) = cursor.place(140_000);
+        assert_eq!((after.start_ms, after.end_ms), (135_000, 180_000));
     }
 
     #[test]

@@ -429,14 +429,26 @@ impl DynamoDbLeaseStore {
 
     /// Raises the counter of a held lease; `Ok(Some(handoff))` when renewed, `Ok(None)` when lost.
     async fn renew(&self, shard_id: &str, counter: u64) -> Result<Option<bool>, CheckpointError> {
-        let result = self
-            .fenced_update(shard_id, counter)
-            .update_expression("SET #c = :next, #u = :now")
-            .condition_expression("#o = :me AND #c = :c")
-            .expression_attribute_values(":next", n(counter + 1))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
+        let mut conflicts = 0u32;
+        let result = loop {
+            let result = self
+                .fenced_update(shard_id, counter)
+                .update_expression("SET #c = :next, #u = :now")
+                .condition_expression("#o = :me AND #c = :c")
+                .expression_attribute_values(":next", n(counter + 1))
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            // A checkpoint with a tumbling window is a transaction on the same row: a renewal
+            // that meets one is refused, and tried again rather than failing the whole sync.
+            match &result {
+                Err(e) if e.code() == Some("TransactionConflictException") && conflicts < 5 => {
+                    conflicts += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(conflicts))).await;
+                }
+                _ => break result,
+            }
+        };
         match result {
             Ok(output) => Ok(Some(
                 output
@@ -648,10 +660,33 @@ impl CheckpointStore for DynamoDbLeaseStore {
                     .expression_attribute_names("#we", "window_end_ms")
                     .expression_attribute_names("#wn", "window_chunks")
                     .expression_attribute_values(":cp", s(checkpoint.as_stored()))
+                    .return_values(ReturnValue::UpdatedOld)
                     .send()
                     .await;
                 match result {
-                    Ok(_) => return Ok(()),
+                    Ok(output) => {
+                        // A window closed: its state rows go too (the lease scan reads every
+                        // row of the table). Unreferenced now, so a failure here only wastes.
+                        let chunks = output
+                            .attributes()
+                            .and_then(|old| old.get("window_chunks"))
+                            .and_then(|v| v.as_n().ok())
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        for index in 0..chunks {
+                            let deleted = self
+                                .client
+                                .delete_item()
+                                .table_name(&self.table)
+                                .key("lease_key", s(&self.window_chunk_key(shard_id, index)))
+                                .send()
+                                .await;
+                            if let Err(error) = deleted {
+                                tracing::debug!(shard_id, index, error = %DisplayErrorContext(&error), "deleting a window state row failed; it stays unused");
+                            }
+                        }
+                        return Ok(());
+                    }
                     Err(e) if is_conditional_failure(&e) => true,
                     Err(e) => {
                         return Err(self.error("UpdateItem (checkpoint)", DisplayErrorContext(&e)));
@@ -685,59 +720,105 @@ impl CheckpointStore for DynamoDbLeaseStore {
         })
     }
 
-    async fn window(&self, shard_id: &str) -> Result<Option<OpenWindow>, CheckpointError> {
-        let get = |key: String| {
-            self.client
-                .get_item()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .key("lease_key", s(&key))
-                .send()
-        };
-        let row = get(self.key(shard_id))
-            .await
-            .map_err(|e| self.error("GetItem (window)", DisplayErrorContext(&e)))?;
-        let number = |name: &str| {
-            row.item()
-                .and_then(|item| item.get(name))
+    async fn window(
+        &self,
+        shard_id: &str,
+    ) -> Result<(Option<Checkpoint>, Option<OpenWindow>), CheckpointError> {
+        use aws_sdk_dynamodb::types::{Get, TransactGetItem};
+        type Item = HashMap<String, AttributeValue>;
+        let text = |item: &Item, name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        let number = |item: &Item, name: &str| {
+            item.get(name)
                 .and_then(|v| v.as_n().ok())
                 .and_then(|v| v.parse::<u64>().ok())
         };
-        let (Some(start_ms), Some(end_ms), Some(chunks)) = (
-            number("window_start_ms"),
-            number("window_end_ms"),
-            number("window_chunks"),
-        ) else {
-            return Ok(None);
+        let get = |key: String| {
+            Get::builder()
+                .table_name(&self.table)
+                .key("lease_key", s(&key))
+                .build()
+                .map_err(|e| self.error("TransactGetItems (window)", e))
         };
-        let mut state = Vec::new();
-        for index in 0..chunks {
-            let chunk = get(self.window_chunk_key(shard_id, index as usize))
+        // The row says how many chunk rows there are; the row and its chunks are then read in
+        // one transaction, so a write between the two reads is seen (and read again).
+        let mut chunks = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key("lease_key", s(&self.key(shard_id)))
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem (window)", DisplayErrorContext(&e)))?
+            .item()
+            .and_then(|row| number(row, "window_chunks"))
+            .unwrap_or(0);
+        for _ in 0..5 {
+            let mut items = vec![
+                TransactGetItem::builder()
+                    .get(get(self.key(shard_id))?)
+                    .build(),
+            ];
+            for index in 0..chunks {
+                let key = self.window_chunk_key(shard_id, index as usize);
+                items.push(TransactGetItem::builder().get(get(key)?).build());
+            }
+            let read = self
+                .client
+                .transact_get_items()
+                .set_transact_items(Some(items))
+                .send()
                 .await
-                .map_err(|e| self.error("GetItem (window state)", DisplayErrorContext(&e)))?;
-            let Some(bytes) = chunk
-                .item()
-                .and_then(|item| item.get("chunk"))
-                .and_then(|v| v.as_b().ok())
-            else {
-                return Err(self.error(
-                    "GetItem (window state)",
-                    format!("part {index} of shard {shard_id}'s window state is missing"),
-                ));
+                .map_err(|e| self.error("TransactGetItems (window)", DisplayErrorContext(&e)))?;
+            let responses = read.responses();
+            let Some(row) = responses.first().and_then(|r| r.item()) else {
+                return Ok((None, None));
             };
-            state.extend_from_slice(bytes.as_ref());
+            let checkpoint = text(row, "checkpoint").map(|c| Checkpoint::parse(&c));
+            let (Some(start_ms), Some(end_ms), Some(stored_chunks)) = (
+                number(row, "window_start_ms"),
+                number(row, "window_end_ms"),
+                number(row, "window_chunks"),
+            ) else {
+                return Ok((checkpoint, None));
+            };
+            if stored_chunks != chunks {
+                chunks = stored_chunks;
+                continue;
+            }
+            let mut state = Vec::new();
+            for (index, response) in responses[1..].iter().enumerate() {
+                let Some(bytes) = response
+                    .item()
+                    .and_then(|item| item.get("chunk"))
+                    .and_then(|v| v.as_b().ok())
+                else {
+                    return Err(self.error(
+                        "TransactGetItems (window)",
+                        format!("part {index} of shard {shard_id}'s window state is missing"),
+                    ));
+                };
+                state.extend_from_slice(bytes.as_ref());
+            }
+            let state = String::from_utf8(state).map_err(|e| {
+                self.error(
+                    "TransactGetItems (window)",
+                    format!("shard {shard_id}'s window state is not UTF-8: {e}"),
+                )
+            })?;
+            return Ok((
+                checkpoint,
+                Some(OpenWindow {
+                    start_ms,
+                    end_ms,
+                    state,
+                }),
+            ));
         }
-        let state = String::from_utf8(state).map_err(|e| {
-            self.error(
-                "GetItem (window state)",
-                format!("shard {shard_id}'s window state is not UTF-8: {e}"),
-            )
-        })?;
-        Ok(Some(OpenWindow {
-            start_ms,
-            end_ms,
-            state,
-        }))
+        Err(self.error(
+            "TransactGetItems (window)",
+            format!("shard {shard_id}'s window kept changing while it was read"),
+        ))
     }
 
     async fn release(&self, shard_id: &str) -> Result<(), CheckpointError> {

@@ -213,20 +213,28 @@ impl CheckpointStore for EmbeddedStore {
         .map_err(|e| self.error(e))
     }
 
-    async fn window(&self, shard_id: &str) -> Result<Option<OpenWindow>, CheckpointError> {
+    async fn window(
+        &self,
+        shard_id: &str,
+    ) -> Result<(Option<Checkpoint>, Option<OpenWindow>), CheckpointError> {
+        // One read transaction: the window and the checkpoint it was written with.
         let read = self.file.db.begin_read().map_err(|e| self.error(e))?;
-        let table = read.open_table(WINDOWS).map_err(|e| self.error(e))?;
-        let Some(stored) = table
-            .get(self.key(shard_id).as_str())
+        let key = self.key(shard_id);
+        let checkpoints = read.open_table(CHECKPOINTS).map_err(|e| self.error(e))?;
+        let checkpoint = checkpoints
+            .get(key.as_str())
             .map_err(|e| self.error(e))?
-        else {
-            return Ok(None);
+            .map(|stored| Checkpoint::parse(stored.value()));
+        let windows = read.open_table(WINDOWS).map_err(|e| self.error(e))?;
+        let Some(stored) = windows.get(key.as_str()).map_err(|e| self.error(e))? else {
+            return Ok((checkpoint, None));
         };
-        serde_json::from_str(stored.value()).map(Some).map_err(|e| {
+        let window = serde_json::from_str(stored.value()).map_err(|e| {
             self.error(format!(
                 "the stored window of shard {shard_id} is not readable: {e}"
             ))
-        })
+        })?;
+        Ok((checkpoint, Some(window)))
     }
 
     async fn release(&self, _shard_id: &str) -> Result<(), CheckpointError> {
@@ -375,27 +383,30 @@ mod tests {
         {
             let file = StateFile::open(dir.path()).unwrap();
             let orders = EmbeddedStore::new(file.clone(), "orders");
-            assert_eq!(orders.window("a").await.unwrap(), None);
+            assert_eq!(orders.window("a").await.unwrap(), (None, None));
             orders
                 .checkpoint_with("a", &Checkpoint::After("17".into()), Some(&window))
                 .await
                 .unwrap();
             // Another mapping's shard of the same name has its own.
             let other = EmbeddedStore::new(file, "other");
-            assert_eq!(other.window("a").await.unwrap(), None);
+            assert_eq!(other.window("a").await.unwrap(), (None, None));
         }
         let file = StateFile::open(dir.path()).unwrap();
         let orders = EmbeddedStore::new(file, "orders");
         assert_eq!(
             orders.window("a").await.unwrap(),
-            Some(window),
+            (Some(Checkpoint::After("17".into())), Some(window)),
             "after a reopen"
         );
         orders
             .checkpoint("a", &Checkpoint::After("18".into()))
             .await
             .unwrap();
-        assert_eq!(orders.window("a").await.unwrap(), None);
+        assert_eq!(
+            orders.window("a").await.unwrap(),
+            (Some(Checkpoint::After("18".into())), None)
+        );
     }
 
     #[test]

@@ -124,8 +124,12 @@ pub trait CheckpointStore: Send + Sync + 'static {
         self.checkpoint_with(shard_id, checkpoint, None).await
     }
 
-    /// The tumbling window stored with a shard's checkpoint, if one was open.
-    async fn window(&self, shard_id: &str) -> Result<Option<OpenWindow>, CheckpointError>;
+    /// A shard's checkpoint and the tumbling window stored with it (if one was open), read
+    /// together, so the window always belongs to the checkpoint returned.
+    async fn window(
+        &self,
+        shard_id: &str,
+    ) -> Result<(Option<Checkpoint>, Option<OpenWindow>), CheckpointError>;
 
     /// Gives a held shard up so another instance can take it at once.
     async fn release(&self, shard_id: &str) -> Result<(), CheckpointError>;
