@@ -18,11 +18,26 @@ pub struct Daemon {
     pub starts: u32,
 }
 
-/// A port that was free a moment ago. The end-to-end tests let sluice pick its port (port 0 and
-/// the address file); a chaos daemon cannot, since it is killed and started again and its
-/// producers and health probes must find it at the same address each time. The suite runs its
-/// scenarios one at a time, so nothing else races for the port in between.
+/// A port that is free and stays free. The end-to-end tests let sluice pick its port (port 0
+/// and the address file); a chaos daemon cannot, since it is killed and started again and its
+/// producers and health probes must find it at the same address each time. The port is taken
+/// below the kernel's ephemeral range: a port from that range (what binding port 0 gives) can
+/// become the local end of any outgoing connection meanwhile (a Kafka client's, the SDK's), and
+/// the restarted daemon then fails with "address already in use" (it broke a CI run that way).
 pub fn free_port() -> std::io::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 100 {
+        for _ in 0..200 {
+            let port = rand::random_range(LOWEST..ephemeral_low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

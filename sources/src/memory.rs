@@ -574,6 +574,7 @@ impl ShardReader for MemoryStream {
             next_iterator,
             millis_behind_latest: None,
             bytes,
+            at_tip: None,
         })
     }
 }

@@ -378,6 +378,7 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
     }
 
     let mut names = HashSet::new();
+    let mut consumers: HashMap<(String, String), String> = HashMap::new();
     let mut mappings = Vec::new();
     for (position, mapping) in raw.mappings.into_iter().enumerate() {
         let path = format!("mappings[{position}]");
@@ -411,7 +412,22 @@ fn build(v: &mut Validator, raw: RawConfig, file: &str) -> Config {
                 ),
             );
         }
-        mappings.push(mapping::build(v, &path, mapping));
+        let built = mapping::build(v, &path, mapping);
+        // One SubscribeToShard per consumer and shard: two mappings on one consumer would take
+        // each other's subscriptions away, over and over.
+        if let SourceConfig::Kinesis(source) = &built.source
+            && let Some(consumer) = &source.consumer
+        {
+            let stream = source.stream().rsplit('/').next().unwrap_or_default();
+            let key = (stream.to_owned(), consumer.clone());
+            if let Some(earlier) = consumers.insert(key, built.name.clone()) {
+                v.error(
+                    format!("{path}.source.kinesis.consumer.name"),
+                    format!("mapping {earlier:?} reads stream {stream} through consumer {consumer:?} already; give each mapping its own consumer"),
+                );
+            }
+        }
+        mappings.push(built);
     }
     let invoke_api = raw
         .invoke_api

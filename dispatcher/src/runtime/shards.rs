@@ -914,9 +914,13 @@ async fn read_shard(
         }
         last_call = tokio::time::Instant::now();
         let called_at = now_since_epoch();
-        let read = cursor
-            .read(shared.stream.as_ref(), pacing.max_records)
-            .await;
+        // A read can wait (an enhanced fan-out subscription waits for its next event): a stop or
+        // a lost lease does not wait for it. Records of an interrupted read were not handed on.
+        let read = tokio::select! {
+            _ = stop.cancelled() => return ReadEnd::Stopped,
+            _ = abort.cancelled() => return ReadEnd::Stopped,
+            read = cursor.read(shared.stream.as_ref(), pacing.max_records) => read,
+        };
         for event in cursor.take_events() {
             match event {
                 CursorEvent::ExpiredIterator { after } => {
@@ -926,13 +930,14 @@ async fn read_shard(
                 CursorEvent::Trimmed { detail } => trimmed(shared, shard_id, &detail),
             }
         }
-        let (records, end, millis_behind_latest, bytes) = match read {
+        let (records, end, millis_behind_latest, bytes, at_tip) = match read {
             Ok(CursorRead::Page {
                 records,
                 end,
                 millis_behind_latest,
                 bytes,
-            }) => (records, end, millis_behind_latest, bytes),
+                at_tip,
+            }) => (records, end, millis_behind_latest, bytes, at_tip),
             Ok(CursorRead::Renewing) => continue,
             Ok(CursorRead::Throttled { detail }) => {
                 // The shard's limits are shared with the stream's other consumers: back off, and
@@ -1029,11 +1034,12 @@ async fn read_shard(
         // is not full: a burst of one millisecond can fill several); DynamoDB Streams only by
         // empty pages, and one empty page is not enough (it can take several calls to reach the
         // records of a shard), so it takes a few in a row.
-        let caught_up = !page_was_full
+        let by_page = !page_was_full
             && match millis_behind_latest {
                 Some(behind) => behind == 0,
                 None => page_was_empty && idle_reads >= EMPTY_PAGES_TO_CATCH_UP,
             };
+        let caught_up = at_tip.unwrap_or(by_page);
         if caught_up && let Some(windows) = &progress.windows {
             windows.caught_up(called_at.saturating_sub(ARRIVAL_MARGIN));
         }

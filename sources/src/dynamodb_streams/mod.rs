@@ -235,6 +235,7 @@ impl DynamoDbStream {
             next_iterator: output.next_shard_iterator().map(str::to_owned),
             millis_behind_latest: None,
             bytes,
+            at_tip: None,
         })
     }
 

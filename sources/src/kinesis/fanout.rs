@@ -14,7 +14,13 @@
 //! - `ResourceInUseException` (the shard's subscription is still held, by this consumer's last
 //!   owner of the shard) and `LimitExceededException` (one subscribe per second per shard) are
 //!   throttles: the cursor keeps its place and the runtime backs off; so is KMS throttling;
-//! - a closed shard ends with an event that has no continuation sequence number;
+//! - a closed shard ends with an event that has no continuation sequence number and names its
+//!   child shards (an event with neither is an error, not the end);
+//! - a subscription silent for [`EVENT_WAIT`] is dropped and the read fails, so the next one
+//!   subscribes again after the last record read (a half-open connection never ends itself);
+//! - an event that was already waiting when the read came does not say the shard is caught up
+//!   ([`Page::at_tip`]), whatever its MillisBehindLatest: it was sent a while ago;
+//! - a consumer found gone (deregistered under the running mapping) is registered again;
 //! - [`ShardReader::release`] drops the shard's subscription when the runtime stops reading it,
 //!   so the next owner can subscribe;
 //! - with `deaggregate`, a place inside an aggregate subscribes `AT_SEQUENCE_NUMBER` of it and
@@ -44,6 +50,9 @@ pub const EVENT_WAIT: Duration = Duration::from_secs(10);
 /// How long [`register`] waits for a new consumer to become ACTIVE.
 const ACTIVE_WITHIN: Duration = Duration::from_secs(120);
 
+/// How long a consumer just registered may stay unseen before it is registered again.
+const REGISTRATION_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
+
 /// The stream consumer named `name` on `stream`, registered if need be; its ARN once ACTIVE.
 pub async fn register(
     client: &Client,
@@ -56,7 +65,9 @@ pub async fn register(
         message: format!("consumer {name}: {message}"),
     };
     let started = tokio::time::Instant::now();
-    let mut registered = false;
+    // Kinesis may not show a consumer it just registered for a moment (and refuses to register
+    // one while the stream is updating): not-found shortly after a registration is polled on.
+    let mut registered_at: Option<tokio::time::Instant> = None;
     loop {
         let described = client
             .describe_stream_consumer()
@@ -84,7 +95,9 @@ pub async fn register(
                 }
             }
             Err(SdkError::ServiceError(e))
-                if e.err().is_resource_not_found_exception() && !registered =>
+                if e.err().is_resource_not_found_exception()
+                    && registered_at
+                        .is_none_or(|at| at.elapsed() > REGISTRATION_VISIBLE_WITHIN) =>
             {
                 match client
                     .register_stream_consumer()
@@ -96,20 +109,21 @@ pub async fn register(
                     Ok(_) => {
                         tracing::info!(stream_arn, consumer = name, "stream consumer registered")
                     }
-                    // Another instance registered it first.
+                    // Another instance registered it first, or the stream is updating.
                     Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use_exception() => {}
                     Err(e) => {
                         return Err(error(
                             "RegisterStreamConsumer",
                             format!(
-                                "{} (a stream holds at most 20 consumers; the role needs kinesis:RegisterStreamConsumer)",
+                                "{} (a stream holds at most 20 consumers, an account registers at most 5 per second, and the role needs kinesis:RegisterStreamConsumer)",
                                 DisplayErrorContext(&e)
                             ),
                         ));
                     }
                 }
-                registered = true;
+                registered_at = Some(tokio::time::Instant::now());
             }
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {}
             Err(e) => {
                 return Err(error(
                     "DescribeStreamConsumer",
@@ -130,7 +144,9 @@ pub async fn register(
 /// Reads a stream's shards through a registered consumer (see the module docs).
 pub struct FanOutReader {
     stream: KinesisStream,
-    consumer_arn: String,
+    consumer_name: String,
+    /// Registered again (a new ARN) when the consumer is found gone.
+    consumer_arn: Mutex<String>,
     subscriptions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Subscription>>>>>,
 }
 
@@ -198,16 +214,17 @@ fn starting_position(place: &str) -> Result<(StartingPosition, Option<(String, u
 }
 
 impl FanOutReader {
-    pub fn new(stream: KinesisStream, consumer_arn: String) -> Self {
+    pub fn new(stream: KinesisStream, consumer_name: String, consumer_arn: String) -> Self {
         FanOutReader {
             stream,
-            consumer_arn,
+            consumer_name,
+            consumer_arn: Mutex::new(consumer_arn),
             subscriptions: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn consumer_arn(&self) -> &str {
-        &self.consumer_arn
+    pub fn consumer_arn(&self) -> String {
+        self.consumer_arn.lock().expect("consumer lock").clone()
     }
 
     fn slot(&self, shard_id: &str) -> Arc<tokio::sync::Mutex<Option<Subscription>>> {
@@ -233,30 +250,51 @@ impl FanOutReader {
             .stream
             .client
             .subscribe_to_shard()
-            .consumer_arn(&self.consumer_arn)
+            .consumer_arn(self.consumer_arn())
             .shard_id(shard_id)
             .starting_position(position)
             .send()
-            .await
-            .map_err(|e| match &e {
-                SdkError::ServiceError(service)
-                    if matches!(
-                        service.err(),
-                        SubscribeToShardError::ResourceInUseException(_)
-                            | SubscribeToShardError::LimitExceededException(_)
-                    ) =>
-                {
-                    ReadError::Throttled(format!(
-                        "shard {shard_id}: SubscribeToShard: {}",
-                        DisplayErrorContext(service.err())
-                    ))
-                }
-                _ => self.error(
-                    "SubscribeToShard",
-                    shard_id,
-                    DisplayErrorContext(&e).to_string(),
+            .await;
+        if let Err(SdkError::ServiceError(e)) = &output
+            && e.err().is_resource_not_found_exception()
+        {
+            // The consumer was deregistered under the running mapping: register it again, and
+            // let the next read subscribe through it.
+            let arn = register(
+                &self.stream.client,
+                &self.stream.stream_arn,
+                &self.consumer_name,
+            )
+            .await?;
+            *self.consumer_arn.lock().expect("consumer lock") = arn;
+            return Err(self.error(
+                "SubscribeToShard",
+                shard_id,
+                format!(
+                    "the consumer {} was gone; it is registered again",
+                    self.consumer_name
                 ),
-            })?;
+            ));
+        }
+        let output = output.map_err(|e| match &e {
+            SdkError::ServiceError(service)
+                if matches!(
+                    service.err(),
+                    SubscribeToShardError::ResourceInUseException(_)
+                        | SubscribeToShardError::LimitExceededException(_)
+                ) =>
+            {
+                ReadError::Throttled(format!(
+                    "shard {shard_id}: SubscribeToShard: {}",
+                    DisplayErrorContext(service.err())
+                ))
+            }
+            _ => self.error(
+                "SubscribeToShard",
+                shard_id,
+                DisplayErrorContext(&e).to_string(),
+            ),
+        })?;
         Ok(Subscription {
             place: place.to_owned(),
             events: output.event_stream,
@@ -299,7 +337,8 @@ impl FanOutReader {
         shard_id: &str,
         subscription: &mut Subscription,
         event: &SubscribeToShardEvent,
-    ) -> Page {
+        buffered: bool,
+    ) -> Result<Page, ReadError> {
         let now = crate::now_since_epoch();
         let bytes = event
             .records()
@@ -320,7 +359,16 @@ impl FanOutReader {
             subscription.skip = None;
         }
         let continuation = event.continuation_sequence_number();
-        // No continuation: the shard is closed and every record of it was sent.
+        // No continuation: the shard is closed and every record of it was sent, which Kinesis
+        // says with the child shards. Without them the event is not believed: the shard would
+        // be ended for good.
+        if continuation.is_empty() && event.child_shards().is_empty() {
+            return Err(self.error(
+                "SubscribeToShard",
+                shard_id,
+                "an event with neither a continuation sequence number nor child shards".into(),
+            ));
+        }
         let next = (!continuation.is_empty()).then(|| match &subscription.skip {
             // The aggregate was not reached yet: the place stays at it.
             Some(_) => subscription.place.clone(),
@@ -329,12 +377,13 @@ impl FanOutReader {
         if let Some(next) = &next {
             subscription.place = next.clone();
         }
-        Page {
+        Ok(Page {
             records,
             next_iterator: next,
             millis_behind_latest: u64::try_from(event.millis_behind_latest()).ok(),
             bytes,
-        }
+            at_tip: Some(event.millis_behind_latest() == 0 && !buffered),
+        })
     }
 }
 
@@ -371,21 +420,34 @@ impl ShardReader for FanOutReader {
                 *slot = Some(self.subscribe(shard_id, iterator).await?);
             }
             let subscription = slot.as_mut().expect("subscribed above");
-            let received = match tokio::time::timeout(EVENT_WAIT, subscription.events.recv()).await
-            {
-                Err(_) => {
-                    return Ok(Page {
-                        records: Vec::new(),
-                        next_iterator: Some(iterator.to_owned()),
-                        millis_behind_latest: None,
-                        bytes: 0,
-                    });
-                }
-                Ok(received) => received,
-            };
+            // An event already waiting is taken at once (receiving is cancel-safe), and marked:
+            // its MillisBehindLatest is of when it was sent, not of now.
+            let (buffered, received) =
+                match tokio::time::timeout(Duration::ZERO, subscription.events.recv()).await {
+                    Ok(received) => (true, received),
+                    Err(_) => {
+                        match tokio::time::timeout(EVENT_WAIT, subscription.events.recv()).await {
+                            Ok(received) => (false, received),
+                            // Kinesis sends an event every few seconds even without records:
+                            // this connection is dead (a half-open one never ends by itself).
+                            Err(_) => {
+                                *slot = None;
+                                return Err(self.error(
+                                    "SubscribeToShard",
+                                    shard_id,
+                                    format!("no event for {EVENT_WAIT:?}; subscribing again"),
+                                ));
+                            }
+                        }
+                    }
+                };
             match received {
                 Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
-                    return Ok(self.page(shard_id, subscription, &event));
+                    let page = self.page(shard_id, subscription, &event, buffered);
+                    if page.is_err() {
+                        *slot = None;
+                    }
+                    return page;
                 }
                 // An event type this SDK does not know: nothing read, the place stays.
                 Ok(Some(_)) => {
@@ -394,6 +456,7 @@ impl ShardReader for FanOutReader {
                         next_iterator: Some(iterator.to_owned()),
                         millis_behind_latest: None,
                         bytes: 0,
+                        at_tip: Some(false),
                     });
                 }
                 Ok(None) => *slot = None,
@@ -445,6 +508,8 @@ mod tests {
     enum Answer {
         /// A subscription: these frames, then the end of the stream.
         Frames(Vec<Vec<u8>>),
+        /// A subscription whose frames the test sends when it likes; it never ends.
+        Feed(tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>),
         /// An error answer to SubscribeToShard itself.
         Refused(&'static str),
     }
@@ -493,6 +558,24 @@ mod tests {
         frame("event", (":event-type", "SubscribeToShardEvent"), event)
     }
 
+    /// A response body fed frame by frame.
+    struct Feed(tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>);
+
+    impl http_body::Body for Feed {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            self.get_mut()
+                .0
+                .poll_recv(cx)
+                .map(|frame| frame.map(|bytes| Ok(http_body::Frame::data(bytes.into()))))
+        }
+    }
+
     fn exception(kind: &str) -> Vec<u8> {
         frame(
             "exception",
@@ -520,6 +603,11 @@ mod tests {
                     .header("content-type", "application/vnd.amazon.eventstream")
                     .body(SdkBody::from(frames.concat()))
                     .unwrap(),
+                Answer::Feed(frames) => http::Response::builder()
+                    .status(200)
+                    .header("content-type", "application/vnd.amazon.eventstream")
+                    .body(SdkBody::from_body_1_x(Feed(frames)))
+                    .unwrap(),
                 Answer::Refused(kind) => http::Response::builder()
                     .status(400)
                     .header("content-type", "application/x-amz-json-1.1")
@@ -545,7 +633,10 @@ mod tests {
             invoke_identity_arn: None,
             deaggregate,
         };
-        (FanOutReader::new(stream, CONSUMER.into()), requests)
+        (
+            FanOutReader::new(stream, "sluice".into(), CONSUMER.into()),
+            requests,
+        )
     }
 
     fn ids(read: &CursorRead) -> Vec<String> {
@@ -563,9 +654,10 @@ mod tests {
             vec![
                 Answer::Frames(vec![
                     event(&[("1", b"a"), ("2", b"b")], "2", 1500),
-                    event(&[], "2", 0),
+                    // Kinesis may continue past the last record it sent.
+                    event(&[], "4", 0),
                 ]),
-                Answer::Frames(vec![event(&[("3", b"c")], "3", 0)]),
+                Answer::Frames(vec![event(&[("5", b"c")], "5", 0)]),
             ],
             false,
         );
@@ -585,7 +677,7 @@ mod tests {
         assert!(ids(&cursor.read(&reader, 100).await.unwrap()).is_empty());
         // The first subscription ended (as Kinesis ends each after five minutes): the read
         // subscribes again after its continuation.
-        assert_eq!(ids(&cursor.read(&reader, 100).await.unwrap()), ["3"]);
+        assert_eq!(ids(&cursor.read(&reader, 100).await.unwrap()), ["5"]);
         let requests = requests.lock().unwrap();
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[0]["ConsumerARN"], CONSUMER);
@@ -596,7 +688,7 @@ mod tests {
         );
         assert_eq!(
             requests[1]["StartingPosition"],
-            json!({"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "2"})
+            json!({"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "4"})
         );
     }
 
@@ -632,14 +724,14 @@ mod tests {
         let (reader, requests) = reader(
             vec![
                 Answer::Frames(vec![
-                    event(&[("1", b"a")], "1", 0),
+                    event(&[("1", b"a")], "3", 0),
                     exception("KMSThrottlingException"),
                 ]),
                 Answer::Frames(vec![
-                    event(&[("2", b"b")], "2", 0),
+                    event(&[("4", b"b")], "5", 0),
                     exception("InternalFailureException"),
                 ]),
-                Answer::Frames(vec![event(&[("3", b"c")], "3", 0)]),
+                Answer::Frames(vec![event(&[("6", b"c")], "6", 0)]),
             ],
             false,
         );
@@ -650,7 +742,7 @@ mod tests {
             matches!(throttled, CursorRead::Throttled { .. }),
             "{throttled:?}"
         );
-        assert_eq!(ids(&cursor.read(&reader, 100).await.unwrap()), ["2"]);
+        assert_eq!(ids(&cursor.read(&reader, 100).await.unwrap()), ["4"]);
         let failed = cursor.read(&reader, 100).await;
         assert!(
             failed
@@ -658,7 +750,7 @@ mod tests {
                 .is_err_and(|e| e.to_string().contains("InternalFailureException")),
             "{failed:?}"
         );
-        assert_eq!(ids(&cursor.read(&reader, 100).await.unwrap()), ["3"]);
+        assert_eq!(ids(&cursor.read(&reader, 100).await.unwrap()), ["6"]);
         let positions: Vec<Value> = requests
             .lock()
             .unwrap()
@@ -669,8 +761,10 @@ mod tests {
             positions,
             [
                 json!({"Type": "LATEST"}),
-                json!({"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "1"}),
-                json!({"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "2"}),
+                // A throttle keeps the place the subscription had reached (its continuation).
+                json!({"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "3"}),
+                // Another error starts again after the last record read.
+                json!({"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "4"}),
             ]
         );
     }
@@ -784,5 +878,94 @@ mod tests {
         assert_eq!(register(&client, ARN, "sluice").await.unwrap(), CONSUMER);
         assert_eq!(registered.num_calls(), 1);
         assert_eq!(*calls.lock().unwrap(), 3);
+    }
+
+    fn at_tip(read: &CursorRead) -> Option<bool> {
+        match read {
+            CursorRead::Page { at_tip, .. } => *at_tip,
+            other => panic!("not a page: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_subscription_is_dropped_and_only_fresh_events_say_the_shard_is_caught_up() {
+        let (feed, frames) = tokio::sync::mpsc::unbounded_channel();
+        let (reader, requests) = reader(
+            vec![
+                Answer::Feed(frames),
+                Answer::Frames(vec![event(&[("7", b"g")], "7", 0)]),
+            ],
+            false,
+        );
+        let mut cursor = ShardCursor::new(SHARD, IteratorStart::TrimHorizon);
+        // Two events waiting when the read comes: neither says the shard is caught up now.
+        feed.send(event(&[("1", b"a")], "1", 0)).unwrap();
+        feed.send(event(&[("2", b"b")], "2", 0)).unwrap();
+        let first = cursor.read(&reader, 100).await.unwrap();
+        assert_eq!(
+            (ids(&first), at_tip(&first)),
+            (vec!["1".to_owned()], Some(false))
+        );
+        let second = cursor.read(&reader, 100).await.unwrap();
+        assert_eq!(
+            (ids(&second), at_tip(&second)),
+            (vec!["2".to_owned()], Some(false))
+        );
+        // One that comes while the read waits is news.
+        let sender = feed.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            sender.send(event(&[("3", b"c")], "3", 0)).unwrap();
+        });
+        let fresh = cursor.read(&reader, 100).await.unwrap();
+        assert_eq!(
+            (ids(&fresh), at_tip(&fresh)),
+            (vec!["3".to_owned()], Some(true))
+        );
+        // Then nothing for EVENT_WAIT (a half-open connection): the read fails, and the next
+        // subscribes again after the last record read.
+        let silent = tokio::time::Instant::now();
+        let failed = cursor.read(&reader, 100).await;
+        assert!(
+            failed
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("no event")),
+            "{failed:?}"
+        );
+        assert_eq!(silent.elapsed(), EVENT_WAIT);
+        assert_eq!(ids(&cursor.read(&reader, 100).await.unwrap()), ["7"]);
+        assert_eq!(
+            requests.lock().unwrap()[1]["StartingPosition"],
+            json!({"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "3"})
+        );
+        drop(feed);
+    }
+
+    #[tokio::test]
+    async fn an_event_without_continuation_or_children_does_not_end_the_shard() {
+        let mut bare = event(&[("1", b"a")], "1", 0);
+        bare = {
+            // The same event without its continuation, and no child shards.
+            let payload = json!({"Records": [], "MillisBehindLatest": 0});
+            let _ = bare;
+            frame("event", (":event-type", "SubscribeToShardEvent"), payload)
+        };
+        let (reader, _) = reader(
+            vec![
+                Answer::Frames(vec![bare]),
+                Answer::Frames(vec![event(&[("2", b"b")], "2", 0)]),
+            ],
+            false,
+        );
+        let mut cursor = ShardCursor::new(SHARD, IteratorStart::AfterSequence("1".into()));
+        let read = cursor.read(&reader, 100).await;
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.to_string().contains("neither")),
+            "{read:?}"
+        );
+        let next = cursor.read(&reader, 100).await.unwrap();
+        assert_eq!(ids(&next), ["2"]);
+        assert!(matches!(next, CursorRead::Page { end: false, .. }));
     }
 }

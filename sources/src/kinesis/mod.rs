@@ -302,6 +302,7 @@ impl KinesisStream {
                 .millis_behind_latest()
                 .and_then(|millis| u64::try_from(millis).ok()),
             bytes,
+            at_tip: None,
         })
     }
 
@@ -439,8 +440,10 @@ impl Kinesis {
                 if let Some(consumer) = consumer {
                     let consumer_arn =
                         fanout::register(&stream.client, &stream.stream_arn, &consumer).await?;
-                    return Ok(Arc::new(fanout::FanOutReader::new(stream, consumer_arn))
-                        as Arc<dyn ShardReader>);
+                    return Ok(
+                        Arc::new(fanout::FanOutReader::new(stream, consumer, consumer_arn))
+                            as Arc<dyn ShardReader>,
+                    );
                 }
                 Ok(Arc::new(stream) as Arc<dyn ShardReader>)
             })
@@ -563,6 +566,7 @@ mod tests {
                     end,
                     millis_behind_latest,
                     bytes,
+                    ..
                 } => {
                     assert_eq!(
                         bytes,

@@ -60,6 +60,8 @@ pub enum CursorRead {
         millis_behind_latest: Option<u64>,
         /// The records' data in bytes (the read budget's measure).
         bytes: usize,
+        /// The reader's own word on whether the page reaches the shard's newest record.
+        at_tip: Option<bool>,
     },
     /// Nothing was read: the shard's read limit was exceeded; read again after a pause.
     Throttled { detail: String },
@@ -153,6 +155,7 @@ impl ShardCursor {
                     end,
                     millis_behind_latest: page.millis_behind_latest,
                     bytes: page.bytes,
+                    at_tip: page.at_tip,
                 })
             }
             Err(ReadError::Throttled(detail)) => {

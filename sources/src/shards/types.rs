@@ -53,4 +53,8 @@ pub struct Page {
     pub millis_behind_latest: Option<u64>,
     /// The records' data in bytes, as the stream's read budget counts it.
     pub bytes: usize,
+    /// Whether the page reaches the shard's newest record as of the read, when the reader knows
+    /// better than `millis_behind_latest` tells (an enhanced fan-out event that waited in a
+    /// buffer says nothing about now); `None` leaves it to the runtime.
+    pub at_tip: Option<bool>,
 }

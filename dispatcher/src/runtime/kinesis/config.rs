@@ -381,4 +381,29 @@ mod tests {
             "{rendered}"
         );
     }
+
+    #[test]
+    fn two_mappings_cannot_share_a_stream_consumer() {
+        let consumer = |name: &str| {
+            KINESIS.replace(
+                "stream_name: orders",
+                &format!("stream_name: orders\n        consumer: {{ name: {name} }}"),
+            )
+        };
+        let config = parse_text(&consumer("sluice-orders")).unwrap();
+        assert_eq!(
+            kinesis_source(&config).consumer.as_deref(),
+            Some("sluice-orders")
+        );
+        let first = consumer("shared");
+        let mapping_start = first.find("  - name:").unwrap();
+        let second =
+            first[mapping_start..].replacen("- name: orders-stream", "- name: orders-2", 1);
+        let text = format!("{first}{second}");
+        let rendered = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("reads stream orders through consumer \"shared\" already"),
+            "{rendered}"
+        );
+    }
 }
