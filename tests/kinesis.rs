@@ -526,20 +526,7 @@ async fn two_instances_share_the_shards_and_one_takes_over_after_a_sigkill() {
     create_kinesis_stream(&kinesis, "shared", 4).await;
     // Records keep coming while the instances start and balance, so that neither can finish
     // the stream alone before the other takes its share.
-    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writing = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (kinesis, written, writing) = (kinesis.clone(), written.clone(), writing.clone());
-        tokio::spawn(async move {
-            while writing.load(Ordering::SeqCst) {
-                let n = written.load(Ordering::SeqCst);
-                let key = format!("k{}", n % 40);
-                put_kinesis(&kinesis, "shared", &key, &json!({"key": key, "n": n})).await;
-                written.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = KeyedWriter::start(&kinesis, "shared", 40, Duration::from_millis(5));
     let handler =
         Handler::start(|_, _| Reply::json(json!({})).after(Duration::from_millis(30))).await;
     let mapping = r#"
@@ -584,9 +571,7 @@ async fn two_instances_share_the_shards_and_one_takes_over_after_a_sigkill() {
     drop(dead);
     // Writing goes on for a few seconds after the kill, then stops.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    writing.store(false, Ordering::SeqCst);
-    writer.await.unwrap();
-    let written = written.load(Ordering::SeqCst);
+    let written = writer.stop().await;
     eventually(Duration::from_secs(240), "every record handled", || async {
         let seen: HashSet<u64> = handler.records().iter().map(|r| key_and_n(r).1).collect();
         (seen.len() as u64 == written).then_some(())
@@ -888,29 +873,17 @@ fn data_key(record: &Value) -> String {
 
 // semantics.md §8; issue 21 item 7: a per-key count over 3-second tumbling windows, with the
 // instance SIGKILLed mid-window and started again. A filter drops one key in five, so skipped
-// records sit between counted ones (their checkpoint moves without the state). The state is stored with the checkpoint (here
-// in the DynamoDB lease table), so the restarted instance resumes the window with the state of
-// exactly the records up to the checkpoint: every final invocation counts each record of its
-// window once, although the batch in flight at the kill is delivered again.
+// records sit between counted ones (their checkpoint moves without the state). The state is
+// stored with the checkpoint (here in the DynamoDB lease table), so the restarted instance
+// resumes the window with the state of exactly the records up to the checkpoint: every final
+// invocation counts each record of its window once, although the batch in flight at the kill is
+// delivered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tumbling_windows_count_every_record_once_across_a_sigkill_mid_window() {
     let moto = Moto::start();
     let kinesis = moto.kinesis().await;
     create_kinesis_stream(&kinesis, "clicks", 2).await;
-    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writing = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (kinesis, written, writing) = (kinesis.clone(), written.clone(), writing.clone());
-        tokio::spawn(async move {
-            while writing.load(Ordering::SeqCst) {
-                let n = written.load(Ordering::SeqCst);
-                let key = format!("k{}", n % 5);
-                put_kinesis(&kinesis, "clicks", &key, &json!({"key": key, "n": n})).await;
-                written.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        })
-    };
+    let writer = KeyedWriter::start(&kinesis, "clicks", 5, Duration::from_millis(15));
     let handler = Handler::start(|_, event| {
         Reply::json(count_in_window(event, data_key)).after(Duration::from_millis(40))
     })
@@ -942,12 +915,9 @@ async fn tumbling_windows_count_every_record_once_across_a_sigkill_mid_window() 
     drop(first);
     let _second = Sluice::start(&text, &moto_env(&moto));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    writing.store(false, Ordering::SeqCst);
-    writer.await.unwrap();
+    let written = writer.stop().await;
     // Records of k4 are filtered out.
-    let written = (0..written.load(Ordering::SeqCst))
-        .filter(|n| n % 5 != 4)
-        .count();
+    let written = (0..written).filter(|n| n % 5 != 4).count();
     eventually(Duration::from_secs(90), "every window closed", || async {
         let windowed = Windowed::of(&handler.received(), data_key);
         (windowed.records == written && windowed.all_closed()).then_some(())

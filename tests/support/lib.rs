@@ -374,6 +374,54 @@ pub fn key_of(record: &Value) -> String {
         .to_owned()
 }
 
+/// Writes `{"key": "k<n % keys>", "n": n}` to a Kinesis stream under partition key
+/// `k<n % keys>`, one record every `pause`, until stopped.
+pub struct KeyedWriter {
+    writing: Arc<std::sync::atomic::AtomicBool>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeyedWriter {
+    pub fn start(
+        kinesis: &aws_sdk_kinesis::Client,
+        stream: &str,
+        keys: u64,
+        pause: Duration,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = {
+            let (kinesis, stream) = (kinesis.clone(), stream.to_owned());
+            let (writing, written) = (writing.clone(), written.clone());
+            tokio::spawn(async move {
+                while writing.load(Ordering::SeqCst) {
+                    let n = written.load(Ordering::SeqCst);
+                    let key = format!("k{}", n % keys);
+                    let data = serde_json::json!({"key": key, "n": n});
+                    put_kinesis(&kinesis, &stream, &key, &data).await;
+                    written.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(pause).await;
+                }
+            })
+        };
+        KeyedWriter {
+            writing,
+            written,
+            task,
+        }
+    }
+
+    /// Stops writing; how many records were written.
+    pub async fn stop(self) -> u64 {
+        self.writing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("the writer");
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 // === Tumbling windows ===
 
 /// A window as a handler sees it: the event's `shardId` and `window.start` (ms since the epoch).

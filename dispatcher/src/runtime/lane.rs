@@ -799,6 +799,18 @@ mod tests {
         );
     }
 
+    /// A shard of one-minute tumbling windows, batches of `batch_size`.
+    fn windowed(target: Arc<ScriptedTarget>, batch_size: usize) -> Arc<Shard> {
+        let mut shard = Arc::into_inner(shard(target, batch_size, false, None, None)).unwrap();
+        shard.windows = Some(Windows::new(
+            Duration::from_secs(60),
+            "shard-1",
+            "arn:stream",
+            None,
+        ));
+        Arc::new(shard)
+    }
+
     /// A handler counting records in its window state, as Lambda's tumbling-window examples do.
     fn counting(event: &serde_json::Value) -> Outcome {
         if event["isFinalInvokeForWindow"] == json!(true) {
@@ -820,15 +832,7 @@ mod tests {
         target.push(Outcome::Returned {
             response: Some(json!({"batchItemFailures": []})),
         });
-        let mut windows_shard =
-            Arc::into_inner(shard(target.clone(), 2, false, None, None)).unwrap();
-        windows_shard.windows = Some(Windows::new(
-            Duration::from_secs(60),
-            "shard-1",
-            "arn:stream",
-            None,
-        ));
-        let shard = Arc::new(windows_shard);
+        let shard = windowed(target.clone(), 2);
         let second = |s: u64| Duration::from_secs(s);
         // Three records in [60 s, 120 s), two in [120 s, 180 s), one late for the first window.
         let arrivals = [
@@ -880,15 +884,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_final_invocation_that_fails_blocks_the_lane_until_it_succeeds() {
         let target = Arc::new(ScriptedTarget::answering(counting));
-        let mut windows_shard =
-            Arc::into_inner(shard(target.clone(), 5, false, None, None)).unwrap();
-        windows_shard.windows = Some(Windows::new(
-            Duration::from_secs(60),
-            "shard-1",
-            "arn",
-            None,
-        ));
-        let shard = Arc::new(windows_shard);
+        let shard = windowed(target.clone(), 5);
         let (sender, receiver) = mpsc::channel(16);
         let lane = tokio::spawn(run_lane(
             shard.clone(),
@@ -946,15 +942,7 @@ mod tests {
         target.push(Outcome::Returned {
             response: Some(json!({"state": {"big": big}})),
         });
-        let mut windows_shard =
-            Arc::into_inner(shard(target.clone(), 1, false, None, None)).unwrap();
-        windows_shard.windows = Some(Windows::new(
-            Duration::from_secs(60),
-            "shard-1",
-            "arn",
-            None,
-        ));
-        let shard = Arc::new(windows_shard);
+        let shard = windowed(target.clone(), 1);
         let second = Duration::from_secs;
         run_arriving(&shard, &[second(61), second(62)]).await;
         let calls = target.payloads();

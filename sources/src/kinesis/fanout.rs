@@ -339,22 +339,11 @@ impl FanOutReader {
         event: &SubscribeToShardEvent,
         buffered: bool,
     ) -> Result<Page, ReadError> {
-        let now = crate::now_since_epoch();
-        let bytes = event
-            .records()
-            .iter()
-            .map(|r| r.data().as_ref().len() + r.partition_key().map_or(0, str::len))
-            .sum();
-        let skip = subscription.skip.clone();
-        let records = event
-            .records()
-            .iter()
-            .flat_map(|record| self.stream.records(shard_id, record, now))
-            .filter(|record| match (&skip, split_sub_sequence(record.id())) {
-                (Some((place, read)), Some((sequence, sub))) => place != sequence || sub > *read,
-                _ => true,
-            })
-            .collect();
+        let skip = subscription
+            .skip
+            .as_ref()
+            .map(|(sequence, sub)| (sequence.as_str(), *sub));
+        let (records, bytes) = self.stream.page_records(shard_id, event.records(), skip);
         if !event.records().is_empty() {
             subscription.skip = None;
         }

@@ -272,21 +272,7 @@ impl KinesisStream {
                 )));
             }
         };
-        let now = crate::now_since_epoch();
-        let bytes = output
-            .records()
-            .iter()
-            .map(|r| r.data().as_ref().len() + r.partition_key().map_or(0, str::len))
-            .sum();
-        let records = output
-            .records()
-            .iter()
-            .flat_map(|record| self.records(shard_id, record, now))
-            .filter(|record| match (skip, split_sub_sequence(record.id())) {
-                (Some((place, read)), Some((sequence, sub))) => place != sequence || sub > read,
-                _ => true,
-            })
-            .collect();
+        let (records, bytes) = self.page_records(shard_id, output.records(), skip);
         // The skip holds until the aggregate is read: an empty page (Kinesis may answer one
         // before the records at the iterator) passes it on to the next iterator.
         let next_iterator = output.next_shard_iterator().map(|next| match skip {
@@ -304,6 +290,31 @@ impl KinesisStream {
             bytes,
             at_tip: None,
         })
+    }
+
+    /// The records of one page (GetRecords' or a fan-out event's) as Lambda records, without
+    /// the user records of the aggregate `skip` names up to its sub-sequence number, and their
+    /// bytes as the shard's read budget counts them.
+    fn page_records(
+        &self,
+        shard_id: &str,
+        page: &[aws_sdk_kinesis::types::Record],
+        skip: Option<(&str, u64)>,
+    ) -> (Vec<Record>, usize) {
+        let now = crate::now_since_epoch();
+        let bytes = page
+            .iter()
+            .map(|r| r.data().as_ref().len() + r.partition_key().map_or(0, str::len))
+            .sum();
+        let records = page
+            .iter()
+            .flat_map(|record| self.records(shard_id, record, now))
+            .filter(|record| match (skip, split_sub_sequence(record.id())) {
+                (Some((place, read)), Some((sequence, sub))) => place != sequence || sub > read,
+                _ => true,
+            })
+            .collect();
+        (records, bytes)
     }
 
     /// The records `record` is: itself, or with `deaggregate` the user records of an aggregate.
