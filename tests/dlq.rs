@@ -690,7 +690,8 @@ async fn a_one_megabyte_record_spills_to_s3_and_replays_byte_identical() {
     let sqs = moto.sqs().await;
     let s3 = moto.s3().await;
     s3.create_bucket().bucket("spill").send().await.unwrap();
-    let dead = create_queue(&sqs, "big-dead", &[]).await;
+    // A queue of SQS's old 256 KiB limit (new queues take 1 MiB).
+    let dead = create_queue(&sqs, "big-dead", &[("MaximumMessageSize", "262144")]).await;
     let kafka = Kafka::start();
     let topic = Kafka::unique("big");
     kafka.create_topic(&topic, 1);
@@ -925,4 +926,88 @@ async fn a_message_that_is_not_an_envelope_is_shown_and_left_alone() {
     let left = receive_all(&sqs, &dead, 30).await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].body(), Some("written by hand"));
+}
+
+// Issue 22 item 1: SQS raised its message limit to 1 MiB (August 2025). An envelope is sized by
+// the destination queue's own MaximumMessageSize: a 600 KB envelope goes straight into a 1 MiB
+// queue (it spilled at a fixed 256 KB before); when the queue's limit is lowered under a running
+// sluice, SQS refuses the next send as too long, the limit is read again and the envelope goes
+// through the spill bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_are_sized_by_the_destination_queues_maximum_message_size() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let s3 = moto.s3().await;
+    s3.create_bucket().bucket("spill").send().await.unwrap();
+    let wide = [("MaximumMessageSize", "1048576")];
+    let queue = create_queue(&sqs, "wide-jobs", &wide).await;
+    let dead = create_queue(&sqs, "wide-dead", &wide).await;
+    let flaky = Flaky::start().await;
+    let body = |n: u32| format!("{n}:{}", "x".repeat(300_000));
+    send_bodies(&sqs, &queue, &[body(1)], None).await;
+    let sluice = Sluice::start(
+        &config(
+            &flaky.handler.url("/"),
+            "",
+            &format!(
+                r#"
+  - name: wide
+    target: handler
+    source:
+      sqs: {{ queue_url: "{queue}", batch_size: 1 }}
+    retry: {{ max_receive_count: 1 }}
+    on_failure:
+      sqs: {{ queue_url: "{dead}", spill_bucket: spill }}
+"#
+            ),
+        ),
+        &moto_env(&moto),
+    );
+    let first = eventually(WAIT, "the first dead letter", || async {
+        let messages = receive_all(&sqs, &dead, 60).await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    let envelope = first[0].body().unwrap();
+    assert!(
+        envelope.len() > 262_144 && envelope.starts_with('{'),
+        "a {} byte envelope, sent whole",
+        envelope.len()
+    );
+    assert!(s3_objects(&s3, "spill").await.is_empty());
+
+    // The queue's limit goes down to 64 KiB while sluice runs.
+    sqs.set_queue_attributes()
+        .queue_url(&dead)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            "65536",
+        )
+        .send()
+        .await
+        .unwrap();
+    send_bodies(&sqs, &queue, &[body(2)], None).await;
+    let spilled = eventually(WAIT, "the second dead letter, spilled", || async {
+        let objects = s3_objects(&s3, "spill").await;
+        (!objects.is_empty()).then_some(objects)
+    })
+    .await;
+    assert_eq!(spilled.len(), 1);
+    let pointer = eventually(WAIT, "its pointer in the queue", || async {
+        let messages = receive_all(&sqs, &dead, 60).await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    let pointer_body = pointer[0].body().unwrap();
+    assert!(
+        pointer_body.contains("software.amazon.payloadoffloading.PayloadS3Pointer"),
+        "{pointer_body}"
+    );
+    assert!(
+        spilled[0].1["sluice"]["records"][0]["body"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("2:")),
+        "the spilled envelope holds the second record"
+    );
+    drop(stop(sluice));
 }

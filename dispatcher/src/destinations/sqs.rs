@@ -1,10 +1,16 @@
 //! An SQS queue as an on-failure destination: the envelope is the message body.
 //!
-//! An envelope over SQS's message limit (256 KB) is stored in the destination's `spill_bucket`
-//! first, and the queue gets a pointer in the format of the SQS Extended Client Library (a JSON
-//! array `["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName", "s3Key"}]`
-//! with the `ExtendedPayloadSize` attribute), so tools that know that client can read it too.
-//! The object is written before the pointer is sent: a pointer never names a missing object.
+//! - Every send is sized by the queue's own `MaximumMessageSize` (1 KiB to 1 MiB since August
+//!   2025, when 1 MiB became the default; older queues keep 256 KiB), read once and read again
+//!   when SQS refuses a message as too long (the attribute was lowered meanwhile); while it
+//!   cannot be read, the old 256 KiB is assumed.
+//! - An envelope over that limit is stored in the destination's `spill_bucket` first, and the
+//!   queue gets a pointer in the format of the SQS Extended Client Library (a JSON array
+//!   `["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName", "s3Key"}]` with
+//!   the `ExtendedPayloadSize` attribute), so tools that know that client can read it too. The
+//!   object is written before the pointer is sent: a pointer never names a missing object.
+//! - Without a `spill_bucket`, an envelope over the limit is stored without the records'
+//!   contents ([`reduced`]): retrying cannot make it fit.
 
 use super::envelope::{Cut, Envelope, SluiceInfo, patch};
 use super::{Destination, DestinationError, Placement};
@@ -14,8 +20,13 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use serde_json::{Value, json};
 
-/// SQS's largest message: body and attributes together.
-pub const MAX_MESSAGE_BYTES: usize = 262_144;
+/// SQS's largest message (body and attributes together) since August 2025.
+pub const MAX_MESSAGE_BYTES: usize = 1_048_576;
+/// SQS's limit before August 2025 (and so of older queues): what is assumed while a queue's
+/// `MaximumMessageSize` cannot be read.
+pub const DEFAULT_MESSAGE_BYTES: usize = 262_144;
+/// The smallest `MaximumMessageSize` a queue can have.
+const MIN_MESSAGE_BYTES: usize = 1024;
 /// The pointer's class name in the Extended Client's format.
 const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Pointer";
 /// The attribute that holds the stored body's size.
@@ -80,6 +91,14 @@ pub struct SqsDestination {
     queue_url: String,
     fifo: bool,
     spill: Option<Spill>,
+    /// The queue's `MaximumMessageSize`, once read.
+    limit: tokio::sync::Mutex<Option<usize>>,
+}
+
+/// Why a send failed: the queue refused the message as too long, or anything else.
+enum SendFailure {
+    TooLong(DestinationError),
+    Other(DestinationError),
 }
 
 impl SqsDestination {
@@ -90,10 +109,45 @@ impl SqsDestination {
             queue_url,
             fifo,
             spill,
+            limit: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Sends `body`, through the spill bucket when it is over the limit; returns the message id.
+    /// The queue's `MaximumMessageSize` (see the module docs).
+    pub async fn limit(&self) -> usize {
+        let mut known = self.limit.lock().await;
+        if let Some(limit) = *known {
+            return limit;
+        }
+        let read = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await;
+        let limit = match read {
+            Ok(output) => output
+                .attributes()
+                .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize))
+                .and_then(|v| v.parse::<usize>().ok())
+                .map(|v| v.clamp(MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES)),
+            Err(error) => {
+                tracing::warn!(queue_url = %self.queue_url, error = %DisplayErrorContext(&error), assumed = DEFAULT_MESSAGE_BYTES, "cannot read the destination queue's MaximumMessageSize (the role needs sqs:GetQueueAttributes on it); assuming SQS's default");
+                None
+            }
+        };
+        *known = limit;
+        limit.unwrap_or(DEFAULT_MESSAGE_BYTES)
+    }
+
+    /// Forgets the queue's limit: the next send reads it again.
+    async fn forget_limit(&self) {
+        *self.limit.lock().await = None;
+    }
+
+    /// Sends `body`, through the spill bucket when it is over the queue's limit; returns the
+    /// message id. A refusal as too long reads the limit again and sends once more.
     pub async fn send_body(
         &self,
         mapping: &str,
@@ -101,24 +155,47 @@ impl SqsDestination {
         group_hint: &str,
         dedup_hint: &str,
     ) -> Result<String, DestinationError> {
+        match self
+            .send_sized(mapping, body.clone(), group_hint, dedup_hint)
+            .await
+        {
+            Ok(id) => Ok(id),
+            Err(SendFailure::TooLong(_)) => {
+                self.forget_limit().await;
+                self.send_sized(mapping, body, group_hint, dedup_hint)
+                    .await
+                    .map_err(SendFailure::into_error)
+            }
+            Err(SendFailure::Other(error)) => Err(error),
+        }
+    }
+
+    async fn send_sized(
+        &self,
+        mapping: &str,
+        body: String,
+        group_hint: &str,
+        dedup_hint: &str,
+    ) -> Result<String, SendFailure> {
         let failed = |message: String| DestinationError::Sqs {
             queue_url: self.queue_url.clone(),
             message,
         };
+        let limit = self.limit().await;
         let mut request = self.client.send_message().queue_url(&self.queue_url);
-        if body.len() > MAX_MESSAGE_BYTES {
+        if body.len() > limit {
             let Some(spill) = &self.spill else {
-                return Err(failed(format!(
-                    "the envelope is {} bytes, over SQS's {MAX_MESSAGE_BYTES}; set on_failure.sqs.spill_bucket so large envelopes are stored in S3",
+                return Err(SendFailure::Other(failed(format!(
+                    "the envelope is {} bytes, over the queue's MaximumMessageSize of {limit}; set on_failure.sqs.spill_bucket so large envelopes are stored in S3",
                     body.len()
-                )));
+                ))));
             };
             let size = body.len();
             let pointer = spill.store(mapping, body).await.map_err(|error| {
-                failed(format!(
+                SendFailure::Other(failed(format!(
                     "storing the oversized envelope: {}",
                     crate::error_chain(&error)
-                ))
+                )))
             })?;
             request = request.message_body(pointer.body()).message_attributes(
                 PAYLOAD_SIZE_ATTRIBUTE,
@@ -142,14 +219,48 @@ impl SqsDestination {
             .send()
             .await
             .map(|output| output.message_id().unwrap_or_default().to_owned())
-            .map_err(|error| failed(DisplayErrorContext(&error).to_string()))
+            .map_err(|error| {
+                let too_long = is_too_long(&error);
+                let error = failed(DisplayErrorContext(&error).to_string());
+                if too_long {
+                    SendFailure::TooLong(error)
+                } else {
+                    SendFailure::Other(error)
+                }
+            })
     }
+}
+
+impl SendFailure {
+    fn into_error(self) -> DestinationError {
+        match self {
+            SendFailure::TooLong(error) | SendFailure::Other(error) => error,
+        }
+    }
+}
+
+/// Whether SQS refused a message as longer than the queue allows ("Message must be shorter
+/// than N bytes", InvalidParameterValue; or MessageTooLong).
+fn is_too_long<R>(
+    error: &aws_sdk_sqs::error::SdkError<aws_sdk_sqs::operation::send_message::SendMessageError, R>,
+) -> bool {
+    use aws_sdk_sqs::error::ProvideErrorMetadata;
+    let Some(service) = error.as_service_error() else {
+        return false;
+    };
+    let code = service.code().unwrap_or_default();
+    code.contains("MessageTooLong")
+        || (code.contains("InvalidParameterValue")
+            && service
+                .message()
+                .unwrap_or_default()
+                .contains("shorter than"))
 }
 
 /// The envelope without the records' contents and payloads (what made it too large), with a
 /// note of what was cut. Identities (ids, sequence numbers, offsets, batch info), the error and
 /// the attempt history stay.
-pub(crate) fn reduced(mut document: Value, size: usize) -> Value {
+pub(crate) fn reduced(mut document: Value, size: usize, limit: usize) -> Value {
     let Some(envelope) = Envelope::parse(&document) else {
         return document;
     };
@@ -178,7 +289,7 @@ pub(crate) fn reduced(mut document: Value, size: usize) -> Value {
             records: Some(json!([])),
             cut: Some(Cut {
                 reason: Some(format!(
-                    "the envelope was {size} bytes, over SQS's {MAX_MESSAGE_BYTES}, and on_failure has no spill_bucket"
+                    "the envelope was {size} bytes, over the queue's MaximumMessageSize of {limit}, and on_failure has no spill_bucket"
                 )),
                 fields: Some(cut),
                 records: Some(records),
@@ -199,22 +310,36 @@ impl Destination for SqsDestination {
         document: serde_json::Value,
         placement: &Placement<'_>,
     ) -> Result<(), DestinationError> {
-        let mut body = document.to_string();
-        if body.len() > MAX_MESSAGE_BYTES && self.spill.is_none() {
-            // Retrying cannot make it fit: keep what identifies the records and why they failed.
-            let size = body.len();
-            body = reduced(document, size).to_string();
-            metrics::counter!("sluice_destination_reduced_envelopes_total", "mapping" => placement.mapping.to_owned()).increment(1);
-            tracing::warn!(mapping = placement.mapping, queue_url = %self.queue_url, envelope_bytes = size, reduced_bytes = body.len(), "the envelope is over SQS's limit and there is no spill_bucket; storing it without the records' contents (set on_failure.sqs.spill_bucket to keep them)");
+        let full = document.to_string();
+        // Twice at most: a refusal as too long reads the queue's limit again first.
+        let mut outcome = Ok(String::new());
+        for attempt in 0..2 {
+            if attempt > 0 {
+                self.forget_limit().await;
+            }
+            let limit = self.limit().await;
+            let mut body = full.clone();
+            if body.len() > limit && self.spill.is_none() {
+                // Retrying cannot make it fit: keep what identifies the records and why they
+                // failed.
+                let size = body.len();
+                body = reduced(document.clone(), size, limit).to_string();
+                metrics::counter!("sluice_destination_reduced_envelopes_total", "mapping" => placement.mapping.to_owned()).increment(1);
+                tracing::warn!(mapping = placement.mapping, queue_url = %self.queue_url, envelope_bytes = size, reduced_bytes = body.len(), limit, "the envelope is over the queue's MaximumMessageSize and there is no spill_bucket; storing it without the records' contents (set on_failure.sqs.spill_bucket to keep them)");
+            }
+            outcome = self
+                .send_sized(
+                    placement.mapping,
+                    body,
+                    placement.group_hint,
+                    placement.dedup_hint,
+                )
+                .await;
+            if !matches!(outcome, Err(SendFailure::TooLong(_))) {
+                break;
+            }
         }
-        self.send_body(
-            placement.mapping,
-            body,
-            placement.group_hint,
-            placement.dedup_hint,
-        )
-        .await
-        .map(|_| ())
+        outcome.map(|_| ()).map_err(SendFailure::into_error)
     }
 
     fn describe(&self) -> &str {
@@ -255,7 +380,7 @@ mod tests {
                 "source": {"kind": "sqs", "message_ids": ["m1"]},
             }
         });
-        let small = reduced(envelope, 600_000);
+        let small = reduced(envelope, 600_000, DEFAULT_MESSAGE_BYTES);
         assert!(small.to_string().len() < 2_000, "{small}");
         assert_eq!(small["DDBStreamBatchInfo"]["startSequenceNumber"], "1");
         assert_eq!(small["sluice"]["source"]["message_ids"][0], "m1");

@@ -9,7 +9,7 @@
 
 use super::*;
 use crate::destinations::kafka::record_message;
-use crate::destinations::sqs::{SpillPointer, reduced};
+use crate::destinations::sqs::{DEFAULT_MESSAGE_BYTES, SpillPointer, reduced};
 use crate::dlq::{Entry, RecordKind};
 use serde_json::json;
 use sluice_policies::{DeadLetterCondition, ErrorInfo};
@@ -281,7 +281,10 @@ fn written() -> Vec<(&'static str, Value)> {
             "invoke-async-success.json",
             fixed(invoke_success().to_json()),
         ),
-        ("sqs-cut.json", fixed(reduced(sqs, size))),
+        (
+            "sqs-cut.json",
+            fixed(reduced(sqs, size, DEFAULT_MESSAGE_BYTES)),
+        ),
     ]
 }
 
