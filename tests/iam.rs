@@ -77,6 +77,22 @@ async fn the_sqs_policy_allows_exactly_what_an_sqs_mapping_calls() {
     let sqs = moto.sqs().await;
     let queue = create_queue(&sqs, "orders", &[("VisibilityTimeout", "2")]).await;
     let dlq = create_queue(&sqs, "orders-dlq", &[]).await;
+    // A body the SQS Extended Client stored in S3: fetched, and deleted after success.
+    let s3 = moto.s3().await;
+    s3.create_bucket()
+        .bucket("order-payloads")
+        .send()
+        .await
+        .unwrap();
+    s3.put_object()
+        .bucket("order-payloads")
+        .key("big-order")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"a big order",
+        ))
+        .send()
+        .await
+        .unwrap();
     let handler = Handler::start(|_, event| {
         let body = event["Records"][0]["body"].as_str().unwrap_or_default();
         match body {
@@ -97,7 +113,11 @@ mappings:
   - name: orders
     target: app
     source:
-      sqs: {{ queue_url: "{queue}", batch_size: 1, wait_time: 1s }}
+      sqs:
+        queue_url: "{queue}"
+        batch_size: 1
+        wait_time: 1s
+        large_payloads: {{ delete_after_success: true }}
     retry: {{ max_receive_count: 1 }}
     on_failure:
       sqs: {{ queue_url: "{dlq}" }}
@@ -105,15 +125,18 @@ mappings:
         url = handler.url("/")
     );
     let _sluice = start_from_s3(&moto, &config, &[]).await;
+    let pointer = r#"["software.amazon.payloadoffloading.PayloadS3Pointer",{"s3BucketName":"order-payloads","s3Key":"big-order"}]"#;
     send_bodies(
         &sqs,
         &queue,
-        &["ok".into(), "slow".into(), "bad".into()],
+        &["ok".into(), "slow".into(), "bad".into(), pointer.into()],
         None,
     )
     .await;
     eventually(WAIT, "the dead letter and an empty queue", || async {
-        let done = queue_depth(&sqs, &dlq).await == 1 && queue_depth(&sqs, &queue).await == 0;
+        let done = queue_depth(&sqs, &dlq).await == 1
+            && queue_depth(&sqs, &queue).await == 0
+            && s3_objects(&s3, "order-payloads").await.is_empty();
         done.then_some(())
     })
     .await;

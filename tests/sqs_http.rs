@@ -970,3 +970,180 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_in_the_source_que
     assert_eq!(envelope["responseContext"]["functionError"], "Unhandled");
     assert_eq!(envelope["sluice"]["records"][0]["body"], "payment-1");
 }
+
+/// Sends an SQS Extended Client pointer to `s3://payloads/<key>` (declaring `size`), as the Java
+/// and Python clients send it; `sns` wraps it in an SNS notification (raw delivery off).
+async fn send_pointer(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    key: &str,
+    size: usize,
+    sns: bool,
+    group: Option<&str>,
+) {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    let pointer = json!([
+        "software.amazon.payloadoffloading.PayloadS3Pointer",
+        {"s3BucketName": "payloads", "s3Key": key}
+    ])
+    .to_string();
+    let mut request = sqs.send_message().queue_url(queue);
+    request = if sns {
+        request.message_body(
+            json!({
+                "Type": "Notification",
+                "MessageId": format!("sns-{key}"),
+                "TopicArn": "arn:aws:sns:us-east-1:123456789012:big",
+                "Message": pointer,
+                "MessageAttributes": {"ExtendedPayloadSize": {"Type": "Number", "Value": size.to_string()}},
+            })
+            .to_string(),
+        )
+    } else {
+        request.message_body(pointer).message_attributes(
+            "ExtendedPayloadSize",
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(size.to_string())
+                .build()
+                .unwrap(),
+        )
+    };
+    if let Some(group) = group {
+        request = request
+            .message_group_id(group)
+            .message_deduplication_id(format!("dedup-{key}"));
+    }
+    request.send().await.unwrap();
+}
+
+// Issue 22 item 2: with `large_payloads`, the handler gets the body the SQS (or SNS) Extended
+// Client stored in S3 instead of the pointer, filters see it too, a missing object goes to
+// on_failure as PayloadNotFound without an invocation, and with delete_after_success an object
+// is deleted once its message was handled and deleted (never before). FIFO order holds. The
+// filters match only the fetched bodies (a pointer starts with `[`), so the one they drop shows
+// they saw them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_client_pointers_are_resolved_before_the_handler_sees_them() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let s3 = moto.s3().await;
+    s3.create_bucket().bucket("payloads").send().await.unwrap();
+    let big = |tag: &str, size: usize| format!("{tag}:{}", "y".repeat(size));
+    let bodies = [
+        ("k1", big("direct", 2_000_000)),
+        ("k2", big("sns", 300_000)),
+        ("k3", big("skipped", 10)),
+    ];
+    for (key, body) in &bodies {
+        s3.put_object()
+            .bucket("payloads")
+            .key(*key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(
+                body.clone().into_bytes(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
+    let queue = create_queue(&sqs, "big.fifo", &[("FifoQueue", "true")]).await;
+    let dead = create_queue(&sqs, "big-dead", &[]).await;
+    send_pointer(&sqs, &queue, "k1", bodies[0].1.len(), false, Some("g")).await;
+    send_pointer(&sqs, &queue, "gone", 5, false, Some("g")).await;
+    send_pointer(&sqs, &queue, "k2", bodies[1].1.len(), true, Some("g")).await;
+    send_pointer(&sqs, &queue, "k3", bodies[2].1.len(), false, Some("g")).await;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("plain")
+        .message_group_id("g")
+        .message_deduplication_id("plain")
+        .send()
+        .await
+        .unwrap();
+    let handler = Handler::start(|_, _| Reply::json(json!({}))).await;
+    let _sluice = start_sluice(
+        &moto,
+        &handler.url("/big"),
+        &format!(
+            r#"
+  - name: big
+    target: handler
+    source:
+      sqs:
+        queue_url: "{queue}"
+        batch_size: 1
+        # moto's long poll does not wake when a FIFO group unlocks.
+        wait_time: 1s
+        large_payloads: {{ resolve: true, delete_after_success: true }}
+    filters:
+      - body: {{ Type: [Notification] }}
+      - body: [{{ prefix: "direct:" }}, plain]
+    retry: {{ max_receive_count: 3 }}
+    on_failure:
+      sqs: {{ queue_url: "{dead}" }}
+"#
+        ),
+    );
+    let seen = eventually(
+        Duration::from_secs(60),
+        "three messages handled",
+        || async {
+            let bodies: Vec<String> = handler
+                .records()
+                .iter()
+                .map(|r| r["body"].as_str().unwrap().to_owned())
+                .collect();
+            (bodies.len() >= 3).then_some(bodies)
+        },
+    )
+    .await;
+    assert_eq!(seen.len(), 3, "the filtered one is not invoked");
+    assert_eq!(seen[0], bodies[0].1, "the direct pointer's body, whole");
+    let notification: Value = serde_json::from_str(&seen[1]).unwrap();
+    assert_eq!(notification["Type"], "Notification");
+    assert_eq!(
+        notification["Message"], bodies[1].1,
+        "the SNS message's body"
+    );
+    assert!(
+        notification["MessageAttributes"]
+            .get("ExtendedPayloadSize")
+            .is_none()
+    );
+    assert_eq!(seen[2], "plain");
+    let first = &handler.records()[0];
+    assert!(
+        first["messageAttributes"]
+            .get("ExtendedPayloadSize")
+            .is_none(),
+        "{}",
+        first["messageAttributes"]
+    );
+    // The missing object's message was dead-lettered without an invocation.
+    let dead_letters = eventually(Duration::from_secs(30), "the dead letter", || async {
+        let messages = receive_all(&sqs, &dead, 60).await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    let envelope: Value = serde_json::from_str(dead_letters[0].body().unwrap()).unwrap();
+    assert_eq!(
+        envelope["sluice"]["error"]["type"], "PayloadNotFound",
+        "{envelope}"
+    );
+    assert!(
+        envelope["sluice"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("s3://payloads/gone")
+    );
+    // Handled (and filtered) messages' objects are deleted once the messages are.
+    eventually(Duration::from_secs(30), "the objects deleted", || async {
+        (s3_objects(&s3, "payloads").await.is_empty()).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the queue empty", || async {
+        (queue_depth(&sqs, &queue).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(handler.records().len(), 3, "nothing more was invoked");
+}

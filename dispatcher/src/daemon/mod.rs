@@ -206,6 +206,7 @@ pub async fn run_with_handlers(
             },
         ),
         region: region.clone(),
+        s3: s3_client.clone(),
     };
     let function_destination =
         |function: &str, key: &'static str, destination: &DestinationConfig| {

@@ -47,6 +47,8 @@ pub struct SourceClients {
     pub checkpoints: Option<StoreSetup>,
     /// The AWS region, named in Lambda's events.
     pub region: String,
+    /// Fetches the bodies of SQS messages the Extended Client stored in S3.
+    pub s3: aws_sdk_s3::Client,
 }
 
 /// Why a mapping could not be started.

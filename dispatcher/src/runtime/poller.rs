@@ -55,6 +55,17 @@ pub(crate) trait QueueWork: Send + Sync + 'static {
         records
     }
 
+    /// Records admitted and held by the heartbeat, before they are batched: returns those to
+    /// batch. The rest the work ends itself, on `tracker` (releasing them from the heartbeat
+    /// and counting them out of flight).
+    async fn prepare(
+        self: &Arc<Self>,
+        records: Vec<Record>,
+        _tracker: &TaskTracker,
+    ) -> Vec<Record> {
+        records
+    }
+
     /// A record too large for any invocation.
     async fn too_large(self: Arc<Self>, record: Record);
 
@@ -491,6 +502,7 @@ impl<W: QueueWork> Poller<W> {
         }
         acks.heartbeat.hold(&records, requested_at).await;
         track_in_flight(&acks.metrics, &records, Flight::Entering);
+        let records = self.work.prepare(records, &self.tracker).await;
         for record in records {
             let size = record.size_bytes;
             let PushResult {

@@ -81,6 +81,23 @@ pub struct RawSqsSource {
     /// to 12h.
     #[serde(default)]
     pub visibility_heartbeat: Option<RawHeartbeat>,
+    /// Messages the SQS (or SNS) Extended Client Library sent with their body in S3: with
+    /// `resolve`, the handler gets the body instead of the pointer.
+    #[serde(default)]
+    pub large_payloads: Option<RawLargePayloads>,
+}
+
+/// `large_payloads`: bodies the Extended Client stored in S3.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLargePayloads {
+    /// Fetch each pointed-to body from S3 before invoking (default true).
+    #[serde(default = "enabled")]
+    pub resolve: Option<bool>,
+    /// Delete the S3 object once its message was handled and deleted (default false: the
+    /// object stays, as the Extended Client leaves it unless told otherwise).
+    #[serde(default)]
+    pub delete_after_success: Option<bool>,
 }
 
 fn default_heartbeat_max() -> Option<HumanDuration> {
@@ -132,6 +149,14 @@ pub struct SqsSourceConfig {
     /// `None` when the heartbeat is off; else the longest a message is held.
     pub heartbeat_max: Option<Duration>,
     pub policy: QueuePolicy,
+    /// Resolve Extended Client pointers; `Some(true)` also deletes their objects after success.
+    pub large_payloads: Option<LargePayloads>,
+}
+
+/// How Extended Client pointers are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LargePayloads {
+    pub delete_after_success: bool,
 }
 
 impl BuildSource for RawSqsSource {
@@ -229,6 +254,12 @@ impl BuildSource for RawSqsSource {
             wait_time,
             heartbeat_max,
             policy,
+            large_payloads: self
+                .large_payloads
+                .filter(|l| l.resolve.unwrap_or(true))
+                .map(|l| LargePayloads {
+                    delete_after_success: l.delete_after_success.unwrap_or(false),
+                }),
         }
     }
 }

@@ -14,9 +14,11 @@
 //!   flight finish until the drain deadline.
 
 pub mod config;
+mod large_payloads;
 
 use self::config::SqsSourceConfig;
 use crate::config::MappingConfig;
+use crate::destinations::sqs::SpillPointer;
 use crate::destinations::{DeadLetter, Destination, EnvelopeSource, envelope::now_since_epoch};
 use crate::health::MappingHealthHandle;
 use crate::runtime::invoker::{Invoker, Slot};
@@ -45,6 +47,11 @@ struct MappingContext {
     policy: QueuePolicy,
     filters: FilterSet,
     on_failure: Option<Arc<dyn Destination>>,
+    /// With `large_payloads`: fetches Extended Client bodies.
+    resolver: Option<large_payloads::Resolver>,
+    /// The pointers of resolved records in flight, by message id: their objects are deleted
+    /// once the messages were handled and deleted.
+    pointers: std::sync::Mutex<std::collections::HashMap<String, SpillPointer>>,
 }
 
 /// Starts `mapping`, reading `source`.
@@ -54,6 +61,7 @@ pub fn start(source: &SqsSourceConfig, mapping: Mapping, clients: &SourceClients
         config: mapping.config,
         source: source.clone(),
         queues: clients.queues.clone(),
+        s3: clients.s3.clone(),
         target: mapping.target,
         on_failure: mapping.on_failure,
         health: mapping.health,
@@ -68,6 +76,8 @@ pub struct SqsMapping {
     pub source: SqsSourceConfig,
     /// Opens the mapping's queue.
     pub queues: Arc<dyn QueueOpener>,
+    /// Fetches Extended Client bodies (with `large_payloads`).
+    pub s3: aws_sdk_s3::Client,
     pub target: SharedTarget,
     pub on_failure: Option<Arc<dyn Destination>>,
     pub health: MappingHealthHandle,
@@ -124,6 +134,14 @@ impl SqsMapping {
             policy: self.source.policy.clone(),
             filters: self.config.filters.clone(),
             on_failure: self.on_failure.clone(),
+            resolver: self
+                .source
+                .large_payloads
+                .map(|settings| large_payloads::Resolver {
+                    s3: self.s3.clone(),
+                    delete_after_success: settings.delete_after_success,
+                }),
+            pointers: Default::default(),
         });
         poller::run(
             acks,
@@ -141,6 +159,10 @@ impl SqsMapping {
 #[async_trait::async_trait]
 impl QueueWork for MappingContext {
     fn admit(self: &Arc<Self>, records: Vec<Record>, tracker: &TaskTracker) -> Vec<Record> {
+        // With large payloads, filters see the fetched bodies (in `prepare`).
+        if self.resolver.is_some() {
+            return records;
+        }
         let (records, filtered) = filter_records(&self.filters, records);
         if !filtered.is_empty() {
             self.acks.metrics.filtered(filtered.len() as u64);
@@ -153,6 +175,41 @@ impl QueueWork for MappingContext {
         records
     }
 
+    async fn prepare(self: &Arc<Self>, records: Vec<Record>, tracker: &TaskTracker) -> Vec<Record> {
+        let Some(resolver) = &self.resolver else {
+            return records;
+        };
+        let resolved =
+            futures_util::future::join_all(records.into_iter().map(|r| resolver.resolve(r))).await;
+        let mut ready = Vec::new();
+        let mut unusable = Vec::new();
+        let mut retry = Vec::new();
+        for outcome in resolved {
+            match outcome {
+                large_payloads::Resolved::Ready(record, pointer) => {
+                    if let Some(pointer) = pointer {
+                        self.pointers
+                            .lock()
+                            .expect("pointers lock")
+                            .insert(record.id().to_owned(), pointer);
+                    }
+                    ready.push(record);
+                }
+                large_payloads::Resolved::Unusable(record, error) => unusable.push((record, error)),
+                large_payloads::Resolved::Retry(record, why) => retry.push((record, why)),
+            }
+        }
+        let (ready, filtered) = filter_records(&self.filters, ready);
+        if filtered.is_empty() && unusable.is_empty() && retry.is_empty() {
+            return ready;
+        }
+        let context = self.clone();
+        tracker.spawn(async move {
+            context.end_unresolved(filtered, unusable, retry).await;
+        });
+        ready
+    }
+
     async fn too_large(self: Arc<Self>, record: Record) {
         dead_letter_oversized(&self, record).await;
     }
@@ -161,6 +218,96 @@ impl QueueWork for MappingContext {
         handle_batch(&self, batch, slot).await;
     }
 }
+
+impl MappingContext {
+    /// Ends the records `prepare` took out: filtered ones are deleted (their objects too, as
+    /// handled), unusable ones dead-lettered as non-retryable (deleted once stored, else back
+    /// after the backoff), and ones whose body could not be fetched come back later.
+    async fn end_unresolved(
+        &self,
+        filtered: Vec<Record>,
+        unusable: Vec<(Record, ErrorInfo)>,
+        retry: Vec<(Record, String)>,
+    ) {
+        let mut all: Vec<&Record> = filtered.iter().collect();
+        all.extend(unusable.iter().map(|(r, _)| r));
+        all.extend(retry.iter().map(|(r, _)| r));
+        let owned: Vec<Record> = all.iter().map(|r| (*r).clone()).collect();
+        self.acks.heartbeat.release(&owned).await;
+        if !filtered.is_empty() {
+            self.acks.metrics.filtered(filtered.len() as u64);
+            let references: Vec<&Record> = filtered.iter().collect();
+            let deleted = self.acks.delete(&references).await;
+            self.delete_objects(&references, deleted == references.len())
+                .await;
+        }
+        let later = |record: &Record| {
+            self.policy.backoff.as_ref().map_or(UNRESOLVED_RETRY, |b| {
+                b.delay(record.attempt, rand::random::<f64>())
+            })
+        };
+        let mut delete = Vec::new();
+        let mut delayed = Vec::new();
+        for (record, error) in &unusable {
+            if send_dead_letter(
+                self,
+                record,
+                DeadLetterCondition::NonRetryableError,
+                error,
+                None,
+            )
+            .await
+            {
+                delete.push(record);
+            } else {
+                delayed.push((record, later(record)));
+            }
+        }
+        for (record, why) in &retry {
+            tracing::warn!(mapping = %self.acks.name, message_id = %record.id(), error = %why, "cannot fetch the message's body from S3; it comes back later");
+            delayed.push((record, later(record)));
+        }
+        self.acks.delete(&delete).await;
+        if !delayed.is_empty() {
+            self.acks
+                .change_visibility(&delayed, "large payload not fetched")
+                .await;
+        }
+        track_in_flight(&self.acks.metrics, &owned, Flight::Leaving);
+    }
+
+    /// Deletes the payload objects of `records` (handled and, when `deleted`, deleted) and
+    /// forgets their pointers.
+    async fn delete_objects(&self, records: &[&Record], deleted: bool) {
+        let Some(resolver) = &self.resolver else {
+            return;
+        };
+        let pointers: Vec<SpillPointer> = {
+            let mut known = self.pointers.lock().expect("pointers lock");
+            records
+                .iter()
+                .filter_map(|r| known.remove(r.id()))
+                .collect()
+        };
+        // A message whose delete failed comes back: its object is needed then.
+        if deleted {
+            resolver.delete_objects(&self.acks.name, pointers).await;
+        }
+    }
+
+    /// Forgets the pointers of records that leave without being handled.
+    fn forget_pointers(&self, records: &[Record]) {
+        if self.resolver.is_some() {
+            let mut known = self.pointers.lock().expect("pointers lock");
+            for record in records {
+                known.remove(record.id());
+            }
+        }
+    }
+}
+
+/// When a message whose body could not be fetched comes back, without a retry backoff.
+const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
 
 /// Splits records into those a filter pattern matches (or all, without filters) and those none
 /// does, which Lambda deletes without an invocation (semantics.md §7).
@@ -254,6 +401,7 @@ async fn execute(
     outcome: &Outcome,
 ) {
     let mut delete: Vec<&Record> = Vec::new();
+    let mut handled: Vec<&Record> = Vec::new();
     let mut delayed: Vec<(&Record, Duration)> = Vec::new();
     let mut untouched: Vec<&Record> = Vec::new();
     let mut retried = 0u64;
@@ -263,7 +411,10 @@ async fn execute(
     };
     for (record, disposition) in batch.iter().zip(&decision.dispositions) {
         match disposition {
-            RecordDisposition::Delete => delete.push(record),
+            RecordDisposition::Delete => {
+                delete.push(record);
+                handled.push(record);
+            }
             RecordDisposition::Retry { delay, .. } => {
                 retried += 1;
                 if let RetryDelay::After(delay) = delay {
@@ -290,8 +441,13 @@ async fn execute(
         .iter()
         .filter(|d| d.is_delete())
         .count();
-    context.acks.delete(&delete).await;
+    let deleted = context.acks.delete(&delete).await;
     context.acks.metrics.acknowledged(acknowledged as u64);
+    // Objects of handled messages go once the messages are gone; a dead letter keeps its own.
+    context
+        .delete_objects(&handled, deleted == delete.len())
+        .await;
+    context.forget_pointers(batch);
     if !delayed.is_empty() {
         context
             .acks
@@ -383,6 +539,7 @@ async fn dead_letter_oversized(context: &MappingContext, record: Record) {
     {
         context.acks.delete(&[&record]).await;
     }
+    context.forget_pointers(std::slice::from_ref(&record));
     track_in_flight(&context.acks.metrics, [&record], Flight::Leaving);
 }
 
@@ -431,6 +588,13 @@ mappings:
             config: mapping,
             source,
             queues: Arc::new(MemoryOpener(queue)),
+            // Never called: these mappings have no large_payloads.
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::Config::builder()
+                    .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                    .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                    .build(),
+            ),
             target: SharedTarget::new("t", target, 10),
             on_failure,
             health: Health::new(Duration::from_secs(60), Duration::from_secs(60))

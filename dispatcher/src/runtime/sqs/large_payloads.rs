@@ -1,0 +1,296 @@
+//! Messages the SQS (or SNS) Extended Client Library sent with their body in S3
+//! (`source.sqs.large_payloads`): the queue holds a pointer,
+//! `["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName", "s3Key"}]`, as the
+//! body, or as the `Message` of an SNS notification (raw delivery off).
+//!
+//! Guarantees:
+//! - a pointer is replaced by the object's text before the record is batched, so filters and
+//!   the handler see the real body; the Extended Client's size attribute (`ExtendedPayloadSize`,
+//!   or the older `SQSLargePayloadSize`) is removed, as the client's own receive does;
+//! - a body over the 6 MB invocation limit (by that attribute, or the object's length) is not
+//!   fetched: the record keeps its pointer and goes to `on_failure` as `PayloadTooLarge`;
+//! - a missing object (or bucket), or one that is not text, is [`Resolved::Unusable`]: a
+//!   non-retryable `PayloadNotFound` / `PayloadNotText`; any other S3 failure is retried later;
+//! - bodies that are not pointers pass unchanged.
+
+use crate::destinations::sqs::SpillPointer;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use serde_json::Value;
+use sluice_policies::{ErrorInfo, MAX_INVOCATION_PAYLOAD_BYTES};
+use sluice_sources::Record;
+
+/// The Extended Client's attributes that hold the stored body's size.
+const SIZE_ATTRIBUTES: [&str; 2] = ["ExtendedPayloadSize", "SQSLargePayloadSize"];
+
+/// What became of one record.
+pub(super) enum Resolved {
+    /// Ready to batch: it held no pointer, or its body was fetched (the pointer kept, so the
+    /// object can be deleted after the message), or its body is too large to fetch.
+    Ready(Record, Option<SpillPointer>),
+    /// The body cannot be had: dead-letter it (non-retryable).
+    Unusable(Record, ErrorInfo),
+    /// S3 failed for now: the message comes back later.
+    Retry(Record, String),
+}
+
+/// Where in a record's event the pointer is.
+enum Place {
+    Body,
+    SnsMessage(serde_json::Map<String, Value>),
+}
+
+/// The pointer `event` (a Lambda SQS record) holds, and where.
+fn pointer_of(event: &Value) -> Option<(SpillPointer, Place)> {
+    let body = event["body"].as_str()?;
+    if let Some(pointer) = SpillPointer::parse(body) {
+        return Some((pointer, Place::Body));
+    }
+    if !body.trim_start().starts_with('{') {
+        return None;
+    }
+    let notification: serde_json::Map<String, Value> = serde_json::from_str(body).ok()?;
+    if notification.get("Type").and_then(Value::as_str) != Some("Notification") {
+        return None;
+    }
+    let pointer = SpillPointer::parse(notification.get("Message")?.as_str()?)?;
+    Some((pointer, Place::SnsMessage(notification)))
+}
+
+/// The size the Extended Client declared for the stored body, if it did.
+fn declared_size(event: &Value, place: &Place) -> Option<usize> {
+    let sqs = &event["messageAttributes"];
+    SIZE_ATTRIBUTES.iter().find_map(|name| {
+        let value = match place {
+            Place::Body => sqs[*name]["stringValue"].as_str(),
+            Place::SnsMessage(notification) => notification
+                .get("MessageAttributes")
+                .and_then(|attributes| attributes[*name]["Value"].as_str()),
+        };
+        value?.parse().ok()
+    })
+}
+
+/// The record with `text` as its body (or its SNS message), without the size attributes.
+fn with_body(record: Record, mut event: Value, place: Place, text: String) -> Record {
+    let body = match place {
+        Place::Body => text,
+        Place::SnsMessage(mut notification) => {
+            notification.insert("Message".into(), Value::String(text));
+            if let Some(Value::Object(attributes)) = notification.get_mut("MessageAttributes") {
+                for name in SIZE_ATTRIBUTES {
+                    attributes.remove(name);
+                }
+            }
+            Value::Object(notification).to_string()
+        }
+    };
+    event["body"] = Value::String(body);
+    if let Some(Value::Object(attributes)) = event.get_mut("messageAttributes") {
+        for name in SIZE_ATTRIBUTES {
+            attributes.remove(name);
+        }
+    }
+    let Ok(raw) = serde_json::value::to_raw_value(&event) else {
+        return record;
+    };
+    let mut record = record;
+    record.size_bytes = raw.get().len() + 1;
+    record.event = raw;
+    record
+}
+
+/// Fetches the bodies of Extended Client pointers.
+pub(super) struct Resolver {
+    pub s3: aws_sdk_s3::Client,
+    pub delete_after_success: bool,
+}
+
+impl Resolver {
+    pub async fn resolve(&self, record: Record) -> Resolved {
+        let Ok(event) = serde_json::from_str::<Value>(record.event.get()) else {
+            return Resolved::Ready(record, None);
+        };
+        let Some((pointer, place)) = pointer_of(&event) else {
+            return Resolved::Ready(record, None);
+        };
+        let too_large = |size: usize, mut record: Record| {
+            // Counted as what it would be: the batcher sends it to on_failure as too large.
+            record.size_bytes = record.size_bytes.max(size);
+            Resolved::Ready(record, Some(pointer.clone()))
+        };
+        if let Some(size) = declared_size(&event, &place)
+            && size > MAX_INVOCATION_PAYLOAD_BYTES
+        {
+            return too_large(size, record);
+        }
+        let fetched = self
+            .s3
+            .get_object()
+            .bucket(&pointer.bucket)
+            .key(&pointer.key)
+            .send()
+            .await;
+        let output = match fetched {
+            Ok(output) => output,
+            Err(error) => {
+                let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&error)
+                    .unwrap_or_default()
+                    .to_owned();
+                let missing =
+                    matches!(error.as_service_error(), Some(GetObjectError::NoSuchKey(_)))
+                        || code == "NoSuchBucket"
+                        || code == "NoSuchKey";
+                if missing {
+                    return Resolved::Unusable(
+                        record,
+                        ErrorInfo::new(
+                            "PayloadNotFound",
+                            format!(
+                                "the message's body is stored in s3://{}/{} (SQS Extended Client), and that object does not exist; it was deleted, or the producer's upload failed",
+                                pointer.bucket, pointer.key
+                            ),
+                        ),
+                    );
+                }
+                return Resolved::Retry(
+                    record,
+                    format!(
+                        "fetching s3://{}/{}: {}",
+                        pointer.bucket,
+                        pointer.key,
+                        DisplayErrorContext(&error)
+                    ),
+                );
+            }
+        };
+        let length = output
+            .content_length()
+            .and_then(|l| usize::try_from(l).ok())
+            .unwrap_or(0);
+        if length > MAX_INVOCATION_PAYLOAD_BYTES {
+            return too_large(length, record);
+        }
+        let bytes = match output.body.collect().await {
+            Ok(bytes) => bytes.into_bytes(),
+            Err(error) => {
+                return Resolved::Retry(
+                    record,
+                    format!("reading s3://{}/{}: {error}", pointer.bucket, pointer.key),
+                );
+            }
+        };
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => Resolved::Ready(with_body(record, event, place, text), Some(pointer)),
+            Err(_) => Resolved::Unusable(
+                record,
+                ErrorInfo::new(
+                    "PayloadNotText",
+                    format!(
+                        "the message's body in s3://{}/{} is not UTF-8 text, which an SQS body must be",
+                        pointer.bucket, pointer.key
+                    ),
+                ),
+            ),
+        }
+    }
+
+    /// Deletes the objects of messages that were handled and deleted; a failure leaves the
+    /// object (logged), never the message.
+    pub async fn delete_objects(&self, mapping: &str, pointers: Vec<SpillPointer>) {
+        if !self.delete_after_success {
+            return;
+        }
+        for pointer in pointers {
+            let deleted = self
+                .s3
+                .delete_object()
+                .bucket(&pointer.bucket)
+                .key(&pointer.key)
+                .send()
+                .await;
+            if let Err(error) = deleted {
+                tracing::warn!(mapping, bucket = %pointer.bucket, key = %pointer.key, error = %DisplayErrorContext(&error), "deleting a handled message's payload object failed; it stays in S3");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const POINTER: &str = r#"["software.amazon.payloadoffloading.PayloadS3Pointer",{"s3BucketName":"payloads","s3Key":"k1"}]"#;
+
+    fn record(event: Value) -> Record {
+        Record::new(
+            sluice_sources::Receipt {
+                id: "m1".into(),
+                ack: sluice_sources::AckToken::Sqs {
+                    receipt_handle: "h".into(),
+                },
+            },
+            None,
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+            1,
+            serde_json::value::to_raw_value(&event).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_pointer_is_found_in_the_body_or_an_sns_message_and_nowhere_else() {
+        let direct = json!({"body": POINTER});
+        assert!(matches!(pointer_of(&direct), Some((p, Place::Body)) if p.key == "k1"));
+        let sns = json!({"body": json!({
+            "Type": "Notification",
+            "Message": POINTER,
+            "MessageAttributes": {"ExtendedPayloadSize": {"Type": "Number", "Value": "7000000"}},
+        }).to_string()});
+        let (pointer, place) = pointer_of(&sns).unwrap();
+        assert_eq!(pointer.bucket, "payloads");
+        assert_eq!(declared_size(&sns, &place), Some(7_000_000));
+        for other in [
+            json!({"body": "hello"}),
+            json!({"body": "{\"Type\":\"Notification\",\"Message\":\"hi\"}"}),
+            json!({"body": "[1,2]"}),
+        ] {
+            assert!(pointer_of(&other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_body_replaces_the_pointer_and_the_size_attributes_go() {
+        let event = json!({
+            "messageId": "m1",
+            "body": POINTER,
+            "messageAttributes": {
+                "ExtendedPayloadSize": {"stringValue": "5", "dataType": "Number"},
+                "kept": {"stringValue": "x", "dataType": "String"},
+            },
+        });
+        let resolved = with_body(record(event.clone()), event, Place::Body, "hello".into());
+        let event: Value = serde_json::from_str(resolved.event.get()).unwrap();
+        assert_eq!(event["body"], "hello");
+        assert_eq!(
+            event["messageAttributes"],
+            json!({"kept": {"stringValue": "x", "dataType": "String"}})
+        );
+        assert_eq!(resolved.size_bytes, resolved.event.get().len() + 1);
+
+        let notification = json!({
+            "Type": "Notification",
+            "Message": POINTER,
+            "MessageAttributes": {"ExtendedPayloadSize": {"Type": "Number", "Value": "5"}},
+        });
+        let event = json!({"body": notification.to_string()});
+        let (_, place) = pointer_of(&event).unwrap();
+        let resolved = with_body(record(event.clone()), event, place, "hello".into());
+        let event: Value = serde_json::from_str(resolved.event.get()).unwrap();
+        let body: Value = serde_json::from_str(event["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["Message"], "hello");
+        assert_eq!(body["Type"], "Notification");
+        assert_eq!(body["MessageAttributes"], json!({}));
+    }
+}
