@@ -1022,7 +1022,8 @@ async fn send_pointer(
 // on_failure as PayloadNotFound without an invocation, and with delete_after_success an object
 // is deleted once its message was handled and deleted (never before). FIFO order holds. The
 // filters match only the fetched bodies (a pointer starts with `[`), so the one they drop shows
-// they saw them.
+// they saw them. All five messages come in one receive: the missing object's message is taken
+// out, and the group's messages behind it go back and come again once it is gone, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_client_pointers_are_resolved_before_the_handler_sees_them() {
     let moto = Moto::start();
@@ -1071,7 +1072,7 @@ async fn extended_client_pointers_are_resolved_before_the_handler_sees_them() {
     source:
       sqs:
         queue_url: "{queue}"
-        batch_size: 1
+        batch_size: 10
         # moto's long poll does not wake when a FIFO group unlocks.
         wait_time: 1s
         large_payloads: {{ resolve: true, delete_after_success: true }}

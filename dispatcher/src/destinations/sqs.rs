@@ -1,9 +1,9 @@
 //! An SQS queue as an on-failure destination: the envelope is the message body.
 //!
 //! - Every send is sized by the queue's own `MaximumMessageSize` (1 KiB to 1 MiB since August
-//!   2025, when 1 MiB became the default; older queues keep 256 KiB), read once and read again
-//!   when SQS refuses a message as too long (the attribute was lowered meanwhile); while it
-//!   cannot be read, the old 256 KiB is assumed.
+//!   2025, when 1 MiB became the default; older queues keep 256 KiB), read every 15 minutes and
+//!   at once when SQS refuses a message as too long (the attribute was lowered meanwhile); while
+//!   it cannot be read, the old 256 KiB is assumed (and it is asked for again a minute later).
 //! - An envelope over that limit is stored in the destination's `spill_bucket` first, and the
 //!   queue gets a pointer in the format of the SQS Extended Client Library (a JSON array
 //!   `["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName", "s3Key"}]` with
@@ -27,6 +27,10 @@ pub const MAX_MESSAGE_BYTES: usize = 1_048_576;
 pub const DEFAULT_MESSAGE_BYTES: usize = 262_144;
 /// The smallest `MaximumMessageSize` a queue can have.
 const MIN_MESSAGE_BYTES: usize = 1024;
+/// How long a queue's limit is used before it is read again.
+const LIMIT_KEPT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// How long the assumed limit is used when the queue's could not be read.
+const UNREADABLE_LIMIT_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The pointer's class name in the Extended Client's format.
 const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Pointer";
 /// The attribute that holds the stored body's size.
@@ -91,8 +95,8 @@ pub struct SqsDestination {
     queue_url: String,
     fifo: bool,
     spill: Option<Spill>,
-    /// The queue's `MaximumMessageSize`, once read.
-    limit: tokio::sync::Mutex<Option<usize>>,
+    /// The queue's `MaximumMessageSize` (or what is assumed), and until when it holds.
+    limit: tokio::sync::Mutex<Option<(usize, std::time::Instant)>>,
 }
 
 /// Why a send failed: the queue refused the message as too long, or anything else.
@@ -116,7 +120,9 @@ impl SqsDestination {
     /// The queue's `MaximumMessageSize` (see the module docs).
     pub async fn limit(&self) -> usize {
         let mut known = self.limit.lock().await;
-        if let Some(limit) = *known {
+        if let Some((limit, until)) = *known
+            && std::time::Instant::now() < until
+        {
             return limit;
         }
         let read = self
@@ -137,8 +143,14 @@ impl SqsDestination {
                 None
             }
         };
-        *known = limit;
-        limit.unwrap_or(DEFAULT_MESSAGE_BYTES)
+        // Read again now and then (a raised limit is used without a restart); an unreadable
+        // one is asked for again sooner, without a failing call on every send.
+        let (limit, keep) = match limit {
+            Some(limit) => (limit, LIMIT_KEPT),
+            None => (DEFAULT_MESSAGE_BYTES, UNREADABLE_LIMIT_KEPT),
+        };
+        *known = Some((limit, std::time::Instant::now() + keep));
+        limit
     }
 
     /// Forgets the queue's limit: the next send reads it again.

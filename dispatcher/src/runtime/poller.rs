@@ -143,8 +143,16 @@ impl QueueAcks {
     /// Deletes records; what fails comes back later (at-least-once). Returns how many were
     /// deleted.
     pub async fn delete(&self, records: &[&Record]) -> usize {
+        self.delete_reporting(records).await.0
+    }
+
+    /// Deletes records: how many were deleted, and the message ids of those that were not.
+    pub async fn delete_reporting(
+        &self,
+        records: &[&Record],
+    ) -> (usize, std::collections::HashSet<String>) {
         if records.is_empty() {
-            return 0;
+            return (0, Default::default());
         }
         let receipts: Vec<&Receipt> = records.iter().map(|r| &r.receipt).collect();
         let _call = self.health.aws_call();
@@ -156,13 +164,14 @@ impl QueueAcks {
                     tracing::warn!(mapping = %self.name, queue_url = %self.queue.description().url, %message_id, %reason, "delete failed; the message will be delivered again");
                 }
                 self.metrics.deleted(report.deleted as u64);
-                report.deleted
+                let failed = report.failed.into_iter().map(|(id, _)| id).collect();
+                (report.deleted, failed)
             }
             Err(error) => {
                 self.metrics.ack_errors.increment(1);
                 self.health.ack_failed(&error.to_string());
                 tracing::error!(mapping = %self.name, %error, records = records.len(), "delete failed; the messages will be delivered again");
-                0
+                (0, records.iter().map(|r| r.id().to_owned()).collect())
             }
         }
     }

@@ -7,18 +7,24 @@
 //! - a pointer is replaced by the object's text before the record is batched, so filters and
 //!   the handler see the real body; the Extended Client's size attribute (`ExtendedPayloadSize`,
 //!   or the older `SQSLargePayloadSize`) is removed, as the client's own receive does;
-//! - a body over the 6 MB invocation limit (by that attribute, or the object's length) is not
-//!   fetched: the record keeps its pointer and goes to `on_failure` as `PayloadTooLarge`;
+//! - a body that cannot fit an invocation (by that attribute, the object's length, or the record
+//!   it makes) is [`Resolved::Unusable`] as `PayloadTooLarge`, keeping its pointer;
 //! - a missing object (or bucket), or one that is not text, is [`Resolved::Unusable`]: a
-//!   non-retryable `PayloadNotFound` / `PayloadNotText`; any other S3 failure is retried later;
+//!   non-retryable `PayloadNotFound` / `PayloadNotText`; any other S3 failure is retried later
+//!   (the mapping bounds that with `retry.max_receive_count`);
+//! - at most [`CONCURRENT_FETCHES`] bodies are fetched at once per mapping, so the bodies held
+//!   while fetching stay under that many invocations' worth;
 //! - bodies that are not pointers pass unchanged.
 
 use crate::destinations::sqs::SpillPointer;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use serde_json::Value;
-use sluice_policies::{ErrorInfo, MAX_INVOCATION_PAYLOAD_BYTES};
+use sluice_policies::{DeadLetterCondition, ErrorInfo};
 use sluice_sources::Record;
+
+/// Bodies fetched at once per mapping.
+pub const CONCURRENT_FETCHES: usize = 4;
 
 /// The Extended Client's attributes that hold the stored body's size.
 const SIZE_ATTRIBUTES: [&str; 2] = ["ExtendedPayloadSize", "SQSLargePayloadSize"];
@@ -28,8 +34,8 @@ pub(super) enum Resolved {
     /// Ready to batch: it held no pointer, or its body was fetched (the pointer kept, so the
     /// object can be deleted after the message), or its body is too large to fetch.
     Ready(Record, Option<SpillPointer>),
-    /// The body cannot be had: dead-letter it (non-retryable).
-    Unusable(Record, ErrorInfo),
+    /// The body cannot be had, or cannot be invoked: dead-letter it.
+    Unusable(Record, DeadLetterCondition, ErrorInfo),
     /// S3 failed for now: the message comes back later.
     Retry(Record, String),
 }
@@ -104,6 +110,9 @@ fn with_body(record: Record, mut event: Value, place: Place, text: String) -> Re
 pub(super) struct Resolver {
     pub s3: aws_sdk_s3::Client,
     pub delete_after_success: bool,
+    /// The largest record a batch holds (the batcher's limit).
+    pub max_record_bytes: usize,
+    pub fetches: tokio::sync::Semaphore,
 }
 
 impl Resolver {
@@ -114,16 +123,28 @@ impl Resolver {
         let Some((pointer, place)) = pointer_of(&event) else {
             return Resolved::Ready(record, None);
         };
-        let too_large = |size: usize, mut record: Record| {
-            // Counted as what it would be: the batcher sends it to on_failure as too large.
-            record.size_bytes = record.size_bytes.max(size);
-            Resolved::Ready(record, Some(pointer.clone()))
+        let limit = self.max_record_bytes;
+        let too_large = |size: usize, record: Record| {
+            Resolved::Unusable(
+                record,
+                DeadLetterCondition::PayloadTooLarge,
+                ErrorInfo::new(
+                    "PayloadTooLarge",
+                    format!(
+                        "the message's body in s3://{}/{} is {size} bytes; an invocation holds at most {limit} of records",
+                        pointer.bucket, pointer.key
+                    ),
+                ),
+            )
         };
         if let Some(size) = declared_size(&event, &place)
-            && size > MAX_INVOCATION_PAYLOAD_BYTES
+            && size > limit
         {
             return too_large(size, record);
         }
+        let Ok(_fetching) = self.fetches.acquire().await else {
+            return Resolved::Retry(record, "the mapping is stopping".into());
+        };
         let fetched = self
             .s3
             .get_object()
@@ -144,6 +165,7 @@ impl Resolver {
                 if missing {
                     return Resolved::Unusable(
                         record,
+                        DeadLetterCondition::NonRetryableError,
                         ErrorInfo::new(
                             "PayloadNotFound",
                             format!(
@@ -168,7 +190,7 @@ impl Resolver {
             .content_length()
             .and_then(|l| usize::try_from(l).ok())
             .unwrap_or(0);
-        if length > MAX_INVOCATION_PAYLOAD_BYTES {
+        if length > limit {
             return too_large(length, record);
         }
         let bytes = match output.body.collect().await {
@@ -180,10 +202,18 @@ impl Resolver {
                 );
             }
         };
-        match String::from_utf8(bytes.to_vec()) {
-            Ok(text) => Resolved::Ready(with_body(record, event, place, text), Some(pointer)),
+        match String::from_utf8(Vec::from(bytes)) {
+            Ok(text) => {
+                // JSON escaping can make the record larger than the body: it must still fit.
+                let resolved = with_body(record.clone(), event, place, text);
+                if resolved.size_bytes > limit {
+                    return too_large(resolved.size_bytes, record);
+                }
+                Resolved::Ready(resolved, Some(pointer))
+            }
             Err(_) => Resolved::Unusable(
                 record,
+                DeadLetterCondition::NonRetryableError,
                 ErrorInfo::new(
                     "PayloadNotText",
                     format!(
@@ -197,13 +227,14 @@ impl Resolver {
 
     /// Deletes the objects of messages that were handled and deleted; a failure leaves the
     /// object (logged), never the message.
-    pub async fn delete_objects(&self, mapping: &str, pointers: Vec<SpillPointer>) {
-        if !self.delete_after_success {
-            return;
-        }
+    pub async fn delete_objects(
+        s3: aws_sdk_s3::Client,
+        mapping: String,
+        pointers: Vec<SpillPointer>,
+    ) {
+        let mapping = mapping.as_str();
         for pointer in pointers {
-            let deleted = self
-                .s3
+            let deleted = s3
                 .delete_object()
                 .bucket(&pointer.bucket)
                 .key(&pointer.key)

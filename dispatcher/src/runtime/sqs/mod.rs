@@ -49,8 +49,8 @@ struct MappingContext {
     on_failure: Option<Arc<dyn Destination>>,
     /// With `large_payloads`: fetches Extended Client bodies.
     resolver: Option<large_payloads::Resolver>,
-    /// The pointers of resolved records in flight, by message id: their objects are deleted
-    /// once the messages were handled and deleted.
+    /// The pointers of resolved records in flight, by receipt handle: their objects are
+    /// deleted once the messages were handled and deleted.
     pointers: std::sync::Mutex<std::collections::HashMap<String, SpillPointer>>,
 }
 
@@ -127,6 +127,7 @@ impl SqsMapping {
             self.health.clone(),
             self.metrics.clone(),
         );
+        let settings_limits = settings.limits;
         let context = Arc::new(MappingContext {
             acks: acks.clone(),
             target_name: self.config.target.clone(),
@@ -140,6 +141,8 @@ impl SqsMapping {
                 .map(|settings| large_payloads::Resolver {
                     s3: self.s3.clone(),
                     delete_after_success: settings.delete_after_success,
+                    max_record_bytes: settings_limits.max_bytes,
+                    fetches: tokio::sync::Semaphore::new(large_payloads::CONCURRENT_FETCHES),
                 }),
             pointers: Default::default(),
         });
@@ -179,24 +182,58 @@ impl QueueWork for MappingContext {
         let Some(resolver) = &self.resolver else {
             return records;
         };
+        // Counted in flight at their received size; counted again at what they became.
+        track_in_flight(&self.acks.metrics, &records, Flight::Leaving);
         let resolved =
             futures_util::future::join_all(records.into_iter().map(|r| resolver.resolve(r))).await;
+        track_in_flight(
+            &self.acks.metrics,
+            resolved.iter().map(|outcome| match outcome {
+                large_payloads::Resolved::Ready(record, _)
+                | large_payloads::Resolved::Unusable(record, ..)
+                | large_payloads::Resolved::Retry(record, _) => record,
+            }),
+            Flight::Entering,
+        );
         let mut ready = Vec::new();
         let mut unusable = Vec::new();
         let mut retry = Vec::new();
+        // FIFO: once a message of a group is taken out (its dead letter may fail, its retry
+        // comes later), the group's later messages go back untouched, in order behind it.
+        let mut blocked: std::collections::HashSet<String> = Default::default();
+        let mut followers = Vec::new();
         for outcome in resolved {
+            let record = match &outcome {
+                large_payloads::Resolved::Ready(record, _)
+                | large_payloads::Resolved::Unusable(record, ..)
+                | large_payloads::Resolved::Retry(record, _) => record,
+            };
+            let group = record.ordering_key.clone();
+            if group.as_ref().is_some_and(|g| blocked.contains(g)) {
+                let (large_payloads::Resolved::Ready(record, _)
+                | large_payloads::Resolved::Unusable(record, ..)
+                | large_payloads::Resolved::Retry(record, _)) = outcome;
+                followers.push(record);
+                continue;
+            }
             match outcome {
                 large_payloads::Resolved::Ready(record, pointer) => {
                     if let Some(pointer) = pointer {
                         self.pointers
                             .lock()
                             .expect("pointers lock")
-                            .insert(record.id().to_owned(), pointer);
+                            .insert(receipt_key(&record), pointer);
                     }
                     ready.push(record);
                 }
-                large_payloads::Resolved::Unusable(record, error) => unusable.push((record, error)),
-                large_payloads::Resolved::Retry(record, why) => retry.push((record, why)),
+                large_payloads::Resolved::Unusable(record, condition, error) => {
+                    blocked.extend(group);
+                    unusable.push((record, condition, error));
+                }
+                large_payloads::Resolved::Retry(record, why) => {
+                    blocked.extend(group);
+                    retry.push((record, why));
+                }
             }
         }
         let (ready, filtered) = filter_records(&self.filters, ready);
@@ -205,7 +242,9 @@ impl QueueWork for MappingContext {
         }
         let context = self.clone();
         tracker.spawn(async move {
-            context.end_unresolved(filtered, unusable, retry).await;
+            context
+                .end_unresolved(filtered, unusable, retry, followers)
+                .await;
         });
         ready
     }
@@ -222,24 +261,44 @@ impl QueueWork for MappingContext {
 impl MappingContext {
     /// Ends the records `prepare` took out: filtered ones are deleted (their objects too, as
     /// handled), unusable ones dead-lettered as non-retryable (deleted once stored, else back
-    /// after the backoff), and ones whose body could not be fetched come back later.
+    /// after the backoff), ones whose body could not be fetched come back later, and FIFO
+    /// followers of those two are made visible at once (SQS holds them behind the first).
     async fn end_unresolved(
         &self,
         filtered: Vec<Record>,
-        unusable: Vec<(Record, ErrorInfo)>,
+        unusable: Vec<(Record, DeadLetterCondition, ErrorInfo)>,
         retry: Vec<(Record, String)>,
+        followers: Vec<Record>,
     ) {
+        // A fetch that keeps failing (access denied, a bucket in another region) ends like any
+        // failure at retry.max_receive_count.
+        let (exhausted, retry): (Vec<_>, Vec<_>) = retry.into_iter().partition(|(record, _)| {
+            self.policy
+                .max_receive_count
+                .is_some_and(|most| record.attempt >= most)
+        });
+        let mut unusable = unusable;
+        unusable.extend(exhausted.into_iter().map(|(record, why)| {
+            let error = ErrorInfo::new(
+                "PayloadNotFetched",
+                format!(
+                    "{why} (receive {}; retry.max_receive_count reached)",
+                    record.attempt
+                ),
+            );
+            (record, DeadLetterCondition::RetryAttemptsExhausted, error)
+        }));
         let mut all: Vec<&Record> = filtered.iter().collect();
-        all.extend(unusable.iter().map(|(r, _)| r));
+        all.extend(unusable.iter().map(|(r, ..)| r));
         all.extend(retry.iter().map(|(r, _)| r));
+        all.extend(followers.iter());
         let owned: Vec<Record> = all.iter().map(|r| (*r).clone()).collect();
         self.acks.heartbeat.release(&owned).await;
         if !filtered.is_empty() {
             self.acks.metrics.filtered(filtered.len() as u64);
             let references: Vec<&Record> = filtered.iter().collect();
-            let deleted = self.acks.delete(&references).await;
-            self.delete_objects(&references, deleted == references.len())
-                .await;
+            let (_, failed) = self.acks.delete_reporting(&references).await;
+            self.delete_objects(&references, &failed);
         }
         let later = |record: &Record| {
             self.policy.backoff.as_ref().map_or(UNRESOLVED_RETRY, |b| {
@@ -248,16 +307,8 @@ impl MappingContext {
         };
         let mut delete = Vec::new();
         let mut delayed = Vec::new();
-        for (record, error) in &unusable {
-            if send_dead_letter(
-                self,
-                record,
-                DeadLetterCondition::NonRetryableError,
-                error,
-                None,
-            )
-            .await
-            {
+        for (record, condition, error) in &unusable {
+            if send_dead_letter(self, record, *condition, error, None).await {
                 delete.push(record);
             } else {
                 delayed.push((record, later(record)));
@@ -273,12 +324,16 @@ impl MappingContext {
                 .change_visibility(&delayed, "large payload not fetched")
                 .await;
         }
+        let followers: Vec<&Record> = followers.iter().collect();
+        self.forget_pointers(&owned);
+        self.acks.release_now(&followers, "fifo follower").await;
         track_in_flight(&self.acks.metrics, &owned, Flight::Leaving);
     }
 
-    /// Deletes the payload objects of `records` (handled and, when `deleted`, deleted) and
-    /// forgets their pointers.
-    async fn delete_objects(&self, records: &[&Record], deleted: bool) {
+    /// Deletes the payload objects of handled `records`, except those whose message delete
+    /// `failed` (they come back and need them), in the background: the batch's slot is not held
+    /// for it. Their pointers are forgotten.
+    fn delete_objects(&self, records: &[&Record], failed: &std::collections::HashSet<String>) {
         let Some(resolver) = &self.resolver else {
             return;
         };
@@ -286,23 +341,37 @@ impl MappingContext {
             let mut known = self.pointers.lock().expect("pointers lock");
             records
                 .iter()
-                .filter_map(|r| known.remove(r.id()))
+                .filter_map(|r| Some((known.remove(&receipt_key(r))?, r)))
+                .filter(|(_, r)| !failed.contains(r.id()))
+                .map(|(pointer, _)| pointer)
                 .collect()
         };
-        // A message whose delete failed comes back: its object is needed then.
-        if deleted {
-            resolver.delete_objects(&self.acks.name, pointers).await;
+        if resolver.delete_after_success && !pointers.is_empty() {
+            tokio::spawn(large_payloads::Resolver::delete_objects(
+                resolver.s3.clone(),
+                self.acks.name.clone(),
+                pointers,
+            ));
         }
     }
 
     /// Forgets the pointers of records that leave without being handled.
-    fn forget_pointers(&self, records: &[Record]) {
+    fn forget_pointers<'a>(&self, records: impl IntoIterator<Item = &'a Record>) {
         if self.resolver.is_some() {
             let mut known = self.pointers.lock().expect("pointers lock");
             for record in records {
-                known.remove(record.id());
+                known.remove(&receipt_key(record));
             }
         }
+    }
+}
+
+/// What the pointers map is keyed by: the receipt, so two deliveries of one message in flight
+/// keep apart.
+fn receipt_key(record: &Record) -> String {
+    match &record.receipt.ack {
+        sluice_sources::AckToken::Sqs { receipt_handle } => receipt_handle.clone(),
+        _ => record.id().to_owned(),
     }
 }
 
@@ -441,12 +510,10 @@ async fn execute(
         .iter()
         .filter(|d| d.is_delete())
         .count();
-    let deleted = context.acks.delete(&delete).await;
+    let (_, failed) = context.acks.delete_reporting(&delete).await;
     context.acks.metrics.acknowledged(acknowledged as u64);
     // Objects of handled messages go once the messages are gone; a dead letter keeps its own.
-    context
-        .delete_objects(&handled, deleted == delete.len())
-        .await;
+    context.delete_objects(&handled, &failed);
     context.forget_pointers(batch);
     if !delayed.is_empty() {
         context
