@@ -642,6 +642,29 @@ mod tests {
         }
     }
 
+    impl Shard {
+        /// The next record of the shard, `name`, arrived at `arrived`, with its place.
+        fn entry(&self, name: &str, arrived: Duration) -> Entry {
+            let position = self.progress.lock().unwrap().push(name.into());
+            self.names.lock().unwrap().push((position, name.into()));
+            let event = serde_json::value::to_raw_value(&json!(name)).unwrap();
+            let record = Record::new(
+                Receipt {
+                    id: name.into(),
+                    ack: AckToken::Stream {
+                        shard_id: "shard-1".into(),
+                    },
+                },
+                None,
+                arrived,
+                Duration::ZERO,
+                1,
+                event,
+            );
+            (record, position)
+        }
+    }
+
     fn shard(
         target: Arc<ScriptedTarget>,
         batch_size: usize,
@@ -702,24 +725,10 @@ mod tests {
             CancellationToken::new(),
         ));
         for (index, arrived) in arrivals.iter().enumerate() {
-            let name = format!("r{index}");
-            let position = shard.progress.lock().unwrap().push(name.clone());
-            shard.names.lock().unwrap().push((position, name.clone()));
-            let event = serde_json::value::to_raw_value(&json!(name)).unwrap();
-            let record = Record::new(
-                Receipt {
-                    id: name,
-                    ack: AckToken::Stream {
-                        shard_id: "shard-1".into(),
-                    },
-                },
-                None,
-                *arrived,
-                Duration::ZERO,
-                1,
-                event,
-            );
-            sender.send((record, position)).await.unwrap();
+            sender
+                .send(shard.entry(&format!("r{index}"), *arrived))
+                .await
+                .unwrap();
         }
         drop(sender);
         lane.await.unwrap();
@@ -893,25 +902,7 @@ mod tests {
             CancellationToken::new(),
             CancellationToken::new(),
         ));
-        let send = |name: &str, at: u64| {
-            let position = shard.progress.lock().unwrap().push(name.into());
-            shard.names.lock().unwrap().push((position, name.into()));
-            let event = serde_json::value::to_raw_value(&json!(name)).unwrap();
-            let record = Record::new(
-                Receipt {
-                    id: name.into(),
-                    ack: AckToken::Stream {
-                        shard_id: "shard-1".into(),
-                    },
-                },
-                None,
-                Duration::from_secs(at),
-                Duration::ZERO,
-                1,
-                event,
-            );
-            (record, position)
-        };
+        let send = |name: &str, at: u64| shard.entry(name, Duration::from_secs(at));
         sender.send(send("r0", 61)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         // The final invocation of [60 s, 120 s) fails twice before it succeeds; r1 waits.
