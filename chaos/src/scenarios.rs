@@ -762,11 +762,16 @@ async fn handler_outage(settings: &Settings) -> anyhow::Result<Report> {
     handler.behaviour.unavailable.store(true, Ordering::Relaxed);
     tokio::time::sleep(outage).await;
     proxy.set(Fault::Blackhole);
+    // The handler comes back only once the path is cut: a request already written to the
+    // handler's socket when the blackhole began would otherwise be handled after the flip, its
+    // answer lost with the cut connection, and the message delivered again (a duplicate the
+    // scenario did not cause by killing anything).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     handler
         .behaviour
         .unavailable
         .store(false, Ordering::Relaxed);
-    tokio::time::sleep(outage).await;
+    tokio::time::sleep(outage.saturating_sub(Duration::from_secs(1))).await;
     proxy.set(Fault::Pass);
     let back = Instant::now();
     producer.await?;
