@@ -69,6 +69,14 @@ impl Record {
         self
     }
 
+    /// The record with `event` in place of its element (a source's own rewrite, such as a
+    /// decoded Kafka value); its size follows.
+    pub fn with_event(mut self, event: Box<RawValue>) -> Self {
+        self.size_bytes = event.get().len() + 1;
+        self.event = event;
+        self
+    }
+
     pub fn id(&self) -> &str {
         &self.receipt.id
     }

@@ -76,12 +76,34 @@ pub(super) trait LaneHost: Send + Sync + 'static {
     fn windows(&self) -> Option<&Windows> {
         None
     }
+
+    /// What becomes of a record taken off the input before it is batched (a Kafka value
+    /// decoded with its schema, say). Records are prepared one at a time, in order.
+    async fn prepare(&self, record: Record) -> Prepared {
+        Prepared::Ready(record)
+    }
+}
+
+/// A record as [`LaneHost::prepare`] leaves it.
+#[derive(Debug)]
+pub(super) enum Prepared {
+    /// Batch it.
+    Ready(Record),
+    /// The mapping's filters leave it out: it is finished at once.
+    Skipped,
+    /// It can never be invoked: it is dead-lettered alone, with this error, as non-retryable.
+    Unusable(Record, ErrorInfo),
+    /// Something it needs cannot answer now: it is prepared again after a backoff (the lane
+    /// waits, in order, and shows as stuck meanwhile).
+    Retry(Record, String),
 }
 
 /// What a lane runs next, in order.
 enum Work {
     /// A batch, in its tumbling window when the mapping has them.
     Batch(Vec<Entry>, Option<Span>),
+    /// A record [`LaneHost::prepare`] found unusable: dead-lettered, never invoked.
+    Unusable(Box<(Entry, ErrorInfo)>),
     /// The final invocation of the window open before the next batch.
     CloseWindow,
 }
@@ -147,14 +169,13 @@ pub(super) async fn run_lane<H: LaneHost>(
             let caught_up_ms = host.windows().map(Windows::caught_up_ms);
             match receiver.try_recv() {
                 Ok(entry) => {
-                    push(
-                        &*host,
-                        &mut batcher,
-                        &mut ready,
-                        &mut windows,
-                        entry,
-                        clock(),
-                    );
+                    let Some(entry) = take(&host, &lane, entry, &mut ready, &stop, &abort).await
+                    else {
+                        return;
+                    };
+                    if let Some(entry) = entry {
+                        push(&mut batcher, &mut ready, &mut windows, entry, clock());
+                    }
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -194,14 +215,15 @@ pub(super) async fn run_lane<H: LaneHost>(
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => continue,
             };
             match received {
-                Some(entry) => push(
-                    &*host,
-                    &mut batcher,
-                    &mut ready,
-                    &mut windows,
-                    entry,
-                    clock(),
-                ),
+                Some(entry) => {
+                    let Some(entry) = take(&host, &lane, entry, &mut ready, &stop, &abort).await
+                    else {
+                        return;
+                    };
+                    if let Some(entry) = entry {
+                        push(&mut batcher, &mut ready, &mut windows, entry, clock());
+                    }
+                }
                 None => {
                     end_window(&mut batcher, &mut ready, &mut windows);
                     ended = true;
@@ -227,6 +249,13 @@ pub(super) async fn run_lane<H: LaneHost>(
             Work::CloseWindow => {
                 if !close_window(&host, &lane, false, &stop, &abort).await {
                     return;
+                }
+            }
+            Work::Unusable(unusable) => {
+                let (entry, error) = *unusable;
+                tokio::select! {
+                    _ = abort.cancelled() => return,
+                    _ = dead_letter_alone(&host, entry, DeadLetterCondition::NonRetryableError, error) => {}
                 }
             }
         }
@@ -288,18 +317,75 @@ async fn close_window<H: LaneHost>(
     closed
 }
 
-/// Adds a record taken off the lane's input to its batcher (telling the host it was taken); a
-/// record too large for any invocation becomes a batch of its own, which `handle_batch`
-/// dead-letters.
+/// A record taken off the lane's input: told to the host, then prepared by it. `Some(Some)`
+/// is a record to batch; `Some(None)` one finished (filtered out) or queued to be dead-lettered;
+/// `None` when the lane must stop while the record waits to be prepared again (it is not
+/// finished, so it is read again after the restart).
+async fn take<H: LaneHost>(
+    host: &Arc<H>,
+    lane: &str,
+    (record, position): Entry,
+    ready: &mut VecDeque<Work>,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> Option<Option<Entry>> {
+    host.received(&record);
+    let settings = host.settings();
+    let mut record = record;
+    let mut failures = 0u32;
+    loop {
+        let prepared = tokio::select! {
+            _ = abort.cancelled() => return None,
+            prepared = host.prepare(record) => prepared,
+        };
+        let reason = match prepared {
+            Prepared::Retry(again, reason) => {
+                record = again;
+                reason
+            }
+            done => {
+                if failures > 0 {
+                    settings.health.stuck(lane, None);
+                }
+                return Some(match done {
+                    Prepared::Ready(record) => Some((record, position)),
+                    Prepared::Skipped => {
+                        settings.metrics.filtered(1);
+                        host.clone().finished(vec![position]);
+                        None
+                    }
+                    Prepared::Unusable(record, error) => {
+                        ready.push_back(Work::Unusable(Box::new(((record, position), error))));
+                        None
+                    }
+                    Prepared::Retry(..) => unreachable!("handled above"),
+                });
+            }
+        };
+        if failures == 0 {
+            settings.health.stuck(lane, Some(Instant::now()));
+        }
+        failures += 1;
+        let what = format!("preparing record {} of {lane}", record.id());
+        let waited = tokio::select! {
+            _ = abort.cancelled() => false,
+            waited = super::retry::back_off(&what, &settings.name, &settings.health, &settings.metrics, stop, &reason, failures) => waited,
+        };
+        if !waited {
+            return None;
+        }
+    }
+}
+
+/// Adds a prepared record to its batcher; a record too large for any invocation becomes a batch
+/// of its own, which `handle_batch` dead-letters.
 fn push(
-    host: &impl LaneHost,
     batcher: &mut Batcher<Entry>,
     ready: &mut VecDeque<Work>,
     windows: &mut Option<WindowCursor>,
     entry: Entry,
     now: Duration,
 ) {
-    host.received(&entry.0);
     // The first record of a later window closes the open one: its records go first.
     let span = windows.as_mut().map(|cursor| {
         let before = cursor.current;
@@ -321,6 +407,24 @@ fn push(
     if let Some(entry) = too_large {
         ready.push_back(Work::Batch(vec![entry], span));
     }
+}
+
+/// Dead-letters one record that is never invoked (too large, unusable), then finishes it.
+async fn dead_letter_alone<H: LaneHost>(
+    host: &Arc<H>,
+    (record, position): Entry,
+    condition: DeadLetterCondition,
+    error: ErrorInfo,
+) {
+    let dead_letter = StreamDeadLetter {
+        records: vec![0],
+        condition,
+        invoke_count: 0,
+        error: Some(error),
+        function_error: false,
+    };
+    store_dead_letter(host.as_ref(), &[&record], &dead_letter).await;
+    host.clone().finished(vec![position]);
 }
 
 fn outcome_label(outcome: &Outcome, applied: &Applied) -> &'static str {
@@ -346,25 +450,19 @@ async fn handle_batch<H: LaneHost>(
     stop: &CancellationToken,
 ) {
     let settings = host.settings();
-    let records: Vec<&Record> = batch.iter().map(|(record, _)| record).collect();
-    if batch.len() == 1 && records[0].size_bytes > sluice_policies::MAX_INVOCATION_PAYLOAD_BYTES {
-        let dead_letter = StreamDeadLetter {
-            records: vec![0],
-            condition: DeadLetterCondition::PayloadTooLarge,
-            invoke_count: 0,
-            error: Some(ErrorInfo::new(
-                "PayloadTooLarge",
-                format!(
-                    "the record is {} bytes; an invocation holds at most 6 MB",
-                    records[0].size_bytes
-                ),
-            )),
-            function_error: false,
-        };
-        store_dead_letter(host.as_ref(), &records, &dead_letter).await;
-        host.clone().finished(vec![batch[0].1]);
+    if batch.len() == 1 && batch[0].0.size_bytes > sluice_policies::MAX_INVOCATION_PAYLOAD_BYTES {
+        let error = ErrorInfo::new(
+            "PayloadTooLarge",
+            format!(
+                "the record is {} bytes; an invocation holds at most 6 MB",
+                batch[0].0.size_bytes
+            ),
+        );
+        let entry = batch.into_iter().next().expect("one record");
+        dead_letter_alone(host, entry, DeadLetterCondition::PayloadTooLarge, error).await;
         return;
     }
+    let records: Vec<&Record> = batch.iter().map(|(record, _)| record).collect();
     let items = records
         .iter()
         .map(|record| StreamItem {
@@ -597,6 +695,9 @@ mod tests {
         finished: Mutex<Vec<String>>,
         names: Mutex<Vec<(Position, String)>>,
         windows: Option<Windows>,
+        /// What `prepare` answers for a record, in turn ("skip", "unusable", "retry"); a record
+        /// with nothing left is ready.
+        verdicts: Mutex<Vec<(String, &'static str)>>,
     }
 
     #[async_trait]
@@ -614,6 +715,17 @@ mod tests {
         }
         fn windows(&self) -> Option<&Windows> {
             self.windows.as_ref()
+        }
+        async fn prepare(&self, record: Record) -> Prepared {
+            let mut verdicts = self.verdicts.lock().unwrap();
+            let Some(at) = verdicts.iter().position(|(name, _)| name == record.id()) else {
+                return Prepared::Ready(record);
+            };
+            match verdicts.remove(at).1 {
+                "skip" => Prepared::Skipped,
+                "unusable" => Prepared::Unusable(record, ErrorInfo::new("Unusable", "scripted")),
+                _ => Prepared::Retry(record, "scripted outage".into()),
+            }
         }
         fn identifier(&self, record: &Record) -> ItemIdentifier {
             ItemIdentifier::Text(record.id().to_owned())
@@ -705,6 +817,7 @@ mod tests {
             finished: Mutex::default(),
             names: Mutex::default(),
             windows: None,
+            verdicts: Mutex::default(),
         })
     }
 
@@ -805,6 +918,44 @@ mod tests {
         assert_eq!(
             shard.progress.lock().unwrap().advance().as_deref(),
             Some("r3")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prepared_records_are_skipped_dead_lettered_alone_or_retried_in_order() {
+        let target = Arc::new(ScriptedTarget::default());
+        let recorder = Arc::new(MemoryDestination::default());
+        let shard = shard(target.clone(), 2, false, None, Some(recorder.clone()));
+        *shard.verdicts.lock().unwrap() = vec![
+            ("r1".into(), "skip"),
+            ("r2".into(), "unusable"),
+            ("r3".into(), "retry"),
+            ("r3".into(), "retry"),
+        ];
+        let started = tokio::time::Instant::now();
+        run(&shard, 5).await;
+        let calls: Vec<Vec<String>> = target.payloads().iter().map(records_of).collect();
+        assert_eq!(calls, [vec!["r0", "r3"], vec!["r4"]]);
+        let stored = recorder.stored();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert_eq!(stored[0].document["sluice"]["records"], json!(["r2"]));
+        assert_eq!(
+            stored[0].document["requestContext"]["condition"],
+            "NonRetryableError"
+        );
+        assert_eq!(stored[0].document["sluice"]["error"]["type"], "Unusable");
+        // r3 waited out two backoffs before it was batched, and nothing after it overtook it.
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut finished = shard.finished.lock().unwrap().clone();
+        finished.sort();
+        assert_eq!(finished, ["r0", "r1", "r2", "r3", "r4"]);
+        assert_eq!(
+            shard.progress.lock().unwrap().advance().as_deref(),
+            Some("r4")
         );
     }
 

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_policies::{IdentifierKind, StreamPolicy};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long a batch gathers when `max_batching_window` is not given (Lambda's Kafka default).
@@ -60,6 +61,161 @@ pub struct RawKafkaSource {
     /// An MSK cluster's ARN: the event then says aws:kafka and carries eventSourceArn.
     #[serde(default)]
     pub msk_cluster_arn: Option<String>,
+    /// Decode keys and values written in the Confluent wire format (magic byte, schema id)
+    /// with their schemas from a Confluent-compatible registry, before filtering and batching.
+    #[serde(default)]
+    pub schema_registry: Option<RawSchemaRegistry>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchemaRegistry {
+    /// The registry's base URL (Confluent, Redpanda, Apicurio's ccompat API), such as
+    /// https://registry.example.com:8081 or http://apicurio:8080/apis/ccompat/v7.
+    pub url: String,
+    /// How sluice authenticates: basic (username, password), bearer (token) or mtls
+    /// (certificate, key: PEM files); secrets belong in ${ENV_VARS}.
+    #[serde(default)]
+    pub auth: Option<RawRegistryAuth>,
+    /// A PEM file of CA certificates to trust for the registry, beside the system's.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Decode the record's key: { format: avro | protobuf | json_schema }.
+    #[serde(default)]
+    pub key: Option<RawAttribute>,
+    /// Decode the record's value: { format: avro | protobuf | json_schema }.
+    #[serde(default)]
+    pub value: Option<RawAttribute>,
+    /// JSON (default): a decoded key or value is delivered as base64 of its JSON; SOURCE: as
+    /// its original bytes without the schema framing.
+    #[serde(default)]
+    pub event_record_format: Option<EventRecordFormat>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RawRegistryAuth {
+    Basic { username: String, password: String },
+    Bearer { token: String },
+    Mtls { certificate: String, key: String },
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAttribute {
+    /// The format its schemas are in; a record whose schema is another format is dead-lettered.
+    pub format: SchemaFormat,
+}
+
+/// The schema formats of a Confluent-compatible registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaFormat {
+    #[serde(alias = "AVRO")]
+    Avro,
+    #[serde(alias = "PROTOBUF")]
+    Protobuf,
+    #[serde(alias = "JSON_SCHEMA", alias = "JSON", alias = "json")]
+    JsonSchema,
+}
+
+impl SchemaFormat {
+    /// The registry's `schemaType` (and Lambda's `dataFormat`).
+    pub fn registry_name(self) -> &'static str {
+        match self {
+            SchemaFormat::Avro => "AVRO",
+            SchemaFormat::Protobuf => "PROTOBUF",
+            SchemaFormat::JsonSchema => "JSON",
+        }
+    }
+}
+
+/// How a decoded key or value reaches the target (Lambda's `EventRecordFormat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+pub enum EventRecordFormat {
+    #[default]
+    #[serde(rename = "JSON", alias = "json")]
+    Json,
+    #[serde(rename = "SOURCE", alias = "source")]
+    Source,
+}
+
+/// How sluice authenticates to the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryAuth {
+    None,
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    /// PEM files: the client certificate (chain) and its private key.
+    Mtls {
+        certificate: PathBuf,
+        key: PathBuf,
+    },
+}
+
+/// A mapping's schema registry, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaRegistryConfig {
+    pub url: String,
+    pub auth: RegistryAuth,
+    pub ca: Option<PathBuf>,
+    pub key: Option<SchemaFormat>,
+    pub value: Option<SchemaFormat>,
+    pub event_record_format: EventRecordFormat,
+}
+
+impl RawSchemaRegistry {
+    fn build(self, v: &mut Validator, path: &str) -> SchemaRegistryConfig {
+        let url = self.url.trim().to_owned();
+        match reqwest::Url::parse(&url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {}
+            _ => v.error(
+                format!("{path}.url"),
+                format!("{url:?} is not an http(s) URL; write the registry's base URL, such as https://registry.example.com:8081"),
+            ),
+        }
+        if self.key.is_none() && self.value.is_none() {
+            v.error(
+                path.to_owned(),
+                "decodes nothing: add value: { format: avro | protobuf | json_schema } (or key:)",
+            );
+        }
+        let auth = match self.auth {
+            None => RegistryAuth::None,
+            Some(RawRegistryAuth::Basic { username, password }) => {
+                if username.is_empty() {
+                    v.error(format!("{path}.auth.basic.username"), "must not be empty");
+                }
+                RegistryAuth::Basic { username, password }
+            }
+            Some(RawRegistryAuth::Bearer { token }) => {
+                if token.is_empty() {
+                    v.error(
+                        format!("{path}.auth.bearer.token"),
+                        "must not be empty; set it from the environment, as token: ${REGISTRY_TOKEN}",
+                    );
+                }
+                RegistryAuth::Bearer { token }
+            }
+            Some(RawRegistryAuth::Mtls { certificate, key }) => RegistryAuth::Mtls {
+                certificate: PathBuf::from(certificate),
+                key: PathBuf::from(key),
+            },
+        };
+        SchemaRegistryConfig {
+            url,
+            auth,
+            ca: self.ca.map(PathBuf::from),
+            key: self.key.map(|k| k.format),
+            value: self.value.map(|v| v.format),
+            event_record_format: self.event_record_format.unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +231,7 @@ pub struct KafkaSourceConfig {
     /// Bytes a partition may queue beyond its lane before it is paused.
     pub partition_buffer_bytes: usize,
     pub msk_cluster_arn: Option<String>,
+    pub schema_registry: Option<SchemaRegistryConfig>,
     pub policy: StreamPolicy,
 }
 
@@ -155,6 +312,9 @@ impl BuildSource for RawKafkaSource {
                 format!("{arn:?} is not an MSK cluster ARN; it looks like arn:aws:kafka:us-east-1:123456789012:cluster/name/uuid"),
             );
         }
+        let schema_registry = self
+            .schema_registry
+            .map(|raw| raw.build(v, &format!("{path}.schema_registry")));
         let policy = stream::policy(
             v,
             stream::PolicyInputs {
@@ -176,6 +336,7 @@ impl BuildSource for RawKafkaSource {
             properties: self.properties.into_iter().collect(),
             partition_buffer_bytes,
             msk_cluster_arn: self.msk_cluster_arn,
+            schema_registry,
             policy,
         }
     }

@@ -18,13 +18,14 @@
 //!   leaves the group and the supervisor starts the mapping again.
 
 pub mod config;
+pub mod schema;
 
 use self::config::KafkaSourceConfig;
 use crate::config::{MappingConfig, StartingPosition};
 use crate::destinations::{Destination, EnvelopeSource};
 use crate::health::MappingHealthHandle;
 use crate::runtime::invoker::Invoker;
-use crate::runtime::lane::{Entry, LaneHost, LaneSettings, run_lane};
+use crate::runtime::lane::{Entry, LaneHost, LaneSettings, Prepared, run_lane};
 use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
 use crate::targets::SharedTarget;
 use crate::telemetry::MappingMetrics;
@@ -91,6 +92,9 @@ struct Shared {
     /// of batches (1 partition, no-op handler: 453 records/s, against 190k/s unpaused).
     queue_limit: usize,
     drain_timeout: Duration,
+    /// The schema registry's decoder, when the mapping has one; the mapping's filters then run
+    /// here, after decoding, instead of in the consumer.
+    decoder: Option<(schema::Decoder, sluice_policies::FilterSet)>,
 }
 
 /// Which records of a partition are done, and how many bytes wait in its lane; what is done and
@@ -473,6 +477,23 @@ impl LaneHost for PartitionLane {
     fn received(&self, record: &Record) {
         self.progress.taken(record.size_bytes);
     }
+
+    async fn prepare(&self, record: Record) -> Prepared {
+        let Some((decoder, filters)) = &self.shared.decoder else {
+            return Prepared::Ready(record);
+        };
+        match decoder.decode(record).await {
+            schema::Decoded::Ready(record, view) => {
+                if filters.is_empty() || filters.passes(&view) {
+                    Prepared::Ready(record)
+                } else {
+                    Prepared::Skipped
+                }
+            }
+            schema::Decoded::Unusable(record, error) => Prepared::Unusable(record, error),
+            schema::Decoded::Retry(record, reason) => Prepared::Retry(record, reason),
+        }
+    }
 }
 
 impl KafkaMapping {
@@ -485,6 +506,25 @@ impl KafkaMapping {
             StartingPosition::AtTimestamp(at) => {
                 StartPosition::AtTimestamp(i64::try_from(at.as_millis()).unwrap_or(i64::MAX))
             }
+        };
+        let decoder = match &self.source.schema_registry {
+            None => None,
+            Some(registry) => match schema::Decoder::new(registry) {
+                Ok(decoder) => Some((decoder, self.config.filters.clone())),
+                Err(error) => {
+                    // A certificate file that cannot be read: the supervisor restarts the
+                    // mapping with its backoff and /readyz names the error.
+                    let error = crate::error_chain(&error);
+                    self.health.poll_failed(&error);
+                    tracing::error!(mapping = %name, %error, "cannot set up the schema registry client");
+                    return;
+                }
+            },
+        };
+        // With a registry the filters need the decoded values: they run in the lanes.
+        let consumer_filters = match decoder {
+            Some(_) => sluice_policies::FilterSet::default(),
+            None => self.config.filters.clone(),
         };
         let shared = Arc::new(Shared {
             cluster: self.source.cluster(),
@@ -500,6 +540,7 @@ impl KafkaMapping {
             },
             queue_limit: self.source.partition_buffer_bytes,
             drain_timeout: shutdown_timeout,
+            decoder,
         });
         let settings = ConsumerSettings {
             name: name.clone(),
@@ -508,7 +549,7 @@ impl KafkaMapping {
             topics: self.source.topics.clone(),
             properties: self.source.properties.clone(),
             position,
-            filters: self.config.filters.clone(),
+            filters: consumer_filters,
             release_timeout: shutdown_timeout + RELEASE_MARGIN,
             paused: self.health.pause().flag(),
         };
@@ -602,6 +643,7 @@ mod tests {
             },
             queue_limit,
             drain_timeout: Duration::from_secs(30),
+            decoder: None,
         })
     }
 

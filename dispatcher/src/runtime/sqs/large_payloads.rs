@@ -100,10 +100,7 @@ fn with_body(record: Record, mut event: Value, place: Place, text: String) -> Re
     let Ok(raw) = serde_json::value::to_raw_value(&event) else {
         return record;
     };
-    let mut record = record;
-    record.size_bytes = raw.get().len() + 1;
-    record.event = raw;
-    record
+    record.with_event(raw)
 }
 
 /// Fetches the bodies of Extended Client pointers.
