@@ -585,7 +585,7 @@ mappings:
     kafka.create_topic(&topic, 1);
     kafka.produce_with_headers(
         &topic,
-        &[(0, None, "{}".to_owned())],
+        &[(0, None::<&str>, "{}".to_owned())],
         &[(
             "traceparent",
             b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",

@@ -31,6 +31,7 @@ fn every_example_config_validates() {
                 "SLUICE_STATE_DIR",
                 std::env::temp_dir().join("sluice-validate"),
             )
+            .env("REGISTRY_PASSWORD", "example")
             .env(
                 "ORDERS_DLQ_URL",
                 "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq",

@@ -3,6 +3,8 @@
 //! (semantics.md §4) with the stream policy per partition (§2, §12). The mock cluster cannot look
 //! offsets up by time, so `at_timestamp` is covered by `sluice_sources::kafka`'s unit tests.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use sluice_testkit::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -811,4 +813,284 @@ async fn validate_connect_names_a_missing_topic() {
         "{stderr}"
     );
     assert!(!stderr.contains(&format!("\"{topic}\"")), "{stderr}");
+}
+
+/// Avro's binary encoding, written by hand so the decoder is checked against the spec rather
+/// than against the crate it uses: a long is a zigzag varint, a string its length then bytes.
+fn avro_long(value: i64, out: &mut Vec<u8>) {
+    let mut n = ((value << 1) ^ (value >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn avro_string(value: &str, out: &mut Vec<u8>) {
+    avro_long(value.len() as i64, out);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// The Confluent wire format: magic byte 0, the schema id, then `payload`.
+fn framed(id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// An `Order` datum (id, status, total: Money {currency, cents}) framed with schema `id`.
+fn avro_order(schema_id: u32, id: &str, status: &str, cents: i64) -> Vec<u8> {
+    let mut datum = Vec::new();
+    avro_string(id, &mut datum);
+    avro_string(status, &mut datum);
+    avro_string("EUR", &mut datum);
+    avro_long(cents, &mut datum);
+    framed(schema_id, &datum)
+}
+
+const MONEY_AVRO: &str = r#"{"type":"record","name":"Money","namespace":"shop","fields":[{"name":"currency","type":"string"},{"name":"cents","type":"long"}]}"#;
+const ORDER_AVRO: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields":[{"name":"id","type":"string"},{"name":"status","type":"string"},{"name":"total","type":"shop.Money"}]}"#;
+const LINES_PROTO: &str = r#"syntax = "proto3";
+package shop;
+message Header { string id = 1; }
+message Order {
+  string id = 1;
+  message Line { string sku = 1; int32 quantity = 2; }
+  repeated Line lines = 2;
+}
+"#;
+
+// Issue 22 item 3: keys and values in the Confluent wire format are decoded with their schemas
+// (Avro with a reference, JSON Schema keys, Protobuf nested messages), filters see the decoded
+// fields, records that cannot be decoded go alone to on_failure as SchemaRegistryError without
+// blocking their partition, schemas are fetched once per id, and a registry that is down holds
+// records back (in order) instead of dead-lettering them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_registry_records_are_decoded_filtered_and_undecodable_ones_dead_lettered() {
+    let kafka = Kafka::start();
+    let orders = Kafka::unique("orders");
+    let lines = Kafka::unique("lines");
+    let failures = Kafka::unique("orders-failed");
+    kafka.create_topic(&orders, 1);
+    kafka.create_topic(&lines, 1);
+    kafka.create_topic(&failures, 1);
+    let registry = SchemaRegistry::start(Some(("sluice", "s3cret"))).await;
+    let money_reference = json!([{"name": "shop.Money", "subject": "money", "version": 1}]);
+    registry.add(1, registered(None, ORDER_AVRO, money_reference.clone()));
+    registry.add(5, registered(None, ORDER_AVRO, money_reference));
+    registry.add_subject("money", 1, registered(None, MONEY_AVRO, json!([])));
+    registry.add(2, registered(Some("PROTOBUF"), LINES_PROTO, json!([])));
+    registry.add(
+        3,
+        registered(Some("JSON"), r#"{"type":"object"}"#, json!([])),
+    );
+
+    let key = framed(3, br#"{"customer":"c1"}"#);
+    let mut truncated = avro_order(1, "o-5", "paid", 500);
+    truncated.truncate(truncated.len() - 4);
+    let mut order_messages: Vec<ByteMessage> = vec![
+        (0, Some(key.clone()), avro_order(1, "o-0", "paid", 100)),
+        (0, Some(key.clone()), avro_order(1, "o-1", "draft", 200)),
+        (0, None, br#"{"id":"o-2"}"#.to_vec()),
+        (0, None, avro_order(99, "o-3", "paid", 300)),
+        (0, None, framed(2, &[0, 0x0a, 1, b'x'])),
+        (0, None, truncated),
+        (0, Some(key.clone()), avro_order(1, "o-6", "paid", 600)),
+    ];
+    kafka.produce_bytes(&orders, &order_messages);
+    // Line {sku: "A-1", quantity: 3} under path [1, 0] (Order's first nested message).
+    let line = vec![0x0a, 3, b'A', b'-', b'1', 0x10, 3];
+    let mut line_payload = vec![4, 2, 0];
+    line_payload.extend_from_slice(&line);
+    kafka.produce_bytes(&lines, &[(0, None, framed(2, &line_payload))]);
+
+    let handler = Handler::start(|_, _| Reply::ok("")).await;
+    let registry_block = |value: &str, format: &str| {
+        format!(
+            r#"        schema_registry:
+          url: "{url}"
+          auth: {{ basic: {{ username: sluice, password: "${{REGISTRY_PASSWORD}}" }} }}
+          value: {{ format: {value} }}
+          event_record_format: {format}
+"#,
+            url = registry.url()
+        )
+    };
+    let config = TestConfig::new(&handler.url("/"))
+        .mappings(&format!(
+            r#"  - name: orders
+    target: handler
+    source:
+      kafka:
+        bootstrap_servers: "{bootstrap}"
+        topics: [{orders}]
+        group_id: {orders}-group
+        starting_position: trim_horizon
+        max_batching_window: 100ms
+{orders_registry}          key: {{ format: json_schema }}
+    filters:
+      - value: {{ status: [paid] }}
+    on_failure:
+      kafka: {{ topic: {failures} }}
+  - name: lines
+    target: handler
+    source:
+      kafka:
+        bootstrap_servers: "{bootstrap}"
+        topics: [{lines}]
+        group_id: {lines}-group
+        starting_position: trim_horizon
+        max_batching_window: 100ms
+{lines_registry}"#,
+            bootstrap = kafka.bootstrap(),
+            orders_registry = registry_block("avro", "JSON"),
+            lines_registry = registry_block("protobuf", "SOURCE"),
+        ))
+        .render();
+    let sluice = Sluice::start(&config, &[("REGISTRY_PASSWORD".into(), "s3cret".into())]);
+
+    let records_of = |topic: &str| -> Vec<Value> {
+        handler
+            .received()
+            .iter()
+            .flat_map(|r| kafka_records(&r.event))
+            .filter(|r| r["topic"] == topic)
+            .collect()
+    };
+    eventually(WAIT, "the decoded orders and the line", || {
+        let done = records_of(&orders).len() >= 2 && !records_of(&lines).is_empty();
+        async move { done.then_some(()) }
+    })
+    .await;
+    let dead = eventually(WAIT, "four dead letters", || {
+        let dead = kafka.read_all(&failures, 1);
+        async move { (dead.len() >= 4).then_some(dead) }
+    })
+    .await;
+
+    let delivered = records_of(&orders);
+    let ids: Vec<&str> = delivered
+        .iter()
+        .map(|r| r["decoded"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["o-0", "o-6"],
+        "o-1 is filtered out on its decoded status"
+    );
+    assert_eq!(
+        delivered[0]["decoded"],
+        json!({"id": "o-0", "status": "paid", "total": {"currency": "EUR", "cents": 100}})
+    );
+    assert_eq!(
+        delivered[0]["valueSchemaMetadata"],
+        json!({"dataFormat": "AVRO", "schemaId": "1"})
+    );
+    let decoded_key = BASE64
+        .decode(delivered[0]["key"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&decoded_key).unwrap(),
+        json!({"customer": "c1"})
+    );
+    assert_eq!(
+        delivered[0]["keySchemaMetadata"],
+        json!({"dataFormat": "JSON", "schemaId": "3"})
+    );
+    let line_record = &records_of(&lines)[0];
+    assert_eq!(
+        BASE64
+            .decode(line_record["value"].as_str().unwrap())
+            .unwrap(),
+        line,
+        "SOURCE delivers the message without the framing and the index path"
+    );
+    assert_eq!(
+        line_record["valueSchemaMetadata"],
+        json!({"dataFormat": "PROTOBUF", "schemaId": "2"})
+    );
+
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    let mut reasons = BTreeMap::new();
+    for message in &dead {
+        let body = message.json();
+        assert_eq!(body["requestContext"]["condition"], "NonRetryableError");
+        assert_eq!(body["sluice"]["error"]["type"], "SchemaRegistryError");
+        let records = kafka_records(&body["payload"]);
+        assert_eq!(records.len(), 1, "each undecodable record alone");
+        reasons.insert(
+            records[0]["offset"].as_i64().unwrap(),
+            body["sluice"]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(reasons.keys().copied().collect::<Vec<_>>(), [2, 3, 4, 5]);
+    assert!(reasons[&2].contains("magic byte"), "{}", reasons[&2]);
+    assert!(
+        reasons[&3].contains("schema 99") && reasons[&3].contains("404"),
+        "{}",
+        reasons[&3]
+    );
+    assert!(reasons[&4].contains("PROTOBUF schema"), "{}", reasons[&4]);
+    assert!(reasons[&5].contains("does not decode"), "{}", reasons[&5]);
+    assert!(
+        reasons
+            .values()
+            .all(|r| r.contains(&format!("topic {orders} partition 0 offset"))),
+        "{reasons:?}"
+    );
+    let asked = registry.requests();
+    let count = |path: &str| asked.iter().filter(|p| *p == path).count();
+    assert_eq!(
+        count("/schemas/ids/1"),
+        1,
+        "a schema is fetched once: {asked:?}"
+    );
+    assert_eq!(count("/subjects/money/versions/1"), 1, "{asked:?}");
+
+    // The registry goes down while a record of a new schema id waits: it is held, in order,
+    // and delivered once the registry is back; nothing is dead-lettered for the outage.
+    registry.set_down(true);
+    order_messages.clear();
+    order_messages.push((0, None, avro_order(5, "o-7", "paid", 700)));
+    order_messages.push((0, None, avro_order(1, "o-8", "paid", 800)));
+    kafka.produce_bytes(&orders, &order_messages);
+    eventually(
+        WAIT,
+        "sluice asking the registry again while it is down",
+        || {
+            let tries = registry
+                .requests()
+                .iter()
+                .filter(|p| *p == "/schemas/ids/5")
+                .count();
+            async move { (tries >= 3).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        records_of(&orders).len(),
+        2,
+        "o-7 and o-8 wait for the registry"
+    );
+    registry.set_down(false);
+    eventually(WAIT, "o-7 and o-8 after the registry came back", || {
+        let done = records_of(&orders).len() >= 4;
+        async move { done.then_some(()) }
+    })
+    .await;
+    let ids: Vec<String> = records_of(&orders)
+        .iter()
+        .map(|r| r["decoded"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["o-0", "o-6", "o-7", "o-8"]);
+    sluice.settled("orders", Duration::from_secs(1)).await;
+    assert_eq!(
+        kafka.read_all(&failures, 1).len(),
+        4,
+        "nothing dead-lettered for the outage"
+    );
 }

@@ -14,6 +14,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// A message to produce: partition, key and value as bytes.
+pub type ByteMessage = (i32, Option<Vec<u8>>, Vec<u8>);
+
 pub struct Kafka {
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
     bootstrap: String,
@@ -116,10 +119,15 @@ impl Kafka {
         self.produce_with_headers(topic, messages, &[]);
     }
 
-    pub fn produce_with_headers(
+    /// [`Kafka::produce`] for keys and values that are bytes (a schema-registry framing).
+    pub fn produce_bytes(&self, topic: &str, messages: &[ByteMessage]) {
+        self.produce_with_headers(topic, messages, &[]);
+    }
+
+    pub fn produce_with_headers<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &self,
         topic: &str,
-        messages: &[(i32, Option<&str>, String)],
+        messages: &[(i32, Option<K>, V)],
         headers: &[(&str, &[u8])],
     ) {
         let producer: BaseProducer = self
@@ -139,10 +147,10 @@ impl Kafka {
             loop {
                 let mut record = BaseRecord::to(topic)
                     .partition(*partition)
-                    .payload(value.as_str())
+                    .payload(value.as_ref())
                     .headers(owned.clone());
                 if let Some(key) = key {
-                    record = record.key(*key);
+                    record = record.key(key.as_ref());
                 }
                 match producer.send(record) {
                     Ok(()) => break,

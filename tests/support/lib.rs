@@ -14,6 +14,8 @@
 
 mod kafka;
 pub use kafka::*;
+mod schema_registry;
+pub use schema_registry::{SchemaRegistry, registered};
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use axum::body::Bytes;
