@@ -632,6 +632,7 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                         sluice_sources::kafka::check_topics(
                             &source.bootstrap_servers,
                             &source.properties,
+                            &source.tokens(),
                             &topics,
                             std::time::Duration::from_secs(10),
                         )

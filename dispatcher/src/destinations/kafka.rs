@@ -16,13 +16,14 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use sluice_policies::DeadLetterCondition;
+use sluice_sources::kafka::auth::{ClientAuth, Tokens};
 use std::time::Duration;
 
 /// How long one message may wait for the broker before the send counts as failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct KafkaDestination {
-    producer: FutureProducer,
+    producer: FutureProducer<ClientAuth>,
     topic: String,
     description: String,
 }
@@ -31,6 +32,7 @@ impl KafkaDestination {
     pub fn new(
         bootstrap_servers: &str,
         properties: &[(String, String)],
+        tokens: &Tokens,
         topic: &str,
     ) -> Result<Self, DestinationError> {
         let producer = sluice_sources::kafka::producer_config(bootstrap_servers, properties)
@@ -38,7 +40,9 @@ impl KafkaDestination {
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             )
-            .create()
+            .create_with_context(ClientAuth {
+                tokens: tokens.clone(),
+            })
             .map_err(|error| DestinationError::Kafka {
                 topic: topic.to_owned(),
                 message: error.to_string(),

@@ -112,9 +112,14 @@ pub fn build(
             bucket.clone(),
             prefix.clone(),
         )),
-        (DestinationConfig::Kafka { topic }, Some(SourceConfig::Kafka(kafka))) => Arc::new(
-            kafka::KafkaDestination::new(&kafka.bootstrap_servers, &kafka.properties, topic)?,
-        ),
+        (DestinationConfig::Kafka { topic }, Some(SourceConfig::Kafka(kafka))) => {
+            Arc::new(kafka::KafkaDestination::new(
+                &kafka.bootstrap_servers,
+                &kafka.properties,
+                &kafka.tokens(),
+                topic,
+            )?)
+        }
         (DestinationConfig::Kafka { topic }, _) => {
             return Err(DestinationError::Kafka {
                 topic: topic.clone(),

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
+use sluice_sources::kafka::auth::ClientAuth;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ struct Partition {
 }
 
 pub(crate) struct KafkaStore {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ClientAuth>,
     /// Writes entries that stay, or what is left of them, at the end of the topic.
     writer: KafkaDestination,
     topic: String,
@@ -56,15 +57,24 @@ impl KafkaStore {
             DlqError::store(&description, operation, error)
         };
         let group = format!("{}-dlq", source.group_id);
-        let consumer: BaseConsumer = sluice_sources::kafka::consumer_config(
+        let tokens = source.tokens();
+        let consumer: BaseConsumer<ClientAuth> = sluice_sources::kafka::consumer_config(
             &source.bootstrap_servers,
             &group,
             sluice_sources::kafka::StartPosition::TrimHorizon,
             &source.properties,
         )
-        .create()
+        .create_with_context(ClientAuth {
+            tokens: tokens.clone(),
+        })
         .map_err(|e| failed("creating the consumer", e))?;
-        let writer = KafkaDestination::new(&source.bootstrap_servers, &source.properties, topic)?;
+        sluice_sources::kafka::auth::answer_token_request(&consumer);
+        let writer = KafkaDestination::new(
+            &source.bootstrap_servers,
+            &source.properties,
+            &tokens,
+            topic,
+        )?;
         let metadata = consumer
             .fetch_metadata(Some(topic), TIMEOUT)
             .map_err(|e| failed("reading the topic's metadata", e))?;

@@ -88,6 +88,8 @@ pub struct ConsumerSettings {
     /// Set while the whole mapping is paused: every partition is paused at the broker, whatever
     /// its owner asks.
     pub paused: Arc<AtomicBool>,
+    /// OAUTHBEARER tokens (MSK IAM), when the cluster wants them.
+    pub tokens: super::auth::Tokens,
 }
 
 /// What the consumer tells its owner.
@@ -238,6 +240,7 @@ impl KafkaConsumer {
             filters: settings.filters.clone(),
             release_timeout: settings.release_timeout,
             paused: settings.paused.clone(),
+            tokens: settings.tokens.clone(),
             events,
             state: Mutex::default(),
         };
@@ -337,6 +340,7 @@ struct Context {
     filters: FilterSet,
     release_timeout: Duration,
     paused: Arc<AtomicBool>,
+    tokens: super::auth::Tokens,
     events: mpsc::Sender<ConsumerEvent>,
     state: Mutex<State>,
 }
@@ -613,6 +617,15 @@ impl Context {
 }
 
 impl ClientContext for Context {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        super::auth::oauth_token(&self.tokens)
+    }
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let name = &self.name;
         match level {

@@ -11,6 +11,7 @@
 //! - the client settings sluice depends on (group, commits, offset reset) cannot be overridden by
 //!   `properties`: [`reserved_property`] names the config key to use instead.
 
+pub mod auth;
 pub mod consumer;
 
 use crate::record::{AckToken, Receipt, Record};
@@ -402,15 +403,19 @@ pub fn producer_config(bootstrap_servers: &str, properties: &[(String, String)])
 pub fn check_topics(
     bootstrap_servers: &str,
     properties: &[(String, String)],
+    tokens: &auth::Tokens,
     topics: &[String],
     timeout: Duration,
 ) -> Result<(), String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = producer_config(bootstrap_servers, properties)
+    let consumer: BaseConsumer<auth::ClientAuth> = producer_config(bootstrap_servers, properties)
         .remove("enable.idempotence")
         .remove("acks")
-        .create()
+        .create_with_context(auth::ClientAuth {
+            tokens: tokens.clone(),
+        })
         .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+    auth::answer_token_request(&consumer);
     let mut problems = Vec::new();
     for topic in topics {
         match consumer.fetch_metadata(Some(topic), timeout) {

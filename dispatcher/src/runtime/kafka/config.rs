@@ -61,10 +61,114 @@ pub struct RawKafkaSource {
     /// An MSK cluster's ARN: the event then says aws:kafka and carries eventSourceArn.
     #[serde(default)]
     pub msk_cluster_arn: Option<String>,
+    /// How sluice authenticates to the brokers: sasl_scram {mechanism, username, password},
+    /// msk_iam {region} (IAM, OAUTHBEARER from the default credential chain) or mtls
+    /// {certificate, key, key_password} (PEM files). The failure topic's producer uses the same.
+    #[serde(default)]
+    pub auth: Option<RawKafkaAuth>,
     /// Decode keys and values written in the Confluent wire format (magic byte, schema id)
     /// with their schemas from a Confluent-compatible registry, before filtering and batching.
     #[serde(default)]
     pub schema_registry: Option<RawSchemaRegistry>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RawKafkaAuth {
+    SaslScram {
+        /// SCRAM-SHA-256 or SCRAM-SHA-512.
+        mechanism: ScramMechanism,
+        username: String,
+        /// Put it in the environment: password: ${KAFKA_PASSWORD}.
+        password: String,
+    },
+    MskIam {
+        /// The cluster's region; by default msk_cluster_arn's, else the AWS default (AWS_REGION).
+        #[serde(default)]
+        region: Option<String>,
+    },
+    Mtls {
+        /// PEM file of the client certificate (chain).
+        certificate: String,
+        /// PEM file of its private key.
+        key: String,
+        #[serde(default)]
+        key_password: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum ScramMechanism {
+    #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    Sha256,
+    #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    Sha512,
+}
+
+/// How a mapping's Kafka clients authenticate; its librdkafka settings are already in the
+/// source's `properties`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaAuth {
+    SaslScram,
+    /// OAUTHBEARER tokens signed for this region (`None`: the AWS default).
+    MskIam {
+        region: Option<String>,
+    },
+    Mtls,
+}
+
+/// librdkafka settings that `auth` sets: a property of these names is refused beside it.
+const AUTH_PROPERTY_PREFIXES: &[&str] = &["sasl.", "ssl.certificate.", "ssl.key."];
+
+impl RawKafkaAuth {
+    /// The librdkafka settings for this auth (without `security.protocol`), and the protocols
+    /// it works with (the first is the default).
+    fn properties(&self) -> (Vec<(String, String)>, &'static [&'static str]) {
+        let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        match self {
+            RawKafkaAuth::SaslScram {
+                mechanism,
+                username,
+                password,
+            } => {
+                let mechanism = match mechanism {
+                    ScramMechanism::Sha256 => "SCRAM-SHA-256",
+                    ScramMechanism::Sha512 => "SCRAM-SHA-512",
+                };
+                (
+                    set(&[
+                        ("sasl.mechanism", mechanism),
+                        ("sasl.username", username),
+                        ("sasl.password", password),
+                    ]),
+                    &["SASL_SSL", "SASL_PLAINTEXT"],
+                )
+            }
+            RawKafkaAuth::MskIam { .. } => (
+                set(&[("sasl.mechanism", "OAUTHBEARER")]),
+                &["SASL_SSL", "SASL_PLAINTEXT"],
+            ),
+            RawKafkaAuth::Mtls {
+                certificate,
+                key,
+                key_password,
+            } => {
+                let mut properties = set(&[
+                    ("ssl.certificate.location", certificate),
+                    ("ssl.key.location", key),
+                ]);
+                if let Some(password) = key_password {
+                    properties.push(("ssl.key.password".into(), password.clone()));
+                }
+                (properties, &["SSL"])
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -231,11 +335,22 @@ pub struct KafkaSourceConfig {
     /// Bytes a partition may queue beyond its lane before it is paused.
     pub partition_buffer_bytes: usize,
     pub msk_cluster_arn: Option<String>,
+    pub auth: Option<KafkaAuth>,
     pub schema_registry: Option<SchemaRegistryConfig>,
     pub policy: StreamPolicy,
 }
 
 impl KafkaSourceConfig {
+    /// The OAUTHBEARER token source its clients need (MSK IAM), one per client.
+    pub fn tokens(&self) -> sluice_sources::kafka::auth::Tokens {
+        match &self.auth {
+            Some(KafkaAuth::MskIam { region }) => Some(std::sync::Arc::new(
+                super::auth::MskIamTokens::new(region.clone()),
+            )),
+            _ => None,
+        }
+    }
+
     /// The cluster as Lambda's Kafka event names it.
     pub fn cluster(&self) -> sluice_sources::kafka::KafkaCluster {
         sluice_sources::kafka::KafkaCluster {
@@ -304,6 +419,43 @@ impl BuildSource for RawKafkaSource {
                 );
             }
         }
+        let mut properties: Vec<(String, String)> = self.properties.into_iter().collect();
+        let auth = self.auth.map(|auth| {
+            let (auth_properties, protocols) = auth.properties();
+            for (name, _) in &properties {
+                if AUTH_PROPERTY_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                    v.error(
+                        format!("{path}.properties.{name}"),
+                        format!("is set by {path}.auth; remove it here"),
+                    );
+                }
+            }
+            match properties.iter().find(|(name, _)| name == "security.protocol") {
+                Some((_, protocol)) if !protocols.iter().any(|p| p.eq_ignore_ascii_case(protocol)) => {
+                    v.error(
+                        format!("{path}.properties.security.protocol"),
+                        format!("{protocol:?} does not carry {path}.auth; use {} (or leave it out: {} by default)", protocols.join(" or "), protocols[0]),
+                    );
+                }
+                Some(_) => {}
+                None => properties.push(("security.protocol".into(), protocols[0].into())),
+            }
+            properties.extend(auth_properties);
+            match auth {
+                RawKafkaAuth::SaslScram { .. } => KafkaAuth::SaslScram,
+                RawKafkaAuth::Mtls { .. } => KafkaAuth::Mtls,
+                RawKafkaAuth::MskIam { region } => KafkaAuth::MskIam {
+                    region: region.or_else(|| {
+                        // arn:aws:kafka:<region>:<account>:cluster/...
+                        self.msk_cluster_arn
+                            .as_deref()
+                            .and_then(|arn| arn.split(':').nth(3))
+                            .filter(|region| !region.is_empty())
+                            .map(str::to_owned)
+                    }),
+                },
+            }
+        });
         if let Some(arn) = &self.msk_cluster_arn
             && (!arn.starts_with("arn:") || !arn.contains(":kafka:"))
         {
@@ -333,9 +485,10 @@ impl BuildSource for RawKafkaSource {
             starting_position,
             batch_size,
             max_batching_window: window,
-            properties: self.properties.into_iter().collect(),
+            properties,
             partition_buffer_bytes,
             msk_cluster_arn: self.msk_cluster_arn,
+            auth,
             schema_registry,
             policy,
         }
@@ -348,7 +501,7 @@ impl SourceRules for KafkaSourceConfig {
     }
 
     fn calls_aws(&self) -> bool {
-        false
+        matches!(self.auth, Some(KafkaAuth::MskIam { .. }))
     }
 
     fn replay_policy(&self, _has_on_failure: bool) -> StreamPolicy {
@@ -445,6 +598,104 @@ mod tests {
             "mappings[0].source.kafka.properties.enable.auto.commit"
         );
         assert!(errors.0[0].position.is_some());
+    }
+
+    fn with_auth(auth: &str, properties: &str) -> String {
+        KAFKA.replace(
+            "starting_position: trim_horizon",
+            &format!(
+                "starting_position: trim_horizon\n        msk_cluster_arn: \"arn:aws:kafka:eu-west-1:1:cluster/c/abc\"\n        auth: {auth}\n        properties: {{ {properties} }}"
+            ),
+        )
+    }
+
+    #[test]
+    fn kafka_auth_becomes_librdkafka_settings_that_the_failure_producer_shares() {
+        let config = parse_text(&with_auth(
+            "{ sasl_scram: { mechanism: SCRAM-SHA-512, username: app, password: pw } }",
+            "ssl.ca.location: /ca.pem",
+        ))
+        .unwrap();
+        let kafka = kafka_source(&config);
+        assert_eq!(kafka.auth, Some(KafkaAuth::SaslScram));
+        assert!(kafka.tokens().is_none());
+        let producer =
+            sluice_sources::kafka::producer_config(&kafka.bootstrap_servers, &kafka.properties);
+        for (name, value) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "app"),
+            ("sasl.password", "pw"),
+            ("ssl.ca.location", "/ca.pem"),
+        ] {
+            assert_eq!(producer.get(name), Some(value), "{name}");
+        }
+
+        let config = parse_text(&with_auth("{ msk_iam: {} }", "")).unwrap();
+        let kafka = kafka_source(&config);
+        assert_eq!(
+            kafka.auth,
+            Some(KafkaAuth::MskIam {
+                region: Some("eu-west-1".into())
+            }),
+            "the region comes from the cluster ARN"
+        );
+        assert!(kafka.tokens().is_some());
+        assert!(config.needs_aws(), "MSK IAM signs with AWS credentials");
+        let consumer = sluice_sources::kafka::consumer_config(
+            &kafka.bootstrap_servers,
+            "g",
+            sluice_sources::kafka::StartPosition::Latest,
+            &kafka.properties,
+        );
+        assert_eq!(consumer.get("sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(consumer.get("security.protocol"), Some("SASL_SSL"));
+
+        let config = parse_text(&with_auth(
+            "{ mtls: { certificate: /c.pem, key: /k.pem, key_password: kp } }",
+            "",
+        ))
+        .unwrap();
+        let kafka = kafka_source(&config);
+        let properties: std::collections::HashMap<_, _> =
+            kafka.properties.iter().cloned().collect();
+        assert_eq!(properties["security.protocol"], "SSL");
+        assert_eq!(properties["ssl.certificate.location"], "/c.pem");
+        assert_eq!(properties["ssl.key.location"], "/k.pem");
+        assert_eq!(properties["ssl.key.password"], "kp");
+    }
+
+    #[test]
+    fn kafka_auth_refuses_properties_that_contradict_it() {
+        let errors = parse_text(&with_auth(
+            "{ sasl_scram: { mechanism: SCRAM-SHA-256, username: a, password: b } }",
+            "sasl.username: other, security.protocol: SSL",
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "mappings[0].source.kafka.properties.sasl.username",
+                "mappings[0].source.kafka.properties.security.protocol"
+            ],
+            "{errors}"
+        );
+        // A plaintext SASL listener (inside a VPC, a test cluster) is allowed.
+        let config = parse_text(&with_auth(
+            "{ sasl_scram: { mechanism: SCRAM-SHA-256, username: a, password: b } }",
+            "security.protocol: SASL_PLAINTEXT",
+        ))
+        .unwrap();
+        let protocols: Vec<&str> = kafka_source(&config)
+            .properties
+            .iter()
+            .filter(|(name, _)| name == "security.protocol")
+            .map(|(_, value)| value.as_str())
+            .collect();
+        assert_eq!(protocols, ["SASL_PLAINTEXT"]);
+        let unknown = parse_text(&with_auth("{ kerberos: {} }", "")).unwrap_err();
+        assert!(unknown.to_string().contains("kerberos"), "{unknown}");
     }
 
     #[test]

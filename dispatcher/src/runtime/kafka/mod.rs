@@ -17,6 +17,7 @@
 //! - a lane that ends while its partition is held (a panic) takes the mapping down: the consumer
 //!   leaves the group and the supervisor starts the mapping again.
 
+pub mod auth;
 pub mod config;
 pub mod schema;
 
@@ -552,6 +553,7 @@ impl KafkaMapping {
             filters: consumer_filters,
             release_timeout: shutdown_timeout + RELEASE_MARGIN,
             paused: self.health.pause().flag(),
+            tokens: self.source.tokens(),
         };
         let (consumer, mut events) = match KafkaConsumer::start(settings) {
             Ok(started) => started,

@@ -73,6 +73,7 @@ impl Cluster {
             filters: FilterSet::default(),
             release_timeout: Duration::from_secs(10),
             paused: Arc::default(),
+            tokens: None,
         }
     }
 }
