@@ -905,7 +905,17 @@ async fn schema_registry_records_are_decoded_filtered_and_undecodable_ones_dead_
     line_payload.extend_from_slice(&line);
     kafka.produce_bytes(&lines, &[(0, None, framed(2, &line_payload))]);
 
-    let handler = Handler::start(|_, _| Reply::ok("")).await;
+    // o-6 fails at the handler: its dead letter must keep the record as it was in the topic.
+    let handler = Handler::start(|_, event| {
+        if kafka_records(event)
+            .iter()
+            .any(|r| r["decoded"]["id"] == "o-6")
+        {
+            return Reply::status(500, json!({"errorType": "Refused"}).to_string());
+        }
+        Reply::ok("")
+    })
+    .await;
     let registry_block = |value: &str, format: &str| {
         format!(
             r#"        schema_registry:
@@ -931,6 +941,7 @@ async fn schema_registry_records_are_decoded_filtered_and_undecodable_ones_dead_
 {orders_registry}          key: {{ format: json_schema }}
     filters:
       - value: {{ status: [paid] }}
+    retry: {{ max_retry_attempts: 0 }}
     on_failure:
       kafka: {{ topic: {failures} }}
   - name: lines
@@ -963,9 +974,11 @@ async fn schema_registry_records_are_decoded_filtered_and_undecodable_ones_dead_
         async move { done.then_some(()) }
     })
     .await;
-    let dead = eventually(WAIT, "four dead letters", || {
+    // Offset 3 names an id the registry does not have: it is asked again for 20 s (a lagging
+    // registry) before that record is dead-lettered.
+    let dead = eventually(WAIT, "five dead letters", || {
         let dead = kafka.read_all(&failures, 1);
-        async move { (dead.len() >= 4).then_some(dead) }
+        async move { (dead.len() >= 5).then_some(dead) }
     })
     .await;
 
@@ -1011,7 +1024,25 @@ async fn schema_registry_records_are_decoded_filtered_and_undecodable_ones_dead_
         json!({"dataFormat": "PROTOBUF", "schemaId": "2"})
     );
 
-    assert_eq!(dead.len(), 4, "{dead:?}");
+    assert_eq!(dead.len(), 5, "{dead:?}");
+    let (exhausted, dead): (Vec<_>, Vec<_>) = dead
+        .iter()
+        .partition(|m| m.json()["requestContext"]["condition"] == "RetriesExhausted");
+    assert_eq!(exhausted.len(), 1);
+    let exhausted = kafka_records(&exhausted[0].json()["payload"]);
+    assert_eq!(
+        BASE64
+            .decode(exhausted[0]["value"].as_str().unwrap())
+            .unwrap(),
+        avro_order(1, "o-6", "paid", 600),
+        "a dead letter keeps the bytes as they were in the topic (a replay to the source writes them back)"
+    );
+    assert_eq!(
+        BASE64
+            .decode(exhausted[0]["key"].as_str().unwrap())
+            .unwrap(),
+        key
+    );
     let mut reasons = BTreeMap::new();
     for message in &dead {
         let body = message.json();
@@ -1090,7 +1121,7 @@ async fn schema_registry_records_are_decoded_filtered_and_undecodable_ones_dead_
     sluice.settled("orders", Duration::from_secs(1)).await;
     assert_eq!(
         kafka.read_all(&failures, 1).len(),
-        4,
+        5,
         "nothing dead-lettered for the outage"
     );
 }

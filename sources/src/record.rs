@@ -39,6 +39,10 @@ pub struct Record {
     pub event: Box<RawValue>,
     /// The trace the producer attached, continued by the invocation.
     pub trace: Option<crate::trace::TraceContext>,
+    /// The element as the source had it, when `event` is a decoding of it (a Kafka value
+    /// decoded with its schema): dead letters keep this, so a replay to the source writes the
+    /// original bytes back.
+    pub source_event: Option<Box<RawValue>>,
 }
 
 impl Record {
@@ -60,6 +64,7 @@ impl Record {
             attempt,
             event,
             trace: None,
+            source_event: None,
         }
     }
 
@@ -75,6 +80,20 @@ impl Record {
         self.size_bytes = event.get().len() + 1;
         self.event = event;
         self
+    }
+
+    /// The record with `event` decoded from what it was; the original stays as
+    /// [`Record::source_event`] (for dead letters).
+    pub fn decoded(mut self, event: Box<RawValue>) -> Self {
+        let original = std::mem::replace(&mut self.event, event);
+        self.size_bytes = self.event.get().len() + 1;
+        self.source_event.get_or_insert(original);
+        self
+    }
+
+    /// The element as the source had it (what a dead letter keeps).
+    pub fn source_element(&self) -> &RawValue {
+        self.source_event.as_deref().unwrap_or(&self.event)
     }
 
     pub fn id(&self) -> &str {

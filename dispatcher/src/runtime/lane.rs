@@ -146,11 +146,19 @@ pub(super) async fn run_lane<H: LaneHost>(
     // Tokio's clock, so that a paused test clock drives the batching window.
     let started = tokio::time::Instant::now();
     let clock = || started.elapsed();
-    let mut batcher: Batcher<Entry> = Batcher::new(host.settings().limits);
-    let mut ready: VecDeque<Work> = VecDeque::new();
-    let mut windows = host
-        .windows()
-        .map(|windows| WindowCursor::new(windows.length, windows.restored()));
+    let mut g = Gather {
+        batcher: Batcher::new(host.settings().limits),
+        ready: VecDeque::new(),
+        windows: host
+            .windows()
+            .map(|windows| WindowCursor::new(windows.length, windows.restored())),
+        held: None,
+    };
+    let lanes = Stops {
+        lane: &lane,
+        stop: &stop,
+        abort: &abort,
+    };
     // The input ended: run what is ready, then return.
     let mut ended = false;
     loop {
@@ -158,8 +166,30 @@ pub(super) async fn run_lane<H: LaneHost>(
             if stop.is_cancelled() || abort.is_cancelled() {
                 return;
             }
-            if let Some(work) = ready.pop_front() {
+            if let Some(work) = g.ready.pop_front() {
                 break work;
+            }
+            // A record that could not be prepared goes before anything after it, once the
+            // records before it were run.
+            if let Some(held) = g.held.take() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = abort.cancelled() => return,
+                    _ = tokio::time::sleep(retry_delay(held.failures)) => {}
+                }
+                if !g
+                    .prepare(
+                        &host,
+                        &lanes,
+                        held.entry,
+                        Some((held.failures, held.since)),
+                        clock(),
+                    )
+                    .await
+                {
+                    return;
+                }
+                continue;
             }
             if ended {
                 return;
@@ -169,36 +199,33 @@ pub(super) async fn run_lane<H: LaneHost>(
             let caught_up_ms = host.windows().map(Windows::caught_up_ms);
             match receiver.try_recv() {
                 Ok(entry) => {
-                    let Some(entry) = take(&host, &lane, entry, &mut ready, &stop, &abort).await
-                    else {
+                    host.received(&entry.0);
+                    if !g.prepare(&host, &lanes, entry, None, clock()).await {
                         return;
-                    };
-                    if let Some(entry) = entry {
-                        push(&mut batcher, &mut ready, &mut windows, entry, clock());
                     }
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    end_window(&mut batcher, &mut ready, &mut windows);
+                    end_window(&mut g.batcher, &mut g.ready, &mut g.windows);
                     ended = true;
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            if let Some(batch) = batcher.poll(clock()) {
-                let span = windows.as_ref().and_then(|w| w.current);
-                ready.push_back(Work::Batch(batch, span));
+            if let Some(batch) = g.batcher.poll(clock()) {
+                let span = g.windows.as_ref().and_then(|w| w.current);
+                g.ready.push_back(Work::Batch(batch, span));
                 continue;
             }
             // Every record of the window was read and taken: it closes.
-            let window_end = windows.as_ref().and_then(|w| w.current).map(|c| c.end_ms);
+            let window_end = g.windows.as_ref().and_then(|w| w.current).map(|c| c.end_ms);
             if let (Some(end_ms), Some(caught_up_ms)) = (window_end, caught_up_ms)
                 && caught_up_ms >= end_ms
             {
-                end_window(&mut batcher, &mut ready, &mut windows);
+                end_window(&mut g.batcher, &mut g.ready, &mut g.windows);
                 continue;
             }
-            let batch_wait = batcher.deadline().map(|d| d.saturating_sub(clock()));
+            let batch_wait = g.batcher.deadline().map(|d| d.saturating_sub(clock()));
             // Until the window's end, then while the reader catches up past it.
             let window_wait = window_end.map(|end_ms| {
                 let now_ms = now_since_epoch().as_millis() as u64;
@@ -216,16 +243,13 @@ pub(super) async fn run_lane<H: LaneHost>(
             };
             match received {
                 Some(entry) => {
-                    let Some(entry) = take(&host, &lane, entry, &mut ready, &stop, &abort).await
-                    else {
+                    host.received(&entry.0);
+                    if !g.prepare(&host, &lanes, entry, None, clock()).await {
                         return;
-                    };
-                    if let Some(entry) = entry {
-                        push(&mut batcher, &mut ready, &mut windows, entry, clock());
                     }
                 }
                 None => {
-                    end_window(&mut batcher, &mut ready, &mut windows);
+                    end_window(&mut g.batcher, &mut g.ready, &mut g.windows);
                     ended = true;
                 }
             }
@@ -317,62 +341,94 @@ async fn close_window<H: LaneHost>(
     closed
 }
 
-/// A record taken off the lane's input: told to the host, then prepared by it. `Some(Some)`
-/// is a record to batch; `Some(None)` one finished (filtered out) or queued to be dead-lettered;
-/// `None` when the lane must stop while the record waits to be prepared again (it is not
-/// finished, so it is read again after the restart).
-async fn take<H: LaneHost>(
-    host: &Arc<H>,
-    lane: &str,
-    (record, position): Entry,
-    ready: &mut VecDeque<Work>,
-    stop: &CancellationToken,
-    abort: &CancellationToken,
-) -> Option<Option<Entry>> {
-    host.received(&record);
-    let settings = host.settings();
-    let mut record = record;
-    let mut failures = 0u32;
-    loop {
+/// What a lane holds between its input and its work.
+struct Gather {
+    batcher: Batcher<Entry>,
+    ready: VecDeque<Work>,
+    windows: Option<WindowCursor>,
+    /// A record its host could not prepare yet: nothing after it is taken until it is.
+    held: Option<Held>,
+}
+
+/// A record waiting to be prepared again.
+struct Held {
+    entry: Entry,
+    /// Failed preparations so far.
+    failures: u32,
+    /// Since when it has been failing (the lane shows as stuck from then).
+    since: Instant,
+}
+
+/// The lane's name and its stop signals.
+struct Stops<'a> {
+    lane: &'a str,
+    stop: &'a CancellationToken,
+    abort: &'a CancellationToken,
+}
+
+impl Gather {
+    /// Prepares a record taken off the input (or held, after `failed` preparations since a
+    /// time) and puts it where it goes: the batcher, finished (filtered out), a dead letter
+    /// queued after the records before it, or held to be prepared again after the backoff — the
+    /// records before it are queued to run meanwhile. False when the lane must stop while the
+    /// record is being prepared (it is not finished, so it is read again after the restart).
+    async fn prepare<H: LaneHost>(
+        &mut self,
+        host: &Arc<H>,
+        lanes: &Stops<'_>,
+        (record, position): Entry,
+        failed: Option<(u32, Instant)>,
+        now: Duration,
+    ) -> bool {
+        let settings = host.settings();
         let prepared = tokio::select! {
-            _ = abort.cancelled() => return None,
+            _ = lanes.stop.cancelled() => return false,
+            _ = lanes.abort.cancelled() => return false,
             prepared = host.prepare(record) => prepared,
         };
-        let reason = match prepared {
-            Prepared::Retry(again, reason) => {
-                record = again;
-                reason
+        if failed.is_some() && !matches!(prepared, Prepared::Retry(..)) {
+            settings.health.stuck(lanes.lane, None);
+        }
+        match prepared {
+            Prepared::Ready(record) => push(
+                &mut self.batcher,
+                &mut self.ready,
+                &mut self.windows,
+                (record, position),
+                now,
+            ),
+            Prepared::Skipped => {
+                settings.metrics.filtered(1);
+                settings.metrics.checkpointed(1);
+                host.clone().finished(vec![position]);
             }
-            done => {
-                if failures > 0 {
-                    settings.health.stuck(lane, None);
-                }
-                return Some(match done {
-                    Prepared::Ready(record) => Some((record, position)),
-                    Prepared::Skipped => {
-                        settings.metrics.filtered(1);
-                        host.clone().finished(vec![position]);
-                        None
-                    }
-                    Prepared::Unusable(record, error) => {
-                        ready.push_back(Work::Unusable(Box::new(((record, position), error))));
-                        None
-                    }
-                    Prepared::Retry(..) => unreachable!("handled above"),
+            Prepared::Unusable(record, error) => {
+                self.flush();
+                self.ready
+                    .push_back(Work::Unusable(Box::new(((record, position), error))));
+            }
+            Prepared::Retry(record, reason) => {
+                let (failures, since) = failed.unwrap_or((0, Instant::now()));
+                let failures = failures + 1;
+                settings.health.stuck(lanes.lane, Some(since));
+                settings.metrics.poll_errors.increment(1);
+                tracing::warn!(mapping = %settings.name, lane = %lanes.lane, record = %record.id(), error = %reason, consecutive_failures = failures, "record cannot be prepared yet; the lane waits for it");
+                self.flush();
+                self.held = Some(Held {
+                    entry: (record, position),
+                    failures,
+                    since,
                 });
             }
-        };
-        if failures == 0 {
-            settings.health.stuck(lane, Some(Instant::now()));
         }
-        failures += 1;
-        let what = format!("preparing record {} of {lane}", record.id());
-        let waited = tokio::select! {
-            _ = abort.cancelled() => false,
-            waited = super::retry::back_off(&what, &settings.name, &settings.health, &settings.metrics, stop, &reason, failures) => waited,
-        };
-        if !waited {
-            return None;
+        true
+    }
+
+    /// Queues the open batch to run now.
+    fn flush(&mut self) {
+        let span = self.windows.as_ref().and_then(|w| w.current);
+        if let Some(batch) = self.batcher.take() {
+            self.ready.push_back(Work::Batch(batch, span));
         }
     }
 }
@@ -424,6 +480,7 @@ async fn dead_letter_alone<H: LaneHost>(
         function_error: false,
     };
     store_dead_letter(host.as_ref(), &[&record], &dead_letter).await;
+    host.settings().metrics.checkpointed(1);
     host.clone().finished(vec![position]);
 }
 
@@ -635,7 +692,7 @@ async fn store_dead_letter<H: LaneHost>(
         source: host.envelope_source(&records),
         records: records
             .iter()
-            .map(|r| serde_json::from_str(r.event.get()).unwrap_or_default())
+            .map(|r| serde_json::from_str(r.source_element().get()).unwrap_or_default())
             .collect(),
         first_attempt_at: records
             .iter()
@@ -926,6 +983,8 @@ mod tests {
         let target = Arc::new(ScriptedTarget::default());
         let recorder = Arc::new(MemoryDestination::default());
         let shard = shard(target.clone(), 2, false, None, Some(recorder.clone()));
+        let observed = shard.clone();
+        recorder.observe(move || json!(*observed.finished.lock().unwrap()));
         *shard.verdicts.lock().unwrap() = vec![
             ("r1".into(), "skip"),
             ("r2".into(), "unusable"),
@@ -935,9 +994,13 @@ mod tests {
         let started = tokio::time::Instant::now();
         run(&shard, 5).await;
         let calls: Vec<Vec<String>> = target.payloads().iter().map(records_of).collect();
-        assert_eq!(calls, [vec!["r0", "r3"], vec!["r4"]]);
+        // r0 runs before r2 is dead-lettered, and before r3 waits: a record that cannot be
+        // prepared never holds back the ones before it.
+        assert_eq!(calls, [vec!["r0"], vec!["r3", "r4"]]);
         let stored = recorder.stored();
         assert_eq!(stored.len(), 1, "{stored:?}");
+        // r1 (filtered out) finished as it was taken; r0 once its batch ran.
+        assert_eq!(stored[0].observed, json!(["r1", "r0"]));
         assert_eq!(stored[0].document["sluice"]["records"], json!(["r2"]));
         assert_eq!(
             stored[0].document["requestContext"]["condition"],

@@ -6,20 +6,28 @@
 //!   id, for Protobuf the message-index path (zigzag varints; a lone 0 is the first message),
 //!   then the payload; a record without a key or value (a tombstone) passes unchanged;
 //! - a schema is fetched once per id and kept for the mapping's life (a registry never changes
-//!   what an id means); lanes asking for the same new id wait for one fetch;
+//!   what an id means); one fetch per id is in flight, the lanes needing it wait for it;
 //! - `JSON`: the decoded key or value is delivered as base64 of its JSON text; `SOURCE`: as its
 //!   payload without the framing. Either way `keySchemaMetadata` / `valueSchemaMetadata`
-//!   ({dataFormat, schemaId}) are added, and the mapping's filters see the decoded JSON;
-//! - a record that cannot be decoded — no framing, an id the registry does not have, a schema
-//!   of another format than configured or that does not parse, bytes the schema does not read —
-//!   is [`Decoded::Unusable`] with a `SchemaRegistryError` naming the topic, partition, offset
-//!   and what to do; it never blocks its partition;
-//! - a registry that cannot answer (unreachable, a timeout, 5xx, 401/403, 429) is
-//!   [`Decoded::Retry`]: records are never dead-lettered because the registry is down or the
-//!   credentials are wrong; the lane retries them in order;
-//! - every registry answer is read within [`REQUEST_TIMEOUT`] and at most [`MAX_SCHEMA_BYTES`];
-//!   references are followed at most [`MAX_REFERENCE_DEPTH`] deep and [`MAX_REFERENCES`] in all;
-//!   an Avro datum may ask for at most [`MAX_AVRO_ALLOCATION`] bytes at once.
+//!   ({dataFormat, schemaId}) are added, and the mapping's filters see the decoded JSON; the
+//!   record as read stays beside it ([`Record::source_element`]) for dead letters;
+//! - a record that cannot be decoded — no framing, an id the registry says it does not have
+//!   (its own 40403, for [`MISSING_GRACE`] in a row), a schema of another format than
+//!   configured or that does not parse, bytes the schema does not read — is
+//!   [`Decoded::Unusable`] with a `SchemaRegistryError` naming the topic, partition, offset and
+//!   what to do; it never blocks its partition beyond that grace. Refused ids are remembered for
+//!   [`REFUSAL_TTL`] (at most [`MAX_REFUSALS_KEPT`]);
+//! - any other failure to get a schema (unreachable, a timeout, a 404 that is not the
+//!   registry's, 401/403, 429, 5xx, a 2xx that is not a schema) is [`Decoded::Retry`]: records
+//!   are never dead-lettered because the registry is down, misaddressed or refuses the
+//!   credentials; the lane retries them in order;
+//! - every registry answer is read within [`REQUEST_TIMEOUT`] and at most [`MAX_SCHEMA_BYTES`],
+//!   a schema with its references within [`FETCH_DEADLINE`] and [`MAX_FETCH_BYTES`]; references
+//!   are followed at most [`MAX_REFERENCE_DEPTH`] deep and [`MAX_REFERENCES`] in all;
+//! - Avro schemas that could exhaust the decoder are refused: recursive types, and arrays or
+//!   maps of items that take no bytes; a length prefix may not ask for more than
+//!   [`MAX_AVRO_ALLOCATION`] at once; a datum that ends early is an error (apache-avro 0.21
+//!   would read a string cut short as null).
 //!
 //! JSON Schema values are parsed as JSON, not validated against their schema (the producer's
 //! serializer validated them).
@@ -46,6 +54,18 @@ pub const MAX_REFERENCES: usize = 256;
 /// The most an Avro datum may make the decoder allocate at once (a hostile length prefix is an
 /// error, not an allocation). Kafka messages are 1 MB by default.
 pub const MAX_AVRO_ALLOCATION: usize = 8 << 20;
+/// The most one schema and its references may add up to.
+pub const MAX_FETCH_BYTES: usize = 16 << 20;
+/// How long fetching one schema with its references may take in all.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a "no such schema" answer is taken for a lagging registry and retried before the
+/// record is dead-lettered.
+pub const MISSING_GRACE: Duration = Duration::from_secs(20);
+/// How long an id the registry does not have is answered from memory.
+pub const REFUSAL_TTL: Duration = Duration::from_secs(300);
+/// How many refused ids are remembered (a producer writing garbage ids costs one request each
+/// beyond that).
+pub const MAX_REFUSALS_KEPT: usize = 4096;
 /// The error type of records that cannot be decoded.
 pub const ERROR_TYPE: &str = "SchemaRegistryError";
 
@@ -58,6 +78,11 @@ pub enum RegistryError {
     /// The registry answered, and no retry will change its answer.
     #[error("{0}")]
     Refused(String),
+    /// The registry says it has no such schema. Within [`MISSING_GRACE`] of the first such
+    /// answer for an id this is [`RegistryError::Unavailable`] (a follower registry may not
+    /// have caught up with a schema registered a moment ago), then [`RegistryError::Refused`].
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// A schema as the registry stores it.
@@ -102,7 +127,10 @@ impl Schema {
     pub fn decode<'a>(&self, payload: &'a [u8]) -> Result<(Value, &'a [u8]), String> {
         match self {
             Schema::Avro { schema, named } => {
-                let mut reader = payload;
+                let mut reader = Guarded {
+                    rest: payload,
+                    short: false,
+                };
                 let value = apache_avro::from_avro_datum_schemata(
                     schema,
                     named.iter().collect(),
@@ -110,10 +138,14 @@ impl Schema {
                     None,
                 )
                 .map_err(|e| format!("the Avro datum does not read with its schema: {e}"))?;
-                if !reader.is_empty() {
+                // apache-avro 0.21 reads a string cut short as null instead of failing.
+                if reader.short {
+                    return Err("the Avro datum ends before its schema does".into());
+                }
+                if !reader.rest.is_empty() {
                     return Err(format!(
                         "the Avro datum leaves {} bytes unread: it was written with another schema",
-                        reader.len()
+                        reader.rest.len()
                     ));
                 }
                 let json = Value::try_from(value)
@@ -141,6 +173,121 @@ impl Schema {
             }
         }
     }
+}
+
+/// A datum being read, which remembers whether a read ever wanted more than was left.
+struct Guarded<'a> {
+    rest: &'a [u8],
+    short: bool,
+}
+
+impl std::io::Read for Guarded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.rest.is_empty() && !buf.is_empty() {
+            self.short = true;
+            return Ok(0);
+        }
+        let n = buf.len().min(self.rest.len());
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        Ok(n)
+    }
+}
+
+/// Refuses Avro schemas whose data could exhaust the decoder: a recursive type (nesting as deep
+/// as the bytes allow overflows the stack), or an array or map of items that take no bytes (a
+/// few bytes of block counts make millions of items).
+fn check_avro(schema: &apache_avro::Schema, named: &[apache_avro::Schema]) -> Result<(), String> {
+    use apache_avro::Schema as S;
+    fn collect<'a>(schema: &'a S, names: &mut HashMap<String, &'a S>) {
+        match schema {
+            S::Record(record) if names.insert(record.name.fullname(None), schema).is_none() => {
+                for field in &record.fields {
+                    collect(&field.schema, names);
+                }
+            }
+            S::Enum(e) => {
+                names.insert(e.name.fullname(None), schema);
+            }
+            S::Fixed(f) => {
+                names.insert(f.name.fullname(None), schema);
+            }
+            S::Array(array) => collect(&array.items, names),
+            S::Map(map) => collect(&map.types, names),
+            S::Union(union) => union.variants().iter().for_each(|v| collect(v, names)),
+            _ => {}
+        }
+    }
+    fn zero_width(schema: &S, names: &HashMap<String, &S>, depth: usize) -> bool {
+        match schema {
+            S::Null => true,
+            S::Fixed(f) => f.size == 0,
+            S::Record(record) => record
+                .fields
+                .iter()
+                .all(|field| zero_width(&field.schema, names, depth + 1)),
+            S::Ref { name } if depth < 64 => names
+                .get(&name.fullname(None))
+                .is_some_and(|s| zero_width(s, names, depth + 1)),
+            _ => false,
+        }
+    }
+    fn walk<'a>(
+        schema: &'a S,
+        names: &HashMap<String, &'a S>,
+        open: &mut Vec<String>,
+    ) -> Result<(), String> {
+        match schema {
+            S::Record(record) => {
+                let name = record.name.fullname(None);
+                if open.contains(&name) {
+                    return Err(format!(
+                        "is recursive ({name} contains itself), which sluice does not decode: nesting as deep as the bytes allow would exhaust the decoder"
+                    ));
+                }
+                open.push(name);
+                for field in &record.fields {
+                    walk(&field.schema, names, open)?;
+                }
+                open.pop();
+            }
+            S::Ref { name } => {
+                let name = name.fullname(None);
+                if open.contains(&name) {
+                    return Err(format!(
+                        "is recursive ({name} contains itself), which sluice does not decode: nesting as deep as the bytes allow would exhaust the decoder"
+                    ));
+                }
+                if let Some(target) = names.get(&name) {
+                    walk(target, names, open)?;
+                }
+            }
+            S::Array(array) => {
+                if zero_width(&array.items, names, 0) {
+                    return Err("has an array of items that take no bytes, which sluice does not decode (a few bytes could make millions of items)".into());
+                }
+                walk(&array.items, names, open)?;
+            }
+            S::Map(map) => {
+                if zero_width(&map.types, names, 0) {
+                    return Err("has a map of values that take no bytes, which sluice does not decode (a few bytes could make millions of entries)".into());
+                }
+                walk(&map.types, names, open)?;
+            }
+            S::Union(union) => {
+                for variant in union.variants() {
+                    walk(variant, names, open)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut names = HashMap::new();
+    for schema in named.iter().chain(std::iter::once(schema)) {
+        collect(schema, &mut names);
+    }
+    walk(schema, &names, &mut Vec::new())
 }
 
 /// The schema id and what follows it, or why the bytes are not in the wire format.
@@ -211,8 +358,12 @@ pub struct Registry {
     url: reqwest::Url,
     auth: RegistryAuth,
     schemas: Mutex<HashMap<u32, Arc<Schema>>>,
-    /// One fetch at a time: lanes meeting the same new id wait for the first to fetch it.
-    fetching: tokio::sync::Mutex<()>,
+    /// Ids the registry refused, and when: asked again only after [`REFUSAL_TTL`].
+    refused: Mutex<HashMap<u32, (std::time::Instant, String)>>,
+    /// When the registry first said it has no such id (see [`MISSING_GRACE`]).
+    missing_since: Mutex<HashMap<u32, std::time::Instant>>,
+    /// One fetch per id at a time: lanes meeting the same new id wait for the first.
+    fetching: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -291,38 +442,140 @@ impl Registry {
             client: builder.build().map_err(RegistrySetupError::Client)?,
             url,
             auth: config.auth.clone(),
-            schemas: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            schemas: Mutex::default(),
+            refused: Mutex::default(),
+            missing_since: Mutex::default(),
+            fetching: Mutex::default(),
         })
     }
 
-    fn cached(&self, id: u32) -> Option<Arc<Schema>> {
-        self.schemas.lock().expect("schema cache").get(&id).cloned()
+    fn cached(&self, id: u32) -> Option<Result<Arc<Schema>, RegistryError>> {
+        if let Some(schema) = self.schemas.lock().expect("schema cache").get(&id) {
+            return Some(Ok(schema.clone()));
+        }
+        let mut refused = self.refused.lock().expect("refusal cache");
+        match refused.get(&id) {
+            Some((at, reason)) if at.elapsed() < REFUSAL_TTL => {
+                Some(Err(RegistryError::Refused(reason.clone())))
+            }
+            Some(_) => {
+                refused.remove(&id);
+                None
+            }
+            None => None,
+        }
     }
 
     /// The schema with this id, from the cache or the registry.
     pub async fn schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
-        if let Some(schema) = self.cached(id) {
-            return Ok(schema);
+        if let Some(cached) = self.cached(id) {
+            return cached;
         }
-        let _one = self.fetching.lock().await;
-        if let Some(schema) = self.cached(id) {
-            return Ok(schema);
-        }
-        let root: Registered = self.get(&["schemas", "ids", &id.to_string()]).await?;
-        let references = self.references(&root).await?;
-        let schema = Arc::new(parse(id, &root, &references)?);
-        self.schemas
+        let lock = self
+            .fetching
             .lock()
-            .expect("schema cache")
-            .insert(id, schema.clone());
-        Ok(schema)
+            .expect("fetch locks")
+            .entry(id)
+            .or_default()
+            .clone();
+        let fetched = {
+            let _one = lock.lock().await;
+            match self.cached(id) {
+                Some(cached) => cached,
+                None => {
+                    let fetched = match tokio::time::timeout(FETCH_DEADLINE, self.fetch(id)).await {
+                        Ok(fetched) => fetched,
+                        Err(_) => Err(RegistryError::Unavailable {
+                            url: self.shown(&self.url),
+                            reason: format!(
+                                "schema {id} and its references took longer than {FETCH_DEADLINE:?}"
+                            ),
+                        }),
+                    };
+                    match &fetched {
+                        Ok(schema) => {
+                            self.schemas
+                                .lock()
+                                .expect("schema cache")
+                                .insert(id, schema.clone());
+                        }
+                        Err(RegistryError::Refused(reason)) => {
+                            self.remember_refusal(id, reason.clone());
+                        }
+                        Err(RegistryError::Unavailable { .. }) => {}
+                        Err(RegistryError::Missing(_)) => {}
+                    }
+                    self.missing_for_good(id, fetched)
+                }
+            }
+        };
+        self.fetching.lock().expect("fetch locks").remove(&id);
+        fetched
+    }
+
+    fn remember_refusal(&self, id: u32, reason: String) {
+        let mut refused = self.refused.lock().expect("refusal cache");
+        if refused.len() >= MAX_REFUSALS_KEPT {
+            refused.retain(|_, (at, _)| at.elapsed() < REFUSAL_TTL);
+        }
+        if refused.len() < MAX_REFUSALS_KEPT {
+            refused.insert(id, (std::time::Instant::now(), reason));
+        }
+    }
+
+    /// A "no such schema" answer for `id` is retried for [`MISSING_GRACE`] after the first,
+    /// then refused (and remembered as refused).
+    fn missing_for_good(
+        &self,
+        id: u32,
+        fetched: Result<Arc<Schema>, RegistryError>,
+    ) -> Result<Arc<Schema>, RegistryError> {
+        let Err(RegistryError::Missing(reason)) = fetched else {
+            self.missing_since.lock().expect("missing ids").remove(&id);
+            return fetched;
+        };
+        let first = {
+            let mut since = self.missing_since.lock().expect("missing ids");
+            if since.len() >= MAX_REFUSALS_KEPT {
+                since.retain(|_, at| at.elapsed() < MISSING_GRACE);
+            }
+            *since.entry(id).or_insert_with(std::time::Instant::now)
+        };
+        if first.elapsed() < MISSING_GRACE {
+            return Err(RegistryError::Unavailable {
+                url: self.shown(&self.url),
+                reason: format!(
+                    "{reason} (asked again for up to {MISSING_GRACE:?}, in case the registry has not caught up yet)"
+                ),
+            });
+        }
+        self.missing_since.lock().expect("missing ids").remove(&id);
+        self.remember_refusal(id, reason.clone());
+        Err(RegistryError::Refused(reason))
+    }
+
+    /// Fetches schema `id` with its references and parses it (off the async threads: compiling
+    /// a `.proto` can take a while).
+    async fn fetch(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
+        let mut budget = MAX_FETCH_BYTES;
+        let root: Registered = self
+            .get(
+                &["schemas", "ids", &id.to_string()],
+                IDS_MISSING,
+                &mut budget,
+            )
+            .await?;
+        let references = self.references(&root, &mut budget).await?;
+        tokio::task::spawn_blocking(move || parse(id, &root, &references).map(Arc::new))
+            .await
+            .map_err(|e| RegistryError::Refused(format!("parsing schema {id} failed: {e}")))?
     }
 
     /// Every schema `root` references, at any depth, as (import name, schema).
     async fn references(
         &self,
         root: &Registered,
+        budget: &mut usize,
     ) -> Result<Vec<(String, Registered)>, RegistryError> {
         let mut pending: Vec<(Reference, usize)> =
             root.references.iter().map(|r| (r.clone(), 1)).collect();
@@ -343,7 +596,11 @@ impl Registry {
                 reference.version.to_string()
             };
             let schema: Registered = self
-                .get(&["subjects", &reference.subject, "versions", &version])
+                .get(
+                    &["subjects", &reference.subject, "versions", &version],
+                    SUBJECT_MISSING,
+                    budget,
+                )
                 .await?;
             pending.extend(schema.references.iter().map(|r| (r.clone(), depth + 1)));
             found.push((reference.name, schema));
@@ -351,17 +608,28 @@ impl Registry {
         Ok(found)
     }
 
-    /// GET a registry path (segments are escaped), its JSON answer read within the bounds.
+    /// `url` without its credentials, for messages.
+    fn shown(&self, url: &reqwest::Url) -> String {
+        let mut shown = url.clone();
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
+        shown.to_string()
+    }
+
+    /// GET a registry path (segments are escaped), its JSON answer read within the bounds;
+    /// `missing` are the registry error codes that mean "no such schema" on this path.
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
         segments: &[&str],
+        missing: &[u32],
+        budget: &mut usize,
     ) -> Result<T, RegistryError> {
         let mut url = self.url.clone();
         url.path_segments_mut()
             .expect("an http(s) URL has a path")
             .pop_if_empty()
             .extend(segments);
-        let shown = url.as_str().to_owned();
+        let shown = self.shown(&url);
         let unavailable = |reason: String| RegistryError::Unavailable {
             url: shown.clone(),
             reason,
@@ -381,40 +649,75 @@ impl Registry {
             .send()
             .await
             .map_err(|e| unavailable(crate::error_chain(&e)))?;
-        let status = response.status();
+        let status = response.status().as_u16();
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| unavailable(crate::error_chain(&e)))?
         {
-            if body.len() + chunk.len() > MAX_SCHEMA_BYTES {
+            if body.len() + chunk.len() > (*budget).min(MAX_SCHEMA_BYTES) {
                 return Err(RegistryError::Refused(format!(
-                    "{shown} answered more than {MAX_SCHEMA_BYTES} bytes; a schema that large is not read"
+                    "{shown} answered more than {} bytes (at most {MAX_SCHEMA_BYTES} per answer and {MAX_FETCH_BYTES} per schema with its references are read)",
+                    (*budget).min(MAX_SCHEMA_BYTES)
                 )));
             }
             body.extend_from_slice(&chunk);
         }
-        let text = String::from_utf8_lossy(&body);
-        let excerpt: String = text.chars().take(300).collect();
-        match status.as_u16() {
-            200..=299 => serde_json::from_slice(&body).map_err(|e| {
-                RegistryError::Refused(format!(
-                    "{shown} answered {status} with a body that is not a registered schema ({e}): {excerpt}"
+        *budget -= body.len();
+        match classify(status, &body, missing) {
+            Answer::Schema => serde_json::from_slice(&body).map_err(|e| {
+                unavailable(format!(
+                    "{status} with a body that is not a registered schema ({e}): {}; is schema_registry.url the registry's base URL?",
+                    excerpt(&body)
                 ))
             }),
-            404 => Err(RegistryError::Refused(format!(
-                "{shown} answered 404 ({excerpt}): the registry does not have it; the producer used another registry, or the schema was deleted"
+            Answer::Missing => Err(RegistryError::Missing(format!(
+                "{shown} answered {status} ({}): the registry does not have it; the producer used another registry, or the schema was deleted",
+                excerpt(&body)
             ))),
-            401 | 403 => Err(unavailable(format!(
-                "{status}: the registry refused sluice's credentials ({excerpt}); check schema_registry.auth"
-            ))),
-            400..=499 if status.as_u16() != 408 && status.as_u16() != 429 => {
-                Err(RegistryError::Refused(format!("{shown} answered {status}: {excerpt}")))
-            }
-            _ => Err(unavailable(format!("{status}: {excerpt}"))),
+            Answer::Failed(reason) => Err(unavailable(reason)),
         }
     }
+}
+
+/// Registry error codes for an unknown schema id.
+const IDS_MISSING: &[u32] = &[40403];
+/// Registry error codes for an unknown subject or version (a reference).
+const SUBJECT_MISSING: &[u32] = &[40401, 40402];
+
+/// What a registry answer means.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// A 2xx: the body should be the schema.
+    Schema,
+    /// The registry says it has no such schema (its own error code): no retry will change it.
+    Missing,
+    /// Anything else — a 404 without the registry's code (a wrong URL, a proxy), 401/403, 429,
+    /// 5xx — may change: asked again later, nothing is dead-lettered for it.
+    Failed(String),
+}
+
+fn classify(status: u16, body: &[u8], missing: &[u32]) -> Answer {
+    if (200..300).contains(&status) {
+        return Answer::Schema;
+    }
+    let code = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|error| error["error_code"].as_u64());
+    if status == 404 && code.is_some_and(|code| missing.iter().any(|&m| u64::from(m) == code)) {
+        return Answer::Missing;
+    }
+    let hint = match status {
+        401 | 403 => "; the registry refused sluice's credentials: check schema_registry.auth",
+        404 => "; not the registry's own answer: is schema_registry.url the registry's base URL?",
+        _ => "",
+    };
+    Answer::Failed(format!("{status}: {}{hint}", excerpt(body)))
+}
+
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(300).collect()
 }
 
 /// Parses a fetched schema with its references.
@@ -432,6 +735,7 @@ fn parse(
                 references.iter().map(|(_, r)| r.schema.as_str()),
             )
             .map_err(|e| refused(format!("does not parse: {e}")))?;
+            check_avro(&schema, &named).map_err(refused)?;
             Ok(Schema::Avro { schema, named })
         }
         "PROTOBUF" => {
@@ -560,7 +864,7 @@ impl Decoder {
         }
         let raw = serde_json::value::to_raw_value(&Value::Object(event))
             .expect("a JSON object serializes");
-        Decoded::Ready(record.with_event(raw), view)
+        Decoded::Ready(record.decoded(raw), view)
     }
 
     /// The schema id, the JSON and the source bytes of one framed key or value.
@@ -579,7 +883,7 @@ impl Decoder {
                     "its schema {id} could not be fetched from {url}: {reason}"
                 )));
             }
-            Err(RegistryError::Refused(reason)) => {
+            Err(RegistryError::Refused(reason) | RegistryError::Missing(reason)) => {
                 return Err(FieldError::Unusable(format!(
                     "names schema {id}, which cannot be used: {reason}"
                 )));
@@ -767,14 +1071,81 @@ mod tests {
     fn a_hostile_avro_length_is_an_error_not_an_allocation() {
         apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
         let schema = parse(1, &registered(None, "\"string\""), &[]).unwrap();
-        // A string claiming 2^40 bytes (zigzag varint), followed by nothing.
+        // A string claiming 64 MiB (zigzag varint), followed by nothing: under apache-avro's
+        // own 512 MiB default, over sluice's 8 MiB.
         let mut claim = Vec::new();
-        let mut n: u64 = (1u64 << 40) << 1;
+        let mut n: u64 = (64u64 << 20) << 1;
         while n >= 0x80 {
             claim.push((n as u8) | 0x80);
             n >>= 7;
         }
         claim.push(n as u8);
-        assert!(schema.decode(&claim).is_err());
+        let error = schema.decode(&claim).unwrap_err();
+        assert!(error.contains("allocat"), "{error}");
+    }
+
+    #[test]
+    fn an_avro_datum_cut_inside_its_last_string_is_an_error_not_a_null() {
+        let record = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"},{"name":"b","type":"string"}]}"#;
+        let schema = parse(1, &registered(None, record), &[]).unwrap();
+        // a = 1, b = "hello" (length 5, zigzag 10), cut after "he".
+        let whole = [2, 10, b'h', b'e', b'l', b'l', b'o'];
+        assert_eq!(
+            schema.decode(&whole).unwrap().0,
+            json!({"a": 1, "b": "hello"})
+        );
+        let error = schema.decode(&whole[..4]).unwrap_err();
+        assert!(error.contains("ends before"), "{error}");
+    }
+
+    #[test]
+    fn avro_schemas_that_could_exhaust_the_decoder_are_refused() {
+        let list = r#"{"type":"record","name":"Node","fields":[{"name":"v","type":"long"},{"name":"next","type":["null","Node"]}]}"#;
+        let error = parse(1, &registered(None, list), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("recursive"), "{error}");
+        let nulls = r#"{"type":"array","items":"null"}"#;
+        let error = parse(2, &registered(None, nulls), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("take no bytes"), "{error}");
+        let empty = r#"{"type":"map","values":{"type":"record","name":"E","fields":[]}}"#;
+        assert!(parse(3, &registered(None, empty), &[]).is_err());
+        // The same type used twice side by side is not recursion.
+        let twice = r#"{"type":"record","name":"P","fields":[{"name":"a","type":{"type":"record","name":"Q","fields":[{"name":"x","type":"long"}]}},{"name":"b","type":"Q"},{"name":"c","type":{"type":"array","items":"Q"}}]}"#;
+        parse(4, &registered(None, twice), &[]).unwrap();
+    }
+
+    #[test]
+    fn only_the_registrys_own_not_found_codes_mean_a_schema_is_missing() {
+        let error = |code: u32| json!({"error_code": code, "message": "m"}).to_string();
+        assert_eq!(classify(200, b"{}", IDS_MISSING), Answer::Schema);
+        assert_eq!(
+            classify(404, error(40403).as_bytes(), IDS_MISSING),
+            Answer::Missing
+        );
+        assert_eq!(
+            classify(404, error(40401).as_bytes(), SUBJECT_MISSING),
+            Answer::Missing
+        );
+        // A reference's subject code is not an id's, and the other way round.
+        assert!(matches!(
+            classify(404, error(40401).as_bytes(), IDS_MISSING),
+            Answer::Failed(_)
+        ));
+        let wrong_url = classify(404, b"<html>Not Found</html>", IDS_MISSING);
+        assert!(
+            matches!(&wrong_url, Answer::Failed(reason) if reason.contains("base URL")),
+            "{wrong_url:?}"
+        );
+        for status in [401, 403, 429, 500, 502, 503, 504] {
+            assert!(
+                matches!(classify(status, b"", IDS_MISSING), Answer::Failed(_)),
+                "{status}"
+            );
+        }
+        let refused = classify(401, b"", IDS_MISSING);
+        assert!(matches!(&refused, Answer::Failed(r) if r.contains("credentials")));
     }
 }
