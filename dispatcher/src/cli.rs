@@ -330,10 +330,14 @@ fn dlq(command: DlqCommand) -> ExitCode {
     if let DlqCommand::Replay {
         to_source: true, ..
     } = &command
-        && matches!(mapping.source, config::SourceConfig::DynamodbStream(_))
+        && let Some(what) = match mapping.source {
+            config::SourceConfig::DynamodbStream(_) => Some("a DynamoDB stream"),
+            config::SourceConfig::Schedule(_) => Some("a schedule"),
+            _ => None,
+        }
     {
         eprintln!(
-            "sluice dlq: --to-source cannot write to a DynamoDB stream (mapping {name}); replay through the target instead"
+            "sluice dlq: --to-source cannot write to {what} (mapping {name}); replay through the target instead"
         );
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
@@ -652,6 +656,8 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                         dynamodb_streams.opener(source.table.clone(), source.stream_arn.clone()),
                     );
                 }
+                // A schedule reads nothing: its expression was checked with the config.
+                config::SourceConfig::Schedule(_) => {}
                 config::SourceConfig::Kinesis(source) => {
                     // The consumer is registered at the first start, not by a check.
                     stream = Some(kinesis.opener(

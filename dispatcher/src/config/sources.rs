@@ -6,7 +6,7 @@
 
 use super::kind::{BuildSource, MappingParts, SourceRules};
 use super::validate::Validator;
-use crate::runtime::{dynamodb_stream, kafka, kinesis, s3, sqs};
+use crate::runtime::{dynamodb_stream, kafka, kinesis, s3, schedule, sqs};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 
@@ -81,6 +81,8 @@ source_kinds! {
     S3 = "s3": s3::config::RawS3Source => s3::config::S3SourceConfig,
     /// Kafka topics, read as a consumer group with the stream policy per partition.
     Kafka = "kafka": kafka::config::RawKafkaSource => kafka::config::KafkaSourceConfig,
+    /// A schedule (EventBridge Scheduler's rate, cron and at expressions).
+    Schedule = "schedule": schedule::config::RawScheduleSource => schedule::config::ScheduleSourceConfig,
 }
 
 #[cfg(test)]

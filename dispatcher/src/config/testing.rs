@@ -79,6 +79,18 @@ mappings:
       s3: { queue_url: "http://127.0.0.1:5000/123456789012/uploads", events: ["s3:ObjectCreated:*"] }
 "#;
 
+pub const SCHEDULE: &str = r#"
+version: 1
+targets:
+  api:
+    http: { url: "http://127.0.0.1:8080/events" }
+mappings:
+  - name: nightly
+    target: api
+    source:
+      schedule: { expression: "cron(0 2 * * ? *)", timezone: Europe/Paris }
+"#;
+
 pub fn parse_text(text: &str) -> Result<Config, ConfigErrors> {
     super::parse("sluice.yaml", text, HashMap::new())
 }

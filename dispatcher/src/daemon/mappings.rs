@@ -19,7 +19,7 @@ use super::RunError;
 use crate::config::{Config, DestinationConfig, MappingConfig, SourceConfig, TargetConfig};
 use crate::health::Health;
 use crate::runtime::mapping::{Mapping, SourceClients, StartMapping};
-use crate::runtime::{dynamodb_stream, kafka, kinesis, s3, sqs, supervise};
+use crate::runtime::{dynamodb_stream, kafka, kinesis, s3, schedule, sqs, supervise};
 use crate::targets::{self, SharedTarget};
 use crate::telemetry::MappingMetrics;
 use crate::telemetry::esm::{EmfMapping, EmfRegistry};
@@ -339,6 +339,7 @@ impl MappingSet {
             SourceConfig::DynamodbStream(source) => dynamodb_stream::start(source, worker, clients),
             SourceConfig::Kinesis(source) => kinesis::start(source, worker, clients),
             SourceConfig::Kafka(source) => Ok(kafka::start(source, worker, clients)),
+            SourceConfig::Schedule(source) => schedule::start(source, worker, clients),
         };
         let start = match start {
             Ok(start) => start,

@@ -217,6 +217,10 @@ pub enum SourceInfo {
         function: String,
         request_id: String,
     },
+    Schedule {
+        schedule_arn: String,
+        event_id: String,
+    },
 }
 
 impl ErrorSection {
@@ -240,6 +244,7 @@ pub enum SourceKind {
     Kinesis,
     Kafka,
     Invoke,
+    Schedule,
 }
 
 impl SluiceInfo {
@@ -380,6 +385,12 @@ pub enum EnvelopeSource {
         function: String,
         request_id: String,
     },
+    /// A tick of a schedule.
+    Schedule {
+        schedule_arn: String,
+        /// The tick's event id (the same for every attempt).
+        event_id: String,
+    },
 }
 
 impl EnvelopeSource {
@@ -448,6 +459,13 @@ impl EnvelopeSource {
                 function,
                 request_id,
             },
+            EnvelopeSource::Schedule {
+                schedule_arn,
+                event_id,
+            } => SourceInfo::Schedule {
+                schedule_arn,
+                event_id,
+            },
         }
     }
 
@@ -461,6 +479,7 @@ impl EnvelopeSource {
             | EnvelopeSource::Kinesis { shard_id, .. } => shard_id,
             EnvelopeSource::Kafka { topic, .. } => topic,
             EnvelopeSource::Invoke { .. } => "invoke",
+            EnvelopeSource::Schedule { .. } => "schedule",
         }
     }
 }

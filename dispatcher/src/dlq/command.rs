@@ -198,7 +198,10 @@ async fn open_stores(
         SourceConfig::Sqs(source) => Some((source.queue_url.as_str(), RecordKind::Sqs)),
         SourceConfig::S3(source) => Some((source.queue_url.as_str(), RecordKind::S3)),
         // No redrive queue: a stream's failures go only to the mapping's destination.
-        SourceConfig::DynamodbStream(_) | SourceConfig::Kinesis(_) | SourceConfig::Kafka(_) => None,
+        SourceConfig::DynamodbStream(_)
+        | SourceConfig::Kinesis(_)
+        | SourceConfig::Kafka(_)
+        | SourceConfig::Schedule(_) => None,
     };
     if let Some((queue_url, kind)) = source_queue
         && let Some(dead_letter_queue) = redrive_queue(&clients.sqs, queue_url).await?
@@ -425,7 +428,9 @@ pub async fn replay(
                     &source.bootstrap_servers,
                     &source.properties,
                 )
-                .create()
+                .create_with_context(sluice_sources::kafka::auth::ClientAuth {
+                    tokens: source.tokens(),
+                })
                 .map_err(DlqError::Producer)?,
             },
             SourceConfig::Kinesis(source) => SourceWriter::Kinesis {
@@ -437,6 +442,9 @@ pub async fn replay(
                 return Err(DlqError::NotWritable {
                     kind: "dynamodb_stream",
                 });
+            }
+            SourceConfig::Schedule(_) => {
+                return Err(DlqError::NotWritable { kind: "schedule" });
             }
         })
     } else {

@@ -75,15 +75,18 @@ pub enum RecordKind {
     DynamodbStream,
     Kinesis,
     Kafka,
+    /// A schedule's tick: the record is the event itself.
+    Schedule,
 }
 
 impl RecordKind {
-    const ALL: [RecordKind; 5] = [
+    const ALL: [RecordKind; 6] = [
         RecordKind::Sqs,
         RecordKind::S3,
         RecordKind::DynamodbStream,
         RecordKind::Kinesis,
         RecordKind::Kafka,
+        RecordKind::Schedule,
     ];
 
     /// The name envelopes use (`sluice.source.kind`), as `SourceConfig::kind` names sources.
@@ -94,6 +97,7 @@ impl RecordKind {
             RecordKind::DynamodbStream => "dynamodb_stream",
             RecordKind::Kinesis => "kinesis",
             RecordKind::Kafka => "kafka",
+            RecordKind::Schedule => "schedule",
         }
     }
 
@@ -111,6 +115,7 @@ impl RecordKind {
             SourceConfig::DynamodbStream(_) => RecordKind::DynamodbStream,
             SourceConfig::Kinesis(_) => RecordKind::Kinesis,
             SourceConfig::Kafka(_) => RecordKind::Kafka,
+            SourceConfig::Schedule(_) => RecordKind::Schedule,
         }
     }
 
@@ -137,6 +142,8 @@ impl RecordKind {
                 text(&record["partition"]),
                 text(&record["offset"])
             ),
+            // The Scheduled Event's id and time (a constant `input` has neither).
+            RecordKind::Schedule => format!("{}@{}", text(&record["id"]), text(&record["time"])),
         }
     }
 }
@@ -208,6 +215,7 @@ impl Entry {
             Some(SourceKind::DynamodbStream) => RecordKind::DynamodbStream,
             Some(SourceKind::Kinesis) => RecordKind::Kinesis,
             Some(SourceKind::Kafka) => RecordKind::Kafka,
+            Some(SourceKind::Schedule) => RecordKind::Schedule,
             Some(SourceKind::Invoke) | None => fallback,
         };
         let records = envelope.records();

@@ -115,7 +115,7 @@ pub(crate) fn passes(filter: &FilterSet, kind: RecordKind, record: &Value) -> bo
             let (view, data_is_json) = sluice_sources::kinesis::event::filter_view(record);
             filter.passes_by_format(&view, "data", data_is_json)
         }
-        RecordKind::S3 | RecordKind::DynamodbStream => filter.passes(record),
+        RecordKind::S3 | RecordKind::DynamodbStream | RecordKind::Schedule => filter.passes(record),
     }
 }
 
@@ -138,6 +138,7 @@ fn identifier(kind: RecordKind, record: &Value) -> ItemIdentifier {
             })
         }
         RecordKind::S3 => ItemIdentifier::Text(text(&record["s3"]["object"]["key"])),
+        RecordKind::Schedule => ItemIdentifier::Text(text(&record["id"])),
         RecordKind::Kafka => ItemIdentifier::KafkaOffset {
             partition: sluice_sources::kafka::partition_name(
                 record["topic"].as_str().unwrap_or_default(),
@@ -154,6 +155,8 @@ fn event(kind: RecordKind, cluster: Option<&KafkaCluster>, records: &[&Value]) -
         (RecordKind::Kafka, Some(cluster)) => {
             sluice_sources::kafka::event_value(cluster, records.iter().copied())
         }
+        // A tick's event is its record (batches of one).
+        (RecordKind::Schedule, _) if records.len() == 1 => records[0].clone(),
         _ => json!({ "Records": records }),
     }
 }
@@ -293,7 +296,7 @@ pub(crate) enum SourceWriter {
         fifo: bool,
     },
     Kafka {
-        producer: rdkafka::producer::FutureProducer,
+        producer: rdkafka::producer::FutureProducer<sluice_sources::kafka::auth::ClientAuth>,
     },
     /// PutRecord, one record at a time so each partition key keeps its order.
     Kinesis {

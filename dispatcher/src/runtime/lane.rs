@@ -381,11 +381,15 @@ impl Gather {
         now: Duration,
     ) -> bool {
         let settings = host.settings();
+        let started_preparing = tokio::time::Instant::now();
         let prepared = tokio::select! {
             _ = lanes.stop.cancelled() => return false,
             _ = lanes.abort.cancelled() => return false,
             prepared = host.prepare(record) => prepared,
         };
+        // The batching window opens when the record is ready, not when it was taken (a schema
+        // fetch can take seconds).
+        let now = now + started_preparing.elapsed();
         if failed.is_some() && !matches!(prepared, Prepared::Retry(..)) {
             settings.health.stuck(lanes.lane, None);
         }
@@ -1007,9 +1011,10 @@ mod tests {
             "NonRetryableError"
         );
         assert_eq!(stored[0].document["sluice"]["error"]["type"], "Unusable");
-        // r3 waited out two backoffs before it was batched, and nothing after it overtook it.
+        // r3 waited out two backoffs (0.5 s, then 1 s) before it was batched, and nothing after
+        // it overtook it.
         assert!(
-            started.elapsed() >= Duration::from_millis(500),
+            started.elapsed() >= Duration::from_millis(1500),
             "{:?}",
             started.elapsed()
         );

@@ -18,6 +18,7 @@ pub(crate) use retry::retry_delay;
 pub mod dynamodb_stream;
 pub mod kinesis;
 pub mod s3;
+pub mod schedule;
 pub mod shards;
 pub mod sqs;
 mod supervise;

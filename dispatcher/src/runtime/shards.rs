@@ -41,7 +41,6 @@ use crate::telemetry::MappingMetrics;
 use sluice_policies::{
     BatchLimits, FilterSet, ItemIdentifier, ShardProgress, lane_of, stream::Position,
 };
-use sluice_sources::checkpoint::embedded::EmbeddedStore;
 use sluice_sources::checkpoint::{
     Checkpoint, CheckpointError, CheckpointStore, OpenWindow, ShardSpec,
 };
@@ -282,41 +281,16 @@ impl ShardMapping {
         stream: &dyn ShardReader,
         shutdown: &CancellationToken,
     ) -> Option<Arc<dyn CheckpointStore>> {
-        let (leases, lease_duration) = match &self.store {
-            StoreSetup::Embedded(file) => {
-                return Some(Arc::new(EmbeddedStore::new(
-                    file.clone(),
-                    &self.config.name,
-                )));
-            }
-            StoreSetup::DynamoDb {
-                leases,
-                lease_duration,
-            } => (leases, *lease_duration),
-        };
-        let owner = format!(
-            "{}-{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice".into()),
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let store = retry_until_ok(
-            "opening the lease table",
-            &self.config.name,
-            &self.health,
-            &self.metrics,
-            shutdown,
-            || {
-                leases.open(
-                    &self.config.name,
-                    stream.stream_arn(),
-                    owner.clone(),
-                    lease_duration,
-                )
-            },
-        )
-        .await?;
-        Some(Arc::new(store))
+        self.store
+            .open(
+                &self.config.name,
+                stream.stream_arn(),
+                &self.health,
+                &self.metrics,
+                shutdown,
+            )
+            .await
+            .map(|(store, _)| store)
     }
 }
 
@@ -1126,7 +1100,7 @@ mappings:
         };
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
-        let store = EmbeddedStore::new(file, "memory");
+        let store = sluice_sources::checkpoint::embedded::EmbeddedStore::new(file, "memory");
         let listing: Vec<ShardSpec> = stream
             .list_shards()
             .await

@@ -239,6 +239,25 @@ fn invoke_success() -> AsyncRecord {
     )
 }
 
+fn schedule_failure() -> AsyncRecord {
+    let id = "3f1c2b9e-6a7d-5c4b-9e8f-1a2b3c4d5e6f";
+    let mut record = async_record(
+        EnvelopeSource::Schedule {
+            schedule_arn: "arn:aws:events:us-east-1:000000000000:rule/nightly".into(),
+            event_id: id.into(),
+        },
+        json!({
+            "version": "0", "id": id, "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "000000000000", "time": "2025-12-06T02:00:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:events:us-east-1:000000000000:rule/nightly"], "detail": {}
+        }),
+        Err(ErrorInfo::new("ReportError", "the warehouse is down")),
+    );
+    record.mapping = "nightly".into();
+    record.request_id = id.into();
+    record
+}
+
 /// The same time and request id in every fixture.
 fn fixed(mut document: Value) -> Value {
     document["timestamp"] = json!(TIMESTAMP);
@@ -280,6 +299,10 @@ fn written() -> Vec<(&'static str, Value)> {
         (
             "invoke-async-success.json",
             fixed(invoke_success().to_json()),
+        ),
+        (
+            "schedule-async-failure.json",
+            fixed(schedule_failure().to_json()),
         ),
         (
             "sqs-cut.json",
@@ -389,6 +412,11 @@ fn dlq_reads_the_records_and_history_of_every_fixture() {
             "aws-kafka-topic-message.json",
             RecordKind::Kafka,
             vec!["mytopic-0@15"],
+        ),
+        (
+            "schedule-async-failure.json",
+            RecordKind::Schedule,
+            vec!["3f1c2b9e-6a7d-5c4b-9e8f-1a2b3c4d5e6f@2025-12-06T02:00:00Z"],
         ),
     ];
     for (name, kind, ids) in cases {

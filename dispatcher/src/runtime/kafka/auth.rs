@@ -107,9 +107,54 @@ pub struct MskIamTokens {
 }
 
 struct Loaded {
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
     credentials: SharedCredentialsProvider,
     region: String,
+    /// The last credentials, reused until [`CREDENTIALS_MARGIN`] before they expire (the
+    /// chain itself does not cache: without this every refresh would ask ECS, IMDS or STS).
+    cached: Option<Credentials>,
+}
+
+/// How long before their expiry credentials are asked for again.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        // A runtime dropped where blocking is not allowed (a tokio worker, inside `block_on`:
+        // the failure producer is dropped by a task) panics; this one has nothing left to run.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Loaded {
+    /// Fresh enough credentials: the cached ones, or the chain's answer.
+    fn credentials(&mut self) -> Result<Credentials, String> {
+        let fresh = |c: &Credentials| {
+            c.expiry().is_none_or(|expiry| {
+                expiry
+                    .duration_since(SystemTime::now())
+                    .is_ok_and(|left| left > CREDENTIALS_MARGIN)
+            })
+        };
+        if let Some(cached) = self.cached.as_ref().filter(|c| fresh(c)) {
+            return Ok(cached.clone());
+        }
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        let credentials = runtime
+            .block_on(async {
+                tokio::time::timeout(CREDENTIALS_TIMEOUT, self.credentials.provide_credentials())
+                    .await
+            })
+            .map_err(|_| {
+                format!("the AWS credential chain did not answer within {CREDENTIALS_TIMEOUT:?}")
+            })?
+            .map_err(|e| format!("no AWS credentials for MSK IAM: {e}"))?;
+        self.cached = Some(credentials.clone());
+        Ok(credentials)
+    }
 }
 
 impl MskIamTokens {
@@ -145,14 +190,15 @@ impl MskIamTokens {
         let region = config
             .region()
             .map(|r| r.to_string())
-            .ok_or("no AWS region for MSK IAM: set source.kafka.auth.msk_iam.region, msk_cluster_arn or AWS_REGION")?;
+            .ok_or("no AWS region for MSK IAM: set source.kafka.auth.msk_iam.region (or msk_cluster_arn, or AWS_REGION)")?;
         let credentials = config
             .credentials_provider()
             .ok_or("the default AWS credential chain has no provider")?;
         Ok(Loaded {
-            runtime,
+            runtime: Some(runtime),
             credentials,
             region,
+            cached: None,
         })
     }
 }
@@ -168,22 +214,8 @@ impl TokenSource for MskIamTokens {
                     if loaded.is_none() {
                         *loaded = Some(self.load()?);
                     }
-                    let loaded = loaded.as_ref().expect("loaded above");
-                    let credentials = loaded
-                        .runtime
-                        .block_on(async {
-                            tokio::time::timeout(
-                                CREDENTIALS_TIMEOUT,
-                                loaded.credentials.provide_credentials(),
-                            )
-                            .await
-                        })
-                        .map_err(|_| {
-                            format!(
-                                "the AWS credential chain did not answer within {CREDENTIALS_TIMEOUT:?}"
-                            )
-                        })?
-                        .map_err(|e| format!("no AWS credentials for MSK IAM: {e}"))?;
+                    let loaded = loaded.as_mut().expect("loaded above");
+                    let credentials = loaded.credentials()?;
                     msk_token(&loaded.region, &credentials, SystemTime::now())
                 })
                 .join()
@@ -315,9 +347,54 @@ mod tests {
             url.starts_with("https://kafka.ap-south-1.amazonaws.com/"),
             "{url}"
         );
-        // Asked for from inside a runtime (as a blocking task would), it still works.
+        // Asked for from inside a runtime (as a blocking task would), it still works; dropped
+        // there (as the failure producer is, by a task), it does not panic.
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let again = runtime.block_on(async { tokens.token() }).unwrap();
-        assert!(again.expires_at_ms >= token.expires_at_ms);
+        runtime.block_on(async move {
+            let again = tokens.token().unwrap();
+            assert!(again.expires_at_ms >= token.expires_at_ms);
+            drop(tokens);
+        });
+    }
+
+    #[test]
+    fn expiring_credentials_are_asked_for_again_and_lasting_ones_are_kept() {
+        #[derive(Debug)]
+        struct Counting(
+            std::sync::Arc<std::sync::atomic::AtomicU32>,
+            Option<SystemTime>,
+        );
+        impl ProvideCredentials for Counting {
+            fn provide_credentials<'a>(
+                &'a self,
+            ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                aws_credential_types::provider::future::ProvideCredentials::ready(Ok(
+                    Credentials::new(format!("AKID{n}"), "secret", None, self.1, "test"),
+                ))
+            }
+        }
+        for (expiry, asked) in [
+            (None, 1),
+            (Some(SystemTime::now() + Duration::from_secs(3600)), 1),
+            (Some(SystemTime::now() + Duration::from_secs(60)), 3),
+        ] {
+            let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let tokens = MskIamTokens::with_provider(
+                Some("eu-west-1".into()),
+                SharedCredentialsProvider::new(Counting(count.clone(), expiry)),
+            );
+            for _ in 0..3 {
+                tokens.token().unwrap();
+            }
+            assert_eq!(
+                count.load(std::sync::atomic::Ordering::SeqCst),
+                asked,
+                "{expiry:?}"
+            );
+        }
     }
 }

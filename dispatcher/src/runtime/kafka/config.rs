@@ -118,7 +118,7 @@ pub enum KafkaAuth {
 }
 
 /// librdkafka settings that `auth` sets: a property of these names is refused beside it.
-const AUTH_PROPERTY_PREFIXES: &[&str] = &["sasl.", "ssl.certificate.", "ssl.key."];
+const AUTH_PROPERTY_PREFIXES: &[&str] = &["sasl.", "enable.sasl.", "ssl.certificate.", "ssl.key."];
 
 impl RawKafkaAuth {
     /// The librdkafka settings for this auth (without `security.protocol`), and the protocols
@@ -149,10 +149,10 @@ impl RawKafkaAuth {
                     &["SASL_SSL", "SASL_PLAINTEXT"],
                 )
             }
-            RawKafkaAuth::MskIam { .. } => (
-                set(&[("sasl.mechanism", "OAUTHBEARER")]),
-                &["SASL_SSL", "SASL_PLAINTEXT"],
-            ),
+            // MSK's IAM listeners are TLS only, and a token is a bearer credential.
+            RawKafkaAuth::MskIam { .. } => {
+                (set(&[("sasl.mechanism", "OAUTHBEARER")]), &["SASL_SSL"])
+            }
             RawKafkaAuth::Mtls {
                 certificate,
                 key,
@@ -501,7 +501,9 @@ impl SourceRules for KafkaSourceConfig {
     }
 
     fn calls_aws(&self) -> bool {
-        matches!(self.auth, Some(KafkaAuth::MskIam { .. }))
+        // MSK IAM tokens load their own credential chain and region (see `auth.rs`): the
+        // daemon's AWS clients are not needed for them.
+        false
     }
 
     fn replay_policy(&self, _has_on_failure: bool) -> StreamPolicy {
@@ -641,7 +643,10 @@ mod tests {
             "the region comes from the cluster ARN"
         );
         assert!(kafka.tokens().is_some());
-        assert!(config.needs_aws(), "MSK IAM signs with AWS credentials");
+        assert!(
+            !config.needs_aws(),
+            "MSK IAM tokens load their own credential chain: no region is required of the daemon"
+        );
         let consumer = sluice_sources::kafka::consumer_config(
             &kafka.bootstrap_servers,
             "g",
@@ -694,6 +699,21 @@ mod tests {
             .map(|(_, value)| value.as_str())
             .collect();
         assert_eq!(protocols, ["SASL_PLAINTEXT"]);
+        // MSK IAM: TLS only, and librdkafka's own unsecured JWTs would shadow the tokens.
+        let errors = parse_text(&with_auth(
+            "{ msk_iam: {} }",
+            "security.protocol: SASL_PLAINTEXT, enable.sasl.oauthbearer.unsecure.jwt: \"true\"",
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "mappings[0].source.kafka.properties.security.protocol",
+                "mappings[0].source.kafka.properties.enable.sasl.oauthbearer.unsecure.jwt"
+            ],
+            "{errors}"
+        );
         let unknown = parse_text(&with_auth("{ kerberos: {} }", "")).unwrap_err();
         assert!(unknown.to_string().contains("kerberos"), "{unknown}");
     }

@@ -1,0 +1,156 @@
+//! A `schedule` source as written in the config file: an EventBridge Scheduler expression in a
+//! time zone, the event each tick sends (EventBridge's Scheduled Event, or a constant `input`),
+//! whether missed ticks are caught up, and the asynchronous policy each tick runs under.
+
+use super::expression::Schedule;
+use crate::config::async_policy::{self, RawAsyncPolicy};
+use crate::config::kind::{BuildSource, MappingParts, SourceRules};
+use crate::config::validate::Validator;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sluice_policies::{AsyncPolicy, ErrorClasses, IdentifierKind, StreamPolicy};
+
+/// What a schedule's `retry` block takes, for a key of another kind.
+const RETRY_ADVICE: &str = "a schedule's ticks are retried asynchronously: use max_retry_attempts (0..=2), delays, max_event_age and backoff";
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduleSource {
+    /// EventBridge Scheduler's syntax: rate(5 minutes), cron(0 12 * * ? *) (minutes hours
+    /// day-of-month month day-of-week year; 1 = Sunday) or at(2026-12-24T18:00:00).
+    pub expression: String,
+    /// The IANA time zone cron and at are read in, such as Europe/Paris; default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// The event each tick sends instead of EventBridge's Scheduled Event (any value).
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub input: Option<serde_json::Value>,
+    /// Send the ticks missed while no instance ran (oldest first, at most 100) when the schedule
+    /// starts again; default false: they are skipped, as EventBridge does.
+    #[serde(default)]
+    pub catch_up: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSourceConfig {
+    pub expression: String,
+    pub timezone: Option<String>,
+    pub input: Option<serde_json::Value>,
+    pub catch_up: bool,
+    pub policy: AsyncPolicy,
+}
+
+impl ScheduleSourceConfig {
+    /// The parsed schedule (the expression was checked when the config was read).
+    pub fn schedule(&self) -> Schedule {
+        Schedule::parse(&self.expression, self.timezone.as_deref())
+            .expect("the expression was validated with the config")
+    }
+}
+
+impl BuildSource for RawScheduleSource {
+    type Config = ScheduleSourceConfig;
+    type Retry = RawAsyncPolicy;
+
+    fn build(self, v: &mut Validator, path: &str, mapping: MappingParts) -> ScheduleSourceConfig {
+        if let Err(problem) = Schedule::parse(&self.expression, self.timezone.as_deref()) {
+            let key = if problem.contains("IANA") {
+                "timezone"
+            } else {
+                "expression"
+            };
+            v.error(format!("{path}.{key}"), problem);
+        }
+        let retry_path = format!("{}.retry", mapping.path);
+        let raw: RawAsyncPolicy = v.block(&retry_path, mapping.retry, "schedule", RETRY_ADVICE);
+        let policy = async_policy::policy(v, &retry_path, raw);
+        ScheduleSourceConfig {
+            expression: self.expression.trim().to_owned(),
+            timezone: self.timezone,
+            input: self.input,
+            catch_up: self.catch_up.unwrap_or(false),
+            policy,
+        }
+    }
+}
+
+impl SourceRules for ScheduleSourceConfig {
+    fn largest_record(&self) -> &'static str {
+        "256 KB"
+    }
+
+    fn calls_aws(&self) -> bool {
+        false
+    }
+
+    fn is_asynchronous(&self) -> bool {
+        true
+    }
+
+    /// The last tick fired and the ticks still running are kept with the checkpoints (the state
+    /// file, or the lease table, whose lease also makes one instance the firer).
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
+
+    fn no_backlog(&self) -> Option<&'static str> {
+        Some("a schedule has no backlog: it fires on time")
+    }
+
+    // Each tick is one asynchronous invocation.
+    fn replay_policy(&self, has_on_failure: bool) -> StreamPolicy {
+        StreamPolicy {
+            report_batch_item_failures: false,
+            bisect_on_error: false,
+            max_retry_attempts: Some(self.policy.max_retry_attempts),
+            max_record_age: None,
+            backoff: self.policy.throttle_backoff,
+            identifier_kind: IdentifierKind::Text,
+            non_retryable: has_on_failure.then(ErrorClasses::default),
+        }
+    }
+
+    fn replay_batch_size(&self) -> usize {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::*;
+
+    #[test]
+    fn a_schedule_mapping_takes_lambdas_async_defaults_and_keeps_checkpoints() {
+        let config = parse_text(SCHEDULE).unwrap();
+        let schedule = source_of!(config, Schedule);
+        assert_eq!(schedule.expression, "cron(0 2 * * ? *)");
+        assert_eq!(schedule.timezone.as_deref(), Some("Europe/Paris"));
+        assert!(!schedule.catch_up);
+        assert_eq!(schedule.policy.max_retry_attempts, 2);
+        assert!(config.mappings[0].source.rules().keeps_checkpoints());
+        assert!(!config.needs_aws());
+        let with_success = format!(
+            "{SCHEDULE}    on_success: {{ sqs: {{ queue_url: \"http://127.0.0.1:1/1/ok\" }} }}\n"
+        );
+        assert!(
+            parse_text(&with_success).is_ok(),
+            "a schedule is asynchronous"
+        );
+    }
+
+    #[test]
+    fn a_bad_expression_or_time_zone_is_reported_at_its_key() {
+        let bad = SCHEDULE.replace("cron(0 2 * * ? *)", "cron(0 2 * * * *)");
+        let error = parse_text(&bad).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0].source.schedule.expression");
+        assert!(error.message.contains("must be ?"), "{}", error.message);
+        assert!(error.position.is_some());
+        let zone = SCHEDULE.replace("Europe/Paris", "Europe/Atlantis");
+        let error = parse_text(&zone).unwrap_err().0.remove(0);
+        assert_eq!(error.path, "mappings[0].source.schedule.timezone");
+        let retry = format!("{SCHEDULE}    retry: {{ max_record_age: 1h }}\n");
+        let rendered = parse_text(&retry).unwrap_err().to_string();
+        assert!(rendered.contains("retried asynchronously"), "{rendered}");
+    }
+}
