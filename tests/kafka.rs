@@ -791,16 +791,21 @@ async fn validate_connect_names_a_missing_topic() {
     let topic = Kafka::unique("present");
     kafka.create_topic(&topic, 1);
     let missing = Kafka::unique("absent");
+    let registry = SchemaRegistry::start(Some(("sluice", "right"))).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "version: 1\ntargets:\n  api:\n    http: {{ url: \"http://127.0.0.1:1/\" }}\nmappings:\n  - name: k\n    target: api\n    source:\n      kafka:\n        bootstrap_servers: \"{}\"\n        topics: [{topic}, {missing}]\n        group_id: g\n        starting_position: latest\n",
-            kafka.bootstrap()
-        ),
-    )
-    .unwrap();
+    let write = |password: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "version: 1\ntargets:\n  api:\n    http: {{ url: \"http://127.0.0.1:1/\" }}\nmappings:\n  - name: k\n    target: api\n    source:\n      kafka:\n        bootstrap_servers: \"{}\"\n        topics: [{topic}, {missing}]\n        group_id: g\n        starting_position: latest\n        schema_registry: {{ url: \"{}\", auth: {{ basic: {{ username: sluice, password: {password} }} }}, value: {{ format: avro }} }}\n",
+                kafka.bootstrap(),
+                registry.url()
+            ),
+        )
+        .unwrap()
+    };
+    write("right");
     let output = std::process::Command::new(sluice_binary())
         .args(["validate", "--connect", "-c"])
         .arg(&path)
@@ -813,6 +818,24 @@ async fn validate_connect_names_a_missing_topic() {
         "{stderr}"
     );
     assert!(!stderr.contains(&format!("\"{topic}\"")), "{stderr}");
+    assert!(
+        !stderr.contains("schema_registry"),
+        "the registry answers: {stderr}"
+    );
+    // Wrong credentials: named before anything is consumed.
+    write("wrong");
+    let output = std::process::Command::new(sluice_binary())
+        .args(["validate", "--connect", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("mappings[0].source.kafka.schema_registry (k)")
+            && stderr.contains("401")
+            && stderr.contains("credentials"),
+        "{stderr}"
+    );
 }
 
 /// Avro's binary encoding, written by hand so the decoder is checked against the spec rather

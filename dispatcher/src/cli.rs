@@ -631,6 +631,19 @@ fn check_connections(config: &config::Config) -> Result<(), String> {
                     if let Some(config::DestinationConfig::Kafka { topic }) = &mapping.on_failure {
                         topics.push(topic.clone());
                     }
+                    if let Some(registry) = &source.schema_registry {
+                        let checked = match crate::runtime::kafka::schema::Registry::new(registry) {
+                            Ok(client) => client.check().await,
+                            Err(error) => Err(crate::error_chain(&error)),
+                        };
+                        if let Err(error) = checked {
+                            problems.push(format!(
+                                "{}: mappings[{index}].source.kafka.schema_registry ({}): {error}",
+                                config.file.display(),
+                                mapping.name
+                            ));
+                        }
+                    }
                     let source = source.clone();
                     let checked = tokio::task::spawn_blocking(move || {
                         sluice_sources::kafka::check_topics(

@@ -49,6 +49,7 @@ impl SchemaRegistry {
         });
         let app = axum::Router::new()
             .route("/schemas/ids/{id}", axum::routing::get(by_id))
+            .route("/schemas/types", axum::routing::get(types))
             .route(
                 "/subjects/{subject}/versions/{version}",
                 axum::routing::get(by_subject),
@@ -134,6 +135,13 @@ async fn by_id(
     }
     let found = registry.by_id.lock().unwrap().get(&id).cloned();
     answer(found, 40403)
+}
+
+async fn types(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse(&registry, &headers, "/schemas/types".into()) {
+        return refused;
+    }
+    json_response(StatusCode::OK, json!(["JSON", "PROTOBUF", "AVRO"]))
 }
 
 async fn by_subject(

@@ -608,6 +608,20 @@ impl Registry {
         Ok(found)
     }
 
+    /// Asks the registry which schema types it knows (`GET /schemas/types`, which Confluent,
+    /// Redpanda and Apicurio's ccompat API serve): `validate --connect`'s check that the URL
+    /// and the credentials work.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut budget = MAX_SCHEMA_BYTES;
+        match self
+            .get::<Vec<String>>(&["schemas", "types"], &[], &mut budget)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     /// `url` without its credentials, for messages.
     fn shown(&self, url: &reqwest::Url) -> String {
         let mut shown = url.clone();
