@@ -58,7 +58,7 @@ async fn ticks_fire_on_time_and_a_failing_tick_is_retried_then_dead_lettered() {
         }
     })
     .await;
-    let (at, time) = at_in(4);
+    let (at, time) = at_in(6);
     let state = tempfile::tempdir().unwrap();
     let mappings = format!(
         r#"  - name: nightly
@@ -143,8 +143,8 @@ async fn a_tick_left_running_is_fired_again_and_missed_ticks_fire_only_with_catc
         }
     })
     .await;
-    let (soon, _) = at_in(3);
-    let (later, later_time) = at_in(8);
+    let (soon, _) = at_in(5);
+    let (later, later_time) = at_in(10);
     let state = tempfile::tempdir().unwrap();
     let mappings = format!(
         r#"  - name: retried
@@ -185,6 +185,10 @@ async fn a_tick_left_running_is_fired_again_and_missed_ticks_fire_only_with_catc
     let first_id = calls(&handler, "/retried")[0]["id"].clone();
     // Past the later tick, a new instance on the same state.
     tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        calls(&handler, "/caught").is_empty(),
+        "the later tick came while nothing ran"
+    );
     let second = Sluice::start(&text, &[]);
     eventually(
         Duration::from_secs(30),
@@ -206,6 +210,12 @@ async fn a_tick_left_running_is_fired_again_and_missed_ticks_fire_only_with_catc
         calls(&handler, "/skipped").is_empty(),
         "without catch_up a tick missed while nothing ran is skipped"
     );
+    let logs = second.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"skipped\"") && l.contains("were skipped")),
+        "the skipped mapping ran and said so:\n{logs}"
+    );
 }
 
 // With the lease table, one instance holds the schedule: a tick fires once, not once per
@@ -215,22 +225,41 @@ async fn with_the_lease_table_one_instance_fires_each_tick() {
     let moto = Moto::start();
     let handler = Handler::start(|_, _| Reply::ok("")).await;
     let (at, _) = at_in(8);
+    let (after_kill, _) = at_in(16);
     let mappings = format!(
         r#"  - name: report
     target: handler
     source:
       schedule: {{ expression: "{at}" }}
+  - name: later
+    target: later
+    source:
+      schedule: {{ expression: "{after_kill}" }}
 "#
     );
     let top = "checkpoints: { dynamodb: { table: sluice-leases, lease_duration: 3s } }";
+    let later_target = |instance: &str| {
+        format!(
+            "targets:\n  later:\n    http: {{ url: \"{}\" }}\n",
+            handler.url(&format!("/later-{instance}"))
+        )
+    };
     let state_a = tempfile::tempdir().unwrap();
     let state_b = tempfile::tempdir().unwrap();
     let a = Sluice::start(
-        &config(&handler.url("/a"), state_a.path(), top, &mappings),
+        &config(&handler.url("/a"), state_a.path(), top, &mappings).replacen(
+            "targets:\n",
+            &later_target("a"),
+            1,
+        ),
         &moto_env(&moto),
     );
     let b = Sluice::start(
-        &config(&handler.url("/b"), state_b.path(), top, &mappings),
+        &config(&handler.url("/b"), state_b.path(), top, &mappings).replacen(
+            "targets:\n",
+            &later_target("b"),
+            1,
+        ),
         &moto_env(&moto),
     );
     eventually(Duration::from_secs(60), "the tick", || async {
@@ -239,11 +268,35 @@ async fn with_the_lease_table_one_instance_fires_each_tick() {
     .await;
     a.settled("report", Duration::from_secs(3)).await;
     b.settled("report", Duration::from_secs(1)).await;
-    let received = handler.received();
+    let paths = |handler: &Handler| -> Vec<String> {
+        handler.received().iter().map(|r| r.path.clone()).collect()
+    };
     assert_eq!(
-        received.len(),
+        paths(&handler).len(),
         1,
         "one instance fired: {:?}",
-        received.iter().map(|r| &r.path).collect::<Vec<_>>()
+        paths(&handler)
     );
+    // The holder of `later` dies before its tick; the other instance fires it.
+    let holds_later = |sluice: &Sluice| {
+        sluice
+            .logs()
+            .lines()
+            .any(|l| l.contains("holding the schedule") && l.contains("later"))
+    };
+    let (holder, survivor, survivor_path) = if holds_later(&a) {
+        (a, b, "/later-b")
+    } else {
+        (b, a, "/later-a")
+    };
+    holder.signal("KILL");
+    drop(holder);
+    eventually(Duration::from_secs(60), "the later tick", || async {
+        (paths(&handler).len() >= 2).then_some(())
+    })
+    .await;
+    survivor.settled("later", Duration::from_secs(2)).await;
+    let fired = paths(&handler);
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert_eq!(fired[1], survivor_path, "{fired:?}");
 }

@@ -54,13 +54,27 @@ impl BuildSource for RawScheduleSource {
     type Retry = RawAsyncPolicy;
 
     fn build(self, v: &mut Validator, path: &str, mapping: MappingParts) -> ScheduleSourceConfig {
-        if let Err(problem) = Schedule::parse(&self.expression, self.timezone.as_deref()) {
-            let key = if problem.contains("IANA") {
-                "timezone"
-            } else {
-                "expression"
-            };
-            v.error(format!("{path}.{key}"), problem);
+        match Schedule::parse(&self.expression, self.timezone.as_deref()) {
+            Err(problem) => {
+                let key = if problem.contains("IANA") {
+                    "timezone"
+                } else {
+                    "expression"
+                };
+                v.error(format!("{path}.{key}"), problem);
+            }
+            // A cron that can never fire again (its years are over, a day that does not exist)
+            // would be a mapping that silently does nothing.
+            Ok(schedule)
+                if self.expression.trim().starts_with("cron(")
+                    && schedule.next_after(jiff::Timestamp::now()).is_none() =>
+            {
+                v.error(
+                    format!("{path}.expression"),
+                    format!("{} never fires from now on", self.expression.trim()),
+                );
+            }
+            Ok(_) => {}
         }
         let retry_path = format!("{}.retry", mapping.path);
         let raw: RawAsyncPolicy = v.block(&retry_path, mapping.retry, "schedule", RETRY_ADVICE);
@@ -149,6 +163,9 @@ mod tests {
         let zone = SCHEDULE.replace("Europe/Paris", "Europe/Atlantis");
         let error = parse_text(&zone).unwrap_err().0.remove(0);
         assert_eq!(error.path, "mappings[0].source.schedule.timezone");
+        let never = SCHEDULE.replace("cron(0 2 * * ? *)", "cron(0 2 30 2 ? *)");
+        let error = parse_text(&never).unwrap_err().0.remove(0);
+        assert!(error.message.contains("never fires"), "{}", error.message);
         let retry = format!("{SCHEDULE}    retry: {{ max_record_age: 1h }}\n");
         let rendered = parse_text(&retry).unwrap_err().to_string();
         assert!(rendered.contains("retried asynchronously"), "{rendered}");

@@ -35,9 +35,9 @@ enum Expression {
     At(jiff::civil::DateTime),
 }
 
-/// How many candidate times one [`Schedule::next_after`] looks at before it gives up (daylight
-/// saving skips cost one each).
-const MAX_CANDIDATES: usize = 16;
+/// How many candidate times one [`Schedule::next_after`] looks at before it gives up: daylight
+/// saving skips cost one each, and a minutely cron passes 60 in a repeated hour.
+const MAX_CANDIDATES: usize = 2_000;
 
 impl Schedule {
     /// Parses `expression` for `timezone` (an IANA name; `None` is UTC). The error says what is
@@ -174,6 +174,21 @@ fn parse_cron(text: &str) -> Result<Cron, String> {
             ));
         }
     }
+    for part in year.split(',') {
+        let range = part.split('/').next().unwrap_or_default();
+        for bound in range.split('-').filter(|b| *b != "*") {
+            match bound.parse::<u32>() {
+                Ok(y) if (1970..=2199).contains(&y) => {}
+                _ => {
+                    return Err(format!(
+                        "cron({text}): the year field ({year}) takes years 1970-2199, *, ranges and lists"
+                    ));
+                }
+            }
+        }
+    }
+    // EventBridge's bare L in day-of-week is the last day of the week, Saturday.
+    let day_of_week = if day_of_week == "L" { "7" } else { day_of_week };
     // Seconds at 0; Quartz weekdays (1 = Sunday), as EventBridge numbers them.
     let pattern = format!("0 {minutes} {hours} {day_of_month} {month} {day_of_week} {year}");
     CronParser::builder()
@@ -313,11 +328,19 @@ mod tests {
             ticks(&cron("0 12 ? * 3#2 *", None), "2027-01-01T00:00:00Z", 2),
             ["2027-01-12T12:00:00Z", "2027-02-09T12:00:00Z"]
         );
-        // The last Friday (6L).
+        // The last Friday (6L); a bare L is Saturday, the week's last day.
         assert_eq!(
             ticks(&cron("0 12 ? * 6L *", None), "2027-01-01T00:00:00Z", 1),
             ["2027-01-29T12:00:00Z"]
         );
+        assert_eq!(
+            ticks(&cron("0 12 ? * L *", None), "2027-01-01T00:00:00Z", 1),
+            ["2027-01-02T12:00:00Z"]
+        );
+        for years in ["1969", "2200", "2020-2300"] {
+            let expression = format!("cron(0 12 * * ? {years})");
+            assert!(Schedule::parse(&expression, None).is_err(), "{years}");
+        }
     }
 
     #[test]
@@ -347,6 +370,16 @@ mod tests {
                 "2027-11-07T07:00:00Z",
                 "2027-11-07T07:30:00Z",
                 "2027-11-07T08:00:00Z"
+            ]
+        );
+        // A minutely cron passes a whole repeated hour (60 instants it skips) and goes on.
+        let minutely = cron("* * * * ? *", Some("America/New_York"));
+        assert_eq!(
+            ticks(&minutely, "2027-11-07T05:58:30Z", 3),
+            [
+                "2027-11-07T05:59:00Z",
+                "2027-11-07T07:00:00Z",
+                "2027-11-07T07:01:00Z"
             ]
         );
         // An hour on the UTC clock is a tick in UTC, whatever the zones do.

@@ -3,17 +3,25 @@
 //!
 //! Guarantees:
 //! - one instance fires: the schedule is one lease in the checkpoint store (with the DynamoDB
-//!   lease table, fenced like a shard's; with the state file, every instance fires its own);
-//! - a tick is written to the store (last tick, and the tick among those running) before it is
-//!   invoked, and taken out once its invocation ended (succeeded, or stored in `on_failure`):
-//!   an instance that dies mid-retry leaves it to the next holder, which runs it again under the
-//!   same event id (at least once; `max_event_age` counts from the tick);
-//! - ticks missed while nobody held the schedule are skipped (logged), or with `catch_up` fired
-//!   oldest first, at most [`MAX_CATCH_UP`] of them;
+//!   lease table, fenced like a shard's, and released at shutdown so the next instance need not
+//!   wait it out; with the state file, every instance fires its own);
+//! - a tick is written to the store (as the last tick, and among the ticks running) before it
+//!   is invoked, and taken out once its invocation ended (succeeded, or stored in its
+//!   destination). A store that fails leaves the tick due, never fired unrecorded. An instance
+//!   that dies mid-retry leaves the tick to the next holder, which runs it again under the same
+//!   event id (at least once; `max_event_age` counts from the tick);
+//! - ticks missed while nothing held the schedule are skipped (logged), or with `catch_up` fired
+//!   oldest first, at most the newest [`MAX_CATCH_UP`], looked for no further back than
+//!   `max_event_age`. With leases, the ticks that came due while the lease changed hands (a
+//!   lease duration and a sync) are fired whatever `catch_up` says. A tick overdue by more than
+//!   a sync while holding (the process stopped, the clock jumped) follows the same rule: no
+//!   burst of late ticks;
+//! - a holding that ends (the lease lost, shutdown) stops its ticks' retries and writes nothing
+//!   more; attempts under way finish, and shutdown waits for them until the drain deadline;
 //! - at most [`MAX_RUNNING`] ticks run at once; a tick due beyond that is skipped, logged and
-//!   counted as discarded;
-//! - a tick's invocation retries as an asynchronous event does (`async_exec`), in memory, and is
-//!   given up (not finished) at shutdown, so the next holder runs it.
+//!   counted as discarded; a paused mapping skips its ticks;
+//! - destination records are retried until stored, and a failing destination shows on
+//!   `/readyz`.
 
 pub mod config;
 pub mod expression;
@@ -117,22 +125,34 @@ struct Held {
     progress: Mutex<Progress>,
     /// Serializes writes, so a later write never lands before an earlier one.
     writing: tokio::sync::Mutex<()>,
+    /// Cancelled when this holding ends (the lease was lost, or shutdown): its ticks stop and it
+    /// writes nothing more, so a later holding is never overwritten with this one's progress.
+    ended: CancellationToken,
+}
+
+/// Why a save did not land.
+enum Unsaved {
+    /// Another instance holds the schedule now.
+    LeaseLost,
+    /// The store failed; nothing was written.
+    Failed(String),
 }
 
 impl Held {
-    /// Writes the progress as it is now; false when the lease was lost (stop firing).
-    async fn save(&self, name: &str) -> bool {
+    /// Writes the progress as it is now.
+    async fn save(&self) -> Result<(), Unsaved> {
         let _one = self.writing.lock().await;
+        if self.ended.is_cancelled() {
+            return Err(Unsaved::LeaseLost);
+        }
         let checkpoint = self.progress.lock().expect("progress").checkpoint();
         match self.store.checkpoint(LEASE, &checkpoint).await {
-            Ok(()) => true,
-            Err(CheckpointError::LeaseLost { .. }) => false,
-            Err(error) => {
-                // Kept in memory and written with the next change; a restart repeats the ticks
-                // that were running (at least once).
-                tracing::warn!(mapping = %name, %error, "saving the schedule's progress failed");
-                true
+            Ok(()) => Ok(()),
+            Err(CheckpointError::LeaseLost { .. }) => {
+                self.ended.cancel();
+                Err(Unsaved::LeaseLost)
             }
+            Err(error) => Err(Unsaved::Failed(error.to_string())),
         }
     }
 }
@@ -154,6 +174,9 @@ impl Worker {
             return;
         };
         let sync = lease_duration.map_or(SYNC_INTERVAL, |d| d / 4);
+        // With leases, a tick that came due while the lease changed hands (the old holder died,
+        // the new one waited out the lease) is not "missed while nothing ran": it is fired.
+        let handover = lease_duration.map(|d| d + sync);
         tracing::info!(mapping = %name, expression = %self.source.expression, timezone = ?self.source.timezone, checkpoints = %store.describe(), "mapping started");
         let spec = [ShardSpec {
             id: LEASE.into(),
@@ -175,52 +198,47 @@ impl Worker {
                 break;
             };
             health.poll_succeeded();
-            match (acquired.held.iter().find(|h| h.shard_id == LEASE), &held) {
-                (Some(_), Some(_)) => {}
-                (Some(lease), None) => {
-                    let now = Timestamp::now();
-                    let progress = Progress::of(lease.checkpoint.as_ref());
-                    let fresh = progress.is_none();
-                    let mut progress = progress.unwrap_or(Progress {
-                        last_ms: now.as_millisecond(),
-                        running: BTreeSet::new(),
-                    });
-                    let rerun: Vec<i64> = progress.running.iter().copied().collect();
-                    let missed = self.missed(progress.last_ms, now);
-                    if let Some(&latest) = missed.last() {
-                        progress.last_ms = latest;
-                    }
-                    let state = Arc::new(Held {
-                        store: store.clone(),
-                        progress: Mutex::new(progress),
-                        writing: tokio::sync::Mutex::new(()),
-                    });
-                    if fresh || !missed.is_empty() {
-                        state.save(&name).await;
-                    }
-                    tracing::info!(mapping = %name, rerun = rerun.len(), missed = missed.len(), catch_up = self.source.catch_up, "holding the schedule");
-                    // Ticks a previous holder left running, then (with catch_up) the missed ones.
-                    for tick in rerun {
-                        self.clone().spawn(&running, &state, tick, &shutdown);
-                    }
-                    if self.source.catch_up {
-                        for &tick in missed.iter().rev().take(MAX_CATCH_UP).rev() {
-                            if self.mark_running(&state, tick) {
-                                state.save(&name).await;
-                                self.clone().spawn(&running, &state, tick, &shutdown);
-                            }
-                        }
-                    }
-                    held = Some(state);
-                }
-                (None, Some(_)) => {
-                    tracing::warn!(mapping = %name, "the schedule's lease went to another instance; it fires from now on");
-                    held = None;
-                }
-                (None, None) => {}
+            let holds = acquired.held.iter().any(|h| h.shard_id == LEASE);
+            if !holds && let Some(lost) = held.take() {
+                tracing::warn!(mapping = %name, "the schedule's lease went to another instance; its ticks are left to it");
+                lost.ended.cancel();
             }
-            // Ticks that came due while this instance held the schedule are fired late, never
-            // skipped: the next is the one after the last fired.
+            if holds && held.is_none() {
+                // The checkpoint as stored now (the listing may predate a last write).
+                let stored = match store.window(LEASE).await {
+                    Ok((checkpoint, _)) => checkpoint,
+                    Err(error) => {
+                        health.poll_failed(&error.to_string());
+                        tracing::warn!(mapping = %name, %error, "reading the schedule's progress failed; retrying");
+                        if !self.pause(&shutdown, Duration::from_secs(1)).await {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let now = Timestamp::now();
+                let progress = Progress::of(stored.as_ref()).unwrap_or(Progress {
+                    last_ms: now.as_millisecond(),
+                    running: BTreeSet::new(),
+                });
+                let rerun: Vec<i64> = progress.running.iter().copied().collect();
+                let state = Arc::new(Held {
+                    store: store.clone(),
+                    progress: Mutex::new(progress),
+                    writing: tokio::sync::Mutex::new(()),
+                    ended: shutdown.child_token(),
+                });
+                tracing::info!(mapping = %name, rerun = rerun.len(), "holding the schedule");
+                // Ticks a previous holder left running, under the same event ids.
+                for tick in rerun {
+                    self.clone().spawn(&running, &state, tick);
+                }
+                if self.catch_up(&running, &state, now, handover).await {
+                    held = Some(state);
+                } else {
+                    state.ended.cancel();
+                }
+            }
             let next = held.as_ref().and_then(|state| {
                 let last = state.progress.lock().expect("progress").last_ms;
                 self.schedule
@@ -229,58 +247,167 @@ impl Worker {
             let wait = next.map(|at| {
                 Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
             });
-            let mut lost = false;
             // Until the next tick or the next lease renewal, whichever comes first.
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    self.stop(&running).await;
-                    return;
-                }
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(sync) => {}
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {
-                    if let (Some(state), Some(tick)) = (&held, next) {
-                        let tick = tick.as_millisecond();
-                        let fire = self.mark_running(state, tick);
-                        state.progress.lock().expect("progress").last_ms = tick;
-                        if fire {
-                            if state.save(&name).await {
-                                self.clone().spawn(&running, state, tick, &shutdown);
-                            } else {
-                                tracing::warn!(mapping = %name, "the schedule's lease was lost before the tick; the new holder fires it");
-                                lost = true;
-                            }
-                        }
+                    let (Some(state), Some(tick)) = (&held, next) else { continue };
+                    // A tick long overdue (the process was stopped, the clock jumped): the rule
+                    // for missed ticks applies, not a burst of late ones.
+                    let overdue = Timestamp::now().duration_since(tick) > jiff::SignedDuration::try_from(sync).unwrap_or_default();
+                    let kept = if overdue {
+                        self.catch_up(&running, state, Timestamp::now(), None).await
+                    } else {
+                        self.fire_tick(&running, state, tick.as_millisecond()).await
+                    };
+                    if !kept {
+                        state.ended.cancel();
+                        held = None;
                     }
                 }
             }
-            if lost {
-                held = None;
+        }
+        if let Some(state) = held.take() {
+            self.stop(&running, &state.ended).await;
+            // The next instance need not wait out the lease.
+            if let Err(error) = store.release(LEASE).await {
+                tracing::debug!(mapping = %name, %error, "releasing the schedule's lease failed; it expires");
+            }
+        } else {
+            self.stop(&running, &shutdown).await;
+        }
+    }
+
+    /// Sleeps `delay` unless shutdown comes first (false).
+    async fn pause(&self, shutdown: &CancellationToken, delay: Duration) -> bool {
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Fires `tick`: recorded first, invoked once the record landed. False when the lease was
+    /// lost (the holding ends). A store that fails leaves the tick due: it is tried again after
+    /// a pause (shown on `/readyz`), never fired unrecorded.
+    async fn fire_tick(
+        self: &Arc<Self>,
+        running: &tokio_util::task::TaskTracker,
+        state: &Arc<Held>,
+        tick: i64,
+    ) -> bool {
+        let name = self.name();
+        if self.mapping.health.pause().is_paused() {
+            tracing::info!(mapping = %name, tick_ms = tick, "tick skipped: the mapping is paused");
+            state.progress.lock().expect("progress").last_ms = tick;
+            return !matches!(state.save().await, Err(Unsaved::LeaseLost));
+        }
+        let before = state.progress.lock().expect("progress").clone();
+        let fire = self.mark_running(state, tick);
+        state.progress.lock().expect("progress").last_ms = tick;
+        match state.save().await {
+            Ok(()) => {
+                if fire {
+                    self.clone().spawn(running, state, tick);
+                }
+                true
+            }
+            Err(Unsaved::LeaseLost) => {
+                tracing::warn!(mapping = %name, "the schedule's lease was lost before the tick; the new holder fires it");
+                false
+            }
+            Err(Unsaved::Failed(error)) => {
+                *state.progress.lock().expect("progress") = before;
+                self.mapping.health.poll_failed(&error);
+                self.mapping.metrics.poll_errors.increment(1);
+                tracing::warn!(mapping = %name, %error, tick_ms = tick, "recording the tick failed; it is fired once it is recorded");
+                let _ = self.pause(&state.ended, Duration::from_secs(1)).await;
+                true
             }
         }
-        self.stop(&running).await;
+    }
+
+    /// Takes the ticks after the last one fired up to `now`: the ones within `handover` of now
+    /// (a lease changing hands) are fired; older ones are skipped, or with `catch_up` fired
+    /// (the newest [`MAX_CATCH_UP`]). False when the lease was lost meanwhile.
+    async fn catch_up(
+        self: &Arc<Self>,
+        running: &tokio_util::task::TaskTracker,
+        state: &Arc<Held>,
+        now: Timestamp,
+        handover: Option<Duration>,
+    ) -> bool {
+        let last = state.progress.lock().expect("progress").last_ms;
+        let recent_from = handover
+            .and_then(|h| jiff::SignedDuration::try_from(h).ok())
+            .map(|h| (now - h).as_millisecond());
+        let (missed, older) = self.missed(last, now);
+        let fire: Vec<i64> = missed
+            .iter()
+            .copied()
+            .filter(|&tick| self.source.catch_up || recent_from.is_some_and(|from| tick >= from))
+            .collect();
+        let skipped = older + (missed.len() - fire.len()) as u64;
+        if skipped > 0 {
+            tracing::warn!(mapping = %self.name(), skipped, catch_up = self.source.catch_up, "ticks missed while no instance held the schedule were skipped");
+        }
+        let before = state.progress.lock().expect("progress").clone();
+        if let Some(&newest) = missed.last() {
+            let mut progress = state.progress.lock().expect("progress");
+            progress.last_ms = progress.last_ms.max(newest);
+        }
+        let fire: Vec<i64> = fire
+            .into_iter()
+            .filter(|&tick| self.mark_running(state, tick))
+            .collect();
+        // One write for the lot, before any of them is invoked.
+        match state.save().await {
+            Ok(()) => {
+                for tick in fire {
+                    self.clone().spawn(running, state, tick);
+                }
+                true
+            }
+            Err(Unsaved::LeaseLost) => false,
+            Err(Unsaved::Failed(error)) => {
+                // Nothing fired unrecorded: the ticks stay due and are looked at again.
+                *state.progress.lock().expect("progress") = before;
+                self.mapping.health.poll_failed(&error);
+                self.mapping.metrics.poll_errors.increment(1);
+                tracing::warn!(mapping = %self.name(), %error, "recording the missed ticks failed; retrying");
+                let _ = self.pause(&state.ended, Duration::from_secs(1)).await;
+                true
+            }
+        }
     }
 
     /// Waits (at most the drain timeout) for the ticks running; what has not ended is left in
-    /// the store for the next holder.
-    async fn stop(&self, running: &tokio_util::task::TaskTracker) {
+    /// the store for the next holder. `ended` is cancelled first: retries waiting out a delay
+    /// stop; attempts under way finish.
+    async fn stop(&self, running: &tokio_util::task::TaskTracker, ended: &CancellationToken) {
         running.close();
+        ended.cancel();
         if tokio::time::timeout(self.mapping.shutdown_timeout, running.wait())
             .await
             .is_err()
         {
-            tracing::warn!(mapping = %self.name(), "drain deadline reached; ticks still retrying are left to the next start");
+            tracing::warn!(mapping = %self.name(), "drain deadline reached; ticks still running are left to the next start");
         }
         tracing::info!(mapping = %self.name(), "mapping stopped");
     }
 
-    /// The ticks after `last_ms` up to `now`, oldest first (at most a few more than
-    /// [`MAX_CATCH_UP`] are listed: only the newest are ever fired).
-    fn missed(&self, last_ms: i64, now: Timestamp) -> Vec<i64> {
-        let Ok(mut at) = Timestamp::from_millisecond(last_ms) else {
-            return Vec::new();
+    /// The ticks after `last_ms` up to `now`, oldest first, looked for no further back than
+    /// `max_event_age` (an older tick could only age out), at most [`MAX_CATCH_UP`] of the
+    /// newest; and how many older ticks were passed over (counted while walking, bounded).
+    fn missed(&self, last_ms: i64, now: Timestamp) -> (Vec<i64>, u64) {
+        let horizon = jiff::SignedDuration::try_from(self.source.policy.max_event_age)
+            .map(|age| (now - age).as_millisecond())
+            .unwrap_or(last_ms);
+        let Ok(mut at) = Timestamp::from_millisecond(last_ms.max(horizon)) else {
+            return (Vec::new(), 0);
         };
         let mut ticks = std::collections::VecDeque::new();
-        let mut skipped = 0u64;
+        let mut older = u64::from(last_ms < horizon);
         while let Some(next) = self.schedule.next_after(at) {
             if next > now {
                 break;
@@ -288,14 +415,11 @@ impl Worker {
             ticks.push_back(next.as_millisecond());
             if ticks.len() > MAX_CATCH_UP {
                 ticks.pop_front();
-                skipped += 1;
+                older += 1;
             }
             at = next;
         }
-        if skipped > 0 || (!self.source.catch_up && !ticks.is_empty()) {
-            tracing::warn!(mapping = %self.name(), missed = skipped + ticks.len() as u64, catch_up = self.source.catch_up, "ticks were missed while no instance held the schedule");
-        }
-        ticks.into()
+        (ticks.into(), older)
     }
 
     /// Adds `tick` to the running ticks; false (logged, counted) when too many run already.
@@ -311,25 +435,20 @@ impl Worker {
     }
 
     /// Runs `tick`'s invocation in the background until it ends, then takes it out of the
-    /// running ticks.
+    /// running ticks (once the holding's write of it landed: the writes are serialized).
     fn spawn(
         self: Arc<Self>,
         running: &tokio_util::task::TaskTracker,
         state: &Arc<Held>,
         tick: i64,
-        shutdown: &CancellationToken,
     ) {
         let state = state.clone();
-        let shutdown = shutdown.clone();
         running.spawn(async move {
-            if self.fire(tick, &shutdown).await {
-                state
-                    .progress
-                    .lock()
-                    .expect("progress")
-                    .running
-                    .remove(&tick);
-                state.save(self.name()).await;
+            if self.fire(tick, &state.ended).await {
+                state.progress.lock().expect("progress").running.remove(&tick);
+                if let Err(Unsaved::Failed(error)) = state.save().await {
+                    tracing::warn!(mapping = %self.name(), %error, tick_ms = tick, "recording the end of a tick failed; a restart runs it again");
+                }
             }
         });
     }
@@ -361,9 +480,9 @@ impl Worker {
         (id, event)
     }
 
-    /// Invokes `tick` until its policy ends it; false when the shutdown came first (the tick
-    /// stays running in the store, for the next holder).
-    async fn fire(&self, tick: i64, shutdown: &CancellationToken) -> bool {
+    /// Invokes `tick` until its policy ends it; false when the holding ended while a retry
+    /// waited (the tick stays running in the store, for the next holder).
+    async fn fire(&self, tick: i64, ended: &CancellationToken) -> bool {
         let (id, event) = self.event(tick);
         let payload = serde_json::to_vec(&event).expect("an event serializes");
         let tick_at = Duration::from_millis(u64::try_from(tick).unwrap_or_default());
@@ -390,17 +509,16 @@ impl Worker {
                 },
                 &mut store,
             );
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = run => {}
-            }
+            // An attempt under way finishes (its destination record too); only a retry's wait
+            // is cut short by the end of the holding.
+            run.await;
             let Some((delay, failed_attempts, not_run)) = store.next else {
                 return true;
             };
             attempt.failed_attempts = failed_attempts;
             attempt.not_run = not_run;
             tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                _ = ended.cancelled() => return false,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -479,8 +597,13 @@ async fn store_until_stored(
     };
     let mut failures = 0u32;
     loop {
-        match destination.store(record.to_json(), &placement).await {
+        let stored = {
+            let _call = worker.mapping.health.aws_call();
+            destination.store(record.to_json(), &placement).await
+        };
+        match stored {
             Ok(()) => {
+                worker.mapping.health.ack_succeeded();
                 if condition != "Success" {
                     worker.mapping.metrics.dead_lettered(condition, 1);
                     tracing::warn!(mapping = %worker.name(), event_id = %record.request_id, condition, destination = destination.describe(), "tick dead-lettered");
@@ -489,6 +612,7 @@ async fn store_until_stored(
             }
             Err(error) => {
                 failures += 1;
+                worker.mapping.health.ack_failed(&error.to_string());
                 worker.mapping.metrics.ack_errors.increment(1);
                 tracing::error!(mapping = %worker.name(), event_id = %record.request_id, condition, %error, "storing the destination record failed; retrying");
                 tokio::time::sleep(super::retry::retry_delay(failures)).await;
