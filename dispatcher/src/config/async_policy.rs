@@ -86,3 +86,18 @@ pub fn policy(v: &mut Validator, path: &str, raw: RawAsyncPolicy) -> AsyncPolicy
         max_event_age,
     }
 }
+
+/// The ordered policy `sluice dlq replay` runs an asynchronous kind's records under: one event
+/// per invocation, no partial responses, the kind's retries and throttle backoff, and a failure
+/// its target marks as not worth retrying sent to the destination at once.
+pub fn replay_policy(policy: &AsyncPolicy, has_on_failure: bool) -> sluice_policies::StreamPolicy {
+    sluice_policies::StreamPolicy {
+        report_batch_item_failures: false,
+        bisect_on_error: false,
+        max_retry_attempts: Some(policy.max_retry_attempts),
+        max_record_age: None,
+        backoff: policy.throttle_backoff,
+        identifier_kind: sluice_policies::IdentifierKind::Text,
+        non_retryable: has_on_failure.then(sluice_policies::ErrorClasses::default),
+    }
+}

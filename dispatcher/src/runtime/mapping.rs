@@ -51,6 +51,17 @@ pub struct SourceClients {
     pub s3: aws_sdk_s3::Client,
 }
 
+impl SourceClients {
+    /// The checkpoint store setup a mapping that keeps checkpoints needs.
+    pub fn checkpoint_store(&self, mapping: &str) -> Result<StoreSetup, StartError> {
+        self.checkpoints
+            .clone()
+            .ok_or_else(|| StartError::NoCheckpointStore {
+                mapping: mapping.to_owned(),
+            })
+    }
+}
+
 /// Why a mapping could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

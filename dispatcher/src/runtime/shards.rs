@@ -124,12 +124,7 @@ pub fn start(
     clients: &SourceClients,
 ) -> Result<StartMapping, StartError> {
     let shutdown_timeout = mapping.shutdown_timeout;
-    let store = clients
-        .checkpoints
-        .clone()
-        .ok_or_else(|| StartError::NoCheckpointStore {
-            mapping: mapping.config.name.clone(),
-        })?;
+    let store = clients.checkpoint_store(&mapping.config.name)?;
     let worker = ShardMapping {
         config: mapping.config,
         source,

@@ -9,7 +9,7 @@ use crate::config::kind::{BuildSource, MappingParts, SourceRules};
 use crate::config::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_policies::{AsyncPolicy, ErrorClasses, IdentifierKind, StreamPolicy};
+use sluice_policies::{AsyncPolicy, StreamPolicy};
 use std::time::Duration;
 
 /// Events in flight at once when `max_concurrency` is not given.
@@ -108,16 +108,7 @@ impl SourceRules for S3SourceConfig {
 
     // S3 events are invoked one by one, asynchronously: no partial responses.
     fn replay_policy(&self, has_on_failure: bool) -> StreamPolicy {
-        StreamPolicy {
-            report_batch_item_failures: false,
-            bisect_on_error: false,
-            max_retry_attempts: Some(self.policy.max_retry_attempts),
-            max_record_age: None,
-            backoff: self.policy.throttle_backoff,
-            identifier_kind: IdentifierKind::Text,
-            // A failure its target marks as not worth retrying goes to the destination at once.
-            non_retryable: has_on_failure.then(ErrorClasses::default),
-        }
+        async_policy::replay_policy(&self.policy, has_on_failure)
     }
 
     // Lambda invokes the function once per S3 event.

@@ -8,7 +8,7 @@ use crate::config::kind::{BuildSource, MappingParts, SourceRules};
 use crate::config::validate::Validator;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_policies::{AsyncPolicy, ErrorClasses, IdentifierKind, StreamPolicy};
+use sluice_policies::{AsyncPolicy, StreamPolicy};
 
 /// What a schedule's `retry` block takes, for a key of another kind.
 const RETRY_ADVICE: &str = "a schedule's ticks are retried asynchronously: use max_retry_attempts (0..=2), delays, max_event_age and backoff";
@@ -114,15 +114,7 @@ impl SourceRules for ScheduleSourceConfig {
 
     // Each tick is one asynchronous invocation.
     fn replay_policy(&self, has_on_failure: bool) -> StreamPolicy {
-        StreamPolicy {
-            report_batch_item_failures: false,
-            bisect_on_error: false,
-            max_retry_attempts: Some(self.policy.max_retry_attempts),
-            max_record_age: None,
-            backoff: self.policy.throttle_backoff,
-            identifier_kind: IdentifierKind::Text,
-            non_retryable: has_on_failure.then(ErrorClasses::default),
-        }
+        async_policy::replay_policy(&self.policy, has_on_failure)
     }
 
     fn replay_batch_size(&self) -> usize {

@@ -64,12 +64,7 @@ pub fn start(
     mapping: Mapping,
     clients: &SourceClients,
 ) -> Result<StartMapping, StartError> {
-    let store = clients
-        .checkpoints
-        .clone()
-        .ok_or_else(|| StartError::NoCheckpointStore {
-            mapping: mapping.config.name.clone(),
-        })?;
+    let store = clients.checkpoint_store(&mapping.config.name)?;
     let worker = Arc::new(Worker {
         schedule: source.schedule(),
         source: source.clone(),
