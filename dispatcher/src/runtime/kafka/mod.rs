@@ -483,7 +483,7 @@ impl LaneHost for PartitionLane {
         let Some((decoder, filters)) = &self.shared.decoder else {
             return Prepared::Ready(record);
         };
-        match decoder.decode(record).await {
+        match decoder.decode(record, !filters.is_empty()).await {
             schema::Decoded::Ready(record, view) => {
                 if filters.is_empty() || filters.passes(&view) {
                     Prepared::Ready(record)

@@ -795,7 +795,8 @@ impl protox::file::FileResolver for Sources {
 /// A record after decoding.
 #[derive(Debug)]
 pub enum Decoded {
-    /// Decoded (or nothing to decode), with the view the mapping's filters see.
+    /// Decoded (or nothing to decode), with the view the mapping's filters see (null when
+    /// no view was asked for).
     Ready(Record, Value),
     /// It can never be decoded: dead-letter it with this error.
     Unusable(Record, ErrorInfo),
@@ -822,8 +823,9 @@ impl Decoder {
         })
     }
 
-    /// The record with its configured key and value decoded.
-    pub async fn decode(&self, record: Record) -> Decoded {
+    /// The record with its configured key and value decoded; the filter view is built only
+    /// when `filtered` (the mapping has filters): it copies the whole event.
+    pub async fn decode(&self, record: Record, filtered: bool) -> Decoded {
         let mut event: Map<String, Value> = match serde_json::from_str(record.event.get()) {
             Ok(event) => event,
             Err(error) => {
@@ -831,7 +833,11 @@ impl Decoder {
                 return Decoded::Unusable(record, info);
             }
         };
-        let mut view = sluice_sources::kafka::record_filter_view(&Value::Object(event.clone()));
+        let mut view = if filtered {
+            sluice_sources::kafka::record_filter_view(&Value::Object(event.clone()))
+        } else {
+            Value::Null
+        };
         for (field, format) in [("key", self.key), ("value", self.value)] {
             let Some(format) = format else { continue };
             let Some(encoded) = event.get(field).and_then(Value::as_str) else {

@@ -25,11 +25,15 @@ use sluice_sources::Record;
 
 /// Bodies fetched at once per mapping.
 pub const CONCURRENT_FETCHES: usize = 4;
+/// How long reading one object's body may take (the SDK's operation timeout ends with the
+/// response headers, not with the body streamed after them).
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The Extended Client's attributes that hold the stored body's size.
 const SIZE_ATTRIBUTES: [&str; 2] = ["ExtendedPayloadSize", "SQSLargePayloadSize"];
 
 /// What became of one record.
+#[derive(Debug)]
 pub(super) enum Resolved {
     /// Ready to batch: it held no pointer, or its body was fetched (the pointer kept, so the
     /// object can be deleted after the message), or its body is too large to fetch.
@@ -190,16 +194,40 @@ impl Resolver {
         if length > limit {
             return too_large(length, record);
         }
-        let bytes = match output.body.collect().await {
-            Ok(bytes) => bytes.into_bytes(),
-            Err(error) => {
+        // Read at most one byte past the limit, within the deadline: an object without a
+        // Content-Length (or with a wrong one) cannot make the read grow without bound.
+        let mut body = output.body;
+        let read = async {
+            let mut bytes = Vec::with_capacity(length.min(limit));
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                if bytes.len() + chunk.len() > limit {
+                    return Ok(Err::<Vec<u8>, usize>(bytes.len() + chunk.len()));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok::<_, String>(Ok(bytes))
+        };
+        let bytes = match tokio::time::timeout(BODY_DEADLINE, read).await {
+            Ok(Ok(Ok(bytes))) => bytes,
+            Ok(Ok(Err(at_least))) => return too_large(at_least, record),
+            Ok(Err(error)) => {
                 return Resolved::Retry(
                     record,
                     format!("reading s3://{}/{}: {error}", pointer.bucket, pointer.key),
                 );
             }
+            Err(_) => {
+                return Resolved::Retry(
+                    record,
+                    format!(
+                        "reading s3://{}/{} took longer than {BODY_DEADLINE:?}",
+                        pointer.bucket, pointer.key
+                    ),
+                );
+            }
         };
-        match String::from_utf8(Vec::from(bytes)) {
+        match String::from_utf8(bytes) {
             Ok(text) => {
                 // JSON escaping can make the record larger than the body: it must still fit.
                 let resolved = with_body(record.clone(), event, place, text);
@@ -265,6 +293,70 @@ mod tests {
             1,
             serde_json::value::to_raw_value(&event).unwrap(),
         )
+    }
+
+    /// An S3 endpoint that streams every object as chunks of 64 KiB without a Content-Length
+    /// (chunked transfer encoding): `chunks` of them, or without end.
+    async fn streaming_s3(chunks: Option<usize>) -> aws_sdk_s3::Client {
+        let app = axum::Router::new().fallback(move || async move {
+            let chunk = || Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 << 10]));
+            let stream = futures_util::StreamExt::take(
+                futures_util::stream::repeat_with(chunk),
+                chunks.unwrap_or(usize::MAX),
+            );
+            axum::body::Body::from_stream(stream)
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "a", "b", None, None, "test",
+            ))
+            .endpoint_url(format!("http://{address}"))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    fn resolver(s3: aws_sdk_s3::Client, max_record_bytes: usize) -> Resolver {
+        Resolver {
+            s3,
+            delete_after_success: false,
+            max_record_bytes,
+            fetches: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
+        }
+    }
+
+    // Review: an object sent without a Content-Length was read whole, however large, before its
+    // size was looked at.
+    #[tokio::test]
+    async fn a_body_without_a_length_is_read_no_further_than_the_limit() {
+        let pointer = json!({"messageId": "m1", "body": POINTER});
+        // A body that never ends, against a limit of 200 KiB: read whole, it would never end.
+        let endless = resolver(streaming_s3(None).await, 200 << 10);
+        let resolved = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            endless.resolve(record(pointer.clone())),
+        )
+        .await
+        .expect("the read stops at the limit");
+        match resolved {
+            Resolved::Unusable(_, DeadLetterCondition::PayloadTooLarge, error) => {
+                assert!(error.message.contains("bytes"), "{}", error.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Under the limit the same stream is read whole.
+        let small = resolver(streaming_s3(Some(2)).await, 200 << 10);
+        match small.resolve(record(pointer)).await {
+            Resolved::Ready(resolved, Some(_)) => {
+                assert!(resolved.size_bytes > 128 << 10, "{}", resolved.size_bytes);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
