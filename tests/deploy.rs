@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn sqs_config(queue_url: &str, admin: &str) -> String {
+/// A config polling `queue_url` with `wait_time`-second long polls. Readiness comes with the
+/// first finished receive, so tests that only need a ready daemon use 1 s polls; 20 s (SQS's
+/// longest) is for the stop test, whose point is that open long polls do not delay a stop.
+fn sqs_config(queue_url: &str, admin: &str, wait_time: u32) -> String {
     format!(
         r#"version: 1
 shutdown_timeout: 10s
@@ -21,7 +24,7 @@ mappings:
   - name: orders
     target: handler
     source:
-      sqs: {{ queue_url: "{queue_url}", wait_time: 20s }}
+      sqs: {{ queue_url: "{queue_url}", wait_time: {wait_time}s }}
 "#
     )
 }
@@ -53,7 +56,7 @@ async fn health_exits_zero_only_while_the_local_sluice_is_ready() {
     let queue = create_queue(&sqs, "orders", &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.yaml");
-    std::fs::write(&path, sqs_config(&queue, "0.0.0.0:0")).unwrap();
+    std::fs::write(&path, sqs_config(&queue, "0.0.0.0:0", 1)).unwrap();
     let address_file = dir.path().join("addresses.json");
     let address_file_text = address_file.display().to_string();
 
@@ -88,7 +91,11 @@ async fn health_exits_zero_only_while_the_local_sluice_is_ready() {
     // A config that names the port: its wildcard listener is reached over loopback.
     let named = tempfile::tempdir().unwrap();
     let named_path = named.path().join("sluice.yaml");
-    std::fs::write(&named_path, sqs_config(&queue, &format!("0.0.0.0:{port}"))).unwrap();
+    std::fs::write(
+        &named_path,
+        sqs_config(&queue, &format!("0.0.0.0:{port}"), 1),
+    )
+    .unwrap();
     let path_text = named_path.display().to_string();
     eventually(WAIT, "sluice health to pass with the config", || {
         let (code, _) = health(&[], &[("SLUICE_CONFIG".into(), path_text.clone())]);
@@ -133,7 +140,7 @@ async fn the_config_can_live_in_s3() {
     s3.put_object()
         .bucket("configs")
         .key("prod/sluice.yaml")
-        .body(sqs_config(&queue, "127.0.0.1:0").into_bytes().into())
+        .body(sqs_config(&queue, "127.0.0.1:0", 1).into_bytes().into())
         .send()
         .await
         .unwrap();
@@ -191,7 +198,7 @@ async fn the_config_can_live_in_s3() {
     s3.put_object()
         .bucket("configs")
         .key("prod/health.yaml")
-        .body(sqs_config(&queue, &admin).into_bytes().into())
+        .body(sqs_config(&queue, &admin, 1).into_bytes().into())
         .send()
         .await
         .unwrap();
@@ -243,20 +250,15 @@ async fn an_idle_daemon_stops_within_two_seconds() {
         starting_position: latest
 state_dir: "{state}"
 "#,
-        base = sqs_config(&queue, "127.0.0.1:0"),
+        base = sqs_config(&queue, "127.0.0.1:0", 20),
         bootstrap = kafka.bootstrap(),
         group = Kafka::unique("sluice"),
         state = state.path().display(),
     );
     let mut sluice = Sluice::start(&config, &moto_env(&moto));
-    let admin = sluice.admin().await.to_string();
-    eventually(WAIT, "ready", || {
-        let (code, _) = health(&["--admin", &admin], &[]);
-        async move { (code == Some(0)).then_some(()) }
-    })
-    .await;
-    // Every source at rest in its wait: the group's partitions assigned and the shard held (the
-    // long polls open right after a ready poll).
+    // Every source at rest in its wait: the group's partitions assigned and the shard held; the
+    // queues' first 20 s long polls are open from the start (waiting for readiness would wait
+    // one of them out).
     eventually(WAIT, "the group settled and the shard held", || async {
         let (_, text) = sluice.get("/metrics").await;
         let partitions = metric_of_mapping(&text, "sluice_kafka_partitions_assigned", "clicks");
@@ -385,8 +387,12 @@ async fn the_ecs_example_runs_and_its_task_definition_matches_it() {
 fn the_package_holds_what_the_image_needs() {
     let root = workspace_root();
     let out = tempfile::tempdir().unwrap();
+    // The binary the tests built: packaging it checks the layout and its libraries without a
+    // second build of the crate with other features.
     let status = Command::new(root.join("scripts/package"))
-        .args(["--debug", "--out"])
+        .arg("--binary")
+        .arg(sluice_binary())
+        .arg("--out")
         .arg(out.path())
         .status()
         .unwrap();
