@@ -70,6 +70,22 @@ pub enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// Write a sluice config from the event sources a Lambda deployment describes: a SAM or
+    /// CloudFormation template, a serverless.yml, or Terraform files. What needs a value and
+    /// what has no equivalent is listed on stderr.
+    Import {
+        /// The template, serverless.yml, .tf file, or directory of .tf files.
+        file: PathBuf,
+        /// The format, when the file does not say.
+        #[arg(long, value_enum)]
+        format: Option<crate::import::Format>,
+        /// Import only this function (logical id, function name or key).
+        #[arg(long)]
+        function: Option<String>,
+        /// Write the config here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// How a command finds the running sluice's admin server.
@@ -168,6 +184,12 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Dlq { command } => dlq(command),
+        Command::Import {
+            file,
+            format,
+            function,
+            output,
+        } => import(&file, format, function.as_deref(), output.as_deref()),
         Command::Health { admin } => match admin_address(&admin, "health") {
             Ok((address, _)) => ask_ready(&address, admin.timeout),
             Err(exit) => exit,
@@ -253,6 +275,34 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `sluice import`: the config on stdout (or `-o`), the summary on stderr.
+fn import(
+    file: &std::path::Path,
+    format: Option<crate::import::Format>,
+    function: Option<&str>,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    let imported = match crate::import::import(file, format, function) {
+        Ok(imported) => imported,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match output {
+        Some(path) => {
+            if let Err(error) = std::fs::write(path, &imported.yaml) {
+                eprintln!("error: writing {}: {error}", path.display());
+                return ExitCode::from(EXIT_RUNTIME_FAILURE);
+            }
+            eprintln!("wrote {} ({} input)", path.display(), imported.format);
+        }
+        None => print!("{}", imported.yaml),
+    }
+    eprint!("{}", imported.summary);
+    ExitCode::SUCCESS
 }
 
 /// Reads the config from a path or from `s3://bucket/key` (with the standard AWS credential

@@ -16,6 +16,7 @@ pub mod embed;
 #[cfg(test)]
 mod fuzz;
 pub mod health;
+pub mod import;
 pub mod http_server;
 pub mod invoke_api;
 pub mod runtime;
