@@ -160,6 +160,7 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Plan, ImportError> {
         parameters: section("Parameters").unwrap_or(&empty),
         mappings: section("Mappings").unwrap_or(&empty),
         conditions: section("Conditions").unwrap_or(&empty),
+        region: None,
         plan: Plan::default(),
     };
     let globals = template
@@ -177,6 +178,8 @@ pub(super) struct Template<'a> {
     pub parameters: &'a Map<String, Json>,
     pub mappings: &'a Map<String, Json>,
     pub conditions: &'a Map<String, Json>,
+    /// `AWS::Region` when the files name it (a Serverless Framework `provider.region`).
+    pub region: Option<Val>,
     pub plan: Plan,
 }
 
@@ -460,7 +463,12 @@ impl Template<'_> {
     /// `Ref name`: a pseudo parameter, a parameter, or a resource.
     fn reference(&mut self, name: &str, hint: &str) -> Option<Val> {
         match name {
-            "AWS::Region" => return Some(self.vars().region()),
+            "AWS::Region" => {
+                return Some(match &self.region {
+                    Some(region) => region.clone(),
+                    None => self.vars().region(),
+                });
+            }
             "AWS::AccountId" => return Some(self.vars().account()),
             "AWS::Partition" => return Some(Val::str("aws")),
             "AWS::URLSuffix" => return Some(Val::str("amazonaws.com")),
@@ -512,7 +520,7 @@ impl Template<'_> {
     fn queue(&mut self, logical: &str, form: &str) -> Option<Val> {
         match self.resource_name(logical, "QueueName") {
             Some(name) => {
-                let region = self.vars().region();
+                let region = self.reference("AWS::Region", "region")?;
                 let account = self.vars().account();
                 match form {
                     "url" => Val::concat(&[
@@ -549,7 +557,7 @@ impl Template<'_> {
     fn arn_of(&mut self, logical: &str, key: &str, service: &str, prefix: &str) -> Option<Val> {
         match self.resource_name(logical, key) {
             Some(name) => {
-                let region = self.vars().region();
+                let region = self.reference("AWS::Region", "region")?;
                 let account = self.vars().account();
                 Val::concat(&[
                     Val::str(format!("arn:aws:{service}:")),
@@ -592,7 +600,7 @@ impl Template<'_> {
             },
             ("AWS::Serverless::Function" | "AWS::Lambda::Function", "Arn") => {
                 let name = self.reference(logical, logical)?;
-                let region = self.vars().region();
+                let region = self.reference("AWS::Region", "region")?;
                 let account = self.vars().account();
                 Val::concat(&[
                     Val::str("arn:aws:lambda:"),
@@ -1178,6 +1186,7 @@ mod tests {
             parameters: template["Parameters"].as_object().unwrap(),
             mappings: template["Mappings"].as_object().unwrap(),
             conditions: template["Conditions"].as_object().unwrap_or(&empty),
+            region: None,
             plan: Plan::default(),
         };
         let r = |t: &mut Template, v: Json| t.resolve(&v, "hint");

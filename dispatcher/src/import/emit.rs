@@ -319,7 +319,10 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
     }
 
     w.comment(0, &format!("Written by `sluice import` from {file} ({format})."));
-    let needs = body.vars.into_list();
+    // Only what the output reads: a value resolved on the way and then not used (a stream ARN
+    // replaced by its table's name) needs nothing.
+    let mut needs = body.vars.into_list();
+    needs.retain(|(name, _)| body.out.contains(&format!("${{{name}}}")));
     if needs.is_empty() {
         w.comment(0, "Every value came from the files.");
     } else {
@@ -373,9 +376,10 @@ fn write_target(w: &mut Writer, function: &Function, target: &str) {
             if let Some(handler) = &function.handler {
                 w.line(6, &format!("handler: {}", quoted(handler)), None);
             }
+            let function_name = function.aliases.first().unwrap_or(&function.name);
             w.line(
                 6,
-                &format!("function_name: {}", quoted(&Val::str(&function.name))),
+                &format!("function_name: {}", quoted(&Val::str(function_name))),
                 None,
             );
             write_timeout(w, function);
@@ -478,7 +482,11 @@ fn write_mapping(w: &mut Writer, function: &Function, target: &str, event: &Even
     if let Some(enabled) = &s.enabled
         && enabled.as_bool() != Some(true)
     {
-        w.line(4, &format!("enabled: {}", boolean(enabled)), Some("Enabled"));
+        w.line(
+            4,
+            &format!("enabled: {}", boolean(enabled)),
+            Some("disabled in the files"),
+        );
     }
     w.line(4, "source:", None);
     let kind = match &event.source {

@@ -313,6 +313,14 @@ impl Vars {
         Val::Expr(format!("${{{name}}}"))
     }
 
+    /// `${name}` for an environment variable the files already read by that name.
+    pub fn named(&mut self, name: &str, what: impl Into<String>) -> Val {
+        if !self.list.iter().any(|(taken, _)| taken == name) {
+            self.list.push((name.to_owned(), what.into()));
+        }
+        Val::Expr(format!("${{{name}}}"))
+    }
+
     /// AWS_REGION, the region the deployment ran in.
     pub fn region(&mut self) -> Val {
         self.need(

@@ -42,6 +42,10 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Plan, ImportError> {
         parameters: &empty,
         mappings: &empty,
         conditions: &empty,
+        region: resolved
+            .pointer("/provider/region")
+            .and_then(Json::as_str)
+            .map(Val::str),
         plan: Plan {
             vars,
             ..Plan::default()
@@ -118,6 +122,25 @@ impl Resolver<'_> {
 
     fn variable(&mut self, inner: &str, depth: usize) -> Json {
         let (primary, fallback) = split_fallback(inner);
+        if let Some(name) = primary.trim().strip_prefix("env:") {
+            // Read when sluice loads the config, as the framework read it at deploy time; a
+            // literal fallback becomes sluice's own `${NAME:-fallback}`.
+            let name = name.trim();
+            let literal = fallback.map(|f| literal_or_variable(f.trim(), self, depth));
+            return match literal {
+                Some(Json::String(text)) if !text.contains(OPEN) => {
+                    Json::String(format!("{OPEN}{name}:-{text}{CLOSE}"))
+                }
+                Some(Json::Number(n)) => Json::String(format!("{OPEN}{name}:-{n}{CLOSE}")),
+                _ => {
+                    self.vars.named(
+                        name,
+                        format!("environment variable {name}, which serverless.yml reads"),
+                    );
+                    Json::String(format!("{OPEN}{name}{CLOSE}"))
+                }
+            };
+        }
         if let Some(value) = self.source(primary.trim(), depth) {
             return value;
         }
@@ -133,12 +156,12 @@ impl Resolver<'_> {
 
     /// One variable's value, or `None` when its source cannot say.
     fn source(&mut self, name: &str, depth: usize) -> Option<Json> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
         let (kind, rest) = name.split_once(':').unwrap_or(("self", name));
         match kind {
             "self" => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
                 let pointer = format!("/{}", rest.replace('.', "/"));
                 let found = if rest.is_empty() {
                     self.root.clone()
@@ -147,17 +170,15 @@ impl Resolver<'_> {
                 };
                 Some(self.plain(&found, depth + 1))
             }
-            "sls" | "opt" if rest == "stage" => Some(
+            // The stage the file deploys to: provider.stage (itself often
+            // `${opt:stage, 'dev'}`), else the framework's `dev`. `opt:` are command-line
+            // options, which an import does not have: their fallbacks apply.
+            "sls" if rest == "stage" => Some(
                 self.root
                     .pointer("/provider/stage")
                     .map(|s| self.plain(&s.clone(), depth + 1))
                     .unwrap_or_else(|| Json::String("dev".into())),
             ),
-            "opt" if rest == "region" => self
-                .root
-                .pointer("/provider/region")
-                .map(|s| self.plain(&s.clone(), depth + 1)),
-            "env" => Some(Json::String(format!("{OPEN}{rest}{CLOSE}"))),
             "aws" if rest == "region" => Some(
                 self.root
                     .pointer("/provider/region")
@@ -687,15 +708,21 @@ mod tests {
             "provider": {"stage": "prod"},
             "custom": {"batch": {"prod": 25}, "queue": "orders-${sls:stage}"}
         });
-        assert_eq!(resolve(root.clone(), "${self:custom.batch.${opt:stage, 'dev'}}").0, json!(25));
+        assert_eq!(resolve(root.clone(), "${self:custom.batch.${sls:stage}}").0, json!(25));
+        // Command-line options are not there at import: their fallbacks apply.
+        assert_eq!(resolve(root.clone(), "${opt:stage, 'dev'}").0, json!("dev"));
         assert_eq!(resolve(root.clone(), "q-${self:custom.queue}").0, json!("q-orders-prod"));
         assert_eq!(resolve(root.clone(), "${ssm:/x, 'fallback'}").0, json!("fallback"));
         assert_eq!(
             resolve(root.clone(), "${env:TOKEN}-${aws:accountId}").0,
             json!({"sluice::expr": "${TOKEN}-${AWS_ACCOUNT_ID}"})
         );
+        assert_eq!(
+            resolve(root.clone(), "${env:LEVEL, 'info'}").0,
+            json!({"sluice::expr": "${LEVEL:-info}"})
+        );
         let (value, needs) = resolve(root, "${ssm:/orders/url}");
-        assert_eq!(value, json!({"sluice::expr": "${URL}"}));
+        assert_eq!(value, json!({"sluice::expr": "${ORDERS_URL}"}));
         assert!(needs[0].1.contains("ssm:/orders/url"));
     }
 

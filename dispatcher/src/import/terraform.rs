@@ -105,6 +105,11 @@ fn reference(expression: &Expression) -> Option<(String, String, String)> {
         })
         .collect::<Option<Vec<_>>>()?;
     match names.as_slice() {
+        [kind, name, attribute] if root.as_str() == "data" => Some((
+            format!("data.{kind}"),
+            (*name).to_owned(),
+            (*attribute).to_owned(),
+        )),
         [name, attribute] => Some((root.to_string(), (*name).to_owned(), (*attribute).to_owned())),
         [name] => Some((root.to_string(), (*name).to_owned(), String::new())),
         _ => None,
