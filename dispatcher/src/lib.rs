@@ -16,8 +16,8 @@ pub mod embed;
 #[cfg(test)]
 mod fuzz;
 pub mod health;
-pub mod import;
 pub mod http_server;
+pub mod import;
 pub mod invoke_api;
 pub mod runtime;
 pub mod targets;

@@ -131,11 +131,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Json, ImportError> {
     if text.trim_start().starts_with('{') {
         return serde_json::from_str(text).map_err(|error| ImportError::Parse {
             path: path.to_owned(),
-            message: format!(
-                "line {} column {}: {error}",
-                error.line(),
-                error.column()
-            ),
+            message: format!("line {} column {}: {error}", error.line(), error.column()),
         });
     }
     let node: Tagged<Node> = serde_saphyr::from_str(text).map_err(|error| ImportError::Parse {
@@ -301,7 +297,10 @@ impl Template<'_> {
                         let (r, a) = text.split_once('.').unwrap_or((text, ""));
                         (r.to_owned(), a.to_owned())
                     }
-                    _ => return self.unresolved(hint, format!("the value of Fn::GetAtt {argument}")),
+                    _ => {
+                        return self
+                            .unresolved(hint, format!("the value of Fn::GetAtt {argument}"));
+                    }
                 };
                 self.attribute(&resource, &attribute)
             }
@@ -346,8 +345,10 @@ impl Template<'_> {
                     match self.resolve(part, hint) {
                         Some(Val::Lit(Json::String(key))) => keys.push(key),
                         _ => {
-                            return self
-                                .unresolved(hint, format!("the value of Fn::FindInMap {argument}"));
+                            return self.unresolved(
+                                hint,
+                                format!("the value of Fn::FindInMap {argument}"),
+                            );
                         }
                     }
                 }
@@ -496,15 +497,24 @@ impl Template<'_> {
         let kind = kind.to_owned();
         match kind.as_str() {
             "AWS::SQS::Queue" => self.queue(name, "url"),
-            "AWS::DynamoDB::Table" => self
-                .resource_name(name, "TableName")
-                .or_else(|| self.unresolved(&format!("{name}_table"), format!("the name of table {name} the stack creates"))),
-            "AWS::Kinesis::Stream" => self
-                .resource_name(name, "Name")
-                .or_else(|| self.unresolved(&format!("{name}_stream"), format!("the name of stream {name} the stack creates"))),
-            "AWS::S3::Bucket" => self
-                .resource_name(name, "BucketName")
-                .or_else(|| self.unresolved(&format!("{name}_bucket"), format!("the name of bucket {name} the stack creates"))),
+            "AWS::DynamoDB::Table" => self.resource_name(name, "TableName").or_else(|| {
+                self.unresolved(
+                    &format!("{name}_table"),
+                    format!("the name of table {name} the stack creates"),
+                )
+            }),
+            "AWS::Kinesis::Stream" => self.resource_name(name, "Name").or_else(|| {
+                self.unresolved(
+                    &format!("{name}_stream"),
+                    format!("the name of stream {name} the stack creates"),
+                )
+            }),
+            "AWS::S3::Bucket" => self.resource_name(name, "BucketName").or_else(|| {
+                self.unresolved(
+                    &format!("{name}_bucket"),
+                    format!("the name of bucket {name} the stack creates"),
+                )
+            }),
             "AWS::SNS::Topic" => self.arn_of(name, "TopicName", "sns", ""),
             "AWS::Serverless::Function" | "AWS::Lambda::Function" => self
                 .resource_name(name, "FunctionName")
@@ -588,7 +598,9 @@ impl Template<'_> {
             ("AWS::SQS::Queue", "Arn") => self.queue(logical, "arn"),
             ("AWS::SQS::Queue", "QueueUrl") => self.queue(logical, "url"),
             ("AWS::SQS::Queue", "QueueName") => self.queue(logical, "name"),
-            ("AWS::DynamoDB::Table", "Arn") => self.arn_of(logical, "TableName", "dynamodb", "table/"),
+            ("AWS::DynamoDB::Table", "Arn") => {
+                self.arn_of(logical, "TableName", "dynamodb", "table/")
+            }
             ("AWS::Kinesis::Stream", "Arn") => self.arn_of(logical, "Name", "kinesis", "stream/"),
             ("AWS::SNS::Topic", "TopicArn") => self.arn_of(logical, "TopicName", "sns", ""),
             ("AWS::S3::Bucket", "Arn") => match self.resource_name(logical, "BucketName") {
@@ -623,7 +635,9 @@ impl Template<'_> {
         let logical = match value {
             Json::Object(o) => match (o.get("Ref"), o.get("Fn::GetAtt")) {
                 (Some(Json::String(r)), _) => Some(r.clone()),
-                (_, Some(Json::Array(parts))) => parts.first().and_then(Json::as_str).map(str::to_owned),
+                (_, Some(Json::Array(parts))) => {
+                    parts.first().and_then(Json::as_str).map(str::to_owned)
+                }
                 _ => None,
             },
             _ => None,
@@ -675,7 +689,10 @@ impl Template<'_> {
         let resources = self.resources;
         // Functions first, so mappings and invoke configs anywhere in the file find them.
         for (logical, resource) in resources {
-            let kind = resource.get("Type").and_then(Json::as_str).unwrap_or_default();
+            let kind = resource
+                .get("Type")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
             let mut props = resource
                 .get("Properties")
                 .and_then(Json::as_object)
@@ -695,7 +712,10 @@ impl Template<'_> {
             }
         }
         for (logical, resource) in resources {
-            let kind = resource.get("Type").and_then(Json::as_str).unwrap_or_default();
+            let kind = resource
+                .get("Type")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
             let props = resource.get("Properties").cloned().unwrap_or(Json::Null);
             match kind {
                 "AWS::Lambda::EventSourceMapping" => {
@@ -749,8 +769,15 @@ impl Template<'_> {
             }
         }
         if sam {
+            // A local CodeUri is where the handler's module lives (not an S3 location or a
+            // CodeUri object, which name a package).
+            function.code_dir = prop(props, "CodeUri")
+                .and_then(Json::as_str)
+                .filter(|uri| !uri.starts_with("s3://"))
+                .map(str::to_owned);
             if let Some(config) = prop(props, "EventInvokeConfig") {
-                function.invoke = self.invoke_config(config, &format!("{origin} EventInvokeConfig"));
+                function.invoke =
+                    self.invoke_config(config, &format!("{origin} EventInvokeConfig"));
             }
             if let Some(dlq) = prop(props, "DeadLetterQueue") {
                 function.dead_letter = prop(dlq, "TargetArn")
@@ -769,11 +796,13 @@ impl Template<'_> {
                 }
             }
         } else if let Some(arn) = props.pointer("/DeadLetterConfig/TargetArn") {
-            function.dead_letter = self.resolve(arn, &format!("{logical}_dlq")).map(|arn| Dest {
-                arn,
-                kind: None,
-                origin: format!("{origin} DeadLetterConfig"),
-            });
+            function.dead_letter = self
+                .resolve(arn, &format!("{logical}_dlq"))
+                .map(|arn| Dest {
+                    arn,
+                    kind: None,
+                    origin: format!("{origin} DeadLetterConfig"),
+                });
         }
         function
     }
@@ -786,7 +815,10 @@ impl Template<'_> {
                 Some(arn) => this.resolve(arn, &format!("{origin} {which}"))?,
                 // SAM creates a queue or topic for a destination without an ARN.
                 None => this.vars().need(
-                    &format!("{}_{which}_destination", origin.split(' ').nth(1).unwrap_or("function")),
+                    &format!(
+                        "{}_{which}_destination",
+                        origin.split(' ').nth(1).unwrap_or("function")
+                    ),
                     format!("the {which} destination SAM creates for {origin}"),
                 ),
             };
@@ -834,16 +866,23 @@ impl Template<'_> {
                     .iter()
                     .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
             });
-        if let Some(filters) = props.pointer("/FilterCriteria/Filters").and_then(Json::as_array) {
+        if let Some(filters) = props
+            .pointer("/FilterCriteria/Filters")
+            .and_then(Json::as_array)
+        {
             for filter in filters {
                 match prop(filter, "Pattern").and_then(|p| self.resolve(p, "filter")) {
                     Some(Val::Lit(Json::String(text))) => {
-                        if let Some(pattern) = parse_pattern(&text, origin, &mut self.plan.unsupported) {
+                        if let Some(pattern) =
+                            parse_pattern(&text, origin, &mut self.plan.unsupported)
+                        {
                             s.filters.push(pattern);
                         }
                     }
                     Some(Val::Lit(pattern @ Json::Object(_))) => s.filters.push(pattern),
-                    _ => self.note(format!("{origin}: a filter pattern that is not literal JSON; left out")),
+                    _ => self.note(format!(
+                        "{origin}: a filter pattern that is not literal JSON; left out"
+                    )),
                 }
             }
         }
@@ -863,7 +902,10 @@ impl Template<'_> {
             .and_then(|v| self.resolve(&v, "group_id"));
         if let Some(access) = prop(props, "SourceAccessConfigurations").and_then(Json::as_array) {
             for item in access {
-                let kind = prop(item, "Type").and_then(Json::as_str).unwrap_or_default().to_owned();
+                let kind = prop(item, "Type")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 if let Some(uri) = prop(item, "URI").and_then(|u| self.resolve(u, "secret")) {
                     s.access.push((kind, uri));
                 }
@@ -886,7 +928,9 @@ impl Template<'_> {
         let topics = prop(props, "Topics")
             .map(|t| self.list(t, "topic"))
             .unwrap_or_default();
-        if let Some(servers) = props.pointer("/SelfManagedEventSource/Endpoints/KafkaBootstrapServers") {
+        if let Some(servers) =
+            props.pointer("/SelfManagedEventSource/Endpoints/KafkaBootstrapServers")
+        {
             let servers = self.list(servers, &format!("{logical}_bootstrap_servers"));
             let bootstrap = join_servers(&servers);
             return Some(Event {
@@ -992,10 +1036,17 @@ impl Template<'_> {
                     .map(|e| self.list(e, "events"))
                     .unwrap_or_default();
                 let (mut prefix, mut suffix) = (None, None);
-                if let Some(rules) = props.pointer("/Filter/S3Key/Rules").and_then(Json::as_array) {
+                if let Some(rules) = props
+                    .pointer("/Filter/S3Key/Rules")
+                    .and_then(Json::as_array)
+                {
                     for rule in rules {
                         let value = prop(rule, "Value").and_then(|v| self.resolve(v, "key_filter"));
-                        match prop(rule, "Name").and_then(Json::as_str).map(str::to_ascii_lowercase).as_deref() {
+                        match prop(rule, "Name")
+                            .and_then(Json::as_str)
+                            .map(str::to_ascii_lowercase)
+                            .as_deref()
+                        {
                             Some("prefix") => prefix = value,
                             Some("suffix") => suffix = value,
                             _ => {}
@@ -1031,10 +1082,21 @@ impl Template<'_> {
         })
     }
 
-    fn schedule_event(&mut self, name: &str, kind: &str, props: &Json, origin: String) -> Option<Event> {
-        let expression_key = if kind == "Schedule" { "Schedule" } else { "ScheduleExpression" };
+    fn schedule_event(
+        &mut self,
+        name: &str,
+        kind: &str,
+        props: &Json,
+        origin: String,
+    ) -> Option<Event> {
+        let expression_key = if kind == "Schedule" {
+            "Schedule"
+        } else {
+            "ScheduleExpression"
+        };
         let expression = self.resolve(prop(props, expression_key)?, &format!("{name}_schedule"))?;
-        let timezone = prop(props, "ScheduleExpressionTimezone").and_then(|v| self.resolve(v, "timezone"));
+        let timezone =
+            prop(props, "ScheduleExpressionTimezone").and_then(|v| self.resolve(v, "timezone"));
         let input = prop(props, "Input")
             .and_then(|v| self.resolve(v, "input"))
             .and_then(|v| match v {
@@ -1061,7 +1123,9 @@ impl Template<'_> {
             if let Some(value) = prop(props, key)
                 && value.pointer("/Mode").and_then(Json::as_str) != Some("OFF")
             {
-                self.note(format!("{origin}: {key}; the schedule fires at its exact times, always"));
+                self.note(format!(
+                    "{origin}: {key}; the schedule fires at its exact times, always"
+                ));
             }
         }
         Some(Event {
@@ -1096,7 +1160,9 @@ impl Template<'_> {
                 }
             }
             let origin = format!("AWS::Events::Rule {logical}");
-            if let Some(event) = self.schedule_event(logical, "Schedule", &Json::Object(schedule), origin) {
+            if let Some(event) =
+                self.schedule_event(logical, "Schedule", &Json::Object(schedule), origin)
+            {
                 self.plan.functions[i].events.push(event);
             }
         }
@@ -1162,7 +1228,10 @@ mod tests {
         let json = parse(Path::new("t.yaml"), yaml).unwrap();
         assert_eq!(json["a"], json!({"Ref": "Foo"}));
         assert_eq!(json["b"], json!({"Fn::GetAtt": ["Q", "Arn"]}));
-        assert_eq!(json["c"], json!({"Fn::Sub": ["x-${A}", {"A": {"Ref": "B"}}]}));
+        assert_eq!(
+            json["c"],
+            json!({"Fn::Sub": ["x-${A}", {"A": {"Ref": "B"}}]})
+        );
         assert_eq!(json["d"][1], json!({"Fn::Join": ["", ["a", {"Ref": "b"}]]}));
     }
 
@@ -1192,17 +1261,35 @@ mod tests {
         let r = |t: &mut Template, v: Json| t.resolve(&v, "hint");
         assert_eq!(
             r(&mut t, json!({"Fn::GetAtt": ["Orders", "Arn"]})),
-            Some(Val::Expr("arn:aws:sqs:${AWS_REGION}:${AWS_ACCOUNT_ID}:orders-prod".into()))
+            Some(Val::Expr(
+                "arn:aws:sqs:${AWS_REGION}:${AWS_ACCOUNT_ID}:orders-prod".into()
+            ))
         );
-        assert_eq!(r(&mut t, json!({"Ref": "Anonymous"})), Some(Val::Expr("${ANONYMOUS_URL}".into())));
-        assert_eq!(r(&mut t, json!({"Ref": "Secret"})), Some(Val::Expr("${SECRET}".into())));
         assert_eq!(
-            r(&mut t, json!({"Fn::If": ["IsProd", {"Fn::FindInMap": ["Sizes", {"Ref": "Stage"}, "Batch"]}, 1]})),
+            r(&mut t, json!({"Ref": "Anonymous"})),
+            Some(Val::Expr("${ANONYMOUS_URL}".into()))
+        );
+        assert_eq!(
+            r(&mut t, json!({"Ref": "Secret"})),
+            Some(Val::Expr("${SECRET}".into()))
+        );
+        assert_eq!(
+            r(
+                &mut t,
+                json!({"Fn::If": ["IsProd", {"Fn::FindInMap": ["Sizes", {"Ref": "Stage"}, "Batch"]}, 1]})
+            ),
             Some(Val::Lit(json!(50)))
         );
         assert_eq!(r(&mut t, json!({"Ref": "AWS::NoValue"})), None);
-        assert_eq!(r(&mut t, json!({"Fn::Sub": "${!Literal}-${AWS::Partition}"})), Some(Val::str("${Literal}-aws")));
+        assert_eq!(
+            r(&mut t, json!({"Fn::Sub": "${!Literal}-${AWS::Partition}"})),
+            Some(Val::str("${Literal}-aws"))
+        );
         let needs = t.plan.vars.into_list();
-        assert!(needs.iter().any(|(n, w)| n == "SECRET" && w.contains("the SASL secret")));
+        assert!(
+            needs
+                .iter()
+                .any(|(n, w)| n == "SECRET" && w.contains("the SASL secret"))
+        );
     }
 }

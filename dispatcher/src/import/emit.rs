@@ -138,8 +138,10 @@ fn queue_url(val: &Val, vars: &mut Vars) -> Val {
 
 /// A bucket name for a bucket ARN (or the name itself).
 fn bucket_name(val: &Val) -> Val {
-    map_text(val, |text| text.strip_prefix("arn:aws:s3:::").map(str::to_owned))
-        .unwrap_or_else(|| val.clone())
+    map_text(val, |text| {
+        text.strip_prefix("arn:aws:s3:::").map(str::to_owned)
+    })
+    .unwrap_or_else(|| val.clone())
 }
 
 enum DestOut {
@@ -185,7 +187,13 @@ fn destination(dest: &Dest, vars: &mut Vars) -> DestOut {
 }
 
 /// Writes `key: {sqs: ...}` for a destination, or notes why it cannot.
-fn write_dest(w: &mut Writer, indent: usize, key: &str, dest: &Dest, comment: Option<&str>) -> bool {
+fn write_dest(
+    w: &mut Writer,
+    indent: usize,
+    key: &str,
+    dest: &Dest,
+    comment: Option<&str>,
+) -> bool {
     match destination(dest, &mut w.vars) {
         DestOut::Sqs(url) => {
             w.line(
@@ -312,13 +320,19 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
         for (function, target) in functions.iter().zip(&targets) {
             body.line(
                 4,
-                &format!("{}: {{ target: {target} }}", quoted(&Val::str(&function.name))),
+                &format!(
+                    "{}: {{ target: {target} }}",
+                    quoted(&Val::str(&function.name))
+                ),
                 Some("no event source in the files: invoked through the Invoke API"),
             );
         }
     }
 
-    w.comment(0, &format!("Written by `sluice import` from {file} ({format})."));
+    w.comment(
+        0,
+        &format!("Written by `sluice import` from {file} ({format})."),
+    );
     // Only what the output reads: a value resolved on the way and then not used (a stream ARN
     // replaced by its table's name) needs nothing.
     let mut needs = body.vars.into_list();
@@ -326,7 +340,10 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
     if needs.is_empty() {
         w.comment(0, "Every value came from the files.");
     } else {
-        w.comment(0, "Set these in the environment; sluice expands ${VAR} when it loads:");
+        w.comment(
+            0,
+            "Set these in the environment; sluice expands ${VAR} when it loads:",
+        );
         for (name, what) in &needs {
             w.comment(0, &format!("  {name}: {what}"));
         }
@@ -382,6 +399,13 @@ fn write_target(w: &mut Writer, function: &Function, target: &str) {
                 &format!("function_name: {}", quoted(&Val::str(function_name))),
                 None,
             );
+            if let Some(dir) = &function.code_dir {
+                w.line(
+                    6,
+                    &format!("working_dir: {}", quoted(&Val::str(dir))),
+                    Some("the function's code, as a path from where `sluice import` ran"),
+                );
+            }
             write_timeout(w, function);
             if let Some(memory) = &function.memory {
                 w.line(6, &format!("memory_size: {}", number(memory)), None);
@@ -420,7 +444,9 @@ fn write_target(w: &mut Writer, function: &Function, target: &str) {
                 ),
             );
             let why = match &runtime {
-                Some(runtime) => format!("no runtime interface client command is known for {runtime}"),
+                Some(runtime) => {
+                    format!("no runtime interface client command is known for {runtime}")
+                }
                 None => "the function has no Runtime (a container image)".to_owned(),
             };
             w.line(4, "http:", Some(&why));
@@ -436,13 +462,15 @@ fn write_target(w: &mut Writer, function: &Function, target: &str) {
 
 fn write_timeout(w: &mut Writer, function: &Function) {
     match &function.timeout {
-        Some(timeout) => w.line(6, &format!("timeout: {}", seconds(timeout)), Some("Timeout")),
+        Some(timeout) => w.line(
+            6,
+            &format!("timeout: {}", seconds(timeout)),
+            Some("Timeout"),
+        ),
         None => w.line(
             6,
             &format!("timeout: {}s", function.default_timeout),
-            Some(&format!(
-                "Lambda's default Timeout; sluice's own default is 30s"
-            )),
+            Some("Lambda's default Timeout; sluice's own default is 30s"),
         ),
     }
 }
@@ -459,7 +487,10 @@ fn write_env(w: &mut Writer, function: &Function) {
         };
         w.line(
             8,
-            &format!("{}: {value}", serde_json::to_string(key).expect("serializes")),
+            &format!(
+                "{}: {value}",
+                serde_json::to_string(key).expect("serializes")
+            ),
             None,
         );
     }
@@ -629,10 +660,9 @@ fn write_mapping(w: &mut Writer, function: &Function, target: &str, event: &Even
         "sqs" => {}
         _ => write_stream_retry(w, s, name, &event.origin),
     }
-    w.summary.imported.push(format!(
-        "{} -> mapping {name} ({kind})",
-        event.origin
-    ));
+    w.summary
+        .imported
+        .push(format!("{} -> mapping {name} ({kind})", event.origin));
 }
 
 fn write_sqs(w: &mut Writer, s: &Settings, queue: &Val) {
@@ -644,10 +674,18 @@ fn write_sqs(w: &mut Writer, s: &Settings, queue: &Val) {
         Some("the queue's RedrivePolicy still dead-letters after its maxReceiveCount"),
     );
     if let Some(batch) = &s.batch_size {
-        w.line(8, &format!("batch_size: {}", number(batch)), s.notes.get("batch_size").map(String::as_str));
+        w.line(
+            8,
+            &format!("batch_size: {}", number(batch)),
+            s.notes.get("batch_size").map(String::as_str),
+        );
     }
     if let Some(window) = &s.window {
-        w.line(8, &format!("max_batching_window: {}", seconds(window)), None);
+        w.line(
+            8,
+            &format!("max_batching_window: {}", seconds(window)),
+            None,
+        );
     }
     match &s.max_concurrency {
         Some(max) => w.line(
@@ -661,10 +699,6 @@ fn write_sqs(w: &mut Writer, s: &Settings, queue: &Val) {
             Some("Lambda scales an SQS mapping to 1,250 concurrent batches; sluice runs this many (its default)"),
         ),
     }
-    w.comment(
-        8,
-        "Lambda retries a failed message when the queue's visibility timeout ends; sluice retries after retry.backoff (1s doubling to 5m)",
-    );
 }
 
 fn write_stream_settings(w: &mut Writer, s: &Settings) {
@@ -681,7 +715,11 @@ fn write_stream_settings(w: &mut Writer, s: &Settings) {
         ),
     }
     if let Some(timestamp) = &s.starting_timestamp {
-        w.line(8, &format!("starting_timestamp: {}", quoted(timestamp)), None);
+        w.line(
+            8,
+            &format!("starting_timestamp: {}", quoted(timestamp)),
+            None,
+        );
     }
     if let Some(batch) = &s.batch_size {
         w.line(
@@ -691,10 +729,18 @@ fn write_stream_settings(w: &mut Writer, s: &Settings) {
         );
     }
     if let Some(window) = &s.window {
-        w.line(8, &format!("max_batching_window: {}", seconds(window)), None);
+        w.line(
+            8,
+            &format!("max_batching_window: {}", seconds(window)),
+            None,
+        );
     }
     if let Some(factor) = &s.parallelization {
-        w.line(8, &format!("parallelization_factor: {}", number(factor)), None);
+        w.line(
+            8,
+            &format!("parallelization_factor: {}", number(factor)),
+            None,
+        );
     }
     if let Some(window) = &s.tumbling_window
         && window.as_i64() != Some(0)
@@ -712,7 +758,11 @@ fn write_kafka(
     mapping: &str,
 ) {
     w.line(6, "kafka:", None);
-    w.line(8, &format!("bootstrap_servers: {}", quoted(bootstrap)), None);
+    w.line(
+        8,
+        &format!("bootstrap_servers: {}", quoted(bootstrap)),
+        None,
+    );
     let list: Vec<String> = topics.iter().map(quoted).collect();
     w.line(8, &format!("topics: [{}]", list.join(", ")), None);
     match &s.group_id {
@@ -736,13 +786,21 @@ fn write_kafka(
         ),
     }
     if let Some(timestamp) = &s.starting_timestamp {
-        w.line(8, &format!("starting_timestamp: {}", quoted(timestamp)), None);
+        w.line(
+            8,
+            &format!("starting_timestamp: {}", quoted(timestamp)),
+            None,
+        );
     }
     if let Some(batch) = &s.batch_size {
         w.line(8, &format!("batch_size: {}", number(batch)), None);
     }
     if let Some(window) = &s.window {
-        w.line(8, &format!("max_batching_window: {}", seconds(window)), None);
+        w.line(
+            8,
+            &format!("max_batching_window: {}", seconds(window)),
+            None,
+        );
     }
     if let Some(cluster) = cluster {
         w.line(8, &format!("msk_cluster_arn: {}", quoted(cluster)), None);
@@ -798,7 +856,9 @@ fn write_kafka(
                 );
                 let key = w.vars.need(
                     &format!("{secret_name}_key_file"),
-                    format!("a PEM file holding the private key in Secrets Manager secret {secret}"),
+                    format!(
+                        "a PEM file holding the private key in Secrets Manager secret {secret}"
+                    ),
                 );
                 auth = Some(format!(
                     "auth: {{ mtls: {{ certificate: {}, key: {} }} }}",
@@ -809,7 +869,9 @@ fn write_kafka(
             "SERVER_ROOT_CA_CERTIFICATE" => {
                 let ca = w.vars.need(
                     &format!("{secret_name}_ca_file"),
-                    format!("a PEM file holding the brokers' root CA in Secrets Manager secret {secret}"),
+                    format!(
+                        "a PEM file holding the brokers' root CA in Secrets Manager secret {secret}"
+                    ),
                 );
                 properties.push(("ssl.ca.location".into(), ca, None));
             }
@@ -832,7 +894,11 @@ fn write_kafka(
     if !properties.is_empty() {
         w.line(8, "properties:", None);
         for (key, value, comment) in properties {
-            w.line(10, &format!("{key}: {}", quoted(&value)), comment.as_deref());
+            w.line(
+                10,
+                &format!("{key}: {}", quoted(&value)),
+                comment.as_deref(),
+            );
         }
     }
 }
@@ -854,7 +920,13 @@ fn write_stream_retry(w: &mut Writer, s: &Settings, mapping: &str, origin: &str)
         }
     }
     let written = match &s.on_failure {
-        Some(dest) => write_dest(w, 4, "on_failure", dest, Some("DestinationConfig.OnFailure")),
+        Some(dest) => write_dest(
+            w,
+            4,
+            "on_failure",
+            dest,
+            Some("DestinationConfig.OnFailure"),
+        ),
         None => false,
     };
     if !written && (retries.is_some() || age.is_some()) {
@@ -892,7 +964,13 @@ fn write_async_policy(w: &mut Writer, function: &Function, kind: &str) {
     }
     match (on_failure, &function.dead_letter) {
         (Some(dest), _) => {
-            write_dest(w, 4, "on_failure", dest, Some("EventInvokeConfig OnFailure"));
+            write_dest(
+                w,
+                4,
+                "on_failure",
+                dest,
+                Some("EventInvokeConfig OnFailure"),
+            );
         }
         (None, Some(dlq)) => {
             write_dest(
@@ -900,13 +978,21 @@ fn write_async_policy(w: &mut Writer, function: &Function, kind: &str) {
                 4,
                 "on_failure",
                 dlq,
-                Some("the function's DeadLetterQueue: sluice writes its failure record there, the event inside"),
+                Some(
+                    "the function's DeadLetterQueue: sluice writes its failure record there, the event inside",
+                ),
             );
         }
         (None, None) => {}
     }
     if let Some(dest) = on_success {
-        write_dest(w, 4, "on_success", dest, Some("EventInvokeConfig OnSuccess"));
+        write_dest(
+            w,
+            4,
+            "on_success",
+            dest,
+            Some("EventInvokeConfig OnSuccess"),
+        );
     }
     if kind == "schedule" {
         w.comment(
@@ -924,7 +1010,10 @@ mod tests {
     fn queue_arns_become_urls_literal_or_not() {
         let mut vars = Vars::default();
         assert_eq!(
-            queue_url(&Val::str("arn:aws:sqs:eu-west-1:123456789012:orders"), &mut vars),
+            queue_url(
+                &Val::str("arn:aws:sqs:eu-west-1:123456789012:orders"),
+                &mut vars
+            ),
             Val::str("https://sqs.eu-west-1.amazonaws.com/123456789012/orders")
         );
         assert_eq!(
@@ -971,7 +1060,10 @@ mod tests {
             runtime_command("nodejs20.x", "index.handler").unwrap().0,
             ["npx", "aws-lambda-ric", "index.handler"]
         );
-        assert_eq!(runtime_command("provided.al2023", "x").unwrap().0, ["./bootstrap"]);
+        assert_eq!(
+            runtime_command("provided.al2023", "x").unwrap().0,
+            ["./bootstrap"]
+        );
         assert!(runtime_command("dotnet8", "x").is_none());
     }
 }

@@ -102,7 +102,10 @@ impl fmt::Display for Summary {
             }
         }
         if !self.unsupported.is_empty() {
-            writeln!(f, "no equivalent in sluice (left out, commented in the output):")?;
+            writeln!(
+                f,
+                "no equivalent in sluice (left out, commented in the output):"
+            )?;
             for line in &self.unsupported {
                 writeln!(f, "  {line}")?;
             }
@@ -153,8 +156,22 @@ pub fn import(
         Format::Sam | Format::Cloudformation => cloudformation::read(path, &read(path)?)?,
         Format::Serverless => serverless::read(path, &read(path)?)?,
     };
+    // Code paths in the files are relative to the file's directory.
+    let base = path.parent().unwrap_or(Path::new(""));
+    for function in &mut plan.functions {
+        if let Some(dir) = &function.code_dir {
+            let joined = base.join(dir);
+            let joined = joined.to_string_lossy();
+            function.code_dir = Some(if joined.is_empty() {
+                ".".to_owned()
+            } else {
+                joined.trim_end_matches('/').to_owned()
+            });
+        }
+    }
     if let Some(wanted) = function {
-        plan.functions.retain(|f| f.name == wanted || f.aliases.iter().any(|a| a == wanted));
+        plan.functions
+            .retain(|f| f.name == wanted || f.aliases.iter().any(|a| a == wanted));
         if plan.functions.is_empty() {
             return Err(ImportError::Content {
                 path: path.to_owned(),
@@ -408,6 +425,9 @@ pub struct Function {
     pub default_timeout: i64,
     pub memory: Option<Val>,
     pub env: Vec<(String, Val)>,
+    /// The directory holding the function's code (SAM `CodeUri`, the Serverless service's
+    /// directory), as a path from where `sluice import` ran.
+    pub code_dir: Option<String>,
     pub reserved_concurrency: Option<Val>,
     pub invoke: AsyncConfig,
     /// The function's dead-letter queue (`DeadLetterQueue`, `DeadLetterConfig`).
@@ -449,7 +469,9 @@ pub struct Event {
 #[derive(Debug)]
 pub enum Source {
     /// A queue ARN or URL.
-    Sqs { queue: Val },
+    Sqs {
+        queue: Val,
+    },
     DynamoDb {
         stream: Option<Val>,
         table: Option<Val>,

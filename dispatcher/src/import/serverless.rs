@@ -149,7 +149,11 @@ impl Resolver<'_> {
             None => {
                 let name = primary.trim();
                 let hint = name.rsplit(':').next().unwrap_or(name);
-                var_text(&self.vars.need(hint, format!("the value of ${{{name}}} in serverless.yml")))
+                var_text(
+                    &self
+                        .vars
+                        .need(hint, format!("the value of ${{{name}}} in serverless.yml")),
+                )
             }
         }
     }
@@ -323,6 +327,8 @@ fn read_function(
         aliases: vec![format!("{service}-{stage}-{key}")],
         origin: origin.clone(),
         default_timeout: 6,
+        // Handlers are paths from the service's directory.
+        code_dir: Some(String::new()),
         ..Function::default()
     };
     if let Some(name) = get(definition, "name").and_then(|v| t.resolve(v, key))
@@ -444,17 +450,19 @@ fn settings(t: &mut Template<'_>, body: &Json, origin: &str) -> Settings {
             Some(arn) => (arn, get(on_failure, "type").and_then(Json::as_str)),
             None => (on_failure, None),
         };
-        s.on_failure = t.resolve(arn, &format!("{origin}_on_failure")).map(|arn| Dest {
-            arn,
-            kind: kind.map(str::to_owned),
-            origin: format!("{origin} destinations.onFailure"),
-        });
+        s.on_failure = t
+            .resolve(arn, &format!("{origin}_on_failure"))
+            .map(|arn| Dest {
+                arn,
+                kind: kind.map(str::to_owned),
+                origin: format!("{origin} destinations.onFailure"),
+            });
     }
     s
 }
 
 /// A serverless event's ARN: `arn: ...` in its object form, or the event itself.
-fn arn_of<'j>(body: &'j Json) -> &'j Json {
+fn arn_of(body: &Json) -> &Json {
     body.get("arn").unwrap_or(body)
 }
 
@@ -581,7 +589,9 @@ fn read_event(
             let Some(cluster) = t.resolve(arn_of(body), &format!("{hint}_cluster_arn")) else {
                 return Vec::new();
             };
-            let topics = get(body, "topic").map(|v| t.list(v, "topic")).unwrap_or_default();
+            let topics = get(body, "topic")
+                .map(|v| t.list(v, "topic"))
+                .unwrap_or_default();
             let mut s = settings(t, body, origin);
             if let Some(secret) = get(body, "saslScram512").and_then(|v| t.resolve(v, "secret")) {
                 s.access.push(("SASL_SCRAM_512_AUTH".into(), secret));
@@ -601,7 +611,9 @@ fn read_event(
                 parts.push(server);
             }
             let bootstrap = Val::concat(&parts).unwrap_or_else(|| Val::str(""));
-            let topics = get(body, "topic").map(|v| t.list(v, "topic")).unwrap_or_default();
+            let topics = get(body, "topic")
+                .map(|v| t.list(v, "topic"))
+                .unwrap_or_default();
             let mut s = settings(t, body, origin);
             if let Some(access) = get(body, "accessConfigurations").and_then(Json::as_object) {
                 for (key, value) in access {
@@ -624,7 +636,9 @@ fn read_event(
         "schedule" => {
             let (rates, body) = match body {
                 Json::Object(_) => (
-                    get(body, "rate").map(|r| t.list(r, "rate")).unwrap_or_default(),
+                    get(body, "rate")
+                        .map(|r| t.list(r, "rate"))
+                        .unwrap_or_default(),
                     body.clone(),
                 ),
                 other => (t.list(other, "rate"), Json::Null),
@@ -682,8 +696,10 @@ fn read_event(
 fn default_trim_horizon(s: &mut Settings) {
     if s.starting_position.is_none() {
         s.starting_position = Some(Val::str("TRIM_HORIZON"));
-        s.notes
-            .insert("starting_position", "the Serverless Framework's default".into());
+        s.notes.insert(
+            "starting_position",
+            "the Serverless Framework's default".into(),
+        );
     }
 }
 
@@ -708,11 +724,20 @@ mod tests {
             "provider": {"stage": "prod"},
             "custom": {"batch": {"prod": 25}, "queue": "orders-${sls:stage}"}
         });
-        assert_eq!(resolve(root.clone(), "${self:custom.batch.${sls:stage}}").0, json!(25));
+        assert_eq!(
+            resolve(root.clone(), "${self:custom.batch.${sls:stage}}").0,
+            json!(25)
+        );
         // Command-line options are not there at import: their fallbacks apply.
         assert_eq!(resolve(root.clone(), "${opt:stage, 'dev'}").0, json!("dev"));
-        assert_eq!(resolve(root.clone(), "q-${self:custom.queue}").0, json!("q-orders-prod"));
-        assert_eq!(resolve(root.clone(), "${ssm:/x, 'fallback'}").0, json!("fallback"));
+        assert_eq!(
+            resolve(root.clone(), "q-${self:custom.queue}").0,
+            json!("q-orders-prod")
+        );
+        assert_eq!(
+            resolve(root.clone(), "${ssm:/x, 'fallback'}").0,
+            json!("fallback")
+        );
         assert_eq!(
             resolve(root.clone(), "${env:TOKEN}-${aws:accountId}").0,
             json!({"sluice::expr": "${TOKEN}-${AWS_ACCOUNT_ID}"})

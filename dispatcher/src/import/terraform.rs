@@ -81,7 +81,8 @@ fn attr<'b>(body: &'b Body, key: &str) -> Option<&'b Expression> {
 }
 
 fn blocks<'b>(body: &'b Body, identifier: &'b str) -> impl Iterator<Item = &'b Block> + 'b {
-    body.blocks().filter(move |b| b.identifier.as_str() == identifier)
+    body.blocks()
+        .filter(move |b| b.identifier.as_str() == identifier)
 }
 
 fn text_of(expression: &Expression) -> String {
@@ -110,7 +111,11 @@ fn reference(expression: &Expression) -> Option<(String, String, String)> {
             (*name).to_owned(),
             (*attribute).to_owned(),
         )),
-        [name, attribute] => Some((root.to_string(), (*name).to_owned(), (*attribute).to_owned())),
+        [name, attribute] => Some((
+            root.to_string(),
+            (*name).to_owned(),
+            (*attribute).to_owned(),
+        )),
         [name] => Some((root.to_string(), (*name).to_owned(), String::new())),
         _ => None,
     }
@@ -146,7 +151,11 @@ impl Files {
             Expression::Number(n) => Some(Val::Lit(
                 n.as_i64()
                     .map(Json::from)
-                    .or_else(|| n.as_f64().and_then(serde_json::Number::from_f64).map(Json::Number))
+                    .or_else(|| {
+                        n.as_f64()
+                            .and_then(serde_json::Number::from_f64)
+                            .map(Json::Number)
+                    })
                     .unwrap_or(Json::Null),
             )),
             Expression::String(s) => Some(Val::str(s)),
@@ -197,10 +206,8 @@ impl Files {
                             parts.push(self.eval(&interpolation.expr, hint, depth + 1)?)
                         }
                         Element::Directive(_) => {
-                            return self.unresolved(
-                                hint,
-                                format!("the value of {}", text_of(expression)),
-                            );
+                            return self
+                                .unresolved(hint, format!("the value of {}", text_of(expression)));
                         }
                     }
                 }
@@ -259,8 +266,12 @@ impl Files {
     /// An attribute of a resource in the files, from its name arguments.
     fn resource_attribute(&mut self, kind: &str, name: &str, attribute: &str) -> Option<Val> {
         let name_key = match kind {
-            "aws_sqs_queue" | "aws_kinesis_stream" | "aws_dynamodb_table" | "aws_sns_topic"
-            | "aws_kinesis_stream_consumer" | "aws_msk_cluster" => "name",
+            "aws_sqs_queue"
+            | "aws_kinesis_stream"
+            | "aws_dynamodb_table"
+            | "aws_sns_topic"
+            | "aws_kinesis_stream_consumer"
+            | "aws_msk_cluster" => "name",
             "aws_s3_bucket" => "bucket",
             "aws_lambda_function" => "function_name",
             "aws_cloudwatch_event_rule" => "name",
@@ -443,10 +454,16 @@ impl Files {
             default_timeout: 3,
             ..Function::default()
         };
-        if let Some(alias) = self.field(body, "function_name", name).and_then(|v| v.text()) {
+        if let Some(alias) = self
+            .field(body, "function_name", name)
+            .and_then(|v| v.text())
+        {
             function.aliases.push(alias);
         }
-        let image = self.field(body, "package_type", name).and_then(|v| v.text()) == Some("Image".into());
+        let image = self
+            .field(body, "package_type", name)
+            .and_then(|v| v.text())
+            == Some("Image".into());
         if !image {
             function.runtime = self.field(body, "runtime", name);
         }
@@ -525,7 +542,10 @@ impl Files {
                     origin: format!("{origin} destination_config.on_failure"),
                 });
         }
-        for config in ["amazon_managed_kafka_event_source_config", "self_managed_kafka_event_source_config"] {
+        for config in [
+            "amazon_managed_kafka_event_source_config",
+            "self_managed_kafka_event_source_config",
+        ] {
             if let Some(block) = blocks(body, config).next() {
                 s.group_id = self.field(&block.body, "consumer_group_id", name);
             }
@@ -539,7 +559,11 @@ impl Files {
                 s.access.push((kind, uri));
             }
         }
-        for known_unsupported in ["provisioned_poller_config", "document_db_event_source_config", "metrics_config"] {
+        for known_unsupported in [
+            "provisioned_poller_config",
+            "document_db_event_source_config",
+            "metrics_config",
+        ] {
             if blocks(body, known_unsupported).next().is_some() {
                 self.plan
                     .unsupported
@@ -580,9 +604,13 @@ impl Files {
         let service = match referenced.as_ref().map(|(k, _, _)| k.as_str()) {
             Some("aws_sqs_queue") => Some("sqs".to_owned()),
             Some("aws_dynamodb_table") => Some("dynamodb".to_owned()),
-            Some("aws_kinesis_stream" | "aws_kinesis_stream_consumer") => Some("kinesis".to_owned()),
+            Some("aws_kinesis_stream" | "aws_kinesis_stream_consumer") => {
+                Some("kinesis".to_owned())
+            }
             Some("aws_msk_cluster") => Some("kafka".to_owned()),
-            _ => arn.text().and_then(|t| t.split(':').nth(2).map(str::to_owned)),
+            _ => arn
+                .text()
+                .and_then(|t| t.split(':').nth(2).map(str::to_owned)),
         };
         let source = match service.as_deref() {
             Some("sqs") => Source::Sqs { queue: arn },
@@ -681,7 +709,9 @@ impl Files {
         };
         let mut settings = Settings::default();
         let state = self.field(&rule_body, "state", name).and_then(|v| v.text());
-        let enabled = self.field(&rule_body, "is_enabled", name).and_then(|v| v.as_bool());
+        let enabled = self
+            .field(&rule_body, "is_enabled", name)
+            .and_then(|v| v.as_bool());
         if state.as_deref() == Some("DISABLED") || enabled == Some(false) {
             settings.enabled = Some(Val::Lit(Json::Bool(false)));
         }
@@ -710,7 +740,12 @@ impl Files {
         };
         let timezone = self.field(body, "schedule_expression_timezone", name);
         let mut settings = Settings::default();
-        if self.field(body, "state", name).and_then(|v| v.text()).as_deref() == Some("DISABLED") {
+        if self
+            .field(body, "state", name)
+            .and_then(|v| v.text())
+            .as_deref()
+            == Some("DISABLED")
+        {
             settings.enabled = Some(Val::Lit(Json::Bool(false)));
         }
         for key in ["retry_policy", "dead_letter_config"] {
@@ -800,14 +835,22 @@ resource "aws_sqs_queue" "anonymous" {}
         let mut eval = |text: &str| tf.eval(&expression(text), "hint", 0);
         assert_eq!(
             eval("aws_sqs_queue.orders.arn"),
-            Some(Val::Expr("arn:aws:sqs:${AWS_REGION}:${AWS_ACCOUNT_ID}:orders-prod".into()))
+            Some(Val::Expr(
+                "arn:aws:sqs:${AWS_REGION}:${AWS_ACCOUNT_ID}:orders-prod".into()
+            ))
         );
-        assert_eq!(eval("aws_sqs_queue.anonymous.url"), Some(Val::Expr("${ANONYMOUS_QUEUE_URL}".into())));
+        assert_eq!(
+            eval("aws_sqs_queue.anonymous.url"),
+            Some(Val::Expr("${ANONYMOUS_QUEUE_URL}".into()))
+        );
         assert_eq!(eval("var.secret"), Some(Val::Expr("${SECRET}".into())));
         assert_eq!(
             eval(r#"jsonencode({ body = { type = ["order"] } })"#),
             Some(Val::str(r#"{"body":{"type":["order"]}}"#))
         );
-        assert_eq!(eval("data.aws_caller_identity.me.account_id"), Some(Val::Expr("${ME_ACCOUNT_ID}".into())));
+        assert_eq!(
+            eval("data.aws_caller_identity.me.account_id"),
+            Some(Val::Expr("${ME_ACCOUNT_ID}".into()))
+        );
     }
 }

@@ -1,0 +1,630 @@
+//! End-to-end: `sluice import` (issue 23 item 1) on templates modelled on the examples people
+//! start from (SAM, CloudFormation JSON, Serverless Framework, Terraform): every setting carried
+//! over field by field, every unresolvable value a variable the summary names, every result
+//! accepted by `sluice validate` once those are set, and one imported SAM application run on
+//! moto with its Python handler under awslambdaric.
+
+use serde_json::{Value as Json, json};
+use sluice_testkit::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn fixture(name: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures/import").join(name)
+}
+
+struct Imported {
+    yaml: String,
+    config: Json,
+    summary: String,
+    /// Variables the summary asks for, in order.
+    needs: Vec<String>,
+}
+
+fn run_import(args: &[&str]) -> Output {
+    Command::new(sluice_binary())
+        .arg("import")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn import(path: &Path, extra: &[&str]) -> Imported {
+    let mut args = vec![path.to_str().unwrap()];
+    args.extend(extra);
+    let output = run_import(&args);
+    let summary = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{summary}");
+    let yaml = String::from_utf8(output.stdout).unwrap();
+    let config: Json = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let needs = summary
+        .lines()
+        .skip_while(|l| !l.starts_with("needs a value"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.trim().split(':').next().map(str::to_owned))
+        .collect();
+    Imported {
+        yaml,
+        config,
+        summary,
+        needs,
+    }
+}
+
+/// A plausible, distinct value for each variable an import asks for.
+fn values_for(needs: &[String], dir: &Path) -> Vec<(String, String)> {
+    needs
+        .iter()
+        .map(|name| {
+            let lower = name.to_ascii_lowercase().replace('_', "-");
+            let value = match name.as_str() {
+                "AWS_REGION" => "us-east-1".to_owned(),
+                "AWS_ACCOUNT_ID" => "123456789012".to_owned(),
+                n if n.ends_with("_URL") || n.ends_with("_ARN") => {
+                    format!("https://sqs.us-east-1.amazonaws.com/123456789012/{lower}")
+                }
+                n if n.ends_with("BOOTSTRAP_SERVERS") || n.ends_with("BROKERS") => {
+                    "b-1.example.com:9096".to_owned()
+                }
+                n if n.ends_with("_FILE") => {
+                    let path = dir.join(&lower);
+                    std::fs::write(&path, "pem").unwrap();
+                    path.display().to_string()
+                }
+                _ => format!("value-{lower}"),
+            };
+            (name.clone(), value)
+        })
+        .collect()
+}
+
+/// `sluice validate` on the imported config with its variables set: must pass.
+fn validates(imported: &Imported) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(&path, &imported.yaml).unwrap();
+    let env = values_for(&imported.needs, dir.path());
+    let output = Command::new(sluice_binary())
+        .args(["validate", "-c"])
+        .arg(&path)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        imported.yaml
+    );
+}
+
+fn mapping<'c>(config: &'c Json, name: &str) -> &'c Json {
+    config["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no mapping {name} in {config:#}"))
+}
+
+#[test]
+fn a_sam_template_with_queue_and_stream_events_is_carried_over_field_by_field() {
+    let imported = import(&fixture("sam-streams.yaml"), &[]);
+    let c = &imported.config;
+    // Globals apply, a function's own environment merges over them; Timeout from Globals.
+    let target = &c["targets"]["process-orders"]["lambda_runtime"];
+    assert_eq!(
+        target["command"],
+        json!(["python3", "-m", "awslambdaric", "app.handler"])
+    );
+    assert_eq!(target["timeout"], "30s");
+    assert_eq!(target["memory_size"], 512);
+    assert_eq!(target["concurrency"], 20);
+    assert_eq!(
+        target["env"],
+        json!({"LOG_LEVEL": "debug", "STAGE": "prod", "TABLE": "prod-orders"})
+    );
+    assert_eq!(
+        c["targets"]["change-feed"]["lambda_runtime"]["command"],
+        json!(["npx", "aws-lambda-ric", "index.handler"])
+    );
+
+    // SQS: the queue's ARN from its QueueName (a !Sub of a parameter default) turned into a URL;
+    // the batch size from !If on a condition and !FindInMap; every setting carried over.
+    let orders = mapping(c, "process-orders-orders-queue-event");
+    let sqs = &orders["source"]["sqs"];
+    assert_eq!(
+        sqs["queue_url"],
+        "https://sqs.${AWS_REGION}.amazonaws.com/${AWS_ACCOUNT_ID}/orders-prod"
+    );
+    assert_eq!(sqs["batch_size"], 50);
+    assert_eq!(sqs["max_batching_window"], "5s");
+    assert_eq!(sqs["max_concurrency"], 10);
+    assert_eq!(orders["report_batch_item_failures"], true);
+    assert_eq!(
+        orders["filters"],
+        json!([{"body": {"type": ["order"], "amount": [{"numeric": [">", 0]}]}}])
+    );
+
+    // DynamoDB: the stream of a table the template names becomes `table`.
+    let changes = mapping(c, "change-feed-table-changes");
+    let stream = &changes["source"]["dynamodb_stream"];
+    assert_eq!(stream["table"], "prod-orders");
+    assert_eq!(stream["starting_position"], "trim_horizon");
+    assert_eq!(stream["batch_size"], 100);
+    assert_eq!(changes["retry"]["max_retry_attempts"], 3);
+    assert_eq!(changes["retry"]["bisect_on_error"], true);
+    assert_eq!(
+        changes["on_failure"]["sqs"]["queue_url"], "${STREAM_FAILURES_URL}",
+        "a queue the stack names itself is a variable"
+    );
+    assert_eq!(
+        changes["filters"],
+        json!([{"eventName": ["INSERT", "MODIFY"]}])
+    );
+
+    // Kinesis: a bounded record age with no OnFailure needs a destination in sluice.
+    let clicks = mapping(c, "change-feed-clicks");
+    let kinesis = &clicks["source"]["kinesis"];
+    assert_eq!(
+        kinesis["stream_arn"],
+        "arn:aws:kinesis:${AWS_REGION}:${AWS_ACCOUNT_ID}:stream/clicks"
+    );
+    assert_eq!(kinesis["tumbling_window"], "60s");
+    assert_eq!(kinesis["starting_position"], "latest");
+    assert_eq!(clicks["retry"]["max_record_age"], "3600s");
+    assert_eq!(
+        clicks["on_failure"]["sqs"]["queue_url"],
+        "${CHANGE_FEED_CLICKS_FAILURE_QUEUE_URL}"
+    );
+    assert!(
+        imported
+            .yaml
+            .contains("# no OnFailure destination in the files"),
+        "{}",
+        imported.yaml
+    );
+
+    assert_eq!(
+        imported.needs,
+        [
+            "AWS_REGION",
+            "AWS_ACCOUNT_ID",
+            "STREAM_FAILURES_URL",
+            "CHANGE_FEED_CLICKS_FAILURE_QUEUE_URL"
+        ]
+    );
+    assert!(
+        imported
+            .summary
+            .contains("ChangeFeed event Api (Api): sluice has no Api source"),
+        "{}",
+        imported.summary
+    );
+    // Each line that needs a value says what to set.
+    assert!(
+        imported
+            .yaml
+            .contains("#   STREAM_FAILURES_URL: the URL of queue StreamFailures the stack creates")
+    );
+    validates(&imported);
+}
+
+#[test]
+fn a_sam_template_with_kafka_s3_and_schedule_events_is_carried_over() {
+    let imported = import(&fixture("sam-kafka-s3-schedule.yaml"), &[]);
+    let c = &imported.config;
+    let java = &c["targets"]["kafka-consumer"]["lambda_runtime"];
+    assert_eq!(java["command"][0], "java");
+    assert_eq!(
+        java["command"].as_array().unwrap().last().unwrap(),
+        "com.acme.Consumer::handleRequest"
+    );
+    assert_eq!(
+        java["timeout"], "3s",
+        "Lambda's default timeout, not sluice's"
+    );
+    assert_eq!(
+        c["targets"]["thumbnails"]["lambda_runtime"]["command"],
+        json!(["./bootstrap"])
+    );
+
+    let msk = mapping(c, "kafka-consumer-orders");
+    let kafka = &msk["source"]["kafka"];
+    assert_eq!(
+        kafka["bootstrap_servers"],
+        "${ORDERS_CLUSTER_BOOTSTRAP_SERVERS}"
+    );
+    assert_eq!(kafka["topics"], json!(["orders"]));
+    assert_eq!(kafka["group_id"], "orders-consumer");
+    assert_eq!(kafka["starting_position"], "trim_horizon");
+    assert_eq!(kafka["batch_size"], 500);
+    assert_eq!(kafka["max_batching_window"], "1s");
+    assert!(
+        kafka["msk_cluster_arn"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:kafka:us-east-1:123456789012:cluster/orders-cluster/")
+    );
+    assert_eq!(kafka["auth"]["sasl_scram"]["mechanism"], "SCRAM-SHA-512");
+    assert_eq!(
+        kafka["auth"]["sasl_scram"]["password"],
+        "${AMAZON_MSK_ORDERS_AB_CD_EF_PASSWORD}"
+    );
+
+    let legacy = &mapping(c, "kafka-consumer-legacy")["source"]["kafka"];
+    assert_eq!(
+        legacy["bootstrap_servers"],
+        "b-1.legacy:9096,b-2.legacy:9096"
+    );
+    assert_eq!(legacy["properties"]["sasl.mechanism"], "PLAIN");
+    assert_eq!(legacy["group_id"], "kafka-consumer-legacy");
+
+    // S3: the bucket invoked Lambda itself; sluice needs the queue it notifies.
+    let upload = mapping(c, "thumbnails-upload");
+    let s3 = &upload["source"]["s3"];
+    assert_eq!(s3["queue_url"], "${ACME_UPLOADS_NOTIFICATIONS_QUEUE_URL}");
+    assert_eq!(s3["events"], json!(["s3:ObjectCreated:*"]));
+    assert_eq!(s3["prefix"], "incoming/");
+    assert_eq!(s3["suffix"], ".jpg");
+    assert_eq!(upload["retry"]["max_retry_attempts"], 1);
+    assert_eq!(upload["retry"]["max_event_age"], "3600s");
+    assert_eq!(
+        upload["on_failure"]["sqs"]["queue_url"],
+        "${FAILURE_QUEUE_ARN}"
+    );
+    assert!(upload.get("on_success").is_none(), "SNS has no equivalent");
+    assert!(imported.summary.contains("a SNS destination"));
+
+    // Schedules: the input's literal `${` survives sluice's expansion; the DLQ is on_failure.
+    let nightly = mapping(c, "reports-nightly");
+    assert_eq!(
+        nightly["source"]["schedule"]["expression"],
+        "cron(0 2 * * ? *)"
+    );
+    assert_eq!(
+        nightly["source"]["schedule"]["input"],
+        json!({"job": "nightly", "since": "$${yesterday}"})
+    );
+    assert_eq!(
+        nightly["on_failure"]["sqs"]["queue_url"],
+        "https://sqs.us-east-1.amazonaws.com/123456789012/reports-dlq"
+    );
+    let hourly = mapping(c, "reports-hourly");
+    assert_eq!(hourly["enabled"], false);
+    assert_eq!(hourly["source"]["schedule"]["timezone"], "Europe/Paris");
+    assert!(imported.summary.contains("RetryPolicy is EventBridge's"));
+    // A parameter named for an ARN, used as a queue URL, says so.
+    assert!(
+        imported
+            .summary
+            .contains("FAILURE_QUEUE_ARN: template parameter FailureQueueArn (as a queue URL"),
+        "{}",
+        imported.summary
+    );
+    validates(&imported);
+}
+
+#[test]
+fn a_cloudformation_json_template_with_mappings_and_invoke_config_is_carried_over() {
+    let imported = import(&fixture("cloudformation.json"), &[]);
+    let c = &imported.config;
+    let worker = &c["targets"]["worker"]["lambda_runtime"];
+    assert_eq!(worker["function_name"], "billing-worker");
+    assert_eq!(worker["memory_size"], 1024);
+    assert_eq!(worker["env"]["REGION"], "${AWS_REGION}");
+
+    let invoices = mapping(c, "worker-invoices-mapping");
+    assert_eq!(invoices["enabled"], false);
+    assert_eq!(
+        invoices["source"]["sqs"]["queue_url"],
+        "https://sqs.eu-west-1.amazonaws.com/111122223333/invoices.fifo"
+    );
+    // A mapping naming its function by name (not !Ref) finds it.
+    let ledger = mapping(c, "worker-ledger-mapping");
+    assert_eq!(ledger["target"], "worker");
+    let kinesis = &ledger["source"]["kinesis"];
+    assert_eq!(
+        kinesis["stream_arn"],
+        "arn:aws:kinesis:eu-west-1:111122223333:stream/ledger"
+    );
+    assert_eq!(kinesis["consumer"]["name"], "billing");
+    assert_eq!(kinesis["starting_position"], "at_timestamp");
+    assert_eq!(kinesis["starting_timestamp"], "1700000000");
+    assert_eq!(ledger["retry"]["max_retry_attempts"], 10);
+    assert_eq!(ledger["on_failure"]["s3"]["bucket"], "ledger-failures");
+    assert!(
+        imported
+            .summary
+            .contains("LedgerMapping: ProvisionedPollerConfig")
+    );
+
+    // An AWS::Events::Rule schedule targeting the function, with the invoke config's policy.
+    let schedule = mapping(c, "worker-every-five-minutes");
+    assert_eq!(
+        schedule["source"]["schedule"]["expression"],
+        "rate(5 minutes)"
+    );
+    assert_eq!(
+        schedule["source"]["schedule"]["input"],
+        json!({"task": "reconcile"})
+    );
+    assert_eq!(schedule["retry"]["max_retry_attempts"], 0);
+    assert_eq!(schedule["retry"]["max_event_age"], "600s");
+    assert_eq!(
+        schedule["on_failure"]["sqs"]["queue_url"],
+        "https://sqs.eu-west-1.amazonaws.com/111122223333/billing-async-failures"
+    );
+    validates(&imported);
+}
+
+#[test]
+fn a_serverless_service_is_carried_over_with_its_variables_resolved() {
+    let imported = import(&fixture("serverless.yml"), &[]);
+    let c = &imported.config;
+    let worker = &c["targets"]["worker"]["lambda_runtime"];
+    assert_eq!(worker["function_name"], "checkout-staging-worker");
+    assert_eq!(worker["timeout"], "20s");
+    assert_eq!(worker["memory_size"], 256, "provider.memorySize");
+    assert_eq!(
+        worker["env"],
+        json!({"SERVICE": "checkout", "API_TOKEN": "${API_TOKEN}", "PAYMENTS_URL": "${CHECKOUT_PAYMENTS_URL}"})
+    );
+    assert_eq!(
+        c["targets"]["cron"]["lambda_runtime"]["timeout"], "6s",
+        "the framework's default timeout"
+    );
+
+    // ${self:custom.batch.${sls:stage}} with the stage from ${opt:stage, 'staging'}.
+    let sqs = mapping(c, "worker-sqs-1");
+    assert_eq!(
+        sqs["source"]["sqs"]["queue_url"],
+        "https://sqs.eu-central-1.amazonaws.com/${AWS_ACCOUNT_ID}/checkout-jobs-staging"
+    );
+    assert_eq!(sqs["source"]["sqs"]["batch_size"], 5);
+    assert_eq!(sqs["source"]["sqs"]["max_batching_window"], "10s");
+    assert_eq!(sqs["source"]["sqs"]["max_concurrency"], 4);
+    assert_eq!(sqs["filters"], json!([{"body": {"kind": ["job"]}}]));
+
+    let carts = mapping(c, "streams-stream-1");
+    let stream = &carts["source"]["dynamodb_stream"];
+    assert_eq!(
+        stream["stream_arn"],
+        "arn:aws:dynamodb:eu-central-1:${AWS_ACCOUNT_ID}:table/carts/stream/2024-01-01T00:00:00.000"
+    );
+    assert_eq!(stream["batch_size"], 10, "the framework's default");
+    assert_eq!(stream["starting_position"], "trim_horizon");
+    assert_eq!(carts["retry"]["max_retry_attempts"], 2);
+    let events = mapping(c, "streams-stream-2");
+    assert_eq!(events["source"]["kinesis"]["parallelization_factor"], 4);
+    assert_eq!(
+        events["source"]["kinesis"]["consumer"]["name"],
+        "streams-stream-2"
+    );
+    assert_eq!(events["retry"]["bisect_on_error"], true);
+
+    // A list of rates is one mapping each; a disabled schedule stays disabled.
+    assert_eq!(
+        mapping(c, "cron-schedule-1")["source"]["schedule"]["expression"],
+        "rate(10 minutes)"
+    );
+    let weekday = mapping(c, "cron-schedule-2-1");
+    assert_eq!(weekday["enabled"], false);
+    assert_eq!(
+        weekday["source"]["schedule"]["input"],
+        json!({"report": "weekly"})
+    );
+    assert_eq!(
+        mapping(c, "cron-schedule-2-2")["source"]["schedule"]["expression"],
+        "cron(0 12 ? * SAT *)"
+    );
+    assert_eq!(weekday["retry"]["max_retry_attempts"], 1);
+
+    let uploads = &mapping(c, "uploads-s3-1")["source"]["s3"];
+    assert_eq!(uploads["events"], json!(["s3:ObjectCreated:Put"]));
+    assert_eq!(uploads["prefix"], "receipts/");
+    assert_eq!(uploads["suffix"], ".pdf");
+
+    let refunds = &mapping(c, "kafka-kafka-1")["source"]["kafka"];
+    assert_eq!(refunds["group_id"], "refunds-staging");
+    assert_eq!(refunds["auth"]["sasl_scram"]["mechanism"], "SCRAM-SHA-256");
+    let payments = &mapping(c, "kafka-msk-1")["source"]["kafka"];
+    assert_eq!(payments["auth"], json!({"msk_iam": {}}));
+
+    assert!(imported.needs.contains(&"API_TOKEN".to_owned()));
+    assert!(imported.needs.contains(&"CHECKOUT_PAYMENTS_URL".to_owned()));
+    assert!(imported.summary.contains("no http source"));
+    validates(&imported);
+}
+
+#[test]
+fn terraform_files_are_carried_over_with_references_resolved() {
+    let imported = import(&fixture("terraform"), &[]);
+    let c = &imported.config;
+    let processor = &c["targets"]["processor"]["lambda_runtime"];
+    assert_eq!(processor["function_name"], "shop-prod-processor");
+    assert_eq!(processor["timeout"], "45s");
+    assert_eq!(
+        processor["env"]["QUEUE_URL"],
+        "https://sqs.us-west-2.amazonaws.com/${AWS_ACCOUNT_ID}/shop-prod-orders",
+        "the provider's region"
+    );
+    // A container-image function has no runtime to run here: an HTTP placeholder.
+    assert_eq!(c["targets"]["container"]["http"]["url"], "${CONTAINER_URL}");
+
+    let orders = mapping(c, "processor-orders");
+    assert_eq!(orders["source"]["sqs"]["batch_size"], 100);
+    assert_eq!(orders["source"]["sqs"]["max_batching_window"], "2s");
+    assert_eq!(orders["source"]["sqs"]["max_concurrency"], 20);
+    assert_eq!(orders["report_batch_item_failures"], true);
+    assert_eq!(orders["filters"], json!([{"body": {"status": ["paid"]}}]));
+
+    let carts = mapping(c, "processor-carts");
+    assert_eq!(
+        carts["source"]["dynamodb_stream"]["table"],
+        "shop-prod-carts"
+    );
+    assert_eq!(
+        carts["source"]["dynamodb_stream"]["parallelization_factor"],
+        2
+    );
+    assert_eq!(carts["retry"]["max_retry_attempts"], 5);
+    assert_eq!(
+        carts["on_failure"]["sqs"]["queue_url"],
+        "https://sqs.us-west-2.amazonaws.com/${AWS_ACCOUNT_ID}/shop-prod-failures"
+    );
+
+    let kafka = &mapping(c, "container-kafka")["source"]["kafka"];
+    assert_eq!(kafka["bootstrap_servers"], "${KAFKA_BROKERS}");
+    assert_eq!(kafka["group_id"], "clicks-prod");
+    assert_eq!(kafka["topics"], json!(["clicks"]));
+
+    let invoices = mapping(c, "processor-invoices-1");
+    assert_eq!(invoices["source"]["s3"]["prefix"], "pdf/");
+    assert_eq!(invoices["retry"]["max_event_age"], "900s");
+    let hourly = mapping(c, "processor-hourly");
+    assert_eq!(hourly["source"]["schedule"]["expression"], "rate(1 hour)");
+    assert_eq!(
+        hourly["source"]["schedule"]["input"],
+        json!({"job": "compact"})
+    );
+
+    assert!(
+        !imported.needs.iter().any(|n| n.contains("STREAM_ARN")),
+        "a stream replaced by its table's name needs nothing: {:?}",
+        imported.needs
+    );
+    assert!(
+        imported
+            .summary
+            .contains("KAFKA_BROKERS: Terraform variable kafka_brokers")
+    );
+    validates(&imported);
+}
+
+#[test]
+fn function_selection_output_file_and_bad_input_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("only.yaml");
+    let output = run_import(&[
+        fixture("sam-streams.yaml").to_str().unwrap(),
+        "--function",
+        "ChangeFeed",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let config: Json = serde_saphyr::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(config["targets"].as_object().unwrap().len(), 1);
+    assert_eq!(config["mappings"].as_array().unwrap().len(), 2);
+
+    let missing = run_import(&[
+        fixture("sam-streams.yaml").to_str().unwrap(),
+        "--function",
+        "Nope",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no function named \"Nope\""));
+
+    let broken = dir.path().join("template.yaml");
+    std::fs::write(&broken, "Resources:\n  Fn:\n    Type: [unclosed\n").unwrap();
+    let output = run_import(&[broken.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("template.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("line 3") || stderr.contains(":3:"),
+        "{stderr}"
+    );
+
+    let unknown = dir.path().join("notes.yaml");
+    std::fs::write(&unknown, "hello: world\n").unwrap();
+    let output = run_import(&[unknown.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--format"));
+}
+
+// The move itself: a SAM application (template, Python code beside it) imported and run
+// unchanged on moto. Its SQS mapping keeps Lambda's semantics: filtered messages are deleted
+// without an invocation, a reported item failure is retried and then dead-lettered by the
+// queue's own redrive policy, the rest is handled once, by the function's own handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_sam_application_runs_its_python_handler_on_its_queue() {
+    let moto = Moto::start();
+    let sqs = moto.sqs().await;
+    let dlq = create_queue(&sqs, "imported-orders-dlq", &[]).await;
+    let redrive = json!({
+        "deadLetterTargetArn": "arn:aws:sqs:us-east-1:123456789012:imported-orders-dlq",
+        "maxReceiveCount": "2"
+    })
+    .to_string();
+    let queue = create_queue(
+        &sqs,
+        "imported-orders",
+        // Failed messages come back after the visibility timeout, as on Lambda: short here.
+        &[("RedrivePolicy", &redrive), ("VisibilityTimeout", "2")],
+    )
+    .await;
+
+    let imported = import(&fixture("sam-python/template.yaml"), &[]);
+    assert_eq!(imported.needs, ["OUT_DIR", "AWS_REGION", "AWS_ACCOUNT_ID"]);
+    let out = tempfile::tempdir().unwrap();
+    // The imported config as written, with a free admin port for the test.
+    let config = format!("{}admin: {{ listen: \"127.0.0.1:0\" }}\n", imported.yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(&path, config).unwrap();
+    let venv_bin = python().parent().unwrap().to_path_buf();
+    let mut env = moto_env(&moto);
+    env.push(("OUT_DIR".into(), out.path().display().to_string()));
+    env.push(("AWS_ACCOUNT_ID".into(), "123456789012".into()));
+    env.push((
+        "PATH".into(),
+        format!(
+            "{}:{}",
+            venv_bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    ));
+    let bodies: Vec<String> = (0..6)
+        .map(|i| json!({"type": "order", "id": format!("order-{i}")}).to_string())
+        .chain([
+            json!({"type": "order", "id": "bad", "fail": true}).to_string(),
+            json!({"type": "refund", "id": "refund-1"}).to_string(),
+        ])
+        .collect();
+    send_bodies(&sqs, &queue, &bodies, None).await;
+    let mut sluice = Sluice::start_file(&path, dir, &env);
+
+    eventually(
+        Duration::from_secs(120),
+        "the failing order dead-lettered",
+        || async {
+            (queue_depth(&sqs, &dlq).await == 1 && queue_depth(&sqs, &queue).await == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let mut handled: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    handled.sort();
+    assert_eq!(
+        handled,
+        (0..6).map(|i| format!("order-{i}")).collect::<Vec<_>>(),
+        "every order handled once; the refund filtered out, the failing order not written"
+    );
+    let function_name = std::fs::read_to_string(out.path().join("order-0")).unwrap();
+    assert_eq!(
+        function_name, "OrderHandler",
+        "the Lambda context the handler sees"
+    );
+    let dead = sqs.receive_message().queue_url(&dlq).send().await.unwrap();
+    assert!(dead.messages()[0].body().unwrap().contains("\"bad\""));
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(30)).unwrap().success());
+}
