@@ -628,3 +628,37 @@ async fn an_imported_sam_application_runs_its_python_handler_on_its_queue() {
     sluice.signal("TERM");
     assert!(sluice.wait_exit(Duration::from_secs(30)).unwrap().success());
 }
+
+// README "Moving from Lambda": every line of each worked example is a line of what the command
+// writes for its fixture, so the README cannot drift from the import.
+#[test]
+fn the_readme_examples_are_what_the_import_writes() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let marker = "<!-- import-output: ";
+    let mut checked = 0;
+    for (i, _) in readme.match_indices(marker) {
+        let rest = &readme[i + marker.len()..];
+        let (path, rest) = rest.split_once(" -->").unwrap();
+        let block = rest
+            .split_once("```yaml\n")
+            .and_then(|(_, b)| b.split_once("```"))
+            .map(|(b, _)| b)
+            .unwrap();
+        let output = Command::new(sluice_binary())
+            .current_dir(workspace_root())
+            .args(["import", path])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{path}");
+        let written = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<&str> = written.lines().map(str::trim_end).collect();
+        for line in block.lines() {
+            assert!(
+                lines.contains(&line.trim_end()),
+                "README line for {path} is not in the output:\n{line}\n--- output:\n{written}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "one worked example per format");
+}
