@@ -20,19 +20,28 @@ struct Writer {
     summary: Summary,
 }
 
+/// Comment text on one line: names from the files (logical ids, event names) may hold line
+/// breaks, which would otherwise end the comment and put the rest into the YAML.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 impl Writer {
     fn line(&mut self, indent: usize, text: &str, comment: Option<&str>) {
         let mut line = format!("{:indent$}{text}", "");
         if let Some(comment) = comment {
             let pad = COMMENT_COLUMN.saturating_sub(line.len()).max(2);
-            line.push_str(&format!("{:pad$}# {comment}", ""));
+            line.push_str(&format!("{:pad$}# {}", "", one_line(comment)));
         }
         self.out.push_str(line.trim_end());
         self.out.push('\n');
     }
 
     fn comment(&mut self, indent: usize, text: &str) {
-        self.out.push_str(&format!("{:indent$}# {text}\n", ""));
+        self.out
+            .push_str(&format!("{:indent$}# {}\n", "", one_line(text)));
     }
 
     /// A note for the summary and as a comment at `indent`.
@@ -411,6 +420,14 @@ fn write_target(w: &mut Writer, function: &Function, target: &str) {
                 w.line(6, &format!("memory_size: {}", number(memory)), None);
             }
             match &function.reserved_concurrency {
+                Some(reserved) if reserved.as_i64().is_some_and(|n| n > 1_000) => w.line(
+                    6,
+                    "concurrency: 1000",
+                    Some(&format!(
+                        "ReservedConcurrentExecutions is {}; sluice keeps at most 1,000 workers per target",
+                        number(reserved)
+                    )),
+                ),
                 Some(reserved) if reserved.as_i64().is_some_and(|n| n >= 1) => w.line(
                     6,
                     &format!("concurrency: {}", number(reserved)),
