@@ -183,7 +183,7 @@ fn a_sam_template_with_queue_and_stream_events_is_carried_over_field_by_field() 
     assert!(
         imported
             .yaml
-            .contains("# no OnFailure destination in the files"),
+            .contains("# no OnFailure destination sluice can write to"),
         "{}",
         imported.yaml
     );
@@ -661,4 +661,176 @@ fn the_readme_examples_are_what_the_import_writes() {
         checked += 1;
     }
     assert_eq!(checked, 4, "one worked example per format");
+}
+
+/// Imports `text` written as `name` in a fresh directory: (exit code, stdout, stderr).
+fn import_text(name: &str, text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&path, text).unwrap();
+    let target = if name.ends_with(".tf") {
+        dir.path().to_path_buf()
+    } else {
+        path
+    };
+    let output = run_import(&[target.to_str().unwrap()]);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+// Review of the import: references that loop (a queue named after its own name, a parameter
+// defaulting to itself, a Terraform name naming itself) overflowed the stack; variables that
+// fan out, conditions that fan out and `${${${…` took exponential or quadratic time. Each now
+// ends: as a variable the summary names, or as an error naming the file.
+#[test]
+fn hostile_templates_end_as_variables_or_errors_never_crashes() {
+    let sqs_function = |queue: &str| {
+        format!(
+            "  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      Runtime: python3.12\n      Handler: app.handler\n      Events:\n        Q:\n          Type: SQS\n          Properties:\n            Queue: {queue}\n"
+        )
+    };
+    let self_named = format!(
+        "Transform: AWS::Serverless-2016-10-31\nResources:\n  Q:\n    Type: AWS::SQS::Queue\n    Properties:\n      QueueName: !GetAtt Q.QueueName\n{}",
+        sqs_function("!GetAtt Q.Arn")
+    );
+    let (code, out, err) = import_text("template.yaml", &self_named);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("amazonaws.com/${AWS_ACCOUNT_ID}/${Q}\""),
+        "{out}"
+    );
+    assert!(err.contains("refers to itself"), "{err}");
+
+    let param_loop = format!(
+        "Transform: AWS::Serverless-2016-10-31\nParameters:\n  P:\n    Type: String\n    Default: !Ref P\nResources:\n{}",
+        sqs_function("!Ref P")
+    );
+    let (code, _, err) = import_text("template.yaml", &param_loop);
+    assert_eq!(code, Some(0), "{err}");
+
+    let tf_loop = r#"
+resource "aws_sqs_queue" "a" { name = aws_sqs_queue.b.name }
+resource "aws_sqs_queue" "b" { name = aws_sqs_queue.a.name }
+resource "aws_lambda_function" "f" {
+  function_name = "f"
+  runtime       = "python3.12"
+  handler       = "app.handler"
+}
+resource "aws_lambda_event_source_mapping" "m" {
+  event_source_arn = aws_sqs_queue.a.arn
+  function_name    = aws_lambda_function.f.arn
+}
+"#;
+    let (code, out, err) = import_text("main.tf", tf_loop);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("queue_url:"), "{out}");
+
+    // Fan-out: eight values each naming the next four times, in a loop.
+    let mut custom =
+        String::from("service: s\nprovider: { name: aws, runtime: nodejs20.x }\ncustom:\n");
+    for i in 0..8 {
+        let next = (i + 1) % 8;
+        custom.push_str(&format!(
+            "  v{i}: \"${{self:custom.v{next}}}${{self:custom.v{next}}}${{self:custom.v{next}}}${{self:custom.v{next}}}\"\n"
+        ));
+    }
+    custom.push_str("functions:\n  f:\n    handler: h.h\n    environment: { X: \"${self:custom.v0} ${self:} ${}\" }\n");
+    let (code, _, err) = import_text("serverless.yml", &custom);
+    assert!(code == Some(0) || code == Some(2), "{err}");
+    if code == Some(2) {
+        assert!(err.contains("serverless.yml"), "{err}");
+    }
+
+    // `${${${…x` a hundred thousand deep: linear, whatever it resolves to.
+    let deep = format!(
+        "service: s\nprovider: {{ name: aws, runtime: nodejs20.x }}\nfunctions:\n  f:\n    handler: h.h\n    environment: {{ X: \"{}x\" }}\n",
+        "${".repeat(100_000)
+    );
+    let (code, _, err) = import_text("serverless.yml", &deep);
+    assert!(code == Some(0) || code == Some(2), "{err}");
+
+    // Conditions that each name ten others, seven levels down: each decided once.
+    let mut conditions = String::from("Conditions:\n  C0: !Equals [a, a]\n");
+    for level in 1..8 {
+        let refs: Vec<String> = (0..10)
+            .map(|_| format!("!Condition C{}", level - 1))
+            .collect();
+        conditions.push_str(&format!("  C{level}: !Or [{}]\n", refs.join(", ")));
+    }
+    let template = format!(
+        "Transform: AWS::Serverless-2016-10-31\n{conditions}Resources:\n  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      Runtime: python3.12\n      Handler: app.handler\n      Timeout: !If [C7, 9, 3]\n"
+    );
+    let (code, out, err) = import_text("template.yaml", &template);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("timeout: 9s"), "{out}");
+}
+
+// Review of the import: values holding variables were written bare where numbers go, so a
+// `!Sub` with a line break added keys (a whole target); an ARN from a parameter lost its
+// mapping; a Terraform filter with a variable matched the variable's literal name; an object
+// from `${self:}` kept internal markers; a parameter named Home became ${HOME}, set by every
+// shell.
+#[test]
+fn values_with_variables_cannot_inject_yaml_or_be_lost() {
+    let injection = "Transform: AWS::Serverless-2016-10-31\nParameters:\n  P: { Type: String }\n  Home: { Type: String }\n  QueueArn: { Type: String }\nResources:\n  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      Runtime: python3.12\n      Handler: app.handler\n      MemorySize: !Sub \"${P}\\n  evil:\\n    http: {url: 'http://attacker'}\"\n      Environment: { Variables: { H: !Ref Home } }\n  M:\n    Type: AWS::Lambda::EventSourceMapping\n    Properties:\n      FunctionName: !Ref F\n      EventSourceArn: !Ref QueueArn\n      BatchSize: 7\n";
+    let (code, out, err) = import_text("template.yaml", injection);
+    assert_eq!(code, Some(0), "{err}");
+    let config: Json = serde_saphyr::from_str(&out).unwrap();
+    assert_eq!(config["targets"].as_object().unwrap().len(), 1, "{out}");
+    assert!(config["targets"].get("evil").is_none());
+    assert_eq!(
+        config["targets"]["f"]["lambda_runtime"]["env"]["H"],
+        "${HOME_VALUE}"
+    );
+    let mapping = &config["mappings"][0];
+    assert_eq!(mapping["source"]["sqs"]["queue_url"], "${QUEUE_ARN}");
+    assert_eq!(mapping["source"]["sqs"]["batch_size"], 7);
+    assert!(err.contains("read as sqs"), "{err}");
+
+    let tf = r#"
+variable "kind" {}
+resource "aws_lambda_function" "f" {
+  function_name = "f"
+  runtime       = "python3.12"
+  handler       = "app.handler"
+  environment { variables = { LITERAL = "literal $${HOME}", MIXED = "$${HOME}-${var.kind}" } }
+}
+resource "aws_lambda_event_source_mapping" "m" {
+  event_source_arn = "arn:aws:sqs:us-east-1:123456789012:q"
+  function_name    = aws_lambda_function.f.arn
+  filter_criteria {
+    filter { pattern = jsonencode({ body = { type = [var.kind] } }) }
+  }
+}
+"#;
+    let (code, out, err) = import_text("main.tf", tf);
+    assert_eq!(code, Some(0), "{err}");
+    let config: Json = serde_saphyr::from_str(&out).unwrap();
+    assert_eq!(
+        config["mappings"][0]["filters"],
+        json!([{"body": {"type": ["${KIND}"]}}]),
+        "{out}"
+    );
+    let env = &config["targets"]["f"]["lambda_runtime"]["env"];
+    assert_eq!(
+        env["LITERAL"], "literal $${HOME}",
+        "sluice reads it as the literal ${{HOME}}"
+    );
+    assert_eq!(env["MIXED"], "$${HOME}-${KIND}");
+
+    let serverless = "service: s\nprovider: { name: aws, runtime: nodejs20.x }\ncustom:\n  q: { arn: 'arn:aws:sqs:eu-west-1:${aws:accountId}:orders' }\nfunctions:\n  f:\n    handler: h.h\n    events:\n      - sqs: ${self:custom.q}\n";
+    let (code, out, err) = import_text("serverless.yml", serverless);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains('\u{1}') && !out.contains("\\u0001"), "{out}");
+    assert!(
+        out.contains("https://sqs.eu-west-1.amazonaws.com/${AWS_ACCOUNT_ID}/orders"),
+        "{out}"
+    );
+    assert!(err.contains("AWS_ACCOUNT_ID"), "{err}");
 }

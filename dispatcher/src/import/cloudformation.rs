@@ -8,14 +8,16 @@
 //! defaults. Anything else becomes a variable the summary names. `Globals.Function` applies to
 //! every `AWS::Serverless::Function`.
 
-use super::{
-    AsyncConfig, Dest, Event, Function, ImportError, Plan, Settings, Source, Val, Vars,
-    parse_pattern,
-};
+use super::{AsyncConfig, Dest, Event, Function, ImportError, Plan, Settings, Source, Val, Vars};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json, json};
 use serde_saphyr::Tagged;
+use std::collections::BTreeMap;
 use std::path::Path;
+
+/// How many references deep a value may be resolved: a reference that loops (a parameter whose
+/// default refers to itself, a queue named after its own name) ends here as a variable.
+const MAX_DEPTH: usize = 64;
 
 /// A YAML node with its tag kept at every depth (serde's untagged enums would drop tags).
 enum Node {
@@ -151,14 +153,14 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Plan, ImportError> {
             message: "the template has no Resources".into(),
         });
     };
-    let mut cfn = Template {
+    let mut cfn = Template::new(
         resources,
-        parameters: section("Parameters").unwrap_or(&empty),
-        mappings: section("Mappings").unwrap_or(&empty),
-        conditions: section("Conditions").unwrap_or(&empty),
-        region: None,
-        plan: Plan::default(),
-    };
+        section("Parameters").unwrap_or(&empty),
+        section("Mappings").unwrap_or(&empty),
+        section("Conditions").unwrap_or(&empty),
+        None,
+        Plan::default(),
+    );
     let globals = template
         .pointer("/Globals/Function")
         .and_then(Json::as_object)
@@ -177,6 +179,33 @@ pub(super) struct Template<'a> {
     /// `AWS::Region` when the files name it (a Serverless Framework `provider.region`).
     pub region: Option<Val>,
     pub plan: Plan,
+    /// References being resolved now (see [`MAX_DEPTH`]).
+    pub depth: usize,
+    /// Conditions decided so far: each is decided once, however often it is used.
+    pub decided: BTreeMap<String, Option<bool>>,
+}
+
+impl<'a> Template<'a> {
+    /// A template's sections, nothing read yet.
+    pub fn new(
+        resources: &'a Map<String, Json>,
+        parameters: &'a Map<String, Json>,
+        mappings: &'a Map<String, Json>,
+        conditions: &'a Map<String, Json>,
+        region: Option<Val>,
+        plan: Plan,
+    ) -> Self {
+        Template {
+            resources,
+            parameters,
+            mappings,
+            conditions,
+            region,
+            plan,
+            depth: 0,
+            decided: BTreeMap::new(),
+        }
+    }
 }
 
 /// The keys of `CreateEventSourceMapping` (and SAM's event properties) this import carries over
@@ -244,12 +273,33 @@ impl Template<'_> {
             Json::Null => None,
             Json::Object(object) if object.len() == 1 => {
                 let (key, argument) = object.iter().next().expect("one entry");
-                if key == "sluice::expr" {
+                if key == super::EXPR_KEY {
                     // Text the Serverless resolver made, holding sluice variables.
                     return argument.as_str().map(|text| Val::Expr(text.to_owned()));
                 }
                 if key == "Ref" || key.starts_with("Fn::") {
-                    self.intrinsic(key, argument, hint)
+                    if self.depth >= MAX_DEPTH {
+                        self.note(format!(
+                            "{value} refers to itself through other references; it is a variable"
+                        ));
+                        return self.unresolved(
+                            hint,
+                            format!("the value of {value}, which refers to itself"),
+                        );
+                    }
+                    self.depth += 1;
+                    let resolved = self.intrinsic(key, argument, hint);
+                    self.depth -= 1;
+                    // Only AWS::NoValue (directly or through Fn::If) means "no value"; an
+                    // intrinsic that could not be evaluated (an index out of range, a
+                    // malformed argument) is a value to set, never a silent default.
+                    let no_value = argument.as_str() == Some("AWS::NoValue") || key == "Fn::If";
+                    match resolved {
+                        None if !no_value => {
+                            self.unresolved(hint, format!("the value of {key} {argument}"))
+                        }
+                        other => other,
+                    }
                 } else {
                     Some(Val::Lit(value.clone()))
                 }
@@ -392,8 +442,15 @@ impl Template<'_> {
     /// Decides a condition from parameter defaults (`Fn::Equals`, `Fn::Not`, `Fn::And`,
     /// `Fn::Or`, `Condition`); `None` when it depends on something unknown.
     fn condition(&mut self, name: &str, depth: usize) -> Option<bool> {
+        if let Some(decided) = self.decided.get(name) {
+            return *decided;
+        }
+        // Undecided while it is being decided: a condition that loops is undecidable.
+        self.decided.insert(name.to_owned(), None);
         let expression = self.conditions.get(name)?.clone();
-        self.decide(&expression, depth + 1)
+        let decided = self.decide(&expression, depth + 1);
+        self.decided.insert(name.to_owned(), decided);
+        decided
     }
 
     fn decide(&mut self, expression: &Json, depth: usize) -> Option<bool> {
@@ -643,7 +700,11 @@ impl Template<'_> {
             _ => None,
         };
         if let Some(logical) = logical
-            && let Some(i) = self.plan.functions.iter().position(|f| f.name == logical)
+            && let Some(i) = self
+                .plan
+                .functions
+                .iter()
+                .position(|f| f.name == logical || f.aliases.contains(&logical))
         {
             return Some(i);
         }
@@ -685,7 +746,7 @@ impl Template<'_> {
         self.plan.functions.len() - 1
     }
 
-    fn read_resources(&mut self, globals: &Map<String, Json>) {
+    pub(super) fn read_resources(&mut self, globals: &Map<String, Json>) {
         let resources = self.resources;
         // Functions first, so mappings and invoke configs anywhere in the file find them.
         for (logical, resource) in resources {
@@ -732,6 +793,8 @@ impl Template<'_> {
                     self.plan.functions[i].invoke = config;
                 }
                 "AWS::Events::Rule" => self.rule(logical, &props),
+                "AWS::Scheduler::Schedule" => self.scheduler(logical, &props),
+                "AWS::SNS::Subscription" => self.subscription(logical, &props),
                 _ => {}
             }
         }
@@ -745,10 +808,12 @@ impl Template<'_> {
             default_timeout: 3,
             ..Function::default()
         };
-        if let Some(name) = prop(props, "FunctionName").and_then(|v| self.resolve(v, logical))
-            && let Some(name) = name.as_str()
+        // The name mappings may use for it, literal or not (`!Sub "fn-${Env}"`).
+        if let Some(name) = prop(props, "FunctionName")
+            .and_then(|v| self.resolve(v, logical))
+            .and_then(|v| v.text())
         {
-            function.aliases.push(name.to_owned());
+            function.aliases.push(name);
         }
         let field = |this: &mut Self, key: &str| {
             prop(props, key).and_then(|v| this.resolve(v, &format!("{logical}_{key}")))
@@ -871,19 +936,8 @@ impl Template<'_> {
             .and_then(Json::as_array)
         {
             for filter in filters {
-                match prop(filter, "Pattern").and_then(|p| self.resolve(p, "filter")) {
-                    Some(Val::Lit(Json::String(text))) => {
-                        if let Some(pattern) =
-                            parse_pattern(&text, origin, &mut self.plan.unsupported)
-                        {
-                            s.filters.push(pattern);
-                        }
-                    }
-                    Some(Val::Lit(pattern @ Json::Object(_))) => s.filters.push(pattern),
-                    _ => self.note(format!(
-                        "{origin}: a filter pattern that is not literal JSON; left out"
-                    )),
-                }
+                let pattern = prop(filter, "Pattern").and_then(|p| self.resolve(p, "filter"));
+                s.add_pattern(pattern, origin);
             }
         }
         if let Some(d) = props.pointer("/DestinationConfig/OnFailure") {
@@ -918,6 +972,19 @@ impl Template<'_> {
                 }
             }
         }
+        for config in [
+            "AmazonManagedKafkaEventSourceConfig",
+            "SelfManagedKafkaEventSourceConfig",
+        ] {
+            if props
+                .pointer(&format!("/{config}/SchemaRegistryConfig"))
+                .is_some()
+            {
+                self.note(format!(
+                    "{origin}: {config}.SchemaRegistryConfig (write source.kafka.schema_registry by hand: see \"Schema registries\")"
+                ));
+            }
+        }
         s
     }
 
@@ -941,11 +1008,40 @@ impl Template<'_> {
             });
         }
         let arn_json = prop(props, "EventSourceArn")?.clone();
+        if let Some((stream, consumer)) = self.kinesis_consumer(&arn_json) {
+            return Some(Event {
+                name: logical.to_owned(),
+                origin: origin.to_owned(),
+                source: Source::Kinesis {
+                    stream,
+                    consumer: Some(consumer),
+                },
+                settings,
+            });
+        }
         let referenced = referenced_type(&arn_json, self.resources);
         let arn = self.resolve(&arn_json, &format!("{logical}_source_arn"))?;
         let service = referenced.map(str::to_owned).or_else(|| {
             arn.text()
                 .and_then(|t| t.split(':').nth(2).map(str::to_owned))
+                .filter(|s| !s.contains("${"))
+        });
+        // An ARN from a parameter: its kind from its name and the settings given.
+        let service = service.or_else(|| {
+            let name = arn_json
+                .get("Ref")
+                .and_then(Json::as_str)
+                .unwrap_or(logical)
+                .to_owned();
+            let kind = super::infer_kind(
+                &name,
+                settings.starting_position.is_some(),
+                !topics.is_empty(),
+            );
+            self.note(format!(
+                "{origin}: the kind of {arn_json} is not in the template; read as {kind} (from its name and settings)"
+            ));
+            Some(kind.to_owned())
         });
         let table = self.table_of_stream(&arn_json);
         let source = match service.as_deref() {
@@ -980,6 +1076,22 @@ impl Template<'_> {
         })
     }
 
+    /// The stream and consumer name of `!GetAtt Consumer.ConsumerARN` (or `!Ref Consumer`) of an
+    /// `AWS::Kinesis::StreamConsumer` in the template.
+    fn kinesis_consumer(&mut self, value: &Json) -> Option<(Val, Val)> {
+        let logical = match (value.get("Ref"), value.get("Fn::GetAtt")) {
+            (Some(Json::String(r)), _) => r.clone(),
+            (_, Some(Json::Array(parts))) => parts.first()?.as_str()?.to_owned(),
+            _ => return None,
+        };
+        let (kind, props) = self.resource(&logical)?;
+        (kind == "AWS::Kinesis::StreamConsumer").then_some(())?;
+        let props = props.clone();
+        let stream = self.resolve(prop(&props, "StreamARN")?, &format!("{logical}_stream_arn"))?;
+        let name = self.resolve(prop(&props, "ConsumerName")?, &format!("{logical}_name"))?;
+        Some((stream, name))
+    }
+
     /// The table name for `!GetAtt Table.StreamArn` of a table the template names.
     fn table_of_stream(&mut self, value: &Json) -> Option<Val> {
         let parts = value.get("Fn::GetAtt")?.as_array()?;
@@ -1009,10 +1121,19 @@ impl Template<'_> {
                 };
                 Source::DynamoDb { stream, table }
             }
-            "Kinesis" => Source::Kinesis {
-                stream: self.resolve(prop(&props, "Stream")?, &format!("{hint}_stream_arn"))?,
-                consumer: None,
-            },
+            "Kinesis" => {
+                let stream_json = prop(&props, "Stream")?.clone();
+                match self.kinesis_consumer(&stream_json) {
+                    Some((stream, consumer)) => Source::Kinesis {
+                        stream,
+                        consumer: Some(consumer),
+                    },
+                    None => Source::Kinesis {
+                        stream: self.resolve(&stream_json, &format!("{hint}_stream_arn"))?,
+                        consumer: None,
+                    },
+                }
+            }
             "MSK" => Source::Msk {
                 cluster: self.resolve(prop(&props, "Stream")?, &format!("{hint}_cluster_arn"))?,
                 topics: prop(&props, "Topics")
@@ -1142,16 +1263,31 @@ impl Template<'_> {
 
     /// An `AWS::Events::Rule` with a schedule whose targets are functions of the template.
     fn rule(&mut self, logical: &str, props: &Json) {
-        let Some(expression) = prop(props, "ScheduleExpression").cloned() else {
+        let Some(targets) = prop(props, "Targets").and_then(Json::as_array) else {
             return;
         };
-        let Some(targets) = prop(props, "Targets").and_then(Json::as_array) else {
+        let Some(expression) = prop(props, "ScheduleExpression").cloned() else {
+            if targets
+                .iter()
+                .any(|t| prop(t, "Arn").is_some_and(|arn| self.function_of(arn).is_some()))
+            {
+                self.note(format!(
+                    "AWS::Events::Rule {logical}: an event pattern rule; sluice has no EventBridge source"
+                ));
+            }
             return;
         };
         for target in targets {
             let Some(i) = prop(target, "Arn").and_then(|arn| self.function_of(arn)) else {
                 continue;
             };
+            for key in ["InputTransformer", "InputPath"] {
+                if prop(target, key).is_some() {
+                    self.note(format!(
+                        "AWS::Events::Rule {logical}: {key} (shapes the Scheduled Event; use Input, or shape it in the handler)"
+                    ));
+                }
+            }
             let mut schedule = Map::new();
             schedule.insert("Schedule".into(), expression.clone());
             for (from, to) in [("Input", "Input"), ("State", "State")] {
@@ -1165,6 +1301,42 @@ impl Template<'_> {
             {
                 self.plan.functions[i].events.push(event);
             }
+        }
+    }
+}
+
+impl Template<'_> {
+    /// An `AWS::Scheduler::Schedule` whose target is a function of the template.
+    fn scheduler(&mut self, logical: &str, props: &Json) {
+        let Some(target) = prop(props, "Target") else {
+            return;
+        };
+        let Some(i) = prop(target, "Arn").and_then(|arn| self.function_of(arn)) else {
+            return;
+        };
+        let mut schedule = props.as_object().cloned().unwrap_or_default();
+        schedule.remove("Target");
+        for key in ["Input", "RetryPolicy", "DeadLetterConfig"] {
+            if let Some(value) = prop(target, key) {
+                schedule.insert(key.into(), value.clone());
+            }
+        }
+        let origin = format!("AWS::Scheduler::Schedule {logical}");
+        if let Some(event) =
+            self.schedule_event(logical, "ScheduleV2", &Json::Object(schedule), origin)
+        {
+            self.plan.functions[i].events.push(event);
+        }
+    }
+
+    /// An SNS subscription of a function: no SNS source in sluice.
+    fn subscription(&mut self, logical: &str, props: &Json) {
+        let to_function = prop(props, "Protocol").and_then(Json::as_str) == Some("lambda")
+            && prop(props, "Endpoint").is_some_and(|e| self.function_of(e).is_some());
+        if to_function {
+            self.note(format!(
+                "AWS::SNS::Subscription {logical}: sluice has no SNS source (subscribe an SQS queue to the topic and read it with an sqs mapping)"
+            ));
         }
     }
 }
@@ -1186,6 +1358,7 @@ fn referenced_type<'a>(value: &Json, resources: &'a Map<String, Json>) -> Option
     let logical = match (value.get("Ref"), value.get("Fn::GetAtt")) {
         (Some(Json::String(r)), _) => r.as_str(),
         (_, Some(Json::Array(parts))) => parts.first()?.as_str()?,
+        (_, Some(Json::String(text))) => text.split('.').next()?,
         _ => return None,
     };
     resources.get(logical)?.get("Type")?.as_str()
@@ -1250,14 +1423,14 @@ mod tests {
             }
         });
         let empty = Map::new();
-        let mut t = Template {
-            resources: template["Resources"].as_object().unwrap(),
-            parameters: template["Parameters"].as_object().unwrap(),
-            mappings: template["Mappings"].as_object().unwrap(),
-            conditions: template["Conditions"].as_object().unwrap_or(&empty),
-            region: None,
-            plan: Plan::default(),
-        };
+        let mut t = Template::new(
+            template["Resources"].as_object().unwrap(),
+            template["Parameters"].as_object().unwrap(),
+            template["Mappings"].as_object().unwrap(),
+            template["Conditions"].as_object().unwrap_or(&empty),
+            None,
+            Plan::default(),
+        );
         let r = |t: &mut Template, v: Json| t.resolve(&v, "hint");
         assert_eq!(
             r(&mut t, json!({"Fn::GetAtt": ["Orders", "Arn"]})),

@@ -4,8 +4,7 @@
 //! Lambda's settings map onto sluice's keys.
 
 use super::{
-    AsyncConfig, Dest, Event, Format, Function, Plan, Settings, Source, Summary, Val, Vars, escape,
-    kebab,
+    AsyncConfig, Dest, Event, Format, Function, Plan, Settings, Source, Summary, Val, Vars, kebab,
 };
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
@@ -59,9 +58,9 @@ fn quoted(val: &Val) -> String {
     }
 }
 
-/// A JSON value as a YAML flow node (JSON is YAML), `${` escaped.
+/// A JSON value as a YAML flow node (JSON is YAML): literal `${` escaped, variables kept.
 fn json_flow(json: &Json) -> String {
-    escape(&serde_json::to_string(json).expect("JSON serializes"))
+    super::render_json(json)
 }
 
 fn flow(val: &Val) -> String {
@@ -71,11 +70,12 @@ fn flow(val: &Val) -> String {
     }
 }
 
-/// A number value: the number, or a variable left unquoted so it expands to one.
+/// A number value: the number, or one variable left unquoted so it expands to one. Anything
+/// else is quoted (and refused by `validate`): text written bare could be more YAML.
 fn number(val: &Val) -> String {
     match (val.as_i64(), val) {
         (Some(n), _) => n.to_string(),
-        (None, Val::Expr(text)) => text.clone(),
+        (None, Val::Expr(text)) if is_bare_var(val) => text.clone(),
         (None, other) => quoted(other),
     }
 }
@@ -84,7 +84,9 @@ fn number(val: &Val) -> String {
 fn seconds(val: &Val) -> String {
     match (val.as_i64(), val) {
         (Some(n), _) => format!("{n}s"),
-        (None, Val::Expr(text)) => format!("\"{text}s\""),
+        (None, Val::Expr(text)) => {
+            serde_json::to_string(&format!("{text}s")).expect("a string serializes")
+        }
         (None, other) => quoted(other),
     }
 }
@@ -92,7 +94,7 @@ fn seconds(val: &Val) -> String {
 fn boolean(val: &Val) -> String {
     match (val.as_bool(), val) {
         (Some(b), _) => b.to_string(),
-        (None, Val::Expr(text)) => text.clone(),
+        (None, Val::Expr(text)) if is_bare_var(val) => text.clone(),
         (None, other) => quoted(other),
     }
 }
@@ -125,14 +127,26 @@ fn arn_service(val: &Val) -> Option<String> {
 
 /// Whether the value is one variable and nothing else.
 fn is_bare_var(val: &Val) -> bool {
-    matches!(val, Val::Expr(t) if t.starts_with("${") && t.ends_with('}') && t.matches("${").count() == 1)
+    let Val::Expr(text) = val else {
+        return false;
+    };
+    text.strip_prefix("${")
+        .and_then(|t| t.strip_suffix('}'))
+        .is_some_and(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 /// A queue URL for a queue ARN (or the URL itself).
 fn queue_url(val: &Val, vars: &mut Vars) -> Val {
     if let Some(url) = map_text(val, |text| {
         let (service, region, account, name) = arn_parts(text)?;
-        (service == "sqs").then(|| format!("https://sqs.{region}.amazonaws.com/{account}/{name}"))
+        let suffix = if text.starts_with("arn:aws-cn:") {
+            "amazonaws.com.cn"
+        } else {
+            "amazonaws.com"
+        };
+        (service == "sqs").then(|| format!("https://sqs.{region}.{suffix}/{account}/{name}"))
     }) {
         return url;
     }
@@ -148,7 +162,8 @@ fn queue_url(val: &Val, vars: &mut Vars) -> Val {
 /// A bucket name for a bucket ARN (or the name itself).
 fn bucket_name(val: &Val) -> Val {
     map_text(val, |text| {
-        text.strip_prefix("arn:aws:s3:::").map(str::to_owned)
+        let (_, bucket) = text.strip_prefix("arn:")?.split_once(":s3:::")?;
+        Some(bucket.to_owned())
     })
     .unwrap_or_else(|| val.clone())
 }
@@ -321,22 +336,38 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
         }
     }
     if mappings == 0 {
-        // A config needs a mapping; functions without event sources are served through the
-        // Invoke API instead.
         body.out.truncate(body.out.len() - "mappings:\n".len());
+    }
+    // Functions without event sources are served through the Invoke API, with their
+    // asynchronous settings.
+    let unmapped: Vec<_> = functions
+        .iter()
+        .zip(&targets)
+        .filter(|(f, _)| f.events.is_empty())
+        .collect();
+    if !unmapped.is_empty() {
         body.line(0, "invoke_api:", None);
         body.line(2, "functions:", None);
-        for (function, target) in functions.iter().zip(&targets) {
+        for (function, target) in unmapped {
+            let name = function.aliases.first().unwrap_or(&function.name);
             body.line(
                 4,
-                &format!(
-                    "{}: {{ target: {target} }}",
-                    quoted(&Val::str(&function.name))
-                ),
+                &format!("{}:", quoted(&Val::str(name))),
                 Some("no event source in the files: invoked through the Invoke API"),
             );
+            body.line(6, &format!("target: {target}"), None);
+            write_async_settings(&mut body, function, 6, "async");
+            body.summary.imported.push(format!(
+                "function {} -> invoke_api.functions.{name}",
+                function.name
+            ));
         }
     }
+    body.summary.unsupported.dedup();
+    let mut seen = BTreeSet::new();
+    body.summary
+        .unsupported
+        .retain(|line| seen.insert(line.clone()));
 
     w.comment(
         0,
@@ -436,7 +467,12 @@ fn write_target(w: &mut Writer, function: &Function, target: &str) {
                 Some(reserved) if reserved.as_i64() == Some(0) => w.line(
                     6,
                     "concurrency: 1",
-                    Some("ReservedConcurrentExecutions is 0 (the function is throttled); disable its mappings to match"),
+                    Some("ReservedConcurrentExecutions is 0: the function is throttled, and its mappings are written disabled"),
+                ),
+                Some(reserved @ Val::Expr(_)) if is_bare_var(reserved) => w.line(
+                    6,
+                    &format!("concurrency: {}", number(reserved)),
+                    Some("ReservedConcurrentExecutions (1..=1000)"),
                 ),
                 _ => w.line(
                     6,
@@ -464,7 +500,10 @@ fn write_target(w: &mut Writer, function: &Function, target: &str) {
                 Some(runtime) => {
                     format!("no runtime interface client command is known for {runtime}")
                 }
-                None => "the function has no Runtime (a container image)".to_owned(),
+                None => {
+                    "the files name no Runtime (a container image, or a runtime left to a default)"
+                        .to_owned()
+                }
             };
             w.line(4, "http:", Some(&why));
             w.line(6, &format!("url: {}", quoted(&url)), None);
@@ -513,6 +552,20 @@ fn write_env(w: &mut Writer, function: &Function) {
     }
 }
 
+/// A starting timestamp: Unix seconds (CloudFormation's is a Double: its fraction is dropped,
+/// sluice reads whole seconds) or RFC 3339, quoted.
+fn timestamp_text(val: &Val) -> String {
+    match val {
+        Val::Lit(Json::Number(n)) => {
+            let seconds = n.as_i64().or_else(|| n.as_f64().map(|f| f.trunc() as i64));
+            quoted(&Val::str(
+                seconds.map(|s| s.to_string()).unwrap_or_default(),
+            ))
+        }
+        other => quoted(other),
+    }
+}
+
 /// Lambda's names for starting positions, as sluice writes them.
 fn starting_position(val: &Val) -> String {
     match val.as_str().map(str::to_ascii_uppercase).as_deref() {
@@ -527,7 +580,21 @@ fn write_mapping(w: &mut Writer, function: &Function, target: &str, event: &Even
     let s = &event.settings;
     w.line(2, &format!("- name: {name}"), Some(&event.origin));
     w.line(4, &format!("target: {target}"), None);
-    if let Some(enabled) = &s.enabled
+    let throttled = function
+        .reserved_concurrency
+        .as_ref()
+        .is_some_and(|r| r.as_i64() == Some(0));
+    if let Some(reason) = &s.disabled_because {
+        w.line(4, "enabled: false", Some("see below"));
+        w.comment(4, reason);
+        w.summary.unsupported.push(reason.clone());
+    } else if throttled {
+        w.line(
+            4,
+            "enabled: false",
+            Some("ReservedConcurrentExecutions is 0: Lambda never invoked the function"),
+        );
+    } else if let Some(enabled) = &s.enabled
         && enabled.as_bool() != Some(true)
     {
         w.line(
@@ -734,7 +801,7 @@ fn write_stream_settings(w: &mut Writer, s: &Settings) {
     if let Some(timestamp) = &s.starting_timestamp {
         w.line(
             8,
-            &format!("starting_timestamp: {}", quoted(timestamp)),
+            &format!("starting_timestamp: {}", timestamp_text(timestamp)),
             None,
         );
     }
@@ -762,7 +829,23 @@ fn write_stream_settings(w: &mut Writer, s: &Settings) {
     if let Some(window) = &s.tumbling_window
         && window.as_i64() != Some(0)
     {
-        w.line(8, &format!("tumbling_window: {}", seconds(window)), None);
+        let parallel = s
+            .parallelization
+            .as_ref()
+            .is_some_and(|f| f.as_i64() != Some(1));
+        if parallel {
+            // sluice keeps one window state per shard (semantics.md, tumbling windows).
+            w.unsupported(
+                8,
+                format!(
+                    "tumbling window of {} with parallelization_factor {}: sluice keeps window state per shard and needs factor 1; the window is left out",
+                    seconds(window),
+                    number(s.parallelization.as_ref().expect("checked"))
+                ),
+            );
+        } else {
+            w.line(8, &format!("tumbling_window: {}", seconds(window)), None);
+        }
     }
 }
 
@@ -805,7 +888,7 @@ fn write_kafka(
     if let Some(timestamp) = &s.starting_timestamp {
         w.line(
             8,
-            &format!("starting_timestamp: {}", quoted(timestamp)),
+            &format!("starting_timestamp: {}", timestamp_text(timestamp)),
             None,
         );
     }
@@ -952,18 +1035,30 @@ fn write_stream_retry(w: &mut Writer, s: &Settings, mapping: &str, origin: &str)
         let queue = w.vars.need(
             &format!("{mapping}_failure_queue_url"),
             format!(
-                "the URL of a queue for records of {origin} that exhaust their retries: Lambda discarded them (no OnFailure destination), sluice needs a destination when retries are bounded"
+                "the URL of a queue for records of {origin} that exhaust their retries: Lambda discarded them (no OnFailure destination sluice can write to), sluice needs a destination when retries are bounded"
             ),
         );
         w.line(
             4,
             &format!("on_failure: {{ sqs: {{ queue_url: {} }} }}", quoted(&queue)),
-            Some("no OnFailure destination in the files"),
+            Some("no OnFailure destination sluice can write to"),
         );
     }
 }
 
 fn write_async_policy(w: &mut Writer, function: &Function, kind: &str) {
+    write_async_settings(w, function, 4, "retry");
+    if kind == "schedule" {
+        w.comment(
+            4,
+            "failures follow the function's asynchronous policy, as Lambda's do once EventBridge has delivered the event",
+        );
+    }
+}
+
+/// A function's asynchronous settings at `indent`: its retries under `retry_key` (a mapping's
+/// `retry`, an Invoke API function's `async`), then its destinations.
+fn write_async_settings(w: &mut Writer, function: &Function, indent: usize, retry_key: &str) {
     let AsyncConfig {
         max_event_age,
         max_retries,
@@ -971,28 +1066,46 @@ fn write_async_policy(w: &mut Writer, function: &Function, kind: &str) {
         on_failure,
     } = &function.invoke;
     if max_event_age.is_some() || max_retries.is_some() {
-        w.line(4, "retry:", Some("EventInvokeConfig"));
+        w.line(indent, &format!("{retry_key}:"), Some("EventInvokeConfig"));
         if let Some(retries) = max_retries {
-            w.line(6, &format!("max_retry_attempts: {}", number(retries)), None);
+            w.line(
+                indent + 2,
+                &format!("max_retry_attempts: {}", number(retries)),
+                None,
+            );
         }
         if let Some(age) = max_event_age {
-            w.line(6, &format!("max_event_age: {}", seconds(age)), None);
+            w.line(
+                indent + 2,
+                &format!("max_event_age: {}", seconds(age)),
+                None,
+            );
         }
     }
     match (on_failure, &function.dead_letter) {
-        (Some(dest), _) => {
+        (Some(dest), dlq) => {
             write_dest(
                 w,
-                4,
+                indent,
                 "on_failure",
                 dest,
                 Some("EventInvokeConfig OnFailure"),
             );
+            if let Some(dlq) = dlq {
+                w.unsupported(
+                    indent,
+                    format!(
+                        "{}: a dead-letter queue beside an OnFailure destination ({}); sluice sends failures to on_failure only",
+                        dlq.origin,
+                        dlq.arn.text().unwrap_or_default()
+                    ),
+                );
+            }
         }
         (None, Some(dlq)) => {
             write_dest(
                 w,
-                4,
+                indent,
                 "on_failure",
                 dlq,
                 Some(
@@ -1005,16 +1118,10 @@ fn write_async_policy(w: &mut Writer, function: &Function, kind: &str) {
     if let Some(dest) = on_success {
         write_dest(
             w,
-            4,
+            indent,
             "on_success",
             dest,
             Some("EventInvokeConfig OnSuccess"),
-        );
-    }
-    if kind == "schedule" {
-        w.comment(
-            4,
-            "failures follow the function's asynchronous policy, as Lambda's do once EventBridge has delivered the event",
         );
     }
 }

@@ -304,6 +304,91 @@ pub fn escape(text: &str) -> String {
     text.replace("${", "$${")
 }
 
+/// Inside JSON values (filter patterns, objects, lists), a string holding sluice variables is
+/// `{"sluice::expr": text}`, so it is written unescaped where a literal string is escaped.
+pub const EXPR_KEY: &str = "sluice::expr";
+
+/// The JSON form of a value: literals as they are, text with variables as a marker.
+pub fn to_json(val: Val) -> Json {
+    match val {
+        Val::Lit(json) => json,
+        Val::Expr(text) => {
+            let mut object = serde_json::Map::new();
+            object.insert(EXPR_KEY.into(), Json::String(text));
+            Json::Object(object)
+        }
+    }
+}
+
+/// The value of a JSON element: a marker is text with variables.
+pub fn from_json(json: Json) -> Val {
+    match json {
+        Json::Object(object) if object.len() == 1 && object.contains_key(EXPR_KEY) => {
+            match object.get(EXPR_KEY) {
+                Some(Json::String(text)) => Val::Expr(text.clone()),
+                _ => Val::Lit(Json::Object(object)),
+            }
+        }
+        other => Val::Lit(other),
+    }
+}
+
+/// A JSON value as YAML flow text (JSON is YAML): literal strings with `${` escaped, markers
+/// written as the text they hold.
+pub fn render_json(json: &Json) -> String {
+    match json {
+        Json::String(s) => serde_json::to_string(&escape(s)).expect("a string serializes"),
+        Json::Array(items) => {
+            let items: Vec<String> = items.iter().map(render_json).collect();
+            format!("[{}]", items.join(","))
+        }
+        Json::Object(object) => {
+            if let Val::Expr(text) = from_json(json.clone()) {
+                return serde_json::to_string(&text).expect("a string serializes");
+            }
+            let entries: Vec<String> = object
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}:{}",
+                        serde_json::to_string(&escape(k)).expect("a string serializes"),
+                        render_json(v)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", entries.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A pattern in JSON text that may hold sluice variables (`{"type": ["${KIND}"]}`, from a
+/// `!Sub` or a Terraform template): strings with variables become markers, `$${` goes back to
+/// a literal `${`.
+pub fn parse_expr_pattern(text: &str) -> Option<Json> {
+    fn mark(json: Json) -> Json {
+        match json {
+            Json::String(s) => {
+                let unescaped_var = s
+                    .match_indices("${")
+                    .any(|(i, _)| i == 0 || !s[..i].ends_with('$'));
+                if unescaped_var {
+                    to_json(Val::Expr(s))
+                } else {
+                    Json::String(s.replace("$${", "${"))
+                }
+            }
+            Json::Array(items) => Json::Array(items.into_iter().map(mark).collect()),
+            Json::Object(object) => {
+                Json::Object(object.into_iter().map(|(k, v)| (k, mark(v))).collect())
+            }
+            other => other,
+        }
+    }
+    let json: Json = serde_json::from_str(text).ok()?;
+    json.is_object().then(|| mark(json))
+}
+
 /// The variables an import needs, each with what to set it to.
 #[derive(Debug, Default)]
 pub struct Vars {
@@ -319,7 +404,12 @@ impl Vars {
         if let Some((name, _)) = self.list.iter().find(|(_, w)| *w == what) {
             return Val::Expr(format!("${{{name}}}"));
         }
-        let base = env_name(hint);
+        let mut base = env_name(hint);
+        // A name the environment of every process has would pass unset (HOME from a
+        // parameter named Home): such names get a suffix.
+        if RESERVED_NAMES.contains(&base.as_str()) {
+            base.push_str("_VALUE");
+        }
         let mut name = base.clone();
         let mut n = 2;
         while self.list.iter().any(|(taken, _)| *taken == name) {
@@ -367,6 +457,12 @@ impl Vars {
         }
     }
 }
+
+/// Environment variables a shell or container already sets.
+const RESERVED_NAMES: &[&str] = &[
+    "HOME", "USER", "PATH", "PWD", "SHELL", "LANG", "TERM", "HOSTNAME", "TMPDIR", "LOGNAME",
+    "OLDPWD", "SHLVL", "TZ", "MAIL", "UID", "EDITOR",
+];
 
 /// `OrdersQueue` / `orders-queue` / `orders.queue` → `ORDERS_QUEUE`.
 pub fn env_name(hint: &str) -> String {
@@ -529,18 +625,52 @@ pub struct Settings {
     /// Defaults the format applies where Lambda's differ (the Serverless Framework's batch size
     /// of 10 for streams): noted beside the value.
     pub notes: BTreeMap<&'static str, String>,
+    /// Why the mapping is written disabled although the files enable it (a filter that could
+    /// not be carried over: enabled, it would invoke with records Lambda filtered out).
+    pub disabled_because: Option<String>,
 }
 
-/// A FilterCriteria pattern given as JSON text: parsed, or kept as a string for the summary.
-pub fn parse_pattern(text: &str, origin: &str, plan_unsupported: &mut Vec<String>) -> Option<Json> {
-    match serde_json::from_str::<Json>(text) {
-        Ok(pattern) if pattern.is_object() => Some(pattern),
-        _ => {
-            plan_unsupported.push(format!(
-                "{origin}: the filter pattern {text:?} is not a JSON object; left out"
-            ));
-            None
+impl Settings {
+    /// Adds a FilterCriteria pattern (a literal, or JSON text holding variables). A pattern
+    /// that cannot be carried over disables the mapping, with the reason: enabled without it,
+    /// the mapping would invoke with records Lambda filtered out.
+    pub fn add_pattern(&mut self, pattern: Option<Val>, origin: &str) {
+        let parsed = match &pattern {
+            Some(Val::Lit(Json::String(text))) => serde_json::from_str::<Json>(text)
+                .ok()
+                .filter(Json::is_object),
+            Some(Val::Lit(object @ Json::Object(_))) => Some(object.clone()),
+            Some(Val::Expr(text)) => parse_expr_pattern(text),
+            _ => None,
+        };
+        match parsed {
+            Some(pattern) => self.filters.push(pattern),
+            None => {
+                let shown = pattern
+                    .as_ref()
+                    .and_then(Val::text)
+                    .unwrap_or_else(|| "a pattern that is not literal JSON".into());
+                self.disabled_because = Some(format!(
+                    "{origin}: the filter pattern {shown} could not be carried over; add it to filters, then enable the mapping"
+                ));
+            }
         }
+    }
+}
+
+/// The kind of an event source whose ARN the files do not give (a parameter, a variable): from
+/// the name it goes by, else from the settings only some kinds have (`Topics` for Kafka, a
+/// starting position for streams; SQS has neither).
+pub fn infer_kind(name: &str, has_starting_position: bool, has_topics: bool) -> &'static str {
+    let name = name.to_ascii_lowercase();
+    if has_topics || name.contains("kafka") || name.contains("msk") {
+        "kafka"
+    } else if name.contains("dynamo") || name.contains("table") {
+        "dynamodb"
+    } else if name.contains("kinesis") || (has_starting_position && !name.contains("queue")) {
+        "kinesis"
+    } else {
+        "sqs"
     }
 }
 
@@ -574,5 +704,25 @@ mod tests {
         assert_eq!(Val::str("a ${b}").text().unwrap(), "a $${b}");
         let joined = Val::concat(&[Val::str("x-${y}-"), Val::Expr("${REGION}".into())]).unwrap();
         assert_eq!(joined, Val::Expr("x-$${y}-${REGION}".into()));
+    }
+
+    #[test]
+    fn variables_inside_json_stay_variables_and_literals_stay_literal() {
+        let pattern = parse_expr_pattern(r#"{"type": ["${KIND}", "a$${b}"], "n": [1]}"#).unwrap();
+        let rendered = render_json(&pattern);
+        assert_eq!(
+            serde_json::from_str::<Json>(&rendered).unwrap(),
+            serde_json::json!({"type": ["${KIND}", "a$${b}"], "n": [1]})
+        );
+        assert_eq!(
+            from_json(pattern["type"][0].clone()),
+            Val::Expr("${KIND}".into())
+        );
+        assert_eq!(pattern["type"][1], "a${b}");
+        let mut vars = Vars::default();
+        assert_eq!(
+            vars.need("Home", "a parameter"),
+            Val::Expr("${HOME_VALUE}".into())
+        );
     }
 }

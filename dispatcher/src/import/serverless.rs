@@ -11,10 +11,7 @@
 //! are written, since that is what the deployment ran with.
 
 use super::cloudformation::{self, Template};
-use super::{
-    AsyncConfig, Dest, Event, Function, ImportError, Plan, Settings, Source, Val, Vars,
-    parse_pattern,
-};
+use super::{AsyncConfig, Dest, Event, Function, ImportError, Plan, Settings, Source, Val, Vars};
 use serde_json::{Map, Value as Json};
 use std::path::Path;
 
@@ -23,34 +20,46 @@ const OPEN: char = '\u{1}';
 const CLOSE: char = '\u{2}';
 /// How deep `${self:...}` may refer onward.
 const MAX_DEPTH: usize = 10;
+/// How many variables one file may resolve in all: references that fan out (each value naming
+/// the next several times) would otherwise take exponential time.
+const MAX_RESOLUTIONS: usize = 100_000;
 
 pub(super) fn read(path: &Path, text: &str) -> Result<Plan, ImportError> {
     let root = cloudformation::parse(path, text)?;
     let mut resolver = Resolver {
         root: &root,
         vars: Vars::default(),
+        resolutions: 0,
     };
     let resolved = resolver.walk(&root, 0);
+    if resolver.resolutions > MAX_RESOLUTIONS {
+        return Err(ImportError::Content {
+            path: path.to_owned(),
+            message: format!(
+                "its variables refer to each other more than {MAX_RESOLUTIONS} times; look for ${{self:...}} values that name each other"
+            ),
+        });
+    }
     let vars = resolver.vars;
     let empty = Map::new();
     let resources = resolved
         .pointer("/resources/Resources")
         .and_then(Json::as_object)
         .unwrap_or(&empty);
-    let mut t = Template {
+    let mut t = Template::new(
         resources,
-        parameters: &empty,
-        mappings: &empty,
-        conditions: &empty,
-        region: resolved
+        &empty,
+        &empty,
+        &empty,
+        resolved
             .pointer("/provider/region")
             .and_then(Json::as_str)
             .map(Val::str),
-        plan: Plan {
+        Plan {
             vars,
             ..Plan::default()
         },
-    };
+    );
     let provider = resolved.get("provider").cloned().unwrap_or(Json::Null);
     let service = resolved
         .get("service")
@@ -72,12 +81,16 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Plan, ImportError> {
         let function = read_function(&mut t, &provider, &service, &stage, key, definition);
         t.plan.functions.push(function);
     }
+    // Mappings, invoke configs and rules written as CloudFormation under resources.Resources.
+    t.read_resources(&Map::new());
     Ok(t.plan)
 }
 
 struct Resolver<'a> {
     root: &'a Json,
     vars: Vars,
+    /// Variables resolved so far (see [`MAX_RESOLUTIONS`]).
+    resolutions: usize,
 }
 
 impl Resolver<'_> {
@@ -85,7 +98,7 @@ impl Resolver<'_> {
     /// become `{"sluice::expr": text}` for the template resolver.
     fn walk(&mut self, value: &Json, depth: usize) -> Json {
         match value {
-            Json::String(text) => to_marked(self.string(text, depth)),
+            Json::String(text) => mark_all(self.string(text, depth)),
             Json::Array(items) => Json::Array(items.iter().map(|i| self.walk(i, depth)).collect()),
             Json::Object(object) => Json::Object(
                 object
@@ -121,11 +134,25 @@ impl Resolver<'_> {
     }
 
     fn variable(&mut self, inner: &str, depth: usize) -> Json {
+        self.resolutions += 1;
+        if self.resolutions > MAX_RESOLUTIONS {
+            return Json::Null;
+        }
         let (primary, fallback) = split_fallback(inner);
         if let Some(name) = primary.trim().strip_prefix("env:") {
             // Read when sluice loads the config, as the framework read it at deploy time; a
             // literal fallback becomes sluice's own `${NAME:-fallback}`.
             let name = name.trim();
+            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return var_text(&self.vars.need(
+                    if name.is_empty() { "env" } else { name },
+                    format!(
+                        "the value of ${{env:{name}}} in serverless.yml (not a valid variable name)"
+                    ),
+                ));
+            }
             let literal = fallback.map(|f| literal_or_variable(f.trim(), self, depth));
             return match literal {
                 Some(Json::String(text)) if !text.contains(OPEN) => {
@@ -165,6 +192,8 @@ impl Resolver<'_> {
         }
         let (kind, rest) = name.split_once(':').unwrap_or(("self", name));
         match kind {
+            // `${}` and `${self:}` would be the whole file: nothing a setting can hold.
+            "self" if rest.trim().is_empty() => None,
             "self" => {
                 let pointer = format!("/{}", rest.replace('.', "/"));
                 let found = if rest.is_empty() {
@@ -228,6 +257,10 @@ fn var_text(val: &Val) -> Json {
 
 /// A fallback: a quoted literal, a number, or another variable.
 fn literal_or_variable(text: &str, resolver: &mut Resolver<'_>, depth: usize) -> Json {
+    // A fallback that was itself a variable is resolved already (innermost first).
+    if text.contains(OPEN) {
+        return Json::String(text.to_owned());
+    }
     let unquoted = text
         .strip_prefix('\'')
         .and_then(|t| t.strip_suffix('\''))
@@ -246,26 +279,13 @@ fn literal_or_variable(text: &str, resolver: &mut Resolver<'_>, depth: usize) ->
     }
 }
 
-/// The innermost `${...}`: its start and the index of its `}`.
+/// The innermost `${...}`: its start and the index of its `}`. Linear: the first `}` that
+/// follows a `${` closes the last `${` before it.
 fn innermost(text: &str) -> Option<(usize, usize)> {
-    let mut best = None;
-    let mut search = 0;
-    while let Some(offset) = text[search..].find("${") {
-        let start = search + offset;
-        let after = &text[start + 2..];
-        let close = after.find('}');
-        let nested = after.find("${");
-        match (close, nested) {
-            (Some(c), Some(n)) if n < c => {}
-            (Some(c), _) => {
-                best = Some((start, start + 2 + c));
-                break;
-            }
-            (None, _) => break,
-        }
-        search = start + 2;
-    }
-    best
+    let first_open = text.find("${")?;
+    let close = first_open + text[first_open..].find('}')?;
+    let start = text[..close].rfind("${")?;
+    Some((start, close))
 }
 
 /// `opt:stage, 'dev'` → (`opt:stage`, `'dev'`), at the first comma outside quotes.
@@ -280,6 +300,19 @@ fn split_fallback(inner: &str) -> (&str, Option<&str>) {
         }
     }
     (inner, None)
+}
+
+/// Every string of a resolved value (a `${self:...}` may bring an object) marked as
+/// [`to_marked`] does.
+fn mark_all(value: Json) -> Json {
+    match value {
+        Json::String(_) => to_marked(value),
+        Json::Array(items) => Json::Array(items.into_iter().map(mark_all).collect()),
+        Json::Object(object) => {
+            Json::Object(object.into_iter().map(|(k, v)| (k, mark_all(v))).collect())
+        }
+        other => other,
+    }
 }
 
 /// A resolved string: literal, or `{"sluice::expr": ...}` when it holds a sluice variable.
@@ -322,19 +355,32 @@ fn read_function(
             .or_else(|| get(provider, provider_name))
             .and_then(|v| t.resolve(v, &format!("{key}_{name}")))
     };
+    // The framework's logical id for the function: mappings under resources.Resources use it.
+    let logical = {
+        let mut chars = key.chars();
+        let first = chars
+            .next()
+            .map(|c| c.to_ascii_uppercase())
+            .unwrap_or_default();
+        format!("{first}{}LambdaFunction", chars.as_str())
+            .replace('-', "Dash")
+            .replace('_', "Underscore")
+    };
     let mut function = Function {
         name: key.to_owned(),
-        aliases: vec![format!("{service}-{stage}-{key}")],
+        aliases: vec![format!("{service}-{stage}-{key}"), logical],
         origin: origin.clone(),
         default_timeout: 6,
         // Handlers are paths from the service's directory.
         code_dir: Some(String::new()),
         ..Function::default()
     };
-    if let Some(name) = get(definition, "name").and_then(|v| t.resolve(v, key))
-        && let Some(name) = name.as_str()
+    // `name:` is the deployed function's name: first, since function_name is the first alias.
+    if let Some(name) = get(definition, "name")
+        .and_then(|v| t.resolve(v, key))
+        .and_then(|v| v.text())
     {
-        function.aliases.push(name.to_owned());
+        function.aliases.insert(0, name);
     }
     if get(definition, "image").is_none() {
         function.runtime = field(t, "runtime", "runtime");
@@ -392,6 +438,12 @@ fn read_function(
             origin: format!("{origin} onError"),
         });
     }
+    if let Some(events) = get(definition, "events").filter(|e| !e.is_array()) {
+        t.plan.unsupported.push(format!(
+            "{origin}: events is not a list ({}); none imported",
+            super::render_json(events)
+        ));
+    }
     if let Some(events) = get(definition, "events").and_then(Json::as_array) {
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for event in events {
@@ -434,15 +486,11 @@ fn settings(t: &mut Template<'_>, body: &Json, origin: &str) -> Settings {
         .is_some_and(|v| v.as_str() == Some("ReportBatchItemFailures"));
     if let Some(patterns) = get(body, "filterPatterns").and_then(Json::as_array) {
         for pattern in patterns {
-            match pattern {
-                Json::Object(_) => s.filters.push(pattern.clone()),
-                Json::String(text) => {
-                    if let Some(p) = parse_pattern(text, origin, &mut t.plan.unsupported) {
-                        s.filters.push(p);
-                    }
-                }
-                _ => {}
-            }
+            let pattern = match pattern {
+                Json::Object(_) => Some(super::from_json(pattern.clone())),
+                other => t.resolve(other, "filter"),
+            };
+            s.add_pattern(pattern, origin);
         }
     }
     if let Some(on_failure) = body.pointer("/destinations/onFailure") {
@@ -623,7 +671,13 @@ fn read_event(
                         "saslScram512Auth" => "SASL_SCRAM_512_AUTH",
                         "clientCertificateTlsAuth" => "CLIENT_CERTIFICATE_TLS_AUTH",
                         "serverRootCaCertificate" => "SERVER_ROOT_CA_CERTIFICATE",
-                        _ => "VPC_SUBNET",
+                        "vpcSubnet" | "vpcSecurityGroup" => "VPC_SUBNET",
+                        other => {
+                            t.plan
+                                .unsupported
+                                .push(format!("{origin}: accessConfigurations.{other}"));
+                            continue;
+                        }
                     };
                     for uri in t.list(value, "secret") {
                         s.access.push((kind.to_owned(), uri));
@@ -712,6 +766,7 @@ mod tests {
         let mut resolver = Resolver {
             root: &root,
             vars: Vars::default(),
+            resolutions: 0,
         };
         let out = resolver.walk(&Json::String(text.into()), 0);
         (out, resolver.vars.into_list())

@@ -10,7 +10,8 @@
 //! `module.*`, conditionals, loops) becomes a variable the summary names.
 
 use super::{
-    AsyncConfig, Dest, Event, Function, ImportError, Plan, Settings, Source, Val, parse_pattern,
+    AsyncConfig, Dest, Event, Function, ImportError, Plan, Settings, Source, Val, from_json,
+    render_json, to_json,
 };
 use hcl::expr::{Expression, TraversalOperator};
 use hcl::template::Element;
@@ -60,7 +61,8 @@ pub(super) fn read(files: &[(PathBuf, String)]) -> Result<Plan, ImportError> {
                 ("resource", [kind, name]) => tf
                     .resources
                     .push((((*kind).to_owned(), (*name).to_owned()), block.body.clone())),
-                ("provider", ["aws"]) => {
+                // The default provider's region (an aliased provider serves other resources).
+                ("provider", ["aws"]) if attr(&block.body, "alias").is_none() => {
                     if let Some(Expression::String(region)) = attr(&block.body, "region") {
                         tf.region = Some(region.clone());
                     }
@@ -97,9 +99,17 @@ fn reference(expression: &Expression) -> Option<(String, String, String)> {
     let Expression::Variable(root) = &traversal.expr else {
         return None;
     };
+    // `aws_lambda_function.f["a"].arn` is read as `aws_lambda_function.f.arn`: one instance of
+    // a resource with count or for_each stands for all (the summary says so).
     let names: Vec<&str> = traversal
         .operators
         .iter()
+        .filter(|op| {
+            !matches!(
+                op,
+                TraversalOperator::Index(_) | TraversalOperator::LegacyIndex(_)
+            )
+        })
         .map(|op| match op {
             TraversalOperator::GetAttr(ident) => Some(ident.as_str()),
             _ => None,
@@ -163,10 +173,8 @@ impl Files {
             Expression::Array(items) => {
                 let mut out = Vec::new();
                 for item in items {
-                    match self.eval(item, hint, depth + 1) {
-                        Some(Val::Lit(json)) => out.push(json),
-                        Some(Val::Expr(text)) => out.push(Json::String(text)),
-                        None => {}
+                    if let Some(val) = self.eval(item, hint, depth + 1) {
+                        out.push(to_json(val));
                     }
                 }
                 Some(Val::Lit(Json::Array(out)))
@@ -182,14 +190,8 @@ impl Files {
                         },
                         other => format!("{other:?}"),
                     };
-                    match self.eval(value, &key, depth + 1) {
-                        Some(Val::Lit(json)) => {
-                            out.insert(key, json);
-                        }
-                        Some(Val::Expr(text)) => {
-                            out.insert(key, Json::String(text));
-                        }
-                        None => {}
+                    if let Some(val) = self.eval(value, &key, depth + 1) {
+                        out.insert(key, to_json(val));
                     }
                 }
                 Some(Val::Lit(Json::Object(out)))
@@ -216,11 +218,12 @@ impl Files {
             Expression::FuncCall(call) => {
                 let name = call.name.name.as_str();
                 match (name, call.args.as_slice()) {
+                    // JSON text; values with variables stay variables inside it.
                     ("jsonencode", [argument]) => match self.eval(argument, hint, depth + 1)? {
-                        Val::Lit(json) => Some(Val::str(json.to_string())),
-                        Val::Expr(_) => {
-                            self.unresolved(hint, format!("the value of {}", text_of(expression)))
+                        Val::Lit(json) if !render_json(&json).contains("${") => {
+                            Some(Val::str(json.to_string()))
                         }
+                        val => Some(Val::Expr(render_json(&to_json(val)))),
                     },
                     ("tostring" | "tonumber" | "tobool", [argument]) => {
                         self.eval(argument, hint, depth + 1)
@@ -255,7 +258,9 @@ impl Files {
                 Some(value) => self.eval(&value, name, depth + 1),
                 None => self.unresolved(name, format!("the value of local.{name}")),
             },
-            kind if kind.starts_with("aws_") => self.resource_attribute(kind, name, attribute),
+            kind if kind.starts_with("aws_") => {
+                self.resource_attribute(kind, name, attribute, depth)
+            }
             _ => self.unresolved(
                 &format!("{name}_{attribute}"),
                 format!("the value of {}", text_of(expression)),
@@ -264,7 +269,13 @@ impl Files {
     }
 
     /// An attribute of a resource in the files, from its name arguments.
-    fn resource_attribute(&mut self, kind: &str, name: &str, attribute: &str) -> Option<Val> {
+    fn resource_attribute(
+        &mut self,
+        kind: &str,
+        name: &str,
+        attribute: &str,
+        depth: usize,
+    ) -> Option<Val> {
         let name_key = match kind {
             "aws_sqs_queue"
             | "aws_kinesis_stream"
@@ -281,8 +292,9 @@ impl Files {
             .resource(kind, name)
             .and_then(|body| attr(body, name_key))
             .cloned();
+        // Through `depth`: a name that refers to itself ends as a variable, not a stack overflow.
         let resolved = match literal_name {
-            Some(expression) => self.eval(&expression, name, 1),
+            Some(expression) => self.eval(&expression, name, depth + 1),
             None => None,
         };
         let what = format!("{attribute} of {kind}.{name}");
@@ -343,13 +355,7 @@ impl Files {
 
     fn list(&mut self, body: &Body, key: &str, hint: &str) -> Vec<Val> {
         match self.field(body, key, hint) {
-            Some(Val::Lit(Json::Array(items))) => items
-                .into_iter()
-                .map(|item| match item {
-                    Json::String(s) if s.contains("${") => Val::Expr(s),
-                    other => Val::Lit(other),
-                })
-                .collect(),
+            Some(Val::Lit(Json::Array(items))) => items.into_iter().map(from_json).collect(),
             Some(other) => vec![other],
             None => Vec::new(),
         }
@@ -411,6 +417,15 @@ impl Files {
         }
         for ((kind, name), body) in &resources {
             let origin = format!("{kind}.{name}");
+            let relevant = kind.starts_with("aws_lambda_")
+                || kind == "aws_s3_bucket_notification"
+                || kind == "aws_cloudwatch_event_target"
+                || kind == "aws_scheduler_schedule";
+            if relevant && (attr(body, "count").is_some() || attr(body, "for_each").is_some()) {
+                self.plan.unsupported.push(format!(
+                    "{origin}: count/for_each is not expanded; one instance is written, repeat it for each"
+                ));
+            }
             match kind.as_str() {
                 "aws_lambda_event_source_mapping" => {
                     let i = self.function_for(body, &origin);
@@ -478,11 +493,7 @@ impl Files {
                 self.field(&environment.body, "variables", name)
         {
             for (key, value) in variables {
-                let value = match value {
-                    Json::String(s) if s.contains("${") && !s.contains("$${") => Val::Expr(s),
-                    other => Val::Lit(other),
-                };
-                function.env.push((key, value));
+                function.env.push((key, from_json(value)));
             }
         }
         if let Some(dlq) = blocks(body, "dead_letter_config").next() {
@@ -518,16 +529,13 @@ impl Files {
         }
         for criteria in blocks(body, "filter_criteria") {
             for filter in blocks(&criteria.body, "filter") {
-                match self.field(&filter.body, "pattern", name) {
-                    Some(Val::Lit(Json::String(text))) => {
-                        if let Some(p) = parse_pattern(&text, origin, &mut self.plan.unsupported) {
-                            s.filters.push(p);
-                        }
-                    }
-                    _ => self.plan.unsupported.push(format!(
-                        "{origin}: a filter pattern that is not literal JSON; left out"
-                    )),
-                }
+                let pattern = self.field(&filter.body, "pattern", name);
+                s.add_pattern(pattern, origin);
+            }
+            if blocks(&criteria.body, "dynamic").next().is_some() {
+                s.disabled_because = Some(format!(
+                    "{origin}: filter_criteria has dynamic filter blocks, which are not evaluated; add the patterns to filters, then enable the mapping"
+                ));
             }
         }
         if let Some(on_failure) = blocks(body, "destination_config")
@@ -559,6 +567,18 @@ impl Files {
                 s.access.push((kind, uri));
             }
         }
+        for config in [
+            "amazon_managed_kafka_event_source_config",
+            "self_managed_kafka_event_source_config",
+        ] {
+            if blocks(body, config)
+                .any(|b| blocks(&b.body, "schema_registry_config").next().is_some())
+            {
+                self.plan.unsupported.push(format!(
+                    "{origin}: {config}.schema_registry_config (write source.kafka.schema_registry by hand: see \"Schema registries\")"
+                ));
+            }
+        }
         for known_unsupported in [
             "provisioned_poller_config",
             "document_db_event_source_config",
@@ -575,14 +595,8 @@ impl Files {
             let bootstrap = match self.field(&source.body, "endpoints", name) {
                 Some(Val::Lit(Json::Object(endpoints))) => endpoints
                     .get("KAFKA_BOOTSTRAP_SERVERS")
-                    .and_then(Json::as_str)
-                    .map(|servers| {
-                        if servers.contains("${") {
-                            Val::Expr(servers.to_owned())
-                        } else {
-                            Val::str(servers)
-                        }
-                    }),
+                    .cloned()
+                    .map(from_json),
                 _ => None,
             }
             .unwrap_or_else(|| {
@@ -601,7 +615,10 @@ impl Files {
         let arn_expression = attr(body, "event_source_arn")?.clone();
         let referenced = reference(&arn_expression);
         let arn = self.eval(&arn_expression, &format!("{name}_source_arn"), 0)?;
-        let service = match referenced.as_ref().map(|(k, _, _)| k.as_str()) {
+        let service = match referenced
+            .as_ref()
+            .map(|(k, _, _)| k.trim_start_matches("data."))
+        {
             Some("aws_sqs_queue") => Some("sqs".to_owned()),
             Some("aws_dynamodb_table") => Some("dynamodb".to_owned()),
             Some("aws_kinesis_stream" | "aws_kinesis_stream_consumer") => {
@@ -610,8 +627,22 @@ impl Files {
             Some("aws_msk_cluster") => Some("kafka".to_owned()),
             _ => arn
                 .text()
-                .and_then(|t| t.split(':').nth(2).map(str::to_owned)),
+                .and_then(|t| t.split(':').nth(2).map(str::to_owned))
+                .filter(|s| !s.contains("${")),
         };
+        // An ARN from a variable: its kind from its name and the settings given.
+        let service = service.or_else(|| {
+            let named = text_of(&arn_expression);
+            let kind = super::infer_kind(
+                &named,
+                s.starting_position.is_some(),
+                !topics.is_empty(),
+            );
+            self.plan.unsupported.push(format!(
+                "{origin}: the kind of {named} is not in these files; read as {kind} (from its name and settings)"
+            ));
+            Some(kind.to_owned())
+        });
         let source = match service.as_deref() {
             Some("sqs") => Source::Sqs { queue: arn },
             Some("dynamodb") => {
@@ -714,6 +745,12 @@ impl Files {
             .and_then(|v| v.as_bool());
         if state.as_deref() == Some("DISABLED") || enabled == Some(false) {
             settings.enabled = Some(Val::Lit(Json::Bool(false)));
+        }
+        if blocks(body, "input_transformer").next().is_some() || attr(body, "input_path").is_some()
+        {
+            self.plan.unsupported.push(format!(
+                "{origin}: input_transformer/input_path (shapes the Scheduled Event; use input, or shape it in the handler)"
+            ));
         }
         let input = self.input(body, name);
         self.plan.functions[i].events.push(Event {
