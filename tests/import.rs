@@ -833,4 +833,18 @@ resource "aws_lambda_event_source_mapping" "m" {
         "{out}"
     );
     assert!(err.contains("AWS_ACCOUNT_ID"), "{err}");
+
+    // Asynchronous settings of a function whose only event is a queue are for Event
+    // invocations: the function is served through the Invoke API with them.
+    let queue_only = "Transform: AWS::Serverless-2016-10-31\nResources:\n  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      FunctionName: orders\n      Runtime: python3.12\n      Handler: app.handler\n      EventInvokeConfig: { MaximumRetryAttempts: 1, MaximumEventAgeInSeconds: 120 }\n      Events:\n        Q: { Type: SQS, Properties: { Queue: 'arn:aws:sqs:us-east-1:123456789012:q' } }\n";
+    let (code, out, err) = import_text("template.yaml", queue_only);
+    assert_eq!(code, Some(0), "{err}");
+    let config: Json = serde_saphyr::from_str(&out).unwrap();
+    let function = &config["invoke_api"]["functions"]["orders"];
+    assert_eq!(function["target"], "f");
+    assert_eq!(
+        function["async"],
+        json!({"max_retry_attempts": 1, "max_event_age": "120s"})
+    );
+    assert_eq!(config["mappings"].as_array().unwrap().len(), 1);
 }

@@ -340,10 +340,24 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
     }
     // Functions without event sources are served through the Invoke API, with their
     // asynchronous settings.
+    // So are functions whose asynchronous settings no mapping uses (only queue and stream
+    // events): those settings are for asynchronous invocations, which the Invoke API takes.
     let unmapped: Vec<_> = functions
         .iter()
         .zip(&targets)
-        .filter(|(f, _)| f.events.is_empty())
+        .filter(|(f, _)| {
+            let invoke = &f.invoke;
+            let has_async = invoke.max_event_age.is_some()
+                || invoke.max_retries.is_some()
+                || invoke.on_failure.is_some()
+                || invoke.on_success.is_some()
+                || f.dead_letter.is_some();
+            let async_events = f
+                .events
+                .iter()
+                .any(|e| matches!(e.source, Source::S3 { .. } | Source::Schedule { .. }));
+            f.events.is_empty() || (has_async && !async_events)
+        })
         .collect();
     if !unmapped.is_empty() {
         body.line(0, "invoke_api:", None);
@@ -353,7 +367,11 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
             body.line(
                 4,
                 &format!("{}:", quoted(&Val::str(name))),
-                Some("no event source in the files: invoked through the Invoke API"),
+                Some(if function.events.is_empty() {
+                    "no event source in the files: invoked through the Invoke API"
+                } else {
+                    "its asynchronous settings, for Event invocations through the Invoke API"
+                }),
             );
             body.line(6, &format!("target: {target}"), None);
             write_async_settings(&mut body, function, 6, "async");
