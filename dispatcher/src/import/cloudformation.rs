@@ -598,14 +598,7 @@ impl Template<'_> {
                         Val::str("/"),
                         name,
                     ]),
-                    "arn" => Val::concat(&[
-                        Val::str("arn:aws:sqs:"),
-                        region,
-                        Val::str(":"),
-                        account,
-                        Val::str(":"),
-                        name,
-                    ]),
+                    "arn" => super::arn("sqs", region, account, "", name),
                     _ => Some(name),
                 }
             }
@@ -626,14 +619,7 @@ impl Template<'_> {
             Some(name) => {
                 let region = self.reference("AWS::Region", "region")?;
                 let account = self.vars().account();
-                Val::concat(&[
-                    Val::str(format!("arn:aws:{service}:")),
-                    region,
-                    Val::str(":"),
-                    account,
-                    Val::str(format!(":{prefix}")),
-                    name,
-                ])
+                super::arn(service, region, account, prefix, name)
             }
             None => self.unresolved(
                 &format!("{logical}_arn"),
@@ -671,14 +657,7 @@ impl Template<'_> {
                 let name = self.reference(logical, logical)?;
                 let region = self.reference("AWS::Region", "region")?;
                 let account = self.vars().account();
-                Val::concat(&[
-                    Val::str("arn:aws:lambda:"),
-                    region,
-                    Val::str(":"),
-                    account,
-                    Val::str(":function:"),
-                    name,
-                ])
+                super::arn("lambda", region, account, "function:", name)
             }
             _ => self.unresolved(
                 &format!("{logical}_{attribute}"),
@@ -734,16 +713,7 @@ impl Template<'_> {
             .and_then(|v| v.text())
             .unwrap_or_else(|| "function".into());
         let name = name.rsplit(':').next().unwrap_or(&name).to_owned();
-        self.note(format!(
-            "{origin}: function {name} is not defined in the template; its target is a placeholder"
-        ));
-        self.plan.functions.push(Function {
-            name: name.clone(),
-            origin: format!("function {name}, not in the template"),
-            default_timeout: 3,
-            ..Function::default()
-        });
-        self.plan.functions.len() - 1
+        self.plan.placeholder(&name, origin, "the template")
     }
 
     pub(super) fn read_resources(&mut self, globals: &Map<String, Json>) {

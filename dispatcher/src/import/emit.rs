@@ -218,36 +218,21 @@ fn write_dest(
     dest: &Dest,
     comment: Option<&str>,
 ) -> bool {
-    match destination(dest, &mut w.vars) {
-        DestOut::Sqs(url) => {
-            w.line(
-                indent,
-                &format!("{key}: {{ sqs: {{ queue_url: {} }} }}", quoted(&url)),
-                comment,
-            );
-            true
-        }
-        DestOut::S3(bucket) => {
-            w.line(
-                indent,
-                &format!("{key}: {{ s3: {{ bucket: {} }} }}", quoted(&bucket)),
-                comment,
-            );
-            true
-        }
-        DestOut::Kafka(topic) => {
-            w.line(
-                indent,
-                &format!("{key}: {{ kafka: {{ topic: {} }} }}", quoted(&topic)),
-                comment,
-            );
-            true
-        }
+    let (kind, field, value) = match destination(dest, &mut w.vars) {
+        DestOut::Sqs(url) => ("sqs", "queue_url", url),
+        DestOut::S3(bucket) => ("s3", "bucket", bucket),
+        DestOut::Kafka(topic) => ("kafka", "topic", topic),
         DestOut::Unsupported(text) => {
             w.unsupported(indent, text);
-            false
+            return false;
         }
-    }
+    };
+    w.line(
+        indent,
+        &format!("{key}: {{ {kind}: {{ {field}: {} }} }}", quoted(&value)),
+        comment,
+    );
+    true
 }
 
 /// The command that runs a function's runtime interface client, for its runtime.
@@ -803,7 +788,8 @@ fn write_sqs(w: &mut Writer, s: &Settings, queue: &Val) {
     }
 }
 
-fn write_stream_settings(w: &mut Writer, s: &Settings) {
+/// A stream's or topic's starting position and batching (shared by streams and Kafka).
+fn write_position_and_batching(w: &mut Writer, s: &Settings) {
     match &s.starting_position {
         Some(position) => w.line(
             8,
@@ -837,6 +823,10 @@ fn write_stream_settings(w: &mut Writer, s: &Settings) {
             None,
         );
     }
+}
+
+fn write_stream_settings(w: &mut Writer, s: &Settings) {
+    write_position_and_batching(w, s);
     if let Some(factor) = &s.parallelization {
         w.line(
             8,
@@ -891,35 +881,7 @@ fn write_kafka(
             Some("Lambda's group was the mapping's UUID: set that to go on from its committed offsets"),
         ),
     }
-    match &s.starting_position {
-        Some(position) => w.line(
-            8,
-            &format!("starting_position: {}", starting_position(position)),
-            s.notes.get("starting_position").map(String::as_str),
-        ),
-        None => w.line(
-            8,
-            "starting_position: latest",
-            Some("StartingPosition is required by Lambda; the files gave none"),
-        ),
-    }
-    if let Some(timestamp) = &s.starting_timestamp {
-        w.line(
-            8,
-            &format!("starting_timestamp: {}", timestamp_text(timestamp)),
-            None,
-        );
-    }
-    if let Some(batch) = &s.batch_size {
-        w.line(8, &format!("batch_size: {}", number(batch)), None);
-    }
-    if let Some(window) = &s.window {
-        w.line(
-            8,
-            &format!("max_batching_window: {}", seconds(window)),
-            None,
-        );
-    }
+    write_position_and_batching(w, s);
     if let Some(cluster) = cluster {
         w.line(8, &format!("msk_cluster_arn: {}", quoted(cluster)), None);
     }

@@ -299,6 +299,19 @@ impl Val {
     }
 }
 
+/// `arn:aws:<service>:<region>:<account>:<prefix><name>`, from parts the files may or may
+/// not give literally.
+pub fn arn(service: &str, region: Val, account: Val, prefix: &str, name: Val) -> Option<Val> {
+    Val::concat(&[
+        Val::str(format!("arn:aws:{service}:")),
+        region,
+        Val::str(":"),
+        account,
+        Val::str(format!(":{prefix}")),
+        name,
+    ])
+}
+
 /// `${` in literal text, escaped for sluice's variable expansion.
 pub fn escape(text: &str) -> String {
     text.replace("${", "$${")
@@ -502,6 +515,23 @@ pub struct Plan {
     pub vars: Vars,
     /// Settings with no equivalent, found while reading.
     pub unsupported: Vec<String>,
+}
+
+impl Plan {
+    /// A function that `origin` names but the files do not define: its target is a
+    /// placeholder, and the summary says so. Returns its index.
+    pub fn placeholder(&mut self, name: &str, origin: &str, files: &str) -> usize {
+        self.unsupported.push(format!(
+            "{origin}: function {name} is not defined in {files}; its target is a placeholder"
+        ));
+        self.functions.push(Function {
+            name: name.to_owned(),
+            origin: format!("function {name}, not in {files}"),
+            default_timeout: 3,
+            ..Function::default()
+        });
+        self.functions.len() - 1
+    }
 }
 
 /// A Lambda function and what invokes it.

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 /// How deep locals may refer to locals.
 const MAX_DEPTH: usize = 16;
 
+#[derive(Default)]
 struct Files {
     variables: BTreeMap<String, Option<Expression>>,
     locals: BTreeMap<String, Expression>,
@@ -33,43 +34,13 @@ struct Files {
 }
 
 pub(super) fn read(files: &[(PathBuf, String)]) -> Result<Plan, ImportError> {
-    let mut tf = Files {
-        variables: BTreeMap::new(),
-        locals: BTreeMap::new(),
-        resources: Vec::new(),
-        region: None,
-        plan: Plan::default(),
-    };
+    let mut tf = Files::default();
     for (path, text) in files {
         let body = hcl::parse(text).map_err(|error| ImportError::Parse {
             path: path.clone(),
             message: error.to_string(),
         })?;
-        for block in body.blocks() {
-            let labels: Vec<&str> = block.labels.iter().map(|l| l.as_str()).collect();
-            match (block.identifier.as_str(), labels.as_slice()) {
-                ("variable", [name]) => {
-                    tf.variables
-                        .insert((*name).to_owned(), attr(&block.body, "default").cloned());
-                }
-                ("locals", []) => {
-                    for attribute in block.body.attributes() {
-                        tf.locals
-                            .insert(attribute.key.to_string(), attribute.expr.clone());
-                    }
-                }
-                ("resource", [kind, name]) => tf
-                    .resources
-                    .push((((*kind).to_owned(), (*name).to_owned()), block.body.clone())),
-                // The default provider's region (an aliased provider serves other resources).
-                ("provider", ["aws"]) if attr(&block.body, "alias").is_none() => {
-                    if let Some(Expression::String(region)) = attr(&block.body, "region") {
-                        tf.region = Some(region.clone());
-                    }
-                }
-                _ => {}
-            }
-        }
+        tf.add(&body);
     }
     tf.read_resources();
     Ok(tf.plan)
@@ -132,6 +103,35 @@ fn reference(expression: &Expression) -> Option<(String, String, String)> {
 }
 
 impl Files {
+    /// Takes in one file's variables, locals, resources and default provider region.
+    fn add(&mut self, body: &Body) {
+        for block in body.blocks() {
+            let labels: Vec<&str> = block.labels.iter().map(|l| l.as_str()).collect();
+            match (block.identifier.as_str(), labels.as_slice()) {
+                ("variable", [name]) => {
+                    self.variables
+                        .insert((*name).to_owned(), attr(&block.body, "default").cloned());
+                }
+                ("locals", []) => {
+                    for attribute in block.body.attributes() {
+                        self.locals
+                            .insert(attribute.key.to_string(), attribute.expr.clone());
+                    }
+                }
+                ("resource", [kind, name]) => self
+                    .resources
+                    .push((((*kind).to_owned(), (*name).to_owned()), block.body.clone())),
+                // The default provider's region (an aliased provider serves other resources).
+                ("provider", ["aws"]) if attr(&block.body, "alias").is_none() => {
+                    if let Some(Expression::String(region)) = attr(&block.body, "region") {
+                        self.region = Some(region.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn resource(&self, kind: &str, name: &str) -> Option<&Body> {
         self.resources
             .iter()
@@ -315,14 +315,7 @@ impl Files {
         let arn = |this: &mut Self, service: &str, prefix: &str| {
             let region = this.region();
             let account = this.plan.vars.account();
-            Val::concat(&[
-                Val::str(format!("arn:aws:{service}:")),
-                region,
-                Val::str(":"),
-                account,
-                Val::str(format!(":{prefix}")),
-                resource_name.clone(),
-            ])
+            super::arn(service, region, account, prefix, resource_name.clone())
         };
         match (kind, attribute) {
             ("aws_sqs_queue", "arn") => arn(self, "sqs", ""),
@@ -386,16 +379,7 @@ impl Files {
                 {
                     return i;
                 }
-                self.plan.unsupported.push(format!(
-                    "{origin}: function {name} is not defined in these files; its target is a placeholder"
-                ));
-                self.plan.functions.push(Function {
-                    name: name.clone(),
-                    origin: format!("function {name}, not in these files"),
-                    default_timeout: 3,
-                    ..Function::default()
-                });
-                return self.plan.functions.len() - 1;
+                return self.plan.placeholder(&name, origin, "these files");
             }
         }
         self.plan.functions.push(Function {
@@ -835,27 +819,8 @@ mod tests {
     }
 
     fn files(text: &str) -> Files {
-        let mut tf = Files {
-            variables: BTreeMap::new(),
-            locals: BTreeMap::new(),
-            resources: Vec::new(),
-            region: None,
-            plan: Plan::default(),
-        };
-        let body = hcl::parse(text).unwrap();
-        for block in body.blocks() {
-            let labels: Vec<&str> = block.labels.iter().map(|l| l.as_str()).collect();
-            match (block.identifier.as_str(), labels.as_slice()) {
-                ("variable", [name]) => {
-                    tf.variables
-                        .insert((*name).to_owned(), attr(&block.body, "default").cloned());
-                }
-                ("resource", [kind, name]) => tf
-                    .resources
-                    .push((((*kind).to_owned(), (*name).to_owned()), block.body.clone())),
-                _ => {}
-            }
-        }
+        let mut tf = Files::default();
+        tf.add(&hcl::parse(text).unwrap());
         tf
     }
 
