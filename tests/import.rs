@@ -848,3 +848,157 @@ resource "aws_lambda_event_source_mapping" "m" {
     );
     assert_eq!(config["mappings"].as_array().unwrap().len(), 1);
 }
+
+// Second review of the import: resources the stack may not create, schedules disabled through
+// an intrinsic, Terraform blocks made by `dynamic`, a schedule input or function name holding a
+// variable, fan-out through parameters, a stream consumer in Terraform, a template's own JSON
+// posing as a variable, and a Serverless boolean fallback.
+#[test]
+fn what_lambda_never_ran_is_not_run_and_variables_survive_everywhere() {
+    let template = r#"Transform: AWS::Serverless-2016-10-31
+Parameters:
+  Stage: { Type: String, Default: dev }
+  Flag: { Type: String }
+  ScheduleState: { Type: String, Default: DISABLED }
+  LiveState: { Type: String }
+Conditions:
+  IsProd: !Equals [!Ref Stage, prod]
+  Flagged: !Equals [!Ref Flag, "yes"]
+Resources:
+  F:
+    Type: AWS::Serverless::Function
+    Properties:
+      FunctionName: !Sub "${Stage}-api"
+      Runtime: python3.12
+      Handler: app.handler
+      Events:
+        Off:
+          Type: ScheduleV2
+          Properties: { ScheduleExpression: rate(1 hour), State: !Ref ScheduleState }
+        Maybe:
+          Type: ScheduleV2
+          Properties: { ScheduleExpression: rate(2 hours), State: !Ref LiveState }
+        WithInput:
+          Type: Schedule
+          Properties:
+            Schedule: rate(3 hours)
+            Input: !Sub '{"stage": "${Flag}", "note": "{\"sluice::expr\": 1}"}'
+  ProdOnly:
+    Type: AWS::Lambda::EventSourceMapping
+    Condition: IsProd
+    Properties: { FunctionName: !Ref F, EventSourceArn: "arn:aws:sqs:us-east-1:123456789012:prod" }
+  FlaggedOnly:
+    Type: AWS::Lambda::EventSourceMapping
+    Condition: Flagged
+    Properties: { FunctionName: !Ref F, EventSourceArn: "arn:aws:sqs:us-east-1:123456789012:flagged" }
+  Posing:
+    Type: AWS::Events::Rule
+    Properties:
+      ScheduleExpression: rate(4 hours)
+      Targets: [{ Id: f, Arn: !GetAtt F.Arn, Input: '{"sluice::expr": "${HOME}"}' }]
+"#;
+    let (code, out, err) = import_text("template.yaml", template);
+    assert_eq!(code, Some(0), "{err}");
+    let config: Json = serde_saphyr::from_str(&out).unwrap();
+    let names: Vec<&str> = config["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"f-prod-only"),
+        "condition false: {names:?}"
+    );
+    assert_eq!(mapping(&config, "f-flagged-only")["enabled"], false);
+    assert_eq!(
+        mapping(&config, "f-off")["enabled"],
+        false,
+        "State from a default"
+    );
+    assert_eq!(
+        mapping(&config, "f-maybe")["enabled"],
+        false,
+        "State only the deployment knows"
+    );
+    assert!(out.contains("State is decided at deployment"), "{out}");
+    assert_eq!(
+        mapping(&config, "f-with-input")["source"]["schedule"]["input"],
+        json!({"stage": "${FLAG}", "note": "{\"sluice::expr\": 1}"})
+    );
+    assert_eq!(
+        mapping(&config, "f-posing")["source"]["schedule"]["input"],
+        json!({"sluice::expr": "$${HOME}"}),
+        "a template's JSON cannot read sluice's environment"
+    );
+    assert_eq!(
+        config["targets"]["f"]["lambda_runtime"]["function_name"],
+        "dev-api"
+    );
+
+    // Parameters whose defaults name each other twice over: an error, quickly.
+    let fan_out = "Parameters:\n  A: { Type: String, Default: !Ref B }\n  B: { Type: String, Default: !Sub '${A}-${A}' }\nResources:\n  F:\n    Type: AWS::Lambda::Function\n    Properties: { Runtime: python3.12, Handler: a.b, FunctionName: !Ref A }\n";
+    let (code, _, err) = import_text("template.yaml", fan_out);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("template.yaml") && err.contains("expand"),
+        "{err}"
+    );
+
+    let tf = r#"
+variable "enabled" {}
+resource "aws_lambda_function" "f" {
+  function_name = "f"
+  runtime       = "python3.12"
+  handler       = "app.handler"
+}
+resource "aws_kinesis_stream_consumer" "fan" {
+  name       = "fan"
+  stream_arn = "arn:aws:kinesis:us-east-1:123456789012:stream/events"
+}
+resource "aws_lambda_event_source_mapping" "k" {
+  event_source_arn  = aws_kinesis_stream_consumer.fan.arn
+  function_name     = aws_lambda_function.f.arn
+  starting_position = "LATEST"
+}
+resource "aws_lambda_event_source_mapping" "none" {
+  count            = 0
+  event_source_arn = "arn:aws:sqs:us-east-1:123456789012:none"
+  function_name    = aws_lambda_function.f.arn
+}
+resource "aws_lambda_event_source_mapping" "maybe" {
+  count            = var.enabled ? 1 : 0
+  event_source_arn = "arn:aws:sqs:us-east-1:123456789012:maybe"
+  function_name    = aws_lambda_function.f.arn
+}
+resource "aws_lambda_event_source_mapping" "dyn" {
+  event_source_arn = "arn:aws:sqs:us-east-1:123456789012:dyn"
+  function_name    = aws_lambda_function.f.arn
+  dynamic "filter_criteria" {
+    for_each = [1]
+    content {
+      filter { pattern = jsonencode({ body = { a = [1] } }) }
+    }
+  }
+}
+"#;
+    let (code, out, err) = import_text("main.tf", tf);
+    assert_eq!(code, Some(0), "{err}");
+    let config: Json = serde_saphyr::from_str(&out).unwrap();
+    let kinesis = &mapping(&config, "f-k")["source"]["kinesis"];
+    assert_eq!(
+        kinesis["stream_arn"],
+        "arn:aws:kinesis:us-east-1:123456789012:stream/events"
+    );
+    assert_eq!(kinesis["consumer"]["name"], "fan");
+    assert!(!out.contains("f-none"), "count = 0 creates nothing: {out}");
+    assert_eq!(mapping(&config, "f-maybe")["enabled"], false);
+    assert_eq!(mapping(&config, "f-dyn")["enabled"], false);
+    assert!(err.contains("dynamic filter_criteria"), "{err}");
+
+    let serverless = "service: s\nprovider: { name: aws, runtime: nodejs20.x }\nfunctions:\n  f:\n    handler: h.h\n    events:\n      - sqs: { arn: 'arn:aws:sqs:us-east-1:123456789012:q', enabled: '${env:ENABLED, true}' }\n";
+    let (code, out, err) = import_text("serverless.yml", serverless);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("enabled: ${ENABLED:-true}"), "{out}");
+    assert!(!out.contains("\\u0000"), "{out}");
+}

@@ -18,6 +18,17 @@ use std::path::Path;
 /// How many references deep a value may be resolved: a reference that loops (a parameter whose
 /// default refers to itself, a queue named after its own name) ends here as a variable.
 const MAX_DEPTH: usize = 64;
+/// How many intrinsics one template may resolve in all: references that fan out (a default of
+/// `!Sub "${A}-${A}"` naming another such) would otherwise take exponential time.
+const MAX_RESOLUTIONS: usize = 100_000;
+
+/// Whether the stack creates a resource, by its `Condition` decided from parameter defaults.
+enum Created {
+    Yes,
+    No,
+    /// The condition depends on something the defaults do not say.
+    Unknown(String),
+}
 
 /// A YAML node with its tag kept at every depth (serde's untagged enums would drop tags).
 enum Node {
@@ -167,6 +178,14 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Plan, ImportError> {
         .cloned()
         .unwrap_or_default();
     cfn.read_resources(&globals);
+    if cfn.resolutions > MAX_RESOLUTIONS {
+        return Err(ImportError::Content {
+            path: path.to_owned(),
+            message: format!(
+                "its references expand to more than {MAX_RESOLUTIONS} values; look for parameters or conditions that name each other several times"
+            ),
+        });
+    }
     Ok(cfn.plan)
 }
 
@@ -183,6 +202,8 @@ pub(super) struct Template<'a> {
     pub depth: usize,
     /// Conditions decided so far: each is decided once, however often it is used.
     pub decided: BTreeMap<String, Option<bool>>,
+    /// Intrinsics resolved so far (see [`MAX_RESOLUTIONS`]).
+    pub resolutions: usize,
 }
 
 impl<'a> Template<'a> {
@@ -204,6 +225,7 @@ impl<'a> Template<'a> {
             plan,
             depth: 0,
             decided: BTreeMap::new(),
+            resolutions: 0,
         }
     }
 }
@@ -278,6 +300,13 @@ impl Template<'_> {
                     return argument.as_str().map(|text| Val::Expr(text.to_owned()));
                 }
                 if key == "Ref" || key.starts_with("Fn::") {
+                    self.resolutions += 1;
+                    if self.resolutions > MAX_RESOLUTIONS {
+                        return self.unresolved(
+                            "unresolved",
+                            format!("values past the first {MAX_RESOLUTIONS} references"),
+                        );
+                    }
                     if self.depth >= MAX_DEPTH {
                         self.note(format!(
                             "{value} refers to itself through other references; it is a variable"
@@ -729,6 +758,16 @@ impl Template<'_> {
                 .and_then(Json::as_object)
                 .cloned()
                 .unwrap_or_default();
+            if !matches!(kind, "AWS::Serverless::Function" | "AWS::Lambda::Function") {
+                continue;
+            }
+            match self.created(logical, resource) {
+                Created::No => continue,
+                Created::Unknown(why) => {
+                    self.note(format!("{kind} {logical}: {why}; imported as if it is"))
+                }
+                Created::Yes => {}
+            }
             match kind {
                 "AWS::Serverless::Function" => {
                     merge_globals(&mut props, globals);
@@ -748,6 +787,11 @@ impl Template<'_> {
                 .and_then(Json::as_str)
                 .unwrap_or_default();
             let props = resource.get("Properties").cloned().unwrap_or(Json::Null);
+            let created = self.created(logical, resource);
+            if matches!(created, Created::No) {
+                continue;
+            }
+            let before: Vec<usize> = self.plan.functions.iter().map(|f| f.events.len()).collect();
             match kind {
                 "AWS::Lambda::EventSourceMapping" => {
                     let origin = format!("AWS::Lambda::EventSourceMapping {logical}");
@@ -767,6 +811,37 @@ impl Template<'_> {
                 "AWS::SNS::Subscription" => self.subscription(logical, &props),
                 _ => {}
             }
+            // Events of a resource the stack may not create: written disabled, with why.
+            if let Created::Unknown(why) = created {
+                for (i, function) in self.plan.functions.iter_mut().enumerate() {
+                    let from = before.get(i).copied().unwrap_or(0);
+                    for event in function.events.iter_mut().skip(from) {
+                        event.settings.disabled_because = Some(format!(
+                            "{}: {why}; enable it if the stack creates it",
+                            event.origin
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the stack creates `resource`, from its `Condition`.
+    fn created(&mut self, logical: &str, resource: &Json) -> Created {
+        let Some(condition) = resource.get("Condition").and_then(Json::as_str) else {
+            return Created::Yes;
+        };
+        match self.condition(condition, 0) {
+            Some(true) => Created::Yes,
+            Some(false) => {
+                self.note(format!(
+                    "{logical}: not created with the parameters' defaults (condition {condition} is false); left out"
+                ));
+                Created::No
+            }
+            None => Created::Unknown(format!(
+                "created only when condition {condition} holds, which the parameters' defaults do not decide"
+            )),
         }
     }
 
@@ -1000,9 +1075,9 @@ impl Template<'_> {
         let service = service.or_else(|| {
             let name = arn_json
                 .get("Ref")
-                .and_then(Json::as_str)
-                .unwrap_or(logical)
-                .to_owned();
+                .or_else(|| arn_json.get("Fn::ImportValue"))
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .unwrap_or_else(|| logical.to_owned());
             let kind = super::infer_kind(
                 &name,
                 settings.starting_position.is_some(),
@@ -1190,18 +1265,27 @@ impl Template<'_> {
             prop(props, "ScheduleExpressionTimezone").and_then(|v| self.resolve(v, "timezone"));
         let input = prop(props, "Input")
             .and_then(|v| self.resolve(v, "input"))
-            .and_then(|v| match v {
-                Val::Lit(Json::String(text)) => {
-                    Some(serde_json::from_str(&text).unwrap_or(Json::String(text)))
-                }
-                Val::Lit(other) => Some(other),
-                Val::Expr(_) => None,
-            });
+            .and_then(super::json_input);
         let mut settings = Settings::default();
-        let disabled = prop(props, "State").and_then(Json::as_str) == Some("DISABLED")
-            || prop(props, "Enabled").and_then(Json::as_bool) == Some(false);
-        if disabled {
-            settings.enabled = Some(Val::Lit(Json::Bool(false)));
+        // Resolved first: `State: !Ref ScheduleState`, `Enabled: !If [...]`.
+        let state = prop(props, "State").and_then(|v| self.resolve(v, &format!("{name}_state")));
+        let enabled =
+            prop(props, "Enabled").and_then(|v| self.resolve(v, &format!("{name}_enabled")));
+        match (&state, &enabled) {
+            (Some(Val::Lit(Json::String(s))), _) if s == "DISABLED" => {
+                settings.enabled = Some(Val::Lit(Json::Bool(false)));
+            }
+            (_, Some(e)) if e.as_bool() == Some(false) => {
+                settings.enabled = Some(Val::Lit(Json::Bool(false)));
+            }
+            (Some(Val::Expr(_)), _) => {
+                settings.disabled_because = Some(format!(
+                    "{origin}: State is decided at deployment ({}); enable the mapping if it is ENABLED",
+                    state.as_ref().and_then(Val::text).unwrap_or_default()
+                ));
+            }
+            (_, Some(e @ Val::Expr(_))) => settings.enabled = Some(e.clone()),
+            _ => {}
         }
         for key in ["RetryPolicy", "DeadLetterConfig"] {
             if prop(props, key).is_some() {

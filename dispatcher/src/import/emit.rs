@@ -15,8 +15,19 @@ const COMMENT_COLUMN: usize = 44;
 
 struct Writer {
     out: String,
+    /// The output without its comments: what sluice reads, so what needs a value.
+    values: String,
     vars: Vars,
     summary: Summary,
+}
+
+/// The name a function is deployed as (its first alias, sluice text), else its name in the
+/// files.
+fn deployed_name(function: &Function) -> Val {
+    match function.aliases.first() {
+        Some(alias) => Val::Expr(alias.clone()),
+        None => Val::str(&function.name),
+    }
 }
 
 /// Comment text on one line: names from the files (logical ids, event names) may hold line
@@ -29,6 +40,8 @@ fn one_line(text: &str) -> String {
 
 impl Writer {
     fn line(&mut self, indent: usize, text: &str, comment: Option<&str>) {
+        self.values.push_str(text);
+        self.values.push('\n');
         let mut line = format!("{:indent$}{text}", "");
         if let Some(comment) = comment {
             let pad = COMMENT_COLUMN.saturating_sub(line.len()).max(2);
@@ -130,10 +143,17 @@ fn is_bare_var(val: &Val) -> bool {
     let Val::Expr(text) = val else {
         return false;
     };
+    // `${NAME}`, or `${NAME:-default}` with a plain default (`${RC:-3}`): nothing in either
+    // can end the scalar or start more YAML.
     text.strip_prefix("${")
         .and_then(|t| t.strip_suffix('}'))
-        .is_some_and(|name| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .is_some_and(|inner| {
+            let (name, default) = inner.split_once(":-").unwrap_or((inner, ""));
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && default
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         })
 }
 
@@ -282,6 +302,7 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
     } = plan;
     let mut w = Writer {
         out: String::new(),
+        values: String::new(),
         vars,
         summary: Summary {
             unsupported,
@@ -294,6 +315,7 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
         .unwrap_or_else(|| path.display().to_string());
     let mut body = Writer {
         out: String::new(),
+        values: String::new(),
         vars: std::mem::take(&mut w.vars),
         summary: std::mem::take(&mut w.summary),
     };
@@ -341,17 +363,32 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
                 .events
                 .iter()
                 .any(|e| matches!(e.source, Source::S3 { .. } | Source::Schedule { .. }));
-            f.events.is_empty() || (has_async && !async_events)
+            // A function with no reserved concurrency was never invoked on Lambda.
+            let throttled = f
+                .reserved_concurrency
+                .as_ref()
+                .is_some_and(|r| r.as_i64() == Some(0));
+            !throttled && (f.events.is_empty() || (has_async && !async_events))
         })
         .collect();
     if !unmapped.is_empty() {
         body.line(0, "invoke_api:", None);
         body.line(2, "functions:", None);
+        let mut keys = BTreeSet::new();
         for (function, target) in unmapped {
-            let name = function.aliases.first().unwrap_or(&function.name);
+            let deployed = deployed_name(function).text().unwrap_or_default();
+            // Two functions deployed under one name (other regions, other providers): each
+            // keeps a key of its own.
+            let name = unique(&mut keys, deployed.clone());
+            if name != deployed {
+                body.summary.unsupported.push(format!(
+                    "{}: another function is deployed as {deployed}; this one is served as invoke_api.functions.{name}",
+                    function.origin
+                ));
+            }
             body.line(
                 4,
-                &format!("{}:", quoted(&Val::str(name))),
+                &format!("{}:", quoted(&Val::Expr(name.clone()))),
                 Some(if function.events.is_empty() {
                     "no event source in the files: invoked through the Invoke API"
                 } else {
@@ -379,7 +416,12 @@ pub(super) fn write(plan: Plan, path: &Path, format: Format) -> (String, Summary
     // Only what the output reads: a value resolved on the way and then not used (a stream ARN
     // replaced by its table's name) needs nothing.
     let mut needs = body.vars.into_list();
-    needs.retain(|(name, _)| body.out.contains(&format!("${{{name}}}")));
+    needs.retain(|(name, _)| {
+        let reference = format!("${{{name}}}");
+        body.values
+            .match_indices(&reference)
+            .any(|(i, _)| !body.values[..i].ends_with('$'))
+    });
     if needs.is_empty() {
         w.comment(0, "Every value came from the files.");
     } else {
@@ -436,10 +478,9 @@ fn write_target(w: &mut Writer, function: &Function, target: &str) {
             if let Some(handler) = &function.handler {
                 w.line(6, &format!("handler: {}", quoted(handler)), None);
             }
-            let function_name = function.aliases.first().unwrap_or(&function.name);
             w.line(
                 6,
-                &format!("function_name: {}", quoted(&Val::str(function_name))),
+                &format!("function_name: {}", quoted(&deployed_name(function))),
                 None,
             );
             if let Some(dir) = &function.code_dir {
@@ -603,7 +644,11 @@ fn write_mapping(w: &mut Writer, function: &Function, target: &str, event: &Even
         w.line(
             4,
             &format!("enabled: {}", boolean(enabled)),
-            Some("disabled in the files"),
+            Some(if enabled.as_bool() == Some(false) {
+                "disabled in the files"
+            } else {
+                "Enabled"
+            }),
         );
     }
     w.line(4, "source:", None);

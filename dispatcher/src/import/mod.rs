@@ -104,7 +104,7 @@ impl fmt::Display for Summary {
         if !self.unsupported.is_empty() {
             writeln!(
                 f,
-                "no equivalent in sluice (left out, commented in the output):"
+                "no equivalent in sluice, or guessed (left out or commented in the output; check these):"
             )?;
             for line in &self.unsupported {
                 writeln!(f, "  {line}")?;
@@ -318,8 +318,9 @@ pub fn escape(text: &str) -> String {
 }
 
 /// Inside JSON values (filter patterns, objects, lists), a string holding sluice variables is
-/// `{"sluice::expr": text}`, so it is written unescaped where a literal string is escaped.
-pub const EXPR_KEY: &str = "sluice::expr";
+/// `{EXPR_KEY: text}`, so it is written unescaped where a literal string is escaped. The key
+/// holds NUL characters, which no template's own JSON has: a user's object cannot pose as one.
+pub const EXPR_KEY: &str = "\u{0}sluice-expr\u{0}";
 
 /// The JSON form of a value: literals as they are, text with variables as a marker.
 pub fn to_json(val: Val) -> Json {
@@ -379,27 +380,50 @@ pub fn render_json(json: &Json) -> String {
 /// `!Sub` or a Terraform template): strings with variables become markers, `$${` goes back to
 /// a literal `${`.
 pub fn parse_expr_pattern(text: &str) -> Option<Json> {
-    fn mark(json: Json) -> Json {
-        match json {
-            Json::String(s) => {
-                let unescaped_var = s
-                    .match_indices("${")
-                    .any(|(i, _)| i == 0 || !s[..i].ends_with('$'));
-                if unescaped_var {
-                    to_json(Val::Expr(s))
-                } else {
-                    Json::String(s.replace("$${", "${"))
-                }
-            }
-            Json::Array(items) => Json::Array(items.into_iter().map(mark).collect()),
+    parse_expr_json(text).filter(Json::is_object)
+}
+
+/// Whether sluice text holds a variable (a `${` that is not the escape `$${`).
+fn has_var(text: &str) -> bool {
+    text.match_indices("${")
+        .any(|(i, _)| i == 0 || !text[..i].ends_with('$'))
+}
+
+/// JSON text that may hold sluice variables in its strings (a schedule's input from a `!Sub`):
+/// strings with variables become markers, `$${` a literal `${`. `None` when it is not JSON, or
+/// when a variable is in an object key, which a marker cannot stand for.
+pub fn parse_expr_json(text: &str) -> Option<Json> {
+    fn mark(json: Json) -> Option<Json> {
+        Some(match json {
+            Json::String(s) if has_var(&s) => to_json(Val::Expr(s)),
+            Json::String(s) => Json::String(s.replace("$${", "${")),
+            Json::Array(items) => Json::Array(items.into_iter().map(mark).collect::<Option<_>>()?),
             Json::Object(object) => {
-                Json::Object(object.into_iter().map(|(k, v)| (k, mark(v))).collect())
+                let mut out = serde_json::Map::new();
+                for (key, value) in object {
+                    if has_var(&key) {
+                        return None;
+                    }
+                    out.insert(key.replace("$${", "${"), mark(value)?);
+                }
+                Json::Object(out)
             }
             other => other,
-        }
+        })
     }
-    let json: Json = serde_json::from_str(text).ok()?;
-    json.is_object().then(|| mark(json))
+    mark(serde_json::from_str(text).ok()?)
+}
+
+/// A value meant as JSON (a schedule's `Input`): a literal's JSON text parsed (a string that
+/// is not JSON stays a string), text with variables parsed with them kept.
+pub fn json_input(val: Val) -> Option<Json> {
+    match val {
+        Val::Lit(Json::String(text)) => {
+            Some(serde_json::from_str(&text).unwrap_or(Json::String(text)))
+        }
+        Val::Lit(other) => Some(other),
+        Val::Expr(text) => parse_expr_json(&text).or(Some(to_json(Val::Expr(text)))),
+    }
 }
 
 /// The variables an import needs, each with what to set it to.

@@ -61,16 +61,20 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Plan, ImportError> {
         },
     );
     let provider = resolved.get("provider").cloned().unwrap_or(Json::Null);
-    let service = resolved
-        .get("service")
-        .and_then(|s| s.as_str().or_else(|| s.get("name").and_then(Json::as_str)))
-        .unwrap_or("service")
-        .to_owned();
-    let stage = provider
-        .get("stage")
-        .and_then(Json::as_str)
-        .unwrap_or("dev")
-        .to_owned();
+    // As sluice text (a stage from `${env:STAGE}` stays that variable): they make the
+    // deployed function names, `<service>-<stage>-<key>`.
+    let as_text = |value: Option<&Json>, default: &str| {
+        value
+            .cloned()
+            .map(super::from_json)
+            .and_then(|v| v.text())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let service = as_text(
+        resolved.get("service").map(|s| s.get("name").unwrap_or(s)),
+        "service",
+    );
+    let stage = as_text(provider.get("stage"), "dev");
     let Some(functions) = resolved.get("functions").and_then(Json::as_object) else {
         return Err(ImportError::Content {
             path: path.to_owned(),
@@ -95,7 +99,7 @@ struct Resolver<'a> {
 
 impl Resolver<'_> {
     /// The tree with every string's variables resolved; strings that hold sluice variables
-    /// become `{"sluice::expr": text}` for the template resolver.
+    /// become markers (`EXPR_KEY`) for the template resolver.
     fn walk(&mut self, value: &Json, depth: usize) -> Json {
         match value {
             Json::String(text) => mark_all(self.string(text, depth)),
@@ -159,6 +163,7 @@ impl Resolver<'_> {
                     Json::String(format!("{OPEN}{name}:-{text}{CLOSE}"))
                 }
                 Some(Json::Number(n)) => Json::String(format!("{OPEN}{name}:-{n}{CLOSE}")),
+                Some(Json::Bool(b)) => Json::String(format!("{OPEN}{name}:-{b}{CLOSE}")),
                 _ => {
                     self.vars.named(
                         name,
@@ -315,7 +320,7 @@ fn mark_all(value: Json) -> Json {
     }
 }
 
-/// A resolved string: literal, or `{"sluice::expr": ...}` when it holds a sluice variable.
+/// A resolved string: literal, or a marker (`EXPR_KEY`) when it holds a sluice variable.
 fn to_marked(value: Json) -> Json {
     match value {
         Json::String(text) if text.contains(OPEN) => {
@@ -330,7 +335,7 @@ fn to_marked(value: Json) -> Json {
             }
             out.push_str(&super::escape(rest));
             let mut object = Map::new();
-            object.insert("sluice::expr".into(), Json::String(out));
+            object.insert(super::EXPR_KEY.into(), Json::String(out));
             Json::Object(object)
         }
         other => other,
@@ -368,7 +373,10 @@ fn read_function(
     };
     let mut function = Function {
         name: key.to_owned(),
-        aliases: vec![format!("{service}-{stage}-{key}"), logical],
+        aliases: vec![
+            format!("{service}-{stage}-{}", super::escape(key)),
+            super::escape(&logical),
+        ],
         origin: origin.clone(),
         default_timeout: 6,
         // Handlers are paths from the service's directory.
@@ -701,12 +709,8 @@ fn read_event(
             if let Some(enabled) = get(&body, "enabled").and_then(|v| t.resolve(v, "enabled")) {
                 s.enabled = Some(enabled);
             }
-            let input = get(&body, "input").map(|input| match input {
-                Json::String(text) => {
-                    serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.clone()))
-                }
-                other => other.clone(),
-            });
+            let input = get(&body, "input")
+                .and_then(|input| super::json_input(super::from_json(input.clone())));
             for key in ["inputPath", "inputTransformer"] {
                 if get(&body, key).is_some() {
                     t.plan.unsupported.push(format!(
@@ -795,14 +799,14 @@ mod tests {
         );
         assert_eq!(
             resolve(root.clone(), "${env:TOKEN}-${aws:accountId}").0,
-            json!({"sluice::expr": "${TOKEN}-${AWS_ACCOUNT_ID}"})
+            json!({super::super::EXPR_KEY: "${TOKEN}-${AWS_ACCOUNT_ID}"})
         );
         assert_eq!(
             resolve(root.clone(), "${env:LEVEL, 'info'}").0,
-            json!({"sluice::expr": "${LEVEL:-info}"})
+            json!({super::super::EXPR_KEY: "${LEVEL:-info}"})
         );
         let (value, needs) = resolve(root, "${ssm:/orders/url}");
-        assert_eq!(value, json!({"sluice::expr": "${ORDERS_URL}"}));
+        assert_eq!(value, json!({super::super::EXPR_KEY: "${ORDERS_URL}"}));
         assert!(needs[0].1.contains("ssm:/orders/url"));
     }
 
@@ -810,6 +814,6 @@ mod tests {
     fn a_self_reference_loop_ends() {
         let root = json!({"custom": {"a": "${self:custom.b}", "b": "${self:custom.a}"}});
         let (value, _) = resolve(root, "${self:custom.a}");
-        assert!(value.get("sluice::expr").is_some(), "{value}");
+        assert!(value.get(super::super::EXPR_KEY).is_some(), "{value}");
     }
 }

@@ -22,6 +22,9 @@ use std::path::PathBuf;
 
 /// How deep locals may refer to locals.
 const MAX_DEPTH: usize = 16;
+/// How many expressions the files may evaluate in all: locals that each name the next
+/// several times would otherwise take exponential time.
+const MAX_EVALUATIONS: usize = 200_000;
 
 #[derive(Default)]
 struct Files {
@@ -31,6 +34,8 @@ struct Files {
     resources: Vec<((String, String), Body)>,
     region: Option<String>,
     plan: Plan,
+    /// Expressions evaluated so far (see [`MAX_EVALUATIONS`]).
+    evaluations: usize,
 }
 
 pub(super) fn read(files: &[(PathBuf, String)]) -> Result<Plan, ImportError> {
@@ -43,6 +48,14 @@ pub(super) fn read(files: &[(PathBuf, String)]) -> Result<Plan, ImportError> {
         tf.add(&body);
     }
     tf.read_resources();
+    if tf.evaluations > MAX_EVALUATIONS {
+        return Err(ImportError::Content {
+            path: files.first().map(|(p, _)| p.clone()).unwrap_or_default(),
+            message: format!(
+                "its expressions expand to more than {MAX_EVALUATIONS} values; look for locals that name each other several times"
+            ),
+        });
+    }
     Ok(tf.plan)
 }
 
@@ -152,7 +165,8 @@ impl Files {
 
     /// Evaluates an expression; `None` for null.
     fn eval(&mut self, expression: &Expression, hint: &str, depth: usize) -> Option<Val> {
-        if depth > MAX_DEPTH {
+        self.evaluations += 1;
+        if depth > MAX_DEPTH || self.evaluations > MAX_EVALUATIONS {
             return self.unresolved(hint, format!("the value of {}", text_of(expression)));
         }
         match expression {
@@ -184,9 +198,15 @@ impl Files {
                 for (key, value) in object {
                     let key = match key {
                         ObjectKey::Identifier(ident) => ident.to_string(),
+                        // A key only the deployment knows: the object is a value to set.
                         ObjectKey::Expression(e) => match self.eval(e, hint, depth + 1) {
                             Some(Val::Lit(Json::String(s))) => s,
-                            _ => text_of(e),
+                            _ => {
+                                return self.unresolved(
+                                    hint,
+                                    format!("the value of {}", text_of(expression)),
+                                );
+                            }
                         },
                         other => format!("{other:?}"),
                     };
@@ -405,12 +425,53 @@ impl Files {
                 || kind == "aws_s3_bucket_notification"
                 || kind == "aws_cloudwatch_event_target"
                 || kind == "aws_scheduler_schedule";
-            if relevant && (attr(body, "count").is_some() || attr(body, "for_each").is_some()) {
+            // `count = 0` creates nothing; a count only the deployment knows may create
+            // nothing either: its events are written disabled.
+            let mut undecided = None;
+            if relevant && let Some(count) = attr(body, "count").cloned() {
+                match self.eval(&count, &format!("{name}_count"), 0) {
+                    Some(n) if n.as_i64() == Some(0) => {
+                        self.plan
+                            .unsupported
+                            .push(format!("{origin}: count is 0; left out"));
+                        continue;
+                    }
+                    Some(n) if n.as_i64() == Some(1) => {}
+                    Some(n) if n.as_i64().is_some() => self.plan.unsupported.push(format!(
+                        "{origin}: count is {}; one instance is written, repeat it for each",
+                        n.text().unwrap_or_default()
+                    )),
+                    _ => {
+                        undecided = Some(format!(
+                            "{origin}: count is decided at deployment ({}); enable it if the deployment creates it",
+                            text_of(&count)
+                        ))
+                    }
+                }
+            }
+            if relevant && attr(body, "for_each").is_some() {
                 self.plan.unsupported.push(format!(
-                    "{origin}: count/for_each is not expanded; one instance is written, repeat it for each"
+                    "{origin}: for_each is not expanded; one instance is written, repeat it for each"
                 ));
             }
-            match kind.as_str() {
+            let before: Vec<usize> = self.plan.functions.iter().map(|f| f.events.len()).collect();
+            self.read_resource(kind, name, body, &origin);
+            if let Some(why) = undecided {
+                for (i, function) in self.plan.functions.iter_mut().enumerate() {
+                    let from = before.get(i).copied().unwrap_or(0);
+                    for event in function.events.iter_mut().skip(from) {
+                        event.settings.disabled_because = Some(why.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One resource that may add events or asynchronous settings.
+    fn read_resource(&mut self, kind: &str, name: &str, body: &Body, origin: &str) {
+        let origin = origin.to_owned();
+        {
+            match kind {
                 "aws_lambda_event_source_mapping" => {
                     let i = self.function_for(body, &origin);
                     if let Some(event) = self.mapping(name, body, &origin) {
@@ -574,6 +635,17 @@ impl Files {
                     .push(format!("{origin}: {known_unsupported}"));
             }
         }
+        // A block generated by `dynamic` (filters, scaling, destinations) is not evaluated:
+        // enabled without it, the mapping could do what Lambda did not.
+        let dynamic: Vec<String> = blocks(body, "dynamic")
+            .filter_map(|b| b.labels.first().map(|l| l.as_str().to_owned()))
+            .collect();
+        if !dynamic.is_empty() {
+            s.disabled_because = Some(format!(
+                "{origin}: dynamic {} blocks are not evaluated; write them out, then enable the mapping",
+                dynamic.join(", ")
+            ));
+        }
         let topics = self.list(body, "topics", name);
         if let Some(source) = blocks(body, "self_managed_event_source").next() {
             let bootstrap = match self.field(&source.body, "endpoints", name) {
@@ -598,6 +670,20 @@ impl Files {
         }
         let arn_expression = attr(body, "event_source_arn")?.clone();
         let referenced = reference(&arn_expression);
+        // An enhanced fan-out consumer in these files: its stream, and its name.
+        if let Some((kind, consumer, _)) = &referenced
+            && kind == "aws_kinesis_stream_consumer"
+            && let Some(consumer_body) = self.resource(kind, consumer).cloned()
+            && let Some(stream) = self.field(&consumer_body, "stream_arn", consumer)
+        {
+            let consumer = self.field(&consumer_body, "name", consumer);
+            return Some(Event {
+                name: name.to_owned(),
+                origin: origin.to_owned(),
+                source: Source::Kinesis { stream, consumer },
+                settings: s,
+            });
+        }
         let arn = self.eval(&arn_expression, &format!("{name}_source_arn"), 0)?;
         let service = match referenced
             .as_ref()
@@ -722,14 +808,7 @@ impl Files {
         let Some(i) = self.target_function(body) else {
             return;
         };
-        let mut settings = Settings::default();
-        let state = self.field(&rule_body, "state", name).and_then(|v| v.text());
-        let enabled = self
-            .field(&rule_body, "is_enabled", name)
-            .and_then(|v| v.as_bool());
-        if state.as_deref() == Some("DISABLED") || enabled == Some(false) {
-            settings.enabled = Some(Val::Lit(Json::Bool(false)));
-        }
+        let settings = self.schedule_state(&rule_body, name, origin);
         if blocks(body, "input_transformer").next().is_some() || attr(body, "input_path").is_some()
         {
             self.plan.unsupported.push(format!(
@@ -760,14 +839,24 @@ impl Files {
             return;
         };
         let timezone = self.field(body, "schedule_expression_timezone", name);
-        let mut settings = Settings::default();
-        if self
-            .field(body, "state", name)
-            .and_then(|v| v.text())
-            .as_deref()
-            == Some("DISABLED")
+        let settings = self.schedule_state(body, name, origin);
+        for key in ["start_date", "end_date"] {
+            if attr(body, key).is_some() {
+                self.plan.unsupported.push(format!(
+                    "{origin}: {key}; the schedule fires at its times, always"
+                ));
+            }
+        }
+        if let Some(window) = blocks(body, "flexible_time_window").next()
+            && self
+                .field(&window.body, "mode", name)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .as_deref()
+                != Some("OFF")
         {
-            settings.enabled = Some(Val::Lit(Json::Bool(false)));
+            self.plan.unsupported.push(format!(
+                "{origin}: flexible_time_window; the schedule fires at its exact times"
+            ));
         }
         for key in ["retry_policy", "dead_letter_config"] {
             if blocks(&target, key).next().is_some() {
@@ -799,13 +888,30 @@ impl Files {
     }
 
     fn input(&mut self, body: &Body, name: &str) -> Option<Json> {
-        match self.field(body, "input", name)? {
-            Val::Lit(Json::String(text)) => {
-                Some(serde_json::from_str(&text).unwrap_or(Json::String(text)))
-            }
-            Val::Lit(other) => Some(other),
-            Val::Expr(_) => None,
+        super::json_input(self.field(body, "input", name)?)
+    }
+
+    /// A schedule's state: disabled, or decided at deployment (then written disabled, with
+    /// why), from `state` (`"ENABLED"`/`"DISABLED"`) and `is_enabled`.
+    fn schedule_state(&mut self, body: &Body, name: &str, origin: &str) -> Settings {
+        let mut settings = Settings::default();
+        let state = self.field(body, "state", name);
+        let enabled = self.field(body, "is_enabled", name);
+        let literal_off = state.as_ref().and_then(Val::as_str) == Some("DISABLED")
+            || enabled.as_ref().and_then(Val::as_bool) == Some(false);
+        if literal_off {
+            settings.enabled = Some(Val::Lit(Json::Bool(false)));
+        } else if let Some(undecided) = [state, enabled]
+            .into_iter()
+            .flatten()
+            .find(|v| matches!(v, Val::Expr(_)))
+        {
+            settings.disabled_because = Some(format!(
+                "{origin}: its state is decided at deployment ({}); enable the mapping if it is enabled",
+                undecided.text().unwrap_or_default()
+            ));
         }
+        settings
     }
 }
 
