@@ -901,27 +901,37 @@ impl Handler {
 
 // === impl Sluice ===
 
-/// The `sluice` binary, built once per test process so a plain `cargo test` uses fresh code.
+/// The `sluice` binary the end-to-end tests run: the root package's `sluice-under-test`, which
+/// cargo builds together with the package's integration tests (so it is always fresh and links
+/// the library the tests built). Built here only when missing, for a run from another package.
 pub fn sluice_binary() -> PathBuf {
     static BUILD: Once = Once::new();
     let root = workspace_root();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target_dir.join("debug/sluice-under-test");
     BUILD.call_once(|| {
-        let mut args = vec!["build", "--quiet", "-p", "sluice", "--bin", "sluice"];
-        // The features this test run built the sluice library with, so it is not built again.
-        if cfg!(feature = "e2e") {
-            args.extend(["--features", "e2e"]);
+        if binary.exists() {
+            return;
         }
         let status = Command::new(env!("CARGO"))
-            .args(&args)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sluice-e2e",
+                "--bin",
+                "sluice-under-test",
+                "--features",
+                "e2e",
+            ])
             .current_dir(&root)
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building sluice failed");
     });
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target_dir.join("debug/sluice")
+    binary
 }
 
 /// The `bootstrap` of `examples/lambda-rust` (a Lambda function on the `lambda_runtime` crate),
