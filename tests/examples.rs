@@ -51,7 +51,10 @@ fn every_example_config_validates() {
 
 #[test]
 fn the_readme_demo_runs_the_main_job_end_to_end() {
+    // The binary the tests built: `scripts/demo`'s own `cargo build -p sluice` would compile
+    // the library again with other features (see `sluice_binary`).
     let output = Command::new(workspace_root().join("scripts/demo"))
+        .env("SLUICE_BINARY", sluice_binary())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
