@@ -805,6 +805,23 @@ fn write_sqs(w: &mut Writer, s: &Settings, queue: &Val) {
         &format!("queue_url: {}", quoted(&url)),
         Some("the queue's RedrivePolicy still dead-letters after its maxReceiveCount"),
     );
+    write_batching(w, s);
+    match &s.max_concurrency {
+        Some(max) => w.line(
+            8,
+            &format!("max_concurrency: {}", number(max)),
+            Some("ScalingConfig.MaximumConcurrency"),
+        ),
+        None => w.line(
+            8,
+            "max_concurrency: 5",
+            Some("Lambda scales an SQS mapping to 1,250 concurrent batches; sluice runs this many (its default)"),
+        ),
+    }
+}
+
+/// Batch size and window, as every kind of mapping has them.
+fn write_batching(w: &mut Writer, s: &Settings) {
     if let Some(batch) = &s.batch_size {
         w.line(
             8,
@@ -818,18 +835,6 @@ fn write_sqs(w: &mut Writer, s: &Settings, queue: &Val) {
             &format!("max_batching_window: {}", seconds(window)),
             None,
         );
-    }
-    match &s.max_concurrency {
-        Some(max) => w.line(
-            8,
-            &format!("max_concurrency: {}", number(max)),
-            Some("ScalingConfig.MaximumConcurrency"),
-        ),
-        None => w.line(
-            8,
-            "max_concurrency: 5",
-            Some("Lambda scales an SQS mapping to 1,250 concurrent batches; sluice runs this many (its default)"),
-        ),
     }
 }
 
@@ -854,20 +859,7 @@ fn write_position_and_batching(w: &mut Writer, s: &Settings) {
             None,
         );
     }
-    if let Some(batch) = &s.batch_size {
-        w.line(
-            8,
-            &format!("batch_size: {}", number(batch)),
-            s.notes.get("batch_size").map(String::as_str),
-        );
-    }
-    if let Some(window) = &s.window {
-        w.line(
-            8,
-            &format!("max_batching_window: {}", seconds(window)),
-            None,
-        );
-    }
+    write_batching(w, s);
 }
 
 fn write_stream_settings(w: &mut Writer, s: &Settings) {
