@@ -1002,3 +1002,16 @@ resource "aws_lambda_event_source_mapping" "dyn" {
     assert!(out.contains("enabled: ${ENABLED:-true}"), "{out}");
     assert!(!out.contains("\\u0000"), "{out}");
 }
+
+// Re-read of the import: a file was read whole whatever its size. Over 16 MiB it is refused
+// with the file's name, before it is read past the bound.
+#[test]
+fn a_file_over_the_size_bound_is_refused() {
+    let big = format!("Resources: {{}}\n#{}\n", "x".repeat(16 * 1024 * 1024));
+    let (code, _, err) = import_text("template.yaml", &big);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("template.yaml") && err.contains("larger than"),
+        "{err}"
+    );
+}

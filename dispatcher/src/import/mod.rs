@@ -25,6 +25,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// The largest file `sluice import` reads (each of a Terraform directory's files).
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The formats `sluice import` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -122,10 +125,27 @@ pub fn import(
     function: Option<&str>,
 ) -> Result<Imported, ImportError> {
     let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+        use std::io::Read;
+        let error = |source| ImportError::Read {
             path: path.to_owned(),
             source,
-        })
+        };
+        // Read one byte past the bound, so a larger file is refused rather than read whole.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(error)?
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(error)?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(ImportError::Content {
+                path: path.to_owned(),
+                message: format!(
+                    "is larger than {MAX_FILE_BYTES} bytes; templates are far smaller (CloudFormation's own limit is 1 MB)"
+                ),
+            });
+        }
+        Ok(text)
     };
     let format = match format {
         Some(format) => format,
