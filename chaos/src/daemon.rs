@@ -167,6 +167,22 @@ impl Daemon {
         }
     }
 
+    /// The panic messages in the log, over every start: a panic is a bug even when the daemon
+    /// recovered from it and the records came out right.
+    pub fn panics(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.contains("' panicked at ") || line.contains(") panicked at "))
+            .map(|(i, line)| {
+                let message = lines.get(i + 1).copied().unwrap_or_default();
+                format!("{} {}", line.trim(), message.trim())
+            })
+            .collect()
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();

@@ -280,12 +280,22 @@ fn worst_recovery(ledger: &Ledger, kills: &[Instant]) -> Option<Duration> {
         .max()
 }
 
+/// Stops every daemon and breaks the run on a daemon that did not exit cleanly or that panicked
+/// at any time (every scenario ends here).
 fn stop_all(daemons: &mut [Daemon], report: &mut Report) {
     for daemon in daemons {
         if !daemon.terminate(Duration::from_secs(20)) {
             report
                 .broken
                 .push(format!("{} did not exit cleanly on SIGTERM", daemon.name));
+        }
+        let panics = daemon.panics();
+        if let Some(first) = panics.first() {
+            report.broken.push(format!(
+                "{} panicked {} times; the first: {first}",
+                daemon.name,
+                panics.len()
+            ));
         }
     }
 }

@@ -38,7 +38,7 @@ use sluice_sources::kafka::consumer::{
 };
 use sluice_sources::kafka::{KafkaCluster, StartPosition, partition_name};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -106,7 +106,9 @@ struct PartitionProgress {
     name: String,
     progress: Mutex<ShardProgress<i64>>,
     control: Arc<PartitionControl>,
-    queued_bytes: AtomicUsize,
+    /// Signed: the lane may take a record before the router has counted it (they run on
+    /// different threads), and the count must come out right in either order.
+    queued_bytes: AtomicI64,
     queue_limit: usize,
 }
 
@@ -132,8 +134,9 @@ impl PartitionProgress {
 
     /// A record entered the lane; true when that asked for the partition to be paused.
     fn queued(&self, bytes: usize) -> bool {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         let queued = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        if queued >= self.queue_limit && !self.control.pause_wanted() {
+        if queued >= self.limit() && !self.control.pause_wanted() {
             self.control.pause(true);
             return true;
         }
@@ -142,10 +145,15 @@ impl PartitionProgress {
 
     /// The lane took a record; the partition is resumed once half the limit is left.
     fn taken(&self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         let queued = self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
-        if queued <= self.queue_limit / 2 && self.control.pause_wanted() {
+        if queued <= self.limit() / 2 && self.control.pause_wanted() {
             self.control.pause(false);
         }
+    }
+
+    fn limit(&self) -> i64 {
+        i64::try_from(self.queue_limit).unwrap_or(i64::MAX)
     }
 }
 
@@ -290,7 +298,7 @@ impl Router {
             name: name.clone(),
             progress: Mutex::new(ShardProgress::new()),
             control: assigned.control,
-            queued_bytes: AtomicUsize::new(0),
+            queued_bytes: AtomicI64::new(0),
             queue_limit: shared.queue_limit,
         });
         let (sender, receiver) = mpsc::unbounded_channel::<Entry>();
@@ -344,14 +352,12 @@ impl Router {
             partition.progress.finish([position]);
             return;
         };
-        let bytes = record.size_bytes;
-        if partition.sender.send((record, position)).is_err() {
-            // The lane ended; the lane check takes the mapping down.
-            return;
-        }
-        if partition.progress.queued(bytes) {
+        // Counted before it is sent: the lane, on another thread, may take it at once.
+        if partition.progress.queued(record.size_bytes) {
             shared.lane.metrics.stream_event("partition_paused");
         }
+        // Fails only when the lane has ended; the lane check then takes the mapping down.
+        let _ = partition.sender.send((record, position));
     }
 
     /// Stops the lanes of the revoked partitions, waits for in-flight batches until the drain
@@ -820,6 +826,31 @@ mod tests {
         assert_eq!(calls(&target), (0..12).map(|o| vec![o]).collect::<Vec<_>>());
         drop(sender);
         assert!(task.await.unwrap().1.is_ok());
+    }
+
+    /// Seen in the chaos suite: the lane took a record on another thread before the router
+    /// counted its bytes, the count went below zero, and the lane panicked (the mapping restarted
+    /// and its partitions were read again).
+    #[test]
+    fn a_record_taken_before_it_is_counted_leaves_the_queued_bytes_right() {
+        let control = Arc::new(PartitionControl::default());
+        let progress = PartitionProgress {
+            topic: TOPIC.into(),
+            partition: 0,
+            name: "clicks-0".into(),
+            progress: Mutex::new(ShardProgress::new()),
+            control: control.clone(),
+            queued_bytes: AtomicI64::new(0),
+            queue_limit: 100,
+        };
+        progress.taken(60);
+        assert!(!progress.queued(60), "nothing waits: no pause");
+        assert_eq!(progress.queued_bytes.load(Ordering::Acquire), 0);
+        assert!(progress.queued(100), "at the limit: paused");
+        progress.taken(40);
+        assert!(control.pause_wanted(), "60 bytes wait, over half the limit");
+        progress.taken(10);
+        assert!(!control.pause_wanted(), "half the limit left: resumed");
     }
 
     #[tokio::test(start_paused = true)]
