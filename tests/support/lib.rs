@@ -907,10 +907,7 @@ impl Handler {
 pub fn sluice_binary() -> PathBuf {
     static BUILD: Once = Once::new();
     let root = workspace_root();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target_dir.join("debug/sluice-under-test");
+    let binary = target_dir().join("debug/sluice-under-test");
     BUILD.call_once(|| {
         if binary.exists() {
             return;
@@ -934,50 +931,50 @@ pub fn sluice_binary() -> PathBuf {
     binary
 }
 
-/// The `bootstrap` of `examples/lambda-rust` (a Lambda function on the `lambda_runtime` crate),
-/// built once per test process.
+/// The `bootstrap` of `examples/lambda-rust` (a Lambda function on the `lambda_runtime` crate).
 pub fn lambda_bootstrap() -> PathBuf {
+    build_as_scripts_test_does();
+    target_dir().join("debug/bootstrap")
+}
+
+/// An example program of the root package (`examples/<name>.rs`).
+pub fn example_binary(name: &str) -> PathBuf {
+    build_as_scripts_test_does();
+    target_dir().join("debug/examples").join(name)
+}
+
+/// The features scripts/test builds and tests the workspace with.
+pub const TEST_FEATURES: &str = "sluice-e2e/e2e,sluice/e2e";
+
+/// Builds the workspace's binaries and examples once per test process, with the selection
+/// scripts/test builds (every package, every target, [`TEST_FEATURES`]), so that after its build
+/// this only finds them fresh. Building one of them alone (`-p sluice-example-lambda`,
+/// `--example in_process`) resolves features for that package only: it compiled the sluice
+/// library and the example's dependencies again, inside a test's time (39 s and 60 s on two
+/// cores).
+fn build_as_scripts_test_does() {
     static BUILD: Once = Once::new();
-    let root = workspace_root();
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
                 "--quiet",
-                "-p",
-                "sluice-example-lambda",
-                "--bin",
-                "bootstrap",
+                "--workspace",
+                "--all-targets",
+                "--features",
+                TEST_FEATURES,
             ])
-            .current_dir(&root)
+            .current_dir(workspace_root())
             .status()
             .expect("running cargo build");
-        assert!(status.success(), "building examples/lambda-rust failed");
+        assert!(status.success(), "building the workspace failed");
     });
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target_dir.join("debug/bootstrap")
 }
 
-/// An example program of the root package (`examples/<name>.rs`), built once per test process.
-pub fn example_binary(name: &str) -> PathBuf {
-    static BUILD: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let root = workspace_root();
-    let mut built = BUILD.lock().unwrap();
-    if !built.iter().any(|b| b == name) {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", name])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building example {name} failed");
-        built.push(name.to_owned());
-    }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target_dir.join("debug/examples").join(name)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// A running `sluice run` process with its config in a temporary directory; killed on drop.
