@@ -1015,3 +1015,144 @@ fn a_file_over_the_size_bound_is_refused() {
         "{err}"
     );
 }
+
+// issue 23's "Left": a cron whose years are over (EventBridge keeps such a rule; it never fires)
+// made the import's output fail `validate`. It is written disabled, with the reason; a schedule
+// that fires stays enabled.
+#[test]
+fn a_schedule_whose_years_are_over_is_kept_disabled_and_validates() {
+    let template = "Transform: AWS::Serverless-2016-10-31\nResources:\n  Report:\n    Type: AWS::Serverless::Function\n    Properties:\n      Runtime: python3.12\n      Handler: app.handler\n      Events:\n        Launch:\n          Type: Schedule\n          Properties:\n            Schedule: cron(0 12 1 6 ? 2019-2020)\n        Hourly:\n          Type: ScheduleV2\n          Properties:\n            ScheduleExpression: rate(1 hour)\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("template.yaml");
+    std::fs::write(&path, template).unwrap();
+    let imported = import(&path, &[]);
+    let past = mapping(&imported.config, "report-launch");
+    assert_eq!(past["enabled"], false, "{}", imported.yaml);
+    assert_eq!(
+        past["source"]["schedule"]["expression"],
+        "cron(0 12 1 6 ? 2019-2020)"
+    );
+    assert!(
+        imported
+            .yaml
+            .contains("never fires again (its years are over)"),
+        "{}",
+        imported.yaml
+    );
+    assert!(
+        imported.summary.contains("never fires again"),
+        "{}",
+        imported.summary
+    );
+    let hourly = mapping(&imported.config, "report-hourly");
+    assert!(hourly.get("enabled").is_none(), "{}", imported.yaml);
+    validates(&imported);
+}
+
+// issue 23's "Left": an event source mapping on an `aws_lambda_alias` got a placeholder target;
+// the alias is followed to its function (with a note: Lambda runs the alias's version), and an
+// alias naming itself ends.
+#[test]
+fn a_terraform_mapping_on_an_alias_targets_the_aliased_function() {
+    let text = r#"
+resource "aws_lambda_function" "worker" {
+  function_name = "worker"
+  runtime       = "python3.12"
+  handler       = "app.handler"
+  filename      = "worker.zip"
+  role          = "arn:aws:iam::123456789012:role/worker"
+}
+resource "aws_lambda_alias" "live" {
+  name             = "live"
+  function_name    = aws_lambda_function.worker.function_name
+  function_version = "3"
+}
+resource "aws_lambda_alias" "loop" {
+  name          = "loop"
+  function_name = aws_lambda_alias.loop.arn
+}
+resource "aws_sqs_queue" "jobs" { name = "jobs" }
+resource "aws_lambda_event_source_mapping" "jobs" {
+  event_source_arn = aws_sqs_queue.jobs.arn
+  function_name    = aws_lambda_alias.live.arn
+}
+resource "aws_lambda_event_source_mapping" "looped" {
+  event_source_arn = aws_sqs_queue.jobs.arn
+  function_name    = aws_lambda_alias.loop.arn
+}
+"#;
+    let (code, yaml, summary) = import_text("main.tf", text);
+    assert_eq!(code, Some(0), "{summary}");
+    let config: Json = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let jobs = mapping(&config, "worker-jobs");
+    assert_eq!(jobs["target"], "worker", "{yaml}");
+    assert!(
+        config["targets"]["worker"]["lambda_runtime"]["command"]
+            .to_string()
+            .contains("awslambdaric"),
+        "{yaml}"
+    );
+    assert!(
+        summary.contains("alias live") && summary.contains("sluice runs function worker"),
+        "{summary}"
+    );
+    assert_eq!(
+        config["mappings"].as_array().unwrap().len(),
+        2,
+        "the looped alias still gives its mapping: {yaml}"
+    );
+    assert!(
+        !summary.contains("alias loop"),
+        "a placeholder is not said to be the alias's function: {summary}"
+    );
+}
+
+// issue 23 names "aws_s3_bucket_notification with its queue": a bucket notifying a queue that a
+// mapping reads is noted on that mapping (the function gets SQS messages carrying S3 events, as
+// in Lambda); one notifying a queue nothing here reads is listed as not imported.
+#[test]
+fn a_terraform_bucket_notification_to_a_queue_is_noted_on_the_mapping_reading_it() {
+    let text = r#"
+resource "aws_lambda_function" "thumbs" {
+  function_name = "thumbs"
+  runtime       = "nodejs20.x"
+  handler       = "index.handler"
+  filename      = "thumbs.zip"
+  role          = "arn:aws:iam::123456789012:role/thumbs"
+}
+resource "aws_sqs_queue" "uploads" { name = "uploads" }
+resource "aws_sqs_queue" "audit" { name = "audit" }
+resource "aws_s3_bucket_notification" "photos" {
+  bucket = "photos"
+  queue {
+    queue_arn     = aws_sqs_queue.uploads.arn
+    events        = ["s3:ObjectCreated:*"]
+    filter_suffix = ".jpg"
+  }
+  queue {
+    queue_arn = aws_sqs_queue.audit.arn
+    events    = ["s3:ObjectRemoved:*"]
+  }
+}
+resource "aws_lambda_event_source_mapping" "uploads" {
+  event_source_arn = aws_sqs_queue.uploads.arn
+  function_name    = aws_lambda_function.thumbs.arn
+  batch_size       = 5
+}
+"#;
+    let (code, yaml, summary) = import_text("main.tf", text);
+    assert_eq!(code, Some(0), "{summary}");
+    let config: Json = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let uploads = mapping(&config, "thumbs-uploads");
+    assert!(uploads["source"]["sqs"].is_object(), "{yaml}");
+    assert_eq!(uploads["source"]["sqs"]["batch_size"], 5);
+    assert!(
+        yaml.contains("# bucket photos sends s3:ObjectCreated:*, suffix .jpg here"),
+        "{yaml}"
+    );
+    assert!(
+        summary.contains("queue[1]") && summary.contains("which no event source mapping"),
+        "{summary}"
+    );
+    assert_eq!(config["mappings"].as_array().unwrap().len(), 1, "{yaml}");
+}

@@ -15,6 +15,9 @@ pub struct MappingParts<'a> {
     pub retry: Option<serde_json::Value>,
     pub report_batch_item_failures: bool,
     pub on_failure: Option<&'a DestinationConfig>,
+    /// `enabled` as written (true when absent): a disabled mapping never starts, so a kind may
+    /// accept settings that would make a running one do nothing.
+    pub enabled: bool,
 }
 
 /// A source kind's `source` block as written.

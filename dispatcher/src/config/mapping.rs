@@ -100,6 +100,7 @@ pub fn build(v: &mut Validator, path: &str, raw: RawMapping) -> MappingConfig {
             retry: raw.retry,
             report_batch_item_failures,
             on_failure: on_failure.as_ref(),
+            enabled: raw.enabled.unwrap_or(true),
         },
     );
     let rules = source.rules();

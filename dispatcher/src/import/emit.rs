@@ -6,6 +6,7 @@
 use super::{
     AsyncConfig, Dest, Event, Format, Function, Plan, Settings, Source, Summary, Val, Vars, kebab,
 };
+use crate::runtime::schedule::expression::Schedule;
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -628,7 +629,11 @@ fn write_mapping(w: &mut Writer, function: &Function, target: &str, event: &Even
         .reserved_concurrency
         .as_ref()
         .is_some_and(|r| r.as_i64() == Some(0));
-    if let Some(reason) = &s.disabled_because {
+    let disabled_because = s
+        .disabled_because
+        .clone()
+        .or_else(|| schedule_never_fires(event));
+    if let Some(reason) = &disabled_because {
         w.line(4, "enabled: false", Some("see below"));
         w.comment(4, reason);
         w.summary.unsupported.push(reason.clone());
@@ -797,6 +802,32 @@ fn write_mapping(w: &mut Writer, function: &Function, target: &str, event: &Even
         .push(format!("{} -> mapping {name} ({kind})", event.origin));
 }
 
+/// Why a literal cron is kept disabled: its years are over. EventBridge keeps such a rule and
+/// never fires it; enabled, sluice refuses it (`validate` says it never fires).
+fn schedule_never_fires(event: &Event) -> Option<String> {
+    let Source::Schedule {
+        expression,
+        timezone,
+        ..
+    } = &event.source
+    else {
+        return None;
+    };
+    let expression = expression.as_str()?.trim();
+    let timezone = match timezone {
+        Some(timezone) => Some(timezone.as_str()?),
+        None => None,
+    };
+    let schedule = Schedule::parse(expression, timezone).ok()?;
+    (expression.starts_with("cron(") && schedule.next_after(jiff::Timestamp::now()).is_none())
+        .then(|| {
+            format!(
+                "{}: {expression} never fires again (its years are over); kept disabled, as EventBridge keeps the rule",
+                event.origin
+            )
+        })
+}
+
 fn write_sqs(w: &mut Writer, s: &Settings, queue: &Val) {
     let url = queue_url(queue, &mut w.vars);
     w.line(6, "sqs:", None);
@@ -805,6 +836,9 @@ fn write_sqs(w: &mut Writer, s: &Settings, queue: &Val) {
         &format!("queue_url: {}", quoted(&url)),
         Some("the queue's RedrivePolicy still dead-letters after its maxReceiveCount"),
     );
+    if let Some(note) = s.notes.get("queue") {
+        w.comment(8, note);
+    }
     write_batching(w, s);
     match &s.max_concurrency {
         Some(max) => w.line(

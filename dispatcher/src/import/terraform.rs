@@ -1,6 +1,7 @@
 //! Terraform files (HCL) read into a [`Plan`]: `aws_lambda_function`,
 //! `aws_lambda_event_source_mapping`, `aws_lambda_function_event_invoke_config`,
-//! `aws_s3_bucket_notification` (its `lambda_function` blocks), and schedules
+//! `aws_s3_bucket_notification` (its `lambda_function` blocks; its `queue` blocks are noted on
+//! the mapping that reads the queue), and schedules
 //! (`aws_cloudwatch_event_rule` with its `aws_cloudwatch_event_target`, `aws_scheduler_schedule`).
 //!
 //! Expressions are evaluated as far as the files allow: literals, string templates,
@@ -36,6 +37,9 @@ struct Files {
     plan: Plan,
     /// Expressions evaluated so far (see [`MAX_EVALUATIONS`]).
     evaluations: usize,
+    /// Bucket notifications to queues: (queue ARN, what the bucket sends, origin), noted on the
+    /// mappings that read those queues once every resource is read.
+    queue_notifications: Vec<(Val, String, String)>,
 }
 
 pub(super) fn read(files: &[(PathBuf, String)]) -> Result<Plan, ImportError> {
@@ -48,6 +52,7 @@ pub(super) fn read(files: &[(PathBuf, String)]) -> Result<Plan, ImportError> {
         tf.add(&body);
     }
     tf.read_resources();
+    tf.note_queue_notifications();
     if tf.evaluations > MAX_EVALUATIONS {
         return Err(ImportError::Content {
             path: files.first().map(|(p, _)| p.clone()).unwrap_or_default(),
@@ -376,13 +381,40 @@ impl Files {
 
     /// The function a `function_name` argument refers to, or a placeholder.
     fn function_for(&mut self, body: &Body, origin: &str) -> usize {
+        self.function_through(body, origin, true)
+    }
+
+    /// [`Self::function_for`]; an `aws_lambda_alias` in these files is followed to its function
+    /// when `follow_alias` (once: an alias of an alias is not valid in Lambda, and a loop of
+    /// them must end).
+    fn function_through(&mut self, body: &Body, origin: &str, follow_alias: bool) -> usize {
         let expression = attr(body, "function_name").cloned();
         if let Some(expression) = &expression {
-            if let Some(("aws_lambda_function", name, _)) = reference(expression)
-                .as_ref()
-                .map(|(k, n, a)| (k.as_str(), n.clone(), a.clone()))
-                && let Some(i) = self.plan.functions.iter().position(|f| f.name == name)
+            let referred = reference(expression).map(|(kind, name, _)| (kind, name));
+            if let Some(("aws_lambda_function", name)) =
+                referred.as_ref().map(|(k, n)| (k.as_str(), n))
+                && let Some(i) = self.plan.functions.iter().position(|f| &f.name == name)
             {
+                return i;
+            }
+            if follow_alias
+                && let Some((kind, alias)) = &referred
+                && kind == "aws_lambda_alias"
+                && let Some(alias_body) = self
+                    .resources
+                    .iter()
+                    .find(|((k, n), _)| k == kind && n == alias)
+                    .map(|(_, body)| body.clone())
+            {
+                let known = self.plan.functions.len();
+                let i = self.function_through(&alias_body, origin, false);
+                // A placeholder (the alias names no function of these files) says so itself.
+                if i < known {
+                    let function = self.plan.functions[i].name.clone();
+                    self.plan.unsupported.push(format!(
+                        "{origin}: Lambda invokes alias {alias}, the version it points to; sluice runs function {function} as these files build it"
+                    ));
+                }
                 return i;
             }
             if let Some(text) = self.eval(expression, "function", 0).and_then(|v| v.text()) {
@@ -791,6 +823,63 @@ impl Files {
                 },
                 settings: Settings::default(),
             });
+        }
+        for (n, block) in blocks(body, "queue").enumerate() {
+            let Some(queue) = self.field(&block.body, "queue_arn", name) else {
+                continue;
+            };
+            let mut what: Vec<String> = self
+                .list(&block.body, "events", name)
+                .iter()
+                .filter_map(Val::text)
+                .collect();
+            for (key, label) in [("filter_prefix", "prefix"), ("filter_suffix", "suffix")] {
+                if let Some(value) = self.field(&block.body, key, name).and_then(|v| v.text()) {
+                    what.push(format!("{label} {value}"));
+                }
+            }
+            self.queue_notifications.push((
+                queue,
+                format!(
+                    "bucket {} sends {} here",
+                    bucket.text().unwrap_or_default(),
+                    what.join(", ")
+                ),
+                format!("{origin} queue[{n}]"),
+            ));
+        }
+    }
+
+    /// Notes each bucket notification to a queue on the SQS mappings that read that queue: the
+    /// function gets SQS messages whose bodies are S3 events, as Lambda gave them (sluice's `s3`
+    /// source would give it the S3 events themselves, a change to the handler).
+    fn note_queue_notifications(&mut self) {
+        for (queue, what, origin) in std::mem::take(&mut self.queue_notifications) {
+            let mut read = false;
+            for event in self
+                .plan
+                .functions
+                .iter_mut()
+                .flat_map(|f| f.events.iter_mut())
+            {
+                if let Source::Sqs { queue: read_queue } = &event.source
+                    && *read_queue == queue
+                {
+                    event.settings.notes.insert(
+                        "queue",
+                        format!(
+                            "{what} ({origin}): the function gets SQS messages whose bodies are S3 events, as from Lambda; an s3 source would give it the S3 events themselves"
+                        ),
+                    );
+                    read = true;
+                }
+            }
+            if !read {
+                self.plan.unsupported.push(format!(
+                    "{origin}: notifications to queue {}, which no event source mapping in these files reads; nothing is imported for them",
+                    queue.text().unwrap_or_default()
+                ));
+            }
         }
     }
 

@@ -64,14 +64,19 @@ impl BuildSource for RawScheduleSource {
                 v.error(format!("{path}.{key}"), problem);
             }
             // A cron that can never fire again (its years are over, a day that does not exist)
-            // would be a mapping that silently does nothing.
+            // would be a mapping that silently does nothing. Disabled, it does nothing by
+            // design: EventBridge keeps such rules, and `sluice import` writes them so.
             Ok(schedule)
-                if self.expression.trim().starts_with("cron(")
+                if mapping.enabled
+                    && self.expression.trim().starts_with("cron(")
                     && schedule.next_after(jiff::Timestamp::now()).is_none() =>
             {
                 v.error(
                     format!("{path}.expression"),
-                    format!("{} never fires from now on", self.expression.trim()),
+                    format!(
+                        "{} never fires from now on; correct it, or set enabled: false to keep it",
+                        self.expression.trim()
+                    ),
                 );
             }
             Ok(_) => {}
@@ -145,6 +150,22 @@ mod tests {
         );
     }
 
+    /// EventBridge keeps a rule whose years are over; disabled, sluice keeps it too (what
+    /// `sluice import` writes for one), while an enabled one is refused above.
+    #[test]
+    fn a_disabled_schedule_may_never_fire() {
+        let past = SCHEDULE
+            .replace("cron(0 2 * * ? *)", "cron(0 2 * * ? 2001-2003)")
+            .replace("    target: api\n", "    target: api\n    enabled: false\n");
+        let config = parse_text(&past).unwrap();
+        assert!(!config.mappings[0].enabled);
+        let bad = past.replace("2001-2003", "2003-2001-x");
+        assert!(
+            parse_text(&bad).is_err(),
+            "an expression that cannot be read is refused even disabled"
+        );
+    }
+
     #[test]
     fn a_bad_expression_or_time_zone_is_reported_at_its_key() {
         let bad = SCHEDULE.replace("cron(0 2 * * ? *)", "cron(0 2 * * * *)");
@@ -158,6 +179,13 @@ mod tests {
         let never = SCHEDULE.replace("cron(0 2 * * ? *)", "cron(0 2 30 2 ? *)");
         let error = parse_text(&never).unwrap_err().0.remove(0);
         assert!(error.message.contains("never fires"), "{}", error.message);
+        let past = SCHEDULE.replace("cron(0 2 * * ? *)", "cron(0 2 * * ? 2001-2003)");
+        let error = parse_text(&past).unwrap_err().0.remove(0);
+        assert!(
+            error.message.contains("enabled: false"),
+            "{}",
+            error.message
+        );
         let retry = format!("{SCHEDULE}    retry: {{ max_record_age: 1h }}\n");
         let rendered = parse_text(&retry).unwrap_err().to_string();
         assert!(rendered.contains("retried asynchronously"), "{rendered}");
