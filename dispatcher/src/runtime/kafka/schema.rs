@@ -5,8 +5,10 @@
 //! - a key or value configured for decoding is read as magic byte 0, a 4-byte big-endian schema
 //!   id, for Protobuf the message-index path (zigzag varints; a lone 0 is the first message),
 //!   then the payload; a record without a key or value (a tombstone) passes unchanged;
-//! - a schema is fetched once per id and kept for the mapping's life (a registry never changes
-//!   what an id means); one fetch per id is in flight, the lanes needing it wait for it;
+//! - a schema is fetched once per id and kept (a registry never changes what an id means), at
+//!   most [`MAX_SCHEMAS_KEPT`] schemas and [`MAX_SCHEMA_CACHE_BYTES`] of their registry text per
+//!   mapping: beyond either, the least recently used is dropped and fetched again when met;
+//!   one fetch per id is in flight, the lanes needing it wait for it;
 //! - `JSON`: the decoded key or value is delivered as base64 of its JSON text; `SOURCE`: as its
 //!   payload without the framing. Either way `keySchemaMetadata` / `valueSchemaMetadata`
 //!   ({dataFormat, schemaId}) are added, and the mapping's filters see the decoded JSON; the
@@ -66,6 +68,11 @@ pub const REFUSAL_TTL: Duration = Duration::from_secs(300);
 /// How many refused ids are remembered (a producer writing garbage ids costs one request each
 /// beyond that).
 pub const MAX_REFUSALS_KEPT: usize = 4096;
+/// How many parsed schemas a mapping keeps (topics written with many schema versions).
+pub const MAX_SCHEMAS_KEPT: usize = 1024;
+/// How much registry text (schemas with their references) the kept schemas may add up to; the
+/// parsed forms are about as large.
+pub const MAX_SCHEMA_CACHE_BYTES: usize = 64 << 20;
 /// The error type of records that cannot be decoded.
 pub const ERROR_TYPE: &str = "SchemaRegistryError";
 
@@ -352,12 +359,54 @@ fn message_at(
     Ok(message)
 }
 
+/// Parsed schemas by id, within [`MAX_SCHEMAS_KEPT`] and [`MAX_SCHEMA_CACHE_BYTES`]; the least
+/// recently used goes first.
+#[derive(Default)]
+struct SchemaCache {
+    /// id → (schema, registry bytes, last use).
+    kept: HashMap<u32, (Arc<Schema>, usize, u64)>,
+    bytes: usize,
+    clock: u64,
+}
+
+impl SchemaCache {
+    fn get(&mut self, id: u32) -> Option<Arc<Schema>> {
+        self.clock += 1;
+        let (schema, _, used) = self.kept.get_mut(&id)?;
+        *used = self.clock;
+        Some(schema.clone())
+    }
+
+    fn insert(&mut self, id: u32, schema: Arc<Schema>, bytes: usize) {
+        self.clock += 1;
+        if let Some((_, old, _)) = self.kept.insert(id, (schema, bytes, self.clock)) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
+        // The one just kept stays, even alone over the byte bound (a fetch is bounded below it).
+        while self.kept.len() > 1
+            && (self.kept.len() > MAX_SCHEMAS_KEPT || self.bytes > MAX_SCHEMA_CACHE_BYTES)
+        {
+            let oldest = self
+                .kept
+                .iter()
+                .filter(|(kept, _)| **kept != id)
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(kept, _)| *kept);
+            let Some(oldest) = oldest else { break };
+            if let Some((_, dropped, _)) = self.kept.remove(&oldest) {
+                self.bytes -= dropped;
+            }
+        }
+    }
+}
+
 /// A Confluent-compatible registry's schemas, fetched by id and kept.
 pub struct Registry {
     client: reqwest::Client,
     url: reqwest::Url,
     auth: RegistryAuth,
-    schemas: Mutex<HashMap<u32, Arc<Schema>>>,
+    schemas: Mutex<SchemaCache>,
     /// Ids the registry refused, and when: asked again only after [`REFUSAL_TTL`].
     refused: Mutex<HashMap<u32, (std::time::Instant, String)>>,
     /// When the registry first said it has no such id (see [`MISSING_GRACE`]).
@@ -450,8 +499,8 @@ impl Registry {
     }
 
     fn cached(&self, id: u32) -> Option<Result<Arc<Schema>, RegistryError>> {
-        if let Some(schema) = self.schemas.lock().expect("schema cache").get(&id) {
-            return Some(Ok(schema.clone()));
+        if let Some(schema) = self.schemas.lock().expect("schema cache").get(id) {
+            return Some(Ok(schema));
         }
         let mut refused = self.refused.lock().expect("refusal cache");
         match refused.get(&id) {
@@ -493,11 +542,12 @@ impl Registry {
                         }),
                     };
                     match &fetched {
-                        Ok(schema) => {
-                            self.schemas
-                                .lock()
-                                .expect("schema cache")
-                                .insert(id, schema.clone());
+                        Ok((schema, bytes)) => {
+                            self.schemas.lock().expect("schema cache").insert(
+                                id,
+                                schema.clone(),
+                                *bytes,
+                            );
                         }
                         Err(RegistryError::Refused(reason)) => {
                             self.remember_refusal(id, reason.clone());
@@ -505,7 +555,7 @@ impl Registry {
                         Err(RegistryError::Unavailable { .. }) => {}
                         Err(RegistryError::Missing(_)) => {}
                     }
-                    self.missing_for_good(id, fetched)
+                    self.missing_for_good(id, fetched.map(|(schema, _)| schema))
                 }
             }
         };
@@ -555,8 +605,8 @@ impl Registry {
     }
 
     /// Fetches schema `id` with its references and parses it (off the async threads: compiling
-    /// a `.proto` can take a while).
-    async fn fetch(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
+    /// a `.proto` can take a while); with the bytes its registry answers took.
+    async fn fetch(&self, id: u32) -> Result<(Arc<Schema>, usize), RegistryError> {
         let mut budget = MAX_FETCH_BYTES;
         let root: Registered = self
             .get(
@@ -566,9 +616,11 @@ impl Registry {
             )
             .await?;
         let references = self.references(&root, &mut budget).await?;
+        let bytes = MAX_FETCH_BYTES - budget;
         tokio::task::spawn_blocking(move || parse(id, &root, &references).map(Arc::new))
             .await
             .map_err(|e| RegistryError::Refused(format!("parsing schema {id} failed: {e}")))?
+            .map(|schema| (schema, bytes))
     }
 
     /// Every schema `root` references, at any depth, as (import name, schema).
@@ -966,6 +1018,35 @@ mod tests {
             registered(Some("PROTOBUF"), MONEY),
         )];
         parse(7, &registered(Some("PROTOBUF"), PROTO), &references).unwrap()
+    }
+
+    /// Review: the parsed schemas were kept by id without a bound; a topic written with many
+    /// schema versions (or ids a hostile producer points at) grew them for the mapping's life.
+    #[test]
+    fn the_schema_cache_keeps_its_count_and_byte_bounds_dropping_the_least_recently_used() {
+        let schema = Arc::new(Schema::Json);
+        let mut cache = SchemaCache::default();
+        for id in 0..MAX_SCHEMAS_KEPT as u32 {
+            cache.insert(id, schema.clone(), 10);
+        }
+        assert!(cache.get(0).is_some(), "used: now the most recent");
+        cache.insert(5_000, schema.clone(), 10);
+        assert_eq!(cache.kept.len(), MAX_SCHEMAS_KEPT);
+        assert!(cache.get(0).is_some(), "recently used, kept");
+        assert!(cache.get(1).is_none(), "the least recently used went");
+        assert_eq!(cache.bytes, MAX_SCHEMAS_KEPT * 10);
+        // Bytes: one large schema pushes out as many older ones as it needs.
+        cache.insert(6_000, schema.clone(), MAX_SCHEMA_CACHE_BYTES - 100);
+        assert!(cache.bytes <= MAX_SCHEMA_CACHE_BYTES, "{}", cache.bytes);
+        assert!(cache.get(6_000).is_some());
+        assert_eq!(cache.kept.len(), 11, "the large one and ten of 10 bytes");
+        // One alone over the bound is still kept (it was just fetched and is in use).
+        cache.insert(7_000, schema.clone(), MAX_SCHEMA_CACHE_BYTES + 1);
+        assert_eq!(cache.kept.len(), 1);
+        assert_eq!(cache.bytes, MAX_SCHEMA_CACHE_BYTES + 1);
+        // Inserting an id again replaces it and its bytes.
+        cache.insert(7_000, schema, 5);
+        assert_eq!((cache.kept.len(), cache.bytes), (1, 5));
     }
 
     #[test]
