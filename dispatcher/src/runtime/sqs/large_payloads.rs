@@ -25,6 +25,10 @@ use sluice_sources::Record;
 
 /// Bodies fetched at once per mapping.
 pub const CONCURRENT_FETCHES: usize = 4;
+/// Batches whose payload objects are being deleted in the background at once per mapping; at
+/// the bound (S3 slow or failing) a batch waits for one to end before it ends itself, which
+/// holds its place in `max_concurrency` and so slows polling instead of piling up deletes.
+pub const CONCURRENT_DELETES: usize = 16;
 /// How long reading one object's body may take (the SDK's operation timeout ends with the
 /// response headers, not with the body streamed after them).
 pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);

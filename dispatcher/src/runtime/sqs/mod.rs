@@ -52,6 +52,11 @@ struct MappingContext {
     /// The pointers of resolved records in flight, by receipt handle: their objects are
     /// deleted once the messages were handled and deleted.
     pointers: std::sync::Mutex<std::collections::HashMap<String, SpillPointer>>,
+    /// Payload object deletes running in the background, at most
+    /// [`large_payloads::CONCURRENT_DELETES`] (`delete_slots`); the mapping waits for them when
+    /// it stops, within the daemon's drain deadline.
+    deletes: TaskTracker,
+    delete_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Starts `mapping`, reading `source`.
@@ -145,10 +150,14 @@ impl SqsMapping {
                     fetches: tokio::sync::Semaphore::new(large_payloads::CONCURRENT_FETCHES),
                 }),
             pointers: Default::default(),
+            deletes: TaskTracker::new(),
+            delete_slots: Arc::new(tokio::sync::Semaphore::new(
+                large_payloads::CONCURRENT_DELETES,
+            )),
         });
         poller::run(
             acks,
-            context,
+            context.clone(),
             self.target.clone(),
             settings,
             shutdown,
@@ -156,6 +165,10 @@ impl SqsMapping {
             first,
         )
         .await;
+        // The daemon's drain deadline bounds this wait; an object whose delete is cut there
+        // stays in S3 (as when a delete fails).
+        context.deletes.close();
+        context.deletes.wait().await;
     }
 }
 
@@ -298,7 +311,7 @@ impl MappingContext {
             self.acks.metrics.filtered(filtered.len() as u64);
             let references: Vec<&Record> = filtered.iter().collect();
             let (_, failed) = self.acks.delete_reporting(&references).await;
-            self.delete_objects(&references, &failed);
+            self.delete_objects(&references, &failed).await;
         }
         let later = |record: &Record| {
             self.policy.backoff.as_ref().map_or(UNRESOLVED_RETRY, |b| {
@@ -331,9 +344,14 @@ impl MappingContext {
     }
 
     /// Deletes the payload objects of handled `records`, except those whose message delete
-    /// `failed` (they come back and need them), in the background: the batch's slot is not held
-    /// for it. Their pointers are forgotten.
-    fn delete_objects(&self, records: &[&Record], failed: &std::collections::HashSet<String>) {
+    /// `failed` (they come back and need them), in the background: the batch does not wait for
+    /// S3 unless [`large_payloads::CONCURRENT_DELETES`] batches' deletes are already running.
+    /// Their pointers are forgotten.
+    async fn delete_objects(
+        &self,
+        records: &[&Record],
+        failed: &std::collections::HashSet<String>,
+    ) {
         let Some(resolver) = &self.resolver else {
             return;
         };
@@ -347,11 +365,18 @@ impl MappingContext {
                 .collect()
         };
         if resolver.delete_after_success && !pointers.is_empty() {
-            tokio::spawn(large_payloads::Resolver::delete_objects(
+            let Ok(slot) = self.delete_slots.clone().acquire_owned().await else {
+                return;
+            };
+            let deleting = large_payloads::Resolver::delete_objects(
                 resolver.s3.clone(),
                 self.acks.name.clone(),
                 pointers,
-            ));
+            );
+            self.deletes.spawn(async move {
+                deleting.await;
+                drop(slot);
+            });
         }
     }
 
@@ -513,7 +538,7 @@ async fn execute(
     let (_, failed) = context.acks.delete_reporting(&delete).await;
     context.acks.metrics.acknowledged(acknowledged as u64);
     // Objects of handled messages go once the messages are gone; a dead letter keeps its own.
-    context.delete_objects(&handled, &failed);
+    context.delete_objects(&handled, &failed).await;
     context.forget_pointers(batch);
     if !delayed.is_empty() {
         context
