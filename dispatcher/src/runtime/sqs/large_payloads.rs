@@ -48,6 +48,25 @@ pub(super) enum Resolved {
     Retry(Record, String),
 }
 
+impl Resolved {
+    /// The record, whatever became of it.
+    pub(super) fn record(&self) -> &Record {
+        match self {
+            Resolved::Ready(record, _)
+            | Resolved::Unusable(record, ..)
+            | Resolved::Retry(record, _) => record,
+        }
+    }
+
+    pub(super) fn into_record(self) -> Record {
+        match self {
+            Resolved::Ready(record, _)
+            | Resolved::Unusable(record, ..)
+            | Resolved::Retry(record, _) => record,
+        }
+    }
+}
+
 /// Where in a record's event the pointer is.
 enum Place {
     Body,

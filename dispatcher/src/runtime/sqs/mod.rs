@@ -201,11 +201,7 @@ impl QueueWork for MappingContext {
             futures_util::future::join_all(records.into_iter().map(|r| resolver.resolve(r))).await;
         track_in_flight(
             &self.acks.metrics,
-            resolved.iter().map(|outcome| match outcome {
-                large_payloads::Resolved::Ready(record, _)
-                | large_payloads::Resolved::Unusable(record, ..)
-                | large_payloads::Resolved::Retry(record, _) => record,
-            }),
+            resolved.iter().map(large_payloads::Resolved::record),
             Flight::Entering,
         );
         let mut ready = Vec::new();
@@ -216,17 +212,9 @@ impl QueueWork for MappingContext {
         let mut blocked: std::collections::HashSet<String> = Default::default();
         let mut followers = Vec::new();
         for outcome in resolved {
-            let record = match &outcome {
-                large_payloads::Resolved::Ready(record, _)
-                | large_payloads::Resolved::Unusable(record, ..)
-                | large_payloads::Resolved::Retry(record, _) => record,
-            };
-            let group = record.ordering_key.clone();
+            let group = outcome.record().ordering_key.clone();
             if group.as_ref().is_some_and(|g| blocked.contains(g)) {
-                let (large_payloads::Resolved::Ready(record, _)
-                | large_payloads::Resolved::Unusable(record, ..)
-                | large_payloads::Resolved::Retry(record, _)) = outcome;
-                followers.push(record);
+                followers.push(outcome.into_record());
                 continue;
             }
             match outcome {
