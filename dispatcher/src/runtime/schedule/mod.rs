@@ -615,3 +615,121 @@ async fn store_until_stored(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The worker's pure parts: which missed ticks `catch_up` fires, and the event a tick sends.
+    //! (Firing, retries and the single-firer lease run end to end in `tests/schedule.rs`.)
+    use super::*;
+    use crate::config::SourceConfig;
+    use crate::health::Health;
+    use crate::targets::SharedTarget;
+    use crate::targets::testing::ScriptedTarget;
+    use crate::telemetry::MappingMetrics;
+
+    /// A worker for `schedule: {source}` (and `retry: {retry}`), with a state file of its own.
+    fn worker(source: &str, retry: &str) -> (Worker, tempfile::TempDir) {
+        let state = tempfile::tempdir().unwrap();
+        let text = format!(
+            "version: 1\ntargets:\n  t: {{ http: {{ url: \"http://127.0.0.1:1/\" }} }}\nmappings:\n  - name: nightly\n    target: t\n    source:\n      schedule: {source}\n    retry: {retry}\n"
+        );
+        let config = crate::config::parse("sluice.yaml", &text, Default::default()).unwrap();
+        let mapping = config.mappings[0].clone();
+        let SourceConfig::Schedule(source) = mapping.source.clone() else {
+            panic!("a schedule source")
+        };
+        let file = sluice_sources::checkpoint::embedded::StateFile::open(state.path()).unwrap();
+        let target = SharedTarget::new("t", Arc::new(ScriptedTarget::default()), 1);
+        let metrics = MappingMetrics::new("nightly");
+        let worker = Worker {
+            schedule: source.schedule(),
+            source,
+            region: "eu-west-1".into(),
+            arn: "arn:aws:events:eu-west-1:000000000000:rule/nightly".into(),
+            invoker: Invoker::new(target.clone(), metrics.clone()),
+            mapping: Mapping {
+                config: mapping,
+                target,
+                on_failure: None,
+                on_success: None,
+                health: Health::new(Duration::from_secs(60), Duration::from_secs(60))
+                    .register("nightly"),
+                metrics,
+                shutdown_timeout: Duration::from_secs(5),
+            },
+            store: StoreSetup::Embedded(file),
+        };
+        (worker, state)
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn missed_ticks_are_those_within_max_event_age_at_most_the_newest_hundred() {
+        let (minutely, _state) = worker(
+            "{ expression: \"rate(1 minute)\", catch_up: true }",
+            "{ max_event_age: 1h }",
+        );
+        let now = at("2026-12-08T12:00:30Z");
+        // Down for five hours: only the last hour's ticks could still be fired.
+        let last = at("2026-12-08T07:00:00Z").as_millisecond();
+        let (ticks, older) = minutely.missed(last, now);
+        assert_eq!(ticks.len(), 60);
+        assert_eq!(ticks[0], at("2026-12-08T11:01:00Z").as_millisecond());
+        assert_eq!(
+            *ticks.last().unwrap(),
+            at("2026-12-08T12:00:00Z").as_millisecond()
+        );
+        assert_eq!(older, 1, "older ticks were passed over");
+        // Down for ten minutes: each missed tick, none older.
+        let recent = at("2026-12-08T11:50:00Z").as_millisecond();
+        let (ticks, older) = minutely.missed(recent, now);
+        assert_eq!((ticks.len(), older), (10, 0));
+        assert!(
+            ticks.iter().all(|t| *t > recent),
+            "the last tick fired is not again"
+        );
+        // Six hours of age (Lambda's most): 360 due, the newest 100 fired.
+        let (long, _state) = worker(
+            "{ expression: \"rate(1 minute)\", catch_up: true }",
+            "{ max_event_age: 6h }",
+        );
+        let (ticks, older) = long.missed(last, now);
+        assert_eq!(ticks.len(), MAX_CATCH_UP);
+        assert_eq!(
+            *ticks.last().unwrap(),
+            at("2026-12-08T12:00:00Z").as_millisecond()
+        );
+        assert_eq!(older, 300 - MAX_CATCH_UP as u64, "from 07:01 to 12:00");
+    }
+
+    #[test]
+    fn a_ticks_event_is_eventbridges_scheduled_event_with_an_id_stable_per_tick() {
+        let (nightly, _state) = worker(
+            "{ expression: \"cron(0 2 * * ? *)\" }",
+            "{ max_retry_attempts: 0 }",
+        );
+        let tick = at("2026-12-08T02:00:00Z").as_millisecond();
+        let (id, event) = nightly.event(tick);
+        assert_eq!(
+            nightly.event(tick).0,
+            id,
+            "every attempt and holder: one id"
+        );
+        assert_ne!(nightly.event(tick + 86_400_000).0, id);
+        assert_eq!(event["id"], id);
+        assert_eq!(event["detail-type"], "Scheduled Event");
+        assert_eq!(event["source"], "aws.events");
+        assert_eq!(event["time"], "2026-12-08T02:00:00Z");
+        assert_eq!(event["region"], "eu-west-1");
+        assert_eq!(event["resources"][0], nightly.arn);
+        assert_eq!(event["detail"], json!({}));
+        let (constant, _state) = worker(
+            "{ expression: \"rate(5 minutes)\", input: { job: reindex } }",
+            "{ max_retry_attempts: 0 }",
+        );
+        assert_eq!(constant.event(tick).1, json!({ "job": "reindex" }));
+    }
+}
