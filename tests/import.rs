@@ -68,6 +68,7 @@ fn values_for(needs: &[String], dir: &Path) -> Vec<(String, String)> {
                 n if n.ends_with("BOOTSTRAP_SERVERS") || n.ends_with("BROKERS") => {
                     "b-1.example.com:9096".to_owned()
                 }
+                n if n.ends_with("ZONE") => "Europe/Paris".to_owned(),
                 n if n.ends_with("_FILE") => {
                     let path = dir.join(&lower);
                     std::fs::write(&path, "pem").unwrap();
@@ -1021,7 +1022,7 @@ fn a_file_over_the_size_bound_is_refused() {
 // that fires stays enabled.
 #[test]
 fn a_schedule_whose_years_are_over_is_kept_disabled_and_validates() {
-    let template = "Transform: AWS::Serverless-2016-10-31\nResources:\n  Report:\n    Type: AWS::Serverless::Function\n    Properties:\n      Runtime: python3.12\n      Handler: app.handler\n      Events:\n        Launch:\n          Type: Schedule\n          Properties:\n            Schedule: cron(0 12 1 6 ? 2019-2020)\n        Hourly:\n          Type: ScheduleV2\n          Properties:\n            ScheduleExpression: rate(1 hour)\n";
+    let template = "Transform: AWS::Serverless-2016-10-31\nParameters:\n  Zone:\n    Type: String\nResources:\n  Report:\n    Type: AWS::Serverless::Function\n    Properties:\n      Runtime: python3.12\n      Handler: app.handler\n      Events:\n        Launch:\n          Type: Schedule\n          Properties:\n            Schedule: cron(0 12 1 6 ? 2019-2020)\n        Hourly:\n          Type: ScheduleV2\n          Properties:\n            ScheduleExpression: rate(1 hour)\n        Zoned:\n          Type: ScheduleV2\n          Properties:\n            ScheduleExpression: cron(0 9 ? * MON 2021)\n            ScheduleExpressionTimezone: !Ref Zone\n";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("template.yaml");
     std::fs::write(&path, template).unwrap();
@@ -1035,7 +1036,7 @@ fn a_schedule_whose_years_are_over_is_kept_disabled_and_validates() {
     assert!(
         imported
             .yaml
-            .contains("never fires again (its years are over)"),
+            .contains("never fires again (no date matches it from now on)"),
         "{}",
         imported.yaml
     );
@@ -1043,6 +1044,12 @@ fn a_schedule_whose_years_are_over_is_kept_disabled_and_validates() {
         imported.summary.contains("never fires again"),
         "{}",
         imported.summary
+    );
+    let zoned = mapping(&imported.config, "report-zoned");
+    assert_eq!(
+        zoned["enabled"], false,
+        "a zone left to a variable does not hide a cron that is over: {}",
+        imported.yaml
     );
     let hourly = mapping(&imported.config, "report-hourly");
     assert!(hourly.get("enabled").is_none(), "{}", imported.yaml);
@@ -1080,6 +1087,13 @@ resource "aws_lambda_event_source_mapping" "looped" {
   event_source_arn = aws_sqs_queue.jobs.arn
   function_name    = aws_lambda_alias.loop.arn
 }
+resource "aws_cloudwatch_event_rule" "hourly" {
+  schedule_expression = "rate(1 hour)"
+}
+resource "aws_cloudwatch_event_target" "hourly" {
+  rule = aws_cloudwatch_event_rule.hourly.name
+  arn  = aws_lambda_alias.live.arn
+}
 "#;
     let (code, yaml, summary) = import_text("main.tf", text);
     assert_eq!(code, Some(0), "{summary}");
@@ -1096,9 +1110,16 @@ resource "aws_lambda_event_source_mapping" "looped" {
         summary.contains("alias live") && summary.contains("sluice runs function worker"),
         "{summary}"
     );
+    let hourly = config["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["source"]["schedule"].is_object())
+        .unwrap_or_else(|| panic!("the schedule on the alias: {yaml}"));
+    assert_eq!(hourly["target"], "worker", "{yaml}");
     assert_eq!(
         config["mappings"].as_array().unwrap().len(),
-        2,
+        3,
         "the looped alias still gives its mapping: {yaml}"
     );
     assert!(
@@ -1134,6 +1155,14 @@ resource "aws_s3_bucket_notification" "photos" {
     events    = ["s3:ObjectRemoved:*"]
   }
 }
+resource "aws_s3_bucket_notification" "scans" {
+  bucket = "scans"
+  queue {
+    queue_arn     = aws_sqs_queue.uploads.arn
+    events        = ["s3:ObjectCreated:Put"]
+    filter_prefix = "incoming/"
+  }
+}
 resource "aws_lambda_event_source_mapping" "uploads" {
   event_source_arn = aws_sqs_queue.uploads.arn
   function_name    = aws_lambda_function.thumbs.arn
@@ -1149,6 +1178,10 @@ resource "aws_lambda_event_source_mapping" "uploads" {
     assert!(
         yaml.contains("# bucket photos sends s3:ObjectCreated:*, suffix .jpg here"),
         "{yaml}"
+    );
+    assert!(
+        yaml.contains("bucket scans sends s3:ObjectCreated:Put, prefix incoming/ here"),
+        "both buckets sending to the queue are noted: {yaml}"
     );
     assert!(
         summary.contains("queue[1]") && summary.contains("which no event source mapping"),

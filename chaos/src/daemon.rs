@@ -167,18 +167,31 @@ impl Daemon {
         }
     }
 
-    /// The panic messages in the log, over every start: a panic is a bug even when the daemon
+    /// The panics and runtime aborts in the log, over every start (the standard library writes
+    /// them to stderr as text, between the JSON lines): a panic is a bug even when the daemon
     /// recovered from it and the records came out right.
     pub fn panics(&self) -> Vec<String> {
+        const SIGNS: [&str; 5] = [
+            "' panicked at ",
+            ") panicked at ",
+            "has overflowed its stack",
+            "fatal runtime error",
+            "memory allocation of ",
+        ];
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines
             .iter()
             .enumerate()
-            .filter(|(_, line)| line.contains("' panicked at ") || line.contains(") panicked at "))
+            .filter(|(_, line)| !line.starts_with('{') && SIGNS.iter().any(|s| line.contains(s)))
             .map(|(i, line)| {
-                let message = lines.get(i + 1).copied().unwrap_or_default();
-                format!("{} {}", line.trim(), message.trim())
+                // A panic's message is on the next line since Rust 1.73, unless it is JSON.
+                let next = lines
+                    .get(i + 1)
+                    .copied()
+                    .filter(|next| !next.starts_with('{') && !next.starts_with("note: "))
+                    .unwrap_or_default();
+                format!("{} {}", line.trim(), next.trim())
             })
             .collect()
     }

@@ -946,12 +946,13 @@ pub fn example_binary(name: &str) -> PathBuf {
 /// The features scripts/test builds and tests the workspace with.
 pub const TEST_FEATURES: &str = "sluice-e2e/e2e,sluice/e2e";
 
-/// Builds the workspace's binaries and examples once per test process, with the selection
-/// scripts/test builds (every package, every target, [`TEST_FEATURES`]), so that after its build
-/// this only finds them fresh. Building one of them alone (`-p sluice-example-lambda`,
-/// `--example in_process`) resolves features for that package only: it compiled the sluice
-/// library and the example's dependencies again, inside a test's time (39 s and 60 s on two
-/// cores).
+/// Builds the example and the Lambda bootstrap the tests run, once per test process, resolving
+/// features as scripts/test does (the whole workspace, [`TEST_FEATURES`], a target that needs
+/// dev-dependencies), so that after its build this only finds them fresh. Building one package
+/// alone (`-p sluice-example-lambda`, `--example in_process`) resolves features for that package
+/// only: it compiled the sluice library and the example's dependencies again, inside a test's
+/// time (39 s and 60 s on two cores). Only these two targets are built: `sluice-under-test`
+/// and the other packages' targets are left as the developer's own `cargo test` built them.
 fn build_as_scripts_test_does() {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
@@ -960,9 +961,12 @@ fn build_as_scripts_test_does() {
                 "build",
                 "--quiet",
                 "--workspace",
-                "--all-targets",
                 "--features",
                 TEST_FEATURES,
+                "--example",
+                "in_process",
+                "--bin",
+                "bootstrap",
             ])
             .current_dir(workspace_root())
             .status()

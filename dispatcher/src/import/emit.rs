@@ -802,8 +802,9 @@ fn write_mapping(w: &mut Writer, function: &Function, target: &str, event: &Even
         .push(format!("{} -> mapping {name} ({kind})", event.origin));
 }
 
-/// Why a literal cron is kept disabled: its years are over. EventBridge keeps such a rule and
-/// never fires it; enabled, sluice refuses it (`validate` says it never fires).
+/// Why a literal cron is kept disabled: no date matches it from now on (its years are over, a
+/// day that does not exist). EventBridge keeps such a rule and never fires it; enabled, sluice
+/// refuses it (`validate` says it never fires).
 fn schedule_never_fires(event: &Event) -> Option<String> {
     let Source::Schedule {
         expression,
@@ -814,15 +815,16 @@ fn schedule_never_fires(event: &Event) -> Option<String> {
         return None;
     };
     let expression = expression.as_str()?.trim();
-    let timezone = match timezone {
-        Some(timezone) => Some(timezone.as_str()?),
-        None => None,
-    };
-    let schedule = Schedule::parse(expression, timezone).ok()?;
+    // A zone the files leave to a variable: a cron no date matches from now on matches none in
+    // any zone (UTC stands in, give or take the day at either end of its years).
+    let timezone = timezone.as_ref().and_then(Val::as_str);
+    let schedule = Schedule::parse(expression, timezone)
+        .or_else(|_| Schedule::parse(expression, None))
+        .ok()?;
     (expression.starts_with("cron(") && schedule.next_after(jiff::Timestamp::now()).is_none())
         .then(|| {
             format!(
-                "{}: {expression} never fires again (its years are over); kept disabled, as EventBridge keeps the rule",
+                "{}: {expression} never fires again (no date matches it from now on); kept disabled, as EventBridge keeps the rule",
                 event.origin
             )
         })

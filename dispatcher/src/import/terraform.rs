@@ -796,13 +796,7 @@ impl Files {
             let Some(target) = attr(&block.body, "lambda_function_arn").cloned() else {
                 continue;
             };
-            let i = match reference(&target) {
-                Some((kind, function, _)) if kind == "aws_lambda_function" => {
-                    self.plan.functions.iter().position(|f| f.name == function)
-                }
-                _ => None,
-            };
-            let Some(i) = i else {
+            let Some(i) = self.referenced_function(&target, origin) else {
                 self.plan.unsupported.push(format!(
                     "{origin}: lambda_function {} is not a function of these files",
                     text_of(&target)
@@ -865,12 +859,19 @@ impl Files {
                 if let Source::Sqs { queue: read_queue } = &event.source
                     && *read_queue == queue
                 {
-                    event.settings.notes.insert(
-                        "queue",
-                        format!(
-                            "{what} ({origin}): the function gets SQS messages whose bodies are S3 events, as from Lambda; an s3 source would give it the S3 events themselves"
-                        ),
+                    let note = format!(
+                        "{what} ({origin}): the function gets SQS messages whose bodies are S3 events, as from Lambda; an s3 source would give it the S3 events themselves"
                     );
+                    // Several buckets (or prefixes) may send to one queue: each is noted.
+                    event
+                        .settings
+                        .notes
+                        .entry("queue")
+                        .and_modify(|notes| {
+                            notes.push_str("; ");
+                            notes.push_str(&note);
+                        })
+                        .or_insert(note);
                     read = true;
                 }
             }
@@ -894,7 +895,7 @@ impl Files {
         let Some(expression) = self.field(&rule_body, "schedule_expression", &rule.1) else {
             return;
         };
-        let Some(i) = self.target_function(body) else {
+        let Some(i) = self.target_function(body, origin) else {
             return;
         };
         let settings = self.schedule_state(&rule_body, name, origin);
@@ -921,7 +922,7 @@ impl Files {
         let Some(target) = blocks(body, "target").next().map(|b| b.body.clone()) else {
             return;
         };
-        let Some(i) = self.target_function(&target) else {
+        let Some(i) = self.target_function(&target, origin) else {
             return;
         };
         let Some(expression) = self.field(body, "schedule_expression", name) else {
@@ -967,10 +968,49 @@ impl Files {
         });
     }
 
-    fn target_function(&mut self, body: &Body) -> Option<usize> {
-        match attr(body, "arn").and_then(reference) {
-            Some((kind, function, _)) if kind == "aws_lambda_function" => {
-                self.plan.functions.iter().position(|f| f.name == function)
+    fn target_function(&mut self, body: &Body, origin: &str) -> Option<usize> {
+        let arn = attr(body, "arn")?.clone();
+        self.referenced_function(&arn, origin)
+    }
+
+    /// The function of these files an ARN expression refers to: `aws_lambda_function.f.arn`, or
+    /// `aws_lambda_alias.a.arn` followed to its function (noted: Lambda ran the alias's version).
+    fn referenced_function(&mut self, expression: &Expression, origin: &str) -> Option<usize> {
+        let position = |this: &Self, name: &str| {
+            this.plan
+                .functions
+                .iter()
+                .position(|f| f.name == name || f.aliases.iter().any(|a| a == name))
+        };
+        let (kind, name, _) = reference(expression)?;
+        match kind.as_str() {
+            "aws_lambda_function" => position(self, &name),
+            "aws_lambda_alias" => {
+                let alias = self
+                    .resources
+                    .iter()
+                    .find(|((k, n), _)| *k == kind && *n == name)
+                    .map(|(_, body)| body.clone())?;
+                let function_name = attr(&alias, "function_name")?.clone();
+                let i = match reference(&function_name) {
+                    Some((k, function, _)) if k == "aws_lambda_function" => {
+                        position(self, &function)
+                    }
+                    _ => {
+                        let text = self.eval(&function_name, "function", 0)?.text()?;
+                        let function = text
+                            .split(":function:")
+                            .nth(1)
+                            .map(|rest| rest.split(':').next().unwrap_or(rest).to_owned())
+                            .unwrap_or(text);
+                        position(self, &function)
+                    }
+                }?;
+                let function = self.plan.functions[i].name.clone();
+                self.plan.unsupported.push(format!(
+                    "{origin}: Lambda invokes alias {name}, the version it points to; sluice runs function {function} as these files build it"
+                ));
+                Some(i)
             }
             _ => None,
         }

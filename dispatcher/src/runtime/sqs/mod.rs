@@ -155,20 +155,35 @@ impl SqsMapping {
                 large_payloads::CONCURRENT_DELETES,
             )),
         });
-        poller::run(
+        let polling = poller::run(
             acks,
             context.clone(),
             self.target.clone(),
             settings,
-            shutdown,
+            shutdown.clone(),
             shutdown_timeout,
             first,
-        )
-        .await;
-        // The daemon's drain deadline bounds this wait; an object whose delete is cut there
-        // stays in S3 (as when a delete fails).
+        );
+        tokio::pin!(polling);
+        let drain_deadline = tokio::select! {
+            () = &mut polling => None,
+            () = shutdown.cancelled() => {
+                let deadline = Instant::now() + shutdown_timeout;
+                polling.await;
+                Some(deadline)
+            }
+        };
+        // Stopping: the payload deletes under way get what is left of the drain deadline (an
+        // object whose delete is cut stays in S3, as when a delete fails). Ended on its own
+        // (the supervisor restarts it), they go on in the background.
         context.deletes.close();
-        context.deletes.wait().await;
+        if let Some(deadline) = drain_deadline
+            && tokio::time::timeout_at(deadline, context.deletes.wait())
+                .await
+                .is_err()
+        {
+            tracing::warn!(mapping = %name, deleting = context.deletes.len(), "drain deadline reached; payload objects still being deleted stay in S3");
+        }
     }
 }
 
@@ -295,11 +310,12 @@ impl MappingContext {
         all.extend(followers.iter());
         let owned: Vec<Record> = all.iter().map(|r| (*r).clone()).collect();
         self.acks.heartbeat.release(&owned).await;
+        let mut objects = Vec::new();
         if !filtered.is_empty() {
             self.acks.metrics.filtered(filtered.len() as u64);
             let references: Vec<&Record> = filtered.iter().collect();
             let (_, failed) = self.acks.delete_reporting(&references).await;
-            self.delete_objects(&references, &failed).await;
+            objects = self.objects_to_delete(&references, &failed);
         }
         let later = |record: &Record| {
             self.policy.backoff.as_ref().map_or(UNRESOLVED_RETRY, |b| {
@@ -329,19 +345,20 @@ impl MappingContext {
         self.forget_pointers(&owned);
         self.acks.release_now(&followers, "fifo follower").await;
         track_in_flight(&self.acks.metrics, &owned, Flight::Leaving);
+        // Last, with the records gone: waiting for a delete slot holds no message hidden.
+        drop((owned, followers, filtered, unusable, retry));
+        self.delete_objects(objects).await;
     }
 
-    /// Deletes the payload objects of handled `records`, except those whose message delete
-    /// `failed` (they come back and need them), in the background: the batch does not wait for
-    /// S3 unless [`large_payloads::CONCURRENT_DELETES`] batches' deletes are already running.
-    /// Their pointers are forgotten.
-    async fn delete_objects(
+    /// The payload objects of handled `records` to delete, except those whose message delete
+    /// `failed` (they come back and need them). Their pointers are forgotten.
+    fn objects_to_delete(
         &self,
         records: &[&Record],
         failed: &std::collections::HashSet<String>,
-    ) {
+    ) -> Vec<SpillPointer> {
         let Some(resolver) = &self.resolver else {
-            return;
+            return Vec::new();
         };
         let pointers: Vec<SpillPointer> = {
             let mut known = self.pointers.lock().expect("pointers lock");
@@ -352,20 +369,35 @@ impl MappingContext {
                 .map(|(pointer, _)| pointer)
                 .collect()
         };
-        if resolver.delete_after_success && !pointers.is_empty() {
-            let Ok(slot) = self.delete_slots.clone().acquire_owned().await else {
-                return;
-            };
-            let deleting = large_payloads::Resolver::delete_objects(
-                resolver.s3.clone(),
-                self.acks.name.clone(),
-                pointers,
-            );
-            self.deletes.spawn(async move {
-                deleting.await;
-                drop(slot);
-            });
+        if resolver.delete_after_success {
+            pointers
+        } else {
+            Vec::new()
         }
+    }
+
+    /// Deletes `objects` in the background: the batch does not wait for S3 unless
+    /// [`large_payloads::CONCURRENT_DELETES`] batches' deletes are already running. Called once
+    /// every acknowledgement of the batch is done.
+    async fn delete_objects(&self, objects: Vec<SpillPointer>) {
+        let Some(resolver) = &self.resolver else {
+            return;
+        };
+        if objects.is_empty() {
+            return;
+        }
+        let Ok(slot) = self.delete_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let deleting = large_payloads::Resolver::delete_objects(
+            resolver.s3.clone(),
+            self.acks.name.clone(),
+            objects,
+        );
+        self.deletes.spawn(async move {
+            deleting.await;
+            drop(slot);
+        });
     }
 
     /// Forgets the pointers of records that leave without being handled.
@@ -471,17 +503,21 @@ async fn handle_batch(context: &MappingContext, batch: Vec<Record>, slot: Slot) 
     }
     // From here on sluice's own visibility changes are the last word.
     context.acks.heartbeat.release(&batch).await;
-    execute(context, &batch, &decision, &outcome).await;
+    let objects = execute(context, &batch, &decision, &outcome).await;
+    // Last, with the batch gone: waiting for a delete slot holds no message hidden.
+    drop(batch);
+    context.delete_objects(objects).await;
 }
 
 /// Carries out a decision: dead letters first (deleted only once stored), then deletes, then
-/// visibility changes for retries and for FIFO followers.
+/// visibility changes for retries and for FIFO followers. Gives back the payload objects to
+/// delete now that their messages are gone.
 async fn execute(
     context: &MappingContext,
     batch: &[Record],
     decision: &QueueDecision,
     outcome: &Outcome,
-) {
+) -> Vec<SpillPointer> {
     let mut delete: Vec<&Record> = Vec::new();
     let mut handled: Vec<&Record> = Vec::new();
     let mut delayed: Vec<(&Record, Duration)> = Vec::new();
@@ -526,7 +562,7 @@ async fn execute(
     let (_, failed) = context.acks.delete_reporting(&delete).await;
     context.acks.metrics.acknowledged(acknowledged as u64);
     // Objects of handled messages go once the messages are gone; a dead letter keeps its own.
-    context.delete_objects(&handled, &failed).await;
+    let objects = context.objects_to_delete(&handled, &failed);
     context.forget_pointers(batch);
     if !delayed.is_empty() {
         context
@@ -536,6 +572,7 @@ async fn execute(
     }
     context.acks.release_now(&untouched, "fifo follower").await;
     track_in_flight(&context.acks.metrics, batch, Flight::Leaving);
+    objects
 }
 
 /// Sends one record to the on-failure destination; true when it was stored.
