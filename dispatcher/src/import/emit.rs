@@ -821,7 +821,8 @@ fn schedule_never_fires(event: &Event) -> Option<String> {
     let schedule = Schedule::parse(expression, timezone)
         .or_else(|_| Schedule::parse(expression, None))
         .ok()?;
-    (expression.starts_with("cron(") && schedule.next_after(jiff::Timestamp::now()).is_none())
+    schedule
+        .cron_is_over(jiff::Timestamp::now())
         .then(|| {
             format!(
                 "{}: {expression} never fires again (no date matches it from now on); kept disabled, as EventBridge keeps the rule",

@@ -42,6 +42,16 @@ struct Files {
     queue_notifications: Vec<(Val, String, String)>,
 }
 
+/// Where an expression naming a function leads (see [`Files::named_function`]).
+enum Named {
+    /// A function of these files.
+    Known(usize),
+    /// A function these files do not define, by its name.
+    Unknown(String),
+    /// Nothing the files can say.
+    Nothing,
+}
+
 pub(super) fn read(files: &[(PathBuf, String)]) -> Result<Plan, ImportError> {
     let mut tf = Files::default();
     for (path, text) in files {
@@ -381,66 +391,87 @@ impl Files {
 
     /// The function a `function_name` argument refers to, or a placeholder.
     fn function_for(&mut self, body: &Body, origin: &str) -> usize {
-        self.function_through(body, origin, true)
-    }
-
-    /// [`Self::function_for`]; an `aws_lambda_alias` in these files is followed to its function
-    /// when `follow_alias` (once: an alias of an alias is not valid in Lambda, and a loop of
-    /// them must end).
-    fn function_through(&mut self, body: &Body, origin: &str, follow_alias: bool) -> usize {
-        let expression = attr(body, "function_name").cloned();
-        if let Some(expression) = &expression {
-            let referred = reference(expression).map(|(kind, name, _)| (kind, name));
-            if let Some(("aws_lambda_function", name)) =
-                referred.as_ref().map(|(k, n)| (k.as_str(), n))
-                && let Some(i) = self.plan.functions.iter().position(|f| &f.name == name)
-            {
-                return i;
-            }
-            if follow_alias
-                && let Some((kind, alias)) = &referred
-                && kind == "aws_lambda_alias"
-                && let Some(alias_body) = self
-                    .resources
-                    .iter()
-                    .find(|((k, n), _)| k == kind && n == alias)
-                    .map(|(_, body)| body.clone())
-            {
-                let known = self.plan.functions.len();
-                let i = self.function_through(&alias_body, origin, false);
-                // A placeholder (the alias names no function of these files) says so itself.
-                if i < known {
-                    let function = self.plan.functions[i].name.clone();
-                    self.plan.unsupported.push(format!(
-                        "{origin}: Lambda invokes alias {alias}, the version it points to; sluice runs function {function} as these files build it"
-                    ));
-                }
-                return i;
-            }
-            if let Some(text) = self.eval(expression, "function", 0).and_then(|v| v.text()) {
-                let name = text
-                    .split(":function:")
-                    .nth(1)
-                    .map(|rest| rest.split(':').next().unwrap_or(rest).to_owned())
-                    .unwrap_or(text);
-                if let Some(i) = self
-                    .plan
-                    .functions
-                    .iter()
-                    .position(|f| f.name == name || f.aliases.contains(&name))
-                {
-                    return i;
-                }
-                return self.plan.placeholder(&name, origin, "these files");
+        let named = match attr(body, "function_name").cloned() {
+            Some(expression) => self.named_function(&expression, origin, true),
+            None => Named::Nothing,
+        };
+        match named {
+            Named::Known(i) => i,
+            Named::Unknown(name) => self.plan.placeholder(&name, origin, "these files"),
+            Named::Nothing => {
+                self.plan.functions.push(Function {
+                    name: "function".into(),
+                    origin: format!("the function of {origin}"),
+                    default_timeout: 3,
+                    ..Function::default()
+                });
+                self.plan.functions.len() - 1
             }
         }
-        self.plan.functions.push(Function {
-            name: "function".into(),
-            origin: format!("the function of {origin}"),
-            default_timeout: 3,
-            ..Function::default()
-        });
-        self.plan.functions.len() - 1
+    }
+
+    /// The function of these files an ARN expression refers to, if any.
+    fn referenced_function(&mut self, expression: &Expression, origin: &str) -> Option<usize> {
+        match self.named_function(expression, origin, true) {
+            Named::Known(i) => Some(i),
+            Named::Unknown(_) | Named::Nothing => None,
+        }
+    }
+
+    /// Where an expression naming a function (its name or ARN) leads:
+    /// `aws_lambda_function.f.*`, an `aws_lambda_alias` of these files followed to its function
+    /// when `follow_alias` (once: an alias of an alias is not valid in Lambda, and a loop of them
+    /// must end; noted, since Lambda ran the alias's version), or the name the expression
+    /// evaluates to.
+    fn named_function(
+        &mut self,
+        expression: &Expression,
+        origin: &str,
+        follow_alias: bool,
+    ) -> Named {
+        let position = |this: &Self, name: &str| {
+            this.plan
+                .functions
+                .iter()
+                .position(|f| f.name == name || f.aliases.iter().any(|a| a == name))
+        };
+        match reference(expression) {
+            Some((kind, name, _)) if kind == "aws_lambda_function" => {
+                if let Some(i) = position(self, &name) {
+                    return Named::Known(i);
+                }
+            }
+            Some((kind, alias, _)) if kind == "aws_lambda_alias" && follow_alias => {
+                let function_name = self
+                    .resource(&kind, &alias)
+                    .and_then(|body| attr(body, "function_name"))
+                    .cloned();
+                if let Some(function_name) = function_name {
+                    let named = self.named_function(&function_name, origin, false);
+                    if let Named::Known(i) = named {
+                        let function = self.plan.functions[i].name.clone();
+                        self.plan.unsupported.push(format!(
+                            "{origin}: Lambda invokes alias {alias}, the version it points to; sluice runs function {function} as these files build it"
+                        ));
+                    }
+                    return named;
+                }
+            }
+            _ => {}
+        }
+        let Some(text) = self.eval(expression, "function", 0).and_then(|v| v.text()) else {
+            return Named::Nothing;
+        };
+        // A function's name, or the name in its (qualified) ARN.
+        let name = text
+            .split(":function:")
+            .nth(1)
+            .map(|rest| rest.split(':').next().unwrap_or(rest).to_owned())
+            .unwrap_or(text);
+        match position(self, &name) {
+            Some(i) => Named::Known(i),
+            None => Named::Unknown(name),
+        }
     }
 
     fn read_resources(&mut self) {
@@ -971,49 +1002,6 @@ impl Files {
     fn target_function(&mut self, body: &Body, origin: &str) -> Option<usize> {
         let arn = attr(body, "arn")?.clone();
         self.referenced_function(&arn, origin)
-    }
-
-    /// The function of these files an ARN expression refers to: `aws_lambda_function.f.arn`, or
-    /// `aws_lambda_alias.a.arn` followed to its function (noted: Lambda ran the alias's version).
-    fn referenced_function(&mut self, expression: &Expression, origin: &str) -> Option<usize> {
-        let position = |this: &Self, name: &str| {
-            this.plan
-                .functions
-                .iter()
-                .position(|f| f.name == name || f.aliases.iter().any(|a| a == name))
-        };
-        let (kind, name, _) = reference(expression)?;
-        match kind.as_str() {
-            "aws_lambda_function" => position(self, &name),
-            "aws_lambda_alias" => {
-                let alias = self
-                    .resources
-                    .iter()
-                    .find(|((k, n), _)| *k == kind && *n == name)
-                    .map(|(_, body)| body.clone())?;
-                let function_name = attr(&alias, "function_name")?.clone();
-                let i = match reference(&function_name) {
-                    Some((k, function, _)) if k == "aws_lambda_function" => {
-                        position(self, &function)
-                    }
-                    _ => {
-                        let text = self.eval(&function_name, "function", 0)?.text()?;
-                        let function = text
-                            .split(":function:")
-                            .nth(1)
-                            .map(|rest| rest.split(':').next().unwrap_or(rest).to_owned())
-                            .unwrap_or(text);
-                        position(self, &function)
-                    }
-                }?;
-                let function = self.plan.functions[i].name.clone();
-                self.plan.unsupported.push(format!(
-                    "{origin}: Lambda invokes alias {name}, the version it points to; sluice runs function {function} as these files build it"
-                ));
-                Some(i)
-            }
-            _ => None,
-        }
     }
 
     fn input(&mut self, body: &Body, name: &str) -> Option<Json> {

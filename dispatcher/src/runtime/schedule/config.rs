@@ -66,11 +66,7 @@ impl BuildSource for RawScheduleSource {
             // A cron that can never fire again (its years are over, a day that does not exist)
             // would be a mapping that silently does nothing. Disabled, it does nothing by
             // design: EventBridge keeps such rules, and `sluice import` writes them so.
-            Ok(schedule)
-                if mapping.enabled
-                    && self.expression.trim().starts_with("cron(")
-                    && schedule.next_after(jiff::Timestamp::now()).is_none() =>
-            {
+            Ok(schedule) if mapping.enabled && schedule.cron_is_over(jiff::Timestamp::now()) => {
                 v.error(
                     format!("{path}.expression"),
                     format!(

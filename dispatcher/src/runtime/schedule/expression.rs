@@ -81,6 +81,12 @@ impl Schedule {
         }
     }
 
+    /// A cron that no date matches after `now` (its years are over, a day that does not exist).
+    /// A one-time `at()` in the past is not: it is the tick a late start or `catch_up` fires.
+    pub fn cron_is_over(&self, now: Timestamp) -> bool {
+        matches!(self.expression, Expression::Cron(_)) && self.next_after(now).is_none()
+    }
+
     /// The first tick strictly after `after`.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         match &self.expression {

@@ -258,9 +258,11 @@ impl QueueWork for MappingContext {
         }
         let context = self.clone();
         tracker.spawn(async move {
-            context
+            let objects = context
                 .end_unresolved(filtered, unusable, retry, followers)
                 .await;
+            // Last, with the records gone: waiting for a delete slot holds no message hidden.
+            context.delete_objects(objects).await;
         });
         ready
     }
@@ -279,13 +281,14 @@ impl MappingContext {
     /// handled), unusable ones dead-lettered as non-retryable (deleted once stored, else back
     /// after the backoff), ones whose body could not be fetched come back later, and FIFO
     /// followers of those two are made visible at once (SQS holds them behind the first).
+    /// Gives back the filtered ones' payload objects to delete.
     async fn end_unresolved(
         &self,
         filtered: Vec<Record>,
         unusable: Vec<(Record, DeadLetterCondition, ErrorInfo)>,
         retry: Vec<(Record, String)>,
         followers: Vec<Record>,
-    ) {
+    ) -> Vec<SpillPointer> {
         // A fetch that keeps failing (access denied, a bucket in another region) ends like any
         // failure at retry.max_receive_count.
         let (exhausted, retry): (Vec<_>, Vec<_>) = retry.into_iter().partition(|(record, _)| {
@@ -345,9 +348,7 @@ impl MappingContext {
         self.forget_pointers(&owned);
         self.acks.release_now(&followers, "fifo follower").await;
         track_in_flight(&self.acks.metrics, &owned, Flight::Leaving);
-        // Last, with the records gone: waiting for a delete slot holds no message hidden.
-        drop((owned, followers, filtered, unusable, retry));
-        self.delete_objects(objects).await;
+        objects
     }
 
     /// The payload objects of handled `records` to delete, except those whose message delete
